@@ -1,0 +1,1 @@
+"""rxctl: the command-line front end and the API client."""

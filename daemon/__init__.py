@@ -1,0 +1,1 @@
+"""rxd: the root daemon that keeps the ledger, runs the API and acts for bound users."""

@@ -1,0 +1,1 @@
+"""Everything that touches Slurm: the command-line adapter, batch-script templates, hooks."""

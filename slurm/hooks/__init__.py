@@ -1,0 +1,1 @@
+"""Programs Slurm runs for every job (PrologSlurmctld / EpilogSlurmctld) that tell rxd at once."""
