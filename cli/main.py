@@ -1,6 +1,104 @@
+"""rxctl: persistent research containers on Slurm, from a login node."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
 import click
 
+from rxslurm.cli.client import Client, ClientError
 
-@click.group()
-def cli() -> None:
-    """rxctl"""
+F = TypeVar("F", bound=Callable[..., Any])
+
+json_option = click.option("json_", "--json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rx-slurm")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def api_errors(func: F) -> F:
+    """Turn client errors into click's one-line `Error: ...` and exit 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ClientError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), prog_name="rxctl")
+@click.option(
+    "--socket",
+    "socket_",
+    metavar="PATH",
+    envvar="RXCTL_SOCKET",
+    help="rxd's socket (default: $RXCTL_SOCKET or /run/rxslurm/rxd.sock).",
+)
+@click.pass_context
+def cli(ctx: click.Context, socket_: str | None) -> None:
+    """rxctl: persistent, GPU-backed research containers on Slurm.
+
+    Example: rxctl whoami
+    """
+    ctx.obj = Client(socket_)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+@api_errors
+def whoami(client: Client, json_: bool) -> None:
+    """Show who rxd says you are.
+
+    Example: rxctl whoami --json
+    """
+    me = client.get("/v1/whoami")
+    if json_:
+        emit_json(me)
+        return
+    role = "admin" if me["admin"] else "user"
+    click.echo(f"{me['user']} (uid {me['uid']}, {role})")
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def doctor(client: Client, json_: bool) -> None:
+    """Check that rxd, Slurm and Apptainer are reachable, with their versions.
+
+    Example: rxctl doctor
+    """
+    try:
+        health = client.get("/v1/health")
+    except ClientError as exc:
+        if json_:
+            emit_json({"ok": False, "checks": {"daemon": {"ok": False, "detail": str(exc)}}})
+            raise SystemExit(1) from None
+        raise click.ClickException(str(exc)) from None
+    checks = {"daemon": {"ok": True, "detail": f"rxd {health['version']} on {client.path}"}}
+    checks.update(health["checks"])
+    if json_:
+        emit_json({"ok": health["ok"], "checks": checks})
+    else:
+        for name, check in checks.items():
+            mark = "ok  " if check["ok"] else "FAIL"
+            click.echo(f"{mark} {name:<10} {check['detail']}")
+    if not health["ok"]:
+        raise SystemExit(1)

@@ -1,6 +1,84 @@
+"""rxd's command line: serve the API, apply ledger migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
 import click
 
+from rxslurm.daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_path, load_config
+from rxslurm.daemon.logs import setup_logging
+from rxslurm.daemon.version import __version__
 
-@click.group()
+CONFIG_HELP = f"Config file (default: $RXD_CONFIG or {DEFAULT_CONFIG_PATH})."
+
+
+def _load(config_flag: str | None) -> Config:
+    path = config_path(config_flag)
+    # Only the default location may be absent: a file someone named must exist.
+    explicit = bool(config_flag or os.environ.get("RXD_CONFIG"))
+    try:
+        return load_config(path, missing_ok=not explicit)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rxd")
 def cli() -> None:
-    """rxctl"""
+    """rxd: the rx-slurm daemon (runs as root).
+
+    Example: rxd --version
+    """
+
+
+@cli.command()
+@click.option("-c", "--config", "config_flag", metavar="FILE", help=CONFIG_HELP)
+def serve(config_flag: str | None) -> None:
+    """Serve the API on the Unix socket until SIGTERM.
+
+    Example: rxd serve --config /etc/rxslurm/rxd.toml
+    """
+    from rxslurm.daemon.serve import StartupError
+    from rxslurm.daemon.serve import serve as run
+
+    config = _load(config_flag)
+    setup_logging(config.daemon.log_level)
+    if os.geteuid() != 0:
+        click.echo("Warning: rxd is not running as root; it cannot act for other users.", err=True)
+    try:
+        asyncio.run(run(config))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        # Ledger and filesystem refusals carry their own message.
+        raise click.ClickException(f"rxd failed to start: {exc}") from None
+
+
+@cli.command()
+@click.option("-c", "--config", "config_flag", metavar="FILE", help=CONFIG_HELP)
+def migrate(config_flag: str | None) -> None:
+    """Create the ledger or bring its schema up to date; running it again changes nothing.
+
+    Example: rxd migrate
+    """
+    from rxslurm.daemon.ledger import Ledger
+
+    config = _load(config_flag)
+    try:
+        ledger = Ledger.open(config.daemon.ledger, migrate=True)
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+    applied = ledger.last_applied if hasattr(ledger, "last_applied") else []
+    version = ledger.schema_version()
+    ledger.close()
+    if applied:
+        click.echo(f"applied {', '.join(applied)}; schema is at {version}")
+    else:
+        click.echo(f"nothing to do; schema is at {version}")
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m`
+    sys.exit(cli())

@@ -1,0 +1,149 @@
+"""rxd's TOML configuration: defaults, loading and validation.
+
+An unknown section or key is an error: a typo in a root daemon's config must not silently fall back
+to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/rxslurm/rxd.toml")
+CONFIG_ENV = "RXD_CONFIG"
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    socket: Path = Path("/run/rxslurm/rxd.sock")
+    ledger: Path = Path("/var/lib/rxslurm/ledger.db")
+    log_level: str = "info"
+    # Members of this Unix group (and root) are rx-slurm admins.
+    admin_group: str = "rxadmin"
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    # "local": every Linux user is their own platform user, bound on first use.
+    # "platform": bindings come only from one-time codes issued for platform users.
+    mode: str = "local"
+    min_uid: int = 1000
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    # Empty: find sbatch, squeue, ... on PATH.
+    bin_dir: str = ""
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class ApptainerConfig:
+    binary: str = "apptainer"
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    apptainer: ApptainerConfig = field(default_factory=ApptainerConfig)
+    source: Path | None = None
+
+
+_SECTIONS: dict[str, type] = {
+    "daemon": DaemonConfig,
+    "identity": IdentityConfig,
+    "slurm": SlurmConfig,
+    "apptainer": ApptainerConfig,
+}
+
+
+def config_path(flag: str | os.PathLike[str] | None) -> Path:
+    """The config file to read: the flag, else $RXD_CONFIG, else the default."""
+    if flag:
+        return Path(flag)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path, *, missing_ok: bool = False) -> Config:
+    """Read and validate a config file; with missing_ok, a missing default file means defaults."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        if missing_ok:
+            return Config()
+        raise ConfigError(f"config file {path} not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    return parse_config(raw, source=path)
+
+
+def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
+    where = str(source) if source else "config"
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown section [{unknown[0]}]; valid sections: {', '.join(_SECTIONS)}"
+        )
+    sections = {
+        name: _parse_section(name, cls, raw.get(name, {}), where) for name, cls in _SECTIONS.items()
+    }
+    config = Config(**sections, source=source)
+    _validate(config, where)
+    return config
+
+
+def _parse_section(name: str, cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table")
+    defaults = cls()
+    known = {f.name: f for f in fields(cls)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {name}.{key}; valid keys: {', '.join(known)}")
+        default = getattr(defaults, key)
+        changes[key] = _coerce(f"{name}.{key}", value, default, where)
+    return replace(defaults, **changes)
+
+
+def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, Path):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: {key} must be a non-empty path string")
+        return Path(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {key} must be a number")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string")
+    return value
+
+
+def _validate(config: Config, where: str) -> None:
+    if config.identity.mode not in ("local", "platform"):
+        raise ConfigError(f'{where}: identity.mode must be "local" or "platform"')
+    if config.identity.min_uid < 1:
+        raise ConfigError(f"{where}: identity.min_uid must be at least 1 (root is never bound)")
+    if config.daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{where}: daemon.log_level must be debug, info, warning or error")
+    if config.slurm.timeout <= 0:
+        raise ConfigError(f"{where}: slurm.timeout must be positive")

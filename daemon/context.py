@@ -1,0 +1,29 @@
+"""The daemon's shared parts, built once at start and handed to every route."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from rxslurm.daemon.config import Config
+from rxslurm.daemon.ledger import Ledger
+from rxslurm.daemon.peercred import Caller
+from rxslurm.slurm.adapter import SlurmCli
+
+
+@dataclass
+class Daemon:
+    config: Config
+    ledger: Ledger
+    slurm: SlurmCli
+
+    def is_admin(self, caller: Caller) -> bool:
+        return caller.is_root or self.config.daemon.admin_group in caller.groups
+
+
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
+
+
+def daemon_of(request: web.Request) -> Daemon:
+    return request.app[DAEMON]

@@ -1,0 +1,72 @@
+"""Who am I, and is everything rxd needs reachable."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from rxslurm.daemon import apptainer
+from rxslurm.daemon.api import caller_of, json_response
+from rxslurm.daemon.context import daemon_of
+from rxslurm.daemon.version import __version__
+from rxslurm.slurm.errors import SlurmError
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/whoami")
+async def whoami(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    daemon = daemon_of(request)
+    return json_response(
+        {
+            "uid": caller.uid,
+            "gid": caller.gid,
+            "user": caller.user,
+            "groups": list(caller.groups),
+            "admin": daemon.is_admin(caller),
+        }
+    )
+
+
+@routes.get("/v1/health")
+async def health(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    ledger, slurm, container = await asyncio.gather(
+        asyncio.to_thread(_check_ledger, daemon),
+        asyncio.to_thread(_check_slurm, daemon),
+        asyncio.to_thread(_check_apptainer, daemon),
+    )
+    checks = {"ledger": ledger, "slurm": slurm, "apptainer": container}
+    return json_response(
+        {
+            "ok": all(c["ok"] for c in checks.values()),
+            "version": __version__,
+            "checks": checks,
+        }
+    )
+
+
+def _check_ledger(daemon: Any) -> dict[str, Any]:
+    try:
+        version = daemon.ledger.schema_version()
+    except Exception as exc:  # any failure here is what the check reports
+        return {"ok": False, "detail": f"ledger unusable: {exc}"}
+    return {"ok": True, "detail": f"schema {version}", "path": str(daemon.config.daemon.ledger)}
+
+
+def _check_slurm(daemon: Any) -> dict[str, Any]:
+    try:
+        ping = daemon.slurm.ping()
+    except SlurmError as exc:
+        return {"ok": False, "detail": str(exc)}
+    return {"ok": ping.up, "detail": ping.detail, "version": ping.version}
+
+
+def _check_apptainer(daemon: Any) -> dict[str, Any]:
+    version = apptainer.apptainer_version()
+    if version is None:
+        return {"ok": False, "detail": "apptainer not found on PATH"}
+    return {"ok": True, "detail": version, "version": version}

@@ -1,0 +1,141 @@
+"""A real rxd for tests: own config, ledger and socket in a folder test users can reach."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+RXD = str(VENV_BIN / "rxd")
+RXCTL = str(VENV_BIN / "rxctl")
+
+
+def test_root() -> Path:
+    """A fresh folder every test user can traverse (pytest's tmp_path is 0700 root)."""
+    base = Path(tempfile.gettempdir()) / "rxslurm-tests"
+    base.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(base, 0o755)
+    root = Path(tempfile.mkdtemp(prefix="rxd-", dir=base))
+    os.chmod(root, 0o755)
+    return root
+
+
+@dataclass
+class Rxd:
+    root: Path
+    extra_config: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "run" / "rxd.sock"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "state" / "ledger.db"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "rxd.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "rxd.log"
+
+    def write_config(self) -> None:
+        self.config.write_text(
+            "[daemon]\n"
+            f'socket = "{self.socket}"\n'
+            f'ledger = "{self.ledger}"\n'
+            'log_level = "debug"\n'
+            f"{self.extra_config}"
+        )
+
+    def migrate(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [RXD, "migrate", "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def start(self, *, wait: bool = True) -> None:
+        log = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [RXD, "serve", "--config", str(self.config)],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **self.env},
+        )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        from rxslurm.cli.client import Client, ClientError
+
+        deadline = time.monotonic() + timeout
+        client = Client(str(self.socket), timeout=5)
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"rxd exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                client.get("/v1/whoami")
+                return
+            except ClientError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"rxd not ready after {timeout}s:\n{self.log_text()}"
+                    ) from None
+                time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def rxctl(self, user: str | None, *args: str, input: str | None = None, timeout: float = 120):
+        """Run rxctl as a test user (None: as root) against this daemon."""
+        from tests.support.cluster import run_as
+
+        argv = [RXCTL, "--socket", str(self.socket), *args]
+        if user is None:
+            return subprocess.run(
+                argv, capture_output=True, text=True, input=input, timeout=timeout, check=False
+            )
+        return run_as(user, argv, input=input, timeout=timeout)
+
+
+def new_rxd(extra_config: str = "") -> Rxd:
+    rxd = Rxd(root=test_root(), extra_config=extra_config)
+    (rxd.root / "run").mkdir(mode=0o755)
+    rxd.write_config()
+    result = rxd.migrate()
+    assert result.returncode == 0, result.stderr
+    return rxd
+
+
+@pytest.fixture
+def rxd() -> Iterator[Rxd]:
+    """A running rxd with a fresh ledger; stopped (and checked to stop cleanly) afterwards."""
+    daemon = new_rxd()
+    daemon.start()
+    yield daemon
+    if daemon.proc is not None and daemon.proc.poll() is None:
+        assert daemon.stop() == 0, daemon.log_text()
+    shutil.rmtree(daemon.root, ignore_errors=True)

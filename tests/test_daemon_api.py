@@ -1,0 +1,162 @@
+"""rxd's API on its socket: callers are who the kernel says; the daemon starts and stops safely."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from tests.support.cluster import run_as
+from tests.support.daemon import VENV_BIN, Rxd, new_rxd
+
+# Sent as a test user: a request that claims to be root in every way a body, query or header could.
+IMPERSONATE = r"""
+import http.client, json, socket, sys
+class C(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sys.argv[1])
+c = C("rxd")
+c.request("GET", "/v1/whoami?uid=0&user=root",
+          body=json.dumps({"uid": 0, "user": "root", "admin": True}),
+          headers={"Content-Type": "application/json", "X-Remote-User": "root", "X-Uid": "0"})
+r = c.getresponse()
+print(r.status, r.read().decode())
+"""
+
+
+def whoami_json(rxd: Rxd, user: str) -> dict:
+    result = rxd.rxctl(user, "whoami", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_whoami_gives_each_linux_user_their_own_identity(rxd: Rxd) -> None:
+    alice = whoami_json(rxd, "rxalice")
+    bob = whoami_json(rxd, "rxbob")
+    assert (alice["uid"], alice["user"], alice["admin"]) == (2001, "rxalice", False)
+    assert (bob["uid"], bob["user"], bob["admin"]) == (2002, "rxbob", False)
+    assert "rxusers" in alice["groups"]
+
+
+def test_whoami_marks_admin_group_members_and_root(rxd: Rxd) -> None:
+    assert whoami_json(rxd, "rxop")["admin"] is True
+    root = rxd.rxctl(None, "whoami", "--json")
+    assert json.loads(root.stdout)["uid"] == 0
+    assert json.loads(root.stdout)["admin"] is True
+
+
+def test_whoami_text_output(rxd: Rxd) -> None:
+    result = rxd.rxctl("rxbob", "whoami")
+    assert result.returncode == 0
+    assert result.stdout == "rxbob (uid 2002, user)\n"
+
+
+def test_request_claiming_another_uid_is_still_the_peer(rxd: Rxd) -> None:
+    result = run_as("rxalice", [str(VENV_BIN / "python"), "-c", IMPERSONATE, str(rxd.socket)])
+    assert result.returncode == 0, result.stderr
+    status, body = result.stdout.split(" ", 1)
+    assert status == "200"
+    me = json.loads(body)
+    assert (me["uid"], me["user"], me["admin"]) == (2001, "rxalice", False)
+
+
+def test_unknown_route_is_a_json_404(rxd: Rxd) -> None:
+    from rxslurm.cli.client import ApiError, Client
+
+    with pytest.raises(ApiError) as err:
+        Client(str(rxd.socket)).get("/v1/nope")
+    assert err.value.status == 404
+
+
+def test_rxctl_says_in_one_line_when_the_daemon_is_down(rxd: Rxd) -> None:
+    assert rxd.stop() == 0
+    result = rxd.rxctl("rxalice", "whoami")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == f"Error: rxd is not running (nothing listens on {rxd.socket})\n"
+
+
+def test_doctor_json_when_the_daemon_is_down(rxd: Rxd) -> None:
+    rxd.stop()
+    result = rxd.rxctl("rxalice", "doctor", "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert report["checks"]["daemon"]["ok"] is False
+
+
+def test_sigterm_stops_cleanly_and_removes_the_socket(rxd: Rxd) -> None:
+    assert rxd.stop(signal.SIGTERM) == 0
+    assert not rxd.socket.exists()
+    assert '"rxd stopped"' in rxd.log_text()
+
+
+def test_stale_socket_from_a_crash_is_replaced() -> None:
+    daemon = new_rxd()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(daemon.socket))  # bound, never listening: what a killed rxd leaves
+    stale.close()
+    assert daemon.socket.is_socket()
+    daemon.start()
+    assert whoami_json(daemon, "rxalice")["uid"] == 2001
+    assert daemon.stop() == 0
+
+
+def test_refuses_to_replace_a_file_that_is_not_a_socket() -> None:
+    daemon = new_rxd()
+    daemon.socket.write_text("not a socket")
+    daemon.start(wait=False)
+    assert daemon.proc is not None
+    assert daemon.proc.wait(timeout=30) == 1
+    assert "exists and is not a socket; refusing to replace it" in daemon.log_text()
+    assert daemon.socket.read_text() == "not a socket"
+
+
+def test_second_daemon_on_a_live_socket_refuses(rxd: Rxd) -> None:
+    second = Rxd(root=rxd.root)
+    second.start(wait=False)
+    assert second.proc is not None
+    assert second.proc.wait(timeout=30) == 1
+    assert "another rxd is already serving on" in second.log_text()
+    assert whoami_json(rxd, "rxalice")["uid"] == 2001
+
+
+@pytest.mark.cluster
+def test_doctor_reports_slurm_and_apptainer(rxd: Rxd) -> None:
+    result = rxd.rxctl("rxalice", "doctor", "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report
+    checks = report["checks"]
+    assert set(checks) == {"daemon", "ledger", "slurm", "apptainer"}
+    assert checks["slurm"]["version"].startswith("22.05") or checks["slurm"]["version"]
+    assert "1.3" in checks["apptainer"]["version"]
+    text = rxd.rxctl("rxalice", "doctor")
+    assert text.returncode == 0
+    assert [line.split()[1] for line in text.stdout.splitlines()] == [
+        "daemon",
+        "ledger",
+        "slurm",
+        "apptainer",
+    ]
+
+
+def test_rxd_migrate_twice_changes_nothing() -> None:
+    daemon = new_rxd()  # already migrated once
+    again = daemon.migrate()
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("nothing to do; schema is at m001")
+
+
+def test_rxd_refuses_a_config_with_an_unknown_key() -> None:
+    daemon = new_rxd(extra_config="sokcet = 'typo'\n")
+    result = subprocess.run(
+        [str(VENV_BIN / "rxd"), "serve", "--config", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "unknown key daemon.sokcet" in result.stderr

@@ -1,0 +1,39 @@
+"""Dependencies point one way: cli -> (API) -> daemon -> slurm.
+
+The CLI never opens the ledger or runs Slurm itself.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+FORBIDDEN = {
+    "cli": ("rxslurm.daemon", "rxslurm.slurm", "sqlite_utils", "sqlite3", "spython", "aiohttp"),
+    "slurm": ("rxslurm.daemon", "rxslurm.cli"),
+    "daemon": ("rxslurm.cli",),
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
+def test_layer_imports_point_one_way(folder: str) -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for name in sorted(imports_of(path))
+        if name.startswith(FORBIDDEN[folder])
+    ]
+    assert offenders == []
