@@ -1,0 +1,161 @@
+"""The ledger's schema, one numbered migration at a time.
+
+Rules: a migration that has been applied anywhere is never edited or renamed; a change is a new
+function `mNNN_what_it_does`. The SQL is spelled out literally (not built from constants that may
+change later), so a migration means the same thing forever. `Ledger.migrate()` applies the pending
+ones in one `BEGIN IMMEDIATE` transaction with foreign keys off (so `table.transform()` works on
+referenced tables) and checks `PRAGMA foreign_key_check` before committing.
+
+Conventions of the schema:
+- Timestamps are ISO-8601 UTC text, "2024-05-01T12:34:56.123456Z" (see records.py).
+- Tables are STRICT: a uid stored as "2001" instead of 2001 is an error, not a silent mismatch.
+- A project setting of 0 or "" means "the deployment's default".
+- Deleting a project removes its members; a container, its jobs and bindings must be removed
+  explicitly (a running Slurm job must never lose its ledger row by a cascade).
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database, Migrations
+
+MIGRATION_SET = "rxslurm"
+
+migrations = Migrations(MIGRATION_SET)
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    statements = [
+        """
+        CREATE TABLE platform_users (
+            id TEXT PRIMARY KEY NOT NULL,
+            display_name TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL
+        ) STRICT
+        """,
+        # One Linux identity per platform user and vice versa; never root.
+        """
+        CREATE TABLE bindings (
+            platform_user_id TEXT PRIMARY KEY NOT NULL REFERENCES platform_users(id),
+            uid INTEGER NOT NULL UNIQUE CHECK (uid > 0),
+            username TEXT NOT NULL,
+            bound_at TEXT NOT NULL,
+            bound_by TEXT NOT NULL
+        ) STRICT
+        """,
+        # Only the hash of a code is kept: a leaked ledger must not let anyone bind.
+        """
+        CREATE TABLE binding_codes (
+            code_hash TEXT PRIMARY KEY NOT NULL,
+            platform_user_id TEXT NOT NULL REFERENCES platform_users(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT,
+            used_by_uid INTEGER
+        ) STRICT
+        """,
+        "CREATE INDEX binding_codes_platform_user ON binding_codes (platform_user_id)",
+        """
+        CREATE TABLE projects (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            image TEXT NOT NULL DEFAULT '',
+            cpus INTEGER NOT NULL DEFAULT 0 CHECK (cpus >= 0),
+            mem_mb INTEGER NOT NULL DEFAULT 0 CHECK (mem_mb >= 0),
+            gpus INTEGER NOT NULL DEFAULT 0 CHECK (gpus >= 0),
+            gpu_type TEXT NOT NULL DEFAULT '',
+            gpu_driver TEXT NOT NULL DEFAULT '',
+            gpu_mem_gb INTEGER NOT NULL DEFAULT 0 CHECK (gpu_mem_gb >= 0),
+            partition TEXT NOT NULL DEFAULT '',
+            time_limit_min INTEGER NOT NULL DEFAULT 0 CHECK (time_limit_min >= 0),
+            idle_timeout_min INTEGER NOT NULL DEFAULT 0 CHECK (idle_timeout_min >= 0),
+            run_as TEXT NOT NULL DEFAULT 'bound' CHECK (run_as IN ('bound', 'service')),
+            workspace TEXT NOT NULL DEFAULT '',
+            settings_changed_at TEXT
+        ) STRICT
+        """,
+        """
+        CREATE TABLE members (
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            platform_user_id TEXT NOT NULL REFERENCES platform_users(id),
+            role TEXT NOT NULL CHECK (role IN ('owner', 'manager', 'editor', 'viewer')),
+            added_at TEXT NOT NULL,
+            added_by TEXT NOT NULL,
+            PRIMARY KEY (project_id, platform_user_id)
+        ) STRICT
+        """,
+        # "Which projects is this user in?"
+        "CREATE INDEX members_platform_user ON members (platform_user_id)",
+        """
+        CREATE TABLE containers (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL UNIQUE REFERENCES projects(id),
+            name TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL,
+            reason TEXT,
+            desired TEXT,
+            image TEXT,
+            overlay_path TEXT,
+            runtime_user TEXT,
+            runtime_uid INTEGER CHECK (runtime_uid IS NULL OR runtime_uid > 0),
+            settings TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(settings)),
+            last_error TEXT,
+            last_activity_at TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            generation INTEGER NOT NULL DEFAULT 0
+        ) STRICT
+        """,
+        # The reconciler walks containers by state.
+        "CREATE INDEX containers_state ON containers (state)",
+        # Conditional updates (`... WHERE id = ? AND generation = ?`) rely on generation
+        # growing with every state change; a writer that forgets to bump it gets it bumped here.
+        """
+        CREATE TRIGGER containers_generation AFTER UPDATE OF state ON containers
+        WHEN NEW.state IS NOT OLD.state AND NEW.generation = OLD.generation
+        BEGIN
+            UPDATE containers SET generation = OLD.generation + 1 WHERE id = NEW.id;
+        END
+        """,
+        """
+        CREATE TABLE jobs (
+            job_id INTEGER PRIMARY KEY,
+            container_id INTEGER NOT NULL REFERENCES containers(id),
+            state TEXT NOT NULL,
+            reason TEXT,
+            node TEXT,
+            submitted_at TEXT,
+            started_at TEXT,
+            ended_at TEXT,
+            exit_code TEXT,
+            last_seen_at TEXT
+        ) STRICT
+        """,
+        "CREATE INDEX jobs_container ON jobs (container_id)",
+        # AUTOINCREMENT: an event id is never reused, even after the newest rows are deleted.
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            actor_uid INTEGER,
+            origin TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target_type TEXT,
+            target_id TEXT,
+            detail TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(detail))
+        ) STRICT
+        """,
+        "CREATE INDEX events_target ON events (target_type, target_id)",
+        "CREATE INDEX events_at ON events (at)",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
+def known_names() -> list[str]:
+    """Every migration this rx-slurm knows, in order (sqlite-utils has no public accessor)."""
+    return [m.name for m in migrations._migrations]
