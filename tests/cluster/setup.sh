@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# Brings up the local Slurm test cluster (munge, MariaDB, slurmdbd, slurmctld, slurmd n1..n3) on this
+# machine, without systemd. Safe to run again: what already runs is checked and left alone, so a
+# second run takes a second or two; a stale pid file or a half-started cluster is repaired.
+# Changing a template here (or /etc/slurm/rxslurm-hooks.conf) and running it again restarts the
+# daemons that read it. Run as root. See README.md.
+set -euo pipefail
+
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
+REPO=$(cd -- "$HERE/../.." && pwd -P)
+# shellcheck source=tests/cluster/lib.sh
+source "$HERE/lib.sh"
+
+START=$EPOCHREALTIME
+HOST=$(uname -n)
+HOST=${HOST%%.*}
+# The apt-get and Slurm commands below must not depend on the caller's environment.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C
+unset SLURM_CONF
+
+((EUID == 0)) || die "run as root (it installs packages, creates users and starts daemons)"
+
+install_missing_packages() {
+  # command (or file) -> Debian package providing it
+  local -A wanted=(
+    [/usr/sbin/slurmctld]=slurmctld [/usr/sbin/slurmd]=slurmd [/usr/bin/sbatch]=slurm-client
+    [/usr/sbin/munged]=munge [/usr/include/slurm/spank.h]=libslurm-dev
+    [/usr/sbin/slurmdbd]=slurmdbd [/usr/sbin/mariadbd]=mariadb-server
+    [/usr/bin/fuse2fs]=fuse2fs [/usr/bin/setfacl]=acl
+  )
+  local path
+  local -a missing=()
+  for path in "${!wanted[@]}"; do
+    [[ -e $path ]] || missing+=("${wanted[$path]}")
+  done
+  if ((${#missing[@]} == 0)); then
+    step "packages: all installed"
+    return 0
+  fi
+  step "packages: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+check_repo_access() {
+  # Test users run files from this checkout (the Apptainer stand-in, the venv): a clone under a
+  # 0700 home directory would make every job fail in a confusing way, so fail here instead.
+  if runuser -u rxalice -- test -r "$HERE/setup.sh"; then
+    step "repo: $REPO is readable by the test users"
+    return 0
+  fi
+  local dir=/ part
+  local -a parts
+  IFS=/ read -ra parts <<<"${REPO#/}"
+  for part in "${parts[@]}"; do
+    dir=${dir%/}/$part
+    runuser -u rxalice -- test -x "$dir" ||
+      die "$dir (mode $(stat -c %A "$dir")) is not traversable by other users, so the test users" \
+        "cannot use $REPO: run 'chmod o+x $dir' or clone the repo elsewhere"
+  done
+  die "files in $REPO are not readable by other users (cloned with umask 077?): chmod -R o+rX $REPO"
+}
+
+link_apptainer_standin() {
+  local standin=$REPO/tests/standin/apptainer candidate name link
+  is_ours() { [[ -L $1 && $(readlink "$1") == */tests/standin/* ]]; }
+  for candidate in $(type -ap apptainer); do
+    if ! is_ours "$candidate"; then
+      step "apptainer: a real one is installed ($candidate); stand-in not linked"
+      return 0
+    fi
+  done
+  for name in apptainer singularity; do
+    link=/usr/local/bin/$name
+    if [[ (-e $link || -L $link) ]] && ! is_ours "$link"; then
+      step "apptainer: $link is not ours, left alone"
+    elif [[ $(readlink "$link") != "$standin" ]]; then
+      ln -sfn "$standin" "$link"
+      step "apptainer: linked $link -> $standin"
+    fi
+  done
+  [[ -e $standin ]] || step "apptainer: note: $standin does not exist (yet)"
+}
+
+render() { # TEMPLATE DEST MODE; returns 0 when DEST changed
+  local tmp
+  tmp=$(mktemp "$2.XXXXXX")
+  sed -e "s/@HOSTNAME@/$HOST/g" -e "s/@DB_PASSWORD@/$DB_PASSWORD/g" "$HERE/$1" >"$tmp"
+  chmod "$3" "$tmp"
+  if cmp -s "$tmp" "$2" && [[ $(stat -c %a "$2") == "$3" ]]; then
+    rm -f "$tmp"
+    return 1
+  fi
+  mv -f "$tmp" "$2"
+}
+
+write_configs() {
+  mkdir -p "$SLURM_ETC"
+  # Keep the password of an earlier run: MariaDB already knows it.
+  DB_PASSWORD=$(sed -n 's/^StoragePass=\([0-9a-f]*\)$/\1/p' "$SLURM_ETC/slurmdbd.conf" 2>/dev/null || true)
+  [[ -n $DB_PASSWORD ]] || DB_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  local -a changed=()
+  render slurm.conf.in "$SLURM_ETC/slurm.conf" 644 && changed+=(slurm.conf)
+  render gres.conf.in "$SLURM_ETC/gres.conf" 644 && changed+=(gres.conf)
+  render cgroup.conf.in "$SLURM_ETC/cgroup.conf" 644 && changed+=(cgroup.conf)
+  render slurmdbd.conf.in "$SLURM_ETC/slurmdbd.conf" 600 && changed+=(slurmdbd.conf)
+  # slurm.conf Includes this file; Slurm 22.05 retries a missing include for 60 s, then gives up.
+  if [[ ! -e $HOOKS_CONF ]]; then
+    printf '# Extra slurm.conf lines (PrologSlurmctld=...); run tests/cluster/setup.sh after a change.\n' \
+      >"$HOOKS_CONF"
+    changed+=("${HOOKS_CONF##*/}")
+  fi
+  step "configs: ${changed[*]:-unchanged} in $SLURM_ETC"
+}
+
+make_fake_gpus() {
+  local n dev
+  for n in 0 1; do
+    dev=/dev/fakegpu$n
+    # A copy of /dev/null: Slurm only needs a device file to hand out.
+    if [[ ! -c $dev || $(stat -c '%t:%T' "$dev") != 1:3 ]]; then
+      rm -f "$dev"
+      mknod -m 0666 "$dev" c 1 3
+    fi
+  done
+  step "gpus: /dev/fakegpu0 /dev/fakegpu1 present"
+}
+
+make_dirs() {
+  local n
+  mkdir -p /var/spool/slurmctld /var/log/slurm /var/log/mysql "$STAMP_DIR"
+  for n in "${NODES[@]}"; do mkdir -p "/var/spool/slurmd/$n"; done
+  install -d -o munge -g munge -m 0755 /run/munge
+  install -d -o mysql -g mysql -m 0755 /run/mysqld /var/log/mysql
+}
+
+# ensure LABEL CHECK START LIMIT COMM [ARG...]: if CHECK fails, (re)start the daemon and poll CHECK.
+# A daemon that runs but does not answer may still be starting: it gets LIMIT seconds, then a restart.
+ensure() {
+  local label=$1 check=$2 start=$3 limit=$4
+  shift 4
+  if $check; then
+    step "$label: running"
+    return 0
+  fi
+  local deadline=$((${EPOCHREALTIME/./} + limit * 1000000))
+  while [[ -n $(pids_of "$@") ]]; do
+    if $check; then
+      step "$label: running (was starting)"
+      return 0
+    fi
+    if ((${EPOCHREALTIME/./} > deadline)); then
+      stop_daemon "$label (not answering after ${limit}s)" "$@"
+      break
+    fi
+    sleep 0.1
+  done
+  $start
+  poll "$limit" "$check" || die "$label did not answer within ${limit}s; see its log"
+  step "$label: started"
+}
+
+munge_ok() { timeout 5 munge -n </dev/null 2>/dev/null | timeout 5 unmunge >/dev/null 2>&1; }
+start_munge() {
+  if [[ ! -s /etc/munge/munge.key ]]; then
+    mungekey --create --keyfile=/etc/munge/munge.key
+    chown munge:munge /etc/munge/munge.key
+    chmod 0600 /etc/munge/munge.key
+  fi
+  # --force: take over a stale socket left by a killed munged.
+  runuser -u munge -- /usr/sbin/munged --force </dev/null >/dev/null 2>&1
+}
+
+mariadb_ok() { mysqladmin --connect-timeout=2 ping >/dev/null 2>&1; }
+start_mariadb() {
+  [[ -d /var/lib/mysql/mysql ]] ||
+    mariadb-install-db --user=mysql --skip-test-db >/dev/null
+  # setsid -f: mariadbd does not daemonize itself; its stdio must not hold our caller's pipes.
+  setsid -f /usr/sbin/mariadbd --user=mysql --log-error="$MARIADB_LOG" \
+    --innodb-lock-wait-timeout=900 </dev/null >/dev/null 2>&1
+}
+
+create_database() {
+  mysql --batch <<SQL
+CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+CREATE USER IF NOT EXISTS 'slurmdbd'@'localhost';
+ALTER USER 'slurmdbd'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
+GRANT ALL ON slurm_acct_db.* TO 'slurmdbd'@'localhost';
+SQL
+  step "mariadb: database slurm_acct_db and user slurmdbd ready"
+}
+
+conf_sum() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+# restart_if_changed NAME CONFIG...: stop NAME's daemons when they run with configs other than these.
+# The stamp is written once the daemons are up again (mark_started), so an interrupted run retries.
+restart_if_changed() {
+  local name=$1
+  shift
+  local want
+  want=$(conf_sum "$@")
+  [[ $(cat "$STAMP_DIR/$name.sum" 2>/dev/null) == "$want" ]] && return 0
+  case $name in
+  slurmdbd)
+    [[ -n $(pids_of slurmdbd) ]] || return 0
+    step "slurmdbd: config changed, restarting"
+    stop_daemon slurmdbd slurmdbd
+    ;;
+  slurm)
+    [[ -n $(pids_of slurmctld)$(pids_of slurmd) ]] || return 0
+    step "slurm: config changed, restarting slurmctld and slurmd"
+    local n
+    for n in "${NODES[@]}"; do stop_daemon "slurmd $n" slurmd -N "$n" & done
+    wait
+    stop_daemon slurmctld slurmctld
+    ;;
+  esac
+}
+mark_started() { # NAME CONFIG...
+  local name=$1
+  shift
+  conf_sum "$@" >"$STAMP_DIR/$name.sum"
+}
+
+sacctmgr_q() { timeout "$CMD_TIMEOUT" sacctmgr "$@"; }
+slurmdbd_ok() { sacctmgr_q -n -P show cluster format=cluster >/dev/null 2>&1; }
+start_slurmdbd() {
+  mariadb_ok && create_database
+  slurmdbd </dev/null >/dev/null 2>&1
+}
+
+add_associations() {
+  local assocs
+  assocs=$(sacctmgr_q -n -P show assoc format=cluster,account,user)
+  local -a added=() missing=()
+  if ! grep -q "^$CLUSTER|" <<<"$assocs"; then
+    sacctmgr_q -i add cluster "$CLUSTER" >/dev/null
+    added+=("cluster $CLUSTER")
+  fi
+  if ! grep -qx "$CLUSTER|$ACCOUNT|" <<<"$assocs"; then
+    sacctmgr_q -i add account "$ACCOUNT" cluster="$CLUSTER" \
+      description="rx-slurm tests" organization=rx-slurm >/dev/null
+    added+=("account $ACCOUNT")
+  fi
+  local user
+  for user in "${TEST_USERS[@]}"; do
+    grep -qx "$CLUSTER|$ACCOUNT|$user" <<<"$assocs" || missing+=("$user")
+  done
+  if ((${#missing[@]})); then
+    sacctmgr_q -i add user "$(
+      IFS=,
+      echo "${missing[*]}"
+    )" account="$ACCOUNT" cluster="$CLUSTER" >/dev/null
+    added+=("users ${missing[*]}")
+  fi
+  if ((${#added[@]})); then
+    step "accounting: added $(IFS=,; echo "${added[*]}" | sed 's/,/, /g')"
+  else
+    step "accounting: cluster $CLUSTER, account $ACCOUNT and its users present"
+  fi
+}
+
+slurmctld_ok() { timeout "$CMD_TIMEOUT" scontrol ping 2>/dev/null | grep -q ' is UP$'; }
+start_slurmctld() { slurmctld </dev/null >/dev/null 2>&1; }
+
+start_slurmds() {
+  local n
+  local -a started=()
+  for n in "${NODES[@]}"; do
+    if [[ -z $(pids_of slurmd -N "$n") ]]; then
+      slurmd -N "$n" </dev/null >/dev/null 2>&1
+      started+=("$n")
+    fi
+  done
+  if ((${#started[@]})); then
+    step "slurmd: started ${started[*]}"
+  else
+    step "slurmd: ${NODES[*]} running"
+  fi
+}
+
+# Ready: every node responds and can take jobs. A responding node that is down or drained (an admin
+# or an earlier failure left it so) is resumed, since ReturnToService does not undo that.
+nodes_ready() {
+  local out node state ready=0
+  out=$(timeout "$CMD_TIMEOUT" sinfo -h -N -p cpu -o '%N %t') || return 1
+  while read -r node state; do
+    case $state in
+    idle | mix | alloc | comp) ready=$((ready + 1)) ;;
+    down | drain | drng | fail)
+      timeout "$CMD_TIMEOUT" scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
+      ;;
+    esac
+  done <<<"$out"
+  ((ready == ${#NODES[@]}))
+}
+
+install_missing_packages
+bash "$HERE/users.sh"
+step "users: test users present"
+check_repo_access
+link_apptainer_standin
+make_dirs
+write_configs
+make_fake_gpus
+
+readonly SLURM_CONFS=("$SLURM_ETC/slurm.conf" "$SLURM_ETC/gres.conf" "$SLURM_ETC/cgroup.conf" "$HOOKS_CONF")
+ensure munge munge_ok start_munge 30 munged
+ensure mariadb mariadb_ok start_mariadb 60 mariadbd
+restart_if_changed slurmdbd "$SLURM_ETC/slurmdbd.conf"
+ensure slurmdbd slurmdbd_ok start_slurmdbd 60 slurmdbd
+mark_started slurmdbd "$SLURM_ETC/slurmdbd.conf"
+add_associations
+restart_if_changed slurm "${SLURM_CONFS[@]}"
+ensure slurmctld slurmctld_ok start_slurmctld 60 slurmctld
+start_slurmds
+poll 60 nodes_ready ||
+  die "nodes not idle after 60s: $(sinfo -h -N -p cpu -o '%N=%T(%E)' | tr '\n' ' ')"
+mark_started slurm "${SLURM_CONFS[@]}"
+step "nodes: $(sinfo -h -N -p cpu -o '%N=%t' | paste -sd' ')"
+step "cluster $CLUSTER up in $(elapsed_since "$START")"
