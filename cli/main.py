@@ -102,3 +102,14 @@ def doctor(client: Client, json_: bool) -> None:
             click.echo(f"{mark} {name:<10} {check['detail']}")
     if not health["ok"]:
         raise SystemExit(1)
+
+
+# Command groups live in their own modules, which import the helpers above: so register them last.
+from rxslurm.cli.commands_admin import admin  # noqa: E402
+from rxslurm.cli.commands_identity import bind, unbind  # noqa: E402
+from rxslurm.cli.commands_project import project  # noqa: E402
+
+cli.add_command(bind)
+cli.add_command(unbind)
+cli.add_command(project)
+cli.add_command(admin)

@@ -1,0 +1,263 @@
+"""`rxctl project ...`: create, inspect and configure projects, and manage their members."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from rxslurm.cli import render
+from rxslurm.cli.client import Client
+from rxslurm.cli.main import api_errors, emit_json, json_option
+
+ROLES = "owner|manager|editor|viewer"
+
+# (option, API key, type, metavar, help). Every default is None: only the options given are sent,
+# and the daemon validates the values (so a bad one is its one-line reason, not a usage screen).
+_SETTING_OPTIONS: tuple[tuple[str, str, type, str, str], ...] = (
+    (
+        "--image",
+        "image",
+        str,
+        "REF",
+        "Image: an absolute path or a docker://, oras://, library:// ref.",
+    ),
+    ("--cpus", "cpus", int, "N", "CPUs (0: the deployment default)."),
+    ("--mem", "mem_mb", int, "MB", "Memory in MB (0: the deployment default)."),
+    ("--gpus", "gpus", int, "N", "GPUs (0: no GPU)."),
+    ("--gpu-type", "gpu_type", str, "T", 'GPU type, e.g. a100 ("": any).'),
+    (
+        "--gpu-driver",
+        "gpu_driver",
+        str,
+        "nvidia|amd|none",
+        "GPU driver to bind into the container.",
+    ),
+    ("--gpu-mem", "gpu_mem_gb", int, "GB", "GPU memory in GB (0: the default)."),
+    ("--partition", "partition", str, "P", 'Slurm partition ("": the deployment default).'),
+    ("--time-limit", "time_limit_min", int, "MIN", "Job time limit in minutes (0: the default)."),
+    (
+        "--idle-timeout",
+        "idle_timeout_min",
+        int,
+        "MIN",
+        "Stop after this many idle minutes (0: never).",
+    ),
+)
+
+
+def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for flag, key, type_, metavar, help_ in reversed(_SETTING_OPTIONS):
+        func = click.option(flag, key, type=type_, metavar=metavar, default=None, help=help_)(func)
+    return func
+
+
+def settings_body(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings the user gave, as the API names them; `--gpu-driver none` is ""."""
+    body = {key: options[key] for _, key, *_ in _SETTING_OPTIONS if options.get(key) is not None}
+    if body.get("gpu_driver") == "none":
+        body["gpu_driver"] = ""
+    return body
+
+
+def project_route(name: str, *rest: str) -> str:
+    return "/".join(["/v1/projects", quote(name, safe=""), *(quote(p, safe="") for p in rest)])
+
+
+def echo_lines(lines: list[str]) -> None:
+    click.echo("\n".join(lines))
+
+
+@click.group()
+def project() -> None:
+    """Create, inspect and configure projects and their members.
+
+    Example: rxctl project show alpha
+    """
+
+
+@project.command("create")
+@click.argument("name")
+@settings_options
+@json_option
+@click.pass_obj
+@api_errors
+def create(client: Client, name: str, json_: bool, **options: Any) -> None:
+    """Create a project; you become its owner.
+
+    Names: 1-21 characters, lowercase letters, digits and "-", starting with a letter.
+
+    Example: rxctl project create alpha --gpus 1 --partition gpu
+    """
+    body: dict[str, Any] = {"name": name}
+    settings = settings_body(options)
+    if settings:
+        body["settings"] = settings
+    created = client.post("/v1/projects", body)
+    if json_:
+        emit_json(created)
+    else:
+        click.echo(f"Created project {created['name']}; you are its owner.")
+
+
+@project.command("list")
+@json_option
+@click.pass_obj
+@api_errors
+def list_(client: Client, json_: bool) -> None:
+    """List the projects you are a member of (admins: all projects).
+
+    Example: rxctl project list
+    """
+    answer = client.get("/v1/projects")
+    if json_:
+        emit_json(answer)
+    else:
+        echo_lines(render.project_list_lines(answer["projects"]))
+
+
+@project.command("show")
+@click.argument("name")
+@json_option
+@click.pass_obj
+@api_errors
+def show(client: Client, name: str, json_: bool) -> None:
+    """Show a project: settings, effective values, run-as, workspace and members.
+
+    Example: rxctl project show alpha --json
+    """
+    answer = client.get(project_route(name))
+    if json_:
+        emit_json(answer)
+    else:
+        echo_lines(render.project_lines(answer))
+
+
+@project.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Really delete (required; there is no prompt).")
+@json_option
+@click.pass_obj
+@api_errors
+def delete(client: Client, name: str, yes: bool, json_: bool) -> None:
+    """Delete a project (owners only; not while its container is enabled).
+
+    Example: rxctl project delete alpha --yes
+    """
+    if not yes:
+        raise click.ClickException(f"deleting project {name} cannot be undone; add --yes to do it")
+    answer = client.request("DELETE", project_route(name))
+    if json_:
+        emit_json(answer)
+    else:
+        click.echo(f"Deleted project {answer.get('deleted', name)}.")
+
+
+@project.command("set")
+@click.argument("name")
+@settings_options
+@json_option
+@click.pass_obj
+@api_errors
+def set_(client: Client, name: str, json_: bool, **options: Any) -> None:
+    """Change a project's settings; only the options given change (0 or "": the default).
+
+    Example: rxctl project set alpha --cpus 2 --gpus 1 --gpu-driver nvidia
+    """
+    settings = settings_body(options)
+    if not settings:
+        raise click.ClickException(
+            "nothing to change; give at least one setting (see: rxctl project set -h)"
+        )
+    answer = client.request("PATCH", project_route(name, "settings"), settings)
+    if json_:
+        emit_json(answer)
+        return
+    click.echo(f"Updated project {answer['name']}: {render.changed_settings(settings)}")
+    if answer.get("settings_pending"):
+        click.echo(render.PENDING_NOTE)
+
+
+@project.command("run-as")
+@click.argument("name")
+@click.argument("mode", metavar="bound|service")
+@json_option
+@click.pass_obj
+@api_errors
+def run_as(client: Client, name: str, mode: str, json_: bool) -> None:
+    """Choose who the container runs as: your bound Linux user, or the service account.
+
+    Example: rxctl project run-as alpha service
+    """
+    answer = client.request("PUT", project_route(name, "run-as"), {"mode": mode})
+    if json_:
+        emit_json(answer)
+    else:
+        click.echo(
+            f"Project {answer['name']} runs as {answer['run_as']} "
+            f"(runtime user {render.cell(answer.get('runtime_user'))})."
+        )
+
+
+@project.group()
+def member() -> None:
+    """Add and remove project members and change their roles.
+
+    Example: rxctl project member add alpha rxbob --role manager
+    """
+
+
+def _members_answer(answer: dict[str, Any], json_: bool, message: str) -> None:
+    if json_:
+        emit_json(answer)
+    else:
+        click.echo(message)
+
+
+@member.command("add")
+@click.argument("name")
+@click.argument("user")
+@click.option("--role", required=True, metavar=ROLES, help="The new member's role.")
+@json_option
+@click.pass_obj
+@api_errors
+def member_add(client: Client, name: str, user: str, role: str, json_: bool) -> None:
+    """Add a member to a project (USER: their platform user; locally, their Linux name).
+
+    Example: rxctl project member add alpha rxbob --role editor
+    """
+    answer = client.post(project_route(name, "members"), {"user": user, "role": role})
+    _members_answer(answer, json_, f"Added {user} to {name} as {role}.")
+
+
+@member.command("rm")
+@click.argument("name")
+@click.argument("user")
+@json_option
+@click.pass_obj
+@api_errors
+def member_rm(client: Client, name: str, user: str, json_: bool) -> None:
+    """Remove a member from a project.
+
+    Example: rxctl project member rm alpha rxbob
+    """
+    answer = client.request("DELETE", project_route(name, "members", user))
+    _members_answer(answer, json_, f"Removed {user} from {name}.")
+
+
+@member.command("set-role")
+@click.argument("name")
+@click.argument("user")
+@click.argument("role", metavar=ROLES)
+@json_option
+@click.pass_obj
+@api_errors
+def member_set_role(client: Client, name: str, user: str, role: str, json_: bool) -> None:
+    """Change a member's role.
+
+    Example: rxctl project member set-role alpha rxbob viewer
+    """
+    answer = client.request("PATCH", project_route(name, "members", user), {"role": role})
+    _members_answer(answer, json_, f"{user} is now {role} in {name}.")

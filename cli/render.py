@@ -1,0 +1,207 @@
+"""Text output for people: short aligned tables and key/value blocks, read at a glance.
+
+Everything here turns API answers (plain dicts) into lines; `--json` bypasses it entirely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+PENDING_NOTE = "new settings apply on the next start"
+
+# Settings in the order people think about them, with the flag that sets each one.
+SETTINGS: tuple[tuple[str, str], ...] = (
+    ("image", "--image"),
+    ("cpus", "--cpus"),
+    ("mem_mb", "--mem"),
+    ("gpus", "--gpus"),
+    ("gpu_type", "--gpu-type"),
+    ("gpu_driver", "--gpu-driver"),
+    ("gpu_mem_gb", "--gpu-mem"),
+    ("partition", "--partition"),
+    ("time_limit_min", "--time-limit"),
+    ("idle_timeout_min", "--idle-timeout"),
+)
+
+
+def cell(value: Any) -> str:
+    """One value as table text: absent and empty values show as "-"."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Mapping):
+        return " ".join(f"{k}={cell(v)}" for k, v in sorted(value.items())) or "-"
+    if isinstance(value, list | tuple):
+        return ",".join(cell(v) for v in value) or "-"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """Left-aligned columns two spaces apart; the last column is not padded."""
+    text_rows = [[cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    lines = []
+    for row in [list(headers), *text_rows]:
+        padded = [value.ljust(widths[i]) for i, value in enumerate(row[:-1])]
+        lines.append("  ".join([*padded, row[-1]]).rstrip())
+    return lines
+
+
+def pairs(items: Iterable[tuple[str, Any]], indent: str = "") -> list[str]:
+    """`key  value` lines with the values aligned."""
+    items = [(key, cell(value)) for key, value in items]
+    width = max((len(key) for key, _ in items), default=0)
+    return [f"{indent}{key.ljust(width)}  {value}".rstrip() for key, value in items]
+
+
+UNITS = {"mem_mb": "MB", "gpu_mem_gb": "GB", "time_limit_min": "min", "idle_timeout_min": "min"}
+
+
+def setting_value(key: str, value: Any, *, effective: bool = False) -> str:
+    """A setting as people read it: units, "no GPU", and 0/"" as the deployment default."""
+    if key == "gpus" and value == 0:
+        return "none"
+    if value in (0, "", None):
+        # In the settings 0/"" means "the deployment default"; an effective 0 means "no limit".
+        return ("none" if key in UNITS else "-") if effective else "default"
+    unit = UNITS.get(key)
+    return f"{value} {unit}" if unit else cell(value)
+
+
+def container_line(container: Mapping[str, Any] | None) -> str:
+    if not container:
+        return "none (not enabled)"
+    state = cell(container.get("state"))
+    extra = [
+        f"{label} {container[key]}"
+        for key, label in (("job_id", "job"), ("node", "on"), ("reason", "reason"))
+        if container.get(key)
+    ]
+    return state + (f" ({', '.join(extra)})" if extra else "")
+
+
+def project_lines(project: Mapping[str, Any]) -> list[str]:
+    """The whole of `rxctl project show`: who, where, settings, members."""
+    runtime = project.get("runtime_user")
+    run_as = cell(project.get("run_as"))
+    lines = pairs(
+        [
+            ("project", project.get("name")),
+            ("your role", project.get("role")),
+            ("run as", f"{run_as} (runtime user {cell(runtime)})"),
+            ("workspace", project.get("workspace")),
+            ("container", container_line(project.get("container"))),
+            ("created", f"{cell(project.get('created_at'))} by {cell(project.get('created_by'))}"),
+        ]
+    )
+    settings = project.get("settings") or {}
+    effective = project.get("effective") or {}
+    lines.append("")
+    lines.extend(
+        table(
+            ("SETTING", "OPTION", "SET", "EFFECTIVE"),
+            [
+                (
+                    key,
+                    flag,
+                    setting_value(key, settings.get(key)),
+                    setting_value(key, effective.get(key, settings.get(key)), effective=True),
+                )
+                for key, flag in SETTINGS
+            ],
+        )
+    )
+    lines.append("")
+    lines.extend(member_lines(project.get("members") or []))
+    if project.get("settings_pending"):
+        lines.append("")
+        lines.append(PENDING_NOTE)
+    return lines
+
+
+def member_lines(members: Iterable[Mapping[str, Any]]) -> list[str]:
+    return table(
+        ("MEMBER", "ROLE", "LINUX USER"),
+        [(m.get("user"), m.get("role"), m.get("linux_user")) for m in members],
+    )
+
+
+def project_list_lines(projects: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not projects:
+        return ["no projects yet; create one with: rxctl project create NAME"]
+    return table(
+        ("PROJECT", "ROLE", "RUN AS", "CONTAINER"),
+        [
+            (
+                p.get("name"),
+                p.get("role"),
+                p.get("run_as"),
+                _summary_state(p),
+            )
+            for p in projects
+        ],
+    )
+
+
+def _summary_state(project: Mapping[str, Any]) -> str:
+    # A summary may carry the container as an object or only its state.
+    container = project.get("container")
+    if isinstance(container, Mapping):
+        return cell(container.get("state"))
+    return cell(project.get("state") or container or "none")
+
+
+def changed_settings(settings: Mapping[str, Any]) -> str:
+    """`cpus=4, image=docker://...` for a confirmation line."""
+    return ", ".join(
+        f"{key}={value if value != '' else '(default)'}" for key, value in settings.items()
+    )
+
+
+def binding_lines(bindings: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not bindings:
+        return ["no bindings"]
+    return table(
+        ("PLATFORM USER", "LINUX USER", "UID", "BOUND AT", "BOUND BY"),
+        [
+            (
+                b.get("platform_user"),
+                b.get("user"),
+                b.get("uid"),
+                b.get("bound_at"),
+                b.get("bound_by"),
+            )
+            for b in bindings
+        ],
+    )
+
+
+def event_lines(events: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not events:
+        return ["no events"]
+    return table(
+        ("AT", "ACTOR", "ORIGIN", "ACTION", "TARGET", "DETAIL"),
+        [
+            (
+                e.get("at"),
+                e.get("actor"),
+                e.get("origin"),
+                e.get("action"),
+                _target(e),
+                e.get("detail"),
+            )
+            for e in events
+        ],
+    )
+
+
+def _target(event: Mapping[str, Any]) -> str:
+    kind, ident = event.get("target_type"), event.get("target_id")
+    if not kind and not ident:
+        return "-"
+    return f"{cell(kind)}:{cell(ident)}"
