@@ -70,6 +70,12 @@ def echo_lines(lines: list[str]) -> None:
     click.echo("\n".join(lines))
 
 
+def echo_warnings(answer: dict[str, Any]) -> None:
+    """The change was made, but something around it was not (e.g. the workspace): say so."""
+    for warning in answer.get("warnings") or []:
+        click.echo(f"Warning: {warning}", err=True)
+
+
 @click.group()
 def project() -> None:
     """Create, inspect and configure projects and their members.
@@ -96,6 +102,7 @@ def create(client: Client, name: str, json_: bool, **options: Any) -> None:
     if settings:
         body["settings"] = settings
     created = client.post("/v1/projects", body)
+    echo_warnings(created)
     if json_:
         emit_json(created)
     else:
@@ -172,6 +179,7 @@ def set_(client: Client, name: str, json_: bool, **options: Any) -> None:
             "nothing to change; give at least one setting (see: rxctl project set -h)"
         )
     answer = client.request("PATCH", project_route(name, "settings"), settings)
+    echo_warnings(answer)
     if json_:
         emit_json(answer)
         return
@@ -192,6 +200,7 @@ def run_as(client: Client, name: str, mode: str, json_: bool) -> None:
     Example: rxctl project run-as alpha service
     """
     answer = client.request("PUT", project_route(name, "run-as"), {"mode": mode})
+    echo_warnings(answer)
     if json_:
         emit_json(answer)
     else:
@@ -210,6 +219,7 @@ def member() -> None:
 
 
 def _members_answer(answer: dict[str, Any], json_: bool, message: str) -> None:
+    echo_warnings(answer)
     if json_:
         emit_json(answer)
     else:

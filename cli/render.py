@@ -135,25 +135,17 @@ def project_list_lines(projects: Sequence[Mapping[str, Any]]) -> list[str]:
     if not projects:
         return ["no projects yet; create one with: rxctl project create NAME"]
     return table(
-        ("PROJECT", "ROLE", "RUN AS", "CONTAINER"),
-        [
-            (
-                p.get("name"),
-                p.get("role"),
-                p.get("run_as"),
-                _summary_state(p),
-            )
-            for p in projects
-        ],
+        ("PROJECT", "ROLE", "STATE", "CREATED BY"),
+        [(p.get("name"), p.get("role"), _summary_state(p), p.get("created_by")) for p in projects],
     )
 
 
 def _summary_state(project: Mapping[str, Any]) -> str:
-    # A summary may carry the container as an object or only its state.
+    # A summary carries the container's state; a full project carries the container itself.
     container = project.get("container")
     if isinstance(container, Mapping):
         return cell(container.get("state"))
-    return cell(project.get("state") or container or "none")
+    return cell(project.get("state"))
 
 
 def changed_settings(settings: Mapping[str, Any]) -> str:
