@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # (the constants are used by the scripts that source this)
 # Shared by setup.sh and teardown.sh (sourced, not run). Bash 5.
 # Daemons are found by their /proc comm and arguments, not by pid files: a pid file may be stale
 # (left by a killed daemon) or missing (removed while the daemon ran), the process table is not.

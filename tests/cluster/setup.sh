@@ -8,7 +8,7 @@ set -euo pipefail
 
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 REPO=$(cd -- "$HERE/../.." && pwd -P)
-# shellcheck source=tests/cluster/lib.sh
+# shellcheck source=lib.sh
 source "$HERE/lib.sh"
 
 START=$EPOCHREALTIME
@@ -83,16 +83,17 @@ link_apptainer_standin() {
   [[ -e $standin ]] || step "apptainer: note: $standin does not exist (yet)"
 }
 
-render() { # TEMPLATE DEST MODE; returns 0 when DEST changed
+render() { # TEMPLATE DEST MODE: (re)write DEST when it differs; CHANGED collects what changed
   local tmp
   tmp=$(mktemp "$2.XXXXXX")
   sed -e "s/@HOSTNAME@/$HOST/g" -e "s/@DB_PASSWORD@/$DB_PASSWORD/g" "$HERE/$1" >"$tmp"
   chmod "$3" "$tmp"
   if cmp -s "$tmp" "$2" && [[ $(stat -c %a "$2") == "$3" ]]; then
     rm -f "$tmp"
-    return 1
+  else
+    mv -f "$tmp" "$2"
+    CHANGED+=("${2##*/}")
   fi
-  mv -f "$tmp" "$2"
 }
 
 write_configs() {
@@ -100,18 +101,18 @@ write_configs() {
   # Keep the password of an earlier run: MariaDB already knows it.
   DB_PASSWORD=$(sed -n 's/^StoragePass=\([0-9a-f]*\)$/\1/p' "$SLURM_ETC/slurmdbd.conf" 2>/dev/null || true)
   [[ -n $DB_PASSWORD ]] || DB_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-  local -a changed=()
-  render slurm.conf.in "$SLURM_ETC/slurm.conf" 644 && changed+=(slurm.conf)
-  render gres.conf.in "$SLURM_ETC/gres.conf" 644 && changed+=(gres.conf)
-  render cgroup.conf.in "$SLURM_ETC/cgroup.conf" 644 && changed+=(cgroup.conf)
-  render slurmdbd.conf.in "$SLURM_ETC/slurmdbd.conf" 600 && changed+=(slurmdbd.conf)
+  CHANGED=()
+  render slurm.conf.in "$SLURM_ETC/slurm.conf" 644
+  render gres.conf.in "$SLURM_ETC/gres.conf" 644
+  render cgroup.conf.in "$SLURM_ETC/cgroup.conf" 644
+  render slurmdbd.conf.in "$SLURM_ETC/slurmdbd.conf" 600
   # slurm.conf Includes this file; Slurm 22.05 retries a missing include for 60 s, then gives up.
   if [[ ! -e $HOOKS_CONF ]]; then
     printf '# Extra slurm.conf lines (PrologSlurmctld=...); run tests/cluster/setup.sh after a change.\n' \
       >"$HOOKS_CONF"
-    changed+=("${HOOKS_CONF##*/}")
+    CHANGED+=("${HOOKS_CONF##*/}")
   fi
-  step "configs: ${changed[*]:-unchanged} in $SLURM_ETC"
+  step "configs: ${CHANGED[*]:-unchanged} in $SLURM_ETC"
 }
 
 make_fake_gpus() {
@@ -248,14 +249,15 @@ add_associations() {
     grep -qx "$CLUSTER|$ACCOUNT|$user" <<<"$assocs" || missing+=("$user")
   done
   if ((${#missing[@]})); then
-    sacctmgr_q -i add user "$(
-      IFS=,
-      echo "${missing[*]}"
-    )" account="$ACCOUNT" cluster="$CLUSTER" >/dev/null
+    local names
+    printf -v names '%s,' "${missing[@]}"
+    sacctmgr_q -i add user "${names%,}" account="$ACCOUNT" cluster="$CLUSTER" >/dev/null
     added+=("users ${missing[*]}")
   fi
   if ((${#added[@]})); then
-    step "accounting: added $(IFS=,; echo "${added[*]}" | sed 's/,/, /g')"
+    local list
+    printf -v list '%s, ' "${added[@]}"
+    step "accounting: added ${list%, }"
   else
     step "accounting: cluster $CLUSTER, account $ACCOUNT and its users present"
   fi

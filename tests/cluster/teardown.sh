@@ -5,7 +5,7 @@
 set -euo pipefail
 
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
-# shellcheck source=tests/cluster/lib.sh
+# shellcheck source=lib.sh
 source "$HERE/lib.sh"
 
 ((EUID == 0)) || die "run as root"
