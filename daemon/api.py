@@ -55,18 +55,9 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 @web.middleware
-async def identify_and_answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error with a reason; unexpected ones are logged in full."""
     started = time.monotonic()
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None:
-        return error_response(403, "forbidden", "caller cannot be identified")
-    try:
-        pid, uid, gid = peer_credentials(sock)
-        caller = resolve_caller(pid, uid, gid)
-    except (OSError, UnknownCaller) as exc:
-        log.warning("refused caller", extra={"reason": str(exc), "path": request.path})
-        return error_response(403, "unknown_caller", str(exc))
-    request["caller"] = caller
     try:
         response = await handler(request)
     except ApiError as exc:
@@ -74,14 +65,15 @@ async def identify_and_answer(request: web.Request, handler: Handler) -> web.Str
     except web.HTTPException as exc:
         response = error_response(exc.status, "http", exc.reason)
     except Exception:
-        log.exception("request failed", extra={"path": request.path, "uid": caller.uid})
+        log.exception("request failed", extra={"path": request.path})
         response = error_response(500, "internal", "internal error; see rxd's log")
+    actor = request.get("actor") or request.get("caller")
     log.debug(
         "request",
         extra={
             "method": request.method,
             "path": request.path,
-            "uid": caller.uid,
+            "who": getattr(actor, "name", None) or getattr(actor, "user", None),
             "status": response.status,
             "ms": round((time.monotonic() - started) * 1000, 1),
         },
@@ -89,8 +81,29 @@ async def identify_and_answer(request: web.Request, handler: Handler) -> web.Str
     return response
 
 
-def make_app(routes: list[web.RouteDef], state: dict[web.AppKey[Any], Any]) -> web.Application:
-    app = web.Application(middlewares=[identify_and_answer], client_max_size=1024 * 1024)
+@web.middleware
+async def identify_peer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The caller is the socket peer's uid, as the kernel recorded it at connect()."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None:
+        raise Forbidden("caller cannot be identified")
+    try:
+        pid, uid, gid = peer_credentials(sock)
+        caller = resolve_caller(pid, uid, gid)
+    except (OSError, UnknownCaller) as exc:
+        log.warning("refused caller", extra={"reason": str(exc), "path": request.path})
+        raise ApiError(str(exc), status=403, code="unknown_caller") from None
+    request["caller"] = caller
+    return await handler(request)
+
+
+def make_app(
+    routes: list[web.RouteDef],
+    state: dict[web.AppKey[Any], Any],
+    identify: Handler | Any = identify_peer,
+) -> web.Application:
+    """The API application; `identify` proves who calls (the socket peer, or the platform)."""
+    app = web.Application(middlewares=[answer_errors, identify], client_max_size=1024 * 1024)
     for key, value in state.items():
         app[key] = value
     app.add_routes(routes)

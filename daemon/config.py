@@ -35,6 +35,8 @@ class IdentityConfig:
     # "platform": bindings come only from one-time codes issued for platform users.
     mode: str = "local"
     min_uid: int = 1000
+    # How long a one-time binding code may be redeemed, in minutes.
+    code_ttl_min: int = 10
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,56 @@ class ApptainerConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    # The Linux account project work runs as when a project chooses run_as = "service";
+    # empty: no service account, so every project runs as its owner's bound identity.
+    service_account: str = ""
+    # Whether owners may run project work as their own bound Linux identity.
+    allow_run_as_bound: bool = True
+
+
+@dataclass(frozen=True)
+class WorkspacesConfig:
+    # Each project's workspace is <root>/<project>; root must be a local, root-owned folder.
+    root: Path = Path("/var/lib/rxslurm/workspaces")
+
+
+@dataclass(frozen=True)
+class DefaultsConfig:
+    """What a project setting of 0 or "" means."""
+
+    image: str = ""
+    cpus: int = 1
+    mem_mb: int = 1000
+    gpus: int = 0
+    gpu_type: str = ""
+    gpu_driver: str = "nvidia"
+    gpu_mem_gb: int = 0
+    # Empty: Slurm's default partition.
+    partition: str = ""
+    # 0: the partition's own limit.
+    time_limit_min: int = 0
+    idle_timeout_min: int = 60
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    # "host:port" to serve the API to the research platform over TCP; empty: off.
+    listen: str = ""
+    # A root-owned file, mode 0600, holding the platform's bearer token.
+    token_file: Path = Path("/etc/rxslurm/platform.token")
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     apptainer: ApptainerConfig = field(default_factory=ApptainerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    workspaces: WorkspacesConfig = field(default_factory=WorkspacesConfig)
+    defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
+    platform: PlatformConfig = field(default_factory=PlatformConfig)
     source: Path | None = None
 
 
@@ -63,6 +110,10 @@ _SECTIONS: dict[str, type] = {
     "identity": IdentityConfig,
     "slurm": SlurmConfig,
     "apptainer": ApptainerConfig,
+    "runtime": RuntimeConfig,
+    "workspaces": WorkspacesConfig,
+    "defaults": DefaultsConfig,
+    "platform": PlatformConfig,
 }
 
 
@@ -147,3 +198,15 @@ def _validate(config: Config, where: str) -> None:
         raise ConfigError(f"{where}: daemon.log_level must be debug, info, warning or error")
     if config.slurm.timeout <= 0:
         raise ConfigError(f"{where}: slurm.timeout must be positive")
+    if config.identity.code_ttl_min < 1:
+        raise ConfigError(f"{where}: identity.code_ttl_min must be at least 1")
+    for key in ("cpus", "mem_mb", "gpus", "gpu_mem_gb", "time_limit_min", "idle_timeout_min"):
+        if getattr(config.defaults, key) < 0:
+            raise ConfigError(f"{where}: defaults.{key} must not be negative")
+    if config.defaults.gpu_driver not in ("nvidia", "amd", ""):
+        raise ConfigError(f'{where}: defaults.gpu_driver must be "nvidia", "amd" or ""')
+    if not config.workspaces.root.is_absolute():
+        raise ConfigError(f"{where}: workspaces.root must be an absolute path")
+    listen = config.platform.listen
+    if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f'{where}: platform.listen must be "host:port"')

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.ledger import Ledger
+from rxslurm.daemon.partitions import PartitionCache
 from rxslurm.daemon.peercred import Caller
 from rxslurm.slurm.adapter import SlurmCli
 
@@ -17,6 +18,10 @@ class Daemon:
     config: Config
     ledger: Ledger
     slurm: SlurmCli
+    partitions: PartitionCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.partitions = PartitionCache(self.slurm)
 
     def is_admin(self, caller: Caller) -> bool:
         return caller.is_root or self.config.daemon.admin_group in caller.groups

@@ -159,3 +159,15 @@ def m001_initial(db: Database) -> None:
 def known_names() -> list[str]:
     """Every migration this rx-slurm knows, in order (sqlite-utils has no public accessor)."""
     return [m.name for m in migrations._migrations]
+
+
+@migrations()
+def m002_identity_targets(db: Database) -> None:
+    statements = [
+        # A binding code may be issued for one Linux user only; NULL: any bindable user.
+        "ALTER TABLE binding_codes ADD COLUMN for_uid INTEGER",
+        # With run_as = 'bound', the platform user whose Linux identity project work runs as.
+        "ALTER TABLE projects ADD COLUMN run_as_user TEXT REFERENCES platform_users(id)",
+    ]
+    for statement in statements:
+        db.execute(statement)

@@ -131,6 +131,7 @@ class BindingCode(Record):
     expires_at: datetime
     used_at: datetime | None = None
     used_by_uid: int | None = None
+    for_uid: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +156,7 @@ class Project(Record):
     run_as: str = "bound"
     workspace: str = ""
     settings_changed_at: datetime | None = None
+    run_as_user: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

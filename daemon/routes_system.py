@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from rxslurm.daemon import apptainer
+from rxslurm.daemon.actors import actor_of
 from rxslurm.daemon.api import caller_of, json_response
 from rxslurm.daemon.context import daemon_of
 from rxslurm.daemon.version import __version__
@@ -18,8 +18,20 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/whoami")
 async def whoami(request: web.Request) -> web.Response:
-    caller = caller_of(request)
     daemon = daemon_of(request)
+    actor = await actor_of(request)
+    if actor.origin == "tcp":
+        return json_response(
+            {
+                "uid": actor.uid,
+                "user": actor.user,
+                "admin": False,
+                "identity_mode": daemon.config.identity.mode,
+                "platform_user": actor.platform_user,
+                "bound": actor.uid is not None,
+            }
+        )
+    caller = caller_of(request)
     return json_response(
         {
             "uid": caller.uid,
@@ -27,6 +39,9 @@ async def whoami(request: web.Request) -> web.Response:
             "user": caller.user,
             "groups": list(caller.groups),
             "admin": daemon.is_admin(caller),
+            "identity_mode": daemon.config.identity.mode,
+            "platform_user": actor.platform_user,
+            "bound": actor.platform_user is not None,
         }
     )
 
@@ -62,10 +77,15 @@ def _check_slurm(daemon: Any) -> dict[str, Any]:
         ping = daemon.slurm.ping()
     except SlurmError as exc:
         return {"ok": False, "detail": str(exc)}
-    return {"ok": ping.up, "detail": ping.detail, "version": ping.version}
+    detail = ping.message or ("controller up" if ping.up else "controller down")
+    if ping.version:
+        detail = f"Slurm {ping.version}: {detail}"
+    return {"ok": ping.up, "detail": detail, "version": ping.version}
 
 
 def _check_apptainer(daemon: Any) -> dict[str, Any]:
+    from rxslurm.daemon import apptainer  # spython is slow to import; only health needs it here
+
     version = apptainer.apptainer_version()
     if version is None:
         return {"ok": False, "detail": "apptainer not found on PATH"}

@@ -13,14 +13,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from rxslurm.daemon import routes_system
+from rxslurm.daemon import platform, routes_identity, routes_projects, routes_system
 from rxslurm.daemon.api import make_app
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.context import DAEMON, Daemon
 from rxslurm.daemon.ledger import Ledger
+from rxslurm.daemon.platform import platform_identify, read_token
 from rxslurm.slurm.adapter import SlurmCli
 
 log = logging.getLogger("rxslurm.daemon")
+
+
+ROUTES = [*routes_system.routes, *routes_identity.routes, *routes_projects.routes]
 
 
 class StartupError(Exception):
@@ -63,17 +67,30 @@ def build_daemon(config: Config) -> Daemon:
 
 async def serve(config: Config) -> None:
     daemon = build_daemon(config)
-    app = make_app(routes_system.routes, {DAEMON: daemon})
+    app = make_app(ROUTES, {DAEMON: daemon})
     sock_path = config.daemon.socket
     claim_socket_path(sock_path)
 
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    runners = [runner]
     site = web.UnixSite(runner, str(sock_path))
     await site.start()
     # Anyone may connect: access is decided per request from the peer's credentials.
     os.chmod(sock_path, 0o666)  # noqa: S103
     log.info("rxd serving", extra={"socket": str(sock_path), "ledger": str(config.daemon.ledger)})
+
+    if config.platform.listen:
+        token = read_token(config.platform.token_file)
+        platform_app = make_app(
+            [*ROUTES, *platform.routes], {DAEMON: daemon}, identify=platform_identify(token)
+        )
+        platform_runner = web.AppRunner(platform_app, access_log=None, handle_signals=False)
+        await platform_runner.setup()
+        runners.append(platform_runner)
+        host, port = config.platform.listen.rsplit(":", 1)
+        await web.TCPSite(platform_runner, host.strip("[]"), int(port)).start()
+        log.info("platform API serving", extra={"listen": config.platform.listen})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,7 +100,8 @@ async def serve(config: Config) -> None:
         await stop.wait()
     finally:
         log.info("rxd stopping")
-        await runner.cleanup()
+        for each in runners:
+            await each.cleanup()
         _remove_own_socket(sock_path)
         daemon.ledger.close()
         log.info("rxd stopped")

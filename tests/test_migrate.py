@@ -25,6 +25,7 @@ EXPECTED_COLUMNS = {
         "expires_at",
         "used_at",
         "used_by_uid",
+        "for_uid",
     ],
     "projects": [
         "id",
@@ -44,6 +45,7 @@ EXPECTED_COLUMNS = {
         "run_as",
         "workspace",
         "settings_changed_at",
+        "run_as_user",
     ],
     "members": ["project_id", "platform_user_id", "role", "added_at", "added_by"],
     "containers": [
@@ -98,6 +100,27 @@ EXPECTED_INDEXES = {
 }
 
 
+ALL_MIGRATIONS = ["m001_initial", "m002_identity_targets"]
+
+
+def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
+    """A ledger left at m001 by an older rxd keeps its rows and gains the new columns."""
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path, migrate=True) as ledger:
+        db = ledger.db
+        db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm002_identity_targets'")
+        db.execute("ALTER TABLE binding_codes DROP COLUMN for_uid")
+        db.execute("ALTER TABLE projects DROP COLUMN run_as_user")
+        db.execute(
+            "INSERT INTO projects (name, created_at, created_by)"
+            " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"
+        )
+    with Ledger.open(path, migrate=True) as ledger:
+        assert ledger.last_applied == ["m002_identity_targets"]
+        row = next(ledger.db["projects"].rows)
+        assert (row["name"], row["run_as_user"]) == ("old", None)
+
+
 def schema(path: Path) -> list[tuple[str, str]]:
     conn = sqlite3.connect(path)
     try:
@@ -109,8 +132,8 @@ def schema(path: Path) -> list[tuple[str, str]]:
 def test_migrate_blank_ledger_creates_every_table_column_and_index(tmp_path: Path) -> None:
     ledger = Ledger.open(tmp_path / "ledger.db", migrate=True)
     try:
-        assert ledger.last_applied == ["m001_initial"]
-        assert ledger.schema_version() == "m001_initial"
+        assert ledger.last_applied == ALL_MIGRATIONS
+        assert ledger.schema_version() == ALL_MIGRATIONS[-1]
         db = ledger.db
         tables = set(db.table_names())
         assert set(EXPECTED_COLUMNS) <= tables
@@ -125,7 +148,9 @@ def test_migrate_blank_ledger_creates_every_table_column_and_index(tmp_path: Pat
         assert db.table("members").pks == ["project_id", "platform_user_id"]
         assert db.table("events").pks == ["id"]
         recorded = list(db.table("_sqlite_migrations").rows)
-        assert [(r["migration_set"], r["name"]) for r in recorded] == [("rxslurm", "m001_initial")]
+        assert [(r["migration_set"], r["name"]) for r in recorded] == [
+            ("rxslurm", name) for name in ALL_MIGRATIONS
+        ]
     finally:
         ledger.close()
 
@@ -137,13 +162,15 @@ def test_migrate_twice_changes_nothing(tmp_path: Path) -> None:
     with Ledger.open(path, migrate=True) as ledger:
         assert ledger.last_applied == []
         assert ledger.migrate() == []
-        assert ledger.db.table("_sqlite_migrations").count == 1
+        assert ledger.db.table("_sqlite_migrations").count == len(ALL_MIGRATIONS)
     assert schema(path) == before
 
 
 def test_open_with_pending_migrations_says_run_rxd_migrate(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    with pytest.raises(MigrationsPending, match=r"m001_initial: run `rxd migrate`"):
+    with pytest.raises(
+        MigrationsPending, match=r"m001_initial, m002_identity_targets: run `rxd migrate`"
+    ):
         Ledger.open(path)
     # Refusing did not half-create the schema.
     assert [name for name, _ in schema(path)] == []
@@ -165,9 +192,10 @@ UseMigrations = Callable[[Migrations], None]
 
 
 def _extended(m002: Callable[[Database], None]) -> Migrations:
-    """The real migrations plus one more, as a later release would have them."""
+    """The real migrations plus one more (named m002_... here), as a later release would have."""
     extended = Migrations(migrations_module.MIGRATION_SET)
-    extended()(migrations_module.m001_initial)
+    for migration in migrations_module.migrations._migrations:
+        extended(name=migration.name)(migration.fn)
     extended()(m002)
     return extended
 

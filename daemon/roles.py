@@ -1,0 +1,76 @@
+"""Project roles and what each may do: the one table every API route checks.
+
+docs/roles.md shows this table; tests/test_roles_doc.py keeps the two the same.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    OWNER = "owner"
+    MANAGER = "manager"
+    EDITOR = "editor"
+    VIEWER = "viewer"
+
+
+class Action(StrEnum):
+    VIEW = "view"  # status and configuration
+    START = "start"
+    STOP = "stop"
+    SET_IMAGE = "set-image"  # make a built image the project image
+    EXEC = "exec"  # run commands in the running container
+    ENABLE = "enable"
+    DISABLE = "disable"
+    EDIT_SETTINGS = "edit-settings"  # image reference and resources
+    RETRY = "retry"  # after an error
+    SET_RUN_AS = "set-run-as"  # bound Linux identity or service account
+    MANAGE_MEMBERS = "manage-members"
+    DELETE_PROJECT = "delete-project"
+
+
+_VIEWERS = frozenset(Role)
+_MANAGERS = frozenset({Role.OWNER, Role.MANAGER})
+_OWNERS = frozenset({Role.OWNER})
+
+ALLOWED: dict[Action, frozenset[Role]] = {
+    Action.VIEW: _VIEWERS,
+    Action.START: _MANAGERS,
+    Action.STOP: _MANAGERS,
+    Action.SET_IMAGE: _MANAGERS,
+    Action.EXEC: _MANAGERS,
+    Action.ENABLE: _OWNERS,
+    Action.DISABLE: _OWNERS,
+    Action.EDIT_SETTINGS: _OWNERS,
+    Action.RETRY: _OWNERS,
+    Action.SET_RUN_AS: _OWNERS,
+    Action.MANAGE_MEMBERS: _OWNERS,
+    Action.DELETE_PROJECT: _OWNERS,
+}
+
+
+def may(role: Role | None, action: Action) -> bool:
+    """Whether a member with `role` (None: not a member) may do `action` in a project."""
+    return role is not None and role in ALLOWED[action]
+
+
+def parse_role(text: str) -> Role:
+    try:
+        return Role(text)
+    except ValueError:
+        valid = ", ".join(r.value for r in Role)
+        raise ValueError(f"unknown role {text!r}; valid roles: {valid}") from None
+
+
+def matrix_markdown() -> str:
+    """The role table as Markdown, for docs/roles.md."""
+    roles = list(Role)
+    lines = [
+        "| action | " + " | ".join(r.value for r in roles) + " |",
+        "|---|" + "---|" * len(roles),
+    ]
+    for action in Action:
+        marks = " | ".join("yes" if may(r, action) else "—" for r in roles)
+        lines.append(f"| {action.value} | {marks} |")
+    return "\n".join(lines) + "\n"

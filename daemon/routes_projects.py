@@ -1,0 +1,186 @@
+"""Projects, their settings, run-as mode and members."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from rxslurm.daemon import projects
+from rxslurm.daemon.actors import actor_of
+from rxslurm.daemon.api import json_response, read_json
+from rxslurm.daemon.context import Daemon, daemon_of
+from rxslurm.daemon.errors import ApiError
+from rxslurm.daemon.workspace_sync import sync_workspace
+from rxslurm.daemon.workspaces import WorkspaceError
+
+log = logging.getLogger("rxslurm.projects")
+routes = web.RouteTableDef()
+
+
+def _sync(daemon: Daemon, name: str, revoke: tuple[str, ...] = ()) -> str | None:
+    """Bring the workspace in line; a failure is reported, the committed change stands."""
+    try:
+        return sync_workspace(daemon.ledger, daemon.config, name, revoke)
+    except (WorkspaceError, OSError) as exc:
+        log.error("workspace sync failed", extra={"project": name, "error": str(exc)})
+        return f"workspace not prepared: {exc}"
+
+
+async def _with_workspace(
+    daemon: Daemon, view: dict[str, Any], revoke: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    warning = await asyncio.to_thread(_sync, daemon, view["name"], revoke)
+    if warning:
+        view["warnings"] = [warning]
+    return view
+
+
+@routes.get("/v1/projects")
+async def list_projects(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    return json_response(
+        {"projects": await asyncio.to_thread(projects.list_projects, daemon.ledger, actor)}
+    )
+
+
+@routes.post("/v1/projects")
+async def create_project(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    body = await read_json(request)
+    view = await asyncio.to_thread(
+        projects.create_project,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        name=body.get("name"),
+        settings=body.get("settings"),
+        validate=daemon.partitions.validate,
+    )
+    try:
+        await asyncio.to_thread(_create_workspace, daemon, view["name"])
+    except ApiError:
+        await asyncio.to_thread(projects.delete_project, daemon.ledger, actor, view["name"])
+        raise
+    return json_response(view, status=201)
+
+
+def _create_workspace(daemon: Daemon, name: str) -> None:
+    try:
+        sync_workspace(daemon.ledger, daemon.config, name)
+    except (WorkspaceError, OSError) as exc:
+        raise ApiError(
+            f"cannot prepare the project's workspace: {exc}", status=500, code="workspace"
+        ) from None
+
+
+@routes.get("/v1/projects/{name}")
+async def show_project(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    name = request.match_info["name"]
+    view = await asyncio.to_thread(projects.project_view, daemon.ledger, daemon.config, actor, name)
+    return json_response(view)
+
+
+@routes.delete("/v1/projects/{name}")
+async def delete_project(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    name = request.match_info["name"]
+    await asyncio.to_thread(projects.delete_project, daemon.ledger, actor, name)
+    return json_response({"deleted": name})
+
+
+@routes.patch("/v1/projects/{name}/settings")
+async def update_settings(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    body = await read_json(request)
+    view = await asyncio.to_thread(
+        projects.update_settings,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        body,
+        daemon.partitions.validate,
+    )
+    return json_response(view)
+
+
+@routes.put("/v1/projects/{name}/run-as")
+async def set_run_as(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    body = await read_json(request)
+    view = await asyncio.to_thread(
+        projects.set_run_as,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        body.get("mode"),
+    )
+    return json_response(await _with_workspace(daemon, view))
+
+
+@routes.post("/v1/projects/{name}/members")
+async def add_member(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    body = await read_json(request)
+    view = await asyncio.to_thread(
+        projects.add_member,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        body.get("user"),
+        body.get("role"),
+    )
+    return json_response(await _with_workspace(daemon, view), status=201)
+
+
+@routes.patch("/v1/projects/{name}/members/{user}")
+async def set_member_role(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    body = await read_json(request)
+    view = await asyncio.to_thread(
+        projects.set_member_role,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        request.match_info["user"],
+        body.get("role"),
+    )
+    return json_response(await _with_workspace(daemon, view))
+
+
+@routes.delete("/v1/projects/{name}/members/{user}")
+async def remove_member(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    user = request.match_info["user"]
+    view = await asyncio.to_thread(
+        projects.remove_member,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        user,
+    )
+    linux_user = _linux_user_of(daemon, user)
+    revoke = (linux_user,) if linux_user else ()
+    return json_response(await _with_workspace(daemon, view, revoke))
+
+
+def _linux_user_of(daemon: Daemon, platform_user: str) -> str | None:
+    rows = list(daemon.ledger.db["bindings"].rows_where("platform_user_id = ?", [platform_user]))
+    return rows[0]["username"] if rows else None

@@ -1,0 +1,140 @@
+"""Project settings: parsing, validation against the deployment and Slurm, and defaults.
+
+A setting of 0 or "" means "the deployment's default"; `effective()` fills those in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Protocol
+
+from rxslurm.daemon.config import DefaultsConfig
+from rxslurm.daemon.errors import BadRequest
+
+GPU_DRIVERS = ("nvidia", "amd", "")
+IMAGE_SCHEMES = ("docker://", "oras://", "library://")
+_GPU_TYPE = re.compile(r"^[A-Za-z0-9_.-]{0,32}$")
+_PARTITION = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+MAX_COUNT = 1_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    image: str = ""
+    cpus: int = 0
+    mem_mb: int = 0
+    gpus: int = 0
+    gpu_type: str = ""
+    gpu_driver: str = ""
+    gpu_mem_gb: int = 0
+    partition: str = ""
+    time_limit_min: int = 0
+    idle_timeout_min: int = 0
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Settings:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings))
+_INT_SETTINGS = {f.name for f in fields(Settings) if f.type in (int, "int")}
+
+
+class PartitionLookup(Protocol):
+    """What validation needs to know of Slurm: partitions with their largest node's resources."""
+
+    def __call__(self) -> dict[str, Any]: ...
+
+
+def apply_changes(current: Settings, changes: Any) -> Settings:
+    """`current` with `changes` (a JSON object of setting name -> value) applied, type-checked."""
+    if not isinstance(changes, dict):
+        raise BadRequest("settings must be a JSON object")
+    unknown = sorted(set(changes) - set(SETTING_NAMES))
+    if unknown:
+        raise BadRequest(
+            f"unknown setting {unknown[0]!r}; valid settings: {', '.join(SETTING_NAMES)}"
+        )
+    values: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name in _INT_SETTINGS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise BadRequest(f"{name} must be a whole number, got {value!r}")
+            if value < 0:
+                raise BadRequest(f"{name} must not be negative (0 means the default)")
+            if value > MAX_COUNT:
+                raise BadRequest(f"{name} is too large")
+        elif not isinstance(value, str):
+            raise BadRequest(f"{name} must be a string")
+        elif "\n" in value or "\0" in value:
+            raise BadRequest(f"{name} must be one line")
+        values[name] = value
+    return replace(current, **values)
+
+
+def check_static(settings: Settings) -> None:
+    """Checks that need no Slurm."""
+    if settings.gpu_driver not in GPU_DRIVERS:
+        raise BadRequest('gpu_driver must be "nvidia", "amd" or "" (none)')
+    if not _GPU_TYPE.match(settings.gpu_type):
+        raise BadRequest("gpu_type may hold only letters, digits, '.', '_' and '-'")
+    if not _PARTITION.match(settings.partition):
+        raise BadRequest("partition may hold only letters, digits, '.', '_' and '-'")
+    image = settings.image
+    if image and not (image.startswith("/") or image.startswith(IMAGE_SCHEMES)):
+        raise BadRequest(
+            "image must be an absolute path or a docker://, oras:// or library:// reference"
+        )
+    if image.startswith("/") and (".." in image.split("/")):
+        raise BadRequest("image path must not contain '..'")
+
+
+def effective(settings: Settings, defaults: DefaultsConfig) -> Settings:
+    """The settings with every 0/"" replaced by the deployment default."""
+    values = {}
+    for name in SETTING_NAMES:
+        value = getattr(settings, name)
+        values[name] = value if value not in (0, "") else getattr(defaults, name)
+    result = Settings(**values)
+    if result.gpus == 0:
+        # No GPU asked for: a default GPU type or driver must not leak into the job.
+        result = replace(result, gpu_type="", gpu_driver="")
+    return result
+
+
+def check_against_slurm(
+    settings: Settings, partitions: dict[str, Any], default_partition: str
+) -> None:
+    """Checks against what Slurm reports; `settings` are the effective ones.
+
+    `partitions` maps name -> rxslurm.slurm.adapter.PartitionInfo (per-node maxima, GPU types).
+    """
+    name = settings.partition or default_partition
+    if name not in partitions:
+        valid = ", ".join(sorted(partitions)) or "none"
+        raise BadRequest(f"unknown partition {name!r}; Slurm has: {valid}")
+    part = partitions[name]
+    if settings.gpus > part.max_gpus_per_node:
+        raise BadRequest(
+            f"{settings.gpus} GPUs asked for, but no node of partition {name} has more than "
+            f"{part.max_gpus_per_node}"
+        )
+    if settings.gpu_type and settings.gpus and settings.gpu_type not in part.gpu_types:
+        have = ", ".join(sorted(part.gpu_types)) or "none"
+        raise BadRequest(
+            f"partition {name} has no GPUs of type {settings.gpu_type!r} (it has: {have})"
+        )
+    if part.max_cpus_per_node and settings.cpus > part.max_cpus_per_node:
+        raise BadRequest(
+            f"{settings.cpus} CPUs asked for, but no node of partition {name} has more than "
+            f"{part.max_cpus_per_node}"
+        )
+    if part.max_mem_mb_per_node and settings.mem_mb > part.max_mem_mb_per_node:
+        raise BadRequest(
+            f"{settings.mem_mb} MB of memory asked for, but no node of partition {name} has more "
+            f"than {part.max_mem_mb_per_node} MB"
+        )
