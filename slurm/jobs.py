@@ -1,0 +1,546 @@
+"""Slurm job records and the parsers that make them from squeue/sacct output.
+
+Two JSON dialects are accepted, whatever the command:
+- Slurm 22.05 (openapi/v0.0.38 in ``meta.plugin.type``): ``job_state`` is a string, times and
+  limits are plain integers (0 meaning unset), squeue's ``exit_code`` is the raw wait status.
+- data_parser v0.0.39 and later (Slurm 23.02+): ``job_state`` is a list (``["RUNNING",
+  "COMPLETING"]``), most numbers are ``{"set": bool, "infinite": bool, "number": N}`` and exit
+  codes are objects (``{"status": [...], "return_code": {...}, "signal": {...}}``).
+
+For the reconciler's one-call-for-everything poll there is also a delimited text format (see
+``queue_format``), about ten times cheaper than ``squeue --json`` on a busy queue.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+# Slurm's base job states (enum job_states).
+BASE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "SUSPENDED",
+        "COMPLETED",
+        "CANCELLED",
+        "FAILED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "OUT_OF_MEMORY",
+    }
+)
+# State flags in the order Slurm's job_state_string() lets them win over the base state: a job
+# whose flags include COMPLETING is shown as COMPLETING, whatever its base state.
+FLAG_PRIORITY = (
+    "COMPLETING",
+    "STAGE_OUT",
+    "CONFIGURING",
+    "RESIZING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "SPECIAL_EXIT",
+    "STOPPED",
+    "REVOKED",
+    "RESV_DEL_HOLD",
+    "SIGNALING",
+)
+# Base states of a job that has ended for good (it will not run again by itself).
+TERMINAL_STATES = frozenset(BASE_STATES - {"PENDING", "RUNNING", "SUSPENDED"})
+# Shown states of a job that still holds or waits for resources.
+ACTIVE_STATES = frozenset(
+    {"PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "RESIZING", "STAGE_OUT"}
+    | {"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT", "STOPPED", "SIGNALING"}
+)
+
+# Slurm's "no value"/"infinite" sentinels for 16/32/64-bit fields.
+_SENTINELS = {0xFFFE, 0xFFFF, 0xFFFFFFFE, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFE, 0xFFFFFFFFFFFFFFFF}
+
+
+class ParseError(ValueError):
+    """Output that does not have the expected shape; the caller must treat the answer as unknown."""
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """One Slurm job as seen by squeue or sacct.
+
+    ``state`` is what ``squeue -o %T`` shows: the base state, unless a flag such as COMPLETING
+    wins (Slurm's own job_state_string rule), so it reads the same from every source.
+    ``base_state`` is the base state when the source tells it (v0.0.39+ lists, sacct), else
+    the same as ``state`` when that is a base state, else "". Times are Unix seconds or None;
+    for jobs that have not ended ``end_time`` is Slurm's expected end. ``time_limit_min`` is
+    None for "unlimited". ``gres`` is the per-node GRES request without the ``gres:``/``gres/``
+    prefix ("gpu:a100:2"), "" when none. ``gpus`` counts the GPUs allocated when known, else
+    asked for. ``exit_code``/``signal`` come from the batch script's wait status.
+    """
+
+    job_id: int
+    name: str
+    user: str
+    state: str
+    reason: str = ""
+    nodes: str = ""
+    comment: str = ""
+    partition: str = ""
+    gres: str = ""
+    start_time: int | None = None
+    end_time: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    submit_time: int | None = None
+    time_limit_min: int | None = None
+    gpus: int = 0
+    gres_detail: tuple[str, ...] = ()
+    tres: str = ""
+    account: str = ""
+    base_state: str = ""
+    flags: tuple[str, ...] = ()
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+# --------------------------------------------------------------------------- value helpers
+
+
+def _number(value: Any) -> int | None:
+    """A plain int, a v0.0.39+ ``{set, infinite, number}`` object, or a numeric string ->
+    int, or None for unset/infinite/sentinel values."""
+    if isinstance(value, Mapping):
+        if not value.get("set", True) or value.get("infinite", False):
+            return None
+        value = value.get("number")
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float):
+        value = int(value)
+    if isinstance(value, str):
+        value = value.strip()
+        if not re.fullmatch(r"-?\d+", value):
+            return None
+        value = int(value)
+    if not isinstance(value, int):
+        return None
+    if value in _SENTINELS:
+        return None
+    return value
+
+
+def _timestamp(value: Any) -> int | None:
+    number = _number(value)
+    return number if number else None  # 0 means "not set" in every Slurm version
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(_text(v) for v in value)
+    return str(value)
+
+
+def state_from(value: Any) -> tuple[str, str, tuple[str, ...]]:
+    """(shown state, base state, flags) from a 22.05 string or a v0.0.39+ list."""
+    if isinstance(value, list):
+        names = [str(v).upper() for v in value if v]
+    elif value:
+        names = [str(value).upper()]
+    else:
+        names = []
+    base = next((n for n in names if n in BASE_STATES), "")
+    flags = tuple(n for n in names if n not in BASE_STATES)
+    shown = next((f for f in FLAG_PRIORITY if f in flags), base or (flags[0] if flags else ""))
+    return shown, base, flags
+
+
+def normalize_gres(value: str) -> str:
+    """ "gres:gpu:a100:2" / "gres/gpu:a100:2" -> "gpu:a100:2"; "N/A", "(null)" -> ""."""
+    value = (value or "").strip()
+    if value.upper() in {"", "N/A", "(NULL)", "NONE"}:
+        return ""
+    items = []
+    for item in value.split(","):
+        item = item.strip()
+        for prefix in ("gres:", "gres/"):
+            if item.startswith(prefix):
+                item = item[len(prefix) :]
+        if item:
+            items.append(item)
+    return ",".join(items)
+
+
+def gpus_in_gres(gres: str) -> int:
+    """GPUs asked for by a per-node GRES string: "gpu:a100:2" -> 2, "gpu" -> 1."""
+    total = 0
+    for item in normalize_gres(gres).split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] != "gpu":
+            continue
+        if len(parts) > 1 and parts[-1].isdigit():
+            total += int(parts[-1])
+        else:
+            total += 1
+    return total
+
+
+def gpus_in_tres(tres: str) -> int | None:
+    """ "cpu=1,mem=1G,node=1,billing=1,gres/gpu=2" -> 2; None when the string names no GPUs."""
+    match = re.search(r"(?:^|,)gres/gpu=(\d+)", tres or "")
+    return int(match.group(1)) if match else None
+
+
+def _split_wait_status(raw: int | None) -> tuple[int | None, int | None]:
+    if raw is None:
+        return None, None
+    sig = raw & 0x7F
+    return (raw >> 8) & 0xFF, (sig or None)
+
+
+def exit_from(value: Any) -> tuple[int | None, int | None]:
+    """(exit code, signal) from a raw wait status int or an exit-code object of any version."""
+    if isinstance(value, Mapping):
+        code = _number(value.get("return_code"))
+        sig_obj = value.get("signal")
+        sig = None
+        if isinstance(sig_obj, Mapping):
+            sig = _number(sig_obj.get("id", sig_obj.get("signal_id")))
+        status = value.get("status")
+        statuses = status if isinstance(status, list) else [status]
+        if sig is None and code is not None and any(s == "SIGNALED" for s in statuses):
+            # 22.05 sacct puts the signal number in return_code for signalled jobs.
+            sig, code = code, None
+        return code, (sig or None)
+    return _split_wait_status(_number(value))
+
+
+# --------------------------------------------------------------------------- squeue --json
+
+
+def _load(text: str, key: str) -> list[Mapping[str, Any]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"not JSON: {exc}") from None
+    if not isinstance(data, Mapping) or not isinstance(data.get(key), list):
+        raise ParseError(f"JSON without a {key!r} list")
+    return [j for j in data[key] if isinstance(j, Mapping)]
+
+
+def job_from_squeue(job: Mapping[str, Any]) -> JobInfo:
+    """One element of ``squeue --json``'s ``jobs`` list (any data_parser version)."""
+    job_id = _number(job.get("job_id"))
+    if job_id is None:
+        raise ParseError("squeue job without a job_id")
+    shown, base, flags = state_from(job.get("job_state"))
+    gres = normalize_gres(_text(job.get("tres_per_node"))) or normalize_gres(
+        _text(job.get("tres_per_job"))
+    )
+    tres_alloc = _text(job.get("tres_alloc_str"))
+    tres = tres_alloc or _text(job.get("tres_req_str"))
+    gpus = gpus_in_tres(tres)
+    exit_code, sig = exit_from(job.get("exit_code"))
+    if shown in {"PENDING", "RUNNING", "SUSPENDED", "CONFIGURING"}:
+        # A job that has not ended has no exit status yet; Slurm reports 0 there.
+        exit_code, sig = None, None
+    return JobInfo(
+        job_id=job_id,
+        name=_text(job.get("name")),
+        user=_text(job.get("user_name")) or _text(job.get("user_id")),
+        state=shown,
+        reason=_text(job.get("state_reason")),
+        nodes=_text(job.get("nodes")),
+        comment=_text(job.get("comment")),
+        partition=_text(job.get("partition")),
+        gres=gres,
+        start_time=_timestamp(job.get("start_time")),
+        end_time=_timestamp(job.get("end_time")),
+        exit_code=exit_code,
+        signal=sig,
+        submit_time=_timestamp(job.get("submit_time")),
+        time_limit_min=_number(job.get("time_limit")),
+        gpus=gpus if gpus is not None else gpus_in_gres(gres),
+        gres_detail=tuple(_text(g) for g in job.get("gres_detail") or ()),
+        tres=tres,
+        account=_text(job.get("account")),
+        base_state=base or (shown if shown in BASE_STATES else ""),
+        flags=flags,
+    )
+
+
+def parse_squeue_json(text: str) -> dict[int, JobInfo]:
+    """``squeue --json`` (22.05 v0.0.38 or v0.0.39+) -> {job id: JobInfo}."""
+    jobs = {}
+    for job in _load(text, "jobs"):
+        info = job_from_squeue(job)
+        jobs[info.job_id] = info
+    return jobs
+
+
+# --------------------------------------------------------------------------- sacct --json
+
+
+def _tres_entries(value: Any) -> list[Mapping[str, Any]]:
+    return [t for t in value or () if isinstance(t, Mapping)] if isinstance(value, list) else []
+
+
+def _tres_string(entries: list[Mapping[str, Any]]) -> str:
+    parts = []
+    for t in entries:
+        kind, name, count = _text(t.get("type")), _text(t.get("name")), _number(t.get("count"))
+        if count is None:
+            continue
+        key = f"{kind}/{name}" if name else kind
+        parts.append(f"{key}={count}")
+    return ",".join(parts)
+
+
+def _gres_from_tres(entries: list[Mapping[str, Any]]) -> str:
+    """ "gres" TRES entries -> a GRES string; a typed entry ("gpu:a100") beats the plain one."""
+    typed, plain = [], []
+    for t in entries:
+        if _text(t.get("type")) != "gres":
+            continue
+        name, count = _text(t.get("name")), _number(t.get("count"))
+        if not name or not count:
+            continue
+        (typed if ":" in name else plain).append(f"{name}:{count}")
+    return ",".join(typed or plain)
+
+
+def _comment(value: Any) -> str:
+    # sacct stores the job's --comment as the "derived exit string", shown as comment.job.
+    if isinstance(value, Mapping):
+        return _text(value.get("job"))
+    return _text(value)
+
+
+def job_from_sacct(job: Mapping[str, Any]) -> JobInfo:
+    """One element of ``sacct --json``'s ``jobs`` list (any data_parser version)."""
+    job_id = _number(job.get("job_id"))
+    if job_id is None:
+        raise ParseError("sacct job without a job_id")
+    state = job.get("state") if isinstance(job.get("state"), Mapping) else {}
+    shown, base, flags = state_from(state.get("current"))
+    times = job.get("time") if isinstance(job.get("time"), Mapping) else {}
+    tres = job.get("tres") if isinstance(job.get("tres"), Mapping) else {}
+    allocated, requested = (
+        _tres_entries(tres.get("allocated")),
+        _tres_entries(tres.get("requested")),
+    )
+    tres_str = _tres_string(allocated) or _tres_string(requested)
+    gres = _gres_from_tres(allocated) or _gres_from_tres(requested)
+    gpus = gpus_in_tres(tres_str)
+    exit_code, sig = exit_from(job.get("exit_code"))
+    user = job.get("user")
+    if not isinstance(user, str):
+        assoc = job.get("association") if isinstance(job.get("association"), Mapping) else {}
+        user = _text(assoc.get("user"))
+    nodes = _text(job.get("nodes"))
+    if nodes == "None assigned":
+        nodes = ""
+    return JobInfo(
+        job_id=job_id,
+        name=_text(job.get("name")),
+        user=user,
+        state=shown,
+        reason=_text(state.get("reason")),
+        nodes=nodes,
+        comment=_comment(job.get("comment")),
+        partition=_text(job.get("partition")),
+        gres=gres,
+        start_time=_timestamp(times.get("start")),
+        end_time=_timestamp(times.get("end")),
+        exit_code=exit_code,
+        signal=sig,
+        submit_time=_timestamp(times.get("submission")),
+        time_limit_min=_number(times.get("limit")),
+        gpus=gpus if gpus is not None else gpus_in_gres(gres),
+        tres=tres_str,
+        account=_text(job.get("account")),
+        base_state=base or (shown if shown in BASE_STATES else ""),
+        flags=flags,
+    )
+
+
+def parse_sacct_json(text: str) -> dict[int, JobInfo]:
+    """``sacct --json`` (22.05 v0.0.38 or v0.0.39+) -> {job id: JobInfo}.
+
+    A requeued job has several records under one id; the latest submission wins.
+    """
+    jobs: dict[int, JobInfo] = {}
+    for job in _load(text, "jobs"):
+        info = job_from_sacct(job)
+        known = jobs.get(info.job_id)
+        if known is None or (info.submit_time or 0) >= (known.submit_time or 0):
+            jobs[info.job_id] = info
+    return jobs
+
+
+# --------------------------------------------------------------------------- squeue text
+
+# ``squeue --Format`` fields that Slurm fills from closed vocabularies (ids, states, reason
+# codes, user and partition names, node lists, GRES names, times, numbers): none can contain
+# "|". JobID is the job id proper (unique for each array element, unlike %i's "123_4");
+# exit_code is the raw wait status. The -O form (not -o) is used because only it has exit_code.
+QUEUE_FIXED_FIELDS = (
+    "JobID",
+    "State",
+    "Reason",
+    "UserName",
+    "Partition",
+    "NodeList",
+    "tres-per-node",
+    "TimeLimit",
+    "SubmitTime",
+    "StartTime",
+    "EndTime",
+    "exit_code",
+)
+# The job name and comment are free text chosen by whoever submitted the job (Slurm 22.05
+# accepts "|" and even newlines in both): they come last, each followed by a per-call random
+# marker, so nothing in them can shift a field or forge a record.
+QUEUE_FREE_FIELDS = ("Name", "Comment")
+# squeue prints times through strftime(SLURM_TIME_FORMAT): "%s" makes them Unix seconds, free
+# of time-zone guessing.
+QUEUE_ENV = {"SLURM_TIME_FORMAT": "%s"}
+
+
+def queue_marker(nonce: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{8,64}", nonce):
+        raise ValueError("the nonce must be 8-64 lowercase hex digits")
+    return f"|rx{nonce}|"
+
+
+def queue_format(nonce: str) -> str:
+    """The ``squeue --Format`` value for ``parse_queue_text``; ``nonce`` is fresh random hex.
+
+    Each item is ``Field:0<suffix>``: width 0 prints the whole value unpadded, then the suffix.
+    """
+    marker = queue_marker(nonce)
+    fixed = [f"{name}:0|" for name in QUEUE_FIXED_FIELDS]
+    free = [f"{name}:0{marker}" for name in QUEUE_FREE_FIELDS]
+    return ",".join(fixed + free)
+
+
+def parse_time_limit(value: str) -> int | None:
+    """squeue's %l ("UNLIMITED", "30:00", "1:00:00", "2-00:00:00") -> minutes, None if unlimited."""
+    value = value.strip()
+    if value.upper() in {"", "UNLIMITED", "INFINITE", "NOT_SET", "N/A", "NONE"}:
+        return None
+    days = 0
+    if "-" in value:
+        day_text, value = value.split("-", 1)
+        days = int(day_text)
+    parts = [int(p) for p in value.split(":")]
+    if len(parts) == 3:
+        hours, minutes, seconds = parts
+    elif len(parts) == 2:
+        hours, (minutes, seconds) = 0, parts
+    elif len(parts) == 1:
+        hours, minutes, seconds = 0, parts[0], 0
+    else:
+        raise ParseError(f"time limit {value!r}")
+    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+def parse_text_time(value: str) -> int | None:
+    """Unix seconds (SLURM_TIME_FORMAT=%s), or Slurm's default ISO local time, -> int."""
+    value = value.strip()
+    if not value or value.upper() in {"N/A", "UNKNOWN", "NONE", "(NULL)", "0"}:
+        return None
+    if re.fullmatch(r"\d+", value):
+        return int(value) or None
+    try:
+        return int(time.mktime(datetime.strptime(value, "%Y-%m-%dT%H:%M:%S").timetuple()))
+    except ValueError:
+        raise ParseError(f"time {value!r}") from None
+
+
+def _optional(value: str) -> str:
+    return "" if value in {"N/A", "(null)"} else value
+
+
+def parse_queue_text(text: str, nonce: str) -> dict[int, JobInfo]:
+    """Output of ``squeue -h -O queue_format(nonce)`` -> {job id: JobInfo}."""
+    marker = queue_marker(nonce)
+    terminator = marker + "\n"
+    if text and not text.endswith(terminator):
+        raise ParseError("squeue output does not end with a complete record")
+    jobs: dict[int, JobInfo] = {}
+    for record in text.split(terminator)[:-1] if text else ():
+        fixed = record.split("|", len(QUEUE_FIXED_FIELDS))
+        if len(fixed) != len(QUEUE_FIXED_FIELDS) + 1:
+            raise ParseError(f"squeue record with too few fields: {record!r}")
+        # The record's last marker was eaten as the terminator: "name<marker>comment" is left.
+        free = fixed.pop().split(marker)
+        if len(free) != len(QUEUE_FREE_FIELDS):
+            raise ParseError(f"squeue record with a broken name/comment: {record!r}")
+        (
+            job_id_s,
+            state_s,
+            reason,
+            user,
+            partition,
+            nodes,
+            gres,
+            limit,
+            submit,
+            start,
+            end,
+            raw_exit,
+        ) = fixed
+        name, comment = free
+        if not job_id_s.isdigit():
+            raise ParseError(f"squeue record with job id {job_id_s!r}")
+        shown, base, flags = state_from(state_s)
+        gres = normalize_gres(gres)
+        exit_code, sig = None, None
+        if base in TERMINAL_STATES or shown == "COMPLETING":
+            exit_code, sig = _split_wait_status(_number(raw_exit))
+        info = JobInfo(
+            job_id=int(job_id_s),
+            name=name,
+            user=user,
+            state=shown,
+            reason=reason,
+            nodes=_optional(nodes),
+            comment=_optional(comment),
+            partition=partition,
+            gres=gres,
+            start_time=parse_text_time(start),
+            end_time=parse_text_time(end),
+            exit_code=exit_code,
+            signal=sig,
+            submit_time=parse_text_time(submit),
+            time_limit_min=parse_time_limit(limit),
+            gpus=gpus_in_gres(gres),
+            base_state=base,
+            flags=flags,
+        )
+        if info.job_id in jobs:
+            raise ParseError(f"job {info.job_id} appears twice in squeue output")
+        jobs[info.job_id] = info
+    return jobs
+
+
+def ids_argument(job_ids: Iterable[int]) -> str:
+    """Job ids for ``-j``: validated ints, sorted, comma-separated."""
+    ids = sorted({int(j) for j in job_ids})
+    if any(j <= 0 for j in ids):
+        raise ValueError("job ids are positive integers")
+    return ",".join(str(j) for j in ids)
