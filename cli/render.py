@@ -5,7 +5,9 @@ Everything here turns API answers (plain dicts) into lines; `--json` bypasses it
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 PENDING_NOTE = "new settings apply on the next start"
@@ -36,6 +38,30 @@ def cell(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ",".join(cell(v) for v in value) or "-"
     return str(value)
+
+
+def when(timestamp: Any) -> str:
+    """An API timestamp to the second, still marked UTC: "2024-05-01 12:34:56Z"."""
+    try:
+        moment = datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
+    except ValueError:
+        return cell(timestamp)
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def detail(value: Any) -> str:
+    """An audit event's detail: `key=value` pairs, nested values as compact JSON."""
+    if not isinstance(value, Mapping):
+        return cell(value)
+    parts = []
+    for key, item in sorted(value.items()):
+        text = (
+            json.dumps(item, separators=(",", ":"))
+            if isinstance(item, Mapping | list)
+            else cell(item)
+        )
+        parts.append(f"{key}={text}")
+    return " ".join(parts) or "-"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -96,7 +122,7 @@ def project_lines(project: Mapping[str, Any]) -> list[str]:
             ("run as", f"{run_as} (runtime user {cell(runtime)})"),
             ("workspace", project.get("workspace")),
             ("container", container_line(project.get("container"))),
-            ("created", f"{cell(project.get('created_at'))} by {cell(project.get('created_by'))}"),
+            ("created", f"{when(project.get('created_at'))} by {cell(project.get('created_by'))}"),
         ]
     )
     settings = project.get("settings") or {}
@@ -127,7 +153,8 @@ def project_lines(project: Mapping[str, Any]) -> list[str]:
 def member_lines(members: Iterable[Mapping[str, Any]]) -> list[str]:
     return table(
         ("MEMBER", "ROLE", "LINUX USER"),
-        [(m.get("user"), m.get("role"), m.get("linux_user")) for m in members],
+        # In standalone mode a member is bound on their first call to rxd.
+        [(m.get("user"), m.get("role"), m.get("linux_user") or "(not bound yet)") for m in members],
     )
 
 
@@ -165,7 +192,7 @@ def binding_lines(bindings: Sequence[Mapping[str, Any]]) -> list[str]:
                 b.get("platform_user"),
                 b.get("user"),
                 b.get("uid"),
-                b.get("bound_at"),
+                when(b.get("bound_at")),
                 b.get("bound_by"),
             )
             for b in bindings
@@ -180,12 +207,12 @@ def event_lines(events: Sequence[Mapping[str, Any]]) -> list[str]:
         ("AT", "ACTOR", "ORIGIN", "ACTION", "TARGET", "DETAIL"),
         [
             (
-                e.get("at"),
+                when(e.get("at")),
                 e.get("actor"),
                 e.get("origin"),
                 e.get("action"),
                 _target(e),
-                e.get("detail"),
+                detail(e.get("detail")),
             )
             for e in events
         ],

@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,12 +30,22 @@ BAD_NAME = (
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
     """One daemon for the module: tests use their own project names."""
-    daemon = new_rxd(extra_config=f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n')
+    daemon = with_own_workspaces(
+        new_rxd(extra_config=f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n')
+    )
     daemon.start()
     yield daemon
     if daemon.proc is not None and daemon.proc.poll() is None:
         assert daemon.stop() == 0, daemon.log_text()
     shutil.rmtree(daemon.root, ignore_errors=True)
+
+
+def with_own_workspaces(daemon: Rxd) -> Rxd:
+    """Keep project workspaces in the daemon's test folder, not the deployment's /var/lib."""
+    if "[workspaces]" not in daemon.config.read_text():
+        daemon.extra_config += f'[workspaces]\nroot = "{daemon.root / "workspaces"}"\n'
+        daemon.write_config()
+    return daemon
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -74,7 +85,9 @@ def test_create_makes_the_caller_owner(rxd: Rxd) -> None:
     assert project["members"] == [{"user": "rxalice", "role": "owner", "linux_user": "rxalice"}]
     assert project["container"] is None
     assert project["settings_pending"] is False
-    assert project["workspace"].endswith("/own")
+    workspace = Path(project["workspace"])
+    assert workspace.parent.parent == rxd.root and workspace.name == "own"
+    assert workspace.is_dir()
 
 
 def test_each_user_sees_only_their_own_projects(rxd: Rxd) -> None:
