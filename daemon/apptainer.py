@@ -1,0 +1,231 @@
+"""Apptainer on the daemon's host: version, pull, inspect, overlays, Dockerfile conversion.
+
+Images are pulled and inspected through spython 0.3.14, which always runs ``singularity`` from
+PATH (Apptainer installs it as a symlink to ``apptainer``). spython's own bugs are worked around
+here rather than met at run time:
+
+- ``Client.pull`` returns the target path even when the pull failed and drops the tool's output,
+  so pulls go through spython's command runner, which keeps the exit code and the FATAL line.
+- ``Client.version`` prefers ``$SPYTHON_SINGULARITY_VERSION`` over asking the binary; the
+  variable is ignored here, a health check must not report a version that is not installed.
+- ``Client.build`` defaults to ``sudo=True``, ``Client.run`` raises AttributeError when the
+  payload writes to stderr, ``Client.instance_stopall`` sends a broken command to Apptainer and
+  ``Instance.error_logs`` reads ``~/.singularity``: none of them is used. Instances run inside
+  Slurm jobs and are driven by the batch script, not from the daemon.
+- The Dockerfile writer prefixes a CMD without ENTRYPOINT with ``/bin/bash`` and copies the
+  runscript into ``%startscript``; ``dockerfile_to_definition`` writes both sections itself.
+
+``overlay create`` runs as the container's runtime user (the overlay lives in their folder and
+must be theirs), which spython cannot do, so it is an argv run through ``rxslurm.slurm.runas``.
+spython is imported lazily: it is slow to import and only these calls need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rxslurm.slurm.runas import RunAs, run
+
+PULL_SCHEMES = ("docker", "oras", "library")
+OVERLAY_TIMEOUT = 600.0  # mkfs.ext3 of a large sparse file takes a while on slow disks
+MIN_OVERLAY_MB = 64  # Apptainer refuses smaller overlays
+
+
+class ApptainerError(RuntimeError):
+    """Apptainer failed; the message is the tool's last FATAL line (or its last output line)."""
+
+    def __init__(self, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.returncode = returncode
+
+
+def last_fatal(output: str) -> str:
+    """The text of the last ``FATAL:`` line, else the last non-empty line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("FATAL:"):
+            return line[len("FATAL:") :].strip()
+    return lines[-1] if lines else "no output"
+
+
+def _client() -> Any:
+    from spython.main import Client
+
+    return Client
+
+
+def _output_text(message: object) -> str:
+    """spython's result message: a string, or a list of [stdout, stderr] strings."""
+    if isinstance(message, list):
+        return "\n".join(str(m) for m in message)
+    return str(message or "")
+
+
+def apptainer_version() -> str | None:
+    """The installed version (``1.3.4``), or None when ``singularity`` is not on PATH."""
+    from spython.utils import run_command
+
+    try:
+        result = run_command(["singularity", "--version"], quiet=True)
+    except OSError:
+        return None
+    if result["return_code"] != 0 or not result["message"]:
+        return None
+    text = _output_text(result["message"][0]).strip()
+    match = re.match(r"(?:apptainer|singularity)(?:-ce)? version (\S+)", text)
+    return match.group(1) if match else text or None
+
+
+def image_file_name(uri: str) -> str:
+    """A file name for a pulled reference: readable, and unique per full reference
+    (``docker://a/python:3`` and ``docker://b/python:3`` must not share a file)."""
+    ref = uri.split("://", 1)[1]
+    base = ref.rstrip("/").rsplit("/", 1)[-1]
+    name, _, digest = base.partition("@")
+    name, sep, tag = name.partition(":")
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", f"{name}_{tag if sep else 'latest'}")
+    if digest:
+        label = re.sub(r"[^A-Za-z0-9._-]", "_", f"{name}_{digest}")
+    return f"{label}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}.sif"
+
+
+def pull(uri: str, dest_dir: str | os.PathLike[str]) -> Path:
+    """Pull ``uri`` (docker://, oras://, library://) into ``dest_dir`` once; an image already
+    there is reused. Never overwrites (no --force): a concurrent pull of the same reference
+    lands in its own temporary name and is renamed into place."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme not in PULL_SCHEMES or not uri.split("://", 1)[1].strip("/"):
+        raise ApptainerError(f"cannot pull {uri!r}: only docker://, oras:// and library:// are")
+    folder = Path(dest_dir)
+    target = folder / image_file_name(uri)
+    if target.is_file():
+        return target
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    partial = folder / f".{target.name}.{os.getpid()}.part"
+    client = _client()
+    argv = [*client._init_command("pull"), "--name", str(partial), uri]
+    try:
+        result = client._run_command(argv, return_result=True, quiet=True)
+        if result["return_code"] != 0 or not partial.is_file():
+            raise ApptainerError(last_fatal(_output_text(result["message"])), result["return_code"])
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def inspect(image: str | os.PathLike[str]) -> dict[str, Any]:
+    """The image's attributes: ``labels`` (a dict, maybe empty), and where present
+    ``deffile``, ``runscript``, ``environment``, ``helpfile``, ``test``."""
+    result = _client().inspect(str(image), quiet=True)
+    if "return_code" in result:  # spython hands back the raw result when the tool failed
+        raise ApptainerError(last_fatal(_output_text(result["message"])), result["return_code"])
+    attributes = dict(result.get("attributes") or {})
+    labels = attributes.get("labels")
+    attributes["labels"] = labels if isinstance(labels, dict) else {}
+    return attributes
+
+
+def _binary() -> str:
+    """Apptainer's absolute path as the daemon sees it: runas gives the user a fixed PATH."""
+    return shutil.which("apptainer") or shutil.which("singularity") or "apptainer"
+
+
+def create_overlay(path: str | os.PathLike[str], size_mb: int, as_user: RunAs) -> None:
+    """``apptainer overlay create`` as ``as_user``: the file is theirs, made with their rights.
+    Sparse, so a large overlay costs no disk until it is written."""
+    target = os.fspath(path)
+    if not os.path.isabs(target):
+        raise ValueError(f"overlay path must be absolute: {target!r}")
+    if size_mb < MIN_OVERLAY_MB:
+        raise ApptainerError(f"overlay size must be at least {MIN_OVERLAY_MB} MiB, not {size_mb}")
+    argv = [_binary(), "overlay", "create", "--sparse", "--size", str(size_mb), target]
+    result = run(argv, as_user=as_user, timeout=OVERLAY_TIMEOUT)
+    if result.returncode != 0:
+        raise ApptainerError(last_fatal(result.stderr or result.stdout), result.returncode)
+
+
+def dockerfile_to_definition(text: str) -> str:
+    """A definition file for a Dockerfile, through spython's parser and writer, with the
+    runscript made the way Apptainer makes it for a Docker image: ENTRYPOINT gets the
+    arguments, CMD is the default the arguments replace. No %startscript: an image built from
+    Docker has none, so an instance starts idle."""
+    from spython.main.parse.parsers import DockerParser
+    from spython.main.parse.writers import SingularityWriter
+
+    parser = DockerParser(filename=None, load=False)
+    parser.lines = [line + "\n" for line in text.splitlines()]
+    try:
+        parser.parse()
+        recipes = parser.recipe
+        definition = SingularityWriter(recipes).convert()
+    except SystemExit:  # spython's logger exits on a recipe it cannot read
+        raise ApptainerError("cannot convert the Dockerfile: no FROM line") from None
+    last = list(recipes.values())[-1]
+    runscript = _runscript(last.entrypoint, last.cmd)
+    if runscript and last.workdir:
+        runscript.insert(0, f"cd {shlex.quote(last.workdir)}")
+    return _rewrite_definition(definition, runscript)
+
+
+def _command_words(value: object) -> str | None:
+    """Docker's exec form (a JSON list) as shell words; the shell form as ``/bin/sh -c``."""
+    if value is None or value == [] or value == "":
+        return None
+    if isinstance(value, list):
+        return shlex.join(str(v) for v in value)
+    return f"/bin/sh -c {shlex.quote(str(value))}"
+
+
+def _runscript(entrypoint: object, cmd: object) -> list[str] | None:
+    ep, default = _command_words(entrypoint), _command_words(cmd)
+    if ep and isinstance(entrypoint, str):
+        return [f"exec {ep}"]  # Docker ignores CMD and arguments after a shell-form ENTRYPOINT
+    if ep and default:
+        return [f'if [ "$#" -gt 0 ]; then exec {ep} "$@"; fi', f"exec {ep} {default}"]
+    if ep:
+        return [f'exec {ep} "$@"']
+    if default:
+        return ['if [ "$#" -gt 0 ]; then exec "$@"; fi', f"exec {default}"]
+    return None  # keep the base image's runscript
+
+
+def _rewrite_definition(definition: str, runscript: list[str] | None) -> str:
+    """Replace spython's %runscript, drop its %startscript, and fix the header and labels."""
+    out: list[str] = []
+    section = ""
+    for line in definition.splitlines():
+        if line.startswith("%"):
+            section = line[1:].split(" ", 1)[0]
+            if section in ("runscript", "startscript"):
+                continue
+            out.append(line)
+            continue
+        if section in ("runscript", "startscript"):
+            continue
+        if not section and line.startswith("From:"):
+            line = line.rstrip()  # spython keeps the space before "AS stage"
+        elif section == "labels":
+            line = _label_line(line)
+        out.append(line)
+    if runscript:
+        out += ["%runscript", *runscript]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _label_line(line: str) -> str:
+    """``k="v" k2=v2`` (a Dockerfile LABEL) as Apptainer's ``KEY VALUE`` lines."""
+    try:
+        words = shlex.split(line)
+    except ValueError:
+        return line
+    if words and all("=" in w for w in words):
+        return "\n".join(f"{k} {v}" for k, v in (w.split("=", 1) for w in words))
+    return line
