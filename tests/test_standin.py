@@ -343,6 +343,46 @@ def test_signals_sent_to_apptainer_reach_the_payload(area: Path) -> None:
         proc.wait()
 
 
+def test_gpu_flags_only_warn_without_gpus(area: Path) -> None:
+    assert not list(Path("/dev").glob("nvidia*"))
+    result = run_as("rxalice", ["apptainer", "exec", "--nv", "--rocm", "img.sif", "true"], cwd=area)
+    assert result.returncode == 0
+    assert result.stderr == (
+        "WARNING: Could not find any nv files on this host!\n"
+        "WARNING: Could not find any rocm files on this host!\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "script", "expected"),
+    [
+        (["--hostname", "box"], "hostname", "box"),
+        (["--fakeroot"], "id -u; echo $HOME", "0\n/root"),
+        (["--pid"], "cat /proc/1/cmdline | tr '\\0' ' '; echo", "/usr/bin/python3 -IS"),
+        (["--net", "--network", "none"], "tail -n +3 /proc/net/dev | cut -d: -f1 | xargs", "lo\n"),
+        (["--contain"], "ls -A /tmp; ls /dev | wc -l; pwd", "13\n/home/rxalice"),
+        (["--cwd", "/usr"], "pwd", "/usr"),
+    ],
+)
+def test_namespace_and_contain_flags(
+    area: Path, flags: list[str], script: str, expected: str
+) -> None:
+    result = run_as(
+        "rxalice", ["apptainer", "exec", *flags, "img.sif", "sh", "-c", script], cwd=area
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(expected)
+    assert flags[0] != "--net" or result.stdout == expected  # loopback only
+
+
+def test_network_other_than_none_is_refused_to_users(area: Path) -> None:
+    result = run_as("rxalice", ["apptainer", "exec", "--net", "img.sif", "true"], cwd=area)
+    assert (result.returncode, result.stderr) == (
+        255,
+        "FATAL:   non-root users can only use --network=none\n",
+    )
+
+
 # --- instances -------------------------------------------------------------------------------
 
 
