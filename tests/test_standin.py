@@ -383,6 +383,25 @@ def test_network_other_than_none_is_refused_to_users(area: Path) -> None:
     )
 
 
+def test_shell_works_on_a_terminal(area: Path) -> None:
+    pexpect = pytest.importorskip("pexpect")
+    argv = ["-u", "rxalice", "--", "env", f"PATH={PATH}", "apptainer", "shell", "img.sif"]
+    child = pexpect.spawn("runuser", argv, cwd=str(area), encoding="utf-8", timeout=20)
+    try:
+        child.expect_exact("Apptainer> ")
+        child.sendline("tty; id -un")
+        child.expect(r"/dev/pts/\d+\r\nrxalice\r\n")
+        child.expect_exact("Apptainer> ")
+        child.sendline("sleep 60")
+        child.sendintr()  # ^C interrupts the foreground job, not the shell
+        child.expect_exact("Apptainer> ")
+        child.sendline("exit 5")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 5
+
+
 # --- instances -------------------------------------------------------------------------------
 
 

@@ -2660,6 +2660,8 @@ def main() -> None:
     except Fatal as e:
         sys.stdout.flush()
         die(e)
+    except OSError as e:  # anything unforeseen on the host side is still a FATAL, not a trace
+        die(Fatal(f"{e.strerror}: {e.filename}" if e.filename else str(e)))
     except KeyboardInterrupt:
         code = 130
     sys.stdout.flush()
