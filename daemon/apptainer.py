@@ -27,6 +27,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,10 @@ def pull(uri: str, dest_dir: str | os.PathLike[str]) -> Path:
     client = _client()
     argv = [*client._init_command("pull"), "--name", str(partial), uri]
     try:
-        result = client._run_command(argv, return_result=True, quiet=True)
+        try:
+            result = client._run_command(argv, return_result=True, quiet=True)
+        except OSError as exc:
+            raise ApptainerError(f"cannot run singularity: {exc.strerror}") from None
         if result["return_code"] != 0 or not partial.is_file():
             raise ApptainerError(last_fatal(_output_text(result["message"])), result["return_code"])
         os.replace(partial, target)
@@ -124,7 +128,10 @@ def pull(uri: str, dest_dir: str | os.PathLike[str]) -> Path:
 def inspect(image: str | os.PathLike[str]) -> dict[str, Any]:
     """The image's attributes: ``labels`` (a dict, maybe empty), and where present
     ``deffile``, ``runscript``, ``environment``, ``helpfile``, ``test``."""
-    result = _client().inspect(str(image), quiet=True)
+    try:
+        result = _client().inspect(str(image), quiet=True)
+    except OSError as exc:
+        raise ApptainerError(f"cannot run singularity: {exc.strerror}") from None
     if "return_code" in result:  # spython hands back the raw result when the tool failed
         raise ApptainerError(last_fatal(_output_text(result["message"])), result["return_code"])
     attributes = dict(result.get("attributes") or {})
@@ -147,7 +154,12 @@ def create_overlay(path: str | os.PathLike[str], size_mb: int, as_user: RunAs) -
     if size_mb < MIN_OVERLAY_MB:
         raise ApptainerError(f"overlay size must be at least {MIN_OVERLAY_MB} MiB, not {size_mb}")
     argv = [_binary(), "overlay", "create", "--sparse", "--size", str(size_mb), target]
-    result = run(argv, as_user=as_user, timeout=OVERLAY_TIMEOUT)
+    try:
+        result = run(argv, as_user=as_user, timeout=OVERLAY_TIMEOUT)
+    except OSError as exc:
+        raise ApptainerError(f"cannot run {argv[0]}: {exc.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise ApptainerError(f"overlay create timed out after {OVERLAY_TIMEOUT:.0f} s") from None
     if result.returncode != 0:
         raise ApptainerError(last_fatal(result.stderr or result.stdout), result.returncode)
 

@@ -53,6 +53,16 @@ def test_version_is_none_without_apptainer(monkeypatch: pytest.MonkeyPatch, fold
     assert apptainer.apptainer_version() is None
 
 
+def test_without_apptainer_pull_and_inspect_raise_apptainer_error(
+    monkeypatch: pytest.MonkeyPatch, folder: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(folder))
+    with pytest.raises(ApptainerError, match="cannot run singularity"):
+        apptainer.pull("docker://alpine", folder / "images")
+    with pytest.raises(ApptainerError, match="cannot run singularity"):
+        apptainer.inspect(folder / "x.sif")
+
+
 def test_pull_makes_one_file_per_reference_and_reuses_it(folder: Path) -> None:
     images = folder / "images"
     first = apptainer.pull("docker://python:3.12-slim", images)
