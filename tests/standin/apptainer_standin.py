@@ -7,10 +7,16 @@ Standard library only, and nothing heavy is imported before it is needed: it mus
 The executable `apptainer` beside this module only imports it, so its bytecode is cached.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import signal
 import sys
+
+TYPE_CHECKING = False  # typing costs start-up time; only type checkers read this
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 VERSION = "1.3.4"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -56,7 +62,7 @@ class UsageError(Exception):
         self.flag_error = flag_error
 
 
-def die(exc: Fatal) -> "NoReturn":  # noqa: F821
+def die(exc: Fatal) -> NoReturn:
     log("FATAL", str(exc))
     os._exit(255)
 
@@ -416,24 +422,10 @@ def abspath(p: str) -> str:
 # Images: a stand-in SIF is IMAGE_MAGIC followed by one JSON object (see README.md).
 # A directory is a sandbox; its metadata lives in .singularity.d like a real sandbox's.
 # ---------------------------------------------------------------------------------------------
-URI_SCHEMES = (
-    "docker",
-    "library",
-    "oras",
-    "shub",
-    "http",
-    "https",
-    "docker-daemon",
-    "docker-archive",
-    "oci",
-    "oci-archive",
-)
-
-
 def uri_scheme(spec: str) -> str | None:
+    """The transport of an image reference (docker, library, ...), None for a path."""
     if "://" in spec:
-        scheme = spec.split("://", 1)[0]
-        return scheme if scheme in URI_SCHEMES else scheme
+        return spec.split("://", 1)[0]
     for s in ("docker-daemon", "docker-archive", "oci-archive", "oci"):
         if spec.startswith(s + ":"):
             return s
@@ -1126,6 +1118,9 @@ def make_plan(command: str, vals: dict, image_spec: str, args: list, instance: s
         home = {"kind": "none", "dest": home_dest}
     elif vals["contain"] and not custom_home:
         home = {"kind": "tmpfs", "dest": home_dest, "src": None}
+    elif not custom_home and not os.path.isdir(home_src):
+        warning(f"skipping mount of {home_src}: stat {home_src}: no such file or directory")
+        home = {"kind": "none", "dest": home_dest}
     else:
         home = {"kind": "bind", "src": home_src, "dest": home_dest, "ro": False}
         check_bind_source(home)
@@ -1644,7 +1639,7 @@ def lookpath(name: str, path: str) -> str:
     raise Fatal(f'"{name}": executable file not found in $PATH')
 
 
-def exec_payload(argv: list, env: dict) -> "NoReturn":  # noqa: F821
+def exec_payload(argv: list, env: dict) -> NoReturn:
     path = lookpath(argv[0], env.get("PATH", ""))
     reset_signals_for_exec()
     try:
@@ -1664,7 +1659,7 @@ def quiet_handlers() -> None:
         signal.signal(s, lambda *_: None)
 
 
-def init_loop(child: int | None, is_instance: bool) -> "NoReturn":  # noqa: F821
+def init_loop(child: int | None, is_instance: bool) -> NoReturn:
     """The container's PID 1 (Apptainer's appinit/sinit): reap, forward, exit."""
     stop_sig = 0
     while True:
@@ -1715,7 +1710,7 @@ def start_payload(plan: dict, env: dict, argv: list, own_group: bool) -> int:
     return pid
 
 
-def container_child(plan: dict) -> "NoReturn":  # noqa: F821
+def container_child(plan: dict) -> NoReturn:
     """First process inside the new namespaces for exec/run/shell/test."""
     try:
         if plan["pid"]:
@@ -1866,7 +1861,7 @@ def close_fds_except(keep: set) -> None:
                 pass
 
 
-def instance_daemon(plan: dict, paths: InstancePaths, name: str, w: int) -> "NoReturn":  # noqa: F821
+def instance_daemon(plan: dict, paths: InstancePaths, name: str, w: int) -> NoReturn:
     """The "Apptainer instance: USER [NAME]" process: owns the record and the namespaces'
     first process; forwards signals to it and removes the record when it ends."""
     import shutil
@@ -1934,7 +1929,7 @@ def release_overlay_workdirs(ov: dict) -> None:
                     pass
 
 
-def appinit(plan: dict, w: int) -> "NoReturn":  # noqa: F821
+def appinit(plan: dict, w: int) -> NoReturn:
     """PID 1 of an instance: builds the container, starts %startscript, then waits."""
     try:
         quiet_handlers()
@@ -2194,13 +2189,6 @@ def join_instance(command: str, vals: dict, name: str, args: list) -> int:
 # build, pull, inspect. Nothing is downloaded and %post/%setup/%files/%test are not run: an
 # image is its metadata (labels, environment, runscript, startscript, test, help, deffile).
 # ---------------------------------------------------------------------------------------------
-SECTION_KEYS = {
-    "environment": "environment",
-    "runscript": "runscript",
-    "startscript": "startscript",
-    "test": "test",
-    "help": "help",
-}
 BOOTSTRAP_AGENTS = {
     "docker",
     "docker-daemon",
