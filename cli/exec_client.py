@@ -1,0 +1,177 @@
+"""The client side of rxd's exec socket: hand over our stdio, relay signals, return the exit code.
+
+The protocol is in docs/exec.md. Standard library only: `rxctl exec` must start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import Any
+
+EXEC_SOCKET_NAME = "rxd-exec.sock"
+MAX_MESSAGE = 64 * 1024
+# Signals the command should get rather than rxctl: the terminal sends them to rxctl (the
+# foreground process), the command runs far away as a Slurm step.
+FORWARDED = {
+    signal.SIGINT: "INT",
+    signal.SIGTERM: "TERM",
+    signal.SIGHUP: "HUP",
+    signal.SIGQUIT: "QUIT",
+    signal.SIGWINCH: "WINCH",
+}
+
+
+class ExecError(Exception):
+    """The session failed; the message is one line for people."""
+
+
+def exec_socket_for(api_socket: str) -> str:
+    """rxd serves exec beside its API socket."""
+    return os.path.join(os.path.dirname(api_socket) or ".", EXEC_SOCKET_NAME)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+class LineReader:
+    """Splits a byte stream into JSON objects, one per line."""
+
+    def __init__(self, limit: int = MAX_MESSAGE) -> None:
+        self.buffer = b""
+        self.limit = limit
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        if len(self.buffer) > self.limit:
+            raise ExecError("rxd sent a message that is too long")
+        messages = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                message = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ExecError("rxd sent a reply that is not JSON") from None
+            if not isinstance(message, dict):
+                raise ExecError("rxd sent a reply that is not a JSON object")
+            messages.append(message)
+        return messages
+
+
+def connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise ExecError(f"rxd is not running (nothing listens on {path})") from None
+    except PermissionError:
+        sock.close()
+        raise ExecError(f"cannot reach rxd: permission denied on {path}") from None
+    except OSError as exc:
+        sock.close()
+        raise ExecError(f"cannot reach rxd on {path}: {exc}") from None
+    return sock
+
+
+@contextlib.contextmanager
+def forwarding_signals(sock: socket.socket) -> Iterator[None]:
+    """While inside, the forwarded signals become messages to rxd instead of ending rxctl."""
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        # A signal handler runs between bytecodes of the main thread: a plain send is safe.
+        with contextlib.suppress(OSError):
+            sock.sendall(encode({"signal": FORWARDED[signal.Signals(signum)]}))
+
+    previous = {}
+    for signum in FORWARDED:
+        with contextlib.suppress(ValueError, OSError):
+            previous[signum] = signal.signal(signum, forward)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def terminal_restored(fd: int) -> Iterator[None]:
+    """srun --pty puts the terminal in raw mode; if srun dies, put it back as it was."""
+    saved = None
+    if os.isatty(fd):
+        import termios
+
+        with contextlib.suppress(termios.error):
+            saved = termios.tcgetattr(fd)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            import termios
+
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def run(
+    path: str,
+    request: dict[str, Any],
+    *,
+    stdio: Sequence[int] = (0, 1, 2),
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    tick_s: float = 1.0,
+) -> int:
+    """Run one session; the command's exit status, or ExecError.
+
+    on_progress gets each progress message while the container wakes, on_tick is called about
+    every tick_s seconds meanwhile, on_ready once the command is about to start after waking.
+    """
+    sock = connect(path)
+    reader = LineReader()
+    try:
+        with forwarding_signals(sock), terminal_restored(stdio[0]):
+            try:
+                socket.send_fds(sock, [encode(request)], list(stdio))
+            except OSError as exc:
+                raise ExecError(f"cannot talk to rxd on {path}: {exc}") from None
+            sock.settimeout(tick_s if on_tick else None)
+            while True:
+                try:
+                    data = sock.recv(MAX_MESSAGE)
+                except TimeoutError:
+                    if on_tick:
+                        on_tick()
+                    continue
+                except OSError as exc:
+                    raise ExecError(f"lost the connection to rxd: {exc}") from None
+                if not data:
+                    raise ExecError("rxd ended the session without an exit status; see its log")
+                for message in reader.feed(data):
+                    if "exit" in message:
+                        return int(message["exit"])
+                    if "error" in message:
+                        raise ExecError(str(message["error"]))
+                    if "progress" in message and on_progress:
+                        on_progress(message)
+                    if message.get("ready"):
+                        if on_ready:
+                            on_ready()
+                        sock.settimeout(None)
+                        sock.sendall(encode({"go": True}))
+    finally:
+        sock.close()
+
+
+def terminal_type() -> str | None:
+    term = os.environ.get("TERM")
+    return term if term and len(term) <= 64 else None

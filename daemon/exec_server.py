@@ -1,0 +1,602 @@
+"""The exec service: a command in a project's running container, on the caller's own terminal.
+
+A second Unix socket beside the API's (`rxd-exec.sock`), because a session hands rxd file
+descriptors and HTTP cannot carry them. The client sends ONE JSON line with its stdin, stdout and
+stderr attached (SCM_RIGHTS); rxd answers with JSON lines: progress while the container wakes,
+then `{"exit": N}` or `{"error": "..."}`. Meanwhile the client may send `{"signal": "INT"}`.
+docs/exec.md has the protocol and why it is safe.
+
+The command is a step in the container's job, `srun --jobid J --overlap ... apptainer exec
+instance://...`, started as the job's user with the caller's descriptors as its stdio: rxd never
+relays the command's data, except srun's own stderr (see strip_srun_task_lines). One thread per
+session; ledger calls go to a small fixed pool because the ledger keeps one connection per thread
+that ever touched it, for the life of the daemon.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import logging
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rxslurm.daemon import containers
+from rxslurm.daemon.context import Daemon
+from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
+from rxslurm.daemon.identities import Actor, auto_bind_local, binding_of_uid
+from rxslurm.daemon.peercred import Caller, UnknownCaller, peer_credentials, resolve_caller
+from rxslurm.daemon.roles import Action
+from rxslurm.daemon.states import State
+from rxslurm.slurm.runas import SAFE_PATH, clean_env
+
+log = logging.getLogger("rxslurm.exec")
+
+T = TypeVar("T")
+
+EXEC_SOCKET_NAME = "rxd-exec.sock"
+MAX_REQUEST = 1024 * 1024  # argv travels in the request; Linux's ARG_MAX is 2 MiB
+MAX_MESSAGE = 64 * 1024
+REQUEST_TIMEOUT_S = 10.0
+WAKE_TIMEOUT_S = 600.0
+WAKE_POLL_S = 0.2
+READY_TIMEOUT_S = 10.0
+# srun cancels its step on SIGTERM; only if it hangs is it killed (which leaves the step running).
+KILL_AFTER_S = 30.0
+DEFAULT_CWD = "/workspace"
+SIGNALS = {
+    "INT": signal.SIGINT,
+    "TERM": signal.SIGTERM,
+    "HUP": signal.SIGHUP,
+    "QUIT": signal.SIGQUIT,
+    "WINCH": signal.SIGWINCH,
+}
+_TERM = re.compile(r"[A-Za-z0-9._+-]{1,64}")
+# srun reports every task that ends non-zero ("srun: error: n1: task 0: Exited with exit code
+# 3") and has no switch for it: -QQ would also hide its real errors. The exit code says the same,
+# so these lines are dropped; an out-of-memory report is kept.
+_SRUN_TASK_END = re.compile(
+    rb"(?m)^srun: error: [^\s:]+: tasks? [0-9,-]+: (?!Out Of Memory)[^\n]*\n"
+)
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol; the message says how."""
+
+
+class ClientGone(Exception):
+    """The client disconnected or asked to stop before the command started."""
+
+    def __init__(self, exit_code: int | None = None) -> None:
+        super().__init__("client gone")
+        self.exit_code = exit_code
+
+
+def exec_socket_path(api_socket: Path) -> Path:
+    return api_socket.parent / EXEC_SOCKET_NAME
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def strip_srun_task_lines(chunk: bytes) -> bytes:
+    return _SRUN_TASK_END.sub(b"", chunk)
+
+
+class LineReader:
+    """Splits a byte stream into JSON objects, one per line."""
+
+    def __init__(self, limit: int = MAX_MESSAGE) -> None:
+        self.buffer = b""
+        self.limit = limit
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        if len(self.buffer) > self.limit:
+            raise ProtocolError(f"a message is longer than {self.limit} bytes")
+        return [decode(line) for line in lines if line.strip()]
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ProtocolError("a message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return message
+
+
+def receive_request(conn: socket.socket) -> tuple[dict[str, Any], list[int], bytes]:
+    """The first line and the three descriptors that came with its first byte; plus any bytes
+    after the line (a signal may follow at once)."""
+    # Not socket.recv_fds: before Python 3.12 it drops the flags, and the descriptors must be
+    # close-on-exec until a child is given them on purpose.
+    data, ancillary, flags, _ = conn.recvmsg(
+        MAX_MESSAGE, socket.CMSG_SPACE(3 * array.array("i").itemsize), socket.MSG_CMSG_CLOEXEC
+    )
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    try:
+        if flags & socket.MSG_CTRUNC or len(fds) != 3:
+            raise ProtocolError("send exactly three file descriptors (stdin, stdout, stderr)")
+        while b"\n" not in data:
+            if len(data) > MAX_REQUEST:
+                raise ProtocolError(f"the request is longer than {MAX_REQUEST} bytes")
+            more = conn.recv(MAX_MESSAGE)
+            if not more:
+                raise ProtocolError("the connection closed before the request ended")
+            data += more
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    line, _, rest = data.partition(b"\n")
+    return decode(line), list(fds), rest
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    project: str
+    argv: tuple[str, ...] = ()
+    shell: bool = False
+    tty: bool = False
+    wake: bool = True
+    cwd: str | None = DEFAULT_CWD
+    term: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> ExecRequest:
+        known = {"project", "argv", "shell", "tty", "wake", "cwd", "term"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadRequest(f"unknown request field {unknown[0]!r}")
+        project = data.get("project")
+        if not isinstance(project, str) or not project:
+            raise BadRequest("project must be a non-empty string")
+        argv = data.get("argv", [])
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise BadRequest("argv must be a list of strings")
+        if any("\0" in a for a in argv):
+            raise BadRequest("argv must not contain NUL bytes")
+        flags = {}
+        for key, default in (("shell", False), ("tty", False), ("wake", True)):
+            value = data.get(key, default)
+            if not isinstance(value, bool):
+                raise BadRequest(f"{key} must be true or false")
+            flags[key] = value
+        if flags["shell"] and argv:
+            raise BadRequest("a shell takes no argv")
+        if not flags["shell"] and not argv:
+            raise BadRequest("argv must name a command")
+        cwd = data.get("cwd", DEFAULT_CWD)
+        if cwd is not None and (
+            not isinstance(cwd, str) or not cwd.startswith("/") or "\0" in cwd or len(cwd) > 4096
+        ):
+            raise BadRequest("cwd must be an absolute path")
+        term = data.get("term")
+        if term is not None and (not isinstance(term, str) or not _TERM.fullmatch(term)):
+            raise BadRequest("term must be a terminal type name")
+        return cls(project, tuple(argv), cwd=cwd, term=term, **flags)
+
+
+def srun_argv(
+    srun: str, apptainer: str, target: containers.ExecTarget, request: ExecRequest
+) -> list[str]:
+    """The step: every user-given word is one argv item after the instance, never a shell line."""
+    argv = [srun, f"--jobid={target.job_id}", "--overlap", "--ntasks=1", "--quiet"]
+    # One Ctrl-C ends the step (srun's default wants two within a second, the first only
+    # prints a status) and the task gets SIGINT, as a local command would.
+    argv.append("--quit-on-interrupt")
+    if request.tty:
+        argv.append("--pty")
+    argv += ["--", apptainer, "shell" if request.shell else "exec"]
+    if request.cwd:
+        argv += ["--pwd", request.cwd]
+    argv.append(f"instance://{target.instance}")
+    argv += request.argv
+    return argv
+
+
+def child_env(target: containers.ExecTarget, request: ExecRequest) -> dict[str, str]:
+    # The holder started the instance with this config folder; exec finds it there.
+    extra = {"APPTAINER_CONFIGDIR": target.apptainer_configdir}
+    if request.tty and request.term:
+        extra["TERM"] = request.term
+    return clean_env(target.runas, extra)
+
+
+def actor_for(daemon: Daemon, caller: Caller) -> Actor:
+    """The same rule as actors.actor_of, for a caller of the exec socket."""
+    if daemon.config.identity.mode == "local":
+        platform_user = auto_bind_local(daemon.ledger, daemon.config, caller.uid)
+    else:
+        row = binding_of_uid(daemon.ledger.db, caller.uid)
+        platform_user = row["platform_user_id"] if row else None
+    return Actor(
+        platform_user=platform_user,
+        uid=caller.uid,
+        user=caller.user,
+        admin=daemon.is_admin(caller),
+        origin="socket",
+    )
+
+
+def wait_for(fd: int, events: int, timeout: float | None) -> bool:
+    """Whether fd is ready (or hung up) within timeout seconds; poll, as select() stops at
+    descriptor 1024."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+
+
+def exit_status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Session:
+    """One connection: authorize, wake if asked, run the step, report how it ended."""
+
+    def __init__(self, server: ExecServer, conn: socket.socket) -> None:
+        self.server = server
+        self.daemon = server.daemon
+        self.conn = conn
+        self.reader = LineReader()
+        self.fds: list[int] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+
+    # -- the conversation ------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.sendall(encode(message))
+
+    def serve(self) -> None:
+        try:
+            self.conn.settimeout(REQUEST_TIMEOUT_S)
+            try:
+                caller = resolve_caller(*peer_credentials(self.conn))
+            except (OSError, UnknownCaller) as exc:
+                raise ProtocolError(str(exc)) from None
+            data, self.fds, rest = receive_request(self.conn)
+            request = ExecRequest.parse(data)
+            pending = self.reader.feed(rest)
+            self.conn.settimeout(None)
+            if request.tty and not os.isatty(self.fds[0]):
+                raise BadRequest("a terminal session needs a terminal on stdin")
+            actor = self.server.call(actor_for, self.daemon, caller)
+            rt = self.daemon.runtime
+            target = self.server.call(containers.exec_target, rt, actor, request.project)
+            if target is None:
+                target = self.wait_running(actor, request, pending)
+                pending = []  # read while waiting
+            self.run(target, request, pending)
+        except ClientGone as gone:
+            if gone.exit_code is not None:
+                self.send({"exit": gone.exit_code})
+        except ApiError as exc:
+            self.send({"error": exc.message})
+        except (ProtocolError, TimeoutError) as exc:
+            log.info("exec protocol error", extra={"error": str(exc) or "time-out"})
+            self.send({"error": f"exec protocol error: {exc or 'time-out'}"})
+        except Exception:
+            log.exception("exec session failed")
+            self.send({"error": "internal error; see rxd's log"})
+        finally:
+            for fd in self.fds:
+                os.close(fd)
+            self.fds = []
+
+    def messages(self, timeout: float | None) -> list[dict[str, Any]]:
+        """Messages the client sent within `timeout`; ClientGone when it hung up."""
+        if not wait_for(self.conn.fileno(), select.POLLIN, timeout):
+            return []
+        try:
+            data = self.conn.recv(MAX_MESSAGE)
+        except OSError:
+            data = b""
+        if not data:
+            raise ClientGone()
+        return self.reader.feed(data)
+
+    # -- waking ----------------------------------------------------------------------------
+
+    def wait_running(
+        self, actor: Actor, request: ExecRequest, pending: list[dict[str, Any]]
+    ) -> containers.ExecTarget:
+        rt = self.daemon.runtime
+        project = request.project
+        view = self.server.call(self.status, actor, project)
+        if not request.wake:
+            raise Conflict(
+                f"the container of {project} is not running ({view['state']}); "
+                "run without --no-wake to wake it"
+            )
+        deadline = time.monotonic() + WAKE_TIMEOUT_S
+        shown: tuple[str, str | None] | None = None
+        wakes = 0
+        while True:
+            for message in pending:
+                if "signal" in message:
+                    # Ctrl-C while waiting: stop waiting; the container keeps starting.
+                    raise ClientGone(128 + SIGNALS.get(str(message["signal"]), signal.SIGINT))
+            state, reason = view["state"], view["reason"]
+            if state == State.RUNNING:
+                target = self.server.call(containers.exec_target, rt, actor, project)
+                if target is not None:
+                    break
+            elif state in (State.STOPPED, State.DISABLED) or (state == State.ERROR and not wakes):
+                # A resting container is woken (wake says why not, for disabled and error); one
+                # that was stopping is woken once it has stopped. Starting ones are waited for.
+                if wakes >= 2:
+                    raise Conflict(f"the container of {project} stopped while waking ({reason})")
+                self.server.call(containers.wake, rt, actor, project, Action.EXEC)
+                wakes += 1
+                view = self.server.call(self.status, actor, project)
+                continue
+            elif state == State.ERROR:
+                raise Conflict(
+                    f"the container of {project} failed to start: {view['last_error'] or reason}"
+                )
+            if (state, reason) != shown:
+                shown = (state, reason)
+                text = f"{state}: {reason}" if reason else str(state)
+                self.send({"progress": text, "state": state, "reason": reason})
+            if time.monotonic() > deadline:
+                raise Conflict(
+                    f"the container of {project} did not start within "
+                    f"{WAKE_TIMEOUT_S / 60:.0f} min ({state}); see `rxctl status {project}`"
+                )
+            pending = self.messages(WAKE_POLL_S)
+            view = self.server.call(self.status, actor, project)
+        if shown is not None:
+            # Let the client finish its progress line before the command writes to the screen.
+            self.send({"ready": True})
+            answer: list[dict[str, Any]] = []
+            until = time.monotonic() + READY_TIMEOUT_S
+            while not any("go" in m for m in answer) and time.monotonic() < until:
+                answer = self.messages(until - time.monotonic())
+                pending = [m for m in answer if "signal" in m]
+                if pending:
+                    raise ClientGone(128 + SIGNALS.get(str(pending[0]["signal"]), signal.SIGINT))
+        return target
+
+    def status(self, actor: Actor, project: str) -> dict[str, Any]:
+        return containers.status(
+            self.daemon.runtime, actor, project, self.daemon.reconciler.slurm_reachable
+        )
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(
+        self, target: containers.ExecTarget, request: ExecRequest, pending: list[dict[str, Any]]
+    ) -> None:
+        argv = srun_argv(self.server.srun(), self.daemon.config.apptainer.binary, target, request)
+        sessions = self.daemon.reconciler.sessions
+        err_read, err_write = os.pipe2(os.O_CLOEXEC)
+        sessions.opened(target.container_id)
+        try:
+            try:
+                self.proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                    argv,
+                    stdin=self.fds[0],
+                    stdout=self.fds[1],
+                    stderr=err_write,
+                    cwd=target.state_dir,
+                    env=child_env(target, request),
+                    close_fds=True,
+                    start_new_session=True,
+                    umask=0o022,
+                    user=target.runas.uid,
+                    group=target.runas.gid,
+                    extra_groups=list(target.runas.groups),
+                )
+            except OSError as exc:
+                raise Unavailable(f"cannot start srun: {exc}") from None
+            finally:
+                os.close(err_write)
+            # The child has its own copies; ours would only keep the caller's terminal open.
+            # Their stderr stays: srun's stderr is relayed to it.
+            os.close(self.fds[0])
+            os.close(self.fds[1])
+            err_fd, self.fds = self.fds[2], []
+            self.server.track(self)
+            try:
+                code = self.supervise(err_read, err_fd, pending)
+            finally:
+                self.server.untrack(self)
+                os.close(err_fd)
+            if self.stopping:
+                self.send({"error": "rxd is stopping; the command was ended"})
+            else:
+                self.send({"exit": code})
+            log.debug(
+                "exec ended",
+                extra={"project": request.project, "exit": code, "job_id": target.job_id},
+            )
+            self.server.call(containers.touch_activity, self.daemon.runtime, target.container_id)
+        finally:
+            os.close(err_read)
+            sessions.closed(target.container_id)
+
+    def supervise(self, err_read: int, err_fd: int, pending: list[dict[str, Any]]) -> int:
+        """Relay srun's stderr and the client's signals until srun exits; its exit status."""
+        proc = self.proc
+        assert proc is not None
+        pidfd = os.pidfd_open(proc.pid)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(err_read, select.POLLIN)
+        poller.register(self.conn, select.POLLIN)
+        kill_at: float | None = None
+        client = True
+        try:
+            for message in pending:
+                self.on_message(message)
+            while True:
+                timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic())
+                events = poller.poll(None if timeout is None else int(timeout * 1000) + 1)
+                for fd, _ in events:
+                    if fd == err_read:
+                        if not self.relay(err_read, err_fd):
+                            poller.unregister(err_read)
+                    elif fd == self.conn.fileno() and client:
+                        try:
+                            for message in self.messages(0):
+                                self.on_message(message)
+                        except (ClientGone, ProtocolError):
+                            # The caller is gone: end the step (srun cancels it on SIGTERM).
+                            poller.unregister(self.conn)
+                            client = False
+                            self.signal(signal.SIGTERM)
+                            kill_at = time.monotonic() + KILL_AFTER_S
+                if proc.poll() is not None:
+                    break
+                if kill_at is not None and time.monotonic() >= kill_at:
+                    log.warning("srun ignored SIGTERM; killing it", extra={"pid": proc.pid})
+                    self.signal(signal.SIGKILL)
+                    kill_at = None
+        finally:
+            os.close(pidfd)
+        # srun has exited: what it wrote last is still in the pipe.
+        while self.relay(err_read, err_fd, wait=False):
+            pass
+        return exit_status(proc.wait())
+
+    def on_message(self, message: dict[str, Any]) -> None:
+        name = message.get("signal")
+        if name is None:
+            return
+        signum = SIGNALS.get(str(name))
+        if signum is None:
+            raise ProtocolError(f"cannot forward signal {name!r}")
+        self.signal(signum)
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
+
+    def relay(self, src: int, dest: int, wait: bool = True) -> bool:
+        """Copy one chunk of srun's stderr to the caller's; False at the end of the stream."""
+        if not wait and not wait_for(src, select.POLLIN, 0):
+            return False
+        chunk = os.read(src, MAX_MESSAGE)
+        if not chunk:
+            return False
+        data = strip_srun_task_lines(chunk)
+        while data:
+            try:
+                data = data[os.write(dest, data) :]
+            except BlockingIOError:
+                wait_for(dest, select.POLLOUT, 1.0)
+            except OSError:
+                break  # the caller's stderr is closed: keep draining srun's
+        return True
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _UnixServer
+
+    def handle(self) -> None:
+        Session(self.server.owner, self.request).serve()
+
+
+class _UnixServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 64
+    owner: ExecServer
+
+
+class ExecServer:
+    """The exec socket, served by threads until stop()."""
+
+    def __init__(self, daemon: Daemon, path: Path) -> None:
+        self.daemon = daemon
+        self.path = path
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rxd-exec-ledger")
+        self._sessions: set[Session] = set()
+        self._lock = threading.Lock()
+        self._srun: str | None = None
+        self._server: _UnixServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, daemon: Daemon) -> ExecServer:
+        # serve.py imports this module, so its helper is imported here, at call time.
+        from rxslurm.daemon.serve import claim_socket_path
+
+        server = cls(daemon, exec_socket_path(daemon.config.daemon.socket))
+        claim_socket_path(server.path)
+        unix = _UnixServer(str(server.path), _Handler)
+        unix.owner = server
+        # Anyone may connect: each session is authorized from the peer's credentials.
+        os.chmod(server.path, 0o666)  # noqa: S103
+        server._server = unix
+        server._thread = threading.Thread(
+            target=unix.serve_forever, kwargs={"poll_interval": 0.5}, name="rxd-exec", daemon=True
+        )
+        server._thread.start()
+        log.info("exec socket serving", extra={"socket": str(server.path)})
+        return server
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, end running commands (their clients are told), remove the socket."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        with self._lock:
+            running = list(self._sessions)
+        for session in running:
+            session.stopping = True
+            session.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._sessions:
+                    break
+            time.sleep(0.05)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.is_socket():
+                self.path.unlink()
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return self.pool.submit(fn, *args).result()
+
+    def srun(self) -> str:
+        if self._srun is None:
+            bin_dir = self.daemon.config.slurm.bin_dir
+            found = shutil.which("srun", path=bin_dir or os.environ.get("PATH") or SAFE_PATH)
+            if found is None:
+                raise Unavailable(f"srun not found in {bin_dir or 'PATH'}; Slurm is unavailable")
+            self._srun = found
+        return self._srun
+
+    def track(self, session: Session) -> None:
+        with self._lock:
+            self._sessions.add(session)
+
+    def untrack(self, session: Session) -> None:
+        with self._lock:
+            self._sessions.discard(session)
