@@ -106,6 +106,8 @@ def doctor(client: Client, json_: bool) -> None:
 
 # Command groups live in their own modules, which import the helpers above: so register them last.
 from rxslurm.cli.commands_admin import admin  # noqa: E402
+from rxslurm.cli.commands_container import COMMANDS as CONTAINER_COMMANDS  # noqa: E402
+from rxslurm.cli.commands_exec import exec_, shell  # noqa: E402
 from rxslurm.cli.commands_identity import bind, unbind  # noqa: E402
 from rxslurm.cli.commands_project import project  # noqa: E402
 
@@ -113,3 +115,7 @@ cli.add_command(bind)
 cli.add_command(unbind)
 cli.add_command(project)
 cli.add_command(admin)
+for _command in CONTAINER_COMMANDS:
+    cli.add_command(_command)
+cli.add_command(exec_)
+cli.add_command(shell)

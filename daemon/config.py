@@ -7,6 +7,7 @@ to a default.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -44,6 +45,9 @@ class SlurmConfig:
     # Empty: find sbatch, squeue, ... on PATH.
     bin_dir: str = ""
     timeout: float = 30.0
+    # Marks this deployment's jobs (their comment is "<tag>:container=<id>"): the reconciler
+    # adopts or cancels only jobs with its own tag, so two deployments can share a cluster.
+    tag: str = "rx"
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class WorkspacesConfig:
     # Each project's workspace is <root>/<project>; root must be a local, root-owned folder.
-    root: Path = Path("/var/lib/rxslurm/workspaces")
+    root: Path = Path("/srv/rxslurm/workspaces")
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,22 @@ class DefaultsConfig:
 
 
 @dataclass(frozen=True)
+class ContainersConfig:
+    # Per-container folders (overlay, job status and logs, instance records): <state_root>/<name>.
+    # On a real cluster both this and workspaces.root must be on a filesystem the nodes share.
+    state_root: Path = Path("/srv/rxslurm/containers")
+    # Images pulled from docker://, oras:// or library:// references land here.
+    image_dir: Path = Path("/srv/rxslurm/images")
+    overlay_size_mb: int = 1024
+    # Admin's mounts in every container, "src[:dest[:ro|rw]]".
+    fixed_mounts: tuple[str, ...] = ()
+    # Seconds the instance gets after SIGTERM before it is killed.
+    stop_grace_s: int = 10
+    # Seconds between reconciler passes.
+    reconcile_interval: float = 5.0
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     # "host:port" to serve the API to the research platform over TCP; empty: off.
     listen: str = ""
@@ -102,6 +122,7 @@ class Config:
     workspaces: WorkspacesConfig = field(default_factory=WorkspacesConfig)
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
+    containers: ContainersConfig = field(default_factory=ContainersConfig)
     source: Path | None = None
 
 
@@ -114,6 +135,7 @@ _SECTIONS: dict[str, type] = {
     "workspaces": WorkspacesConfig,
     "defaults": DefaultsConfig,
     "platform": PlatformConfig,
+    "containers": ContainersConfig,
 }
 
 
@@ -172,6 +194,10 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: {key} must be a non-empty path string")
         return Path(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {key} must be a list of strings")
+        return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {key} must be true or false")
@@ -198,6 +224,8 @@ def _validate(config: Config, where: str) -> None:
         raise ConfigError(f"{where}: daemon.log_level must be debug, info, warning or error")
     if config.slurm.timeout <= 0:
         raise ConfigError(f"{where}: slurm.timeout must be positive")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", config.slurm.tag):
+        raise ConfigError(f"{where}: slurm.tag must be 1-32 letters, digits, '.', '_' or '-'")
     if config.identity.code_ttl_min < 1:
         raise ConfigError(f"{where}: identity.code_ttl_min must be at least 1")
     for key in ("cpus", "mem_mb", "gpus", "gpu_mem_gb", "time_limit_min", "idle_timeout_min"):
@@ -207,6 +235,30 @@ def _validate(config: Config, where: str) -> None:
         raise ConfigError(f'{where}: defaults.gpu_driver must be "nvidia", "amd" or ""')
     if not config.workspaces.root.is_absolute():
         raise ConfigError(f"{where}: workspaces.root must be an absolute path")
+    containers = config.containers
+    for key in ("state_root", "image_dir"):
+        if not getattr(containers, key).is_absolute():
+            raise ConfigError(f"{where}: containers.{key} must be an absolute path")
+    if containers.overlay_size_mb < 64:
+        raise ConfigError(
+            f"{where}: containers.overlay_size_mb must be at least 64 (Apptainer's minimum)"
+        )
+    if containers.stop_grace_s < 0 or containers.reconcile_interval <= 0:
+        raise ConfigError(
+            f"{where}: containers.stop_grace_s and reconcile_interval must be positive"
+        )
+    for mount in containers.fixed_mounts:
+        parts = mount.split(":")
+        if (
+            not mount.startswith("/")
+            or "," in mount
+            or len(parts) > 3
+            or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
+        ):
+            raise ConfigError(
+                f"{where}: containers.fixed_mounts entry {mount!r} must be /src[:/dest[:ro|rw]] "
+                "without commas"
+            )
     listen = config.platform.listen
     if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
         raise ConfigError(f'{where}: platform.listen must be "host:port"')

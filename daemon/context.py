@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from rxslurm.daemon.config import Config
+from rxslurm.daemon.containers import Runtime
 from rxslurm.daemon.ledger import Ledger
 from rxslurm.daemon.partitions import PartitionCache
 from rxslurm.daemon.peercred import Caller
+from rxslurm.daemon.reconciler import Reconciler
 from rxslurm.slurm.adapter import SlurmCli
 
 
@@ -19,9 +21,14 @@ class Daemon:
     ledger: Ledger
     slurm: SlurmCli
     partitions: PartitionCache = field(init=False)
+    runtime: Runtime = field(init=False)
+    reconciler: Reconciler = field(init=False)
 
     def __post_init__(self) -> None:
         self.partitions = PartitionCache(self.slurm)
+        self.runtime = Runtime(self.ledger, self.config, self.slurm)
+        self.reconciler = Reconciler(self.runtime, self.config.containers.reconcile_interval)
+        self.runtime.poke = self.reconciler.poke
 
     def is_admin(self, caller: Caller) -> bool:
         return caller.is_root or self.config.daemon.admin_group in caller.groups

@@ -171,3 +171,19 @@ def m002_identity_targets(db: Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations()
+def m003_container_jobs(db: Database) -> None:
+    statements = [
+        # The Slurm job that currently holds the container; NULL while resting or submitting.
+        "ALTER TABLE containers ADD COLUMN job_id INTEGER",
+        "ALTER TABLE containers ADD COLUMN node TEXT",
+        "ALTER TABLE containers ADD COLUMN instance TEXT",
+        "ALTER TABLE containers ADD COLUMN started_at TEXT",
+        # The folder holding the overlay, job status files and instance records.
+        "ALTER TABLE containers ADD COLUMN state_dir TEXT",
+        "CREATE INDEX containers_job ON containers (job_id)",
+    ]
+    for statement in statements:
+        db.execute(statement)

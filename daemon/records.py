@@ -190,6 +190,11 @@ class Container(Record):
     created_at: datetime
     updated_at: datetime
     generation: int = 0
+    job_id: int | None = None
+    node: str | None = None
+    instance: str | None = None
+    started_at: datetime | None = None
+    state_dir: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

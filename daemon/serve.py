@@ -13,10 +13,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from rxslurm.daemon import platform, routes_identity, routes_projects, routes_system
+from rxslurm.daemon import (
+    platform,
+    routes_containers,
+    routes_identity,
+    routes_projects,
+    routes_system,
+)
 from rxslurm.daemon.api import make_app
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.context import DAEMON, Daemon
+from rxslurm.daemon.exec_server import ExecServer
 from rxslurm.daemon.ledger import Ledger
 from rxslurm.daemon.platform import platform_identify, read_token
 from rxslurm.slurm.adapter import SlurmCli
@@ -24,7 +31,12 @@ from rxslurm.slurm.adapter import SlurmCli
 log = logging.getLogger("rxslurm.daemon")
 
 
-ROUTES = [*routes_system.routes, *routes_identity.routes, *routes_projects.routes]
+ROUTES = [
+    *routes_system.routes,
+    *routes_identity.routes,
+    *routes_projects.routes,
+    *routes_containers.routes,
+]
 
 
 class StartupError(Exception):
@@ -92,6 +104,8 @@ async def serve(config: Config) -> None:
         await web.TCPSite(platform_runner, host.strip("[]"), int(port)).start()
         log.info("platform API serving", extra={"listen": config.platform.listen})
 
+    daemon.reconciler.start()
+    exec_server = ExecServer.start(daemon)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -100,6 +114,8 @@ async def serve(config: Config) -> None:
         await stop.wait()
     finally:
         log.info("rxd stopping")
+        await asyncio.to_thread(exec_server.stop)
+        await asyncio.to_thread(daemon.reconciler.stop)
         for each in runners:
             await each.cleanup()
         _remove_own_socket(sock_path)

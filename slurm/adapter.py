@@ -64,6 +64,8 @@ class JobSpec:
     hold: bool = False
     export: str = "NONE"
     account: str | None = None
+    # False: --no-requeue, so a node failure ends the job instead of Slurm restarting it.
+    requeue: bool = True
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -108,6 +110,8 @@ class JobSpec:
             opts.append("--dependency=singleton")
         if self.hold:
             opts.append("--hold")
+        if not self.requeue:
+            opts.append("--no-requeue")
         opts.append(f"--export={self.export}")
         return opts
 

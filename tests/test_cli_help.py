@@ -58,7 +58,11 @@ def test_dash_h_shows_usage_and_the_example(path: str) -> None:
     assert "Example: rxctl" in result.output
 
 
-@pytest.mark.parametrize("path", sorted(LEAVES))
+# These hand the terminal to a program in the container: its output is the program's own.
+STREAMING = {"rxctl exec", "rxctl shell"}
+
+
+@pytest.mark.parametrize("path", sorted(set(LEAVES) - STREAMING))
 def test_commands_that_show_data_take_json(path: str) -> None:
     command = COMMANDS[path]
     assert "json_" in {p.name for p in command.params}, f"{path} has no --json"

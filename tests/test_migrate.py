@@ -65,6 +65,11 @@ EXPECTED_COLUMNS = {
         "created_at",
         "updated_at",
         "generation",
+        "job_id",
+        "node",
+        "instance",
+        "started_at",
+        "state_dir",
     ],
     "jobs": [
         "job_id",
@@ -100,7 +105,7 @@ EXPECTED_INDEXES = {
 }
 
 
-ALL_MIGRATIONS = ["m001_initial", "m002_identity_targets"]
+ALL_MIGRATIONS = ["m001_initial", "m002_identity_targets", "m003_container_jobs"]
 
 
 def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
@@ -108,7 +113,10 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     with Ledger.open(path, migrate=True) as ledger:
         db = ledger.db
-        db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm002_identity_targets'")
+        db.execute("DELETE FROM _sqlite_migrations WHERE name != 'm001_initial'")
+        db.execute("DROP INDEX containers_job")
+        for column in ("job_id", "node", "instance", "started_at", "state_dir"):
+            db.execute(f"ALTER TABLE containers DROP COLUMN {column}")
         db.execute("ALTER TABLE binding_codes DROP COLUMN for_uid")
         db.execute("ALTER TABLE projects DROP COLUMN run_as_user")
         db.execute(
@@ -116,7 +124,7 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
             " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"
         )
     with Ledger.open(path, migrate=True) as ledger:
-        assert ledger.last_applied == ["m002_identity_targets"]
+        assert ledger.last_applied == ALL_MIGRATIONS[1:]
         row = next(ledger.db["projects"].rows)
         assert (row["name"], row["run_as_user"]) == ("old", None)
 
@@ -168,9 +176,7 @@ def test_migrate_twice_changes_nothing(tmp_path: Path) -> None:
 
 def test_open_with_pending_migrations_says_run_rxd_migrate(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    with pytest.raises(
-        MigrationsPending, match=r"m001_initial, m002_identity_targets: run `rxd migrate`"
-    ):
+    with pytest.raises(MigrationsPending, match=", ".join(ALL_MIGRATIONS) + ": run `rxd migrate`"):
         Ledger.open(path)
     # Refusing did not half-create the schema.
     assert [name for name, _ in schema(path)] == []

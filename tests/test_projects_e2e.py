@@ -30,22 +30,12 @@ BAD_NAME = (
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
     """One daemon for the module: tests use their own project names."""
-    daemon = with_own_workspaces(
-        new_rxd(extra_config=f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n')
-    )
+    daemon = new_rxd(extra_config=f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n')
     daemon.start()
     yield daemon
     if daemon.proc is not None and daemon.proc.poll() is None:
         assert daemon.stop() == 0, daemon.log_text()
     shutil.rmtree(daemon.root, ignore_errors=True)
-
-
-def with_own_workspaces(daemon: Rxd) -> Rxd:
-    """Keep project workspaces in the daemon's test folder, not the deployment's /var/lib."""
-    if "[workspaces]" not in daemon.config.read_text():
-        daemon.extra_config += f'[workspaces]\nroot = "{daemon.root / "workspaces"}"\n'
-        daemon.write_config()
-    return daemon
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

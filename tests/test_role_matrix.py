@@ -135,9 +135,7 @@ def matrix() -> list[Any]:
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
     # A service account, so that run-as can be switched both ways.
-    daemon = with_own_workspaces(
-        new_rxd(extra_config=f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n')
-    )
+    daemon = new_rxd(extra_config=f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n')
     daemon.start()
     # Standalone mode binds a user on their first call, which shows in the project's member
     # list (their linux_user): have everyone call once, so only the actions under test differ.
@@ -148,14 +146,6 @@ def rxd() -> Iterator[Rxd]:
     if daemon.proc is not None and daemon.proc.poll() is None:
         assert daemon.stop() == 0, daemon.log_text()
     shutil.rmtree(daemon.root, ignore_errors=True)
-
-
-def with_own_workspaces(daemon: Rxd) -> Rxd:
-    """Keep project workspaces in the daemon's test folder, not the deployment's /var/lib."""
-    if "[workspaces]" not in daemon.config.read_text():
-        daemon.extra_config += f'[workspaces]\nroot = "{daemon.root / "workspaces"}"\n'
-        daemon.write_config()
-    return daemon
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,12 +54,25 @@ class Rxd:
         return self.root / "rxd.log"
 
     def write_config(self) -> None:
+        # Everything rxd writes stays inside this test's folder, unless the test says otherwise.
+        defaults = ""
+        if "[workspaces]" not in self.extra_config:
+            defaults += f'[workspaces]\nroot = "{self.root}/workspaces"\n'
+        if "[containers]" not in self.extra_config:
+            defaults += (
+                f'[containers]\nstate_root = "{self.root}/containers"\n'
+                f'image_dir = "{self.root}/images"\n'
+            )
+        if "[slurm]" not in self.extra_config:
+            # Each test daemon touches only its own jobs, even when several share the cluster.
+            defaults += f'[slurm]\ntag = "t-{self.root.name}"\n'
         self.config.write_text(
             "[daemon]\n"
             f'socket = "{self.socket}"\n'
             f'ledger = "{self.ledger}"\n'
             'log_level = "debug"\n'
             f"{self.extra_config}"
+            f"{defaults}"
         )
 
     def migrate(self) -> subprocess.CompletedProcess[str]:
@@ -121,9 +134,12 @@ class Rxd:
         return run_as(user, argv, input=input, timeout=timeout)
 
 
-def new_rxd(extra_config: str = "", *, migrate: bool = True) -> Rxd:
-    """An rxd with its own folder and config (extra_config goes after its [daemon] lines)."""
-    rxd = Rxd(root=test_root(), extra_config=extra_config)
+def new_rxd(extra_config: str | Callable[[Path], str] = "", *, migrate: bool = True) -> Rxd:
+    """An rxd with its own folder and config (extra_config goes after its [daemon] lines; a
+    function gets the daemon's folder and returns the text)."""
+    root = test_root()
+    text = extra_config(root) if callable(extra_config) else extra_config
+    rxd = Rxd(root=root, extra_config=text)
     (rxd.root / "run").mkdir(mode=0o755)
     rxd.write_config()
     if migrate:

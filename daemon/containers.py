@@ -1,0 +1,589 @@
+"""A project's persistent container: enable, wake, stop, disable, retry, status.
+
+The container is an Apptainer instance inside a Slurm job (the "holder") that runs as the
+project's runtime identity. Its overlay (the persistent writable layer) and the project workspace
+outlive every job. Slurm calls happen outside ledger transactions; each state change is a
+conditional update (see states.change_state), so racing requests make exactly one job and a
+crash between submitting and recording leaves a job the reconciler adopts by its comment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rxslurm.daemon import apptainer, failpoints
+from rxslurm.daemon.config import Config
+from rxslurm.daemon.errors import BadRequest, Conflict, Unavailable
+from rxslurm.daemon.identities import Actor
+from rxslurm.daemon.ledger import Ledger, LedgerDatabase
+from rxslurm.daemon.projects import authorize, runtime_identity
+from rxslurm.daemon.records import from_json, from_timestamp, to_json, to_timestamp, utcnow
+from rxslurm.daemon.roles import Action
+from rxslurm.daemon.settings import Settings, effective
+from rxslurm.daemon.states import ACTIVE, State, change_state
+from rxslurm.slurm.adapter import JobSpec, SlurmCli
+from rxslurm.slurm.errors import SlurmError, SlurmRejected, SlurmUnavailable
+from rxslurm.slurm.runas import RunAs, run
+from rxslurm.slurm.script import render_batch_script
+
+log = logging.getLogger("rxslurm.containers")
+
+JOB_PREFIX = "rx-"
+
+
+def container_name(project: str) -> str:
+    return f"{JOB_PREFIX}{project}"
+
+
+def job_comment(config: Config, container_id: int) -> str:
+    return f"{config.slurm.tag}:container={container_id}"
+
+
+def container_id_from_comment(config: Config, comment: str | None) -> int | None:
+    """The container a job belongs to, if this deployment's tag marks it."""
+    prefix = f"{config.slurm.tag}:container="
+    if comment and comment.startswith(prefix):
+        tail = comment[len(prefix) :]
+        return int(tail) if tail.isdigit() else None
+    return None
+
+
+@dataclass
+class Runtime:
+    """What the container service needs besides the ledger; one per daemon."""
+
+    ledger: Ledger
+    config: Config
+    slurm: SlurmCli
+    # Called after a change the reconciler should look at soon.
+    poke: Callable[[], None] = lambda: None
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _container_of(db: LedgerDatabase, project_id: int) -> dict[str, Any] | None:
+    rows = list(db["containers"].rows_where("project_id = ?", [project_id]))
+    return rows[0] if rows else None
+
+
+def _actor_kw(actor: Actor) -> dict[str, Any]:
+    return {"actor": actor.name, "actor_uid": actor.uid, "origin": actor.origin}
+
+
+def state_dir_for(config: Config, name: str) -> Path:
+    return config.containers.state_root / name
+
+
+def _prepare_state_dir(config: Config, name: str, owner: RunAs) -> Path:
+    """The container's folder: made by root inside the root-owned state root, then handed over."""
+    root = config.containers.state_root
+    root.mkdir(parents=True, exist_ok=True, mode=0o755)
+    info = root.lstat()
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        raise Conflict(
+            f"containers.state_root {root} must be owned by root and not writable by others"
+        )
+    path = root / name
+    try:
+        current = path.lstat()
+    except FileNotFoundError:
+        os.mkdir(path, 0o700)
+        os.chown(path, owner.uid, owner.gid)
+        return path
+    if path.is_symlink() or not path.is_dir():
+        raise Conflict(f"{path} exists and is not a folder")
+    if current.st_uid != owner.uid:
+        # The runtime identity changed since the last enable: the old owner's overlay is theirs.
+        raise Conflict(
+            f"{path} belongs to uid {current.st_uid}, not {owner.user}; disable the container "
+            "and remove that folder to change the identity it runs as"
+        )
+    return path
+
+
+def _image_for_job(config: Config, image: str) -> str:
+    """A local image path usable on the nodes; references are pulled once into image_dir."""
+    if image.startswith("/"):
+        return image
+    try:
+        return str(apptainer.pull(image, config.containers.image_dir))
+    except apptainer.ApptainerError as exc:
+        raise BadRequest(f"cannot pull {image}: {exc}") from None
+
+
+def _gres(settings: Settings) -> str | None:
+    if settings.gpus <= 0:
+        return None
+    return (
+        f"gpu:{settings.gpu_type}:{settings.gpus}" if settings.gpu_type else f"gpu:{settings.gpus}"
+    )
+
+
+def _gpu_flag(settings: Settings) -> str:
+    if settings.gpus <= 0:
+        return ""
+    return {"nvidia": "--nv", "amd": "--rocm"}.get(settings.gpu_driver, "")
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+def status(rt: Runtime, actor: Actor, project: str, slurm_reachable: bool = True) -> dict[str, Any]:
+    with rt.ledger.read() as db:
+        row, role = authorize(db, actor, project, Action.VIEW)
+        container = _container_of(db, row["id"])
+        runtime_user = runtime_identity(db, rt.config, row)
+    saved = Settings.from_row(row)
+    eff = effective(saved, rt.config.defaults)
+    view: dict[str, Any] = {
+        "project": project,
+        "role": role.value if role else None,
+        "state": State.DISABLED.value,
+        "reason": None,
+        "name": container_name(project),
+        "image": eff.image,
+        "job_id": None,
+        "node": None,
+        "gpus": eff.gpus,
+        "gres": _gres(eff),
+        "uptime_s": None,
+        "runtime_user": runtime_user,
+        "workspace": row["workspace"],
+        "fixed_mounts": list(rt.config.containers.fixed_mounts),
+        "last_error": None,
+        "settings_pending": False,
+        "desired": None,
+        "over_quota": False,
+    }
+    if container is None:
+        return view
+    started_with = from_json(container["settings"])
+    view.update(
+        state=container["state"],
+        reason=container["reason"],
+        job_id=container["job_id"],
+        node=container["node"],
+        desired=container["desired"],
+        last_error=container["last_error"],
+        image=container["image"] or eff.image,
+        runtime_user=container["runtime_user"] or runtime_user,
+    )
+    if container["state"] in (State.RUNNING, State.STARTING, State.WAITING) and started_with:
+        view["settings_pending"] = started_with != saved.to_dict()
+        view["gpus"] = started_with.get("effective", {}).get("gpus", eff.gpus)
+        view["gres"] = started_with.get("gres")
+    if container["state"] == State.RUNNING and container["started_at"]:
+        view["uptime_s"] = int((utcnow() - from_timestamp(container["started_at"])).total_seconds())
+    if not slurm_reachable and container["state"] in ACTIVE:
+        view["state_unknown"] = True
+        view["reason"] = "Slurm is not answering; state as last seen"
+    return view
+
+
+def list_containers(rt: Runtime, actor: Actor) -> list[dict[str, Any]]:
+    with rt.ledger.read() as db:
+        rows = db.execute(
+            "SELECT p.name, m.role, c.state, c.reason, c.job_id, c.node FROM members m "
+            "JOIN projects p ON p.id = m.project_id LEFT JOIN containers c ON c.project_id = p.id "
+            "WHERE m.platform_user_id = ? ORDER BY p.name",
+            [actor.platform_user],
+        ).fetchall()
+    return [
+        {
+            "project": name,
+            "role": role,
+            "state": state or State.DISABLED.value,
+            "reason": reason,
+            "job_id": job_id,
+            "node": node,
+        }
+        for name, role, state, reason, job_id, node in rows
+    ]
+
+
+# -- enable / disable --------------------------------------------------------------------------
+
+
+def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
+    """Create the container's record, folder and overlay, then wake it."""
+    config = rt.config
+    with rt.ledger.read() as db:
+        row, _ = authorize(db, actor, project, Action.ENABLE)
+        runtime_user = runtime_identity(db, config, row)
+        container = _container_of(db, row["id"])
+    if container is not None and container["state"] != State.DISABLED:
+        raise Conflict(f"the container of {project} is already enabled ({container['state']})")
+    eff = effective(Settings.from_row(row), config.defaults)
+    if not eff.image:
+        raise BadRequest(
+            f"project {project} has no image; set one with `rxctl project set {project} --image`"
+        )
+    if runtime_user is None:
+        raise Conflict(f"the identity project {project} runs as is not bound; bind it first")
+    owner = RunAs.for_user(runtime_user)
+    name = container_name(project)
+    now = to_timestamp(utcnow())
+    with rt.ledger.transaction() as db:
+        current = _container_of(db, row["id"])
+        if current is None:
+            db["containers"].insert(
+                {
+                    "project_id": row["id"],
+                    "name": name,
+                    "state": State.DISABLED.value,
+                    "desired": "running",
+                    "runtime_user": owner.user,
+                    "runtime_uid": owner.uid,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            current = _container_of(db, row["id"])
+        elif current["state"] != State.DISABLED:
+            raise Conflict(f"the container of {project} is already enabled ({current['state']})")
+        assert current is not None
+        db["containers"].update(
+            current["id"],
+            {"desired": "running", "runtime_user": owner.user, "runtime_uid": owner.uid},
+        )
+        container_id = current["id"]
+    try:
+        state_dir = _prepare_state_dir(config, name, owner)
+        overlay = state_dir / "overlay.img"
+        if not overlay.exists():
+            apptainer.create_overlay(overlay, config.containers.overlay_size_mb, owner)
+        image = _image_for_job(config, eff.image)
+    except (Conflict, BadRequest, apptainer.ApptainerError, OSError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        with rt.ledger.transaction() as db:
+            change_state(
+                db,
+                container_id,
+                State.ERROR,
+                allowed_from=[State.DISABLED],
+                reason="enable failed",
+                fields={"last_error": message, "desired": "stopped"},
+                **_actor_kw(actor),
+            )
+        raise
+    with rt.ledger.transaction() as db:
+        change_state(
+            db,
+            container_id,
+            State.STOPPED,
+            allowed_from=[State.DISABLED],
+            reason="enabled",
+            fields={
+                "state_dir": str(state_dir),
+                "overlay_path": str(overlay),
+                "image": image,
+                "last_error": None,
+            },
+            **_actor_kw(actor),
+        )
+    return wake(rt, actor, project, check=Action.ENABLE)
+
+
+def disable(rt: Runtime, actor: Actor, project: str, wait_s: float = 120.0) -> dict[str, Any]:
+    """Stop, then delete the overlay (the workspace stays). A failed delete rolls back."""
+    stop(rt, actor, project, check=Action.DISABLE)
+    with rt.ledger.read() as db:
+        row, _ = authorize(db, actor, project, Action.DISABLE)
+        container = _container_of(db, row["id"])
+    if container is None or container["state"] == State.DISABLED:
+        raise Conflict(f"the container of {project} is not enabled")
+    deadline = time.monotonic() + wait_s
+    while container["state"] in ACTIVE:
+        if time.monotonic() > deadline:
+            raise Conflict(
+                f"the container of {project} did not stop within {wait_s:.0f}s; try again"
+            )
+        rt.poke()
+        time.sleep(0.2)
+        container = rt.ledger.db["containers"].get(container["id"])
+    try:
+        _delete_overlay(container)
+    except OSError as exc:
+        with rt.ledger.transaction() as db:
+            db["containers"].update(container["id"], {"last_error": f"disable failed: {exc}"})
+        raise Conflict(f"cannot delete the overlay, the container stays enabled: {exc}") from None
+    with rt.ledger.transaction() as db:
+        change_state(
+            db,
+            container["id"],
+            State.DISABLED,
+            allowed_from=[State.STOPPED, State.ERROR],
+            reason="disabled",
+            fields={"desired": "disabled", "job_id": None, "node": None, "instance": None},
+            **_actor_kw(actor),
+        )
+    return status(rt, actor, project)
+
+
+def _delete_overlay(container: dict[str, Any]) -> None:
+    overlay = container["overlay_path"]
+    if not overlay or not Path(overlay).exists():
+        return
+    # The overlay is the runtime user's file in their folder: remove it as them.
+    who = RunAs.for_user(container["runtime_user"])
+    result = run(["rm", "-f", "--", overlay], as_user=who, timeout=60)
+    if result.returncode != 0 or Path(overlay).exists():
+        raise OSError(result.stderr.strip() or f"{overlay} still exists")
+
+
+# -- wake / stop / retry -----------------------------------------------------------------------
+
+
+def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) -> dict[str, Any]:
+    """Make sure a job holds the container: submit one if it rests, else leave it be."""
+    with rt.ledger.transaction() as db:
+        row, _ = authorize(db, actor, project, check)
+        container = _container_of(db, row["id"])
+        if container is None or container["state"] == State.DISABLED:
+            raise Conflict(
+                f"the container of {project} is not enabled; an owner runs `rxctl enable`"
+            )
+        db["containers"].update(container["id"], {"desired": "running"})
+        # Racing wakes: the first moves STOPPED -> STARTING, the others find it ACTIVE.
+        already = container["state"] in ACTIVE
+        if container["state"] == State.ERROR:
+            raise Conflict(
+                f"the container of {project} is in error ({container['last_error']}); "
+                "an owner runs `rxctl retry`"
+            )
+        if not already:
+            settings = Settings.from_row(row)
+            change_state(
+                db,
+                container["id"],
+                State.STARTING,
+                allowed_from=[State.STOPPED],
+                reason="submitting",
+                fields={"job_id": None, "node": None, "instance": None, "started_at": None},
+                **_actor_kw(actor),
+            )
+    if already:
+        return status(rt, actor, project)
+    submit(rt, container["id"], settings, actor=actor.name, origin=actor.origin)
+    return status(rt, actor, project)
+
+
+def submit(
+    rt: Runtime, container_id: int, settings: Settings, *, actor: str, origin: str
+) -> int | None:
+    """Submit the holder job for a container in STARTING with no job; record it."""
+    config = rt.config
+    c = rt.ledger.db["containers"].get(container_id)
+    project_row = rt.ledger.db["projects"].get(c["project_id"])
+    eff = effective(settings, config.defaults)
+    state_dir = Path(c["state_dir"])
+    script = render_batch_script(
+        "holder.sh",
+        instance=c["name"],
+        image=c["image"],
+        overlay=c["overlay_path"],
+        workspace=project_row["workspace"],
+        binds=",".join(config.containers.fixed_mounts),
+        gpu_flag=_gpu_flag(eff),
+        state_dir=state_dir,
+        grace_s=config.containers.stop_grace_s,
+    )
+    spec = JobSpec(
+        name=c["name"],
+        comment=job_comment(config, container_id),
+        partition=eff.partition or None,
+        cpus=eff.cpus or 1,
+        mem_mb=eff.mem_mb or None,
+        gres=_gres(eff),
+        time_limit_min=eff.time_limit_min or None,
+        workdir=str(state_dir),
+        output=str(state_dir / "job-%j.out"),
+        singleton=True,
+        # rxd decides what follows a failed job; a requeued holder could race a living one.
+        requeue=False,
+    )
+    snapshot = {**settings.to_dict(), "effective": eff.to_dict(), "gres": _gres(eff)}
+    try:
+        job_id = rt.slurm.submit(script, spec, RunAs.for_user(c["runtime_user"]))
+    except SlurmError as exc:
+        unavailable = isinstance(exc, SlurmUnavailable)
+        with rt.ledger.transaction() as db:
+            change_state(
+                db,
+                container_id,
+                State.STOPPED if unavailable else State.ERROR,
+                allowed_from=[State.STARTING],
+                reason="Slurm did not answer" if unavailable else "Slurm refused the job",
+                fields={
+                    "last_error": None if unavailable else str(exc),
+                    "settings": to_json(snapshot),
+                },
+                actor=actor,
+                origin=origin,
+            )
+        if unavailable:
+            raise Unavailable(f"Slurm did not answer ({exc}); nothing was started") from None
+        if isinstance(exc, SlurmRejected):
+            raise Conflict(f"Slurm refused the job: {exc}") from None
+        raise
+    failpoints.hit("after-submit")
+    now = to_timestamp(utcnow())
+    with rt.ledger.transaction() as db:
+        current = db["containers"].get(container_id)
+        if current["state"] == State.STARTING and current["job_id"] is None:
+            db["containers"].update(
+                container_id, {"job_id": job_id, "settings": to_json(snapshot), "updated_at": now}
+            )
+            db["jobs"].insert(
+                {
+                    "job_id": job_id,
+                    "container_id": container_id,
+                    "state": "PENDING",
+                    "submitted_at": now,
+                },
+                replace=True,
+            )
+        else:
+            # Stopped (or adopted) meanwhile: this job is not wanted.
+            log.info("cancelling unwanted job", extra={"job_id": job_id, "container": c["name"]})
+            current = None
+    if current is None:
+        rt.slurm.cancel(job_id)
+        return None
+    log.info("submitted", extra={"job_id": job_id, "container": c["name"]})
+    rt.poke()
+    return job_id
+
+
+def stop(
+    rt: Runtime,
+    actor: Actor,
+    project: str,
+    check: Action = Action.STOP,
+    reason: str = "stopped by user",
+) -> dict[str, Any]:
+    with rt.ledger.transaction() as db:
+        row, _ = authorize(db, actor, project, check)
+        container = _container_of(db, row["id"])
+        if container is None or container["state"] == State.DISABLED:
+            raise Conflict(f"the container of {project} is not enabled")
+        db["containers"].update(container["id"], {"desired": "stopped"})
+        job_id = container["job_id"]
+        if container["state"] not in ACTIVE or container["state"] == State.STOPPING:
+            job_id = None
+        elif job_id is None:
+            # Still submitting: the submitter cancels its job when it sees this.
+            change_state(
+                db,
+                container["id"],
+                State.STOPPED,
+                allowed_from=[State.STARTING],
+                reason=reason,
+                **_actor_kw(actor),
+            )
+        else:
+            change_state(
+                db,
+                container["id"],
+                State.STOPPING,
+                allowed_from=[State.WAITING, State.STARTING, State.RUNNING],
+                reason=reason,
+                **_actor_kw(actor),
+            )
+    if job_id is not None:
+        cancel_job(rt, job_id)
+    return status(rt, actor, project)
+
+
+def cancel_job(rt: Runtime, job_id: int) -> None:
+    """SIGTERM to the holder (its trap stops the instance), KillWait later SIGKILL: Slurm's own."""
+    try:
+        rt.slurm.cancel(job_id)
+    except SlurmUnavailable:
+        # The reconciler cancels again while the container is STOPPING.
+        log.warning("cancel not answered; will retry", extra={"job_id": job_id})
+    rt.poke()
+
+
+def retry(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
+    with rt.ledger.transaction() as db:
+        row, _ = authorize(db, actor, project, Action.RETRY)
+        container = _container_of(db, row["id"])
+        if container is None or container["state"] != State.ERROR:
+            state = container["state"] if container else "disabled"
+            raise Conflict(f"retry is for a container in error; {project}'s is {state}")
+        if container["state_dir"] is None:
+            # Enable itself failed: go back to disabled and enable again.
+            change_state(
+                db,
+                container["id"],
+                State.DISABLED,
+                allowed_from=[State.ERROR],
+                reason="retry",
+                **_actor_kw(actor),
+            )
+            again = True
+        else:
+            change_state(
+                db,
+                container["id"],
+                State.STOPPED,
+                allowed_from=[State.ERROR],
+                reason="retry",
+                fields={"last_error": None},
+                **_actor_kw(actor),
+            )
+            again = False
+    if again:
+        return enable(rt, actor, project)
+    return wake(rt, actor, project, check=Action.RETRY)
+
+
+# -- exec --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecTarget:
+    """Where a command for a running container goes: a step in its job, as the job's user."""
+
+    container_id: int
+    job_id: int
+    node: str
+    instance: str
+    state_dir: str
+    runas: RunAs
+
+    @property
+    def apptainer_configdir(self) -> str:
+        # The holder starts the instance with this config folder; exec must look there too.
+        return f"{self.state_dir}/apptainer"
+
+
+def exec_target(rt: Runtime, actor: Actor, project: str) -> ExecTarget | None:
+    """The running container of a project the actor may exec in; None when it is not running."""
+    with rt.ledger.read() as db:
+        row, _ = authorize(db, actor, project, Action.EXEC)
+        container = _container_of(db, row["id"])
+    if container is None or container["state"] != State.RUNNING or not container["instance"]:
+        return None
+    return ExecTarget(
+        container_id=container["id"],
+        job_id=container["job_id"],
+        node=container["node"],
+        instance=container["instance"],
+        state_dir=container["state_dir"],
+        runas=RunAs.for_user(container["runtime_user"]),
+    )
+
+
+def touch_activity(rt: Runtime, container_id: int) -> None:
+    """Record exec/shell activity: the idle timer counts from the last one."""
+    with rt.ledger.transaction() as db:
+        db["containers"].update(container_id, {"last_activity_at": to_timestamp(utcnow())})

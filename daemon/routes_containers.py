@@ -1,0 +1,53 @@
+"""A project's container: enable, start, stop, disable, retry, status; the caller's containers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from rxslurm.daemon import containers
+from rxslurm.daemon.actors import actor_of
+from rxslurm.daemon.api import json_response
+from rxslurm.daemon.context import daemon_of
+
+routes = web.RouteTableDef()
+
+ACTIONS = {
+    "enable": containers.enable,
+    "start": containers.wake,
+    "stop": containers.stop,
+    "disable": containers.disable,
+    "retry": containers.retry,
+}
+
+
+@routes.post("/v1/projects/{name}/{action:enable|start|stop|disable|retry}")
+async def act(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    action = ACTIONS[request.match_info["action"]]
+    result = await asyncio.to_thread(action, daemon.runtime, actor, request.match_info["name"])
+    return json_response(result)
+
+
+@routes.get("/v1/projects/{name}/status")
+async def status(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    result = await asyncio.to_thread(
+        containers.status,
+        daemon.runtime,
+        actor,
+        request.match_info["name"],
+        daemon.reconciler.slurm_reachable,
+    )
+    return json_response(result)
+
+
+@routes.get("/v1/containers")
+async def mine(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    result = await asyncio.to_thread(containers.list_containers, daemon.runtime, actor)
+    return json_response({"containers": result})

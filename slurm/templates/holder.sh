@@ -1,0 +1,81 @@
+#!/bin/bash
+# holder.sh: keeps a project's persistent Apptainer instance alive for the life of this Slurm job.
+# Rendered by rxslurm.slurm.script (every value below arrives as one quoted shell word); sbatch
+# options come on sbatch's command line. Progress goes to $state_dir/job-$SLURM_JOB_ID.status,
+# one line, which rxd reads: "starting", "running <instance>", "stopping", "stopped", "error: ...".
+#rx:param instance
+#rx:param image
+#rx:param overlay
+#rx:param workspace
+#rx:param binds
+#rx:param gpu_flag
+#rx:param state_dir
+#rx:param grace_s
+set -u
+instance={{instance}}
+image={{image}}
+overlay={{overlay}}
+workspace={{workspace}}
+binds={{binds}}
+gpu_flag={{gpu_flag}}
+state_dir={{state_dir}}
+grace={{grace_s}}
+[[ $grace =~ ^[0-9]+$ ]] || grace=10
+PATH=/usr/local/bin:/usr/bin:/bin
+# Instance records and logs live with the container's state, not in $HOME (which may be small,
+# shared or absent on compute nodes); exec steps set the same folder to find the instance.
+export APPTAINER_CONFIGDIR="$state_dir/apptainer"
+instance="$instance-$SLURM_JOB_ID"
+status_file="$state_dir/job-$SLURM_JOB_ID.status"
+
+report() {
+  printf '%s\n' "$*" >"$status_file.tmp" && mv -f "$status_file.tmp" "$status_file"
+}
+started=0
+stop_instance() {
+  if ((started)); then
+    apptainer instance stop -t "$grace" "$instance" >/dev/null 2>&1 || true
+    started=0
+  fi
+}
+on_signal() {
+  report "stopping"
+  stop_instance
+  report "stopped"
+  exit 0
+}
+trap on_signal TERM INT
+# Whatever ends this script, no instance outlives the job.
+trap stop_instance EXIT
+
+# Only one job at a time may mount the overlay writable.
+exec 9>"$state_dir/overlay.lock"
+if ! flock -n 9; then
+  report "error: the overlay is in use by another job"
+  exit 1
+fi
+
+report "starting"
+args=(instance start --overlay "$overlay" -B "$workspace:/workspace")
+[[ -n $binds ]] && args+=(-B "$binds")
+[[ -n $gpu_flag ]] && args+=("$gpu_flag")
+# 9>&-: the instance must not inherit the job's lock (Apptainer locks the overlay itself).
+if ! out=$(apptainer "${args[@]}" "$image" "$instance" 2>&1 9>&-); then
+  last=$(printf '%s\n' "$out" | grep -E '^(FATAL|ERROR)' | tail -n 1)
+  report "error: ${last:-apptainer instance start failed}"
+  printf '%s\n' "$out" >&2
+  exit 1
+fi
+started=1
+report "running $instance"
+
+# Wait for Slurm to end the job; notice an instance that died on its own.
+while true; do
+  sleep 5 &
+  wait $!
+  if ! apptainer instance list --json "$instance" 2>/dev/null | grep -q "\"$instance\""; then
+    started=0
+    report "error: the container instance exited"
+    exit 1
+  fi
+done

@@ -1,0 +1,335 @@
+"""A project's container on the real cluster: enable, wake, stop, disable, reconcile, crashes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import run_as, wait_for
+from tests.support.daemon import Rxd, new_rxd
+
+pytestmark = pytest.mark.cluster
+
+SQUEUE_FORMAT = "%i|%T|%u|%b|%k|%N"
+
+
+def lifecycle_config(root: Path, **extra: str) -> str:
+    containers = {"reconcile_interval": "1.0", "stop_grace_s": "3", **extra}
+    lines = "".join(f"{k} = {v}\n" for k, v in containers.items())
+    return (
+        f'[workspaces]\nroot = "{root}/workspaces"\n'
+        f'[containers]\nstate_root = "{root}/containers"\nimage_dir = "{root}/images"\n'
+        "overlay_size_mb = 64\n"
+        f"{lines}"
+    )
+
+
+def start_rxd(extra: str = "", env: dict[str, str] | None = None, **containers: str) -> Rxd:
+    daemon = new_rxd(lambda root: lifecycle_config(root, **containers) + extra)
+    daemon.env.update(env or {})
+    daemon.start()
+    return daemon
+
+
+@pytest.fixture(scope="module")
+def rxd() -> Iterator[Rxd]:
+    daemon = start_rxd()
+    yield daemon
+    daemon.stop()
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"stdout={result.stdout!r} stderr={result.stderr!r}"
+    return result
+
+
+def status(rxd: Rxd, user: str, project: str) -> dict:
+    return json.loads(ok(rxd.rxctl(user, "status", "-p", project, "--json")).stdout)
+
+
+def wait_state(
+    rxd: Rxd, project: str, *states: str, timeout: float = 90, user: str = "rxalice"
+) -> dict:
+    seen: dict = {}
+
+    def reached() -> bool:
+        seen.update(status(rxd, user, project))
+        return seen["state"] in states
+
+    try:
+        wait_for(reached, timeout=timeout, what=f"{project} to reach {states}")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; last status: {seen}\n{rxd.log_text()[-3000:]}") from None
+    return seen
+
+
+def make_project(rxd: Rxd, name: str, *options: str, user: str = "rxalice") -> None:
+    ok(rxd.rxctl(user, "project", "create", name, "--image", "docker://python:3.12-slim", *options))
+
+
+def rx_jobs(comment: str) -> list[list[str]]:
+    out = subprocess.run(
+        ["squeue", "-h", "--all", "-o", SQUEUE_FORMAT], capture_output=True, text=True, check=True
+    ).stdout
+    rows = [line.split("|") for line in out.splitlines()]
+    return [r for r in rows if r[4] == comment]
+
+
+def comment_of(rxd: Rxd, project: str) -> str:
+    import sqlite3
+
+    conn = sqlite3.connect(rxd.ledger)
+    try:
+        (cid,) = conn.execute(
+            "SELECT c.id FROM containers c JOIN projects p ON p.id = c.project_id WHERE p.name = ?",
+            [project],
+        ).fetchone()
+    finally:
+        conn.close()
+    tag = tomllib.loads(rxd.config.read_text())["slurm"]["tag"]
+    return f"{tag}:container={cid}"
+
+
+def test_enable_with_a_gpu_runs_a_job_as_the_bound_user(rxd: Rxd) -> None:
+    make_project(rxd, "gpu1", "--gpus", "1", "--partition", "gpu")
+    result = ok(rxd.rxctl("rxalice", "enable", "-p", "gpu1"))
+    assert result.stdout.startswith("gpu1: enabled; now ")
+    running = wait_state(rxd, "gpu1", "running")
+    assert running["job_id"] and running["node"] in ("n1", "n2", "n3")
+    assert running["gres"] == "gpu:a100:1" or running["gres"].startswith("gpu:")
+    assert running["runtime_user"] == "rxalice"
+    (job,) = [r for r in rx_jobs(comment_of(rxd, "gpu1")) if r[1] == "RUNNING"]
+    assert job[0] == str(running["job_id"])
+    assert job[2] == "rxalice"
+    assert "gpu" in job[3]
+    text = ok(rxd.rxctl("rxalice", "status", "-p", "gpu1")).stdout
+    assert "state         running" in text
+    ok(rxd.rxctl("rxalice", "stop", "-p", "gpu1"))
+    wait_state(rxd, "gpu1", "stopped")
+
+
+def test_overlay_is_made_by_the_runtime_user_and_disable_keeps_the_workspace(rxd: Rxd) -> None:
+    make_project(rxd, "keep")
+    ok(rxd.rxctl("rxalice", "enable", "-p", "keep"))
+    wait_state(rxd, "keep", "running")
+    state_dir = Path(rxd.root) / "containers" / "rx-keep"
+    overlay = state_dir / "overlay.img"
+    assert overlay.exists() and overlay.stat().st_uid == 2001
+    workspace = Path(
+        json.loads(ok(rxd.rxctl("rxalice", "project", "show", "keep", "--json")).stdout)[
+            "workspace"
+        ]
+    )
+    ok(run_as("rxalice", ["sh", "-c", f"echo kept > {workspace}/note.txt"]))
+    result = ok(rxd.rxctl("rxalice", "disable", "-p", "keep"))
+    assert "disabled" in result.stdout
+    assert not overlay.exists()
+    assert (workspace / "note.txt").read_text() == "kept\n"
+    assert status(rxd, "rxalice", "keep")["state"] == "disabled"
+
+
+def test_scancel_from_outside_makes_it_stopped_within_one_interval(rxd: Rxd) -> None:
+    make_project(rxd, "outside")
+    ok(rxd.rxctl("rxalice", "enable", "-p", "outside"))
+    running = wait_state(rxd, "outside", "running")
+    ok(run_as("rxalice", ["scancel", str(running["job_id"])]))
+    stopped = wait_state(rxd, "outside", "stopped", timeout=15)
+    assert stopped["reason"] == "cancelled outside rx-slurm"
+    assert stopped["job_id"] is None
+
+
+def test_stop_then_start_runs_a_new_job(rxd: Rxd) -> None:
+    make_project(rxd, "again")
+    ok(rxd.rxctl("rxalice", "enable", "-p", "again"))
+    first = wait_state(rxd, "again", "running")["job_id"]
+    ok(rxd.rxctl("rxalice", "stop", "-p", "again"))
+    wait_state(rxd, "again", "stopped")
+    ok(rxd.rxctl("rxalice", "start", "-p", "again"))
+    second = wait_state(rxd, "again", "running")["job_id"]
+    assert second != first
+    ok(rxd.rxctl("rxalice", "stop", "-p", "again"))
+    wait_state(rxd, "again", "stopped")
+
+
+def test_roles_for_lifecycle_actions(rxd: Rxd) -> None:
+    make_project(rxd, "roles")
+    ok(rxd.rxctl("rxalice", "project", "member", "add", "roles", "rxbob", "--role", "manager"))
+    ok(rxd.rxctl("rxalice", "project", "member", "add", "roles", "rxdave", "--role", "viewer"))
+    refused = rxd.rxctl("rxbob", "enable", "-p", "roles")
+    assert refused.returncode == 1
+    assert refused.stderr == "Error: enable in project roles needs role owner; you are manager\n"
+    refused = rxd.rxctl("rxdave", "start", "-p", "roles")
+    assert refused.stderr.startswith("Error: start in project roles needs role owner or manager")
+    assert status(rxd, "rxdave", "roles")["state"] == "disabled"
+    ok(rxd.rxctl("rxalice", "enable", "-p", "roles"))
+    wait_state(rxd, "roles", "running")
+    ok(rxd.rxctl("rxbob", "stop", "-p", "roles"))
+    wait_state(rxd, "roles", "stopped")
+
+
+def test_fifty_concurrent_wakes_make_exactly_one_job(rxd: Rxd) -> None:
+    make_project(rxd, "herd")
+    ok(rxd.rxctl("rxalice", "enable", "-p", "herd"))
+    wait_state(rxd, "herd", "running")
+    ok(rxd.rxctl("rxalice", "stop", "-p", "herd"))
+    wait_state(rxd, "herd", "stopped")
+    before = {r[0] for r in rx_jobs(comment_of(rxd, "herd"))}
+    script = (
+        "import sys, threading\n"
+        "from rxslurm.cli.client import Client\n"
+        "errors = []\n"
+        "def wake():\n"
+        "    try: Client(sys.argv[1]).post('/v1/projects/herd/start')\n"
+        "    except Exception as e: errors.append(str(e))\n"
+        "threads = [threading.Thread(target=wake) for _ in range(50)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print(len(errors), errors[:3])\n"
+    )
+    result = ok(run_as("rxalice", [sys.executable, "-c", script, str(rxd.socket)], timeout=180))
+    assert result.stdout.startswith("0 "), result.stdout
+    wait_state(rxd, "herd", "running")
+    new_jobs = [r for r in rx_jobs(comment_of(rxd, "herd")) if r[0] not in before]
+    assert len(new_jobs) == 1, new_jobs
+    ok(rxd.rxctl("rxalice", "stop", "-p", "herd"))
+    wait_state(rxd, "herd", "stopped")
+
+
+def test_rxd_killed_right_after_submitting_recovers_with_one_job() -> None:
+    daemon = start_rxd(env={"RXD_FAILPOINTS": "after-submit"})
+    try:
+        make_project(daemon, "crash")
+        result = daemon.rxctl("rxalice", "enable", "-p", "crash")
+        assert result.returncode == 1  # the daemon died mid-request
+        assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 137
+        comment = comment_of(daemon, "crash")
+        assert len(rx_jobs(comment)) == 1  # sbatch went through before the crash
+        daemon.env.pop("RXD_FAILPOINTS")
+        daemon.start()
+        running = wait_state(daemon, "crash", "running")
+        jobs = rx_jobs(comment)
+        assert len(jobs) == 1, jobs
+        assert jobs[0][0] == str(running["job_id"])
+        ok(daemon.rxctl("rxalice", "stop", "-p", "crash"))
+        wait_state(daemon, "crash", "stopped")
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.stop()
+
+
+def test_slurm_not_answering_changes_nothing() -> None:
+    from tests.support.daemon import test_root
+
+    bin_dir = test_root() / "bin"
+    bin_dir.mkdir()
+    real = {
+        n: subprocess.run(["which", n], capture_output=True, text=True).stdout.strip()
+        for n in ("sbatch", "squeue", "sacct", "scancel", "scontrol", "sinfo")
+    }
+    outage = bin_dir / "outage"
+
+    for name, path in real.items():
+        wrapper = bin_dir / name
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f'if [ -e "{outage}" ]; then\n'
+            f'  echo "{name}: error: Unable to contact slurm controller (connect failure)" >&2\n'
+            "  exit 1\n"
+            "fi\n"
+            f'exec {path} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+    os.chmod(bin_dir, 0o755)
+    daemon = start_rxd(
+        extra=f'[slurm]\nbin_dir = "{bin_dir}"\ntag = "t-outage-{bin_dir.parent.name}"\n'
+    )
+    try:
+        make_project(daemon, "outage")
+        ok(daemon.rxctl("rxalice", "enable", "-p", "outage"))
+        running = wait_state(daemon, "outage", "running")
+        outage.touch()
+        wait_for(
+            lambda: status(daemon, "rxalice", "outage").get("state_unknown") is True,
+            timeout=15,
+            what="state to become unknown",
+        )
+        during = status(daemon, "rxalice", "outage")
+        assert (during["state"], during["job_id"]) == ("running", running["job_id"])
+        # The job is still there: nothing was cancelled.
+        assert [r[1] for r in rx_jobs(comment_of(daemon, "outage"))] == ["RUNNING"]
+        refused = daemon.rxctl("rxalice", "stop", "-p", "outage")
+        outage.unlink()
+        wait_for(
+            lambda: "state_unknown" not in status(daemon, "rxalice", "outage"),
+            timeout=15,
+            what="Slurm to answer again",
+        )
+        if refused.returncode == 0:  # the stop was recorded; its cancel is retried
+            wait_state(daemon, "outage", "stopped", timeout=60)
+        else:
+            ok(daemon.rxctl("rxalice", "stop", "-p", "outage"))
+            wait_state(daemon, "outage", "stopped")
+    finally:
+        if outage.exists():
+            outage.unlink()
+        daemon.stop()
+
+
+def running_instance(rxd: Rxd, project: str) -> str:
+    import sqlite3
+
+    conn = sqlite3.connect(rxd.ledger)
+    try:
+        (instance,) = conn.execute(
+            "SELECT c.instance FROM containers c JOIN projects p ON p.id = c.project_id "
+            "WHERE p.name = ?",
+            [project],
+        ).fetchone()
+    finally:
+        conn.close()
+    return str(instance)
+
+
+def test_killing_a_nodes_slurmd_makes_it_error_and_retry_runs_elsewhere(rxd: Rxd) -> None:
+    make_project(rxd, "nodefail")
+    ok(rxd.rxctl("rxalice", "enable", "-p", "nodefail"))
+    running = wait_state(rxd, "nodefail", "running")
+    node = running["node"]
+    slurmd = subprocess.run(
+        ["pgrep", "-f", f"slurmd -N {node}$"], capture_output=True, text=True
+    ).stdout.split()
+    assert slurmd, f"no slurmd for {node}"
+    # A node crash takes the job's processes with it; on this one machine they must be killed too.
+    listed = subprocess.run(
+        ["scontrol", "listpids", str(running["job_id"])], capture_output=True, text=True, check=True
+    ).stdout.split("\n")[1:]
+    job_pids = [line.split()[0] for line in listed if line.strip()]
+    steps = subprocess.run(
+        ["pgrep", "-f", f"slurmstepd: \\[{running['job_id']}\\."], capture_output=True, text=True
+    ).stdout.split()
+    instance = subprocess.run(
+        ["pgrep", "-f", running_instance(rxd, "nodefail")], capture_output=True, text=True
+    ).stdout.split()
+    try:
+        for pid in [*slurmd, *steps, *job_pids, *instance]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        failed = wait_state(rxd, "nodefail", "error", timeout=180)
+        assert "NODE_FAIL" in failed["last_error"] or node in failed["last_error"]
+        ok(rxd.rxctl("rxalice", "retry", "-p", "nodefail"))
+        again = wait_state(rxd, "nodefail", "running", timeout=120)
+        assert again["node"] != node
+    finally:
+        subprocess.run(
+            [str(Path(__file__).parent / "cluster" / "setup.sh")], capture_output=True, timeout=300
+        )
+    ok(rxd.rxctl("rxalice", "stop", "-p", "nodefail"))
+    wait_state(rxd, "nodefail", "stopped")
