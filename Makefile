@@ -29,7 +29,7 @@ test: venv cluster lint
 	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest
 
 demo: venv cluster
-	demo/demo.sh
+	tests/cluster/demo.sh
 
 bench: venv cluster
 	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/python -m bench

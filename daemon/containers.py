@@ -25,7 +25,7 @@ from rxslurm.daemon.ledger import Ledger, LedgerDatabase
 from rxslurm.daemon.projects import authorize, runtime_identity
 from rxslurm.daemon.records import from_json, from_timestamp, to_json, to_timestamp, utcnow
 from rxslurm.daemon.roles import Action
-from rxslurm.daemon.settings import Settings, effective
+from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective
 from rxslurm.daemon.states import ACTIVE, State, change_state
 from rxslurm.slurm.adapter import JobSpec, SlurmCli
 from rxslurm.slurm.errors import SlurmError, SlurmRejected, SlurmUnavailable
@@ -176,7 +176,7 @@ def status(rt: Runtime, actor: Actor, project: str, slurm_reachable: bool = True
         runtime_user=container["runtime_user"] or runtime_user,
     )
     if container["state"] in (State.RUNNING, State.STARTING, State.WAITING) and started_with:
-        view["settings_pending"] = started_with != saved.to_dict()
+        view["settings_pending"] = differs_from_snapshot(saved, started_with)
         view["gpus"] = started_with.get("effective", {}).get("gpus", eff.gpus)
         view["gres"] = started_with.get("gres")
     if container["state"] == State.RUNNING and container["started_at"]:

@@ -17,9 +17,15 @@ from rxslurm.daemon.identities import (
     linux_account_by_name,
 )
 from rxslurm.daemon.ledger import Ledger, LedgerDatabase
-from rxslurm.daemon.records import to_timestamp, utcnow
+from rxslurm.daemon.records import from_json, to_timestamp, utcnow
 from rxslurm.daemon.roles import ALLOWED, Action, Role, may, parse_role
-from rxslurm.daemon.settings import Settings, apply_changes, check_static, effective
+from rxslurm.daemon.settings import (
+    Settings,
+    apply_changes,
+    check_static,
+    differs_from_snapshot,
+    effective,
+)
 
 PROJECT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,20}$")
 
@@ -203,16 +209,10 @@ def project_view(ledger: Ledger, config: Config, actor: Actor, name: str) -> dic
 
 def settings_pending(project: dict[str, Any], container: dict[str, Any] | None) -> bool:
     """Whether saved settings differ from what the running container was started with."""
-    if container is None or container["state"] not in (
-        "starting",
-        "running",
-        "waiting_for_resources",
-    ):
+    active = ("starting", "running", "waiting_for_resources")
+    if container is None or container["state"] not in active:
         return False
-    from rxslurm.daemon.records import from_json
-
-    started_with = from_json(container["settings"])
-    return started_with != Settings.from_row(project).to_dict()
+    return differs_from_snapshot(Settings.from_row(project), from_json(container["settings"]))
 
 
 def runtime_identity(db: LedgerDatabase, config: Config, project: dict[str, Any]) -> str | None:

@@ -44,6 +44,11 @@ SETTING_NAMES = tuple(f.name for f in fields(Settings))
 _INT_SETTINGS = {f.name for f in fields(Settings) if f.type in (int, "int")}
 
 
+def differs_from_snapshot(saved: Settings, snapshot: dict[str, Any]) -> bool:
+    """Whether saved settings differ from those a job was started with (its snapshot)."""
+    return any(snapshot.get(name) != value for name, value in saved.to_dict().items())
+
+
 class PartitionLookup(Protocol):
     """What validation needs to know of Slurm: partitions with their largest node's resources."""
 

@@ -333,3 +333,23 @@ def test_killing_a_nodes_slurmd_makes_it_error_and_retry_runs_elsewhere(rxd: Rxd
         )
     ok(rxd.rxctl("rxalice", "stop", "-p", "nodefail"))
     wait_state(rxd, "nodefail", "stopped")
+
+
+def test_saved_settings_wait_for_the_next_start(rxd: Rxd) -> None:
+    make_project(rxd, "pending")
+    ok(rxd.rxctl("rxalice", "enable", "-p", "pending"))
+    assert wait_state(rxd, "pending", "running")["settings_pending"] is False
+    ok(rxd.rxctl("rxalice", "project", "set", "pending", "--cpus", "2"))
+    assert status(rxd, "rxalice", "pending")["settings_pending"] is True
+    shown = json.loads(ok(rxd.rxctl("rxalice", "project", "show", "pending", "--json")).stdout)
+    assert shown["settings_pending"] is True
+    assert (
+        "new settings apply on the next start"
+        in ok(rxd.rxctl("rxalice", "status", "-p", "pending")).stdout
+    )
+    ok(rxd.rxctl("rxalice", "stop", "-p", "pending"))
+    wait_state(rxd, "pending", "stopped")
+    ok(rxd.rxctl("rxalice", "start", "-p", "pending"))
+    assert wait_state(rxd, "pending", "running")["settings_pending"] is False
+    ok(rxd.rxctl("rxalice", "stop", "-p", "pending"))
+    wait_state(rxd, "pending", "stopped")
