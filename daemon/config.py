@@ -48,6 +48,8 @@ class SlurmConfig:
     # Marks this deployment's jobs (their comment is "<tag>:container=<id>"): the reconciler
     # adopts or cancels only jobs with its own tag, so two deployments can share a cluster.
     tag: str = "rx"
+    # Who may poke rxd about job starts and ends (PrologSlurmctld/EpilogSlurmctld run as SlurmUser).
+    hook_users: tuple[str, ...] = ("root", "slurm")
 
 
 @dataclass(frozen=True)

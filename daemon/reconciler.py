@@ -26,6 +26,9 @@ from rxslurm.slurm.jobs import JobInfo
 log = logging.getLogger("rxslurm.reconciler")
 ACTOR = {"actor": "rxd", "origin": "reconciler"}
 
+# While a container is starting or stopping, passes come this often: readiness is a file the
+# holder writes, and a researcher waits on it.
+BUSY_INTERVAL_S = 0.5
 # Base job states and what they make of a container whose job ended.
 FAILED_STATES = frozenset({"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"})
 REWAKE_STATES = frozenset({"TIMEOUT", "PREEMPTED", "DEADLINE"})
@@ -102,6 +105,8 @@ class Reconciler:
         self.sessions = sessions or Sessions()
         self.clock = clock
         self.slurm_reachable = True
+        self.busy = False
+        self._transient = False
         self.last_report: PassReport | None = None
         self._poked = threading.Event()
         self._stop = threading.Event()
@@ -125,7 +130,7 @@ class Reconciler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._poked.wait(self.interval)
+            self._poked.wait(min(self.interval, BUSY_INTERVAL_S) if self.busy else self.interval)
             self._poked.clear()
             if self._stop.is_set():
                 break
@@ -156,6 +161,7 @@ class Reconciler:
             if container_id_from_comment(self.rt.config, j.comment) is not None
         }
         changes = 0
+        self._transient = False
         gone: dict[int, dict[str, Any]] = {}
         for row in rows:
             job = ours.get(row["job_id"]) if row["job_id"] else None
@@ -172,6 +178,11 @@ class Reconciler:
             changes += self._resolve_gone(gone)
         changes += self._orphans(ours)
         changes += self._idle()
+        self.busy = self._transient or bool(
+            db["containers"].count_where(
+                "state IN (?, ?)", [State.STARTING.value, State.STOPPING.value]
+            )
+        )
         report = PassReport(
             ok=True,
             containers=len(rows),
@@ -260,8 +271,13 @@ class Reconciler:
         if job.state == "PENDING":
             # * -> WAITING: Slurm holds it back; say why.
             return self._move(row, State.WAITING, pending_reason(job.reason))
+        if job.state == "CONFIGURING":
+            # WAITING -> STARTING: allocated, nodes being readied (the prolog hook pokes here).
+            return self._move(row, State.STARTING, "starting the job", node=job.nodes)
         if job.state != "RUNNING":
-            return 0  # COMPLETING, SUSPENDED, ...: wait for a clearer answer
+            # COMPLETING (the epilog hook pokes here), SUSPENDED, ...: look again soon.
+            self._transient = True
+            return 0
         status = self._status_line(row, job.job_id)
         if status.startswith("running"):
             # STARTING/WAITING -> RUNNING: the holder says the instance is up.

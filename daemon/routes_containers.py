@@ -8,8 +8,9 @@ from aiohttp import web
 
 from rxslurm.daemon import containers
 from rxslurm.daemon.actors import actor_of
-from rxslurm.daemon.api import json_response
+from rxslurm.daemon.api import caller_of, json_response
 from rxslurm.daemon.context import daemon_of
+from rxslurm.daemon.errors import Forbidden
 
 routes = web.RouteTableDef()
 
@@ -43,6 +44,17 @@ async def status(request: web.Request) -> web.Response:
         daemon.reconciler.slurm_reachable,
     )
     return json_response(result)
+
+
+@routes.post("/v1/hooks/job")
+async def job_event(request: web.Request) -> web.Response:
+    """A poke from Slurm's controller hooks: reconcile now. The body is not trusted."""
+    daemon = daemon_of(request)
+    caller = caller_of(request)
+    if caller.user not in daemon.config.slurm.hook_users:
+        raise Forbidden("only Slurm's controller hooks may send job events")
+    daemon.reconciler.poke()
+    return json_response({"ok": True}, status=202)
 
 
 @routes.get("/v1/containers")

@@ -45,6 +45,7 @@ def rxd() -> Iterator[Rxd]:
     daemon = start_rxd()
     yield daemon
     daemon.stop()
+    daemon.cancel_own_jobs()
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -223,6 +224,7 @@ def test_rxd_killed_right_after_submitting_recovers_with_one_job() -> None:
     finally:
         if daemon.proc and daemon.proc.poll() is None:
             daemon.stop()
+        daemon.cancel_own_jobs()
 
 
 def test_slurm_not_answering_changes_nothing() -> None:
@@ -281,6 +283,7 @@ def test_slurm_not_answering_changes_nothing() -> None:
         if outage.exists():
             outage.unlink()
         daemon.stop()
+        daemon.cancel_own_jobs()
 
 
 def running_instance(rxd: Rxd, project: str) -> str:

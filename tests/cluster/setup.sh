@@ -96,6 +96,21 @@ render() { # TEMPLATE DEST MODE: (re)write DEST when it differs; CHANGED collect
   fi
 }
 
+readonly HOOK_WRAPPER=/usr/local/lib/rxslurm/job-event
+install_hook_wrapper() {
+  mkdir -p "${HOOK_WRAPPER%/*}"
+  cat >"$HOOK_WRAPPER.tmp" <<WRAPPER
+#!/bin/sh
+# rx-slurm test cluster: slurmctld runs this for every job; it pokes rxd through the checkout's
+# hook program when that is installed, and always exits 0.
+hook=$REPO/.venv/bin/rxslurm-job-event
+[ -x "\$hook" ] && "\$hook" >/dev/null 2>&1
+exit 0
+WRAPPER
+  chmod 755 "$HOOK_WRAPPER.tmp"
+  mv -f "$HOOK_WRAPPER.tmp" "$HOOK_WRAPPER"
+}
+
 write_configs() {
   mkdir -p "$SLURM_ETC"
   # Keep the password of an earlier run: MariaDB already knows it.
@@ -106,10 +121,15 @@ write_configs() {
   render gres.conf.in "$SLURM_ETC/gres.conf" 644
   render cgroup.conf.in "$SLURM_ETC/cgroup.conf" 644
   render slurmdbd.conf.in "$SLURM_ETC/slurmdbd.conf" 600
-  # slurm.conf Includes this file; Slurm 22.05 retries a missing include for 60 s, then gives up.
-  if [[ ! -e $HOOKS_CONF ]]; then
-    printf '# Extra slurm.conf lines (PrologSlurmctld=...); run tests/cluster/setup.sh after a change.\n' \
-      >"$HOOKS_CONF"
+  # slurm.conf Includes this file (Slurm 22.05 retries a missing include for 60 s, then gives
+  # up): rx-slurm's controller hooks, as etc/slurm/rxslurm-hooks.conf shows a site, but through a
+  # wrapper that finds this checkout's venv and is a no-op without it, so no job ever fails on it.
+  install_hook_wrapper
+  local hooks
+  hooks=$(printf '# Written by tests/cluster/setup.sh: rx-slurm job-event hooks.\n%s\n%s\n' \
+    "PrologSlurmctld=$HOOK_WRAPPER" "EpilogSlurmctld=$HOOK_WRAPPER")
+  if [[ ! -e $HOOKS_CONF || $(cat "$HOOKS_CONF") != "$hooks" ]]; then
+    printf '%s\n' "$hooks" >"$HOOKS_CONF"
     CHANGED+=("${HOOKS_CONF##*/}")
   fi
   step "configs: ${CHANGED[*]:-unchanged} in $SLURM_ETC"

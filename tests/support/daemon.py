@@ -119,6 +119,22 @@ class Rxd:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout=timeout)
 
+    def cancel_own_jobs(self) -> None:
+        """Cancel the Slurm jobs this daemon's containers left (rxd keeps them across restarts)."""
+        import tomllib
+
+        tag = tomllib.loads(self.config.read_text()).get("slurm", {}).get("tag", "rx")
+        listed = subprocess.run(
+            ["squeue", "-h", "--all", "-o", "%i|%k"], capture_output=True, text=True, timeout=30
+        )
+        ids = [
+            line.split("|", 1)[0]
+            for line in listed.stdout.splitlines()
+            if line.partition("|")[2].startswith(f"{tag}:container=")
+        ]
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -156,4 +172,5 @@ def rxd() -> Iterator[Rxd]:
     yield daemon
     if daemon.proc is not None and daemon.proc.poll() is None:
         assert daemon.stop() == 0, daemon.log_text()
+    daemon.cancel_own_jobs()
     shutil.rmtree(daemon.root, ignore_errors=True)
