@@ -107,6 +107,13 @@ class ContainersConfig:
 
 
 @dataclass(frozen=True)
+class QuotasConfig:
+    # "queue": a start that does not fit waits and starts by itself when leases free up;
+    # "reject": it fails at once with the bottleneck in words.
+    policy: str = "queue"
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     # "host:port" to serve the API to the research platform over TCP; empty: off.
     listen: str = ""
@@ -125,6 +132,7 @@ class Config:
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
     containers: ContainersConfig = field(default_factory=ContainersConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
     source: Path | None = None
 
 
@@ -138,6 +146,7 @@ _SECTIONS: dict[str, type] = {
     "defaults": DefaultsConfig,
     "platform": PlatformConfig,
     "containers": ContainersConfig,
+    "quotas": QuotasConfig,
 }
 
 
@@ -261,6 +270,8 @@ def _validate(config: Config, where: str) -> None:
                 f"{where}: containers.fixed_mounts entry {mount!r} must be /src[:/dest[:ro|rw]] "
                 "without commas"
             )
+    if config.quotas.policy not in ("queue", "reject"):
+        raise ConfigError(f'{where}: quotas.policy must be "queue" or "reject"')
     listen = config.platform.listen
     if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
         raise ConfigError(f'{where}: platform.listen must be "host:port"')

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rxslurm.daemon import apptainer, failpoints
+from rxslurm.daemon import apptainer, failpoints, quotas
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.errors import BadRequest, Conflict, Unavailable
+from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
 from rxslurm.daemon.identities import Actor
 from rxslurm.daemon.ledger import Ledger, LedgerDatabase
 from rxslurm.daemon.projects import authorize, runtime_identity
@@ -63,6 +63,8 @@ class Runtime:
     slurm: SlurmCli
     # Called after a change the reconciler should look at soon.
     poke: Callable[[], None] = lambda: None
+    # Slurm's default partition (asked of Slurm, cached): where a container without one runs.
+    default_partition: Callable[[], str] = lambda: ""
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -161,6 +163,7 @@ def status(rt: Runtime, actor: Actor, project: str, slurm_reachable: bool = True
         "settings_pending": False,
         "desired": None,
         "over_quota": False,
+        "partition": eff.partition or None,
     }
     if container is None:
         return view
@@ -175,6 +178,8 @@ def status(rt: Runtime, actor: Actor, project: str, slurm_reachable: bool = True
         image=container["image"] or eff.image,
         runtime_user=container["runtime_user"] or runtime_user,
     )
+    # Waiting with no job: held back by a quota, not by Slurm.
+    view["over_quota"] = container["state"] == State.WAITING and container["job_id"] is None
     if container["state"] in (State.RUNNING, State.STARTING, State.WAITING) and started_with:
         view["settings_pending"] = differs_from_snapshot(saved, started_with)
         view["gpus"] = started_with.get("effective", {}).get("gpus", eff.gpus)
@@ -341,15 +346,36 @@ def _delete_overlay(container: dict[str, Any]) -> None:
 # -- wake / stop / retry -----------------------------------------------------------------------
 
 
+def quota_request(rt: Runtime, project: dict[str, Any], runtime_user: str) -> quotas.Request:
+    eff = effective(Settings.from_row(project), rt.config.defaults)
+    return quotas.Request(
+        partition=eff.partition or rt.default_partition(),
+        project=project["name"],
+        linux_user=runtime_user,
+        gpus=eff.gpus,
+        cpus=eff.cpus or 1,
+        mem_mb=eff.mem_mb,
+    )
+
+
 def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) -> dict[str, Any]:
-    """Make sure a job holds the container: submit one if it rests, else leave it be."""
+    """Make sure a job holds the container: submit one if it rests and fits its quotas.
+
+    One that does not fit waits (policy "queue": the reconciler starts it when leases free
+    up) or is refused (policy "reject"), with the bottleneck in words.
+    """
+    with rt.ledger.read() as db:
+        row, _ = authorize(db, actor, project, check)
+        container = _container_of(db, row["id"])
+    if container is None or container["state"] == State.DISABLED:
+        raise Conflict(f"the container of {project} is not enabled; an owner runs `rxctl enable`")
+    # Asked of Slurm before the write transaction, which must not wait on Slurm.
+    request = quota_request(rt, row, container["runtime_user"])
+    queued = False
     with rt.ledger.transaction() as db:
         row, _ = authorize(db, actor, project, check)
         container = _container_of(db, row["id"])
-        if container is None or container["state"] == State.DISABLED:
-            raise Conflict(
-                f"the container of {project} is not enabled; an owner runs `rxctl enable`"
-            )
+        assert container is not None
         db["containers"].update(container["id"], {"desired": "running"})
         # Racing wakes: the first moves STOPPED -> STARTING, the others find it ACTIVE.
         already = container["state"] in ACTIVE
@@ -358,18 +384,39 @@ def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) 
                 f"the container of {project} is in error ({container['last_error']}); "
                 "an owner runs `rxctl retry`"
             )
+        if container["state"] == State.DISABLED:
+            raise Conflict(f"the container of {project} is not enabled")
         if not already:
             settings = Settings.from_row(row)
-            change_state(
-                db,
-                container["id"],
-                State.STARTING,
-                allowed_from=[State.STOPPED],
-                reason="submitting",
-                fields={"job_id": None, "node": None, "instance": None, "started_at": None},
-                **_actor_kw(actor),
-            )
-    if already:
+            why = quotas.bottleneck(db, request)
+            cleared = {"job_id": None, "node": None, "instance": None, "started_at": None}
+            if why and rt.config.quotas.policy == "reject":
+                raise Conflict(f"over quota: {why}")
+            if why:
+                # STOPPED -> WAITING (queued): no job until a lease frees up.
+                change_state(
+                    db,
+                    container["id"],
+                    State.WAITING,
+                    allowed_from=[State.STOPPED],
+                    reason=why,
+                    fields={**cleared, "queued_at": to_timestamp(utcnow())},
+                    **_actor_kw(actor),
+                )
+                queued = True
+            else:
+                quotas.acquire(db, container["id"], request)
+                change_state(
+                    db,
+                    container["id"],
+                    State.STARTING,
+                    allowed_from=[State.STOPPED],
+                    reason="submitting",
+                    fields={**cleared, "queued_at": None},
+                    **_actor_kw(actor),
+                )
+    if already or queued:
+        rt.poke()
         return status(rt, actor, project)
     submit(rt, container["id"], settings, actor=actor.name, origin=actor.origin)
     return status(rt, actor, project)
@@ -462,15 +509,29 @@ def submit(
     return job_id
 
 
+def _project_for(
+    db: LedgerDatabase, actor: Actor, project: str, check: Action | None
+) -> dict[str, Any]:
+    """The project row if the actor may `check` in it; `check` None: an admin acting on any."""
+    if check is None:
+        if not actor.admin:
+            raise Forbidden("this needs an rx-slurm admin")
+        row, _ = authorize(db, actor, project, Action.VIEW)
+        return row
+    row, _ = authorize(db, actor, project, check)
+    return row
+
+
 def stop(
     rt: Runtime,
     actor: Actor,
     project: str,
-    check: Action = Action.STOP,
+    check: Action | None = Action.STOP,
     reason: str = "stopped by user",
 ) -> dict[str, Any]:
+    """Stop the container (check None: an admin stops a misbehaving one); overlay kept."""
     with rt.ledger.transaction() as db:
-        row, _ = authorize(db, actor, project, check)
+        row = _project_for(db, actor, project, check)
         container = _container_of(db, row["id"])
         if container is None or container["state"] == State.DISABLED:
             raise Conflict(f"the container of {project} is not enabled")
@@ -484,7 +545,7 @@ def stop(
                 db,
                 container["id"],
                 State.STOPPED,
-                allowed_from=[State.STARTING],
+                allowed_from=[State.STARTING, State.WAITING],
                 reason=reason,
                 **_actor_kw(actor),
             )
@@ -499,6 +560,8 @@ def stop(
             )
     if job_id is not None:
         cancel_job(rt, job_id)
+    if check is None:
+        return admin_view(rt, project)
     return status(rt, actor, project)
 
 
@@ -587,3 +650,65 @@ def touch_activity(rt: Runtime, container_id: int) -> None:
     """Record exec/shell activity: the idle timer counts from the last one."""
     with rt.ledger.transaction() as db:
         db["containers"].update(container_id, {"last_activity_at": to_timestamp(utcnow())})
+
+
+# -- the admin's view --------------------------------------------------------------------------
+
+
+def admin_containers(rt: Runtime, project: str | None = None) -> list[dict[str, Any]]:
+    """Every starting, running, stopping and waiting container, with what it holds or asks."""
+    where = "c.state IN (?, ?, ?, ?)"
+    args: list[Any] = [s.value for s in ACTIVE]
+    if project is not None:
+        where, args = "p.name = ?", [project]
+    query = (
+        "SELECT p.name, c.runtime_user, c.state, c.reason, c.job_id, c.node, c.updated_at, "
+        "c.started_at, c.queued_at, l.partition, l.gpus, l.cpus, l.mem_mb, c.project_id "
+        "FROM containers c JOIN projects p ON p.id = c.project_id "
+        "LEFT JOIN leases l ON l.container_id = c.id WHERE " + where + " ORDER BY p.name"
+    )
+    with rt.ledger.read() as db:
+        rows = db.execute(query, args).fetchall()
+        projects = {r[13]: db["projects"].get(r[13]) for r in rows}
+    now = utcnow()
+    result = []
+    for (
+        name,
+        user,
+        state,
+        reason,
+        job_id,
+        node,
+        updated,
+        started,
+        queued,
+        partition,
+        gpus,
+        cpus,
+        mem,
+        project_id,
+    ) in rows:
+        eff = effective(Settings.from_row(projects[project_id]), rt.config.defaults)
+        since = started or queued or updated
+        result.append(
+            {
+                "project": name,
+                "linux_user": user,
+                "state": state,
+                "reason": reason,
+                "partition": partition or eff.partition or None,
+                "gpus": gpus if gpus is not None else eff.gpus,
+                "cpus": cpus if cpus is not None else eff.cpus,
+                "mem_mb": mem if mem is not None else eff.mem_mb,
+                "lease": partition is not None,
+                "job_id": job_id,
+                "node": node,
+                "age_s": int((now - from_timestamp(since)).total_seconds()) if since else None,
+            }
+        )
+    return result
+
+
+def admin_view(rt: Runtime, project: str) -> dict[str, Any]:
+    found = admin_containers(rt, project)
+    return found[0] if found else {"project": project, "state": State.DISABLED.value}

@@ -27,6 +27,7 @@ class Daemon:
     def __post_init__(self) -> None:
         self.partitions = PartitionCache(self.slurm)
         self.runtime = Runtime(self.ledger, self.config, self.slurm)
+        self.runtime.default_partition = self.partitions.default_name
         self.reconciler = Reconciler(self.runtime, self.config.containers.reconcile_interval)
         self.runtime.poke = self.reconciler.poke
 

@@ -187,3 +187,45 @@ def m003_container_jobs(db: Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations()
+def m004_quotas_and_leases(db: Database) -> None:
+    statements = [
+        # A limit per partition for the whole deployment, one project, or one Linux user
+        # (the identity jobs run as). 0 means no limit of that kind.
+        """
+        CREATE TABLE quotas (
+            id INTEGER PRIMARY KEY,
+            partition TEXT NOT NULL,
+            scope TEXT NOT NULL CHECK (scope IN ('deployment', 'project', 'user')),
+            subject TEXT NOT NULL DEFAULT '',
+            max_gpus INTEGER NOT NULL DEFAULT 0 CHECK (max_gpus >= 0),
+            max_cpus INTEGER NOT NULL DEFAULT 0 CHECK (max_cpus >= 0),
+            max_mem_mb INTEGER NOT NULL DEFAULT 0 CHECK (max_mem_mb >= 0),
+            max_containers INTEGER NOT NULL DEFAULT 0 CHECK (max_containers >= 0),
+            mirror_qos INTEGER NOT NULL DEFAULT 0 CHECK (mirror_qos IN (0, 1)),
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            UNIQUE (partition, scope, subject)
+        ) STRICT
+        """,
+        # What a starting or running container holds; the sum never exceeds a quota.
+        """
+        CREATE TABLE leases (
+            container_id INTEGER PRIMARY KEY REFERENCES containers(id),
+            partition TEXT NOT NULL,
+            project TEXT NOT NULL,
+            linux_user TEXT NOT NULL,
+            gpus INTEGER NOT NULL,
+            cpus INTEGER NOT NULL,
+            mem_mb INTEGER NOT NULL,
+            acquired_at TEXT NOT NULL
+        ) STRICT
+        """,
+        "CREATE INDEX leases_partition ON leases (partition)",
+        # Containers waiting for quota are served in this order.
+        "ALTER TABLE containers ADD COLUMN queued_at TEXT",
+    ]
+    for statement in statements:
+        db.execute(statement)

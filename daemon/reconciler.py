@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rxslurm.daemon import containers
+from rxslurm.daemon import containers, quotas
 from rxslurm.daemon.containers import Runtime, container_id_from_comment
 from rxslurm.daemon.records import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.settings import Settings, effective
@@ -178,6 +178,7 @@ class Reconciler:
             changes += self._resolve_gone(gone)
         changes += self._orphans(ours)
         changes += self._idle()
+        changes += self._serve_queue()
         self.busy = self._transient or bool(
             db["containers"].count_where(
                 "state IN (?, ?)", [State.STARTING.value, State.STOPPING.value]
@@ -435,6 +436,61 @@ class Reconciler:
             containers.cancel_job(self.rt, job.job_id)
             changes += 1
         return changes
+
+    def _serve_queue(self) -> int:
+        """WAITING (queued) -> STARTING: in queue order, as far as quotas allow.
+
+        Strictly first come, first served per partition: once one waiting container does not
+        fit, later ones on that partition wait too, so a large request is not starved.
+        """
+        db = self.rt.ledger.db
+        waiting = list(
+            db["containers"].rows_where(
+                "state = ? AND job_id IS NULL AND queued_at IS NOT NULL",
+                [State.WAITING.value],
+                order_by="queued_at, id",
+            )
+        )
+        blocked: set[str] = set()
+        started = 0
+        for row in waiting:
+            project = db["projects"].get(row["project_id"])
+            try:
+                request = containers.quota_request(self.rt, project, row["runtime_user"])
+            except Exception as exc:  # Slurm's default partition unknown now: next pass
+                log.warning("cannot size a waiting container", extra={"error": str(exc)})
+                return started
+            if request.partition in blocked:
+                continue
+            with self.rt.ledger.transaction() as tx:
+                current = tx["containers"].get(row["id"])
+                if current["generation"] != row["generation"]:
+                    continue
+                why = quotas.bottleneck(tx, request)
+                if why:
+                    blocked.add(request.partition)
+                    if why != current["reason"]:
+                        tx["containers"].update(row["id"], {"reason": why})
+                    continue
+                quotas.acquire(tx, row["id"], request)
+                change_state(
+                    tx,
+                    row["id"],
+                    State.STARTING,
+                    allowed_from=[State.WAITING],
+                    reason="submitting",
+                    fields={"queued_at": None},
+                    **ACTOR,
+                )
+            try:
+                containers.submit(self.rt, row["id"], Settings.from_row(project), **ACTOR)
+            except Exception as exc:  # submit recorded the outcome (error or stopped)
+                log.warning(
+                    "submit from the queue failed",
+                    extra={"container": row["name"], "error": str(exc)},
+                )
+            started += 1
+        return started
 
     def _idle(self) -> int:
         """RUNNING -> STOPPING: no session and no activity for the idle timeout."""

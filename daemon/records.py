@@ -195,6 +195,7 @@ class Container(Record):
     instance: str | None = None
     started_at: datetime | None = None
     state_dir: str | None = None
+    queued_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

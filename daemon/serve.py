@@ -15,6 +15,7 @@ from aiohttp import web
 
 from rxslurm.daemon import (
     platform,
+    routes_admin,
     routes_containers,
     routes_identity,
     routes_projects,
@@ -36,6 +37,7 @@ ROUTES = [
     *routes_identity.routes,
     *routes_projects.routes,
     *routes_containers.routes,
+    *routes_admin.routes,
 ]
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
+from rxslurm.daemon import quotas
 from rxslurm.daemon.audit import record_event
 from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.ledger import LedgerDatabase
@@ -80,6 +81,9 @@ def change_state(
         raise InvalidTransition(
             f"cannot go from {before[0]} to {to.value} (allowed from: {', '.join(sources)})"
         )
+    if to in RESTING:
+        # A resting container holds nothing: its lease goes in the same transaction.
+        quotas.release(db, container_id)
     row = db["containers"].get(container_id)
     record_event(
         db,

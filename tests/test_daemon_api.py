@@ -147,7 +147,7 @@ def test_rxd_migrate_twice_changes_nothing() -> None:
     daemon = new_rxd()  # already migrated once
     again = daemon.migrate()
     assert again.returncode == 0, again.stderr
-    assert again.stdout == "nothing to do; schema is at m003_container_jobs\n"
+    assert again.stdout == "nothing to do; schema is at m004_quotas_and_leases\n"
 
 
 def test_rxd_refuses_a_config_with_an_unknown_key() -> None:

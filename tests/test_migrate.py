@@ -70,6 +70,7 @@ EXPECTED_COLUMNS = {
         "instance",
         "started_at",
         "state_dir",
+        "queued_at",
     ],
     "jobs": [
         "job_id",
@@ -105,7 +106,12 @@ EXPECTED_INDEXES = {
 }
 
 
-ALL_MIGRATIONS = ["m001_initial", "m002_identity_targets", "m003_container_jobs"]
+ALL_MIGRATIONS = [
+    "m001_initial",
+    "m002_identity_targets",
+    "m003_container_jobs",
+    "m004_quotas_and_leases",
+]
 
 
 def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
@@ -114,6 +120,9 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
     with Ledger.open(path, migrate=True) as ledger:
         db = ledger.db
         db.execute("DELETE FROM _sqlite_migrations WHERE name != 'm001_initial'")
+        db.execute("DROP TABLE leases")
+        db.execute("DROP TABLE quotas")
+        db.execute("ALTER TABLE containers DROP COLUMN queued_at")
         db.execute("DROP INDEX containers_job")
         for column in ("job_id", "node", "instance", "started_at", "state_dir"):
             db.execute(f"ALTER TABLE containers DROP COLUMN {column}")
