@@ -356,3 +356,40 @@ def test_saved_settings_wait_for_the_next_start(rxd: Rxd) -> None:
     assert wait_state(rxd, "pending", "running")["settings_pending"] is False
     ok(rxd.rxctl("rxalice", "stop", "-p", "pending"))
     wait_state(rxd, "pending", "stopped")
+
+
+def test_what_is_installed_in_the_overlay_survives_stop_and_start(rxd: Rxd) -> None:
+    make_project(rxd, "persist")
+    ok(rxd.rxctl("rxalice", "enable", "-p", "persist"))
+    wait_state(rxd, "persist", "running")
+    install = "mkdir -p /opt/tool && echo v1.2 > /opt/tool/VERSION && echo ws > /workspace/w.txt"
+    ok(rxd.rxctl("rxalice", "exec", "-p", "persist", "--", "sh", "-c", install))
+    ok(rxd.rxctl("rxalice", "stop", "-p", "persist"))
+    wait_state(rxd, "persist", "stopped")
+    ok(rxd.rxctl("rxalice", "start", "-p", "persist"))
+    wait_state(rxd, "persist", "running")
+    shown = ok(
+        rxd.rxctl(
+            "rxalice", "exec", "-p", "persist", "--", "cat", "/opt/tool/VERSION", "/workspace/w.txt"
+        )
+    )
+    assert shown.stdout == "v1.2\nws\n"
+    # Without this container's overlay the file is not there: it lives in the overlay, not the host.
+    assert not Path("/opt/tool/VERSION").exists()
+    ok(rxd.rxctl("rxalice", "stop", "-p", "persist"))
+    wait_state(rxd, "persist", "stopped")
+
+
+def test_an_idle_container_sleeps_and_exec_wakes_it(rxd: Rxd) -> None:
+    make_project(rxd, "sleepy", "--idle-timeout", "1")
+    ok(rxd.rxctl("rxalice", "enable", "-p", "sleepy"))
+    first = wait_state(rxd, "sleepy", "running")["job_id"]
+    slept = wait_state(rxd, "sleepy", "stopped", timeout=150)
+    assert slept["reason"] == "idle for 1 min"
+    assert not [r for r in rx_jobs(comment_of(rxd, "sleepy")) if r[1] in ("RUNNING", "PENDING")]
+    woken = ok(rxd.rxctl("rxalice", "exec", "-p", "sleepy", "--", "echo", "awake"))
+    assert woken.stdout == "awake\n"
+    now = status(rxd, "rxalice", "sleepy")
+    assert now["state"] == "running" and now["job_id"] != first
+    ok(rxd.rxctl("rxalice", "stop", "-p", "sleepy"))
+    wait_state(rxd, "sleepy", "stopped")
