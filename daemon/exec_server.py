@@ -401,7 +401,9 @@ class Session:
                     stdin=self.fds[0],
                     stdout=self.fds[1],
                     stderr=err_write,
-                    cwd=target.state_dir,
+                    # chdir happens before the drop to the user: a root-squashed shared
+                    # folder may refuse root. The command's folder is --pwd, inside.
+                    cwd="/",
                     env=child_env(target, request),
                     close_fds=True,
                     start_new_session=True,

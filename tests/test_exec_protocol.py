@@ -325,6 +325,8 @@ def test_signals_to_the_client_are_forwarded_not_obeyed(tmp_path) -> None:
     path = str(tmp_path / "x.sock")
 
     def script(conn: socket.socket, request: dict, fds: list[int]) -> None:
+        # The kernel then hands the signals to the main thread, where the client waits in recv.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGTERM)
         got = [read_message(conn), read_message(conn)]

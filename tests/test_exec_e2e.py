@@ -1,0 +1,319 @@
+"""`rxctl exec` and `rxctl shell` end to end: real rxd, real cluster, the Apptainer stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.support import daemon as daemon_support
+from tests.support.cluster import SYSTEM_PATH, VENV_BIN, run_as, wait_for
+from tests.support.daemon import RXCTL, Rxd, new_rxd
+
+pytestmark = pytest.mark.cluster
+
+IMAGE = "docker://python:3.12-slim"
+# Project names are this module's own: jobs are Slurm singletons named rx-<project>.
+MAIN = "ex-main"
+GPU = "ex-gpu"
+WAKE = "ex-wake"
+
+
+@pytest.fixture(scope="module")
+def rxd() -> Iterator[Rxd]:
+    root = daemon_support.test_root()
+    daemon = new_rxd(
+        f'[workspaces]\nroot = "{root}/workspaces"\n'
+        f'[containers]\nstate_root = "{root}/containers"\nimage_dir = "{root}/images"\n'
+        "overlay_size_mb = 64\nreconcile_interval = 1.0\nstop_grace_s = 3\n"
+    )
+    daemon.start()
+    for user in ("rxalice", "rxbob", "rxcarol", "rxdave"):
+        ok(daemon.rxctl(user, "whoami"))  # local mode binds each user on first contact
+    try:
+        yield daemon
+    finally:
+        # Free the cluster for others: no job of this module outlives it.
+        try:
+            for project in (MAIN, GPU, WAKE):
+                daemon.rxctl("rxalice", "stop", "-p", project)
+            for project in (MAIN, GPU, WAKE):
+                wait_for(
+                    lambda p=project: container_state(daemon, p) in RESTING,
+                    timeout=60,
+                    what=f"{project} to stop",
+                )
+        finally:
+            daemon.cancel_own_jobs()
+            assert daemon.stop() == 0, daemon.log_text()
+            shutil.rmtree(daemon.root, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"stdout={result.stdout!r} stderr={result.stderr!r}"
+    return result
+
+
+def refused(result: subprocess.CompletedProcess[str]) -> str:
+    """The one `Error: ...` line of a refused command."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+RESTING = ("stopped", "disabled", "error", None)
+
+
+def container_state(rxd: Rxd, project: str) -> str | None:
+    result = rxd.rxctl("rxalice", "status", "-p", project, "--json")
+    return json.loads(result.stdout)["state"] if result.returncode == 0 else None
+
+
+def status(rxd: Rxd, project: str) -> dict:
+    return json.loads(ok(rxd.rxctl("rxalice", "status", "-p", project, "--json")).stdout)
+
+
+def wait_state(rxd: Rxd, project: str, *states: str, timeout: float = 120) -> dict:
+    seen: dict = {}
+
+    def reached() -> bool:
+        seen.update(status(rxd, project))
+        return seen["state"] in states
+
+    wait_for(reached, timeout=timeout, what=f"{project} to reach {states} (last: {seen})")
+    return seen
+
+
+def running_project(rxd: Rxd, name: str, *options: str) -> dict:
+    """The project, created and enabled once per module, running."""
+    if rxd.rxctl("rxalice", "status", "-p", name, "--json").returncode != 0:
+        ok(rxd.rxctl("rxalice", "project", "create", name, "--image", IMAGE, *options))
+        ok(rxd.rxctl("rxalice", "enable", "-p", name))
+    return wait_state(rxd, name, "running")
+
+
+def rxctl_exec(rxd: Rxd, user: str, project: str, *argv: str, **kw) -> subprocess.CompletedProcess:
+    return rxd.rxctl(user, "exec", "-p", project, "--", *argv, **kw)
+
+
+def user_env(user: str) -> dict[str, str]:
+    pw = pwd.getpwnam(user)
+    return {
+        "HOME": pw.pw_dir,
+        "USER": user,
+        "LOGNAME": user,
+        "PATH": os.pathsep.join((str(VENV_BIN), *SYSTEM_PATH)),
+        "LANG": "C.UTF-8",
+    }
+
+
+def spawn_as(user: str, argv: list[str], output: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """A process of `user` in the background, its output collected (or sent to `output`)."""
+    pw = pwd.getpwnam(user)
+    return subprocess.Popen(
+        argv,
+        user=pw.pw_uid,
+        group=pw.pw_gid,
+        extra_groups=os.getgrouplist(user, pw.pw_gid),
+        env=user_env(user),
+        cwd=pw.pw_dir,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+        text=True,
+    )
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids whose command line holds `marker` (the Slurm step's, on this one-machine cluster)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def sleeping(seconds: str) -> list[int]:
+    """The processes running `sleep <seconds>`."""
+    return processes_with(f"sleep\x00{seconds}\x00")
+
+
+# -- exec --------------------------------------------------------------------------------------
+
+
+def test_exec_prints_both_streams_on_their_own_fds_and_exits_with_the_command(rxd: Rxd) -> None:
+    running_project(rxd, MAIN)
+    result = rxctl_exec(rxd, "rxalice", MAIN, "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert ok(rxctl_exec(rxd, "rxalice", MAIN, "true")).stdout == ""
+
+
+def test_exec_passes_argv_word_for_word_never_through_a_shell(rxd: Rxd) -> None:
+    running_project(rxd, MAIN)
+    words = ["a b", "$(id)", "; ls /", "it's", '"q"', "line\nbreak", "ünï", "*"]
+    result = ok(rxctl_exec(rxd, "rxalice", MAIN, "printf", "[%s]\\n", *words))
+    assert result.stdout == "".join(f"[{w}]\n" for w in words)
+
+
+def test_exec_runs_as_the_runtime_user_in_the_workspace(rxd: Rxd) -> None:
+    project = running_project(rxd, MAIN)
+    result = ok(rxctl_exec(rxd, "rxalice", MAIN, "sh", "-c", "id -u; pwd; echo hi > made.txt"))
+    assert result.stdout == "2001\n/workspace\n"
+    made = Path(project["workspace"]) / "made.txt"
+    assert made.read_text() == "hi\n"
+    assert made.stat().st_uid == 2001
+
+
+def test_a_manager_runs_commands_as_the_runtime_user(rxd: Rxd) -> None:
+    running_project(rxd, MAIN)
+    ok(rxd.rxctl("rxalice", "project", "member", "add", MAIN, "rxdave", "--role", "manager"))
+    assert ok(rxctl_exec(rxd, "rxdave", MAIN, "id", "-un")).stdout == "rxalice\n"
+
+
+def test_a_viewer_and_a_non_member_are_refused(rxd: Rxd) -> None:
+    running_project(rxd, MAIN)
+    ok(rxd.rxctl("rxalice", "project", "member", "add", MAIN, "rxbob", "--role", "viewer"))
+    assert refused(rxctl_exec(rxd, "rxbob", MAIN, "true")) == (
+        f"Error: exec in project {MAIN} needs role owner or manager; you are viewer"
+    )
+    assert refused(rxctl_exec(rxd, "rxcarol", MAIN, "true")) == (
+        f"Error: no project named '{MAIN}' (or you are not a member)"
+    )
+    assert refused(rxd.rxctl("rxbob", "shell", "-p", MAIN)).startswith("Error: rxctl shell needs")
+
+
+def test_the_project_may_come_from_rx_project(rxd: Rxd) -> None:
+    running_project(rxd, MAIN)
+    argv = [RXCTL, "--socket", str(rxd.socket), "exec", "--", "echo", "env"]
+    result = ok(run_as("rxalice", argv, env={"RX_PROJECT": MAIN}))
+    assert result.stdout == "env\n"
+
+
+def test_exec_on_a_gpu_project_sees_its_gpu(rxd: Rxd) -> None:
+    running_project(rxd, GPU, "--gpus", "1", "--partition", "gpu")
+    result = ok(rxctl_exec(rxd, "rxalice", GPU, "sh", "-c", 'echo "[$CUDA_VISIBLE_DEVICES]"'))
+    assert result.stdout.strip() not in ("", "[]")
+
+
+def test_exec_wakes_a_stopped_container_and_no_wake_refuses(rxd: Rxd) -> None:
+    running_project(rxd, WAKE)
+    ok(rxd.rxctl("rxalice", "stop", "-p", WAKE))
+    wait_state(rxd, WAKE, "stopped")
+    no_wake = rxd.rxctl("rxalice", "exec", "-p", WAKE, "--no-wake", "--", "true")
+    assert refused(no_wake) == (
+        f"Error: the container of {WAKE} is not running (stopped); run without --no-wake to wake it"
+    )
+    assert status(rxd, WAKE)["state"] == "stopped"
+    woke = ok(rxctl_exec(rxd, "rxalice", WAKE, "echo", "awake"))
+    assert woke.stdout == "awake\n"
+    # stderr is not a terminal: each step of the wait is one line.
+    lines = woke.stderr.splitlines()
+    assert lines and all(line.startswith(f"waking {WAKE}: ") for line in lines), woke.stderr
+    assert status(rxd, WAKE)["state"] == "running"
+
+
+def test_exec_while_the_container_stops_wakes_it_again(rxd: Rxd) -> None:
+    running_project(rxd, WAKE)
+    ok(rxd.rxctl("rxalice", "stop", "-p", WAKE))
+    assert ok(rxctl_exec(rxd, "rxalice", WAKE, "echo", "again")).stdout == "again\n"
+
+
+def test_killing_rxctl_ends_the_step(rxd: Rxd) -> None:
+    running_project(rxd, MAIN)
+    # Through sh, so that only the step's own process has "sleep 3141" as its argv.
+    argv = [RXCTL, "--socket", str(rxd.socket), "exec", "-p", MAIN, "--", "sh", "-c", "sleep 3141"]
+    # Its output goes nowhere: a pipe of ours would keep srun's stdout open after the kill.
+    proc = spawn_as("rxalice", argv, output=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: sleeping("3141"), timeout=60, what="the command")
+    finally:
+        proc.kill()
+        proc.wait()
+    # Ended by srun cancelling the step, well before rxd's last resort (SIGKILL after 30 s).
+    wait_for(lambda: not sleeping("3141"), timeout=10, what="the step to end")
+    wait_for(lambda: not processes_with(f"instance://rx-{MAIN}"), timeout=10, what="srun to end")
+
+
+def test_ctrl_c_reaches_the_command(rxd: Rxd) -> None:
+    running_project(rxd, MAIN)
+    script = 'trap "echo trapped; exit 42" INT; sleep 2718; echo not-interrupted'
+    proc = spawn_as(
+        "rxalice",
+        [RXCTL, "--socket", str(rxd.socket), "exec", "-p", MAIN, "--", "sh", "-c", script],
+    )
+    try:
+        wait_for(lambda: sleeping("2718"), timeout=60, what="the command")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out) == (42, "trapped\n"), err
+
+
+# -- terminals ---------------------------------------------------------------------------------
+
+
+def spawn_rxctl(rxd: Rxd, *args: str) -> pexpect.spawn:
+    env = {**user_env("rxalice"), "TERM": "xterm"}
+    argv = [
+        "-u",
+        "rxalice",
+        "--",
+        "env",
+        "-i",
+        *(f"{k}={v}" for k, v in env.items()),
+        RXCTL,
+        "--socket",
+        str(rxd.socket),
+        *args,
+    ]
+    return pexpect.spawn("runuser", argv, encoding="utf-8", timeout=60, dimensions=(30, 100))
+
+
+def test_shell_gives_an_interactive_shell(rxd: Rxd) -> None:
+    running_project(rxd, MAIN)
+    child = spawn_rxctl(rxd, "shell", "-p", MAIN)
+    try:
+        child.expect("Apptainer> ")
+        child.sendline("echo $((6*7)); stty size; id -u; exit")
+        child.expect("42")
+        child.expect("30 100")
+        child.expect("2001")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_exec_with_a_terminal_gets_one(rxd: Rxd) -> None:
+    running_project(rxd, MAIN)
+    child = spawn_rxctl(rxd, "exec", "-t", "-p", MAIN, "--", "sh", "-c", "tty; exit 5")
+    try:
+        child.expect("/dev/pts/")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 5
+
+
+def test_shell_needs_a_terminal(rxd: Rxd) -> None:
+    assert refused(rxd.rxctl("rxalice", "shell", "-p", MAIN)) == (
+        "Error: rxctl shell needs a terminal; run a command with `rxctl exec -- CMD` instead"
+    )
