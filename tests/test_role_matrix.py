@@ -4,21 +4,31 @@ One project: rxalice owner, rxbob manager, rxcarol editor, rxdave viewer; rxop (
 are not members. An allowed action must take effect (and is undone by the owner afterwards); a
 refused one must be exit 1 with one `Error: ...` line naming the role it needs, and change nothing
 the owner can see. Settings changes are validated against Slurm, so the module needs the cluster.
+
+The container actions act on real holder jobs. Each of their cells first brings its container to a
+state where the action would change something (the owner does that, the cheapest way from where it
+is), so any cell can run alone; in the order below, most cells find their state already there and
+the module starts few jobs.
 """
 
 from __future__ import annotations
 
 import json
+import pwd
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rxslurm.daemon import apptainer
 from rxslurm.daemon.roles import ALLOWED, Action, Role
+from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd, new_rxd
+from tests.test_lifecycle_e2e import lifecycle_config
 
 pytestmark = pytest.mark.cluster
 
@@ -36,16 +46,10 @@ ACTORS = {
 }
 MEMBERS = {"rxbob": Role.MANAGER, "rxcarol": Role.EDITOR, "rxdave": Role.VIEWER}
 
-# Actions that have no rxctl command yet: the container lifecycle (issue 4) adds them here.
-pending_issue_4 = [
-    Action.START,
-    Action.STOP,
-    Action.SET_IMAGE,
-    Action.EXEC,
-    Action.ENABLE,
-    Action.DISABLE,
-    Action.RETRY,
-]
+# Actions that have no rxctl command yet, and why.
+PENDING = {
+    Action.SET_IMAGE: "no rxctl command for set-image yet: image builds (a later issue) add it",
+}
 
 
 @dataclass(frozen=True)
@@ -114,38 +118,35 @@ def may(actor: str, action: Action) -> bool:
 
 
 def matrix() -> list[Any]:
-    params = [
+    return [
         pytest.param(case, actor, id=f"{case}-{actor}")
         for case in [*CASES, DELETE_CASE]
         for actor in ACTORS
     ]
-    params += [
-        pytest.param(
-            action.value,
-            actor,
-            id=f"{action.value}-{actor}",
-            marks=pytest.mark.skip(reason=f"pending_issue_4: no rxctl command for {action.value}"),
-        )
-        for action in pending_issue_4
-        for actor in ACTORS
-    ]
-    return params
 
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    # A service account, so that run-as can be switched both ways.
-    daemon = new_rxd(extra_config=f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n')
+    # A service account, so that run-as can be switched both ways; fast reconciling for containers.
+    daemon = new_rxd(
+        lambda root: lifecycle_config(root) + f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n'
+    )
     daemon.start()
-    # Standalone mode binds a user on their first call, which shows in the project's member
-    # list (their linux_user): have everyone call once, so only the actions under test differ.
-    for user in ACTORS.values():
-        ok(daemon.rxctl(user, "whoami"))
-    make_project(daemon, PROJECT)
-    yield daemon
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        assert daemon.stop() == 0, daemon.log_text()
-    shutil.rmtree(daemon.root, ignore_errors=True)
+    try:
+        # Standalone mode binds a user on their first call, which shows in the project's member
+        # list (their linux_user): have everyone call once, so only the actions under test differ.
+        for user in ACTORS.values():
+            ok(daemon.rxctl(user, "whoami"))
+        make_project(daemon, PROJECT)
+        make_project(daemon, LIVE, "--image", IMAGE)
+        make_project(daemon, BROKEN, "--image", str(late_image(daemon)))
+        yield daemon
+    finally:
+        # Free the cluster for others: no job of this module outlives it.
+        daemon.cancel_own_jobs()
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            assert daemon.stop() == 0, daemon.log_text()
+        shutil.rmtree(daemon.root, ignore_errors=True)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -153,8 +154,8 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def make_project(rxd: Rxd, name: str) -> None:
-    ok(rxd.rxctl(OWNER, "project", "create", name))
+def make_project(rxd: Rxd, name: str, *options: str) -> None:
+    ok(rxd.rxctl(OWNER, "project", "create", name, *options))
     for user, role in MEMBERS.items():
         ok(rxd.rxctl(OWNER, "project", "member", "add", name, user, "--role", role.value))
 
@@ -179,9 +180,15 @@ def assert_refused(
 
 
 def test_every_action_has_a_command_or_is_pending() -> None:
-    covered = {case.action for case in CASES.values()} | {Action.DELETE_PROJECT}
-    assert covered.isdisjoint(pending_issue_4)
-    assert covered | set(pending_issue_4) == set(Action)
+    covered = (
+        {case.action for case in CASES.values()} | {Action.DELETE_PROJECT} | set(CONTAINER_CASES)
+    )
+    assert covered.isdisjoint(PENDING)
+    assert covered | set(PENDING) == set(Action)
+    # Each container cell once, in an order that reuses the container's state.
+    assert sorted(CONTAINER_ORDER) == sorted(
+        (a, actor) for a in CONTAINER_CASES for actor in ACTORS
+    )
 
 
 def test_the_fixture_project_has_one_member_per_role(rxd: Rxd) -> None:
@@ -231,3 +238,240 @@ def check_delete(rxd: Rxd, actor: str, user: str) -> None:
     assert_refused(result, actor, Action.DELETE_PROJECT, name)
     assert owner_view(rxd, name) == before
     ok(rxd.rxctl(OWNER, "project", "delete", name, "--yes"))
+
+
+# -- the container's actions -------------------------------------------------------------------
+
+IMAGE = "docker://python:3.12-slim"
+# Holder jobs are Slurm singletons named rx-<project>: these names are this module's own.
+LIVE = "rm-live"  # a container that works
+BROKEN = "rm-broken"  # its image is a local path that exists only once retry's cell puts it there
+# A job holds the container in these states (the owner's `status`).
+HOLDING = ("waiting_for_resources", "starting", "running")
+# The reconciler leaves these alone: a refused cell can see that nothing moved.
+SETTLED = ("disabled", "stopped", "running", "error")
+START_TIMEOUT_S = 120.0
+
+
+def late_image(rxd: Rxd) -> Path:
+    return rxd.root / "late" / "python.sif"
+
+
+def status(rxd: Rxd, project: str) -> dict[str, Any]:
+    return json.loads(ok(rxd.rxctl(OWNER, "status", "-p", project, "--json")))
+
+
+def wait_state(rxd: Rxd, project: str, *states: str, timeout: float = START_TIMEOUT_S) -> dict:
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.update(status(rxd, project))
+        return seen["state"] in states
+
+    try:
+        wait_for(reached, timeout=timeout, what=f"{project} to reach {states}")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; last status: {seen}\n{rxd.log_text()[-3000:]}") from None
+    return seen
+
+
+def wait_holding(rxd: Rxd, project: str) -> dict[str, Any]:
+    # Waking answers once the job is submitted, so its id shows right away.
+    now = wait_state(rxd, project, *HOLDING)
+    assert now["job_id"] is not None, now
+    return now
+
+
+def as_owner(rxd: Rxd, command: str, project: str) -> None:
+    ok(rxd.rxctl(OWNER, command, "-p", project))
+
+
+def bring(rxd: Rxd, project: str, want: str) -> dict[str, Any]:
+    """Bring the container to `want` as its owner, the cheapest way from where it is.
+
+    `want` is a state, or "holding" (any state with a job). Returns the owner's status there.
+    """
+    now = status(rxd, project)
+    if now["state"] == "stopping":
+        now = wait_state(rxd, project, "stopped")
+    if want == "error":
+        return break_container(rxd, project, now)
+    if want == "disabled":
+        if now["state"] != "disabled":
+            as_owner(rxd, "disable", project)
+        return wait_state(rxd, project, "disabled")
+    assert now["state"] != "error", f"{project} is in error: {now['last_error']}"
+    if now["state"] == "disabled":
+        as_owner(rxd, "enable", project)
+    elif now["state"] == "stopped" and want != "stopped":
+        as_owner(rxd, "start", project)
+    if want == "holding":
+        return wait_holding(rxd, project)
+    if want == "stopped":
+        if status(rxd, project)["state"] != "stopped":
+            as_owner(rxd, "stop", project)
+        return wait_state(rxd, project, "stopped")
+    assert want == "running", want
+    return wait_state(rxd, project, "running")
+
+
+def break_container(rxd: Rxd, project: str, now: dict[str, Any]) -> dict[str, Any]:
+    """Put BROKEN in `error`: its image path is missing, so the holder's instance start fails
+    and the reconciler records the holder's `error: ...` line."""
+    assert project == BROKEN
+    if now["state"] == "error":
+        return now
+    if now["state"] != "disabled":
+        as_owner(rxd, "disable", project)
+    late_image(rxd).unlink(missing_ok=True)
+    as_owner(rxd, "enable", project)
+    failed = wait_state(rxd, project, "error")
+    assert "could not open image" in failed["last_error"], failed
+    return failed
+
+
+def mend_image(rxd: Rxd) -> None:
+    """Put BROKEN's image in place: a copy of the one rxd pulls (rxd pulls as root too)."""
+    late = late_image(rxd)
+    late.parent.mkdir(mode=0o755, exist_ok=True)
+    shutil.copy2(apptainer.pull(IMAGE, rxd.root / "images"), late)
+    late.chmod(0o644)
+
+
+def exec_marker(rxd: Rxd, actor: str) -> Path:
+    """The file `rxctl exec` by `actor` creates in LIVE's workspace (checked here as root)."""
+    return Path(status(rxd, LIVE)["workspace"]) / f"exec-by-{actor}"
+
+
+def exec_argv(actor: str) -> list[str]:
+    return ["exec", "-p", LIVE, "--", "touch", f"/workspace/exec-by-{actor}"]
+
+
+def check_enable(rxd: Rxd, actor: str, before: dict[str, Any]) -> None:
+    wait_holding(rxd, LIVE)
+
+
+def check_start(rxd: Rxd, actor: str, before: dict[str, Any]) -> None:
+    wait_holding(rxd, LIVE)
+
+
+def check_stop(rxd: Rxd, actor: str, before: dict[str, Any]) -> None:
+    stopped = wait_state(rxd, LIVE, "stopped")
+    assert stopped["job_id"] is None and stopped["desired"] == "stopped", stopped
+
+
+def check_disable(rxd: Rxd, actor: str, before: dict[str, Any]) -> None:
+    assert status(rxd, LIVE)["state"] == "disabled"
+
+
+def check_exec(rxd: Rxd, actor: str, before: dict[str, Any]) -> None:
+    marker = exec_marker(rxd, actor)
+    # Everyone's command runs as the container's user (here the service account), not as them.
+    runtime_uid = pwd.getpwnam(before["runtime_user"]).pw_uid
+    assert marker.exists() and marker.stat().st_uid == runtime_uid, marker
+    after = status(rxd, LIVE)
+    assert (after["state"], after["job_id"]) == ("running", before["job_id"])
+
+
+def check_retry(rxd: Rxd, actor: str, before: dict[str, Any]) -> None:
+    # A new job with the image now in place: the container runs.
+    running = wait_state(rxd, BROKEN, "running")
+    assert running["last_error"] is None and running["job_id"] != before["job_id"], running
+
+
+@dataclass(frozen=True)
+class ContainerCase:
+    """A container action: its command, the state where trying it would change something, and
+    how an allowed attempt shows."""
+
+    project: str
+    argv: Callable[[str], list[str]]  # for the actor
+    refused_in: str  # the state a refused attempt meets (see `bring`)
+    allowed_in: str  # the state an allowed attempt starts from
+    check: Callable[[Rxd, str, dict[str, Any]], None]  # (rxd, actor, owner's status before)
+    prepare: Callable[[Rxd], None] | None = None  # before an allowed attempt
+
+
+def lifecycle(command: str, project: str = LIVE) -> Callable[[str], list[str]]:
+    return lambda actor: [command, "-p", project]
+
+
+CONTAINER_CASES: dict[Action, ContainerCase] = {
+    Action.ENABLE: ContainerCase(LIVE, lifecycle("enable"), "disabled", "disabled", check_enable),
+    Action.EXEC: ContainerCase(LIVE, exec_argv, "running", "running", check_exec),
+    Action.START: ContainerCase(LIVE, lifecycle("start"), "stopped", "stopped", check_start),
+    Action.STOP: ContainerCase(LIVE, lifecycle("stop"), "running", "holding", check_stop),
+    Action.DISABLE: ContainerCase(LIVE, lifecycle("disable"), "running", "stopped", check_disable),
+    Action.RETRY: ContainerCase(
+        BROKEN, lifecycle("retry", BROKEN), "error", "error", check_retry, prepare=mend_image
+    ),
+}
+
+
+def refusing(action: Action) -> list[tuple[Action, str]]:
+    return [(action, actor) for actor in ACTORS if not may(actor, action)]
+
+
+def allowing(action: Action) -> list[tuple[Action, str]]:
+    return [(action, actor) for actor in ACTORS if may(actor, action)]
+
+
+# Ordered so that each cell mostly finds its container in the state it needs: one enable reaches
+# `running` for all exec cells, refused cells need no job of their own, and the two starts end
+# before anything else waits on a job.
+CONTAINER_ORDER: list[tuple[Action, str]] = [
+    *refusing(Action.ENABLE),
+    (Action.ENABLE, Role.OWNER.value),
+    *refusing(Action.EXEC),
+    *allowing(Action.EXEC),
+    *refusing(Action.STOP),
+    *refusing(Action.DISABLE),
+    (Action.STOP, Role.OWNER.value),
+    *refusing(Action.START),
+    (Action.START, Role.OWNER.value),
+    (Action.START, Role.MANAGER.value),
+    (Action.STOP, Role.MANAGER.value),
+    (Action.DISABLE, Role.OWNER.value),
+    *refusing(Action.RETRY),
+    *allowing(Action.RETRY),
+]
+
+
+def container_matrix() -> list[Any]:
+    params = [
+        pytest.param(action, actor, id=f"{action.value}-{actor}")
+        for action, actor in CONTAINER_ORDER
+    ]
+    params += [
+        pytest.param(
+            action, actor, id=f"{action.value}-{actor}", marks=pytest.mark.skip(reason=why)
+        )
+        for action, why in PENDING.items()
+        for actor in ACTORS
+    ]
+    return params
+
+
+def essentials(view: dict[str, Any]) -> tuple[Any, ...]:
+    return view["state"], view["job_id"], view["desired"]
+
+
+@pytest.mark.parametrize(("action", "actor"), container_matrix())
+def test_container_role_matrix(rxd: Rxd, action: Action, actor: str) -> None:
+    case = CONTAINER_CASES[action]
+    allowed = may(actor, action)
+    before = bring(rxd, case.project, case.allowed_in if allowed else case.refused_in)
+    if action is Action.EXEC:
+        exec_marker(rxd, actor).unlink(missing_ok=True)
+    if allowed and case.prepare is not None:
+        case.prepare(rxd)
+    result = rxd.rxctl(ACTORS[actor], *case.argv(actor))
+    if allowed:
+        ok(result)
+        case.check(rxd, actor, before)
+        return
+    assert_refused(result, actor, action, case.project)
+    assert before["state"] in SETTLED
+    assert essentials(status(rxd, case.project)) == essentials(before)
+    if action is Action.EXEC:
+        assert not exec_marker(rxd, actor).exists()
