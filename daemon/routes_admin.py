@@ -89,7 +89,7 @@ def _mirror(daemon: Daemon) -> list[dict[str, Any]]:
     """Bring the Slurm QOSes in line with the quotas marked for mirroring (if the feature is on)."""
     from rxslurm.daemon import qos_mirror  # optional part, may be absent in minimal installs
 
-    return qos_mirror.sync(daemon.ledger, daemon.slurm)
+    return qos_mirror.sync(daemon.ledger, daemon.slurm, tag=daemon.config.slurm.tag)
 
 
 @routes.get("/v1/admin/containers")
