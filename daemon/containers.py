@@ -346,16 +346,62 @@ def _delete_overlay(container: dict[str, Any]) -> None:
 # -- wake / stop / retry -----------------------------------------------------------------------
 
 
-def quota_request(rt: Runtime, project: dict[str, Any], runtime_user: str) -> quotas.Request:
+def quota_request(
+    rt: Runtime,
+    project: dict[str, Any],
+    runtime_user: str,
+    default_partition: str | None = None,
+) -> quotas.Request:
+    """What the container counts against its quotas (`default_partition`: Slurm's, asked before
+    a write transaction so that it does not wait on Slurm)."""
     eff = effective(Settings.from_row(project), rt.config.defaults)
+    if default_partition is None:
+        default_partition = rt.default_partition()
     return quotas.Request(
-        partition=eff.partition or rt.default_partition(),
+        partition=eff.partition or default_partition,
         project=project["name"],
         linux_user=runtime_user,
         gpus=eff.gpus,
         cpus=eff.cpus or 1,
         mem_mb=eff.mem_mb,
     )
+
+
+def queued(
+    rt: Runtime, db: LedgerDatabase, default_partition: str
+) -> list[tuple[dict[str, Any], quotas.Request]]:
+    """Containers waiting for quota (no job yet), first come first, with what they ask."""
+    rows = db["containers"].rows_where(
+        "state = ? AND job_id IS NULL AND queued_at IS NOT NULL",
+        [State.WAITING.value],
+        order_by="queued_at, id",
+    )
+    return [
+        (
+            row,
+            quota_request(
+                rt, db["projects"].get(row["project_id"]), row["runtime_user"], default_partition
+            ),
+        )
+        for row in rows
+    ]
+
+
+def admission(
+    rt: Runtime,
+    db: LedgerDatabase,
+    container_id: int,
+    request: quotas.Request,
+    default_partition: str,
+) -> str | None:
+    """Why a container that wakes must wait (None: it may start now). Besides the quotas, the
+    queue: a newcomer does not take what an earlier waiting container is waiting for."""
+    held: dict[int, list[str]] = {}
+    for row, ahead in queued(rt, db, default_partition):
+        if row["id"] != container_id and quotas.hold_back(db, held, ahead) is None:
+            # It fits and the reconciler starts it next: keep its room.
+            quotas.hold_all(db, held, ahead)
+    return quotas.hold_back(db, held, request)
 
 
 def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) -> dict[str, Any]:
@@ -370,7 +416,8 @@ def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) 
     if container is None or container["state"] == State.DISABLED:
         raise Conflict(f"the container of {project} is not enabled; an owner runs `rxctl enable`")
     # Asked of Slurm before the write transaction, which must not wait on Slurm.
-    request = quota_request(rt, row, container["runtime_user"])
+    default_partition = rt.default_partition()
+    request = quota_request(rt, row, container["runtime_user"], default_partition)
     queued = False
     with rt.ledger.transaction() as db:
         row, _ = authorize(db, actor, project, check)
@@ -388,7 +435,7 @@ def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) 
             raise Conflict(f"the container of {project} is not enabled")
         if not already:
             settings = Settings.from_row(row)
-            why = quotas.bottleneck(db, request)
+            why = admission(rt, db, container["id"], request, default_partition)
             cleared = {"job_id": None, "node": None, "instance": None, "started_at": None}
             if why and rt.config.quotas.policy == "reject":
                 raise Conflict(f"over quota: {why}")

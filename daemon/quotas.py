@@ -67,13 +67,15 @@ def _scope_words(quota: dict[str, Any]) -> str:
     return f"{quota['scope']} {quota['subject']}'s quota"
 
 
-def bottleneck(db: LedgerDatabase, req: Request, exclude: int | None = None) -> str | None:
-    """Why `req` does not fit, in words; None when it fits every quota that applies."""
+def blocking(
+    db: LedgerDatabase, req: Request, exclude: int | None = None
+) -> tuple[dict[str, Any], str] | None:
+    """The first quota `req` does not fit, with why in words; None when it fits them all."""
     for quota in _applicable(db, req):
         holders = _holders(db, quota, exclude)
         if quota["max_containers"] and len(holders) + 1 > quota["max_containers"]:
             names = ", ".join(h["project"] for h in holders)
-            return (
+            return quota, (
                 f"partition {req.partition}: {_scope_words(quota)} {quota['max_containers']} "
                 f"running containers, {len(holders)} in use by {names}"
             )
@@ -89,11 +91,48 @@ def bottleneck(db: LedgerDatabase, req: Request, exclude: int | None = None) -> 
             for h in holders:
                 by_project[h["project"]] = by_project.get(h["project"], 0) + h[lease_col]
             who = ", ".join(f"{p} ({n})" for p, n in by_project.items() if n) or "nobody"
-            return (
+            return quota, (
                 f"partition {req.partition}: {_scope_words(quota)} {limit} {words}, "
                 f"{used} in use by {who}; this container needs {asked}"
             )
     return None
+
+
+def bottleneck(db: LedgerDatabase, req: Request, exclude: int | None = None) -> str | None:
+    """Why `req` does not fit, in words; None when it fits every quota that applies."""
+    found = blocking(db, req, exclude)
+    return found[1] if found else None
+
+
+def hold_back(db: LedgerDatabase, held: dict[int, list[str]], req: Request) -> str | None:
+    """First come, first served: why `req` waits, given the requests queued before it.
+
+    `held` maps quota ids to the projects queued for them so far (the caller keeps it while
+    walking the queue in order; this adds `req` when it must wait). A request waits behind an
+    earlier one on any quota they share, and when it does not fit itself; else None: it may go.
+    """
+    shared = [q for q in _applicable(db, req) if q["id"] in held]
+    if shared:
+        first = shared[0]
+        why = (
+            f"partition {req.partition}: queued behind {', '.join(held[first['id']])} "
+            f"for the {_scope_words(first)}"
+        )
+        for quota in shared:
+            held[quota["id"]].append(req.project)
+        return why
+    found = blocking(db, req)
+    if found is None:
+        return None
+    held.setdefault(found[0]["id"], []).append(req.project)
+    return found[1]
+
+
+def hold_all(db: LedgerDatabase, held: dict[int, list[str]], req: Request) -> None:
+    """A queued request that fits but has not started yet: later ones on its quotas wait."""
+    for quota in _applicable(db, req):
+        if req.project not in held.get(quota["id"], []):
+            held.setdefault(quota["id"], []).append(req.project)
 
 
 def acquire(db: LedgerDatabase, container_id: int, req: Request) -> None:

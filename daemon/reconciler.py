@@ -402,17 +402,37 @@ class Reconciler:
         if row["state"] != State.STOPPED:
             return
         try:
+            project = self.rt.ledger.db["projects"].get(row["project_id"])
+            default_partition = self.rt.default_partition()
+            request = containers.quota_request(
+                self.rt, project, row["runtime_user"], default_partition
+            )
             with self.rt.ledger.transaction() as db:
+                why = containers.admission(self.rt, db, container_id, request, default_partition)
+                if why:
+                    # STOPPED -> WAITING (queued): its quota was taken meanwhile. Queued even
+                    # under policy "reject": nobody waits on this request to be told.
+                    change_state(
+                        db,
+                        container_id,
+                        State.WAITING,
+                        allowed_from=[State.STOPPED],
+                        reason=why,
+                        fields={"queued_at": to_timestamp(utcnow())},
+                        **ACTOR,
+                    )
+                    return
+                quotas.acquire(db, container_id, request)
                 change_state(
                     db,
                     container_id,
                     State.STARTING,
                     allowed_from=[State.STOPPED],
                     reason="submitting",
+                    fields={"queued_at": None},
                     **ACTOR,
                 )
-            settings = Settings.from_row(self.rt.ledger.db["projects"].get(row["project_id"]))
-            containers.submit(self.rt, container_id, settings, **ACTOR)
+            containers.submit(self.rt, container_id, Settings.from_row(project), **ACTOR)
         except Exception as exc:
             log.warning("re-wake failed", extra={"container": row["name"], "error": str(exc)})
 
@@ -440,35 +460,27 @@ class Reconciler:
     def _serve_queue(self) -> int:
         """WAITING (queued) -> STARTING: in queue order, as far as quotas allow.
 
-        Strictly first come, first served per partition: once one waiting container does not
-        fit, later ones on that partition wait too, so a large request is not starved.
+        First come, first served per quota: once a waiting container does not fit a quota,
+        later ones under the same quota wait too, so a large request is not starved; those
+        under other quotas (another user's, another partition) go on.
         """
         db = self.rt.ledger.db
-        waiting = list(
-            db["containers"].rows_where(
-                "state = ? AND job_id IS NULL AND queued_at IS NOT NULL",
-                [State.WAITING.value],
-                order_by="queued_at, id",
-            )
-        )
-        blocked: set[str] = set()
+        try:
+            default_partition = self.rt.default_partition()
+            waiting = containers.queued(self.rt, db, default_partition)
+        except Exception as exc:  # Slurm's default partition unknown now: next pass
+            log.warning("cannot size the waiting containers", extra={"error": str(exc)})
+            return 0
+        held: dict[int, list[str]] = {}
         started = 0
-        for row in waiting:
+        for row, request in waiting:
             project = db["projects"].get(row["project_id"])
-            try:
-                request = containers.quota_request(self.rt, project, row["runtime_user"])
-            except Exception as exc:  # Slurm's default partition unknown now: next pass
-                log.warning("cannot size a waiting container", extra={"error": str(exc)})
-                return started
-            if request.partition in blocked:
-                continue
             with self.rt.ledger.transaction() as tx:
                 current = tx["containers"].get(row["id"])
                 if current["generation"] != row["generation"]:
                     continue
-                why = quotas.bottleneck(tx, request)
+                why = quotas.hold_back(tx, held, request)
                 if why:
-                    blocked.add(request.partition)
                     if why != current["reason"]:
                         tx["containers"].update(row["id"], {"reason": why})
                     continue
