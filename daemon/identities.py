@@ -49,6 +49,27 @@ class Actor:
         return self.platform_user or self.user or f"uid:{self.uid}"
 
 
+def record_actor_event(
+    db: LedgerDatabase,
+    actor: Actor,
+    action: str,
+    target_type: str,
+    target_id: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """An audit event for something `actor` did, in the caller's transaction."""
+    record_event(
+        db,
+        actor=actor.name,
+        actor_uid=actor.uid,
+        origin=actor.origin,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        detail=detail or {},
+    )
+
+
 def linux_account(uid: int, min_uid: int) -> pwd.struct_passwd:
     """The passwd entry of a uid that may be bound, or NotBindable saying why not."""
     if uid == 0:

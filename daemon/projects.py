@@ -6,7 +6,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from rxslurm.daemon.audit import record_event
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, NotFound
 from rxslurm.daemon.identities import (
@@ -15,6 +14,7 @@ from rxslurm.daemon.identities import (
     check_platform_user_id,
     ensure_platform_user,
     linux_account_by_name,
+    record_actor_event,
 )
 from rxslurm.daemon.ledger import Ledger, LedgerDatabase
 from rxslurm.daemon.records import from_json, to_timestamp, utcnow
@@ -90,16 +90,7 @@ def _event(
     project: str,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    record_event(
-        db,
-        actor=actor.name,
-        actor_uid=actor.uid,
-        origin=actor.origin,
-        action=action,
-        target_type="project",
-        target_id=project,
-        detail=detail or {},
-    )
+    record_actor_event(db, actor, action, "project", project, detail)
 
 
 def create_project(

@@ -10,25 +10,11 @@ from aiohttp import web
 from rxslurm.daemon import containers, quotas
 from rxslurm.daemon.actors import admin_actor
 from rxslurm.daemon.api import json_response, read_json
-from rxslurm.daemon.audit import record_event
 from rxslurm.daemon.context import Daemon, daemon_of
 from rxslurm.daemon.errors import BadRequest
-from rxslurm.daemon.identities import Actor
+from rxslurm.daemon.identities import record_actor_event
 
 routes = web.RouteTableDef()
-
-
-def _event(db: Any, actor: Actor, action: str, target: str, detail: dict[str, Any]) -> None:
-    record_event(
-        db,
-        actor=actor.name,
-        actor_uid=actor.uid,
-        origin=actor.origin,
-        action=action,
-        target_type="quota",
-        target_id=target,
-        detail=detail,
-    )
 
 
 @routes.get("/v1/admin/quotas")
@@ -55,7 +41,7 @@ async def set_quota(request: web.Request) -> web.Response:
     def write() -> dict[str, Any]:
         with daemon.ledger.transaction() as db:
             quota = quotas.set_quota(db, values, actor.name)
-            _event(db, actor, "quota.set", str(quota["id"]), values)
+            record_actor_event(db, actor, "quota.set", "quota", str(quota["id"]), values)
             return quotas.quota_view(db, quota)
 
     quota = await asyncio.to_thread(write)
@@ -76,7 +62,7 @@ async def remove_quota(request: web.Request) -> web.Response:
     def write() -> dict[str, Any]:
         with daemon.ledger.transaction() as db:
             removed = quotas.remove_quota(db, quota_id)
-            _event(db, actor, "quota.removed", str(quota_id), removed)
+            record_actor_event(db, actor, "quota.removed", "quota", str(quota_id), removed)
             return removed
 
     removed = await asyncio.to_thread(write)
