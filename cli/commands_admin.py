@@ -18,7 +18,7 @@ def echo_lines(lines: list[str]) -> None:
 
 @click.group()
 def admin() -> None:
-    """Admin commands: binding codes, bindings, the audit log (members of the admin group).
+    """Admin commands: bindings, the audit log, quotas, containers (members of the admin group).
 
     Example: rxctl admin bindings
     """
@@ -158,3 +158,11 @@ def audit(
         emit_json(answer)
     else:
         echo_lines(render.event_lines(answer["events"]))
+
+
+# Quotas and the fleet live in their own module.
+from rxslurm.cli.commands_quota import containers, quota, stop  # noqa: E402
+
+admin.add_command(quota)
+admin.add_command(containers)
+admin.add_command(stop)
