@@ -13,38 +13,17 @@ cores with rxd (and with slurmctld), so on a small machine they limit both sides
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.exec_latency import PYTHON
-from bench.harness import REPO, BenchError, Result, Row, as_user, summarize
+from bench.harness import REPO, BenchError, Result, Row, as_user, cpu_seconds, pid_of, summarize
 from bench.rig import new_container, tag_of
 from bench.suite import Context
 
 MAX_PROCESSES = 8
 START_DELAY_S = 2.0  # time for the client processes to start before the window opens
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all threads)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def pid_of(command: str) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == command:
-                    return int(entry.name)
-            except OSError:
-                continue
-    return None
 
 
 def window(clients: int, seconds: float, args: list[str], watch_pid: int | None) -> dict[str, Any]:

@@ -26,13 +26,31 @@ def exec_loop(socket_path: str, project: str, count: int) -> dict[str, Any]:
     path = exec_client.exec_socket_for(socket_path)
     request = {"project": project, "argv": ["true"]}
     seconds = []
+    began = time.time()
     for _ in range(count):
         started = time.perf_counter()
         code = exec_client.run(path, request, stdio=(null, null, null))
         seconds.append(time.perf_counter() - started)
         if code != 0:
             return {"error": f"exit {code}", "seconds": seconds}
-    return {"seconds": seconds}
+    return {"seconds": seconds, "began": began, "ended": time.time()}
+
+
+def exec_serve(socket_path: str, project: str) -> dict[str, Any]:
+    """One session of `true` per line read on stdin, its seconds written as a line on stdout:
+    the bench interleaves these with its other samples."""
+    from rxslurm.cli import exec_client
+
+    null = os.open(os.devnull, os.O_RDWR)
+    path = exec_client.exec_socket_for(socket_path)
+    request = {"project": project, "argv": ["true"]}
+    for _ in sys.stdin:
+        started = time.perf_counter()
+        code = exec_client.run(path, request, stdio=(null, null, null))
+        took = time.perf_counter() - started
+        print(json.dumps({"seconds": took} if code == 0 else {"error": f"exit {code}"}))
+        sys.stdout.flush()
+    return {"done": True}
 
 
 def _window(
@@ -87,7 +105,9 @@ def squeue_window(job_id: str, threads: int, start_at: float, end_at: float) -> 
 
 def main(argv: list[str]) -> int:
     kind, *args = argv
-    if kind == "exec":
+    if kind == "exec-serve":
+        result = exec_serve(args[0], args[1])
+    elif kind == "exec":
         result = exec_loop(args[0], args[1], int(args[2]))
     elif kind == "api":
         result = api_window(args[0], args[1], int(args[2]), float(args[3]), float(args[4]))

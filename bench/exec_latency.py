@@ -11,21 +11,26 @@ Then throughput: `clients` processes at once, each running its share of the exec
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from bench.harness import (
     REPO,
+    USER,
     VENV_BIN,
     BenchError,
+    Failures,
     Result,
     Row,
+    as_user,
     compare,
-    must,
-    run_as,
+    cpu_seconds,
     summarize,
     timed_as,
 )
@@ -59,36 +64,74 @@ def raw_env(row: dict[str, Any]) -> dict[str, str]:
     return {"APPTAINER_CONFIGDIR": f"{row['state_dir']}/apptainer"}
 
 
-def alternate(a: Callable[[], float], b: Callable[[], float], n: int) -> tuple[list, list]:
-    """n samples of each, in ABBA order, after a few unrecorded warm-up rounds."""
+def rotate(
+    fns: Sequence[Callable[[], float]], n: int, failures: Sequence[Failures]
+) -> list[list[float]]:
+    """n samples of each function, taking turns in rotating order (ABC, BCA, CAB, ...) so drift
+    and other users of the cluster hit all alike; after a few unrecorded warm-up rounds."""
     for _ in range(WARMUP):
-        a()
-        b()
-    xs: list[float] = []
-    ys: list[float] = []
-    for i in range(n):
-        if i % 2 == 0:
-            xs.append(a())
-            ys.append(b())
-        else:
-            ys.append(b())
-            xs.append(a())
-    return xs, ys
+        for fn in fns:
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    turn = 0
+    while any(len(s) < n for s in samples):
+        for k in range(len(fns)):
+            i = (turn + k) % len(fns)
+            if len(samples[i]) < n and (took := failures[i].attempt(fns[i])) is not None:
+                samples[i].append(took)
+        turn += 1
+    return samples
 
 
-def concurrent(one: Callable[[], float], clients: int, total: int) -> dict[str, Any]:
+class SocketClient:
+    """A process of the bench user that runs one exec-socket session per request."""
+
+    def __init__(self, socket: Path, project: str) -> None:
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "bench.clients", "exec-serve", str(socket), project],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            **{**as_user(USER), "cwd": str(REPO)},
+        )
+
+    def __call__(self) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"exec socket client died: {self.proc.communicate()[1][-2000:]}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise BenchError(f"exec socket session: {answer['error']}")
+        return float(answer["seconds"])
+
+    def close(self) -> None:
+        self.proc.communicate(timeout=60)
+
+
+def concurrent(
+    one: Callable[[], float], clients: int, total: int, failures: Failures
+) -> dict[str, Any]:
     """`total` calls of `one` spread over `clients` threads (each a process at a time)."""
     shares = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
     samples: list[float] = []
-    errors: list[BaseException] = []
+    fatal: list[BaseException] = []
     lock = threading.Lock()
+    before = len(failures.seen)
 
     def worker(k: int) -> None:
+        mine = []
         try:
-            mine = [one() for _ in range(k)]
+            for _ in range(k):
+                took = failures.attempt(one)
+                if took is not None:
+                    mine.append(took)
         except BaseException as exc:  # re-raised below, in the caller's thread
-            errors.append(exc)
-            return
+            fatal.append(exc)
         with lock:
             samples.extend(mine)
 
@@ -99,14 +142,62 @@ def concurrent(one: Callable[[], float], clients: int, total: int) -> dict[str, 
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    if errors:
-        raise BenchError(f"a concurrent client failed: {errors[0]}")
+    if fatal:
+        raise BenchError(f"a concurrent client failed: {fatal[0]}")
     return {
         "clients": len(threads),
+        "calls": len(samples),
+        "failed": len(failures.seen) - before,
+        "wall_s": round(wall, 3),
+        "per_s": round(len(samples) / wall, 2),
+        "latency": summarize(samples),
+    }
+
+
+def socket_sessions(socket: Path, project: str, counts: list[int]) -> list[dict[str, Any]]:
+    """Sessions on rxd's exec socket from already-running processes of the bench user, one
+    process per count, all at once; each reports its samples and when it began and ended."""
+    procs = [
+        subprocess.Popen(
+            [PYTHON, "-m", "bench.clients", "exec", str(socket), project, str(count)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **{**as_user(USER), "cwd": str(REPO)},
+        )
+        for count in counts
+    ]
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=900)
+        if proc.returncode != 0:
+            raise BenchError(f"exec socket client failed: {stderr.strip()[-2000:]}")
+        data = json.loads(stdout)
+        if "error" in data:
+            raise BenchError(f"exec socket client: {data['error']}")
+        out.append(data)
+    return out
+
+
+def concurrent_sessions(
+    socket: Path, project: str, clients: int, total: int, rxd_pid: int
+) -> dict[str, Any]:
+    """Throughput of rxd's exec path alone: `clients` socket clients at once, no rxctl start-up
+    (each client process starts first; the window is from the first session to the last)."""
+    shares = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
+    cpu_before = cpu_seconds(rxd_pid)
+    runs = socket_sessions(socket, project, [k for k in shares if k])
+    cpu = cpu_seconds(rxd_pid) - cpu_before
+    samples = [x for r in runs for x in r["seconds"]]
+    wall = max(r["ended"] for r in runs) - min(r["began"] for r in runs)
+    return {
+        "clients": len(runs),
         "calls": len(samples),
         "wall_s": round(wall, 3),
         "per_s": round(len(samples) / wall, 2),
         "latency": summarize(samples),
+        "rxd_cpu_ms_per_session": round(cpu * 1000 / len(samples), 2),
     }
 
 
@@ -140,35 +231,28 @@ def run(ctx: Context) -> Result:
         def base() -> float:
             return timed_as(base_argv, env=env)
 
-        xs, ys = alternate(rx, base, sizes.exec_n)
+        # A few failed step launches are reported, not timed (see harness.Failures).
+        limit = max(3, sizes.exec_n // 20)
+        seq_failures = tuple(Failures(limit) for _ in range(4))
+        via_socket = SocketClient(rxd.socket, project)
+        try:
+            xs, ys, zs, vs = rotate(
+                (rx, base, via_socket, lambda: timed_as([RXCTL, "--version"])),
+                sizes.exec_n,
+                seq_failures,
+            )
+        finally:
+            via_socket.close()
         seq = compare(xs, ys)
-        startup = summarize(
-            [timed_as([RXCTL, "--version"]) for _ in range(max(5, sizes.exec_n // 4))]
+        socket_summary = summarize(zs)
+        startup = summarize(vs)
+        conc_failures = (Failures(limit), Failures(limit))
+        conc_rx = concurrent(rx, sizes.exec_clients, sizes.exec_concurrent_n, conc_failures[0])
+        conc_base = concurrent(base, sizes.exec_clients, sizes.exec_concurrent_n, conc_failures[1])
+        assert rxd.proc is not None
+        conc_socket = concurrent_sessions(
+            rxd.socket, project, sizes.exec_clients, sizes.exec_concurrent_n, rxd.proc.pid
         )
-        loop = must(
-            run_as(
-                [
-                    PYTHON,
-                    "-m",
-                    "bench.clients",
-                    "exec",
-                    str(rxd.socket),
-                    project,
-                    str(sizes.exec_n),
-                ],
-                cwd=REPO,
-                timeout=600,
-            ),
-            "exec socket loop",
-        )
-        import json
-
-        socket_only = json.loads(loop.stdout)
-        if "error" in socket_only:
-            raise BenchError(f"exec socket loop: {socket_only['error']}")
-        socket_summary = summarize(socket_only["seconds"])
-        conc_rx = concurrent(rx, sizes.exec_clients, sizes.exec_concurrent_n)
-        conc_base = concurrent(base, sizes.exec_clients, sizes.exec_concurrent_n)
         result.results = {
             "sequential": seq,
             "rxctl_startup": startup,
@@ -181,10 +265,18 @@ def run(ctx: Context) -> Result:
                 ),
                 "rxctl_version_startup": startup["p50_ms"],
             },
+            "failures": {
+                "sequential_rx": seq_failures[0].report(),
+                "sequential_baseline": seq_failures[1].report(),
+                "sequential_socket": seq_failures[2].report(),
+                "concurrent_rx": conc_failures[0].report(),
+                "concurrent_baseline": conc_failures[1].report(),
+            },
             "concurrent": {
                 "rx": conc_rx,
                 "baseline": conc_base,
                 "ratio_per_s": round(conc_rx["per_s"] / conc_base["per_s"], 2),
+                "socket_sessions": conc_socket,
             },
         }
         result.rows = [
@@ -211,7 +303,16 @@ def run(ctx: Context) -> Result:
                 None,
                 "ms",
                 better="",
-                note=f"of which rxctl start-up ~{startup['p50_ms']:.0f} ms",
+                note=f"rxctl's Python start-up alone is {startup['p50_ms']:.0f} ms",
+            ),
+            Row(
+                "exec",
+                "exec p50 through rxd's socket, no CLI start-up",
+                socket_summary["p50_ms"],
+                seq["baseline"]["p50_ms"],
+                "ms",
+                "raw srun --overlap",
+                note="rxd's own share of the overhead",
             ),
             Row(
                 "exec",
@@ -221,6 +322,7 @@ def run(ctx: Context) -> Result:
                 "/s",
                 "raw srun --overlap",
                 better="higher",
+                note=f"through the socket without rxctl start-up: {conc_socket['per_s']:.1f}/s",
             ),
         ]
         result.notes = [

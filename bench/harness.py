@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,6 +151,29 @@ class BenchError(Exception):
     """A benchmark could not measure what it should; the message says why."""
 
 
+@dataclass
+class Failures:
+    """Failed samples are counted and reported, not timed (a shared test cluster drops a step
+    launch now and then); too many end the benchmark."""
+
+    limit: int
+    seen: list[str] = field(default_factory=list)
+
+    def attempt(self, fn: Callable[[], float]) -> float | None:
+        try:
+            return fn()
+        except BenchError as exc:
+            self.seen.append(str(exc))
+            if len(self.seen) > self.limit:
+                raise BenchError(
+                    f"{len(self.seen)} samples failed (limit {self.limit}); first: {self.seen[0]}"
+                ) from None
+            return None
+
+    def report(self) -> dict[str, Any]:
+        return {"count": len(self.seen), "first": self.seen[:3]}
+
+
 def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -160,6 +183,29 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str
         if time.monotonic() > deadline:
             raise BenchError(f"timed out after {timeout:g}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+# -- processes -------------------------------------------------------------------------------
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all threads)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def pid_of(command: str) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == command:
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
 
 
 # -- the machine -------------------------------------------------------------------------------

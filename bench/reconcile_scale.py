@@ -93,6 +93,8 @@ def run(ctx: Context, fleet: HeldFleet) -> Result:
     queue = summarize([q["seconds"] for q in passes["queue"]])
     steady_peak_mb = max(p["peak_rss_kb"] for p in passes["steady"]) / 1024
     cold_peak_mb = passes["cold"]["peak_rss_kb"] / 1024
+    before_mb = passes["cold"]["rss_before_kb"] / 1024
+    grow_mb = max(steady_peak_mb, cold_peak_mb) - before_mb
     result.params = {
         "tag": fleet.tag,
         "jobs": n,
@@ -155,11 +157,13 @@ def run(ctx: Context, fleet: HeldFleet) -> Result:
         ),
         Row(
             "reconcile",
-            "peak RSS of a pass (process)",
+            "peak RSS of the process during a pass",
             max(steady_peak_mb, cold_peak_mb),
             None,
             "MB",
             better="",
+            note=f"{grow_mb:+.0f} MB over its {before_mb:.0f} MB before the first pass; "
+            f"Python heap peak {passes['tracemalloc_peak_kb'] / 1024:.0f} MB in a steady pass",
         ),
     ]
     result.notes = [

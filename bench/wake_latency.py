@@ -291,9 +291,9 @@ def run(ctx: Context) -> Result:
             ),
         ]
         result.notes = [
-            "The rx-slurm side notices the job started and the instance is up from its "
-            "reconciler (a pass every 0.5 s while a container starts); Slurm's controller hooks "
-            "(PrologSlurmctld) poke only the cluster's own rxd, not this bench daemon.",
+            "rx-slurm learns that the job started from Slurm's controller hook (PrologSlurmctld "
+            "pokes rxd), and that the instance is up from the holder's status file, read by a "
+            "reconcile pass every 0.5 s while the container starts; rx_phases shows when.",
         ]
     finally:
         try:
