@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def daemon(extra: str = "", **containers: str) -> Iterator[Rxd]:
     finally:
         rxd.stop()
         rxd.cancel_own_jobs()
+        shutil.rmtree(rxd.root, ignore_errors=True)
 
 
 def admin(rxd: Rxd, *args: str) -> str:
