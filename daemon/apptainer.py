@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -109,7 +110,8 @@ def pull(uri: str, dest_dir: str | os.PathLike[str]) -> Path:
     if target.is_file():
         return target
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-    partial = folder / f".{target.name}.{os.getpid()}.part"
+    # rxd pulls from several threads: the name must be unique per pull, not per process.
+    partial = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
     client = _client()
     argv = [*client._init_command("pull"), "--name", str(partial), uri]
     try:

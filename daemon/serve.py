@@ -80,6 +80,11 @@ def build_daemon(config: Config) -> Daemon:
 
 
 async def serve(config: Config) -> None:
+    # Signals first: a SIGTERM during start-up must still stop rxd cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     daemon = build_daemon(config)
     app = make_app(ROUTES, {DAEMON: daemon})
     sock_path = config.daemon.socket
@@ -108,14 +113,14 @@ async def serve(config: Config) -> None:
 
     daemon.reconciler.start()
     exec_server = ExecServer.start(daemon)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    # A partition QOS set with scontrol is lost when slurmctld restarts: put the mirror back,
+    # in the background (Slurm may be slow to answer; serving must not wait on it).
+    mirror = asyncio.create_task(asyncio.to_thread(_mirror_quotas, daemon))
     try:
         await stop.wait()
     finally:
         log.info("rxd stopping")
+        await asyncio.wait([mirror], timeout=30)
         await asyncio.to_thread(exec_server.stop)
         await asyncio.to_thread(daemon.reconciler.stop)
         for each in runners:
@@ -123,6 +128,16 @@ async def serve(config: Config) -> None:
         _remove_own_socket(sock_path)
         daemon.ledger.close()
         log.info("rxd stopped")
+
+
+def _mirror_quotas(daemon: Daemon) -> list[dict[str, object]]:
+    from rxslurm.daemon import qos_mirror
+
+    # Also removes mirrors whose quota went while rxd was down; never raises for Slurm errors.
+    mirrored = qos_mirror.sync(daemon.ledger, daemon.slurm, tag=daemon.config.slurm.tag)
+    if mirrored:
+        log.info("quota mirror", extra={"mirrored": mirrored})
+    return mirrored
 
 
 def _remove_own_socket(path: Path) -> None:
