@@ -1,0 +1,154 @@
+"""The research platform's TCP access: a bearer token, acting for a named platform user."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Rxd, new_rxd
+
+pytestmark = pytest.mark.cluster  # projects are validated against Slurm's partitions
+
+TOKEN = "t0k3n-" + "x" * 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def platform_config(root: Path, port: int, token_file: Path) -> str:
+    return (
+        '[identity]\nmode = "platform"\n'
+        f'[platform]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{token_file}"\n'
+    )
+
+
+def write_token(root: Path, mode: int = 0o600) -> Path:
+    path = root / "platform.token"
+    path.write_text(TOKEN + "\n")
+    os.chmod(path, mode)
+    return path
+
+
+@pytest.fixture(scope="module")
+def platform() -> Iterator[tuple[Rxd, int]]:
+    port = free_port()
+    daemon = new_rxd(lambda root: platform_config(root, port, write_token(root)))
+    daemon.start()
+    yield daemon, port
+    daemon.stop()
+    daemon.cancel_own_jobs()
+
+
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    token: str | None = TOKEN,
+    user: str | None = None,
+) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if user is not None:
+        headers["X-RX-User"] = user
+    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+    response = conn.getresponse()
+    data = json.loads(response.read() or b"{}")
+    conn.close()
+    return response.status, data
+
+
+def admin_bindings(daemon: Rxd) -> list[dict]:
+    return json.loads(daemon.rxctl(None, "admin", "bindings", "--json").stdout)
+
+
+@pytest.mark.parametrize("token", [None, "wrong", TOKEN[:-1], ""])
+def test_a_wrong_or_missing_token_is_refused_and_changes_nothing(platform, token) -> None:
+    daemon, port = platform
+    before = admin_bindings(daemon)
+    intruder = f"intruder-{uuid.uuid4().hex[:8]}"
+    status, data = call(port, "POST", "/v1/platform/users", {"id": intruder}, token=token)
+    assert status == 401
+    assert data["error"]["message"] == "missing or wrong platform token"
+    status, _ = call(port, "GET", "/v1/projects", token=token, user="p-ana")
+    assert status == 401
+    assert admin_bindings(daemon) == before
+    status, _ = call(port, "POST", "/v1/platform/codes", {"platform_user": "intruder"})
+    assert (
+        status == 201
+    )  # the right token could have made it: so "intruder" was never created before
+
+
+def test_the_platform_binds_users_and_acts_for_them_under_their_roles(platform) -> None:
+    daemon, port = platform
+    assert call(port, "POST", "/v1/platform/users", {"id": "p-ana", "display_name": "Ana"})[0] in (
+        200,
+        201,
+    )
+    status, code = call(
+        port, "POST", "/v1/platform/codes", {"platform_user": "p-ana", "linux_user": "rxalice"}
+    )
+    assert status == 201
+    bound = daemon.rxctl("rxalice", "bind", code["code"])
+    assert bound.returncode == 0, bound.stderr
+    me = json.loads(daemon.rxctl("rxalice", "whoami", "--json").stdout)
+    assert me["platform_user"] == "p-ana"
+    # Acting for p-ana: her projects, her role.
+    status, project = call(port, "POST", "/v1/projects", {"name": "plat"}, user="p-ana")
+    assert status == 201, project
+    assert project["role"] == "owner" and project["runtime_user"] == "rxalice"
+    call(port, "POST", "/v1/platform/users", {"id": "p-ben"})
+    status, data = call(port, "GET", "/v1/projects/plat", user="p-ben")
+    assert status == 404
+    status, _ = call(
+        port, "POST", "/v1/projects/plat/members", {"user": "p-ben", "role": "viewer"}, user="p-ana"
+    )
+    assert status == 201
+    status, data = call(port, "GET", "/v1/projects/plat", user="p-ben")
+    assert status == 200 and data["role"] == "viewer"
+    status, data = call(port, "PATCH", "/v1/projects/plat/settings", {"cpus": 2}, user="p-ben")
+    assert status == 403
+    assert (
+        data["error"]["message"] == "edit-settings in project plat needs role owner; you are viewer"
+    )
+    # A body claiming to be someone else changes nothing: only the token holder's header decides.
+    status, data = call(
+        port, "GET", "/v1/whoami", {"platform_user": "p-ana", "uid": 0}, user="p-ben"
+    )
+    assert (status, data["platform_user"], data["admin"]) == (200, "p-ben", False)
+
+
+def test_the_platform_cannot_bind_or_act_without_a_user(platform) -> None:
+    daemon, port = platform
+    status, data = call(port, "GET", "/v1/projects")
+    assert status == 403 and "X-RX-User" in data["error"]["message"]
+    call(port, "POST", "/v1/platform/users", {"id": "p-cy"})
+    status, code = call(port, "POST", "/v1/platform/codes", {"platform_user": "p-cy"})
+    status, data = call(port, "POST", "/v1/bind", {"code": code["code"]}, user="p-cy")
+    assert status == 403
+    assert "own Linux identity" in data["error"]["message"]
+    status, data = call(port, "GET", "/v1/admin/bindings", user="p-cy")
+    assert status == 403
+    status, data = call(port, "GET", "/v1/projects", user="nobody-such")
+    assert status == 404
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640])
+def test_rxd_refuses_a_token_file_others_can_read(mode: int) -> None:
+    port = free_port()
+    daemon = new_rxd(lambda root: platform_config(root, port, write_token(root, mode)))
+    daemon.start(wait=False)
+    assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 1
+    assert "must be owned by root with mode 0600" in daemon.log_text()
