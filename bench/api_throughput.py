@@ -18,7 +18,17 @@ import time
 from typing import Any
 
 from bench.exec_latency import PYTHON
-from bench.harness import REPO, BenchError, Result, Row, as_user, cpu_seconds, pid_of, summarize
+from bench.harness import (
+    REPO,
+    BenchError,
+    Result,
+    Row,
+    as_user,
+    cpu_seconds,
+    pid_of,
+    ratio,
+    summarize,
+)
 from bench.rig import new_container, tag_of
 from bench.suite import Context
 
@@ -99,7 +109,7 @@ def run(ctx: Context) -> Result:
             levels[str(clients)] = {
                 "rx": rx,
                 "baseline": base,
-                "ratio_per_s": round(rx["per_s"] / base["per_s"], 2),
+                "ratio_per_s": ratio(rx["per_s"], base["per_s"]),
             }
         result.params = {
             "tag": tag_of(rxd),
@@ -121,6 +131,7 @@ def run(ctx: Context) -> Result:
                     "/s",
                     "`squeue -j`/s",
                     better="higher",
+                    headline=clients in (min(sizes.api_clients), max(sizes.api_clients)),
                 )
             )
         top = levels[str(max(sizes.api_clients))]
@@ -134,6 +145,7 @@ def run(ctx: Context) -> Result:
                     "ms",
                     "slurmctld CPU per `squeue -j`",
                     note=f"at {max(sizes.api_clients)} clients",
+                    headline=True,
                 )
             )
     finally:

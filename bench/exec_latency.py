@@ -31,6 +31,7 @@ from bench.harness import (
     as_user,
     compare,
     cpu_seconds,
+    ratio,
     summarize,
     timed_as,
 )
@@ -275,10 +276,11 @@ def run(ctx: Context) -> Result:
             "concurrent": {
                 "rx": conc_rx,
                 "baseline": conc_base,
-                "ratio_per_s": round(conc_rx["per_s"] / conc_base["per_s"], 2),
+                "ratio_per_s": ratio(conc_rx["per_s"], conc_base["per_s"]),
                 "socket_sessions": conc_socket,
             },
         }
+        rxd_part = result.results["breakdown_p50_ms"]["rxd_over_raw_step"]
         result.rows = [
             Row(
                 "exec",
@@ -287,6 +289,9 @@ def run(ctx: Context) -> Result:
                 seq["baseline"]["p50_ms"],
                 "ms",
                 "raw srun --overlap",
+                note=f"{seq['overhead_p50_ms']:+.0f} ms: rxctl's start-up alone is "
+                f"{startup['p50_ms']:.0f} ms, rxd's part {rxd_part:+.1f} ms",
+                headline=True,
             ),
             Row(
                 "exec",

@@ -117,6 +117,7 @@ def run(ctx: Context, fleet: HeldFleet) -> Result:
             "MB",
             "idle rxd",
             note=f"peak {loaded['peak_mb']:.0f} MB during the first pass",
+            headline=True,
         ),
     ]
     return result

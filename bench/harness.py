@@ -59,7 +59,8 @@ def summarize(seconds: Sequence[float]) -> dict[str, float]:
 
 
 def ratio(rx: float, baseline: float) -> float | None:
-    return round(rx / baseline, 2) if baseline else None
+    """rx / baseline to three significant digits (a 200-fold difference stays visible)."""
+    return float(f"{rx / baseline:.3g}") if baseline else None
 
 
 def compare(rx: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:
@@ -275,6 +276,8 @@ class Row:
     # How to read the comparison: "lower" (latency), "higher" (throughput), "" (no baseline).
     better: str = "lower"
     note: str = ""
+    # One of the few figures the top-level README shows.
+    headline: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -328,8 +331,10 @@ def fmt(value: float | None, unit: str = "") -> str:
         text = f"{value:,.0f}"
     elif abs(value) >= 10:
         text = f"{value:.1f}"
-    else:
+    elif abs(value) >= 0.1 or value == 0:
         text = f"{value:.2f}"
+    else:
+        text = f"{value:.2g}"
     return f"{text} {unit}".strip()
 
 

@@ -129,6 +129,8 @@ def run(ctx: Context, fleet: HeldFleet) -> Result:
             sq["extrapolated_s"],
             "s",
             f"`squeue -j` ×{n:,} (extrap.)",
+            note=f"first pass, {n:,} state changes: {passes['cold']['seconds']:.1f} s",
+            headline=True,
         ),
         Row(
             "reconcile",

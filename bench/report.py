@@ -32,13 +32,15 @@ def cell(value: float | None, unit: str) -> str:
     return fmt(value, unit) if value is not None else "–"
 
 
-def markdown(results: list[dict[str, Any]]) -> str:
+def markdown(results: list[dict[str, Any]], headline_only: bool = False) -> str:
     lines = [
         "| What | rx-slurm | Baseline, same run | rx-slurm ÷ baseline |",
         "|---|---:|---|---:|",
     ]
     for data in results:
         for row in data["rows"]:
+            if headline_only and not row.get("headline"):
+                continue
             base = "–"
             if row["baseline"] is not None:
                 base = f"{cell(row['baseline'], row['unit'])} ({row['baseline_label']})"
@@ -56,14 +58,15 @@ def machine_line(results: list[dict[str, Any]]) -> str:
     apptainer = app.get("version") or "apptainer"
     if app.get("standin"):
         apptainer += " (the tests' stand-in, tests/standin; both sides use it)"
-    runs = sorted({d["finished_at"] or d["started_at"] for d in results})
+    began = min(d["started_at"] for d in results)
+    ended = max(d["finished_at"] or d["started_at"] for d in results)
     quick = (
         " **Quick (smoke-test) sizes, not for publishing.**"
         if any(d["quick"] for d in results)
         else ""
     )
     return (
-        f"Measured {runs[0]}–{runs[-1]} on {m.get('cores')} cores ({m.get('cpu_model')}), "
+        f"Measured {began} to {ended} on {m.get('cores')} cores ({m.get('cpu_model')}), "
         f"{m.get('mem_total_mb')} MB, Linux {m.get('kernel')}, {m.get('os')}, {m.get('slurm')} "
         f"(the 3-node local test cluster on the same machine), {apptainer}, rx-slurm "
         f"{m.get('rx_slurm')}.{quick}"
@@ -72,7 +75,14 @@ def machine_line(results: list[dict[str, Any]]) -> str:
 
 def write_latest(out_dir: Path) -> Path:
     results = load(out_dir)
-    text = "\n\n".join(p for p in (markdown(results), machine_line(results), REPRODUCE) if p)
+    parts = [
+        markdown(results, headline_only=True),
+        machine_line(results),
+        REPRODUCE,
+        "All figures of the run (bench/results/*.json has the samples' summaries):",
+        markdown(results),
+    ]
+    text = "\n\n".join(parts)
     path = out_dir / "latest.md"
     path.write_text(text + "\n")
     return path

@@ -17,7 +17,7 @@ class Sizes:
     exec_n: int = 200  # sequential `rxctl exec -- true`, and as many raw steps
     exec_clients: int = 8  # concurrent clients for throughput
     exec_concurrent_n: int = 200  # execs per side in the concurrent run
-    wake_n: int = 10  # wakes per side
+    wake_n: int = 20  # wakes per side
     scale_jobs: int = 10_000  # held jobs in the queue
     scale_ledger: int = 10_000  # containers in the ledger (the first scale_jobs hold a job)
     scale_passes: int = 5  # steady-state reconcile passes timed

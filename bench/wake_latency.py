@@ -280,6 +280,8 @@ def run(ctx: Context) -> Result:
                 cmp["baseline"]["p50_ms"] / 1000,
                 "s",
                 "sbatch + poll + srun",
+                note=f"{cmp['overhead_p50_ms'] / 1000:+.2f} s",
+                headline=True,
             ),
             Row(
                 "wake",
