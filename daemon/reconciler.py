@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ ACTOR = {"actor": "rxd", "origin": "reconciler"}
 # While a container is starting or stopping, passes come this often: readiness is a file the
 # holder writes, and a researcher waits on it.
 BUSY_INTERVAL_S = 0.5
+# For this long after its job was submitted, a pending container counts as starting.
+FRESH_JOB_S = 30
 # Base job states and what they make of a container whose job ended.
 FAILED_STATES = frozenset({"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"})
 REWAKE_STATES = frozenset({"TIMEOUT", "PREEMPTED", "DEADLINE"})
@@ -179,9 +182,12 @@ class Reconciler:
         changes += self._orphans(ours)
         changes += self._idle()
         changes += self._serve_queue()
+        # A job submitted moments ago usually starts within seconds: watch it closely too.
+        recent = to_timestamp(utcnow() - timedelta(seconds=FRESH_JOB_S))
         self.busy = self._transient or bool(
             db["containers"].count_where(
-                "state IN (?, ?)", [State.STARTING.value, State.STOPPING.value]
+                "state IN (?, ?) OR (state = ? AND job_id IS NOT NULL AND updated_at > ?)",
+                [State.STARTING.value, State.STOPPING.value, State.WAITING.value, recent],
             )
         )
         report = PassReport(
