@@ -90,7 +90,7 @@ def test_only_slurm_users_may_send_job_events(rxd: Rxd) -> None:
 @pytest.fixture
 def hooked_rxd() -> Iterator[Rxd]:
     """An rxd whose timer never fires in a test's time: only hooks and its own pokes wake it."""
-    from tests.test_lifecycle_e2e import start_rxd
+    from tests.support.lifecycle import start_rxd
 
     daemon = start_rxd(reconcile_interval="3600")
     listing = job_event.SOCKETS_FILE
@@ -110,7 +110,7 @@ def hooked_rxd() -> Iterator[Rxd]:
 
 @pytest.mark.cluster
 def test_epilog_hook_reports_an_outside_scancel_at_once(hooked_rxd: Rxd) -> None:
-    from tests.test_lifecycle_e2e import make_project, ok, wait_state
+    from tests.support.lifecycle import make_project, ok, wait_state
 
     make_project(hooked_rxd, "hooked")
     ok(hooked_rxd.rxctl("rxalice", "enable", "-p", "hooked"))

@@ -22,7 +22,7 @@ import pytest
 from rxslurm.daemon import apptainer
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd
-from tests.test_lifecycle_e2e import (
+from tests.support.lifecycle import (
     comment_of,
     make_project,
     ok,

@@ -28,7 +28,7 @@ from rxslurm.daemon import apptainer
 from rxslurm.daemon.roles import ALLOWED, Action, Role
 from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd, new_rxd
-from tests.test_lifecycle_e2e import lifecycle_config
+from tests.support.lifecycle import lifecycle_config
 
 pytestmark = pytest.mark.cluster
 

@@ -1,0 +1,82 @@
+"""Helpers for tests that run containers on the real cluster: a daemon set up for it, states."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import tomllib
+from pathlib import Path
+
+from tests.support.cluster import wait_for
+from tests.support.daemon import Rxd, new_rxd
+
+SQUEUE_FORMAT = "%i|%T|%u|%b|%k|%N"
+
+
+def lifecycle_config(root: Path, **extra: str) -> str:
+    containers = {"reconcile_interval": "1.0", "stop_grace_s": "3", **extra}
+    lines = "".join(f"{k} = {v}\n" for k, v in containers.items())
+    return (
+        f'[workspaces]\nroot = "{root}/workspaces"\n'
+        f'[containers]\nstate_root = "{root}/containers"\nimage_dir = "{root}/images"\n'
+        "overlay_size_mb = 64\n"
+        f"{lines}"
+    )
+
+
+def start_rxd(extra: str = "", env: dict[str, str] | None = None, **containers: str) -> Rxd:
+    daemon = new_rxd(lambda root: lifecycle_config(root, **containers) + extra)
+    daemon.env.update(env or {})
+    daemon.start()
+    return daemon
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"stdout={result.stdout!r} stderr={result.stderr!r}"
+    return result
+
+
+def status(rxd: Rxd, user: str, project: str) -> dict:
+    return json.loads(ok(rxd.rxctl(user, "status", "-p", project, "--json")).stdout)
+
+
+def wait_state(
+    rxd: Rxd, project: str, *states: str, timeout: float = 90, user: str = "rxalice"
+) -> dict:
+    seen: dict = {}
+
+    def reached() -> bool:
+        seen.update(status(rxd, user, project))
+        return seen["state"] in states
+
+    try:
+        wait_for(reached, timeout=timeout, what=f"{project} to reach {states}")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; last status: {seen}\n{rxd.log_text()[-3000:]}") from None
+    return seen
+
+
+def make_project(rxd: Rxd, name: str, *options: str, user: str = "rxalice") -> None:
+    ok(rxd.rxctl(user, "project", "create", name, "--image", "docker://python:3.12-slim", *options))
+
+
+def rx_jobs(comment: str) -> list[list[str]]:
+    out = subprocess.run(
+        ["squeue", "-h", "--all", "-o", SQUEUE_FORMAT], capture_output=True, text=True, check=True
+    ).stdout
+    rows = [line.split("|") for line in out.splitlines()]
+    return [r for r in rows if r[4] == comment]
+
+
+def comment_of(rxd: Rxd, project: str) -> str:
+    conn = sqlite3.connect(rxd.ledger)
+    try:
+        (cid,) = conn.execute(
+            "SELECT c.id FROM containers c JOIN projects p ON p.id = c.project_id WHERE p.name = ?",
+            [project],
+        ).fetchone()
+    finally:
+        conn.close()
+    tag = tomllib.loads(rxd.config.read_text())["slurm"]["tag"]
+    return f"{tag}:container={cid}"
