@@ -329,3 +329,25 @@ def test_an_idle_container_sleeps_and_exec_wakes_it(rxd: Rxd) -> None:
     assert now["state"] == "running" and now["job_id"] != first
     ok(rxd.rxctl("rxalice", "stop", "-p", "sleepy"))
     wait_state(rxd, "sleepy", "stopped")
+
+
+def test_a_job_at_its_time_limit_is_followed_by_a_new_one(rxd: Rxd) -> None:
+    make_project(rxd, "limited", "--time-limit", "1")
+    ok(rxd.rxctl("rxalice", "enable", "-p", "limited"))
+    first = wait_state(rxd, "limited", "running")["job_id"]
+
+    def next_job() -> dict | None:
+        now = status(rxd, "rxalice", "limited")
+        return now if now["state"] == "running" and now["job_id"] not in (None, first) else None
+
+    # Slurm ends the job about a minute in (plus its kill wait); rxd submits the next one itself.
+    again = wait_for(next_job, timeout=180, what="a new job after the time limit")
+    timed_out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", str(first), "-o", "State"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert timed_out and timed_out[0] == "TIMEOUT"
+    assert again["desired"] == "running"
+    ok(rxd.rxctl("rxalice", "stop", "-p", "limited"))
+    wait_state(rxd, "limited", "stopped")
