@@ -231,13 +231,20 @@ def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> No
             )
             assert result.stdout.startswith("0 "), result.stdout
 
+            seen: dict = {}
+
             def settled() -> bool:
-                states = dict(
+                seen.clear()
+                seen.update(
                     ledger_rows(rxd, "SELECT state, count(*) FROM containers GROUP BY state")
                 )
-                return states == {"running": 2, WAITING: 18}
+                return seen == {"running": 2, WAITING: 18}
 
-            wait_for(settled, timeout=120, what="2 running and 18 waiting")
+            try:
+                wait_for(settled, timeout=120, what="2 running and 18 waiting")
+            except TimeoutError as exc:
+                reasons = ledger_rows(rxd, "SELECT name, state, reason, job_id FROM containers")
+                raise AssertionError(f"{exc}; states {seen}; {reasons}") from None
         finally:
             done.set()
             sampler.join()

@@ -393,6 +393,12 @@ def test_shell_works_on_a_terminal(area: Path) -> None:
         child.expect(r"/dev/pts/\d+\r\nrxalice\r\n")
         child.expect_exact("Apptainer> ")
         child.sendline("sleep 60")
+        # ^C only once sleep runs: sent earlier, it can reach the shell before the job exists.
+        wait_for(
+            lambda: subprocess.run(["pgrep", "-u", "rxalice", "-f", "^sleep 60$"]).returncode == 0,
+            timeout=20,
+            what="sleep to run in the container",
+        )
         child.sendintr()  # ^C interrupts the foreground job, not the shell
         child.expect_exact("Apptainer> ")
         child.sendline("exit 5")
