@@ -531,10 +531,13 @@ def submit(
     now = to_timestamp(utcnow())
     with rt.ledger.transaction() as db:
         current = db["containers"].get(container_id)
-        if current["state"] == State.STARTING and current["job_id"] is None:
-            db["containers"].update(
-                container_id, {"job_id": job_id, "settings": to_json(snapshot), "updated_at": now}
-            )
+        fresh = current["state"] == State.STARTING and current["job_id"] is None
+        # The reconciler may have seen this very job in the queue first and adopted it.
+        adopted = current["job_id"] == job_id
+        if fresh or adopted:
+            db["containers"].update(container_id, {"job_id": job_id, "settings": to_json(snapshot)})
+            if fresh:
+                db["containers"].update(container_id, {"updated_at": now})
             db["jobs"].insert(
                 {
                     "job_id": job_id,
@@ -545,7 +548,7 @@ def submit(
                 replace=True,
             )
         else:
-            # Stopped (or adopted) meanwhile: this job is not wanted.
+            # Stopped meanwhile: this job is not wanted.
             log.info("cancelling unwanted job", extra={"job_id": job_id, "container": c["name"]})
             current = None
     if current is None:

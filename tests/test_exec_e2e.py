@@ -264,7 +264,9 @@ def test_ctrl_c_reaches_the_command(rxd: Rxd) -> None:
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert (proc.returncode, out) == (42, "trapped\n"), err
+    # slurmstepd signals the step and apptainer forwards the signal too: the trap may run twice.
+    assert proc.returncode == 42, err
+    assert set(out.splitlines()) == {"trapped"}, out
 
 
 # -- terminals ---------------------------------------------------------------------------------
