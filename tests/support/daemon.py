@@ -30,6 +30,10 @@ def test_root() -> Path:
     return root
 
 
+# A helper, not a test, whatever module imports it.
+test_root.__test__ = False  # type: ignore[attr-defined]
+
+
 @dataclass
 class Rxd:
     root: Path
