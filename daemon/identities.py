@@ -202,15 +202,13 @@ def issue_code(
                 "for_uid": pwd.getpwnam(linux_user).pw_uid if linux_user else None,
             }
         )
-        record_event(
+        record_actor_event(
             db,
-            actor=actor.name,
-            actor_uid=actor.uid,
-            origin=actor.origin,
-            action="identity.code-issued",
-            target_type="platform_user",
-            target_id=user_id,
-            detail={"linux_user": linux_user, "ttl_min": ttl},
+            actor,
+            "identity.code-issued",
+            "platform_user",
+            user_id,
+            {"linux_user": linux_user, "ttl_min": ttl},
         )
     return {
         "code": code,
@@ -287,15 +285,13 @@ def admin_bind(
     with ledger.transaction() as db:
         ensure_platform_user(db, user_id)
         row = _insert_binding(db, user_id, entry, bound_by=actor.name)
-        record_event(
+        record_actor_event(
             db,
-            actor=actor.name,
-            actor_uid=actor.uid,
-            origin=actor.origin,
-            action="identity.bound",
-            target_type="platform_user",
-            target_id=user_id,
-            detail={"uid": entry.pw_uid, "user": entry.pw_name, "by": "admin"},
+            actor,
+            "identity.bound",
+            "platform_user",
+            user_id,
+            {"uid": entry.pw_uid, "user": entry.pw_name, "by": "admin"},
         )
     return binding_view(row)
 
@@ -311,15 +307,13 @@ def unbind(
         if row is None:
             raise NotFound("no such binding")
         db["bindings"].delete(row["platform_user_id"])
-        record_event(
+        record_actor_event(
             db,
-            actor=actor.name,
-            actor_uid=actor.uid,
-            origin=actor.origin,
-            action="identity.unbound",
-            target_type="platform_user",
-            target_id=row["platform_user_id"],
-            detail={"uid": row["uid"], "user": row["username"]},
+            actor,
+            "identity.unbound",
+            "platform_user",
+            row["platform_user_id"],
+            {"uid": row["uid"], "user": row["username"]},
         )
     return binding_view(row)
 

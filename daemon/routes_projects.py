@@ -13,6 +13,7 @@ from rxslurm.daemon.actors import actor_of
 from rxslurm.daemon.api import json_response, read_json
 from rxslurm.daemon.context import Daemon, daemon_of
 from rxslurm.daemon.errors import ApiError
+from rxslurm.daemon.identities import binding_of_platform_user
 from rxslurm.daemon.workspace_sync import sync_workspace
 from rxslurm.daemon.workspaces import WorkspaceError
 
@@ -176,11 +177,6 @@ async def remove_member(request: web.Request) -> web.Response:
         request.match_info["name"],
         user,
     )
-    linux_user = _linux_user_of(daemon, user)
-    revoke = (linux_user,) if linux_user else ()
+    binding = await asyncio.to_thread(binding_of_platform_user, daemon.ledger.db, user)
+    revoke = (binding["username"],) if binding else ()
     return json_response(await _with_workspace(daemon, view, revoke))
-
-
-def _linux_user_of(daemon: Daemon, platform_user: str) -> str | None:
-    rows = list(daemon.ledger.db["bindings"].rows_where("platform_user_id = ?", [platform_user]))
-    return rows[0]["username"] if rows else None
