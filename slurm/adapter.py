@@ -14,6 +14,11 @@ Things Slurm 22.05 does that shape this module:
 - ``scancel`` of an unknown or finished job exits 0 without a word.
 - ``scontrol`` has no ``--json``; ``sinfo --json`` has nodes but no partition flags, so
   ``partitions()`` reads ``sinfo --Node`` text.
+- ``squeue --array`` prints a pending array once per task, all under the array's job id; so
+  ``queue()`` does not ask for it (without it every job id is on one line).
+
+Every local user can read every process's argv (``/proc/PID/cmdline``), so nothing that has to
+stay secret goes there: the squeue format with its per-call marker goes in the environment.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 
 from . import errors, jobs, runas
 from .errors import SlurmUnavailable
-from .jobs import JobInfo, ParseError
+from .jobs import JobInfo, Listing, ParseError
 from .runas import RunAs
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
@@ -158,7 +163,10 @@ class PartitionInfo:
         return self.gpu_types[0] if self.gpu_types else None
 
 
-# sacct fields read by history(); parsed by parse_sacct_text().
+# sacct fields read by history(); parsed by parse_sacct_text(). Only fields Slurm fills from
+# closed vocabularies, none of which can hold "|" or a newline: the job's name and comment (free
+# text, any character) are left out, so no job can forge another's record. The delimiter
+# would have to be a secret otherwise, and sacct takes it only in argv, which every user can read.
 SACCT_FIELDS = (
     "JobIDRaw",
     "State",
@@ -174,8 +182,6 @@ SACCT_FIELDS = (
     "Start",
     "End",
     "ExitCode",
-    "JobName",
-    "Comment",
 )
 SINFO_FORMAT = "%N|%P|%a|%l|%c|%m|%G|%T"
 
@@ -256,26 +262,27 @@ class SlurmCli:
         name_prefix: str | None = None,
         user: str | None = None,
         all_states: bool = True,
-    ) -> dict[int, JobInfo]:
+    ) -> Listing:
         """Every job slurmctld knows (one squeue call), optionally only names starting with
         ``name_prefix`` and/or jobs of ``user``. With ``all_states`` (default), jobs that ended
-        within MinJobAge are included with their final state."""
-        nonce = secrets.token_hex(8)
-        argv = ["squeue", "--noheader", "--all", "--array", f"--Format={jobs.queue_format(nonce)}"]
+        within MinJobAge are included with their final state. Records that cannot be read are
+        left out and listed in ``skipped``; their ids are unknown, not gone."""
+        nonce = secrets.token_hex(16)
+        argv = ["squeue", "--noheader", "--all"]
         if all_states:
             argv.append("--states=all")
         if user is not None:
             if not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?", user):
                 raise ValueError(f"invalid user name {user!r}")
             argv.append(f"--user={user}")
-        proc = self._call(argv, env_extra=jobs.QUEUE_ENV)
+        # The marker must stay secret to keep names and comments from forging records: not in
+        # argv (world-readable), but in squeue's environment (readable by its owner only).
+        env = {**jobs.QUEUE_ENV, jobs.QUEUE_FORMAT_ENV: jobs.queue_format(nonce)}
+        proc = self._call(argv, env_extra=env)
         try:
-            found = jobs.parse_queue_text(proc.stdout, nonce)
+            return jobs.parse_queue_text(proc.stdout, nonce, name_prefix or "")
         except ParseError as exc:
             raise self._unparseable(argv, exc) from None
-        if name_prefix:
-            found = {k: v for k, v in found.items() if v.name.startswith(name_prefix)}
-        return found
 
     def job(self, job_id: int) -> JobInfo | None:
         """Full detail of one job from ``squeue --json``. None only when slurmctld answered and
@@ -295,29 +302,33 @@ class SlurmCli:
         # without ours means slurmctld does not know it.
         return found.get(job_id)
 
-    def history(self, job_ids: Iterable[int]) -> dict[int, JobInfo]:
+    def history(self, job_ids: Iterable[int]) -> Listing:
         """Final records of jobs from the accounting database (one sacct call). Ids sacct does
-        not know are missing from the result. Raises ``AccountingDisabled`` without slurmdbd."""
+        not know are missing from the result. Raises ``AccountingDisabled`` without slurmdbd.
+        Records carry no name or comment (see ``SACCT_FIELDS``)."""
         ids = jobs.ids_argument(job_ids)
         if not ids:
-            return {}
-        nonce = secrets.token_hex(8)
-        delimiter = jobs.queue_marker(nonce)
+            return Listing()
         argv = [
             "sacct",
             "--noheader",
             "--parsable2",
-            f"--delimiter={delimiter}",
             "--allocations",
             "--allusers",
             f"--jobs={ids}",
             f"--format={','.join(SACCT_FIELDS)}",
         ]
         proc = self._call(argv, env_extra=jobs.QUEUE_ENV)
-        try:
-            return parse_sacct_text(proc.stdout, nonce)
-        except ParseError as exc:
-            raise self._unparseable(argv, exc) from None
+        found = parse_sacct_text(proc.stdout)
+        if any(s.job_id is None for s in found.skipped):
+            # Only Slurm writes these fields: a line without a readable id is Slurm's own
+            # trouble, and any asked-for job may be hidden in it.
+            raise self._unparseable(argv, ParseError(found.skipped[0].reason))
+        # Array tasks and heterogeneous components come back under ids not asked for.
+        asked = {int(i) for i in ids.split(",")}
+        for job_id in set(found) - asked:
+            del found[job_id]
+        return found
 
     def cancel(
         self,
@@ -382,43 +393,37 @@ class SlurmCli:
 # ---------------------------------------------------------------------- text parsers
 
 
-def parse_sacct_text(text: str, nonce: str) -> dict[int, JobInfo]:
-    """``sacct -X -n -P --delimiter=queue_marker(nonce) --format=SACCT_FIELDS`` -> JobInfo.
+def parse_sacct_text(text: str) -> Listing:
+    """``sacct -X -n -P --format=SACCT_FIELDS`` (one record per line) -> JobInfo.
 
-    A job name or comment may hold newlines, so a record starts only at a line that begins
-    with a job id and the (secret, per-call) delimiter; other lines continue the record.
+    A line that does not fit is skipped (``Listing.skipped``). Ids repeat when slurmctld's
+    state was reset: the latest submission is the live one.
     """
-    delimiter = jobs.queue_marker(nonce)
-    start = re.compile(r"\d+" + re.escape(delimiter))
-    records: list[str] = []
+    found = Listing()
     for line in text.split("\n"):
-        if start.match(line):
-            records.append(line)
-        elif records:
-            records[-1] += "\n" + line
-        elif line.strip():
-            raise ParseError(f"sacct output starts with {line!r}")
-    found: dict[int, JobInfo] = {}
-    for record in records:
-        if record.endswith("\n"):
-            record = record[:-1]
-        values = record.split(delimiter)
-        if len(values) != len(SACCT_FIELDS):
-            raise ParseError(f"sacct record with {len(values)} fields: {record!r}")
-        row = dict(zip(SACCT_FIELDS, values, strict=True))
-        info = _job_from_sacct_row(row)
+        if not line.strip():
+            continue
+        values = line.split("|")
+        try:
+            if len(values) != len(SACCT_FIELDS):
+                raise ParseError(f"{len(values)} fields")
+            info = _job_from_sacct_row(dict(zip(SACCT_FIELDS, values, strict=True)))
+        except jobs.RECORD_ERRORS as exc:
+            found.skipped.append(jobs.Skipped.of(f"sacct record: {exc}", line, values[0]))
+            continue
         known = found.get(info.job_id)
-        # Ids repeat when slurmctld's state was reset; the latest submission is the live one.
         if known is None or (info.submit_time or 0) >= (known.submit_time or 0):
             found[info.job_id] = info
     return found
 
 
 def _job_from_sacct_row(row: Mapping[str, str]) -> JobInfo:
+    if not jobs.JOB_ID.fullmatch(row["JobIDRaw"]):
+        raise ParseError(f"job id {row['JobIDRaw'][:40]!r}")
     # "CANCELLED by 2002" -> "CANCELLED"
     shown, base, flags = jobs.state_from(row["State"].split(" ", 1)[0])
     exit_code, sig = None, None
-    exit_match = re.fullmatch(r"(\d+):(\d+)", row["ExitCode"].strip())
+    exit_match = re.fullmatch(r"([0-9]{1,3}):([0-9]{1,3})", row["ExitCode"].strip())
     if exit_match and base not in {"PENDING", "RUNNING", "SUSPENDED"}:
         exit_code, sig = int(exit_match.group(1)), int(exit_match.group(2)) or None
     tres = row["AllocTRES"] or row["ReqTRES"]
@@ -427,12 +432,11 @@ def _job_from_sacct_row(row: Mapping[str, str]) -> JobInfo:
     limit = row["Timelimit"]
     return JobInfo(
         job_id=int(row["JobIDRaw"]),
-        name=row["JobName"],
+        name="",
         user=row["User"],
         state=shown,
         reason=row["Reason"],
         nodes="" if nodes in {"None assigned", "(null)"} else nodes,
-        comment=row["Comment"],
         partition=row["Partition"],
         gres=_gres_from_tres_text(tres),
         start_time=jobs.parse_text_time(row["Start"]),
@@ -453,7 +457,7 @@ def _gres_from_tres_text(tres: str) -> str:
     """ "billing=1,cpu=1,gres/gpu:a100=2,gres/gpu=2" -> "gpu:a100:2" (typed beats plain)."""
     typed, plain = [], []
     for item in tres.split(","):
-        match = re.fullmatch(r"gres/([^=]+)=(\d+)", item.strip())
+        match = re.fullmatch(r"gres/([^=]+)=([0-9]{1,9})", item.strip())
         if match and int(match.group(2)):
             name = match.group(1)
             (typed if ":" in name else plain).append(f"{name}:{match.group(2)}")
@@ -467,8 +471,9 @@ def _node_gpus(gres: str) -> dict[str, int]:
         parts = item.split("(")[0].strip().split(":")
         if parts[0] != "gpu":
             continue
-        count = int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
-        kind = parts[1] if len(parts) == 3 or (len(parts) == 2 and not parts[1].isdigit()) else ""
+        counted = len(parts) > 1 and re.fullmatch(r"[0-9]{1,9}", parts[-1]) is not None
+        count = int(parts[-1]) if counted else 1
+        kind = parts[1] if len(parts) == 3 or (len(parts) == 2 and not counted) else ""
         counts[kind] = counts.get(kind, 0) + count
     return counts
 

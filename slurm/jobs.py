@@ -9,14 +9,20 @@ Two JSON dialects are accepted, whatever the command:
 
 For the reconciler's one-call-for-everything poll there is also a delimited text format (see
 ``queue_format``), about ten times cheaper than ``squeue --json`` on a busy queue.
+
+Any Slurm user can put odd metadata on their own jobs (pending arrays, year-long time limits,
+names and comments with any character), so every parser works record by record: a record it
+cannot read is left out and listed in ``Listing.skipped``, never fatal to the answer. Only an
+answer that is not there as a whole (not JSON, cut short) raises ``ParseError``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,6 +74,55 @@ _SENTINELS = {0xFFFE, 0xFFFF, 0xFFFFFFFE, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFE, 0xFFFF
 
 class ParseError(ValueError):
     """Output that does not have the expected shape; the caller must treat the answer as unknown."""
+
+
+# A job id as Slurm prints it: ASCII digits only ("²".isdigit() is True, int("²") fails), and
+# short enough to stay an SQLite integer.
+JOB_ID = re.compile(r"[0-9]{1,18}")
+# What a record that could not be read contributes: its id, when that much was readable.
+_SHOWN_CHARS = 160
+# A record whose conversion raises one of these is skipped, whatever went wrong inside.
+RECORD_ERRORS = (ValueError, TypeError, OverflowError, KeyError, AttributeError, RecursionError)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A record left out of an answer: why, its job id if readable, and its start (for logs)."""
+
+    reason: str
+    job_id: int | None = None
+    record: str = ""
+
+    @classmethod
+    def of(cls, reason: str, record: object, job_id: object = None) -> Skipped:
+        text = record if isinstance(record, str) else repr(record)
+        ident = job_id if isinstance(job_id, str) else str(job_id) if job_id is not None else ""
+        return cls(
+            reason[:_SHOWN_CHARS],
+            int(ident) if JOB_ID.fullmatch(ident) else None,
+            text[:_SHOWN_CHARS],
+        )
+
+
+class Listing(dict[int, "JobInfo"]):
+    """{job id: JobInfo}, plus the records that were left out (``skipped``).
+
+    The id of a skipped record, when known, means "unknown this time", never "gone".
+    """
+
+    def __init__(self, jobs: Mapping[int, JobInfo] | None = None) -> None:
+        super().__init__(jobs or {})
+        self.skipped: list[Skipped] = []
+
+    def unknown_ids(self) -> set[int]:
+        return {s.job_id for s in self.skipped if s.job_id is not None}
+
+    def drop_repeated(self, counts: Mapping[int, int]) -> None:
+        """Ids seen on more than one record are unknown: which record is right cannot be told."""
+        for job_id, count in counts.items():
+            if count > 1:
+                self.pop(job_id, None)
+                self.skipped.append(Skipped(f"job {job_id} appears {count} times", job_id))
 
 
 @dataclass(frozen=True)
@@ -128,10 +183,12 @@ def _number(value: Any) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
         value = int(value)
     if isinstance(value, str):
         value = value.strip()
-        if not re.fullmatch(r"-?\d+", value):
+        if not re.fullmatch(r"-?[0-9]{1,20}", value):
             return None
         value = int(value)
     if not isinstance(value, int):
@@ -152,6 +209,10 @@ def _text(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(_text(v) for v in value)
     return str(value)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def state_from(value: Any) -> tuple[str, str, tuple[str, ...]]:
@@ -191,7 +252,7 @@ def gpus_in_gres(gres: str) -> int:
         parts = item.split("(")[0].split(":")
         if parts[0] != "gpu":
             continue
-        if len(parts) > 1 and parts[-1].isdigit():
+        if len(parts) > 1 and re.fullmatch(r"[0-9]{1,9}", parts[-1]):
             total += int(parts[-1])
         else:
             total += 1
@@ -200,7 +261,7 @@ def gpus_in_gres(gres: str) -> int:
 
 def gpus_in_tres(tres: str) -> int | None:
     """ "cpu=1,mem=1G,node=1,billing=1,gres/gpu=2" -> 2; None when the string names no GPUs."""
-    match = re.search(r"(?:^|,)gres/gpu=(\d+)", tres or "")
+    match = re.search(r"(?:^|,)gres/gpu=([0-9]{1,9})(?![0-9])", tres or "")
     return int(match.group(1)) if match else None
 
 
@@ -236,15 +297,50 @@ def _load(text: str, key: str) -> list[Mapping[str, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ParseError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ParseError("JSON nested too deeply") from None
     if not isinstance(data, Mapping) or not isinstance(data.get(key), list):
         raise ParseError(f"JSON without a {key!r} list")
-    return [j for j in data[key] if isinstance(j, Mapping)]
+    return list(data[key])
+
+
+def _listing(
+    records: list[Any], convert: Callable[[Mapping[str, Any]], JobInfo], latest_wins: bool
+) -> Listing:
+    """JSON job objects -> Listing, one record at a time. ``latest_wins``: an id on several
+    records (sacct after a reset of slurmctld's state) takes the latest submission; otherwise
+    (squeue) a repeated id is unknown."""
+    found = Listing()
+    counts: dict[int, int] = {}
+    for record in records:
+        if not isinstance(record, Mapping):
+            found.skipped.append(Skipped.of("not a job object", record))
+            continue
+        try:
+            info = convert(record)
+        except RECORD_ERRORS as exc:
+            found.skipped.append(Skipped.of(str(exc), record, _safe_id(record)))
+            continue
+        counts[info.job_id] = counts.get(info.job_id, 0) + 1
+        known = found.get(info.job_id)
+        if known is None or (info.submit_time or 0) >= (known.submit_time or 0):
+            found[info.job_id] = info
+    if not latest_wins:
+        found.drop_repeated(counts)
+    return found
+
+
+def _safe_id(record: Mapping[str, Any]) -> object:
+    try:
+        return _number(record.get("job_id"))
+    except RECORD_ERRORS:
+        return None
 
 
 def job_from_squeue(job: Mapping[str, Any]) -> JobInfo:
     """One element of ``squeue --json``'s ``jobs`` list (any data_parser version)."""
     job_id = _number(job.get("job_id"))
-    if job_id is None:
+    if job_id is None or not JOB_ID.fullmatch(str(job_id)):
         raise ParseError("squeue job without a job_id")
     shown, base, flags = state_from(job.get("job_state"))
     gres = normalize_gres(_text(job.get("tres_per_node"))) or normalize_gres(
@@ -274,7 +370,7 @@ def job_from_squeue(job: Mapping[str, Any]) -> JobInfo:
         submit_time=_timestamp(job.get("submit_time")),
         time_limit_min=_number(job.get("time_limit")),
         gpus=gpus if gpus is not None else gpus_in_gres(gres),
-        gres_detail=tuple(_text(g) for g in job.get("gres_detail") or ()),
+        gres_detail=tuple(_text(g) for g in _list(job.get("gres_detail"))),
         tres=tres,
         account=_text(job.get("account")),
         base_state=base or (shown if shown in BASE_STATES else ""),
@@ -282,13 +378,9 @@ def job_from_squeue(job: Mapping[str, Any]) -> JobInfo:
     )
 
 
-def parse_squeue_json(text: str) -> dict[int, JobInfo]:
+def parse_squeue_json(text: str) -> Listing:
     """``squeue --json`` (22.05 v0.0.38 or v0.0.39+) -> {job id: JobInfo}."""
-    jobs = {}
-    for job in _load(text, "jobs"):
-        info = job_from_squeue(job)
-        jobs[info.job_id] = info
-    return jobs
+    return _listing(_load(text, "jobs"), job_from_squeue, latest_wins=False)
 
 
 # --------------------------------------------------------------------------- sacct --json
@@ -332,7 +424,7 @@ def _comment(value: Any) -> str:
 def job_from_sacct(job: Mapping[str, Any]) -> JobInfo:
     """One element of ``sacct --json``'s ``jobs`` list (any data_parser version)."""
     job_id = _number(job.get("job_id"))
-    if job_id is None:
+    if job_id is None or not JOB_ID.fullmatch(str(job_id)):
         raise ParseError("sacct job without a job_id")
     state = job.get("state") if isinstance(job.get("state"), Mapping) else {}
     shown, base, flags = state_from(state.get("current"))
@@ -377,18 +469,12 @@ def job_from_sacct(job: Mapping[str, Any]) -> JobInfo:
     )
 
 
-def parse_sacct_json(text: str) -> dict[int, JobInfo]:
+def parse_sacct_json(text: str) -> Listing:
     """``sacct --json`` (22.05 v0.0.38 or v0.0.39+) -> {job id: JobInfo}.
 
     A requeued job has several records under one id; the latest submission wins.
     """
-    jobs: dict[int, JobInfo] = {}
-    for job in _load(text, "jobs"):
-        info = job_from_sacct(job)
-        known = jobs.get(info.job_id)
-        if known is None or (info.submit_time or 0) >= (known.submit_time or 0):
-            jobs[info.job_id] = info
-    return jobs
+    return _listing(_load(text, "jobs"), job_from_sacct, latest_wins=True)
 
 
 # --------------------------------------------------------------------------- squeue text
@@ -413,11 +499,22 @@ QUEUE_FIXED_FIELDS = (
 )
 # The job name and comment are free text chosen by whoever submitted the job (Slurm 22.05
 # accepts "|" and even newlines in both): they come last, each followed by a per-call random
-# marker, so nothing in them can shift a field or forge a record.
+# marker, so nothing in them can shift a field or forge a record. The marker stays secret only
+# if it is not in squeue's argv (/proc/PID/cmdline is world-readable): the format goes in the
+# environment (SQUEUE_FORMAT2), which only squeue's owner can read.
 QUEUE_FREE_FIELDS = ("Name", "Comment")
 # squeue prints times through strftime(SLURM_TIME_FORMAT): "%s" makes them Unix seconds, free
 # of time-zone guessing.
 QUEUE_ENV = {"SLURM_TIME_FORMAT": "%s"}
+# squeue reads its --Format from here when the option is not given.
+QUEUE_FORMAT_ENV = "SQUEUE_FORMAT2"
+# Slurm's words for "no limit"; INVALID is what squeue prints for limits over a year.
+_UNLIMITED = frozenset({"", "UNLIMITED", "INFINITE", "NOT_SET", "N/A", "NONE", "INVALID"})
+_TIME_LIMIT = re.compile(r"(?:([0-9]{1,6})-)?([0-9]{1,9})(?::([0-9]{1,2}))?(?::([0-9]{1,2}))?")
+# The shapes of the fixed fields; a record that does not fit is skipped, not guessed at.
+_STATE_WORD = re.compile(r"[A-Z_]{1,32}")
+_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.@-]{0,63}\$?|[0-9]{1,10}")
+_NUMBER = re.compile(r"-?[0-9]{1,20}")
 
 
 def queue_marker(nonce: str) -> str:
@@ -438,24 +535,25 @@ def queue_format(nonce: str) -> str:
 
 
 def parse_time_limit(value: str) -> int | None:
-    """squeue's %l ("UNLIMITED", "30:00", "1:00:00", "2-00:00:00") -> minutes, None if unlimited."""
+    """squeue's %l ("UNLIMITED", "30:00", "1:00:00", "2-00:00:00") -> minutes, None if unlimited
+    (squeue prints "INVALID" for limits over a year: effectively unlimited)."""
     value = value.strip()
-    if value.upper() in {"", "UNLIMITED", "INFINITE", "NOT_SET", "N/A", "NONE"}:
+    if value.upper() in _UNLIMITED:
         return None
-    days = 0
-    if "-" in value:
-        day_text, value = value.split("-", 1)
-        days = int(day_text)
-    parts = [int(p) for p in value.split(":")]
-    if len(parts) == 3:
-        hours, minutes, seconds = parts
-    elif len(parts) == 2:
-        hours, (minutes, seconds) = 0, parts
-    elif len(parts) == 1:
-        hours, minutes, seconds = 0, parts[0], 0
-    else:
-        raise ParseError(f"time limit {value!r}")
-    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+    match = _TIME_LIMIT.fullmatch(value)
+    if match is None:
+        raise ParseError(f"time limit {value[:40]!r}")
+    days, first, second, third = match.groups()
+    numbers = [int(n) for n in (first, second, third) if n is not None]
+    if days is not None:  # "days-hours[:minutes[:seconds]]"
+        hours, minutes, seconds = (numbers + [0, 0])[:3]
+    elif len(numbers) == 3:  # "hours:minutes:seconds"
+        hours, minutes, seconds = numbers
+    elif len(numbers) == 2:  # "minutes:seconds"
+        hours, (minutes, seconds) = 0, numbers
+    else:  # "minutes"
+        hours, minutes, seconds = 0, numbers[0], 0
+    return int(days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
 
 
 def parse_text_time(value: str) -> int | None:
@@ -463,79 +561,112 @@ def parse_text_time(value: str) -> int | None:
     value = value.strip()
     if not value or value.upper() in {"N/A", "UNKNOWN", "NONE", "(NULL)", "0"}:
         return None
-    if re.fullmatch(r"\d+", value):
+    if re.fullmatch(r"[0-9]{1,18}", value):
         return int(value) or None
     try:
         return int(time.mktime(datetime.strptime(value, "%Y-%m-%dT%H:%M:%S").timetuple()))
-    except ValueError:
-        raise ParseError(f"time {value!r}") from None
+    except (ValueError, OverflowError):
+        raise ParseError(f"time {value[:40]!r}") from None
 
 
 def _optional(value: str) -> str:
     return "" if value in {"N/A", "(null)"} else value
 
 
-def parse_queue_text(text: str, nonce: str) -> dict[int, JobInfo]:
-    """Output of ``squeue -h -O queue_format(nonce)`` -> {job id: JobInfo}."""
+def _fixed_fields(record: str, marker: str, name_prefix: str) -> tuple[list[str], str, str] | None:
+    """Split one record into its fixed fields, name and comment; None when its name shows it
+    is not one of the jobs asked for. Raises ParseError for a record of the wrong shape."""
+    # The marker is secret, so it is in no name or comment: exactly one is left in a record
+    # (the last was eaten as the terminator), between the name and the comment.
+    head, *comment = record.split(marker)
+    if len(comment) != 1:
+        raise ParseError("a broken name/comment")
+    fixed = head.split("|", len(QUEUE_FIXED_FIELDS))
+    if len(fixed) != len(QUEUE_FIXED_FIELDS) + 1:
+        raise ParseError("too few fields")
+    name = fixed.pop()
+    if not name.startswith(name_prefix):
+        return None
+    return fixed, name, comment[0]
+
+
+def _queue_record(fixed: list[str], name: str, comment: str) -> JobInfo:
+    (
+        job_id_s,
+        state_s,
+        reason,
+        user,
+        partition,
+        nodes,
+        gres,
+        limit,
+        submit,
+        start,
+        end,
+        raw_exit,
+    ) = fixed
+    if not JOB_ID.fullmatch(job_id_s):
+        raise ParseError(f"job id {job_id_s[:40]!r}")
+    if not _STATE_WORD.fullmatch(state_s):
+        raise ParseError(f"state {state_s[:40]!r}")
+    if not _USER.fullmatch(user):
+        raise ParseError(f"user {user[:40]!r}")
+    if not _NUMBER.fullmatch(raw_exit):
+        raise ParseError(f"exit code {raw_exit[:40]!r}")
+    shown, base, flags = state_from(state_s)
+    gres = normalize_gres(gres)
+    exit_code, sig = None, None
+    if base in TERMINAL_STATES or shown == "COMPLETING":
+        exit_code, sig = _split_wait_status(_number(raw_exit))
+    return JobInfo(
+        job_id=int(job_id_s),
+        name=name,
+        user=user,
+        state=shown,
+        reason=reason,
+        nodes=_optional(nodes),
+        comment=_optional(comment),
+        partition=partition,
+        gres=gres,
+        start_time=parse_text_time(start),
+        end_time=parse_text_time(end),
+        exit_code=exit_code,
+        signal=sig,
+        submit_time=parse_text_time(submit),
+        time_limit_min=parse_time_limit(limit),
+        gpus=gpus_in_gres(gres),
+        base_state=base,
+        flags=flags,
+    )
+
+
+def parse_queue_text(text: str, nonce: str, name_prefix: str = "") -> Listing:
+    """Output of ``squeue -h -O queue_format(nonce)`` -> {job id: JobInfo}.
+
+    Only jobs whose name starts with ``name_prefix`` are read further than their name; a
+    record that does not fit is skipped (``Listing.skipped``). ParseError only for an answer
+    that is cut short.
+    """
     marker = queue_marker(nonce)
     terminator = marker + "\n"
     if text and not text.endswith(terminator):
         raise ParseError("squeue output does not end with a complete record")
-    jobs: dict[int, JobInfo] = {}
+    found = Listing()
+    counts: dict[int, int] = {}
     for record in text.split(terminator)[:-1] if text else ():
-        fixed = record.split("|", len(QUEUE_FIXED_FIELDS))
-        if len(fixed) != len(QUEUE_FIXED_FIELDS) + 1:
-            raise ParseError(f"squeue record with too few fields: {record!r}")
-        # The record's last marker was eaten as the terminator: "name<marker>comment" is left.
-        free = fixed.pop().split(marker)
-        if len(free) != len(QUEUE_FREE_FIELDS):
-            raise ParseError(f"squeue record with a broken name/comment: {record!r}")
-        (
-            job_id_s,
-            state_s,
-            reason,
-            user,
-            partition,
-            nodes,
-            gres,
-            limit,
-            submit,
-            start,
-            end,
-            raw_exit,
-        ) = fixed
-        name, comment = free
-        if not job_id_s.isdigit():
-            raise ParseError(f"squeue record with job id {job_id_s!r}")
-        shown, base, flags = state_from(state_s)
-        gres = normalize_gres(gres)
-        exit_code, sig = None, None
-        if base in TERMINAL_STATES or shown == "COMPLETING":
-            exit_code, sig = _split_wait_status(_number(raw_exit))
-        info = JobInfo(
-            job_id=int(job_id_s),
-            name=name,
-            user=user,
-            state=shown,
-            reason=reason,
-            nodes=_optional(nodes),
-            comment=_optional(comment),
-            partition=partition,
-            gres=gres,
-            start_time=parse_text_time(start),
-            end_time=parse_text_time(end),
-            exit_code=exit_code,
-            signal=sig,
-            submit_time=parse_text_time(submit),
-            time_limit_min=parse_time_limit(limit),
-            gpus=gpus_in_gres(gres),
-            base_state=base,
-            flags=flags,
-        )
-        if info.job_id in jobs:
-            raise ParseError(f"job {info.job_id} appears twice in squeue output")
-        jobs[info.job_id] = info
-    return jobs
+        try:
+            parts = _fixed_fields(record, marker, name_prefix)
+            if parts is None:
+                continue
+            info = _queue_record(*parts)
+        except RECORD_ERRORS as exc:
+            job_id = record.split("|", 1)[0]
+            found.skipped.append(Skipped.of(f"squeue record: {exc}", record, job_id))
+            continue
+        counts[info.job_id] = counts.get(info.job_id, 0) + 1
+        found[info.job_id] = info
+    found.drop_repeated(counts)
+    return found
 
 
 def ids_argument(job_ids: Iterable[int]) -> str:

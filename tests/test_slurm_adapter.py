@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -90,18 +91,21 @@ def alice() -> RunAs:
 
 
 def fixture_replaying(name: str) -> str:
-    """Python for a fake squeue/sacct that prints a text fixture with the caller's nonce."""
+    """Python for a fake squeue/sacct that prints a text fixture; squeue's with the nonce of the
+    format the caller put in the environment (SQUEUE_FORMAT2)."""
     path = FIXTURES / name
     return f"""\
     import os, re, sys
-    args = " ".join(sys.argv[1:])
-    nonce = re.search(r"\\|rx([0-9a-f]+)\\|", args).group(1)
+    match = re.search(r"\\|rx([0-9a-f]+)\\|", os.environ.get("SQUEUE_FORMAT2", ""))
     log = os.path.join(os.path.dirname(sys.argv[0]), "log", os.path.basename(sys.argv[0]))
     with open(log + ".argv", "w") as f:
         f.write("\\n".join(sys.argv[1:]))
     with open(log + ".timefmt", "w") as f:
         f.write(os.environ.get("SLURM_TIME_FORMAT", ""))
-    sys.stdout.write(open({str(path)!r}).read().replace({FIXTURE_NONCE!r}, nonce))
+    with open(log + ".format", "w") as f:
+        f.write(os.environ.get("SQUEUE_FORMAT2", ""))
+    text = open({str(path)!r}).read()
+    sys.stdout.write(text.replace({FIXTURE_NONCE!r}, match.group(1)) if match else text)
     """
 
 
@@ -268,12 +272,44 @@ def test_queue_reads_the_text_format_with_a_fresh_marker(fake: FakeBin) -> None:
     fake.add("squeue", fixture_replaying("squeue-22.05-finished.txt"), "/usr/bin/python3")
     cli = fake.cli()
     found = cli.queue()
-    first_argv = fake.read("squeue.argv")
+    first_format = fake.read("squeue.format")
     assert found[20].exit_code == 5 and found[19].comment == "rx:c|with pipes | and  spaces"
     assert fake.read("squeue.timefmt") == "%s"
-    assert "--states=all" in first_argv.splitlines()
+    assert "--states=all" in fake.read("squeue.argv").splitlines()
     cli.queue()
-    assert fake.read("squeue.argv") != first_argv  # a new nonce every call
+    assert fake.read("squeue.format") != first_format  # a new nonce every call
+
+
+def test_queue_keeps_its_marker_out_of_argv_and_asks_for_no_array_expansion(
+    fake: FakeBin,
+) -> None:
+    # Any local user can read /proc/PID/cmdline; the environment only squeue's owner can.
+    fake.add("squeue", fixture_replaying("squeue-22.05-finished.txt"), "/usr/bin/python3")
+    fake.cli().queue(name_prefix="rx-")
+    nonce = re.search(r"\|rx([0-9a-f]+)\|", fake.read("squeue.format")).group(1)
+    argv = fake.read("squeue.argv")
+    assert len(nonce) >= 32 and nonce not in argv
+    assert "--Format" not in argv and "-O" not in argv.splitlines()
+    # --array prints a pending array once per task, all under one job id.
+    assert "--array" not in argv.splitlines() and "-r" not in argv.splitlines()
+
+
+def test_queue_skips_a_record_it_cannot_read_and_answers_the_rest(fake: FakeBin) -> None:
+    fake.add(
+        "squeue",
+        """\
+        import os, re, sys
+        m = re.search(r"\\|rx[0-9a-f]+\\|", os.environ["SQUEUE_FORMAT2"]).group(0)
+        fixed = "|RUNNING|None|rxalice|cpu|n1|N/A|{limit}|1|2|N/A|0|"
+        for job_id, limit in (("5", "UNLIMITED"), ("6", "INVALID"), ("²", "1")):
+            sys.stdout.write(job_id + fixed.format(limit=limit) + "rx-a" + m + "c" + m + "\\n")
+        """,
+        "/usr/bin/python3",
+    )
+    found = fake.cli().queue(name_prefix="rx-")
+    assert sorted(found) == [5, 6]
+    assert found[6].time_limit_min is None
+    assert [s.job_id for s in found.skipped] == [None]
 
 
 def test_queue_filters_by_name_prefix_and_passes_the_user(fake: FakeBin) -> None:
@@ -321,9 +357,17 @@ def test_history_reads_sacct_text(fake: FakeBin) -> None:
     fake.add("sacct", fixture_replaying("sacct-22.05.txt"), "/usr/bin/python3")
     found = fake.cli().history([20, 4, 19])
     assert (found[20].exit_code, found[4].exit_code, found[19].state) == (5, 7, "COMPLETED")
+    assert sorted(found) == [4, 19, 20]  # the fixture's other jobs were not asked for
     argv = fake.read("sacct.argv").splitlines()
     assert "--jobs=4,19,20" in argv and "--allocations" in argv
+    assert not [a for a in argv if a.startswith("--delimiter")]
     assert fake.read("sacct.timefmt") == "%s"
+
+
+def test_history_with_a_line_slurm_garbled_is_unavailable(fake: FakeBin) -> None:
+    fake.add("sacct", "echo 'sacct: something unexpected'\n")
+    with pytest.raises(SlurmUnavailable, match="could not read"):
+        fake.cli().history([1])
 
 
 def test_history_of_nothing_runs_nothing(fake: FakeBin) -> None:

@@ -5,12 +5,13 @@ See tests/fixtures/slurm/README.md for where each fixture comes from.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from rxslurm.slurm import jobs
-from rxslurm.slurm.adapter import parse_sacct_text, parse_sinfo_nodes
+from rxslurm.slurm.adapter import SACCT_FIELDS, parse_sacct_text, parse_sinfo_nodes
 from rxslurm.slurm.jobs import (
     ParseError,
     gpus_in_gres,
@@ -164,12 +165,39 @@ def test_sacct_v0_0_40() -> None:
     assert cancelled.start_time is None and cancelled.gpus == 1
 
 
-@pytest.mark.parametrize("bad", ["", "not json", "[]", '{"jobs": 3}', '{"jobs": [{"name": "x"}]}'])
+@pytest.mark.parametrize("bad", ["", "not json", "[]", '{"jobs": 3}', "[" * 100_000])
 def test_malformed_json_is_a_parse_error(bad: str) -> None:
     with pytest.raises(ParseError):
         parse_squeue_json(bad)
     with pytest.raises(ParseError):
         parse_sacct_json(bad)
+
+
+@pytest.mark.parametrize("parse", [parse_squeue_json, parse_sacct_json])
+def test_json_jobs_that_cannot_be_read_are_skipped_not_fatal(parse: object) -> None:
+    text = json.dumps(
+        {
+            "jobs": [
+                {"name": "no id"},
+                {"job_id": "²"},
+                {"job_id": 7, "gres_detail": 5, "time_limit": 1e400},
+                3,
+                {"job_id": 8, "name": "rx-ok", "user_name": "rxalice", "job_state": "PENDING"},
+            ]
+        }
+    ).replace("1e400", "Infinity")
+    found = parse(text)
+    assert sorted(found) == [7, 8]
+    assert found[7].time_limit_min is None and found[7].gres_detail == ()
+    assert len(found.skipped) == 3
+    assert all(len(s.record) <= 160 for s in found.skipped)
+
+
+def test_squeue_json_repeated_id_is_unknown() -> None:
+    job = {"job_id": 5, "name": "rx-a", "job_state": "RUNNING"}
+    found = parse_squeue_json(json.dumps({"jobs": [job, job]}))
+    assert 5 not in found
+    assert found.unknown_ids() == {5}
 
 
 # ----------------------------------------------------------------- squeue text (queue())
@@ -230,19 +258,58 @@ def test_queue_text_free_text_cannot_forge_fields_or_records() -> None:
     assert found[1].state == "RUNNING"
 
 
+def test_queue_text_cut_short_is_a_parse_error() -> None:
+    with pytest.raises(ParseError):
+        parse_queue_text(_record(1, "a", "b") + _record(2, "a", "b").rstrip("\n"), NONCE)
+
+
 @pytest.mark.parametrize(
-    "text",
+    ("bad", "job_id"),
     [
-        _record(1, "a", "b").rstrip("\n"),  # cut short
-        "1|RUNNING|None\n",  # too few fields, no marker
-        _record(1, "a", "b") + _record(1, "a", "b"),  # the same job twice
-        _record(1, "a", "b").replace("1|", "x|", 1),  # no job id
-        _record(1, "a", "b").replace("|rx" + NONCE + "|", "|", 1),  # name/comment marker lost
+        ("1|RUNNING|None" + queue_marker(NONCE) + "\n", 1),  # too few fields
+        (_record(1, "a", "b").replace("1|", "x|", 1), None),  # no job id
+        (_record(1, "a", "b").replace("1|", "²|", 1), None),  # a digit, but not 0-9
+        (_record(1, "a", "b").replace("|rx" + NONCE + "|", "|", 1), 1),  # name/comment lost
+        (_record(1, "a", "b").replace("|1795444485|", "|yesterday|", 1), 1),  # a time
+        (_record(1, "a", "b").replace("|UNLIMITED|", "|1:2:3:4|", 1), 1),  # a time limit
+        (_record(1, "a", "b").replace("|rxalice|", "|rx alice|", 1), 1),  # a user
+        (_record(1, "a", "b").replace("|RUNNING|", "|running hot|", 1), 1),  # a state
+        (_record(1, "a", "b").replace("|0|a", "|²|a", 1), 1),  # an exit code
+        (_record(1, "a", "b") + _record(1, "a", "b"), 1),  # the same job twice
     ],
 )
-def test_queue_text_that_does_not_fit_is_a_parse_error(text: str) -> None:
-    with pytest.raises(ParseError):
-        parse_queue_text(text, NONCE)
+def test_queue_text_record_that_does_not_fit_is_skipped_and_others_read(
+    bad: str, job_id: int | None
+) -> None:
+    found = parse_queue_text(_record(7, "rx-ok", "c") + bad + _record(8, "rx-ok", ""), NONCE)
+    assert sorted(found) == [7, 8]
+    assert [s.job_id for s in found.skipped] == [job_id]
+    assert found.unknown_ids() == ({job_id} if job_id else set())
+
+
+def test_queue_text_a_pending_array_printed_per_task_is_unknown_not_fatal() -> None:
+    # squeue --array prints a pending array once per task under the array's job id.
+    text = _record(31, "rx-arr", "", state="PENDING") * 2 + _record(32, "rx-ok", "")
+    found = parse_queue_text(text, NONCE)
+    assert sorted(found) == [32]
+    assert found.unknown_ids() == {31}
+    assert "appears 2 times" in found.skipped[0].reason
+
+
+def test_queue_text_time_limit_over_a_year_is_unlimited() -> None:
+    # squeue prints INVALID for limits over 365 days (_print_secs).
+    text = _record(5, "rx-long", "").replace("|UNLIMITED|", "|INVALID|")
+    found = parse_queue_text(text, NONCE)
+    assert found[5].time_limit_min is None and not found.skipped
+
+
+def test_queue_text_reads_only_names_with_the_prefix() -> None:
+    # Records of other jobs are not read past their name: their odd fields cost nothing.
+    other = _record(9, "wrap", "").replace("|UNLIMITED|", "|whatever|").replace("9|", "x|", 1)
+    text = other + _record(3, "rx-a", "c") + _record(4, "not-rx", "c")
+    found = parse_queue_text(text, NONCE, name_prefix="rx-")
+    assert sorted(found) == [3]
+    assert found.skipped == []
 
 
 def test_queue_text_empty_queue() -> None:
@@ -261,7 +328,7 @@ def test_queue_format_puts_free_text_last_behind_the_marker() -> None:
 
 
 def test_sacct_text_exit_codes() -> None:
-    found = parse_sacct_text(fixture("sacct-22.05.txt"), NONCE)
+    found = parse_sacct_text(fixture("sacct-22.05.txt"))
     assert (found[4].state, found[4].exit_code) == ("FAILED", 7)
     assert (found[20].state, found[20].exit_code, found[20].gpus) == ("FAILED", 5, 2)
     assert (found[19].state, found[19].exit_code, found[19].user) == ("COMPLETED", 0, "rxalice")
@@ -270,7 +337,7 @@ def test_sacct_text_exit_codes() -> None:
 
 
 def test_sacct_text_odd_values() -> None:
-    found = parse_sacct_text(fixture("sacct-22.05.txt"), NONCE)
+    found = parse_sacct_text(fixture("sacct-22.05.txt"))
     held = found[23]
     assert (held.state, held.nodes, held.start_time, held.time_limit_min) == (
         "CANCELLED",
@@ -278,25 +345,44 @@ def test_sacct_text_odd_values() -> None:
         None,
         2910,
     )
-    evil = found[13]
-    assert evil.name == "evil\nname|x"
+    evil = found[13]  # its name has a newline and a "|": sacct is not asked for names
+    assert (evil.name, evil.comment) == ("", "")
     assert (evil.state, evil.time_limit_min, evil.exit_code) == ("PENDING", None, None)
 
 
-def test_sacct_text_cancelled_by_user_and_signal() -> None:
-    line = queue_marker(NONCE).join(
-        ["77", "CANCELLED by 2002", "None", "rxbob", "rxtest", "cpu", "n3", "cpu=1", "cpu=1"]
-        + ["UNLIMITED", "100", "101", "102", "0:15", "rx-x", "c"]
+def _sacct_line(job_id: str = "77", limit: str = "UNLIMITED") -> str:
+    return "|".join(
+        [job_id, "CANCELLED by 2002", "None", "rxbob", "rxtest", "cpu", "n3", "cpu=1", "cpu=1"]
+        + [limit]
+        + ["100", "101", "102", "0:15"]
     )
-    found = parse_sacct_text(line + "\n", NONCE)
+
+
+def test_sacct_text_cancelled_by_user_and_signal() -> None:
+    found = parse_sacct_text(_sacct_line() + "\n")
     assert (found[77].state, found[77].signal, found[77].exit_code) == ("CANCELLED", 15, 0)
 
 
-def test_sacct_text_garbage_is_a_parse_error() -> None:
-    with pytest.raises(ParseError):
-        parse_sacct_text("sacct: something unexpected\n", NONCE)
-    with pytest.raises(ParseError):
-        parse_sacct_text("12" + queue_marker(NONCE) + "COMPLETED\n", NONCE)
+def test_sacct_asks_for_no_free_text_so_no_record_can_be_forged() -> None:
+    # A name or comment could hold "|" and newlines; with them left out, each line is a record
+    # whose every field Slurm fills from a closed vocabulary.
+    assert not {"JobName", "Comment", "AdminComment", "WorkDir"} & set(SACCT_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("bad", "job_id"),
+    [
+        ("sacct: something unexpected", None),
+        ("12|COMPLETED", 12),
+        (_sacct_line(job_id="²"), None),
+        (_sacct_line(job_id="12", limit="forever"), 12),
+        (_sacct_line(job_id="99999999999999999999"), None),
+    ],
+)
+def test_sacct_text_line_that_does_not_fit_is_skipped(bad: str, job_id: int | None) -> None:
+    found = parse_sacct_text(_sacct_line() + "\n" + bad + "\n" + _sacct_line("78") + "\n")
+    assert sorted(found) == [77, 78]
+    assert [s.job_id for s in found.skipped] == [job_id]
 
 
 # ----------------------------------------------------------------- sinfo (partitions())
@@ -344,10 +430,20 @@ def test_sinfo_garbage_is_a_parse_error() -> None:
         ("2-00:30:00", 2910),
         ("1:00:30", 61),
         ("45", 45),
+        ("INVALID", None),  # squeue, for limits over a year
+        ("400-00:00:00", 576000),
+        ("2-12", 3600),  # days-hours
+        ("2-00:30", 2910),  # days-hours:minutes
     ],
 )
 def test_parse_time_limit(text: str, minutes: int | None) -> None:
     assert parse_time_limit(text) == minutes
+
+
+@pytest.mark.parametrize("text", ["1:2:3:4", "²", "-5", "1-", "soon", "1" * 40])
+def test_parse_time_limit_refuses_what_slurm_never_prints(text: str) -> None:
+    with pytest.raises(ParseError):
+        parse_time_limit(text)
 
 
 @pytest.mark.parametrize(
