@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,11 +47,13 @@ def job_comment(config: Config, container_id: int) -> str:
 
 
 def container_id_from_comment(config: Config, comment: str | None) -> int | None:
-    """The container a job belongs to, if this deployment's tag marks it."""
+    """The container a job's comment names, if this deployment's tag marks it. Anyone can
+    write any comment: this is a claim, which the reconciler checks against the container."""
     prefix = f"{config.slurm.tag}:container="
     if comment and comment.startswith(prefix):
         tail = comment[len(prefix) :]
-        return int(tail) if tail.isdigit() else None
+        # ASCII digits only ("²".isdigit() is True), short enough for an SQLite integer.
+        return int(tail) if re.fullmatch(r"[0-9]{1,18}", tail) else None
     return None
 
 

@@ -3,26 +3,34 @@
 One pass makes ONE squeue call for every rx job (a delimited text format: at 300 queued jobs it
 took 10 ms against 114 ms for `squeue --json`), and one sacct call for the jobs that left the
 queue. "Slurm did not answer" is never "the job is gone": an unanswered pass changes nothing.
+
+Every user on the cluster can submit jobs with any name and comment, so a job is a container's
+only when it proves it (``_claims``): the comment names the container, the job runs as the
+container's runtime user under its name, and, to be adopted, it was submitted after the
+container asked for one. Anyone else's job that imitates ours is left alone: never adopted,
+never cancelled. A record Slurm prints that cannot be read is skipped and logged; its job is
+unknown for that pass, never gone.
 """
 
 from __future__ import annotations
 
 import logging
+import pwd
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from rxslurm.daemon import containers, quotas
 from rxslurm.daemon.containers import Runtime, container_id_from_comment
+from rxslurm.daemon.holder_status import HolderStatus, Kind, StatusReader
 from rxslurm.daemon.records import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.settings import Settings, effective
 from rxslurm.daemon.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable
-from rxslurm.slurm.jobs import JobInfo
+from rxslurm.slurm.jobs import JobInfo, Listing, Skipped
 
 log = logging.getLogger("rxslurm.reconciler")
 ACTOR = {"actor": "rxd", "origin": "reconciler"}
@@ -32,6 +40,13 @@ ACTOR = {"actor": "rxd", "origin": "reconciler"}
 BUSY_INTERVAL_S = 0.5
 # For this long after its job was submitted, a pending container counts as starting.
 FRESH_JOB_S = 30
+# Slurm's submit times are whole seconds from slurmctld's clock, the container's request time
+# is rxd's: a job submitted this much before the request still counts as after it.
+CLOCK_SLACK_S = 2
+# Skipped records and imitations are logged at most once per this many seconds per kind.
+LOG_EVERY_S = 60.0
+# How many skipped records one log line shows.
+LOG_SAMPLE = 3
 # Base job states and what they make of a container whose job ended.
 FAILED_STATES = frozenset({"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"})
 REWAKE_STATES = frozenset({"TIMEOUT", "PREEMPTED", "DEADLINE"})
@@ -69,6 +84,34 @@ class PassReport:
     jobs_seen: int = 0
     changes: int = 0
     seconds: float = 0.0
+
+
+class Throttle:
+    """At most one log line per key every ``period_s``; counts what it held back meanwhile."""
+
+    def __init__(self, period_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        self.period_s = period_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str, count: int = 1) -> int | None:
+        """None: keep quiet now. Else how many were held back since the last line (plus these)."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.period_s:
+            self._held[key] = self._held.get(key, 0) + count
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0) + count
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The jobs in the queue that are containers' (by job id), and by container id."""
+
+    jobs: dict[int, JobInfo]
+    by_container: dict[int, list[JobInfo]]
 
 
 @dataclass
@@ -111,6 +154,8 @@ class Reconciler:
         self.busy = False
         self._transient = False
         self.last_report: PassReport | None = None
+        self.status_reader = StatusReader()
+        self._throttle = Throttle()
         self._poked = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -158,22 +203,26 @@ class Reconciler:
             self.slurm_reachable = False
             return PassReport(ok=False, containers=len(rows))
         self.slurm_reachable = True
-        ours = {
-            j.job_id: j
-            for j in queue.values()
-            if container_id_from_comment(self.rt.config, j.comment) is not None
-        }
+        self._log_skipped("squeue", queue)
+        # A record that could not be read: its job is unknown this pass, not gone. One without
+        # even an id could be any job, so nothing is concluded from a job's absence then.
+        unknown = queue.unknown_ids()
+        blind = any(s.job_id is None for s in queue.skipped)
+        claims = self._claims(queue.values())
+        ours = claims.jobs
         changes = 0
         self._transient = False
         gone: dict[int, dict[str, Any]] = {}
         for row in rows:
             job = ours.get(row["job_id"]) if row["job_id"] else None
             if row["job_id"] is None:
-                changes += self._without_job(row, ours)
+                changes += self._without_job(row, claims.by_container.get(row["id"], []))
+            elif row["job_id"] in unknown:
+                self._transient = True
             elif job is None or job.is_finished:
                 if job is not None:
                     changes += self._ended(row, job)
-                else:
+                elif not blind:
                     gone[row["job_id"]] = row
             else:
                 changes += self._active(row, job)
@@ -227,14 +276,61 @@ class Reconciler:
             return 0
         return 1
 
-    def _without_job(self, row: dict[str, Any], ours: dict[int, JobInfo]) -> int:
-        """STARTING with no job recorded: adopt the job its comment names, or submit again."""
-        mine = [
+    def _claims(self, jobs: Iterable[JobInfo]) -> Claims:
+        """The jobs that are containers': the comment names a container, and the job runs as
+        its runtime user under its name. Imitations are logged (throttled), never acted on."""
+        claimed: dict[int, list[JobInfo]] = {}
+        strangers: list[Skipped] = []
+        for job in jobs:
+            cid = container_id_from_comment(self.rt.config, job.comment)
+            if cid is not None:
+                claimed.setdefault(cid, []).append(job)
+            elif job.comment.startswith(f"{self.rt.config.slurm.tag}:"):
+                strangers.append(Skipped.of("names no container", job.comment, job.job_id))
+        owners = self._containers(claimed)
+        result = Claims({}, {})
+        for cid, listed in claimed.items():
+            row = owners.get(cid)
+            for job in listed:
+                if row is not None and job.user == row["runtime_user"] and job.name == row["name"]:
+                    result.jobs[job.job_id] = job
+                    result.by_container.setdefault(cid, []).append(job)
+                else:
+                    why = f"imitates container {cid}" if row else f"names container {cid}"
+                    strangers.append(Skipped.of(f"{why}, left alone", job.user, job.job_id))
+        if strangers:
+            self._log_sample("jobs that are no container's", strangers, "strangers")
+        return result
+
+    def _containers(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        wanted = sorted(ids)
+        found: dict[int, dict[str, Any]] = {}
+        db = self.rt.ledger.db
+        # SQLite allows 999 parameters in older builds: ask in slices.
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            where = f"id IN ({', '.join('?' * len(chunk))})"
+            for r in db["containers"].rows_where(where, chunk, select="id, name, runtime_user"):
+                found[r["id"]] = r
+        return found
+
+    def _adoptable(self, row: dict[str, Any], jobs: list[JobInfo]) -> list[JobInfo]:
+        """Jobs of this container submitted since it asked for one (it is STARTING, no job):
+        an earlier job of the same user and name is not the answer to this request."""
+        if row["state"] != State.STARTING:
+            return []  # only a STARTING container has asked for a job; WAITING ones queue
+        asked = from_timestamp(row["updated_at"]).timestamp()
+        return [
             j
-            for j in ours.values()
-            if container_id_from_comment(self.rt.config, j.comment) == row["id"]
-            and not j.is_finished
+            for j in jobs
+            if not j.is_finished
+            and j.submit_time is not None
+            and j.submit_time >= int(asked) - CLOCK_SLACK_S
         ]
+
+    def _without_job(self, row: dict[str, Any], candidates: list[JobInfo]) -> int:
+        """STARTING with no job recorded: adopt the job it asked for, or submit again."""
+        mine = self._adoptable(row, candidates)
         if mine:
             # STARTING -> (adopted) : rxd stopped between sbatch and recording the job id.
             job = min(mine, key=lambda j: j.job_id)
@@ -285,7 +381,24 @@ class Reconciler:
             # COMPLETING (the epilog hook pokes here), SUSPENDED, ...: look again soon.
             self._transient = True
             return 0
-        status = self._status_line(row, job.job_id)
+        read = self._holder_status(row, job.job_id)
+        if read.kind == Kind.STUCK:
+            # The user's own file hangs the read: unknown; their containers wait, nobody else's.
+            self._transient = True
+            return 0
+        if read.kind == Kind.REFUSED:
+            # * -> ERROR: what is at the status file is not the holder's report (a FIFO, a
+            # symlink, another owner's file, too big): the container cannot be watched; end it.
+            moved = self._move(
+                row,
+                State.ERROR,
+                "its status file is unsafe to read",
+                last_error=f"rx-slurm refused the holder's status file: {read.text}",
+                node=job.nodes,
+            )
+            containers.cancel_job(self.rt, job.job_id)
+            return moved
+        status = read.line
         if status.startswith("running"):
             # STARTING/WAITING -> RUNNING: the holder says the instance is up.
             if state == State.RUNNING:
@@ -315,13 +428,17 @@ class Reconciler:
         # WAITING -> STARTING: the job runs, the instance is not ready yet.
         return self._move(row, State.STARTING, "starting the container instance", node=job.nodes)
 
-    def _status_line(self, row: dict[str, Any], job_id: int) -> str:
+    def _holder_status(self, row: dict[str, Any], job_id: int) -> HolderStatus:
+        """The holder's report, read as root from the runtime user's folder: see holder_status."""
         if not row["state_dir"]:
-            return ""
-        try:
-            return (Path(row["state_dir"]) / f"job-{job_id}.status").read_text().strip()
-        except OSError:
-            return ""
+            return HolderStatus(Kind.MISSING)
+        uid = row["runtime_uid"]
+        if uid is None:
+            try:
+                uid = pwd.getpwnam(row["runtime_user"]).pw_uid
+            except (KeyError, TypeError):
+                return HolderStatus(Kind.REFUSED, f"unknown runtime user {row['runtime_user']}")
+        return self.status_reader.read(row["state_dir"], job_id, uid)
 
     def _resolve_gone(self, gone: dict[int, dict[str, Any]]) -> int:
         try:
@@ -331,9 +448,16 @@ class Reconciler:
                 "sacct did not answer; leaving states as they are", extra={"error": str(exc)}
             )
             return 0
+        self._log_skipped("sacct", history)
+        unknown = history.unknown_ids()
         changes = 0
         for job_id, row in gone.items():
+            if job_id in unknown:
+                continue  # its record could not be read: unknown, not gone
             job = history.get(job_id)
+            if job is not None and job.user != row["runtime_user"]:
+                # slurmctld's ids were reset and reused: this record is another job's.
+                job = None
             if job is not None and job.is_finished:
                 changes += self._ended(row, job)
             elif job is None:
@@ -355,7 +479,8 @@ class Reconciler:
 
     def _ended(self, row: dict[str, Any], job: JobInfo) -> int:
         base = job.base_state or job.state
-        status = self._status_line(row, job.job_id)
+        # A file that is not the holder's report says nothing: the job's end decides.
+        status = self._holder_status(row, job.job_id).line
         where = f" on {job.nodes}" if job.nodes else ""
         if status.startswith("error") and row["state"] != State.STOPPING:
             # * -> ERROR: the holder reported why it gave up.
@@ -443,7 +568,8 @@ class Reconciler:
             log.warning("re-wake failed", extra={"container": row["name"], "error": str(exc)})
 
     def _orphans(self, ours: dict[int, JobInfo]) -> int:
-        """Jobs carrying our comment that no container expects: cancel them."""
+        """Containers' jobs (see _claims) that no container expects: cancel them. A job that
+        only imitates one (another user's, another name) is not ours to cancel."""
         db = self.rt.ledger.db
         expected = {
             r["job_id"] for r in db["containers"].rows_where("job_id IS NOT NULL", select="job_id")
@@ -454,7 +580,7 @@ class Reconciler:
                 continue
             cid = container_id_from_comment(self.rt.config, job.comment)
             rows = list(db["containers"].rows_where("id = ?", [cid]))
-            if rows and rows[0]["state"] == State.STARTING and rows[0]["job_id"] is None:
+            if rows and rows[0]["job_id"] is None and self._adoptable(rows[0], [job]):
                 continue  # adopted by _without_job in the next pass
             log.warning(
                 "cancelling orphan job", extra={"job_id": job.job_id, "comment": job.comment}
@@ -462,6 +588,20 @@ class Reconciler:
             containers.cancel_job(self.rt, job.job_id)
             changes += 1
         return changes
+
+    def _log_skipped(self, command: str, listing: Listing) -> None:
+        if listing.skipped:
+            self._log_sample(f"unreadable {command} records skipped", listing.skipped, command)
+
+    def _log_sample(self, what: str, items: list[Skipped], key: str) -> None:
+        """One warning per kind and minute however many records: any user can make many."""
+        count = self._throttle.allow(key, len(items))
+        if count is None:
+            return
+        sample = [
+            {"job_id": s.job_id, "why": s.reason, "record": s.record} for s in items[:LOG_SAMPLE]
+        ]
+        log.warning(what, extra={"count": count, "sample": sample})
 
     def _serve_queue(self) -> int:
         """WAITING (queued) -> STARTING: in queue order, as far as quotas allow.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from rxslurm.daemon.ledger import Ledger
 from rxslurm.daemon.reconciler import Reconciler
 from rxslurm.daemon.records import to_timestamp, utcnow
 from rxslurm.daemon.settings import Settings
-from rxslurm.slurm.jobs import JobInfo
+from rxslurm.slurm.jobs import JobInfo, Listing
 
 JOB = 77
 
@@ -31,17 +32,21 @@ class AdoptingSlurm:
         assert report.changes == 1  # the pass adopted the job
         return JOB
 
-    def queue(self, name_prefix: str | None = None) -> dict[int, JobInfo]:
+    def queue(self, name_prefix: str | None = None) -> Listing:
         if not self.comment:
-            return {}
-        return {
-            JOB: JobInfo(
-                job_id=JOB, name="rx-p", user="rxalice", state="PENDING", comment=self.comment
-            )
-        }
+            return Listing()
+        job = JobInfo(
+            job_id=JOB,
+            name="rx-p",
+            user="rxalice",
+            state="PENDING",
+            comment=self.comment,
+            submit_time=int(time.time()),
+        )
+        return Listing({JOB: job})
 
-    def history(self, job_ids: Any) -> dict[int, JobInfo]:
-        return {}
+    def history(self, job_ids: Any) -> Listing:
+        return Listing()
 
     def cancel(self, job_id: int, **_: Any) -> None:
         self.cancelled.append(job_id)
