@@ -383,9 +383,10 @@ class Reconciler:
             return 0
         read = self._holder_status(row, job.job_id)
         if read.kind == Kind.STUCK:
-            # The user's own file hangs the read: unknown; their containers wait, nobody else's.
+            # * -> * (same state): the user's own file hangs the read (e.g. their FUSE mount):
+            # unknown; their containers wait, with the reason, nobody else's.
             self._transient = True
-            return 0
+            return self._move(row, State(state), "its status file does not answer")
         if read.kind == Kind.REFUSED:
             # * -> ERROR: what is at the status file is not the holder's report (a FIFO, a
             # symlink, another owner's file, too big): the container cannot be watched; end it.

@@ -299,7 +299,12 @@ class SlurmCli:
         except ParseError as exc:
             raise self._unparseable(argv, exc) from None
         # 22.05 ignores --jobs with --json and lists every job it knows, so a complete answer
-        # without ours means slurmctld does not know it.
+        # without ours means slurmctld does not know it; one whose record we could not read
+        # (or a record without an id, which could be it) is no answer about it.
+        if job_id not in found and (
+            job_id in found.unknown_ids() or any(s.job_id is None for s in found.skipped)
+        ):
+            raise self._unparseable(argv, ParseError(found.skipped[0].reason))
         return found.get(job_id)
 
     def history(self, job_ids: Iterable[int]) -> Listing:

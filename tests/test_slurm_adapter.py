@@ -329,6 +329,16 @@ def test_job_picks_its_job_out_of_the_json(fake: FakeBin) -> None:
     assert fake.cli().job(999) is None
 
 
+def test_job_whose_record_cannot_be_read_is_unavailable_not_gone(fake: FakeBin) -> None:
+    # Job 5 twice: which record is right cannot be told, so nothing is said about job 5.
+    twice = '{"jobs": [{"job_id": 5}, {"job_id": 5}, {"job_id": 6, "gres_detail": 1}]}'
+    fake.add("squeue", f"echo '{twice}'\n")
+    with pytest.raises(SlurmUnavailable, match="appears 2 times"):
+        fake.cli().job(5)
+    assert fake.cli().job(6) is not None
+    assert fake.cli().job(9) is None
+
+
 def test_job_unknown_to_slurm_is_none(fake: FakeBin) -> None:
     fake.fail("squeue", "slurm_load_jobs error: Invalid job id specified")
     assert fake.cli().job(5) is None

@@ -24,6 +24,7 @@ from rxslurm.daemon.holder_status import (
     parse_status,
     read_status_file,
 )
+from tests.hostile.fake_slurm import rig
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import make_project, ok, start_rxd, status, wait_state
@@ -153,6 +154,44 @@ def test_a_reader_that_raises_is_a_refusal_not_a_dead_worker() -> None:
     reader = StatusReader(timeout_s=5, read=read_file)
     assert reader.read("/x", 1, 1).kind == Kind.REFUSED
     assert reader.read("/x", 2, 1).kind == Kind.REFUSED
+
+
+def test_a_hanging_status_read_leaves_the_pass_and_other_containers_going(
+    tmp_path: Path,
+) -> None:
+    release = threading.Event()
+
+    def read_file(state_dir: str, job_id: int, uid: int) -> HolderStatus:
+        if state_dir == "/hangs":
+            release.wait()
+        return HolderStatus(Kind.LINE, f"running rx-{job_id}")
+
+    r = rig(
+        tmp_path,
+        {"name": "rx-a", "state": "starting", "job_id": 10, "state_dir": "/hangs"},
+        # Another user: a hanging read stalls only the containers of the user it reads for.
+        {
+            "name": "rx-b",
+            "state": "starting",
+            "job_id": 11,
+            "state_dir": "/fine",
+            "runtime_user": "rxbob",
+        },
+    )
+    r.reconciler.status_reader = StatusReader(timeout_s=0.2, read=read_file)
+    r.slurm.add(10, "rxalice", "rx-a", 1, state="RUNNING", reason="None")
+    r.slurm.add(11, "rxbob", "rx-b", 2, state="RUNNING", reason="None")
+    try:
+        for _ in range(3):
+            assert r.reconciler.reconcile_once().ok
+        hanging, fine = r.container(1), r.container(2)
+        assert (hanging["state"], hanging["reason"]) == (
+            "starting",
+            "its status file does not answer",
+        )
+        assert (fine["state"], fine["instance"]) == ("running", "rx-11")
+    finally:
+        release.set()
 
 
 # ----------------------------------------------------------------------- the recipe on the cluster
