@@ -5,8 +5,8 @@ took 10 ms against 114 ms for `squeue --json`), and one sacct call for the jobs 
 queue. "Slurm did not answer" is never "the job is gone": an unanswered pass changes nothing.
 
 Every user on the cluster can submit jobs with any name and comment, so a job is a container's
-only when it proves it (``_claims``): the comment names the container, the job runs as the
-container's runtime user under its name, and, to be adopted, it was submitted after the
+only when it proves it (see ``job_claims``): the comment names the container, the job runs as
+the container's runtime user under its name, and, to be adopted, it was submitted after the
 container asked for one. Anyone else's job that imitates ours is left alone: never adopted,
 never cancelled. A record Slurm prints that cannot be read is skipped and logged; its job is
 unknown for that pass, never gone.
@@ -18,14 +18,15 @@ import logging
 import pwd
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from rxslurm.daemon import containers, quotas
+from rxslurm.daemon import containers, job_claims, quotas
 from rxslurm.daemon.containers import Runtime, container_id_from_comment
 from rxslurm.daemon.holder_status import HolderStatus, Kind, StatusReader
+from rxslurm.daemon.job_claims import adoptable
 from rxslurm.daemon.records import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.settings import Settings, effective
 from rxslurm.daemon.states import ACTIVE, InvalidTransition, State, change_state
@@ -40,9 +41,6 @@ ACTOR = {"actor": "rxd", "origin": "reconciler"}
 BUSY_INTERVAL_S = 0.5
 # For this long after its job was submitted, a pending container counts as starting.
 FRESH_JOB_S = 30
-# Slurm's submit times are whole seconds from slurmctld's clock, the container's request time
-# is rxd's: a job submitted this much before the request still counts as after it.
-CLOCK_SLACK_S = 2
 # Skipped records and imitations are logged at most once per this many seconds per kind.
 LOG_EVERY_S = 60.0
 # How many skipped records one log line shows.
@@ -104,14 +102,6 @@ class Throttle:
             return None
         self._last[key] = now
         return self._held.pop(key, 0) + count
-
-
-@dataclass(frozen=True)
-class Claims:
-    """The jobs in the queue that are containers' (by job id), and by container id."""
-
-    jobs: dict[int, JobInfo]
-    by_container: dict[int, list[JobInfo]]
 
 
 @dataclass
@@ -208,7 +198,9 @@ class Reconciler:
         # even an id could be any job, so nothing is concluded from a job's absence then.
         unknown = queue.unknown_ids()
         blind = any(s.job_id is None for s in queue.skipped)
-        claims = self._claims(queue.values())
+        claims = job_claims.claims(self.rt.config, db, queue.values())
+        if claims.strangers:
+            self._log_sample("jobs that are no container's", claims.strangers, "strangers")
         ours = claims.jobs
         changes = 0
         self._transient = False
@@ -276,61 +268,9 @@ class Reconciler:
             return 0
         return 1
 
-    def _claims(self, jobs: Iterable[JobInfo]) -> Claims:
-        """The jobs that are containers': the comment names a container, and the job runs as
-        its runtime user under its name. Imitations are logged (throttled), never acted on."""
-        claimed: dict[int, list[JobInfo]] = {}
-        strangers: list[Skipped] = []
-        for job in jobs:
-            cid = container_id_from_comment(self.rt.config, job.comment)
-            if cid is not None:
-                claimed.setdefault(cid, []).append(job)
-            elif job.comment.startswith(f"{self.rt.config.slurm.tag}:"):
-                strangers.append(Skipped.of("names no container", job.comment, job.job_id))
-        owners = self._containers(claimed)
-        result = Claims({}, {})
-        for cid, listed in claimed.items():
-            row = owners.get(cid)
-            for job in listed:
-                if row is not None and job.user == row["runtime_user"] and job.name == row["name"]:
-                    result.jobs[job.job_id] = job
-                    result.by_container.setdefault(cid, []).append(job)
-                else:
-                    why = f"imitates container {cid}" if row else f"names container {cid}"
-                    strangers.append(Skipped.of(f"{why}, left alone", job.user, job.job_id))
-        if strangers:
-            self._log_sample("jobs that are no container's", strangers, "strangers")
-        return result
-
-    def _containers(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-        wanted = sorted(ids)
-        found: dict[int, dict[str, Any]] = {}
-        db = self.rt.ledger.db
-        # SQLite allows 999 parameters in older builds: ask in slices.
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            where = f"id IN ({', '.join('?' * len(chunk))})"
-            for r in db["containers"].rows_where(where, chunk, select="id, name, runtime_user"):
-                found[r["id"]] = r
-        return found
-
-    def _adoptable(self, row: dict[str, Any], jobs: list[JobInfo]) -> list[JobInfo]:
-        """Jobs of this container submitted since it asked for one (it is STARTING, no job):
-        an earlier job of the same user and name is not the answer to this request."""
-        if row["state"] != State.STARTING:
-            return []  # only a STARTING container has asked for a job; WAITING ones queue
-        asked = from_timestamp(row["updated_at"]).timestamp()
-        return [
-            j
-            for j in jobs
-            if not j.is_finished
-            and j.submit_time is not None
-            and j.submit_time >= int(asked) - CLOCK_SLACK_S
-        ]
-
     def _without_job(self, row: dict[str, Any], candidates: list[JobInfo]) -> int:
         """STARTING with no job recorded: adopt the job it asked for, or submit again."""
-        mine = self._adoptable(row, candidates)
+        mine = adoptable(row, candidates)
         if mine:
             # STARTING -> (adopted) : rxd stopped between sbatch and recording the job id.
             job = min(mine, key=lambda j: j.job_id)
@@ -569,7 +509,7 @@ class Reconciler:
             log.warning("re-wake failed", extra={"container": row["name"], "error": str(exc)})
 
     def _orphans(self, ours: dict[int, JobInfo]) -> int:
-        """Containers' jobs (see _claims) that no container expects: cancel them. A job that
+        """Containers' jobs (see job_claims) that no container expects: cancel them. A job that
         only imitates one (another user's, another name) is not ours to cancel."""
         db = self.rt.ledger.db
         expected = {
@@ -581,7 +521,7 @@ class Reconciler:
                 continue
             cid = container_id_from_comment(self.rt.config, job.comment)
             rows = list(db["containers"].rows_where("id = ?", [cid]))
-            if rows and rows[0]["job_id"] is None and self._adoptable(rows[0], [job]):
+            if rows and adoptable(rows[0], [job]):
                 continue  # adopted by _without_job in the next pass
             log.warning(
                 "cancelling orphan job", extra={"job_id": job.job_id, "comment": job.comment}

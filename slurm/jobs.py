@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import reprlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ class ParseError(ValueError):
 # A job id as Slurm prints it: ASCII digits only ("²".isdigit() is True, int("²") fails), and
 # short enough to stay an SQLite integer.
 JOB_ID = re.compile(r"[0-9]{1,18}")
-# What a record that could not be read contributes: its id, when that much was readable.
+# How much of a skipped record (and of why) a log line shows.
 _SHOWN_CHARS = 160
 # A record whose conversion raises one of these is skipped, whatever went wrong inside.
 RECORD_ERRORS = (ValueError, TypeError, OverflowError, KeyError, AttributeError, RecursionError)
@@ -95,7 +96,8 @@ class Skipped:
 
     @classmethod
     def of(cls, reason: str, record: object, job_id: object = None) -> Skipped:
-        text = record if isinstance(record, str) else repr(record)
+        # reprlib: a huge or deeply nested JSON record costs no more than a short one.
+        text = record[:_SHOWN_CHARS] if isinstance(record, str) else reprlib.repr(record)
         ident = job_id if isinstance(job_id, str) else str(job_id) if job_id is not None else ""
         return cls(
             reason[:_SHOWN_CHARS],
