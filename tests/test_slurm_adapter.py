@@ -6,7 +6,9 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import stat
+import subprocess
 import tempfile
 import textwrap
 import time
@@ -292,6 +294,28 @@ def test_queue_keeps_its_marker_out_of_argv_and_asks_for_no_array_expansion(
     assert "--Format" not in argv and "-O" not in argv.splitlines()
     # --array prints a pending array once per task, all under one job id.
     assert "--array" not in argv.splitlines() and "-r" not in argv.splitlines()
+
+
+@needs_root
+def test_the_environment_hides_the_marker_from_other_users_where_argv_would_not() -> None:
+    # What queue() relies on: another user reads a root process's cmdline, not its environ.
+    from tests.support.cluster import run_as
+
+    marker = "rx" + "5" * 32
+    proc = subprocess.Popen(
+        ["sh", "-c", "sleep 60; :", marker],
+        env={"SQUEUE_FORMAT2": marker},
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        cmdline = run_as("rxdave", ["cat", f"/proc/{proc.pid}/cmdline"])
+        environ = run_as("rxdave", ["cat", f"/proc/{proc.pid}/environ"])
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert marker in cmdline.stdout
+    assert environ.returncode != 0 and marker not in environ.stdout
 
 
 def test_queue_skips_a_record_it_cannot_read_and_answers_the_rest(fake: FakeBin) -> None:
