@@ -99,10 +99,12 @@ def pull_account(config: Config) -> RunAs:
 
 
 def resolve_binary(configured: str) -> str:
-    """Apptainer's absolute path: the pull account's PATH is the fixed system one."""
+    """Apptainer's absolute path (``[apptainer] binary``, else looked up on the fixed system
+    PATH the pull account gets)."""
     if os.path.isabs(configured):
         return configured
-    return shutil.which(configured, path=SAFE_PATH) or configured
+    name = configured or "apptainer"
+    return shutil.which(name, path=SAFE_PATH) or name
 
 
 def registry_of(uri: str) -> str:

@@ -1,12 +1,16 @@
 """The pull worker: its argv, environment and limits, the image cache's checks, and pulls run
-against a fake Apptainer (a shell script) as the pull account. No Slurm; the tests that act as
-the pull account or make files of other owners need root, the rest run anywhere."""
+against a fake Apptainer (a shell script) as the pull account (no Slurm; acting as the pull
+account or making files of other owners needs root, the rest runs anywhere). Then, on the
+cluster, enable pulling from the loopback registry (tests/cluster/registry.sh) with the real
+Apptainer. Hostile pulls (stalls, size, planted files) are tests/hostile/test_pull_limits.py's."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
+import sqlite3
 import stat
 import tempfile
 import threading
@@ -22,9 +26,20 @@ from rxslurm.daemon import image_cache, image_pull
 from rxslurm.daemon.config import ConfigError, parse_config
 from rxslurm.daemon.image_pull import PullError, PullSettings
 from rxslurm.slurm.runas import RunAs
+from tests.support.cluster import run_as, wait_for
+from tests.support.daemon import Rxd
+from tests.support.lifecycle import ok, status
+from tests.support.registry import (
+    APPTAINER,
+    PULL_USER,
+    REGISTRY,
+    SMALL,
+    leases,
+    pull_events,
+    pulling_rxd,
+)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="acting as the pull account needs root")
-PULL_USER = "rxpull"
 ACCOUNT = RunAs("rxpull", 999, 995, (995,))
 
 # A stand-in for `apptainer pull OUT URI`: what it does depends on the reference's name.
@@ -367,3 +382,90 @@ def test_sweep_removes_what_a_stopped_pull_left(folder: Path) -> None:
     (left / "tmp" / "ro").chmod(0o555)  # unpacked trees have such folders
     image_pull.sweep(s)
     assert list(work.iterdir()) == []
+
+
+# -- on the cluster: enable pulls from the loopback registry -------------------------------------
+
+
+def state_events(rxd: Rxd, project: str) -> list[tuple[str, str, str]]:
+    """(from, to, actor) of the container's state changes, oldest first."""
+    conn = sqlite3.connect(rxd.ledger)
+    try:
+        rows = conn.execute(
+            "SELECT actor, detail FROM events WHERE action = 'container.state' AND target_id = ? "
+            "ORDER BY id",
+            [f"rx-{project}"],
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(json.loads(d)["from"], json.loads(d)["to"], a) for a, d in rows]
+
+
+@pytest.mark.cluster
+def test_enable_pulls_as_the_pull_account_and_the_container_goes_on_by_itself() -> None:
+    with pulling_rxd() as rxd:
+        ok(rxd.rxctl("rxalice", "project", "create", "pulled", "--image", SMALL))
+        enabled = ok(rxd.rxctl("rxalice", "enable", "--project", "pulled"))
+        assert enabled.stdout.startswith("pulled: enabled; now pulling ("), enabled.stdout
+        assert SMALL in enabled.stdout
+
+        def submitted() -> bool:
+            return ("waiting_for_resources", "starting", "rxd") in state_events(rxd, "pulled")
+
+        wait_for(submitted, timeout=90, what="the container to get a job after its pull")
+        assert state_events(rxd, "pulled")[:3] == [
+            ("disabled", "pulling", "rxalice"),
+            ("pulling", "waiting_for_resources", "rxd"),
+            ("waiting_for_resources", "starting", "rxd"),
+        ]
+        image = Path(status(rxd, "rxalice", "pulled")["image"])
+        assert image.parent == rxd.root / "images"
+        info = image.lstat()
+        assert stat.S_ISREG(info.st_mode) and (info.st_uid, info.st_gid) == (0, 0)
+        assert stat.S_IMODE(info.st_mode) == 0o644
+        started, pulled = pull_events(rxd)
+        assert (started["outcome"], started["account"], started["image"]) == (
+            "started",
+            PULL_USER,
+            SMALL,
+        )
+        assert pulled["outcome"] == "pulled" and pulled["bytes"] == info.st_size
+        assert list((rxd.root / "pulls").iterdir()) == []
+        # What was pulled is a real image a researcher runs.
+        shown = run_as("rxalice", [APPTAINER, "exec", str(image), "cat", "/etc/rx-test-image"])
+        assert shown.stdout == "rx-slurm test image rxslurm/busybox:1\n", shown.stderr
+
+        # The same reference again: the cached file, no second pull, no "pulling".
+        ok(rxd.rxctl("rxbob", "project", "create", "again", "--image", SMALL))
+        again = ok(rxd.rxctl("rxbob", "enable", "--project", "again"))
+        assert "pulling" not in again.stdout
+        assert state_events(rxd, "again")[0] == ("disabled", "stopped", "rxbob")
+        assert len(pull_events(rxd)) == 2
+        for user, project in (("rxalice", "pulled"), ("rxbob", "again")):
+            ok(rxd.rxctl(user, "stop", "--project", project))
+
+
+@pytest.mark.cluster
+def test_a_failed_pull_ends_in_error_with_its_reason_and_retry_pulls_again() -> None:
+    missing = f"docker://{REGISTRY}/rxslurm/missing:1"
+    with pulling_rxd(enable_wait_s="30") as rxd:
+        ok(rxd.rxctl("rxalice", "project", "create", "nope", "--image", missing))
+        # A quick failure is answered by enable itself, in one line.
+        refused = rxd.rxctl("rxalice", "enable", "--project", "nope")
+        assert refused.returncode == 1
+        assert refused.stderr.startswith(f"Error: cannot pull {missing}: ")
+        assert "manifest unknown" in refused.stderr and refused.stderr.count("\n") == 1
+        failed = status(rxd, "rxalice", "nope")
+        assert failed["state"] == "error" and "manifest unknown" in failed["last_error"]
+        assert leases(rxd) == 0
+        # The image is put in place; retry pulls again and the container goes on.
+        ok(rxd.rxctl("rxalice", "project", "set", "nope", "--image", SMALL))
+        retried = ok(rxd.rxctl("rxalice", "retry", "--project", "nope"))
+        assert "error" not in retried.stdout
+        assert [e["outcome"] for e in pull_events(rxd)] == [
+            "started",
+            "failed",
+            "started",
+            "pulled",
+        ]
+        ok(rxd.rxctl("rxalice", "stop", "--project", "nope"))
