@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rxslurm.daemon import apptainer, failpoints, image_cache, quotas
+from rxslurm.daemon import apptainer, failpoints, image_cache, image_pull, quotas
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
 from rxslurm.daemon.identities import Actor
@@ -293,14 +293,8 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
                     },
                     **_actor_kw(actor),
                 )
-            rt.pulls.request(container_id, eff.image, actor.uid, waiter=True)
-    except (
-        Conflict,
-        BadRequest,
-        apptainer.ApptainerError,
-        image_cache.UnsafeImageDir,
-        OSError,
-    ) as exc:
+            _request_pull(rt, container_id, eff.image, actor)
+    except (Conflict, BadRequest, apptainer.ApptainerError, OSError) as exc:
         message = getattr(exc, "message", None) or str(exc)
         with rt.ledger.transaction() as db:
             change_state(
@@ -331,6 +325,15 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
             **_actor_kw(actor),
         )
     return wake(rt, actor, project, check=Action.ENABLE)
+
+
+def _request_pull(rt: Runtime, container_id: int, uri: str, actor: Actor) -> None:
+    try:
+        rt.pulls.request(container_id, uri, actor.uid, waiter=True)
+    except image_pull.PullError as exc:  # the pull account or its settings are unusable
+        raise Conflict(f"cannot pull {uri}: {exc.message}") from None
+    except image_cache.UnsafeImageDir as exc:
+        raise Conflict(f"cannot pull {uri}: {exc}") from None
 
 
 def _after_pull(

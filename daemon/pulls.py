@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rxslurm.daemon import image_pull
+from rxslurm.daemon import image_cache, image_pull
 from rxslurm.daemon.audit import record_event
 from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.records import to_timestamp, utcnow
@@ -93,8 +93,8 @@ class ImagePulls:
         """The account, folders and limits, checked the first time they are needed."""
         if self._settings is None:
             settings = image_pull.PullSettings.from_config(self.rt.config)
-            image_pull.image_cache.check_root_folder(settings.image_dir, "containers.image_dir")
-            image_pull.image_cache.check_root_folder(settings.work_dir, "pulls.work_dir")
+            image_cache.check_root_folder(settings.image_dir, "containers.image_dir")
+            image_cache.check_root_folder(settings.work_dir, "pulls.work_dir")
             self._settings = settings
         return self._settings
 
@@ -143,19 +143,27 @@ class ImagePulls:
 
     def _run(self, pull: _Pull, settings: image_pull.PullSettings) -> None:
         started = time.monotonic()
-        self._note(pull, f"pulling {pull.uri} as {settings.account.user}")
-        self._audit(pull, "started", account=settings.account.user)
         try:
-            image, size = image_pull.pull(settings, pull.uri, self._cancel)
-            outcome = Outcome(image=image)
-            self._audit(pull, "pulled", image=str(image), bytes=size, seconds=_since(started))
+            # Pulled already (by a pull that ended as rxd stopped, before its containers moved).
+            cached = image_cache.cached_image(settings.image_dir, pull.uri)
+            if cached is not None:
+                outcome = Outcome(image=cached)
+            else:
+                self._note(pull, f"pulling {pull.uri} as {settings.account.user}")
+                self._audit(pull, "started", account=settings.account.user)
+                image, size = image_pull.pull(settings, pull.uri, self._cancel)
+                outcome = Outcome(image=image)
+                self._audit(pull, "pulled", image=str(image), bytes=size, seconds=_since(started))
         except image_pull.PullCancelled as exc:
             outcome = Outcome(error=exc.message, cancelled=True)
         except Exception as exc:  # every failure ends the containers' wait with its reason
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             outcome = Outcome(error=reason)
-            self._audit(pull, "failed", reason=reason, seconds=_since(started))
             log.warning("pull failed", extra={"image": pull.uri, "error": reason})
+            try:
+                self._audit(pull, "failed", reason=reason, seconds=_since(started))
+            except Exception:
+                log.exception("cannot audit a failed pull", extra={"image": pull.uri})
         with self._cond:
             self._pulls.pop(pull.uri, None)
             handed: list[int] = []

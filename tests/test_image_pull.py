@@ -24,7 +24,13 @@ from hypothesis import strategies as st
 
 from rxslurm.daemon import image_cache, image_pull
 from rxslurm.daemon.config import ConfigError, parse_config
+from rxslurm.daemon.containers import Runtime
+from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.image_pull import PullError, PullSettings
+from rxslurm.daemon.ledger import Ledger
+from rxslurm.daemon.pulls import ImagePulls
+from rxslurm.daemon.records import to_timestamp, utcnow
+from rxslurm.daemon.states import State
 from rxslurm.slurm.runas import RunAs
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd
@@ -469,3 +475,155 @@ def test_a_failed_pull_ends_in_error_with_its_reason_and_retry_pulls_again() -> 
             "pulled",
         ]
         ok(rxd.rxctl("rxalice", "stop", "--project", "nope"))
+
+
+# -- the pull pool (daemon/pulls.py) on a real ledger, with a fake pull -------------------------
+
+
+class FakePulls:
+    """Stands in for image_pull.pull: counts calls, blocks until released, then answers."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.calls: list[str] = []
+        self.release = threading.Event()
+        self.fail: dict[str, str] = {}
+
+    def __call__(
+        self, settings: PullSettings, uri: str, cancel: threading.Event | None = None
+    ) -> tuple[Path, int]:
+        self.calls.append(uri)
+        assert self.release.wait(30), "the test never released the fake pull"
+        if uri in self.fail:
+            raise PullError(self.fail[uri], 255)
+        return self.folder / image_cache.image_file_name(uri), 42
+
+
+@pytest.fixture
+def pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ImagePulls, FakePulls]]:
+    ledger = Ledger.open(tmp_path / "ledger.db", migrate=True)
+    rt = Runtime(ledger, parse_config({"pulls": {"max_per_user": 2}}), slurm=None)  # type: ignore[arg-type]
+    fake = FakePulls(tmp_path)
+    monkeypatch.setattr(image_pull, "pull", fake)
+    monkeypatch.setattr(image_cache, "cached_image", lambda folder, uri: None)
+    monkeypatch.setattr(rt.pulls, "settings", lambda: settings(tmp_path))
+    yield rt.pulls, fake
+    fake.release.set()
+    rt.pulls.stop()
+    ledger.close()
+
+
+def pulling(pulls: ImagePulls, project: str, uri: str, desired: str = "running") -> int:
+    """A container of rxalice's in PULLING for ``uri``; its id."""
+    now = to_timestamp(utcnow())
+    with pulls.rt.ledger.transaction() as db:
+        if not db["platform_users"].count_where("id = ?", ["rxalice"]):
+            db["platform_users"].insert({"id": "rxalice", "created_at": now})
+        project_id = (
+            db["projects"].insert({"name": project, "created_at": now, "created_by": "rxalice"})
+        ).last_pk
+        row = {
+            "project_id": project_id,
+            "name": f"rx-{project}",
+            "state": State.PULLING.value,
+            "desired": desired,
+            "image": uri,
+            "runtime_user": "rxalice",
+            "runtime_uid": 2001,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return db["containers"].insert(row).last_pk
+
+
+def row_of(pulls: ImagePulls, cid: int) -> dict:
+    return pulls.rt.ledger.db["containers"].get(cid)
+
+
+def test_one_pull_per_reference_and_a_waiting_request_takes_its_outcome(
+    pool: tuple[ImagePulls, FakePulls],
+) -> None:
+    pulls, fake = pool
+    asked, joined = (
+        pulling(pulls, "asked", "docker://a/x:1"),
+        pulling(pulls, "joined", "docker://a/x:1"),
+    )
+    pulls.request(asked, "docker://a/x:1", 2001, waiter=True)
+    pulls.request(joined, "docker://a/x:1", 2002, waiter=False)
+    assert pulls.wait(asked, 0.05) is None  # still pulling: the request answers "pulling"
+    pulls.request(asked, "docker://a/x:1", 2001, waiter=True)
+    fake.release.set()
+    outcome = pulls.wait(asked, 30)
+    assert outcome is not None and outcome.image == fake.folder / image_cache.image_file_name(
+        "docker://a/x:1"
+    )
+    assert fake.calls == ["docker://a/x:1"]
+    # The waiting request acts for its own container; the other went on by itself.
+    assert row_of(pulls, asked)["state"] == State.PULLING
+    wait_for(lambda: row_of(pulls, joined)["state"] == State.WAITING, timeout=30, what="queued")
+    queued = row_of(pulls, joined)
+    assert queued["image"] == str(outcome.image) and queued["queued_at"] is not None
+    assert queued["reason"] == "image pulled; waiting for its turn"
+    assert pulls.busy() == []
+
+
+def test_a_user_has_at_most_max_per_user_images_pulling(pool: tuple[ImagePulls, FakePulls]) -> None:
+    pulls, _ = pool
+    for n in (1, 2):
+        pulls.request(
+            pulling(pulls, f"p{n}", f"docker://a/x:{n}"), f"docker://a/x:{n}", 2001, waiter=False
+        )
+    third = pulling(pulls, "p3", "docker://a/x:3")
+    with pytest.raises(
+        Conflict, match=r"you already have 2 images being pulled \(docker://a/x:1, "
+    ):
+        pulls.request(third, "docker://a/x:3", 2001, waiter=False)
+    # Joining a pull under way costs nothing; another user has their own allowance.
+    pulls.request(third, "docker://a/x:1", 2001, waiter=False)
+    pulls.request(pulling(pulls, "bobs", "docker://a/x:3"), "docker://a/x:3", 2002, waiter=False)
+    assert pulls.busy() == ["docker://a/x:1", "docker://a/x:2", "docker://a/x:3"]
+
+
+def test_a_failed_pull_puts_the_container_in_error_with_its_reason_audited(
+    pool: tuple[ImagePulls, FakePulls],
+) -> None:
+    pulls, fake = pool
+    fake.fail["docker://a/bad:1"] = "manifest unknown"
+    cid = pulling(pulls, "bad", "docker://a/bad:1")
+    pulls.request(cid, "docker://a/bad:1", 2001, waiter=False)
+    fake.release.set()
+    wait_for(lambda: row_of(pulls, cid)["state"] == State.ERROR, timeout=30, what="error")
+    failed = row_of(pulls, cid)
+    assert (failed["last_error"], failed["desired"]) == ("manifest unknown", "stopped")
+    assert pulls.rt.ledger.db["leases"].count == 0
+    events = [
+        json.loads(e["detail"])
+        for e in pulls.rt.ledger.db["events"].rows_where("action = ?", ["image.pull"])
+    ]
+    assert [(e["outcome"], e["containers"]) for e in events] == [
+        ("started", [cid]),
+        ("failed", [cid]),
+    ]
+    assert events[1]["reason"] == "manifest unknown"
+
+
+def test_a_container_stopped_during_its_pull_rests_with_the_image(
+    pool: tuple[ImagePulls, FakePulls],
+) -> None:
+    pulls, fake = pool
+    cid = pulling(pulls, "later", "docker://a/x:1", desired="stopped")
+    pulls.request(cid, "docker://a/x:1", 2001, waiter=False)
+    fake.release.set()
+    wait_for(lambda: row_of(pulls, cid)["state"] == State.STOPPED, timeout=30, what="stopped")
+    assert row_of(pulls, cid)["image"].endswith(".sif")
+
+
+def test_start_pulls_again_for_containers_a_stopped_rxd_left_pulling(
+    pool: tuple[ImagePulls, FakePulls],
+) -> None:
+    pulls, fake = pool
+    cid = pulling(pulls, "left", "docker://a/x:1")
+    fake.release.set()
+    pulls.start()
+    wait_for(lambda: row_of(pulls, cid)["state"] == State.WAITING, timeout=30, what="queued")
+    assert fake.calls == ["docker://a/x:1"]
