@@ -348,6 +348,8 @@ def _after_pull(
         return status(rt, actor, project)
     if outcome.image is None:
         raise BadRequest(f"cannot pull {uri}: {outcome.error}")
+    if rt.ledger.db["containers"].get(container_id)["desired"] != "running":
+        return status(rt, actor, project)  # stopped while it pulled
     return wake(rt, actor, project, check=Action.ENABLE)
 
 
