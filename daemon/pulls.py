@@ -116,7 +116,8 @@ class ImagePulls:
                         f"you already have {len(mine)} images being pulled "
                         f"({', '.join(sorted(p.uri for p in mine))}); try again when they are done"
                     )
-                pull = self._pulls[uri] = _Pull(uri, requester_uid)
+                pull = self._pulls[uri] = _Pull(uri, requester_uid, {container_id})
+                # Under the lock: the pull's thread sees its first container and any waiter.
                 self._pool.submit(self._run, pull, settings)
             pull.containers.add(container_id)
             if waiter:
@@ -183,12 +184,18 @@ class ImagePulls:
 
     def _note(self, pull: _Pull, reason: str) -> None:
         """Tell the containers' status what is happening (no state change)."""
+        members = self._members(pull)
         with self.rt.ledger.transaction() as db:
-            for cid in pull.containers:
+            for cid in members:
                 db.execute(
                     "UPDATE containers SET reason = ? WHERE id = ? AND state = ?",
                     [reason, cid, State.PULLING.value],
                 )
+
+    def _members(self, pull: _Pull) -> list[int]:
+        """The containers waiting for this pull (others may join while it runs)."""
+        with self._cond:
+            return sorted(pull.containers)
 
     def _audit(self, pull: _Pull, outcome: str, **detail: Any) -> None:
         with self.rt.ledger.transaction() as db:
@@ -198,7 +205,7 @@ class ImagePulls:
                 action="image.pull",
                 target_type="image",
                 target_id=pull.uri,
-                detail={"outcome": outcome, "containers": sorted(pull.containers), **detail},
+                detail={"outcome": outcome, "containers": self._members(pull), **detail},
                 **ACTOR,
             )
 

@@ -436,6 +436,7 @@ def test_enable_pulls_as_the_pull_account_and_the_container_goes_on_by_itself() 
             SMALL,
         )
         assert pulled["outcome"] == "pulled" and pulled["bytes"] == info.st_size
+        assert started["containers"] == pulled["containers"] == [1]
         assert list((rxd.root / "pulls").iterdir()) == []
         # What was pulled is a real image a researcher runs.
         shown = run_as("rxalice", [APPTAINER, "exec", str(image), "cat", "/etc/rx-test-image"])
