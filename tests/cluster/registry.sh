@@ -36,13 +36,16 @@ install_packages() {
   apt-get update -qq
   # The package's own service (all interfaces, port 5000) is not wanted: policy-rc.d keeps
   # maintainer scripts from starting it on machines that have an init system.
-  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-  chmod 755 /usr/sbin/policy-rc.d
-  apt-get install -y -qq "${missing[@]}" >/dev/null || {
-    rm -f /usr/sbin/policy-rc.d
-    die "cannot install ${missing[*]}"
-  }
-  rm -f /usr/sbin/policy-rc.d
+  local policy=/usr/sbin/policy-rc.d ours=""
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    ours=1
+  fi
+  local rc=0
+  apt-get install -y -qq "${missing[@]}" >/dev/null || rc=$?
+  [[ -z $ours ]] || rm -f "$policy"
+  ((rc == 0)) || die "cannot install ${missing[*]}"
 }
 
 ensure_pull_account() {
