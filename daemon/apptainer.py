@@ -1,11 +1,11 @@
-"""Apptainer on the daemon's host: version, pull, inspect, overlays, Dockerfile conversion.
+"""Apptainer on the daemon's host: version, inspect, overlays, Dockerfile conversion.
 
-Images are pulled and inspected through spython 0.3.14, which always runs ``singularity`` from
+Pulls are not here: they run as an unprivileged account with their own limits (daemon/image_pull.py,
+daemon/pulls.py); spython's pull ran ``singularity`` as root with rxd's environment and no
+time-out. Images are inspected through spython 0.3.14, which always runs ``singularity`` from
 PATH (Apptainer installs it as a symlink to ``apptainer``). spython's own bugs are worked around
 here rather than met at run time:
 
-- ``Client.pull`` returns the target path even when the pull failed and drops the tool's output,
-  so pulls go through spython's command runner, which keeps the exit code and the FATAL line.
 - ``Client.version`` prefers ``$SPYTHON_SINGULARITY_VERSION`` over asking the binary; the
   variable is ignored here, a health check must not report a version that is not installed.
 - ``Client.build`` defaults to ``sudo=True``, ``Client.run`` raises AttributeError when the
@@ -22,10 +22,8 @@ spython is imported lazily: it is slow to import and only these calls need it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
@@ -34,7 +32,6 @@ from typing import Any
 
 from rxslurm.slurm.runas import RunAs, run
 
-PULL_SCHEMES = ("docker", "oras", "library")
 OVERLAY_TIMEOUT = 600.0  # mkfs.ext3 of a large sparse file takes a while on slow disks
 MIN_OVERLAY_MB = 64  # Apptainer refuses smaller overlays
 
@@ -85,46 +82,25 @@ def apptainer_version() -> str | None:
     return match.group(1) if match else text or None
 
 
-def image_file_name(uri: str) -> str:
-    """A file name for a pulled reference: readable, and unique per full reference
-    (``docker://a/python:3`` and ``docker://b/python:3`` must not share a file)."""
-    ref = uri.split("://", 1)[1]
-    base = ref.rstrip("/").rsplit("/", 1)[-1]
-    name, _, digest = base.partition("@")
-    name, sep, tag = name.partition(":")
-    label = re.sub(r"[^A-Za-z0-9._-]", "_", f"{name}_{tag if sep else 'latest'}")
-    if digest:
-        label = re.sub(r"[^A-Za-z0-9._-]", "_", f"{name}_{digest}")
-    return f"{label}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}.sif"
-
-
 def pull(uri: str, dest_dir: str | os.PathLike[str]) -> Path:
-    """Pull ``uri`` (docker://, oras://, library://) into ``dest_dir`` once; an image already
-    there is reused. Never overwrites (no --force): a concurrent pull of the same reference
-    lands in its own temporary name and is renamed into place."""
-    scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme not in PULL_SCHEMES or not uri.split("://", 1)[1].strip("/"):
-        raise ApptainerError(f"cannot pull {uri!r}: only docker://, oras:// and library:// are")
-    folder = Path(dest_dir)
-    target = folder / image_file_name(uri)
-    if target.is_file():
-        return target
-    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-    # rxd pulls from several threads: the name must be unique per pull, not per process.
-    partial = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
-    client = _client()
-    argv = [*client._init_command("pull"), "--name", str(partial), uri]
+    """``uri``'s image in ``dest_dir``, pulled once as the pull account with the default limits
+    (``[pulls]``); an image already there is reused. rxd itself pulls through daemon/pulls.py,
+    in the background; this is for tools and tests that fill a cache folder."""
+    from dataclasses import replace
+
+    from rxslurm.daemon import image_cache, image_pull
+    from rxslurm.daemon.config import Config
+
+    config = Config()
+    config = replace(config, containers=replace(config.containers, image_dir=Path(dest_dir)))
     try:
-        try:
-            result = client._run_command(argv, return_result=True, quiet=True)
-        except OSError as exc:
-            raise ApptainerError(f"cannot run singularity: {exc.strerror}") from None
-        if result["return_code"] != 0 or not partial.is_file():
-            raise ApptainerError(last_fatal(_output_text(result["message"])), result["return_code"])
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
+        image_cache.check_reference(uri)
+    except ValueError as exc:
+        raise ApptainerError(str(exc)) from None
+    cached = image_cache.cached_image(config.containers.image_dir, uri)
+    if cached is not None:
+        return cached
+    return image_pull.pull(image_pull.PullSettings.from_config(config), uri)[0]
 
 
 def inspect(image: str | os.PathLike[str]) -> dict[str, Any]:

@@ -107,6 +107,28 @@ class ContainersConfig:
 
 
 @dataclass(frozen=True)
+class PullsConfig:
+    """Image pulls by reference (docker://, oras://, library://): never as root, never unbounded."""
+
+    # The dedicated system account pulls run as (uid below identity.min_uid, never a researcher
+    # or the service account); empty: no pulls, projects must name an image file.
+    user: str = "rxpull"
+    # Root-owned; each pull works in a fresh folder below it that only the pull account may write.
+    work_dir: Path = Path("/var/lib/rxslurm/pulls")
+    timeout_s: int = 1800
+    # Disk one pull may use: downloaded layers, the unpacked tree and the image together.
+    max_mb: int = 20480
+    # Pulls running at once; more wait for a slot.
+    concurrency: int = 2
+    # Distinct images one Linux user may have pulling or waiting to pull at once.
+    max_per_user: int = 2
+    # How long `enable` waits for a pull to finish before it answers "pulling".
+    enable_wait_s: float = 3.0
+    # Registries ("host:port") reached over plain HTTP, e.g. a test registry on loopback.
+    plain_http: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class QuotasConfig:
     # "queue": a start that does not fit waits and starts by itself when leases free up;
     # "reject": it fails at once with the bottleneck in words.
@@ -133,6 +155,7 @@ class Config:
     platform: PlatformConfig = field(default_factory=PlatformConfig)
     containers: ContainersConfig = field(default_factory=ContainersConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
+    pulls: PullsConfig = field(default_factory=PullsConfig)
     source: Path | None = None
 
 
@@ -147,6 +170,7 @@ _SECTIONS: dict[str, type] = {
     "platform": PlatformConfig,
     "containers": ContainersConfig,
     "quotas": QuotasConfig,
+    "pulls": PullsConfig,
 }
 
 
@@ -272,6 +296,22 @@ def _validate(config: Config, where: str) -> None:
             )
     if config.quotas.policy not in ("queue", "reject"):
         raise ConfigError(f'{where}: quotas.policy must be "queue" or "reject"')
+    _validate_pulls(config.pulls, where)
     listen = config.platform.listen
     if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
         raise ConfigError(f'{where}: platform.listen must be "host:port"')
+
+
+def _validate_pulls(pulls: PullsConfig, where: str) -> None:
+    if pulls.user and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", pulls.user):
+        raise ConfigError(f"{where}: pulls.user must be a Linux user name")
+    if not pulls.work_dir.is_absolute():
+        raise ConfigError(f"{where}: pulls.work_dir must be an absolute path")
+    for key in ("timeout_s", "max_mb", "concurrency", "max_per_user"):
+        if getattr(pulls, key) < 1:
+            raise ConfigError(f"{where}: pulls.{key} must be at least 1")
+    if pulls.enable_wait_s < 0:
+        raise ConfigError(f"{where}: pulls.enable_wait_s must not be negative")
+    for registry in pulls.plain_http:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", registry):
+            raise ConfigError(f'{where}: pulls.plain_http entry {registry!r} must be "host[:port]"')

@@ -14,16 +14,17 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rxslurm.daemon import apptainer, failpoints, quotas
+from rxslurm.daemon import apptainer, failpoints, image_cache, image_pull, quotas
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
 from rxslurm.daemon.identities import Actor
 from rxslurm.daemon.ledger import Ledger, LedgerDatabase
 from rxslurm.daemon.projects import authorize, runtime_identity
+from rxslurm.daemon.pulls import ImagePulls, carry_on
 from rxslurm.daemon.records import from_json, from_timestamp, to_json, to_timestamp, utcnow
 from rxslurm.daemon.roles import Action
 from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective
@@ -68,6 +69,11 @@ class Runtime:
     poke: Callable[[], None] = lambda: None
     # Slurm's default partition (asked of Slurm, cached): where a container without one runs.
     default_partition: Callable[[], str] = lambda: ""
+    # Image pulls run in their own threads, as the pull account (see daemon/pulls.py).
+    pulls: ImagePulls = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pulls = ImagePulls(self)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -113,14 +119,19 @@ def _prepare_state_dir(config: Config, name: str, owner: RunAs) -> Path:
     return path
 
 
-def _image_for_job(config: Config, image: str) -> str:
-    """A local image path usable on the nodes; references are pulled once into image_dir."""
-    if image.startswith("/"):
+def _local_image(config: Config, image: str) -> str | None:
+    """The image file a job runs: a path as given, or a reference's cached pull; None when the
+    reference still has to be pulled. A cache that is not provably root's is refused."""
+    if not image_cache.is_reference(image):
         return image
     try:
-        return str(apptainer.pull(image, config.containers.image_dir))
-    except apptainer.ApptainerError as exc:
-        raise BadRequest(f"cannot pull {image}: {exc}") from None
+        image_cache.check_reference(image)
+        cached = image_cache.cached_image(config.containers.image_dir, image)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    except image_cache.UnsafeImageDir as exc:
+        raise Conflict(f"cannot use the image cache: {exc}") from None
+    return str(cached) if cached else None
 
 
 def _gres(settings: Settings) -> str | None:
@@ -267,7 +278,25 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
         overlay = state_dir / "overlay.img"
         if not overlay.exists():
             apptainer.create_overlay(overlay, config.containers.overlay_size_mb, owner)
-        image = _image_for_job(config, eff.image)
+        image = _local_image(config, eff.image)
+        if image is None:
+            # DISABLED -> PULLING: no lease and no job while the image is pulled.
+            with rt.ledger.transaction() as db:
+                change_state(
+                    db,
+                    container_id,
+                    State.PULLING,
+                    allowed_from=[State.DISABLED],
+                    reason=f"waiting to pull {eff.image}",
+                    fields={
+                        "state_dir": str(state_dir),
+                        "overlay_path": str(overlay),
+                        "image": eff.image,
+                        "last_error": None,
+                    },
+                    **_actor_kw(actor),
+                )
+            _request_pull(rt, container_id, eff.image, actor)
     except (Conflict, BadRequest, apptainer.ApptainerError, OSError) as exc:
         message = getattr(exc, "message", None) or str(exc)
         with rt.ledger.transaction() as db:
@@ -275,12 +304,14 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
                 db,
                 container_id,
                 State.ERROR,
-                allowed_from=[State.DISABLED],
+                allowed_from=[State.DISABLED, State.PULLING],
                 reason="enable failed",
                 fields={"last_error": message, "desired": "stopped"},
                 **_actor_kw(actor),
             )
         raise
+    if image is None:
+        return _after_pull(rt, actor, project, container_id, eff.image)
     with rt.ledger.transaction() as db:
         change_state(
             db,
@@ -296,6 +327,32 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
             },
             **_actor_kw(actor),
         )
+    return wake(rt, actor, project, check=Action.ENABLE)
+
+
+def _request_pull(rt: Runtime, container_id: int, uri: str, actor: Actor) -> None:
+    try:
+        rt.pulls.request(container_id, uri, actor.uid, waiter=True)
+    except image_pull.PullError as exc:  # the pull account or its settings are unusable
+        raise Conflict(f"cannot pull {uri}: {exc.message}") from None
+    except image_cache.UnsafeImageDir as exc:
+        raise Conflict(f"cannot pull {uri}: {exc}") from None
+
+
+def _after_pull(
+    rt: Runtime, actor: Actor, project: str, container_id: int, uri: str
+) -> dict[str, Any]:
+    """A short wait for the pull: a small image answers as before (started, or the pull's
+    reason as the error); a longer pull answers "pulling" and the container goes on alone."""
+    outcome = rt.pulls.wait(container_id, rt.config.pulls.enable_wait_s)
+    if outcome is None or outcome.cancelled:
+        return status(rt, actor, project)
+    if not carry_on(rt, container_id, outcome, queue=False, **_actor_kw(actor)):
+        return status(rt, actor, project)
+    if outcome.image is None:
+        raise BadRequest(f"cannot pull {uri}: {outcome.error}")
+    if rt.ledger.db["containers"].get(container_id)["desired"] != "running":
+        return status(rt, actor, project)  # stopped while it pulled
     return wake(rt, actor, project, check=Action.ENABLE)
 
 
@@ -327,7 +384,8 @@ def disable(rt: Runtime, actor: Actor, project: str, wait_s: float = 120.0) -> d
             db,
             container["id"],
             State.DISABLED,
-            allowed_from=[State.STOPPED, State.ERROR],
+            # A pull under way goes on; its outcome finds the container disabled and is dropped.
+            allowed_from=[State.STOPPED, State.ERROR, State.PULLING],
             reason="disabled",
             fields={"desired": "disabled", "job_id": None, "node": None, "instance": None},
             **_actor_kw(actor),
@@ -428,7 +486,8 @@ def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) 
         assert container is not None
         db["containers"].update(container["id"], {"desired": "running"})
         # Racing wakes: the first moves STOPPED -> STARTING, the others find it ACTIVE.
-        already = container["state"] in ACTIVE
+        # A container still pulling its image is queued for a job by the pull's end.
+        already = container["state"] in ACTIVE or container["state"] == State.PULLING
         if container["state"] == State.ERROR:
             raise Conflict(
                 f"the container of {project} is in error ({container['last_error']}); "
@@ -635,8 +694,8 @@ def retry(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
         if container is None or container["state"] != State.ERROR:
             state = container["state"] if container else "disabled"
             raise Conflict(f"retry is for a container in error; {project}'s is {state}")
-        if container["state_dir"] is None:
-            # Enable itself failed: go back to disabled and enable again.
+        if container["state_dir"] is None or image_cache.is_reference(container["image"] or ""):
+            # Enable itself (or its pull) failed: go back to disabled and enable again.
             change_state(
                 db,
                 container["id"],

@@ -86,6 +86,8 @@ async def serve(config: Config) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     daemon = build_daemon(config)
+    # An unusable pull account or image folder stops rxd here, before it serves anyone.
+    await asyncio.to_thread(daemon.runtime.pulls.start)
     app = make_app(ROUTES, {DAEMON: daemon})
     sock_path = config.daemon.socket
     claim_socket_path(sock_path)
@@ -123,6 +125,7 @@ async def serve(config: Config) -> None:
         await asyncio.wait([mirror], timeout=30)
         await asyncio.to_thread(exec_server.stop)
         await asyncio.to_thread(daemon.reconciler.stop)
+        await asyncio.to_thread(daemon.runtime.pulls.stop)
         for each in runners:
             await each.cleanup()
         _remove_own_socket(sock_path)

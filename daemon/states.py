@@ -20,6 +20,7 @@ from rxslurm.daemon.records import to_timestamp, utcnow
 
 class State(StrEnum):
     DISABLED = "disabled"
+    PULLING = "pulling"  # enabled; its image is being pulled (no job, no lease yet)
     WAITING = "waiting_for_resources"  # the job is PENDING
     STARTING = "starting"  # submitting, or the job runs but the instance is not ready yet
     RUNNING = "running"
@@ -32,8 +33,8 @@ class State(StrEnum):
 ACTIVE = frozenset({State.WAITING, State.STARTING, State.RUNNING, State.STOPPING})
 # Work may be started from these.
 STARTABLE = frozenset({State.STOPPED})
-# No job: nothing to watch.
-RESTING = frozenset({State.DISABLED, State.STOPPED, State.ERROR})
+# No job: nothing to watch (a pull in progress is watched by rxd's pull workers, not Slurm).
+RESTING = frozenset({State.DISABLED, State.PULLING, State.STOPPED, State.ERROR})
 
 
 class InvalidTransition(Conflict):

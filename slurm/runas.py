@@ -25,6 +25,7 @@ import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO, Any
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Variables copied from the daemon's environment when set: they tell Slurm's commands where the
@@ -147,6 +148,44 @@ def default_cwd(as_user: RunAs | None) -> str:
     return home if can_enter(home, as_user) else "/"
 
 
+def spawn(
+    argv: Sequence[str],
+    as_user: RunAs | None = None,
+    *,
+    stdin: int | IO[Any] | None = subprocess.DEVNULL,
+    stdout: int | IO[Any] | None = subprocess.PIPE,
+    stderr: int | IO[Any] | None = subprocess.PIPE,
+    cwd: str | None = None,
+    env_extra: Mapping[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start ``argv`` (never through a shell), optionally as ``as_user``, with a clean
+    environment, in a new session (``kill_group`` ends it and every helper it forked)."""
+    args = [os.fspath(a) for a in argv]
+    if not args:
+        raise ValueError("empty argv")
+    for arg in args:
+        if "\0" in arg:
+            raise ValueError(f"NUL byte in argument {arg!r}")
+    identity: dict[str, object] = {}
+    if as_user is not None:
+        identity = {"user": as_user.uid, "group": as_user.gid, "extra_groups": list(as_user.groups)}
+    return subprocess.Popen(  # noqa: S603 - argv list, no shell
+        args,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd if cwd is not None else default_cwd(as_user),
+        env=clean_env(as_user, env_extra),
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        close_fds=True,
+        start_new_session=True,
+        umask=0o022,
+        **identity,  # type: ignore[arg-type]
+    )
+
+
 def run(
     argv: Sequence[str],
     as_user: RunAs | None = None,
@@ -162,43 +201,28 @@ def run(
     and cannot hold our pipes open) and ``subprocess.TimeoutExpired`` is raised. A program that
     cannot be started raises ``OSError`` as ``subprocess`` does.
     """
-    args = [os.fspath(a) for a in argv]
-    if not args:
-        raise ValueError("empty argv")
-    for arg in args:
-        if "\0" in arg:
-            raise ValueError(f"NUL byte in argument {arg!r}")
-    identity: dict[str, object] = {}
-    if as_user is not None:
-        identity = {"user": as_user.uid, "group": as_user.gid, "extra_groups": list(as_user.groups)}
-    proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
-        args,
+    proc = spawn(
+        argv,
+        as_user,
         stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=cwd if cwd is not None else default_cwd(as_user),
-        env=clean_env(as_user, env_extra),
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        close_fds=True,
-        start_new_session=True,
-        umask=0o022,
-        **identity,  # type: ignore[arg-type]
+        cwd=cwd,
+        env_extra=env_extra,
     )
+    args = proc.args
     try:
         stdout, stderr = proc.communicate(input=input, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        _kill_group(proc)
+        kill_group(proc)
         stdout, stderr = proc.communicate()
         raise subprocess.TimeoutExpired(args, timeout, output=stdout, stderr=stderr) from exc
     except BaseException:
-        _kill_group(proc)
+        kill_group(proc)
         proc.wait()
         raise
     return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the session ``spawn`` started: the process and everything it forked."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)

@@ -323,6 +323,7 @@ bash "$HERE/users.sh"
 step "users: test users present"
 check_repo_access
 link_apptainer_standin
+bash "$HERE/registry.sh" # the pull account and a loopback OCI registry for the pull tests
 make_dirs
 write_configs
 make_fake_gpus
