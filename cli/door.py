@@ -95,24 +95,25 @@ def find_door(socket_flag: str | None = None, env: dict[str, str] | None = None)
 def munge_header(door: Door, method: str, target: str, body: bytes) -> tuple[str, str]:
     """The header carrying a MUNGE credential of this process's uid, bound to this request."""
     # ctypes and libmunge load here, on the network path only.
-    from rxslurm.slurm import munge, request_binding
+    from rxslurm.slurm.munge import MungeError, encode
+    from rxslurm.slurm.request_binding import HEADER, bind
 
-    binding = request_binding.bind(method, target, body, os.getuid())
+    binding = bind(method, target, body, os.getuid())
     try:
-        credential = munge.encode(binding.to_payload(), socket=door.munge_socket)
-    except munge.MungeError as exc:
+        credential = encode(binding.to_payload(), socket=door.munge_socket)
+    except MungeError as exc:
         raise DoorError(f"cannot make a MUNGE credential: {exc.message}") from None
-    return request_binding.HEADER, credential
+    return HEADER, credential
 
 
 def munge_check(door: Door | None) -> dict[str, object]:
     """Whether this host's munged makes and proves a credential (needed for the network door)."""
-    from rxslurm.slurm import munge
+    from rxslurm.slurm.munge import MungeError, decode, encode
 
     socket = door.munge_socket if door else None
     try:
-        decoded = munge.decode(munge.encode(b"rxctl doctor", socket=socket), socket=socket)
-    except munge.MungeError as exc:
+        decoded = decode(encode(b"rxctl doctor", socket=socket), socket=socket)
+    except MungeError as exc:
         needed = door is not None and door.kind == "network"
         detail = f"MUNGE does not work here: {exc.message}"
         # On the service host's socket MUNGE is not needed; say so rather than fail.

@@ -49,7 +49,10 @@ def emit_json(data: Any) -> None:
     "socket_",
     metavar="PATH",
     envvar="RXCTL_SOCKET",
-    help="rxd's socket (default: $RXCTL_SOCKET or /run/rxslurm/rxd.sock).",
+    help=(
+        "rxd's local socket (default: $RXCTL_SOCKET; else the network door named by "
+        "$RXSLURM_SERVER or /etc/rxslurm/rxctl.toml; else /run/rxslurm/rxd.sock)."
+    ),
 )
 @click.pass_context
 def cli(ctx: click.Context, socket_: str | None) -> None:
