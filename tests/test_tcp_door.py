@@ -358,3 +358,11 @@ def test_the_controller_hook_pokes_rxd_over_the_network_door(door: Door, tmp_pat
     result = ok(run_as("rxalice", [sys.executable, "-c", script]))
     assert result.stdout == "False\n"
     assert door.refusals() == []  # proved but forbidden is the route's answer, not the door's
+
+
+def test_exec_over_the_network_door_is_refused_not_sent_to_a_local_socket(door: Door) -> None:
+    result = door.rxctl("rxalice", "exec", "--project", "netproj", "true")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: exec is not served over the network door yet: run it on rxd's host\n"
+    )
