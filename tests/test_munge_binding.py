@@ -194,3 +194,26 @@ def test_rxctl_on_the_local_socket_does_not_load_ctypes() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "False", out
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("8766", 'daemon.listen must be "host:port"'),
+        ("rxd:http", 'daemon.listen must be "host:port"'),
+    ],
+)
+def test_a_bad_listen_setting_is_refused(listen: str, message: str) -> None:
+    from rxslurm.daemon.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"daemon": {"listen": listen}})
+
+
+def test_the_network_door_is_off_by_default_and_apart_from_the_platform_listener() -> None:
+    from rxslurm.daemon.config import ConfigError, parse_config
+
+    assert parse_config({}).daemon.listen == ""
+    assert parse_config({"daemon": {"listen": "0.0.0.0:8766"}}).daemon.listen == "0.0.0.0:8766"
+    with pytest.raises(ConfigError, match="daemon.listen and platform.listen must differ"):
+        parse_config({"daemon": {"listen": "h:1"}, "platform": {"listen": "h:1"}})
