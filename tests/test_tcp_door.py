@@ -366,3 +366,69 @@ def test_exec_over_the_network_door_is_refused_not_sent_to_a_local_socket(door: 
     assert result.stderr == (
         "Error: exec is not served over the network door yet: run it on rxd's host\n"
     )
+
+
+def test_a_uid_without_a_passwd_entry_is_refused(door: Door) -> None:
+    import subprocess
+
+    # MUNGE proves uid 4242 (no account on rxd's host); rxd names callers as for the socket.
+    made = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", CREDENTIAL_SCRIPT, "GET", "/v1/whoami", "", "", "", ""],
+        user=4242,
+        group=4242,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert made.returncode == 0, made.stderr
+    status, data = door.send("GET", "/v1/whoami", b"", made.stdout.strip())
+    assert status == 403
+    assert data["error"] == {"code": "unknown_caller", "message": "uid 4242 has no passwd entry"}
+    [row] = door.refusals()
+    assert (row["actor"], row["actor_uid"]) == ("uid:4242", 4242)
+
+
+def test_rxctl_in_a_researchers_batch_job_reaches_rxd_over_the_network_door(door: Door) -> None:
+    import os
+    import pwd
+
+    from tests.support.daemon import test_root
+
+    out_dir = test_root()
+    alice = pwd.getpwnam("rxalice")
+    os.chown(out_dir, alice.pw_uid, alice.pw_gid)
+    out = out_dir / "whoami.json"
+    submitted = run_as(
+        "rxalice",
+        [
+            "sbatch",
+            "--parsable",
+            "-t",
+            "5",
+            "-c",
+            "1",
+            "--mem=100",
+            "-o",
+            str(out),
+            "--wrap",
+            f"exec {RXCTL} whoami --json",
+        ],
+        env={"RXSLURM_SERVER": door.server},
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    try:
+        # The cluster is shared: the job may wait for a node a while.
+        def done() -> str | None:
+            state = run_as("rxalice", ["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip()
+            return None if state else out.read_text() if out.exists() else None
+
+        text = wait_for(done, timeout=300, interval=0.5, what=f"batch job {job} to finish")
+        me = json.loads(text)
+        assert (me["user"], me["door"]) == ("rxalice", "munge"), text
+    finally:
+        run_as("rxalice", ["scancel", job])
+        shutil.rmtree(out_dir, ignore_errors=True)
