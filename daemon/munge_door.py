@@ -40,6 +40,8 @@ DOOR = "munge"
 # Audited refusals per remote address per window; the rest are counted into the next one.
 AUDIT_BURST = 10
 AUDIT_WINDOW_S = 60.0
+# Audited refusals from all addresses together per window: many addresses cannot fill the ledger.
+AUDIT_TOTAL = 100
 MAX_TRACKED_PEERS = 4096
 
 
@@ -65,16 +67,32 @@ class _Window:
 
 @dataclass
 class RefusalLimiter:
-    """How many refusals from one address get an audit row: AUDIT_BURST per window."""
+    """How many refusals get an audit row: AUDIT_BURST per address and AUDIT_TOTAL in all, per
+    window. Runs on the event loop only."""
 
     burst: int = AUDIT_BURST
+    total: int = AUDIT_TOTAL
     window_s: float = AUDIT_WINDOW_S
     clock: Callable[[], float] = time.monotonic
     _peers: dict[str, _Window] = field(default_factory=dict)
+    _all: _Window | None = None
 
     def admit(self, peer: str) -> int | None:
         """None: do not audit this one; else the number suppressed since the last audited."""
         now = self.clock()
+        if self._all is None or now - self._all.started >= self.window_s:
+            self._all = _Window(started=now)
+        if self._all.audited >= self.total:
+            window = self._peers.get(peer)
+            if window is not None:
+                window.suppressed += 1  # said by this address's next audited refusal
+            return None
+        suppressed = self._admit_peer(peer, now)
+        if suppressed is not None:
+            self._all.audited += 1
+        return suppressed
+
+    def _admit_peer(self, peer: str, now: float) -> int | None:
         window = self._peers.get(peer)
         if window is None or now - window.started >= self.window_s:
             if len(self._peers) >= MAX_TRACKED_PEERS:

@@ -217,3 +217,13 @@ def test_the_network_door_is_off_by_default_and_apart_from_the_platform_listener
     assert parse_config({"daemon": {"listen": "0.0.0.0:8766"}}).daemon.listen == "0.0.0.0:8766"
     with pytest.raises(ConfigError, match="daemon.listen and platform.listen must differ"):
         parse_config({"daemon": {"listen": "h:1"}, "platform": {"listen": "h:1"}})
+
+
+def test_refusals_from_many_addresses_are_audited_up_to_a_total() -> None:
+    clock = Clock()
+    limiter = RefusalLimiter(burst=3, total=5, window_s=60, clock=clock)
+    admitted = [limiter.admit(f"10.0.0.{n}") for n in range(8)]
+    assert admitted == [0, 0, 0, 0, 0, None, None, None]
+    assert limiter.admit("10.0.0.1") is None  # within its own burst, but over the total
+    clock.now = 61
+    assert limiter.admit("10.0.0.1") == 1  # its suppressed refusal is counted in the next row
