@@ -205,9 +205,13 @@ def munge_identify(limiter: RefusalLimiter) -> Handler:
                     "network door refused a request",
                     extra={"reason": exc.message, "peer": _peer(request), "uid": exc.uid},
                 )
-                await asyncio.to_thread(
-                    _audit_refusal, daemon_of(request), request, exc, suppressed
-                )
+                try:
+                    await asyncio.to_thread(
+                        _audit_refusal, daemon_of(request), request, exc, suppressed
+                    )
+                except Exception:
+                    # The refusal still stands, with its reason; only its audit row is lost.
+                    log.exception("cannot audit a refusal of the network door")
             raise
         # No kernel pid across hosts; the door tells actors and the audit where the proof came from.
         request["caller"] = replace(caller, door=DOOR)
