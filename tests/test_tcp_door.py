@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rxslurm.daemon.munge_door import AUDIT_BURST
 from rxslurm.slurm.hooks import job_event
@@ -432,3 +434,29 @@ def test_rxctl_in_a_researchers_batch_job_reaches_rxd_over_the_network_door(door
     finally:
         run_as("rxalice", ["scancel", job])
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_door() -> Iterator[Door]:
+    opened = start_door()
+    yield opened
+    opened.rxd.stop()
+    shutil.rmtree(opened.rxd.root, ignore_errors=True)
+
+
+printable_header = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=400
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(credential=st.one_of(printable_header, printable_header.map(lambda t: f"MUNGE:{t}:")))
+def test_any_header_value_is_a_401_with_a_reason_never_a_crash(
+    shared_door: Door, credential: str
+) -> None:
+    status, data = shared_door.send(
+        "POST", "/v1/projects", project_body("fuzzed"), credential.strip() or "x"
+    )
+    assert status == 401, data
+    assert data["error"]["message"] and "\n" not in data["error"]["message"]
+    assert shared_door.projects() == []
