@@ -460,3 +460,16 @@ def test_any_header_value_is_a_401_with_a_reason_never_a_crash(
     assert status == 401, data
     assert data["error"]["message"] and "\n" not in data["error"]["message"]
     assert shared_door.projects() == []
+
+
+def test_a_genuine_credential_made_for_something_else_is_refused(door: Door) -> None:
+    script = "from rxslurm.slurm import munge\nprint(munge.encode(b'POST /v1/projects'))\n"
+    credential = ok(run_as("rxalice", [str(VENV_BIN / "python"), "-c", script])).stdout.strip()
+    status, data = door.send("POST", "/v1/projects", project_body("other"), credential)
+    assert status == 401
+    assert data["error"] == {
+        "code": "bad_binding",
+        "message": "the credential's payload is not an rx-slurm request",
+    }
+    assert door.projects() == []
+    assert [(r["code"], r["actor_uid"]) for r in door.refusals()] == [("bad_binding", ALICE_UID)]
