@@ -8,6 +8,9 @@ threads, /proc/PID/stat) is read at both ends of the window. The status asked fo
 container's. Baseline: what a user does without rx-slurm, `squeue -h -j J` for the same job,
 from as many clients, with slurmctld's CPU time per query. The clients share the machine's
 cores with rxd (and with slurmctld), so on a small machine they limit both sides.
+
+The same status is also asked through rxd's network door (TCP on loopback, a MUNGE credential
+made per request by the client and decoded by rxd), beside the Unix socket: what the door costs.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from bench.harness import (
     ratio,
     summarize,
 )
-from bench.rig import new_container, tag_of
+from bench.rig import network_door, new_container, tag_of
 from bench.suite import Context
 
 MAX_PROCESSES = 8
@@ -106,10 +109,18 @@ def run(ctx: Context) -> Result:
                 rxd.proc.pid,
             )
             base = window(clients, sizes.api_seconds, ["squeue", str(row["job_id"])], slurmctld)
+            net = window(
+                clients,
+                sizes.api_seconds,
+                ["api", f"tcp:{network_door(rxd)}", container.project],
+                rxd.proc.pid,
+            )
             levels[str(clients)] = {
                 "rx": rx,
                 "baseline": base,
                 "ratio_per_s": ratio(rx["per_s"], base["per_s"]),
+                "rx_network": net,
+                "network_to_socket_per_s": ratio(net["per_s"], rx["per_s"]),
             }
         result.params = {
             "tag": tag_of(rxd),
@@ -118,6 +129,7 @@ def run(ctx: Context) -> Result:
             "route": f"GET /v1/projects/{container.project}/status",
             "baseline_command": ["squeue", "-h", "-j", str(row["job_id"]), "-o", "%T|%N|%M"],
             "user": "rxalice",
+            "network_door": network_door(rxd),
         }
         result.results = {"levels": levels}
         for clients in sizes.api_clients:
@@ -134,6 +146,31 @@ def run(ctx: Context) -> Result:
                     headline=clients in (min(sizes.api_clients), max(sizes.api_clients)),
                 )
             )
+        for clients in sizes.api_clients:
+            level = levels[str(clients)]
+            result.rows.append(
+                Row(
+                    "api",
+                    f"status requests/s over the network door (MUNGE), {clients} "
+                    f"client{'s' if clients > 1 else ''}",
+                    level["rx_network"]["per_s"],
+                    level["rx"]["per_s"],
+                    "/s",
+                    "over the Unix socket /s",
+                    better="higher",
+                )
+            )
+            result.rows.append(
+                Row(
+                    "api",
+                    f"status latency p50 over the network door, {clients} "
+                    f"client{'s' if clients > 1 else ''}",
+                    level["rx_network"]["latency"]["p50_ms"],
+                    level["rx"]["latency"]["p50_ms"],
+                    "ms",
+                    "over the Unix socket",
+                )
+            )
         top = levels[str(max(sizes.api_clients))]
         if "server_cpu_ms_per_request" in top["rx"]:
             result.rows.append(
@@ -146,6 +183,18 @@ def run(ctx: Context) -> Result:
                     "slurmctld CPU per `squeue -j`",
                     note=f"at {max(sizes.api_clients)} clients",
                     headline=True,
+                )
+            )
+        if "server_cpu_ms_per_request" in top["rx_network"]:
+            result.rows.append(
+                Row(
+                    "api",
+                    "server CPU per status request over the network door",
+                    top["rx_network"]["server_cpu_ms_per_request"],
+                    top["rx"].get("server_cpu_ms_per_request"),
+                    "ms",
+                    "rxd CPU per request over the Unix socket",
+                    note=f"at {max(sizes.api_clients)} clients; includes decoding the credential",
                 )
             )
     finally:

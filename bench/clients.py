@@ -83,10 +83,18 @@ def _window(
 def api_window(
     socket_path: str, project: str, threads: int, start_at: float, end_at: float
 ) -> dict[str, Any]:
-    """GET /v1/projects/P/status as rxctl does it: one connection per request."""
+    """GET /v1/projects/P/status as rxctl does it: one connection per request.
+
+    `socket_path` "tcp:HOST:PORT": through rxd's network door, a MUNGE credential per request.
+    """
     from rxslurm.cli.client import Client
 
-    client = Client(socket_path, timeout=60)
+    if socket_path.startswith("tcp:"):
+        os.environ.pop("RXCTL_SOCKET", None)
+        os.environ["RXSLURM_SERVER"] = socket_path.removeprefix("tcp:")
+        client = Client(None, timeout=60)
+    else:
+        client = Client(socket_path, timeout=60)
     route = f"/v1/projects/{project}/status"
     return _window(threads, start_at, end_at, lambda: client.get(route))
 

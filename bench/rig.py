@@ -32,9 +32,19 @@ def suffix() -> str:
     return secrets.token_hex(3)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def bench_config(root: Any, tag: str, reconcile_interval: float = 5.0) -> str:
-    """A production-like config (the default reconcile interval) inside the daemon's folder."""
+    """A production-like config (the default reconcile interval) inside the daemon's folder,
+    with the network door open on a loopback port (its first line belongs to [daemon])."""
     return (
+        f'listen = "127.0.0.1:{free_port()}"\n'
         f'[workspaces]\nroot = "{root}/workspaces"\n'
         f'[containers]\nstate_root = "{root}/containers"\nimage_dir = "{root}/images"\n'
         f"overlay_size_mb = 64\nstop_grace_s = 3\nreconcile_interval = {reconcile_interval}\n"
@@ -98,6 +108,13 @@ def tag_of(rxd: Rxd) -> str:
     import tomllib
 
     return str(tomllib.loads(rxd.config.read_text())["slurm"]["tag"])
+
+
+def network_door(rxd: Rxd) -> str:
+    """The bench rxd's network door, "host:port"."""
+    import tomllib
+
+    return str(tomllib.loads(rxd.config.read_text())["daemon"]["listen"])
 
 
 @dataclass

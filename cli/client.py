@@ -1,4 +1,5 @@
-"""The API client: JSON over HTTP on rxd's Unix socket, stdlib only so rxctl starts fast."""
+"""The API client: JSON over HTTP on rxd's Unix socket (or its network door, cli/door.py),
+stdlib only so rxctl starts fast."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import os
 import socket
 from typing import Any
 
-DEFAULT_SOCKET = "/run/rxslurm/rxd.sock"
-SOCKET_ENV = "RXCTL_SOCKET"
+from rxslurm.cli.door import DEFAULT_SOCKET, SOCKET_ENV, Door, DoorError, find_door, munge_header
 
 
 class ClientError(Exception):
@@ -52,8 +52,16 @@ def socket_path(flag: str | None = None) -> str:
 
 class Client:
     def __init__(self, path: str | None = None, timeout: float = 60.0) -> None:
-        self.path = socket_path(path)
         self.timeout = timeout
+        try:
+            self.door: Door | None = find_door(path)
+            self.door_error = ""
+        except DoorError as exc:  # reported by the first request, as a one-line error
+            self.door, self.door_error = None, str(exc)
+        # The local socket (exec is served beside it), even when requests take the network door.
+        self.path = (
+            self.door.address if self.door and self.door.kind == "socket" else DEFAULT_SOCKET
+        )
 
     def get(self, route: str) -> Any:
         return self.request("GET", route)
@@ -62,9 +70,21 @@ class Client:
         return self.request("POST", route, body or {})
 
     def request(self, method: str, route: str, body: dict[str, Any] | None = None) -> Any:
-        conn = _UnixConnection(self.path, self.timeout)
+        if self.door is None:
+            raise ClientError(self.door_error)
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        where = self.door.address
+        conn: http.client.HTTPConnection
+        if self.door.kind == "network":
+            try:
+                name, credential = munge_header(self.door, method, route, payload or b"")
+            except DoorError as exc:
+                raise ClientError(str(exc)) from None
+            headers[name] = credential
+            conn = http.client.HTTPConnection(*self.door.host_port, timeout=self.timeout)
+        else:
+            conn = _UnixConnection(self.door.address, self.timeout)
         try:
             try:
                 conn.request(method, route, body=payload, headers=headers)
@@ -72,14 +92,12 @@ class Client:
                 raw = response.read()
             except (FileNotFoundError, ConnectionRefusedError):
                 raise DaemonUnavailable(
-                    f"rxd is not running (nothing listens on {self.path})"
+                    f"rxd is not running (nothing listens on {where})"
                 ) from None
             except PermissionError:
-                raise DaemonUnavailable(
-                    f"cannot reach rxd: permission denied on {self.path}"
-                ) from None
+                raise DaemonUnavailable(f"cannot reach rxd: permission denied on {where}") from None
             except (OSError, http.client.HTTPException) as exc:
-                raise DaemonUnavailable(f"cannot reach rxd on {self.path}: {exc}") from None
+                raise DaemonUnavailable(f"cannot reach rxd on {where}: {exc}") from None
         finally:
             conn.close()
         try:

@@ -49,7 +49,10 @@ def emit_json(data: Any) -> None:
     "socket_",
     metavar="PATH",
     envvar="RXCTL_SOCKET",
-    help="rxd's socket (default: $RXCTL_SOCKET or /run/rxslurm/rxd.sock).",
+    help=(
+        "rxd's local socket (default: $RXCTL_SOCKET; else the network door named by "
+        "$RXSLURM_SERVER or /etc/rxslurm/rxctl.toml; else /run/rxslurm/rxd.sock)."
+    ),
 )
 @click.pass_context
 def cli(ctx: click.Context, socket_: str | None) -> None:
@@ -81,27 +84,40 @@ def whoami(client: Client, json_: bool) -> None:
 @json_option
 @click.pass_obj
 def doctor(client: Client, json_: bool) -> None:
-    """Check that rxd, Slurm and Apptainer are reachable, with their versions.
+    """Check that rxd, MUNGE, Slurm and Apptainer are reachable, and which door rxctl uses.
 
     Example: rxctl doctor
     """
+    from rxslurm.cli.door import munge_check
+
+    door = client.door.describe() if client.door else client.door_error
+    checks: dict[str, Any] = {"door": {"ok": client.door is not None, "detail": door}}
+    checks["munge"] = munge_check(client.door)
     try:
         health = client.get("/v1/health")
     except ClientError as exc:
+        checks["daemon"] = {"ok": False, "detail": str(exc)}
         if json_:
-            emit_json({"ok": False, "checks": {"daemon": {"ok": False, "detail": str(exc)}}})
-            raise SystemExit(1) from None
-        raise click.ClickException(str(exc)) from None
-    checks = {"daemon": {"ok": True, "detail": f"rxd {health['version']} on {client.path}"}}
+            emit_json({"ok": False, "checks": checks})
+        else:
+            _print_checks(checks)
+        raise SystemExit(1) from None
+    checks["daemon"] = {"ok": True, "detail": f"rxd {health['version']} answers"}
+    if client.door and client.door.kind == "network":
+        checks["munge"]["detail"] += "; rxd accepted this host's credential"
     checks.update(health["checks"])
     if json_:
         emit_json({"ok": health["ok"], "checks": checks})
     else:
-        for name, check in checks.items():
-            mark = "ok  " if check["ok"] else "FAIL"
-            click.echo(f"{mark} {name:<10} {check['detail']}")
-    if not health["ok"]:
+        _print_checks(checks)
+    if not health["ok"] or not all(check["ok"] for check in checks.values()):
         raise SystemExit(1)
+
+
+def _print_checks(checks: dict[str, Any]) -> None:
+    for name, check in checks.items():
+        mark = "ok  " if check["ok"] else "FAIL"
+        click.echo(f"{mark} {name:<10} {check['detail']}")
 
 
 # Command groups live in their own modules, which import the helpers above: so register them last.

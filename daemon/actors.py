@@ -30,8 +30,9 @@ async def actor_of(request: web.Request) -> Actor:
         platform_user=platform_user,
         uid=caller.uid,
         user=caller.user,
-        admin=daemon.is_admin(caller),
-        origin="socket",
+        # Admin powers only through the service host's socket (daemon/munge_door.py says why).
+        admin=caller.door == "socket" and daemon.is_admin(caller),
+        origin=caller.door,
     )
     request["actor"] = actor
     return actor

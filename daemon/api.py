@@ -43,7 +43,8 @@ def caller_of(request: web.Request) -> Caller:
 
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object; an empty body is {}."""
-    if not request.can_read_body:
+    # body_exists, not can_read_body: the network door has already read (and cached) the body.
+    if not request.body_exists:
         return {}
     try:
         body = await request.json()

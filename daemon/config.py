@@ -28,6 +28,8 @@ class DaemonConfig:
     log_level: str = "info"
     # Members of this Unix group (and root) are rx-slurm admins.
     admin_group: str = "rxadmin"
+    # "host:port" to serve the cluster over TCP, each request proved by MUNGE; empty: off.
+    listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -297,9 +299,11 @@ def _validate(config: Config, where: str) -> None:
     if config.quotas.policy not in ("queue", "reject"):
         raise ConfigError(f'{where}: quotas.policy must be "queue" or "reject"')
     _validate_pulls(config.pulls, where)
-    listen = config.platform.listen
-    if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
-        raise ConfigError(f'{where}: platform.listen must be "host:port"')
+    for key, listen in (("daemon", config.daemon.listen), ("platform", config.platform.listen)):
+        if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
+            raise ConfigError(f'{where}: {key}.listen must be "host:port"')
+    if config.daemon.listen and config.daemon.listen == config.platform.listen:
+        raise ConfigError(f"{where}: daemon.listen and platform.listen must differ")
 
 
 def _validate_pulls(pulls: PullsConfig, where: str) -> None:

@@ -23,6 +23,8 @@ class Caller:
     gid: int
     user: str
     groups: tuple[str, ...]
+    # How the uid was proved: "socket" (SO_PEERCRED) or "munge" (the network door).
+    door: str = "socket"
 
     @property
     def is_root(self) -> bool:

@@ -40,7 +40,7 @@ async def bind(request: web.Request) -> web.Response:
         daemon.config,
         code=body.get("code"),
         uid=caller.uid,
-        origin="socket",
+        origin=caller.door,
     )
     return json_response(result)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from rxslurm.daemon import (
+    munge_door,
     platform,
     routes_admin,
     routes_containers,
@@ -112,6 +113,8 @@ async def serve(config: Config) -> None:
         host, port = config.platform.listen.rsplit(":", 1)
         await web.TCPSite(platform_runner, host.strip("[]"), int(port)).start()
         log.info("platform API serving", extra={"listen": config.platform.listen})
+    if config.daemon.listen:
+        runners.append(await munge_door.start(daemon, ROUTES))
 
     daemon.reconciler.start()
     exec_server = ExecServer.start(daemon)

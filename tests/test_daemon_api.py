@@ -130,12 +130,15 @@ def test_doctor_reports_slurm_and_apptainer(rxd: Rxd) -> None:
     report = json.loads(result.stdout)
     assert result.returncode == 0, report
     checks = report["checks"]
-    assert set(checks) == {"daemon", "ledger", "slurm", "apptainer"}
+    assert set(checks) == {"door", "munge", "daemon", "ledger", "slurm", "apptainer"}
+    assert checks["door"]["detail"] == f"local socket {rxd.socket} (--socket)"
     assert checks["slurm"]["version"].startswith("22.05") or checks["slurm"]["version"]
     assert "1.3" in checks["apptainer"]["version"]
     text = rxd.rxctl("rxalice", "doctor")
     assert text.returncode == 0
     assert [line.split()[1] for line in text.stdout.splitlines()] == [
+        "door",
+        "munge",
         "daemon",
         "ledger",
         "slurm",

@@ -5,8 +5,10 @@ only looks at jobs named rx-*, gives rxd one second, and always exits 0. What it
 not data rxd trusts: rxd answers by asking Slurm itself (a reconcile pass). The reconciler's timer
 is the safety net when a poke is lost.
 
-Where to send: every socket path listed in /etc/rxslurm/hook-sockets (one per line, # comments),
-or /run/rxslurm/rxd.sock when that file does not exist.
+Where to send: every target listed in /etc/rxslurm/hook-sockets (one per line, # comments), or
+/run/rxslurm/rxd.sock when that file does not exist. A target is a socket path (rxd on this host)
+or "host:port", rxd's network door on another host: the request then carries a MUNGE credential
+of SlurmUser bound to it (slurm/request_binding.py), and rxd checks SlurmUser is in hook_users.
 """
 
 from __future__ import annotations
@@ -36,23 +38,43 @@ def event_of(env: dict[str, str]) -> str:
     return "end" if context.startswith("epilog") else "start"
 
 
-def request_bytes(body: dict[str, object]) -> bytes:
+ROUTE = "/v1/hooks/job"
+
+
+def request_bytes(body: dict[str, object], headers: dict[str, str] | None = None) -> bytes:
     payload = json.dumps(body).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
-        "POST /v1/hooks/job HTTP/1.1\r\nHost: rxd\r\nContent-Type: application/json\r\n"
+        f"POST {ROUTE} HTTP/1.1\r\nHost: rxd\r\nContent-Type: application/json\r\n{extra}"
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + payload
 
 
-def poke(path: str, body: dict[str, object]) -> bool:
+def munge_headers(body: dict[str, object]) -> dict[str, str]:
+    """The MUNGE credential header binding this poke to SlurmUser (for the network door)."""
+    from rxslurm.slurm import munge, request_binding  # ctypes only when a network door is listed
+
+    payload = json.dumps(body).encode()
+    binding = request_binding.bind("POST", ROUTE, payload, os.getuid())
+    return {request_binding.HEADER: munge.encode(binding.to_payload())}
+
+
+def poke(target: str, body: dict[str, object]) -> bool:
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        if target.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(TIMEOUT_S)
-            sock.connect(path)
-            sock.sendall(request_bytes(body))
+            sock.connect(target)
+            headers = None
+        else:
+            headers = munge_headers(body)
+            host, _, port = target.rpartition(":")
+            sock = socket.create_connection((host.strip("[]"), int(port)), timeout=TIMEOUT_S)
+        with sock:
+            sock.sendall(request_bytes(body, headers))
             return sock.recv(64).startswith(b"HTTP/1.1 2")
-    except OSError:
+    except Exception:  # a hook must never fail a job, whatever went wrong
         return False
 
 

@@ -1,0 +1,87 @@
+"""Binding an HTTP request to its MUNGE credential: the contract between rxctl, hooks and rxd.
+
+The credential's payload is one ASCII line:
+
+    rxslurm-request/1 uid=<uid> nonce=<32 hex> sha256=<64 hex>
+
+`uid` is the uid the client believes it runs as (rxd refuses a credential whose MUNGE uid differs),
+the nonce makes every payload unique, and the digest covers the version tag, uid, nonce, method,
+request target (path with query, exactly as sent) and body. rxd recomputes the digest from the
+request it received: a request altered on the way, or a credential moved to another request, does
+not match. Standard library only: rxctl imports it on its network path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+VERSION = "rxslurm-request/1"
+# The HTTP header that carries the credential.
+HEADER = "X-RX-Munge"
+MAX_PAYLOAD = 256
+MAX_UID = 2**32 - 2  # (uid_t)-1 is "no uid"
+
+_PAYLOAD = re.compile(
+    rb"rxslurm-request/1 uid=(0|[1-9][0-9]{0,9}) nonce=([0-9a-f]{32}) sha256=([0-9a-f]{64})"
+)
+
+
+class BindingError(ValueError):
+    """A payload that is not an rx-slurm request binding, or one that does not match."""
+
+
+@dataclass(frozen=True)
+class Binding:
+    uid: int
+    nonce: str
+    digest: str
+
+    def to_payload(self) -> bytes:
+        return f"{VERSION} uid={self.uid} nonce={self.nonce} sha256={self.digest}".encode()
+
+
+def _part(h: hashlib._Hash, data: bytes) -> None:
+    # Length-prefixed, so no two different (method, target, ...) tuples hash the same input.
+    h.update(len(data).to_bytes(8, "big"))
+    h.update(data)
+
+
+def request_digest(uid: int, nonce: str, method: str, target: str, body: bytes) -> str:
+    h = hashlib.sha256()
+    for part in (VERSION.encode(), str(uid).encode(), nonce.encode(), method.encode()):
+        _part(h, part)
+    _part(h, target.encode("utf-8", errors="surrogateescape"))
+    _part(h, hashlib.sha256(body).digest())
+    return h.hexdigest()
+
+
+def bind(method: str, target: str, body: bytes, uid: int, nonce: str | None = None) -> Binding:
+    """The binding a client puts in its credential for this request."""
+    if not 0 <= uid <= MAX_UID:
+        raise BindingError(f"uid {uid} is out of range")
+    nonce = nonce or secrets.token_hex(16)
+    return Binding(uid=uid, nonce=nonce, digest=request_digest(uid, nonce, method, target, body))
+
+
+def parse(payload: bytes) -> Binding:
+    """Read a credential's payload; anything else than a well-formed binding is a BindingError."""
+    if len(payload) > MAX_PAYLOAD:
+        raise BindingError("the credential's payload is not an rx-slurm request (too long)")
+    match = _PAYLOAD.fullmatch(payload)
+    if match is None:
+        raise BindingError("the credential's payload is not an rx-slurm request")
+    uid = int(match[1])
+    if uid > MAX_UID:
+        raise BindingError("the credential's payload names an impossible uid")
+    return Binding(uid=uid, nonce=match[2].decode(), digest=match[3].decode())
+
+
+def check(binding: Binding, method: str, target: str, body: bytes) -> None:
+    """Refuse unless `binding` was made for exactly this method, target and body."""
+    expected = request_digest(binding.uid, binding.nonce, method, target, body)
+    if not hmac.compare_digest(expected, binding.digest):
+        raise BindingError("the request does not match its credential (altered, or moved)")
