@@ -102,11 +102,17 @@ class Pump:
         self.buffer = bytearray()
         self.reading = True
         self.writing = True
+        self.lossy = False
         self._ended = False
+
+    def drop_when_full(self) -> None:
+        """From now on, what the destination does not take at once is dropped: the source (srun,
+        ending its step) must never wait for a caller who has gone."""
+        self.lossy = True
 
     def interest(self) -> list[tuple[int, int]]:
         wanted = []
-        if self.reading and len(self.buffer) < BUFFER:
+        if self.reading and (len(self.buffer) < BUFFER or self.lossy):
             wanted.append((self.src, select.POLLIN))
         if self.buffer and self.writing:
             wanted.append((self.dest, select.POLLOUT))
@@ -114,8 +120,8 @@ class Pump:
 
     @property
     def drained(self) -> bool:
-        """The source has ended and everything read was written (or could not be)."""
-        return not self.reading and not self.buffer
+        """The source has ended and everything read was written (or could not be, or need not)."""
+        return not self.reading and (not self.buffer or self.lossy)
 
     def ready(self, fd: int, revents: int) -> None:
         if fd == self.src and self.reading and revents & (_IN | _GONE):
@@ -125,6 +131,10 @@ class Pump:
         self._check_end()
 
     def fill(self) -> None:
+        if self.lossy and len(self.buffer) >= BUFFER:
+            if self.writing:
+                self.flush()
+            self.buffer.clear()
         try:
             chunk = self.read(BUFFER - len(self.buffer))
         except BlockingIOError:
@@ -139,7 +149,7 @@ class Pump:
 
     def flush(self) -> None:
         try:
-            written = self.write(memoryview(self.buffer)[: BUFFER])
+            written = self.write(memoryview(self.buffer)[:BUFFER])
         except BlockingIOError:
             return
         except OSError:

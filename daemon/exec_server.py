@@ -522,8 +522,11 @@ class Session:
                             for message in self.messages(0):
                                 self.on_message(message)
                         except (ClientGone, ProtocolError):
-                            # The caller is gone: end the step (srun cancels it on SIGTERM).
+                            # The caller is gone: end the step (srun cancels it on SIGTERM),
+                            # and let nothing srun writes meanwhile wait for the caller.
                             client = False
+                            for pump in plumbing.outputs:
+                                pump.drop_when_full()
                             if drain_until is None:
                                 self.signal(signal.SIGTERM)
                                 kill_at = time.monotonic() + KILL_AFTER_S

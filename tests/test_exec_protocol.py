@@ -3,6 +3,8 @@ the server's session with a fake srun (the command runs for real, as a test user
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -11,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -507,3 +510,36 @@ def test_bad_json_gets_a_protocol_error(fake_exec) -> None:
     answer = json.loads(sock.makefile("rb").readline())
     sock.close()
     assert answer == {"error": "exec protocol error: a message is not valid JSON"}
+
+
+def test_a_stderr_that_never_drains_does_not_stop_the_disconnect(fake_exec) -> None:
+    err_r, err_w = os.pipe()
+    sock = exec_client.connect(fake_exec.path)
+    try:
+        request = {"project": "p", "argv": ["sh", "-c", "exec yes 27182 >&2"]}
+        socket.send_fds(sock, [exec_client.encode(request)], [0, 1, err_w])
+        wait_for(lambda: pids_of("yes\0" + "27182"), timeout=10, what="the command to start")
+        wait_for(lambda: unread(err_r) > 60000, timeout=10, what="stderr to fill up")
+        sock.close()  # the client goes; its stderr is still full and unread
+        wait_for(lambda: not pids_of("yes\0" + "27182"), timeout=30, what="the command to end")
+        wait_for(lambda: fake_exec.sessions.count(7) == 0, timeout=30, what="the session to close")
+    finally:
+        sock.close()
+        os.close(err_r)
+        os.close(err_w)
+
+
+def pids_of(argv: str) -> list[str]:
+    """Processes whose command line starts with argv (words joined by NUL)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/cmdline").read_bytes().startswith(argv.encode()):
+                    found.append(entry)
+    return found
+
+
+def unread(fd: int) -> int:
+    """Bytes waiting in a pipe."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), "little")

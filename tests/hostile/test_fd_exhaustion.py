@@ -247,4 +247,3 @@ def test_exec_connections_are_capped_per_user(rxd: Rxd) -> None:
     finally:
         flood.kill()
         flood.wait()
-
