@@ -201,8 +201,8 @@ class ExecRequest:
         if unknown:
             raise BadRequest(f"unknown request field {unknown[0]!r}")
         project = data.get("project")
-        if not isinstance(project, str) or not project:
-            raise BadRequest("project must be a non-empty string")
+        if not isinstance(project, str) or not project or "\0" in project:
+            raise BadRequest("project must be a non-empty string without NUL bytes")
         argv = data.get("argv", [])
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             raise BadRequest("argv must be a list of strings")
