@@ -30,6 +30,7 @@ from rxslurm.daemon.context import DAEMON, Daemon
 from rxslurm.daemon.exec_server import ExecServer
 from rxslurm.daemon.ledger import Ledger
 from rxslurm.daemon.platform import platform_identify, read_token
+from rxslurm.daemon.slow_work import api_pool
 from rxslurm.slurm.adapter import SlurmCli
 
 log = logging.getLogger("rxslurm.daemon")
@@ -185,8 +186,11 @@ async def serve(config: Config) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     raise_open_files_limit()
+    loop.set_default_executor(api_pool())
     daemon = build_daemon(config)
-    app = make_app(ROUTES, {DAEMON: daemon})
+    # Both listeners share one health answer: a second's worth of callers costs one check.
+    health = routes_system.HealthCache()
+    app = make_app(ROUTES, {DAEMON: daemon, routes_system.HEALTH: health})
     sock_path = config.daemon.socket
     claim_socket_path(sock_path)
     limits = config.limits
@@ -204,7 +208,9 @@ async def serve(config: Config) -> None:
         token = read_token(config.platform.token_file)
         context = tls_context(config.platform)
         platform_app = make_app(
-            [*ROUTES, *platform.routes], {DAEMON: daemon}, identify=platform_identify(token)
+            [*ROUTES, *platform.routes],
+            {DAEMON: daemon, routes_system.HEALTH: health},
+            identify=platform_identify(token),
         )
         platform_runner = web.AppRunner(
             platform_app,
