@@ -103,6 +103,7 @@ class Pump:
         self.reading = True
         self.writing = True
         self.lossy = False
+        self.moved = 0  # bytes written so far: progress, for a caller who reads slowly
         self._ended = False
 
     def drop_when_full(self) -> None:
@@ -159,6 +160,7 @@ class Pump:
             self.on_dest_gone()
             return
         del self.buffer[:written]
+        self.moved += written
 
     def _check_end(self) -> None:
         if self.drained and not self._ended:
@@ -199,7 +201,8 @@ class CallerTerminal:
     def restore(self) -> None:
         if self.saved is not None:
             with contextlib.suppress(termios.error):
-                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+                # TCSANOW: TCSADRAIN would wait for a terminal that may never take its output.
+                termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
             self.saved = None
 
     def copy_size_to(self, pty_fd: int | None) -> None:
@@ -309,6 +312,10 @@ class Plumbing:
     @property
     def output_drained(self) -> bool:
         return all(pump.drained for pump in self.outputs)
+
+    @property
+    def output_moved(self) -> int:
+        return sum(pump.moved for pump in self.outputs)
 
     def close(self) -> None:
         if self.terminal is not None:

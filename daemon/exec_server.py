@@ -62,7 +62,7 @@ WAKE_POLL_S = 0.2
 READY_TIMEOUT_S = 10.0
 # srun cancels its step on SIGTERM; only if it hangs is it killed (which leaves the step running).
 KILL_AFTER_S = 30.0
-# After srun exits, how long its last output may wait for a caller who does not read it.
+# After srun exits, how long its last output may wait for a caller who takes none of it.
 DRAIN_S = 10.0
 DEFAULT_CWD = "/workspace"
 SIGNALS = {
@@ -503,6 +503,7 @@ class Session:
         conn = self.conn.fileno()
         kill_at: float | None = None
         drain_until: float | None = None
+        moved = 0
         client = True
         try:
             for message in pending:
@@ -536,6 +537,10 @@ class Session:
                 if drain_until is None and proc.poll() is not None:
                     # srun has exited: what it wrote last is still in the pipes.
                     drain_until, kill_at = now + DRAIN_S, None
+                elif drain_until is not None and plumbing.output_moved != moved:
+                    # A caller who reads slowly still gets everything; one who stopped does not
+                    # keep the session.
+                    moved, drain_until = plumbing.output_moved, now + DRAIN_S
                 if drain_until is not None and (plumbing.output_drained or now >= drain_until):
                     break
                 if kill_at is not None and now >= kill_at:

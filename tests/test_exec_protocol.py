@@ -11,6 +11,7 @@ import pwd
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import termios
@@ -543,3 +544,61 @@ def pids_of(argv: str) -> list[str]:
 def unread(fd: int) -> int:
     """Bytes waiting in a pipe."""
     return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), "little")
+
+
+def test_stdin_is_relayed_and_its_end_ends_the_commands_input(fake_exec) -> None:
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.write(in_w, b"through rxd\n" * 1000)
+    os.close(in_w)
+    try:
+        code = exec_client.run(
+            fake_exec.path, {"project": "p", "argv": ["cat"]}, stdio=(in_r, out_w, 2)
+        )
+    finally:
+        os.close(in_r)
+        os.close(out_w)
+    with os.fdopen(out_r, "rb") as out:
+        assert (code, out.read()) == (0, b"through rxd\n" * 1000)
+
+
+def test_output_larger_than_every_buffer_arrives_whole_at_a_slow_reader(fake_exec) -> None:
+    out_r, out_w = os.pipe()
+    got = bytearray()
+
+    def read_slowly() -> None:
+        while chunk := os.read(out_r, 4096):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    try:
+        argv = ["head", "-c", "3000000", "/dev/urandom"]
+        code = exec_client.run(fake_exec.path, {"project": "p", "argv": argv}, stdio=(0, out_w, 2))
+    finally:
+        os.close(out_w)
+    reader.join()
+    os.close(out_r)
+    assert (code, len(got)) == (0, 3000000)
+
+
+def test_a_terminal_session_gets_rxds_pty_with_the_callers_size(fake_exec) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("4H", 33, 111, 0, 0))
+    out_r, out_w = os.pipe()
+    try:
+        request = {"project": "p", "argv": ["sh", "-c", "tty; stty size"], "tty": True}
+        code = exec_client.run(fake_exec.path, request, stdio=(slave, out_w, 2))
+    finally:
+        os.close(out_w)
+    with os.fdopen(out_r, "rb") as out:
+        lines = out.read().decode().split()
+    caller_tty = os.ttyname(slave)
+    os.close(slave)
+    os.close(master)
+    assert code == 0
+    # A terminal, and not the caller's: the command sees rxd's pty, at the caller's size.
+    assert lines[0].startswith("/dev/pts/") and lines[0] != caller_tty
+    assert lines[1:] == ["33", "111"]
