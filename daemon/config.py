@@ -129,7 +129,7 @@ class PlatformConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     # Open connections one caller (a uid; a peer address over TCP) may hold on each socket.
-    connections_per_uid: int = 64
+    connections_per_uid: int = 128
     # Seconds an API connection may sit idle (before its first request, or between requests).
     keepalive_s: float = 15.0
 

@@ -24,7 +24,7 @@ from tests.support.daemon import Rxd, new_rxd
 
 pytestmark = pytest.mark.cluster
 
-CAP = 64  # limits.connections_per_uid's default
+CAP = 128  # limits.connections_per_uid's default
 FLOOD = 1100
 
 # Opens COUNT connections, then sorts them: answered 503 by rxd, closed without an answer, or
