@@ -6,6 +6,7 @@ to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -143,6 +144,18 @@ class PlatformConfig:
     listen: str = ""
     # A root-owned file, mode 0600, holding the platform's bearer token.
     token_file: Path = Path("/etc/rxslurm/platform.token")
+    # TLS for the listener (PEM files; the key root-owned, mode 0600). Without both, only a
+    # loopback address may be served: the token travels in every request.
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # Open connections one caller (a uid; a peer address over TCP) may hold on each socket.
+    connections_per_uid: int = 128
+    # Seconds an API connection may sit idle (before its first request, or between requests).
+    keepalive_s: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,7 @@ class Config:
     containers: ContainersConfig = field(default_factory=ContainersConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
     pulls: PullsConfig = field(default_factory=PullsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: Path | None = None
 
 
@@ -173,6 +187,7 @@ _SECTIONS: dict[str, type] = {
     "containers": ContainersConfig,
     "quotas": QuotasConfig,
     "pulls": PullsConfig,
+    "limits": LimitsConfig,
 }
 
 
@@ -299,11 +314,16 @@ def _validate(config: Config, where: str) -> None:
     if config.quotas.policy not in ("queue", "reject"):
         raise ConfigError(f'{where}: quotas.policy must be "queue" or "reject"')
     _validate_pulls(config.pulls, where)
-    for key, listen in (("daemon", config.daemon.listen), ("platform", config.platform.listen)):
-        if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
-            raise ConfigError(f'{where}: {key}.listen must be "host:port"')
+    listen = config.daemon.listen
+    if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f'{where}: daemon.listen must be "host:port"')
     if config.daemon.listen and config.daemon.listen == config.platform.listen:
         raise ConfigError(f"{where}: daemon.listen and platform.listen must differ")
+    _validate_platform(config.platform, where)
+    if config.limits.connections_per_uid < 1 or config.limits.keepalive_s <= 0:
+        raise ConfigError(
+            f"{where}: limits.connections_per_uid and limits.keepalive_s must be positive"
+        )
 
 
 def _validate_pulls(pulls: PullsConfig, where: str) -> None:
@@ -319,3 +339,35 @@ def _validate_pulls(pulls: PullsConfig, where: str) -> None:
     for registry in pulls.plain_http:
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", registry):
             raise ConfigError(f'{where}: pulls.plain_http entry {registry!r} must be "host[:port]"')
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    """platform.listen as (host, port); IPv6 hosts may be bracketed."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+def _validate_platform(platform: PlatformConfig, where: str) -> None:
+    listen = platform.listen
+    if not listen:
+        return
+    if ":" not in listen or not listen.rsplit(":", 1)[1].isdigit():
+        raise ConfigError(f'{where}: platform.listen must be "host:port"')
+    if bool(platform.tls_cert) != bool(platform.tls_key):
+        raise ConfigError(f"{where}: platform.tls_cert and platform.tls_key go together")
+    host, _ = listen_address(listen)
+    if not platform.tls_cert and not is_loopback(host):
+        raise ConfigError(
+            f"{where}: platform.listen {listen!r} is not a loopback address; serving the "
+            "platform token over plain HTTP there is refused (set platform.tls_cert and "
+            "platform.tls_key, or listen on 127.0.0.1)"
+        )

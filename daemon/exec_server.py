@@ -7,10 +7,11 @@ then `{"exit": N}` or `{"error": "..."}`. Meanwhile the client may send `{"signa
 docs/exec.md has the protocol and why it is safe.
 
 The command is a step in the container's job, `srun --jobid J --overlap ... apptainer exec
-instance://...`, started as the job's user with the caller's descriptors as its stdio: rxd never
-relays the command's data, except srun's own stderr (see strip_srun_task_lines). One thread per
-session; ledger calls go to a small fixed pool because the ledger keeps one connection per thread
-that ever touched it, for the life of the daemon.
+instance://...`, started as the job's user. The caller's descriptors stay in rxd: srun gets pipes
+or a pty, and rxd relays (exec_relay), dropping srun's reports of ended tasks from its stderr (see
+strip_srun_task_lines). One thread per session, at most `limits.connections_per_uid` sessions per
+uid; ledger calls go to a small fixed pool because the ledger keeps one connection per thread that
+ever touched it, for the life of the daemon.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rxslurm.daemon import containers
+from rxslurm.daemon.conn_caps import ConnectionCap, caller_key
 from rxslurm.daemon.context import Daemon
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
+from rxslurm.daemon.exec_relay import Plumbing, dispatch, poll_interest
 from rxslurm.daemon.identities import Actor, auto_bind_local, binding_of_uid
 from rxslurm.daemon.peercred import Caller, UnknownCaller, peer_credentials, resolve_caller
 from rxslurm.daemon.roles import Action
@@ -51,12 +54,16 @@ T = TypeVar("T")
 EXEC_SOCKET_NAME = "rxd-exec.sock"
 MAX_REQUEST = 1024 * 1024  # argv travels in the request; Linux's ARG_MAX is 2 MiB
 MAX_MESSAGE = 64 * 1024
-REQUEST_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 10.0  # for the whole request, however it trickles in
+# A client that does not read its answers holds a thread only this long per message.
+REPLY_TIMEOUT_S = 10.0
 WAKE_TIMEOUT_S = 600.0
 WAKE_POLL_S = 0.2
 READY_TIMEOUT_S = 10.0
 # srun cancels its step on SIGTERM; only if it hangs is it killed (which leaves the step running).
 KILL_AFTER_S = 30.0
+# After srun exits, how long its last output may wait for a caller who takes none of it.
+DRAIN_S = 10.0
 DEFAULT_CWD = "/workspace"
 SIGNALS = {
     "INT": signal.SIGINT,
@@ -116,41 +123,65 @@ class LineReader:
 def decode(line: bytes) -> dict[str, Any]:
     try:
         message = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError covers bad JSON, bad UTF-8 and integers too long to convert; deep nesting
+        # ends in RecursionError.
         raise ProtocolError("a message is not valid JSON") from None
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
     return message
 
 
-def receive_request(conn: socket.socket) -> tuple[dict[str, Any], list[int], bytes]:
+def receive_request(
+    conn: socket.socket, timeout: float = REQUEST_TIMEOUT_S
+) -> tuple[dict[str, Any], list[int], bytes]:
     """The first line and the three descriptors that came with its first byte; plus any bytes
-    after the line (a signal may follow at once)."""
-    # Not socket.recv_fds: before Python 3.12 it drops the flags, and the descriptors must be
-    # close-on-exec until a child is given them on purpose.
-    data, ancillary, flags, _ = conn.recvmsg(
-        MAX_MESSAGE, socket.CMSG_SPACE(3 * array.array("i").itemsize), socket.MSG_CMSG_CLOEXEC
-    )
+    after the line (a signal may follow at once). The whole line must arrive within `timeout`:
+    a deadline per recv would let a client trickle a byte at a time and hold the connection."""
+    deadline = time.monotonic() + timeout
+
+    def wait() -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ProtocolError(f"the request did not arrive within {timeout:g} s")
+        conn.settimeout(left)
+
     fds = array.array("i")
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
     try:
+        wait()
+        # Not socket.recv_fds: before Python 3.12 it drops the flags, and the descriptors must
+        # be close-on-exec until a child is given them on purpose.
+        data, ancillary, flags, _ = conn.recvmsg(
+            MAX_MESSAGE, socket.CMSG_SPACE(3 * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+        )
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
         if flags & socket.MSG_CTRUNC or len(fds) != 3:
             raise ProtocolError("send exactly three file descriptors (stdin, stdout, stderr)")
         while b"\n" not in data:
             if len(data) > MAX_REQUEST:
                 raise ProtocolError(f"the request is longer than {MAX_REQUEST} bytes")
+            wait()
             more = conn.recv(MAX_MESSAGE)
             if not more:
                 raise ProtocolError("the connection closed before the request ended")
             data += more
+    except TimeoutError:
+        for fd in fds:
+            os.close(fd)
+        raise ProtocolError(f"the request did not arrive within {timeout:g} s") from None
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
     line, _, rest = data.partition(b"\n")
-    return decode(line), list(fds), rest
+    try:
+        return decode(line), list(fds), rest
+    except ProtocolError:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 @dataclass(frozen=True)
@@ -170,13 +201,15 @@ class ExecRequest:
         if unknown:
             raise BadRequest(f"unknown request field {unknown[0]!r}")
         project = data.get("project")
-        if not isinstance(project, str) or not project:
-            raise BadRequest("project must be a non-empty string")
+        if not isinstance(project, str) or not project or "\0" in project:
+            raise BadRequest("project must be a non-empty string without NUL bytes")
         argv = data.get("argv", [])
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             raise BadRequest("argv must be a list of strings")
         if any("\0" in a for a in argv):
             raise BadRequest("argv must not contain NUL bytes")
+        if not all(_encodable(a) for a in (project, *argv)):
+            raise BadRequest("project and argv must be valid Unicode (no lone surrogates)")
         flags = {}
         for key, default in (("shell", False), ("tty", False), ("wake", True)):
             value = data.get(key, default)
@@ -189,13 +222,25 @@ class ExecRequest:
             raise BadRequest("argv must name a command")
         cwd = data.get("cwd", DEFAULT_CWD)
         if cwd is not None and (
-            not isinstance(cwd, str) or not cwd.startswith("/") or "\0" in cwd or len(cwd) > 4096
+            not isinstance(cwd, str)
+            or not cwd.startswith("/")
+            or "\0" in cwd
+            or len(cwd) > 4096
+            or not _encodable(cwd)
         ):
             raise BadRequest("cwd must be an absolute path")
         term = data.get("term")
         if term is not None and (not isinstance(term, str) or not _TERM.fullmatch(term)):
             raise BadRequest("term must be a terminal type name")
         return cls(project, tuple(argv), cwd=cwd, term=term, **flags)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def srun_argv(
@@ -262,6 +307,7 @@ class Session:
         self.reader = LineReader()
         self.fds: list[int] = []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.plumbing: Plumbing | None = None
         self.stopping = False
 
     # -- the conversation ------------------------------------------------------------------
@@ -272,7 +318,6 @@ class Session:
 
     def serve(self) -> None:
         try:
-            self.conn.settimeout(REQUEST_TIMEOUT_S)
             try:
                 caller = resolve_caller(*peer_credentials(self.conn))
             except (OSError, UnknownCaller) as exc:
@@ -280,7 +325,8 @@ class Session:
             data, self.fds, rest = receive_request(self.conn)
             request = ExecRequest.parse(data)
             pending = self.reader.feed(rest)
-            self.conn.settimeout(None)
+            # Reads happen only when poll says so; this bounds a send to a client not reading.
+            self.conn.settimeout(REPLY_TIMEOUT_S)
             if request.tty and not os.isatty(self.fds[0]):
                 raise BadRequest("a terminal session needs a terminal on stdin")
             actor = self.server.call(actor_for, self.daemon, caller)
@@ -392,15 +438,23 @@ class Session:
     ) -> None:
         argv = srun_argv(self.server.srun(), self.daemon.config.apptainer.binary, target, request)
         sessions = self.daemon.reconciler.sessions
-        err_read, err_write = os.pipe2(os.O_CLOEXEC)
+        try:
+            plumbing = Plumbing(self.fds, request.tty, strip_srun_task_lines)
+        except OSError as exc:
+            raise BadRequest(f"cannot use the descriptors sent: {exc.strerror}") from None
+        # rxd's private views replace them: the caller's own descriptors go nowhere else.
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        self.plumbing = plumbing
         sessions.opened(target.container_id)
         try:
             try:
                 self.proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
                     argv,
-                    stdin=self.fds[0],
-                    stdout=self.fds[1],
-                    stderr=err_write,
+                    stdin=plumbing.child_stdin,
+                    stdout=plumbing.child_stdout,
+                    stderr=plumbing.child_stderr,
                     # chdir happens before the drop to the user: a root-squashed shared
                     # folder may refuse root. The command's folder is --pwd, inside.
                     cwd="/",
@@ -415,18 +469,17 @@ class Session:
             except OSError as exc:
                 raise Unavailable(f"cannot start srun: {exc}") from None
             finally:
-                os.close(err_write)
-            # The child has its own copies; ours would only keep the caller's terminal open.
-            # Their stderr stays: srun's stderr is relayed to it.
-            os.close(self.fds[0])
-            os.close(self.fds[1])
-            err_fd, self.fds = self.fds[2], []
+                plumbing.child_started()
+            if plumbing.terminal is not None:
+                plumbing.terminal.make_raw()  # srun --pty makes the pty raw, rxd the caller's
             self.server.track(self)
             try:
-                code = self.supervise(err_read, err_fd, pending)
+                code = self.supervise(plumbing, pending)
             finally:
                 self.server.untrack(self)
-                os.close(err_fd)
+            # The caller's descriptors close before the answer: once rxctl exits, nothing of
+            # rxd's holds its terminal or pipes open.
+            plumbing.close()
             if self.stopping:
                 self.send({"error": "rxd is stopping; the command was ended"})
             else:
@@ -437,51 +490,65 @@ class Session:
             )
             self.server.call(containers.touch_activity, self.daemon.runtime, target.container_id)
         finally:
-            os.close(err_read)
+            plumbing.close()
             sessions.closed(target.container_id)
 
-    def supervise(self, err_read: int, err_fd: int, pending: list[dict[str, Any]]) -> int:
-        """Relay srun's stderr and the client's signals until srun exits; its exit status."""
+    def supervise(self, plumbing: Plumbing, pending: list[dict[str, Any]]) -> int:
+        """Relay the streams and the client's signals until srun exits and its output is out;
+        its exit status. Nothing here blocks on the caller: a stream that does not drain only
+        stops its own copying, never the disconnect check or the kill timer."""
         proc = self.proc
         assert proc is not None
         pidfd = os.pidfd_open(proc.pid)
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        poller.register(err_read, select.POLLIN)
-        poller.register(self.conn, select.POLLIN)
+        conn = self.conn.fileno()
         kill_at: float | None = None
+        drain_until: float | None = None
+        moved = 0
         client = True
         try:
             for message in pending:
                 self.on_message(message)
             while True:
-                timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic())
-                events = poller.poll(None if timeout is None else int(timeout * 1000) + 1)
-                for fd, _ in events:
-                    if fd == err_read:
-                        if not self.relay(err_read, err_fd):
-                            poller.unregister(err_read)
-                    elif fd == self.conn.fileno() and client:
+                extra = {} if drain_until is not None else {pidfd: select.POLLIN}
+                if client:
+                    extra[conn] = select.POLLIN
+                poller = poll_interest(plumbing.pumps, extra)
+                deadlines = [t for t in (kill_at, drain_until) if t is not None]
+                timeout = None
+                if deadlines:
+                    timeout = int(max(0.0, min(deadlines) - time.monotonic()) * 1000) + 1
+                for fd, revents in poller.poll(timeout):
+                    if fd == conn:
                         try:
                             for message in self.messages(0):
                                 self.on_message(message)
                         except (ClientGone, ProtocolError):
-                            # The caller is gone: end the step (srun cancels it on SIGTERM).
-                            poller.unregister(self.conn)
+                            # The caller is gone: end the step (srun cancels it on SIGTERM),
+                            # and let nothing srun writes meanwhile wait for the caller.
                             client = False
-                            self.signal(signal.SIGTERM)
-                            kill_at = time.monotonic() + KILL_AFTER_S
-                if proc.poll() is not None:
+                            for pump in plumbing.outputs:
+                                pump.drop_when_full()
+                            if drain_until is None:
+                                self.signal(signal.SIGTERM)
+                                kill_at = time.monotonic() + KILL_AFTER_S
+                    elif fd != pidfd:
+                        dispatch(plumbing.pumps, fd, revents)
+                now = time.monotonic()
+                if drain_until is None and proc.poll() is not None:
+                    # srun has exited: what it wrote last is still in the pipes.
+                    drain_until, kill_at = now + DRAIN_S, None
+                elif drain_until is not None and plumbing.output_moved != moved:
+                    # A caller who reads slowly still gets everything; one who stopped does not
+                    # keep the session.
+                    moved, drain_until = plumbing.output_moved, now + DRAIN_S
+                if drain_until is not None and (plumbing.output_drained or now >= drain_until):
                     break
-                if kill_at is not None and time.monotonic() >= kill_at:
+                if kill_at is not None and now >= kill_at:
                     log.warning("srun ignored SIGTERM; killing it", extra={"pid": proc.pid})
                     self.signal(signal.SIGKILL)
                     kill_at = None
         finally:
             os.close(pidfd)
-        # srun has exited: what it wrote last is still in the pipe.
-        while self.relay(err_read, err_fd, wait=False):
-            pass
         return exit_status(proc.wait())
 
     def on_message(self, message: dict[str, Any]) -> None:
@@ -491,6 +558,8 @@ class Session:
         signum = SIGNALS.get(str(name))
         if signum is None:
             raise ProtocolError(f"cannot forward signal {name!r}")
+        if signum == signal.SIGWINCH and self.plumbing and self.plumbing.terminal:
+            self.plumbing.terminal.copy_size_to(self.plumbing.pty)
         self.signal(signum)
 
     def signal(self, signum: int) -> None:
@@ -498,29 +567,16 @@ class Session:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signum)
 
-    def relay(self, src: int, dest: int, wait: bool = True) -> bool:
-        """Copy one chunk of srun's stderr to the caller's; False at the end of the stream."""
-        if not wait and not wait_for(src, select.POLLIN, 0):
-            return False
-        chunk = os.read(src, MAX_MESSAGE)
-        if not chunk:
-            return False
-        data = strip_srun_task_lines(chunk)
-        while data:
-            try:
-                data = data[os.write(dest, data) :]
-            except BlockingIOError:
-                wait_for(dest, select.POLLOUT, 1.0)
-            except OSError:
-                break  # the caller's stderr is closed: keep draining srun's
-        return True
-
 
 class _Handler(socketserver.BaseRequestHandler):
     server: _UnixServer
 
     def handle(self) -> None:
-        Session(self.server.owner, self.request).serve()
+        key = caller_key(self.request)  # admitted under this key by verify_request
+        try:
+            Session(self.server.owner, self.request).serve()
+        finally:
+            self.server.owner.cap.release(key)
 
 
 class _UnixServer(socketserver.ThreadingUnixStreamServer):
@@ -528,6 +584,16 @@ class _UnixServer(socketserver.ThreadingUnixStreamServer):
     block_on_close = False
     request_queue_size = 64
     owner: ExecServer
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """At most `limits.connections_per_uid` sessions per uid; over it, one error line, at
+        once and without waiting for the client (it never costs a thread)."""
+        cap = self.owner.cap
+        if cap.admit(caller_key(request)):
+            return True
+        with contextlib.suppress(OSError):
+            request.send(encode({"error": cap.refusal()}), socket.MSG_DONTWAIT)
+        return False
 
 
 class ExecServer:
@@ -537,6 +603,7 @@ class ExecServer:
         self.daemon = daemon
         self.path = path
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rxd-exec-ledger")
+        self.cap = ConnectionCap(daemon.config.limits.connections_per_uid)
         self._sessions: set[Session] = set()
         self._lock = threading.Lock()
         self._srun: str | None = None
@@ -545,15 +612,15 @@ class ExecServer:
 
     @classmethod
     def start(cls, daemon: Daemon) -> ExecServer:
-        # serve.py imports this module, so its helper is imported here, at call time.
-        from rxslurm.daemon.serve import claim_socket_path
+        # serve.py imports this module, so its helpers are imported here, at call time.
+        from rxslurm.daemon.serve import claim_socket_path, open_to_everyone
 
         server = cls(daemon, exec_socket_path(daemon.config.daemon.socket))
         claim_socket_path(server.path)
         unix = _UnixServer(str(server.path), _Handler)
         unix.owner = server
         # Anyone may connect: each session is authorized from the peer's credentials.
-        os.chmod(server.path, 0o666)  # noqa: S103
+        open_to_everyone(server.path)
         server._server = unix
         server._thread = threading.Thread(
             target=unix.serve_forever, kwargs={"poll_interval": 0.5}, name="rxd-exec", daemon=True

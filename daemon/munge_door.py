@@ -28,7 +28,7 @@ from aiohttp import web
 
 from rxslurm.daemon.api import Handler, make_app
 from rxslurm.daemon.audit import record_event
-from rxslurm.daemon.context import DAEMON, Daemon, daemon_of
+from rxslurm.daemon.context import Daemon, daemon_of
 from rxslurm.daemon.errors import ApiError, Unavailable
 from rxslurm.daemon.peercred import UnknownCaller, resolve_caller
 from rxslurm.slurm import munge, request_binding
@@ -225,12 +225,24 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def start(daemon: Daemon, routes: list[web.RouteDef]) -> web.AppRunner:
-    """Serve `routes` on daemon.listen behind the MUNGE check; the caller cleans the runner up."""
-    app = make_app(routes, {DAEMON: daemon}, identify=munge_identify(RefusalLimiter()))
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+async def start(
+    daemon: Daemon,
+    routes: list[web.RouteDef],
+    state: dict[Any, Any],
+    *,
+    keepalive_s: float,
+    make_site: Callable[[web.AppRunner, str, int], web.BaseSite],
+) -> web.AppRunner:
+    """Serve `routes` on daemon.listen behind the MUNGE check; the caller cleans the runner up.
+
+    The site comes from the caller so that the door shares serve's connection caps.
+    """
+    app = make_app(routes, state, identify=munge_identify(RefusalLimiter()))
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=keepalive_s
+    )
     await runner.setup()
     host, port = parse_listen(daemon.config.daemon.listen)
-    await web.TCPSite(runner, host, port).start()
+    await make_site(runner, host, port).start()
     log.info("network door serving", extra={"listen": daemon.config.daemon.listen})
     return runner

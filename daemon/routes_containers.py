@@ -11,6 +11,7 @@ from rxslurm.daemon.actors import actor_of
 from rxslurm.daemon.api import caller_of, json_response
 from rxslurm.daemon.context import daemon_of
 from rxslurm.daemon.errors import Forbidden
+from rxslurm.daemon.slow_work import run_slow
 
 routes = web.RouteTableDef()
 
@@ -28,7 +29,8 @@ async def act(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
     action = ACTIONS[request.match_info["action"]]
-    result = await asyncio.to_thread(action, daemon.runtime, actor, request.match_info["name"])
+    # Enabling may pull an image and disabling waits for the job to stop: slow work's own pool.
+    result = await run_slow(action, daemon.runtime, actor, request.match_info["name"])
     return json_response(result)
 
 

@@ -6,8 +6,10 @@ import asyncio
 import errno
 import logging
 import os
+import resource
 import signal
 import socket
+import ssl
 import stat
 from pathlib import Path
 
@@ -23,11 +25,13 @@ from rxslurm.daemon import (
     routes_system,
 )
 from rxslurm.daemon.api import make_app
-from rxslurm.daemon.config import Config
+from rxslurm.daemon.config import Config, PlatformConfig, listen_address
+from rxslurm.daemon.conn_caps import ConnectionCap, capped
 from rxslurm.daemon.context import DAEMON, Daemon
 from rxslurm.daemon.exec_server import ExecServer
 from rxslurm.daemon.ledger import Ledger
 from rxslurm.daemon.platform import platform_identify, read_token
+from rxslurm.daemon.slow_work import api_pool
 from rxslurm.slurm.adapter import SlurmCli
 
 log = logging.getLogger("rxslurm.daemon")
@@ -49,10 +53,13 @@ class StartupError(Exception):
 def claim_socket_path(path: Path) -> None:
     """Make `path` free for a new socket, or refuse.
 
-    A socket file left by a crashed rxd is removed; one a live rxd answers on is not.
-    Anything at the path that is not a socket (a file, a planted symlink) is never removed.
+    The folder must be root's alone (root chmods the socket in it: a folder others can write
+    lets them swap the socket for a symlink first). A socket file left by a crashed rxd is
+    removed; one a live rxd answers on is not. Anything at the path that is not a socket (a
+    file, a planted symlink) is never removed.
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    check_socket_folder(path.parent)
     try:
         info = path.lstat()
     except FileNotFoundError:
@@ -74,6 +81,99 @@ def claim_socket_path(path: Path) -> None:
     raise StartupError(f"another rxd is already serving on {path}")
 
 
+def check_socket_folder(folder: Path) -> None:
+    """The socket's folder: a real folder, owned by rxd's user (root), writable by no one else."""
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise StartupError(f"socket folder {folder} is not a folder (a symlink?); refusing it")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise StartupError(
+            f"socket folder {folder} must be owned by root and not group/world writable"
+        )
+
+
+def open_to_everyone(path: Path) -> None:
+    """chmod 0666 the socket just bound at `path`, never what a symlink there points to."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise StartupError(f"{path} is no longer the socket rxd bound; refusing to chmod it")
+        # Through the descriptor: chmod of /proc/self/fd/N changes exactly the inode opened.
+        os.chmod(f"/proc/self/fd/{fd}", 0o666)  # noqa: S103 - access is decided per caller
+    finally:
+        os.close(fd)
+
+
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit (the unit sets it): idle callers cost descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit", extra={"error": str(exc)})
+            return
+    log.debug("open files limit", extra={"limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0]})
+
+
+def tls_context(platform_config: PlatformConfig) -> ssl.SSLContext | None:
+    """The platform listener's TLS, if configured; its key must be root's alone, like the token."""
+    if not platform_config.tls_cert:
+        return None
+    key = Path(platform_config.tls_key)
+    try:
+        info = key.lstat()
+    except FileNotFoundError:
+        raise StartupError(f"platform TLS key {key} does not exist") from None
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
+        raise StartupError(f"platform TLS key {key} must be a regular file of root, mode 0600")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(platform_config.tls_cert, str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load the platform TLS certificate or key: {exc}") from None
+    return context
+
+
+class CappedUnixSite(web.UnixSite):
+    """aiohttp's Unix site with a per-uid connection cap and the socket opened to everyone."""
+
+    def __init__(self, runner: web.BaseRunner, path: Path, cap: ConnectionCap) -> None:
+        super().__init__(runner, str(path))
+        self.cap = cap
+        self.path = path
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        assert self._runner.server is not None
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            capped(self.cap, self._runner.server), str(self.path), backlog=self._backlog
+        )
+        open_to_everyone(self.path)
+
+
+class CappedTCPSite(web.TCPSite):
+    """aiohttp's TCP site with a connection cap per peer address, counted before the token."""
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, cap: ConnectionCap, **kw: object
+    ) -> None:
+        super().__init__(runner, host, port, **kw)  # type: ignore[arg-type]
+        self.cap = cap
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        assert self._runner.server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            capped(self.cap, self._runner.server),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+        )
+
+
 def build_daemon(config: Config) -> Daemon:
     ledger = Ledger.open(config.daemon.ledger)
     slurm = SlurmCli(bin_dir=config.slurm.bin_dir or None, timeout=config.slurm.timeout)
@@ -86,35 +186,62 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    raise_open_files_limit()
+    loop.set_default_executor(api_pool())
     daemon = build_daemon(config)
     # An unusable pull account or image folder stops rxd here, before it serves anyone.
     await asyncio.to_thread(daemon.runtime.pulls.start)
-    app = make_app(ROUTES, {DAEMON: daemon})
+    # Both listeners share one health answer: a second's worth of callers costs one check.
+    health = routes_system.HealthCache()
+    app = make_app(ROUTES, {DAEMON: daemon, routes_system.HEALTH: health})
     sock_path = config.daemon.socket
     claim_socket_path(sock_path)
+    limits = config.limits
 
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=limits.keepalive_s
+    )
     await runner.setup()
     runners = [runner]
-    site = web.UnixSite(runner, str(sock_path))
-    await site.start()
     # Anyone may connect: access is decided per request from the peer's credentials.
-    os.chmod(sock_path, 0o666)  # noqa: S103
+    await CappedUnixSite(runner, sock_path, ConnectionCap(limits.connections_per_uid)).start()
     log.info("rxd serving", extra={"socket": str(sock_path), "ledger": str(config.daemon.ledger)})
 
     if config.platform.listen:
         token = read_token(config.platform.token_file)
+        context = tls_context(config.platform)
         platform_app = make_app(
-            [*ROUTES, *platform.routes], {DAEMON: daemon}, identify=platform_identify(token)
+            [*ROUTES, *platform.routes],
+            {DAEMON: daemon, routes_system.HEALTH: health},
+            identify=platform_identify(token),
         )
-        platform_runner = web.AppRunner(platform_app, access_log=None, handle_signals=False)
+        platform_runner = web.AppRunner(
+            platform_app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=limits.keepalive_s,
+        )
         await platform_runner.setup()
         runners.append(platform_runner)
-        host, port = config.platform.listen.rsplit(":", 1)
-        await web.TCPSite(platform_runner, host.strip("[]"), int(port)).start()
-        log.info("platform API serving", extra={"listen": config.platform.listen})
+        host, port = listen_address(config.platform.listen)
+        cap = ConnectionCap(limits.connections_per_uid)
+        await CappedTCPSite(platform_runner, host, port, cap, ssl_context=context).start()
+        log.info(
+            "platform API serving",
+            extra={"listen": config.platform.listen, "tls": context is not None},
+        )
     if config.daemon.listen:
-        runners.append(await munge_door.start(daemon, ROUTES))
+        # The network door gets the same per-address cap and keep-alive as the platform's.
+        door_cap = ConnectionCap(limits.connections_per_uid)
+        runners.append(
+            await munge_door.start(
+                daemon,
+                ROUTES,
+                {DAEMON: daemon, routes_system.HEALTH: health},
+                keepalive_s=limits.keepalive_s,
+                make_site=lambda r, h, p: CappedTCPSite(r, h, p, door_cap),
+            )
+        )
 
     daemon.reconciler.start()
     exec_server = ExecServer.start(daemon)

@@ -3,14 +3,18 @@ the server's session with a fake srun (the command runs for real, as a test user
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pwd
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -507,3 +511,94 @@ def test_bad_json_gets_a_protocol_error(fake_exec) -> None:
     answer = json.loads(sock.makefile("rb").readline())
     sock.close()
     assert answer == {"error": "exec protocol error: a message is not valid JSON"}
+
+
+def test_a_stderr_that_never_drains_does_not_stop_the_disconnect(fake_exec) -> None:
+    err_r, err_w = os.pipe()
+    sock = exec_client.connect(fake_exec.path)
+    try:
+        request = {"project": "p", "argv": ["sh", "-c", "exec yes 27182 >&2"]}
+        socket.send_fds(sock, [exec_client.encode(request)], [0, 1, err_w])
+        wait_for(lambda: pids_of("yes\0" + "27182"), timeout=10, what="the command to start")
+        wait_for(lambda: unread(err_r) > 60000, timeout=10, what="stderr to fill up")
+        sock.close()  # the client goes; its stderr is still full and unread
+        wait_for(lambda: not pids_of("yes\0" + "27182"), timeout=30, what="the command to end")
+        wait_for(lambda: fake_exec.sessions.count(7) == 0, timeout=30, what="the session to close")
+    finally:
+        sock.close()
+        os.close(err_r)
+        os.close(err_w)
+
+
+def pids_of(argv: str) -> list[str]:
+    """Processes whose command line starts with argv (words joined by NUL)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/cmdline").read_bytes().startswith(argv.encode()):
+                    found.append(entry)
+    return found
+
+
+def unread(fd: int) -> int:
+    """Bytes waiting in a pipe."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), "little")
+
+
+def test_stdin_is_relayed_and_its_end_ends_the_commands_input(fake_exec) -> None:
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.write(in_w, b"through rxd\n" * 1000)
+    os.close(in_w)
+    try:
+        code = exec_client.run(
+            fake_exec.path, {"project": "p", "argv": ["cat"]}, stdio=(in_r, out_w, 2)
+        )
+    finally:
+        os.close(in_r)
+        os.close(out_w)
+    with os.fdopen(out_r, "rb") as out:
+        assert (code, out.read()) == (0, b"through rxd\n" * 1000)
+
+
+def test_output_larger_than_every_buffer_arrives_whole_at_a_slow_reader(fake_exec) -> None:
+    out_r, out_w = os.pipe()
+    got = bytearray()
+
+    def read_slowly() -> None:
+        while chunk := os.read(out_r, 4096):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    try:
+        argv = ["head", "-c", "3000000", "/dev/urandom"]
+        code = exec_client.run(fake_exec.path, {"project": "p", "argv": argv}, stdio=(0, out_w, 2))
+    finally:
+        os.close(out_w)
+    reader.join()
+    os.close(out_r)
+    assert (code, len(got)) == (0, 3000000)
+
+
+def test_a_terminal_session_gets_rxds_pty_with_the_callers_size(fake_exec) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("4H", 33, 111, 0, 0))
+    out_r, out_w = os.pipe()
+    try:
+        request = {"project": "p", "argv": ["sh", "-c", "tty; stty size"], "tty": True}
+        code = exec_client.run(fake_exec.path, request, stdio=(slave, out_w, 2))
+    finally:
+        os.close(out_w)
+    with os.fdopen(out_r, "rb") as out:
+        lines = out.read().decode().split()
+    caller_tty = os.ttyname(slave)
+    os.close(slave)
+    os.close(master)
+    assert code == 0
+    # A terminal, and not the caller's: the command sees rxd's pty, at the caller's size.
+    assert lines[0].startswith("/dev/pts/") and lines[0] != caller_tty
+    assert lines[1:] == ["33", "111"]

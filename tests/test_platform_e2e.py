@@ -6,12 +6,15 @@ import http.client
 import json
 import os
 import socket
+import ssl
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from rxslurm.daemon.config import parse_config
 from tests.support.daemon import Rxd, new_rxd
 
 pytestmark = pytest.mark.cluster  # projects are validated against Slurm's partitions
@@ -152,3 +155,74 @@ def test_rxd_refuses_a_token_file_others_can_read(mode: int) -> None:
     daemon.start(wait=False)
     assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 1
     assert "must be owned by root with mode 0600" in daemon.log_text()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.7", "[::]", "platform.example"])
+def test_a_listener_beyond_loopback_without_tls_is_refused_at_start(host: str) -> None:
+    port = free_port()
+    daemon = new_rxd(
+        lambda root: platform_config(root, port, write_token(root)).replace("127.0.0.1", host),
+        migrate=False,
+    )
+    daemon.start(wait=False)
+    assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 1
+    errors = [line for line in daemon.log_text().splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, daemon.log_text()
+    assert f"platform.listen '{host}:{port}' is not a loopback address" in errors[0]
+    assert "set platform.tls_cert and platform.tls_key" in errors[0]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "localhost", "[::1]"])
+def test_loopback_listeners_need_no_tls(host: str) -> None:
+    config = parse_config({"platform": {"listen": f"{host}:8765"}})
+    assert config.platform.listen == f"{host}:8765"
+
+
+def self_signed(root: Path) -> tuple[Path, Path]:
+    cert, key = root / "platform.crt", root / "platform.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=rxd-test", "-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def tls_config(root: Path, port: int, key_mode: int = 0o600) -> str:
+    cert, key = self_signed(root)
+    os.chmod(key, key_mode)
+    return (
+        platform_config(root, port, write_token(root)).replace("127.0.0.1", "0.0.0.0")
+        + f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+    )
+
+
+def test_with_tls_the_platform_is_served_on_any_address() -> None:
+    port = free_port()
+    daemon = new_rxd(lambda root: tls_config(root, port))
+    daemon.start()
+    try:
+        context = ssl.create_default_context(cafile=str(daemon.root / "platform.crt"))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+        conn.request("GET", "/v1/projects", headers={"Authorization": f"Bearer {TOKEN}"})
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        conn.close()
+        # Past TLS and the token: refused only for naming no platform user.
+        assert response.status == 403 and "X-RX-User" in body["error"]["message"]
+        # Plain HTTP on that port gets no answer from the API.
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            call(port, "GET", "/v1/projects")
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()
+
+
+def test_a_tls_key_others_can_read_is_refused_at_start() -> None:
+    port = free_port()
+    daemon = new_rxd(lambda root: tls_config(root, port, key_mode=0o644))
+    daemon.start(wait=False)
+    assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 1
+    assert "must be a regular file of root, mode 0600" in daemon.log_text()
