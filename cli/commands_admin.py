@@ -9,7 +9,7 @@ import click
 
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
-from rxslurm.cli.main import api_errors, emit_json, json_option
+from rxslurm.cli.common import api_errors, emit_json, json_option
 
 
 def echo_lines(lines: list[str]) -> None:

@@ -9,45 +9,14 @@ import click
 
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
-from rxslurm.cli.main import api_errors, emit_json, json_option
-from rxslurm.cli.project_choice import choose_project, project_option
+from rxslurm.cli.common import api_errors, emit_json, json_option, project_option
+from rxslurm.cli.project_choice import choose_project
+from rxslurm.cli.render import status_lines
 
 
 def _act(client: Client, project: str | None, action: str) -> dict[str, Any]:
     name = choose_project(client, project)
     return client.post(f"/v1/projects/{quote(name, safe='')}/{action}")
-
-
-def _duration(seconds: Any) -> str:
-    if not isinstance(seconds, int):
-        return "-"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def status_lines(s: dict[str, Any]) -> list[str]:
-    state = s["state"] + (" (unknown: Slurm is not answering)" if s.get("state_unknown") else "")
-    items: list[tuple[str, Any]] = [
-        ("project", s["project"]),
-        ("state", state),
-        ("reason", render.cell(s.get("reason"))),
-        ("container", s["name"]),
-        ("image", render.cell(s.get("image"))),
-        ("runs as", render.cell(s.get("runtime_user"))),
-        ("job", render.cell(s.get("job_id"))),
-        ("node", render.cell(s.get("node"))),
-        ("gpus", f"{s['gpus']} ({s['gres']})" if s.get("gres") else render.cell(s.get("gpus"))),
-        ("uptime", _duration(s.get("uptime_s"))),
-        ("workspace", f"{s['workspace']} (at /workspace)"),
-        ("fixed mounts", render.cell(s.get("fixed_mounts"))),
-        ("over quota", render.cell(s.get("over_quota"))),
-        ("last error", render.cell(s.get("last_error"))),
-    ]
-    lines = render.pairs(items)
-    if s.get("settings_pending"):
-        lines.append(render.PENDING_NOTE)
-    return lines
 
 
 def _lifecycle(action: str, summary: str, example: str, done: str) -> click.Command:

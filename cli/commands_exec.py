@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import Any, TextIO
+from typing import Any
 
 import click
 
-from rxslurm.cli import exec_client
+from rxslurm.cli import exec_client, session
 from rxslurm.cli.client import Client
-from rxslurm.cli.main import api_errors
-from rxslurm.cli.project_choice import choose_project, project_option
+from rxslurm.cli.common import api_errors, project_option
+from rxslurm.cli.project_choice import choose_project
 
 no_wake_option = click.option(
     "--no-wake", is_flag=True, help="Fail instead of waking a container that is not running."
@@ -26,59 +25,12 @@ cwd_option = click.option(
 )
 
 
-class WaitLine:
-    """Shows a waking container's progress on stderr: one line redrawn on a terminal, else each
-    change once."""
-
-    def __init__(self, project: str, stream: TextIO | None = None) -> None:
-        self.project = project
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.started = time.monotonic()
-        self.text: str | None = None
-
-    def line(self) -> str:
-        return f"waking {self.project}: {self.text} ({time.monotonic() - self.started:.0f}s)"
-
-    def progress(self, message: dict[str, Any]) -> None:
-        text = str(message.get("progress"))
-        if text == self.text:
-            return
-        self.text = text
-        if self.tty:
-            self.redraw()
-        else:
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
-
-    def redraw(self) -> None:
-        if self.tty and self.text is not None:
-            self.stream.write("\r\033[K" + self.line())
-            self.stream.flush()
-
-    def done(self) -> None:
-        if self.tty and self.text is not None:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-        self.text = None
-
-
 def run_session(client: Client, project: str, request: dict[str, Any]) -> None:
     """Run the session and exit with the command's status."""
-    wait = WaitLine(project)
-    request = {"project": project, **request}
     try:
-        code = exec_client.run(
-            exec_client.exec_socket_for(client.path),
-            request,
-            on_progress=wait.progress,
-            on_tick=wait.redraw if wait.tty else None,
-            on_ready=wait.done,
-        )
+        code = session.run_session(client, project, request)
     except exec_client.ExecError as exc:
-        wait.done()
         raise click.ClickException(str(exc)) from None
-    wait.done()
     sys.exit(code)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from rxslurm.cli.client import Client
-from rxslurm.cli.main import api_errors, emit_json, json_option
+from rxslurm.cli.common import api_errors, emit_json, json_option
 
 
 def _binding_text(verb: str, binding: dict[str, Any]) -> str:

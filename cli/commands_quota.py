@@ -10,7 +10,7 @@ import click
 
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
-from rxslurm.cli.main import api_errors, emit_json, json_option
+from rxslurm.cli.common import api_errors, emit_json, json_option
 
 # Limit key, in-use key, column heading.
 LIMITS = (

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 PENDING_NOTE = "new settings apply on the next start"
@@ -42,6 +41,8 @@ def cell(value: Any) -> str:
 
 def when(timestamp: Any) -> str:
     """An API timestamp to the second, still marked UTC: "2024-05-01 12:34:56Z"."""
+    from datetime import datetime  # only tables with times need it: keep it off start-up
+
     try:
         moment = datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
     except ValueError:
@@ -224,3 +225,41 @@ def _target(event: Mapping[str, Any]) -> str:
     if not kind and not ident:
         return "-"
     return f"{cell(kind)}:{cell(ident)}"
+
+
+def json_text(data: Any) -> str:
+    """`--json` output: the API's answer, indented, keys sorted."""
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+def duration(seconds: Any) -> str:
+    if not isinstance(seconds, int):
+        return "-"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def status_lines(s: Mapping[str, Any]) -> list[str]:
+    """The whole of `rxctl status`."""
+    state = s["state"] + (" (unknown: Slurm is not answering)" if s.get("state_unknown") else "")
+    items: list[tuple[str, Any]] = [
+        ("project", s["project"]),
+        ("state", state),
+        ("reason", cell(s.get("reason"))),
+        ("container", s["name"]),
+        ("image", cell(s.get("image"))),
+        ("runs as", cell(s.get("runtime_user"))),
+        ("job", cell(s.get("job_id"))),
+        ("node", cell(s.get("node"))),
+        ("gpus", f"{s['gpus']} ({s['gres']})" if s.get("gres") else cell(s.get("gpus"))),
+        ("uptime", duration(s.get("uptime_s"))),
+        ("workspace", f"{s['workspace']} (at /workspace)"),
+        ("fixed mounts", cell(s.get("fixed_mounts"))),
+        ("over quota", cell(s.get("over_quota"))),
+        ("last error", cell(s.get("last_error"))),
+    ]
+    lines = pairs(items)
+    if s.get("settings_pending"):
+        lines.append(PENDING_NOTE)
+    return lines
