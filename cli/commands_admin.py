@@ -9,11 +9,11 @@ import click
 
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
-from rxslurm.cli.common import api_errors, emit_json, json_option
+from rxslurm.cli.common import api_errors, echo, emit_json, json_option
 
 
 def echo_lines(lines: list[str]) -> None:
-    click.echo("\n".join(lines))
+    echo("\n".join(lines))
 
 
 @click.group()
@@ -59,9 +59,9 @@ def code(
     if json_:
         emit_json(answer)
         return
-    click.echo(answer["code"])
+    echo(answer["code"])
     who = answer.get("linux_user") or "any Linux user"
-    click.echo(
+    echo(
         f"one-time code for platform user {answer['platform_user']}, redeemable by {who} "
         f"until {answer.get('expires_at')}: rxctl bind {answer['code']}",
         err=True,
@@ -85,7 +85,7 @@ def bind(client: Client, platform_user: str, linux_user: str, json_: bool) -> No
     if json_:
         emit_json(answer)
     else:
-        click.echo(
+        echo(
             f"Bound {answer.get('user', linux_user)} to platform user "
             f"{answer.get('platform_user', platform_user)}."
         )
@@ -113,7 +113,7 @@ def unbind(client: Client, platform_user: str | None, linux_user: str | None, js
     if json_:
         emit_json(answer)
     else:
-        click.echo(
+        echo(
             f"Unbound {answer.get('user', linux_user or '?')} from platform user "
             f"{answer.get('platform_user', platform_user or '?')}."
         )

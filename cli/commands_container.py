@@ -9,7 +9,7 @@ import click
 
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
-from rxslurm.cli.common import api_errors, emit_json, json_option, project_option
+from rxslurm.cli.common import api_errors, echo, emit_json, json_option, project_option
 from rxslurm.cli.project_choice import choose_project
 from rxslurm.cli.render import status_lines
 
@@ -31,7 +31,7 @@ def _lifecycle(action: str, summary: str, example: str, done: str) -> click.Comm
             emit_json(result)
             return
         reason = f" ({result['reason']})" if result.get("reason") else ""
-        click.echo(f"{result['project']}: {done}; now {result['state']}{reason}")
+        echo(f"{result['project']}: {done}; now {result['state']}{reason}")
 
     return command
 
@@ -78,7 +78,7 @@ def status(client: Client, project: str | None, json_: bool) -> None:
         emit_json(result)
         return
     for line in status_lines(result):
-        click.echo(line)
+        echo(line)
 
 
 @click.command(name="list")
@@ -95,7 +95,7 @@ def list_(client: Client, json_: bool) -> None:
         emit_json(result)
         return
     if not result:
-        click.echo("no projects yet; create one with: rxctl project create NAME")
+        echo("no projects yet; create one with: rxctl project create NAME")
         return
     rows = [
         (
@@ -109,7 +109,7 @@ def list_(client: Client, json_: bool) -> None:
         for c in result
     ]
     for line in render.table(("PROJECT", "ROLE", "STATE", "JOB", "NODE", "REASON"), rows):
-        click.echo(line)
+        echo(line)
 
 
 COMMANDS = (enable, start, stop, disable, retry, status, list_)

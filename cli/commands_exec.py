@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from rxslurm.cli import exec_client, session
+from rxslurm.cli import exec_client, render, session
 from rxslurm.cli.client import Client
 from rxslurm.cli.common import api_errors, project_option
 from rxslurm.cli.project_choice import choose_project
@@ -30,7 +30,7 @@ def run_session(client: Client, project: str, request: dict[str, Any]) -> None:
     try:
         code = session.run_session(client, project, request)
     except exec_client.ExecError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(render.safe(str(exc))) from None
     sys.exit(code)
 
 

@@ -10,7 +10,7 @@ import click
 
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
-from rxslurm.cli.common import api_errors, emit_json, json_option
+from rxslurm.cli.common import api_errors, echo, emit_json, json_option
 
 ROLES = "owner|manager|editor|viewer"
 
@@ -67,13 +67,13 @@ def project_route(name: str, *rest: str) -> str:
 
 
 def echo_lines(lines: list[str]) -> None:
-    click.echo("\n".join(lines))
+    echo("\n".join(lines))
 
 
 def echo_warnings(answer: dict[str, Any]) -> None:
     """The change was made, but something around it was not (e.g. the workspace): say so."""
     for warning in answer.get("warnings") or []:
-        click.echo(f"Warning: {warning}", err=True)
+        echo(f"Warning: {warning}", err=True)
 
 
 @click.group()
@@ -106,7 +106,7 @@ def create(client: Client, name: str, json_: bool, **options: Any) -> None:
     if json_:
         emit_json(created)
     else:
-        click.echo(f"Created project {created['name']}; you are its owner.")
+        echo(f"Created project {created['name']}; you are its owner.")
 
 
 @project.command("list")
@@ -159,7 +159,7 @@ def delete(client: Client, name: str, yes: bool, json_: bool) -> None:
     if json_:
         emit_json(answer)
     else:
-        click.echo(f"Deleted project {answer.get('deleted', name)}.")
+        echo(f"Deleted project {answer.get('deleted', name)}.")
 
 
 @project.command("set")
@@ -183,9 +183,9 @@ def set_(client: Client, name: str, json_: bool, **options: Any) -> None:
     if json_:
         emit_json(answer)
         return
-    click.echo(f"Updated project {answer['name']}: {render.changed_settings(settings)}")
+    echo(f"Updated project {answer['name']}: {render.changed_settings(settings)}")
     if answer.get("settings_pending"):
-        click.echo(render.PENDING_NOTE)
+        echo(render.PENDING_NOTE)
 
 
 @project.command("run-as")
@@ -204,7 +204,7 @@ def run_as(client: Client, name: str, mode: str, json_: bool) -> None:
     if json_:
         emit_json(answer)
     else:
-        click.echo(
+        echo(
             f"Project {answer['name']} runs as {answer['run_as']} "
             f"(runtime user {render.cell(answer.get('runtime_user'))})."
         )
@@ -223,7 +223,7 @@ def _members_answer(answer: dict[str, Any], json_: bool, message: str) -> None:
     if json_:
         emit_json(answer)
     else:
-        click.echo(message)
+        echo(message)
 
 
 @member.command("add")

@@ -10,7 +10,7 @@ import click
 
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
-from rxslurm.cli.common import api_errors, emit_json, json_option
+from rxslurm.cli.common import api_errors, echo, emit_json, json_option
 
 # Limit key, in-use key, column heading.
 LIMITS = (
@@ -22,7 +22,7 @@ LIMITS = (
 
 
 def echo_lines(lines: Sequence[str]) -> None:
-    click.echo("\n".join(lines))
+    echo("\n".join(lines))
 
 
 def scope_words(quota: Mapping[str, Any]) -> str:
@@ -215,7 +215,7 @@ def set_(
     if json_:
         emit_json(answer)
         return
-    click.echo(
+    echo(
         f"Quota {answer['id']} on partition {answer['partition']} for {scope_words(answer)}: "
         f"{limit_words(answer)}."
     )
@@ -255,7 +255,7 @@ def rm(client: Client, quota_id: int, json_: bool) -> None:
         emit_json(answer)
         return
     removed = answer["removed"]
-    click.echo(
+    echo(
         f"Removed quota {removed['id']} on partition {removed['partition']} for "
         f"{scope_words(removed)}."
     )
@@ -296,4 +296,4 @@ def stop(client: Client, project: str, json_: bool) -> None:
     if json_:
         emit_json(answer)
     else:
-        click.echo(f"{project}: stopped by an admin; now {render.cell(answer.get('state'))}")
+        echo(f"{project}: stopped by an admin; now {render.cell(answer.get('state'))}")

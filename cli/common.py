@@ -32,10 +32,16 @@ def api_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ClientError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(render.safe(str(exc))) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def emit_json(data: Any) -> None:
+    # JSON escapes control characters, and ensure_ascii every other non-ASCII one.
     click.echo(render.json_text(data))
+
+
+def echo(text: str = "", err: bool = False) -> None:
+    """Print text for people; what came from rxd in it cannot drive the terminal."""
+    click.echo(render.safe_text(text), err=err)

@@ -113,7 +113,7 @@ def run(plan: Plan) -> int:
 
             result = client.get(f"/v1/projects/{quote(name, safe='')}/status")
             text = render.json_text(result) if plan.json else "\n".join(render.status_lines(result))
-            sys.stdout.write(text + "\n")
+            sys.stdout.write(render.safe_text(text) + "\n")
             sys.stdout.flush()
             return 0
         from rxslurm.cli import session
@@ -123,7 +123,7 @@ def run(plan: Plan) -> int:
             request.update(tty=True, term=exec_client.terminal_type())
         return session.run_session(client, name, request)
     except (ClientError, exec_client.ExecError) as exc:
-        sys.stderr.write(f"Error: {exc}\n")
+        sys.stderr.write(f"Error: {render.safe(str(exc))}\n")
         return 1
 
 

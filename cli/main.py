@@ -11,8 +11,9 @@ import importlib
 
 import click
 
+from rxslurm.cli import render
 from rxslurm.cli.client import Client, ClientError
-from rxslurm.cli.common import api_errors, emit_json, json_option
+from rxslurm.cli.common import api_errors, echo, emit_json, json_option
 
 __all__ = ["api_errors", "cli", "emit_json", "json_option"]
 
@@ -90,7 +91,7 @@ def whoami(client: Client, json_: bool) -> None:
         emit_json(me)
         return
     role = "admin" if me["admin"] else "user"
-    click.echo(f"{me['user']} (uid {me['uid']}, {role})")
+    echo(f"{me['user']} (uid {me['uid']}, {role})")
 
 
 @cli.command()
@@ -107,7 +108,7 @@ def doctor(client: Client, json_: bool) -> None:
         if json_:
             emit_json({"ok": False, "checks": {"daemon": {"ok": False, "detail": str(exc)}}})
             raise SystemExit(1) from None
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(render.safe(str(exc))) from None
     checks = {"daemon": {"ok": True, "detail": f"rxd {health['version']} on {client.path}"}}
     checks.update(health["checks"])
     if json_:
@@ -115,6 +116,6 @@ def doctor(client: Client, json_: bool) -> None:
     else:
         for name, check in checks.items():
             mark = "ok  " if check["ok"] else "FAIL"
-            click.echo(f"{mark} {name:<10} {check['detail']}")
+            echo(f"{mark} {name:<10} {check['detail']}")
     if not health["ok"]:
         raise SystemExit(1)

@@ -6,6 +6,7 @@ Everything here turns API answers (plain dicts) into lines; `--json` bypasses it
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,31 @@ SETTINGS: tuple[tuple[str, str], ...] = (
 )
 
 
+# What a terminal would act on rather than show: C0 and C1 controls and DEL (escape sequences,
+# carriage returns that overwrite a line), Unicode's bidirectional controls (which reorder what
+# follows, "Trojan Source"), and the line and paragraph separators. Any project member can put such
+# characters in what rxd stores (an image reference, a display name, a job's last error), and
+# others read it here.
+_BIDI_AND_SEPARATORS = "\\u061c\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069"
+_UNSAFE = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_BIDI_AND_SEPARATORS}]")
+_UNSAFE_KEEP_NL = re.compile(f"[\\x00-\\x09\\x0b-\\x1f\\x7f-\\x9f{_BIDI_AND_SEPARATORS}]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(text: str) -> str:
+    """One line of text from rxd, with everything a terminal would act on shown escaped."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def safe_text(text: str) -> str:
+    """Like safe(), but newlines stay: for several lines printed at once."""
+    return _UNSAFE_KEEP_NL.sub(_escape, text)
+
+
 def cell(value: Any) -> str:
     """One value as table text: absent and empty values show as "-"."""
     if value is None or value == "":
@@ -33,10 +59,10 @@ def cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, Mapping):
-        return " ".join(f"{k}={cell(v)}" for k, v in sorted(value.items())) or "-"
+        return " ".join(f"{safe(str(k))}={cell(v)}" for k, v in sorted(value.items())) or "-"
     if isinstance(value, list | tuple):
         return ",".join(cell(v) for v in value) or "-"
-    return str(value)
+    return safe(str(value))
 
 
 def when(timestamp: Any) -> str:
@@ -105,7 +131,7 @@ def container_line(container: Mapping[str, Any] | None) -> str:
         return "none (not enabled)"
     state = cell(container.get("state"))
     extra = [
-        f"{label} {container[key]}"
+        f"{label} {cell(container[key])}"
         for key, label in (("job_id", "job"), ("node", "on"), ("reason", "reason"))
         if container.get(key)
     ]
@@ -242,19 +268,24 @@ def duration(seconds: Any) -> str:
 
 def status_lines(s: Mapping[str, Any]) -> list[str]:
     """The whole of `rxctl status`."""
-    state = s["state"] + (" (unknown: Slurm is not answering)" if s.get("state_unknown") else "")
+    state = cell(s["state"]) + (
+        " (unknown: Slurm is not answering)" if s.get("state_unknown") else ""
+    )
     items: list[tuple[str, Any]] = [
-        ("project", s["project"]),
+        ("project", cell(s["project"])),
         ("state", state),
         ("reason", cell(s.get("reason"))),
-        ("container", s["name"]),
+        ("container", cell(s["name"])),
         ("image", cell(s.get("image"))),
         ("runs as", cell(s.get("runtime_user"))),
         ("job", cell(s.get("job_id"))),
         ("node", cell(s.get("node"))),
-        ("gpus", f"{s['gpus']} ({s['gres']})" if s.get("gres") else cell(s.get("gpus"))),
+        (
+            "gpus",
+            f"{cell(s['gpus'])} ({cell(s['gres'])})" if s.get("gres") else cell(s.get("gpus")),
+        ),
         ("uptime", duration(s.get("uptime_s"))),
-        ("workspace", f"{s['workspace']} (at /workspace)"),
+        ("workspace", f"{cell(s['workspace'])} (at /workspace)"),
         ("fixed mounts", cell(s.get("fixed_mounts"))),
         ("over quota", cell(s.get("over_quota"))),
         ("last error", cell(s.get("last_error"))),

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from rxslurm.cli import exec_client
 from rxslurm.cli.client import Client
+from rxslurm.cli.render import safe
 
 
 class WaitLine:
@@ -28,7 +29,7 @@ class WaitLine:
         return f"waking {self.project}: {self.text} ({time.monotonic() - self.started:.0f}s)"
 
     def progress(self, message: dict[str, Any]) -> None:
-        text = str(message.get("progress"))
+        text = safe(str(message.get("progress")))
         if text == self.text:
             return
         self.text = text

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from hypothesis import strategies as st
 from rxslurm.cli import fastpath
 from rxslurm.cli.client import Client, _BadReply, parse_response
 from rxslurm.cli.main import LAZY_COMMANDS, cli
+from tests.support.fake_rxd import http_answer, serve, short_tmp_dir
 
 # Modules that the fast path must not load, and why they were a problem.
 FORBIDDEN = (
@@ -49,34 +48,6 @@ STATUS = {
     "workspace": "/srv/rxslurm/workspaces/alpha",
     "fixed_mounts": [],
 }
-
-
-def serve(path: Path, answer: bytes, *, exec_socket: bool = False) -> threading.Thread:
-    """A one-connection stand-in for rxd: reads a request, sends `answer`, closes."""
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(1)
-
-    def run() -> None:
-        conn, _ = server.accept()
-        with conn, server:
-            if exec_socket:
-                _, fds, _, _ = socket.recv_fds(conn, 65536, 8)
-                for fd in fds:
-                    os.close(fd)
-            else:
-                conn.recv(65536)
-            conn.sendall(answer)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def http_answer(data: object, status: str = "200 OK") -> bytes:
-    body = json.dumps(data).encode()
-    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 PROBE = """
@@ -110,12 +81,9 @@ def forbidden(modules: set[str]) -> list[str]:
 
 
 @pytest.fixture
-def sock_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    # A short path: Unix socket paths are limited to about 100 bytes.
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="rx") as folder:
-        yield Path(folder)
+def sock_dir() -> Iterator[Path]:
+    with short_tmp_dir() as folder:
+        yield folder
 
 
 def test_status_answers_without_the_slow_modules(sock_dir: Path) -> None:
