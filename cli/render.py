@@ -180,7 +180,7 @@ def project_lines(project: Mapping[str, Any]) -> list[str]:
 def member_lines(members: Iterable[Mapping[str, Any]]) -> list[str]:
     return table(
         ("MEMBER", "ROLE", "LINUX USER"),
-        # In standalone mode a member is bound on their first call to rxd.
+        # In local identity mode a member is bound on their first call to rxd.
         [(m.get("user"), m.get("role"), m.get("linux_user") or "(not bound yet)") for m in members],
     )
 

@@ -15,8 +15,21 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 quietly_as_user() {
   runuser -u "$user" -- env PATH="$venv/bin:/usr/local/bin:/usr/bin:/bin" HOME="/home/$user" "$@"
 }
+# The command as it would be typed: arguments with spaces or shell characters single-quoted, so a
+# line can be pasted back into a shell.
+shell_words() {
+  local words=() arg
+  for arg in "$@"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+      words+=("$arg")
+    else
+      words+=("'${arg//\'/\'\\\'\'}'")
+    fi
+  done
+  printf '%s' "${words[*]}"
+}
 as_user() {
-  printf '%s$ %s\n' "$user" "$*"
+  printf '%s$ %s\n' "$user" "$(shell_words "$@")"
   quietly_as_user "$@"
 }
 
@@ -45,7 +58,7 @@ if ! "$venv/bin/rxctl" whoami >/dev/null 2>&1; then
 fi
 "$venv/bin/rxctl" doctor
 
-say "A researcher is bound automatically (standalone mode)"
+say "A researcher is bound automatically (identity mode \"local\")"
 as_user rxctl whoami
 
 say "A project with one GPU"
@@ -77,6 +90,14 @@ as_user rxctl exec -p "$project" -- cat /opt/demo/installed /workspace/results.t
 say "Status"
 as_user rxctl status -p "$project"
 as_user rxctl list
+# rxctl on every user's PATH, as the README's examples call it; a link of ours or of another
+# checkout's venv is re-pointed, anything else is left alone.
+link=/usr/local/bin/rxctl
+if [[ ! -e $link && ! -L $link ]] || [[ $(readlink "$link") == */.venv/bin/rxctl ]]; then
+  ln -sfn "$venv/bin/rxctl" "$link"
+fi
 echo
-echo "rxd keeps running (pid $(cat "$run_dir/rxd.pid" 2>/dev/null || echo '?'), log $log). Try:"
-echo "  runuser -u $user -- $venv/bin/rxctl shell -p $project"
+echo "rxd keeps running (pid $(cat "$run_dir/rxd.pid" 2>/dev/null || echo '?'), log $log);"
+echo "rxctl is $(command -v rxctl || echo "$venv/bin/rxctl"). Try:"
+echo "  runuser -u $user -- rxctl shell -p $project"
+echo "Tear it all down: see README.md, \"Try it: two commands\"."
