@@ -1,4 +1,4 @@
-"""Exec latency: `rxctl exec -p P -- true` on a running container against the same step by hand.
+"""Exec latency: `rxctl exec --project P -- true` on a running container against the step by hand.
 
 The baseline is exactly the step rxd runs (rxslurm.daemon.exec_server.srun_argv): `srun
 --jobid J --overlap --ntasks=1 --quiet ... apptainer exec --pwd /workspace instance://NAME true`,
@@ -211,10 +211,10 @@ def run(ctx: Context) -> Result:
     try:
         row = container.enable()
         project = container.project
-        rx_argv = [RXCTL, "--socket", str(rxd.socket), "exec", "-p", project, "--", "true"]
+        rx_argv = [RXCTL, "--socket", str(rxd.socket), "exec", "--project", project, "--", "true"]
         base_argv = raw_step(row, project, ["true"])
         # rxctl's start-up, on the path exec takes: `status` of the same project (one request).
-        startup_argv = [RXCTL, "--socket", str(rxd.socket), "status", "-p", project]
+        startup_argv = [RXCTL, "--socket", str(rxd.socket), "status", "--project", project]
         env = raw_env(row)
         result.params = {
             "tag": tag_of(rxd),
@@ -222,7 +222,7 @@ def run(ctx: Context) -> Result:
             "clients": sizes.exec_clients,
             "concurrent_n": sizes.exec_concurrent_n,
             "warmup": WARMUP,
-            "rx_command": ["rxctl", "exec", "-p", project, "--", "true"],
+            "rx_command": ["rxctl", "exec", "--project", project, "--", "true"],
             "baseline_command": base_argv,
             "baseline_env": env,
             "user": container.user,

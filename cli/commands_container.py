@@ -9,7 +9,15 @@ import click
 
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
-from rxslurm.cli.common import api_errors, echo, emit_json, json_option, project_option
+from rxslurm.cli.common import (
+    api_errors,
+    echo,
+    echo_lines,
+    emit_json,
+    json_option,
+    list_options,
+    project_option,
+)
 from rxslurm.cli.project_choice import choose_project
 from rxslurm.cli.render import status_lines
 
@@ -39,26 +47,26 @@ def _lifecycle(action: str, summary: str, example: str, done: str) -> click.Comm
 enable = _lifecycle(
     "enable",
     "Create the project's container (overlay, image) and start it (owner).",
-    "rxctl enable -p alpha",
+    "rxctl enable --project alpha",
     "enabled",
 )
 start = _lifecycle(
-    "start", "Wake the project's container (manager+).", "rxctl start -p alpha", "started"
+    "start", "Wake the project's container (manager+).", "rxctl start --project alpha", "started"
 )
 stop = _lifecycle(
     "stop",
     "Stop the container; its overlay and workspace are kept (manager+).",
-    "rxctl stop -p alpha",
+    "rxctl stop --project alpha",
     "stopping",
 )
 disable = _lifecycle(
     "disable",
     "Stop the container and delete its overlay; the workspace stays (owner).",
-    "rxctl disable -p alpha",
+    "rxctl disable --project alpha",
     "disabled",
 )
 retry = _lifecycle(
-    "retry", "Start again after an error (owner).", "rxctl retry -p alpha", "retrying"
+    "retry", "Start again after an error (owner).", "rxctl retry --project alpha", "retrying"
 )
 
 
@@ -70,7 +78,7 @@ retry = _lifecycle(
 def status(client: Client, project: str | None, json_: bool) -> None:
     """Show the container's state, job, node, GPUs, uptime and last error.
 
-    Example: rxctl status -p alpha
+    Example: rxctl status --project alpha
     """
     name = choose_project(client, project)
     result = client.get(f"/v1/projects/{quote(name, safe='')}/status")
@@ -82,34 +90,20 @@ def status(client: Client, project: str | None, json_: bool) -> None:
 
 
 @click.command(name="list")
+@list_options
 @json_option
 @click.pass_obj
 @api_errors
-def list_(client: Client, json_: bool) -> None:
+def list_(client: Client, json_: bool, shape: render.Shape) -> None:
     """List the containers of your projects.
 
-    Example: rxctl list
+    Example: rxctl list --noheader --format project,state
     """
-    result = client.get("/v1/containers")["containers"]
+    answer = client.get("/v1/containers")
     if json_:
-        emit_json(result)
+        emit_json(answer)
         return
-    if not result:
-        echo("no projects yet; create one with: rxctl project create NAME")
-        return
-    rows = [
-        (
-            c["project"],
-            c["role"],
-            c["state"],
-            render.cell(c["job_id"]),
-            render.cell(c["node"]),
-            render.cell(c["reason"]),
-        )
-        for c in result
-    ]
-    for line in render.table(("PROJECT", "ROLE", "STATE", "JOB", "NODE", "REASON"), rows):
-        echo(line)
+    echo_lines(render.container_list_lines(answer["containers"], shape))
 
 
 COMMANDS = (enable, start, stop, disable, retry, status, list_)

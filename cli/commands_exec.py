@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import wraps
 from typing import Any
 
 import click
 
 from rxslurm.cli import exec_client, render, session
-from rxslurm.cli.client import Client
-from rxslurm.cli.common import api_errors, project_option
+from rxslurm.cli.client import Client, ClientError
+from rxslurm.cli.common import F, project_option
 from rxslurm.cli.project_choice import choose_project
 
 no_wake_option = click.option(
@@ -25,18 +26,37 @@ cwd_option = click.option(
 )
 
 
+class SessionFailed(click.ClickException):
+    """rxctl could not run the command: `Error: ...`, and an exit status of its own."""
+
+    exit_code = session.SESSION_FAILED
+
+
+def session_errors(func: F) -> F:
+    """Every failure of rxctl's own, as SessionFailed (exit 125), never the command's status."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ClientError, exec_client.ExecError) as exc:
+            raise SessionFailed(render.safe(str(exc))) from None
+        except click.ClickException as exc:
+            if isinstance(exc, SessionFailed):
+                raise
+            raise SessionFailed(exc.message) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
 def run_session(client: Client, project: str, request: dict[str, Any]) -> None:
     """Run the session and exit with the command's status."""
-    try:
-        code = session.run_session(client, project, request)
-    except exec_client.ExecError as exc:
-        raise click.ClickException(render.safe(str(exc))) from None
-    sys.exit(code)
+    sys.exit(session.run_session(client, project, request))
 
 
 @click.command(
     "exec",
-    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+    context_settings={"allow_interspersed_args": False},
 )
 @project_option
 @no_wake_option
@@ -44,7 +64,7 @@ def run_session(client: Client, project: str, request: dict[str, Any]) -> None:
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (needs one here).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-@api_errors
+@session_errors
 def exec_(
     client: Client,
     project: str | None,
@@ -56,9 +76,10 @@ def exec_(
     """Run a command in a project's container, waking it if needed; exits with its status.
 
     The command runs as the container's user, in /workspace, with your stdin, stdout and
-    stderr. Put `--` before it when it has options of its own.
+    stderr. Put `--` before it when it has options of its own. When rxctl itself fails (rxd
+    unreachable, no such project, a usage error) it exits 125, as `docker run` does.
 
-    Example: rxctl exec -p alpha -- python train.py --epochs 3
+    Example: rxctl exec --project alpha -- python train.py --epochs 3
     """
     if tty and not os.isatty(0):
         raise click.ClickException("-t needs a terminal on stdin")
@@ -74,11 +95,13 @@ def exec_(
 @no_wake_option
 @cwd_option
 @click.pass_obj
-@api_errors
+@session_errors
 def shell(client: Client, project: str | None, no_wake: bool, cwd: str) -> None:
     """Open an interactive shell in a project's container, waking it if needed.
 
-    Example: rxctl shell -p alpha
+    Exits with the shell's status; 125 when rxctl itself fails, as `rxctl exec`.
+
+    Example: rxctl shell --project alpha
     """
     if not os.isatty(0):
         raise click.ClickException(

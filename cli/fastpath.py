@@ -99,7 +99,7 @@ def parse(args: list[str]) -> Plan | None:
 
 def run(plan: Plan) -> int:
     """Carry out the plan; the exit status. Errors read as click's: `Error: ...`, exit 1."""
-    from rxslurm.cli import exec_client, render
+    from rxslurm.cli import exec_client, render, session
     from rxslurm.cli.client import Client, ClientError
     from rxslurm.cli.project_choice import choose_project
 
@@ -116,15 +116,13 @@ def run(plan: Plan) -> int:
             sys.stdout.write(render.safe_text(text) + "\n")
             sys.stdout.flush()
             return 0
-        from rxslurm.cli import session
-
         request: dict[str, object] = {"argv": plan.argv, "wake": not plan.no_wake, "cwd": plan.cwd}
         if plan.tty:
             request.update(tty=True, term=exec_client.terminal_type())
         return session.run_session(client, name, request)
     except (ClientError, exec_client.ExecError) as exc:
         sys.stderr.write(f"Error: {render.safe(str(exc))}\n")
-        return 1
+        return session.SESSION_FAILED if plan.command == "exec" else 1
 
 
 def main() -> None:
@@ -133,6 +131,24 @@ def main() -> None:
     if plan is None:
         from rxslurm.cli.main import cli
 
-        cli(args=args, prog_name="rxctl")
+        try:
+            cli.main(args=args, prog_name="rxctl")
+        except SystemExit as done:
+            # A usage error of exec or shell is rxctl's failure, not the command's (docker's 125).
+            if done.code == 2 and _session_command(args):
+                from rxslurm.cli.session import SESSION_FAILED
+
+                raise SystemExit(SESSION_FAILED) from None
+            raise
         return
     sys.exit(run(plan))
+
+
+def _session_command(args: list[str]) -> bool:
+    words = [a for a in args if not a.startswith("-")]
+    # --socket PATH: its value is not the command's name.
+    if "--socket" in args and args.index("--socket") + 1 < len(args):
+        value = args[args.index("--socket") + 1]
+        if value in words:
+            words.remove(value)
+    return bool(words) and words[0] in ("exec", "shell")

@@ -11,7 +11,7 @@ from rxslurm.cli.client import Client, ClientError
 
 PROJECT_ENV = "RX_PROJECT"
 # The one place the option's spelling lives: click's option and rxctl's fast path read it here.
-PROJECT_FLAGS = ("-p", "--project")
+PROJECT_FLAGS = ("-P", "--project")
 
 
 class NoProjectChosen(ClientError):

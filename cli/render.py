@@ -91,10 +91,45 @@ def detail(value: Any) -> str:
     return " ".join(parts) or "-"
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+class BadFormat(ValueError):
+    """--format names a column the list does not have."""
+
+
+class Shape:
+    """A list's `--noheader` and `--format`, as squeue's `-h` and `-o`: which columns, in which
+    order, and whether the header line and the "nothing here" sentence are shown."""
+
+    def __init__(self, noheader: bool = False, columns: str | None = None) -> None:
+        self.noheader = noheader
+        self.columns = [c.strip() for c in columns.split(",")] if columns else None
+
+    def empty(self, sentence: str) -> list[str]:
+        return [] if self.noheader else [sentence]
+
+
+PEOPLE = Shape()
+
+
+def column_key(header: str) -> str:
+    """`LINUX USER` -> `linux_user`: how --format names a column."""
+    return header.lower().replace(" ", "_")
+
+
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], shape: Shape = PEOPLE
+) -> list[str]:
     """Left-aligned columns two spaces apart; the last column is not padded."""
     text_rows = [[cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
+    if shape.columns is not None:
+        keys = [column_key(h) for h in headers]
+        unknown = [c for c in shape.columns if column_key(c) not in keys]
+        if unknown:
+            raise BadFormat(f"no column {unknown[0]!r}; the columns are: {', '.join(keys)}")
+        picked = [keys.index(column_key(c)) for c in shape.columns]
+        headers = [headers[i] for i in picked]
+        text_rows = [[row[i] for i in picked] for row in text_rows]
+    # Without a header, the columns are as wide as their values.
+    widths = [0 if shape.noheader else len(h) for h in headers]
     for row in text_rows:
         for i, value in enumerate(row):
             widths[i] = max(widths[i], len(value))
@@ -102,7 +137,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     for row in [list(headers), *text_rows]:
         padded = [value.ljust(widths[i]) for i, value in enumerate(row[:-1])]
         lines.append("  ".join([*padded, row[-1]]).rstrip())
-    return lines
+    return lines[1:] if shape.noheader else lines
 
 
 def pairs(items: Iterable[tuple[str, Any]], indent: str = "") -> list[str]:
@@ -185,12 +220,13 @@ def member_lines(members: Iterable[Mapping[str, Any]]) -> list[str]:
     )
 
 
-def project_list_lines(projects: Sequence[Mapping[str, Any]]) -> list[str]:
+def project_list_lines(projects: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE) -> list[str]:
     if not projects:
-        return ["no projects yet; create one with: rxctl project create NAME"]
+        return shape.empty("no projects yet; create one with: rxctl project create NAME")
     return table(
         ("PROJECT", "ROLE", "STATE", "CREATED BY"),
         [(p.get("name"), p.get("role"), _summary_state(p), p.get("created_by")) for p in projects],
+        shape,
     )
 
 
@@ -209,9 +245,9 @@ def changed_settings(settings: Mapping[str, Any]) -> str:
     )
 
 
-def binding_lines(bindings: Sequence[Mapping[str, Any]]) -> list[str]:
+def binding_lines(bindings: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE) -> list[str]:
     if not bindings:
-        return ["no bindings"]
+        return shape.empty("no bindings")
     return table(
         ("PLATFORM USER", "LINUX USER", "UID", "BOUND AT", "BOUND BY"),
         [
@@ -224,12 +260,13 @@ def binding_lines(bindings: Sequence[Mapping[str, Any]]) -> list[str]:
             )
             for b in bindings
         ],
+        shape,
     )
 
 
-def event_lines(events: Sequence[Mapping[str, Any]]) -> list[str]:
+def event_lines(events: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE) -> list[str]:
     if not events:
-        return ["no events"]
+        return shape.empty("no events")
     return table(
         ("AT", "ACTOR", "ORIGIN", "ACTION", "TARGET", "DETAIL"),
         [
@@ -243,6 +280,7 @@ def event_lines(events: Sequence[Mapping[str, Any]]) -> list[str]:
             )
             for e in events
         ],
+        shape,
     )
 
 
@@ -294,3 +332,19 @@ def status_lines(s: Mapping[str, Any]) -> list[str]:
     if s.get("settings_pending"):
         lines.append(PENDING_NOTE)
     return lines
+
+
+def container_list_lines(
+    containers: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE
+) -> list[str]:
+    """`rxctl list`: the containers of the caller's projects."""
+    if not containers:
+        return shape.empty("no projects yet; create one with: rxctl project create NAME")
+    return table(
+        ("PROJECT", "ROLE", "STATE", "JOB", "NODE", "REASON"),
+        [
+            (c["project"], c["role"], c["state"], c["job_id"], c["node"], c["reason"])
+            for c in containers
+        ],
+        shape,
+    )

@@ -13,6 +13,11 @@ from rxslurm.cli import exec_client
 from rxslurm.cli.client import Client
 from rxslurm.cli.render import safe
 
+# rxctl exec and shell exit with the command's status, so their own failures need a status a
+# command is unlikely to use: docker run's 125 ("the docker command itself failed"). 126 and 127
+# (cannot run, not found) come from the container's side, as there.
+SESSION_FAILED = 125
+
 
 class WaitLine:
     """Shows a waking container's progress on stderr: one line redrawn on a terminal, else each

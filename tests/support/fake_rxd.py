@@ -12,8 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def serve(path: Path, answer: bytes, *, exec_socket: bool = False) -> threading.Thread:
-    """Listen on `path`; answer one connection with `answer` after reading its request."""
+class Served(threading.Thread):
+    received: bytes = b""
+
+
+def serve(path: Path, answer: bytes, *, exec_socket: bool = False) -> Served:
+    """Listen on `path`; answer one connection with `answer` after reading its request, which
+    the returned thread keeps in `received` (the API socket's)."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(1)
@@ -27,10 +32,10 @@ def serve(path: Path, answer: bytes, *, exec_socket: bool = False) -> threading.
                 for fd in fds:
                     os.close(fd)
             else:
-                conn.recv(65536)
+                thread.received = conn.recv(65536)
             conn.sendall(answer)
 
-    thread = threading.Thread(target=run, daemon=True)
+    thread = Served(target=run, daemon=True)
     thread.start()
     return thread
 
