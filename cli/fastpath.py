@@ -36,7 +36,7 @@ _FLAGS = {
     "status": {"--json": "json"},
     "exec": {"--no-wake": "no_wake", "-t": "tty", "--tty": "tty"},
 }
-_LONG = {"--project": "project", "--cwd": "cwd"}
+_LONG = {PROJECT_FLAGS[1]: "project", "--cwd": "cwd"}
 
 
 def _option(arg: str, command: str) -> tuple[str, str | None] | None:
@@ -64,7 +64,7 @@ def parse(args: list[str]) -> Plan | None:
         if name != "--socket":
             return None
         if not eq:
-            if not rest:
+            if not rest or rest[0].startswith("-"):
                 return None
             inline = rest.pop(0)
         socket = inline
