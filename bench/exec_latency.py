@@ -292,7 +292,7 @@ def run(ctx: Context) -> Result:
                 seq["baseline"]["p50_ms"],
                 "ms",
                 "raw srun --overlap",
-                note=f"{seq['overhead_p50_ms']:+.0f} ms: rxctl's start-up alone is "
+                note=f"{seq['overhead_p50_ms']:+.0f} ms: `rxctl status` as the user takes "
                 f"{startup['p50_ms']:.0f} ms, rxd's part {rxd_part:+.1f} ms",
                 headline=True,
             ),
@@ -311,7 +311,8 @@ def run(ctx: Context) -> Result:
                 None,
                 "ms",
                 better="",
-                note=f"rxctl's Python start-up alone is {startup['p50_ms']:.0f} ms",
+                note=f"`rxctl status` as the user (start-up and one request) takes "
+                f"{startup['p50_ms']:.0f} ms",
             ),
             Row(
                 "exec",
