@@ -18,7 +18,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
-from bench import api_throughput, exec_latency, footprint, reconcile_scale, wake_latency
+from bench import (
+    api_throughput,
+    exec_latency,
+    footprint,
+    reconcile_scale,
+    startup,
+    wake_latency,
+)
 from bench.fleet import held_fleet
 from bench.harness import RESULTS, Result, machine_info, now_iso, print_rows, write_json
 from bench.report import ORDER, write_latest
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(ctx.close)
         for name, module in (
             ("exec", exec_latency),
+            ("startup", startup),
             ("wake", wake_latency),
             ("api", api_throughput),
         ):

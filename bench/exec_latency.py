@@ -1,11 +1,12 @@
-"""Exec latency: `rxctl exec -p P -- true` on a running container against the same step by hand.
+"""Exec latency: `rxctl exec --project P -- true` on a running container against the step by hand.
 
 The baseline is exactly the step rxd runs (rxslurm.daemon.exec_server.srun_argv): `srun
 --jobid J --overlap --ntasks=1 --quiet ... apptainer exec --pwd /workspace instance://NAME true`,
 as the job's user with APPTAINER_CONFIGDIR=<state_dir>/apptainer. The two sides alternate
 (ABBA), so drift and other users of the cluster hit both alike. To show where rx-slurm's time
-goes, two more figures: rxctl's own start-up (`rxctl --version`) and a session on rxd's exec
-socket from a process that is already running (bench.clients exec: no interpreter start-up).
+goes, two more figures: rxctl's own start-up (`rxctl status`, one request) and a session on
+rxd's exec socket from a process that is already running (bench.clients exec: no interpreter
+start-up).
 Then throughput: `clients` processes at once, each running its share of the execs.
 """
 
@@ -210,8 +211,10 @@ def run(ctx: Context) -> Result:
     try:
         row = container.enable()
         project = container.project
-        rx_argv = [RXCTL, "--socket", str(rxd.socket), "exec", "-p", project, "--", "true"]
+        rx_argv = [RXCTL, "--socket", str(rxd.socket), "exec", "--project", project, "--", "true"]
         base_argv = raw_step(row, project, ["true"])
+        # rxctl's start-up, on the path exec takes: `status` of the same project (one request).
+        startup_argv = [RXCTL, "--socket", str(rxd.socket), "status", "--project", project]
         env = raw_env(row)
         result.params = {
             "tag": tag_of(rxd),
@@ -219,7 +222,7 @@ def run(ctx: Context) -> Result:
             "clients": sizes.exec_clients,
             "concurrent_n": sizes.exec_concurrent_n,
             "warmup": WARMUP,
-            "rx_command": ["rxctl", "exec", "-p", project, "--", "true"],
+            "rx_command": ["rxctl", "exec", "--project", project, "--", "true"],
             "baseline_command": base_argv,
             "baseline_env": env,
             "user": container.user,
@@ -238,7 +241,7 @@ def run(ctx: Context) -> Result:
         via_socket = SocketClient(rxd.socket, project)
         try:
             xs, ys, zs, vs = rotate(
-                (rx, base, via_socket, lambda: timed_as([RXCTL, "--version"])),
+                (rx, base, via_socket, lambda: timed_as(startup_argv)),
                 sizes.exec_n,
                 seq_failures,
             )
@@ -264,7 +267,7 @@ def run(ctx: Context) -> Result:
                 "rxctl_process_over_socket_session": round(
                     seq["rx"]["p50_ms"] - socket_summary["p50_ms"], 3
                 ),
-                "rxctl_version_startup": startup["p50_ms"],
+                "rxctl_status_startup": startup["p50_ms"],
             },
             "failures": {
                 "sequential_rx": seq_failures[0].report(),
@@ -289,7 +292,7 @@ def run(ctx: Context) -> Result:
                 seq["baseline"]["p50_ms"],
                 "ms",
                 "raw srun --overlap",
-                note=f"{seq['overhead_p50_ms']:+.0f} ms: rxctl's start-up alone is "
+                note=f"{seq['overhead_p50_ms']:+.0f} ms: `rxctl status` as the user takes "
                 f"{startup['p50_ms']:.0f} ms, rxd's part {rxd_part:+.1f} ms",
                 headline=True,
             ),
@@ -308,7 +311,8 @@ def run(ctx: Context) -> Result:
                 None,
                 "ms",
                 better="",
-                note=f"rxctl's Python start-up alone is {startup['p50_ms']:.0f} ms",
+                note=f"`rxctl status` as the user (start-up and one request) takes "
+                f"{startup['p50_ms']:.0f} ms",
             ),
             Row(
                 "exec",

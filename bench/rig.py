@@ -162,11 +162,13 @@ class Container:
         )
 
     def enable(self) -> dict[str, Any]:
-        must(self.rxd.rxctl(self.user, "enable", "-p", self.project), f"enable {self.project}")
+        must(
+            self.rxd.rxctl(self.user, "enable", "--project", self.project), f"enable {self.project}"
+        )
         return self.wait("running")
 
     def stop(self) -> dict[str, Any]:
-        must(self.rxd.rxctl(self.user, "stop", "-p", self.project), f"stop {self.project}")
+        must(self.rxd.rxctl(self.user, "stop", "--project", self.project), f"stop {self.project}")
         return self.wait(*RESTING)
 
     def job_gone(self, job_id: int) -> bool:

@@ -231,7 +231,7 @@ def run(ctx: Context) -> Result:
             "--socket",
             str(rxd.socket),
             "exec",
-            "-p",
+            "--project",
             container.project,
             "--",
             "echo",
@@ -263,7 +263,7 @@ def run(ctx: Context) -> Result:
         result.params = {
             "tag": tag_of(rxd),
             "n": sizes.wake_n,
-            "rx_command": ["rxctl", "exec", "-p", container.project, "--", "echo", "ready"],
+            "rx_command": ["rxctl", "exec", "--project", container.project, "--", "echo", "ready"],
             "baseline": "sbatch holder.sh (rxd's template and options); poll squeue -h -j J "
             f"every {SQUEUE_POLL_S}s until RUNNING; poll the holder's status file every "
             f"{STATUS_POLL_S}s until the instance runs; srun --overlap ... echo ready",

@@ -3,7 +3,6 @@ stdlib only so rxctl starts fast."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -30,20 +29,87 @@ class ApiError(ClientError):
         self.message = message
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("rxd", timeout=timeout)
-        self._path = path
+MAX_REPLY = 64 * 1024 * 1024
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+
+class _BadReply(Exception):
+    """The bytes rxd sent are not an HTTP/1.1 answer."""
+
+
+def http_request(
+    address: str | tuple[str, int],
+    method: str,
+    route: str,
+    body: bytes | None,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 exchange with rxd: (status, body).
+
+    `address` is the Unix socket's path, or (host, port) of the network door.
+
+    http.client would do, but it imports email and ssl, which is a third of rxctl's start-up.
+    rxd answers with a Content-Length or chunked, and `Connection: close` ends the answer.
+    """
+    head = [f"{method} {route} HTTP/1.1", "Host: rxd", "Connection: close"]
+    if body is not None:
+        head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    head += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    if not isinstance(address, str) and ":" in address[0]:
+        family = socket.AF_INET6
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        sock.sendall(request)
+        chunks = []
+        received = 0
+        while data := sock.recv(65536):
+            chunks.append(data)
+            received += len(data)
+            if received > MAX_REPLY:
+                raise _BadReply("the reply is too long")
+    return parse_response(b"".join(chunks))
+
+
+def parse_response(raw: bytes) -> tuple[int, bytes]:
+    """(status, body) of a whole HTTP/1.1 response."""
+    head, sep, rest = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise _BadReply("the reply ended early")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise _BadReply(f"not an HTTP reply: {status_line[:60]!r}")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        return int(parts[1]), _unchunk(rest)
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit() or len(rest) < int(length):
+            raise _BadReply("the reply ended early")
+        rest = rest[: int(length)]
+    return int(parts[1]), rest
+
+
+def _unchunk(data: bytes) -> bytes:
+    body = []
+    while True:
+        size_line, sep, data = data.partition(b"\r\n")
         try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+            size = int(size_line.split(b";")[0], 16)
+        except ValueError:
+            raise _BadReply("a bad chunk in the reply") from None
+        if not sep or len(data) < size:
+            raise _BadReply("the reply ended early")
+        if size == 0:
+            return b"".join(body)
+        body.append(data[:size])
+        data = data[size + 2 :]
 
 
 def socket_path(flag: str | None = None) -> str:
@@ -73,44 +139,33 @@ class Client:
         if self.door is None:
             raise ClientError(self.door_error)
         payload = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
-        where = self.door.address
-        conn: http.client.HTTPConnection
+        headers: dict[str, str] = {}
+        address: str | tuple[str, int] = self.door.address
         if self.door.kind == "network":
             try:
                 name, credential = munge_header(self.door, method, route, payload or b"")
             except DoorError as exc:
                 raise ClientError(str(exc)) from None
             headers[name] = credential
-            conn = http.client.HTTPConnection(*self.door.host_port, timeout=self.timeout)
-        else:
-            conn = _UnixConnection(self.door.address, self.timeout)
+            address = self.door.host_port
+        where = self.door.address
         try:
-            try:
-                conn.request(method, route, body=payload, headers=headers)
-                response = conn.getresponse()
-                raw = response.read()
-            except (FileNotFoundError, ConnectionRefusedError):
-                raise DaemonUnavailable(
-                    f"rxd is not running (nothing listens on {where})"
-                ) from None
-            except PermissionError:
-                raise DaemonUnavailable(f"cannot reach rxd: permission denied on {where}") from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise DaemonUnavailable(f"cannot reach rxd on {where}: {exc}") from None
-        finally:
-            conn.close()
+            status, raw = http_request(address, method, route, payload, self.timeout, headers)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonUnavailable(f"rxd is not running (nothing listens on {where})") from None
+        except PermissionError:
+            raise DaemonUnavailable(f"cannot reach rxd: permission denied on {where}") from None
+        except (OSError, _BadReply) as exc:
+            raise DaemonUnavailable(f"cannot reach rxd on {where}: {exc}") from None
         try:
             data = json.loads(raw) if raw else None
-        except json.JSONDecodeError:
-            raise ClientError(
-                f"rxd sent a reply that is not JSON (HTTP {response.status})"
-            ) from None
-        if response.status >= 400:
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ClientError(f"rxd sent a reply that is not JSON (HTTP {status})") from None
+        if status >= 400:
             error = (data or {}).get("error", {}) if isinstance(data, dict) else {}
             raise ApiError(
-                response.status,
+                status,
                 str(error.get("code", "error")),
-                str(error.get("message", f"HTTP {response.status}")),
+                str(error.get("message", f"HTTP {status}")),
             )
         return data

@@ -9,11 +9,7 @@ import click
 
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
-from rxslurm.cli.main import api_errors, emit_json, json_option
-
-
-def echo_lines(lines: list[str]) -> None:
-    click.echo("\n".join(lines))
+from rxslurm.cli.common import api_errors, echo, echo_lines, emit_json, json_option, list_options
 
 
 @click.group()
@@ -59,9 +55,9 @@ def code(
     if json_:
         emit_json(answer)
         return
-    click.echo(answer["code"])
+    echo(answer["code"])
     who = answer.get("linux_user") or "any Linux user"
-    click.echo(
+    echo(
         f"one-time code for platform user {answer['platform_user']}, redeemable by {who} "
         f"until {answer.get('expires_at')}: rxctl bind {answer['code']}",
         err=True,
@@ -85,7 +81,7 @@ def bind(client: Client, platform_user: str, linux_user: str, json_: bool) -> No
     if json_:
         emit_json(answer)
     else:
-        click.echo(
+        echo(
             f"Bound {answer.get('user', linux_user)} to platform user "
             f"{answer.get('platform_user', platform_user)}."
         )
@@ -113,17 +109,18 @@ def unbind(client: Client, platform_user: str | None, linux_user: str | None, js
     if json_:
         emit_json(answer)
     else:
-        click.echo(
+        echo(
             f"Unbound {answer.get('user', linux_user or '?')} from platform user "
             f"{answer.get('platform_user', platform_user or '?')}."
         )
 
 
 @admin.command("bindings")
+@list_options
 @json_option
 @click.pass_obj
 @api_errors
-def bindings(client: Client, json_: bool) -> None:
+def bindings(client: Client, json_: bool, shape: render.Shape) -> None:
     """List every binding between platform users and Linux users.
 
     Example: rxctl admin bindings --json
@@ -132,18 +129,24 @@ def bindings(client: Client, json_: bool) -> None:
     if json_:
         emit_json(answer)
     else:
-        echo_lines(render.binding_lines(answer["bindings"]))
+        echo_lines(render.binding_lines(answer["bindings"], shape))
 
 
 @admin.command("audit")
-@click.option("--project", metavar="P", help="Only events about this project.")
+@list_options
+@click.option("-P", "--project", metavar="PROJECT", help="Only events about this project.")
 @click.option("--limit", type=int, metavar="N", help="At most N events (newest).")
 @click.option("--since", metavar="ISO", help="Only events at or after this time (ISO 8601).")
 @json_option
 @click.pass_obj
 @api_errors
 def audit(
-    client: Client, project: str | None, limit: int | None, since: str | None, json_: bool
+    client: Client,
+    project: str | None,
+    limit: int | None,
+    since: str | None,
+    json_: bool,
+    shape: render.Shape,
 ) -> None:
     """Show the audit log: who did what, when, and from where.
 
@@ -157,7 +160,7 @@ def audit(
     if json_:
         emit_json(answer)
     else:
-        echo_lines(render.event_lines(answer["events"]))
+        echo_lines(render.event_lines(answer["events"], shape))
 
 
 # Quotas and the fleet live in their own module.

@@ -9,45 +9,22 @@ import click
 
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
-from rxslurm.cli.main import api_errors, emit_json, json_option
-from rxslurm.cli.project_choice import choose_project, project_option
+from rxslurm.cli.common import (
+    api_errors,
+    echo,
+    echo_lines,
+    emit_json,
+    json_option,
+    list_options,
+    project_option,
+)
+from rxslurm.cli.project_choice import choose_project
+from rxslurm.cli.render import status_lines
 
 
 def _act(client: Client, project: str | None, action: str) -> dict[str, Any]:
     name = choose_project(client, project)
     return client.post(f"/v1/projects/{quote(name, safe='')}/{action}")
-
-
-def _duration(seconds: Any) -> str:
-    if not isinstance(seconds, int):
-        return "-"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def status_lines(s: dict[str, Any]) -> list[str]:
-    state = s["state"] + (" (unknown: Slurm is not answering)" if s.get("state_unknown") else "")
-    items: list[tuple[str, Any]] = [
-        ("project", s["project"]),
-        ("state", state),
-        ("reason", render.cell(s.get("reason"))),
-        ("container", s["name"]),
-        ("image", render.cell(s.get("image"))),
-        ("runs as", render.cell(s.get("runtime_user"))),
-        ("job", render.cell(s.get("job_id"))),
-        ("node", render.cell(s.get("node"))),
-        ("gpus", f"{s['gpus']} ({s['gres']})" if s.get("gres") else render.cell(s.get("gpus"))),
-        ("uptime", _duration(s.get("uptime_s"))),
-        ("workspace", f"{s['workspace']} (at /workspace)"),
-        ("fixed mounts", render.cell(s.get("fixed_mounts"))),
-        ("over quota", render.cell(s.get("over_quota"))),
-        ("last error", render.cell(s.get("last_error"))),
-    ]
-    lines = render.pairs(items)
-    if s.get("settings_pending"):
-        lines.append(render.PENDING_NOTE)
-    return lines
 
 
 def _lifecycle(action: str, summary: str, example: str, done: str) -> click.Command:
@@ -62,7 +39,7 @@ def _lifecycle(action: str, summary: str, example: str, done: str) -> click.Comm
             emit_json(result)
             return
         reason = f" ({result['reason']})" if result.get("reason") else ""
-        click.echo(f"{result['project']}: {done}; now {result['state']}{reason}")
+        echo(f"{result['project']}: {done}; now {result['state']}{reason}")
 
     return command
 
@@ -70,26 +47,26 @@ def _lifecycle(action: str, summary: str, example: str, done: str) -> click.Comm
 enable = _lifecycle(
     "enable",
     "Create the project's container (overlay, image) and start it (owner).",
-    "rxctl enable -p alpha",
+    "rxctl enable --project alpha",
     "enabled",
 )
 start = _lifecycle(
-    "start", "Wake the project's container (manager+).", "rxctl start -p alpha", "started"
+    "start", "Wake the project's container (manager+).", "rxctl start --project alpha", "started"
 )
 stop = _lifecycle(
     "stop",
     "Stop the container; its overlay and workspace are kept (manager+).",
-    "rxctl stop -p alpha",
+    "rxctl stop --project alpha",
     "stopping",
 )
 disable = _lifecycle(
     "disable",
     "Stop the container and delete its overlay; the workspace stays (owner).",
-    "rxctl disable -p alpha",
+    "rxctl disable --project alpha",
     "disabled",
 )
 retry = _lifecycle(
-    "retry", "Start again after an error (owner).", "rxctl retry -p alpha", "retrying"
+    "retry", "Start again after an error (owner).", "rxctl retry --project alpha", "retrying"
 )
 
 
@@ -101,7 +78,7 @@ retry = _lifecycle(
 def status(client: Client, project: str | None, json_: bool) -> None:
     """Show the container's state, job, node, GPUs, uptime and last error.
 
-    Example: rxctl status -p alpha
+    Example: rxctl status --project alpha
     """
     name = choose_project(client, project)
     result = client.get(f"/v1/projects/{quote(name, safe='')}/status")
@@ -109,38 +86,24 @@ def status(client: Client, project: str | None, json_: bool) -> None:
         emit_json(result)
         return
     for line in status_lines(result):
-        click.echo(line)
+        echo(line)
 
 
 @click.command(name="list")
+@list_options
 @json_option
 @click.pass_obj
 @api_errors
-def list_(client: Client, json_: bool) -> None:
+def list_(client: Client, json_: bool, shape: render.Shape) -> None:
     """List the containers of your projects.
 
-    Example: rxctl list
+    Example: rxctl list --noheader --format project,state
     """
-    result = client.get("/v1/containers")["containers"]
+    answer = client.get("/v1/containers")
     if json_:
-        emit_json(result)
+        emit_json(answer)
         return
-    if not result:
-        click.echo("no projects yet; create one with: rxctl project create NAME")
-        return
-    rows = [
-        (
-            c["project"],
-            c["role"],
-            c["state"],
-            render.cell(c["job_id"]),
-            render.cell(c["node"]),
-            render.cell(c["reason"]),
-        )
-        for c in result
-    ]
-    for line in render.table(("PROJECT", "ROLE", "STATE", "JOB", "NODE", "REASON"), rows):
-        click.echo(line)
+    echo_lines(render.container_list_lines(answer["containers"], shape))
 
 
 COMMANDS = (enable, start, stop, disable, retry, status, list_)

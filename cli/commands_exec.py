@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import Any, TextIO
+from functools import wraps
+from typing import Any
 
 import click
 
-from rxslurm.cli import exec_client
-from rxslurm.cli.client import Client
-from rxslurm.cli.main import api_errors
-from rxslurm.cli.project_choice import choose_project, project_option
+from rxslurm.cli import exec_client, render, session
+from rxslurm.cli.client import Client, ClientError
+from rxslurm.cli.common import F, project_option
+from rxslurm.cli.project_choice import choose_project
 
 no_wake_option = click.option(
     "--no-wake", is_flag=True, help="Fail instead of waking a container that is not running."
@@ -26,70 +26,37 @@ cwd_option = click.option(
 )
 
 
-class WaitLine:
-    """Shows a waking container's progress on stderr: one line redrawn on a terminal, else each
-    change once."""
+class SessionFailed(click.ClickException):
+    """rxctl could not run the command: `Error: ...`, and an exit status of its own."""
 
-    def __init__(self, project: str, stream: TextIO | None = None) -> None:
-        self.project = project
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.started = time.monotonic()
-        self.text: str | None = None
+    exit_code = session.SESSION_FAILED
 
-    def line(self) -> str:
-        return f"waking {self.project}: {self.text} ({time.monotonic() - self.started:.0f}s)"
 
-    def progress(self, message: dict[str, Any]) -> None:
-        text = str(message.get("progress"))
-        if text == self.text:
-            return
-        self.text = text
-        if self.tty:
-            self.redraw()
-        else:
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
+def session_errors(func: F) -> F:
+    """Every failure of rxctl's own, as SessionFailed (exit 125), never the command's status."""
 
-    def redraw(self) -> None:
-        if self.tty and self.text is not None:
-            self.stream.write("\r\033[K" + self.line())
-            self.stream.flush()
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ClientError, exec_client.ExecError) as exc:
+            raise SessionFailed(render.safe(str(exc))) from None
+        except click.ClickException as exc:
+            if isinstance(exc, SessionFailed):
+                raise
+            raise SessionFailed(exc.message) from None
 
-    def done(self) -> None:
-        if self.tty and self.text is not None:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-        self.text = None
+    return wrapper  # type: ignore[return-value]
 
 
 def run_session(client: Client, project: str, request: dict[str, Any]) -> None:
     """Run the session and exit with the command's status."""
-    if client.door is not None and client.door.kind == "network":
-        # Exec across hosts (issue 12, item 3) is not built yet; never fall back to a local socket.
-        raise click.ClickException(
-            "exec is not served over the network door yet: run it on rxd's host"
-        )
-    wait = WaitLine(project)
-    request = {"project": project, **request}
-    try:
-        code = exec_client.run(
-            exec_client.exec_socket_for(client.path),
-            request,
-            on_progress=wait.progress,
-            on_tick=wait.redraw if wait.tty else None,
-            on_ready=wait.done,
-        )
-    except exec_client.ExecError as exc:
-        wait.done()
-        raise click.ClickException(str(exc)) from None
-    wait.done()
-    sys.exit(code)
+    sys.exit(session.run_session(client, project, request))
 
 
 @click.command(
     "exec",
-    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+    context_settings={"allow_interspersed_args": False},
 )
 @project_option
 @no_wake_option
@@ -97,7 +64,7 @@ def run_session(client: Client, project: str, request: dict[str, Any]) -> None:
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (needs one here).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-@api_errors
+@session_errors
 def exec_(
     client: Client,
     project: str | None,
@@ -109,9 +76,10 @@ def exec_(
     """Run a command in a project's container, waking it if needed; exits with its status.
 
     The command runs as the container's user, in /workspace, with your stdin, stdout and
-    stderr. Put `--` before it when it has options of its own.
+    stderr. Put `--` before it when it has options of its own. When rxctl itself fails (rxd
+    unreachable, no such project, a usage error) it exits 125, as `docker run` does.
 
-    Example: rxctl exec -p alpha -- python train.py --epochs 3
+    Example: rxctl exec --project alpha -- python train.py --epochs 3
     """
     if tty and not os.isatty(0):
         raise click.ClickException("-t needs a terminal on stdin")
@@ -127,11 +95,13 @@ def exec_(
 @no_wake_option
 @cwd_option
 @click.pass_obj
-@api_errors
+@session_errors
 def shell(client: Client, project: str | None, no_wake: bool, cwd: str) -> None:
     """Open an interactive shell in a project's container, waking it if needed.
 
-    Example: rxctl shell -p alpha
+    Exits with the shell's status; 125 when rxctl itself fails, as `rxctl exec`.
+
+    Example: rxctl shell --project alpha
     """
     if not os.isatty(0):
         raise click.ClickException(

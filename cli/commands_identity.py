@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from rxslurm.cli.client import Client
-from rxslurm.cli.main import api_errors, emit_json, json_option
+from rxslurm.cli.common import api_errors, echo, emit_json, json_option
 
 
 def _binding_text(verb: str, binding: dict[str, Any]) -> str:
@@ -33,7 +33,7 @@ def bind(client: Client, code: str, json_: bool) -> None:
     if json_:
         emit_json(binding)
     else:
-        click.echo(_binding_text("Bound", binding))
+        echo(_binding_text("Bound", binding))
 
 
 @click.command()
@@ -49,4 +49,4 @@ def unbind(client: Client, json_: bool) -> None:
     if json_:
         emit_json(binding)
     else:
-        click.echo(_binding_text("Unbound", binding))
+        echo(_binding_text("Unbound", binding))

@@ -8,49 +8,78 @@ from urllib.parse import quote
 
 import click
 
-from rxslurm.cli import render
+from rxslurm.cli import render, units
 from rxslurm.cli.client import Client
-from rxslurm.cli.main import api_errors, emit_json, json_option
+from rxslurm.cli.common import (
+    api_errors,
+    complete_projects,
+    echo,
+    echo_lines,
+    emit_json,
+    json_option,
+    list_options,
+)
 
 ROLES = "owner|manager|editor|viewer"
 
-# (option, API key, type, metavar, help). Every default is None: only the options given are sent,
+# (flags, API key, type, metavar, help). Every default is None: only the options given are sent,
 # and the daemon validates the values (so a bad one is its one-line reason, not a usage screen).
-_SETTING_OPTIONS: tuple[tuple[str, str, type, str, str], ...] = (
+# Flags, units and time formats are sbatch's.
+_SETTING_OPTIONS: tuple[tuple[tuple[str, ...], str, Any, str, str], ...] = (
     (
-        "--image",
+        ("--image",),
         "image",
         str,
         "REF",
         "Image: an absolute path or a docker://, oras://, library:// ref.",
     ),
-    ("--cpus", "cpus", int, "N", "CPUs (0: the deployment default)."),
-    ("--mem", "mem_mb", int, "MB", "Memory in MB (0: the deployment default)."),
-    ("--gpus", "gpus", int, "N", "GPUs (0: no GPU)."),
-    ("--gpu-type", "gpu_type", str, "T", 'GPU type, e.g. a100 ("": any).'),
+    (("--cpus",), "cpus", int, "N", "CPUs (0: the deployment default)."),
     (
-        "--gpu-driver",
+        ("--mem",),
+        "mem_mb",
+        units.MEMORY,
+        "SIZE",
+        "Memory: 16G, 512M, or MB as a bare number (0: the deployment default).",
+    ),
+    (("--gpus",), "gpus", int, "N", "GPUs (0: no GPU)."),
+    (("--gpu-type",), "gpu_type", str, "T", 'GPU type, e.g. a100 ("": any).'),
+    (
+        ("--gpu-driver",),
         "gpu_driver",
         str,
         "nvidia|amd|none",
         "GPU driver to bind into the container.",
     ),
-    ("--gpu-mem", "gpu_mem_gb", int, "GB", "GPU memory in GB (0: the default)."),
-    ("--partition", "partition", str, "P", 'Slurm partition ("": the deployment default).'),
-    ("--time-limit", "time_limit_min", int, "MIN", "Job time limit in minutes (0: the default)."),
+    (("--gpu-mem",), "gpu_mem_gb", int, "GB", "GPU memory in GB (0: the default)."),
     (
-        "--idle-timeout",
+        ("-p", "--partition"),
+        "partition",
+        str,
+        "PARTITION",
+        'Slurm partition ("": the deployment default).',
+    ),
+    (
+        ("-t", "--time", "--time-limit"),
+        "time_limit_min",
+        units.MINUTES,
+        "TIME",
+        "Job time limit: minutes, or [D-]HH:MM:SS as sbatch takes it (0: the default).",
+    ),
+    (
+        ("--idle-timeout",),
         "idle_timeout_min",
-        int,
-        "MIN",
-        "Stop after this many idle minutes (0: never).",
+        units.MINUTES,
+        "TIME",
+        "Stop after this long idle: minutes, or [D-]HH:MM:SS (0: never).",
     ),
 )
 
 
 def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    for flag, key, type_, metavar, help_ in reversed(_SETTING_OPTIONS):
-        func = click.option(flag, key, type=type_, metavar=metavar, default=None, help=help_)(func)
+    for flags, key, type_, metavar, help_ in reversed(_SETTING_OPTIONS):
+        func = click.option(*flags, key, type=type_, metavar=metavar, default=None, help=help_)(
+            func
+        )
     return func
 
 
@@ -66,14 +95,10 @@ def project_route(name: str, *rest: str) -> str:
     return "/".join(["/v1/projects", quote(name, safe=""), *(quote(p, safe="") for p in rest)])
 
 
-def echo_lines(lines: list[str]) -> None:
-    click.echo("\n".join(lines))
-
-
 def echo_warnings(answer: dict[str, Any]) -> None:
     """The change was made, but something around it was not (e.g. the workspace): say so."""
     for warning in answer.get("warnings") or []:
-        click.echo(f"Warning: {warning}", err=True)
+        echo(f"Warning: {warning}", err=True)
 
 
 @click.group()
@@ -95,7 +120,7 @@ def create(client: Client, name: str, json_: bool, **options: Any) -> None:
 
     Names: 1-21 characters, lowercase letters, digits and "-", starting with a letter.
 
-    Example: rxctl project create alpha --gpus 1 --partition gpu
+    Example: rxctl project create alpha --gpus 1 -p gpu --mem 16G --time 1-00:00:00
     """
     body: dict[str, Any] = {"name": name}
     settings = settings_body(options)
@@ -106,14 +131,15 @@ def create(client: Client, name: str, json_: bool, **options: Any) -> None:
     if json_:
         emit_json(created)
     else:
-        click.echo(f"Created project {created['name']}; you are its owner.")
+        echo(f"Created project {created['name']}; you are its owner.")
 
 
 @project.command("list")
+@list_options
 @json_option
 @click.pass_obj
 @api_errors
-def list_(client: Client, json_: bool) -> None:
+def list_(client: Client, json_: bool, shape: render.Shape) -> None:
     """List the projects you are a member of (admins: all projects).
 
     Example: rxctl project list
@@ -122,11 +148,11 @@ def list_(client: Client, json_: bool) -> None:
     if json_:
         emit_json(answer)
     else:
-        echo_lines(render.project_list_lines(answer["projects"]))
+        echo_lines(render.project_list_lines(answer["projects"], shape))
 
 
 @project.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_projects)
 @json_option
 @click.pass_obj
 @api_errors
@@ -143,7 +169,7 @@ def show(client: Client, name: str, json_: bool) -> None:
 
 
 @project.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_projects)
 @click.option("--yes", is_flag=True, help="Really delete (required; there is no prompt).")
 @json_option
 @click.pass_obj
@@ -159,11 +185,11 @@ def delete(client: Client, name: str, yes: bool, json_: bool) -> None:
     if json_:
         emit_json(answer)
     else:
-        click.echo(f"Deleted project {answer.get('deleted', name)}.")
+        echo(f"Deleted project {answer.get('deleted', name)}.")
 
 
 @project.command("set")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_projects)
 @settings_options
 @json_option
 @click.pass_obj
@@ -183,13 +209,13 @@ def set_(client: Client, name: str, json_: bool, **options: Any) -> None:
     if json_:
         emit_json(answer)
         return
-    click.echo(f"Updated project {answer['name']}: {render.changed_settings(settings)}")
+    echo(f"Updated project {answer['name']}: {render.changed_settings(settings)}")
     if answer.get("settings_pending"):
-        click.echo(render.PENDING_NOTE)
+        echo(render.PENDING_NOTE)
 
 
 @project.command("run-as")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_projects)
 @click.argument("mode", metavar="bound|service")
 @json_option
 @click.pass_obj
@@ -204,7 +230,7 @@ def run_as(client: Client, name: str, mode: str, json_: bool) -> None:
     if json_:
         emit_json(answer)
     else:
-        click.echo(
+        echo(
             f"Project {answer['name']} runs as {answer['run_as']} "
             f"(runtime user {render.cell(answer.get('runtime_user'))})."
         )
@@ -223,11 +249,11 @@ def _members_answer(answer: dict[str, Any], json_: bool, message: str) -> None:
     if json_:
         emit_json(answer)
     else:
-        click.echo(message)
+        echo(message)
 
 
 @member.command("add")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_projects)
 @click.argument("user")
 @click.option("--role", required=True, metavar=ROLES, help="The new member's role.")
 @json_option
@@ -243,7 +269,7 @@ def member_add(client: Client, name: str, user: str, role: str, json_: bool) -> 
 
 
 @member.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_projects)
 @click.argument("user")
 @json_option
 @click.pass_obj
@@ -258,7 +284,7 @@ def member_rm(client: Client, name: str, user: str, json_: bool) -> None:
 
 
 @member.command("set-role")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_projects)
 @click.argument("user")
 @click.argument("role", metavar=ROLES)
 @json_option

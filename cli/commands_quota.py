@@ -8,9 +8,17 @@ from urllib.parse import quote
 
 import click
 
-from rxslurm.cli import render
+from rxslurm.cli import render, units
 from rxslurm.cli.client import Client
-from rxslurm.cli.main import api_errors, emit_json, json_option
+from rxslurm.cli.common import (
+    api_errors,
+    complete_projects,
+    echo,
+    echo_lines,
+    emit_json,
+    json_option,
+    list_options,
+)
 
 # Limit key, in-use key, column heading.
 LIMITS = (
@@ -19,10 +27,6 @@ LIMITS = (
     ("max_mem_mb", "mem_mb", "MEM MB"),
     ("max_containers", "containers", "CONTAINERS"),
 )
-
-
-def echo_lines(lines: Sequence[str]) -> None:
-    click.echo("\n".join(lines))
 
 
 def scope_words(quota: Mapping[str, Any]) -> str:
@@ -36,9 +40,11 @@ def usage(used: Any, limit: Any) -> str:
     return f"{render.cell(used if used is not None else 0)}/{limit or '-'}"
 
 
-def quota_lines(quotas: Sequence[Mapping[str, Any]]) -> list[str]:
+def quota_lines(
+    quotas: Sequence[Mapping[str, Any]], shape: render.Shape = render.PEOPLE
+) -> list[str]:
     if not quotas:
-        return ["no quotas; set one with: rxctl admin quota set --partition P --gpus N"]
+        return shape.empty("no quotas; set one with: rxctl admin quota set --partition P --gpus N")
     return render.table(
         ("ID", "PARTITION", "SCOPE", "SUBJECT", *(h for _, _, h in LIMITS), "MIRROR", "HOLDERS"),
         [
@@ -56,6 +62,7 @@ def quota_lines(quotas: Sequence[Mapping[str, Any]]) -> list[str]:
             )
             for q in quotas
         ],
+        shape,
     )
 
 
@@ -99,9 +106,11 @@ def mirror_lines(entries: Sequence[Mapping[str, Any]], quota_id: Any = None) -> 
     return lines
 
 
-def container_lines(containers: Sequence[Mapping[str, Any]]) -> list[str]:
+def container_lines(
+    containers: Sequence[Mapping[str, Any]], shape: render.Shape = render.PEOPLE
+) -> list[str]:
     if not containers:
-        return ["no container is starting, running or waiting"]
+        return shape.empty("no container is starting, running or waiting")
     return render.table(
         (
             "PROJECT",
@@ -132,6 +141,7 @@ def container_lines(containers: Sequence[Mapping[str, Any]]) -> list[str]:
             )
             for c in containers
         ],
+        shape,
     )
 
 
@@ -157,12 +167,21 @@ def quota() -> None:
 
 
 @quota.command("set")
-@click.option("--partition", required=True, metavar="P", help="The Slurm partition.")
-@click.option("--project", metavar="NAME", help="Limit this project (default: the deployment).")
+@click.option("-p", "--partition", required=True, metavar="PARTITION", help="The Slurm partition.")
+@click.option(
+    "-P", "--project", metavar="PROJECT", help="Limit this project (default: the deployment)."
+)
 @click.option("--user", "linux_user", metavar="LINUX_USER", help="Limit this Linux user.")
 @click.option("--gpus", type=int, default=0, metavar="N", help="Most GPUs at once (0: no limit).")
 @click.option("--cpus", type=int, default=0, metavar="N", help="Most CPUs at once (0: no limit).")
-@click.option("--mem", "mem_mb", type=int, default=0, metavar="MB", help="Most memory (0: none).")
+@click.option(
+    "--mem",
+    "mem_mb",
+    type=units.MEMORY,
+    default=0,
+    metavar="SIZE",
+    help="Most memory: 64G, or MB as a number (0: none).",
+)
 @click.option(
     "--containers", type=int, default=0, metavar="N", help="Most running containers (0: none)."
 )
@@ -215,7 +234,7 @@ def set_(
     if json_:
         emit_json(answer)
         return
-    click.echo(
+    echo(
         f"Quota {answer['id']} on partition {answer['partition']} for {scope_words(answer)}: "
         f"{limit_words(answer)}."
     )
@@ -225,10 +244,11 @@ def set_(
 
 
 @quota.command("list")
+@list_options
 @json_option
 @click.pass_obj
 @api_errors
-def list_(client: Client, json_: bool) -> None:
+def list_(client: Client, json_: bool, shape: render.Shape) -> None:
     """List the quotas with what is in use (used/limit, "-": no limit) and who holds it.
 
     Example: rxctl admin quota list
@@ -237,7 +257,7 @@ def list_(client: Client, json_: bool) -> None:
     if json_:
         emit_json(answer)
     else:
-        echo_lines(quota_lines(answer["quotas"]))
+        echo_lines(quota_lines(answer["quotas"], shape))
 
 
 @quota.command("rm")
@@ -255,7 +275,7 @@ def rm(client: Client, quota_id: int, json_: bool) -> None:
         emit_json(answer)
         return
     removed = answer["removed"]
-    click.echo(
+    echo(
         f"Removed quota {removed['id']} on partition {removed['partition']} for "
         f"{scope_words(removed)}."
     )
@@ -265,10 +285,11 @@ def rm(client: Client, quota_id: int, json_: bool) -> None:
 
 
 @click.command("containers")
+@list_options
 @json_option
 @click.pass_obj
 @api_errors
-def containers(client: Client, json_: bool) -> None:
+def containers(client: Client, json_: bool, shape: render.Shape) -> None:
     """List every starting, running, stopping and waiting container, with what it holds.
 
     Example: rxctl admin containers --json
@@ -277,11 +298,11 @@ def containers(client: Client, json_: bool) -> None:
     if json_:
         emit_json(answer)
     else:
-        echo_lines(container_lines(answer["containers"]))
+        echo_lines(container_lines(answer["containers"], shape))
 
 
 @click.command("stop")
-@click.argument("project")
+@click.argument("project", shell_complete=complete_projects)
 @json_option
 @click.pass_obj
 @api_errors
@@ -296,4 +317,4 @@ def stop(client: Client, project: str, json_: bool) -> None:
     if json_:
         emit_json(answer)
     else:
-        click.echo(f"{project}: stopped by an admin; now {render.cell(answer.get('state'))}")
+        echo(f"{project}: stopped by an admin; now {render.cell(answer.get('state'))}")

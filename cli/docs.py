@@ -16,6 +16,25 @@ from rxslurm.cli.main import cli
 # Fixed, so the generated text does not depend on the terminal it was made in.
 WIDTH = 100
 REGENERATE = ".venv/bin/python -m rxslurm.cli.docs > docs/cli.md"
+CONVENTIONS = """\
+Every command takes `-h`/`--help`; `man ./docs/rxctl.1` is the same reference as a man page.
+
+- **The project**: commands that act on a project's container take `-P`/`--project PROJECT`, else
+  `$RX_PROJECT`, else your only project; `project` subcommands take its name as their first
+  argument. `-p` is `--partition`, as in sbatch.
+- **Slurm's units**: `--mem 16G` (a bare number is MB), `-t`/`--time 1-00:00:00` (a bare number is
+  minutes), as sbatch reads them.
+- **Output**: `--json` prints the API's answer on stdout; every list is an object with one key
+  holding the array (`{"containers": [...]}`). Lists take `--noheader` and `--format COL,...`
+  (column names as in the header), as squeue's `-h` and `-o`.
+- **Exit status**: 0 ok; 1 rxd refused or could not be reached (`Error: ...`, one line on stderr);
+  2 a usage error. `exec` and `shell` exit with the command's status, and 125 when rxctl itself
+  fails (as `docker run`).
+- **Shell completion** of commands, options and project names: add
+  `eval "$(_RXCTL_COMPLETE=bash_source rxctl)"` to `~/.bashrc` (`zsh_source` in `~/.zshrc`;
+  `_RXCTL_COMPLETE=fish_source rxctl | source` for fish).
+
+"""
 
 
 def walk(
@@ -49,8 +68,8 @@ def render() -> str:
     return (
         "# rxctl reference\n\n"
         f"<!-- Generated from rxctl's help texts; do not edit. Regenerate: {REGENERATE} -->\n\n"
-        "Every command takes `-h`/`--help`. Errors are one line on stderr, `Error: ...`, exit 1;\n"
-        "`--json` prints the API's answer on stdout.\n\n" + "\n".join(sections)
+        + CONVENTIONS
+        + "\n".join(sections)
     )
 
 

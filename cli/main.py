@@ -1,49 +1,67 @@
-"""rxctl: persistent research containers on Slurm, from a login node."""
+"""rxctl: persistent research containers on Slurm, from a login node.
+
+The command tree is click's; each command's module is imported only when that command runs (or
+when help lists them all), so a command pays only for its own imports. `rxctl exec` and
+`rxctl status` usually do not come here at all: see cli/fastpath.py.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+import importlib
+from typing import Any
 
 import click
 
+from rxslurm.cli import render
 from rxslurm.cli.client import Client, ClientError
+from rxslurm.cli.common import api_errors, echo, emit_json, json_option
 
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["api_errors", "cli", "emit_json", "json_option"]
 
-json_option = click.option("json_", "--json", is_flag=True, help="Print JSON instead of text.")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("rx-slurm")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-def api_errors(func: F) -> F:
-    """Turn client errors into click's one-line `Error: ...` and exit 1."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ClientError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
+# Command name -> "module:attribute", imported on first use.
+LAZY_COMMANDS = {
+    "admin": "rxslurm.cli.commands_admin:admin",
+    "bind": "rxslurm.cli.commands_identity:bind",
+    "disable": "rxslurm.cli.commands_container:disable",
+    "enable": "rxslurm.cli.commands_container:enable",
+    "exec": "rxslurm.cli.commands_exec:exec_",
+    "list": "rxslurm.cli.commands_container:list_",
+    "project": "rxslurm.cli.commands_project:project",
+    "retry": "rxslurm.cli.commands_container:retry",
+    "shell": "rxslurm.cli.commands_exec:shell",
+    "start": "rxslurm.cli.commands_container:start",
+    "status": "rxslurm.cli.commands_container:status",
+    "stop": "rxslurm.cli.commands_container:stop",
+    "unbind": "rxslurm.cli.commands_identity:unbind",
+}
 
 
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported when asked for, not when rxctl starts."""
+
+    def __init__(self, *args: object, lazy: dict[str, str], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command) and command.name == cmd_name
+            self.add_command(command)
+        return super().get_command(ctx, cmd_name)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_version(), prog_name="rxctl")
+@click.group(
+    cls=LazyGroup,
+    lazy=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+# The version is looked up only when --version is given (importlib.metadata is slow to import).
+@click.version_option(package_name="rx-slurm", prog_name="rxctl")
 @click.option(
     "--socket",
     "socket_",
@@ -77,7 +95,7 @@ def whoami(client: Client, json_: bool) -> None:
         emit_json(me)
         return
     role = "admin" if me["admin"] else "user"
-    click.echo(f"{me['user']} (uid {me['uid']}, {role})")
+    echo(f"{me['user']} (uid {me['uid']}, {role})")
 
 
 @cli.command()
@@ -117,21 +135,4 @@ def doctor(client: Client, json_: bool) -> None:
 def _print_checks(checks: dict[str, Any]) -> None:
     for name, check in checks.items():
         mark = "ok  " if check["ok"] else "FAIL"
-        click.echo(f"{mark} {name:<10} {check['detail']}")
-
-
-# Command groups live in their own modules, which import the helpers above: so register them last.
-from rxslurm.cli.commands_admin import admin  # noqa: E402
-from rxslurm.cli.commands_container import COMMANDS as CONTAINER_COMMANDS  # noqa: E402
-from rxslurm.cli.commands_exec import exec_, shell  # noqa: E402
-from rxslurm.cli.commands_identity import bind, unbind  # noqa: E402
-from rxslurm.cli.commands_project import project  # noqa: E402
-
-cli.add_command(bind)
-cli.add_command(unbind)
-cli.add_command(project)
-cli.add_command(admin)
-for _command in CONTAINER_COMMANDS:
-    cli.add_command(_command)
-cli.add_command(exec_)
-cli.add_command(shell)
+        echo(f"{mark} {name:<10} {render.safe(str(check['detail']))}")

@@ -1,21 +1,21 @@
-"""Which project a container command means: -p, else $RX_PROJECT, else the caller's only one."""
+"""Which project a command means: the project option, else $RX_PROJECT, else the caller's only one.
+
+Standard library only: `rxctl exec` and `rxctl status` use it before click is imported.
+"""
 
 from __future__ import annotations
 
 import os
 
-import click
-
-from rxslurm.cli.client import Client
+from rxslurm.cli.client import Client, ClientError
 
 PROJECT_ENV = "RX_PROJECT"
+# The one place the option's spelling lives: click's option and rxctl's fast path read it here.
+PROJECT_FLAGS = ("-P", "--project")
 
-project_option = click.option(
-    "-p",
-    "--project",
-    metavar="PROJECT",
-    help=f"The project (default: ${PROJECT_ENV}, else your only project).",
-)
+
+class NoProjectChosen(ClientError):
+    """The caller named no project and rxd cannot tell which one they mean."""
 
 
 def choose_project(client: Client, given: str | None) -> str:
@@ -28,8 +28,8 @@ def choose_project(client: Client, given: str | None) -> str:
     if len(mine) == 1:
         return str(mine[0]["project"])
     if not mine:
-        raise click.ClickException(
-            "you are in no project; create one with `rxctl project create NAME`"
-        )
+        raise NoProjectChosen("you are in no project; create one with `rxctl project create NAME`")
     names = ", ".join(c["project"] for c in mine)
-    raise click.ClickException(f"you are in several projects ({names}); choose one with -p PROJECT")
+    raise NoProjectChosen(
+        f"you are in several projects ({names}); choose one with {PROJECT_FLAGS[0]} PROJECT"
+    )

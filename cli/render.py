@@ -6,8 +6,8 @@ Everything here turns API answers (plain dicts) into lines; `--json` bypasses it
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 PENDING_NOTE = "new settings apply on the next start"
@@ -27,6 +27,31 @@ SETTINGS: tuple[tuple[str, str], ...] = (
 )
 
 
+# What a terminal would act on rather than show: C0 and C1 controls and DEL (escape sequences,
+# carriage returns that overwrite a line), Unicode's bidirectional controls (which reorder what
+# follows, "Trojan Source"), and the line and paragraph separators. Any project member can put such
+# characters in what rxd stores (an image reference, a display name, a job's last error), and
+# others read it here.
+_BIDI_AND_SEPARATORS = "\\u061c\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069"
+_UNSAFE = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_BIDI_AND_SEPARATORS}]")
+_UNSAFE_KEEP_NL = re.compile(f"[\\x00-\\x09\\x0b-\\x1f\\x7f-\\x9f{_BIDI_AND_SEPARATORS}]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(text: str) -> str:
+    """One line of text from rxd, with everything a terminal would act on shown escaped."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def safe_text(text: str) -> str:
+    """Like safe(), but newlines stay: for several lines printed at once."""
+    return _UNSAFE_KEEP_NL.sub(_escape, text)
+
+
 def cell(value: Any) -> str:
     """One value as table text: absent and empty values show as "-"."""
     if value is None or value == "":
@@ -34,14 +59,16 @@ def cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, Mapping):
-        return " ".join(f"{k}={cell(v)}" for k, v in sorted(value.items())) or "-"
+        return " ".join(f"{safe(str(k))}={cell(v)}" for k, v in sorted(value.items())) or "-"
     if isinstance(value, list | tuple):
         return ",".join(cell(v) for v in value) or "-"
-    return str(value)
+    return safe(str(value))
 
 
 def when(timestamp: Any) -> str:
     """An API timestamp to the second, still marked UTC: "2024-05-01 12:34:56Z"."""
+    from datetime import datetime  # only tables with times need it: keep it off start-up
+
     try:
         moment = datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
     except ValueError:
@@ -64,10 +91,45 @@ def detail(value: Any) -> str:
     return " ".join(parts) or "-"
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+class BadFormat(ValueError):
+    """--format names a column the list does not have."""
+
+
+class Shape:
+    """A list's `--noheader` and `--format`, as squeue's `-h` and `-o`: which columns, in which
+    order, and whether the header line and the "nothing here" sentence are shown."""
+
+    def __init__(self, noheader: bool = False, columns: str | None = None) -> None:
+        self.noheader = noheader
+        self.columns = [c.strip() for c in columns.split(",")] if columns else None
+
+    def empty(self, sentence: str) -> list[str]:
+        return [] if self.noheader else [sentence]
+
+
+PEOPLE = Shape()
+
+
+def column_key(header: str) -> str:
+    """`LINUX USER` -> `linux_user`: how --format names a column."""
+    return header.lower().replace(" ", "_")
+
+
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], shape: Shape = PEOPLE
+) -> list[str]:
     """Left-aligned columns two spaces apart; the last column is not padded."""
     text_rows = [[cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
+    if shape.columns is not None:
+        keys = [column_key(h) for h in headers]
+        unknown = [c for c in shape.columns if column_key(c) not in keys]
+        if unknown:
+            raise BadFormat(f"no column {unknown[0]!r}; the columns are: {', '.join(keys)}")
+        picked = [keys.index(column_key(c)) for c in shape.columns]
+        headers = [headers[i] for i in picked]
+        text_rows = [[row[i] for i in picked] for row in text_rows]
+    # Without a header, the columns are as wide as their values.
+    widths = [0 if shape.noheader else len(h) for h in headers]
     for row in text_rows:
         for i, value in enumerate(row):
             widths[i] = max(widths[i], len(value))
@@ -75,7 +137,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     for row in [list(headers), *text_rows]:
         padded = [value.ljust(widths[i]) for i, value in enumerate(row[:-1])]
         lines.append("  ".join([*padded, row[-1]]).rstrip())
-    return lines
+    return lines[1:] if shape.noheader else lines
 
 
 def pairs(items: Iterable[tuple[str, Any]], indent: str = "") -> list[str]:
@@ -104,7 +166,7 @@ def container_line(container: Mapping[str, Any] | None) -> str:
         return "none (not enabled)"
     state = cell(container.get("state"))
     extra = [
-        f"{label} {container[key]}"
+        f"{label} {cell(container[key])}"
         for key, label in (("job_id", "job"), ("node", "on"), ("reason", "reason"))
         if container.get(key)
     ]
@@ -153,17 +215,18 @@ def project_lines(project: Mapping[str, Any]) -> list[str]:
 def member_lines(members: Iterable[Mapping[str, Any]]) -> list[str]:
     return table(
         ("MEMBER", "ROLE", "LINUX USER"),
-        # In standalone mode a member is bound on their first call to rxd.
+        # In local identity mode a member is bound on their first call to rxd.
         [(m.get("user"), m.get("role"), m.get("linux_user") or "(not bound yet)") for m in members],
     )
 
 
-def project_list_lines(projects: Sequence[Mapping[str, Any]]) -> list[str]:
+def project_list_lines(projects: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE) -> list[str]:
     if not projects:
-        return ["no projects yet; create one with: rxctl project create NAME"]
+        return shape.empty("no projects yet; create one with: rxctl project create NAME")
     return table(
         ("PROJECT", "ROLE", "STATE", "CREATED BY"),
         [(p.get("name"), p.get("role"), _summary_state(p), p.get("created_by")) for p in projects],
+        shape,
     )
 
 
@@ -182,9 +245,9 @@ def changed_settings(settings: Mapping[str, Any]) -> str:
     )
 
 
-def binding_lines(bindings: Sequence[Mapping[str, Any]]) -> list[str]:
+def binding_lines(bindings: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE) -> list[str]:
     if not bindings:
-        return ["no bindings"]
+        return shape.empty("no bindings")
     return table(
         ("PLATFORM USER", "LINUX USER", "UID", "BOUND AT", "BOUND BY"),
         [
@@ -197,12 +260,13 @@ def binding_lines(bindings: Sequence[Mapping[str, Any]]) -> list[str]:
             )
             for b in bindings
         ],
+        shape,
     )
 
 
-def event_lines(events: Sequence[Mapping[str, Any]]) -> list[str]:
+def event_lines(events: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE) -> list[str]:
     if not events:
-        return ["no events"]
+        return shape.empty("no events")
     return table(
         ("AT", "ACTOR", "ORIGIN", "ACTION", "TARGET", "DETAIL"),
         [
@@ -216,6 +280,7 @@ def event_lines(events: Sequence[Mapping[str, Any]]) -> list[str]:
             )
             for e in events
         ],
+        shape,
     )
 
 
@@ -224,3 +289,62 @@ def _target(event: Mapping[str, Any]) -> str:
     if not kind and not ident:
         return "-"
     return f"{cell(kind)}:{cell(ident)}"
+
+
+def json_text(data: Any) -> str:
+    """`--json` output: the API's answer, indented, keys sorted."""
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+def duration(seconds: Any) -> str:
+    if not isinstance(seconds, int):
+        return "-"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def status_lines(s: Mapping[str, Any]) -> list[str]:
+    """The whole of `rxctl status`."""
+    state = cell(s["state"]) + (
+        " (unknown: Slurm is not answering)" if s.get("state_unknown") else ""
+    )
+    items: list[tuple[str, Any]] = [
+        ("project", cell(s["project"])),
+        ("state", state),
+        ("reason", cell(s.get("reason"))),
+        ("container", cell(s["name"])),
+        ("image", cell(s.get("image"))),
+        ("runs as", cell(s.get("runtime_user"))),
+        ("job", cell(s.get("job_id"))),
+        ("node", cell(s.get("node"))),
+        (
+            "gpus",
+            f"{cell(s['gpus'])} ({cell(s['gres'])})" if s.get("gres") else cell(s.get("gpus")),
+        ),
+        ("uptime", duration(s.get("uptime_s"))),
+        ("workspace", f"{cell(s['workspace'])} (at /workspace)"),
+        ("fixed mounts", cell(s.get("fixed_mounts"))),
+        ("over quota", cell(s.get("over_quota"))),
+        ("last error", cell(s.get("last_error"))),
+    ]
+    lines = pairs(items)
+    if s.get("settings_pending"):
+        lines.append(PENDING_NOTE)
+    return lines
+
+
+def container_list_lines(
+    containers: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE
+) -> list[str]:
+    """`rxctl list`: the containers of the caller's projects."""
+    if not containers:
+        return shape.empty("no projects yet; create one with: rxctl project create NAME")
+    return table(
+        ("PROJECT", "ROLE", "STATE", "JOB", "NODE", "REASON"),
+        [
+            (c["project"], c["role"], c["state"], c["job_id"], c["node"], c["reason"])
+            for c in containers
+        ],
+        shape,
+    )

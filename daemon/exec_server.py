@@ -410,7 +410,8 @@ class Session:
             if time.monotonic() > deadline:
                 raise Conflict(
                     f"the container of {project} did not start within "
-                    f"{WAKE_TIMEOUT_S / 60:.0f} min ({state}); see `rxctl status {project}`"
+                    f"{WAKE_TIMEOUT_S / 60:.0f} min ({state}); "
+                    f"see `rxctl status --project {project}`"
                 )
             pending = self.messages(WAKE_POLL_S)
             view = self.server.call(self.status, actor, project)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from dataclasses import fields
+from typing import Any
 
 import click
 
@@ -78,6 +80,57 @@ def migrate(config_flag: str | None) -> None:
         click.echo(f"applied {', '.join(applied)}; schema is at {version}")
     else:
         click.echo(f"nothing to do; schema is at {version}")
+
+
+def toml_value(value: Any) -> str:
+    """A config value as TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return toml_string(str(value))
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string; control characters escaped, as TOML requires."""
+    escaped = "".join(
+        "\\" + ch if ch in '"\\' else f"\\u{ord(ch):04x}" if ch < " " or ch == "\x7f" else ch
+        for ch in text
+    )
+    return f'"{escaped}"'
+
+
+def effective_lines(config: Config) -> list[str]:
+    """Every section and key with the value rxd would use, as a TOML file rxd can read back."""
+    lines: list[str] = []
+    for section in fields(config):
+        if section.name == "source":
+            continue
+        values = getattr(config, section.name)
+        lines.extend(["", f"[{section.name}]"])
+        lines.extend(f"{f.name} = {toml_value(getattr(values, f.name))}" for f in fields(values))
+    return lines[1:]
+
+
+@cli.command("check-config")
+@click.option("-c", "--config", "config_flag", metavar="FILE", help=CONFIG_HELP)
+def check_config(config_flag: str | None) -> None:
+    """Validate a config file and print the effective values (defaults filled in) as TOML.
+
+    Exits 1 with the reason when the file is invalid; starts nothing and changes nothing.
+
+    Example: rxd check-config --config /etc/rxslurm/rxd.toml
+    """
+    config = _load(config_flag)
+    where = (
+        f"{config.source}: valid"
+        if config.source
+        else f"no config file at {config_path(config_flag)}: the defaults apply"
+    )
+    click.echo(f"# {where}; effective values:")
+    click.echo("\n".join(effective_lines(config)))
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m`

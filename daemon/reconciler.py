@@ -72,6 +72,9 @@ def pending_reason(reason: str) -> str:
     words = PENDING_REASONS.get(reason)
     if words is None and reason.startswith(("QOS", "Assoc")):
         words = "a Slurm limit is reached"
+    if reason == "None":
+        # Slurm's word for "no reason yet": quoting it reads as a bug ("Slurm: None").
+        return str(words)
     return f"{words} (Slurm: {reason})" if words else f"Slurm: {reason or 'pending'}"
 
 

@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("exec", "wake", "reconcile", "api", "footprint")
+BENCHMARKS = ("exec", "startup", "wake", "reconcile", "api", "footprint")
 KEYS = {
     "benchmark",
     "title",

@@ -44,7 +44,7 @@ def rxd() -> Iterator[Rxd]:
         # Free the cluster for others: no job of this module outlives it.
         try:
             for project in (MAIN, GPU, WAKE):
-                daemon.rxctl("rxalice", "stop", "-p", project)
+                daemon.rxctl("rxalice", "stop", "--project", project)
             for project in (MAIN, GPU, WAKE):
                 wait_for(
                     lambda p=project: container_state(daemon, p) in RESTING,
@@ -64,8 +64,8 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
 
 
 def refused(result: subprocess.CompletedProcess[str]) -> str:
-    """The one `Error: ...` line of a refused command."""
-    assert result.returncode == 1, (result.stdout, result.stderr)
+    """The one `Error: ...` line of a refused command; rxctl's own failures exit 125."""
+    assert result.returncode == 125, (result.stdout, result.stderr)
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
@@ -76,12 +76,12 @@ RESTING = ("stopped", "disabled", "error", None)
 
 
 def container_state(rxd: Rxd, project: str) -> str | None:
-    result = rxd.rxctl("rxalice", "status", "-p", project, "--json")
+    result = rxd.rxctl("rxalice", "status", "--project", project, "--json")
     return json.loads(result.stdout)["state"] if result.returncode == 0 else None
 
 
 def status(rxd: Rxd, project: str) -> dict:
-    return json.loads(ok(rxd.rxctl("rxalice", "status", "-p", project, "--json")).stdout)
+    return json.loads(ok(rxd.rxctl("rxalice", "status", "--project", project, "--json")).stdout)
 
 
 def wait_state(rxd: Rxd, project: str, *states: str, timeout: float = 120) -> dict:
@@ -97,14 +97,14 @@ def wait_state(rxd: Rxd, project: str, *states: str, timeout: float = 120) -> di
 
 def running_project(rxd: Rxd, name: str, *options: str) -> dict:
     """The project, created and enabled once per module, running."""
-    if rxd.rxctl("rxalice", "status", "-p", name, "--json").returncode != 0:
+    if rxd.rxctl("rxalice", "status", "--project", name, "--json").returncode != 0:
         ok(rxd.rxctl("rxalice", "project", "create", name, "--image", IMAGE, *options))
-        ok(rxd.rxctl("rxalice", "enable", "-p", name))
+        ok(rxd.rxctl("rxalice", "enable", "--project", name))
     return wait_state(rxd, name, "running")
 
 
 def rxctl_exec(rxd: Rxd, user: str, project: str, *argv: str, **kw) -> subprocess.CompletedProcess:
-    return rxd.rxctl(user, "exec", "-p", project, "--", *argv, **kw)
+    return rxd.rxctl(user, "exec", "--project", project, "--", *argv, **kw)
 
 
 def user_env(user: str) -> dict[str, str]:
@@ -196,7 +196,9 @@ def test_a_viewer_and_a_non_member_are_refused(rxd: Rxd) -> None:
     assert refused(rxctl_exec(rxd, "rxcarol", MAIN, "true")) == (
         f"Error: no project named '{MAIN}' (or you are not a member)"
     )
-    assert refused(rxd.rxctl("rxbob", "shell", "-p", MAIN)).startswith("Error: rxctl shell needs")
+    assert refused(rxd.rxctl("rxbob", "shell", "--project", MAIN)).startswith(
+        "Error: rxctl shell needs"
+    )
 
 
 def test_the_project_may_come_from_rx_project(rxd: Rxd) -> None:
@@ -214,9 +216,9 @@ def test_exec_on_a_gpu_project_sees_its_gpu(rxd: Rxd) -> None:
 
 def test_exec_wakes_a_stopped_container_and_no_wake_refuses(rxd: Rxd) -> None:
     running_project(rxd, WAKE)
-    ok(rxd.rxctl("rxalice", "stop", "-p", WAKE))
+    ok(rxd.rxctl("rxalice", "stop", "--project", WAKE))
     wait_state(rxd, WAKE, "stopped")
-    no_wake = rxd.rxctl("rxalice", "exec", "-p", WAKE, "--no-wake", "--", "true")
+    no_wake = rxd.rxctl("rxalice", "exec", "--project", WAKE, "--no-wake", "--", "true")
     assert refused(no_wake) == (
         f"Error: the container of {WAKE} is not running (stopped); run without --no-wake to wake it"
     )
@@ -231,14 +233,25 @@ def test_exec_wakes_a_stopped_container_and_no_wake_refuses(rxd: Rxd) -> None:
 
 def test_exec_while_the_container_stops_wakes_it_again(rxd: Rxd) -> None:
     running_project(rxd, WAKE)
-    ok(rxd.rxctl("rxalice", "stop", "-p", WAKE))
+    ok(rxd.rxctl("rxalice", "stop", "--project", WAKE))
     assert ok(rxctl_exec(rxd, "rxalice", WAKE, "echo", "again")).stdout == "again\n"
 
 
 def test_killing_rxctl_ends_the_step(rxd: Rxd) -> None:
     running_project(rxd, MAIN)
     # Through sh, so that only the step's own process has "sleep 3141" as its argv.
-    argv = [RXCTL, "--socket", str(rxd.socket), "exec", "-p", MAIN, "--", "sh", "-c", "sleep 3141"]
+    argv = [
+        RXCTL,
+        "--socket",
+        str(rxd.socket),
+        "exec",
+        "--project",
+        MAIN,
+        "--",
+        "sh",
+        "-c",
+        "sleep 3141",
+    ]
     # Its output goes nowhere: a pipe of ours would keep srun's stdout open after the kill.
     proc = spawn_as("rxalice", argv, output=subprocess.DEVNULL)
     try:
@@ -256,7 +269,7 @@ def test_ctrl_c_reaches_the_command(rxd: Rxd) -> None:
     script = 'trap "echo trapped; exit 42" INT; sleep 2718; echo not-interrupted'
     proc = spawn_as(
         "rxalice",
-        [RXCTL, "--socket", str(rxd.socket), "exec", "-p", MAIN, "--", "sh", "-c", script],
+        [RXCTL, "--socket", str(rxd.socket), "exec", "--project", MAIN, "--", "sh", "-c", script],
     )
     try:
         wait_for(lambda: sleeping("2718"), timeout=60, what="the command")
@@ -291,7 +304,7 @@ def spawn_rxctl(rxd: Rxd, *args: str) -> pexpect.spawn:
 
 def test_shell_gives_an_interactive_shell(rxd: Rxd) -> None:
     running_project(rxd, MAIN)
-    child = spawn_rxctl(rxd, "shell", "-p", MAIN)
+    child = spawn_rxctl(rxd, "shell", "--project", MAIN)
     try:
         child.expect("Apptainer> ")
         child.sendline("echo $((6*7)); stty size; id -u; exit")
@@ -306,7 +319,7 @@ def test_shell_gives_an_interactive_shell(rxd: Rxd) -> None:
 
 def test_exec_with_a_terminal_gets_one(rxd: Rxd) -> None:
     running_project(rxd, MAIN)
-    child = spawn_rxctl(rxd, "exec", "-t", "-p", MAIN, "--", "sh", "-c", "tty; exit 5")
+    child = spawn_rxctl(rxd, "exec", "-t", "--project", MAIN, "--", "sh", "-c", "tty; exit 5")
     try:
         child.expect("/dev/pts/")
         child.expect(pexpect.EOF)
@@ -316,6 +329,6 @@ def test_exec_with_a_terminal_gets_one(rxd: Rxd) -> None:
 
 
 def test_shell_needs_a_terminal(rxd: Rxd) -> None:
-    assert refused(rxd.rxctl("rxalice", "shell", "-p", MAIN)) == (
+    assert refused(rxd.rxctl("rxalice", "shell", "--project", MAIN)) == (
         "Error: rxctl shell needs a terminal; run a command with `rxctl exec -- CMD` instead"
     )

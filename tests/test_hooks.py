@@ -113,7 +113,7 @@ def test_epilog_hook_reports_an_outside_scancel_at_once(hooked_rxd: Rxd) -> None
     from tests.support.lifecycle import make_project, ok, wait_state
 
     make_project(hooked_rxd, "hooked")
-    ok(hooked_rxd.rxctl("rxalice", "enable", "-p", "hooked"))
+    ok(hooked_rxd.rxctl("rxalice", "enable", "--project", "hooked"))
     # Readiness comes from the fast polling while starting, not from the 3600 s timer.
     running = wait_state(hooked_rxd, "hooked", "running", timeout=30)
     ok(run_as("rxalice", ["scancel", str(running["job_id"])]))

@@ -38,7 +38,7 @@ def rxd() -> Iterator[Rxd]:
 
 def test_enable_with_a_gpu_runs_a_job_as_the_bound_user(rxd: Rxd) -> None:
     make_project(rxd, "gpu1", "--gpus", "1", "--partition", "gpu")
-    result = ok(rxd.rxctl("rxalice", "enable", "-p", "gpu1"))
+    result = ok(rxd.rxctl("rxalice", "enable", "--project", "gpu1"))
     assert result.stdout.startswith("gpu1: enabled; now ")
     running = wait_state(rxd, "gpu1", "running")
     assert running["job_id"] and running["node"] in ("n1", "n2", "n3")
@@ -48,15 +48,15 @@ def test_enable_with_a_gpu_runs_a_job_as_the_bound_user(rxd: Rxd) -> None:
     assert job[0] == str(running["job_id"])
     assert job[2] == "rxalice"
     assert "gpu" in job[3]
-    text = ok(rxd.rxctl("rxalice", "status", "-p", "gpu1")).stdout
+    text = ok(rxd.rxctl("rxalice", "status", "--project", "gpu1")).stdout
     assert "state         running" in text
-    ok(rxd.rxctl("rxalice", "stop", "-p", "gpu1"))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "gpu1"))
     wait_state(rxd, "gpu1", "stopped")
 
 
 def test_overlay_is_made_by_the_runtime_user_and_disable_keeps_the_workspace(rxd: Rxd) -> None:
     make_project(rxd, "keep")
-    ok(rxd.rxctl("rxalice", "enable", "-p", "keep"))
+    ok(rxd.rxctl("rxalice", "enable", "--project", "keep"))
     wait_state(rxd, "keep", "running")
     state_dir = Path(rxd.root) / "containers" / "rx-keep"
     overlay = state_dir / "overlay.img"
@@ -67,7 +67,7 @@ def test_overlay_is_made_by_the_runtime_user_and_disable_keeps_the_workspace(rxd
         ]
     )
     ok(run_as("rxalice", ["sh", "-c", f"echo kept > {workspace}/note.txt"]))
-    result = ok(rxd.rxctl("rxalice", "disable", "-p", "keep"))
+    result = ok(rxd.rxctl("rxalice", "disable", "--project", "keep"))
     assert "disabled" in result.stdout
     assert not overlay.exists()
     assert (workspace / "note.txt").read_text() == "kept\n"
@@ -76,7 +76,7 @@ def test_overlay_is_made_by_the_runtime_user_and_disable_keeps_the_workspace(rxd
 
 def test_scancel_from_outside_makes_it_stopped_within_one_interval(rxd: Rxd) -> None:
     make_project(rxd, "outside")
-    ok(rxd.rxctl("rxalice", "enable", "-p", "outside"))
+    ok(rxd.rxctl("rxalice", "enable", "--project", "outside"))
     running = wait_state(rxd, "outside", "running")
     ok(run_as("rxalice", ["scancel", str(running["job_id"])]))
     stopped = wait_state(rxd, "outside", "stopped", timeout=15)
@@ -86,14 +86,14 @@ def test_scancel_from_outside_makes_it_stopped_within_one_interval(rxd: Rxd) -> 
 
 def test_stop_then_start_runs_a_new_job(rxd: Rxd) -> None:
     make_project(rxd, "again")
-    ok(rxd.rxctl("rxalice", "enable", "-p", "again"))
+    ok(rxd.rxctl("rxalice", "enable", "--project", "again"))
     first = wait_state(rxd, "again", "running")["job_id"]
-    ok(rxd.rxctl("rxalice", "stop", "-p", "again"))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "again"))
     wait_state(rxd, "again", "stopped")
-    ok(rxd.rxctl("rxalice", "start", "-p", "again"))
+    ok(rxd.rxctl("rxalice", "start", "--project", "again"))
     second = wait_state(rxd, "again", "running")["job_id"]
     assert second != first
-    ok(rxd.rxctl("rxalice", "stop", "-p", "again"))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "again"))
     wait_state(rxd, "again", "stopped")
 
 
@@ -101,23 +101,23 @@ def test_roles_for_lifecycle_actions(rxd: Rxd) -> None:
     make_project(rxd, "roles")
     ok(rxd.rxctl("rxalice", "project", "member", "add", "roles", "rxbob", "--role", "manager"))
     ok(rxd.rxctl("rxalice", "project", "member", "add", "roles", "rxdave", "--role", "viewer"))
-    refused = rxd.rxctl("rxbob", "enable", "-p", "roles")
+    refused = rxd.rxctl("rxbob", "enable", "--project", "roles")
     assert refused.returncode == 1
     assert refused.stderr == "Error: enable in project roles needs role owner; you are manager\n"
-    refused = rxd.rxctl("rxdave", "start", "-p", "roles")
+    refused = rxd.rxctl("rxdave", "start", "--project", "roles")
     assert refused.stderr.startswith("Error: start in project roles needs role owner or manager")
     assert status(rxd, "rxdave", "roles")["state"] == "disabled"
-    ok(rxd.rxctl("rxalice", "enable", "-p", "roles"))
+    ok(rxd.rxctl("rxalice", "enable", "--project", "roles"))
     wait_state(rxd, "roles", "running")
-    ok(rxd.rxctl("rxbob", "stop", "-p", "roles"))
+    ok(rxd.rxctl("rxbob", "stop", "--project", "roles"))
     wait_state(rxd, "roles", "stopped")
 
 
 def test_fifty_concurrent_wakes_make_exactly_one_job(rxd: Rxd) -> None:
     make_project(rxd, "herd")
-    ok(rxd.rxctl("rxalice", "enable", "-p", "herd"))
+    ok(rxd.rxctl("rxalice", "enable", "--project", "herd"))
     wait_state(rxd, "herd", "running")
-    ok(rxd.rxctl("rxalice", "stop", "-p", "herd"))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "herd"))
     wait_state(rxd, "herd", "stopped")
     before = {r[0] for r in rx_jobs(comment_of(rxd, "herd"))}
     script = (
@@ -136,7 +136,7 @@ def test_fifty_concurrent_wakes_make_exactly_one_job(rxd: Rxd) -> None:
     wait_state(rxd, "herd", "running")
     new_jobs = [r for r in rx_jobs(comment_of(rxd, "herd")) if r[0] not in before]
     assert len(new_jobs) == 1, new_jobs
-    ok(rxd.rxctl("rxalice", "stop", "-p", "herd"))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "herd"))
     wait_state(rxd, "herd", "stopped")
 
 
@@ -144,7 +144,7 @@ def test_rxd_killed_right_after_submitting_recovers_with_one_job() -> None:
     daemon = start_rxd(env={"RXD_FAILPOINTS": "after-submit"})
     try:
         make_project(daemon, "crash")
-        result = daemon.rxctl("rxalice", "enable", "-p", "crash")
+        result = daemon.rxctl("rxalice", "enable", "--project", "crash")
         assert result.returncode == 1  # the daemon died mid-request
         assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 137
         comment = comment_of(daemon, "crash")
@@ -155,7 +155,7 @@ def test_rxd_killed_right_after_submitting_recovers_with_one_job() -> None:
         jobs = rx_jobs(comment)
         assert len(jobs) == 1, jobs
         assert jobs[0][0] == str(running["job_id"])
-        ok(daemon.rxctl("rxalice", "stop", "-p", "crash"))
+        ok(daemon.rxctl("rxalice", "stop", "--project", "crash"))
         wait_state(daemon, "crash", "stopped")
     finally:
         if daemon.proc and daemon.proc.poll() is None:
@@ -191,7 +191,7 @@ def test_slurm_not_answering_changes_nothing() -> None:
     )
     try:
         make_project(daemon, "outage")
-        ok(daemon.rxctl("rxalice", "enable", "-p", "outage"))
+        ok(daemon.rxctl("rxalice", "enable", "--project", "outage"))
         running = wait_state(daemon, "outage", "running")
         outage.touch()
         wait_for(
@@ -203,7 +203,7 @@ def test_slurm_not_answering_changes_nothing() -> None:
         assert (during["state"], during["job_id"]) == ("running", running["job_id"])
         # The job is still there: nothing was cancelled.
         assert [r[1] for r in rx_jobs(comment_of(daemon, "outage"))] == ["RUNNING"]
-        refused = daemon.rxctl("rxalice", "stop", "-p", "outage")
+        refused = daemon.rxctl("rxalice", "stop", "--project", "outage")
         outage.unlink()
         wait_for(
             lambda: "state_unknown" not in status(daemon, "rxalice", "outage"),
@@ -213,7 +213,7 @@ def test_slurm_not_answering_changes_nothing() -> None:
         if refused.returncode == 0:  # the stop was recorded; its cancel is retried
             wait_state(daemon, "outage", "stopped", timeout=60)
         else:
-            ok(daemon.rxctl("rxalice", "stop", "-p", "outage"))
+            ok(daemon.rxctl("rxalice", "stop", "--project", "outage"))
             wait_state(daemon, "outage", "stopped")
     finally:
         if outage.exists():
@@ -239,7 +239,7 @@ def running_instance(rxd: Rxd, project: str) -> str:
 
 def test_killing_a_nodes_slurmd_makes_it_error_and_retry_runs_elsewhere(rxd: Rxd) -> None:
     make_project(rxd, "nodefail")
-    ok(rxd.rxctl("rxalice", "enable", "-p", "nodefail"))
+    ok(rxd.rxctl("rxalice", "enable", "--project", "nodefail"))
     running = wait_state(rxd, "nodefail", "running")
     node = running["node"]
     slurmd = subprocess.run(
@@ -263,20 +263,20 @@ def test_killing_a_nodes_slurmd_makes_it_error_and_retry_runs_elsewhere(rxd: Rxd
                 os.kill(int(pid), signal.SIGKILL)
         failed = wait_state(rxd, "nodefail", "error", timeout=180)
         assert "NODE_FAIL" in failed["last_error"] or node in failed["last_error"]
-        ok(rxd.rxctl("rxalice", "retry", "-p", "nodefail"))
+        ok(rxd.rxctl("rxalice", "retry", "--project", "nodefail"))
         again = wait_state(rxd, "nodefail", "running", timeout=120)
         assert again["node"] != node
     finally:
         subprocess.run(
             [str(Path(__file__).parent / "cluster" / "setup.sh")], capture_output=True, timeout=300
         )
-    ok(rxd.rxctl("rxalice", "stop", "-p", "nodefail"))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "nodefail"))
     wait_state(rxd, "nodefail", "stopped")
 
 
 def test_saved_settings_wait_for_the_next_start(rxd: Rxd) -> None:
     make_project(rxd, "pending")
-    ok(rxd.rxctl("rxalice", "enable", "-p", "pending"))
+    ok(rxd.rxctl("rxalice", "enable", "--project", "pending"))
     assert wait_state(rxd, "pending", "running")["settings_pending"] is False
     ok(rxd.rxctl("rxalice", "project", "set", "pending", "--cpus", "2"))
     assert status(rxd, "rxalice", "pending")["settings_pending"] is True
@@ -284,56 +284,63 @@ def test_saved_settings_wait_for_the_next_start(rxd: Rxd) -> None:
     assert shown["settings_pending"] is True
     assert (
         "new settings apply on the next start"
-        in ok(rxd.rxctl("rxalice", "status", "-p", "pending")).stdout
+        in ok(rxd.rxctl("rxalice", "status", "--project", "pending")).stdout
     )
-    ok(rxd.rxctl("rxalice", "stop", "-p", "pending"))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "pending"))
     wait_state(rxd, "pending", "stopped")
-    ok(rxd.rxctl("rxalice", "start", "-p", "pending"))
+    ok(rxd.rxctl("rxalice", "start", "--project", "pending"))
     assert wait_state(rxd, "pending", "running")["settings_pending"] is False
-    ok(rxd.rxctl("rxalice", "stop", "-p", "pending"))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "pending"))
     wait_state(rxd, "pending", "stopped")
 
 
 def test_what_is_installed_in_the_overlay_survives_stop_and_start(rxd: Rxd) -> None:
     make_project(rxd, "persist")
-    ok(rxd.rxctl("rxalice", "enable", "-p", "persist"))
+    ok(rxd.rxctl("rxalice", "enable", "--project", "persist"))
     wait_state(rxd, "persist", "running")
     install = "mkdir -p /opt/tool && echo v1.2 > /opt/tool/VERSION && echo ws > /workspace/w.txt"
-    ok(rxd.rxctl("rxalice", "exec", "-p", "persist", "--", "sh", "-c", install))
-    ok(rxd.rxctl("rxalice", "stop", "-p", "persist"))
+    ok(rxd.rxctl("rxalice", "exec", "--project", "persist", "--", "sh", "-c", install))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "persist"))
     wait_state(rxd, "persist", "stopped")
-    ok(rxd.rxctl("rxalice", "start", "-p", "persist"))
+    ok(rxd.rxctl("rxalice", "start", "--project", "persist"))
     wait_state(rxd, "persist", "running")
     shown = ok(
         rxd.rxctl(
-            "rxalice", "exec", "-p", "persist", "--", "cat", "/opt/tool/VERSION", "/workspace/w.txt"
+            "rxalice",
+            "exec",
+            "--project",
+            "persist",
+            "--",
+            "cat",
+            "/opt/tool/VERSION",
+            "/workspace/w.txt",
         )
     )
     assert shown.stdout == "v1.2\nws\n"
     # Without this container's overlay the file is not there: it lives in the overlay, not the host.
     assert not Path("/opt/tool/VERSION").exists()
-    ok(rxd.rxctl("rxalice", "stop", "-p", "persist"))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "persist"))
     wait_state(rxd, "persist", "stopped")
 
 
 def test_an_idle_container_sleeps_and_exec_wakes_it(rxd: Rxd) -> None:
     make_project(rxd, "sleepy", "--idle-timeout", "1")
-    ok(rxd.rxctl("rxalice", "enable", "-p", "sleepy"))
+    ok(rxd.rxctl("rxalice", "enable", "--project", "sleepy"))
     first = wait_state(rxd, "sleepy", "running")["job_id"]
     slept = wait_state(rxd, "sleepy", "stopped", timeout=150)
     assert slept["reason"] == "idle for 1 min"
     assert not [r for r in rx_jobs(comment_of(rxd, "sleepy")) if r[1] in ("RUNNING", "PENDING")]
-    woken = ok(rxd.rxctl("rxalice", "exec", "-p", "sleepy", "--", "echo", "awake"))
+    woken = ok(rxd.rxctl("rxalice", "exec", "--project", "sleepy", "--", "echo", "awake"))
     assert woken.stdout == "awake\n"
     now = status(rxd, "rxalice", "sleepy")
     assert now["state"] == "running" and now["job_id"] != first
-    ok(rxd.rxctl("rxalice", "stop", "-p", "sleepy"))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "sleepy"))
     wait_state(rxd, "sleepy", "stopped")
 
 
 def test_a_job_at_its_time_limit_is_followed_by_a_new_one(rxd: Rxd) -> None:
     make_project(rxd, "limited", "--time-limit", "1")
-    ok(rxd.rxctl("rxalice", "enable", "-p", "limited"))
+    ok(rxd.rxctl("rxalice", "enable", "--project", "limited"))
     first = wait_state(rxd, "limited", "running")["job_id"]
 
     def next_job() -> dict | None:
@@ -349,5 +356,5 @@ def test_a_job_at_its_time_limit_is_followed_by_a_new_one(rxd: Rxd) -> None:
     ).stdout.split()
     assert timed_out and timed_out[0] == "TIMEOUT"
     assert again["desired"] == "running"
-    ok(rxd.rxctl("rxalice", "stop", "-p", "limited"))
+    ok(rxd.rxctl("rxalice", "stop", "--project", "limited"))
     wait_state(rxd, "limited", "stopped")

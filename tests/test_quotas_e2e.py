@@ -81,7 +81,7 @@ def leases(rxd: Rxd) -> dict[str, int]:
 
 def enable_gpu_project(rxd: Rxd, name: str, user: str) -> None:
     make_project(rxd, name, "--gpus", "1", "--partition", "gpu", user=user)
-    ok(rxd.rxctl(user, "enable", "-p", name))
+    ok(rxd.rxctl(user, "enable", "--project", name))
 
 
 def rxctl_all(rxd: Rxd, calls: list[tuple[str, ...]]) -> list[subprocess.CompletedProcess[str]]:
@@ -110,7 +110,7 @@ def test_two_of_three_run_the_third_waits_and_starts_when_an_admin_stops_one() -
         owners = {"qa": "rxalice", "qb": "rxbob", "qc": "rxcarol"}
         for name, user in owners.items():
             make_project(rxd, name, "--gpus", "1", "--partition", "gpu", user=user)
-        for result in rxctl_all(rxd, [(u, "enable", "-p", p) for p, u in owners.items()]):
+        for result in rxctl_all(rxd, [(u, "enable", "--project", p) for p, u in owners.items()]):
             ok(result)
         seen: dict[str, dict[str, Any]] = {}
 
@@ -263,7 +263,7 @@ def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> No
         assert all(w.startswith("partition gpu: ") for w in waiting), waiting
 
         # Clean up: stop all at once (the waiting ones have no job to end), then disable.
-        for stopped in rxctl_all(rxd, [("rxalice", "stop", "-p", n) for n in names]):
+        for stopped in rxctl_all(rxd, [("rxalice", "stop", "--project", n) for n in names]):
             ok(stopped)
         wait_for(
             lambda: (
@@ -274,7 +274,7 @@ def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> No
             what="every container to stop",
         )
         assert leases(rxd) == {}
-        for disabled in rxctl_all(rxd, [("rxalice", "disable", "-p", n) for n in names]):
+        for disabled in rxctl_all(rxd, [("rxalice", "disable", "--project", n) for n in names]):
             ok(disabled)
 
 
@@ -309,7 +309,7 @@ def test_leases_go_when_jobs_are_cancelled_or_fail_outside_rxd() -> None:
         failed = wait_state(rxd, "lb", "error", timeout=30)
         assert f"Slurm job {second['job_id']} ended FAILED" in failed["reason"]
         assert leases(rxd) == {}
-        ok(rxd.rxctl("rxalice", "start", "-p", "la"))
+        ok(rxd.rxctl("rxalice", "start", "--project", "la"))
         wait_state(rxd, "la", "running")
         assert leases(rxd) == {"la": 1}
 
@@ -324,17 +324,17 @@ def test_reject_policy_refuses_in_one_line_with_no_job_and_no_lease() -> None:
             "Error: over quota: partition gpu: deployment quota 1 GPUs, 1 in use by ra (1); "
             "this container needs 1\n"
         )
-        assert refused(rxd.rxctl("rxbob", "enable", "-p", "rb")) == expected
-        assert refused(rxd.rxctl("rxbob", "start", "-p", "rb")) == expected
+        assert refused(rxd.rxctl("rxbob", "enable", "--project", "rb")) == expected
+        assert refused(rxd.rxctl("rxbob", "start", "--project", "rb")) == expected
         rb = wait_state(rxd, "rb", "stopped", user="rxbob")
         assert rb["job_id"] is None and rb["over_quota"] is False
         assert rx_jobs(comment_of(rxd, "rb")) == []
         assert leases(rxd) == {"ra": 1}
-        ok(rxd.rxctl("rxalice", "stop", "-p", "ra"))
+        ok(rxd.rxctl("rxalice", "stop", "--project", "ra"))
         wait_state(rxd, "ra", "stopped")
         # Nothing was queued: rb stays stopped until someone starts it.
         assert status(rxd, "rxbob", "rb")["state"] == "stopped"
-        ok(rxd.rxctl("rxbob", "start", "-p", "rb"))
+        ok(rxd.rxctl("rxbob", "start", "--project", "rb"))
         wait_state(rxd, "rb", "running", user="rxbob")
 
 
@@ -449,7 +449,7 @@ def test_mirrored_qos_makes_plain_sbatch_over_the_user_limit_pend() -> None:
             pending = status(rxd, "rxcarol", "mq")
             assert pending["state"] == WAITING and pending["over_quota"] is False
             assert leases(rxd) == {"mq": 1}
-            ok(rxd.rxctl("rxcarol", "stop", "-p", "mq"))
+            ok(rxd.rxctl("rxcarol", "stop", "--project", "mq"))
             wait_state(rxd, "mq", "stopped", user="rxcarol")
         finally:
             subprocess.run(["scancel", *jobs], check=False)

@@ -167,7 +167,9 @@ def owner_view(rxd: Rxd, name: str = PROJECT) -> dict[str, Any]:
 def assert_refused(
     result: subprocess.CompletedProcess[str], actor: str, action: Action, name: str
 ) -> None:
-    assert result.returncode == 1, (result.stdout, result.stderr)
+    # rxctl exec's own failures exit 125 (as docker run's), so they differ from the command's.
+    expected = 125 if result.args[3] in ("exec", "shell") else 1
+    assert result.returncode == expected, (result.stdout, result.stderr)
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
@@ -258,7 +260,7 @@ def late_image(rxd: Rxd) -> Path:
 
 
 def status(rxd: Rxd, project: str) -> dict[str, Any]:
-    return json.loads(ok(rxd.rxctl(OWNER, "status", "-p", project, "--json")))
+    return json.loads(ok(rxd.rxctl(OWNER, "status", "--project", project, "--json")))
 
 
 def wait_state(rxd: Rxd, project: str, *states: str, timeout: float = START_TIMEOUT_S) -> dict:
@@ -283,7 +285,7 @@ def wait_holding(rxd: Rxd, project: str) -> dict[str, Any]:
 
 
 def as_owner(rxd: Rxd, command: str, project: str) -> None:
-    ok(rxd.rxctl(OWNER, command, "-p", project))
+    ok(rxd.rxctl(OWNER, command, "--project", project))
 
 
 def bring(rxd: Rxd, project: str, want: str) -> dict[str, Any]:
@@ -344,7 +346,7 @@ def exec_marker(rxd: Rxd, actor: str) -> Path:
 
 
 def exec_argv(actor: str) -> list[str]:
-    return ["exec", "-p", LIVE, "--", "touch", f"/workspace/exec-by-{actor}"]
+    return ["exec", "--project", LIVE, "--", "touch", f"/workspace/exec-by-{actor}"]
 
 
 def check_enable(rxd: Rxd, actor: str, before: dict[str, Any]) -> None:
@@ -393,7 +395,7 @@ class ContainerCase:
 
 
 def lifecycle(command: str, project: str = LIVE) -> Callable[[str], list[str]]:
-    return lambda actor: [command, "-p", project]
+    return lambda actor: [command, "--project", project]
 
 
 CONTAINER_CASES: dict[Action, ContainerCase] = {

@@ -15,8 +15,21 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 quietly_as_user() {
   runuser -u "$user" -- env PATH="$venv/bin:/usr/local/bin:/usr/bin:/bin" HOME="/home/$user" "$@"
 }
+# The command as it would be typed: arguments with spaces or shell characters single-quoted, so a
+# line can be pasted back into a shell.
+shell_words() {
+  local words=() arg
+  for arg in "$@"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+      words+=("$arg")
+    else
+      words+=("'${arg//\'/\'\\\'\'}'")
+    fi
+  done
+  printf '%s' "${words[*]}"
+}
 as_user() {
-  printf '%s$ %s\n' "$user" "$*"
+  printf '%s$ %s\n' "$user" "$(shell_words "$@")"
   quietly_as_user "$@"
 }
 
@@ -45,38 +58,46 @@ if ! "$venv/bin/rxctl" whoami >/dev/null 2>&1; then
 fi
 "$venv/bin/rxctl" doctor
 
-say "A researcher is bound automatically (standalone mode)"
+say "A researcher is bound automatically (identity mode \"local\")"
 as_user rxctl whoami
 
 say "A project with one GPU"
 if quietly_as_user rxctl project show "$project" >/dev/null 2>&1; then
-  quietly_as_user rxctl disable -p "$project" >/dev/null 2>&1 || true
+  quietly_as_user rxctl disable --project "$project" >/dev/null 2>&1 || true
   quietly_as_user rxctl project delete "$project" --yes
 fi
 as_user rxctl project create "$project" --gpus 1 --partition gpu --image docker://python:3.12-slim
 
 say "Enable: overlay, image, first Slurm job"
-as_user rxctl enable -p "$project"
-as_user rxctl exec -p "$project" -- sh -c 'echo "hello from the container on $SLURMD_NODENAME as $(id -un)"; echo "GPUs: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"'
-as_user rxctl exec -p "$project" -- sh -c 'mkdir -p /opt/demo && date > /opt/demo/installed && echo "installed into the overlay: /opt/demo/installed"'
-as_user rxctl exec -p "$project" -- sh -c 'echo "results" > /workspace/results.txt && ls -l /workspace'
+as_user rxctl enable --project "$project"
+as_user rxctl exec --project "$project" -- sh -c 'echo "hello from the container on $SLURMD_NODENAME as $(id -un)"; echo "GPUs: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"'
+as_user rxctl exec --project "$project" -- sh -c 'mkdir -p /opt/demo && date > /opt/demo/installed && echo "installed into the overlay: /opt/demo/installed"'
+as_user rxctl exec --project "$project" -- sh -c 'echo "results" > /workspace/results.txt && ls -l /workspace'
 squeue -o '%.8i %.12j %.8u %.10T %.6D %N %b' --name "rx-$project"
 
 say "Stop: the job ends, the overlay and workspace stay"
-as_user rxctl stop -p "$project"
+as_user rxctl stop --project "$project"
 for _ in $(seq 1 100); do
-  state=$(quietly_as_user rxctl status -p "$project" --json | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+  state=$(quietly_as_user rxctl status --project "$project" --json | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["state"])')
   [[ $state == stopped ]] && break
   sleep 0.3
 done
-as_user rxctl status -p "$project"
+as_user rxctl status --project "$project"
 
 say "Exec again: the container wakes (a new job), and what was installed is still there"
-as_user rxctl exec -p "$project" -- cat /opt/demo/installed /workspace/results.txt
+as_user rxctl exec --project "$project" -- cat /opt/demo/installed /workspace/results.txt
 
 say "Status"
-as_user rxctl status -p "$project"
+as_user rxctl status --project "$project"
 as_user rxctl list
+# rxctl on every user's PATH, as the README's examples call it; a link of ours or of another
+# checkout's venv is re-pointed, anything else is left alone.
+link=/usr/local/bin/rxctl
+if [[ ! -e $link && ! -L $link ]] || [[ $(readlink "$link") == */.venv/bin/rxctl ]]; then
+  ln -sfn "$venv/bin/rxctl" "$link"
+fi
 echo
-echo "rxd keeps running (pid $(cat "$run_dir/rxd.pid" 2>/dev/null || echo '?'), log $log). Try:"
-echo "  runuser -u $user -- $venv/bin/rxctl shell -p $project"
+echo "rxd keeps running (pid $(cat "$run_dir/rxd.pid" 2>/dev/null || echo '?'), log $log);"
+echo "rxctl is $(command -v rxctl || echo "$venv/bin/rxctl"). Try:"
+echo "  runuser -u $user -- rxctl shell --project $project"
+echo "Tear it all down: see README.md, \"Try it: two commands\"."

@@ -38,7 +38,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
 
 
 def status(rxd: Rxd, user: str, project: str) -> dict:
-    return json.loads(ok(rxd.rxctl(user, "status", "-p", project, "--json")).stdout)
+    return json.loads(ok(rxd.rxctl(user, "status", "--project", project, "--json")).stdout)
 
 
 def wait_state(

@@ -1,0 +1,93 @@
+"""What every rxctl command module shares: --json, the project option, errors as one line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
+from rxslurm.cli import render
+from rxslurm.cli.client import Client, ClientError
+from rxslurm.cli.project_choice import PROJECT_ENV, PROJECT_FLAGS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+json_option = click.option("json_", "--json", is_flag=True, help="Print JSON instead of text.")
+
+
+def complete_projects(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion: the caller's projects, as rxd lists them (nothing if it is not there)."""
+    from click.shell_completion import CompletionItem
+
+    root = ctx.find_root()
+    try:
+        mine = Client(root.params.get("socket_"), timeout=5).get("/v1/containers")["containers"]
+    except ClientError:
+        return []
+    names = sorted(str(c["project"]) for c in mine)
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+
+
+project_option = click.option(
+    *PROJECT_FLAGS,
+    "project",
+    metavar="PROJECT",
+    shell_complete=complete_projects,
+    help=f"The project (default: ${PROJECT_ENV}, else your only project).",
+)
+
+
+def api_errors(func: F) -> F:
+    """Turn client errors into click's one-line `Error: ...` and exit 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ClientError as exc:
+            raise click.ClickException(render.safe(str(exc))) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(data: Any) -> None:
+    # JSON escapes control characters, and ensure_ascii every other non-ASCII one.
+    click.echo(render.json_text(data))
+
+
+def echo(text: str = "", err: bool = False) -> None:
+    """Print text for people; what came from rxd in it cannot drive the terminal."""
+    click.echo(render.safe_text(text), err=err)
+
+
+def echo_lines(lines: list[str]) -> None:
+    if lines:
+        echo("\n".join(lines))
+
+
+def list_options(func: F) -> F:
+    """`--noheader` and `--format` (as squeue's -h and -o) for a command that prints a list; the
+    command gets them as `shape`."""
+
+    @click.option(
+        "--format",
+        "format_",
+        metavar="COL,...",
+        help="Only these columns, in this order: names as in the header, e.g. project,state.",
+    )
+    @click.option("--noheader", is_flag=True, help="No header line, and nothing for an empty list.")
+    @wraps(func)
+    def wrapper(*args: Any, noheader: bool, format_: str | None, **kwargs: Any) -> Any:
+        try:
+            return func(*args, shape=render.Shape(noheader, format_), **kwargs)
+        except render.BadFormat as exc:
+            raise click.UsageError(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]

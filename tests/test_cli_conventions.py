@@ -1,0 +1,265 @@
+"""rxctl reads like Slurm: -P/--project and -p/--partition, sbatch's memory and time forms,
+squeue's --noheader/--format, one JSON shape for lists, exit 125 for exec's own failures, project
+names completed by the shell, and a man page generated from the command tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rxslurm.cli import manpage
+from rxslurm.cli.main import cli
+from rxslurm.cli.units import memory_mb, minutes
+from tests.support.fake_rxd import http_answer, serve, short_tmp_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- sbatch's units -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "mb"),
+    [
+        ("16G", 16384),
+        ("16g", 16384),
+        ("16GB", 16384),
+        ("512M", 512),
+        ("500", 500),
+        ("2T", 2097152),
+        ("1500K", 2),
+        ("0", 0),
+    ],
+)
+def test_memory_as_sbatch_reads_it(text: str, mb: int) -> None:
+    assert memory_mb(text) == mb
+
+
+@pytest.mark.parametrize(
+    ("text", "mins"),
+    [
+        ("90", 90),
+        ("1:30", 2),
+        ("1:30:00", 90),
+        ("1-00:00:00", 1440),
+        ("2-12", 3600),
+        ("1-0:30", 1470),
+        ("0", 0),
+        ("0:59", 1),
+    ],
+)
+def test_time_as_sbatch_reads_it(text: str, mins: int) -> None:
+    assert minutes(text) == mins
+
+
+@pytest.mark.parametrize("text", ["16X", "-1", "1.5G", "", "G"])
+def test_a_size_sbatch_would_refuse_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a size"):
+        memory_mb(text)
+
+
+@pytest.mark.parametrize("text", ["1:2:3:4", "1-", "-5", "1h", "UNLIMITED", "1-2-3"])
+def test_a_time_sbatch_would_refuse_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a time"):
+        minutes(text)
+
+
+@given(st.integers(0, 400), st.integers(0, 23), st.integers(0, 59), st.integers(0, 59))
+def test_every_days_hours_minutes_seconds_form_rounds_up_to_minutes(
+    d: int, h: int, m: int, s: int
+) -> None:
+    seconds = ((d * 24 + h) * 60 + m) * 60 + s
+    assert minutes(f"{d}-{h:02d}:{m:02d}:{s:02d}") == -(-seconds // 60)
+    assert minutes(f"{d * 24 + h}:{m}:{s}") == -(-seconds // 60)
+    assert minutes(f"{d}-{h}:{m}") == (d * 24 + h) * 60 + m
+
+
+def settings_sent(*args: str) -> dict:
+    with short_tmp_dir() as folder:
+        api = folder / "rxd.sock"
+        server = serve(api, http_answer({"name": "x"}, "201 Created"))
+        result = CliRunner().invoke(cli, ["--socket", str(api), *args])
+        server.join(10)
+    assert result.exit_code == 0, result.output
+    return json.loads(server.received.partition(b"\r\n\r\n")[2])
+
+
+def test_project_create_takes_slurms_partition_memory_and_time() -> None:
+    body = settings_sent(
+        "project",
+        "create",
+        "x",
+        "--partition",
+        "gpu",
+        "--mem",
+        "16G",
+        "--time-limit",
+        "1-00:00:00",
+    )
+    assert body == {
+        "name": "x",
+        "settings": {"partition": "gpu", "mem_mb": 16384, "time_limit_min": 1440},
+    }
+    short = settings_sent(
+        "project", "create", "x", "-p", "gpu", "-t", "90", "--idle-timeout", "2:00:00"
+    )
+    assert short["settings"] == {"partition": "gpu", "time_limit_min": 90, "idle_timeout_min": 120}
+    assert settings_sent("project", "create", "x", "--time", "30")["settings"] == {
+        "time_limit_min": 30
+    }
+
+
+def test_a_bad_size_is_a_usage_error_and_nothing_is_sent() -> None:
+    result = CliRunner().invoke(
+        cli, ["--socket", "/nonexistent", "project", "create", "x", "--mem", "16X"]
+    )
+    assert result.exit_code == 2
+    assert "Invalid value for '--mem': '16X' is not a size like 16G" in result.output
+
+
+def test_dash_p_is_the_partition_and_not_the_project() -> None:
+    result = CliRunner().invoke(cli, ["--socket", "/nonexistent", "status", "-p", "alpha"])
+    assert result.exit_code == 2
+    assert "No such option '-p'" in result.output
+
+
+# -- lists ----------------------------------------------------------------------------------------
+
+CONTAINERS = {
+    "containers": [
+        {
+            "project": "alpha",
+            "role": "owner",
+            "state": "running",
+            "job_id": 7,
+            "node": "n1",
+            "reason": None,
+        },
+        {
+            "project": "beta",
+            "role": "viewer",
+            "state": "stopped",
+            "job_id": None,
+            "node": None,
+            "reason": None,
+        },
+    ]
+}
+
+
+def list_output(*args: str, answer: dict = CONTAINERS) -> tuple[int, str]:
+    with short_tmp_dir() as folder:
+        api = folder / "rxd.sock"
+        serve(api, http_answer(answer))
+        result = CliRunner().invoke(cli, ["--socket", str(api), *args])
+    return result.exit_code, result.output
+
+
+def test_list_json_is_the_apis_object_like_every_other_list() -> None:
+    assert list_output("list", "--json") == (
+        0,
+        json.dumps(CONTAINERS, indent=2, sort_keys=True) + "\n",
+    )
+
+
+def test_noheader_and_format_shape_a_list_as_squeue_does() -> None:
+    assert list_output("list", "--noheader", "--format", "project,node") == (
+        0,
+        "alpha  n1\nbeta   -\n",
+    )
+    code, text = list_output("list", "--format", "STATE,project")
+    assert (code, text.splitlines()[0]) == (0, "STATE    PROJECT")
+    assert list_output("list", "--noheader", answer={"containers": []}) == (0, "")
+
+
+def test_an_unknown_column_is_a_usage_error_naming_the_columns() -> None:
+    code, text = list_output("list", "--format", "project,gpus")
+    assert code == 2
+    assert "no column 'gpus'; the columns are: project, role, state, job, node, reason" in text
+
+
+# -- exit status of exec ----------------------------------------------------------------------
+
+
+def rxctl(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from rxslurm.cli.fastpath import main; main()"
+    env = {k: v for k, v in os.environ.items() if k not in ("RX_PROJECT", "RXCTL_SOCKET")}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_exec_exits_125_when_rxctl_itself_fails() -> None:
+    absent = rxctl("--socket", "/nonexistent/rxd.sock", "exec", "--project", "a", "--", "true")
+    assert (absent.returncode, absent.stderr) == (
+        125,
+        "Error: rxd is not running (nothing listens on /nonexistent/rxd-exec.sock)\n",
+    )
+    usage = rxctl("exec", "--project", "a")
+    assert usage.returncode == 125 and "Missing argument" in usage.stderr
+    no_terminal = rxctl("--socket", "/nonexistent/rxd.sock", "shell", "--project", "a")
+    assert no_terminal.returncode == 125 and "needs a terminal" in no_terminal.stderr
+
+
+def test_other_commands_keep_1_and_2() -> None:
+    assert rxctl("--socket", "/nonexistent/rxd.sock", "status", "--project", "a").returncode == 1
+    assert rxctl("status", "--bogus").returncode == 2
+
+
+def test_exec_through_click_also_exits_125() -> None:
+    # A form the fast path leaves to click: an option it does not parse.
+    result = CliRunner().invoke(
+        cli, ["--socket", "/nonexistent/rxd.sock", "exec", "--project=a", "--no-wake", "-t", "x"]
+    )
+    assert result.exit_code == 125
+
+
+# -- completion and the man page ------------------------------------------------------------------
+
+
+def test_the_shell_completes_project_names_from_rxd() -> None:
+    with short_tmp_dir() as folder:
+        api = folder / "rxd.sock"
+        serve(api, http_answer({"containers": [{"project": p} for p in ("alpha", "alps", "beta")]}))
+        env = dict(
+            os.environ,
+            _RXCTL_COMPLETE="bash_complete",
+            COMP_WORDS=f"rxctl --socket {api} status --project al",
+            COMP_CWORD="5",
+        )
+        code = "import sys; from rxslurm.cli.fastpath import main; main()"
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.stdout == "plain,alpha\nplain,alps\n"
+
+
+def test_the_man_page_is_up_to_date() -> None:
+    current = (ROOT / "docs" / "rxctl.1").read_text()
+    assert current == manpage.render(), (
+        f"docs/rxctl.1 is out of date; regenerate it with: {manpage.REGENERATE}"
+    )
+
+
+def test_the_man_page_has_every_command_and_the_exit_status() -> None:
+    text = manpage.render()
+    for command in ("rxctl exec", "rxctl status", "rxctl project create", "rxctl admin quota set"):
+        assert f'.SS "{command}"' in text
+    assert ".SH EXIT STATUS\n.TP\n.B 0" in text and ".B 125" in text
+
+
+def test_roff_escapes_what_troff_would_read_as_requests() -> None:
+    assert manpage.roff(".x and -p \\n") == "\\&.x and \\-p \\en"
