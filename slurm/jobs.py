@@ -79,7 +79,7 @@ class ParseError(ValueError):
 
 # A job id as Slurm prints it: ASCII digits only ("²".isdigit() is True, int("²") fails), and
 # short enough to stay an SQLite integer.
-JOB_ID = re.compile(r"[0-9]{1,18}")
+JOB_ID = re.compile(r"[1-9][0-9]{0,17}")  # Slurm never gives a job id 0
 # How much of a skipped record (and of why) a log line shows.
 _SHOWN_CHARS = 160
 # A record whose conversion raises one of these is skipped, whatever went wrong inside.
