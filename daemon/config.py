@@ -6,6 +6,7 @@ to a default.
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import tomllib
@@ -275,3 +276,29 @@ def _validate(config: Config, where: str) -> None:
     listen = config.platform.listen
     if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
         raise ConfigError(f'{where}: platform.listen must be "host:port"')
+    if config.runtime.service_account:
+        _check_service_account(config, where)
+
+
+def _check_service_account(config: Config, where: str) -> None:
+    """The shared account projects may run as must pass every check a bound identity passes
+    (not root, not a system account, a real login shell) and hold no power in rx-slurm itself:
+    everyone who creates a project runs code as it."""
+    # identities imports this module, so its checks are imported here, when first needed.
+    from rxslurm.daemon.errors import ApiError
+    from rxslurm.daemon.identities import linux_account_by_name
+
+    name = config.runtime.service_account
+    refused = f"{where}: runtime.service_account {name!r} is refused:"
+    try:
+        entry = linux_account_by_name(name, config.identity.min_uid)
+    except ApiError as exc:
+        raise ConfigError(f"{refused} {exc.message}") from None
+    if name in config.slurm.hook_users:
+        raise ConfigError(f"{refused} it is one of slurm.hook_users")
+    try:
+        admin_gid = grp.getgrnam(config.daemon.admin_group).gr_gid
+    except KeyError:
+        admin_gid = None
+    if admin_gid is not None and admin_gid in os.getgrouplist(name, entry.pw_gid):
+        raise ConfigError(f"{refused} it is in the admin group {config.daemon.admin_group}")
