@@ -53,9 +53,17 @@ def acl_tree(folder: Path) -> str:
 
 
 def named_entries_for(folder: Path, user: str) -> list[str]:
-    """ACL lines (access or default) naming `user` anywhere in the tree."""
-    needle = f"user:{uid(user)}:"
-    return [line for line in acl_tree(folder).splitlines() if needle in line]
+    """"path: entry" for every ACL entry (access or default) naming `user` anywhere in the tree,
+    except on what `user` owns (an entry there adds nothing to what owning it gives)."""
+    needle, me = f"user:{uid(user)}:", str(uid(user))
+    found = []
+    for block in acl_tree(folder).split("\n\n"):
+        lines = block.strip().splitlines()
+        path = next((x.removeprefix("# file: ") for x in lines if x.startswith("# file: ")), "")
+        owner = next((x.removeprefix("# owner: ") for x in lines if x.startswith("# owner: ")), "")
+        if owner != me:
+            found += [f"{path}: {x}" for x in lines if needle in x]
+    return found
 
 
 def status(rxd: Rxd, user: str, project: str) -> dict:
