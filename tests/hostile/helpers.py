@@ -53,7 +53,7 @@ def acl_tree(folder: Path) -> str:
 
 
 def named_entries_for(folder: Path, user: str) -> list[str]:
-    """"path: entry" for every ACL entry (access or default) naming `user` anywhere in the tree,
+    """ "path: entry" for every ACL entry (access or default) naming `user` anywhere in the tree,
     except on what `user` owns (an entry there adds nothing to what owning it gives)."""
     needle, me = f"user:{uid(user)}:", str(uid(user))
     found = []
