@@ -323,6 +323,7 @@ def disable(rt: Runtime, actor: Actor, project: str, wait_s: float = 120.0) -> d
     with rt.ledger.read() as db:
         row, _ = authorize(db, actor, project, Action.DISABLE)
         container = _container_of(db, row["id"])
+        runtime_user = runtime_identity(db, rt.config, row)
     if container is None or container["state"] == State.DISABLED:
         raise Conflict(f"the container of {project} is not enabled")
     deadline = time.monotonic() + wait_s
@@ -335,7 +336,11 @@ def disable(rt: Runtime, actor: Actor, project: str, wait_s: float = 120.0) -> d
         time.sleep(0.2)
         container = rt.ledger.db["containers"].get(container["id"])
     try:
-        _delete_overlay(container)
+        if container["runtime_user"] == runtime_user:
+            _delete_overlay(container)
+        elif container["state_dir"]:
+            # The former run-as user's folder: rxd no longer acts as them; out of reach instead.
+            quarantine(rt.config.containers.state_root, Path(container["state_dir"]).name)
     except OSError as exc:
         with rt.ledger.transaction() as db:
             db["containers"].update(container["id"], {"last_error": f"disable failed: {exc}"})

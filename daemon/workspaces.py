@@ -116,7 +116,9 @@ def claim(path: Path, owner: RunAs, recorded_uid: int | None) -> None:
             raise WorkspaceError(f"workspace {path} exists and is not a folder")
         if info.st_uid == owner.uid:
             return
-        if recorded_uid is None or info.st_uid != recorded_uid:
+        # 0: parked by rxd (a crash may have come between parking and recording it); only root
+        # can make a folder root's, and nobody else can put one at this path.
+        if recorded_uid is None or info.st_uid not in (recorded_uid, 0):
             raise WorkspaceError(
                 f"workspace {path} belongs to uid {info.st_uid}, which rx-slurm never gave it "
                 "to; refusing to use it (an admin moves it away)"

@@ -16,7 +16,7 @@ from rxslurm.daemon.workspaces import Grant, WorkspaceError, acl_specs, claim, n
 from rxslurm.slurm.runas import RunAs
 
 ME = RunAs("me", os.getuid() or 12345, os.getgid() or 12345, (os.getgid() or 12345,))
-ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="quarantine makes entries root's")
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="gives folders to other users")
 
 
 def test_top_folder_entries_grant_by_role_and_keep_the_runtime_identity_a_default() -> None:
@@ -82,10 +82,22 @@ def test_claim_refuses_a_folder_nobody_gave_the_project(
     tmp_path: Path, recorded: int | None
 ) -> None:
     (tmp_path / "ws").mkdir()
+    if os.geteuid() == 0:
+        os.chown(tmp_path / "ws", 2002, 2002)  # someone's, not root's (root's means parked)
+    owner = (tmp_path / "ws").stat().st_uid
     stranger = RunAs("stranger", 54321, 54321, (54321,))
     with pytest.raises(WorkspaceError, match="never gave it to"):
         claim(tmp_path / "ws", stranger, recorded)
-    assert (tmp_path / "ws").stat().st_uid == os.getuid()  # untouched
+    assert (tmp_path / "ws").stat().st_uid == owner  # untouched
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("parked_as", [2001, 0])
+def test_claim_hands_over_a_folder_it_gave_away_or_parked(tmp_path: Path, parked_as: int) -> None:
+    (tmp_path / "ws").mkdir()
+    os.chown(tmp_path / "ws", parked_as, parked_as)
+    claim(tmp_path / "ws", RunAs("bob", 2002, 2002, (2002,)), 2001)
+    assert (tmp_path / "ws").stat().st_uid == 2002
 
 
 def test_claim_refuses_a_symlink_or_file_at_the_path(tmp_path: Path) -> None:

@@ -20,7 +20,16 @@ from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.identities import Actor
 from rxslurm.daemon.ledger import Ledger
 from rxslurm.daemon.records import to_timestamp, utcnow
-from tests.hostile.helpers import IMAGE, container_daemon, ok, refused, wait_state
+from tests.hostile.helpers import (
+    IMAGE,
+    container_daemon,
+    ok,
+    refused,
+    uid,
+    wait_state,
+    workspace_of,
+)
+from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
 
 CONFIG = Config()
@@ -221,14 +230,24 @@ def test_a_run_as_owner_who_leaves_takes_their_identity_along(rxd: Rxd, how: str
         ok(rxd.rxctl("rxbob", "project", "member", "set-role", name, "rxalice", "viewer"))
     wait_state(rxd, "rxbob", name, "stopped", timeout=60)
     assert "project.run-as-released" in audit_actions(rxd, name)
+    folder = workspace_of(rxd, "rxbob", name)
+    assert folder.stat().st_uid == 0  # parked: alice no longer owns it
     for args in (("enable",), ("start",), ("exec",)):
         argv = [*args, "--project", name] + (["--", "id", "-un"] if args == ("exec",) else [])
         line = refused(rxd.rxctl("rxbob", *argv))
         assert "no run-as identity" in line and f"rxctl project run-as {name} bound" in line
 
+    if how == "demoted":
+        # Disabling does not act as alice either: her container folder goes to quarantine.
+        ok(rxd.rxctl("rxbob", "disable", "--project", name))
+        (old,) = (rxd.root / "containers" / ".quarantine").glob(f"rx-{name}.*")
+        assert old.stat().st_uid == 0
     shown = json.loads(ok(rxd.rxctl("rxbob", "project", "run-as", name, "bound", "--json")).stdout)
     assert shown["runtime_user"] == "rxbob"
-    ok(rxd.rxctl("rxbob", "start", "--project", name))
+    assert folder.stat().st_uid == uid("rxbob")  # handed over to the new identity
+    if how == "removed":
+        assert run_as("rxalice", ["ls", str(folder)]).returncode != 0
+    ok(rxd.rxctl("rxbob", "enable" if how == "demoted" else "start", "--project", name))
     running = wait_state(rxd, "rxbob", name, "running")
     assert running["runtime_user"] == "rxbob" and squeue_user(running["job_id"]) == "rxbob"
     assert ok(rxd.rxctl("rxbob", "exec", "--project", name, "--", "id", "-un")).stdout == "rxbob\n"
