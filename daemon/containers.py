@@ -503,6 +503,9 @@ def _rehome(
 ) -> dict[str, Any]:
     """The project runs as someone else now: a fresh state folder and overlay for them; the
     former identity's go to quarantine (its overlay holds what ran as that person)."""
+    container = rt.ledger.db["containers"].get(container["id"])
+    if container["runtime_user"] == runtime_user:
+        return dict(container)  # a racing start did it a moment ago
     if container["state"] in ACTIVE:
         raise Conflict(
             f"the container still runs as {container['runtime_user']}; it starts as "
