@@ -7,6 +7,7 @@ the creator's Linux identity, while the creator could no longer even see the pro
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from tests.hostile.helpers import (
     workspace_of,
 )
 from tests.support.cluster import run_as
-from tests.support.daemon import Rxd
+from tests.support.daemon import Rxd, new_rxd
 
 CONFIG = Config()
 BOB = Actor(platform_user="bob", uid=2002, user="rxbob", admin=False, origin="socket")
@@ -252,3 +253,31 @@ def test_a_run_as_owner_who_leaves_takes_their_identity_along(rxd: Rxd, how: str
     assert running["runtime_user"] == "rxbob" and squeue_user(running["job_id"]) == "rxbob"
     assert ok(rxd.rxctl("rxbob", "exec", "--project", name, "--", "id", "-un")).stdout == "rxbob\n"
     ok(rxd.rxctl("rxbob", "disable", "--project", name))
+
+
+@pytest.mark.cluster
+def test_unbinding_the_run_as_user_parks_the_workspace_and_forgets_the_identity() -> None:
+    daemon = new_rxd('[identity]\nmode = "platform"\n')
+    daemon.start()
+    try:
+        for platform_user, linux_user in (("alice", "rxalice"), ("bob", "rxbob")):
+            ok(daemon.rxctl("rxop", "admin", "bind", platform_user, linux_user))
+        ok(daemon.rxctl("rxalice", "project", "create", "unbound"))
+        ok(daemon.rxctl("rxalice", "project", "member", "add", "unbound", "bob", "--role", "owner"))
+        folder = workspace_of(daemon, "rxalice", "unbound")
+        assert folder.stat().st_uid == uid("rxalice")
+
+        answer = json.loads(ok(daemon.rxctl("rxop", "admin", "unbind", "alice", "--json")).stdout)
+        assert answer["released"] == ["unbound"]
+        assert folder.stat().st_uid == 0  # parked: the Linux account no longer owns it
+        assert run_as("rxalice", ["ls", str(folder)]).returncode != 0
+        assert ok(run_as("rxbob", ["ls", str(folder)]))  # a member keeps access
+        shown = json.loads(ok(daemon.rxctl("rxbob", "project", "show", "unbound", "--json")).stdout)
+        assert shown["run_as_user"] is None and shown["runtime_user"] is None
+        # Bound again, alice does not silently become the project's identity again.
+        ok(daemon.rxctl("rxop", "admin", "bind", "alice", "rxalice"))
+        shown = json.loads(ok(daemon.rxctl("rxbob", "project", "show", "unbound", "--json")).stdout)
+        assert shown["run_as_user"] is None
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()
+        shutil.rmtree(daemon.root, ignore_errors=True)
