@@ -14,7 +14,7 @@ from rxslurm.daemon.actors import actor_of
 from rxslurm.daemon.api import json_response, read_json
 from rxslurm.daemon.context import Daemon, daemon_of
 from rxslurm.daemon.errors import ApiError
-from rxslurm.daemon.identities import binding_of_platform_user
+from rxslurm.daemon.identities import binding_of_platform_user, record_actor_event
 from rxslurm.daemon.quarantine import QuarantineError
 from rxslurm.daemon.workspace_sync import retire_folders, sync_workspace
 from rxslurm.daemon.workspaces import WorkspaceError
@@ -106,6 +106,9 @@ def _delete(daemon: Daemon, actor: Any, name: str) -> dict[str, Any]:
     answer: dict[str, Any] = {"deleted": name}
     try:
         answer["quarantined"] = retire_folders(daemon.config, name, workspace)
+        with daemon.ledger.transaction() as db:
+            detail = {"paths": answer["quarantined"]}
+            record_actor_event(db, actor, "project.folders-quarantined", "project", name, detail)
     except (QuarantineError, OSError) as exc:
         log.error("cannot quarantine folders", extra={"project": name, "error": str(exc)})
         answer["warnings"] = [f"folders not moved to quarantine: {exc}"]

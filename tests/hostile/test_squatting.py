@@ -8,6 +8,7 @@ wrote, even under umask 077, and could lock her out with `setfacl -b`.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,17 @@ def rxd() -> Iterator[Rxd]:
 def quarantined(rxd: Rxd, root: str, project: str) -> list[Path]:
     folder = rxd.root / root / ".quarantine"
     return sorted(folder.glob(f"{project}.*")) if folder.is_dir() else []
+
+
+def audit_detail(rxd: Rxd, action: str, project: str) -> str:
+    conn = sqlite3.connect(rxd.ledger)
+    try:
+        rows = conn.execute(
+            "SELECT detail FROM events WHERE action = ? AND target_id = ?", [action, project]
+        ).fetchall()
+    finally:
+        conn.close()
+    return " ".join(r[0] for r in rows)
 
 
 def assert_locked_away(entry: Path) -> None:
@@ -94,6 +106,7 @@ def test_a_recreated_name_exposes_none_of_the_old_files(rxd: Rxd) -> None:
     assert os.listdir(folder) == []
     (old,) = quarantined(rxd, "workspaces", "paper")
     assert_locked_away(old)
+    assert str(old) in audit_detail(rxd, "project.folders-quarantined", "paper")
     for user in ("rxbob", "rxcarol"):
         assert run_as(user, ["cat", str(old / "data" / "results.csv")]).returncode != 0
     # The old members' default entries do not follow the name: bob's new files grant them nothing.
