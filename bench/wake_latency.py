@@ -111,6 +111,7 @@ class ByHand:
             gpu_flag=_gpu_flag(eff),
             state_dir=self.state_dir,
             grace_s=self.config.containers.stop_grace_s,
+            home="",
         )
         spec = JobSpec(
             name=self.name,

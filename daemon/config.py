@@ -6,6 +6,7 @@ to a default.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import re
@@ -320,6 +321,8 @@ def _validate(config: Config, where: str) -> None:
     if config.daemon.listen and config.daemon.listen == config.platform.listen:
         raise ConfigError(f"{where}: daemon.listen and platform.listen must differ")
     _validate_platform(config.platform, where)
+    if config.runtime.service_account:
+        _check_service_account(config, where)
     if config.limits.connections_per_uid < 1 or config.limits.keepalive_s <= 0:
         raise ConfigError(
             f"{where}: limits.connections_per_uid and limits.keepalive_s must be positive"
@@ -371,3 +374,27 @@ def _validate_platform(platform: PlatformConfig, where: str) -> None:
             "platform token over plain HTTP there is refused (set platform.tls_cert and "
             "platform.tls_key, or listen on 127.0.0.1)"
         )
+
+
+def _check_service_account(config: Config, where: str) -> None:
+    """The shared account projects may run as must pass every check a bound identity passes
+    (not root, not a system account, a real login shell) and hold no power in rx-slurm itself:
+    everyone who creates a project runs code as it."""
+    # identities imports this module, so its checks are imported here, when first needed.
+    from rxslurm.daemon.errors import ApiError
+    from rxslurm.daemon.identities import linux_account_by_name
+
+    name = config.runtime.service_account
+    refused = f"{where}: runtime.service_account {name!r} is refused:"
+    try:
+        entry = linux_account_by_name(name, config.identity.min_uid)
+    except ApiError as exc:
+        raise ConfigError(f"{refused} {exc.message}") from None
+    if name in config.slurm.hook_users:
+        raise ConfigError(f"{refused} it is one of slurm.hook_users")
+    try:
+        admin_gid = grp.getgrnam(config.daemon.admin_group).gr_gid
+    except KeyError:
+        admin_gid = None
+    if admin_gid is not None and admin_gid in os.getgrouplist(name, entry.pw_gid):
+        raise ConfigError(f"{refused} it is in the admin group {config.daemon.admin_group}")

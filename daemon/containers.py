@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,14 +22,16 @@ from typing import Any
 from rxslurm.daemon import apptainer, failpoints, image_cache, image_pull, quotas
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
-from rxslurm.daemon.identities import Actor
+from rxslurm.daemon.identities import Actor, record_actor_event
 from rxslurm.daemon.ledger import Ledger, LedgerDatabase
-from rxslurm.daemon.projects import authorize, runtime_identity
+from rxslurm.daemon.projects import authorize, require_runtime_identity, runtime_identity
 from rxslurm.daemon.pulls import ImagePulls, carry_on
+from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.records import from_json, from_timestamp, to_json, to_timestamp, utcnow
 from rxslurm.daemon.roles import Action
 from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective
 from rxslurm.daemon.states import ACTIVE, State, change_state
+from rxslurm.daemon.stop_request import request_stop
 from rxslurm.slurm.adapter import JobSpec, SlurmCli
 from rxslurm.slurm.errors import SlurmError, SlurmRejected, SlurmUnavailable
 from rxslurm.slurm.runas import RunAs, run
@@ -92,8 +95,14 @@ def state_dir_for(config: Config, name: str) -> Path:
     return config.containers.state_root / name
 
 
-def _prepare_state_dir(config: Config, name: str, owner: RunAs) -> Path:
-    """The container's folder: made by root inside the root-owned state root, then handed over."""
+def _prepare_state_dir(config: Config, name: str, owner: RunAs, prepared_for: int | None) -> Path:
+    """The container's folder: made by root inside the root-owned state root, then handed over.
+
+    A folder already there is kept only if the ledger says it was prepared for this very identity
+    (`prepared_for`, the container's runtime uid) and it still belongs to it. Anything else (a
+    deleted project's, or the former run-as user's with their overlay) goes to quarantine and a
+    fresh one is made: a squatter cannot block the name, and no identity gets another's files.
+    """
     root = config.containers.state_root
     root.mkdir(parents=True, exist_ok=True, mode=0o755)
     info = root.lstat()
@@ -105,18 +114,26 @@ def _prepare_state_dir(config: Config, name: str, owner: RunAs) -> Path:
     try:
         current = path.lstat()
     except FileNotFoundError:
-        os.mkdir(path, 0o700)
-        os.chown(path, owner.uid, owner.gid)
-        return path
-    if path.is_symlink() or not path.is_dir():
-        raise Conflict(f"{path} exists and is not a folder")
-    if current.st_uid != owner.uid:
-        # The runtime identity changed since the last enable: the old owner's overlay is theirs.
-        raise Conflict(
-            f"{path} belongs to uid {current.st_uid}, not {owner.user}; disable the container "
-            "and remove that folder to change the identity it runs as"
-        )
+        current = None
+    if current is not None:
+        if stat.S_ISDIR(current.st_mode) and current.st_uid == owner.uid == prepared_for:
+            return path
+        moved = quarantine(root, name)
+        log.warning("container folder moved to quarantine", extra={"path": str(moved)})
+    os.mkdir(path, 0o700)
+    os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
     return path
+
+
+def _prepare_storage(
+    config: Config, name: str, owner: RunAs, prepared_for: int | None
+) -> tuple[Path, Path]:
+    """The state folder and the overlay in it, for `owner`."""
+    state_dir = _prepare_state_dir(config, name, owner, prepared_for)
+    overlay = state_dir / "overlay.img"
+    if not overlay.exists():
+        apptainer.create_overlay(overlay, config.containers.overlay_size_mb, owner)
+    return state_dir, overlay
 
 
 def _local_image(config: Config, image: str) -> str | None:
@@ -132,6 +149,14 @@ def _local_image(config: Config, image: str) -> str | None:
     except image_cache.UnsafeImageDir as exc:
         raise Conflict(f"cannot use the image cache: {exc}") from None
     return str(cached) if cached else None
+
+
+def _isolated_home(project: dict[str, Any], state_dir: Path, runtime_user: str) -> str:
+    """Service mode: the project's own home (in its state folder, at the account's home path),
+    since every service project runs as the same account. Bound mode: "" (the user's own)."""
+    if project["run_as"] != "service":
+        return ""
+    return f"{state_dir / 'home'}:{RunAs.for_user(runtime_user).home_dir()}"
 
 
 def _gres(settings: Settings) -> str | None:
@@ -235,7 +260,7 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
     config = rt.config
     with rt.ledger.read() as db:
         row, _ = authorize(db, actor, project, Action.ENABLE)
-        runtime_user = runtime_identity(db, config, row)
+        runtime_user = require_runtime_identity(db, config, row)
         container = _container_of(db, row["id"])
     if container is not None and container["state"] != State.DISABLED:
         raise Conflict(f"the container of {project} is already enabled ({container['state']})")
@@ -244,8 +269,6 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
         raise BadRequest(
             f"project {project} has no image; set one with `rxctl project set {project} --image`"
         )
-    if runtime_user is None:
-        raise Conflict(f"the identity project {project} runs as is not bound; bind it first")
     owner = RunAs.for_user(runtime_user)
     name = container_name(project)
     now = to_timestamp(utcnow())
@@ -268,16 +291,14 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
         elif current["state"] != State.DISABLED:
             raise Conflict(f"the container of {project} is already enabled ({current['state']})")
         assert current is not None
+        prepared_for = current["runtime_uid"] if current["state_dir"] else None
         db["containers"].update(
             current["id"],
             {"desired": "running", "runtime_user": owner.user, "runtime_uid": owner.uid},
         )
         container_id = current["id"]
     try:
-        state_dir = _prepare_state_dir(config, name, owner)
-        overlay = state_dir / "overlay.img"
-        if not overlay.exists():
-            apptainer.create_overlay(overlay, config.containers.overlay_size_mb, owner)
+        state_dir, overlay = _prepare_storage(config, name, owner, prepared_for)
         image = _local_image(config, eff.image)
         if image is None:
             # DISABLED -> PULLING: no lease and no job while the image is pulled.
@@ -362,6 +383,7 @@ def disable(rt: Runtime, actor: Actor, project: str, wait_s: float = 120.0) -> d
     with rt.ledger.read() as db:
         row, _ = authorize(db, actor, project, Action.DISABLE)
         container = _container_of(db, row["id"])
+        runtime_user = runtime_identity(db, rt.config, row)
     if container is None or container["state"] == State.DISABLED:
         raise Conflict(f"the container of {project} is not enabled")
     deadline = time.monotonic() + wait_s
@@ -374,7 +396,11 @@ def disable(rt: Runtime, actor: Actor, project: str, wait_s: float = 120.0) -> d
         time.sleep(0.2)
         container = rt.ledger.db["containers"].get(container["id"])
     try:
-        _delete_overlay(container)
+        if container["runtime_user"] == runtime_user:
+            _delete_overlay(container)
+        elif container["state_dir"]:
+            # The former run-as user's folder: rxd no longer acts as them; out of reach instead.
+            quarantine(rt.config.containers.state_root, Path(container["state_dir"]).name)
     except OSError as exc:
         with rt.ledger.transaction() as db:
             db["containers"].update(container["id"], {"last_error": f"disable failed: {exc}"})
@@ -473,9 +499,12 @@ def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) 
     """
     with rt.ledger.read() as db:
         row, _ = authorize(db, actor, project, check)
+        runtime_user = require_runtime_identity(db, rt.config, row)
         container = _container_of(db, row["id"])
     if container is None or container["state"] == State.DISABLED:
         raise Conflict(f"the container of {project} is not enabled; an owner runs `rxctl enable`")
+    if container["runtime_user"] != runtime_user:
+        container = _rehome(rt, actor, container, runtime_user)
     # Asked of Slurm before the write transaction, which must not wait on Slurm.
     default_partition = rt.default_partition()
     request = quota_request(rt, row, container["runtime_user"], default_partition)
@@ -531,6 +560,45 @@ def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) 
     return status(rt, actor, project)
 
 
+def _rehome(
+    rt: Runtime, actor: Actor, container: dict[str, Any], runtime_user: str
+) -> dict[str, Any]:
+    """The project runs as someone else now: a fresh state folder and overlay for them; the
+    former identity's go to quarantine (its overlay holds what ran as that person)."""
+    container = rt.ledger.db["containers"].get(container["id"])
+    if container["runtime_user"] == runtime_user:
+        return dict(container)  # a racing start did it a moment ago
+    if container["state"] in ACTIVE:
+        raise Conflict(
+            f"the container still runs as {container['runtime_user']}; it starts as "
+            f"{runtime_user} once it has stopped"
+        )
+    owner = RunAs.for_user(runtime_user)
+    state_dir, overlay = _prepare_storage(rt.config, container["name"], owner, None)
+    with rt.ledger.transaction() as db:
+        current = db["containers"].get(container["id"])
+        if current["generation"] != container["generation"]:
+            raise Conflict("the container changed meanwhile; try again")
+        db["containers"].update(
+            container["id"],
+            {
+                "runtime_user": owner.user,
+                "runtime_uid": owner.uid,
+                "state_dir": str(state_dir),
+                "overlay_path": str(overlay),
+            },
+        )
+        record_actor_event(
+            db,
+            actor,
+            "container.run-as-changed",
+            "container",
+            container["name"],
+            {"from": container["runtime_user"], "to": owner.user},
+        )
+        return dict(db["containers"].get(container["id"]))
+
+
 def submit(
     rt: Runtime, container_id: int, settings: Settings, *, actor: str, origin: str
 ) -> int | None:
@@ -550,6 +618,7 @@ def submit(
         gpu_flag=_gpu_flag(eff),
         state_dir=state_dir,
         grace_s=config.containers.stop_grace_s,
+        home=_isolated_home(project_row, state_dir, c["runtime_user"]),
     )
     spec = JobSpec(
         name=c["name"],
@@ -647,29 +716,7 @@ def stop(
         container = _container_of(db, row["id"])
         if container is None or container["state"] == State.DISABLED:
             raise Conflict(f"the container of {project} is not enabled")
-        db["containers"].update(container["id"], {"desired": "stopped"})
-        job_id = container["job_id"]
-        if container["state"] not in ACTIVE or container["state"] == State.STOPPING:
-            job_id = None
-        elif job_id is None:
-            # Still submitting: the submitter cancels its job when it sees this.
-            change_state(
-                db,
-                container["id"],
-                State.STOPPED,
-                allowed_from=[State.STARTING, State.WAITING],
-                reason=reason,
-                **_actor_kw(actor),
-            )
-        else:
-            change_state(
-                db,
-                container["id"],
-                State.STOPPING,
-                allowed_from=[State.WAITING, State.STARTING, State.RUNNING],
-                reason=reason,
-                **_actor_kw(actor),
-            )
+        job_id = request_stop(db, container, reason, **_actor_kw(actor))
     if job_id is not None:
         cancel_job(rt, job_id)
     if check is None:
@@ -745,9 +792,16 @@ def exec_target(rt: Runtime, actor: Actor, project: str) -> ExecTarget | None:
     """The running container of a project the actor may exec in; None when it is not running."""
     with rt.ledger.read() as db:
         row, _ = authorize(db, actor, project, Action.EXEC)
+        runtime_user = require_runtime_identity(db, rt.config, row)
         container = _container_of(db, row["id"])
     if container is None or container["state"] != State.RUNNING or not container["instance"]:
         return None
+    if container["runtime_user"] != runtime_user:
+        # Stopping already (the identity changed); never exec as the one who left.
+        raise Conflict(
+            f"the container of {project} still runs as {container['runtime_user']}, not "
+            f"{runtime_user}; start it again once it has stopped"
+        )
     return ExecTarget(
         container_id=container["id"],
         job_id=container["job_id"],

@@ -11,6 +11,7 @@ import hashlib
 import os
 import pwd
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from rxslurm.daemon.config import Config
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
 from rxslurm.daemon.ledger import Ledger, LedgerDatabase
 from rxslurm.daemon.records import from_timestamp, to_timestamp, utcnow
+from rxslurm.daemon.run_as_guard import projects_run_as, release_run_as
 
 NOLOGIN_SHELLS = frozenset({"nologin", "false"})
 # No 0/O or 1/I/L: codes are read off one screen and typed on another.
@@ -297,8 +299,17 @@ def admin_bind(
 
 
 def unbind(
-    ledger: Ledger, actor: Actor, *, platform_user: str | None = None, uid: int | None = None
+    ledger: Ledger,
+    actor: Actor,
+    *,
+    platform_user: str | None = None,
+    uid: int | None = None,
+    cancel: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
+    """Remove a binding. Projects that ran as it lose their run-as user and stop (`cancel`, if
+    given, cancels their jobs after commit); "released" in the answer names them."""
+    jobs: list[int] = []
+    released: list[str] = []
     with ledger.transaction() as db:
         if platform_user is not None:
             row = binding_of_platform_user(db, platform_user)
@@ -315,7 +326,24 @@ def unbind(
             row["platform_user_id"],
             {"uid": row["uid"], "user": row["username"]},
         )
-    return binding_view(row)
+        # The identity leaves with its person: no project goes on running as that Linux user,
+        # nor as another account the platform user binds later.
+        for project in projects_run_as(db, row["platform_user_id"]):
+            job = release_run_as(
+                db,
+                project,
+                f"{row['platform_user_id']} was unbound",
+                clear=True,
+                actor=actor.name,
+                actor_uid=actor.uid,
+                origin=actor.origin,
+            )
+            released.append(project["name"])
+            jobs += [job] if job is not None else []
+    if cancel is not None:
+        for job in jobs:
+            cancel(job)
+    return {**binding_view(row), "released": released}
 
 
 def auto_bind_local(ledger: Ledger, config: Config, uid: int) -> str | None:

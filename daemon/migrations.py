@@ -229,3 +229,15 @@ def m004_quotas_and_leases(db: Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations()
+def m005_workspace_owner(db: Database) -> None:
+    statements = [
+        # The uid rx-slurm last handed the project's workspace folder to (0: parked as root's while
+        # the project has no run-as identity); NULL: not recorded yet. A folder owned by anyone
+        # else is not this project's and is never used.
+        "ALTER TABLE projects ADD COLUMN workspace_uid INTEGER",
+    ]
+    for statement in statements:
+        db.execute(statement)

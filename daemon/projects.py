@@ -19,6 +19,7 @@ from rxslurm.daemon.identities import (
 from rxslurm.daemon.ledger import Ledger, LedgerDatabase
 from rxslurm.daemon.records import from_json, to_timestamp, utcnow
 from rxslurm.daemon.roles import ALLOWED, Action, Role, may, parse_role
+from rxslurm.daemon.run_as_guard import release_run_as
 from rxslurm.daemon.settings import (
     Settings,
     apply_changes,
@@ -216,7 +217,53 @@ def runtime_identity(db: LedgerDatabase, config: Config, project: dict[str, Any]
     return binding["username"] if binding else None
 
 
-def delete_project(ledger: Ledger, actor: Actor, name: str) -> None:
+def no_run_as_message(name: str) -> str:
+    return (
+        f"project {name} has no run-as identity (the user it ran as is no longer an owner); "
+        f"an owner chooses one with `rxctl project run-as {name} bound`"
+    )
+
+
+def require_runtime_identity(db: LedgerDatabase, config: Config, project: dict[str, Any]) -> str:
+    """The Linux user project work runs as now, or a 409 saying what a current owner must do."""
+    user = runtime_identity(db, config, project)
+    if user is not None:
+        return user
+    name = project["name"]
+    if project["run_as"] == "bound" and project["run_as_user"] is None:
+        raise Conflict(no_run_as_message(name), code="no_run_as")
+    raise Conflict(f"the identity project {name} runs as is not bound; bind it first")
+
+
+# Called with the Slurm job of a container stopped by a membership change, after commit.
+CancelJob = Callable[[int], None]
+
+
+def _release(
+    db: LedgerDatabase,
+    actor: Actor,
+    row: dict[str, Any],
+    why: str,
+    *,
+    clear: bool,
+    jobs: list[int],
+) -> None:
+    job = release_run_as(
+        db, row, why, clear=clear, actor=actor.name, actor_uid=actor.uid, origin=actor.origin
+    )
+    if job is not None:
+        jobs.append(job)
+
+
+def _cancel_all(cancel: CancelJob | None, jobs: list[int]) -> None:
+    if cancel is None:
+        return  # the reconciler cancels a stopping container's job after its grace period
+    for job in jobs:
+        cancel(job)
+
+
+def delete_project(ledger: Ledger, actor: Actor, name: str) -> str:
+    """Delete the project's records; returns its workspace path (the caller retires folders)."""
     with ledger.transaction() as db:
         row, _ = authorize(db, actor, name, Action.DELETE_PROJECT)
         containers = list(db["containers"].rows_where("project_id = ?", [row["id"]]))
@@ -227,6 +274,7 @@ def delete_project(ledger: Ledger, actor: Actor, name: str) -> None:
             db["containers"].delete(c["id"])
         db["projects"].delete(row["id"])
         _event(db, actor, "project.deleted", name)
+    return str(row["workspace"])
 
 
 def update_settings(
@@ -257,10 +305,16 @@ def update_settings(
 
 
 def set_run_as(
-    ledger: Ledger, config: Config, actor: Actor, name: str, mode: Any
+    ledger: Ledger,
+    config: Config,
+    actor: Actor,
+    name: str,
+    mode: Any,
+    cancel: CancelJob | None = None,
 ) -> dict[str, Any]:
     if mode not in ("bound", "service"):
         raise BadRequest('mode must be "bound" or "service"')
+    jobs: list[int] = []
     with ledger.transaction() as db:
         row, _ = authorize(db, actor, name, Action.SET_RUN_AS)
         if mode == "service":
@@ -281,6 +335,13 @@ def set_run_as(
             update = {"run_as": "bound", "run_as_user": owner}
         db["projects"].update(row["id"], update)
         _event(db, actor, "project.run-as-changed", name, {"from": row["run_as"], **update})
+        # A container still running as the former identity stops; it starts as the new one.
+        now = runtime_identity(db, config, {**row, **update})
+        if db["containers"].count_where(
+            "project_id = ? AND state != 'disabled' AND runtime_user IS NOT ?", [row["id"], now]
+        ):
+            _release(db, actor, row, "the run-as identity changed", clear=False, jobs=jobs)
+    _cancel_all(cancel, jobs)
     return project_view(ledger, config, actor, name)
 
 
@@ -323,9 +384,16 @@ def add_member(
 
 
 def set_member_role(
-    ledger: Ledger, config: Config, actor: Actor, name: str, user: str, role: Any
+    ledger: Ledger,
+    config: Config,
+    actor: Actor,
+    name: str,
+    user: str,
+    role: Any,
+    cancel: CancelJob | None = None,
 ) -> dict[str, Any]:
     new_role = _role(role)
+    jobs: list[int] = []
     with ledger.transaction() as db:
         row, _ = authorize(db, actor, name, Action.MANAGE_MEMBERS)
         old = role_in(db, row["id"], user)
@@ -344,12 +412,21 @@ def set_member_role(
             name,
             {"user": user, "from": old.value, "to": new_role.value},
         )
+        if new_role is not Role.OWNER and _runs_as(row, user):
+            _release(db, actor, row, f"{user} is no longer an owner", clear=True, jobs=jobs)
+    _cancel_all(cancel, jobs)
     return project_view(ledger, config, actor, name)
 
 
 def remove_member(
-    ledger: Ledger, config: Config, actor: Actor, name: str, user: str
+    ledger: Ledger,
+    config: Config,
+    actor: Actor,
+    name: str,
+    user: str,
+    cancel: CancelJob | None = None,
 ) -> dict[str, Any]:
+    jobs: list[int] = []
     with ledger.transaction() as db:
         row, _ = authorize(db, actor, name, Action.MANAGE_MEMBERS)
         old = role_in(db, row["id"], user)
@@ -361,7 +438,14 @@ def remove_member(
             "DELETE FROM members WHERE project_id = ? AND platform_user_id = ?", [row["id"], user]
         )
         _event(db, actor, "project.member-removed", name, {"user": user, "role": old.value})
+        if _runs_as(row, user):
+            _release(db, actor, row, f"{user} is no longer a member", clear=True, jobs=jobs)
+    _cancel_all(cancel, jobs)
     return project_view(ledger, config, actor, name)
+
+
+def _runs_as(project: dict[str, Any], platform_user: str) -> bool:
+    return project["run_as"] == "bound" and project["run_as_user"] == platform_user
 
 
 def _role(value: Any) -> Role:

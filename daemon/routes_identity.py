@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import pwd
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
-from rxslurm.daemon import identities
+from rxslurm.daemon import containers, identities
 from rxslurm.daemon.actors import actor_of, admin_actor
 from rxslurm.daemon.api import caller_of, json_response, read_json
 from rxslurm.daemon.audit import list_events
-from rxslurm.daemon.context import daemon_of
+from rxslurm.daemon.context import Daemon, daemon_of
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden
 from rxslurm.daemon.ledger import Ledger
+from rxslurm.daemon.routes_projects import sync_or_warn
 
 routes = web.RouteTableDef()
 
@@ -53,8 +55,18 @@ async def unbind(request: web.Request) -> web.Response:
         raise Conflict("this deployment runs in standalone mode: identities cannot be unbound")
     if actor.platform_user is None or actor.origin != "socket":
         raise Forbidden("you have no bound platform identity", code="not_bound")
-    result = await asyncio.to_thread(identities.unbind, daemon.ledger, actor, uid=actor.uid)
+    result = await asyncio.to_thread(_unbind, daemon, actor, uid=actor.uid)
     return json_response(result)
+
+
+def _unbind(daemon: Daemon, actor: identities.Actor, **who: Any) -> dict[str, Any]:
+    """Unbind; projects that ran as the identity stop, and their workspaces are parked."""
+    result = identities.unbind(
+        daemon.ledger, actor, cancel=partial(containers.cancel_job, daemon.runtime), **who
+    )
+    for name in result["released"]:
+        sync_or_warn(daemon, name)
+    return result
 
 
 @routes.post("/v1/admin/codes")
@@ -118,9 +130,7 @@ async def admin_unbind(request: web.Request) -> web.Response:
             raise BadRequest(f"no Linux user named {linux_user!r}") from None
     else:
         identities.check_platform_user_id(platform_user)
-    result = await asyncio.to_thread(
-        identities.unbind, daemon.ledger, actor, platform_user=platform_user, uid=uid
-    )
+    result = await asyncio.to_thread(_unbind, daemon, actor, platform_user=platform_user, uid=uid)
     return json_response(result)
 
 

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
-from rxslurm.daemon import projects
+from rxslurm.daemon import containers, projects
 from rxslurm.daemon.actors import actor_of
 from rxslurm.daemon.api import json_response, read_json
 from rxslurm.daemon.context import Daemon, daemon_of
 from rxslurm.daemon.errors import ApiError
-from rxslurm.daemon.identities import binding_of_platform_user
-from rxslurm.daemon.workspace_sync import sync_workspace
+from rxslurm.daemon.identities import binding_of_platform_user, record_actor_event
+from rxslurm.daemon.quarantine import QuarantineError
+from rxslurm.daemon.workspace_sync import retire_folders, sync_workspace
 from rxslurm.daemon.workspaces import WorkspaceError
 
 log = logging.getLogger("rxslurm.projects")
 routes = web.RouteTableDef()
 
 
-def _sync(daemon: Daemon, name: str, revoke: tuple[str, ...] = ()) -> str | None:
+def sync_or_warn(daemon: Daemon, name: str, revoke: tuple[str, ...] = ()) -> str | None:
     """Bring the workspace in line; a failure is reported, the committed change stands."""
     try:
         return sync_workspace(daemon.ledger, daemon.config, name, revoke)
@@ -33,7 +35,7 @@ def _sync(daemon: Daemon, name: str, revoke: tuple[str, ...] = ()) -> str | None
 async def _with_workspace(
     daemon: Daemon, view: dict[str, Any], revoke: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    warning = await asyncio.to_thread(_sync, daemon, view["name"], revoke)
+    warning = await asyncio.to_thread(sync_or_warn, daemon, view["name"], revoke)
     if warning:
         view["warnings"] = [warning]
     return view
@@ -65,14 +67,15 @@ async def create_project(request: web.Request) -> web.Response:
     try:
         await asyncio.to_thread(_create_workspace, daemon, view["name"])
     except ApiError:
-        await asyncio.to_thread(projects.delete_project, daemon.ledger, actor, view["name"])
+        await asyncio.to_thread(_delete, daemon, actor, view["name"])
         raise
     return json_response(view, status=201)
 
 
 def _create_workspace(daemon: Daemon, name: str) -> None:
     try:
-        sync_workspace(daemon.ledger, daemon.config, name)
+        # Fresh: whatever sits at the new project's path is someone else's and goes to quarantine.
+        sync_workspace(daemon.ledger, daemon.config, name, fresh=True)
     except (WorkspaceError, OSError) as exc:
         raise ApiError(
             f"cannot prepare the project's workspace: {exc}", status=500, code="workspace"
@@ -93,8 +96,23 @@ async def delete_project(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
     name = request.match_info["name"]
-    await asyncio.to_thread(projects.delete_project, daemon.ledger, actor, name)
-    return json_response({"deleted": name})
+    return json_response(await asyncio.to_thread(_delete, daemon, actor, name))
+
+
+def _delete(daemon: Daemon, actor: Any, name: str) -> dict[str, Any]:
+    """Delete the records, then move the folders out of reach (a crash in between leaves them
+    where the next project of that name quarantines them)."""
+    workspace = projects.delete_project(daemon.ledger, actor, name)
+    answer: dict[str, Any] = {"deleted": name}
+    try:
+        answer["quarantined"] = retire_folders(daemon.config, name, workspace)
+        with daemon.ledger.transaction() as db:
+            detail = {"paths": answer["quarantined"]}
+            record_actor_event(db, actor, "project.folders-quarantined", "project", name, detail)
+    except (QuarantineError, OSError) as exc:
+        log.error("cannot quarantine folders", extra={"project": name, "error": str(exc)})
+        answer["warnings"] = [f"folders not moved to quarantine: {exc}"]
+    return answer
 
 
 @routes.patch("/v1/projects/{name}/settings")
@@ -126,6 +144,7 @@ async def set_run_as(request: web.Request) -> web.Response:
         actor,
         request.match_info["name"],
         body.get("mode"),
+        partial(containers.cancel_job, daemon.runtime),
     )
     return json_response(await _with_workspace(daemon, view))
 
@@ -160,6 +179,7 @@ async def set_member_role(request: web.Request) -> web.Response:
         request.match_info["name"],
         request.match_info["user"],
         body.get("role"),
+        partial(containers.cancel_job, daemon.runtime),
     )
     return json_response(await _with_workspace(daemon, view))
 
@@ -176,6 +196,7 @@ async def remove_member(request: web.Request) -> web.Response:
         actor,
         request.match_info["name"],
         user,
+        partial(containers.cancel_job, daemon.runtime),
     )
     binding = await asyncio.to_thread(binding_of_platform_user, daemon.ledger.db, user)
     revoke = (binding["username"],) if binding else ()

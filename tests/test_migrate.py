@@ -46,6 +46,7 @@ EXPECTED_COLUMNS = {
         "workspace",
         "settings_changed_at",
         "run_as_user",
+        "workspace_uid",
     ],
     "members": ["project_id", "platform_user_id", "role", "added_at", "added_by"],
     "containers": [
@@ -111,6 +112,7 @@ ALL_MIGRATIONS = [
     "m002_identity_targets",
     "m003_container_jobs",
     "m004_quotas_and_leases",
+    "m005_workspace_owner",
 ]
 
 
@@ -128,6 +130,7 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
             db.execute(f"ALTER TABLE containers DROP COLUMN {column}")
         db.execute("ALTER TABLE binding_codes DROP COLUMN for_uid")
         db.execute("ALTER TABLE projects DROP COLUMN run_as_user")
+        db.execute("ALTER TABLE projects DROP COLUMN workspace_uid")
         db.execute(
             "INSERT INTO projects (name, created_at, created_by)"
             " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"
@@ -135,7 +138,7 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
     with Ledger.open(path, migrate=True) as ledger:
         assert ledger.last_applied == ALL_MIGRATIONS[1:]
         row = next(ledger.db["projects"].rows)
-        assert (row["name"], row["run_as_user"]) == ("old", None)
+        assert (row["name"], row["run_as_user"], row["workspace_uid"]) == ("old", None, None)
 
 
 def schema(path: Path) -> list[tuple[str, str]]:

@@ -74,10 +74,12 @@ def test_switching_run_as_prepares_the_folder_again(rxd: Rxd) -> None:
         ok(rxd.rxctl("rxalice", "project", "run-as", "ws-mode", "bound", "--json")).stdout
     )
     assert shown["runtime_user"] == "rxalice"
-    # The owner's identity now runs the work: it may write, and so may the folder's owner.
-    assert can_write("rxalice", folder) and can_write("rxsvc", folder)
-    acl = subprocess.run(["getfacl", "-cp", str(folder)], capture_output=True, text=True).stdout
-    assert "user:rxalice:rwx" in acl and "default:user:rxalice:rwx" in acl
+    # The owner's identity now runs the work and owns the folder; the service account, which
+    # every service project runs as, keeps nothing (not even a default entry).
+    assert folder.stat().st_uid == 2001
+    assert can_write("rxalice", folder) and not can_read("rxsvc", folder)
+    acl = subprocess.run(["getfacl", "-cpn", str(folder)], capture_output=True, text=True).stdout
+    assert ":2100:" not in acl
 
 
 def test_rxd_refuses_a_workspace_root_others_can_write() -> None:

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/bin/bash -p
 # holder.sh: keeps a project's persistent Apptainer instance alive for the life of this Slurm job.
 # Rendered by rxslurm.slurm.script (every value below arrives as one quoted shell word); sbatch
 # options come on sbatch's command line. Progress goes to $state_dir/job-$SLURM_JOB_ID.status,
@@ -11,6 +11,7 @@
 #rx:param gpu_flag
 #rx:param state_dir
 #rx:param grace_s
+#rx:param home
 set -u
 instance={{instance}}
 image={{image}}
@@ -20,6 +21,11 @@ binds={{binds}}
 gpu_flag={{gpu_flag}}
 state_dir={{state_dir}}
 grace={{grace_s}}
+home={{home}}
+# Nothing in the job's environment (a shared account's login profile, say) may change how the
+# instance is built or what runs in it; `bash -p` above already ignored BASH_ENV for this script.
+unset BASH_ENV ENV
+for name in $(compgen -e); do [[ $name == APPTAINER* || $name == SINGULARITY* ]] && unset "$name"; done
 [[ $grace =~ ^[0-9]+$ ]] || grace=10
 PATH=/usr/local/bin:/usr/bin:/bin
 # Instance records and logs live with the container's state, not in $HOME (which may be small,
@@ -59,6 +65,12 @@ report "starting"
 args=(instance start --overlay "$overlay" -B "$workspace:/workspace")
 [[ -n $binds ]] && args+=(-B "$binds")
 [[ -n $gpu_flag ]] && args+=("$gpu_flag")
+# Service mode ($home set): projects share one account, so they share nothing of the host: a home,
+# /tmp and /var/tmp of their own in the state folder, and no current folder.
+if [[ -n $home ]]; then
+  mkdir -p -m 700 "${home%%:*}" "$state_dir/work"
+  args+=(--contain --workdir "$state_dir/work" --home "$home" --no-mount cwd)
+fi
 # 9>&-: the instance must not inherit the job's lock (Apptainer locks the overlay itself).
 if ! out=$(apptainer "${args[@]}" "$image" "$instance" 2>&1 9>&-); then
   last=$(printf '%s\n' "$out" | grep -E '^(FATAL|ERROR)' | tail -n 1)
