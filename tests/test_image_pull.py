@@ -160,10 +160,10 @@ def test_the_pull_account_must_be_a_system_account_nobody_is() -> None:
     nobody = pwd.getpwnam("nobody")
     with pytest.raises(PullError, match=f"uid {nobody.pw_uid}.*below identity.min_uid"):
         image_pull.pull_account(config_with('user = "nobody"'))
-    with pytest.raises(PullError, match="must not be the runtime service account"):
-        image_pull.pull_account(
-            config_with('user = "daemon"', '[runtime]\nservice_account = "daemon"\n')
-        )
+    # A system account can no longer be the service account at all (it must be bindable), so
+    # sharing one with pulls is refused when the config is read.
+    with pytest.raises(ConfigError, match="service_account 'daemon' is refused"):
+        config_with('user = "daemon"', '[runtime]\nservice_account = "daemon"\n')
     with pytest.raises(PullError, match="pulls no images"):
         image_pull.pull_account(config_with('user = ""'))
     assert image_pull.pull_account(config_with('user = "daemon"')).user == "daemon"
