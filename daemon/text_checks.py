@@ -53,7 +53,9 @@ def check_text(label: str, value: Any, max_bytes: int, *, allow_empty: bool = Tr
 
 
 def shorten(text: str, limit: int) -> str:
-    """`text` cut to about `limit` characters, saying how much was left out."""
+    """`text` cut to at most `limit` characters (limit >= 40), saying how much was left out."""
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+    # Sized for the longest count there could be, so the result never exceeds `limit`.
+    room = limit - len(f"… ({len(text)} more characters)")
+    return f"{text[:room]}… ({len(text) - room} more characters)"
