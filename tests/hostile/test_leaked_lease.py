@@ -1,0 +1,170 @@
+"""Finding 6: a container that can never be submitted must not keep a quota lease.
+
+Recipe (security review, section 6): with a deployment GPU quota, a project whose image holds
+`\\r`, or whose name ends in `\\n`, sent straight to the API socket; enabling it took the lease and
+stayed `starting` forever, so every other user's container waited. Run on the real cluster as the
+ordinary test users, each test with its own rxd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from rxslurm.daemon import apptainer
+from tests.support.cluster import run_as, wait_for
+from tests.support.daemon import VENV_BIN, Rxd
+from tests.support.lifecycle import ok, start_rxd
+
+pytestmark = [pytest.mark.cluster, pytest.mark.hostile]
+
+IMAGE = "docker://python:3.12-slim"
+
+# As a test user: one raw request on the API socket, as curl would send it (no CLI checks).
+RAW_REQUEST = r"""
+import http.client, socket, sys
+class C(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sys.argv[1])
+c = C("rxd")
+body = sys.argv[4].encode() if len(sys.argv) > 4 else None
+c.request(sys.argv[2], sys.argv[3], body=body, headers={"Content-Type": "application/json"})
+r = c.getresponse()
+print(r.status, r.read().decode())
+"""
+
+
+@contextlib.contextmanager
+def daemon_with_gpu_quota(gpus: int = 1) -> Iterator[Rxd]:
+    rxd = start_rxd()
+    apptainer.pull(IMAGE, rxd.root / "images")  # once, before the enables race for leases
+    try:
+        ok(rxd.rxctl("rxop", "admin", "quota", "set", "--partition", "gpu", "--gpus", str(gpus)))
+        yield rxd
+    finally:
+        rxd.stop()
+        rxd.cancel_own_jobs()
+        shutil.rmtree(rxd.root, ignore_errors=True)
+
+
+def raw(rxd: Rxd, user: str, method: str, path: str, body: Any = None) -> tuple[int, dict]:
+    argv = [str(VENV_BIN / "python"), "-c", RAW_REQUEST, str(rxd.socket), method, path]
+    if body is not None:
+        argv.append(json.dumps(body))
+    result = run_as(user, argv)
+    assert result.returncode == 0, result.stderr
+    status, _, text = result.stdout.partition(" ")
+    return int(status), json.loads(text)
+
+
+def ledger(rxd: Rxd, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(f"{rxd.ledger.as_uri()}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(query, args).fetchall()
+    finally:
+        conn.close()
+
+
+def leases(rxd: Rxd) -> dict[str, int]:
+    return dict(ledger(rxd, "SELECT project, gpus FROM leases"))
+
+
+def state_of(rxd: Rxd, user: str, project: str) -> dict[str, Any]:
+    result = ok(rxd.rxctl(user, "status", "--project", project, "--json"))
+    return json.loads(result.stdout)
+
+
+def wait_for_state(rxd: Rxd, user: str, project: str, *states: str) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.update(state_of(rxd, user, project))
+        return seen["state"] in states
+
+    try:
+        wait_for(reached, timeout=120, what=f"{project} to reach {states}")
+    except TimeoutError as exc:
+        raise AssertionError(
+            f"{exc}; last: {seen}; leases: {leases(rxd)}\n{rxd.log_text()[-3000:]}"
+        ) from None
+    return seen
+
+
+def gpu_project(rxd: Rxd, user: str, name: str) -> None:
+    ok(
+        rxd.rxctl(
+            user, "project", "create", name, "--image", IMAGE, "--gpus", "1", "--partition", "gpu"
+        )
+    )
+
+
+def test_a_carriage_return_image_or_newline_name_is_refused_and_another_user_starts() -> None:
+    with daemon_with_gpu_quota() as rxd:
+        hog = {"image": "/x\r", "gpus": 1, "partition": "gpu"}
+        status, answer = raw(
+            rxd, "rxdave", "POST", "/v1/projects", {"name": "hog", "settings": hog}
+        )
+        assert status == 400, answer
+        assert "image must not contain control or bidi characters" in answer["error"]["message"]
+
+        good = {"image": IMAGE, "gpus": 1, "partition": "gpu"}
+        status, answer = raw(
+            rxd, "rxdave", "POST", "/v1/projects", {"name": "hog\n", "settings": good}
+        )
+        assert status == 400, answer
+        assert "project name must be" in answer["error"]["message"]
+        # The same name through the URL, as `hog%0A`: never matched as "hog".
+        ok(rxd.rxctl("rxdave", "project", "create", "hog", "--image", IMAGE, "--gpus", "1",
+                     "--partition", "gpu"))  # fmt: skip
+        status, answer = raw(rxd, "rxdave", "POST", "/v1/projects/hog%0A/enable")
+        assert status == 400, answer
+        status, answer = raw(rxd, "rxdave", "PATCH", "/v1/projects/hog/settings", {"image": "/x\r"})
+        assert status == 400, answer
+
+        assert ledger(rxd, "SELECT name FROM projects") == [("hog",)]
+        assert ledger(rxd, "SELECT count(*) FROM containers") == [(0,)]
+        assert leases(rxd) == {}
+
+        gpu_project(rxd, "rxalice", "g1")
+        ok(rxd.rxctl("rxalice", "enable", "--project", "g1"))
+        wait_for_state(rxd, "rxalice", "g1", "running")
+        assert leases(rxd) == {"g1": 1}
+
+
+def test_a_failure_after_the_lease_ends_in_error_frees_it_and_the_next_user_starts() -> None:
+    with daemon_with_gpu_quota() as rxd:
+        gpu_project(rxd, "rxbob", "first")
+        ok(rxd.rxctl("rxbob", "enable", "--project", "first"))
+        wait_for_state(rxd, "rxbob", "first", "running")
+        # Queued behind `first`, in this order: hog takes the lease first when it frees up.
+        for user, name in (("rxdave", "hog"), ("rxalice", "g1")):
+            gpu_project(rxd, user, name)
+            ok(rxd.rxctl(user, "enable", "--project", name))
+            assert wait_for_state(rxd, user, name, "waiting_for_resources")["over_quota"]
+        # A value saved before today's checks (an older rxd): the holder script cannot be made
+        # from it, which shows only after the lease is taken.
+        conn = sqlite3.connect(rxd.ledger, timeout=30)
+        with conn:
+            conn.execute("UPDATE containers SET image = '/x' || char(13) WHERE name = 'rx-hog'")
+        conn.close()
+
+        ok(rxd.rxctl("rxbob", "stop", "--project", "first"))
+        hog = wait_for_state(rxd, "rxdave", "hog", "error")
+        assert "carriage return" in hog["last_error"], hog
+        wait_for_state(rxd, "rxalice", "g1", "running")
+        assert leases(rxd) == {"g1": 1}
+        assert hog["job_id"] is None
+
+        # Woken again (retry) it is refused before any lease is taken, and says why.
+        result = rxd.rxctl("rxdave", "retry", "--project", "hog")
+        assert result.returncode == 1, result
+        assert result.stderr.startswith("Error: the container of hog cannot start: "), result
+        assert "carriage return" in result.stderr
+        assert state_of(rxd, "rxdave", "hog")["state"] == "error"
+        assert leases(rxd) == {"g1": 1}
