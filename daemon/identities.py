@@ -8,6 +8,7 @@ whose passwd round trip differs are never bound.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pwd
 import secrets
@@ -323,7 +324,7 @@ def redeem_code(
     wait = throttle.wait_s(uid)
     if wait:
         raise TooManyAttempts(
-            f"too many failed binds for {entry.pw_name}; try again in {int(wait) + 1} s"
+            f"too many failed binds for {entry.pw_name}; try again in {math.ceil(wait)} s"
         )
     now = now or utcnow()
     try:

@@ -245,7 +245,7 @@ def test_failed_binds_are_throttled_per_uid_and_audited_a_bounded_number_of_time
     for _ in range(50):
         err = bind(5000)
         assert (err.status, err.code) == (429, "too_many_attempts")
-        assert err.message == "too many failed binds for user5000; try again in 601 s"
+        assert err.message == "too many failed binds for user5000; try again in 600 s"
     assert refusals() == 3  # throttled attempts write nothing
     assert bind(5001).message == "unknown binding code"  # another uid is not held back
     now[0] = 601.0
