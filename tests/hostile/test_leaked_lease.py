@@ -2,8 +2,9 @@
 
 Recipe (security review, section 6): with a deployment GPU quota, a project whose image holds
 `\\r`, or whose name ends in `\\n`, sent straight to the API socket; enabling it took the lease and
-stayed `starting` forever, so every other user's container waited. Run on the real cluster as the
-ordinary test users, each test with its own rxd.
+stayed `starting` forever, so every other user's container waited. The recipe runs on the real
+cluster as the ordinary test users, each test with its own rxd; the fast tests below pin the two
+paths (before and after the lease) on a throwaway ledger with a Slurm that records submissions.
 """
 
 from __future__ import annotations
@@ -13,16 +14,24 @@ import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rxslurm.daemon import apptainer
+from rxslurm.daemon import apptainer, quotas
+from rxslurm.daemon.config import Config
+from rxslurm.daemon.containers import Runtime, submit, wake
+from rxslurm.daemon.errors import BadRequest
+from rxslurm.daemon.identities import Actor
+from rxslurm.daemon.ledger import Ledger
+from rxslurm.daemon.records import to_timestamp, utcnow
+from rxslurm.daemon.settings import Settings
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import VENV_BIN, Rxd
 from tests.support.lifecycle import ok, start_rxd
 
-pytestmark = [pytest.mark.cluster, pytest.mark.hostile]
+pytestmark = pytest.mark.hostile
 
 IMAGE = "docker://python:3.12-slim"
 
@@ -104,6 +113,7 @@ def gpu_project(rxd: Rxd, user: str, name: str) -> None:
     )
 
 
+@pytest.mark.cluster
 def test_a_carriage_return_image_or_newline_name_is_refused_and_another_user_starts() -> None:
     with daemon_with_gpu_quota() as rxd:
         hog = {"image": "/x\r", "gpus": 1, "partition": "gpu"}
@@ -137,6 +147,7 @@ def test_a_carriage_return_image_or_newline_name_is_refused_and_another_user_sta
         assert leases(rxd) == {"g1": 1}
 
 
+@pytest.mark.cluster
 def test_a_failure_after_the_lease_ends_in_error_frees_it_and_the_next_user_starts() -> None:
     with daemon_with_gpu_quota() as rxd:
         gpu_project(rxd, "rxbob", "first")
@@ -168,3 +179,103 @@ def test_a_failure_after_the_lease_ends_in_error_frees_it_and_the_next_user_star
         assert "carriage return" in result.stderr
         assert state_of(rxd, "rxdave", "hog")["state"] == "error"
         assert leases(rxd) == {"g1": 1}
+
+
+# -- fast: the same two paths without Slurm -------------------------------------------------
+
+
+class RecordingSlurm:
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, script: str, spec: Any, as_user: Any) -> int:
+        self.submitted.append(spec.name)
+        return 1
+
+
+def _ledger_with_container(tmp_path: Path, state: str, image: str) -> Ledger:
+    ledger = Ledger.open(tmp_path / "ledger.db", migrate=True)
+    now = to_timestamp(utcnow())
+    with ledger.transaction() as db:
+        db["platform_users"].insert({"id": "dave", "created_at": now})
+        project = (
+            db["projects"]
+            .insert(
+                {
+                    "name": "hog",
+                    "created_at": now,
+                    "created_by": "dave",
+                    "workspace": str(tmp_path),
+                    "gpus": 1,
+                    "partition": "gpu",
+                    "image": "/x.sif",
+                }
+            )
+            .last_pk
+        )
+        db["members"].insert(
+            {
+                "project_id": project,
+                "platform_user_id": "dave",
+                "role": "owner",
+                "added_at": now,
+                "added_by": "dave",
+            }
+        )
+        db["containers"].insert(
+            {
+                "project_id": project,
+                "name": "rx-hog",
+                "state": state,
+                "desired": "running",
+                "runtime_user": "rxdave",
+                # What an older rxd saved: the holder script cannot be made from it.
+                "image": image,
+                "overlay_path": str(tmp_path / "overlay.img"),
+                "state_dir": str(tmp_path),
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    return ledger
+
+
+DAVE = Actor(platform_user="dave", uid=2004, user="rxdave", admin=False, origin="socket")
+
+
+def test_a_job_that_cannot_be_built_after_the_lease_ends_in_error_and_frees_it(
+    tmp_path: Path,
+) -> None:
+    ledger = _ledger_with_container(tmp_path, "starting", "/x\r")
+    request = quotas.Request("gpu", "hog", "rxdave", gpus=1, cpus=1, mem_mb=0)
+    with ledger.transaction() as db:
+        quotas.acquire(db, 1, request)
+    slurm = RecordingSlurm()
+    rt = Runtime(ledger, Config(), slurm)  # type: ignore[arg-type]
+
+    with pytest.raises(BadRequest, match="the container of hog cannot start: .*carriage return"):
+        submit(rt, 1, Settings(gpus=1, partition="gpu"), actor="rxd", origin="reconciler")
+
+    container = ledger.db["containers"].get(1)
+    assert container["state"] == "error"
+    assert (
+        container["last_error"]
+        == "cannot build the job: image: the value contains a carriage return"
+    )
+    assert ledger.db["leases"].count == 0
+    assert slurm.submitted == []
+
+
+def test_a_job_that_cannot_be_built_is_refused_before_a_lease_is_taken(tmp_path: Path) -> None:
+    ledger = _ledger_with_container(tmp_path, "stopped", "/x\r")
+    slurm = RecordingSlurm()
+    rt = Runtime(ledger, Config(), slurm, default_partition=lambda: "cpu")  # type: ignore[arg-type]
+
+    with pytest.raises(BadRequest, match="the container of hog cannot start"):
+        wake(rt, DAVE, "hog")
+
+    assert ledger.db["containers"].get(1)["state"] == "error"
+    assert ledger.db["leases"].count == 0
+    assert slurm.submitted == []
+    events = [e["action"] for e in ledger.db["events"].rows_where(order_by="id")]
+    assert events == ["container.state"]  # stopped -> error, nothing else
