@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiohttp import web
 
 from rxslurm.daemon.errors import ApiError, BadRequest, Forbidden
 from rxslurm.daemon.peercred import Caller, UnknownCaller, peer_credentials, resolve_caller
+from rxslurm.daemon.text_checks import shorten
 
 log = logging.getLogger("rxslurm.api")
 
@@ -31,6 +32,7 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
+    message = shorten(message, MAX_MESSAGE_CHARS)
     return json_response({"error": {"code": code, "message": message}}, status=status)
 
 
@@ -41,18 +43,78 @@ def caller_of(request: web.Request) -> Caller:
     return caller
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object; an empty body is {}."""
+MAX_BODY_BYTES = 1024 * 1024
+# No request of this API nests deeper than a few levels; refusing deeper ones early keeps
+# recursion (repr, json.dumps, comparisons) far from Python's limit.
+MAX_JSON_DEPTH = 16
+# An error message quotes input at times; an answer (and the log line) stays short all the same.
+MAX_MESSAGE_CHARS = 500
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json_object(raw: bytes, fields: Collection[str] | None = None) -> dict[str, Any]:
+    """A request body as a JSON object, or BadRequest saying why not; an empty body is {}.
+
+    `fields`: the names the route reads; any other name is refused, not silently ignored.
+    """
+    if not raw.strip():
+        return {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not UTF-8") from None
+    try:
+        body = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise BadRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:  # JSONDecodeError, and integers too long to convert
+        raise BadRequest("request body is not valid JSON") from None
+    _check_shape(body)
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    if fields is not None:
+        unknown = sorted(set(body) - set(fields))
+        if unknown:
+            valid = ", ".join(sorted(fields)) or "none"
+            field = shorten(repr(unknown[0]), 64)
+            raise BadRequest(f"unknown field {field}; valid fields: {valid}")
+    return body
+
+
+def _check_shape(body: Any) -> None:
+    """Refuse deep nesting and text that is not valid Unicode (escaped lone surrogates)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_unicode(value)
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    _check_unicode(key)
+                stack.append((item, depth + 1))
+
+
+def _check_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("request body holds a lone surrogate (not Unicode text)") from None
+
+
+async def read_json(request: web.Request, fields: Collection[str] | None = None) -> dict[str, Any]:
+    """The request body as a JSON object (see parse_json_object); an empty body is {}."""
     # body_exists, not can_read_body: the network door has already read (and cached) the body.
     if not request.body_exists:
         return {}
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
+    # Over client_max_size, aiohttp raises 413 (answered as such by answer_errors).
+    return parse_json_object(await request.read(), fields)
 
 
 @web.middleware
@@ -104,7 +166,7 @@ def make_app(
     identify: Handler | Any = identify_peer,
 ) -> web.Application:
     """The API application; `identify` proves who calls (the socket peer, or the platform)."""
-    app = web.Application(middlewares=[answer_errors, identify], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[answer_errors, identify], client_max_size=MAX_BODY_BYTES)
     for key, value in state.items():
         app[key] = value
     app.add_routes(routes)

@@ -7,6 +7,7 @@ logger; a rolled-back event is never logged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -19,6 +20,37 @@ from rxslurm.daemon.ledger import Ledger, LedgerError
 from rxslurm.daemon.records import Event, to_timestamp, utcnow
 
 log = logging.getLogger("rxslurm.audit")
+
+# An event keeps who did what, not a copy of every value: a long string is stored as its start,
+# its length and a hash (enough to tell two values apart), so no request grows the ledger or the
+# journal by more than a few KiB.
+MAX_DETAIL_CHARS = 256
+KEPT_CHARS = 64
+MAX_DETAIL_ITEMS = 64
+MAX_DETAIL_DEPTH = 6
+
+
+def capped(value: Any, depth: int = 0) -> Any:
+    """`value` (JSON-like) with long strings, long lists and deep nesting cut, with markers."""
+    if isinstance(value, str):
+        if len(value) <= MAX_DETAIL_CHARS:
+            return value
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        return f"{value[:KEPT_CHARS]}…[{len(value)} chars, sha256 {digest}]"
+    if isinstance(value, Mapping | list | tuple) and depth >= MAX_DETAIL_DEPTH:
+        return "…[nested too deeply]"
+    if isinstance(value, Mapping):
+        items = list(value.items())
+        out = {capped(str(k), depth + 1): capped(v, depth + 1) for k, v in items[:MAX_DETAIL_ITEMS]}
+        if len(items) > MAX_DETAIL_ITEMS:
+            out["…"] = f"{len(items) - MAX_DETAIL_ITEMS} more entries"
+        return out
+    if isinstance(value, list | tuple):
+        kept = [capped(v, depth + 1) for v in value[:MAX_DETAIL_ITEMS]]
+        if len(value) > MAX_DETAIL_ITEMS:
+            kept.append(f"…[{len(value) - MAX_DETAIL_ITEMS} more items]")
+        return kept
+    return value
 
 
 def record_event(
@@ -36,19 +68,20 @@ def record_event(
     """Insert one event in the open transaction of `db` and return it with its id.
 
     `actor` is a platform user id or "rxd"; `origin` is where the request came from ("socket",
-    "tcp", "reconciler", "hook", "cli-admin", ...); `detail` must be JSON-serialisable.
+    "tcp", "reconciler", "hook", "cli-admin", ...); `detail` must be JSON-serialisable. Long
+    values are stored `capped`.
     """
     if not db.conn.in_transaction:
         raise LedgerError("record_event must run inside `with ledger.transaction() as db:`")
     event = Event(
         at=at or utcnow(),
-        actor=actor,
+        actor=capped(actor),
         actor_uid=actor_uid,
         origin=origin,
         action=action,
         target_type=target_type,
-        target_id=None if target_id is None else str(target_id),
-        detail=dict(detail or {}),
+        target_id=None if target_id is None else capped(str(target_id)),
+        detail=capped(dict(detail or {})),
     )
     row = event.to_row()
     del row["id"]

@@ -30,7 +30,7 @@ from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.records import from_json, from_timestamp, to_json, to_timestamp, utcnow
 from rxslurm.daemon.roles import Action
 from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective
-from rxslurm.daemon.states import ACTIVE, State, change_state
+from rxslurm.daemon.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.stop_request import request_stop
 from rxslurm.slurm.adapter import JobSpec, SlurmCli
 from rxslurm.slurm.errors import SlurmError, SlurmRejected, SlurmUnavailable
@@ -491,6 +491,22 @@ def admission(
     return quotas.hold_back(db, held, request)
 
 
+def _check_startable(
+    rt: Runtime, actor: Actor, project: str, row: dict[str, Any], container: dict[str, Any]
+) -> None:
+    """Build the holder job before a lease is taken: one that cannot be built never holds one."""
+    if container["state"] != State.STOPPED or container["state_dir"] is None:
+        return  # wake() refuses the other resting states with its own words
+    try:
+        holder_job(rt.config, container, row, Settings.from_row(row))
+    except ValueError as exc:
+        # STOPPED -> ERROR, holding nothing: retry after the settings are fixed.
+        _fail_start(
+            rt, container["id"], [State.STOPPED], f"cannot build the job: {exc}", **_actor_kw(actor)
+        )
+        raise BadRequest(f"the container of {project} cannot start: {exc}") from None
+
+
 def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) -> dict[str, Any]:
     """Make sure a job holds the container: submit one if it rests and fits its quotas.
 
@@ -505,6 +521,8 @@ def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) 
         raise Conflict(f"the container of {project} is not enabled; an owner runs `rxctl enable`")
     if container["runtime_user"] != runtime_user:
         container = _rehome(rt, actor, container, runtime_user)
+    if container["state"] not in ACTIVE:
+        _check_startable(rt, actor, project, row, container)
     # Asked of Slurm before the write transaction, which must not wait on Slurm.
     default_partition = rt.default_partition()
     request = quota_request(rt, row, container["runtime_user"], default_partition)
@@ -599,30 +617,37 @@ def _rehome(
         return dict(db["containers"].get(container["id"]))
 
 
-def submit(
-    rt: Runtime, container_id: int, settings: Settings, *, actor: str, origin: str
-) -> int | None:
-    """Submit the holder job for a container in STARTING with no job; record it."""
-    config = rt.config
-    c = rt.ledger.db["containers"].get(container_id)
-    project_row = rt.ledger.db["projects"].get(c["project_id"])
+@dataclass(frozen=True)
+class HolderJob:
+    """Everything sbatch gets for a container's holder, built (and so validated) in one place."""
+
+    script: str
+    spec: JobSpec
+    runas: RunAs
+    snapshot: dict[str, Any]
+
+
+def holder_job(
+    config: Config, container: dict[str, Any], project: dict[str, Any], settings: Settings
+) -> HolderJob:
+    """The holder job of a container; ValueError (TemplateError, RunAsError) if it cannot be."""
     eff = effective(settings, config.defaults)
-    state_dir = Path(c["state_dir"])
+    state_dir = Path(container["state_dir"])
     script = render_batch_script(
         "holder.sh",
-        instance=c["name"],
-        image=c["image"],
-        overlay=c["overlay_path"],
-        workspace=project_row["workspace"],
+        instance=container["name"],
+        image=container["image"],
+        overlay=container["overlay_path"],
+        workspace=project["workspace"],
         binds=",".join(config.containers.fixed_mounts),
         gpu_flag=_gpu_flag(eff),
         state_dir=state_dir,
         grace_s=config.containers.stop_grace_s,
-        home=_isolated_home(project_row, state_dir, c["runtime_user"]),
+        home=_isolated_home(project, state_dir, container["runtime_user"]),
     )
     spec = JobSpec(
-        name=c["name"],
-        comment=job_comment(config, container_id),
+        name=container["name"],
+        comment=job_comment(config, container["id"]),
         partition=eff.partition or None,
         cpus=eff.cpus or 1,
         mem_mb=eff.mem_mb or None,
@@ -635,8 +660,56 @@ def submit(
         requeue=False,
     )
     snapshot = {**settings.to_dict(), "effective": eff.to_dict(), "gres": _gres(eff)}
+    return HolderJob(script, spec, RunAs.for_user(container["runtime_user"]), snapshot)
+
+
+def _fail_start(
+    rt: Runtime, container_id: int, allowed_from: list[State], error: str, **who: Any
+) -> None:
+    """-> ERROR with the reason; an ERROR container rests, so its lease (if any) goes with it.
+
+    A container no longer in `allowed_from` was moved meanwhile (stopped: its lease went then).
+    """
     try:
-        job_id = rt.slurm.submit(script, spec, RunAs.for_user(c["runtime_user"]))
+        with rt.ledger.transaction() as db:
+            change_state(
+                db,
+                container_id,
+                State.ERROR,
+                allowed_from=allowed_from,
+                reason="cannot start",
+                fields={"last_error": error},
+                **who,
+            )
+    except InvalidTransition:
+        pass
+
+
+def submit(
+    rt: Runtime, container_id: int, settings: Settings, *, actor: str, origin: str
+) -> int | None:
+    """Submit the holder job for a container in STARTING with no job; record it.
+
+    It holds a lease by now: whatever goes wrong ends in STOPPED or ERROR, which free it.
+    """
+    c = rt.ledger.db["containers"].get(container_id)
+    project_row = rt.ledger.db["projects"].get(c["project_id"])
+    try:
+        job = holder_job(rt.config, c, project_row, settings)
+    except ValueError as exc:
+        # STARTING -> ERROR: e.g. a value saved before it was validated as it is now.
+        _fail_start(
+            rt,
+            container_id,
+            [State.STARTING],
+            f"cannot build the job: {exc}",
+            actor=actor,
+            origin=origin,
+        )
+        raise BadRequest(f"the container of {project_row['name']} cannot start: {exc}") from None
+    snapshot = job.snapshot
+    try:
+        job_id = rt.slurm.submit(job.script, job.spec, job.runas)
     except SlurmError as exc:
         unavailable = isinstance(exc, SlurmUnavailable)
         with rt.ledger.transaction() as db:
@@ -657,6 +730,13 @@ def submit(
             raise Unavailable(f"Slurm did not answer ({exc}); nothing was started") from None
         if isinstance(exc, SlurmRejected):
             raise Conflict(f"Slurm refused the job: {exc}") from None
+        raise
+    except Exception as exc:
+        # STARTING -> ERROR: an unforeseen failure must not keep the lease; logged in full.
+        log.exception("submit failed", extra={"container": c["name"]})
+        _fail_start(
+            rt, container_id, [State.STARTING], f"submit failed: {exc}", actor=actor, origin=origin
+        )
         raise
     failpoints.hit("after-submit")
     now = to_timestamp(utcnow())

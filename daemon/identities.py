@@ -8,9 +8,12 @@ whose passwd round trip differs are never bound.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pwd
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +25,7 @@ from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Forbidden, Not
 from rxslurm.daemon.ledger import Ledger, LedgerDatabase
 from rxslurm.daemon.records import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.run_as_guard import projects_run_as, release_run_as
+from rxslurm.daemon.text_checks import check_text
 
 NOLOGIN_SHELLS = frozenset({"nologin", "false"})
 # No 0/O or 1/I/L: codes are read off one screen and typed on another.
@@ -29,10 +33,21 @@ CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_GROUPS = 3
 CODE_GROUP_LEN = 4
 PLATFORM_USER_MAX = 128
+DISPLAY_NAME_MAX = 256  # UTF-8 bytes
+LINUX_USER_MAX = 64  # longer than any name useradd makes
+CODE_MAX = 64  # a code is 14 characters; room for spaces people type
+# Failed binds per uid: this many within the window, then refused unchecked (and not audited).
+BIND_FAILURES_ALLOWED = 5
+BIND_FAILURE_WINDOW_S = 600.0
 
 
 class NotBindable(Forbidden):
     code = "not_bindable"
+
+
+class TooManyAttempts(ApiError):
+    status = 429
+    code = "too_many_attempts"
 
 
 @dataclass(frozen=True)
@@ -109,9 +124,33 @@ def linux_account_by_name(name: str, min_uid: int) -> pwd.struct_passwd:
 def check_platform_user_id(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BadRequest("platform_user must be a non-empty string")
-    if len(value) > PLATFORM_USER_MAX or any(ord(c) < 32 for c in value):
-        raise BadRequest(f"platform_user must be at most {PLATFORM_USER_MAX} printable characters")
-    return value
+    return check_text("platform_user", value, PLATFORM_USER_MAX)
+
+
+def check_display_name(value: Any) -> str:
+    return check_text("display_name", value, DISPLAY_NAME_MAX)
+
+
+def check_linux_user(value: Any) -> str:
+    """A Linux user name as a request gives it (whether it exists is asked of passwd later)."""
+    if not isinstance(value, str) or not value:
+        raise BadRequest("linux_user must be a Linux user name")
+    return check_text("linux_user", value, LINUX_USER_MAX)
+
+
+def unbound_refusal(actor: Actor, min_uid: int) -> Forbidden:
+    """Why an actor with no platform identity is refused, with what (if anything) would help."""
+    if actor.uid == 0:
+        return Forbidden("root has no platform identity; run rxctl as your own user")
+    if actor.uid is not None and actor.origin == "socket":
+        try:
+            linux_account(actor.uid, min_uid)
+        except NotBindable as exc:
+            # Binding cannot work for this account: say why instead of asking for a code.
+            return NotBindable(f"{exc.message}, so it cannot use rx-slurm projects")
+    return Forbidden(
+        "you have no bound platform identity; run `rxctl bind CODE` first", code="not_bound"
+    )
 
 
 def new_code() -> str:
@@ -129,6 +168,7 @@ def code_hash(code: str) -> str:
 
 def ensure_platform_user(db: LedgerDatabase, user_id: str, display_name: str = "") -> bool:
     """Create the platform user if missing; True if it was created."""
+    check_display_name(display_name)
     if db["platform_users"].count_where("id = ?", [user_id]):
         return False
     db["platform_users"].insert(
@@ -183,11 +223,12 @@ def issue_code(
     ttl_min: int | None = None,
 ) -> dict[str, Any]:
     user_id = check_platform_user_id(platform_user)
+    check_display_name(display_name)
     ttl = config.identity.code_ttl_min if ttl_min is None else ttl_min
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 24 * 60:
         raise BadRequest("ttl_min must be a whole number of minutes from 1 to 1440")
     if linux_user is not None:
-        linux_account_by_name(linux_user, config.identity.min_uid)
+        linux_account_by_name(check_linux_user(linux_user), config.identity.min_uid)
     code = new_code()
     now = utcnow()
     expires = now + timedelta(minutes=ttl)
@@ -220,13 +261,72 @@ def issue_code(
     }
 
 
+class BindThrottle:
+    """Failed binds per uid in a sliding window: past the allowance, a uid is refused unchecked.
+
+    Guessing a code is hopeless (about 59 bits), but each failure also costs an audit row; this
+    keeps both the guessing and the rows bounded. In memory: a restart forgives, which is fine.
+    """
+
+    def __init__(
+        self,
+        allowed: int = BIND_FAILURES_ALLOWED,
+        window_s: float = BIND_FAILURE_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.allowed = allowed
+        self.window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: dict[int, list[float]] = {}
+
+    def _recent(self, uid: int, now: float) -> list[float]:
+        recent = [t for t in self._failures.get(uid, []) if now - t < self.window_s]
+        if recent:
+            self._failures[uid] = recent
+        else:
+            self._failures.pop(uid, None)
+        return recent
+
+    def wait_s(self, uid: int) -> float:
+        """Seconds until `uid` may try again (0: now)."""
+        now = self._clock()
+        with self._lock:
+            recent = self._recent(uid, now)
+            if len(recent) < self.allowed:
+                return 0.0
+            return max(0.0, recent[-self.allowed] + self.window_s - now)
+
+    def failed(self, uid: int) -> None:
+        now = self._clock()
+        with self._lock:
+            # At most `allowed` timestamps per uid are kept: memory is bounded per uid.
+            self._failures[uid] = [*self._recent(uid, now), now][-self.allowed :]
+
+
+BIND_THROTTLE = BindThrottle()
+
+
 def redeem_code(
-    ledger: Ledger, config: Config, *, code: Any, uid: int, origin: str, now: datetime | None = None
+    ledger: Ledger,
+    config: Config,
+    *,
+    code: Any,
+    uid: int,
+    origin: str,
+    now: datetime | None = None,
+    throttle: BindThrottle = BIND_THROTTLE,
 ) -> dict[str, Any]:
     """Bind the platform user a code was issued for to the Linux uid the kernel reported."""
     if not isinstance(code, str) or not code.strip():
         raise BadRequest("code must be a non-empty string")
+    check_text("code", code, CODE_MAX)
     entry = linux_account(uid, config.identity.min_uid)
+    wait = throttle.wait_s(uid)
+    if wait:
+        raise TooManyAttempts(
+            f"too many failed binds for {entry.pw_name}; try again in {math.ceil(wait)} s"
+        )
     now = now or utcnow()
     try:
         with ledger.transaction() as db:
@@ -257,13 +357,17 @@ def redeem_code(
                 detail={"uid": uid, "user": entry.pw_name, "by": "code"},
             )
     except ApiError as exc:
+        throttle.failed(uid)
         _record_refusal(ledger, uid, entry.pw_name, origin, exc)
         raise
     return {"platform_user": binding["platform_user_id"], "uid": uid, "user": entry.pw_name}
 
 
 def _record_refusal(ledger: Ledger, uid: int, user: str, origin: str, exc: ApiError) -> None:
-    """A refused bind changes no binding, but admins want to see the attempt."""
+    """A refused bind changes no binding, but admins want to see the attempt.
+
+    Only attempts within the throttle's allowance get here, so the rows per uid are bounded.
+    """
     with ledger.transaction() as db:
         record_event(
             db,
@@ -281,9 +385,7 @@ def admin_bind(
     ledger: Ledger, config: Config, actor: Actor, *, platform_user: Any, linux_user: Any
 ) -> dict[str, Any]:
     user_id = check_platform_user_id(platform_user)
-    if not isinstance(linux_user, str) or not linux_user:
-        raise BadRequest("linux_user must be a Linux user name")
-    entry = linux_account_by_name(linux_user, config.identity.min_uid)
+    entry = linux_account_by_name(check_linux_user(linux_user), config.identity.min_uid)
     with ledger.transaction() as db:
         ensure_platform_user(db, user_id)
         row = _insert_binding(db, user_id, entry, bound_by=actor.name)

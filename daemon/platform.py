@@ -103,7 +103,7 @@ def _require_platform(request: web.Request) -> Actor:
 async def create_user(request: web.Request) -> web.Response:
     actor = _require_platform(request)
     daemon = daemon_of(request)
-    body = await read_json(request)
+    body = await read_json(request, fields=("id", "display_name"))
     user_id = check_platform_user_id(body.get("id"))
     display = body.get("display_name", "")
     if not isinstance(display, str):

@@ -15,6 +15,7 @@ from rxslurm.daemon.identities import (
     ensure_platform_user,
     linux_account_by_name,
     record_actor_event,
+    unbound_refusal,
 )
 from rxslurm.daemon.ledger import Ledger, LedgerDatabase
 from rxslurm.daemon.records import from_json, to_timestamp, utcnow
@@ -28,11 +29,12 @@ from rxslurm.daemon.settings import (
     effective,
 )
 
-PROJECT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,20}$")
+# Matched in full: with `re.match` and `$`, "alpha\n" passed (and made folders and jobs fail).
+PROJECT_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,19}[a-z0-9])?")
 
 
 def check_project_name(name: Any) -> str:
-    if not isinstance(name, str) or not PROJECT_NAME.match(name) or name.endswith("-"):
+    if not isinstance(name, str) or not PROJECT_NAME.fullmatch(name):
         raise BadRequest(
             "project name must be 1-21 characters: lowercase letters, digits and '-', "
             "starting with a letter and not ending with '-'"
@@ -40,13 +42,9 @@ def check_project_name(name: Any) -> str:
     return name
 
 
-def require_bound(actor: Actor) -> str:
+def require_bound(actor: Actor, config: Config) -> str:
     if actor.platform_user is None:
-        if actor.uid == 0:
-            raise Forbidden("root has no platform identity; run rxctl as your own user")
-        raise Forbidden(
-            "you have no bound platform identity; run `rxctl bind CODE` first", code="not_bound"
-        )
+        raise unbound_refusal(actor, config.identity.min_uid)
     return actor.platform_user
 
 
@@ -103,7 +101,7 @@ def create_project(
     settings: Any = None,
     validate: Callable[[Settings], None] | None = None,
 ) -> dict[str, Any]:
-    owner = require_bound(actor)
+    owner = require_bound(actor, config)
     name = check_project_name(name)
     new = apply_changes(Settings(), settings or {})
     check_static(new)
@@ -326,7 +324,7 @@ def set_run_as(
         else:
             if not config.runtime.allow_run_as_bound:
                 raise Forbidden("this deployment does not allow running as a bound identity")
-            owner = require_bound(actor)
+            owner = require_bound(actor, config)
             if binding_of_platform_user(db, owner) is None:
                 raise Forbidden(
                     "you have no bound Linux identity; run `rxctl bind CODE` first",

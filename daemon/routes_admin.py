@@ -30,11 +30,15 @@ async def list_quotas(request: web.Request) -> web.Response:
     return json_response({"quotas": await asyncio.to_thread(read)})
 
 
+QUOTA_FIELDS = ("partition", "scope", "subject", "max_gpus", "max_cpus", "max_mem_mb",
+                "max_containers", "mirror_qos")  # fmt: skip
+
+
 @routes.post("/v1/admin/quotas")
 async def set_quota(request: web.Request) -> web.Response:
     actor = await admin_actor(request)
     daemon = daemon_of(request)
-    body = await read_json(request)
+    body = await read_json(request, fields=QUOTA_FIELDS)
     partitions = set(await asyncio.to_thread(daemon.partitions.get))
     values = quotas.parse_quota(body, partitions)
 

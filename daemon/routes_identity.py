@@ -20,12 +20,13 @@ from rxslurm.daemon.ledger import Ledger
 from rxslurm.daemon.routes_projects import sync_or_warn
 
 routes = web.RouteTableDef()
+CODE_FIELDS = ("platform_user", "display_name", "linux_user", "ttl_min")
 
 
 @routes.post("/v1/bind")
 async def bind(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
-    body = await read_json(request)
+    body = await read_json(request, fields=("code",))
     if request.get("actor") is not None:
         # Over TCP there is no kernel proof of a Linux identity.
         raise Forbidden(
@@ -77,13 +78,11 @@ async def admin_code(request: web.Request) -> web.Response:
 
 async def issue_code_from_body(request: web.Request, actor: identities.Actor) -> dict[str, Any]:
     daemon = daemon_of(request)
-    body = await read_json(request)
+    body = await read_json(request, fields=CODE_FIELDS)
     linux_user = body.get("linux_user")
-    if linux_user is not None and not isinstance(linux_user, str):
-        raise BadRequest("linux_user must be a Linux user name")
-    display = body.get("display_name", "")
-    if not isinstance(display, str):
-        raise BadRequest("display_name must be a string")
+    if linux_user is not None:
+        identities.check_linux_user(linux_user)
+    display = identities.check_display_name(body.get("display_name", ""))
     return await asyncio.to_thread(
         identities.issue_code,
         daemon.ledger,
@@ -100,7 +99,7 @@ async def issue_code_from_body(request: web.Request, actor: identities.Actor) ->
 async def admin_bind(request: web.Request) -> web.Response:
     actor = await admin_actor(request)
     daemon = daemon_of(request)
-    body = await read_json(request)
+    body = await read_json(request, fields=("platform_user", "linux_user"))
     result = await asyncio.to_thread(
         identities.admin_bind,
         daemon.ledger,
@@ -116,14 +115,13 @@ async def admin_bind(request: web.Request) -> web.Response:
 async def admin_unbind(request: web.Request) -> web.Response:
     actor = await admin_actor(request)
     daemon = daemon_of(request)
-    body = await read_json(request)
+    body = await read_json(request, fields=("platform_user", "linux_user"))
     platform_user, linux_user = body.get("platform_user"), body.get("linux_user")
     if (platform_user is None) == (linux_user is None):
         raise BadRequest("give exactly one of platform_user or linux_user")
     uid = None
     if linux_user is not None:
-        if not isinstance(linux_user, str):
-            raise BadRequest("linux_user must be a Linux user name")
+        identities.check_linux_user(linux_user)
         try:
             uid = pwd.getpwnam(linux_user).pw_uid
         except KeyError:

@@ -13,8 +13,12 @@ from rxslurm.daemon import containers, projects
 from rxslurm.daemon.actors import actor_of
 from rxslurm.daemon.api import json_response, read_json
 from rxslurm.daemon.context import Daemon, daemon_of
-from rxslurm.daemon.errors import ApiError
-from rxslurm.daemon.identities import binding_of_platform_user, record_actor_event
+from rxslurm.daemon.errors import ApiError, BadRequest
+from rxslurm.daemon.identities import (
+    binding_of_platform_user,
+    check_platform_user_id,
+    record_actor_event,
+)
 from rxslurm.daemon.quarantine import QuarantineError
 from rxslurm.daemon.workspace_sync import retire_folders, sync_workspace
 from rxslurm.daemon.workspaces import WorkspaceError
@@ -54,7 +58,9 @@ async def list_projects(request: web.Request) -> web.Response:
 async def create_project(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
-    body = await read_json(request)
+    body = await read_json(request, fields=("name", "settings"))
+    if not isinstance(body.get("settings", {}), dict):
+        raise BadRequest("settings must be a JSON object")
     view = await asyncio.to_thread(
         projects.create_project,
         daemon.ledger,
@@ -136,7 +142,7 @@ async def update_settings(request: web.Request) -> web.Response:
 async def set_run_as(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
-    body = await read_json(request)
+    body = await read_json(request, fields=("mode",))
     view = await asyncio.to_thread(
         projects.set_run_as,
         daemon.ledger,
@@ -153,7 +159,7 @@ async def set_run_as(request: web.Request) -> web.Response:
 async def add_member(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
-    body = await read_json(request)
+    body = await read_json(request, fields=("user", "role"))
     view = await asyncio.to_thread(
         projects.add_member,
         daemon.ledger,
@@ -170,14 +176,14 @@ async def add_member(request: web.Request) -> web.Response:
 async def set_member_role(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
-    body = await read_json(request)
+    body = await read_json(request, fields=("role",))
     view = await asyncio.to_thread(
         projects.set_member_role,
         daemon.ledger,
         daemon.config,
         actor,
         request.match_info["name"],
-        request.match_info["user"],
+        check_platform_user_id(request.match_info["user"]),
         body.get("role"),
         partial(containers.cancel_job, daemon.runtime),
     )
@@ -188,7 +194,7 @@ async def set_member_role(request: web.Request) -> web.Response:
 async def remove_member(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
-    user = request.match_info["user"]
+    user = check_platform_user_id(request.match_info["user"])
     view = await asyncio.to_thread(
         projects.remove_member,
         daemon.ledger,

@@ -11,12 +11,18 @@ from typing import Any, Protocol
 
 from rxslurm.daemon.config import DefaultsConfig
 from rxslurm.daemon.errors import BadRequest
+from rxslurm.daemon.text_checks import check_text, shorten
 
 GPU_DRIVERS = ("nvidia", "amd", "")
 IMAGE_SCHEMES = ("docker://", "oras://", "library://")
-_GPU_TYPE = re.compile(r"^[A-Za-z0-9_.-]{0,32}$")
-_PARTITION = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+# Matched with fullmatch: `$` would let a trailing newline through.
+_GPU_TYPE = re.compile(r"[A-Za-z0-9_.-]{0,32}")
+_PARTITION = re.compile(r"[A-Za-z0-9_.-]{0,64}")
 MAX_COUNT = 1_000_000
+# Longest value (UTF-8 bytes) of each string setting. An image reference or path is short in
+# practice; the cap keeps the ledger, audit events and the holder's argv small.
+MAX_IMAGE_BYTES = 4096
+MAX_STRING_BYTES = {"image": MAX_IMAGE_BYTES, "gpu_type": 32, "gpu_driver": 16, "partition": 64}
 
 
 @dataclass(frozen=True)
@@ -62,32 +68,42 @@ def apply_changes(current: Settings, changes: Any) -> Settings:
     unknown = sorted(set(changes) - set(SETTING_NAMES))
     if unknown:
         raise BadRequest(
-            f"unknown setting {unknown[0]!r}; valid settings: {', '.join(SETTING_NAMES)}"
+            f"unknown setting {shorten(repr(unknown[0]), 64)}; "
+            f"valid settings: {', '.join(SETTING_NAMES)}"
         )
     values: dict[str, Any] = {}
     for name, value in changes.items():
         if name in _INT_SETTINGS:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise BadRequest(f"{name} must be a whole number, got {value!r}")
+                raise BadRequest(f"{name} must be a whole number, got {_json_type(value)}")
             if value < 0:
                 raise BadRequest(f"{name} must not be negative (0 means the default)")
             if value > MAX_COUNT:
                 raise BadRequest(f"{name} is too large")
-        elif not isinstance(value, str):
-            raise BadRequest(f"{name} must be a string")
-        elif "\n" in value or "\0" in value:
-            raise BadRequest(f"{name} must be one line")
+        else:
+            check_text(name, value, MAX_STRING_BYTES[name])
         values[name] = value
     return replace(current, **values)
+
+
+def _json_type(value: Any) -> str:
+    """How to name a wrong value in an answer without echoing it (it may be huge)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    names = {float: "a decimal number", str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), "null")
 
 
 def check_static(settings: Settings) -> None:
     """Checks that need no Slurm."""
     if settings.gpu_driver not in GPU_DRIVERS:
         raise BadRequest('gpu_driver must be "nvidia", "amd" or "" (none)')
-    if not _GPU_TYPE.match(settings.gpu_type):
+    for name, cap in MAX_STRING_BYTES.items():
+        # Also here: saved settings are checked again when they are applied.
+        check_text(name, getattr(settings, name), cap)
+    if not _GPU_TYPE.fullmatch(settings.gpu_type):
         raise BadRequest("gpu_type may hold only letters, digits, '.', '_' and '-'")
-    if not _PARTITION.match(settings.partition):
+    if not _PARTITION.fullmatch(settings.partition):
         raise BadRequest("partition may hold only letters, digits, '.', '_' and '-'")
     image = settings.image
     if image and not (image.startswith("/") or image.startswith(IMAGE_SCHEMES)):

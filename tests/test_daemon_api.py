@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pwd
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from rxslurm.daemon import identities
+from rxslurm.daemon.audit import KEPT_CHARS, MAX_DETAIL_ITEMS, list_events, record_event
+from rxslurm.daemon.config import parse_config
+from rxslurm.daemon.errors import ApiError
+from rxslurm.daemon.ledger import Ledger
 from rxslurm.daemon.migrations import known_names
 from tests.support.cluster import run_as
 from tests.support.daemon import VENV_BIN, Rxd, new_rxd
@@ -164,3 +172,86 @@ def test_rxd_refuses_a_config_with_an_unknown_key() -> None:
     )
     assert result.returncode == 1
     assert "unknown key daemon.sokcet" in result.stderr
+
+
+# -- accounts that can never be bound, bounded audit data, throttled binds --------------------
+
+
+@pytest.mark.parametrize(
+    ("user", "why"),
+    [
+        ("daemon", "daemon (uid 1) is a system account (uid below 1000); it cannot be bound"),
+        ("nobody", "nobody has no login shell (/usr/sbin/nologin); it cannot be bound"),
+    ],
+)
+def test_an_account_that_can_never_be_bound_is_told_why_not_to_bind(
+    rxd: Rxd, user: str, why: str
+) -> None:
+    if pwd.getpwnam(user).pw_shell != "/usr/sbin/nologin":
+        pytest.skip(f"{user} has another shell on this machine")
+    result = rxd.rxctl(user, "project", "create", "mine", "--image", "/srv/images/x.sif")
+    assert result.returncode == 1
+    assert result.stderr == f"Error: {why}, so it cannot use rx-slurm projects\n"
+    assert "rxctl bind" not in result.stderr
+
+
+def test_audit_events_store_long_values_capped_with_their_length_and_hash(tmp_path: Path) -> None:
+    ledger = Ledger.open(tmp_path / "ledger.db", migrate=True)
+    long = "/" + "x" * 1_000_000
+    with ledger.transaction() as db:
+        record_event(
+            db,
+            actor="alice",
+            actor_uid=2001,
+            origin="socket",
+            action="project.settings-changed",
+            target_type="project",
+            target_id="p",
+            detail={"changes": {"image": ["/short.sif", long]}, "many": list(range(1000))},
+        )
+    (event,) = list_events(ledger)
+    old, new = event.detail["changes"]["image"]
+    assert old == "/short.sif"
+    digest = hashlib.sha256(long.encode()).hexdigest()[:16]
+    assert new == f"{long[:KEPT_CHARS]}…[{len(long)} chars, sha256 {digest}]"
+    assert len(event.detail["many"]) == MAX_DETAIL_ITEMS + 1
+    assert event.detail["many"][-1] == f"…[{1000 - MAX_DETAIL_ITEMS} more items]"
+    stored = ledger.db.execute("SELECT length(detail) FROM events").fetchone()[0]
+    assert stored < 2048
+
+
+def _bindable(uid: int, min_uid: int) -> pwd.struct_passwd:
+    return pwd.struct_passwd((f"user{uid}", "x", uid, uid, "", "/home/u", "/bin/bash"))
+
+
+def test_failed_binds_are_throttled_per_uid_and_audited_a_bounded_number_of_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(identities, "linux_account", _bindable)
+    ledger = Ledger.open(tmp_path / "ledger.db", migrate=True)
+    config = parse_config({"identity": {"mode": "platform"}})
+    now = [0.0]
+    throttle = identities.BindThrottle(allowed=3, window_s=600, clock=lambda: now[0])
+
+    def bind(uid: int, code: str = "AAAA-BBBB-CCCC") -> ApiError:
+        with pytest.raises(ApiError) as err:
+            identities.redeem_code(
+                ledger, config, code=code, uid=uid, origin="socket", throttle=throttle
+            )
+        return err.value
+
+    def refusals() -> int:
+        return ledger.db["events"].count_where("action = 'identity.bind-refused'")
+
+    for _ in range(3):
+        assert bind(5000).message == "unknown binding code"
+    assert refusals() == 3
+    for _ in range(50):
+        err = bind(5000)
+        assert (err.status, err.code) == (429, "too_many_attempts")
+        assert err.message == "too many failed binds for user5000; try again in 600 s"
+    assert refusals() == 3  # throttled attempts write nothing
+    assert bind(5001).message == "unknown binding code"  # another uid is not held back
+    now[0] = 601.0
+    assert bind(5000).message == "unknown binding code"
+    assert refusals() == 5
