@@ -78,7 +78,13 @@ def test_queue_text_any_text_is_a_listing_or_a_parse_error(text: str) -> None:
         ),
         max_size=6,
     ),
-    st.lists(st.tuples(hostile_text, hostile_text), min_size=1, max_size=4),
+    # A good record's comment never starts with a newline: rx-slurm writes its own comments. (One
+    # that does ends its own record early; the rest lacks the secret marker, so it is skipped.)
+    st.lists(
+        st.tuples(hostile_text, hostile_text.filter(lambda c: not c.startswith("\n"))),
+        min_size=1,
+        max_size=4,
+    ),
     st.randoms(use_true_random=False),
 )
 def test_queue_text_hostile_records_never_hide_or_change_good_ones(

@@ -216,6 +216,15 @@ def _ledger_with_container(tmp_path: Path, state: str, image: str) -> Ledger:
     now = to_timestamp(utcnow())
     with ledger.transaction() as db:
         db["platform_users"].insert({"id": "dave", "created_at": now})
+        db["bindings"].insert(
+            {
+                "platform_user_id": "dave",
+                "uid": 2004,
+                "username": "rxdave",
+                "bound_at": now,
+                "bound_by": "test",
+            }
+        )
         project = (
             db["projects"]
             .insert(
@@ -227,6 +236,8 @@ def _ledger_with_container(tmp_path: Path, state: str, image: str) -> Ledger:
                     "gpus": 1,
                     "partition": "gpu",
                     "image": "/x.sif",
+                    "run_as": "bound",
+                    "run_as_user": "dave",
                 }
             )
             .last_pk
