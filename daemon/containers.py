@@ -263,7 +263,9 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
         state_dir = _prepare_state_dir(config, name, owner)
         overlay = state_dir / "overlay.img"
         if not overlay.exists():
-            apptainer.create_overlay(overlay, config.containers.overlay_size_mb, owner)
+            apptainer.create_overlay(
+                overlay, config.containers.overlay_size_mb, owner, config.apptainer.binary
+            )
         image = _image_for_job(config, eff.image)
     except (Conflict, BadRequest, apptainer.ApptainerError, OSError) as exc:
         message = getattr(exc, "message", None) or str(exc)
@@ -488,6 +490,9 @@ def submit(
         gpu_flag=_gpu_flag(eff),
         state_dir=state_dir,
         grace_s=config.containers.stop_grace_s,
+        **apptainer.instance_options(
+            config.apptainer, state_dir, RunAs.for_user(c["runtime_user"])
+        ),
     )
     spec = JobSpec(
         name=c["name"],

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rxslurm.daemon import containers
+from rxslurm.daemon import apptainer, containers
 from rxslurm.daemon.context import Daemon
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
 from rxslurm.daemon.identities import Actor, auto_bind_local, binding_of_uid
@@ -390,7 +390,8 @@ class Session:
     def run(
         self, target: containers.ExecTarget, request: ExecRequest, pending: list[dict[str, Any]]
     ) -> None:
-        argv = srun_argv(self.server.srun(), self.daemon.config.apptainer.binary, target, request)
+        program = apptainer.program(self.daemon.config.apptainer)
+        argv = srun_argv(self.server.srun(), program, target, request)
         sessions = self.daemon.reconciler.sessions
         err_read, err_write = os.pipe2(os.O_CLOEXEC)
         sessions.opened(target.container_id)

@@ -11,6 +11,10 @@
 #rx:param gpu_flag
 #rx:param state_dir
 #rx:param grace_s
+#rx:param apptainer
+#rx:param fakeroot
+#rx:param home
+#rx:param private_tmp
 set -u
 instance={{instance}}
 image={{image}}
@@ -20,6 +24,10 @@ binds={{binds}}
 gpu_flag={{gpu_flag}}
 state_dir={{state_dir}}
 grace={{grace_s}}
+apptainer={{apptainer}}
+fakeroot={{fakeroot}}
+home={{home}}
+private_tmp={{private_tmp}}
 [[ $grace =~ ^[0-9]+$ ]] || grace=10
 PATH=/usr/local/bin:/usr/bin:/bin
 # Instance records and logs live with the container's state, not in $HOME (which may be small,
@@ -34,7 +42,7 @@ report() {
 started=0
 stop_instance() {
   if ((started)); then
-    apptainer instance stop -t "$grace" "$instance" >/dev/null 2>&1 || true
+    "$apptainer" instance stop -t "$grace" "$instance" >/dev/null 2>&1 || true
     started=0
   fi
 }
@@ -59,8 +67,17 @@ report "starting"
 args=(instance start --overlay "$overlay" -B "$workspace:/workspace")
 [[ -n $binds ]] && args+=(-B "$binds")
 [[ -n $gpu_flag ]] && args+=("$gpu_flag")
+# How contained the container is, from rxd's [apptainer] settings (README, "Apptainer"): root
+# inside mapped to this user, so package managers write into the overlay; a home of its own; its
+# own /tmp and /var/tmp. Never the job's folder (this script's cwd) or host paths beyond binds.
+[[ -n $fakeroot ]] && args+=("$fakeroot")
+if [[ -n $home ]]; then
+  mkdir -p "${home%%:*}" && args+=(--home "$home")
+fi
+[[ -n $private_tmp ]] && args+=(--no-mount tmp)
+args+=(--no-mount cwd)
 # 9>&-: the instance must not inherit the job's lock (Apptainer locks the overlay itself).
-if ! out=$(apptainer "${args[@]}" "$image" "$instance" 2>&1 9>&-); then
+if ! out=$("$apptainer" "${args[@]}" "$image" "$instance" 2>&1 9>&-); then
   last=$(printf '%s\n' "$out" | grep -E '^(FATAL|ERROR)' | tail -n 1)
   report "error: ${last:-apptainer instance start failed}"
   printf '%s\n' "$out" >&2
@@ -73,7 +90,7 @@ report "running $instance"
 while true; do
   sleep 5 &
   wait $!
-  if ! apptainer instance list --json "$instance" 2>/dev/null | grep -q "\"$instance\""; then
+  if ! "$apptainer" instance list --json "$instance" 2>/dev/null | grep -q "\"$instance\""; then
     started=0
     report "error: the container instance exited"
     exit 1

@@ -17,7 +17,7 @@ readonly MIN_VERSION=1.4.5
 readonly SUITE=sid
 readonly BIN=/usr/bin/apptainer
 # Where the downloads, apt's lists for the unstable suite and the unpacked packages live.
-readonly CACHE=/var/cache/rxslurm/apptainer
+readonly CACHE=$RX_CACHE/apptainer
 # Programs Apptainer runs unprivileged, and the Debian 12 packages that have them: SIF images are
 # squashfs (mounted with squashfuse), overlays ext3 (fuse2fs, made by mkfs.ext3 -d), the writable
 # layer fuse-overlayfs, --fakeroot uses the setuid newuidmap/newgidmap; patchelf is for installing.
@@ -73,31 +73,6 @@ install_runtime() {
   apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${missing[@]}" >/dev/null
 }
 
-# The URI of this machine's own Debian archive (deb822 sources first, then sources.list), so that
-# nothing committed names a host and the machine's mirror or proxy is used.
-debian_uri() {
-  local codename file uri
-  codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
-  for file in /etc/apt/sources.list.d/*.sources; do
-    [[ -f $file ]] || continue
-    # The stanza whose Suites list the release itself (not -security or -updates).
-    uri=$(awk -v want="$codename" '
-      /^[[:space:]]*$/ { if (uris != "" && hit) { print uris; exit } uris = ""; hit = 0; next }
-      tolower($1) == "uris:" { uris = $2 }
-      tolower($1) == "suites:" { for (i = 2; i <= NF; i++) if ($i == want) hit = 1 }
-      END { if (uris != "" && hit) print uris }' "$file" | head -n 1)
-    [[ -n $uri ]] && break
-  done
-  if [[ -z $uri ]]; then
-    uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-      awk -v want="$codename" '$1 == "deb" {
-        i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-        if ($(i + 1) == want) { print $i; exit } }')
-  fi
-  [[ -n $uri ]] || broken "no Debian source for '$codename' in /etc/apt"
-  printf '%s\n' "$uri"
-}
-
 # apt-get against the unstable suite only, with its own lists and downloads under $CACHE; the
 # machine's apt state is not touched.
 apt_unstable() {
@@ -107,9 +82,10 @@ apt_unstable() {
 }
 
 fetch_packages() {
-  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg uri
+  uri=$(debian_uri)
   mkdir -p "$CACHE/lists/partial" "$CACHE/debs/partial"
-  printf 'deb [signed-by=%s] %s %s main\n' "$keyring" "$(debian_uri)" "$SUITE" >"$CACHE/sources.list"
+  printf 'deb [signed-by=%s] %s %s main\n' "$keyring" "$uri" "$SUITE" >"$CACHE/sources.list"
   # apt downloads as _apt: it must be able to write there.
   chown _apt:root "$CACHE/debs" "$CACHE/debs/partial"
   rm -f "$CACHE/debs"/*.deb
