@@ -66,11 +66,13 @@ install_runtime() {
   local -a missing
   mapfile -t missing < <(runtime_missing)
   ((${#missing[@]})) || return 0
-  step "apptainer: installing ${missing[*]} (Debian $(. /etc/os-release && echo "$VERSION_ID"))"
+  step "installing ${missing[*]} (Debian $(. /etc/os-release && echo "$VERSION_ID"))"
   export DEBIAN_FRONTEND=noninteractive
   # Other work may be running apt at the same time: wait for its lock rather than fail.
-  apt-get -o DPkg::Lock::Timeout=300 update -qq
-  apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${missing[@]}" >/dev/null
+  local out
+  out=$(apt-get -o DPkg::Lock::Timeout=300 update -qq 2>&1 &&
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${missing[@]}" 2>&1) ||
+    die "apt-get install ${missing[*]} failed: $(tail -n 1 <<<"$out")"
 }
 
 # apt-get against the unstable suite only, with its own lists and downloads under $CACHE; the
@@ -149,14 +151,14 @@ install_runtime
 version=$(installed_version || true)
 if [[ -n $version ]] && is_recent "$version"; then
   finish
-  step "apptainer: $version installed ($BIN), checked in $(elapsed_since "$START")"
+  step "Apptainer $version installed ($BIN), checked in $(elapsed_since "$START")"
   exit 0
 fi
-step "apptainer: installing from Debian $SUITE (found: ${version:-none})"
+step "installing from Debian $SUITE (found: ${version:-none})"
 fetch_packages
 unpack
 install_tree
 finish
 version=$(installed_version) || broken "$BIN does not run after the install"
 is_recent "$version" || broken "$BIN reports $version after the install"
-step "apptainer: $version installed ($BIN) in $(elapsed_since "$START")"
+step "Apptainer $version installed ($BIN) in $(elapsed_since "$START")"

@@ -23,18 +23,18 @@ readonly IMAGES=$RX_CACHE/images
 readonly PACKAGES=python3,python3-pip
 [[ -x $APPTAINER ]] || die "$APPTAINER is missing: run tests/cluster/apptainer.sh first"
 command -v debootstrap >/dev/null || {
-  step "images: installing debootstrap"
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq debootstrap \
-    >/dev/null
+  step "installing debootstrap"
+  out=$(DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+    debootstrap 2>&1) || die "apt-get install debootstrap failed: $(tail -n 1 <<<"$out")"
 }
 
-# The recipe an image was built from: this script, the release and the Apptainer version. An
-# image whose recipe differs is rebuilt.
+# The recipe an image was built from: the build function (not comments elsewhere here), the
+# packages, the release and the Apptainer version. An image whose recipe differs is rebuilt.
 recipe() {
   local codename
   codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
   {
-    sha256sum <"${BASH_SOURCE[0]}"
+    declare -f build_base
     printf '%s %s %s\n' "$codename" "$("$APPTAINER" version)" "$PACKAGES"
   } | sha256sum | cut -d' ' -f1
 }
@@ -47,13 +47,13 @@ build_base() { # DEST
   # A failed build leaves nothing behind but the download cache.
   trap 'rm -rf "$work"' EXIT
   mkdir -p "$RX_CACHE/debootstrap"
-  step "images: debootstrap $codename (minbase + $PACKAGES)"
+  step "debootstrap $codename (minbase + $PACKAGES)"
   debootstrap --variant=minbase --include="$PACKAGES" --cache-dir="$RX_CACHE/debootstrap" \
     "$codename" "$work/rootfs" "$uri" >"$work/debootstrap.log" 2>&1 ||
     die "debootstrap failed: $(tail -n 1 "$work/debootstrap.log")"
   chroot "$work/rootfs" apt-get clean
   rm -rf "$work/rootfs/var/lib/apt/lists/"*
-  step "images: apptainer build $(basename "$dest")"
+  step "apptainer build $(basename "$dest")"
   "$APPTAINER" -s build "$work/image.sif" "$work/rootfs" ||
     die "apptainer build of $(basename "$dest") failed"
   chmod 0644 "$work/image.sif"
@@ -67,10 +67,10 @@ chmod 0755 "$RX_CACHE" "$IMAGES"
 want=$(recipe)
 base=$IMAGES/rx-base.sif
 if [[ -f $base && $(cat "$base.recipe" 2>/dev/null) == "$want" ]]; then
-  step "images: $base up to date"
+  step "$base up to date"
 else
   rm -f "$base.recipe"
   build_base "$base"
   printf '%s\n' "$want" >"$base.recipe"
-  step "images: $base built in $(elapsed_since "$START")"
+  step "$base built in $(elapsed_since "$START")"
 fi
