@@ -25,7 +25,7 @@ from tests.support.lifecycle import (
     wait_state,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
 
 @pytest.fixture(scope="module")
