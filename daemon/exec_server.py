@@ -203,9 +203,11 @@ def srun_argv(
 ) -> list[str]:
     """The step: every user-given word is one argv item after the instance, never a shell line."""
     argv = [srun, f"--jobid={target.job_id}", "--overlap", "--ntasks=1", "--quiet"]
-    # One Ctrl-C ends the step (srun's default wants two within a second, the first only
-    # prints a status) and the task gets SIGINT, as a local command would.
-    argv.append("--quit-on-interrupt")
+    # One Ctrl-C is SIGINT to the command and everything it started, as a terminal's would, and
+    # a second within a second ends the step (srun's default only prints a status on the first).
+    # Not --quit-on-interrupt: it races its SIGINT against cancelling the step, and the cancel
+    # can win, leaving the command's children inside the instance and reporting exit 0.
+    argv.append("--disable-status")
     if request.tty:
         argv.append("--pty")
     argv += ["--", apptainer, "shell" if request.shell else "exec"]
