@@ -114,14 +114,21 @@ def test_the_host_home_and_tmp_are_apptainers_defaults() -> None:
     assert (options["home"], options["private_tmp"]) == ("", "")
 
 
-def run_holder(tmp_path: Path, settings: ApptainerConfig) -> list[list[str]]:
+def run_holder(
+    tmp_path: Path, settings: ApptainerConfig, *, term_during_start: bool = False
+) -> list[list[str]]:
     """Run the rendered holder script with a fake Apptainer that logs its argv, until it reports
-    the instance running; then end it as Slurm would (SIGTERM). Returns the logged calls."""
+    the instance running (or, with term_during_start, while `instance start` still runs); then
+    end it as Slurm would (SIGTERM). Returns the logged calls."""
     calls = tmp_path / "calls"
+    slow_start = "sleep 1" if term_during_start else ":"
     program = fake_program(
         tmp_path,
         body=f"""printf '%s\\0' "$@" >>{calls}; printf '\\n' >>{calls}
-case "$1 $2" in "instance list") echo '{{"instances": [{{"instance": "rx-a-7"}}]}}';; esac""",
+case "$1 $2" in
+  "instance start") {slow_start};;
+  "instance list") echo '{{"instances": [{{"instance": "rx-a-7"}}]}}';;
+esac""",
     )
     state = tmp_path / "state"
     state.mkdir()
@@ -148,8 +155,14 @@ case "$1 $2" in "instance list") echo '{{"instances": [{{"instance": "rx-a-7"}}]
     )
     holder = subprocess.Popen(["bash", "-c", script], env={"SLURM_JOB_ID": "7"}, cwd=state)
     status = state / "job-7.status"
+
+    def ready() -> bool:
+        if term_during_start:
+            return calls.exists() and "start" in calls.read_text()
+        return status.exists() and status.read_text().startswith("running")
+
     deadline = time.monotonic() + 30
-    while not (status.exists() and status.read_text().startswith("running")):
+    while not ready():
         assert holder.poll() is None and time.monotonic() < deadline, "the holder did not start"
         time.sleep(0.05)
     holder.send_signal(signal.SIGTERM)
@@ -172,6 +185,11 @@ def test_the_holder_starts_and_stops_the_instance_with_the_configured_program(
     no_mount = [flags[i + 1] for i, flag in enumerate(flags) if flag == "--no-mount"]
     assert sorted(no_mount) == ["cwd", "tmp"]
     assert calls[-1] == ["instance", "stop", "-t", "3", "rx-a-7"]
+
+
+def test_a_holder_ended_while_the_instance_starts_still_stops_it(tmp_path: Path) -> None:
+    calls = run_holder(tmp_path, ApptainerConfig(), term_during_start=True)
+    assert [call[:2] for call in calls] == [["instance", "start"], ["instance", "stop"]]
 
 
 def test_the_holder_leaves_out_what_the_deployment_turned_off(tmp_path: Path) -> None:

@@ -76,6 +76,9 @@ if [[ -n $home ]]; then
 fi
 [[ -n $private_tmp ]] && args+=(--no-mount tmp)
 args+=(--no-mount cwd)
+# Counted as started before it returns: a SIGTERM during the start runs the trap only once the
+# start is done, and the instance it made (daemonized, out of Slurm's reach) must be stopped.
+started=1
 # 9>&-: the instance must not inherit the job's lock (Apptainer locks the overlay itself).
 if ! out=$("$apptainer" "${args[@]}" "$image" "$instance" 2>&1 9>&-); then
   last=$(printf '%s\n' "$out" | grep -E '^(FATAL|ERROR)' | tail -n 1)
@@ -83,7 +86,6 @@ if ! out=$("$apptainer" "${args[@]}" "$image" "$instance" 2>&1 9>&-); then
   printf '%s\n' "$out" >&2
   exit 1
 fi
-started=1
 report "running $instance"
 
 # Wait for Slurm to end the job; notice an instance that died on its own.
