@@ -20,8 +20,10 @@ from typing import Any
 
 from bench.harness import USER, BenchError, must
 from tests.support.daemon import Rxd, new_rxd
+from tests.support.real_apptainer import BASE_IMAGE
 
-IMAGE = "docker://python:3.12-slim"
+# The image the test cluster builds (tests/cluster/images.sh): no pull, no network.
+IMAGE = str(BASE_IMAGE)
 # Where the job-event hook (rxslurm.slurm.hooks.job_event) finds the rxd sockets to poke.
 HOOK_SOCKETS = Path("/etc/rxslurm/hook-sockets")
 HOOK_DEFAULT_SOCKET = "/run/rxslurm/rxd.sock"

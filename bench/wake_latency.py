@@ -79,7 +79,12 @@ class ByHand:
         owner = RunAs.for_user(row["runtime_user"])
         os.chown(self.state_dir, owner.uid, owner.gid)
         self.overlay = self.state_dir / "overlay.img"
-        apptainer.create_overlay(self.overlay, self.config.containers.overlay_size_mb, owner)
+        apptainer.create_overlay(
+            self.overlay,
+            self.config.containers.overlay_size_mb,
+            owner,
+            self.config.apptainer.binary,
+        )
         self.script, self.spec = self._job()
         self.phases: list[dict[str, float]] = []
 
@@ -87,9 +92,11 @@ class ByHand:
         """The holder script and sbatch options rxd would use for this project's container."""
         import sqlite3
 
+        from rxslurm.daemon import apptainer
         from rxslurm.daemon.containers import _gpu_flag, _gres
         from rxslurm.daemon.settings import Settings, effective
         from rxslurm.slurm.adapter import JobSpec
+        from rxslurm.slurm.runas import RunAs
         from rxslurm.slurm.script import render_batch_script
 
         conn = sqlite3.connect(f"file:{self.config.daemon.ledger}?mode=ro", uri=True)
@@ -111,7 +118,9 @@ class ByHand:
             gpu_flag=_gpu_flag(eff),
             state_dir=self.state_dir,
             grace_s=self.config.containers.stop_grace_s,
-            home="",
+            **apptainer.instance_options(
+                self.config.apptainer, self.state_dir, RunAs.for_user(self.rx_row["runtime_user"])
+            ),
         )
         spec = JobSpec(
             name=self.name,

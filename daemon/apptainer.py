@@ -6,8 +6,9 @@ time-out. Images are inspected through spython 0.3.14, which always runs ``singu
 PATH (Apptainer installs it as a symlink to ``apptainer``). spython's own bugs are worked around
 here rather than met at run time:
 
-- ``Client.version`` prefers ``$SPYTHON_SINGULARITY_VERSION`` over asking the binary; the
-  variable is ignored here, a health check must not report a version that is not installed.
+- ``Client.version`` prefers ``$SPYTHON_SINGULARITY_VERSION`` over asking the binary, and runs
+  ``singularity`` from PATH rather than the configured program: the version is asked of the
+  configured program directly, a health check must not report a version that is not the one run.
 - ``Client.build`` defaults to ``sudo=True``, ``Client.run`` raises AttributeError when the
   payload writes to stderr, ``Client.instance_stopall`` sends a broken command to Apptainer and
   ``Instance.error_logs`` reads ``~/.singularity``: none of them is used. Instances run inside
@@ -17,11 +18,14 @@ here rather than met at run time:
 
 ``overlay create`` runs as the container's runtime user (the overlay lives in their folder and
 must be theirs), which spython cannot do, so it is an argv run through ``rxslurm.slurm.runas``.
+``find_binary`` is the one place the Apptainer program is chosen (``[apptainer] binary``, else
+PATH): the holder script, exec steps and overlay creation all get its answer.
 spython is imported lazily: it is slow to import and only these calls need it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -30,9 +34,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from rxslurm.daemon.config import ApptainerConfig
 from rxslurm.slurm.runas import RunAs, run
 
 OVERLAY_TIMEOUT = 600.0  # mkfs.ext3 of a large sparse file takes a while on slow disks
+VERSION_TIMEOUT = 30.0
 MIN_OVERLAY_MB = 64  # Apptainer refuses smaller overlays
 
 
@@ -67,19 +73,20 @@ def _output_text(message: object) -> str:
     return str(message or "")
 
 
-def apptainer_version() -> str | None:
-    """The installed version (``1.3.4``), or None when ``singularity`` is not on PATH."""
-    from spython.utils import run_command
-
+def apptainer_version(binary: str = "") -> str | None:
+    """The installed version (``1.4.5``), or None when there is no Apptainer that runs."""
     try:
-        result = run_command(["singularity", "--version"], quiet=True)
-    except OSError:
+        program = find_binary(binary)
+        result = subprocess.run(
+            [program, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT
+        )
+    except (ApptainerError, OSError, subprocess.TimeoutExpired):
         return None
-    if result["return_code"] != 0 or not result["message"]:
+    text = result.stdout.strip()
+    if result.returncode != 0 or not text:
         return None
-    text = _output_text(result["message"][0]).strip()
     match = re.match(r"(?:apptainer|singularity)(?:-ce)? version (\S+)", text)
-    return match.group(1) if match else text or None
+    return match.group(1) if match else text
 
 
 def pull(uri: str, dest_dir: str | os.PathLike[str]) -> Path:
@@ -118,20 +125,61 @@ def inspect(image: str | os.PathLike[str]) -> dict[str, Any]:
     return attributes
 
 
-def _binary() -> str:
-    """Apptainer's absolute path as the daemon sees it: runas gives the user a fixed PATH."""
-    return shutil.which("apptainer") or shutil.which("singularity") or "apptainer"
+@functools.lru_cache(maxsize=4)
+def _on_path(path: str) -> str | None:
+    return shutil.which("apptainer", path=path) or shutil.which("singularity", path=path)
 
 
-def create_overlay(path: str | os.PathLike[str], size_mb: int, as_user: RunAs) -> None:
+def find_binary(configured: str = "") -> str:
+    """The one Apptainer program rxd runs everywhere (holder script, exec steps, overlays):
+    ``[apptainer] binary`` when set, else ``apptainer`` (or ``singularity``) on rxd's PATH,
+    looked up once. An absolute path, because the holder and the steps run with a fixed PATH."""
+    if configured:
+        return configured
+    found = _on_path(os.environ.get("PATH", os.defpath))
+    if found is None:
+        raise ApptainerError("apptainer not found on PATH; set [apptainer] binary in rxd's config")
+    return os.path.abspath(found)
+
+
+def program(settings: ApptainerConfig) -> str:
+    """find_binary for the holder script and exec steps. When nothing is found they still get a
+    command, ``apptainer``, and fail on the node with its error (rxd's health check names the
+    cause): a missing program must not stop a reconciler pass or crash a request."""
+    try:
+        return find_binary(settings.binary)
+    except ApptainerError:
+        return "apptainer"
+
+
+def instance_options(settings: ApptainerConfig, state_dir: Path, user: RunAs) -> dict[str, str]:
+    """The holder script's Apptainer parameters for a container, from ``[apptainer]``: the
+    program, --fakeroot, the home bound into the container, and whether /tmp is its own."""
+    home = ""
+    if settings.home == "project":
+        # Under --fakeroot the user is root inside, whose home is /root.
+        dest = "/root" if settings.fakeroot else user.home or f"/home/{user.user}"
+        home = f"{state_dir}/home:{dest}"
+    return {
+        "apptainer": program(settings),
+        "fakeroot": "--fakeroot" if settings.fakeroot else "",
+        "home": home,
+        "private_tmp": "yes" if settings.private_tmp else "",
+    }
+
+
+def create_overlay(
+    path: str | os.PathLike[str], size_mb: int, as_user: RunAs, binary: str = ""
+) -> None:
     """``apptainer overlay create`` as ``as_user``: the file is theirs, made with their rights.
-    Sparse, so a large overlay costs no disk until it is written."""
+    Sparse, so a large overlay costs no disk until it is written. ``binary``: the configured
+    program (see find_binary)."""
     target = os.fspath(path)
     if not os.path.isabs(target):
         raise ValueError(f"overlay path must be absolute: {target!r}")
     if size_mb < MIN_OVERLAY_MB:
         raise ApptainerError(f"overlay size must be at least {MIN_OVERLAY_MB} MiB, not {size_mb}")
-    argv = [_binary(), "overlay", "create", "--sparse", "--size", str(size_mb), target]
+    argv = [find_binary(binary), "overlay", "create", "--sparse", "--size", str(size_mb), target]
     try:
         result = run(argv, as_user=as_user, timeout=OVERLAY_TIMEOUT)
     except OSError as exc:

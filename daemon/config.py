@@ -58,7 +58,17 @@ class SlurmConfig:
 
 @dataclass(frozen=True)
 class ApptainerConfig:
-    binary: str = "apptainer"
+    # Absolute path of the Apptainer program that the holder job, exec steps and overlay creation
+    # all run (the same path on every node); empty: `apptainer` looked up on rxd's PATH once.
+    binary: str = ""
+    # Containers start with --fakeroot: root inside, mapped to the runtime user, so apt-get, dpkg
+    # and pip write into the persistent overlay. Without it only what the user owns is writable.
+    fakeroot: bool = True
+    # "project": the container's home is a folder of its own (in its state folder);
+    # "host": the runtime user's home from the node is bound, Apptainer's default.
+    home: str = "project"
+    # /tmp and /var/tmp are the container's own (in its overlay), not the node's.
+    private_tmp: bool = True
 
 
 @dataclass(frozen=True)
@@ -312,6 +322,11 @@ def _validate(config: Config, where: str) -> None:
                 f"{where}: containers.fixed_mounts entry {mount!r} must be /src[:/dest[:ro|rw]] "
                 "without commas"
             )
+    apptainer = config.apptainer
+    if apptainer.binary and not apptainer.binary.startswith("/"):
+        raise ConfigError(f"{where}: apptainer.binary must be an absolute path (or empty: PATH)")
+    if apptainer.home not in ("project", "host"):
+        raise ConfigError(f'{where}: apptainer.home must be "project" or "host"')
     if config.quotas.policy not in ("queue", "reject"):
         raise ConfigError(f'{where}: quotas.policy must be "queue" or "reject"')
     _validate_pulls(config.pulls, where)

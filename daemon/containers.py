@@ -15,7 +15,7 @@ import re
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,9 @@ def _prepare_storage(
     state_dir = _prepare_state_dir(config, name, owner, prepared_for)
     overlay = state_dir / "overlay.img"
     if not overlay.exists():
-        apptainer.create_overlay(overlay, config.containers.overlay_size_mb, owner)
+        apptainer.create_overlay(
+            overlay, config.containers.overlay_size_mb, owner, config.apptainer.binary
+        )
     return state_dir, overlay
 
 
@@ -151,12 +153,15 @@ def _local_image(config: Config, image: str) -> str | None:
     return str(cached) if cached else None
 
 
-def _isolated_home(project: dict[str, Any], state_dir: Path, runtime_user: str) -> str:
-    """Service mode: the project's own home (in its state folder, at the account's home path),
-    since every service project runs as the same account. Bound mode: "" (the user's own)."""
-    if project["run_as"] != "service":
-        return ""
-    return f"{state_dir / 'home'}:{RunAs.for_user(runtime_user).home_dir()}"
+def _holder_options(
+    config: Config, project: dict[str, Any], state_dir: Path, runtime_user: str
+) -> dict[str, str]:
+    """The holder's Apptainer options from [apptainer]. Service projects all run as one account,
+    so whatever the deployment chose, each gets a home and a /tmp of its own."""
+    settings = config.apptainer
+    if project["run_as"] == "service":
+        settings = replace(settings, home="project", private_tmp=True)
+    return apptainer.instance_options(settings, state_dir, RunAs.for_user(runtime_user))
 
 
 def _gres(settings: Settings) -> str | None:
@@ -643,7 +648,7 @@ def holder_job(
         gpu_flag=_gpu_flag(eff),
         state_dir=state_dir,
         grace_s=config.containers.stop_grace_s,
-        home=_isolated_home(project, state_dir, container["runtime_user"]),
+        **_holder_options(config, project, state_dir, container["runtime_user"]),
     )
     spec = JobSpec(
         name=container["name"],

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rxslurm.daemon import containers
+from rxslurm.daemon import apptainer, containers
 from rxslurm.daemon.conn_caps import ConnectionCap, caller_key
 from rxslurm.daemon.context import Daemon
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
@@ -248,9 +248,11 @@ def srun_argv(
 ) -> list[str]:
     """The step: every user-given word is one argv item after the instance, never a shell line."""
     argv = [srun, f"--jobid={target.job_id}", "--overlap", "--ntasks=1", "--quiet"]
-    # One Ctrl-C ends the step (srun's default wants two within a second, the first only
-    # prints a status) and the task gets SIGINT, as a local command would.
-    argv.append("--quit-on-interrupt")
+    # One Ctrl-C is SIGINT to the command and everything it started, as a terminal's would, and
+    # a second within a second ends the step (srun's default only prints a status on the first).
+    # Not --quit-on-interrupt: it races its SIGINT against cancelling the step, and the cancel
+    # can win, leaving the command's children inside the instance and reporting exit 0.
+    argv.append("--disable-status")
     if request.tty:
         argv.append("--pty")
     argv += ["--", apptainer, "shell" if request.shell else "exec"]
@@ -437,7 +439,8 @@ class Session:
     def run(
         self, target: containers.ExecTarget, request: ExecRequest, pending: list[dict[str, Any]]
     ) -> None:
-        argv = srun_argv(self.server.srun(), self.daemon.config.apptainer.binary, target, request)
+        program = apptainer.program(self.daemon.config.apptainer)
+        argv = srun_argv(self.server.srun(), program, target, request)
         sessions = self.daemon.reconciler.sessions
         try:
             plumbing = Plumbing(self.fds, request.tty, strip_srun_task_lines)

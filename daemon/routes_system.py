@@ -121,10 +121,16 @@ def _check_slurm(daemon: Any) -> dict[str, Any]:
 def _check_apptainer(daemon: Any) -> dict[str, Any]:
     from rxslurm.daemon import apptainer  # spython is slow to import; only health needs it here
 
-    version = apptainer.apptainer_version()
+    configured = daemon.config.apptainer.binary
+    version = apptainer.apptainer_version(configured)
     if version is None:
-        return {"ok": False, "detail": "apptainer not found on PATH"}
-    return {"ok": True, "detail": version, "version": version}
+        where = configured or "apptainer on PATH"
+        return {"ok": False, "detail": f"{where} not found or does not run"}
+    return {
+        "ok": True,
+        "detail": f"{apptainer.program(daemon.config.apptainer)} {version}",
+        "version": version,
+    }
 
 
 _CHECK_FUNCTIONS = (_check_ledger, _check_slurm, _check_apptainer)

@@ -1,3 +1,4 @@
 """Shared fixtures come from plugin modules: each part of the suite adds its own to this list."""
 
-pytest_plugins = ["tests.support.cluster", "tests.support.daemon", "tests.support.real_apptainer"]
+# real_apptainer first: tests.support.daemon imports it, and a plugin must be imported as one.
+pytest_plugins = ["tests.support.real_apptainer", "tests.support.cluster", "tests.support.daemon"]

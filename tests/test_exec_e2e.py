@@ -1,10 +1,11 @@
-"""`rxctl exec` and `rxctl shell` end to end: real rxd, real cluster, the Apptainer stand-in."""
+"""`rxctl exec` and `rxctl shell` end to end: real rxd, real cluster, real Apptainer."""
 
 from __future__ import annotations
 
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -15,12 +16,14 @@ import pexpect
 import pytest
 
 from tests.support import daemon as daemon_support
+from tests.support import lifecycle
 from tests.support.cluster import SYSTEM_PATH, VENV_BIN, run_as, wait_for
 from tests.support.daemon import RXCTL, Rxd, new_rxd
+from tests.support.real_apptainer import BASE_IMAGE
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
-IMAGE = "docker://python:3.12-slim"
+IMAGE = str(BASE_IMAGE)
 # Project names are this module's own: jobs are Slurm singletons named rx-<project>.
 MAIN = "ex-main"
 GPU = "ex-gpu"
@@ -85,14 +88,7 @@ def status(rxd: Rxd, project: str) -> dict:
 
 
 def wait_state(rxd: Rxd, project: str, *states: str, timeout: float = 120) -> dict:
-    seen: dict = {}
-
-    def reached() -> bool:
-        seen.update(status(rxd, project))
-        return seen["state"] in states
-
-    wait_for(reached, timeout=timeout, what=f"{project} to reach {states} (last: {seen})")
-    return seen
+    return lifecycle.wait_state(rxd, project, *states, timeout=timeout)
 
 
 def running_project(rxd: Rxd, name: str, *options: str) -> dict:
@@ -172,19 +168,21 @@ def test_exec_passes_argv_word_for_word_never_through_a_shell(rxd: Rxd) -> None:
     assert result.stdout == "".join(f"[{w}]\n" for w in words)
 
 
-def test_exec_runs_as_the_runtime_user_in_the_workspace(rxd: Rxd) -> None:
+def test_exec_runs_as_root_mapped_to_the_runtime_user_in_the_workspace(rxd: Rxd) -> None:
     project = running_project(rxd, MAIN)
     result = ok(rxctl_exec(rxd, "rxalice", MAIN, "sh", "-c", "id -u; pwd; echo hi > made.txt"))
-    assert result.stdout == "2001\n/workspace\n"
+    # --fakeroot (the default): root inside, and what it writes is the runtime user's outside.
+    assert result.stdout == "0\n/workspace\n"
     made = Path(project["workspace"]) / "made.txt"
     assert made.read_text() == "hi\n"
     assert made.stat().st_uid == 2001
 
 
 def test_a_manager_runs_commands_as_the_runtime_user(rxd: Rxd) -> None:
-    running_project(rxd, MAIN)
+    project = running_project(rxd, MAIN)
     ok(rxd.rxctl("rxalice", "project", "member", "add", MAIN, "rxdave", "--role", "manager"))
-    assert ok(rxctl_exec(rxd, "rxdave", MAIN, "id", "-un")).stdout == "rxalice\n"
+    ok(rxctl_exec(rxd, "rxdave", MAIN, "touch", "by-manager.txt"))
+    assert (Path(project["workspace"]) / "by-manager.txt").stat().st_uid == 2001
 
 
 def test_a_viewer_and_a_non_member_are_refused(rxd: Rxd) -> None:
@@ -208,10 +206,31 @@ def test_the_project_may_come_from_rx_project(rxd: Rxd) -> None:
     assert result.stdout == "env\n"
 
 
+def granted_gpus(job_id: int) -> list[int]:
+    """The GPU indexes Slurm granted the job (`scontrol show job -d`: "GRES=gpu:a100:1(IDX:0)")."""
+    detail = subprocess.run(
+        ["scontrol", "show", "job", "-d", str(job_id)], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(r"GRES=gpu[^(\s]*\(IDX:([0-9,-]+)\)", detail)
+    assert match, detail
+    indexes: list[int] = []
+    for part in match.group(1).split(","):
+        low, _, high = part.partition("-")
+        indexes += range(int(low), int(high or low) + 1)
+    return indexes
+
+
 def test_exec_on_a_gpu_project_sees_its_gpu(rxd: Rxd) -> None:
-    running_project(rxd, GPU, "--gpus", "1", "--partition", "gpu")
-    result = ok(rxctl_exec(rxd, "rxalice", GPU, "sh", "-c", 'echo "[$CUDA_VISIBLE_DEVICES]"'))
-    assert result.stdout.strip() not in ("", "[]")
+    # --nv on nodes without NVIDIA's libraries: the container starts all the same.
+    project = running_project(rxd, GPU, "--gpus", "1", "--partition", "gpu")
+    (index,) = granted_gpus(project["job_id"])
+    script = (
+        'echo "$CUDA_VISIBLE_DEVICES"; for d in /dev/fakegpu*; do test -c "$d" && echo "$d"; done'
+    )
+    visible, *devices = ok(rxctl_exec(rxd, "rxalice", GPU, "sh", "-c", script)).stdout.split()
+    assert visible == str(index)
+    # The device file Slurm's GRES handed out (gres.conf: File=/dev/fakegpu[0-1]) is there.
+    assert f"/dev/fakegpu{index}" in devices
 
 
 def test_exec_wakes_a_stopped_container_and_no_wake_refuses(rxd: Rxd) -> None:
@@ -264,9 +283,9 @@ def test_killing_rxctl_ends_the_step(rxd: Rxd) -> None:
     wait_for(lambda: not processes_with(f"instance://rx-{MAIN}"), timeout=10, what="srun to end")
 
 
-def test_ctrl_c_reaches_the_command(rxd: Rxd) -> None:
+def test_ctrl_c_reaches_the_command_and_everything_it_started(rxd: Rxd) -> None:
     running_project(rxd, MAIN)
-    script = 'trap "echo trapped; exit 42" INT; sleep 2718; echo not-interrupted'
+    script = "trap 'echo trapped; exit 42' INT; sleep 2718; echo not-interrupted"
     proc = spawn_as(
         "rxalice",
         [RXCTL, "--socket", str(rxd.socket), "exec", "--project", MAIN, "--", "sh", "-c", script],
@@ -277,9 +296,12 @@ def test_ctrl_c_reaches_the_command(rxd: Rxd) -> None:
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    # slurmstepd signals the step and apptainer forwards the signal too: the trap may run twice.
-    assert proc.returncode == 42, err
-    assert set(out.splitlines()) == {"trapped"}, out
+    # The shell's trap ran (its foreground sleep got the SIGINT too, as from a terminal); the
+    # status is 128 + SIGINT because `apptainer exec instance://` itself ends on the signal.
+    assert set(out.splitlines()) == {"trapped"}, (out, err)
+    assert proc.returncode == 130, err
+    # Nothing the command started is left in the container.
+    assert not sleeping("2718")
 
 
 # -- terminals ---------------------------------------------------------------------------------
@@ -307,10 +329,10 @@ def test_shell_gives_an_interactive_shell(rxd: Rxd) -> None:
     child = spawn_rxctl(rxd, "shell", "--project", MAIN)
     try:
         child.expect("Apptainer> ")
-        child.sendline("echo $((6*7)); stty size; id -u; exit")
+        child.sendline("echo $((6*7)); stty size; echo uid=$(id -u); exit")
         child.expect("42")
         child.expect("30 100")
-        child.expect("2001")
+        child.expect("uid=0")
         child.expect(pexpect.EOF)
     finally:
         child.close()

@@ -193,7 +193,7 @@ def test_the_step_is_an_overlapping_srun_with_the_users_words_last() -> None:
         "--overlap",
         "--ntasks=1",
         "--quiet",
-        "--quit-on-interrupt",
+        "--disable-status",
         "--",
         "apptainer",
         "exec",

@@ -25,7 +25,7 @@ from tests.support.lifecycle import (
     wait_state,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +257,12 @@ def test_killing_a_nodes_slurmd_makes_it_error_and_retry_runs_elsewhere(rxd: Rxd
     instance = subprocess.run(
         ["pgrep", "-f", running_instance(rxd, "nodefail")], capture_output=True, text=True
     ).stdout.split()
+    # With the instance go its FUSE mounts (image, overlay), which run in its session and hold
+    # the overlay's lock: a crashed node keeps none of them.
+    for sid in {os.getsid(int(pid)) for pid in instance}:
+        instance += subprocess.run(
+            ["pgrep", "-s", str(sid)], capture_output=True, text=True
+        ).stdout.split()
     try:
         for pid in [*slurmd, *steps, *job_pids, *instance]:
             with contextlib.suppress(ProcessLookupError):

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from rxslurm.daemon import apptainer
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import (
@@ -31,19 +30,18 @@ from tests.support.lifecycle import (
     status,
     wait_state,
 )
+from tests.support.real_apptainer import BASE_IMAGE
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
 ADMIN = "rxop"
-IMAGE = "docker://python:3.12-slim"
+IMAGE = str(BASE_IMAGE)
 WAITING = "waiting_for_resources"
 
 
 @contextlib.contextmanager
 def daemon(extra: str = "", **containers: str) -> Iterator[Rxd]:
     rxd = start_rxd(extra, **containers)
-    # Pulled once beforehand: concurrent enables here are about leases, not pulls.
-    apptainer.pull(IMAGE, rxd.root / "images")
     try:
         yield rxd
     finally:

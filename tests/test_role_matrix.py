@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from rxslurm.daemon import apptainer
 from rxslurm.daemon.roles import ALLOWED, Action, Role
 from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd, new_rxd
 from tests.support.lifecycle import lifecycle_config
+from tests.support.real_apptainer import BASE_IMAGE, link_image
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
 PROJECT = "matrix"
 OWNER = "rxalice"
@@ -244,7 +244,7 @@ def check_delete(rxd: Rxd, actor: str, user: str) -> None:
 
 # -- the container's actions -------------------------------------------------------------------
 
-IMAGE = "docker://python:3.12-slim"
+IMAGE = str(BASE_IMAGE)
 # Holder jobs are Slurm singletons named rx-<project>: these names are this module's own.
 LIVE = "rm-live"  # a container that works
 BROKEN = "rm-broken"  # its image is a local path that exists only once retry's cell puts it there
@@ -333,11 +333,8 @@ def break_container(rxd: Rxd, project: str, now: dict[str, Any]) -> dict[str, An
 
 
 def mend_image(rxd: Rxd) -> None:
-    """Put BROKEN's image in place: a copy of the one rxd pulls (rxd pulls as root too)."""
-    late = late_image(rxd)
-    late.parent.mkdir(mode=0o755, exist_ok=True)
-    shutil.copy2(apptainer.pull(IMAGE, rxd.root / "images"), late)
-    late.chmod(0o644)
+    """Put BROKEN's image in place: the base image the test cluster built."""
+    link_image(late_image(rxd))
 
 
 def exec_marker(rxd: Rxd, actor: str) -> Path:

@@ -11,7 +11,10 @@
 #rx:param gpu_flag
 #rx:param state_dir
 #rx:param grace_s
+#rx:param apptainer
+#rx:param fakeroot
 #rx:param home
+#rx:param private_tmp
 set -u
 instance={{instance}}
 image={{image}}
@@ -21,7 +24,10 @@ binds={{binds}}
 gpu_flag={{gpu_flag}}
 state_dir={{state_dir}}
 grace={{grace_s}}
+apptainer={{apptainer}}
+fakeroot={{fakeroot}}
 home={{home}}
+private_tmp={{private_tmp}}
 # Nothing in the job's environment (a shared account's login profile, say) may change how the
 # instance is built or what runs in it; `bash -p` above already ignored BASH_ENV for this script.
 unset BASH_ENV ENV
@@ -40,7 +46,7 @@ report() {
 started=0
 stop_instance() {
   if ((started)); then
-    apptainer instance stop -t "$grace" "$instance" >/dev/null 2>&1 || true
+    "$apptainer" instance stop -t "$grace" "$instance" >/dev/null 2>&1 || true
     started=0
   fi
 }
@@ -65,27 +71,32 @@ report "starting"
 args=(instance start --overlay "$overlay" -B "$workspace:/workspace")
 [[ -n $binds ]] && args+=(-B "$binds")
 [[ -n $gpu_flag ]] && args+=("$gpu_flag")
-# Service mode ($home set): projects share one account, so they share nothing of the host: a home,
-# /tmp and /var/tmp of their own in the state folder, and no current folder.
+# How contained the container is, from rxd's [apptainer] settings (README, "Apptainer"): root
+# inside mapped to this user, so package managers write into the overlay; a home of its own; its
+# own /tmp and /var/tmp. Never the job's folder (this script's cwd) or host paths beyond binds.
+[[ -n $fakeroot ]] && args+=("$fakeroot")
 if [[ -n $home ]]; then
-  mkdir -p -m 700 "${home%%:*}" "$state_dir/work"
-  args+=(--contain --workdir "$state_dir/work" --home "$home" --no-mount cwd)
+  mkdir -p -m 700 "${home%%:*}" && args+=(--home "$home")
 fi
+[[ -n $private_tmp ]] && args+=(--no-mount tmp)
+args+=(--no-mount cwd)
+# Counted as started before it returns: a SIGTERM during the start runs the trap only once the
+# start is done, and the instance it made (daemonized, out of Slurm's reach) must be stopped.
+started=1
 # 9>&-: the instance must not inherit the job's lock (Apptainer locks the overlay itself).
-if ! out=$(apptainer "${args[@]}" "$image" "$instance" 2>&1 9>&-); then
+if ! out=$("$apptainer" "${args[@]}" "$image" "$instance" 2>&1 9>&-); then
   last=$(printf '%s\n' "$out" | grep -E '^(FATAL|ERROR)' | tail -n 1)
   report "error: ${last:-apptainer instance start failed}"
   printf '%s\n' "$out" >&2
   exit 1
 fi
-started=1
 report "running $instance"
 
 # Wait for Slurm to end the job; notice an instance that died on its own.
 while true; do
   sleep 5 &
   wait $!
-  if ! apptainer instance list --json "$instance" 2>/dev/null | grep -q "\"$instance\""; then
+  if ! "$apptainer" instance list --json "$instance" 2>/dev/null | grep -q "\"$instance\""; then
     started=0
     report "error: the container instance exited"
     exit 1

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's demo: rxd on the local test cluster, and a researcher's whole story with rxctl.
-# Run as root after tests/cluster/setup.sh (`make demo` does both). Safe to run again.
+# Run as root after tests/cluster/setup.sh (`make demo` does both), which installs the real Apptainer
+# and builds the image. Safe to run again.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 venv=$repo/.venv
@@ -10,6 +11,8 @@ run_dir=/run/rxslurm
 log=/var/log/rxslurm/rxd.log
 user=rxalice
 project=demo
+# Built by tests/cluster/images.sh (setup.sh runs it): Debian minbase with python3 and pip.
+image=/var/cache/rxslurm/images/rx-base.sif
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 quietly_as_user() {
@@ -61,18 +64,33 @@ fi
 say "A researcher is bound automatically (identity mode \"local\")"
 as_user rxctl whoami
 
-say "A project with one GPU"
+say "A project with one GPU, on an image built locally from Debian packages (tests/cluster/images.sh)"
 if quietly_as_user rxctl project show "$project" >/dev/null 2>&1; then
   quietly_as_user rxctl disable --project "$project" >/dev/null 2>&1 || true
   quietly_as_user rxctl project delete "$project" --yes
 fi
-as_user rxctl project create "$project" --gpus 1 --partition gpu --image docker://python:3.12-slim
+as_user rxctl project create "$project" --gpus 1 --partition gpu --image "$image"
+workspace=$(quietly_as_user rxctl project show "$project" --json |
+  "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["workspace"])')
 
-say "Enable: overlay, image, first Slurm job"
+say "Enable: overlay, image, first Slurm job (the real Apptainer: $(apptainer --version))"
 as_user rxctl enable --project "$project"
-as_user rxctl exec --project "$project" -- sh -c 'echo "hello from the container on $SLURMD_NODENAME as $(id -un)"; echo "GPUs: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"'
-as_user rxctl exec --project "$project" -- sh -c 'mkdir -p /opt/demo && date > /opt/demo/installed && echo "installed into the overlay: /opt/demo/installed"'
-as_user rxctl exec --project "$project" -- sh -c 'echo "results" > /workspace/results.txt && ls -l /workspace'
+as_user rxctl exec --project "$project" -- sh -c 'echo "hello from the container on $SLURMD_NODENAME, root inside: $(id -un) (mapped to '"$user"' outside)"; echo "GPUs: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"'
+
+say "Install a package with the container's own apt-get (a local .deb, no network)"
+# The researcher builds it in the project's workspace, as themself.
+pkg=$workspace/rx-demo-pkg
+quietly_as_user mkdir -p "$pkg/DEBIAN" "$pkg/usr/local/bin"
+printf 'Package: rx-demo\nVersion: 1.0\nArchitecture: all\nMaintainer: rx-slurm demo <demo@localhost>\nDescription: rx-slurm demo tool\n' |
+  quietly_as_user tee "$pkg/DEBIAN/control" >/dev/null
+printf '#!/bin/sh\necho "rx-demo 1.0, installed with apt-get into the overlay"\n' |
+  quietly_as_user tee "$pkg/usr/local/bin/rx-demo" >/dev/null
+quietly_as_user chmod 755 "$pkg/usr/local/bin/rx-demo"
+quietly_as_user dpkg-deb --root-owner-group --build "$pkg" "$workspace/rx-demo_1.0_all.deb" >/dev/null
+as_user rxctl exec --project "$project" -- apt-get install -y /workspace/rx-demo_1.0_all.deb
+as_user rxctl exec --project "$project" -- sh -c 'echo "results" > /workspace/results.txt'
+echo "on the host, the workspace file belongs to the runtime user:"
+ls -l "$workspace/results.txt"
 squeue -o '%.8i %.12j %.8u %.10T %.6D %N %b' --name "rx-$project"
 
 say "Stop: the job ends, the overlay and workspace stay"
@@ -85,7 +103,10 @@ done
 as_user rxctl status --project "$project"
 
 say "Exec again: the container wakes (a new job), and what was installed is still there"
-as_user rxctl exec --project "$project" -- cat /opt/demo/installed /workspace/results.txt
+as_user rxctl exec --project "$project" -- sh -c 'rx-demo; dpkg-query -W -f "dpkg: \${Package} \${Version} \${Status}\n" rx-demo; cat /workspace/results.txt'
+if [[ ! -e /usr/local/bin/rx-demo ]]; then
+  echo "(the node has no /usr/local/bin/rx-demo: the package lives in the container's overlay)"
+fi
 
 say "Status"
 as_user rxctl status --project "$project"

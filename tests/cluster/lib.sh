@@ -14,6 +14,8 @@ readonly STAMP_DIR=/run/rxslurm-test-cluster
 readonly MARIADB_LOG=/var/log/mysql/rxslurm-mariadbd.log
 # A Slurm command must never hang this script: a controller that does not answer is "down".
 readonly CMD_TIMEOUT=15
+# What the harness builds or downloads once and keeps between runs (Apptainer, images).
+readonly RX_CACHE=/var/cache/rxslurm
 
 PROG=${0##*/}
 
@@ -81,4 +83,29 @@ stop_daemon() {
 elapsed_since() { # START (an $EPOCHREALTIME value)
   local now=${EPOCHREALTIME/./} start=${1/./}
   printf '%d.%02ds' $(((now - start) / 1000000)) $(((now - start) % 1000000 / 10000))
+}
+
+# The URI of this machine's own Debian archive (deb822 sources first, then sources.list), so that
+# nothing committed names a host and the machine's mirror or proxy is used.
+debian_uri() {
+  local codename file uri
+  codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+  for file in /etc/apt/sources.list.d/*.sources; do
+    [[ -f $file ]] || continue
+    # The stanza whose Suites list the release itself (not -security or -updates).
+    uri=$(awk -v want="$codename" '
+      /^[[:space:]]*$/ { if (uris != "" && hit) exit; uris = ""; hit = 0; next }
+      tolower($1) == "uris:" { uris = $2 }
+      tolower($1) == "suites:" { for (i = 2; i <= NF; i++) if ($i == want) hit = 1 }
+      END { if (uris != "" && hit) print uris }' "$file")
+    [[ -n $uri ]] && break
+  done
+  if [[ -z $uri ]]; then
+    uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+      awk -v want="$codename" '$1 == "deb" {
+        i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+        if ($(i + 1) == want) { print $i; exit } }')
+  fi
+  [[ -n $uri ]] || die "no Debian source for '$codename' in /etc/apt"
+  printf '%s\n' "$uri"
 }

@@ -44,7 +44,7 @@ install_missing_packages() {
 }
 
 check_repo_access() {
-  # Test users run files from this checkout (the Apptainer stand-in, the venv): a clone under a
+  # Test users run files from this checkout (the venv, rxctl): a clone under a
   # 0700 home directory would make every job fail in a confusing way, so fail here instead.
   if runuser -u rxalice -- test -r "$HERE/setup.sh"; then
     step "repo: $REPO is readable by the test users"
@@ -62,25 +62,18 @@ check_repo_access() {
   die "files in $REPO are not readable by other users (cloned with umask 077?): chmod -R o+rX $REPO"
 }
 
-link_apptainer_standin() {
-  local standin=$REPO/tests/standin/apptainer candidate name link
-  is_ours() { [[ -L $1 && $(readlink "$1") == */tests/standin/* ]]; }
-  for candidate in $(type -ap apptainer); do
-    if ! is_ours "$candidate"; then
-      step "apptainer: a real one is installed ($candidate); stand-in not linked"
-      return 0
-    fi
-  done
+# Earlier versions of this script linked a stand-in for Apptainer into /usr/local/bin, ahead of
+# the real one on PATH: such links (into any checkout's tests/standin/) are removed; anything else
+# there is left alone.
+remove_standin_links() {
+  local name link
   for name in apptainer singularity; do
     link=/usr/local/bin/$name
-    if [[ (-e $link || -L $link) ]] && ! is_ours "$link"; then
-      step "apptainer: $link is not ours, left alone"
-    elif [[ $(readlink "$link") != "$standin" ]]; then
-      ln -sfn "$standin" "$link"
-      step "apptainer: linked $link -> $standin"
+    if [[ -L $link && $(readlink "$link") == */tests/standin/* ]]; then
+      rm -f "$link"
+      step "apptainer: removed the old stand-in link $link"
     fi
   done
-  [[ -e $standin ]] || step "apptainer: note: $standin does not exist (yet)"
 }
 
 render() { # TEMPLATE DEST MODE: (re)write DEST when it differs; CHANGED collects what changed
@@ -322,7 +315,9 @@ install_missing_packages
 bash "$HERE/users.sh"
 step "users: test users present"
 check_repo_access
-link_apptainer_standin
+remove_standin_links
+bash "$HERE/apptainer.sh"
+bash "$HERE/images.sh"
 bash "$HERE/registry.sh" # the pull account and a loopback OCI registry for the pull tests
 make_dirs
 write_configs

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.real_apptainer import APPTAINER
+
 VENV_BIN = Path(sys.executable).parent
 RXD = str(VENV_BIN / "rxd")
 RXCTL = str(VENV_BIN / "rxctl")
@@ -67,6 +69,9 @@ class Rxd:
                 f'[containers]\nstate_root = "{self.root}/containers"\n'
                 f'image_dir = "{self.root}/images"\n'
             )
+        if "[apptainer]" not in self.extra_config:
+            # The real runtime by its absolute path, whatever else is on PATH.
+            defaults += f'[apptainer]\nbinary = "{APPTAINER}"\n'
         if "[slurm]" not in self.extra_config:
             # Each test daemon touches only its own jobs, even when several share the cluster.
             defaults += f'[slurm]\ntag = "t-{self.root.name}"\n'

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd, new_rxd
+from tests.support.real_apptainer import BASE_IMAGE
 
 SQUEUE_FORMAT = "%i|%T|%u|%b|%k|%N"
 
@@ -58,7 +59,7 @@ def wait_state(
 
 
 def make_project(rxd: Rxd, name: str, *options: str, user: str = "rxalice") -> None:
-    ok(rxd.rxctl(user, "project", "create", name, "--image", "docker://python:3.12-slim", *options))
+    ok(rxd.rxctl(user, "project", "create", name, "--image", str(BASE_IMAGE), *options))
 
 
 def rx_jobs(comment: str) -> list[list[str]]:
