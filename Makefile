@@ -25,8 +25,11 @@ cluster:
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: venv cluster lint
-	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest
+# The fast tier (no Slurm job, no container) first, so a broken unit fails in a minute or two;
+# then the cluster suite on the real Slurm cluster and the real Apptainer.
+test: venv lint cluster
+	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m "not cluster"
+	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m cluster
 
 demo: venv cluster
 	tests/cluster/demo.sh
