@@ -30,10 +30,11 @@ BUILDER = "rxalice"
 
 
 @pytest.fixture(autouse=True)
-def real_apptainer_on_path(monkeypatch: pytest.MonkeyPatch, container_runtime: str) -> None:
+def real_apptainer_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     # spython runs `singularity` from PATH and the adapter looks `apptainer` up there: both must
-    # be the real one, whatever the caller's PATH holds.
-    monkeypatch.setenv("PATH", f"{Path(container_runtime).parent}:/bin")
+    # be the real one, whatever the caller's PATH holds. Not container_runtime here: the
+    # Dockerfile conversion and argument checks need no Apptainer.
+    monkeypatch.setenv("PATH", f"{Path(APPTAINER).parent}:/bin")
     monkeypatch.delenv("SPYTHON_SINGULARITY_VERSION", raising=False)
 
 
@@ -47,7 +48,7 @@ def folder() -> Iterator[Path]:
 
 
 @pytest.fixture
-def build_folder(folder: Path) -> Path:
+def build_folder(folder: Path, container_runtime: str) -> Path:
     """``folder`` owned by the user who builds and runs the test images."""
     builder = pwd.getpwnam(BUILDER)
     os.chown(folder, builder.pw_uid, builder.pw_gid)
@@ -78,6 +79,7 @@ def build(folder: Path, name: str, definition: str, *options: str) -> Path:
     return image
 
 
+@pytest.mark.usefixtures("container_runtime")
 def test_version_is_the_number(monkeypatch: pytest.MonkeyPatch) -> None:
     said = subprocess.run([APPTAINER, "--version"], capture_output=True, text=True, check=True)
     version = apptainer.apptainer_version()
@@ -134,6 +136,7 @@ def test_inspect_returns_the_labels(build_folder: Path) -> None:
     assert attributes["deffile"].startswith("Bootstrap: localimage")
 
 
+@pytest.mark.usefixtures("container_runtime")
 def test_inspect_of_a_missing_image_is_an_apptainer_error(folder: Path) -> None:
     with pytest.raises(ApptainerError, match="Failed to open image") as caught:
         apptainer.inspect(folder / "missing.sif")
@@ -141,6 +144,7 @@ def test_inspect_of_a_missing_image_is_an_apptainer_error(folder: Path) -> None:
 
 
 @needs_root
+@pytest.mark.usefixtures("container_runtime")
 def test_create_overlay_runs_as_the_runtime_user(folder: Path) -> None:
     alice = RunAs.for_user("rxalice")
     state = folder / "state"
@@ -155,6 +159,7 @@ def test_create_overlay_runs_as_the_runtime_user(folder: Path) -> None:
 
 
 @needs_root
+@pytest.mark.usefixtures("container_runtime")
 def test_create_overlay_has_only_the_users_rights(folder: Path) -> None:
     # root may write here, alice may not: failing proves the command did not run as root
     with pytest.raises(ApptainerError) as caught:
