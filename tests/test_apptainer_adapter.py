@@ -1,9 +1,13 @@
-"""rxslurm.daemon.apptainer against the Apptainer stand-in (tests/standin) put first on PATH."""
+"""rxslurm.daemon.apptainer against the real Apptainer (tests/cluster/apptainer.sh), the only one
+on PATH. Images are tiny SIFs built in the test from a static busybox, as a test user: root
+cannot start containers on the test machine (its capability set is short of Apptainer's), and
+nothing is pulled (pulls are tests/test_image_pull.py's, against the loopback registry)."""
 
 from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
@@ -16,14 +20,21 @@ from rxslurm.daemon import apptainer
 from rxslurm.daemon.apptainer import ApptainerError
 from rxslurm.daemon.image_cache import image_file_name
 from rxslurm.slurm.runas import RunAs
+from tests.support.cluster import run_as
+from tests.support.real_apptainer import APPTAINER
+from tests.support.registry import SMALL
 
-STANDIN = Path(__file__).resolve().parent / "standin"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="acting as a test user needs root")
+BUSYBOX = Path("/bin/busybox")  # busybox-static: runs in an image with no libraries
+BUILDER = "rxalice"
 
 
 @pytest.fixture(autouse=True)
-def standin_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", f"{STANDIN}:/usr/bin:/bin")
+def real_apptainer_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # spython runs `singularity` from PATH and the adapter looks `apptainer` up there: both must
+    # be the real one, whatever the caller's PATH holds. Not container_runtime here: the
+    # Dockerfile conversion and argument checks need no Apptainer.
+    monkeypatch.setenv("PATH", f"{Path(APPTAINER).parent}:/bin")
     monkeypatch.delenv("SPYTHON_SINGULARITY_VERSION", raising=False)
 
 
@@ -36,17 +47,48 @@ def folder() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def standin(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(STANDIN / "apptainer"), *argv], cwd=cwd, capture_output=True, text=True, check=False
+@pytest.fixture
+def build_folder(folder: Path, container_runtime: str) -> Path:
+    """``folder`` owned by the user who builds and runs the test images."""
+    builder = pwd.getpwnam(BUILDER)
+    os.chown(folder, builder.pw_uid, builder.pw_gid)
+    return folder
+
+
+def as_builder(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return run_as(BUILDER, [APPTAINER, *argv], timeout=120, cwd=cwd)
+
+
+def busybox_tree(folder: Path) -> Path:
+    """A root filesystem of one static busybox and the applets the tests' scripts use."""
+    tree = folder / "tree"
+    script = (
+        f"mkdir -p {tree}/bin {tree}/etc && cp {BUSYBOX} {tree}/bin/busybox"
+        f" && for applet in sh echo; do ln -s busybox {tree}/bin/$applet; done"
     )
+    made = run_as(BUILDER, ["/bin/sh", "-c", script])
+    assert made.returncode == 0, made.stderr
+    return tree
 
 
+def build(folder: Path, name: str, definition: str, *options: str) -> Path:
+    (folder / f"{name}.def").write_text(definition)
+    image = folder / f"{name}.sif"
+    built = as_builder("-s", "build", *options, str(image), str(folder / f"{name}.def"))
+    assert built.returncode == 0, built.stderr
+    return image
+
+
+@pytest.mark.usefixtures("container_runtime")
 def test_version_is_the_number(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert apptainer.apptainer_version() == "1.3.4"
+    said = subprocess.run([APPTAINER, "--version"], capture_output=True, text=True, check=True)
+    version = apptainer.apptainer_version()
+    assert version is not None and re.fullmatch(r"\d+\.\d+\.\d+\S*", version), version
+    assert said.stdout.strip() == f"apptainer version {version}"
+    assert tuple(int(part) for part in version.split(".")[:2]) >= (1, 4)
     # spython would report this variable instead of asking the binary; the adapter must not
     monkeypatch.setenv("SPYTHON_SINGULARITY_VERSION", "9.9.9")
-    assert apptainer.apptainer_version() == "1.3.4"
+    assert apptainer.apptainer_version() == version
 
 
 def test_version_is_none_without_apptainer(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
@@ -65,9 +107,9 @@ def test_without_apptainer_inspect_raises_apptainer_error(
 @needs_root
 def test_pull_reuses_a_root_owned_cached_image_without_pulling(folder: Path) -> None:
     # Pulls themselves (as the pull account, with limits) are tests/test_image_pull.py's.
-    cached = folder / image_file_name("docker://python:3.12-slim")
+    cached = folder / image_file_name(SMALL)
     cached.write_bytes(b"cached")
-    assert apptainer.pull("docker://python:3.12-slim", folder) == cached
+    assert apptainer.pull(SMALL, folder) == cached
     assert cached.read_bytes() == b"cached"
 
 
@@ -80,24 +122,29 @@ def test_pull_accepts_only_docker_oras_and_library(folder: Path, uri: str) -> No
     assert list(folder.iterdir()) == []
 
 
-def test_inspect_returns_the_labels(folder: Path) -> None:
-    (folder / "x.def").write_text(
-        "Bootstrap: docker\nFrom: alpine:3.19\n\n%labels\n    Team science\n"
+@needs_root
+def test_inspect_returns_the_labels(build_folder: Path) -> None:
+    tree = busybox_tree(build_folder)
+    definition = (
+        f"Bootstrap: localimage\nFrom: {tree}\n\n%labels\n    Team science\n"
         "%runscript\n    echo hi\n"
     )
-    assert standin("build", str(folder / "x.sif"), str(folder / "x.def")).returncode == 0
-    attributes = apptainer.inspect(folder / "x.sif")
+    attributes = apptainer.inspect(build(build_folder, "x", definition))
     assert attributes["labels"]["Team"] == "science"
-    assert attributes["labels"]["org.label-schema.usage.singularity.deffile.from"] == "alpine:3.19"
+    assert attributes["labels"]["org.label-schema.usage.singularity.deffile.from"] == str(tree)
     assert "echo hi" in attributes["runscript"]
+    assert attributes["deffile"].startswith("Bootstrap: localimage")
 
 
+@pytest.mark.usefixtures("container_runtime")
 def test_inspect_of_a_missing_image_is_an_apptainer_error(folder: Path) -> None:
-    with pytest.raises(ApptainerError, match="could not open image"):
+    with pytest.raises(ApptainerError, match="Failed to open image") as caught:
         apptainer.inspect(folder / "missing.sif")
+    assert caught.value.returncode == 255
 
 
 @needs_root
+@pytest.mark.usefixtures("container_runtime")
 def test_create_overlay_runs_as_the_runtime_user(folder: Path) -> None:
     alice = RunAs.for_user("rxalice")
     state = folder / "state"
@@ -112,6 +159,7 @@ def test_create_overlay_runs_as_the_runtime_user(folder: Path) -> None:
 
 
 @needs_root
+@pytest.mark.usefixtures("container_runtime")
 def test_create_overlay_has_only_the_users_rights(folder: Path) -> None:
     # root may write here, alice may not: failing proves the command did not run as root
     with pytest.raises(ApptainerError) as caught:
@@ -186,11 +234,38 @@ def test_a_dockerfile_without_from_is_an_apptainer_error() -> None:
         apptainer.dockerfile_to_definition("RUN echo hi\n")
 
 
-def test_converted_runscript_behaves_like_docker_run(folder: Path) -> None:
-    definition = apptainer.dockerfile_to_definition('FROM alpine\nCMD ["echo", "hello world"]\n')
-    (folder / "app.def").write_text(definition)
-    assert standin("build", str(folder / "app.sif"), str(folder / "app.def")).returncode == 0
-    default = standin("run", str(folder / "app.sif"), cwd=folder)
-    assert (default.returncode, default.stdout) == (0, "hello world\n")
-    replaced = standin("run", str(folder / "app.sif"), "echo", "other", cwd=folder)
-    assert replaced.stdout == "other\n"
+def from_local_image(definition: str, base: Path) -> str:
+    """A converted definition bootstrapped from a local SIF instead of a registry (no network)."""
+    header = definition.splitlines()[:2]
+    assert header[0] == "Bootstrap: docker" and header[1].startswith("From: "), header
+    rest = definition.split("\n", 2)[2]
+    return f"Bootstrap: localimage\nFrom: {base}\n{rest}"
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("dockerfile", "default", "replaced"),
+    [
+        ('FROM busybox\nCMD ["echo", "hello world"]\n', "hello world\n", "other\n"),
+        (
+            'FROM busybox\nENTRYPOINT ["echo", "ep"]\nCMD ["hello world"]\n',
+            "ep hello world\n",
+            "ep echo other\n",
+        ),
+    ],
+    ids=["cmd", "entrypoint"],
+)
+def test_converted_runscript_behaves_like_docker_run(
+    build_folder: Path, dockerfile: str, default: str, replaced: str
+) -> None:
+    tree = busybox_tree(build_folder)
+    base = as_builder("-s", "build", str(build_folder / "base.sif"), str(tree))
+    assert base.returncode == 0, base.stderr
+    definition = from_local_image(
+        apptainer.dockerfile_to_definition(dockerfile), build_folder / "base.sif"
+    )
+    image = build(build_folder, "app", definition, "--fakeroot")
+    ran = as_builder("run", str(image), cwd=build_folder)
+    assert (ran.returncode, ran.stdout) == (0, default), ran.stderr
+    ran = as_builder("run", str(image), "echo", "other", cwd=build_folder)
+    assert (ran.returncode, ran.stdout) == (0, replaced), ran.stderr
