@@ -90,18 +90,20 @@ render() { # TEMPLATE DEST MODE: (re)write DEST when it differs; CHANGED collect
 }
 
 readonly HOOK_WRAPPER=/usr/local/lib/rxslurm/job-event
+readonly EPILOG_WRAPPER=/usr/local/lib/rxslurm/node-epilog
+# install_hook_wrapper WRAPPER PROGRAM WHO: WRAPPER runs the checkout's PROGRAM when installed.
 install_hook_wrapper() {
-  mkdir -p "${HOOK_WRAPPER%/*}"
-  cat >"$HOOK_WRAPPER.tmp" <<WRAPPER
+  mkdir -p "${1%/*}"
+  cat >"$1.tmp" <<WRAPPER
 #!/bin/sh
-# rx-slurm test cluster: slurmctld runs this for every job; it pokes rxd through the checkout's
-# hook program when that is installed, and always exits 0.
-hook=$REPO/.venv/bin/rxslurm-job-event
+# rx-slurm test cluster: $3 runs this for every job; it runs the checkout's $2 when that is
+# installed, and always exits 0.
+hook=$REPO/.venv/bin/$2
 [ -x "\$hook" ] && "\$hook" >/dev/null 2>&1
 exit 0
 WRAPPER
-  chmod 755 "$HOOK_WRAPPER.tmp"
-  mv -f "$HOOK_WRAPPER.tmp" "$HOOK_WRAPPER"
+  chmod 755 "$1.tmp"
+  mv -f "$1.tmp" "$1"
 }
 
 write_configs() {
@@ -117,10 +119,11 @@ write_configs() {
   # slurm.conf Includes this file (Slurm 22.05 retries a missing include for 60 s, then gives
   # up): rx-slurm's controller hooks, as etc/slurm/rxslurm-hooks.conf shows a site, but through a
   # wrapper that finds this checkout's venv and is a no-op without it, so no job ever fails on it.
-  install_hook_wrapper
+  install_hook_wrapper "$HOOK_WRAPPER" rxslurm-job-event slurmctld
+  install_hook_wrapper "$EPILOG_WRAPPER" rxslurm-node-epilog "slurmd (as root, on the node)"
   local hooks
-  hooks=$(printf '# Written by tests/cluster/setup.sh: rx-slurm job-event hooks.\n%s\n%s\n' \
-    "PrologSlurmctld=$HOOK_WRAPPER" "EpilogSlurmctld=$HOOK_WRAPPER")
+  hooks=$(printf '# Written by tests/cluster/setup.sh: rx-slurm hooks.\n%s\n%s\n%s\n' \
+    "PrologSlurmctld=$HOOK_WRAPPER" "EpilogSlurmctld=$HOOK_WRAPPER" "Epilog=$EPILOG_WRAPPER")
   if [[ ! -e $HOOKS_CONF || $(cat "$HOOKS_CONF") != "$hooks" ]]; then
     printf '%s\n' "$hooks" >"$HOOKS_CONF"
     CHANGED+=("${HOOKS_CONF##*/}")
@@ -132,10 +135,11 @@ make_fake_gpus() {
   local n dev
   for n in 0 1; do
     dev=/dev/fakegpu$n
-    # A copy of /dev/null: Slurm only needs a device file to hand out.
-    if [[ ! -c $dev || $(stat -c '%t:%T' "$dev") != 1:3 ]]; then
+    # NVIDIA's device numbers (195:N), with no driver behind them: ConstrainDevices denies a job
+    # the GPUs it was not granted by number, so copies of /dev/null would deny /dev/null itself.
+    if [[ ! -c $dev || $(stat -c '%t:%T' "$dev") != "c3:$n" ]]; then
       rm -f "$dev"
-      mknod -m 0666 "$dev" c 1 3
+      mknod -m 0666 "$dev" c 195 "$n"
     fi
   done
   step "gpus: /dev/fakegpu0 /dev/fakegpu1 present"
