@@ -255,3 +255,17 @@ def test_main_logs_what_it_stopped(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_an_unexpected_error_is_logged_and_still_exits_0(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A failing Epilog drains the node in Slurm: nothing may escape main.
+    def broken(proc: Path) -> list[node_epilog.Proc]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(node_epilog, "scan", broken)
+    log = tmp_path / "epilog.log"
+    env = {"SLURM_JOB_ID": JOB, "SLURM_JOB_UID": str(ALICE)}
+    assert node_epilog.main(["--log", str(log)], env=env) == 0
+    assert "rxslurm-node-epilog: error: RuntimeError('boom')" in log.read_text()

@@ -235,13 +235,15 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     )
     parser.add_argument("--log", type=Path, default=LOG, help="file that records what was stopped")
     parser.add_argument("--proc", type=Path, default=PROC, help=argparse.SUPPRESS)
+    log = LOG
     try:
         args = parser.parse_args(argv)
-        run(os.environ if env is None else env, args.proc, max(0.0, args.grace), args.log)
+        log = args.log
+        run(os.environ if env is None else env, args.proc, max(0.0, args.grace), log)
     except SystemExit:
         pass
     except Exception as err:  # noqa: BLE001 - an Epilog that fails drains the node; never do that
-        _log(LOG, f"rxslurm-node-epilog: error: {err!r}")
+        _log(log, f"rxslurm-node-epilog: error: {err!r}")
     return 0
 
 
