@@ -321,6 +321,7 @@ step "users: test users present"
 check_repo_access
 remove_standin_links
 bash "$HERE/apptainer.sh"
+step "runtime: $(apptainer --version)" # the real binary's own words, for the CI log
 bash "$HERE/images.sh"
 bash "$HERE/registry.sh" # the pull account and a loopback OCI registry for the pull tests
 make_dirs
