@@ -23,12 +23,22 @@ BIDI_CONTROLS = frozenset(
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
+def _refused(char: str) -> bool:
+    return char in BIDI_CONTROLS or unicodedata.category(char) in _REFUSED_CATEGORIES
+
+
 def bad_character(text: str) -> str | None:
     """The first character of `text` that may not be stored, or None."""
     for char in text:
-        if char in BIDI_CONTROLS or unicodedata.category(char) in _REFUSED_CATEGORIES:
+        if _refused(char):
             return char
     return None
+
+
+def replace_bad(text: str, replacement: str = "?") -> str:
+    """`text` with every character `bad_character` would refuse replaced: for text rxd did not
+    choose and must keep anyway (what a user's process wrote), rather than refuse."""
+    return "".join(replacement if _refused(char) else char for char in text)
 
 
 def utf8_size(text: str) -> int:
