@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from rxslurm.daemon.text_checks import replace_bad, shorten
+from rxslurm.daemon.text_checks import MAX_REPORTED_CHARS, reported_line
 
 log = logging.getLogger("rxslurm.holder_status")
 
@@ -31,7 +31,7 @@ READ_TIMEOUT_S = 2.0
 # The words holder.sh starts its line with; anything else was not written by it.
 WORDS = frozenset({"starting", "running", "stopping", "stopped", "error"})
 # The line reaches the ledger (last_error, the instance name) and every member's terminal.
-MAX_LINE_CHARS = 512
+MAX_LINE_CHARS = MAX_REPORTED_CHARS
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -119,7 +119,7 @@ def parse_status(data: bytes, name: str = "the status file") -> HolderStatus:
     word = re.split(r"[\s:]", line, maxsplit=1)[0]
     if word not in WORDS:
         return HolderStatus(Kind.REFUSED, f"{name} holds no status line the holder writes")
-    return HolderStatus(Kind.LINE, shorten(replace_bad(line), MAX_LINE_CHARS))
+    return HolderStatus(Kind.LINE, reported_line(line, MAX_LINE_CHARS))
 
 
 @dataclass

@@ -62,6 +62,15 @@ def check_text(label: str, value: Any, max_bytes: int, *, allow_empty: bool = Tr
     return value
 
 
+# How much of a line another program wrote (the holder, Apptainer) rxd keeps as a reason.
+MAX_REPORTED_CHARS = 512
+
+
+def reported_line(text: str, limit: int = MAX_REPORTED_CHARS) -> str:
+    """A line another program wrote, fit to store and show: unsafe characters replaced, cut."""
+    return shorten(replace_bad(text), limit)
+
+
 def shorten(text: str, limit: int) -> str:
     """`text` cut to at most `limit` characters (limit >= 40), saying how much was left out."""
     if len(text) <= limit:

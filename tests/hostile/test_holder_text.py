@@ -4,7 +4,8 @@ The runtime user (or anything in their container) writes `job-N.status`; its lin
 container's `last_error` or instance name, which `rxctl status`, `rxctl exec` and admins' lists
 show to every member. rxctl escapes what it prints, but the ledger must not hold control or bidi
 characters in the first place (other clients, logs, the platform read it too), nor a page of text.
-Fast tests: no root, no Slurm.
+The same holds for Apptainer's error lines (a failed pull's reason quotes what a registry said),
+which become `last_error` too. Fast tests: no root, no Slurm.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rxslurm.daemon.apptainer import last_fatal
 from rxslurm.daemon.holder_status import (
     MAX_LINE_CHARS,
     HolderStatus,
@@ -94,3 +96,16 @@ def test_the_reconciler_stores_a_clean_last_error_and_instance(tmp_path: Path) -
     assert failed["last_error"] == "?[2J?boom?"
     assert running["state"] == "running"
     assert running["instance"] == "rx-?b?[31m"
+
+
+def test_apptainers_fatal_line_is_stored_clean_and_bounded() -> None:
+    output = "INFO: pulling\nFATAL: registry said: \x1b]8;;http://x\x07click\u202e " + "y" * 5000
+    reason = last_fatal(output)
+    assert bad_character(reason) is None
+    assert reason.startswith("registry said: ?]8;;http://x?click? yyy")
+    assert len(reason) <= MAX_LINE_CHARS
+
+
+def test_apptainers_last_line_is_cleaned_without_a_fatal_line() -> None:
+    assert last_fatal("one\n\x9b31mtwo\n") == "?31mtwo"
+    assert last_fatal("") == "no output"
