@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rxslurm.daemon.config import ApptainerConfig
+from rxslurm.daemon.text_checks import reported_line
 from rxslurm.slurm.runas import RunAs, run
 
 OVERLAY_TIMEOUT = 600.0  # mkfs.ext3 of a large sparse file takes a while on slow disks
@@ -52,12 +53,14 @@ class ApptainerError(RuntimeError):
 
 
 def last_fatal(output: str) -> str:
-    """The text of the last ``FATAL:`` line, else the last non-empty line."""
+    """The text of the last ``FATAL:`` line, else the last non-empty line; it becomes a
+    container's last_error, and may quote what a registry or an image said: no control or bidi
+    characters, at most a few hundred characters."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     for line in reversed(lines):
         if line.startswith("FATAL:"):
-            return line[len("FATAL:") :].strip()
-    return lines[-1] if lines else "no output"
+            return reported_line(line[len("FATAL:") :].strip())
+    return reported_line(lines[-1]) if lines else "no output"
 
 
 def _client() -> Any:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from rxslurm.daemon.text_checks import MAX_REPORTED_CHARS, reported_line
+
 log = logging.getLogger("rxslurm.holder_status")
 
 # The holder writes one short line ("running rx-p-42", "error: ..."); a page is plenty.
@@ -28,7 +30,8 @@ MAX_BYTES = 4096
 READ_TIMEOUT_S = 2.0
 # The words holder.sh starts its line with; anything else was not written by it.
 WORDS = frozenset({"starting", "running", "stopping", "stopped", "error"})
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# The line reaches the ledger (last_error, the instance name) and every member's terminal.
+MAX_LINE_CHARS = MAX_REPORTED_CHARS
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -106,7 +109,8 @@ def _read_open(fd: int, name: str, uid: int) -> HolderStatus:
 
 
 def parse_status(data: bytes, name: str = "the status file") -> HolderStatus:
-    """The first line, if it is one holder.sh writes; control characters never pass."""
+    """The first line, if it is one holder.sh writes; control and bidi characters never pass
+    (each becomes "?"), and it is cut to MAX_LINE_CHARS."""
     if b"\0" in data:
         return HolderStatus(Kind.REFUSED, f"{name} holds binary data")
     line = data.decode("utf-8", "replace").split("\n", 1)[0].strip()
@@ -115,7 +119,7 @@ def parse_status(data: bytes, name: str = "the status file") -> HolderStatus:
     word = re.split(r"[\s:]", line, maxsplit=1)[0]
     if word not in WORDS:
         return HolderStatus(Kind.REFUSED, f"{name} holds no status line the holder writes")
-    return HolderStatus(Kind.LINE, _CONTROL.sub("?", line))
+    return HolderStatus(Kind.LINE, reported_line(line, MAX_LINE_CHARS))
 
 
 @dataclass

@@ -16,9 +16,17 @@ Conventions of the schema:
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
 from sqlite_utils import Database, Migrations
 
 MIGRATION_SET = "rxslurm"
+
+log = logging.getLogger("rxslurm.ledger")
 
 migrations = Migrations(MIGRATION_SET)
 
@@ -241,3 +249,64 @@ def m005_workspace_owner(db: Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations()
+def m006_rename_unreachable_projects(db: Database) -> None:
+    """Rename projects whose names an older rxd accepted but no request can name any more.
+
+    Before names were matched in full, "x\\n" (a trailing newline) was stored; the API now refuses
+    such a name in every path, so nobody (its owners, admins) could show, stop, disable or delete
+    that project, and a container of it could hold a quota lease for good. Each one becomes
+    `renamed-<id>` (a suffix if that is taken), with its container, leases and project quotas,
+    and an audit event `project.renamed` saying what it was called. Its workspace and container
+    folder paths follow the new name like every project's: the old folders are not moved (a
+    migration touches the ledger only, and their names end in a control character), they stay
+    where they are, their owner's, and the event names them for an admin to move or archive.
+    """
+    # The rule of this migration, spelled out: later changes to the name rule do not change it.
+    good = re.compile(r"[a-z](?:[a-z0-9-]{0,19}[a-z0-9])?")
+    rows = db.execute("SELECT id, name, workspace FROM projects ORDER BY id").fetchall()
+    taken = {name for _, name, _ in rows}
+    at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for project_id, old, workspace in rows:
+        if good.fullmatch(old):
+            continue
+        new, n = f"renamed-{project_id}", 1
+        while new in taken or _container_name_taken(db, f"rx-{new}"):
+            n += 1
+            new = f"renamed-{project_id}-{n}"
+        taken.add(new)
+        old_workspace = workspace or ""
+        new_workspace = str(PurePosixPath(old_workspace).parent / new) if old_workspace else ""
+        db.execute(
+            "UPDATE projects SET name = ?, workspace = ? WHERE id = ?",
+            [new, new_workspace, project_id],
+        )
+        containers = db.execute(
+            "SELECT id, name, state_dir FROM containers WHERE project_id = ?", [project_id]
+        ).fetchall()
+        for container_id, _, _ in containers:
+            db.execute("UPDATE containers SET name = ? WHERE id = ?", [f"rx-{new}", container_id])
+        db.execute("UPDATE leases SET project = ? WHERE project = ?", [new, old])
+        db.execute(
+            "UPDATE quotas SET subject = ? WHERE scope = 'project' AND subject = ?", [new, old]
+        )
+        detail = {
+            "from": old[:256],
+            "to": new,
+            "why": "its name is not one the API accepts, so nobody could reach it",
+            "old_workspace": old_workspace[:4096],
+            "workspace": new_workspace,
+            "old_container_folders": [(state_dir or "")[:4096] for _, _, state_dir in containers],
+        }
+        db.execute(
+            "INSERT INTO events (at, actor, actor_uid, origin, action, target_type, target_id,"
+            " detail) VALUES (?, 'rxd', NULL, 'migration', 'project.renamed', 'project', ?, ?)",
+            [at, new, json.dumps(detail)],
+        )
+        log.warning("renamed a project no request could name", extra=detail)
+
+
+def _container_name_taken(db: Database, name: str) -> bool:
+    return bool(db.execute("SELECT 1 FROM containers WHERE name = ?", [name]).fetchone())

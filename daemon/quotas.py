@@ -8,14 +8,19 @@ of leases never exceeds a quota. Leases go when the container rests (stopped, er
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from rxslurm.daemon.errors import BadRequest, NotFound
 from rxslurm.daemon.ledger import LedgerDatabase
 from rxslurm.daemon.records import to_timestamp, utcnow
+from rxslurm.daemon.text_checks import check_text
 
 SCOPES = ("deployment", "project", "user")
+# A Linux user name as passwd holds it: no separator of its own (:), no path, no space; bounded.
+# (Names from a directory service, "alice@example.org", are names too.)
+LINUX_USER = re.compile(r"[^\s:/]{1,64}")
 # Resource column, lease column, how people read it.
 RESOURCES = (
     ("max_gpus", "gpus", "GPUs"),
@@ -170,8 +175,8 @@ def parse_quota(body: dict[str, Any], partitions: set[str]) -> dict[str, Any]:
     if scope == "deployment":
         if subject:
             raise BadRequest("a deployment quota has no subject")
-    elif not isinstance(subject, str) or not subject or any(ord(c) < 32 for c in subject):
-        raise BadRequest(f"a {scope} quota needs the {scope}'s name as subject")
+    else:
+        subject = check_subject(scope, subject)
     values: dict[str, Any] = {"partition": partition, "scope": scope, "subject": subject}
     for key in ("max_gpus", "max_cpus", "max_mem_mb", "max_containers"):
         value = body.get(key, 0)
@@ -187,6 +192,26 @@ def parse_quota(body: dict[str, Any], partitions: set[str]) -> dict[str, Any]:
     if not any(values[k] for k in ("max_gpus", "max_cpus", "max_mem_mb", "max_containers")):
         raise BadRequest("a quota needs at least one limit (gpus, cpus, mem_mb or containers)")
     return values
+
+
+def check_subject(scope: str, subject: Any) -> str:
+    """A project's or a Linux user's name, matched in full: it is stored, shown to admins and,
+    for a mirrored user quota, handed to sacctmgr."""
+    needs = f"a {scope} quota needs the {scope}'s name as subject"
+    if not isinstance(subject, str) or not subject:
+        raise BadRequest(needs)
+    try:
+        check_text("subject", subject, 256)
+        if scope == "project":
+            # Imported here: projects imports (through states) this module.
+            from rxslurm.daemon.projects import check_project_name
+
+            check_project_name(subject)
+        elif not LINUX_USER.fullmatch(subject):
+            raise BadRequest("a Linux user name has 1-64 characters, no spaces, ':' or '/'")
+    except BadRequest as exc:
+        raise BadRequest(f"{needs}: {exc.message}") from None
+    return subject
 
 
 def set_quota(db: LedgerDatabase, values: dict[str, Any], actor: str) -> dict[str, Any]:

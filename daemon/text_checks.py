@@ -23,12 +23,22 @@ BIDI_CONTROLS = frozenset(
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
+def _refused(char: str) -> bool:
+    return char in BIDI_CONTROLS or unicodedata.category(char) in _REFUSED_CATEGORIES
+
+
 def bad_character(text: str) -> str | None:
     """The first character of `text` that may not be stored, or None."""
     for char in text:
-        if char in BIDI_CONTROLS or unicodedata.category(char) in _REFUSED_CATEGORIES:
+        if _refused(char):
             return char
     return None
+
+
+def replace_bad(text: str, replacement: str = "?") -> str:
+    """`text` with every character `bad_character` would refuse replaced: for text rxd did not
+    choose and must keep anyway (what a user's process wrote), rather than refuse."""
+    return "".join(replacement if _refused(char) else char for char in text)
 
 
 def utf8_size(text: str) -> int:
@@ -50,6 +60,15 @@ def check_text(label: str, value: Any, max_bytes: int, *, allow_empty: bool = Tr
             f"{label} must not contain control or bidi characters (found U+{ord(char):04X})"
         )
     return value
+
+
+# How much of a line another program wrote (the holder, Apptainer) rxd keeps as a reason.
+MAX_REPORTED_CHARS = 512
+
+
+def reported_line(text: str, limit: int = MAX_REPORTED_CHARS) -> str:
+    """A line another program wrote, fit to store and show: unsafe characters replaced, cut."""
+    return shorten(replace_bad(text), limit)
 
 
 def shorten(text: str, limit: int) -> str:

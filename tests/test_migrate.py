@@ -113,6 +113,7 @@ ALL_MIGRATIONS = [
     "m003_container_jobs",
     "m004_quotas_and_leases",
     "m005_workspace_owner",
+    "m006_rename_unreachable_projects",
 ]
 
 
