@@ -21,12 +21,13 @@ from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import RXCTL, VENV_BIN, Rxd, new_rxd
 from tests.support.lifecycle import lifecycle_config, ok
 from tests.support.munge import needs_munged, other_munged  # noqa: F401
+from tests.support.real_apptainer import BASE_IMAGE
 
 pytestmark = [pytest.mark.cluster, needs_munged]
 
 ALICE_UID = 2001
 BOB_UID = 2002
-IMAGE = "docker://python:3.12-slim"
+IMAGE = str(BASE_IMAGE)  # built locally by tests/cluster/images.sh
 
 
 def free_port() -> int:

@@ -13,9 +13,10 @@ from pathlib import Path
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import start_rxd
+from tests.support.real_apptainer import BASE_IMAGE
 
 USERS = ("rxalice", "rxbob", "rxcarol", "rxdave")
-IMAGE = "docker://python:3.12-slim"
+IMAGE = str(BASE_IMAGE)  # built locally by tests/cluster/images.sh
 RESTING = ("stopped", "disabled", "error")
 
 
@@ -28,9 +29,10 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
     return result
 
 
-def refused(result: subprocess.CompletedProcess[str]) -> str:
-    """The one `Error: ...` line of a refused rxctl command."""
-    assert result.returncode == 1, (result.stdout, result.stderr)
+def refused(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """The one `Error: ...` line of a refused rxctl command (exec and shell exit 125 when rxctl
+    itself, not the command, fails)."""
+    assert result.returncode == code, (result.stdout, result.stderr)
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     return lines[0]

@@ -30,10 +30,11 @@ from rxslurm.daemon.settings import Settings
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import VENV_BIN, Rxd
 from tests.support.lifecycle import ok, start_rxd
+from tests.support.real_apptainer import BASE_IMAGE
 
 pytestmark = pytest.mark.hostile
 
-IMAGE = "docker://python:3.12-slim"
+IMAGE = str(BASE_IMAGE)  # built locally by tests/cluster/images.sh
 
 # As a test user: one raw request on the API socket, as curl would send it (no CLI checks).
 RAW_REQUEST = r"""
