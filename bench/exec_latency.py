@@ -59,7 +59,8 @@ def raw_step(row: dict[str, Any], project: str, command: Sequence[str]) -> list[
         runas=RunAs.for_user(row["runtime_user"]),
     )
     srun = shutil.which("srun") or "srun"
-    return srun_argv(srun, "apptainer", target, ExecRequest(project, tuple(command)))
+    request = ExecRequest(project, tuple(command))
+    return srun_argv(srun, "apptainer", target, request, "rx-exec-bench")
 
 
 def raw_env(row: dict[str, Any]) -> dict[str, str]:

@@ -46,6 +46,7 @@ from rxslurm.daemon.peercred import Caller, UnknownCaller, peer_credentials, res
 from rxslurm.daemon.roles import Action
 from rxslurm.daemon.states import State
 from rxslurm.slurm.runas import SAFE_PATH, clean_env
+from rxslurm.slurm.step_signal import StepSignaller, new_step_name, subprocess_alive
 
 log = logging.getLogger("rxslurm.exec")
 
@@ -244,15 +245,19 @@ def _encodable(text: str) -> bool:
 
 
 def srun_argv(
-    srun: str, apptainer: str, target: containers.ExecTarget, request: ExecRequest
+    srun: str,
+    apptainer: str,
+    target: containers.ExecTarget,
+    request: ExecRequest,
+    step_name: str,
 ) -> list[str]:
     """The step: every user-given word is one argv item after the instance, never a shell line."""
     argv = [srun, f"--jobid={target.job_id}", "--overlap", "--ntasks=1", "--quiet"]
-    # One Ctrl-C is SIGINT to the command and everything it started, as a terminal's would, and
-    # a second within a second ends the step (srun's default only prints a status on the first).
-    # Not --quit-on-interrupt: it races its SIGINT against cancelling the step, and the cancel
-    # can win, leaving the command's children inside the instance and reporting exit 0.
+    # Ctrl-C never reaches srun: rxd (or rxctl) gives SIGINT to the step's processes itself, found
+    # by this name (slurm/step_signal.py). srun's own SIGINT handling would end the step: with
+    # --quit-on-interrupt at once, otherwise (--disable-status) right after passing SIGINT on.
     argv.append("--disable-status")
+    argv.append(f"--job-name={step_name}")
     if request.tty:
         argv.append("--pty")
     argv += ["--", apptainer, "shell" if request.shell else "exec"]
@@ -310,6 +315,7 @@ class Session:
         self.fds: list[int] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.plumbing: Plumbing | None = None
+        self.interrupter: StepSignaller | None = None
         self.stopping = False
 
     # -- the conversation ------------------------------------------------------------------
@@ -440,7 +446,8 @@ class Session:
         self, target: containers.ExecTarget, request: ExecRequest, pending: list[dict[str, Any]]
     ) -> None:
         program = apptainer.program(self.daemon.config.apptainer)
-        argv = srun_argv(self.server.srun(), program, target, request)
+        step_name = new_step_name()
+        argv = srun_argv(self.server.srun(), program, target, request, step_name)
         sessions = self.daemon.reconciler.sessions
         try:
             plumbing = Plumbing(self.fds, request.tty, strip_srun_task_lines)
@@ -474,6 +481,13 @@ class Session:
                 raise Unavailable(f"cannot start srun: {exc}") from None
             finally:
                 plumbing.child_started()
+            self.interrupter = StepSignaller(
+                target.job_id,
+                step_name,
+                as_user=target.runas,
+                bin_dir=self.daemon.config.slurm.bin_dir,
+                alive=subprocess_alive(self.proc),
+            )
             if plumbing.terminal is not None:
                 plumbing.terminal.make_raw()  # srun --pty makes the pty raw, rxd the caller's
             self.server.track(self)
@@ -564,6 +578,10 @@ class Session:
             raise ProtocolError(f"cannot forward signal {name!r}")
         if signum == signal.SIGWINCH and self.plumbing and self.plumbing.terminal:
             self.plumbing.terminal.copy_size_to(self.plumbing.pty)
+        if signum == signal.SIGINT and self.interrupter is not None:
+            # To the step's processes, once; srun would end the step (slurm/step_signal.py).
+            self.interrupter.send("INT")
+            return
         self.signal(signum)
 
     def signal(self, signum: int) -> None:

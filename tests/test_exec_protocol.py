@@ -186,7 +186,7 @@ TARGET = containers.ExecTarget(
 
 def test_the_step_is_an_overlapping_srun_with_the_users_words_last() -> None:
     request = ExecRequest.parse({"project": "alpha", "argv": HOSTILE})
-    argv = srun_argv("/usr/bin/srun", "apptainer", TARGET, request)
+    argv = srun_argv("/usr/bin/srun", "apptainer", TARGET, request, "rx-exec-00")
     assert argv == [
         "/usr/bin/srun",
         "--jobid=42",
@@ -194,6 +194,7 @@ def test_the_step_is_an_overlapping_srun_with_the_users_words_last() -> None:
         "--ntasks=1",
         "--quiet",
         "--disable-status",
+        "--job-name=rx-exec-00",
         "--",
         "apptainer",
         "exec",
@@ -206,7 +207,7 @@ def test_the_step_is_an_overlapping_srun_with_the_users_words_last() -> None:
 
 def test_a_shell_asks_srun_for_a_terminal() -> None:
     request = ExecRequest.parse({"project": "alpha", "shell": True, "tty": True, "cwd": None})
-    argv = srun_argv("srun", "apptainer", TARGET, request)
+    argv = srun_argv("srun", "apptainer", TARGET, request, "rx-exec-00")
     assert "--pty" in argv[: argv.index("--")]
     assert argv[argv.index("--") + 1 :] == ["apptainer", "shell", "instance://rx-alpha-42"]
 

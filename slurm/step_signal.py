@@ -1,0 +1,149 @@
+"""Ctrl-C for an exec step: one SIGINT to the step's processes, as a terminal gives its foreground.
+
+srun has no way to pass a single SIGINT on and leave the step alive: with `--quit-on-interrupt`
+its first SIGINT kills the step, without it the first only prints a status and a second within a
+second forwards SIGINT and then aborts the step (SIGKILL). Either way a command's `trap ... INT`
+(a checkpoint on interrupt) races a SIGKILL. So srun never gets SIGINT. The step is named when it
+is started (`srun --job-name=NAME`), found by that name in squeue, and signalled with
+`scancel --signal=INT JOB.STEP`, which slurmstepd delivers to the step's processes once and does
+not end the step: the command decides how it ends, as it would at a local terminal.
+
+Used by rxd for the steps it runs and by rxctl for the steps it starts itself (exec across hosts).
+Runs the Slurm commands as the step's own user; no shell, argv only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+from rxslurm.slurm.runas import SAFE_PATH, RunAs, run
+
+log = logging.getLogger("rxslurm.step_signal")
+
+# A step appears in squeue shortly after srun starts it; a Ctrl-C that comes first waits this long.
+FIND_TIMEOUT_S = 15.0
+FIND_POLL_S = 0.1
+COMMAND_TIMEOUT_S = 10.0
+STEP_NAME_PREFIX = "rx-exec-"
+
+
+def new_step_name() -> str:
+    """A name no other step has: the step is found by it."""
+    return STEP_NAME_PREFIX + secrets.token_hex(8)
+
+
+def parse_steps(text: str, name: str) -> str | None:
+    """The id ("J.S") of the step called `name` in `squeue --steps -o %i|%j` output."""
+    for line in text.splitlines():
+        step_id, sep, step_name = line.strip().partition("|")
+        if sep and step_name == name and _is_step_id(step_id):
+            return step_id
+    return None
+
+
+def _is_step_id(text: str) -> bool:
+    job, sep, step = text.partition(".")
+    return bool(sep) and job.isdigit() and step.isdigit()
+
+
+class StepSignaller:
+    """Delivers signals to one named step of one job, in order, off the caller's thread.
+
+    `alive` says whether the srun that runs the step is still there: once it is gone, nothing is
+    left to signal and pending signals are dropped.
+    """
+
+    def __init__(
+        self,
+        job_id: int,
+        step_name: str,
+        *,
+        as_user: RunAs | None = None,
+        bin_dir: str | None = None,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.job_id = job_id
+        self.step_name = step_name
+        self.as_user = as_user
+        self.bin_dir = bin_dir
+        self.alive = alive
+        self.step_id: str | None = None
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+
+    def send(self, signal_name: str) -> None:
+        """Queue one signal (a name such as "INT"); returns at once."""
+        with self._lock:
+            self._pending.append(signal_name)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(
+                    target=self._deliver, name="rx-step-signal", daemon=True
+                )
+                self._worker.start()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """For tests and orderly ends: until the queued signals are delivered or dropped."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+
+    def _deliver(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._worker = None
+                    return
+                name = self._pending.pop(0)
+            try:
+                step_id = self.step_id or self._find()
+                if step_id is None:
+                    continue  # srun ended before its step showed up: nothing to interrupt
+                self.step_id = step_id
+                self._scancel(name, step_id)
+            except Exception:
+                log.exception("cannot signal the exec step", extra={"job_id": self.job_id})
+
+    def _binary(self, name: str) -> str:
+        found = shutil.which(name, path=self.bin_dir or os.environ.get("PATH") or SAFE_PATH)
+        if found is None:
+            raise FileNotFoundError(f"{name} not found")
+        return found
+
+    def _find(self) -> str | None:
+        argv = [
+            self._binary("squeue"),
+            "--steps",
+            f"--jobs={self.job_id}",
+            "--noheader",
+            "--format=%i|%j",
+        ]
+        deadline = time.monotonic() + FIND_TIMEOUT_S
+        while self.alive() and time.monotonic() < deadline:
+            result = run(argv, self.as_user, timeout=COMMAND_TIMEOUT_S)
+            if result.returncode == 0:
+                found = parse_steps(result.stdout, self.step_name)
+                if found is not None:
+                    return found
+            time.sleep(FIND_POLL_S)
+        return None
+
+    def _scancel(self, name: str, step_id: str) -> None:
+        argv = [self._binary("scancel"), "--quiet", f"--signal={name}", step_id]
+        result = run(argv, self.as_user, timeout=COMMAND_TIMEOUT_S)
+        if result.returncode != 0 and self.alive():
+            log.warning(
+                "scancel could not signal the exec step",
+                extra={"step": step_id, "error": result.stderr.strip()[:200]},
+            )
+
+
+def subprocess_alive(proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: proc.poll() is None
