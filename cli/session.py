@@ -58,20 +58,19 @@ class WaitLine:
 
 def run_session(client: Client, project: str, request: dict[str, Any]) -> int:
     """Run the session; the command's exit status, or exec_client.ExecError."""
-    if client.door is not None and client.door.kind == "network":
-        # Exec across hosts is not built yet; never fall back to a local socket.
-        raise exec_client.ExecError(
-            "exec is not served over the network door yet: run it on rxd's host"
-        )
     wait = WaitLine(project)
     request = {"project": project, **request}
+    hooks: dict[str, Any] = {
+        "on_progress": wait.progress,
+        "on_tick": wait.redraw if wait.tty else None,
+        "on_ready": wait.done,
+    }
     try:
-        return exec_client.run(
-            exec_client.exec_socket_for(client.path),
-            request,
-            on_progress=wait.progress,
-            on_tick=wait.redraw if wait.tty else None,
-            on_ready=wait.done,
-        )
+        if client.door is not None and client.door.kind == "network":
+            # Across hosts: the same protocol over the network door (never the local socket).
+            from rxslurm.cli import exec_remote
+
+            return exec_remote.run(client.door, request, **hooks)
+        return exec_client.run(exec_client.exec_socket_for(client.path), request, **hooks)
     finally:
         wait.done()

@@ -277,7 +277,7 @@ def child_env(target: containers.ExecTarget, request: ExecRequest) -> dict[str, 
 
 
 def actor_for(daemon: Daemon, caller: Caller) -> Actor:
-    """The same rule as actors.actor_of, for a caller of the exec socket."""
+    """The same rule as actors.actor_of, for a caller of the exec socket or the network door."""
     if daemon.config.identity.mode == "local":
         platform_user = auto_bind_local(daemon.ledger, daemon.config, caller.uid)
     else:
@@ -287,8 +287,9 @@ def actor_for(daemon: Daemon, caller: Caller) -> Actor:
         platform_user=platform_user,
         uid=caller.uid,
         user=caller.user,
-        admin=daemon.is_admin(caller),
-        origin="socket",
+        # Admin powers only through the service host's socket (daemon/munge_door.py says why).
+        admin=caller.door == "socket" and daemon.is_admin(caller),
+        origin=caller.door,
     )
 
 
@@ -325,25 +326,69 @@ class Session:
             self.conn.sendall(encode(message))
 
     def serve(self) -> None:
-        try:
+        """A session of the exec socket: the caller is the kernel's answer for the peer."""
+
+        def converse() -> None:
             try:
                 caller = resolve_caller(*peer_credentials(self.conn))
             except (OSError, UnknownCaller) as exc:
                 raise ProtocolError(str(exc)) from None
             data, self.fds, rest = receive_request(self.conn)
-            request = ExecRequest.parse(data)
-            pending = self.reader.feed(rest)
-            # Reads happen only when poll says so; this bounds a send to a client not reading.
-            self.conn.settimeout(REPLY_TIMEOUT_S)
-            if request.tty and not os.isatty(self.fds[0]):
-                raise BadRequest("a terminal session needs a terminal on stdin")
-            actor = self.server.call(actor_for, self.daemon, caller)
-            rt = self.daemon.runtime
-            target = self.server.call(containers.exec_target, rt, actor, request.project)
-            if target is None:
-                target = self.wait_running(actor, request, pending)
-                pending = []  # read while waiting
-            self.run(target, request, pending)
+            self.converse(caller, data, rest)
+
+        self.guarded(converse)
+
+    def serve_network(self, caller: Caller, data: dict[str, Any], fds: list[int]) -> None:
+        """A session of the network door (daemon/exec_door.py): the caller proved by MUNGE, the
+        descriptors rxd's own ends of the stream's channels. A caller who is the container's
+        runtime user is told the step to start itself (`direct`) and rxd holds nothing."""
+        self.fds = fds
+        self.guarded(lambda: self.converse(caller, data, b"", direct_allowed=True))
+
+    def converse(
+        self, caller: Caller, data: dict[str, Any], rest: bytes, direct_allowed: bool = False
+    ) -> None:
+        request = ExecRequest.parse(data)
+        pending = self.reader.feed(rest)
+        # Reads happen only when poll says so; this bounds a send to a client not reading.
+        self.conn.settimeout(REPLY_TIMEOUT_S)
+        if request.tty and not os.isatty(self.fds[0]):
+            raise BadRequest("a terminal session needs a terminal on stdin")
+        actor = self.server.call(actor_for, self.daemon, caller)
+        rt = self.daemon.runtime
+        target = self.server.call(containers.exec_target, rt, actor, request.project)
+        if target is None:
+            target = self.wait_running(actor, request, pending)
+            pending = []  # read while waiting
+        if direct_allowed and caller.uid == target.runas.uid:
+            step = self.direct_step(target, request)
+            log.info(
+                "exec step handed to its caller",
+                extra={"project": request.project, "job_id": target.job_id, "uid": caller.uid},
+            )
+            self.send({"direct": step})
+            return
+        if direct_allowed:
+            # The client holds its stdin back until it knows rxd, not itself, runs the step.
+            self.send({"relayed": True})
+        self.run(target, request, pending)
+
+    def direct_step(self, target: containers.ExecTarget, request: ExecRequest) -> dict[str, Any]:
+        """What a caller who is the runtime user needs to start the step on their own host: the
+        same argv (srun found on their PATH), environment and step name as rxd's own."""
+        step_name = new_step_name()
+        argv = srun_argv("srun", self.daemon.config.apptainer.binary, target, request, step_name)
+        return {
+            "argv": argv,
+            "env": child_env(target, request),
+            "job_id": target.job_id,
+            "step_name": step_name,
+        }
+
+    def guarded(self, converse: Callable[[], None]) -> None:
+        """Run the conversation; every way it ends is one `exit` or `error` message."""
+        try:
+            converse()
         except ClientGone as gone:
             if gone.exit_code is not None:
                 self.send({"exit": gone.exit_code})

@@ -28,6 +28,7 @@ from rxslurm.daemon.api import make_app
 from rxslurm.daemon.config import Config, PlatformConfig, listen_address
 from rxslurm.daemon.conn_caps import ConnectionCap, capped
 from rxslurm.daemon.context import DAEMON, Daemon
+from rxslurm.daemon.exec_door import EXEC_SERVER
 from rxslurm.daemon.exec_server import ExecServer
 from rxslurm.daemon.ledger import Ledger
 from rxslurm.daemon.platform import platform_identify, read_token
@@ -230,6 +231,7 @@ async def serve(config: Config) -> None:
             "platform API serving",
             extra={"listen": config.platform.listen, "tls": context is not None},
         )
+    exec_server = ExecServer.start(daemon)
     if config.daemon.listen:
         # The network door gets the same per-address cap and keep-alive as the platform's.
         door_cap = ConnectionCap(limits.connections_per_uid)
@@ -237,14 +239,13 @@ async def serve(config: Config) -> None:
             await munge_door.start(
                 daemon,
                 ROUTES,
-                {DAEMON: daemon, routes_system.HEALTH: health},
+                {DAEMON: daemon, routes_system.HEALTH: health, EXEC_SERVER: exec_server},
                 keepalive_s=limits.keepalive_s,
                 make_site=lambda r, h, p: CappedTCPSite(r, h, p, door_cap),
             )
         )
 
     daemon.reconciler.start()
-    exec_server = ExecServer.start(daemon)
     # A partition QOS set with scontrol is lost when slurmctld restarts: put the mirror back,
     # in the background (Slurm may be slow to answer; serving must not wait on it).
     mirror = asyncio.create_task(asyncio.to_thread(_mirror_quotas, daemon))

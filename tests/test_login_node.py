@@ -1,0 +1,196 @@
+"""rxctl on a login node: nothing of rxd's host is visible there but its network door.
+
+Every command runs in a mount namespace (tests/support/login_node.py) where rxd's socket and
+ledger folders are empty tmpfs mounts; munged and the shared storage are as on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pexpect
+import pytest
+
+from tests.support.cluster import wait_for
+from tests.support.daemon import RXCTL, Rxd, new_rxd
+from tests.support.lifecycle import lifecycle_config, ok
+from tests.support.login_node import REPO, login_argv, run_on_login_node
+from tests.support.munge import needs_munged
+from tests.test_exec_e2e import processes_with, sleeping
+from tests.test_tcp_door import free_port
+
+pytestmark = [pytest.mark.cluster, needs_munged]
+
+IMAGE = "docker://python:3.12-slim"
+PROJECT = "ln-main"
+ALICE_UID = 2001
+
+
+class LoginNode:
+    def __init__(self, rxd: Rxd, port: int) -> None:
+        self.rxd = rxd
+        self.server = f"127.0.0.1:{port}"
+        self.hidden = [rxd.root / "run", rxd.root / "state"]
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {"RXSLURM_SERVER": self.server, **(extra or {})}
+
+    def run(self, user: str, *argv: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return run_on_login_node(user, argv, self.hidden, self.env(), input=input)
+
+    def rxctl(self, user: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return self.run(user, RXCTL, *args, input=input)
+
+    def argv(self, user: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+        return login_argv(user, [RXCTL, *args], self.hidden, self.env(env))
+
+    def status(self, user: str = "rxalice") -> dict:
+        result = ok(self.rxctl(user, "status", "--project", PROJECT, "--json"))
+        return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def login() -> Iterator[LoginNode]:
+    port = free_port()
+    rxd = new_rxd(lambda root: f'listen = "127.0.0.1:{port}"\n' + lifecycle_config(root))
+    rxd.start()
+    node = LoginNode(rxd, port)
+    try:
+        yield node
+    finally:
+        try:
+            node.rxctl("rxalice", "stop", "--project", PROJECT)
+        finally:
+            rxd.cancel_own_jobs()
+            assert rxd.stop() == 0, rxd.log_text()
+            shutil.rmtree(rxd.root, ignore_errors=True)
+
+
+def running(login: LoginNode) -> dict:
+    """The module's project, created and enabled from the login node once, running."""
+    if login.rxctl("rxalice", "status", "--project", PROJECT, "--json").returncode != 0:
+        ok(login.rxctl("rxalice", "project", "create", PROJECT, "--image", IMAGE))
+        ok(login.rxctl("rxalice", "enable", "--project", PROJECT))
+        ok(
+            login.rxctl(
+                "rxalice", "project", "member", "add", PROJECT, "rxdave", "--role", "manager"
+            )
+        )
+    return wait_for(
+        lambda: (s := login.status())["state"] == "running" and s,
+        timeout=180,
+        interval=0.5,
+        what=f"{PROJECT} running",
+    )
+
+
+def test_the_login_node_sees_nothing_of_rxd_but_its_door(login: LoginNode) -> None:
+    # On the host, the socket folder holds rxd's two sockets; on the login node it is empty.
+    assert sorted(p.name for p in (login.rxd.root / "run").iterdir()) == [
+        "rxd-exec.sock",
+        "rxd.sock",
+    ]
+    listing = ok(
+        login.run("rxalice", "ls", "-A", str(login.rxd.root / "run"), str(login.rxd.root / "state"))
+    )
+    assert listing.stdout.split() == [f"{login.rxd.root}/run:", f"{login.rxd.root}/state:"]
+    local = login.run("rxalice", RXCTL, "--socket", str(login.rxd.socket), "whoami")
+    assert local.returncode == 1 and "rxd is not running" in local.stderr, local.stderr
+    # munged is reachable: the door is what rxctl uses.
+    me = json.loads(ok(login.rxctl("rxalice", "whoami", "--json")).stdout)
+    assert (me["user"], me["uid"], me["door"]) == ("rxalice", ALICE_UID, "munge")
+
+
+def test_a_container_is_made_used_and_stopped_from_the_login_node(login: LoginNode) -> None:
+    state = running(login)
+    assert state["job_id"]
+    both = login.rxctl(
+        "rxalice", "exec", "--project", PROJECT, "--", "sh", "-c", "echo out; echo err >&2; exit 3"
+    )
+    assert (both.returncode, both.stdout, both.stderr) == (3, "out\n", "err\n")
+    fed = ok(login.rxctl("rxalice", "exec", "--project", PROJECT, "--", "cat", input="fed\n"))
+    assert fed.stdout == "fed\n"
+    me = ok(login.rxctl("rxalice", "exec", "--project", PROJECT, "--", "id", "-u"))
+    assert me.stdout == f"{ALICE_UID}\n"
+    # The owner is the container's runtime user: rxctl started these steps itself.
+    assert "exec step handed to its caller" in login.rxd.log_text()
+
+
+def test_a_managers_exec_is_relayed_over_the_door(login: LoginNode) -> None:
+    running(login)
+    before = login.rxd.log_text().count("exec ended")
+    result = login.rxctl(
+        "rxdave",
+        "exec",
+        "--project",
+        PROJECT,
+        "--",
+        "sh",
+        "-c",
+        "id -un; cat; echo e >&2; exit 4",
+        input="piped\n",
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (4, "rxalice\npiped\n", "e\n")
+    # rxd ran this one (as the owner) and relayed it.
+    assert login.rxd.log_text().count("exec ended") == before + 1
+    viewer = login.rxctl("rxcarol", "exec", "--project", PROJECT, "--", "true")
+    assert viewer.returncode == 1
+    assert viewer.stderr == f"Error: no project named '{PROJECT}' (or you are not a member)\n"
+
+
+def shell(login: LoginNode, user: str) -> None:
+    argv = login.argv(user, "shell", "--project", PROJECT, env={"TERM": "xterm"})
+    child = pexpect.spawn(
+        argv[0], argv[1:], encoding="utf-8", timeout=60, dimensions=(30, 100), cwd=str(REPO)
+    )
+    try:
+        child.expect("Apptainer> ")
+        child.sendline("echo $((6*7)); stty size; id -u; exit 7")
+        child.expect("42")
+        child.expect("30 100")
+        child.expect(str(ALICE_UID))
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 7
+
+
+def test_a_shell_on_the_login_node_under_a_terminal(login: LoginNode) -> None:
+    running(login)
+    shell(login, "rxalice")  # srun --pty started by rxctl itself
+
+
+def test_a_managers_shell_is_relayed_with_its_terminal(login: LoginNode) -> None:
+    running(login)
+    shell(login, "rxdave")  # rxd's pty, relayed over the door
+
+
+@pytest.mark.parametrize("user", ["rxalice", "rxdave"])
+def test_ctrl_c_on_the_login_node_reaches_the_command_once(login: LoginNode, user: str) -> None:
+    running(login)
+    marker = {"rxalice": "2711", "rxdave": "2712"}[user]
+    script = f'trap "echo trapped; exit 42" INT; sleep {marker}; echo not-interrupted'
+    argv = login.argv(user, "exec", "--project", PROJECT, "--", "sh", "-c", script)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO)
+    )
+    try:
+        wait_for(lambda: sleeping(marker), timeout=60, what="the command")
+        proc.send_signal(signal.SIGINT)  # unshare and the helper exec: this is rxctl
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 42, err
+    assert set(out.splitlines()) == {"trapped"}, out
+    wait_for(lambda: not processes_with(f"sleep\x00{marker}"), timeout=10, what="the step's end")
+
+
+def test_stop_and_status_from_the_login_node(login: LoginNode) -> None:
+    running(login)
+    ok(login.rxctl("rxalice", "stop", "--project", PROJECT))
+    wait_for(lambda: login.status()["state"] == "stopped", timeout=90, interval=0.5, what="stop")
+    assert login.status("rxdave")["state"] == "stopped"
