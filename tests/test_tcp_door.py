@@ -363,12 +363,40 @@ def test_the_controller_hook_pokes_rxd_over_the_network_door(door: Door, tmp_pat
     assert door.refusals() == []  # proved but forbidden is the route's answer, not the door's
 
 
-def test_exec_over_the_network_door_is_refused_not_sent_to_a_local_socket(door: Door) -> None:
+def test_exec_over_the_network_door_checks_membership_as_the_socket_does(door: Door) -> None:
     result = door.rxctl("rxalice", "exec", "--project", "netproj", "true")
-    assert result.returncode == 1
-    assert result.stderr == (
-        "Error: exec is not served over the network door yet: run it on rxd's host\n"
-    )
+    assert result.returncode == 125
+    assert result.stderr == "Error: no project named 'netproj' (or you are not a member)\n"
+
+
+def test_the_exec_stream_needs_a_credential(door: Door) -> None:
+    status, data = door.send("GET", "/v1/exec?digest=" + "0" * 64)
+    assert status == 401
+    assert data["error"]["code"] == "no_credential"
+
+
+ALTERED_EXEC_SCRIPT = """
+import json
+from rxslurm.cli.door import find_door
+from rxslurm.cli.exec_remote import CONTROL, FrameReader, frame, handshake
+proved = json.dumps({"project": "netproj", "argv": ["true"]}).encode()
+sock, rest = handshake(find_door(), proved)
+sock.sendall(frame(CONTROL + proved.replace(b"true", b"id")))
+reader = FrameReader()
+got = reader.feed(rest)
+while not got:
+    got = reader.feed(sock.recv(65536))
+print(got[0][1][1:].decode())
+"""
+
+
+def test_an_exec_request_other_than_the_one_proved_is_refused(door: Door) -> None:
+    argv = [str(VENV_BIN / "python"), "-c", ALTERED_EXEC_SCRIPT]
+    out = ok(run_as("rxalice", argv, env={"RXSLURM_SERVER": door.server})).stdout
+    assert json.loads(out) == {
+        "error": "exec protocol error: the exec request does not match the digest its "
+        "credential proves"
+    }
 
 
 def test_a_uid_without_a_passwd_entry_is_refused(door: Door) -> None:
