@@ -283,9 +283,16 @@ def test_killing_rxctl_ends_the_step(rxd: Rxd) -> None:
     wait_for(lambda: not processes_with(f"instance://rx-{MAIN}"), timeout=10, what="srun to end")
 
 
+# The command waits in `wait` (a trapped signal interrupts it at once) for a background sleep
+# (a non-interactive shell's background job ignores SIGINT). A foreground `sleep` would race: the
+# step's processes are signalled one by one, and a sleep that dies first lets the shell run on
+# and exit before its own SIGINT arrives; a terminal signals its whole foreground group at once.
+CTRL_C_SCRIPT = "trap 'echo trapped; kill $!; exit 42' INT; sleep {} & wait; echo not-interrupted"
+
+
 def test_ctrl_c_reaches_the_command_and_everything_it_started(rxd: Rxd) -> None:
     running_project(rxd, MAIN)
-    script = "trap 'echo trapped; exit 42' INT; sleep 2718; echo not-interrupted"
+    script = CTRL_C_SCRIPT.format(2718)
     proc = spawn_as(
         "rxalice",
         [RXCTL, "--socket", str(rxd.socket), "exec", "--project", MAIN, "--", "sh", "-c", script],
@@ -296,12 +303,12 @@ def test_ctrl_c_reaches_the_command_and_everything_it_started(rxd: Rxd) -> None:
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    # The shell's trap ran (its foreground sleep got the SIGINT too, as from a terminal); the
-    # status is 128 + SIGINT because `apptainer exec instance://` itself ends on the signal.
+    # The shell's trap ran; the status is 128 + SIGINT because `apptainer exec instance://`
+    # itself ends on the signal (the step's processes all get it, as from a terminal).
     assert set(out.splitlines()) == {"trapped"}, (out, err)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (out, err)
     # Nothing the command started is left in the container.
-    assert not sleeping("2718")
+    wait_for(lambda: not sleeping("2718"), timeout=10, what="the command's child to end")
 
 
 # -- terminals ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from tests.support.daemon import RXCTL, Rxd, new_rxd
 from tests.support.lifecycle import lifecycle_config, ok
 from tests.support.login_node import REPO, login_argv, run_on_login_node
 from tests.support.munge import needs_munged
-from tests.test_exec_e2e import processes_with, sleeping
+from tests.test_exec_e2e import CTRL_C_SCRIPT, sleeping
 from tests.test_tcp_door import free_port
 
 pytestmark = [pytest.mark.cluster, needs_munged]
@@ -173,7 +173,7 @@ def test_a_managers_shell_is_relayed_with_its_terminal(login: LoginNode) -> None
 def test_ctrl_c_on_the_login_node_reaches_the_command_once(login: LoginNode, user: str) -> None:
     running(login)
     marker = {"rxalice": "2711", "rxdave": "2712"}[user]
-    script = f'trap "echo trapped; exit 42" INT; sleep {marker}; echo not-interrupted'
+    script = CTRL_C_SCRIPT.format(marker)
     argv = login.argv(user, "exec", "--project", PROJECT, "--", "sh", "-c", script)
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO)
@@ -184,9 +184,9 @@ def test_ctrl_c_on_the_login_node_reaches_the_command_once(login: LoginNode, use
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 42, err
+    assert proc.returncode == 42, (out, err)
     assert set(out.splitlines()) == {"trapped"}, out
-    wait_for(lambda: not processes_with(f"sleep\x00{marker}"), timeout=10, what="the step's end")
+    wait_for(lambda: not sleeping(marker), timeout=10, what="the command's child to end")
 
 
 def test_stop_and_status_from_the_login_node(login: LoginNode) -> None:
