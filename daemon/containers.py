@@ -22,6 +22,7 @@ from typing import Any
 from rxslurm.daemon import apptainer, failpoints, image_cache, image_pull, quotas
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
+from rxslurm.daemon.folders import make_folder
 from rxslurm.daemon.identities import Actor, record_actor_event
 from rxslurm.daemon.ledger import Ledger, LedgerDatabase
 from rxslurm.daemon.projects import authorize, require_runtime_identity, runtime_identity
@@ -104,7 +105,7 @@ def _prepare_state_dir(config: Config, name: str, owner: RunAs, prepared_for: in
     fresh one is made: a squatter cannot block the name, and no identity gets another's files.
     """
     root = config.containers.state_root
-    root.mkdir(parents=True, exist_ok=True, mode=0o755)
+    make_folder(root)
     info = root.lstat()
     if info.st_uid != 0 or info.st_mode & 0o022:
         raise Conflict(

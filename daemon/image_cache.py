@@ -18,6 +18,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from rxslurm.daemon.folders import make_folder
+
 PULL_SCHEMES = ("docker", "oras", "library")
 # A reference is user input that names a file and reaches argv: bounded and printable.
 MAX_REFERENCE = 4096
@@ -60,7 +62,7 @@ def image_file_name(uri: str) -> str:
 
 def check_root_folder(path: Path, setting: str) -> None:
     """``path`` (made if missing) must be a real folder owned by root, not group/world-writable."""
-    path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    make_folder(path)
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafeImageDir(f"{setting} {path} is not a folder (a symlink is not accepted)")

@@ -240,9 +240,7 @@ async def start(
     # Exec across hosts is served here only: its stream needs the caller's MUNGE proof.
     from rxslurm.daemon import exec_door
 
-    app = make_app(
-        [*routes, *exec_door.routes], state, identify=munge_identify(RefusalLimiter())
-    )
+    app = make_app([*routes, *exec_door.routes], state, identify=munge_identify(RefusalLimiter()))
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, keepalive_timeout=keepalive_s
     )

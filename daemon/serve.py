@@ -23,6 +23,7 @@ from rxslurm.daemon import (
     routes_identity,
     routes_projects,
     routes_system,
+    sd_notify,
 )
 from rxslurm.daemon.api import make_app
 from rxslurm.daemon.config import Config, PlatformConfig, listen_address
@@ -30,6 +31,7 @@ from rxslurm.daemon.conn_caps import ConnectionCap, capped
 from rxslurm.daemon.context import DAEMON, Daemon
 from rxslurm.daemon.exec_door import EXEC_SERVER
 from rxslurm.daemon.exec_server import ExecServer
+from rxslurm.daemon.folders import make_folder
 from rxslurm.daemon.ledger import Ledger
 from rxslurm.daemon.platform import platform_identify, read_token
 from rxslurm.daemon.slow_work import api_pool
@@ -59,7 +61,7 @@ def claim_socket_path(path: Path) -> None:
     removed; one a live rxd answers on is not. Anything at the path that is not a socket (a
     file, a planted symlink) is never removed.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    make_folder(path.parent)
     check_socket_folder(path.parent)
     try:
         info = path.lstat()
@@ -249,9 +251,11 @@ async def serve(config: Config) -> None:
     # A partition QOS set with scontrol is lost when slurmctld restarts: put the mirror back,
     # in the background (Slurm may be slow to answer; serving must not wait on it).
     mirror = asyncio.create_task(asyncio.to_thread(_mirror_quotas, daemon))
+    sd_notify.notify("READY=1")  # every listener serves
     try:
         await stop.wait()
     finally:
+        sd_notify.notify("STOPPING=1")
         log.info("rxd stopping")
         await asyncio.wait([mirror], timeout=30)
         await asyncio.to_thread(exec_server.stop)

@@ -30,6 +30,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from rxslurm.daemon.folders import make_folder
 from rxslurm.daemon.quarantine import quarantine
 from rxslurm.slurm.runas import RunAs, run
 
@@ -70,7 +71,7 @@ def grants_for(members: list[tuple[str | None, str]], runtime_user: str) -> list
 
 def ensure_root(root: Path) -> None:
     """The workspaces root: root-owned, traversable, not writable by others."""
-    root.mkdir(parents=True, exist_ok=True, mode=0o755)
+    make_folder(root)
     info = root.lstat()
     if info.st_uid != 0 or info.st_mode & 0o022 or not stat.S_ISDIR(info.st_mode):
         raise WorkspaceError(
