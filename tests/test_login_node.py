@@ -7,6 +7,8 @@ ledger folders are empty tmpfs mounts; munged and the shared storage are as on t
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -16,7 +18,7 @@ import pexpect
 import pytest
 
 from tests.support.cluster import wait_for
-from tests.support.daemon import RXCTL, Rxd, new_rxd
+from tests.support.daemon import RXCTL, Rxd, new_rxd, test_root
 from tests.support.lifecycle import lifecycle_config, ok
 from tests.support.login_node import REPO, login_argv, run_on_login_node
 from tests.support.munge import needs_munged
@@ -80,6 +82,8 @@ def running(login: LoginNode) -> dict:
                 "rxalice", "project", "member", "add", PROJECT, "rxdave", "--role", "manager"
             )
         )
+    elif login.status()["state"] == "stopped":
+        ok(login.rxctl("rxalice", "start", "--project", PROJECT))
     return wait_for(
         lambda: (s := login.status())["state"] == "running" and s,
         timeout=180,
@@ -194,3 +198,36 @@ def test_stop_and_status_from_the_login_node(login: LoginNode) -> None:
     ok(login.rxctl("rxalice", "stop", "--project", PROJECT))
     wait_for(lambda: login.status()["state"] == "stopped", timeout=90, interval=0.5, what="stop")
     assert login.status("rxdave")["state"] == "stopped"
+
+
+@pytest.mark.parametrize("user", ["rxalice", "rxdave"])
+def test_a_batch_job_runs_status_and_exec(login: LoginNode, user: str) -> None:
+    """Submitted from the login node; the job's rxctl finds rxd through the exported
+    $RXSLURM_SERVER (the owner's exec starts its step from inside the job; a manager's is
+    relayed)."""
+    running(login)
+    out_dir = test_root()
+    pw = pwd.getpwnam(user)
+    os.chown(out_dir, pw.pw_uid, pw.pw_gid)
+    out = out_dir / "job.out"
+    script = (
+        f"{RXCTL} status --project {PROJECT} --json > {out_dir}/status.json && "
+        f"{RXCTL} exec --project {PROJECT} -- sh -c 'id -un; exit 6'; echo rc=$?"
+    )
+    argv = ["sbatch", "--parsable", "-t", "5", "-c", "1", "--mem=100", "-o", str(out)]
+    submitted = ok(login.run(user, *argv, "--wrap", script))
+    job = submitted.stdout.strip().split(";")[0]
+    try:
+
+        def done() -> str | None:
+            state = subprocess.run(
+                ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30
+            ).stdout.strip()
+            return None if state else out.read_text() if out.exists() else None
+
+        text = wait_for(done, timeout=300, interval=0.5, what=f"batch job {job} to finish")
+        assert text == "rxalice\nrc=6\n", text
+        assert json.loads((out_dir / "status.json").read_text())["state"] == "running"
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+        shutil.rmtree(out_dir, ignore_errors=True)
