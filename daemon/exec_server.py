@@ -377,7 +377,8 @@ class Session:
         """What a caller who is the runtime user needs to start the step on their own host: the
         same argv (srun found on their PATH), environment and step name as rxd's own."""
         step_name = new_step_name()
-        argv = srun_argv("srun", self.daemon.config.apptainer.binary, target, request, step_name)
+        program = apptainer.program(self.daemon.config.apptainer)
+        argv = srun_argv("srun", program, target, request, step_name)
         return {
             "argv": argv,
             "env": child_env(target, request),

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pexpect
 import pytest
@@ -22,12 +23,13 @@ from tests.support.daemon import RXCTL, Rxd, new_rxd, test_root
 from tests.support.lifecycle import lifecycle_config, ok
 from tests.support.login_node import REPO, login_argv, run_on_login_node
 from tests.support.munge import needs_munged
+from tests.support.real_apptainer import BASE_IMAGE
 from tests.test_exec_e2e import CTRL_C_SCRIPT, sleeping
 from tests.test_tcp_door import free_port
 
-pytestmark = [pytest.mark.cluster, needs_munged]
+pytestmark = [pytest.mark.cluster, needs_munged, pytest.mark.usefixtures("container_runtime")]
 
-IMAGE = "docker://python:3.12-slim"
+IMAGE = str(BASE_IMAGE)
 PROJECT = "ln-main"
 ALICE_UID = 2001
 
@@ -84,12 +86,16 @@ def running(login: LoginNode) -> dict:
         )
     elif login.status()["state"] == "stopped":
         ok(login.rxctl("rxalice", "start", "--project", PROJECT))
-    return wait_for(
-        lambda: (s := login.status())["state"] == "running" and s,
-        timeout=180,
-        interval=0.5,
-        what=f"{PROJECT} running",
-    )
+    seen: dict = {}
+
+    def reached() -> dict | None:
+        seen.update(login.status())
+        return dict(seen) if seen["state"] == "running" else None
+
+    try:
+        return wait_for(reached, timeout=180, interval=0.5, what=f"{PROJECT} running")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; last status: {seen}") from None
 
 
 def test_the_login_node_sees_nothing_of_rxd_but_its_door(login: LoginNode) -> None:
@@ -118,8 +124,9 @@ def test_a_container_is_made_used_and_stopped_from_the_login_node(login: LoginNo
     assert (both.returncode, both.stdout, both.stderr) == (3, "out\n", "err\n")
     fed = ok(login.rxctl("rxalice", "exec", "--project", PROJECT, "--", "cat", input="fed\n"))
     assert fed.stdout == "fed\n"
-    me = ok(login.rxctl("rxalice", "exec", "--project", PROJECT, "--", "id", "-u"))
-    assert me.stdout == f"{ALICE_UID}\n"
+    # Root inside the container is the runtime user outside: the file on the host is alice's.
+    ok(login.rxctl("rxalice", "exec", "--project", PROJECT, "--", "touch", "by-owner.txt"))
+    assert (Path(state["workspace"]) / "by-owner.txt").stat().st_uid == ALICE_UID
     # The owner is the container's runtime user: rxctl started these steps itself.
     assert "exec step handed to its caller" in login.rxd.log_text()
 
@@ -135,10 +142,13 @@ def test_a_managers_exec_is_relayed_over_the_door(login: LoginNode) -> None:
         "--",
         "sh",
         "-c",
-        "id -un; cat; echo e >&2; exit 4",
+        "touch by-manager.txt; cat; echo e >&2; exit 4",
         input="piped\n",
     )
-    assert (result.returncode, result.stdout, result.stderr) == (4, "rxalice\npiped\n", "e\n")
+    assert (result.returncode, result.stdout, result.stderr) == (4, "piped\n", "e\n")
+    # As the owner's identity, not the manager's.
+    workspace = Path(login.status()["workspace"])
+    assert (workspace / "by-manager.txt").stat().st_uid == ALICE_UID
     # rxd ran this one (as the owner) and relayed it.
     assert login.rxd.log_text().count("exec ended") == before + 1
     viewer = login.rxctl("rxcarol", "exec", "--project", PROJECT, "--", "true")
@@ -153,10 +163,10 @@ def shell(login: LoginNode, user: str) -> None:
     )
     try:
         child.expect("Apptainer> ")
-        child.sendline("echo $((6*7)); stty size; id -u; exit 7")
+        child.sendline("echo $((6*7)); stty size; echo uid=$(id -u); exit 7")
         child.expect("42")
         child.expect("30 100")
-        child.expect(str(ALICE_UID))
+        child.expect("uid=0")  # root inside, the runtime user outside
         child.expect(pexpect.EOF)
     finally:
         child.close()
@@ -188,7 +198,8 @@ def test_ctrl_c_on_the_login_node_reaches_the_command_once(login: LoginNode, use
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 42, (out, err)
+    # 128 + SIGINT: `apptainer exec instance://` itself ends on the signal, as on rxd's host.
+    assert proc.returncode == 130, (out, err)
     assert set(out.splitlines()) == {"trapped"}, out
     wait_for(lambda: not sleeping(marker), timeout=10, what="the command's child to end")
 
@@ -212,7 +223,8 @@ def test_a_batch_job_runs_status_and_exec(login: LoginNode, user: str) -> None:
     out = out_dir / "job.out"
     script = (
         f"{RXCTL} status --project {PROJECT} --json > {out_dir}/status.json && "
-        f"{RXCTL} exec --project {PROJECT} -- sh -c 'id -un; exit 6'; echo rc=$?"
+        f"{RXCTL} exec --project {PROJECT} -- "
+        f"sh -c 'touch by-{user}-job; echo in-job; exit 6'; echo rc=$?"
     )
     argv = ["sbatch", "--parsable", "-t", "5", "-c", "1", "--mem=100", "-o", str(out)]
     submitted = ok(login.run(user, *argv, "--wrap", script))
@@ -226,7 +238,9 @@ def test_a_batch_job_runs_status_and_exec(login: LoginNode, user: str) -> None:
             return None if state else out.read_text() if out.exists() else None
 
         text = wait_for(done, timeout=300, interval=0.5, what=f"batch job {job} to finish")
-        assert text == "rxalice\nrc=6\n", text
+        assert text == "in-job\nrc=6\n", text
+        workspace = Path(login.status()["workspace"])
+        assert (workspace / f"by-{user}-job").stat().st_uid == ALICE_UID
         assert json.loads((out_dir / "status.json").read_text())["state"] == "running"
     finally:
         subprocess.run(["scancel", job], capture_output=True, timeout=30)
