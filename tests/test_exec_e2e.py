@@ -289,7 +289,18 @@ def test_killing_rxctl_ends_the_step(rxd: Rxd) -> None:
 # and exit before its own SIGINT arrives; a terminal signals its whole foreground group at once.
 CTRL_C_SCRIPT = "trap 'echo trapped; kill $!; exit 42' INT; sleep {} & wait; echo not-interrupted"
 
+# The step signal reaches the command on a linuxproc cluster; see the reason below.
+CTRL_C_IN_INSTANCE_GAP = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known gap (docs/exec.md): under proctrack/cgroup the command that `apptainer exec "
+        "instance://` starts lives in the instance's cgroup, not the exec step's, so the step's "
+        "SIGINT reaches Apptainer, which ends, and the command dies before its trap runs"
+    ),
+)
 
+
+@CTRL_C_IN_INSTANCE_GAP
 def test_ctrl_c_reaches_the_command_and_everything_it_started(rxd: Rxd) -> None:
     running_project(rxd, MAIN)
     script = CTRL_C_SCRIPT.format(2718)

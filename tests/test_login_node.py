@@ -24,7 +24,7 @@ from tests.support.lifecycle import lifecycle_config, ok
 from tests.support.login_node import REPO, login_argv, run_on_login_node
 from tests.support.munge import needs_munged
 from tests.support.real_apptainer import BASE_IMAGE
-from tests.test_exec_e2e import CTRL_C_SCRIPT, sleeping
+from tests.test_exec_e2e import CTRL_C_IN_INSTANCE_GAP, CTRL_C_SCRIPT, sleeping
 from tests.test_tcp_door import free_port
 
 pytestmark = [pytest.mark.cluster, needs_munged, pytest.mark.usefixtures("container_runtime")]
@@ -183,6 +183,7 @@ def test_a_managers_shell_is_relayed_with_its_terminal(login: LoginNode) -> None
     shell(login, "rxdave")  # rxd's pty, relayed over the door
 
 
+@CTRL_C_IN_INSTANCE_GAP
 @pytest.mark.parametrize("user", ["rxalice", "rxdave"])
 def test_ctrl_c_on_the_login_node_reaches_the_command_once(login: LoginNode, user: str) -> None:
     running(login)
