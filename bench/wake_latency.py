@@ -278,6 +278,8 @@ def run(ctx: Context) -> Result:
             f"every {SQUEUE_POLL_S}s until RUNNING; poll the holder's status file every "
             f"{STATUS_POLL_S}s until the instance runs; srun --overlap ... echo ready",
             "baseline_sbatch": hand.argv(),
+            # The by-hand holder jobs carry no tag: their name is how to find them.
+            "baseline_job_name": hand.name,
             "reconcile_interval_s": hand.config.containers.reconcile_interval,
             "user": USER,
         }

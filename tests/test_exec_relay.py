@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import pwd
+import select
 import shutil
 import signal
 import subprocess
@@ -175,7 +176,7 @@ def test_a_stderr_that_never_drains_does_not_stop_the_disconnect(rxd: Rxd) -> No
     marker = "yes\x006161-err"
     try:
         wait_for(lambda: processes_with(marker), timeout=60, what="the command")
-        wait_for(lambda: unread(proc.stderr.fileno()) > 60000, timeout=60, what="stderr to fill up")
+        wait_for(lambda: pipe_full(proc.stderr.fileno()), timeout=60, what="stderr to fill up")
     finally:
         proc.send_signal(signal.SIGKILL)  # the caller goes away; its stderr still unread
         proc.wait()
@@ -183,7 +184,27 @@ def test_a_stderr_that_never_drains_does_not_stop_the_disconnect(rxd: Rxd) -> No
     wait_for(
         lambda: not processes_with(f"instance://rx-{PROJECT}-"), timeout=60, what="srun to end"
     )
+    # What filled the pipe was the command's stderr, relayed in order (Apptainer may add lines).
+    arrived = os.read(proc.stderr.fileno(), unread(proc.stderr.fileno()))
     proc.stderr.close()
+    assert b"6161-err\n" * 100 in arrived, arrived[:200]
+
+
+def pipe_full(fd: int) -> bool:
+    """The pipe takes no more: all its pages are in use (poll on a writing view of it says so).
+
+    Not a byte count: a write whose tail does not fit in the last page's room starts a new page,
+    so a pipe of 64 KiB is full at 48,000 bytes written 3,000 at a time. rxd writes chunks of
+    whatever size it read from srun, so how many bytes a never-read pipe holds varies from run to
+    run (59,355 seen on the real runtime, with srun's and the command's pipes full behind it).
+    """
+    view = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        poller = select.poll()
+        poller.register(view, select.POLLOUT)
+        return not poller.poll(0)
+    finally:
+        os.close(view)
 
 
 def unread(fd: int) -> int:
