@@ -28,6 +28,7 @@ lint: venv
 # The fast tier (no Slurm job, no container) first, so a broken unit fails in a minute or two;
 # then the cluster suite on the real Slurm cluster and the real Apptainer.
 test: venv lint cluster
+	tests/cluster/forget.sh
 	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m "not cluster"
 	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m cluster
 

@@ -86,7 +86,8 @@ def build_deb(workspace: Path) -> str:
     ok(run_as("rxalice", ["tee", f"{tree}/DEBIAN/control"], input=control))
     tool = f"{tree}/usr/local/bin/rx-hello"
     ok(run_as("rxalice", ["tee", tool], input="#!/bin/sh\necho hello from rx-hello\n"))
-    ok(run_as("rxalice", ["chmod", "755", tool]))
+    # The workspace's default ACL makes new folders 0770; dpkg-deb wants a 0755 control folder.
+    ok(run_as("rxalice", ["chmod", "755", tool, f"{tree}/DEBIAN"]))
     deb = workspace / "rx-hello_1.0_all.deb"
     ok(run_as("rxalice", ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)]))
     return deb.name

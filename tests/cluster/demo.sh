@@ -81,6 +81,8 @@ say "Install a package with the container's own apt-get (a local .deb, no networ
 # The researcher builds it in the project's workspace, as themself.
 pkg=$workspace/rx-demo-pkg
 quietly_as_user mkdir -p "$pkg/DEBIAN" "$pkg/usr/local/bin"
+# The workspace's default ACL makes new folders 0770; dpkg-deb wants a 0755 control folder.
+quietly_as_user chmod 755 "$pkg/DEBIAN"
 printf 'Package: rx-demo\nVersion: 1.0\nArchitecture: all\nMaintainer: rx-slurm demo <demo@localhost>\nDescription: rx-slurm demo tool\n' |
   quietly_as_user tee "$pkg/DEBIAN/control" >/dev/null
 printf '#!/bin/sh\necho "rx-demo 1.0, installed with apt-get into the overlay"\n' |
