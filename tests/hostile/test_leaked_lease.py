@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from rxslurm.daemon import apptainer, quotas
+from rxslurm.daemon import quotas
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers import Runtime, submit, wake
 from rxslurm.daemon.errors import BadRequest
@@ -52,8 +52,7 @@ print(r.status, r.read().decode())
 
 @contextlib.contextmanager
 def daemon_with_gpu_quota(gpus: int = 1) -> Iterator[Rxd]:
-    rxd = start_rxd()
-    apptainer.pull(IMAGE, rxd.root / "images")  # once, before the enables race for leases
+    rxd = start_rxd()  # IMAGE is a local file: nothing to pull before the enables race for leases
     try:
         ok(rxd.rxctl("rxop", "admin", "quota", "set", "--partition", "gpu", "--gpus", str(gpus)))
         yield rxd
