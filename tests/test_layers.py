@@ -17,8 +17,15 @@ FORBIDDEN = {
     "daemon": ("rxslurm.cli",),
 }
 # The MUNGE binding and the request binding are the stdlib-only contract of the network door,
-# shared by rxctl, Slurm's hooks and rxd.
-ALLOWED = {"cli": ("rxslurm.slurm.munge", "rxslurm.slurm.request_binding")}
+# shared by rxctl, Slurm's hooks and rxd; step_signal is how a step is interrupted, which rxctl
+# does itself when it runs the runtime user's step over the door (imported only then).
+ALLOWED = {
+    "cli": (
+        "rxslurm.slurm.munge",
+        "rxslurm.slurm.request_binding",
+        "rxslurm.slurm.step_signal",
+    )
+}
 
 
 def imports_of(path: Path) -> set[str]:
