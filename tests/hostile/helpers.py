@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.cluster import run_as, wait_for
+from tests.support import lifecycle
+from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import start_rxd
 from tests.support.real_apptainer import BASE_IMAGE
@@ -68,22 +69,9 @@ def named_entries_for(folder: Path, user: str) -> list[str]:
     return found
 
 
-def status(rxd: Rxd, user: str, project: str) -> dict:
-    return json.loads(ok(rxd.rxctl(user, "status", "--project", project, "--json")).stdout)
-
-
 def wait_state(rxd: Rxd, user: str, project: str, *states: str, timeout: float = 120) -> dict:
-    seen: dict = {}
-
-    def reached() -> bool:
-        seen.update(status(rxd, user, project))
-        return seen["state"] in states
-
-    try:
-        wait_for(reached, timeout=timeout, what=f"{project} to reach {states}")
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}; last status: {seen}\n{rxd.log_text()[-3000:]}") from None
-    return seen
+    """The lifecycle helper with the user first, as the hostile tests name who acts."""
+    return lifecycle.wait_state(rxd, project, *states, timeout=timeout, user=user)
 
 
 @contextmanager
