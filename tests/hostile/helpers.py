@@ -69,6 +69,12 @@ def named_entries_for(folder: Path, user: str) -> list[str]:
     return found
 
 
+def held_job_as(user: str, *options: str) -> int:
+    """A held job of `user` in partition cpu, as any cluster user can submit one; its id."""
+    result = ok(run_as(user, ["sbatch", "--parsable", "-p", "cpu", "--hold", *options]))
+    return int(result.stdout.strip().split(";")[0])
+
+
 def wait_state(rxd: Rxd, user: str, project: str, *states: str, timeout: float = 120) -> dict:
     """The lifecycle helper with the user first, as the hostile tests name who acts."""
     return lifecycle.wait_state(rxd, project, *states, timeout=timeout, user=user)

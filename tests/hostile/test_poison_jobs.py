@@ -20,6 +20,7 @@ import pytest
 from rxslurm.daemon.containers import container_id_from_comment
 from rxslurm.slurm.jobs import JobInfo, Skipped
 from tests.hostile.fake_slurm import CONFIG, rig
+from tests.hostile.helpers import held_job_as
 from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import make_project, ok, start_rxd, wait_state
@@ -80,11 +81,6 @@ def daemon() -> Iterator[Rxd]:
     rxd.cancel_own_jobs()
 
 
-def sbatch_as(user: str, *options: str) -> int:
-    result = ok(run_as(user, ["sbatch", "--parsable", "-p", "cpu", "--hold", *options]))
-    return int(result.stdout.strip().split(";")[0])
-
-
 def pending_of(user: str) -> set[int]:
     listed = subprocess.run(
         ["squeue", "-h", "-u", user, "-t", "PENDING", "-o", "%F"],
@@ -105,14 +101,18 @@ def test_poison_jobs_do_not_stop_other_users_containers(daemon: Rxd) -> None:
     tag = tomllib.loads(daemon.config.read_text())["slurm"]["tag"]
     wrap = ("--wrap", "true")
     poison = [
-        sbatch_as("rxdave", "--array=1-2", "-J", "anything", *wrap),
-        sbatch_as("rxdave", "--array=1-2", "-J", "rx-array", f"--comment={tag}:container=5", *wrap),
-        sbatch_as("rxdave", "--time=400-00:00:00", *wrap),
-        sbatch_as("rxdave", "--time=400-00:00:00", "-J", "rx-long", *wrap),
-        sbatch_as("rxdave", "-J", "rx-x", f"--comment={tag}:container=99999999999999999999", *wrap),
-        sbatch_as("rxdave", "-J", "rx-y", f"--comment={tag}:container=²", *wrap),
+        held_job_as("rxdave", "--array=1-2", "-J", "anything", *wrap),
+        held_job_as(
+            "rxdave", "--array=1-2", "-J", "rx-array", f"--comment={tag}:container=5", *wrap
+        ),
+        held_job_as("rxdave", "--time=400-00:00:00", *wrap),
+        held_job_as("rxdave", "--time=400-00:00:00", "-J", "rx-long", *wrap),
+        held_job_as(
+            "rxdave", "-J", "rx-x", f"--comment={tag}:container=99999999999999999999", *wrap
+        ),
+        held_job_as("rxdave", "-J", "rx-y", f"--comment={tag}:container=²", *wrap),
         # Imitates the container below (the daemon's first: id 1): left alone too.
-        sbatch_as("rxdave", "-J", "rx-al", f"--comment={tag}:container=1", *wrap),
+        held_job_as("rxdave", "-J", "rx-al", f"--comment={tag}:container=1", *wrap),
     ]
     try:
         assert set(poison) <= pending_of("rxdave")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.hostile.fake_slurm import rig
+from tests.hostile.helpers import held_job_as
 from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import make_project, ok, start_rxd, wait_state
@@ -95,11 +96,6 @@ def daemon() -> Iterator[Rxd]:
     rxd.cancel_own_jobs()
 
 
-def sbatch_as(user: str, *options: str) -> int:
-    result = ok(run_as(user, ["sbatch", "--parsable", "-p", "cpu", "--hold", *options]))
-    return int(result.stdout.strip().split(";")[0])
-
-
 def squeue_line(job_id: int) -> str:
     listed = subprocess.run(
         ["squeue", "-h", "-j", str(job_id), "-o", "%u|%T|%r"],
@@ -114,7 +110,9 @@ def squeue_line(job_id: int) -> str:
 def test_a_held_bait_never_becomes_the_victims_job(daemon: Rxd) -> None:
     tag = tomllib.loads(daemon.config.read_text())["slurm"]["tag"]
     # The daemon's ledger is new: the first container enabled gets id 1, as rxdave can guess.
-    bait = sbatch_as("rxdave", "-J", "rx-victim", f"--comment={tag}:container=1", "--wrap", "true")
+    bait = held_job_as(
+        "rxdave", "-J", "rx-victim", f"--comment={tag}:container=1", "--wrap", "true"
+    )
     try:
         make_project(daemon, "victim")
         ok(daemon.rxctl("rxalice", "enable", "--project", "victim"))
