@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import daemon as daemon_support
 from tests.support import lifecycle
-from tests.support.cluster import SYSTEM_PATH, VENV_BIN, run_as, wait_for
+from tests.support.cluster import run_as, user_env, wait_for
 from tests.support.daemon import RXCTL, Rxd, new_rxd
 from tests.support.real_apptainer import BASE_IMAGE
 
@@ -101,17 +101,6 @@ def running_project(rxd: Rxd, name: str, *options: str) -> dict:
 
 def rxctl_exec(rxd: Rxd, user: str, project: str, *argv: str, **kw) -> subprocess.CompletedProcess:
     return rxd.rxctl(user, "exec", "--project", project, "--", *argv, **kw)
-
-
-def user_env(user: str) -> dict[str, str]:
-    pw = pwd.getpwnam(user)
-    return {
-        "HOME": pw.pw_dir,
-        "USER": user,
-        "LOGNAME": user,
-        "PATH": os.pathsep.join((str(VENV_BIN), *SYSTEM_PATH)),
-        "LANG": "C.UTF-8",
-    }
 
 
 def spawn_as(user: str, argv: list[str], output: int = subprocess.PIPE) -> subprocess.Popen[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from tests.support.cluster import SYSTEM_PATH, VENV_BIN, wait_for
+from tests.support.cluster import user_env, wait_for
 from tests.support.daemon import RXCTL, Rxd
 from tests.support.lifecycle import make_project, ok, start_rxd, wait_state
 
@@ -51,17 +51,6 @@ def rxd() -> Iterator[Rxd]:
             daemon.cancel_own_jobs()
             assert daemon.stop() == 0, daemon.log_text()
             shutil.rmtree(daemon.root, ignore_errors=True)
-
-
-def user_env(user: str) -> dict[str, str]:
-    pw = pwd.getpwnam(user)
-    return {
-        "HOME": pw.pw_dir,
-        "USER": user,
-        "LOGNAME": user,
-        "PATH": os.pathsep.join((str(VENV_BIN), *SYSTEM_PATH)),
-        "LANG": "C.UTF-8",
-    }
 
 
 def exec_as(user: str, rxd: Rxd, *argv: str, **streams) -> subprocess.Popen[bytes]:

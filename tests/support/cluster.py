@@ -91,6 +91,20 @@ def _cluster_for_marked_tests(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("slurm_cluster")
 
 
+def user_env(user: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A test user's clean environment: HOME, USER, LOGNAME, PATH (this venv's bin first) and
+    LANG, plus ``extra``."""
+    pw = pwd.getpwnam(user)
+    return {
+        "HOME": pw.pw_dir,
+        "USER": user,
+        "LOGNAME": user,
+        "PATH": os.pathsep.join((str(VENV_BIN), *SYSTEM_PATH)),
+        "LANG": "C.UTF-8",
+        **(extra or {}),
+    }
+
+
 def run_as(
     user: str,
     argv: Sequence[str],
@@ -105,13 +119,6 @@ def run_as(
     ``env`` adds to (or overrides) HOME, USER, LOGNAME, PATH (with this venv's bin first) and LANG.
     """
     pw = pwd.getpwnam(user)
-    clean = {
-        "HOME": pw.pw_dir,
-        "USER": user,
-        "LOGNAME": user,
-        "PATH": os.pathsep.join((str(VENV_BIN), *SYSTEM_PATH)),
-        "LANG": "C.UTF-8",
-    }
     if cwd is None:
         cwd = pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"
     return subprocess.run(
@@ -119,7 +126,7 @@ def run_as(
         user=pw.pw_uid,
         group=pw.pw_gid,
         extra_groups=os.getgrouplist(user, pw.pw_gid),
-        env={**clean, **(env or {})},
+        env=user_env(user, env),
         cwd=cwd,
         input=input,
         capture_output=True,

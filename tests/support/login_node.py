@@ -19,23 +19,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.support.cluster import SYSTEM_PATH, VENV_BIN
+from tests.support.cluster import user_env
 
 REPO = Path(__file__).resolve().parents[2]
 # rxd's default folders on a service host: hidden too, whether or not they exist here.
 DEFAULT_HIDDEN = ("/run/rxslurm", "/var/lib/rxslurm")
-
-
-def user_env(user: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    pw = pwd.getpwnam(user)
-    return {
-        "HOME": pw.pw_dir,
-        "USER": user,
-        "LOGNAME": user,
-        "PATH": os.pathsep.join((str(VENV_BIN), *SYSTEM_PATH)),
-        "LANG": "C.UTF-8",
-        **(extra or {}),
-    }
 
 
 def login_argv(
