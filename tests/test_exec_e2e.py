@@ -217,7 +217,9 @@ def test_exec_on_a_gpu_project_sees_its_gpu(rxd: Rxd) -> None:
         'echo "$CUDA_VISIBLE_DEVICES"; for d in /dev/fakegpu*; do test -c "$d" && echo "$d"; done'
     )
     visible, *devices = ok(rxctl_exec(rxd, "rxalice", GPU, "sh", "-c", script)).stdout.split()
-    assert visible == str(index)
+    # With ConstrainDevices the job sees only its own GPU, and Slurm numbers what a job sees from
+    # 0: GPU 1 of the node is CUDA device 0 in here.
+    assert visible == "0"
     # The device file Slurm's GRES handed out (gres.conf: File=/dev/fakegpu[0-1]) is there.
     assert f"/dev/fakegpu{index}" in devices
 
