@@ -1,6 +1,6 @@
 """Exec latency: `rxctl exec --project P -- true` on a running container against the step by hand.
 
-The baseline is exactly the step rxd runs (rxslurm.daemon.exec_server.srun_argv): `srun
+The baseline is exactly the step rxd runs (rxslurm.daemon.exec.server.srun_argv): `srun
 --jobid J --overlap --ntasks=1 --quiet ... apptainer exec --pwd /workspace instance://NAME true`,
 as the job's user with APPTAINER_CONFIGDIR=<state_dir>/apptainer. The two sides alternate
 (ABBA), so drift and other users of the cluster hit both alike. To show where rx-slurm's time
@@ -46,8 +46,8 @@ WARMUP = 3
 
 def raw_step(row: dict[str, Any], project: str, command: Sequence[str]) -> list[str]:
     """The step rxd would run for this container, built by rxd's own function."""
-    from rxslurm.daemon.containers import ExecTarget
-    from rxslurm.daemon.exec_server import ExecRequest, srun_argv
+    from rxslurm.daemon.containers.service import ExecTarget
+    from rxslurm.daemon.exec.server import ExecRequest, srun_argv
     from rxslurm.slurm.runas import RunAs
 
     target = ExecTarget(

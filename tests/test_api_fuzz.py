@@ -27,16 +27,16 @@ from aiohttp import web
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from rxslurm.daemon import routes_projects
-from rxslurm.daemon.api import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_MESSAGE_CHARS, make_app
+from rxslurm.daemon.api import routes_projects
+from rxslurm.daemon.api.app import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_MESSAGE_CHARS, make_app
+from rxslurm.daemon.api.context import DAEMON, Daemon
+from rxslurm.daemon.api.peercred import Caller
+from rxslurm.daemon.api.platform_door import platform_identify
+from rxslurm.daemon.api.platform_door import routes as platform_routes
+from rxslurm.daemon.api.serve import ROUTES
 from rxslurm.daemon.config import parse_config
-from rxslurm.daemon.context import DAEMON, Daemon
-from rxslurm.daemon.ledger import Ledger
-from rxslurm.daemon.peercred import Caller
-from rxslurm.daemon.platform import platform_identify
-from rxslurm.daemon.platform import routes as platform_routes
-from rxslurm.daemon.records import to_timestamp, utcnow
-from rxslurm.daemon.serve import ROUTES
+from rxslurm.daemon.ledger.records import to_timestamp, utcnow
+from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.slurm.errors import SlurmUnavailable
 
 TOKEN = "t" * 40

@@ -1,4 +1,4 @@
-"""rxslurm.daemon.apptainer against the real Apptainer (tests/cluster/apptainer.sh), the only one
+"""images.apptainer against the real Apptainer (tests/cluster/apptainer.sh), the only one
 on PATH. Images are tiny SIFs built in the test from a static busybox, as a test user: root
 cannot start containers on the test machine (its capability set is short of Apptainer's), and
 nothing is pulled (pulls are tests/test_image_pull.py's, against the loopback registry)."""
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon import apptainer
-from rxslurm.daemon.apptainer import ApptainerError
-from rxslurm.daemon.image_cache import image_file_name
+from rxslurm.daemon.images import apptainer
+from rxslurm.daemon.images.apptainer import ApptainerError
+from rxslurm.daemon.images.cache import image_file_name
 from rxslurm.slurm.runas import RunAs
 from tests.support.cluster import run_as
 from tests.support.real_apptainer import APPTAINER

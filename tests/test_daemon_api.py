@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon import identities
-from rxslurm.daemon.audit import KEPT_CHARS, MAX_DETAIL_ITEMS, list_events, record_event
 from rxslurm.daemon.config import parse_config
 from rxslurm.daemon.errors import ApiError
-from rxslurm.daemon.ledger import Ledger
-from rxslurm.daemon.migrations import known_names
+from rxslurm.daemon.identity import bindings as identities
+from rxslurm.daemon.ledger.audit import KEPT_CHARS, MAX_DETAIL_ITEMS, list_events, record_event
+from rxslurm.daemon.ledger.migrations import known_names
+from rxslurm.daemon.ledger.store import Ledger
 from tests.support.cluster import run_as
 from tests.support.daemon import VENV_BIN, Rxd, new_rxd
 

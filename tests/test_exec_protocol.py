@@ -24,10 +24,12 @@ from typing import Any
 import pytest
 
 from rxslurm.cli import exec_client
-from rxslurm.daemon import containers, exec_server
 from rxslurm.daemon.config import parse_config
+from rxslurm.daemon.containers import service as containers
+from rxslurm.daemon.containers.reconciler import Sessions
 from rxslurm.daemon.errors import BadRequest, Forbidden
-from rxslurm.daemon.exec_server import (
+from rxslurm.daemon.exec import server as exec_server
+from rxslurm.daemon.exec.server import (
     ExecRequest,
     LineReader,
     ProtocolError,
@@ -35,7 +37,6 @@ from rxslurm.daemon.exec_server import (
     srun_argv,
     strip_srun_task_lines,
 )
-from rxslurm.daemon.reconciler import Sessions
 from rxslurm.slurm.runas import RunAs
 from tests.support import daemon as daemon_support
 from tests.support.cluster import wait_for

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rxslurm.daemon.errors import BadRequest
-from rxslurm.daemon.exec_server import (
+from rxslurm.daemon.exec.server import (
     MAX_MESSAGE,
     ExecRequest,
     LineReader,

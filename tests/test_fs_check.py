@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon import fs_check
-from rxslurm.daemon.fs_check import (
+from rxslurm.daemon.ledger import fs_check
+from rxslurm.daemon.ledger.fs_check import (
     NetworkFilesystemError,
     assert_local_filesystem,
     filesystem_type,

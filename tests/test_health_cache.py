@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from rxslurm.daemon.routes_system import HealthCache
+from rxslurm.daemon.api.routes_system import HealthCache
 
 
 def test_callers_at_once_share_one_check_and_a_fresh_answer_is_reused() -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from rxslurm.daemon.identities import code_hash
-from rxslurm.daemon.records import to_timestamp
+from rxslurm.daemon.identity.bindings import code_hash
+from rxslurm.daemon.ledger.records import to_timestamp
 from tests.support.daemon import Rxd, new_rxd
 
 PLATFORM_MODE = '[identity]\nmode = "platform"\n'

@@ -22,15 +22,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rxslurm.daemon import image_cache, image_pull
 from rxslurm.daemon.config import ConfigError, parse_config
-from rxslurm.daemon.containers import Runtime
+from rxslurm.daemon.containers.service import Runtime
+from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.errors import Conflict
-from rxslurm.daemon.image_pull import PullError, PullSettings
-from rxslurm.daemon.ledger import Ledger
-from rxslurm.daemon.pulls import ImagePulls
-from rxslurm.daemon.records import to_timestamp, utcnow
-from rxslurm.daemon.states import State
+from rxslurm.daemon.images import cache as image_cache
+from rxslurm.daemon.images import pull as image_pull
+from rxslurm.daemon.images.pool import ImagePulls
+from rxslurm.daemon.images.pull import PullError, PullSettings
+from rxslurm.daemon.ledger.records import to_timestamp, utcnow
+from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.slurm.runas import RunAs
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd
@@ -478,7 +479,7 @@ def test_a_failed_pull_ends_in_error_with_its_reason_and_retry_pulls_again() -> 
         ok(rxd.rxctl("rxalice", "stop", "--project", "nope"))
 
 
-# -- the pull pool (daemon/pulls.py) on a real ledger, with a fake pull -------------------------
+# -- the pull pool (rxslurm/daemon/images/pool.py) on a real ledger, with a fake pull ---------
 
 
 class FakePulls:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon import fs_check
-from rxslurm.daemon.audit import list_events, record_event
-from rxslurm.daemon.fs_check import NetworkFilesystemError
-from rxslurm.daemon.ledger import Ledger, LedgerError
-from rxslurm.daemon.records import (
+from rxslurm.daemon.ledger import fs_check
+from rxslurm.daemon.ledger.audit import list_events, record_event
+from rxslurm.daemon.ledger.fs_check import NetworkFilesystemError
+from rxslurm.daemon.ledger.records import (
     Binding,
     BindingCode,
     Container,
@@ -33,6 +32,7 @@ from rxslurm.daemon.records import (
     to_timestamp,
     utcnow,
 )
+from rxslurm.daemon.ledger.store import Ledger, LedgerError
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 

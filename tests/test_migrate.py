@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database, Migrations
 
-from rxslurm.daemon import ledger as ledger_module
-from rxslurm.daemon import migrations as migrations_module
-from rxslurm.daemon.ledger import Ledger, MigrationsPending, SchemaTooNew
-from rxslurm.daemon.records import Member, PlatformUser, Project, utcnow
+from rxslurm.daemon.ledger import migrations as migrations_module
+from rxslurm.daemon.ledger import store as ledger_module
+from rxslurm.daemon.ledger.records import Member, PlatformUser, Project, utcnow
+from rxslurm.daemon.ledger.store import Ledger, MigrationsPending, SchemaTooNew
 
 EXPECTED_COLUMNS = {
     "platform_users": ["id", "display_name", "created_at"],

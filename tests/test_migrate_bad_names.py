@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from rxslurm.daemon import projects
-from rxslurm.daemon.identities import Actor
-from rxslurm.daemon.ledger import Ledger, LedgerDatabase
-from rxslurm.daemon.roles import Action
+from rxslurm.daemon.identity.bindings import Actor
+from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
+from rxslurm.daemon.projects import service as projects
+from rxslurm.daemon.projects.roles import Action
 
 M006 = "m006_rename_unreachable_projects"
 NOW = "2026-01-01T00:00:00.000000Z"

@@ -12,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from rxslurm.cli.door import DEFAULT_SOCKET, Door, DoorError, find_door
-from rxslurm.daemon.munge_door import RefusalLimiter
+from rxslurm.daemon.api.munge_door import RefusalLimiter
 from rxslurm.slurm import request_binding
 from rxslurm.slurm.request_binding import Binding, BindingError
 
@@ -117,7 +117,7 @@ def test_refusals_are_audited_up_to_a_burst_per_address_then_counted() -> None:
 
 
 def test_the_limiter_forgets_old_addresses_and_stays_bounded(monkeypatch) -> None:
-    from rxslurm.daemon import munge_door
+    from rxslurm.daemon.api import munge_door
 
     monkeypatch.setattr(munge_door, "MAX_TRACKED_PEERS", 10)
     clock = Clock()

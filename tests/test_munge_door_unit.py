@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from rxslurm.daemon import munge_door
-from rxslurm.daemon.api import make_app
+from rxslurm.daemon.api import munge_door
+from rxslurm.daemon.api.app import make_app
+from rxslurm.daemon.api.context import DAEMON, Daemon
+from rxslurm.daemon.api.serve import ROUTES
 from rxslurm.daemon.config import parse_config
-from rxslurm.daemon.context import DAEMON, Daemon
-from rxslurm.daemon.ledger import Ledger
-from rxslurm.daemon.serve import ROUTES
+from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.slurm import munge, request_binding
 from rxslurm.slurm.adapter import SlurmCli
 

@@ -70,3 +70,25 @@ def test_wheel_builds_with_the_oldest_allowed_setuptools(tmp_path: Path) -> None
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert b"License-Expression: Apache-2.0" in metadata
     assert "rxslurm/slurm/templates/holder.sh" in names
+    # A namespace package: one import tree from four folders, and no rxslurm/__init__.py in it.
+    assert "rxslurm/__init__.py" not in names
+    for module in ("daemon/main.py", "cli/fastpath.py", "slurm/adapter.py", "protocol/__init__.py"):
+        assert f"rxslurm/{module}" in names
+
+
+PORTIONS = ("daemon", "slurm", "cli", "protocol")
+
+
+def test_every_package_folder_is_listed_for_setuptools() -> None:
+    # setuptools' find cannot take several roots of one namespace, so pyproject lists packages.
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT / top).parts)
+        for top in PORTIONS
+        for init in (ROOT / top / "rxslurm").rglob("__init__.py")
+    }
+    assert set(PYPROJECT["tool"]["setuptools"]["packages"]) == on_disk
+
+
+def test_no_portion_claims_the_namespace() -> None:
+    # An rxslurm/__init__.py in one folder would hide the other three from Python and from mypy.
+    assert [top for top in PORTIONS if (ROOT / top / "rxslurm" / "__init__.py").exists()] == []

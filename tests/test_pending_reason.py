@@ -1,6 +1,6 @@
-"""Slurm's pending reasons in words (daemon/reconciler.py)."""
+"""Slurm's pending reasons in words (rxslurm/daemon/containers/reconciler.py)."""
 
-from rxslurm.daemon.reconciler import pending_reason
+from rxslurm.daemon.containers.reconciler import pending_reason
 
 
 def test_a_reason_is_put_in_words_and_quoted() -> None:

@@ -1,4 +1,4 @@
-"""Quotas mirrored into Slurm QOSes (daemon/qos_mirror.py, slurm/qos.py).
+"""Quotas mirrored into Slurm QOSes (rxslurm/daemon/quotas/qos_mirror.py, rxslurm/slurm/qos.py).
 
 Unit tests run `sync()` against an in-memory stand-in for sacctmgr/scontrol that keeps QOSes,
 associations and partition QOSes the way Slurm 22.05 does (lowercased names, -1 clears a limit,
@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from rxslurm.daemon import qos_mirror, quotas
-from rxslurm.daemon.ledger import Ledger
+from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.quotas import leases as quotas
+from rxslurm.daemon.quotas import qos_mirror
 from rxslurm.slurm.adapter import SlurmCli
 from rxslurm.slurm.qos import (
     QosLimits,

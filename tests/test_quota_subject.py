@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rxslurm.daemon import quotas
 from rxslurm.daemon.errors import BadRequest
+from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.daemon.text_checks import bad_character
 
 PARTITIONS = {"gpu"}

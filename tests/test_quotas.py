@@ -1,4 +1,4 @@
-"""Quotas and leases (daemon/quotas.py) on a real ledger: fit, bottleneck words, queue order."""
+"""Quotas and leases (quotas/leases.py) on a real ledger: fit, bottleneck words, queue order."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from rxslurm.daemon import containers, quotas
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.containers import Runtime
+from rxslurm.daemon.containers import service as containers
+from rxslurm.daemon.containers.service import Runtime
+from rxslurm.daemon.containers.states import State, change_state
 from rxslurm.daemon.errors import BadRequest, NotFound
-from rxslurm.daemon.ledger import Ledger
-from rxslurm.daemon.records import to_timestamp, utcnow
-from rxslurm.daemon.states import State, change_state
+from rxslurm.daemon.ledger.records import to_timestamp, utcnow
+from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.quotas import leases as quotas
 
 PARTITIONS = {"cpu", "gpu"}
 

@@ -1,4 +1,4 @@
-"""Every role against every action of daemon/roles.py, through rxctl as real users.
+"""Every role against every action of rxslurm/daemon/projects/roles.py, through rxctl as real users.
 
 One project: rxalice owner, rxbob manager, rxcarol editor, rxdave viewer; rxop (an admin) and rxsvc
 are not members. An allowed action must take effect (and is undone by the owner afterwards); a
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from rxslurm.daemon.roles import ALLOWED, Action, Role
+from rxslurm.daemon.projects.roles import ALLOWED, Action, Role
 from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd, new_rxd
 from tests.support.lifecycle import lifecycle_config

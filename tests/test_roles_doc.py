@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from rxslurm.daemon.roles import ALLOWED, Action, Role, matrix_markdown, may
+from rxslurm.daemon.projects.roles import ALLOWED, Action, Role, matrix_markdown, may
 
 DOC = Path(__file__).parent.parent / "docs" / "roles.md"
 
@@ -10,7 +10,7 @@ def test_roles_doc_shows_the_matrix_the_daemon_enforces() -> None:
     shown = text.split("<!-- matrix -->\n", 1)[1].split("<!-- /matrix -->", 1)[0]
     assert shown == matrix_markdown(), (
         "docs/roles.md is out of date; regenerate the table between the matrix markers with "
-        "rxslurm.daemon.roles.matrix_markdown()"
+        "rxslurm.daemon.projects.roles.matrix_markdown()"
     )
 
 

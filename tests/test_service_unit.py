@@ -8,7 +8,7 @@ import socket
 import stat
 from pathlib import Path
 
-from rxslurm.daemon import sd_notify
+from rxslurm.daemon.api import sd_notify
 from rxslurm.daemon.folders import make_folder
 from rxslurm.daemon.logs import JsonFormatter
 

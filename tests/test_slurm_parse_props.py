@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.containers import container_id_from_comment
+from rxslurm.daemon.containers.service import container_id_from_comment
 from rxslurm.slurm.adapter import SACCT_FIELDS, parse_sacct_text
 from rxslurm.slurm.jobs import (
     QUEUE_FIXED_FIELDS,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rxslurm.daemon.munge_door import AUDIT_BURST
+from rxslurm.daemon.api.munge_door import AUDIT_BURST
 from rxslurm.slurm.hooks import job_event
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import RXCTL, VENV_BIN, Rxd, new_rxd

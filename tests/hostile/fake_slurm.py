@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.containers import Runtime, job_comment
-from rxslurm.daemon.ledger import Ledger
-from rxslurm.daemon.reconciler import Reconciler
-from rxslurm.daemon.records import to_timestamp, utcnow
+from rxslurm.daemon.containers.reconciler import Reconciler
+from rxslurm.daemon.containers.service import Runtime, job_comment
+from rxslurm.daemon.ledger.records import to_timestamp, utcnow
+from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.slurm.jobs import JobInfo, Listing
 
 CONFIG = Config()

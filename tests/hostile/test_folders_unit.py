@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rxslurm.daemon.projects.workspaces import Grant, WorkspaceError, acl_specs, claim, named_uids
 from rxslurm.daemon.quarantine import QUARANTINE, QuarantineError, quarantine
-from rxslurm.daemon.workspaces import Grant, WorkspaceError, acl_specs, claim, named_uids
 from rxslurm.slurm.runas import RunAs
 
 ME = RunAs("me", os.getuid() or 12345, os.getgid() or 12345, (os.getgid() or 12345,))

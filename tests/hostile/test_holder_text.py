@@ -15,14 +15,14 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rxslurm.daemon.apptainer import last_fatal
-from rxslurm.daemon.holder_status import (
+from rxslurm.daemon.containers.holder_status import (
     MAX_LINE_CHARS,
     HolderStatus,
     Kind,
     StatusReader,
     parse_status,
 )
+from rxslurm.daemon.images.apptainer import last_fatal
 from rxslurm.daemon.text_checks import bad_character, replace_bad
 from tests.hostile.fake_slurm import rig
 

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from rxslurm.daemon import quotas
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.containers import Runtime, submit, wake
+from rxslurm.daemon.containers.service import Runtime, submit, wake
 from rxslurm.daemon.errors import BadRequest
-from rxslurm.daemon.identities import Actor
-from rxslurm.daemon.ledger import Ledger
-from rxslurm.daemon.records import to_timestamp, utcnow
-from rxslurm.daemon.settings import Settings
+from rxslurm.daemon.identity.bindings import Actor
+from rxslurm.daemon.ledger.records import to_timestamp, utcnow
+from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.projects.settings import Settings
+from rxslurm.daemon.quotas import leases as quotas
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import VENV_BIN, Rxd
 from tests.support.lifecycle import ok, start_rxd

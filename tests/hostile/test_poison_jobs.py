@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon.containers import container_id_from_comment
+from rxslurm.daemon.containers.service import container_id_from_comment
 from rxslurm.slurm.jobs import JobInfo, Skipped
 from tests.hostile.fake_slurm import CONFIG, rig
 from tests.hostile.helpers import held_job_as

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon.image_cache import image_file_name
+from rxslurm.daemon.images.cache import image_file_name
 from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd, new_rxd
 from tests.support.lifecycle import lifecycle_config, ok, status, wait_state

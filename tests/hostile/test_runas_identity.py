@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon import containers, identities, projects
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.containers import Runtime
+from rxslurm.daemon.containers import service as containers
+from rxslurm.daemon.containers.service import Runtime
 from rxslurm.daemon.errors import Conflict
-from rxslurm.daemon.identities import Actor
-from rxslurm.daemon.ledger import Ledger
-from rxslurm.daemon.records import to_timestamp, utcnow
+from rxslurm.daemon.identity import bindings as identities
+from rxslurm.daemon.identity.bindings import Actor
+from rxslurm.daemon.ledger.records import to_timestamp, utcnow
+from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.projects import service as projects
 from tests.hostile.helpers import (
     IMAGE,
     container_daemon,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon.serve import StartupError, claim_socket_path, open_to_everyone
+from rxslurm.daemon.api.serve import StartupError, claim_socket_path, open_to_everyone
 from tests.support.daemon import new_rxd, test_root
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="checks root's own folders")

@@ -1,0 +1,210 @@
+"""Projects, their settings, run-as mode and members."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+from typing import Any
+
+from aiohttp import web
+
+from rxslurm.daemon.api.app import json_response, read_json
+from rxslurm.daemon.api.context import Daemon, daemon_of
+from rxslurm.daemon.containers import service as containers
+from rxslurm.daemon.errors import ApiError, BadRequest
+from rxslurm.daemon.identity.actors import actor_of
+from rxslurm.daemon.identity.bindings import (
+    binding_of_platform_user,
+    check_platform_user_id,
+    record_actor_event,
+)
+from rxslurm.daemon.projects import service as projects
+from rxslurm.daemon.projects.workspace_sync import retire_folders, sync_workspace
+from rxslurm.daemon.projects.workspaces import WorkspaceError
+from rxslurm.daemon.quarantine import QuarantineError
+
+log = logging.getLogger("rxslurm.projects")
+routes = web.RouteTableDef()
+
+
+def sync_or_warn(daemon: Daemon, name: str, revoke: tuple[str, ...] = ()) -> str | None:
+    """Bring the workspace in line; a failure is reported, the committed change stands."""
+    try:
+        return sync_workspace(daemon.ledger, daemon.config, name, revoke)
+    except (WorkspaceError, OSError) as exc:
+        log.error("workspace sync failed", extra={"project": name, "error": str(exc)})
+        return f"workspace not prepared: {exc}"
+
+
+async def _with_workspace(
+    daemon: Daemon, view: dict[str, Any], revoke: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    warning = await asyncio.to_thread(sync_or_warn, daemon, view["name"], revoke)
+    if warning:
+        view["warnings"] = [warning]
+    return view
+
+
+@routes.get("/v1/projects")
+async def list_projects(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    return json_response(
+        {"projects": await asyncio.to_thread(projects.list_projects, daemon.ledger, actor)}
+    )
+
+
+@routes.post("/v1/projects")
+async def create_project(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    body = await read_json(request, fields=("name", "settings"))
+    if not isinstance(body.get("settings", {}), dict):
+        raise BadRequest("settings must be a JSON object")
+    view = await asyncio.to_thread(
+        projects.create_project,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        name=body.get("name"),
+        settings=body.get("settings"),
+        validate=daemon.partitions.validate,
+    )
+    try:
+        await asyncio.to_thread(_create_workspace, daemon, view["name"])
+    except ApiError:
+        await asyncio.to_thread(_delete, daemon, actor, view["name"])
+        raise
+    return json_response(view, status=201)
+
+
+def _create_workspace(daemon: Daemon, name: str) -> None:
+    try:
+        # Fresh: whatever sits at the new project's path is someone else's and goes to quarantine.
+        sync_workspace(daemon.ledger, daemon.config, name, fresh=True)
+    except (WorkspaceError, OSError) as exc:
+        raise ApiError(
+            f"cannot prepare the project's workspace: {exc}", status=500, code="workspace"
+        ) from None
+
+
+@routes.get("/v1/projects/{name}")
+async def show_project(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    name = request.match_info["name"]
+    view = await asyncio.to_thread(projects.project_view, daemon.ledger, daemon.config, actor, name)
+    return json_response(view)
+
+
+@routes.delete("/v1/projects/{name}")
+async def delete_project(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    name = request.match_info["name"]
+    return json_response(await asyncio.to_thread(_delete, daemon, actor, name))
+
+
+def _delete(daemon: Daemon, actor: Any, name: str) -> dict[str, Any]:
+    """Delete the records, then move the folders out of reach (a crash in between leaves them
+    where the next project of that name quarantines them)."""
+    workspace = projects.delete_project(daemon.ledger, actor, name)
+    answer: dict[str, Any] = {"deleted": name}
+    try:
+        answer["quarantined"] = retire_folders(daemon.config, name, workspace)
+        with daemon.ledger.transaction() as db:
+            detail = {"paths": answer["quarantined"]}
+            record_actor_event(db, actor, "project.folders-quarantined", "project", name, detail)
+    except (QuarantineError, OSError) as exc:
+        log.error("cannot quarantine folders", extra={"project": name, "error": str(exc)})
+        answer["warnings"] = [f"folders not moved to quarantine: {exc}"]
+    return answer
+
+
+@routes.patch("/v1/projects/{name}/settings")
+async def update_settings(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    body = await read_json(request)
+    view = await asyncio.to_thread(
+        projects.update_settings,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        body,
+        daemon.partitions.validate,
+    )
+    return json_response(view)
+
+
+@routes.put("/v1/projects/{name}/run-as")
+async def set_run_as(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    body = await read_json(request, fields=("mode",))
+    view = await asyncio.to_thread(
+        projects.set_run_as,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        body.get("mode"),
+        partial(containers.cancel_job, daemon.runtime),
+    )
+    return json_response(await _with_workspace(daemon, view))
+
+
+@routes.post("/v1/projects/{name}/members")
+async def add_member(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    body = await read_json(request, fields=("user", "role"))
+    view = await asyncio.to_thread(
+        projects.add_member,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        body.get("user"),
+        body.get("role"),
+    )
+    return json_response(await _with_workspace(daemon, view), status=201)
+
+
+@routes.patch("/v1/projects/{name}/members/{user}")
+async def set_member_role(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    body = await read_json(request, fields=("role",))
+    view = await asyncio.to_thread(
+        projects.set_member_role,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        check_platform_user_id(request.match_info["user"]),
+        body.get("role"),
+        partial(containers.cancel_job, daemon.runtime),
+    )
+    return json_response(await _with_workspace(daemon, view))
+
+
+@routes.delete("/v1/projects/{name}/members/{user}")
+async def remove_member(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    user = check_platform_user_id(request.match_info["user"])
+    view = await asyncio.to_thread(
+        projects.remove_member,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        user,
+        partial(containers.cancel_job, daemon.runtime),
+    )
+    binding = await asyncio.to_thread(binding_of_platform_user, daemon.ledger.db, user)
+    revoke = (binding["username"],) if binding else ()
+    return json_response(await _with_workspace(daemon, view, revoke))

@@ -1,0 +1,286 @@
+"""Running rxd: bind the Unix socket safely, serve until SIGTERM, clean up."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import resource
+import signal
+import socket
+import ssl
+import stat
+from pathlib import Path
+
+from aiohttp import web
+
+from rxslurm.daemon.api import (
+    munge_door,
+    routes_admin,
+    routes_containers,
+    routes_identity,
+    routes_projects,
+    routes_system,
+    sd_notify,
+)
+from rxslurm.daemon.api import platform_door as platform
+from rxslurm.daemon.api.app import make_app
+from rxslurm.daemon.api.conn_caps import ConnectionCap, capped
+from rxslurm.daemon.api.context import DAEMON, Daemon
+from rxslurm.daemon.api.platform_door import platform_identify, read_token
+from rxslurm.daemon.config import Config, PlatformConfig, listen_address
+from rxslurm.daemon.exec.door import EXEC_SERVER
+from rxslurm.daemon.exec.server import ExecServer
+from rxslurm.daemon.folders import make_folder
+from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.slow_work import api_pool
+from rxslurm.slurm.adapter import SlurmCli
+
+log = logging.getLogger("rxslurm.daemon")
+
+
+ROUTES = [
+    *routes_system.routes,
+    *routes_identity.routes,
+    *routes_projects.routes,
+    *routes_containers.routes,
+    *routes_admin.routes,
+]
+
+
+class StartupError(Exception):
+    """rxd cannot start; the message says why."""
+
+
+def claim_socket_path(path: Path) -> None:
+    """Make `path` free for a new socket, or refuse.
+
+    The folder must be root's alone (root chmods the socket in it: a folder others can write
+    lets them swap the socket for a symlink first). A socket file left by a crashed rxd is
+    removed; one a live rxd answers on is not. Anything at the path that is not a socket (a
+    file, a planted symlink) is never removed.
+    """
+    make_folder(path.parent)
+    check_socket_folder(path.parent)
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise StartupError(f"cannot probe existing socket {path}: {exc}") from None
+        log.info("removing stale socket", extra={"socket": str(path)})
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise StartupError(f"another rxd is already serving on {path}")
+
+
+def check_socket_folder(folder: Path) -> None:
+    """The socket's folder: a real folder, owned by rxd's user (root), writable by no one else."""
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise StartupError(f"socket folder {folder} is not a folder (a symlink?); refusing it")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise StartupError(
+            f"socket folder {folder} must be owned by root and not group/world writable"
+        )
+
+
+def open_to_everyone(path: Path) -> None:
+    """chmod 0666 the socket just bound at `path`, never what a symlink there points to."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise StartupError(f"{path} is no longer the socket rxd bound; refusing to chmod it")
+        # Through the descriptor: chmod of /proc/self/fd/N changes exactly the inode opened.
+        os.chmod(f"/proc/self/fd/{fd}", 0o666)  # noqa: S103 - access is decided per caller
+    finally:
+        os.close(fd)
+
+
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit (the unit sets it): idle callers cost descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit", extra={"error": str(exc)})
+            return
+    log.debug("open files limit", extra={"limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0]})
+
+
+def tls_context(platform_config: PlatformConfig) -> ssl.SSLContext | None:
+    """The platform listener's TLS, if configured; its key must be root's alone, like the token."""
+    if not platform_config.tls_cert:
+        return None
+    key = Path(platform_config.tls_key)
+    try:
+        info = key.lstat()
+    except FileNotFoundError:
+        raise StartupError(f"platform TLS key {key} does not exist") from None
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
+        raise StartupError(f"platform TLS key {key} must be a regular file of root, mode 0600")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(platform_config.tls_cert, str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load the platform TLS certificate or key: {exc}") from None
+    return context
+
+
+class CappedUnixSite(web.UnixSite):
+    """aiohttp's Unix site with a per-uid connection cap and the socket opened to everyone."""
+
+    def __init__(self, runner: web.BaseRunner, path: Path, cap: ConnectionCap) -> None:
+        super().__init__(runner, str(path))
+        self.cap = cap
+        self.path = path
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        assert self._runner.server is not None
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            capped(self.cap, self._runner.server), str(self.path), backlog=self._backlog
+        )
+        open_to_everyone(self.path)
+
+
+class CappedTCPSite(web.TCPSite):
+    """aiohttp's TCP site with a connection cap per peer address, counted before the token."""
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, cap: ConnectionCap, **kw: object
+    ) -> None:
+        super().__init__(runner, host, port, **kw)  # type: ignore[arg-type]
+        self.cap = cap
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        assert self._runner.server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            capped(self.cap, self._runner.server),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+        )
+
+
+def build_daemon(config: Config) -> Daemon:
+    ledger = Ledger.open(config.daemon.ledger)
+    slurm = SlurmCli(bin_dir=config.slurm.bin_dir or None, timeout=config.slurm.timeout)
+    return Daemon(config=config, ledger=ledger, slurm=slurm)
+
+
+async def serve(config: Config) -> None:
+    # Signals first: a SIGTERM during start-up must still stop rxd cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    raise_open_files_limit()
+    loop.set_default_executor(api_pool())
+    daemon = build_daemon(config)
+    # An unusable pull account or image folder stops rxd here, before it serves anyone.
+    await asyncio.to_thread(daemon.runtime.pulls.start)
+    # Both listeners share one health answer: a second's worth of callers costs one check.
+    health = routes_system.HealthCache()
+    app = make_app(ROUTES, {DAEMON: daemon, routes_system.HEALTH: health})
+    sock_path = config.daemon.socket
+    claim_socket_path(sock_path)
+    limits = config.limits
+
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=limits.keepalive_s
+    )
+    await runner.setup()
+    runners = [runner]
+    # Anyone may connect: access is decided per request from the peer's credentials.
+    await CappedUnixSite(runner, sock_path, ConnectionCap(limits.connections_per_uid)).start()
+    log.info("rxd serving", extra={"socket": str(sock_path), "ledger": str(config.daemon.ledger)})
+
+    if config.platform.listen:
+        token = read_token(config.platform.token_file)
+        context = tls_context(config.platform)
+        platform_app = make_app(
+            [*ROUTES, *platform.routes],
+            {DAEMON: daemon, routes_system.HEALTH: health},
+            identify=platform_identify(token),
+        )
+        platform_runner = web.AppRunner(
+            platform_app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=limits.keepalive_s,
+        )
+        await platform_runner.setup()
+        runners.append(platform_runner)
+        host, port = listen_address(config.platform.listen)
+        cap = ConnectionCap(limits.connections_per_uid)
+        await CappedTCPSite(platform_runner, host, port, cap, ssl_context=context).start()
+        log.info(
+            "platform API serving",
+            extra={"listen": config.platform.listen, "tls": context is not None},
+        )
+    exec_server = ExecServer.start(daemon)
+    if config.daemon.listen:
+        # The network door gets the same per-address cap and keep-alive as the platform's.
+        door_cap = ConnectionCap(limits.connections_per_uid)
+        runners.append(
+            await munge_door.start(
+                daemon,
+                ROUTES,
+                {DAEMON: daemon, routes_system.HEALTH: health, EXEC_SERVER: exec_server},
+                keepalive_s=limits.keepalive_s,
+                make_site=lambda r, h, p: CappedTCPSite(r, h, p, door_cap),
+            )
+        )
+
+    daemon.reconciler.start()
+    # A partition QOS set with scontrol is lost when slurmctld restarts: put the mirror back,
+    # in the background (Slurm may be slow to answer; serving must not wait on it).
+    mirror = asyncio.create_task(asyncio.to_thread(_mirror_quotas, daemon))
+    sd_notify.notify("READY=1")  # every listener serves
+    try:
+        await stop.wait()
+    finally:
+        sd_notify.notify("STOPPING=1")
+        log.info("rxd stopping")
+        await asyncio.wait([mirror], timeout=30)
+        await asyncio.to_thread(exec_server.stop)
+        await asyncio.to_thread(daemon.reconciler.stop)
+        await asyncio.to_thread(daemon.runtime.pulls.stop)
+        for each in runners:
+            await each.cleanup()
+        _remove_own_socket(sock_path)
+        daemon.ledger.close()
+        log.info("rxd stopped")
+
+
+def _mirror_quotas(daemon: Daemon) -> list[dict[str, object]]:
+    from rxslurm.daemon.quotas import qos_mirror
+
+    # Also removes mirrors whose quota went while rxd was down; never raises for Slurm errors.
+    mirrored = qos_mirror.sync(daemon.ledger, daemon.slurm, tag=daemon.config.slurm.tag)
+    if mirrored:
+        log.info("quota mirror", extra={"mirrored": mirrored})
+    return mirrored
+
+
+def _remove_own_socket(path: Path) -> None:
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass

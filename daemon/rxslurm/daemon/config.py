@@ -1,0 +1,415 @@
+"""rxd's TOML configuration: defaults, loading and validation.
+
+An unknown section or key is an error: a typo in a root daemon's config must not silently fall back
+to a default.
+"""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/rxslurm/rxd.toml")
+CONFIG_ENV = "RXD_CONFIG"
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    socket: Path = Path("/run/rxslurm/rxd.sock")
+    ledger: Path = Path("/var/lib/rxslurm/ledger.db")
+    log_level: str = "info"
+    # Members of this Unix group (and root) are rx-slurm admins.
+    admin_group: str = "rxadmin"
+    # "host:port" to serve the cluster over TCP, each request proved by MUNGE; empty: off.
+    listen: str = ""
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    # "local": every Linux user is their own platform user, bound on first use.
+    # "platform": bindings come only from one-time codes issued for platform users.
+    mode: str = "local"
+    min_uid: int = 1000
+    # How long a one-time binding code may be redeemed, in minutes.
+    code_ttl_min: int = 10
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    # Empty: find sbatch, squeue, ... on PATH.
+    bin_dir: str = ""
+    timeout: float = 30.0
+    # Marks this deployment's jobs (their comment is "<tag>:container=<id>"): the reconciler
+    # adopts or cancels only jobs with its own tag, so two deployments can share a cluster.
+    tag: str = "rx"
+    # Who may poke rxd about job starts and ends (PrologSlurmctld/EpilogSlurmctld run as SlurmUser).
+    hook_users: tuple[str, ...] = ("root", "slurm")
+
+
+@dataclass(frozen=True)
+class ApptainerConfig:
+    # Absolute path of the Apptainer program that the holder job, exec steps and overlay creation
+    # all run (the same path on every node); empty: `apptainer` looked up on rxd's PATH once.
+    binary: str = ""
+    # Containers start with --fakeroot: root inside, mapped to the runtime user, so apt-get, dpkg
+    # and pip write into the persistent overlay. Without it only what the user owns is writable.
+    fakeroot: bool = True
+    # "project": the container's home is a folder of its own (in its state folder);
+    # "host": the runtime user's home from the node is bound, Apptainer's default.
+    home: str = "project"
+    # /tmp and /var/tmp are the container's own (in its overlay), not the node's.
+    private_tmp: bool = True
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    # The Linux account project work runs as when a project chooses run_as = "service";
+    # empty: no service account, so every project runs as its owner's bound identity.
+    service_account: str = ""
+    # Whether owners may run project work as their own bound Linux identity.
+    allow_run_as_bound: bool = True
+
+
+@dataclass(frozen=True)
+class WorkspacesConfig:
+    # Each project's workspace is <root>/<project>; root must be a local, root-owned folder.
+    root: Path = Path("/srv/rxslurm/workspaces")
+
+
+@dataclass(frozen=True)
+class DefaultsConfig:
+    """What a project setting of 0 or "" means."""
+
+    image: str = ""
+    cpus: int = 1
+    mem_mb: int = 1000
+    gpus: int = 0
+    gpu_type: str = ""
+    gpu_driver: str = "nvidia"
+    gpu_mem_gb: int = 0
+    # Empty: Slurm's default partition.
+    partition: str = ""
+    # 0: the partition's own limit.
+    time_limit_min: int = 0
+    idle_timeout_min: int = 60
+
+
+@dataclass(frozen=True)
+class ContainersConfig:
+    # Per-container folders (overlay, job status and logs, instance records): <state_root>/<name>.
+    # On a real cluster both this and workspaces.root must be on a filesystem the nodes share.
+    state_root: Path = Path("/srv/rxslurm/containers")
+    # Images pulled from docker://, oras:// or library:// references land here.
+    image_dir: Path = Path("/srv/rxslurm/images")
+    overlay_size_mb: int = 1024
+    # Admin's mounts in every container, "src[:dest[:ro|rw]]".
+    fixed_mounts: tuple[str, ...] = ()
+    # Seconds the instance gets after SIGTERM before it is killed.
+    stop_grace_s: int = 10
+    # Seconds between reconciler passes.
+    reconcile_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class PullsConfig:
+    """Image pulls by reference (docker://, oras://, library://): never as root, never unbounded."""
+
+    # The dedicated system account pulls run as (uid below identity.min_uid, never a researcher
+    # or the service account); empty: no pulls, projects must name an image file.
+    user: str = "rxpull"
+    # Root-owned; each pull works in a fresh folder below it that only the pull account may write.
+    work_dir: Path = Path("/var/lib/rxslurm/pulls")
+    timeout_s: int = 1800
+    # Disk one pull may use: downloaded layers, the unpacked tree and the image together.
+    max_mb: int = 20480
+    # Pulls running at once; more wait for a slot.
+    concurrency: int = 2
+    # Distinct images one Linux user may have pulling or waiting to pull at once.
+    max_per_user: int = 2
+    # How long `enable` waits for a pull to finish before it answers "pulling".
+    enable_wait_s: float = 3.0
+    # Registries ("host:port") reached over plain HTTP, e.g. a test registry on loopback.
+    plain_http: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuotasConfig:
+    # "queue": a start that does not fit waits and starts by itself when leases free up;
+    # "reject": it fails at once with the bottleneck in words.
+    policy: str = "queue"
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    # "host:port" to serve the API to the research platform over TCP; empty: off.
+    listen: str = ""
+    # A root-owned file, mode 0600, holding the platform's bearer token.
+    token_file: Path = Path("/etc/rxslurm/platform.token")
+    # TLS for the listener (PEM files; the key root-owned, mode 0600). Without both, only a
+    # loopback address may be served: the token travels in every request.
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # Open connections one caller (a uid; a peer address over TCP) may hold on each socket.
+    connections_per_uid: int = 128
+    # Seconds an API connection may sit idle (before its first request, or between requests).
+    keepalive_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    apptainer: ApptainerConfig = field(default_factory=ApptainerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    workspaces: WorkspacesConfig = field(default_factory=WorkspacesConfig)
+    defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
+    platform: PlatformConfig = field(default_factory=PlatformConfig)
+    containers: ContainersConfig = field(default_factory=ContainersConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
+    pulls: PullsConfig = field(default_factory=PullsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    source: Path | None = None
+
+
+_SECTIONS: dict[str, type] = {
+    "daemon": DaemonConfig,
+    "identity": IdentityConfig,
+    "slurm": SlurmConfig,
+    "apptainer": ApptainerConfig,
+    "runtime": RuntimeConfig,
+    "workspaces": WorkspacesConfig,
+    "defaults": DefaultsConfig,
+    "platform": PlatformConfig,
+    "containers": ContainersConfig,
+    "quotas": QuotasConfig,
+    "pulls": PullsConfig,
+    "limits": LimitsConfig,
+}
+
+
+def config_path(flag: str | os.PathLike[str] | None) -> Path:
+    """The config file to read: the flag, else $RXD_CONFIG, else the default."""
+    if flag:
+        return Path(flag)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path, *, missing_ok: bool = False) -> Config:
+    """Read and validate a config file; with missing_ok, a missing default file means defaults."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        if missing_ok:
+            return Config()
+        raise ConfigError(f"config file {path} not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    return parse_config(raw, source=path)
+
+
+def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
+    where = str(source) if source else "config"
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown section [{unknown[0]}]; valid sections: {', '.join(_SECTIONS)}"
+        )
+    sections = {
+        name: _parse_section(name, cls, raw.get(name, {}), where) for name, cls in _SECTIONS.items()
+    }
+    config = Config(**sections, source=source)
+    _validate(config, where)
+    return config
+
+
+def _parse_section(name: str, cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table")
+    defaults = cls()
+    known = {f.name: f for f in fields(cls)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {name}.{key}; valid keys: {', '.join(known)}")
+        default = getattr(defaults, key)
+        changes[key] = _coerce(f"{name}.{key}", value, default, where)
+    return replace(defaults, **changes)
+
+
+def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, Path):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: {key} must be a non-empty path string")
+        return Path(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {key} must be a list of strings")
+        return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {key} must be a number")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string")
+    return value
+
+
+def _validate(config: Config, where: str) -> None:
+    if config.identity.mode not in ("local", "platform"):
+        raise ConfigError(f'{where}: identity.mode must be "local" or "platform"')
+    if config.identity.min_uid < 1:
+        raise ConfigError(f"{where}: identity.min_uid must be at least 1 (root is never bound)")
+    if config.daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{where}: daemon.log_level must be debug, info, warning or error")
+    if config.slurm.timeout <= 0:
+        raise ConfigError(f"{where}: slurm.timeout must be positive")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", config.slurm.tag):
+        raise ConfigError(f"{where}: slurm.tag must be 1-32 letters, digits, '.', '_' or '-'")
+    if config.identity.code_ttl_min < 1:
+        raise ConfigError(f"{where}: identity.code_ttl_min must be at least 1")
+    for key in ("cpus", "mem_mb", "gpus", "gpu_mem_gb", "time_limit_min", "idle_timeout_min"):
+        if getattr(config.defaults, key) < 0:
+            raise ConfigError(f"{where}: defaults.{key} must not be negative")
+    if config.defaults.gpu_driver not in ("nvidia", "amd", ""):
+        raise ConfigError(f'{where}: defaults.gpu_driver must be "nvidia", "amd" or ""')
+    if not config.workspaces.root.is_absolute():
+        raise ConfigError(f"{where}: workspaces.root must be an absolute path")
+    containers = config.containers
+    for key in ("state_root", "image_dir"):
+        if not getattr(containers, key).is_absolute():
+            raise ConfigError(f"{where}: containers.{key} must be an absolute path")
+    if containers.overlay_size_mb < 64:
+        raise ConfigError(
+            f"{where}: containers.overlay_size_mb must be at least 64 (Apptainer's minimum)"
+        )
+    if containers.stop_grace_s < 0 or containers.reconcile_interval <= 0:
+        raise ConfigError(
+            f"{where}: containers.stop_grace_s and reconcile_interval must be positive"
+        )
+    for mount in containers.fixed_mounts:
+        parts = mount.split(":")
+        if (
+            not mount.startswith("/")
+            or "," in mount
+            or len(parts) > 3
+            or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
+        ):
+            raise ConfigError(
+                f"{where}: containers.fixed_mounts entry {mount!r} must be /src[:/dest[:ro|rw]] "
+                "without commas"
+            )
+    apptainer = config.apptainer
+    if apptainer.binary and not apptainer.binary.startswith("/"):
+        raise ConfigError(f"{where}: apptainer.binary must be an absolute path (or empty: PATH)")
+    if apptainer.home not in ("project", "host"):
+        raise ConfigError(f'{where}: apptainer.home must be "project" or "host"')
+    if config.quotas.policy not in ("queue", "reject"):
+        raise ConfigError(f'{where}: quotas.policy must be "queue" or "reject"')
+    _validate_pulls(config.pulls, where)
+    listen = config.daemon.listen
+    if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f'{where}: daemon.listen must be "host:port"')
+    if config.daemon.listen and config.daemon.listen == config.platform.listen:
+        raise ConfigError(f"{where}: daemon.listen and platform.listen must differ")
+    _validate_platform(config.platform, where)
+    if config.runtime.service_account:
+        _check_service_account(config, where)
+    if config.limits.connections_per_uid < 1 or config.limits.keepalive_s <= 0:
+        raise ConfigError(
+            f"{where}: limits.connections_per_uid and limits.keepalive_s must be positive"
+        )
+
+
+def _validate_pulls(pulls: PullsConfig, where: str) -> None:
+    if pulls.user and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", pulls.user):
+        raise ConfigError(f"{where}: pulls.user must be a Linux user name")
+    if not pulls.work_dir.is_absolute():
+        raise ConfigError(f"{where}: pulls.work_dir must be an absolute path")
+    for key in ("timeout_s", "max_mb", "concurrency", "max_per_user"):
+        if getattr(pulls, key) < 1:
+            raise ConfigError(f"{where}: pulls.{key} must be at least 1")
+    if pulls.enable_wait_s < 0:
+        raise ConfigError(f"{where}: pulls.enable_wait_s must not be negative")
+    for registry in pulls.plain_http:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", registry):
+            raise ConfigError(f'{where}: pulls.plain_http entry {registry!r} must be "host[:port]"')
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    """platform.listen as (host, port); IPv6 hosts may be bracketed."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+def _validate_platform(platform: PlatformConfig, where: str) -> None:
+    listen = platform.listen
+    if not listen:
+        return
+    if ":" not in listen or not listen.rsplit(":", 1)[1].isdigit():
+        raise ConfigError(f'{where}: platform.listen must be "host:port"')
+    if bool(platform.tls_cert) != bool(platform.tls_key):
+        raise ConfigError(f"{where}: platform.tls_cert and platform.tls_key go together")
+    host, _ = listen_address(listen)
+    if not platform.tls_cert and not is_loopback(host):
+        raise ConfigError(
+            f"{where}: platform.listen {listen!r} is not a loopback address; serving the "
+            "platform token over plain HTTP there is refused (set platform.tls_cert and "
+            "platform.tls_key, or listen on 127.0.0.1)"
+        )
+
+
+def _check_service_account(config: Config, where: str) -> None:
+    """The shared account projects may run as must pass every check a bound identity passes
+    (not root, not a system account, a real login shell) and hold no power in rx-slurm itself:
+    everyone who creates a project runs code as it."""
+    # identities imports this module, so its checks are imported here, when first needed.
+    from rxslurm.daemon.errors import ApiError
+    from rxslurm.daemon.identity.bindings import linux_account_by_name
+
+    name = config.runtime.service_account
+    refused = f"{where}: runtime.service_account {name!r} is refused:"
+    try:
+        entry = linux_account_by_name(name, config.identity.min_uid)
+    except ApiError as exc:
+        raise ConfigError(f"{refused} {exc.message}") from None
+    if name in config.slurm.hook_users:
+        raise ConfigError(f"{refused} it is one of slurm.hook_users")
+    try:
+        admin_gid = grp.getgrnam(config.daemon.admin_group).gr_gid
+    except KeyError:
+        admin_gid = None
+    if admin_gid is not None and admin_gid in os.getgrouplist(name, entry.pw_gid):
+        raise ConfigError(f"{refused} it is in the admin group {config.daemon.admin_group}")

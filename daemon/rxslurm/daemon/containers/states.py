@@ -1,0 +1,99 @@
+"""Container states and the only function that changes them.
+
+A state change is one conditional UPDATE (`... WHERE state IN (allowed sources)`) plus its event,
+inside the caller's transaction: two racing wakes cannot both move `stopped -> starting`, and a
+change never commits without its event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any
+
+from rxslurm.daemon.errors import Conflict
+from rxslurm.daemon.ledger.audit import record_event
+from rxslurm.daemon.ledger.records import to_timestamp, utcnow
+from rxslurm.daemon.ledger.store import LedgerDatabase
+from rxslurm.daemon.quotas import leases as quotas
+
+
+class State(StrEnum):
+    DISABLED = "disabled"
+    PULLING = "pulling"  # enabled; its image is being pulled (no job, no lease yet)
+    WAITING = "waiting_for_resources"  # the job is PENDING
+    STARTING = "starting"  # submitting, or the job runs but the instance is not ready yet
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"  # sleeping: no job, overlay and workspace kept
+    ERROR = "error"
+
+
+# A job belongs to the container in these states; the reconciler watches them.
+ACTIVE = frozenset({State.WAITING, State.STARTING, State.RUNNING, State.STOPPING})
+# Work may be started from these.
+STARTABLE = frozenset({State.STOPPED})
+# No job: nothing to watch (a pull in progress is watched by rxd's pull workers, not Slurm).
+RESTING = frozenset({State.DISABLED, State.PULLING, State.STOPPED, State.ERROR})
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+
+
+def change_state(
+    db: LedgerDatabase,
+    container_id: int,
+    to: State,
+    *,
+    allowed_from: Iterable[State],
+    actor: str,
+    origin: str,
+    actor_uid: int | None = None,
+    reason: str | None = None,
+    fields: dict[str, Any] | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Move a container to `to` if it is in one of `allowed_from`; return the updated row.
+
+    `fields` are other columns written in the same UPDATE (job bookkeeping, last_error, ...).
+    Raises InvalidTransition, changing nothing, when the container is in another state.
+    """
+    sources = sorted({State(s).value for s in allowed_from})
+    now = to_timestamp(utcnow())
+    values: dict[str, Any] = {
+        "state": to.value,
+        "reason": reason,
+        "updated_at": now,
+        **(fields or {}),
+    }
+    assignments = ", ".join(f"{column} = :{column}" for column in values)
+    placeholders = ", ".join(f":src{i}" for i in range(len(sources)))
+    params = {**values, "id": container_id, **{f"src{i}": s for i, s in enumerate(sources)}}
+    before = db.execute("SELECT state FROM containers WHERE id = ?", [container_id]).fetchone()
+    if before is None:
+        raise InvalidTransition(f"container {container_id} does not exist")
+    cursor = db.execute(
+        f"UPDATE containers SET {assignments}, generation = generation + 1 "  # noqa: S608 - column names are ours
+        f"WHERE id = :id AND state IN ({placeholders})",
+        params,
+    )
+    if cursor.rowcount != 1:
+        raise InvalidTransition(
+            f"cannot go from {before[0]} to {to.value} (allowed from: {', '.join(sources)})"
+        )
+    if to in RESTING:
+        # A resting container holds nothing: its lease goes in the same transaction.
+        quotas.release(db, container_id)
+    row = db["containers"].get(container_id)
+    record_event(
+        db,
+        actor=actor,
+        actor_uid=actor_uid,
+        origin=origin,
+        action="container.state",
+        target_type="container",
+        target_id=row["name"],
+        detail={"from": before[0], "to": to.value, "reason": reason, **(detail or {})},
+    )
+    return row

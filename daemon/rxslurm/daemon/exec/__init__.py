@@ -1,0 +1,1 @@
+"""Commands in a running container: the exec server, its relay and its network door."""

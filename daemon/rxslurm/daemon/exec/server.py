@@ -1,0 +1,740 @@
+"""The exec service: a command in a project's running container, on the caller's own terminal.
+
+A second Unix socket beside the API's (`rxd-exec.sock`), because a session hands rxd file
+descriptors and HTTP cannot carry them. The client sends ONE JSON line with its stdin, stdout and
+stderr attached (SCM_RIGHTS); rxd answers with JSON lines: progress while the container wakes,
+then `{"exit": N}` or `{"error": "..."}`. Meanwhile the client may send `{"signal": "INT"}`.
+docs/exec.md has the protocol and why it is safe.
+
+The command is a step in the container's job, `srun --jobid J --overlap ... apptainer exec
+instance://...`, started as the job's user. The caller's descriptors stay in rxd: srun gets pipes
+or a pty, and rxd relays (exec_relay), dropping srun's reports of ended tasks from its stderr (see
+strip_srun_task_lines). One thread per session, at most `limits.connections_per_uid` sessions per
+uid; ledger calls go to a small fixed pool because the ledger keeps one connection per thread that
+ever touched it, for the life of the daemon.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import logging
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rxslurm.daemon.api.conn_caps import ConnectionCap, caller_key
+from rxslurm.daemon.api.context import Daemon
+from rxslurm.daemon.api.peercred import Caller, UnknownCaller, peer_credentials, resolve_caller
+from rxslurm.daemon.containers import service as containers
+from rxslurm.daemon.containers.states import State
+from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
+from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
+from rxslurm.daemon.identity.bindings import Actor, auto_bind_local, binding_of_uid
+from rxslurm.daemon.images import apptainer
+from rxslurm.daemon.projects.roles import Action
+from rxslurm.slurm.runas import SAFE_PATH, clean_env
+from rxslurm.slurm.step_signal import StepSignaller, new_step_name, subprocess_alive
+
+log = logging.getLogger("rxslurm.exec")
+
+T = TypeVar("T")
+
+EXEC_SOCKET_NAME = "rxd-exec.sock"
+MAX_REQUEST = 1024 * 1024  # argv travels in the request; Linux's ARG_MAX is 2 MiB
+MAX_MESSAGE = 64 * 1024
+REQUEST_TIMEOUT_S = 10.0  # for the whole request, however it trickles in
+# A client that does not read its answers holds a thread only this long per message.
+REPLY_TIMEOUT_S = 10.0
+WAKE_TIMEOUT_S = 600.0
+WAKE_POLL_S = 0.2
+READY_TIMEOUT_S = 10.0
+# srun cancels its step on SIGTERM; only if it hangs is it killed (which leaves the step running).
+KILL_AFTER_S = 30.0
+# After srun exits, how long its last output may wait for a caller who takes none of it.
+DRAIN_S = 10.0
+DEFAULT_CWD = "/workspace"
+SIGNALS = {
+    "INT": signal.SIGINT,
+    "TERM": signal.SIGTERM,
+    "HUP": signal.SIGHUP,
+    "QUIT": signal.SIGQUIT,
+    "WINCH": signal.SIGWINCH,
+}
+_TERM = re.compile(r"[A-Za-z0-9._+-]{1,64}")
+# srun reports every task that ends non-zero ("srun: error: n1: task 0: Exited with exit code
+# 3") and has no switch for it: -QQ would also hide its real errors. The exit code says the same,
+# so these lines are dropped; an out-of-memory report is kept.
+_SRUN_TASK_END = re.compile(
+    rb"(?m)^srun: error: [^\s:]+: tasks? [0-9,-]+: (?!Out Of Memory)[^\n]*\n"
+)
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol; the message says how."""
+
+
+class ClientGone(Exception):
+    """The client disconnected or asked to stop before the command started."""
+
+    def __init__(self, exit_code: int | None = None) -> None:
+        super().__init__("client gone")
+        self.exit_code = exit_code
+
+
+def exec_socket_path(api_socket: Path) -> Path:
+    return api_socket.parent / EXEC_SOCKET_NAME
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def strip_srun_task_lines(chunk: bytes) -> bytes:
+    return _SRUN_TASK_END.sub(b"", chunk)
+
+
+class LineReader:
+    """Splits a byte stream into JSON objects, one per line."""
+
+    def __init__(self, limit: int = MAX_MESSAGE) -> None:
+        self.buffer = b""
+        self.limit = limit
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        if len(self.buffer) > self.limit:
+            raise ProtocolError(f"a message is longer than {self.limit} bytes")
+        return [decode(line) for line in lines if line.strip()]
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        # ValueError covers bad JSON, bad UTF-8 and integers too long to convert; deep nesting
+        # ends in RecursionError.
+        raise ProtocolError("a message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return message
+
+
+def receive_request(
+    conn: socket.socket, timeout: float = REQUEST_TIMEOUT_S
+) -> tuple[dict[str, Any], list[int], bytes]:
+    """The first line and the three descriptors that came with its first byte; plus any bytes
+    after the line (a signal may follow at once). The whole line must arrive within `timeout`:
+    a deadline per recv would let a client trickle a byte at a time and hold the connection."""
+    deadline = time.monotonic() + timeout
+
+    def wait() -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ProtocolError(f"the request did not arrive within {timeout:g} s")
+        conn.settimeout(left)
+
+    fds = array.array("i")
+    try:
+        wait()
+        # Not socket.recv_fds: before Python 3.12 it drops the flags, and the descriptors must
+        # be close-on-exec until a child is given them on purpose.
+        data, ancillary, flags, _ = conn.recvmsg(
+            MAX_MESSAGE, socket.CMSG_SPACE(3 * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+        )
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        if flags & socket.MSG_CTRUNC or len(fds) != 3:
+            raise ProtocolError("send exactly three file descriptors (stdin, stdout, stderr)")
+        while b"\n" not in data:
+            if len(data) > MAX_REQUEST:
+                raise ProtocolError(f"the request is longer than {MAX_REQUEST} bytes")
+            wait()
+            more = conn.recv(MAX_MESSAGE)
+            if not more:
+                raise ProtocolError("the connection closed before the request ended")
+            data += more
+    except TimeoutError:
+        for fd in fds:
+            os.close(fd)
+        raise ProtocolError(f"the request did not arrive within {timeout:g} s") from None
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    line, _, rest = data.partition(b"\n")
+    try:
+        return decode(line), list(fds), rest
+    except ProtocolError:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    project: str
+    argv: tuple[str, ...] = ()
+    shell: bool = False
+    tty: bool = False
+    wake: bool = True
+    cwd: str | None = DEFAULT_CWD
+    term: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> ExecRequest:
+        known = {"project", "argv", "shell", "tty", "wake", "cwd", "term"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadRequest(f"unknown request field {unknown[0]!r}")
+        project = data.get("project")
+        if not isinstance(project, str) or not project or "\0" in project:
+            raise BadRequest("project must be a non-empty string without NUL bytes")
+        argv = data.get("argv", [])
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise BadRequest("argv must be a list of strings")
+        if any("\0" in a for a in argv):
+            raise BadRequest("argv must not contain NUL bytes")
+        if not all(_encodable(a) for a in (project, *argv)):
+            raise BadRequest("project and argv must be valid Unicode (no lone surrogates)")
+        flags = {}
+        for key, default in (("shell", False), ("tty", False), ("wake", True)):
+            value = data.get(key, default)
+            if not isinstance(value, bool):
+                raise BadRequest(f"{key} must be true or false")
+            flags[key] = value
+        if flags["shell"] and argv:
+            raise BadRequest("a shell takes no argv")
+        if not flags["shell"] and not argv:
+            raise BadRequest("argv must name a command")
+        cwd = data.get("cwd", DEFAULT_CWD)
+        if cwd is not None and (
+            not isinstance(cwd, str)
+            or not cwd.startswith("/")
+            or "\0" in cwd
+            or len(cwd) > 4096
+            or not _encodable(cwd)
+        ):
+            raise BadRequest("cwd must be an absolute path")
+        term = data.get("term")
+        if term is not None and (not isinstance(term, str) or not _TERM.fullmatch(term)):
+            raise BadRequest("term must be a terminal type name")
+        return cls(project, tuple(argv), cwd=cwd, term=term, **flags)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def srun_argv(
+    srun: str,
+    apptainer: str,
+    target: containers.ExecTarget,
+    request: ExecRequest,
+    step_name: str,
+) -> list[str]:
+    """The step: every user-given word is one argv item after the instance, never a shell line."""
+    argv = [srun, f"--jobid={target.job_id}", "--overlap", "--ntasks=1", "--quiet"]
+    # Ctrl-C never reaches srun: rxd (or rxctl) gives SIGINT to the step's processes itself, found
+    # by this name (slurm: step_signal.py). srun's own SIGINT handling would end the step: with
+    # --quit-on-interrupt at once, otherwise (--disable-status) right after passing SIGINT on.
+    argv.append("--disable-status")
+    argv.append(f"--job-name={step_name}")
+    if request.tty:
+        argv.append("--pty")
+    argv += ["--", apptainer, "shell" if request.shell else "exec"]
+    if request.cwd:
+        argv += ["--pwd", request.cwd]
+    argv.append(f"instance://{target.instance}")
+    argv += request.argv
+    return argv
+
+
+def child_env(target: containers.ExecTarget, request: ExecRequest) -> dict[str, str]:
+    # The holder started the instance with this config folder; exec finds it there.
+    extra = {"APPTAINER_CONFIGDIR": target.apptainer_configdir}
+    if request.tty and request.term:
+        extra["TERM"] = request.term
+    return clean_env(target.runas, extra)
+
+
+def actor_for(daemon: Daemon, caller: Caller) -> Actor:
+    """The same rule as actors.actor_of, for a caller of the exec socket or the network door."""
+    if daemon.config.identity.mode == "local":
+        platform_user = auto_bind_local(daemon.ledger, daemon.config, caller.uid)
+    else:
+        row = binding_of_uid(daemon.ledger.db, caller.uid)
+        platform_user = row["platform_user_id"] if row else None
+    return Actor(
+        platform_user=platform_user,
+        uid=caller.uid,
+        user=caller.user,
+        # Admin powers only through the service host's socket (api/munge_door.py says why).
+        admin=caller.door == "socket" and daemon.is_admin(caller),
+        origin=caller.door,
+    )
+
+
+def wait_for(fd: int, events: int, timeout: float | None) -> bool:
+    """Whether fd is ready (or hung up) within timeout seconds; poll, as select() stops at
+    descriptor 1024."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+
+
+def exit_status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Session:
+    """One connection: authorize, wake if asked, run the step, report how it ended."""
+
+    def __init__(self, server: ExecServer, conn: socket.socket) -> None:
+        self.server = server
+        self.daemon = server.daemon
+        self.conn = conn
+        self.reader = LineReader()
+        self.fds: list[int] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.plumbing: Plumbing | None = None
+        self.interrupter: StepSignaller | None = None
+        self.stopping = False
+
+    # -- the conversation ------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.sendall(encode(message))
+
+    def serve(self) -> None:
+        """A session of the exec socket: the caller is the kernel's answer for the peer."""
+
+        def converse() -> None:
+            try:
+                caller = resolve_caller(*peer_credentials(self.conn))
+            except (OSError, UnknownCaller) as exc:
+                raise ProtocolError(str(exc)) from None
+            data, self.fds, rest = receive_request(self.conn)
+            self.converse(caller, data, rest)
+
+        self.guarded(converse)
+
+    def serve_network(self, caller: Caller, data: dict[str, Any], fds: list[int]) -> None:
+        """A session of the network door (exec/door.py): the caller proved by MUNGE, the
+        descriptors rxd's own ends of the stream's channels. A caller who is the container's
+        runtime user is told the step to start itself (`direct`) and rxd holds nothing."""
+        self.fds = fds
+        self.guarded(lambda: self.converse(caller, data, b"", direct_allowed=True))
+
+    def converse(
+        self, caller: Caller, data: dict[str, Any], rest: bytes, direct_allowed: bool = False
+    ) -> None:
+        request = ExecRequest.parse(data)
+        pending = self.reader.feed(rest)
+        # Reads happen only when poll says so; this bounds a send to a client not reading.
+        self.conn.settimeout(REPLY_TIMEOUT_S)
+        if request.tty and not os.isatty(self.fds[0]):
+            raise BadRequest("a terminal session needs a terminal on stdin")
+        actor = self.server.call(actor_for, self.daemon, caller)
+        rt = self.daemon.runtime
+        target = self.server.call(containers.exec_target, rt, actor, request.project)
+        if target is None:
+            target = self.wait_running(actor, request, pending)
+            pending = []  # read while waiting
+        if direct_allowed and caller.uid == target.runas.uid:
+            step = self.direct_step(target, request)
+            log.info(
+                "exec step handed to its caller",
+                extra={"project": request.project, "job_id": target.job_id, "uid": caller.uid},
+            )
+            self.send({"direct": step})
+            return
+        if direct_allowed:
+            # The client holds its stdin back until it knows rxd, not itself, runs the step.
+            self.send({"relayed": True})
+        self.run(target, request, pending)
+
+    def direct_step(self, target: containers.ExecTarget, request: ExecRequest) -> dict[str, Any]:
+        """What a caller who is the runtime user needs to start the step on their own host: the
+        same argv (srun found on their PATH), environment and step name as rxd's own."""
+        step_name = new_step_name()
+        program = apptainer.program(self.daemon.config.apptainer)
+        argv = srun_argv("srun", program, target, request, step_name)
+        return {
+            "argv": argv,
+            "env": child_env(target, request),
+            "job_id": target.job_id,
+            "step_name": step_name,
+        }
+
+    def guarded(self, converse: Callable[[], None]) -> None:
+        """Run the conversation; every way it ends is one `exit` or `error` message."""
+        try:
+            converse()
+        except ClientGone as gone:
+            if gone.exit_code is not None:
+                self.send({"exit": gone.exit_code})
+        except ApiError as exc:
+            self.send({"error": exc.message})
+        except (ProtocolError, TimeoutError) as exc:
+            log.info("exec protocol error", extra={"error": str(exc) or "time-out"})
+            self.send({"error": f"exec protocol error: {exc or 'time-out'}"})
+        except Exception:
+            log.exception("exec session failed")
+            self.send({"error": "internal error; see rxd's log"})
+        finally:
+            for fd in self.fds:
+                os.close(fd)
+            self.fds = []
+
+    def messages(self, timeout: float | None) -> list[dict[str, Any]]:
+        """Messages the client sent within `timeout`; ClientGone when it hung up."""
+        if not wait_for(self.conn.fileno(), select.POLLIN, timeout):
+            return []
+        try:
+            data = self.conn.recv(MAX_MESSAGE)
+        except OSError:
+            data = b""
+        if not data:
+            raise ClientGone()
+        return self.reader.feed(data)
+
+    # -- waking ----------------------------------------------------------------------------
+
+    def wait_running(
+        self, actor: Actor, request: ExecRequest, pending: list[dict[str, Any]]
+    ) -> containers.ExecTarget:
+        rt = self.daemon.runtime
+        project = request.project
+        view = self.server.call(self.status, actor, project)
+        if not request.wake:
+            raise Conflict(
+                f"the container of {project} is not running ({view['state']}); "
+                "run without --no-wake to wake it"
+            )
+        deadline = time.monotonic() + WAKE_TIMEOUT_S
+        shown: tuple[str, str | None] | None = None
+        wakes = 0
+        while True:
+            for message in pending:
+                if "signal" in message:
+                    # Ctrl-C while waiting: stop waiting; the container keeps starting.
+                    raise ClientGone(128 + SIGNALS.get(str(message["signal"]), signal.SIGINT))
+            state, reason = view["state"], view["reason"]
+            if state == State.RUNNING:
+                target = self.server.call(containers.exec_target, rt, actor, project)
+                if target is not None:
+                    break
+            elif state in (State.STOPPED, State.DISABLED) or (state == State.ERROR and not wakes):
+                # A resting container is woken (wake says why not, for disabled and error); one
+                # that was stopping is woken once it has stopped. Starting ones are waited for.
+                if wakes >= 2:
+                    raise Conflict(f"the container of {project} stopped while waking ({reason})")
+                self.server.call(containers.wake, rt, actor, project, Action.EXEC)
+                wakes += 1
+                view = self.server.call(self.status, actor, project)
+                continue
+            elif state == State.ERROR:
+                raise Conflict(
+                    f"the container of {project} failed to start: {view['last_error'] or reason}"
+                )
+            if (state, reason) != shown:
+                shown = (state, reason)
+                text = f"{state}: {reason}" if reason else str(state)
+                self.send({"progress": text, "state": state, "reason": reason})
+            if time.monotonic() > deadline:
+                raise Conflict(
+                    f"the container of {project} did not start within "
+                    f"{WAKE_TIMEOUT_S / 60:.0f} min ({state}); "
+                    f"see `rxctl status --project {project}`"
+                )
+            pending = self.messages(WAKE_POLL_S)
+            view = self.server.call(self.status, actor, project)
+        if shown is not None:
+            # Let the client finish its progress line before the command writes to the screen.
+            self.send({"ready": True})
+            answer: list[dict[str, Any]] = []
+            until = time.monotonic() + READY_TIMEOUT_S
+            while not any("go" in m for m in answer) and time.monotonic() < until:
+                answer = self.messages(until - time.monotonic())
+                pending = [m for m in answer if "signal" in m]
+                if pending:
+                    raise ClientGone(128 + SIGNALS.get(str(pending[0]["signal"]), signal.SIGINT))
+        return target
+
+    def status(self, actor: Actor, project: str) -> dict[str, Any]:
+        return containers.status(
+            self.daemon.runtime, actor, project, self.daemon.reconciler.slurm_reachable
+        )
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(
+        self, target: containers.ExecTarget, request: ExecRequest, pending: list[dict[str, Any]]
+    ) -> None:
+        program = apptainer.program(self.daemon.config.apptainer)
+        step_name = new_step_name()
+        argv = srun_argv(self.server.srun(), program, target, request, step_name)
+        sessions = self.daemon.reconciler.sessions
+        try:
+            plumbing = Plumbing(self.fds, request.tty, strip_srun_task_lines)
+        except OSError as exc:
+            raise BadRequest(f"cannot use the descriptors sent: {exc.strerror}") from None
+        # rxd's private views replace them: the caller's own descriptors go nowhere else.
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        self.plumbing = plumbing
+        sessions.opened(target.container_id)
+        try:
+            try:
+                self.proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                    argv,
+                    stdin=plumbing.child_stdin,
+                    stdout=plumbing.child_stdout,
+                    stderr=plumbing.child_stderr,
+                    # chdir happens before the drop to the user: a root-squashed shared
+                    # folder may refuse root. The command's folder is --pwd, inside.
+                    cwd="/",
+                    env=child_env(target, request),
+                    close_fds=True,
+                    start_new_session=True,
+                    umask=0o022,
+                    user=target.runas.uid,
+                    group=target.runas.gid,
+                    extra_groups=list(target.runas.groups),
+                )
+            except OSError as exc:
+                raise Unavailable(f"cannot start srun: {exc}") from None
+            finally:
+                plumbing.child_started()
+            self.interrupter = StepSignaller(
+                target.job_id,
+                step_name,
+                as_user=target.runas,
+                bin_dir=self.daemon.config.slurm.bin_dir,
+                alive=subprocess_alive(self.proc),
+            )
+            if plumbing.terminal is not None:
+                plumbing.terminal.make_raw()  # srun --pty makes the pty raw, rxd the caller's
+            self.server.track(self)
+            try:
+                code = self.supervise(plumbing, pending)
+            finally:
+                self.server.untrack(self)
+            # The caller's descriptors close before the answer: once rxctl exits, nothing of
+            # rxd's holds its terminal or pipes open.
+            plumbing.close()
+            if self.stopping:
+                self.send({"error": "rxd is stopping; the command was ended"})
+            else:
+                self.send({"exit": code})
+            log.debug(
+                "exec ended",
+                extra={"project": request.project, "exit": code, "job_id": target.job_id},
+            )
+            self.server.call(containers.touch_activity, self.daemon.runtime, target.container_id)
+        finally:
+            plumbing.close()
+            sessions.closed(target.container_id)
+
+    def supervise(self, plumbing: Plumbing, pending: list[dict[str, Any]]) -> int:
+        """Relay the streams and the client's signals until srun exits and its output is out;
+        its exit status. Nothing here blocks on the caller: a stream that does not drain only
+        stops its own copying, never the disconnect check or the kill timer."""
+        proc = self.proc
+        assert proc is not None
+        pidfd = os.pidfd_open(proc.pid)
+        conn = self.conn.fileno()
+        kill_at: float | None = None
+        drain_until: float | None = None
+        moved = 0
+        client = True
+        try:
+            for message in pending:
+                self.on_message(message)
+            while True:
+                extra = {} if drain_until is not None else {pidfd: select.POLLIN}
+                if client:
+                    extra[conn] = select.POLLIN
+                poller = poll_interest(plumbing.pumps, extra)
+                deadlines = [t for t in (kill_at, drain_until) if t is not None]
+                timeout = None
+                if deadlines:
+                    timeout = int(max(0.0, min(deadlines) - time.monotonic()) * 1000) + 1
+                for fd, revents in poller.poll(timeout):
+                    if fd == conn:
+                        try:
+                            for message in self.messages(0):
+                                self.on_message(message)
+                        except (ClientGone, ProtocolError):
+                            # The caller is gone: end the step (srun cancels it on SIGTERM),
+                            # and let nothing srun writes meanwhile wait for the caller.
+                            client = False
+                            for pump in plumbing.outputs:
+                                pump.drop_when_full()
+                            if drain_until is None:
+                                self.signal(signal.SIGTERM)
+                                kill_at = time.monotonic() + KILL_AFTER_S
+                    elif fd != pidfd:
+                        dispatch(plumbing.pumps, fd, revents)
+                now = time.monotonic()
+                if drain_until is None and proc.poll() is not None:
+                    # srun has exited: what it wrote last is still in the pipes.
+                    drain_until, kill_at = now + DRAIN_S, None
+                elif drain_until is not None and plumbing.output_moved != moved:
+                    # A caller who reads slowly still gets everything; one who stopped does not
+                    # keep the session.
+                    moved, drain_until = plumbing.output_moved, now + DRAIN_S
+                if drain_until is not None and (plumbing.output_drained or now >= drain_until):
+                    break
+                if kill_at is not None and now >= kill_at:
+                    log.warning("srun ignored SIGTERM; killing it", extra={"pid": proc.pid})
+                    self.signal(signal.SIGKILL)
+                    kill_at = None
+        finally:
+            os.close(pidfd)
+        return exit_status(proc.wait())
+
+    def on_message(self, message: dict[str, Any]) -> None:
+        name = message.get("signal")
+        if name is None:
+            return
+        signum = SIGNALS.get(str(name))
+        if signum is None:
+            raise ProtocolError(f"cannot forward signal {name!r}")
+        if signum == signal.SIGWINCH and self.plumbing and self.plumbing.terminal:
+            self.plumbing.terminal.copy_size_to(self.plumbing.pty)
+        if signum == signal.SIGINT and self.interrupter is not None:
+            # To the step's processes, once; srun would end the step (slurm: step_signal.py).
+            self.interrupter.send("INT")
+            return
+        self.signal(signum)
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _UnixServer
+
+    def handle(self) -> None:
+        key = caller_key(self.request)  # admitted under this key by verify_request
+        try:
+            Session(self.server.owner, self.request).serve()
+        finally:
+            self.server.owner.cap.release(key)
+
+
+class _UnixServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 64
+    owner: ExecServer
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """At most `limits.connections_per_uid` sessions per uid; over it, one error line, at
+        once and without waiting for the client (it never costs a thread)."""
+        cap = self.owner.cap
+        if cap.admit(caller_key(request)):
+            return True
+        with contextlib.suppress(OSError):
+            request.send(encode({"error": cap.refusal()}), socket.MSG_DONTWAIT)
+        return False
+
+
+class ExecServer:
+    """The exec socket, served by threads until stop()."""
+
+    def __init__(self, daemon: Daemon, path: Path) -> None:
+        self.daemon = daemon
+        self.path = path
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rxd-exec-ledger")
+        self.cap = ConnectionCap(daemon.config.limits.connections_per_uid)
+        self._sessions: set[Session] = set()
+        self._lock = threading.Lock()
+        self._srun: str | None = None
+        self._server: _UnixServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, daemon: Daemon) -> ExecServer:
+        # serve.py imports this module, so its helpers are imported here, at call time.
+        from rxslurm.daemon.api.serve import claim_socket_path, open_to_everyone
+
+        server = cls(daemon, exec_socket_path(daemon.config.daemon.socket))
+        claim_socket_path(server.path)
+        unix = _UnixServer(str(server.path), _Handler)
+        unix.owner = server
+        # Anyone may connect: each session is authorized from the peer's credentials.
+        open_to_everyone(server.path)
+        server._server = unix
+        server._thread = threading.Thread(
+            target=unix.serve_forever, kwargs={"poll_interval": 0.5}, name="rxd-exec", daemon=True
+        )
+        server._thread.start()
+        log.info("exec socket serving", extra={"socket": str(server.path)})
+        return server
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, end running commands (their clients are told), remove the socket."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        with self._lock:
+            running = list(self._sessions)
+        for session in running:
+            session.stopping = True
+            session.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._sessions:
+                    break
+            time.sleep(0.05)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.is_socket():
+                self.path.unlink()
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return self.pool.submit(fn, *args).result()
+
+    def srun(self) -> str:
+        if self._srun is None:
+            bin_dir = self.daemon.config.slurm.bin_dir
+            found = shutil.which("srun", path=bin_dir or os.environ.get("PATH") or SAFE_PATH)
+            if found is None:
+                raise Unavailable(f"srun not found in {bin_dir or 'PATH'}; Slurm is unavailable")
+            self._srun = found
+        return self._srun
+
+    def track(self, session: Session) -> None:
+        with self._lock:
+            self._sessions.add(session)
+
+    def untrack(self, session: Session) -> None:
+        with self._lock:
+            self._sessions.discard(session)

@@ -1,0 +1,1 @@
+"""Who a caller is: bound Linux identities, actors, and who a project runs as."""

@@ -1,0 +1,1 @@
+"""Container images on the daemon's host: Apptainer there, the image cache and pulls."""

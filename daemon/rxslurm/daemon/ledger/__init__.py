@@ -1,0 +1,1 @@
+"""The ledger: rxd's memory in SQLite, its schema, records and audit trail."""

@@ -1,0 +1,1 @@
+"""Projects, their members, roles, settings and workspaces."""

@@ -1,0 +1,1 @@
+"""Partition quotas, their leases, and their mirror in Slurm QOSes."""
