@@ -61,7 +61,7 @@ def measured(fn: Any) -> dict[str, Any]:
 def main(config_path: str, passes: int, queue_calls: int) -> dict[str, Any]:
     from rxslurm.daemon.api.serve import build_daemon
     from rxslurm.daemon.config import load_config
-    from rxslurm.daemon.containers.service import JOB_PREFIX
+    from rxslurm.protocol.job_comment import JOB_PREFIX
 
     logging.basicConfig(level=logging.WARNING)
     config = load_config(Path(config_path))

@@ -12,11 +12,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_SOCKET = "/run/rxslurm/rxd.sock"
+from rxslurm.protocol.paths import CLI_CONFIG, DEFAULT_SOCKET
+
 SOCKET_ENV = "RXCTL_SOCKET"
 SERVER_ENV = "RXSLURM_SERVER"
 MUNGE_SOCKET_ENV = "RXSLURM_MUNGE_SOCKET"
-CONFIG_FILE = Path("/etc/rxslurm/rxctl.toml")
+CONFIG_FILE = Path(CLI_CONFIG)
 CONFIG_ENV = "RXCTL_CONFIG"
 _CONFIG_KEYS = ("server", "munge_socket")
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIG_PATH = Path("/etc/rxslurm/rxd.toml")
+from rxslurm.protocol import paths
+
+DEFAULT_CONFIG_PATH = Path(paths.DAEMON_CONFIG)
 CONFIG_ENV = "RXD_CONFIG"
 
 
@@ -25,8 +27,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    socket: Path = Path("/run/rxslurm/rxd.sock")
-    ledger: Path = Path("/var/lib/rxslurm/ledger.db")
+    socket: Path = Path(paths.DEFAULT_SOCKET)
+    ledger: Path = Path(paths.DEFAULT_LEDGER)
     log_level: str = "info"
     # Members of this Unix group (and root) are rx-slurm admins.
     admin_group: str = "rxadmin"
@@ -154,7 +156,7 @@ class PlatformConfig:
     # "host:port" to serve the API to the research platform over TCP; empty: off.
     listen: str = ""
     # A root-owned file, mode 0600, holding the platform's bearer token.
-    token_file: Path = Path("/etc/rxslurm/platform.token")
+    token_file: Path = Path(paths.PLATFORM_TOKEN)
     # TLS for the listener (PEM files; the key root-owned, mode 0600). Without both, only a
     # loopback address may be served: the token travels in every request.
     tls_cert: str = ""

@@ -18,6 +18,7 @@ from rxslurm.daemon.containers.service import container_id_from_comment
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.ledger.records import from_timestamp
 from rxslurm.daemon.ledger.store import LedgerDatabase
+from rxslurm.protocol.job_comment import is_tagged
 from rxslurm.slurm.jobs import JobInfo, Skipped
 
 # Slurm's submit times are whole seconds from slurmctld's clock, the container's request time
@@ -40,12 +41,11 @@ def claims(config: Config, db: LedgerDatabase, jobs: Iterable[JobInfo]) -> Claim
     """Sort the jobs of a queue listing into containers' jobs and strangers."""
     claimed: dict[int, list[JobInfo]] = {}
     result = Claims()
-    tag = f"{config.slurm.tag}:"
     for job in jobs:
         cid = container_id_from_comment(config, job.comment)
         if cid is not None:
             claimed.setdefault(cid, []).append(job)
-        elif job.comment.startswith(tag):
+        elif is_tagged(config.slurm.tag, job.comment):
             result.strangers.append(Skipped.of("names no container", job.comment, job.job_id))
     owners = _containers(db, claimed)
     for cid, listed in claimed.items():

@@ -32,6 +32,7 @@ from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, c
 from rxslurm.daemon.ledger.records import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.projects.settings import Settings, effective
 from rxslurm.daemon.quotas import leases as quotas
+from rxslurm.protocol.job_comment import JOB_PREFIX
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable
 from rxslurm.slurm.jobs import JobInfo, Listing, Skipped
 
@@ -191,7 +192,7 @@ class Reconciler:
         db = self.rt.ledger.db
         rows = list(db["containers"].rows_where("state IN (?, ?, ?, ?)", [s.value for s in ACTIVE]))
         try:
-            queue = self.rt.slurm.queue(name_prefix=containers.JOB_PREFIX)
+            queue = self.rt.slurm.queue(name_prefix=JOB_PREFIX)
         except SlurmUnavailable as exc:
             if self.slurm_reachable:
                 log.warning("Slurm did not answer; states are unknown", extra={"error": str(exc)})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 import time
 from collections.abc import Callable
@@ -37,6 +36,8 @@ from rxslurm.daemon.projects.service import authorize, require_runtime_identity,
 from rxslurm.daemon.projects.settings import Settings, differs_from_snapshot, effective
 from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.quotas import leases as quotas
+from rxslurm.protocol.job_comment import format_comment, parse_comment
+from rxslurm.protocol.job_comment import job_name as container_name
 from rxslurm.slurm.adapter import JobSpec, SlurmCli
 from rxslurm.slurm.errors import SlurmError, SlurmRejected, SlurmUnavailable
 from rxslurm.slurm.runas import RunAs, run
@@ -44,26 +45,15 @@ from rxslurm.slurm.script import render_batch_script
 
 log = logging.getLogger("rxslurm.containers")
 
-JOB_PREFIX = "rx-"
-
-
-def container_name(project: str) -> str:
-    return f"{JOB_PREFIX}{project}"
-
 
 def job_comment(config: Config, container_id: int) -> str:
-    return f"{config.slurm.tag}:container={container_id}"
+    return format_comment(config.slurm.tag, container_id)
 
 
 def container_id_from_comment(config: Config, comment: str | None) -> int | None:
     """The container a job's comment names, if this deployment's tag marks it. Anyone can
     write any comment: this is a claim, which the reconciler checks against the container."""
-    prefix = f"{config.slurm.tag}:container="
-    if comment and comment.startswith(prefix):
-        tail = comment[len(prefix) :]
-        # ASCII digits only ("²".isdigit() is True), short enough for an SQLite integer.
-        return int(tail) if re.fullmatch(r"[0-9]{1,18}", tail) else None
-    return None
+    return parse_comment(config.slurm.tag, comment)
 
 
 @dataclass

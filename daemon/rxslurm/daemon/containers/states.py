@@ -1,4 +1,4 @@
-"""Container states and the only function that changes them.
+"""The only function that changes a container's state (the states are in rxslurm.protocol).
 
 A state change is one conditional UPDATE (`... WHERE state IN (allowed sources)`) plus its event,
 inside the caller's transaction: two racing wakes cannot both move `stopped -> starting`, and a
@@ -8,7 +8,6 @@ change never commits without its event.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from enum import StrEnum
 from typing import Any
 
 from rxslurm.daemon.errors import Conflict
@@ -16,25 +15,9 @@ from rxslurm.daemon.ledger.audit import record_event
 from rxslurm.daemon.ledger.records import to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import LedgerDatabase
 from rxslurm.daemon.quotas import leases as quotas
+from rxslurm.protocol.states import ACTIVE, RESTING, State
 
-
-class State(StrEnum):
-    DISABLED = "disabled"
-    PULLING = "pulling"  # enabled; its image is being pulled (no job, no lease yet)
-    WAITING = "waiting_for_resources"  # the job is PENDING
-    STARTING = "starting"  # submitting, or the job runs but the instance is not ready yet
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"  # sleeping: no job, overlay and workspace kept
-    ERROR = "error"
-
-
-# A job belongs to the container in these states; the reconciler watches them.
-ACTIVE = frozenset({State.WAITING, State.STARTING, State.RUNNING, State.STOPPING})
-# Work may be started from these.
-STARTABLE = frozenset({State.STOPPED})
-# No job: nothing to watch (a pull in progress is watched by rxd's pull workers, not Slurm).
-RESTING = frozenset({State.DISABLED, State.PULLING, State.STOPPED, State.ERROR})
+__all__ = ["ACTIVE", "RESTING", "InvalidTransition", "State", "change_state"]
 
 
 class InvalidTransition(Conflict):
