@@ -10,6 +10,7 @@ import click
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
 from rxslurm.cli.common import api_errors, echo, echo_lines, emit_json, json_option, list_options
+from rxslurm.protocol import routes
 
 
 @click.group()
@@ -51,7 +52,7 @@ def code(
     ):
         if value is not None:
             body[key] = value
-    answer = client.post("/v1/admin/codes", body)
+    answer = client.post(routes.ADMIN_CODES, body)
     if json_:
         emit_json(answer)
         return
@@ -76,7 +77,7 @@ def bind(client: Client, platform_user: str, linux_user: str, json_: bool) -> No
     Example: rxctl admin bind alice rxalice
     """
     answer = client.post(
-        "/v1/admin/bind", {"platform_user": platform_user, "linux_user": linux_user}
+        routes.ADMIN_BIND, {"platform_user": platform_user, "linux_user": linux_user}
     )
     if json_:
         emit_json(answer)
@@ -105,7 +106,7 @@ def unbind(client: Client, platform_user: str | None, linux_user: str | None, js
         if platform_user is not None
         else {"linux_user": linux_user}
     )
-    answer = client.post("/v1/admin/unbind", body)
+    answer = client.post(routes.ADMIN_UNBIND, body)
     if json_:
         emit_json(answer)
     else:
@@ -125,7 +126,7 @@ def bindings(client: Client, json_: bool, shape: render.Shape) -> None:
 
     Example: rxctl admin bindings --json
     """
-    answer = client.get("/v1/admin/bindings")
+    answer = client.get(routes.ADMIN_BINDINGS)
     if json_:
         emit_json(answer)
     else:
@@ -155,7 +156,7 @@ def audit(
     query = {
         k: v for k, v in (("project", project), ("limit", limit), ("since", since)) if v is not None
     }
-    route = "/v1/admin/audit" + (f"?{urlencode(query)}" if query else "")
+    route = routes.ADMIN_AUDIT + (f"?{urlencode(query)}" if query else "")
     answer = client.get(route)
     if json_:
         emit_json(answer)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 import click
 
@@ -20,11 +19,12 @@ from rxslurm.cli.common import (
 )
 from rxslurm.cli.project_choice import choose_project
 from rxslurm.cli.render import status_lines
+from rxslurm.protocol import routes
 
 
 def _act(client: Client, project: str | None, action: str) -> dict[str, Any]:
     name = choose_project(client, project)
-    return client.post(f"/v1/projects/{quote(name, safe='')}/{action}")
+    return client.post(routes.path(routes.CONTAINER_ACTION, name, action))
 
 
 def _lifecycle(action: str, summary: str, example: str, done: str) -> click.Command:
@@ -81,7 +81,7 @@ def status(client: Client, project: str | None, json_: bool) -> None:
     Example: rxctl status --project alpha
     """
     name = choose_project(client, project)
-    result = client.get(f"/v1/projects/{quote(name, safe='')}/status")
+    result = client.get(routes.path(routes.CONTAINER_STATUS, name))
     if json_:
         emit_json(result)
         return
@@ -99,7 +99,7 @@ def list_(client: Client, json_: bool, shape: render.Shape) -> None:
 
     Example: rxctl list --noheader --format project,state
     """
-    answer = client.get("/v1/containers")
+    answer = client.get(routes.CONTAINERS)
     if json_:
         emit_json(answer)
         return

@@ -8,6 +8,7 @@ import click
 
 from rxslurm.cli.client import Client
 from rxslurm.cli.common import api_errors, echo, emit_json, json_option
+from rxslurm.protocol import routes
 
 
 def _binding_text(verb: str, binding: dict[str, Any]) -> str:
@@ -29,7 +30,7 @@ def bind(client: Client, code: str, json_: bool) -> None:
 
     Example: rxctl bind 7KQ2-M9XD
     """
-    binding = client.post("/v1/bind", {"code": code})
+    binding = client.post(routes.BIND, {"code": code})
     if json_:
         emit_json(binding)
     else:
@@ -45,7 +46,7 @@ def unbind(client: Client, json_: bool) -> None:
 
     Example: rxctl unbind
     """
-    binding = client.post("/v1/unbind")
+    binding = client.post(routes.UNBIND)
     if json_:
         emit_json(binding)
     else:

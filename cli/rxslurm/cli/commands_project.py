@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import click
 
@@ -19,6 +18,7 @@ from rxslurm.cli.common import (
     json_option,
     list_options,
 )
+from rxslurm.protocol import routes
 
 ROLES = "owner|manager|editor|viewer"
 
@@ -91,10 +91,6 @@ def settings_body(options: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def project_route(name: str, *rest: str) -> str:
-    return "/".join(["/v1/projects", quote(name, safe=""), *(quote(p, safe="") for p in rest)])
-
-
 def echo_warnings(answer: dict[str, Any]) -> None:
     """The change was made, but something around it was not (e.g. the workspace): say so."""
     for warning in answer.get("warnings") or []:
@@ -126,7 +122,7 @@ def create(client: Client, name: str, json_: bool, **options: Any) -> None:
     settings = settings_body(options)
     if settings:
         body["settings"] = settings
-    created = client.post("/v1/projects", body)
+    created = client.post(routes.PROJECTS, body)
     echo_warnings(created)
     if json_:
         emit_json(created)
@@ -144,7 +140,7 @@ def list_(client: Client, json_: bool, shape: render.Shape) -> None:
 
     Example: rxctl project list
     """
-    answer = client.get("/v1/projects")
+    answer = client.get(routes.PROJECTS)
     if json_:
         emit_json(answer)
     else:
@@ -161,7 +157,7 @@ def show(client: Client, name: str, json_: bool) -> None:
 
     Example: rxctl project show alpha --json
     """
-    answer = client.get(project_route(name))
+    answer = client.get(routes.path(routes.PROJECT, name))
     if json_:
         emit_json(answer)
     else:
@@ -181,7 +177,7 @@ def delete(client: Client, name: str, yes: bool, json_: bool) -> None:
     """
     if not yes:
         raise click.ClickException(f"deleting project {name} cannot be undone; add --yes to do it")
-    answer = client.request("DELETE", project_route(name))
+    answer = client.request("DELETE", routes.path(routes.PROJECT, name))
     if json_:
         emit_json(answer)
     else:
@@ -204,7 +200,7 @@ def set_(client: Client, name: str, json_: bool, **options: Any) -> None:
         raise click.ClickException(
             "nothing to change; give at least one setting (see: rxctl project set -h)"
         )
-    answer = client.request("PATCH", project_route(name, "settings"), settings)
+    answer = client.request("PATCH", routes.path(routes.PROJECT_SETTINGS, name), settings)
     echo_warnings(answer)
     if json_:
         emit_json(answer)
@@ -225,7 +221,7 @@ def run_as(client: Client, name: str, mode: str, json_: bool) -> None:
 
     Example: rxctl project run-as alpha service
     """
-    answer = client.request("PUT", project_route(name, "run-as"), {"mode": mode})
+    answer = client.request("PUT", routes.path(routes.PROJECT_RUN_AS, name), {"mode": mode})
     echo_warnings(answer)
     if json_:
         emit_json(answer)
@@ -264,7 +260,7 @@ def member_add(client: Client, name: str, user: str, role: str, json_: bool) -> 
 
     Example: rxctl project member add alpha rxbob --role editor
     """
-    answer = client.post(project_route(name, "members"), {"user": user, "role": role})
+    answer = client.post(routes.path(routes.PROJECT_MEMBERS, name), {"user": user, "role": role})
     _members_answer(answer, json_, f"Added {user} to {name} as {role}.")
 
 
@@ -279,7 +275,7 @@ def member_rm(client: Client, name: str, user: str, json_: bool) -> None:
 
     Example: rxctl project member rm alpha rxbob
     """
-    answer = client.request("DELETE", project_route(name, "members", user))
+    answer = client.request("DELETE", routes.path(routes.PROJECT_MEMBER, name, user))
     _members_answer(answer, json_, f"Removed {user} from {name}.")
 
 
@@ -295,5 +291,5 @@ def member_set_role(client: Client, name: str, user: str, role: str, json_: bool
 
     Example: rxctl project member set-role alpha rxbob viewer
     """
-    answer = client.request("PATCH", project_route(name, "members", user), {"role": role})
+    answer = client.request("PATCH", routes.path(routes.PROJECT_MEMBER, name, user), {"role": role})
     _members_answer(answer, json_, f"{user} is now {role} in {name}.")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
 
 import click
 
@@ -19,6 +18,7 @@ from rxslurm.cli.common import (
     json_option,
     list_options,
 )
+from rxslurm.protocol import routes
 
 # Limit key, in-use key, column heading.
 LIMITS = (
@@ -219,7 +219,7 @@ def set_(
     elif linux_user is not None:
         scope, subject = "user", linux_user
     answer = client.post(
-        "/v1/admin/quotas",
+        routes.ADMIN_QUOTAS,
         {
             "partition": partition,
             "scope": scope,
@@ -253,7 +253,7 @@ def list_(client: Client, json_: bool, shape: render.Shape) -> None:
 
     Example: rxctl admin quota list
     """
-    answer = client.get("/v1/admin/quotas")
+    answer = client.get(routes.ADMIN_QUOTAS)
     if json_:
         emit_json(answer)
     else:
@@ -270,7 +270,7 @@ def rm(client: Client, quota_id: int, json_: bool) -> None:
 
     Example: rxctl admin quota rm 3
     """
-    answer = client.request("DELETE", f"/v1/admin/quotas/{quota_id}")
+    answer = client.request("DELETE", routes.path(routes.ADMIN_QUOTA, quota_id))
     if json_:
         emit_json(answer)
         return
@@ -294,7 +294,7 @@ def containers(client: Client, json_: bool, shape: render.Shape) -> None:
 
     Example: rxctl admin containers --json
     """
-    answer = client.get("/v1/admin/containers")
+    answer = client.get(routes.ADMIN_CONTAINERS)
     if json_:
         emit_json(answer)
     else:
@@ -313,7 +313,7 @@ def stop(client: Client, project: str, json_: bool) -> None:
 
     Example: rxctl admin stop alpha
     """
-    answer = client.post(f"/v1/admin/containers/{quote(project, safe='')}/stop")
+    answer = client.post(routes.path(routes.ADMIN_CONTAINER_STOP, project))
     if json_:
         emit_json(answer)
     else:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 from rxslurm.cli import render
 from rxslurm.cli.client import Client, ClientError
 from rxslurm.cli.project_choice import PROJECT_ENV, PROJECT_FLAGS
+from rxslurm.protocol import routes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,7 +29,7 @@ def complete_projects(
 
     root = ctx.find_root()
     try:
-        mine = Client(root.params.get("socket_"), timeout=5).get("/v1/containers")["containers"]
+        mine = Client(root.params.get("socket_"), timeout=5).get(routes.CONTAINERS)["containers"]
     except ClientError:
         return []
     names = sorted(str(c["project"]) for c in mine)

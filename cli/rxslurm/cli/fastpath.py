@@ -14,6 +14,7 @@ import os
 import sys
 
 from rxslurm.cli.project_choice import PROJECT_FLAGS
+from rxslurm.protocol import routes
 
 
 class Plan:
@@ -109,9 +110,7 @@ def run(plan: Plan) -> int:
             raise ClientError("-t needs a terminal on stdin")
         name = choose_project(client, plan.project)
         if plan.command == "status":
-            from urllib.parse import quote
-
-            result = client.get(f"/v1/projects/{quote(name, safe='')}/status")
+            result = client.get(routes.path(routes.CONTAINER_STATUS, name))
             text = render.json_text(result) if plan.json else "\n".join(render.status_lines(result))
             sys.stdout.write(render.safe_text(text) + "\n")
             sys.stdout.flush()

@@ -15,6 +15,7 @@ import click
 from rxslurm.cli import render
 from rxslurm.cli.client import Client, ClientError
 from rxslurm.cli.common import api_errors, echo, emit_json, json_option
+from rxslurm.protocol import routes
 
 __all__ = ["api_errors", "cli", "emit_json", "json_option"]
 
@@ -90,7 +91,7 @@ def whoami(client: Client, json_: bool) -> None:
 
     Example: rxctl whoami --json
     """
-    me = client.get("/v1/whoami")
+    me = client.get(routes.WHOAMI)
     if json_:
         emit_json(me)
         return
@@ -112,7 +113,7 @@ def doctor(client: Client, json_: bool) -> None:
     checks: dict[str, Any] = {"door": {"ok": client.door is not None, "detail": door}}
     checks["munge"] = munge_check(client.door)
     try:
-        health = client.get("/v1/health")
+        health = client.get(routes.HEALTH)
     except ClientError as exc:
         checks["daemon"] = {"ok": False, "detail": str(exc)}
         if json_:

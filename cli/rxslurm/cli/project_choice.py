@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from rxslurm.cli.client import Client, ClientError
+from rxslurm.protocol import routes
 
 PROJECT_ENV = "RX_PROJECT"
 # The one place the option's spelling lives: click's option and rxctl's fast path read it here.
@@ -24,7 +25,7 @@ def choose_project(client: Client, given: str | None) -> str:
     from_env = os.environ.get(PROJECT_ENV)
     if from_env:
         return from_env
-    mine = client.get("/v1/containers")["containers"]
+    mine = client.get(routes.CONTAINERS)["containers"]
     if len(mine) == 1:
         return str(mine[0]["project"])
     if not mine:

@@ -22,9 +22,9 @@ from rxslurm.daemon.identity import bindings as identities
 from rxslurm.daemon.identity.bindings import Actor, binding_of_platform_user, check_platform_user_id
 from rxslurm.daemon.ledger.audit import record_event
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.protocol import routes as route
 
 ACT_AS_HEADER = "X-RX-User"
-PLATFORM_PREFIX = "/v1/platform/"
 PLATFORM = Actor(platform_user=None, uid=None, user="platform", admin=False, origin="tcp")
 
 routes = web.RouteTableDef()
@@ -65,7 +65,7 @@ def platform_identify(token: str) -> Handler:
         if not given or not hmac.compare_digest(given, expected):
             raise Unauthorized("missing or wrong platform token")
         acting = request.headers.get(ACT_AS_HEADER)
-        if request.path.startswith(PLATFORM_PREFIX):
+        if request.path.startswith(route.PLATFORM_PREFIX):
             request["actor"] = PLATFORM
         elif acting is None:
             raise Forbidden(f"the platform acts for a user with the {ACT_AS_HEADER} header")
@@ -99,7 +99,7 @@ def _require_platform(request: web.Request) -> Actor:
     return actor
 
 
-@routes.post("/v1/platform/users")
+@routes.post(route.PLATFORM_USERS)
 async def create_user(request: web.Request) -> web.Response:
     actor = _require_platform(request)
     daemon = daemon_of(request)
@@ -131,7 +131,7 @@ def _create_user(ledger: Ledger, actor: Actor, user_id: str, display: str) -> bo
     return created
 
 
-@routes.post("/v1/platform/codes")
+@routes.post(route.PLATFORM_CODES)
 async def create_code(request: web.Request) -> web.Response:
     actor = _require_platform(request)
     return json_response(await issue_code_from_body(request, actor), status=201)

@@ -14,11 +14,12 @@ from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.identity.actors import admin_actor
 from rxslurm.daemon.identity.bindings import record_actor_event
 from rxslurm.daemon.quotas import leases as quotas
+from rxslurm.protocol import routes as route
 
 routes = web.RouteTableDef()
 
 
-@routes.get("/v1/admin/quotas")
+@routes.get(route.ADMIN_QUOTAS)
 async def list_quotas(request: web.Request) -> web.Response:
     await admin_actor(request)
     daemon = daemon_of(request)
@@ -35,7 +36,7 @@ QUOTA_FIELDS = ("partition", "scope", "subject", "max_gpus", "max_cpus", "max_me
                 "max_containers", "mirror_qos")  # fmt: skip
 
 
-@routes.post("/v1/admin/quotas")
+@routes.post(route.ADMIN_QUOTAS)
 async def set_quota(request: web.Request) -> web.Response:
     actor = await admin_actor(request)
     daemon = daemon_of(request)
@@ -55,7 +56,7 @@ async def set_quota(request: web.Request) -> web.Response:
     return json_response({**quota, "mirrored": mirror}, status=201)
 
 
-@routes.delete("/v1/admin/quotas/{quota_id}")
+@routes.delete(route.ADMIN_QUOTA)
 async def remove_quota(request: web.Request) -> web.Response:
     actor = await admin_actor(request)
     daemon = daemon_of(request)
@@ -83,7 +84,7 @@ def _mirror(daemon: Daemon) -> list[dict[str, Any]]:
     return qos_mirror.sync(daemon.ledger, daemon.slurm, tag=daemon.config.slurm.tag)
 
 
-@routes.get("/v1/admin/containers")
+@routes.get(route.ADMIN_CONTAINERS)
 async def all_containers(request: web.Request) -> web.Response:
     await admin_actor(request)
     daemon = daemon_of(request)
@@ -92,7 +93,7 @@ async def all_containers(request: web.Request) -> web.Response:
     )
 
 
-@routes.post("/v1/admin/containers/{name}/stop")
+@routes.post(route.ADMIN_CONTAINER_STOP)
 async def admin_stop(request: web.Request) -> web.Response:
     actor = await admin_actor(request)
     daemon = daemon_of(request)

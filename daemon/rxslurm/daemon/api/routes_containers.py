@@ -12,6 +12,7 @@ from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.errors import Forbidden
 from rxslurm.daemon.identity.actors import actor_of
 from rxslurm.daemon.slow_work import run_slow
+from rxslurm.protocol import routes as route
 
 routes = web.RouteTableDef()
 
@@ -24,7 +25,7 @@ ACTIONS = {
 }
 
 
-@routes.post("/v1/projects/{name}/{action:enable|start|stop|disable|retry}")
+@routes.post(route.CONTAINER_ACTION)
 async def act(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -34,7 +35,7 @@ async def act(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-@routes.get("/v1/projects/{name}/status")
+@routes.get(route.CONTAINER_STATUS)
 async def status(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -48,7 +49,7 @@ async def status(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-@routes.post("/v1/hooks/job")
+@routes.post(route.HOOK_JOB)
 async def job_event(request: web.Request) -> web.Response:
     """A poke from Slurm's controller hooks: reconcile now. The body is not trusted."""
     daemon = daemon_of(request)
@@ -59,7 +60,7 @@ async def job_event(request: web.Request) -> web.Response:
     return json_response({"ok": True}, status=202)
 
 
-@routes.get("/v1/containers")
+@routes.get(route.CONTAINERS)
 async def mine(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)

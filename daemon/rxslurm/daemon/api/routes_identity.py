@@ -19,12 +19,13 @@ from rxslurm.daemon.identity import bindings as identities
 from rxslurm.daemon.identity.actors import actor_of, admin_actor
 from rxslurm.daemon.ledger.audit import list_events
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.protocol import routes as route
 
 routes = web.RouteTableDef()
 CODE_FIELDS = ("platform_user", "display_name", "linux_user", "ttl_min")
 
 
-@routes.post("/v1/bind")
+@routes.post(route.BIND)
 async def bind(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     body = await read_json(request, fields=("code",))
@@ -49,7 +50,7 @@ async def bind(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-@routes.post("/v1/unbind")
+@routes.post(route.UNBIND)
 async def unbind(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -71,7 +72,7 @@ def _unbind(daemon: Daemon, actor: identities.Actor, **who: Any) -> dict[str, An
     return result
 
 
-@routes.post("/v1/admin/codes")
+@routes.post(route.ADMIN_CODES)
 async def admin_code(request: web.Request) -> web.Response:
     actor = await admin_actor(request)
     return json_response(await issue_code_from_body(request, actor), status=201)
@@ -96,7 +97,7 @@ async def issue_code_from_body(request: web.Request, actor: identities.Actor) ->
     )
 
 
-@routes.post("/v1/admin/bind")
+@routes.post(route.ADMIN_BIND)
 async def admin_bind(request: web.Request) -> web.Response:
     actor = await admin_actor(request)
     daemon = daemon_of(request)
@@ -112,7 +113,7 @@ async def admin_bind(request: web.Request) -> web.Response:
     return json_response(result, status=201)
 
 
-@routes.post("/v1/admin/unbind")
+@routes.post(route.ADMIN_UNBIND)
 async def admin_unbind(request: web.Request) -> web.Response:
     actor = await admin_actor(request)
     daemon = daemon_of(request)
@@ -133,7 +134,7 @@ async def admin_unbind(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-@routes.get("/v1/admin/bindings")
+@routes.get(route.ADMIN_BINDINGS)
 async def admin_bindings(request: web.Request) -> web.Response:
     await admin_actor(request)
     daemon = daemon_of(request)
@@ -142,7 +143,7 @@ async def admin_bindings(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/v1/admin/audit")
+@routes.get(route.ADMIN_AUDIT)
 async def admin_audit(request: web.Request) -> web.Response:
     await admin_actor(request)
     daemon = daemon_of(request)

@@ -23,6 +23,7 @@ from rxslurm.daemon.projects import service as projects
 from rxslurm.daemon.projects.workspace_sync import retire_folders, sync_workspace
 from rxslurm.daemon.projects.workspaces import WorkspaceError
 from rxslurm.daemon.quarantine import QuarantineError
+from rxslurm.protocol import routes as route
 
 log = logging.getLogger("rxslurm.projects")
 routes = web.RouteTableDef()
@@ -46,7 +47,7 @@ async def _with_workspace(
     return view
 
 
-@routes.get("/v1/projects")
+@routes.get(route.PROJECTS)
 async def list_projects(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -55,7 +56,7 @@ async def list_projects(request: web.Request) -> web.Response:
     )
 
 
-@routes.post("/v1/projects")
+@routes.post(route.PROJECTS)
 async def create_project(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -89,7 +90,7 @@ def _create_workspace(daemon: Daemon, name: str) -> None:
         ) from None
 
 
-@routes.get("/v1/projects/{name}")
+@routes.get(route.PROJECT)
 async def show_project(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -98,7 +99,7 @@ async def show_project(request: web.Request) -> web.Response:
     return json_response(view)
 
 
-@routes.delete("/v1/projects/{name}")
+@routes.delete(route.PROJECT)
 async def delete_project(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -122,7 +123,7 @@ def _delete(daemon: Daemon, actor: Any, name: str) -> dict[str, Any]:
     return answer
 
 
-@routes.patch("/v1/projects/{name}/settings")
+@routes.patch(route.PROJECT_SETTINGS)
 async def update_settings(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -139,7 +140,7 @@ async def update_settings(request: web.Request) -> web.Response:
     return json_response(view)
 
 
-@routes.put("/v1/projects/{name}/run-as")
+@routes.put(route.PROJECT_RUN_AS)
 async def set_run_as(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -156,7 +157,7 @@ async def set_run_as(request: web.Request) -> web.Response:
     return json_response(await _with_workspace(daemon, view))
 
 
-@routes.post("/v1/projects/{name}/members")
+@routes.post(route.PROJECT_MEMBERS)
 async def add_member(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -173,7 +174,7 @@ async def add_member(request: web.Request) -> web.Response:
     return json_response(await _with_workspace(daemon, view), status=201)
 
 
-@routes.patch("/v1/projects/{name}/members/{user}")
+@routes.patch(route.PROJECT_MEMBER)
 async def set_member_role(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -191,7 +192,7 @@ async def set_member_role(request: web.Request) -> web.Response:
     return json_response(await _with_workspace(daemon, view))
 
 
-@routes.delete("/v1/projects/{name}/members/{user}")
+@routes.delete(route.PROJECT_MEMBER)
 async def remove_member(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)

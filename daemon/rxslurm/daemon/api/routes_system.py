@@ -14,6 +14,7 @@ from rxslurm.daemon.api.app import caller_of, json_response
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.identity.actors import actor_of
 from rxslurm.daemon.version import __version__
+from rxslurm.protocol import routes as route
 from rxslurm.slurm.errors import SlurmError
 
 routes = web.RouteTableDef()
@@ -51,7 +52,7 @@ class HealthCache:
 HEALTH: web.AppKey[HealthCache] = web.AppKey("health", HealthCache)
 
 
-@routes.get("/v1/whoami")
+@routes.get(route.WHOAMI)
 async def whoami(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
@@ -82,7 +83,7 @@ async def whoami(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/v1/health")
+@routes.get(route.HEALTH)
 async def health(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     cache = request.app.get(HEALTH)

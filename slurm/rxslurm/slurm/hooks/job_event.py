@@ -19,9 +19,11 @@ import socket
 import sys
 from pathlib import Path
 
-SOCKETS_FILE = Path("/etc/rxslurm/hook-sockets")
-DEFAULT_SOCKET = "/run/rxslurm/rxd.sock"
-JOB_PREFIX = "rx-"
+from rxslurm.protocol import routes
+from rxslurm.protocol.job_comment import is_container_job
+from rxslurm.protocol.paths import DEFAULT_SOCKET, HOOK_TARGETS
+
+SOCKETS_FILE = Path(HOOK_TARGETS)
 TIMEOUT_S = 1.0
 
 
@@ -38,7 +40,7 @@ def event_of(env: dict[str, str]) -> str:
     return "end" if context.startswith("epilog") else "start"
 
 
-ROUTE = "/v1/hooks/job"
+ROUTE = routes.HOOK_JOB
 
 
 def request_bytes(body: dict[str, object], headers: dict[str, str] | None = None) -> bytes:
@@ -82,7 +84,7 @@ def main(env: dict[str, str] | None = None, listing: Path = SOCKETS_FILE) -> int
     env = dict(os.environ) if env is None else env
     name = env.get("SLURM_JOB_NAME", "")
     job_id = env.get("SLURM_JOB_ID", "")
-    if not name.startswith(JOB_PREFIX) or not job_id.isdigit():
+    if not is_container_job(name) or not job_id.isdigit():
         return 0
     body = {"event": event_of(env), "job_id": int(job_id)}
     for path in sockets(listing):

@@ -1,0 +1,69 @@
+"""rxd's API routes, as aiohttp patterns: the daemon's route table and rxctl's requests use these.
+
+A client fills a pattern with `path()`, which quotes each value as one path segment, so a name
+can never reach another route. docs/api.md describes each route.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+V1 = "/v1"
+
+WHOAMI = f"{V1}/whoami"
+HEALTH = f"{V1}/health"
+
+BIND = f"{V1}/bind"
+UNBIND = f"{V1}/unbind"
+
+PROJECTS = f"{V1}/projects"
+PROJECT = f"{PROJECTS}/{{name}}"
+PROJECT_SETTINGS = f"{PROJECT}/settings"
+PROJECT_RUN_AS = f"{PROJECT}/run-as"
+PROJECT_MEMBERS = f"{PROJECT}/members"
+PROJECT_MEMBER = f"{PROJECT_MEMBERS}/{{user}}"
+
+# What a project's container can be asked to do, each a POST to CONTAINER_ACTION.
+CONTAINER_ACTIONS = ("enable", "start", "stop", "disable", "retry")
+CONTAINER_ACTION = f"{PROJECT}/{{action:{'|'.join(CONTAINER_ACTIONS)}}}"
+CONTAINER_STATUS = f"{PROJECT}/status"
+CONTAINERS = f"{V1}/containers"
+
+# Slurm's controller hooks poke rxd here when a job starts or ends.
+HOOK_JOB = f"{V1}/hooks/job"
+# The exec protocol over the network door (a WebSocket; see exec_wire).
+EXEC = f"{V1}/exec"
+
+ADMIN_CODES = f"{V1}/admin/codes"
+ADMIN_BIND = f"{V1}/admin/bind"
+ADMIN_UNBIND = f"{V1}/admin/unbind"
+ADMIN_BINDINGS = f"{V1}/admin/bindings"
+ADMIN_AUDIT = f"{V1}/admin/audit"
+ADMIN_QUOTAS = f"{V1}/admin/quotas"
+ADMIN_QUOTA = f"{ADMIN_QUOTAS}/{{quota_id}}"
+ADMIN_CONTAINERS = f"{V1}/admin/containers"
+ADMIN_CONTAINER_STOP = f"{ADMIN_CONTAINERS}/{{name}}/stop"
+
+# The research platform's routes, served only on its own door.
+PLATFORM_PREFIX = f"{V1}/platform/"
+PLATFORM_USERS = f"{PLATFORM_PREFIX}users"
+PLATFORM_CODES = f"{PLATFORM_PREFIX}codes"
+
+
+def path(pattern: str, *values: object) -> str:
+    """`pattern` with its `{...}` fields filled, in order, each value quoted as one segment.
+
+    path(PROJECT_MEMBER, "alpha", "rx bob") == "/v1/projects/alpha/members/rx%20bob"
+    """
+    out: list[str] = []
+    rest = pattern
+    left = list(values)
+    while "{" in rest:
+        head, _, field = rest.partition("{")
+        _, _, rest = field.partition("}")
+        if not left:
+            raise TypeError(f"{pattern} needs more values than {len(values)}")
+        out += [head, quote(str(left.pop(0)), safe="")]
+    if left:
+        raise TypeError(f"{pattern} takes {len(values) - len(left)} values, not {len(values)}")
+    return "".join([*out, rest])
