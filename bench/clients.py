@@ -21,9 +21,10 @@ from typing import Any
 def exec_loop(socket_path: str, project: str, count: int) -> dict[str, Any]:
     """`count` sessions of `true` through rxd's exec socket, without rxctl's start-up."""
     from rxslurm.cli import exec_client
+    from rxslurm.protocol.exec_wire import exec_socket_for
 
     null = os.open(os.devnull, os.O_RDWR)
-    path = exec_client.exec_socket_for(socket_path)
+    path = exec_socket_for(socket_path)
     request = {"project": project, "argv": ["true"]}
     seconds = []
     began = time.time()
@@ -40,9 +41,10 @@ def exec_serve(socket_path: str, project: str) -> dict[str, Any]:
     """One session of `true` per line read on stdin, its seconds written as a line on stdout:
     the bench interleaves these with its other samples."""
     from rxslurm.cli import exec_client
+    from rxslurm.protocol.exec_wire import exec_socket_for
 
     null = os.open(os.devnull, os.O_RDWR)
-    path = exec_client.exec_socket_for(socket_path)
+    path = exec_socket_for(socket_path)
     request = {"project": project, "argv": ["true"]}
     for _ in sys.stdin:
         started = time.perf_counter()

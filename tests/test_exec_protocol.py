@@ -37,6 +37,7 @@ from rxslurm.daemon.exec.server import (
     srun_argv,
     strip_srun_task_lines,
 )
+from rxslurm.protocol import exec_wire
 from rxslurm.slurm.runas import RunAs
 from tests.support import daemon as daemon_support
 from tests.support.cluster import wait_for
@@ -52,30 +53,40 @@ def open_fds() -> set[str]:
 
 
 def test_both_sides_frame_messages_as_json_lines() -> None:
+    # One wire format (rxslurm.protocol.exec_wire) is what both ends speak.
+    assert exec_client.encode is exec_wire.encode is exec_server.encode
+    assert exec_client.LineReader is exec_wire.LineReader is LineReader
     message = {"signal": "INT", "words": HOSTILE}
-    for encode, reader in (
-        (exec_client.encode, LineReader()),
-        (exec_server.encode, exec_client.LineReader()),
-    ):
-        data = encode(message) * 2
-        assert data.count(b"\n") == 2
-        # Bytes arrive in any split: a message is complete only at its newline.
-        assert reader.feed(data[:5]) == []
-        assert reader.feed(data[5:]) == [message, message]
+    data = exec_wire.encode(message) * 2
+    assert data.count(b"\n") == 2
+    reader = LineReader()
+    # Bytes arrive in any split: a message is complete only at its newline.
+    assert reader.feed(data[:5]) == []
+    assert reader.feed(data[5:]) == [message, message]
 
 
 def test_a_line_without_end_beyond_the_limit_is_refused() -> None:
     with pytest.raises(ProtocolError, match="longer than"):
         LineReader(limit=100).feed(b"x" * 101)
-    with pytest.raises(exec_client.ExecError, match="too long"):
-        exec_client.LineReader(limit=100).feed(b"x" * 101)
 
 
 def test_a_message_that_is_not_an_object_is_refused() -> None:
     with pytest.raises(ProtocolError, match="JSON object"):
         LineReader().feed(b"[1]\n")
-    with pytest.raises(exec_client.ExecError, match="not JSON"):
-        exec_client.LineReader().feed(b"{oops\n")
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        LineReader().feed(b"{oops\n")
+
+
+@pytest.mark.parametrize(
+    ("reply", "why"),
+    [(b"{oops\n", "not valid JSON"), (b"[1]\n", "JSON object"), (b"x" * 70_000, "longer than")],
+)
+def test_a_broken_reply_is_one_line_for_the_client(tmp_path, reply: bytes, why: str) -> None:
+    path = str(tmp_path / "x.sock")
+    thread = scripted_server(path, lambda c, r, f: c.sendall(reply))
+    with pytest.raises(exec_client.ExecError, match=f"^rxd broke the exec protocol: .*{why}"):
+        exec_client.run(path, {"project": "p", "argv": ["x"]})
+    thread.join()
 
 
 # -- descriptor passing ------------------------------------------------------------------------
@@ -346,7 +357,7 @@ def test_signals_to_the_client_are_forwarded_not_obeyed(tmp_path) -> None:
 
 
 def test_the_exec_socket_sits_beside_the_api_socket() -> None:
-    assert exec_client.exec_socket_for("/run/rxslurm/rxd.sock") == "/run/rxslurm/rxd-exec.sock"
+    assert exec_wire.exec_socket_for("/run/rxslurm/rxd.sock") == "/run/rxslurm/rxd-exec.sock"
     assert exec_server.exec_socket_path(Path("/run/rxslurm/rxd.sock")) == Path(
         "/run/rxslurm/rxd-exec.sock"
     )

@@ -1,12 +1,12 @@
 """The client side of rxd's exec socket: hand over our stdio, relay signals, return the exit code.
 
-The protocol is in docs/exec.md. Standard library only: `rxctl exec` must start fast.
+The protocol is in docs/exec.md, its wire format in rxslurm/protocol/exec_wire.py. Standard
+library only: `rxctl exec` must start fast.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -14,56 +14,17 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
-EXEC_SOCKET_NAME = "rxd-exec.sock"
-MAX_MESSAGE = 64 * 1024
-# Signals the command should get rather than rxctl: the terminal sends them to rxctl (the
-# foreground process), the command runs far away as a Slurm step.
-FORWARDED = {
-    signal.SIGINT: "INT",
-    signal.SIGTERM: "TERM",
-    signal.SIGHUP: "HUP",
-    signal.SIGQUIT: "QUIT",
-    signal.SIGWINCH: "WINCH",
-}
+from rxslurm.protocol.exec_wire import (
+    MAX_MESSAGE,
+    SIGNAL_NAMES,
+    LineReader,
+    ProtocolError,
+    encode,
+)
 
 
 class ExecError(Exception):
     """The session failed; the message is one line for people."""
-
-
-def exec_socket_for(api_socket: str) -> str:
-    """rxd serves exec beside its API socket."""
-    return os.path.join(os.path.dirname(api_socket) or ".", EXEC_SOCKET_NAME)
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
-
-
-class LineReader:
-    """Splits a byte stream into JSON objects, one per line."""
-
-    def __init__(self, limit: int = MAX_MESSAGE) -> None:
-        self.buffer = b""
-        self.limit = limit
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        if len(self.buffer) > self.limit:
-            raise ExecError("rxd sent a message that is too long")
-        messages = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                message = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ExecError("rxd sent a reply that is not JSON") from None
-            if not isinstance(message, dict):
-                raise ExecError("rxd sent a reply that is not a JSON object")
-            messages.append(message)
-        return messages
 
 
 def connect(path: str) -> socket.socket:
@@ -89,10 +50,10 @@ def forwarding_signals(sock: socket.socket) -> Iterator[None]:
     def forward(signum: int, frame: FrameType | None) -> None:
         # A signal handler runs between bytecodes of the main thread: a plain send is safe.
         with contextlib.suppress(OSError):
-            sock.sendall(encode({"signal": FORWARDED[signal.Signals(signum)]}))
+            sock.sendall(encode({"signal": SIGNAL_NAMES[signal.Signals(signum)]}))
 
     previous = {}
-    for signum in FORWARDED:
+    for signum in SIGNAL_NAMES:
         with contextlib.suppress(ValueError, OSError):
             previous[signum] = signal.signal(signum, forward)
     try:
@@ -156,7 +117,7 @@ def run(
                     raise ExecError(f"lost the connection to rxd: {exc}") from None
                 if not data:
                     raise ExecError("rxd ended the session without an exit status; see its log")
-                for message in reader.feed(data):
+                for message in _replies(reader, data):
                     if "exit" in message:
                         return int(message["exit"])
                     if "error" in message:
@@ -170,6 +131,13 @@ def run(
                         sock.sendall(encode({"go": True}))
     finally:
         sock.close()
+
+
+def _replies(reader: LineReader, data: bytes) -> list[dict[str, Any]]:
+    try:
+        return reader.feed(data)
+    except ProtocolError as exc:
+        raise ExecError(f"rxd broke the exec protocol: {exc}") from None
 
 
 def terminal_type() -> str | None:

@@ -15,7 +15,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import selectors
 import signal
 import socket
@@ -27,17 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 from rxslurm.cli.door import Door, DoorError, munge_header
-from rxslurm.cli.exec_client import FORWARDED, ExecError, encode, terminal_restored
+from rxslurm.cli.exec_client import ExecError, terminal_restored
+from rxslurm.protocol import routes
+from rxslurm.protocol.exec_wire import CONTROL, SIGNAL_NAMES, STDERR, STDIN, STDOUT, encode
 
-PATH = "/v1/exec"
-CONTROL, STDIN, STDOUT, STDERR = b"c", b"0", b"1", b"2"
 MAX_FRAME = 2 * 1024 * 1024
 CHUNK = 64 * 1024
-# srun's report of every task that ends non-zero; rxd drops these from its own steps too.
-_SRUN_TASK_END = re.compile(
-    rb"(?m)^srun: error: [^\s:]+: tasks? [0-9,-]+: (?!Out Of Memory)[^\n]*\n"
-)
-
 
 # -- WebSocket framing -----------------------------------------------------------------------
 
@@ -112,7 +106,7 @@ def handshake(
 ) -> tuple[socket.socket, bytes]:
     """Open the stream: the WebSocket upgrade, proved by a MUNGE credential bound to the request's
     digest. The socket and any bytes that came after the answer's headers."""
-    target = f"{PATH}?digest={hashlib.sha256(request_body).hexdigest()}"
+    target = f"{routes.EXEC}?digest={hashlib.sha256(request_body).hexdigest()}"
     try:
         header, credential = munge_header(door, "GET", target, b"")
     except DoorError as exc:
@@ -243,7 +237,7 @@ class RemoteSession:
                 os.write(self.wake_w, b"!")
 
         previous = {}
-        for signum in FORWARDED:
+        for signum in SIGNAL_NAMES:
             with contextlib.suppress(ValueError, OSError):
                 previous[signum] = signal.signal(signum, caught)
         try:
@@ -312,7 +306,7 @@ class RemoteSession:
         sock.sendall(frame(STDIN))
 
     def send_signal(self, sock: socket.socket, signum: int) -> None:
-        message: dict[str, Any] = {"signal": FORWARDED[signal.Signals(signum)]}
+        message: dict[str, Any] = {"signal": SIGNAL_NAMES[signal.Signals(signum)]}
         if signum == signal.SIGWINCH:
             if not self.tty:
                 return
@@ -385,7 +379,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def run_direct(step: dict[str, Any], tty: bool) -> int:
     """Start the step rxd described, as this user, and wait for it; its exit status."""
-    from rxslurm.slurm.step_signal import StepSignaller
+    from rxslurm.slurm.step_signal import StepSignaller, strip_srun_task_lines
 
     try:
         argv = [str(a) for a in step["argv"]]
@@ -428,11 +422,11 @@ def run_direct(step: dict[str, Any], tty: bool) -> int:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    previous = {s: signal.signal(s, forward) for s in SIGNAL_NAMES}
     try:
         assert proc.stderr is not None
         for chunk in iter(lambda: proc.stderr.readline(), b""):  # type: ignore[union-attr]
-            _write_all(2, _SRUN_TASK_END.sub(b"", chunk))
+            _write_all(2, strip_srun_task_lines(chunk))
         return _status(proc.wait())
     finally:
         for signum, handler in previous.items():

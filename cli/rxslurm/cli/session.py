@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from rxslurm.cli import exec_client
 from rxslurm.cli.client import Client
 from rxslurm.cli.render import safe
+from rxslurm.protocol.exec_wire import exec_socket_for
 
 # rxctl exec and shell exit with the command's status, so their own failures need a status a
 # command is unlikely to use: docker run's 125 ("the docker command itself failed"). 126 and 127
@@ -71,6 +72,6 @@ def run_session(client: Client, project: str, request: dict[str, Any]) -> int:
             from rxslurm.cli import exec_remote
 
             return exec_remote.run(client.door, request, **hooks)
-        return exec_client.run(exec_client.exec_socket_for(client.path), request, **hooks)
+        return exec_client.run(exec_socket_for(client.path), request, **hooks)
     finally:
         wait.done()

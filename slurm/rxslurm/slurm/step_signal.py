@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -32,6 +33,17 @@ FIND_TIMEOUT_S = 15.0
 FIND_POLL_S = 0.1
 COMMAND_TIMEOUT_S = 10.0
 STEP_NAME_PREFIX = "rx-exec-"
+# srun reports every task that ends non-zero ("srun: error: n1: task 0: Exited with exit code
+# 3") and has no switch for it: -QQ would also hide its real errors. The exit code says the same,
+# so whoever runs an exec step (rxd, or rxctl across hosts) drops these lines from srun's
+# stderr; an out-of-memory report is kept.
+_SRUN_TASK_END = re.compile(
+    rb"(?m)^srun: error: [^\s:]+: tasks? [0-9,-]+: (?!Out Of Memory)[^\n]*\n"
+)
+
+
+def strip_srun_task_lines(chunk: bytes) -> bytes:
+    return _SRUN_TASK_END.sub(b"", chunk)
 
 
 def new_step_name() -> str:

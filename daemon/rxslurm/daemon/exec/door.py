@@ -37,20 +37,21 @@ from aiohttp import WSMsgType, web
 
 from rxslurm.daemon.api.app import caller_of
 from rxslurm.daemon.errors import BadRequest, Forbidden
-from rxslurm.daemon.exec.server import (
+from rxslurm.daemon.exec.server import REQUEST_TIMEOUT_S, ExecServer, Session
+from rxslurm.protocol import routes as route
+from rxslurm.protocol.exec_wire import (
+    CONTROL,
     MAX_MESSAGE,
     MAX_REQUEST,
-    REQUEST_TIMEOUT_S,
-    ExecServer,
-    Session,
+    STDERR,
+    STDIN,
+    STDOUT,
     encode,
 )
 
 log = logging.getLogger("rxslurm.exec")
 
 EXEC_SERVER: web.AppKey[ExecServer] = web.AppKey("exec_server", ExecServer)
-PATH = "/v1/exec"
-CONTROL, STDIN, STDOUT, STDERR = b"c", b"0", b"1", b"2"
 # Stream data not yet taken by the other side, per direction, before rxd stops reading its source.
 BUFFER = 64 * 1024
 # Messages that end a session; sent only after the command's last output.
@@ -304,4 +305,4 @@ async def exec_stream(request: web.Request) -> web.StreamResponse:
         server.cap.release(key)
 
 
-routes = [web.get(PATH, exec_stream)]
+routes = [web.get(route.EXEC, exec_stream)]

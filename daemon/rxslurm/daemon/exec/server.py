@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import json
 import logging
 import os
 import re
@@ -46,16 +45,28 @@ from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
 from rxslurm.daemon.identity.bindings import Actor, auto_bind_local, binding_of_uid
 from rxslurm.daemon.images import apptainer
 from rxslurm.daemon.projects.roles import Action
+from rxslurm.protocol.exec_wire import (
+    EXEC_SOCKET_NAME,
+    MAX_MESSAGE,
+    MAX_REQUEST,
+    SIGNALS,
+    LineReader,
+    ProtocolError,
+    decode,
+    encode,
+)
 from rxslurm.slurm.runas import SAFE_PATH, clean_env
-from rxslurm.slurm.step_signal import StepSignaller, new_step_name, subprocess_alive
+from rxslurm.slurm.step_signal import (
+    StepSignaller,
+    new_step_name,
+    strip_srun_task_lines,
+    subprocess_alive,
+)
 
 log = logging.getLogger("rxslurm.exec")
 
 T = TypeVar("T")
 
-EXEC_SOCKET_NAME = "rxd-exec.sock"
-MAX_REQUEST = 1024 * 1024  # argv travels in the request; Linux's ARG_MAX is 2 MiB
-MAX_MESSAGE = 64 * 1024
 REQUEST_TIMEOUT_S = 10.0  # for the whole request, however it trickles in
 # A client that does not read its answers holds a thread only this long per message.
 REPLY_TIMEOUT_S = 10.0
@@ -67,24 +78,7 @@ KILL_AFTER_S = 30.0
 # After srun exits, how long its last output may wait for a caller who takes none of it.
 DRAIN_S = 10.0
 DEFAULT_CWD = "/workspace"
-SIGNALS = {
-    "INT": signal.SIGINT,
-    "TERM": signal.SIGTERM,
-    "HUP": signal.SIGHUP,
-    "QUIT": signal.SIGQUIT,
-    "WINCH": signal.SIGWINCH,
-}
 _TERM = re.compile(r"[A-Za-z0-9._+-]{1,64}")
-# srun reports every task that ends non-zero ("srun: error: n1: task 0: Exited with exit code
-# 3") and has no switch for it: -QQ would also hide its real errors. The exit code says the same,
-# so these lines are dropped; an out-of-memory report is kept.
-_SRUN_TASK_END = re.compile(
-    rb"(?m)^srun: error: [^\s:]+: tasks? [0-9,-]+: (?!Out Of Memory)[^\n]*\n"
-)
-
-
-class ProtocolError(Exception):
-    """The client broke the protocol; the message says how."""
 
 
 class ClientGone(Exception):
@@ -97,41 +91,6 @@ class ClientGone(Exception):
 
 def exec_socket_path(api_socket: Path) -> Path:
     return api_socket.parent / EXEC_SOCKET_NAME
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
-
-
-def strip_srun_task_lines(chunk: bytes) -> bytes:
-    return _SRUN_TASK_END.sub(b"", chunk)
-
-
-class LineReader:
-    """Splits a byte stream into JSON objects, one per line."""
-
-    def __init__(self, limit: int = MAX_MESSAGE) -> None:
-        self.buffer = b""
-        self.limit = limit
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        if len(self.buffer) > self.limit:
-            raise ProtocolError(f"a message is longer than {self.limit} bytes")
-        return [decode(line) for line in lines if line.strip()]
-
-
-def decode(line: bytes) -> dict[str, Any]:
-    try:
-        message = json.loads(line)
-    except (ValueError, RecursionError):
-        # ValueError covers bad JSON, bad UTF-8 and integers too long to convert; deep nesting
-        # ends in RecursionError.
-        raise ProtocolError("a message is not valid JSON") from None
-    if not isinstance(message, dict):
-        raise ProtocolError("a message must be a JSON object")
-    return message
 
 
 def receive_request(
