@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,7 +178,6 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
         "gpus": 2,
         "gpu_type": "a100",
         "gpu_driver": "nvidia",
-        "gpu_mem_gb": 40,
         "partition": "gpu",
         "time_limit_min": 120,
         "idle_timeout_min": 30,
@@ -188,7 +188,7 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
         "set",
         "tuned",
         *("--image", "docker://python:3.12-slim", "--cpus", "2", "--mem", "2000"),
-        *("--gpus", "2", "--gpu-type", "a100", "--gpu-driver", "nvidia", "--gpu-mem", "40"),
+        *("--gpus", "2", "--gpu-type", "a100", "--gpu-driver", "nvidia"),
         *("--partition", "gpu", "--time-limit", "120", "--idle-timeout", "30"),
     )
     assert ok(result).startswith("Updated project tuned: image=docker://python:3.12-slim, cpus=2")
@@ -201,6 +201,23 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
     project = show(rxd, "rxalice", "tuned")
     assert project["settings"] == {**settings, "gpu_driver": "", "cpus": 0}
     assert project["effective"]["cpus"] >= 1  # 0 is the deployment default, filled in
+
+
+def test_gpu_memory_is_no_setting_and_an_old_row_holding_it_still_reads(rxd: Rxd) -> None:
+    create(rxd, "rxalice", "oldgpumem")
+    usage = rxd.rxctl("rxalice", "project", "set", "oldgpumem", "--gpu-mem", "40")
+    assert usage.returncode == 2 and "No such option: --gpu-mem" in usage.stderr
+    # A row written before the setting went keeps its column and value; reading ignores them.
+    db = sqlite3.connect(rxd.ledger)
+    try:
+        with db:
+            db.execute("UPDATE projects SET gpu_mem_gb = 40 WHERE name = 'oldgpumem'")
+    finally:
+        db.close()
+    project = show(rxd, "rxalice", "oldgpumem")
+    assert "gpu_mem_gb" not in project["settings"] and "gpu_mem_gb" not in project["effective"]
+    ok(rxd.rxctl("rxalice", "project", "set", "oldgpumem", "--cpus", "2"))
+    assert show(rxd, "rxalice", "oldgpumem")["settings"]["cpus"] == 2
 
 
 def test_settings_given_at_create_are_kept(rxd: Rxd) -> None:

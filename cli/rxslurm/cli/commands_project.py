@@ -19,73 +19,33 @@ from rxslurm.cli.common import (
     list_options,
 )
 from rxslurm.protocol import routes
+from rxslurm.protocol.settings import SETTINGS
 
 ROLES = "owner|manager|editor|viewer"
 
-# (flags, API key, type, metavar, help). Every default is None: only the options given are sent,
-# and the daemon validates the values (so a bad one is its one-line reason, not a usage screen).
-# Flags, units and time formats are sbatch's.
-_SETTING_OPTIONS: tuple[tuple[tuple[str, ...], str, Any, str, str], ...] = (
-    (
-        ("--image",),
-        "image",
-        str,
-        "REF",
-        "Image: an absolute path or a docker://, oras://, library:// ref.",
-    ),
-    (("--cpus",), "cpus", int, "N", "CPUs (0: the deployment default)."),
-    (
-        ("--mem",),
-        "mem_mb",
-        units.MEMORY,
-        "SIZE",
-        "Memory: 16G, 512M, or MB as a bare number (0: the deployment default).",
-    ),
-    (("--gpus",), "gpus", int, "N", "GPUs (0: no GPU)."),
-    (("--gpu-type",), "gpu_type", str, "T", 'GPU type, e.g. a100 ("": any).'),
-    (
-        ("--gpu-driver",),
-        "gpu_driver",
-        str,
-        "nvidia|amd|none",
-        "GPU driver to bind into the container.",
-    ),
-    (("--gpu-mem",), "gpu_mem_gb", int, "GB", "GPU memory in GB (0: the default)."),
-    (
-        ("-p", "--partition"),
-        "partition",
-        str,
-        "PARTITION",
-        'Slurm partition ("": the deployment default).',
-    ),
-    (
-        ("-t", "--time", "--time-limit"),
-        "time_limit_min",
-        units.MINUTES,
-        "TIME",
-        "Job time limit: minutes, or [D-]HH:MM:SS as sbatch takes it (0: the default).",
-    ),
-    (
-        ("--idle-timeout",),
-        "idle_timeout_min",
-        units.MINUTES,
-        "TIME",
-        "Stop after this long idle: minutes, or [D-]HH:MM:SS (0: never).",
-    ),
-)
+# Options are built from the protocol's table of settings (rxslurm.protocol.settings). Every
+# default is None: only the options given are sent, and the daemon validates the values (so a bad
+# one is its one-line reason, not a usage screen).
+_READERS: dict[str, Any] = {"memory": units.MEMORY, "time": units.MINUTES}
 
 
 def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    for flags, key, type_, metavar, help_ in reversed(_SETTING_OPTIONS):
-        func = click.option(*flags, key, type=type_, metavar=metavar, default=None, help=help_)(
-            func
+    for setting in reversed(SETTINGS):
+        option = click.option(
+            *setting.flags,
+            setting.name,
+            type=_READERS.get(setting.reads, setting.kind),
+            metavar=setting.metavar,
+            default=None,
+            help=setting.help,
         )
+        func = option(func)
     return func
 
 
 def settings_body(options: dict[str, Any]) -> dict[str, Any]:
     """The settings the user gave, as the API names them; `--gpu-driver none` is ""."""
-    body = {key: options[key] for _, key, *_ in _SETTING_OPTIONS if options.get(key) is not None}
+    body = {s.name: options[s.name] for s in SETTINGS if options.get(s.name) is not None}
     if body.get("gpu_driver") == "none":
         body["gpu_driver"] = ""
     return body

@@ -10,22 +10,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from rxslurm.protocol.settings import SETTINGS
+
 PENDING_NOTE = "new settings apply on the next start"
-
-# Settings in the order people think about them, with the flag that sets each one.
-SETTINGS: tuple[tuple[str, str], ...] = (
-    ("image", "--image"),
-    ("cpus", "--cpus"),
-    ("mem_mb", "--mem"),
-    ("gpus", "--gpus"),
-    ("gpu_type", "--gpu-type"),
-    ("gpu_driver", "--gpu-driver"),
-    ("gpu_mem_gb", "--gpu-mem"),
-    ("partition", "--partition"),
-    ("time_limit_min", "--time-limit"),
-    ("idle_timeout_min", "--idle-timeout"),
-)
-
 
 # What a terminal would act on rather than show: C0 and C1 controls and DEL (escape sequences,
 # carriage returns that overwrite a line), Unicode's bidirectional controls (which reorder what
@@ -147,7 +134,7 @@ def pairs(items: Iterable[tuple[str, Any]], indent: str = "") -> list[str]:
     return [f"{indent}{key.ljust(width)}  {value}".rstrip() for key, value in items]
 
 
-UNITS = {"mem_mb": "MB", "gpu_mem_gb": "GB", "time_limit_min": "min", "idle_timeout_min": "min"}
+UNITS = {s.name: s.unit for s in SETTINGS if s.unit}
 
 
 def setting_value(key: str, value: Any, *, effective: bool = False) -> str:
@@ -200,7 +187,7 @@ def project_lines(project: Mapping[str, Any]) -> list[str]:
                     setting_value(key, settings.get(key)),
                     setting_value(key, effective.get(key, settings.get(key)), effective=True),
                 )
-                for key, flag in SETTINGS
+                for key, flag in ((s.name, s.option) for s in SETTINGS)
             ],
         )
     )

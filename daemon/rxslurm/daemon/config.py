@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import logging
 import os
 import re
 import tomllib
@@ -16,9 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from rxslurm.protocol import paths
+from rxslurm.protocol.settings import GPU_DRIVERS, SETTINGS
 
 DEFAULT_CONFIG_PATH = Path(paths.DAEMON_CONFIG)
 CONFIG_ENV = "RXD_CONFIG"
+# Keys an older rxd read and this one does not: a config written for it still loads, and the
+# key is ignored with a warning (an unknown key is still an error).
+RETIRED_KEYS = {"defaults.gpu_mem_gb": "GPU memory was never applied to jobs"}
+
+log = logging.getLogger("rxslurm.config")
 
 
 class ConfigError(ValueError):
@@ -98,7 +105,6 @@ class DefaultsConfig:
     gpus: int = 0
     gpu_type: str = ""
     gpu_driver: str = "nvidia"
-    gpu_mem_gb: int = 0
     # Empty: Slurm's default partition.
     partition: str = ""
     # 0: the partition's own limit.
@@ -247,6 +253,10 @@ def _parse_section(name: str, cls: type, values: Any, where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     changes: dict[str, Any] = {}
     for key, value in values.items():
+        if f"{name}.{key}" in RETIRED_KEYS:
+            why = RETIRED_KEYS[f"{name}.{key}"]
+            log.warning(f"{where}: {name}.{key} is no longer used ({why}); remove it")
+            continue
         if key not in known:
             raise ConfigError(f"{where}: unknown key {name}.{key}; valid keys: {', '.join(known)}")
         default = getattr(defaults, key)
@@ -293,10 +303,10 @@ def _validate(config: Config, where: str) -> None:
         raise ConfigError(f"{where}: slurm.tag must be 1-32 letters, digits, '.', '_' or '-'")
     if config.identity.code_ttl_min < 1:
         raise ConfigError(f"{where}: identity.code_ttl_min must be at least 1")
-    for key in ("cpus", "mem_mb", "gpus", "gpu_mem_gb", "time_limit_min", "idle_timeout_min"):
-        if getattr(config.defaults, key) < 0:
-            raise ConfigError(f"{where}: defaults.{key} must not be negative")
-    if config.defaults.gpu_driver not in ("nvidia", "amd", ""):
+    for setting in SETTINGS:
+        if setting.kind is int and getattr(config.defaults, setting.name) < 0:
+            raise ConfigError(f"{where}: defaults.{setting.name} must not be negative")
+    if config.defaults.gpu_driver not in (*GPU_DRIVERS, ""):
         raise ConfigError(f'{where}: defaults.gpu_driver must be "nvidia", "amd" or ""')
     if not config.workspaces.root.is_absolute():
         raise ConfigError(f"{where}: workspaces.root must be an absolute path")

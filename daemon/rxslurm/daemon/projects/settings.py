@@ -1,6 +1,8 @@
 """Project settings: parsing, validation against the deployment and Slurm, and defaults.
 
-A setting of 0 or "" means "the deployment's default"; `effective()` fills those in.
+Which settings there are, of which type and how long, is the protocol's table
+(rxslurm.protocol.settings), which rxctl reads too. A setting of 0 or "" means "the deployment's
+default"; `effective()` fills those in.
 """
 
 from __future__ import annotations
@@ -12,28 +14,30 @@ from typing import Any, Protocol
 from rxslurm.daemon.config import DefaultsConfig
 from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.text_checks import check_text, shorten
+from rxslurm.protocol import settings as protocol_settings
+from rxslurm.protocol.settings import BY_NAME, NAMES, SETTINGS
 
-GPU_DRIVERS = ("nvidia", "amd", "")
+GPU_DRIVERS = (*protocol_settings.GPU_DRIVERS, "")
 IMAGE_SCHEMES = ("docker://", "oras://", "library://")
 # Matched with fullmatch: `$` would let a trailing newline through.
 _GPU_TYPE = re.compile(r"[A-Za-z0-9_.-]{0,32}")
 _PARTITION = re.compile(r"[A-Za-z0-9_.-]{0,64}")
+MAX_STRING_BYTES = {s.name: s.max_bytes for s in SETTINGS if s.kind is str}
+MAX_IMAGE_BYTES = MAX_STRING_BYTES["image"]
 MAX_COUNT = 1_000_000
-# Longest value (UTF-8 bytes) of each string setting. An image reference or path is short in
-# practice; the cap keeps the ledger, audit events and the holder's argv small.
-MAX_IMAGE_BYTES = 4096
-MAX_STRING_BYTES = {"image": MAX_IMAGE_BYTES, "gpu_type": 32, "gpu_driver": 16, "partition": 64}
 
 
 @dataclass(frozen=True)
 class Settings:
+    """A project's settings, one field per entry of the protocol's table, in its order (a test
+    checks). Columns of a ledger row that the table no longer names are ignored."""
+
     image: str = ""
     cpus: int = 0
     mem_mb: int = 0
     gpus: int = 0
     gpu_type: str = ""
     gpu_driver: str = ""
-    gpu_mem_gb: int = 0
     partition: str = ""
     time_limit_min: int = 0
     idle_timeout_min: int = 0
@@ -45,9 +49,6 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-SETTING_NAMES = tuple(f.name for f in fields(Settings))
-_INT_SETTINGS = {f.name for f in fields(Settings) if f.type in (int, "int")}
 
 
 def differs_from_snapshot(saved: Settings, snapshot: dict[str, Any]) -> bool:
@@ -65,15 +66,15 @@ def apply_changes(current: Settings, changes: Any) -> Settings:
     """`current` with `changes` (a JSON object of setting name -> value) applied, type-checked."""
     if not isinstance(changes, dict):
         raise BadRequest("settings must be a JSON object")
-    unknown = sorted(set(changes) - set(SETTING_NAMES))
+    unknown = sorted(set(changes) - set(NAMES))
     if unknown:
         raise BadRequest(
             f"unknown setting {shorten(repr(unknown[0]), 64)}; "
-            f"valid settings: {', '.join(SETTING_NAMES)}"
+            f"valid settings: {', '.join(NAMES)}"
         )
     values: dict[str, Any] = {}
     for name, value in changes.items():
-        if name in _INT_SETTINGS:
+        if BY_NAME[name].kind is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise BadRequest(f"{name} must be a whole number, got {_json_type(value)}")
             if value < 0:
@@ -117,7 +118,7 @@ def check_static(settings: Settings) -> None:
 def effective(settings: Settings, defaults: DefaultsConfig) -> Settings:
     """The settings with every 0/"" replaced by the deployment default."""
     values = {}
-    for name in SETTING_NAMES:
+    for name in NAMES:
         value = getattr(settings, name)
         values[name] = value if value not in (0, "") else getattr(defaults, name)
     result = Settings(**values)
