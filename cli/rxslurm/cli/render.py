@@ -10,8 +10,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from rxslurm.protocol.settings import SETTINGS
-
 PENDING_NOTE = "new settings apply on the next start"
 
 # What a terminal would act on rather than show: C0 and C1 controls and DEL (escape sequences,
@@ -134,17 +132,20 @@ def pairs(items: Iterable[tuple[str, Any]], indent: str = "") -> list[str]:
     return [f"{indent}{key.ljust(width)}  {value}".rstrip() for key, value in items]
 
 
-UNITS = {s.name: s.unit for s in SETTINGS if s.unit}
 
 
 def setting_value(key: str, value: Any, *, effective: bool = False) -> str:
     """A setting as people read it: units, "no GPU", and 0/"" as the deployment default."""
+    # Only `project show` needs the settings' table: `rxctl status` starts without it.
+    from rxslurm.protocol.settings import BY_NAME
+
+    setting = BY_NAME.get(key)
+    unit = setting.unit if setting else ""
     if key == "gpus" and value == 0:
         return "none"
     if value in (0, "", None):
         # In the settings 0/"" means "the deployment default"; an effective 0 means "no limit".
-        return ("none" if key in UNITS else "-") if effective else "default"
-    unit = UNITS.get(key)
+        return ("none" if unit else "-") if effective else "default"
     return f"{value} {unit}" if unit else cell(value)
 
 
@@ -162,6 +163,7 @@ def container_line(container: Mapping[str, Any] | None) -> str:
 
 def project_lines(project: Mapping[str, Any]) -> list[str]:
     """The whole of `rxctl project show`: who, where, settings, members."""
+    from rxslurm.protocol.settings import SETTINGS
     runtime = project.get("runtime_user")
     run_as = cell(project.get("run_as"))
     lines = pairs(
