@@ -206,7 +206,7 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
 def test_gpu_memory_is_no_setting_and_an_old_row_holding_it_still_reads(rxd: Rxd) -> None:
     create(rxd, "rxalice", "oldgpumem")
     usage = rxd.rxctl("rxalice", "project", "set", "oldgpumem", "--gpu-mem", "40")
-    assert usage.returncode == 2 and "No such option: --gpu-mem" in usage.stderr
+    assert usage.returncode == 2 and "No such option '--gpu-mem'" in usage.stderr
     # A row written before the setting went keeps its column and value; reading ignores them.
     db = sqlite3.connect(rxd.ledger)
     try:
