@@ -90,6 +90,7 @@ def api_window(
     `socket_path` "tcp:HOST:PORT": through rxd's network door, a MUNGE credential per request.
     """
     from rxslurm.cli.client import Client
+    from rxslurm.protocol import routes
 
     if socket_path.startswith("tcp:"):
         os.environ.pop("RXCTL_SOCKET", None)
@@ -97,7 +98,7 @@ def api_window(
         client = Client(None, timeout=60)
     else:
         client = Client(socket_path, timeout=60)
-    route = f"/v1/projects/{project}/status"
+    route = routes.path(routes.CONTAINER_STATUS, project)
     return _window(threads, start_at, end_at, lambda: client.get(route))
 
 

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import USER, BenchError, must
+from rxslurm.protocol.paths import DEFAULT_SOCKET, HOOK_TARGETS
 from tests.support.daemon import Rxd, new_rxd
 from tests.support.real_apptainer import BASE_IMAGE
 
 # The image the test cluster builds (tests/cluster/images.sh): no pull, no network.
 IMAGE = str(BASE_IMAGE)
 # Where the job-event hook (rxslurm.slurm.hooks.job_event) finds the rxd sockets to poke.
-HOOK_SOCKETS = Path("/etc/rxslurm/hook-sockets")
-HOOK_DEFAULT_SOCKET = "/run/rxslurm/rxd.sock"
+HOOK_SOCKETS = Path(HOOK_TARGETS)
+HOOK_DEFAULT_SOCKET = DEFAULT_SOCKET
 RESTING = ("stopped", "disabled", "error")
 
 

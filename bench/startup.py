@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench.harness import VENV_BIN, Result, Row, summarize
 from bench.suite import Context
+from rxslurm.protocol.exec_wire import EXEC_SOCKET_NAME
 
 RXCTL = str(VENV_BIN / "rxctl")
 PYTHON = str(VENV_BIN / "python")
@@ -65,7 +66,7 @@ def standin_rxd() -> Iterator[str]:
         servers = []
         for name, answer, exec_socket in (
             ("rxd.sock", http, False),
-            ("rxd-exec.sock", b'{"exit": 0}\n', True),
+            (EXEC_SOCKET_NAME, b'{"exit": 0}\n', True),
         ):
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             server.bind(str(Path(folder) / name))

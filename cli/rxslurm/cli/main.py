@@ -16,6 +16,7 @@ from rxslurm.cli import render
 from rxslurm.cli.client import Client, ClientError
 from rxslurm.cli.common import api_errors, echo, emit_json, json_option
 from rxslurm.protocol import routes
+from rxslurm.protocol.paths import CLI_CONFIG, DEFAULT_SOCKET
 
 __all__ = ["api_errors", "cli", "emit_json", "json_option"]
 
@@ -70,7 +71,7 @@ class LazyGroup(click.Group):
     envvar="RXCTL_SOCKET",
     help=(
         "rxd's local socket (default: $RXCTL_SOCKET; else the network door named by "
-        "$RXSLURM_SERVER or /etc/rxslurm/rxctl.toml; else /run/rxslurm/rxd.sock)."
+        f"$RXSLURM_SERVER or {CLI_CONFIG}; else {DEFAULT_SOCKET})."
     ),
 )
 @click.pass_context

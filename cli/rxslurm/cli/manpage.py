@@ -12,6 +12,7 @@ import click
 
 from rxslurm.cli.docs import walk
 from rxslurm.cli.main import cli
+from rxslurm.protocol.paths import DEFAULT_SOCKET
 
 REGENERATE = ".venv/bin/python -m rxslurm.cli.manpage > docs/rxctl.1"
 
@@ -26,7 +27,7 @@ EXIT_STATUS = (
     ),
 )
 ENVIRONMENT = (
-    ("RXCTL_SOCKET", "rxd's socket, when --socket is not given (default /run/rxslurm/rxd.sock)."),
+    ("RXCTL_SOCKET", f"rxd's socket, when --socket is not given (default {DEFAULT_SOCKET})."),
     ("RX_PROJECT", "The project, when -P/--project is not given."),
     (
         "_RXCTL_COMPLETE",

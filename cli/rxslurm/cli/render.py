@@ -132,8 +132,6 @@ def pairs(items: Iterable[tuple[str, Any]], indent: str = "") -> list[str]:
     return [f"{indent}{key.ljust(width)}  {value}".rstrip() for key, value in items]
 
 
-
-
 def setting_value(key: str, value: Any, *, effective: bool = False) -> str:
     """A setting as people read it: units, "no GPU", and 0/"" as the deployment default."""
     # Only `project show` needs the settings' table: `rxctl status` starts without it.
@@ -164,6 +162,7 @@ def container_line(container: Mapping[str, Any] | None) -> str:
 def project_lines(project: Mapping[str, Any]) -> list[str]:
     """The whole of `rxctl project show`: who, where, settings, members."""
     from rxslurm.protocol.settings import SETTINGS
+
     runtime = project.get("runtime_user")
     run_as = cell(project.get("run_as"))
     lines = pairs(

@@ -50,7 +50,6 @@ class Settings:
         return asdict(self)
 
 
-
 def differs_from_snapshot(saved: Settings, snapshot: dict[str, Any]) -> bool:
     """Whether saved settings differ from those a job was started with (its snapshot)."""
     return any(snapshot.get(name) != value for name, value in saved.to_dict().items())
@@ -69,8 +68,7 @@ def apply_changes(current: Settings, changes: Any) -> Settings:
     unknown = sorted(set(changes) - set(NAMES))
     if unknown:
         raise BadRequest(
-            f"unknown setting {shorten(repr(unknown[0]), 64)}; "
-            f"valid settings: {', '.join(NAMES)}"
+            f"unknown setting {shorten(repr(unknown[0]), 64)}; valid settings: {', '.join(NAMES)}"
         )
     values: dict[str, Any] = {}
     for name, value in changes.items():
