@@ -166,9 +166,6 @@ def spawn(
     for arg in args:
         if "\0" in arg:
             raise ValueError(f"NUL byte in argument {arg!r}")
-    identity: dict[str, object] = {}
-    if as_user is not None:
-        identity = {"user": as_user.uid, "group": as_user.gid, "extra_groups": list(as_user.groups)}
     return subprocess.Popen(  # noqa: S603 - argv list, no shell
         args,
         stdin=stdin,
@@ -182,7 +179,10 @@ def spawn(
         close_fds=True,
         start_new_session=True,
         umask=0o022,
-        **identity,  # type: ignore[arg-type]
+        # None for all three: Popen keeps the daemon's own identity.
+        user=as_user.uid if as_user is not None else None,
+        group=as_user.gid if as_user is not None else None,
+        extra_groups=list(as_user.groups) if as_user is not None else None,
     )
 
 
