@@ -23,8 +23,8 @@ from rxslurm.daemon.config import Config
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
 from rxslurm.daemon.identity.run_as_guard import projects_run_as, release_run_as
 from rxslurm.daemon.ledger.audit import record_event
-from rxslurm.daemon.ledger.records import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
+from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.text_checks import check_text
 
 NOLOGIN_SHELLS = frozenset({"nologin", "false"})

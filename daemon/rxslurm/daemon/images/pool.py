@@ -30,7 +30,7 @@ from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.images import cache as image_cache
 from rxslurm.daemon.images import pull as image_pull
 from rxslurm.daemon.ledger.audit import record_event
-from rxslurm.daemon.ledger.records import to_timestamp, utcnow
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 
 if TYPE_CHECKING:
     from rxslurm.daemon.containers.service import Runtime

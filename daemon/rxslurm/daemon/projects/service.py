@@ -18,8 +18,9 @@ from rxslurm.daemon.identity.bindings import (
     unbound_refusal,
 )
 from rxslurm.daemon.identity.run_as_guard import release_run_as
-from rxslurm.daemon.ledger.records import from_json, to_timestamp, utcnow
+from rxslurm.daemon.ledger.records import from_json
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role, may, parse_role
 from rxslurm.daemon.projects.settings import (
     Settings,

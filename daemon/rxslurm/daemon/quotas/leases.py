@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rxslurm.daemon.errors import BadRequest, NotFound
-from rxslurm.daemon.ledger.records import to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import LedgerDatabase
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.text_checks import check_text
 
 SCOPES = ("deployment", "project", "user")
