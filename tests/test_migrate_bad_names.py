@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from rxslurm.daemon.identity.bindings import Actor
+from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.projects import service as projects
 from rxslurm.daemon.projects.roles import Action

@@ -22,7 +22,7 @@ import pytest
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.service import Runtime, submit, wake
 from rxslurm.daemon.errors import BadRequest
-from rxslurm.daemon.identity.bindings import Actor
+from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.projects.settings import Settings

@@ -19,7 +19,8 @@ from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.routes_identity import issue_code_from_body
 from rxslurm.daemon.errors import ApiError, BadRequest, Forbidden, NotFound
 from rxslurm.daemon.identity import bindings as identities
-from rxslurm.daemon.identity.bindings import Actor, binding_of_platform_user, check_platform_user_id
+from rxslurm.daemon.identity.actors import Actor
+from rxslurm.daemon.identity.bindings import binding_of_platform_user, check_platform_user_id
 from rxslurm.daemon.ledger.audit import record_event
 from rxslurm.daemon.ledger.store import Ledger
 
@@ -85,8 +86,8 @@ def _acting_for(ledger: Ledger, user: str) -> Actor:
     binding = binding_of_platform_user(ledger.db, user_id)
     return Actor(
         platform_user=user_id,
-        uid=binding["uid"] if binding else None,
-        user=binding["username"] if binding else None,
+        uid=binding.uid if binding else None,
+        user=binding.username if binding else None,
         admin=False,
         origin="tcp",
     )

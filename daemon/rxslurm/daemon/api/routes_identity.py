@@ -12,11 +12,11 @@ from aiohttp import web
 
 from rxslurm.daemon.api.app import caller_of, json_response, read_json
 from rxslurm.daemon.api.context import Daemon, daemon_of
+from rxslurm.daemon.api.request_actor import actor_of, admin_actor
 from rxslurm.daemon.api.routes_projects import sync_or_warn
 from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden
 from rxslurm.daemon.identity import bindings as identities
-from rxslurm.daemon.identity.actors import actor_of, admin_actor
 from rxslurm.daemon.ledger.audit import list_events
 from rxslurm.daemon.ledger.store import Ledger
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from rxslurm.daemon.api.app import caller_of, json_response
 from rxslurm.daemon.api.context import daemon_of
-from rxslurm.daemon.identity.actors import actor_of
+from rxslurm.daemon.api.request_actor import actor_of
 from rxslurm.daemon.version import __version__
 from rxslurm.slurm.errors import SlurmError
 

@@ -25,7 +25,7 @@ from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, c
 from rxslurm.daemon.containers.stop_request import request_stop
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
 from rxslurm.daemon.folders import make_folder
-from rxslurm.daemon.identity.bindings import Actor, record_actor_event
+from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.images import apptainer
 from rxslurm.daemon.images import cache as image_cache
 from rxslurm.daemon.images import pull as image_pull

@@ -8,13 +8,12 @@ from typing import Any
 
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, NotFound
+from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.identity.bindings import (
-    Actor,
     binding_of_platform_user,
     check_platform_user_id,
     ensure_platform_user,
     linux_account_by_name,
-    record_actor_event,
     unbound_refusal,
 )
 from rxslurm.daemon.identity.run_as_guard import release_run_as
@@ -213,7 +212,7 @@ def runtime_identity(db: LedgerDatabase, config: Config, project: dict[str, Any]
     binding = (
         binding_of_platform_user(db, project["run_as_user"]) if project["run_as_user"] else None
     )
-    return binding["username"] if binding else None
+    return binding.username if binding else None
 
 
 def no_run_as_message(name: str) -> str:
