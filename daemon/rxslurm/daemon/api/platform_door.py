@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from rxslurm.daemon.api.app import Handler, json_response, read_json
 from rxslurm.daemon.api.context import daemon_of
@@ -56,7 +57,7 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
-def platform_identify(token: str) -> Handler:
+def platform_identify(token: str) -> Middleware:
     expected = token.encode()
 
     @web.middleware
@@ -76,12 +77,12 @@ def platform_identify(token: str) -> Handler:
             )
         return await handler(request)
 
-    return identify  # type: ignore[return-value]
+    return identify
 
 
 def _acting_for(ledger: Ledger, user: str) -> Actor:
     user_id = check_platform_user_id(user)
-    if not ledger.db["platform_users"].count_where("id = ?", [user_id]):
+    if not ledger.db.table("platform_users").count_where("id = ?", [user_id]):
         raise NotFound(f"no platform user {user_id!r}")
     binding = binding_of_platform_user(ledger.db, user_id)
     return Actor(

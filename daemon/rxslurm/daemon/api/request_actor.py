@@ -16,7 +16,7 @@ from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
 async def actor_of(request: web.Request) -> Actor:
     """The request's actor; the platform listener sets it, the socket derives it from the peer."""
     actor = request.get("actor")
-    if actor is not None:
+    if isinstance(actor, Actor):
         return actor
     caller = caller_of(request)
     daemon = daemon_of(request)

@@ -14,11 +14,8 @@ from rxslurm.daemon.api.context import Daemon, daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
 from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.errors import ApiError, BadRequest
-from rxslurm.daemon.identity.bindings import (
-    binding_of_platform_user,
-    check_platform_user_id,
-    record_actor_event,
-)
+from rxslurm.daemon.identity.actors import record_actor_event
+from rxslurm.daemon.identity.bindings import binding_of_platform_user, check_platform_user_id
 from rxslurm.daemon.projects import service as projects
 from rxslurm.daemon.projects.workspace_sync import retire_folders, sync_workspace
 from rxslurm.daemon.projects.workspaces import WorkspaceError

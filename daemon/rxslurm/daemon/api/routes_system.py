@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -86,7 +87,7 @@ async def whoami(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     cache = request.app.get(HEALTH)
-    check = lambda: _health(daemon)  # noqa: E731
+    check = partial(_health, daemon)
     return json_response(await cache.get(check) if cache is not None else await check())
 
 

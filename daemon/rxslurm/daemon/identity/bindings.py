@@ -133,9 +133,9 @@ def code_hash(code: str) -> str:
 def ensure_platform_user(db: LedgerDatabase, user_id: str, display_name: str = "") -> bool:
     """Create the platform user if missing; True if it was created."""
     check_display_name(display_name)
-    if db["platform_users"].count_where("id = ?", [user_id]):
+    if db.table("platform_users").count_where("id = ?", [user_id]):
         return False
-    db["platform_users"].insert(
+    db.table("platform_users").insert(
         {"id": user_id, "display_name": display_name, "created_at": to_timestamp(utcnow())}
     )
     return True
@@ -200,7 +200,7 @@ def issue_code(
     expires = now + timedelta(minutes=ttl)
     with ledger.transaction() as db:
         ensure_platform_user(db, user_id, display_name)
-        db["binding_codes"].insert(
+        db.table("binding_codes").insert(
             {
                 "code_hash": code_hash(code),
                 "platform_user_id": user_id,
@@ -296,7 +296,7 @@ def redeem_code(
     now = now or utcnow()
     try:
         with ledger.transaction() as db:
-            rows = list(db["binding_codes"].rows_where("code_hash = ?", [code_hash(code)]))
+            rows = list(db.table("binding_codes").rows_where("code_hash = ?", [code_hash(code)]))
             if not rows:
                 raise Forbidden("unknown binding code")
             row = rows[0]
@@ -309,7 +309,7 @@ def redeem_code(
                     f"this binding code was issued for another Linux user, not {entry.pw_name}"
                 )
             binding = _insert_binding(db, row["platform_user_id"], entry, bound_by=entry.pw_name)
-            db["binding_codes"].update(
+            db.table("binding_codes").update(
                 row["code_hash"], {"used_at": to_timestamp(now), "used_by_uid": uid}
             )
             record_event(

@@ -31,8 +31,8 @@ def release_run_as(
     """Stop the project's container (and, with `clear`, forget its run-as user) because `why`;
     the Slurm job to cancel after commit, if any."""
     if clear:
-        db["projects"].update(project["id"], {"run_as_user": None})
-    rows = list(db["containers"].rows_where("project_id = ?", [project["id"]]))
+        db.table("projects").update(project["id"], {"run_as_user": None})
+    rows = list(db.table("containers").rows_where("project_id = ?", [project["id"]]))
     container = rows[0] if rows and rows[0]["state"] != State.DISABLED else None
     job_id = None
     if container is not None:
@@ -65,4 +65,6 @@ def release_run_as(
 
 def projects_run_as(db: LedgerDatabase, platform_user: str) -> list[dict[str, Any]]:
     """Projects that run as this platform user's bound identity."""
-    return list(db["projects"].rows_where("run_as = 'bound' AND run_as_user = ?", [platform_user]))
+    return list(
+        db.table("projects").rows_where("run_as = 'bound' AND run_as_user = ?", [platform_user])
+    )

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from rxslurm.daemon.containers.service import Runtime
 
 log = logging.getLogger("rxslurm.pulls")
-ACTOR = {"actor": "rxd", "origin": "pull"}
+ACTOR: dict[str, Any] = {"actor": "rxd", "origin": "pull"}
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class ImagePulls:
             return
         settings = self.settings()
         image_pull.sweep(settings)
-        rows = self.rt.ledger.db["containers"].rows_where("state = ?", [State.PULLING.value])
+        rows = self.rt.ledger.db.table("containers").rows_where("state = ?", [State.PULLING.value])
         for row in rows:
             if row["image"]:
                 self.request(row["id"], row["image"], row["runtime_uid"], waiter=False)
@@ -221,7 +221,7 @@ def carry_on(
     who = actor or ACTOR
     try:
         with rt.ledger.transaction() as db:
-            row = db["containers"].get(container_id)
+            row = db.table("containers").get(container_id)
             if outcome.image is None:
                 change_state(
                     db,

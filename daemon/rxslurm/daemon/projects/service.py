@@ -49,7 +49,7 @@ def require_bound(actor: Actor, config: Config) -> str:
 
 
 def _project_row(db: LedgerDatabase, name: str) -> dict[str, Any] | None:
-    rows = list(db["projects"].rows_where("name = ?", [name]))
+    rows = list(db.table("projects").rows_where("name = ?", [name]))
     return rows[0] if rows else None
 
 
@@ -57,7 +57,7 @@ def role_in(db: LedgerDatabase, project_id: int, platform_user: str | None) -> R
     if platform_user is None:
         return None
     rows = list(
-        db["members"].rows_where(
+        db.table("members").rows_where(
             "project_id = ? AND platform_user_id = ?", [project_id, platform_user]
         )
     )
@@ -112,7 +112,7 @@ def create_project(
     with ledger.transaction() as db:
         if _project_row(db, name):
             raise Conflict(f"a project named {name!r} already exists")
-        inserted = db["projects"].insert(
+        inserted = db.table("projects").insert(
             {
                 "name": name,
                 "created_at": now,
@@ -125,7 +125,7 @@ def create_project(
             }
         )
         project_id = inserted.last_pk
-        db["members"].insert(
+        db.table("members").insert(
             {
                 "project_id": project_id,
                 "platform_user_id": owner,
@@ -174,7 +174,7 @@ def project_view(ledger: Ledger, config: Config, actor: Actor, name: str) -> dic
             "WHEN 'editor' THEN 2 ELSE 3 END, m.platform_user_id",
             [row["id"]],
         ).fetchall()
-        containers = list(db["containers"].rows_where("project_id = ?", [row["id"]]))
+        containers = list(db.table("containers").rows_where("project_id = ?", [row["id"]]))
         runtime_user = runtime_identity(db, config, row)
     settings = Settings.from_row(row)
     container = containers[0] if containers else None
@@ -264,13 +264,13 @@ def delete_project(ledger: Ledger, actor: Actor, name: str) -> str:
     """Delete the project's records; returns its workspace path (the caller retires folders)."""
     with ledger.transaction() as db:
         row, _ = authorize(db, actor, name, Action.DELETE_PROJECT)
-        containers = list(db["containers"].rows_where("project_id = ?", [row["id"]]))
+        containers = list(db.table("containers").rows_where("project_id = ?", [row["id"]]))
         if containers and containers[0]["state"] != "disabled":
             raise Conflict(f"project {name} has an enabled container; disable it first")
         for c in containers:
             db.execute("DELETE FROM jobs WHERE container_id = ?", [c["id"]])
-            db["containers"].delete(c["id"])
-        db["projects"].delete(row["id"])
+            db.table("containers").delete(c["id"])
+        db.table("projects").delete(row["id"])
         _event(db, actor, "project.deleted", name)
     return str(row["workspace"])
 
@@ -294,7 +294,7 @@ def update_settings(
         old = Settings.from_row(row)
         # Apply to what is stored now, so a concurrent edit of another field is kept.
         final = apply_changes(old, changes)
-        db["projects"].update(
+        db.table("projects").update(
             row["id"], {**final.to_dict(), "settings_changed_at": to_timestamp(utcnow())}
         )
         diff = {k: [getattr(old, k), v] for k, v in final.to_dict().items() if getattr(old, k) != v}
@@ -331,11 +331,11 @@ def set_run_as(
                     code="not_bound",
                 )
             update = {"run_as": "bound", "run_as_user": owner}
-        db["projects"].update(row["id"], update)
+        db.table("projects").update(row["id"], update)
         _event(db, actor, "project.run-as-changed", name, {"from": row["run_as"], **update})
         # A container still running as the former identity stops; it starts as the new one.
         now = runtime_identity(db, config, {**row, **update})
-        if db["containers"].count_where(
+        if db.table("containers").count_where(
             "project_id = ? AND state != 'disabled' AND runtime_user IS NOT ?", [row["id"], now]
         ):
             _release(db, actor, row, "the run-as identity changed", clear=False, jobs=jobs)
@@ -345,7 +345,7 @@ def set_run_as(
 
 def _member_target(db: LedgerDatabase, config: Config, user: Any) -> str:
     user_id = check_platform_user_id(user)
-    if db["platform_users"].count_where("id = ?", [user_id]):
+    if db.table("platform_users").count_where("id = ?", [user_id]):
         return user_id
     if config.identity.mode == "local":
         # Standalone: a member is a Linux user; they are bound on their first call.
@@ -356,7 +356,7 @@ def _member_target(db: LedgerDatabase, config: Config, user: Any) -> str:
 
 
 def _owner_count(db: LedgerDatabase, project_id: int) -> int:
-    return db["members"].count_where("project_id = ? AND role = 'owner'", [project_id])
+    return db.table("members").count_where("project_id = ? AND role = 'owner'", [project_id])
 
 
 def add_member(
@@ -368,7 +368,7 @@ def add_member(
         target = _member_target(db, config, user)
         if role_in(db, row["id"], target) is not None:
             raise Conflict(f"{target} is already a member of {name}; use set-role")
-        db["members"].insert(
+        db.table("members").insert(
             {
                 "project_id": row["id"],
                 "platform_user_id": target,
@@ -443,7 +443,7 @@ def remove_member(
 
 
 def _runs_as(project: dict[str, Any], platform_user: str) -> bool:
-    return project["run_as"] == "bound" and project["run_as_user"] == platform_user
+    return bool(project["run_as"] == "bound" and project["run_as_user"] == platform_user)
 
 
 def _role(value: Any) -> Role:

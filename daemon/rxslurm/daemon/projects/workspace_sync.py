@@ -25,7 +25,7 @@ def sync_workspace(
     `fresh`: the project was just created. Raises WorkspaceError when preparing failed.
     """
     with ledger.read() as db:
-        rows = list(db["projects"].rows_where("name = ?", [name]))
+        rows = list(db.table("projects").rows_where("name = ?", [name]))
         if not rows:
             return None
         project = rows[0]
@@ -60,8 +60,8 @@ def sync_workspace(
 
 def _record_owner(ledger: Ledger, project_id: int, uid: int) -> None:
     with ledger.transaction() as db:
-        if db["projects"].count_where("id = ?", [project_id]):
-            db["projects"].update(project_id, {"workspace_uid": uid})
+        if db.table("projects").count_where("id = ?", [project_id]):
+            db.table("projects").update(project_id, {"workspace_uid": uid})
 
 
 def retire_folders(config: Config, name: str, workspace: str) -> list[str]:
