@@ -97,7 +97,7 @@ def parse_response(raw: bytes) -> tuple[int, bytes]:
 
 
 def _unchunk(data: bytes) -> bytes:
-    body = []
+    body: list[bytes] = []
     while True:
         size_line, sep, data = data.partition(b"\r\n")
         try:

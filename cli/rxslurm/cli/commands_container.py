@@ -24,7 +24,8 @@ from rxslurm.cli.render import status_lines
 
 def _act(client: Client, project: str | None, action: str) -> dict[str, Any]:
     name = choose_project(client, project)
-    return client.post(f"/v1/projects/{quote(name, safe='')}/{action}")
+    answer: dict[str, Any] = client.post(f"/v1/projects/{quote(name, safe='')}/{action}")
+    return answer
 
 
 def _lifecycle(action: str, summary: str, example: str, done: str) -> click.Command:
