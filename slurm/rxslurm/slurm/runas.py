@@ -12,6 +12,12 @@ The child's environment is rebuilt from nothing (``clean_env``): the daemon's ow
 ``PATH``: those may be writable by someone else or unreadable for the user. Programs that live
 elsewhere are run by their absolute path (the Slurm adapter resolves its binaries itself), and a
 caller that needs more passes ``env_extra``.
+
+Nothing here is Slurm's: the daemon runs workspace work, image pulls and Apptainer as users
+through it too. It lives in ``rxslurm.slurm`` because the Slurm adapter (``adapter``,
+``step_signal``) needs it and the layer rule lets ``slurm`` import nothing of the daemon; the
+daemon imports it from here. (``protocol`` is no home either: it holds what the CLI, the daemon
+and the hooks agree on, stdlib only, not how root acts as someone else.)
 """
 
 from __future__ import annotations
