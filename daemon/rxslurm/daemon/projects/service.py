@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from rxslurm.daemon.identity.run_as_guard import release_run_as
 from rxslurm.daemon.ledger.records import from_json
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
+from rxslurm.daemon.projects.names import check_project_name
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role, may, parse_role
 from rxslurm.daemon.projects.settings import (
     Settings,
@@ -28,18 +28,6 @@ from rxslurm.daemon.projects.settings import (
     differs_from_snapshot,
     effective,
 )
-
-# Matched in full: with `re.match` and `$`, "alpha\n" passed (and made folders and jobs fail).
-PROJECT_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,19}[a-z0-9])?")
-
-
-def check_project_name(name: Any) -> str:
-    if not isinstance(name, str) or not PROJECT_NAME.fullmatch(name):
-        raise BadRequest(
-            "project name must be 1-21 characters: lowercase letters, digits and '-', "
-            "starting with a letter and not ending with '-'"
-        )
-    return name
 
 
 def require_bound(actor: Actor, config: Config) -> str:

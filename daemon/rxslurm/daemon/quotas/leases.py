@@ -15,6 +15,7 @@ from typing import Any
 from rxslurm.daemon.errors import BadRequest, NotFound
 from rxslurm.daemon.ledger.store import LedgerDatabase, LedgerError
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
+from rxslurm.daemon.projects.names import check_project_name
 from rxslurm.daemon.text_checks import check_text
 
 SCOPES = ("deployment", "project", "user")
@@ -203,9 +204,6 @@ def check_subject(scope: str, subject: Any) -> str:
     try:
         check_text("subject", subject, 256)
         if scope == "project":
-            # Imported here: projects imports (through states) this module.
-            from rxslurm.daemon.projects.service import check_project_name
-
             check_project_name(subject)
         elif not LINUX_USER.fullmatch(subject):
             raise BadRequest("a Linux user name has 1-64 characters, no spaces, ':' or '/'")
