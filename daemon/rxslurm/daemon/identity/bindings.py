@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import pwd
 import secrets
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
+from rxslurm.daemon.identity.linux_accounts import NotBindable, linux_account, linux_account_by_name
 from rxslurm.daemon.identity.run_as_guard import projects_run_as, release_run_as
 from rxslurm.daemon.ledger.audit import record_event
 from rxslurm.daemon.ledger.records import Binding
@@ -28,7 +28,6 @@ from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.text_checks import check_text
 
-NOLOGIN_SHELLS = frozenset({"nologin", "false"})
 # No 0/O or 1/I/L: codes are read off one screen and typed on another.
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_GROUPS = 3
@@ -42,47 +41,9 @@ BIND_FAILURES_ALLOWED = 5
 BIND_FAILURE_WINDOW_S = 600.0
 
 
-class NotBindable(Forbidden):
-    code = "not_bindable"
-
-
 class TooManyAttempts(ApiError):
     status = 429
     code = "too_many_attempts"
-
-
-def linux_account(uid: int, min_uid: int) -> pwd.struct_passwd:
-    """The passwd entry of a uid that may be bound, or NotBindable saying why not."""
-    if uid == 0:
-        raise NotBindable("root cannot be bound to a platform identity")
-    try:
-        entry = pwd.getpwuid(uid)
-    except KeyError:
-        raise NotBindable(f"uid {uid} has no passwd entry") from None
-    if uid < min_uid:
-        raise NotBindable(
-            f"{entry.pw_name} (uid {uid}) is a system account (uid below {min_uid}); "
-            "it cannot be bound"
-        )
-    if os.path.basename(entry.pw_shell) in NOLOGIN_SHELLS:
-        raise NotBindable(
-            f"{entry.pw_name} has no login shell ({entry.pw_shell}); it cannot be bound"
-        )
-    try:
-        back = pwd.getpwnam(entry.pw_name)
-    except KeyError:
-        back = None
-    if back is None or back.pw_uid != uid:
-        raise NotBindable(f"user name {entry.pw_name!r} does not map back to uid {uid}")
-    return entry
-
-
-def linux_account_by_name(name: str, min_uid: int) -> pwd.struct_passwd:
-    try:
-        uid = pwd.getpwnam(name).pw_uid
-    except KeyError:
-        raise NotFound(f"no Linux user named {name!r}") from None
-    return linux_account(uid, min_uid)
 
 
 def check_platform_user_id(value: Any) -> str:

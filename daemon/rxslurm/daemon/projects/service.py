@@ -12,9 +12,9 @@ from rxslurm.daemon.identity.bindings import (
     binding_of_platform_user,
     check_platform_user_id,
     ensure_platform_user,
-    linux_account_by_name,
     unbound_refusal,
 )
+from rxslurm.daemon.identity.linux_accounts import linux_account_by_name
 from rxslurm.daemon.identity.run_as_guard import release_run_as
 from rxslurm.daemon.ledger.records import from_json
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
