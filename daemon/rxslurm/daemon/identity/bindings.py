@@ -367,7 +367,7 @@ def unbind(
                 actor_uid=actor.uid,
                 origin=actor.origin,
             )
-            released.append(project["name"])
+            released.append(project.name)
             jobs += [job] if job is not None else []
     if cancel is not None:
         for job in jobs:

@@ -15,7 +15,7 @@ from rxslurm.daemon.identity.bindings import (
     unbound_refusal,
 )
 from rxslurm.daemon.identity.linux_accounts import linux_account_by_name
-from rxslurm.daemon.identity.run_as_guard import release_run_as
+from rxslurm.daemon.identity.run_as_guard import RunAsProject, release_run_as
 from rxslurm.daemon.ledger.records import from_json
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
@@ -234,8 +234,9 @@ def _release(
     clear: bool,
     jobs: list[int],
 ) -> None:
+    project = RunAsProject.from_row(row)
     job = release_run_as(
-        db, row, why, clear=clear, actor=actor.name, actor_uid=actor.uid, origin=actor.origin
+        db, project, why, clear=clear, actor=actor.name, actor_uid=actor.uid, origin=actor.origin
     )
     if job is not None:
         jobs.append(job)
