@@ -25,9 +25,14 @@ cluster:
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# mypy at the strictness pyproject.toml states ([tool.mypy]), over every rxslurm portion.
+.PHONY: typecheck
+typecheck: venv
+	$(VENV)/bin/mypy
+
 # The fast tier (no Slurm job, no container) first, so a broken unit fails in a minute or two;
 # then the cluster suite on the real Slurm cluster and the real Apptainer.
-test: venv lint cluster
+test: venv lint typecheck cluster
 	tests/cluster/forget.sh
 	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m "not cluster"
 	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m cluster

@@ -35,8 +35,8 @@ from rxslurm.daemon.api.platform_door import platform_identify
 from rxslurm.daemon.api.platform_door import routes as platform_routes
 from rxslurm.daemon.api.serve import ROUTES
 from rxslurm.daemon.config import parse_config
-from rxslurm.daemon.ledger.records import to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.slurm.errors import SlurmUnavailable
 
 TOKEN = "t" * 40

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from rxslurm.daemon.identity.bindings import code_hash
-from rxslurm.daemon.ledger.records import to_timestamp
+from rxslurm.daemon.ledger.timestamps import to_timestamp
 from tests.support.daemon import Rxd, new_rxd
 
 PLATFORM_MODE = '[identity]\nmode = "platform"\n'

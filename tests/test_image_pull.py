@@ -30,8 +30,8 @@ from rxslurm.daemon.images import cache as image_cache
 from rxslurm.daemon.images import pull as image_pull
 from rxslurm.daemon.images.pool import ImagePulls
 from rxslurm.daemon.images.pull import PullError, PullSettings
-from rxslurm.daemon.ledger.records import to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.slurm.runas import RunAs
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd

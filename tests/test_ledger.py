@@ -18,21 +18,10 @@ import pytest
 from rxslurm.daemon.ledger import fs_check
 from rxslurm.daemon.ledger.audit import list_events, record_event
 from rxslurm.daemon.ledger.fs_check import NetworkFilesystemError
-from rxslurm.daemon.ledger.records import (
-    Binding,
-    BindingCode,
-    Container,
-    Event,
-    Job,
-    Member,
-    PlatformUser,
-    Project,
-    Record,
-    from_timestamp,
-    to_timestamp,
-    utcnow,
-)
+from rxslurm.daemon.ledger.records import Binding, Event, Record
 from rxslurm.daemon.ledger.store import Ledger, LedgerError
+from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcnow
+from tests.support.ledger_rows import BindingCode, Container, Job, Member, PlatformUser, Project
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 

@@ -11,8 +11,9 @@ from sqlite_utils import Database, Migrations
 
 from rxslurm.daemon.ledger import migrations as migrations_module
 from rxslurm.daemon.ledger import store as ledger_module
-from rxslurm.daemon.ledger.records import Member, PlatformUser, Project, utcnow
 from rxslurm.daemon.ledger.store import Ledger, MigrationsPending, SchemaTooNew
+from rxslurm.daemon.ledger.timestamps import utcnow
+from tests.support.ledger_rows import Member, PlatformUser, Project
 
 EXPECTED_COLUMNS = {
     "platform_users": ["id", "display_name", "created_at"],

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from rxslurm.daemon.identity.bindings import Actor
+from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.projects import service as projects
+from rxslurm.daemon.projects.names import check_project_name
 from rxslurm.daemon.projects.roles import Action
 
 M006 = "m006_rename_unreachable_projects"
@@ -142,14 +143,14 @@ def test_a_taken_new_name_gets_a_suffix(tmp_path: Path) -> None:
     with old_ledger(tmp_path / "ledger.db", seed) as ledger:
         names = [r["name"] for r in ledger.db["projects"].rows_where(order_by="id")]
         assert names == ["renamed-2", "renamed-2-2"]
-        assert projects.check_project_name("renamed-2-2") == "renamed-2-2"
+        assert check_project_name("renamed-2-2") == "renamed-2-2"
 
 
 @pytest.mark.parametrize("bad", ["x\n", "Upper", "a_b", "-lead", "trail-", "ä", "a" * 22, ""])
 def test_every_name_the_api_refuses_is_renamed_to_one_it_accepts(tmp_path: Path, bad: str) -> None:
     with old_ledger(tmp_path / "ledger.db", lambda db: add_project(db, bad)) as ledger:
         [row] = ledger.db["projects"].rows
-        assert projects.check_project_name(row["name"]) == row["name"] == "renamed-1"
+        assert check_project_name(row["name"]) == row["name"] == "renamed-1"
         assert [e["detail"]["from"] for e in renames(ledger)] == [bad]
 
 

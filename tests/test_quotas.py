@@ -13,8 +13,8 @@ from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.containers.service import Runtime
 from rxslurm.daemon.containers.states import State, change_state
 from rxslurm.daemon.errors import BadRequest, NotFound
-from rxslurm.daemon.ledger.records import to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.quotas import leases as quotas
 
 PARTITIONS = {"cpu", "gpu"}

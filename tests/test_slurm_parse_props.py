@@ -8,7 +8,6 @@ record never hides or changes a well-formed one.
 
 from __future__ import annotations
 
-import json
 import string
 
 from hypothesis import HealthCheck, given, settings
@@ -22,8 +21,6 @@ from rxslurm.slurm.jobs import (
     Listing,
     ParseError,
     parse_queue_text,
-    parse_sacct_json,
-    parse_squeue_json,
     parse_time_limit,
     queue_marker,
 )
@@ -130,65 +127,6 @@ def test_sacct_text_a_field_with_the_delimiter_is_skipped_never_misread(
     found = parse_sacct_text(text)
     check_bounded(found, text.count("\n"))
     assert (found[77].state, found[77].exit_code, found[77].user) == ("COMPLETED", 0, "rxbob")
-
-
-json_leaf = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    hostile_text,
-)
-json_value = st.recursive(
-    json_leaf,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(hostile_text, inner, max_size=4)
-    ),
-    max_leaves=20,
-)
-job_keys = st.sampled_from(
-    [
-        "job_id",
-        "name",
-        "user_name",
-        "job_state",
-        "state",
-        "time",
-        "time_limit",
-        "exit_code",
-        "comment",
-        "tres",
-        "tres_per_node",
-        "gres_detail",
-        "submit_time",
-        "start_time",
-        "association",
-        "user",
-        "nodes",
-    ]
-)
-job_object = st.dictionaries(job_keys, json_value, max_size=10)
-
-
-@FAST
-@given(st.lists(st.one_of(job_object, json_value), max_size=8))
-def test_json_parsers_any_job_objects_are_a_listing(jobs: list[object]) -> None:
-    text = json.dumps({"jobs": jobs})
-    for parse in (parse_squeue_json, parse_sacct_json):
-        found = parse(text)
-        check_bounded(found, len(jobs))
-        assert all(0 < job_id < 10**18 for job_id in found)
-
-
-@FAST
-@given(st.one_of(hostile_text, bytes_as_text))
-def test_json_parsers_any_text_is_a_listing_or_a_parse_error(text: str) -> None:
-    for parse in (parse_squeue_json, parse_sacct_json):
-        try:
-            found = parse(text)
-        except ParseError:
-            continue
-        check_bounded(found, len(text))
 
 
 @FAST

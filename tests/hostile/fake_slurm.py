@@ -10,8 +10,8 @@ from typing import Any
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.reconciler import Reconciler
 from rxslurm.daemon.containers.service import Runtime, job_comment
-from rxslurm.daemon.ledger.records import to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.slurm.jobs import JobInfo, Listing
 
 CONFIG = Config()

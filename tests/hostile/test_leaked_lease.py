@@ -22,9 +22,9 @@ import pytest
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.service import Runtime, submit, wake
 from rxslurm.daemon.errors import BadRequest
-from rxslurm.daemon.identity.bindings import Actor
-from rxslurm.daemon.ledger.records import to_timestamp, utcnow
+from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.projects.settings import Settings
 from rxslurm.daemon.quotas import leases as quotas
 from tests.support.cluster import run_as, wait_for

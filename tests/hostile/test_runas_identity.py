@@ -19,9 +19,9 @@ from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.containers.service import Runtime
 from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.identity import bindings as identities
-from rxslurm.daemon.identity.bindings import Actor
-from rxslurm.daemon.ledger.records import to_timestamp, utcnow
+from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.projects import service as projects
 from tests.hostile.helpers import (
     IMAGE,

@@ -8,7 +8,8 @@ import os
 import socket
 from typing import Any
 
-from rxslurm.cli.door import DEFAULT_SOCKET, SOCKET_ENV, Door, DoorError, find_door, munge_header
+from rxslurm.cli.door import SOCKET_ENV, Door, DoorError, find_door, munge_header
+from rxslurm.protocol.paths import DEFAULT_SOCKET
 
 
 class ClientError(Exception):
@@ -97,7 +98,7 @@ def parse_response(raw: bytes) -> tuple[int, bytes]:
 
 
 def _unchunk(data: bytes) -> bytes:
-    body = []
+    body: list[bytes] = []
     while True:
         size_line, sep, data = data.partition(b"\r\n")
         try:

@@ -24,7 +24,8 @@ from rxslurm.protocol import routes
 
 def _act(client: Client, project: str | None, action: str) -> dict[str, Any]:
     name = choose_project(client, project)
-    return client.post(routes.path(routes.CONTAINER_ACTION, name, action))
+    answer: dict[str, Any] = client.post(routes.path(routes.CONTAINER_ACTION, name, action))
+    return answer
 
 
 def _lifecycle(action: str, summary: str, example: str, done: str) -> click.Command:

@@ -71,7 +71,7 @@ def project() -> None:
 @json_option
 @click.pass_obj
 @api_errors
-def create(client: Client, name: str, json_: bool, **options: Any) -> None:
+def create(client: Client, /, name: str, json_: bool, **options: Any) -> None:
     """Create a project; you become its owner.
 
     Names: 1-21 characters, lowercase letters, digits and "-", starting with a letter.
@@ -150,7 +150,7 @@ def delete(client: Client, name: str, yes: bool, json_: bool) -> None:
 @json_option
 @click.pass_obj
 @api_errors
-def set_(client: Client, name: str, json_: bool, **options: Any) -> None:
+def set_(client: Client, /, name: str, json_: bool, **options: Any) -> None:
     """Change a project's settings; only the options given change (0 or "": the default).
 
     Example: rxctl project set alpha --cpus 2 --gpus 1 --gpu-driver nvidia

@@ -68,7 +68,7 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         self.buffer += data
-        out = []
+        out: list[tuple[int, bytes]] = []
         while True:
             if len(self.buffer) < 2:
                 return out

@@ -33,21 +33,22 @@ def minutes(text: str) -> int:
         raise ValueError(
             f"{text!r} is not a time like 90, 1:30:00, 2-00:00:00 (minutes; [D-]H:M:S as sbatch)"
         )
-    days, first, second, third = (int(g) if g is not None else None for g in match.groups())
-    if days is None:
-        if second is None:  # M
-            h, m, s = 0, first, 0
-        elif third is None:  # M:S
-            h, m, s = 0, first, second
-        else:  # H:M:S
-            h, m, s = first, second, third
-    else:  # D-H, D-H:M, D-H:M:S
-        h, m, s = first, second or 0, third or 0
-    seconds = (((days or 0) * 24 + h) * 60 + m) * 60 + s  # type: ignore[operator]
+    days, *rest = match.groups()
+    numbers = [int(g) for g in rest if g is not None]  # the first is always there
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        h, m, s = (numbers + [0, 0])[:3]
+    elif len(numbers) == 1:  # M
+        h, m, s = 0, numbers[0], 0
+    elif len(numbers) == 2:  # M:S
+        h, m, s = 0, numbers[0], numbers[1]
+    else:  # H:M:S
+        h, m, s = numbers
+    seconds = ((int(days or 0) * 24 + h) * 60 + m) * 60 + s
     return -(-seconds // 60)
 
 
-class _Converted(click.ParamType):
+# Newer clicks declare ParamType generic; 8.1 (which pyproject allows) cannot be subscripted.
+class _Converted(click.ParamType):  # type: ignore[type-arg]
     convert_text: Any
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from rxslurm.daemon.errors import ApiError
+from rxslurm.daemon.identity.linux_accounts import linux_account_by_name
 from rxslurm.protocol import paths
 from rxslurm.protocol.settings import GPU_DRIVERS, SETTINGS
 
@@ -407,10 +409,6 @@ def _check_service_account(config: Config, where: str) -> None:
     """The shared account projects may run as must pass every check a bound identity passes
     (not root, not a system account, a real login shell) and hold no power in rx-slurm itself:
     everyone who creates a project runs code as it."""
-    # identities imports this module, so its checks are imported here, when first needed.
-    from rxslurm.daemon.errors import ApiError
-    from rxslurm.daemon.identity.bindings import linux_account_by_name
-
     name = config.runtime.service_account
     refused = f"{where}: runtime.service_account {name!r} is refused:"
     try:

@@ -99,15 +99,15 @@ def classify(
     """The exception for a Slurm command that exited with ``returncode`` != 0."""
     text = stderr.strip() or stdout.strip()
     message = slurm_message(text) or f"{_prog(argv)} exited with status {returncode}"
-    kwargs = {"argv": argv, "returncode": returncode, "stderr": stderr}
+    kind: type[SlurmUnavailable | SlurmRejected] = SlurmRejected
     if _ACCOUNTING_DISABLED_RE.search(text):
-        return AccountingDisabled(message, **kwargs)
-    if returncode < 0:
+        kind = AccountingDisabled
+    elif returncode < 0:
         # Killed by a signal: it never gave an answer.
-        return SlurmUnavailable(f"{_prog(argv)} was killed by signal {-returncode}", **kwargs)
-    if _UNAVAILABLE_RE.search(text):
-        return SlurmUnavailable(message, **kwargs)
-    return SlurmRejected(message, **kwargs)
+        kind, message = SlurmUnavailable, f"{_prog(argv)} was killed by signal {-returncode}"
+    elif _UNAVAILABLE_RE.search(text):
+        kind = SlurmUnavailable
+    return kind(message, argv=argv, returncode=returncode, stderr=stderr)
 
 
 def from_timeout(exc: subprocess.TimeoutExpired) -> SlurmUnavailable:

@@ -1,32 +1,22 @@
-"""Slurm job records and the parsers that make them from squeue/sacct output.
+"""Slurm job records and the parser that makes them from squeue's text output.
 
-Two JSON dialects are accepted, whatever the command:
-- Slurm 22.05 (openapi/v0.0.38 in ``meta.plugin.type``): ``job_state`` is a string, times and
-  limits are plain integers (0 meaning unset), squeue's ``exit_code`` is the raw wait status.
-- data_parser v0.0.39 and later (Slurm 23.02+): ``job_state`` is a list (``["RUNNING",
-  "COMPLETING"]``), most numbers are ``{"set": bool, "infinite": bool, "number": N}`` and exit
-  codes are objects (``{"status": [...], "return_code": {...}, "signal": {...}}``).
-
-For the reconciler's one-call-for-everything poll there is also a delimited text format (see
-``queue_format``), about ten times cheaper than ``squeue --json`` on a busy queue.
+The reconciler's one-call-for-everything poll reads a delimited text format (see
+``queue_format``), about ten times cheaper than ``squeue --json`` on a busy queue. (sacct's text
+format, read by ``history()``, is parsed in ``adapter``.)
 
 Any Slurm user can put odd metadata on their own jobs (pending arrays, year-long time limits,
-names and comments with any character), so every parser works record by record: a record it
+names and comments with any character), so the parser works record by record: a record it
 cannot read is left out and listed in ``Listing.skipped``, never fatal to the answer. Only an
-answer that is not there as a whole (not JSON, cut short) raises ``ParseError``.
+answer that is not there as a whole (cut short) raises ``ParseError``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
-import reprlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 # Slurm's base job states (enum job_states).
 BASE_STATES = frozenset(
@@ -44,22 +34,6 @@ BASE_STATES = frozenset(
         "DEADLINE",
         "OUT_OF_MEMORY",
     }
-)
-# State flags in the order Slurm's job_state_string() lets them win over the base state: a job
-# whose flags include COMPLETING is shown as COMPLETING, whatever its base state.
-FLAG_PRIORITY = (
-    "COMPLETING",
-    "STAGE_OUT",
-    "CONFIGURING",
-    "RESIZING",
-    "REQUEUED",
-    "REQUEUE_FED",
-    "REQUEUE_HOLD",
-    "SPECIAL_EXIT",
-    "STOPPED",
-    "REVOKED",
-    "RESV_DEL_HOLD",
-    "SIGNALING",
 )
 # Base states of a job that has ended for good (it will not run again by itself).
 TERMINAL_STATES = frozenset(BASE_STATES - {"PENDING", "RUNNING", "SUSPENDED"})
@@ -95,14 +69,12 @@ class Skipped:
     record: str = ""
 
     @classmethod
-    def of(cls, reason: str, record: object, job_id: object = None) -> Skipped:
-        # reprlib: a huge or deeply nested JSON record costs no more than a short one.
-        text = record[:_SHOWN_CHARS] if isinstance(record, str) else reprlib.repr(record)
-        ident = job_id if isinstance(job_id, str) else str(job_id) if job_id is not None else ""
+    def of(cls, reason: str, record: str, job_id: str | int | None = None) -> Skipped:
+        ident = "" if job_id is None else str(job_id)
         return cls(
             reason[:_SHOWN_CHARS],
             int(ident) if JOB_ID.fullmatch(ident) else None,
-            text[:_SHOWN_CHARS],
+            record[:_SHOWN_CHARS],
         )
 
 
@@ -133,8 +105,7 @@ class JobInfo:
 
     ``state`` is what ``squeue -o %T`` shows: the base state, unless a flag such as COMPLETING
     wins (Slurm's own job_state_string rule), so it reads the same from every source.
-    ``base_state`` is the base state when the source tells it (v0.0.39+ lists, sacct), else
-    the same as ``state`` when that is a base state, else "". Times are Unix seconds or None;
+    ``base_state`` is ``state`` when that is a base state, else "". Times are Unix seconds or None;
     for jobs that have not ended ``end_time`` is Slurm's expected end. ``time_limit_min`` is
     None for "unlimited". ``gres`` is the per-node GRES request without the ``gres:``/``gres/``
     prefix ("gpu:a100:2"), "" when none. ``gpus`` counts the GPUs allocated when known, else
@@ -157,7 +128,6 @@ class JobInfo:
     submit_time: int | None = None
     time_limit_min: int | None = None
     gpus: int = 0
-    gres_detail: tuple[str, ...] = ()
     tres: str = ""
     account: str = ""
     base_state: str = ""
@@ -175,60 +145,21 @@ class JobInfo:
 # --------------------------------------------------------------------------- value helpers
 
 
-def _number(value: Any) -> int | None:
-    """A plain int, a v0.0.39+ ``{set, infinite, number}`` object, or a numeric string ->
-    int, or None for unset/infinite/sentinel values."""
-    if isinstance(value, Mapping):
-        if not value.get("set", True) or value.get("infinite", False):
-            return None
-        value = value.get("number")
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        value = int(value)
-    if isinstance(value, str):
-        value = value.strip()
-        if not re.fullmatch(r"-?[0-9]{1,20}", value):
-            return None
-        value = int(value)
-    if not isinstance(value, int):
-        return None
-    if value in _SENTINELS:
-        return None
-    return value
+def _number(value: str) -> int | None:
+    """A decimal number as Slurm prints it; None for Slurm's "unset"/"infinite" sentinels."""
+    number = int(value)
+    return None if number in _SENTINELS else number
 
 
-def _timestamp(value: Any) -> int | None:
-    number = _number(value)
-    return number if number else None  # 0 means "not set" in every Slurm version
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return ",".join(_text(v) for v in value)
-    return str(value)
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def state_from(value: Any) -> tuple[str, str, tuple[str, ...]]:
-    """(shown state, base state, flags) from a 22.05 string or a v0.0.39+ list."""
-    if isinstance(value, list):
-        names = [str(v).upper() for v in value if v]
-    elif value:
-        names = [str(value).upper()]
-    else:
-        names = []
-    base = next((n for n in names if n in BASE_STATES), "")
-    flags = tuple(n for n in names if n not in BASE_STATES)
-    shown = next((f for f in FLAG_PRIORITY if f in flags), base or (flags[0] if flags else ""))
-    return shown, base, flags
+def state_from(value: str) -> tuple[str, str, tuple[str, ...]]:
+    """(shown state, base state, flags) from the one word squeue and sacct print: a base state,
+    or a flag (COMPLETING, ...) that Slurm shows instead of the base state."""
+    name = value.upper()
+    if not name:
+        return "", "", ()
+    if name in BASE_STATES:
+        return name, name, ()
+    return name, "", (name,)
 
 
 def normalize_gres(value: str) -> str:
@@ -272,211 +203,6 @@ def _split_wait_status(raw: int | None) -> tuple[int | None, int | None]:
         return None, None
     sig = raw & 0x7F
     return (raw >> 8) & 0xFF, (sig or None)
-
-
-def exit_from(value: Any) -> tuple[int | None, int | None]:
-    """(exit code, signal) from a raw wait status int or an exit-code object of any version."""
-    if isinstance(value, Mapping):
-        code = _number(value.get("return_code"))
-        sig_obj = value.get("signal")
-        sig = None
-        if isinstance(sig_obj, Mapping):
-            sig = _number(sig_obj.get("id", sig_obj.get("signal_id")))
-        status = value.get("status")
-        statuses = status if isinstance(status, list) else [status]
-        if sig is None and code is not None and any(s == "SIGNALED" for s in statuses):
-            # 22.05 sacct puts the signal number in return_code for signalled jobs.
-            sig, code = code, None
-        return code, (sig or None)
-    return _split_wait_status(_number(value))
-
-
-# --------------------------------------------------------------------------- squeue --json
-
-
-def _load(text: str, key: str) -> list[Mapping[str, Any]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParseError(f"not JSON: {exc}") from None
-    except RecursionError:
-        raise ParseError("JSON nested too deeply") from None
-    if not isinstance(data, Mapping) or not isinstance(data.get(key), list):
-        raise ParseError(f"JSON without a {key!r} list")
-    return list(data[key])
-
-
-def _listing(
-    records: list[Any], convert: Callable[[Mapping[str, Any]], JobInfo], latest_wins: bool
-) -> Listing:
-    """JSON job objects -> Listing, one record at a time. ``latest_wins``: an id on several
-    records (sacct after a reset of slurmctld's state) takes the latest submission; otherwise
-    (squeue) a repeated id is unknown."""
-    found = Listing()
-    counts: dict[int, int] = {}
-    for record in records:
-        if not isinstance(record, Mapping):
-            found.skipped.append(Skipped.of("not a job object", record))
-            continue
-        try:
-            info = convert(record)
-        except RECORD_ERRORS as exc:
-            found.skipped.append(Skipped.of(str(exc), record, _safe_id(record)))
-            continue
-        counts[info.job_id] = counts.get(info.job_id, 0) + 1
-        known = found.get(info.job_id)
-        if known is None or (info.submit_time or 0) >= (known.submit_time or 0):
-            found[info.job_id] = info
-    if not latest_wins:
-        found.drop_repeated(counts)
-    return found
-
-
-def _safe_id(record: Mapping[str, Any]) -> object:
-    try:
-        return _number(record.get("job_id"))
-    except RECORD_ERRORS:
-        return None
-
-
-def job_from_squeue(job: Mapping[str, Any]) -> JobInfo:
-    """One element of ``squeue --json``'s ``jobs`` list (any data_parser version)."""
-    job_id = _number(job.get("job_id"))
-    if job_id is None or not JOB_ID.fullmatch(str(job_id)):
-        raise ParseError("squeue job without a job_id")
-    shown, base, flags = state_from(job.get("job_state"))
-    gres = normalize_gres(_text(job.get("tres_per_node"))) or normalize_gres(
-        _text(job.get("tres_per_job"))
-    )
-    tres_alloc = _text(job.get("tres_alloc_str"))
-    tres = tres_alloc or _text(job.get("tres_req_str"))
-    gpus = gpus_in_tres(tres)
-    exit_code, sig = exit_from(job.get("exit_code"))
-    if shown in {"PENDING", "RUNNING", "SUSPENDED", "CONFIGURING"}:
-        # A job that has not ended has no exit status yet; Slurm reports 0 there.
-        exit_code, sig = None, None
-    return JobInfo(
-        job_id=job_id,
-        name=_text(job.get("name")),
-        user=_text(job.get("user_name")) or _text(job.get("user_id")),
-        state=shown,
-        reason=_text(job.get("state_reason")),
-        nodes=_text(job.get("nodes")),
-        comment=_text(job.get("comment")),
-        partition=_text(job.get("partition")),
-        gres=gres,
-        start_time=_timestamp(job.get("start_time")),
-        end_time=_timestamp(job.get("end_time")),
-        exit_code=exit_code,
-        signal=sig,
-        submit_time=_timestamp(job.get("submit_time")),
-        time_limit_min=_number(job.get("time_limit")),
-        gpus=gpus if gpus is not None else gpus_in_gres(gres),
-        gres_detail=tuple(_text(g) for g in _list(job.get("gres_detail"))),
-        tres=tres,
-        account=_text(job.get("account")),
-        base_state=base or (shown if shown in BASE_STATES else ""),
-        flags=flags,
-    )
-
-
-def parse_squeue_json(text: str) -> Listing:
-    """``squeue --json`` (22.05 v0.0.38 or v0.0.39+) -> {job id: JobInfo}."""
-    return _listing(_load(text, "jobs"), job_from_squeue, latest_wins=False)
-
-
-# --------------------------------------------------------------------------- sacct --json
-
-
-def _tres_entries(value: Any) -> list[Mapping[str, Any]]:
-    return [t for t in value or () if isinstance(t, Mapping)] if isinstance(value, list) else []
-
-
-def _tres_string(entries: list[Mapping[str, Any]]) -> str:
-    parts = []
-    for t in entries:
-        kind, name, count = _text(t.get("type")), _text(t.get("name")), _number(t.get("count"))
-        if count is None:
-            continue
-        key = f"{kind}/{name}" if name else kind
-        parts.append(f"{key}={count}")
-    return ",".join(parts)
-
-
-def _gres_from_tres(entries: list[Mapping[str, Any]]) -> str:
-    """ "gres" TRES entries -> a GRES string; a typed entry ("gpu:a100") beats the plain one."""
-    typed, plain = [], []
-    for t in entries:
-        if _text(t.get("type")) != "gres":
-            continue
-        name, count = _text(t.get("name")), _number(t.get("count"))
-        if not name or not count:
-            continue
-        (typed if ":" in name else plain).append(f"{name}:{count}")
-    return ",".join(typed or plain)
-
-
-def _comment(value: Any) -> str:
-    # sacct stores the job's --comment as the "derived exit string", shown as comment.job.
-    if isinstance(value, Mapping):
-        return _text(value.get("job"))
-    return _text(value)
-
-
-def job_from_sacct(job: Mapping[str, Any]) -> JobInfo:
-    """One element of ``sacct --json``'s ``jobs`` list (any data_parser version)."""
-    job_id = _number(job.get("job_id"))
-    if job_id is None or not JOB_ID.fullmatch(str(job_id)):
-        raise ParseError("sacct job without a job_id")
-    state = job.get("state") if isinstance(job.get("state"), Mapping) else {}
-    shown, base, flags = state_from(state.get("current"))
-    times = job.get("time") if isinstance(job.get("time"), Mapping) else {}
-    tres = job.get("tres") if isinstance(job.get("tres"), Mapping) else {}
-    allocated, requested = (
-        _tres_entries(tres.get("allocated")),
-        _tres_entries(tres.get("requested")),
-    )
-    tres_str = _tres_string(allocated) or _tres_string(requested)
-    gres = _gres_from_tres(allocated) or _gres_from_tres(requested)
-    gpus = gpus_in_tres(tres_str)
-    exit_code, sig = exit_from(job.get("exit_code"))
-    user = job.get("user")
-    if not isinstance(user, str):
-        assoc = job.get("association") if isinstance(job.get("association"), Mapping) else {}
-        user = _text(assoc.get("user"))
-    nodes = _text(job.get("nodes"))
-    if nodes == "None assigned":
-        nodes = ""
-    return JobInfo(
-        job_id=job_id,
-        name=_text(job.get("name")),
-        user=user,
-        state=shown,
-        reason=_text(state.get("reason")),
-        nodes=nodes,
-        comment=_comment(job.get("comment")),
-        partition=_text(job.get("partition")),
-        gres=gres,
-        start_time=_timestamp(times.get("start")),
-        end_time=_timestamp(times.get("end")),
-        exit_code=exit_code,
-        signal=sig,
-        submit_time=_timestamp(times.get("submission")),
-        time_limit_min=_number(times.get("limit")),
-        gpus=gpus if gpus is not None else gpus_in_gres(gres),
-        tres=tres_str,
-        account=_text(job.get("account")),
-        base_state=base or (shown if shown in BASE_STATES else ""),
-        flags=flags,
-    )
-
-
-def parse_sacct_json(text: str) -> Listing:
-    """``sacct --json`` (22.05 v0.0.38 or v0.0.39+) -> {job id: JobInfo}.
-
-    A requeued job has several records under one id; the latest submission wins.
-    """
-    return _listing(_load(text, "jobs"), job_from_sacct, latest_wins=True)
 
 
 # --------------------------------------------------------------------------- squeue text

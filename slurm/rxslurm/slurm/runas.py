@@ -12,6 +12,12 @@ The child's environment is rebuilt from nothing (``clean_env``): the daemon's ow
 ``PATH``: those may be writable by someone else or unreadable for the user. Programs that live
 elsewhere are run by their absolute path (the Slurm adapter resolves its binaries itself), and a
 caller that needs more passes ``env_extra``.
+
+Nothing here is Slurm's: the daemon runs workspace work, image pulls and Apptainer as users
+through it too. It lives in ``rxslurm.slurm`` because the Slurm adapter (``adapter``,
+``step_signal``) needs it and the layer rule lets ``slurm`` import nothing of the daemon; the
+daemon imports it from here. (``protocol`` is no home either: it holds what the CLI, the daemon
+and the hooks agree on, stdlib only, not how root acts as someone else.)
 """
 
 from __future__ import annotations
@@ -166,9 +172,6 @@ def spawn(
     for arg in args:
         if "\0" in arg:
             raise ValueError(f"NUL byte in argument {arg!r}")
-    identity: dict[str, object] = {}
-    if as_user is not None:
-        identity = {"user": as_user.uid, "group": as_user.gid, "extra_groups": list(as_user.groups)}
     return subprocess.Popen(  # noqa: S603 - argv list, no shell
         args,
         stdin=stdin,
@@ -182,7 +185,10 @@ def spawn(
         close_fds=True,
         start_new_session=True,
         umask=0o022,
-        **identity,  # type: ignore[arg-type]
+        # None for all three: Popen keeps the daemon's own identity.
+        user=as_user.uid if as_user is not None else None,
+        group=as_user.gid if as_user is not None else None,
+        extra_groups=list(as_user.groups) if as_user is not None else None,
     )
 
 

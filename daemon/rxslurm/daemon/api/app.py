@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from rxslurm.daemon.api.peercred import Caller, UnknownCaller, peer_credentials, resolve_caller
 from rxslurm.daemon.errors import ApiError, BadRequest, Forbidden
@@ -38,7 +39,9 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 def caller_of(request: web.Request) -> Caller:
     caller = request.get("caller")
-    if caller is None:  # the middleware always sets it; this guards a mis-wired route
+    if not isinstance(
+        caller, Caller
+    ):  # the middleware always sets it; this guards a mis-wired route
         raise Forbidden("caller unknown")
     return caller
 
@@ -163,7 +166,7 @@ async def identify_peer(request: web.Request, handler: Handler) -> web.StreamRes
 def make_app(
     routes: list[web.RouteDef],
     state: dict[web.AppKey[Any], Any],
-    identify: Handler | Any = identify_peer,
+    identify: Middleware = identify_peer,
 ) -> web.Application:
     """The API application; `identify` proves who calls (the socket peer, or the platform)."""
     app = web.Application(middlewares=[answer_errors, identify], client_max_size=MAX_BODY_BYTES)

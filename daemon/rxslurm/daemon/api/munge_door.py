@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from rxslurm.daemon.api.app import Handler, make_app
 from rxslurm.daemon.api.context import Daemon, daemon_of
@@ -189,7 +190,7 @@ def _audit_refusal(daemon: Daemon, request: web.Request, exc: Refused, suppresse
         )
 
 
-def munge_identify(limiter: RefusalLimiter) -> Handler:
+def munge_identify(limiter: RefusalLimiter) -> Middleware:
     @web.middleware
     async def identify(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -217,7 +218,7 @@ def munge_identify(limiter: RefusalLimiter) -> Handler:
         request["caller"] = replace(caller, door=DOOR)
         return await handler(request)
 
-    return identify  # type: ignore[return-value]
+    return identify
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -13,13 +13,15 @@ import stat
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from rxslurm.daemon.api.app import Handler, json_response, read_json
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.routes_identity import issue_code_from_body
 from rxslurm.daemon.errors import ApiError, BadRequest, Forbidden, NotFound
 from rxslurm.daemon.identity import bindings as identities
-from rxslurm.daemon.identity.bindings import Actor, binding_of_platform_user, check_platform_user_id
+from rxslurm.daemon.identity.actors import Actor
+from rxslurm.daemon.identity.bindings import binding_of_platform_user, check_platform_user_id
 from rxslurm.daemon.ledger.audit import record_event
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.protocol import routes as route
@@ -55,7 +57,7 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
-def platform_identify(token: str) -> Handler:
+def platform_identify(token: str) -> Middleware:
     expected = token.encode()
 
     @web.middleware
@@ -75,18 +77,18 @@ def platform_identify(token: str) -> Handler:
             )
         return await handler(request)
 
-    return identify  # type: ignore[return-value]
+    return identify
 
 
 def _acting_for(ledger: Ledger, user: str) -> Actor:
     user_id = check_platform_user_id(user)
-    if not ledger.db["platform_users"].count_where("id = ?", [user_id]):
+    if not ledger.db.table("platform_users").count_where("id = ?", [user_id]):
         raise NotFound(f"no platform user {user_id!r}")
     binding = binding_of_platform_user(ledger.db, user_id)
     return Actor(
         platform_user=user_id,
-        uid=binding["uid"] if binding else None,
-        user=binding["username"] if binding else None,
+        uid=binding.uid if binding else None,
+        user=binding.username if binding else None,
         admin=False,
         origin="tcp",
     )

@@ -9,10 +9,10 @@ from aiohttp import web
 
 from rxslurm.daemon.api.app import json_response, read_json
 from rxslurm.daemon.api.context import Daemon, daemon_of
+from rxslurm.daemon.api.request_actor import admin_actor
 from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.errors import BadRequest
-from rxslurm.daemon.identity.actors import admin_actor
-from rxslurm.daemon.identity.bindings import record_actor_event
+from rxslurm.daemon.identity.actors import record_actor_event
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.protocol import routes as route
 

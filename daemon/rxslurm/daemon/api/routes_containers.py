@@ -8,9 +8,9 @@ from aiohttp import web
 
 from rxslurm.daemon.api.app import caller_of, json_response
 from rxslurm.daemon.api.context import daemon_of
+from rxslurm.daemon.api.request_actor import actor_of
 from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.errors import Forbidden
-from rxslurm.daemon.identity.actors import actor_of
 from rxslurm.daemon.slow_work import run_slow
 from rxslurm.protocol import routes as route
 

@@ -12,11 +12,12 @@ from aiohttp import web
 
 from rxslurm.daemon.api.app import caller_of, json_response, read_json
 from rxslurm.daemon.api.context import Daemon, daemon_of
+from rxslurm.daemon.api.request_actor import actor_of, admin_actor
 from rxslurm.daemon.api.routes_projects import sync_or_warn
 from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden
 from rxslurm.daemon.identity import bindings as identities
-from rxslurm.daemon.identity.actors import actor_of, admin_actor
+from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.audit import list_events
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.protocol import routes as route
@@ -62,7 +63,7 @@ async def unbind(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-def _unbind(daemon: Daemon, actor: identities.Actor, **who: Any) -> dict[str, Any]:
+def _unbind(daemon: Daemon, actor: Actor, **who: Any) -> dict[str, Any]:
     """Unbind; projects that ran as the identity stop, and their workspaces are parked."""
     result = identities.unbind(
         daemon.ledger, actor, cancel=partial(containers.cancel_job, daemon.runtime), **who
@@ -78,7 +79,7 @@ async def admin_code(request: web.Request) -> web.Response:
     return json_response(await issue_code_from_body(request, actor), status=201)
 
 
-async def issue_code_from_body(request: web.Request, actor: identities.Actor) -> dict[str, Any]:
+async def issue_code_from_body(request: web.Request, actor: Actor) -> dict[str, Any]:
     daemon = daemon_of(request)
     body = await read_json(request, fields=CODE_FIELDS)
     linux_user = body.get("linux_user")

@@ -11,14 +11,11 @@ from aiohttp import web
 
 from rxslurm.daemon.api.app import json_response, read_json
 from rxslurm.daemon.api.context import Daemon, daemon_of
+from rxslurm.daemon.api.request_actor import actor_of
 from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.errors import ApiError, BadRequest
-from rxslurm.daemon.identity.actors import actor_of
-from rxslurm.daemon.identity.bindings import (
-    binding_of_platform_user,
-    check_platform_user_id,
-    record_actor_event,
-)
+from rxslurm.daemon.identity.actors import record_actor_event
+from rxslurm.daemon.identity.bindings import binding_of_platform_user, check_platform_user_id
 from rxslurm.daemon.projects import service as projects
 from rxslurm.daemon.projects.workspace_sync import retire_folders, sync_workspace
 from rxslurm.daemon.projects.workspaces import WorkspaceError
@@ -207,5 +204,5 @@ async def remove_member(request: web.Request) -> web.Response:
         partial(containers.cancel_job, daemon.runtime),
     )
     binding = await asyncio.to_thread(binding_of_platform_user, daemon.ledger.db, user)
-    revoke = (binding["username"],) if binding else ()
+    revoke = (binding.username,) if binding else ()
     return json_response(await _with_workspace(daemon, view, revoke))

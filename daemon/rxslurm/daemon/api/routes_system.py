@@ -6,13 +6,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
 from rxslurm.daemon.api.app import caller_of, json_response
-from rxslurm.daemon.api.context import daemon_of
-from rxslurm.daemon.identity.actors import actor_of
+from rxslurm.daemon.api.context import Daemon, daemon_of
+from rxslurm.daemon.api.request_actor import actor_of
 from rxslurm.daemon.version import __version__
 from rxslurm.protocol import routes as route
 from rxslurm.slurm.errors import SlurmError
@@ -87,11 +88,11 @@ async def whoami(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     cache = request.app.get(HEALTH)
-    check = lambda: _health(daemon)  # noqa: E731
+    check = partial(_health, daemon)
     return json_response(await cache.get(check) if cache is not None else await check())
 
 
-async def _health(daemon: Any) -> dict[str, Any]:
+async def _health(daemon: Daemon) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     ledger, slurm, container = await asyncio.gather(
         *(loop.run_in_executor(_CHECKS, each, daemon) for each in _CHECK_FUNCTIONS)
@@ -100,7 +101,7 @@ async def _health(daemon: Any) -> dict[str, Any]:
     return {"ok": all(c["ok"] for c in checks.values()), "version": __version__, "checks": checks}
 
 
-def _check_ledger(daemon: Any) -> dict[str, Any]:
+def _check_ledger(daemon: Daemon) -> dict[str, Any]:
     try:
         version = daemon.ledger.schema_version()
     except Exception as exc:  # any failure here is what the check reports
@@ -108,7 +109,7 @@ def _check_ledger(daemon: Any) -> dict[str, Any]:
     return {"ok": True, "detail": f"schema {version}", "path": str(daemon.config.daemon.ledger)}
 
 
-def _check_slurm(daemon: Any) -> dict[str, Any]:
+def _check_slurm(daemon: Daemon) -> dict[str, Any]:
     try:
         ping = daemon.slurm.ping()
     except SlurmError as exc:
@@ -119,7 +120,7 @@ def _check_slurm(daemon: Any) -> dict[str, Any]:
     return {"ok": ping.up, "detail": detail, "version": ping.version}
 
 
-def _check_apptainer(daemon: Any) -> dict[str, Any]:
+def _check_apptainer(daemon: Daemon) -> dict[str, Any]:
     from rxslurm.daemon.images import apptainer
 
     configured = daemon.config.apptainer.binary

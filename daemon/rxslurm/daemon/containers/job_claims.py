@@ -16,8 +16,8 @@ from typing import Any
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.service import container_id_from_comment
 from rxslurm.daemon.containers.states import State
-from rxslurm.daemon.ledger.records import from_timestamp
 from rxslurm.daemon.ledger.store import LedgerDatabase
+from rxslurm.daemon.ledger.timestamps import from_timestamp
 from rxslurm.protocol.job_comment import is_tagged
 from rxslurm.slurm.jobs import JobInfo, Skipped
 

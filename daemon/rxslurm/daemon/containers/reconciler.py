@@ -29,7 +29,7 @@ from rxslurm.daemon.containers.holder_status import HolderStatus, Kind, StatusRe
 from rxslurm.daemon.containers.job_claims import adoptable
 from rxslurm.daemon.containers.service import Runtime, container_id_from_comment
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
-from rxslurm.daemon.ledger.records import from_timestamp, to_timestamp, utcnow
+from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.projects.settings import Settings, effective
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.protocol.job_comment import JOB_PREFIX

@@ -24,13 +24,14 @@ from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, c
 from rxslurm.daemon.containers.stop_request import request_stop
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
 from rxslurm.daemon.folders import make_folder
-from rxslurm.daemon.identity.bindings import Actor, record_actor_event
+from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.images import apptainer
 from rxslurm.daemon.images import cache as image_cache
 from rxslurm.daemon.images import pull as image_pull
 from rxslurm.daemon.images.pool import ImagePulls, carry_on
-from rxslurm.daemon.ledger.records import from_json, from_timestamp, to_json, to_timestamp, utcnow
+from rxslurm.daemon.ledger.records import from_json, to_json
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
+from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.daemon.projects.service import authorize, require_runtime_identity, runtime_identity
 from rxslurm.daemon.projects.settings import Settings, differs_from_snapshot, effective

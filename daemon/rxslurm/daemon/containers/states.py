@@ -12,8 +12,8 @@ from typing import Any
 
 from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.ledger.audit import record_event
-from rxslurm.daemon.ledger.records import to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import LedgerDatabase
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.protocol.states import ACTIVE, RESTING, State
 

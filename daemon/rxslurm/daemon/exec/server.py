@@ -42,7 +42,8 @@ from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
 from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
-from rxslurm.daemon.identity.bindings import Actor, auto_bind_local, binding_of_uid
+from rxslurm.daemon.identity.actors import Actor
+from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
 from rxslurm.daemon.images import apptainer
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.protocol.exec_wire import (
@@ -242,7 +243,7 @@ def actor_for(daemon: Daemon, caller: Caller) -> Actor:
         platform_user = auto_bind_local(daemon.ledger, daemon.config, caller.uid)
     else:
         row = binding_of_uid(daemon.ledger.db, caller.uid)
-        platform_user = row["platform_user_id"] if row else None
+        platform_user = row.platform_user_id if row else None
     return Actor(
         platform_user=platform_user,
         uid=caller.uid,

@@ -1,45 +1,49 @@
-"""Turning a proved transport identity into the Actor a request acts for."""
+"""Who a request acts for (an Actor), and the audit event of something an actor did.
+
+How a transport's proved identity becomes an Actor is the API's part (api/request_actor.py).
+"""
 
 from __future__ import annotations
 
-import asyncio
+from dataclasses import dataclass
+from typing import Any
 
-from aiohttp import web
-
-from rxslurm.daemon.api.app import caller_of
-from rxslurm.daemon.api.context import daemon_of
-from rxslurm.daemon.errors import Forbidden
-from rxslurm.daemon.identity.bindings import Actor, auto_bind_local, binding_of_uid
+from rxslurm.daemon.ledger.audit import record_event
+from rxslurm.daemon.ledger.store import LedgerDatabase
 
 
-async def actor_of(request: web.Request) -> Actor:
-    """The request's actor; the platform listener sets it, the socket derives it from the peer."""
-    actor = request.get("actor")
-    if actor is not None:
-        return actor
-    caller = caller_of(request)
-    daemon = daemon_of(request)
-    if daemon.config.identity.mode == "local":
-        platform_user = await asyncio.to_thread(
-            auto_bind_local, daemon.ledger, daemon.config, caller.uid
-        )
-    else:
-        row = await asyncio.to_thread(binding_of_uid, daemon.ledger.db, caller.uid)
-        platform_user = row["platform_user_id"] if row else None
-    actor = Actor(
-        platform_user=platform_user,
-        uid=caller.uid,
-        user=caller.user,
-        # Admin powers only through the service host's socket (api/munge_door.py says why).
-        admin=caller.door == "socket" and daemon.is_admin(caller),
-        origin=caller.door,
+@dataclass(frozen=True)
+class Actor:
+    """Who a request acts for, once the transport has proved it."""
+
+    platform_user: str | None
+    uid: int | None  # the Linux uid: the socket peer's, or the bound uid of a platform user
+    user: str | None
+    admin: bool
+    origin: str  # "socket" or "tcp"
+
+    @property
+    def name(self) -> str:
+        """How the audit log names this actor."""
+        return self.platform_user or self.user or f"uid:{self.uid}"
+
+
+def record_actor_event(
+    db: LedgerDatabase,
+    actor: Actor,
+    action: str,
+    target_type: str,
+    target_id: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """An audit event for something `actor` did, in the caller's transaction."""
+    record_event(
+        db,
+        actor=actor.name,
+        actor_uid=actor.uid,
+        origin=actor.origin,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        detail=detail or {},
     )
-    request["actor"] = actor
-    return actor
-
-
-async def admin_actor(request: web.Request) -> Actor:
-    actor = await actor_of(request)
-    if not actor.admin or actor.origin != "socket":
-        raise Forbidden("this needs an rx-slurm admin (root or the admin group)")
-    return actor

@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import pwd
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
+from rxslurm.daemon.identity.actors import Actor, record_actor_event
+from rxslurm.daemon.identity.linux_accounts import NotBindable, linux_account, linux_account_by_name
 from rxslurm.daemon.identity.run_as_guard import projects_run_as, release_run_as
 from rxslurm.daemon.ledger.audit import record_event
-from rxslurm.daemon.ledger.records import from_timestamp, to_timestamp, utcnow
+from rxslurm.daemon.ledger.records import Binding
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
+from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.text_checks import check_text
 
-NOLOGIN_SHELLS = frozenset({"nologin", "false"})
 # No 0/O or 1/I/L: codes are read off one screen and typed on another.
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_GROUPS = 3
@@ -41,84 +41,9 @@ BIND_FAILURES_ALLOWED = 5
 BIND_FAILURE_WINDOW_S = 600.0
 
 
-class NotBindable(Forbidden):
-    code = "not_bindable"
-
-
 class TooManyAttempts(ApiError):
     status = 429
     code = "too_many_attempts"
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who a request acts for, once the transport has proved it."""
-
-    platform_user: str | None
-    uid: int | None  # the Linux uid: the socket peer's, or the bound uid of a platform user
-    user: str | None
-    admin: bool
-    origin: str  # "socket" or "tcp"
-
-    @property
-    def name(self) -> str:
-        """How the audit log names this actor."""
-        return self.platform_user or self.user or f"uid:{self.uid}"
-
-
-def record_actor_event(
-    db: LedgerDatabase,
-    actor: Actor,
-    action: str,
-    target_type: str,
-    target_id: str,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    """An audit event for something `actor` did, in the caller's transaction."""
-    record_event(
-        db,
-        actor=actor.name,
-        actor_uid=actor.uid,
-        origin=actor.origin,
-        action=action,
-        target_type=target_type,
-        target_id=target_id,
-        detail=detail or {},
-    )
-
-
-def linux_account(uid: int, min_uid: int) -> pwd.struct_passwd:
-    """The passwd entry of a uid that may be bound, or NotBindable saying why not."""
-    if uid == 0:
-        raise NotBindable("root cannot be bound to a platform identity")
-    try:
-        entry = pwd.getpwuid(uid)
-    except KeyError:
-        raise NotBindable(f"uid {uid} has no passwd entry") from None
-    if uid < min_uid:
-        raise NotBindable(
-            f"{entry.pw_name} (uid {uid}) is a system account (uid below {min_uid}); "
-            "it cannot be bound"
-        )
-    if os.path.basename(entry.pw_shell) in NOLOGIN_SHELLS:
-        raise NotBindable(
-            f"{entry.pw_name} has no login shell ({entry.pw_shell}); it cannot be bound"
-        )
-    try:
-        back = pwd.getpwnam(entry.pw_name)
-    except KeyError:
-        back = None
-    if back is None or back.pw_uid != uid:
-        raise NotBindable(f"user name {entry.pw_name!r} does not map back to uid {uid}")
-    return entry
-
-
-def linux_account_by_name(name: str, min_uid: int) -> pwd.struct_passwd:
-    try:
-        uid = pwd.getpwnam(name).pw_uid
-    except KeyError:
-        raise NotFound(f"no Linux user named {name!r}") from None
-    return linux_account(uid, min_uid)
 
 
 def check_platform_user_id(value: Any) -> str:
@@ -169,47 +94,49 @@ def code_hash(code: str) -> str:
 def ensure_platform_user(db: LedgerDatabase, user_id: str, display_name: str = "") -> bool:
     """Create the platform user if missing; True if it was created."""
     check_display_name(display_name)
-    if db["platform_users"].count_where("id = ?", [user_id]):
+    if db.table("platform_users").count_where("id = ?", [user_id]):
         return False
-    db["platform_users"].insert(
+    db.table("platform_users").insert(
         {"id": user_id, "display_name": display_name, "created_at": to_timestamp(utcnow())}
     )
     return True
 
 
-def binding_of_uid(db: LedgerDatabase, uid: int) -> dict[str, Any] | None:
-    rows = list(db["bindings"].rows_where("uid = ?", [uid]))
-    return rows[0] if rows else None
+def _binding_where(db: LedgerDatabase, where: str, value: str | int) -> Binding | None:
+    rows = list(db.table(Binding.table).rows_where(where, [value]))
+    return Binding.from_row(rows[0]) if rows else None
 
 
-def binding_of_platform_user(db: LedgerDatabase, user_id: str) -> dict[str, Any] | None:
-    rows = list(db["bindings"].rows_where("platform_user_id = ?", [user_id]))
-    return rows[0] if rows else None
+def binding_of_uid(db: LedgerDatabase, uid: int) -> Binding | None:
+    return _binding_where(db, "uid = ?", uid)
+
+
+def binding_of_platform_user(db: LedgerDatabase, user_id: str) -> Binding | None:
+    return _binding_where(db, "platform_user_id = ?", user_id)
 
 
 def _insert_binding(
     db: LedgerDatabase, user_id: str, entry: pwd.struct_passwd, bound_by: str
-) -> dict[str, Any]:
+) -> Binding:
     existing = binding_of_uid(db, entry.pw_uid)
-    if existing and existing["platform_user_id"] != user_id:
+    if existing and existing.platform_user_id != user_id:
         raise Conflict(f"Linux user {entry.pw_name} is already bound to another platform user")
     if existing:
         raise Conflict(f"Linux user {entry.pw_name} is already bound to {user_id}")
     other = binding_of_platform_user(db, user_id)
     if other:
         raise Conflict(
-            f"platform user {user_id} is already bound to Linux user {other['username']}; "
-            "unbind first"
+            f"platform user {user_id} is already bound to Linux user {other.username}; unbind first"
         )
-    row = {
-        "platform_user_id": user_id,
-        "uid": entry.pw_uid,
-        "username": entry.pw_name,
-        "bound_at": to_timestamp(utcnow()),
-        "bound_by": bound_by,
-    }
-    db["bindings"].insert(row)
-    return row
+    binding = Binding(
+        platform_user_id=user_id,
+        uid=entry.pw_uid,
+        username=entry.pw_name,
+        bound_at=utcnow(),
+        bound_by=bound_by,
+    )
+    db.table(Binding.table).insert(binding.to_row())
+    return binding
 
 
 def issue_code(
@@ -234,7 +161,7 @@ def issue_code(
     expires = now + timedelta(minutes=ttl)
     with ledger.transaction() as db:
         ensure_platform_user(db, user_id, display_name)
-        db["binding_codes"].insert(
+        db.table("binding_codes").insert(
             {
                 "code_hash": code_hash(code),
                 "platform_user_id": user_id,
@@ -330,7 +257,7 @@ def redeem_code(
     now = now or utcnow()
     try:
         with ledger.transaction() as db:
-            rows = list(db["binding_codes"].rows_where("code_hash = ?", [code_hash(code)]))
+            rows = list(db.table("binding_codes").rows_where("code_hash = ?", [code_hash(code)]))
             if not rows:
                 raise Forbidden("unknown binding code")
             row = rows[0]
@@ -343,7 +270,7 @@ def redeem_code(
                     f"this binding code was issued for another Linux user, not {entry.pw_name}"
                 )
             binding = _insert_binding(db, row["platform_user_id"], entry, bound_by=entry.pw_name)
-            db["binding_codes"].update(
+            db.table("binding_codes").update(
                 row["code_hash"], {"used_at": to_timestamp(now), "used_by_uid": uid}
             )
             record_event(
@@ -360,7 +287,7 @@ def redeem_code(
         throttle.failed(uid)
         _record_refusal(ledger, uid, entry.pw_name, origin, exc)
         raise
-    return {"platform_user": binding["platform_user_id"], "uid": uid, "user": entry.pw_name}
+    return {"platform_user": binding.platform_user_id, "uid": uid, "user": entry.pw_name}
 
 
 def _record_refusal(ledger: Ledger, uid: int, user: str, origin: str, exc: ApiError) -> None:
@@ -388,7 +315,7 @@ def admin_bind(
     entry = linux_account_by_name(check_linux_user(linux_user), config.identity.min_uid)
     with ledger.transaction() as db:
         ensure_platform_user(db, user_id)
-        row = _insert_binding(db, user_id, entry, bound_by=actor.name)
+        binding = _insert_binding(db, user_id, entry, bound_by=actor.name)
         record_actor_event(
             db,
             actor,
@@ -397,7 +324,7 @@ def admin_bind(
             user_id,
             {"uid": entry.pw_uid, "user": entry.pw_name, "by": "admin"},
         )
-    return binding_view(row)
+    return binding_view(binding)
 
 
 def unbind(
@@ -414,38 +341,38 @@ def unbind(
     released: list[str] = []
     with ledger.transaction() as db:
         if platform_user is not None:
-            row = binding_of_platform_user(db, platform_user)
+            binding = binding_of_platform_user(db, platform_user)
         else:
-            row = binding_of_uid(db, uid) if uid is not None else None
-        if row is None:
+            binding = binding_of_uid(db, uid) if uid is not None else None
+        if binding is None:
             raise NotFound("no such binding")
-        db["bindings"].delete(row["platform_user_id"])
+        db.table(Binding.table).delete(binding.platform_user_id)
         record_actor_event(
             db,
             actor,
             "identity.unbound",
             "platform_user",
-            row["platform_user_id"],
-            {"uid": row["uid"], "user": row["username"]},
+            binding.platform_user_id,
+            {"uid": binding.uid, "user": binding.username},
         )
         # The identity leaves with its person: no project goes on running as that Linux user,
         # nor as another account the platform user binds later.
-        for project in projects_run_as(db, row["platform_user_id"]):
+        for project in projects_run_as(db, binding.platform_user_id):
             job = release_run_as(
                 db,
                 project,
-                f"{row['platform_user_id']} was unbound",
+                f"{binding.platform_user_id} was unbound",
                 clear=True,
                 actor=actor.name,
                 actor_uid=actor.uid,
                 origin=actor.origin,
             )
-            released.append(project["name"])
+            released.append(project.name)
             jobs += [job] if job is not None else []
     if cancel is not None:
         for job in jobs:
             cancel(job)
-    return {**binding_view(row), "released": released}
+    return {**binding_view(binding), "released": released}
 
 
 def auto_bind_local(ledger: Ledger, config: Config, uid: int) -> str | None:
@@ -457,13 +384,13 @@ def auto_bind_local(ledger: Ledger, config: Config, uid: int) -> str | None:
         entry = linux_account(uid, config.identity.min_uid)
     except NotBindable:
         return None
-    row = binding_of_uid(ledger.db, uid)
-    if row is not None:
-        return str(row["platform_user_id"])
+    binding = binding_of_uid(ledger.db, uid)
+    if binding is not None:
+        return binding.platform_user_id
     with ledger.transaction() as db:
-        row = binding_of_uid(db, uid)  # another request may have bound it meanwhile
-        if row is not None:
-            return str(row["platform_user_id"])
+        binding = binding_of_uid(db, uid)  # another request may have bound it meanwhile
+        if binding is not None:
+            return binding.platform_user_id
         ensure_platform_user(db, entry.pw_name)
         _insert_binding(db, entry.pw_name, entry, bound_by="rxd")
         record_event(
@@ -480,14 +407,16 @@ def auto_bind_local(ledger: Ledger, config: Config, uid: int) -> str | None:
 
 
 def list_bindings(ledger: Ledger) -> list[dict[str, Any]]:
-    return [binding_view(r) for r in ledger.db["bindings"].rows_where(order_by="platform_user_id")]
+    rows = ledger.db.table(Binding.table).rows_where(order_by="platform_user_id")
+    return [binding_view(Binding.from_row(row)) for row in rows]
 
 
-def binding_view(row: dict[str, Any]) -> dict[str, Any]:
+def binding_view(binding: Binding) -> dict[str, Any]:
+    """A binding as the API shows it."""
     return {
-        "platform_user": row["platform_user_id"],
-        "uid": row["uid"],
-        "user": row["username"],
-        "bound_at": row["bound_at"],
-        "bound_by": row["bound_by"],
+        "platform_user": binding.platform_user_id,
+        "uid": binding.uid,
+        "user": binding.username,
+        "bound_at": to_timestamp(binding.bound_at),
+        "bound_by": binding.bound_by,
     }

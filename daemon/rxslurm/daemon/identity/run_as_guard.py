@@ -10,17 +10,29 @@ left, even when a stop is still under way.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.containers.stop_request import request_stop
 from rxslurm.daemon.ledger.audit import record_event
+from rxslurm.daemon.ledger.records import Record
 from rxslurm.daemon.ledger.store import LedgerDatabase
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunAsProject(Record):
+    """What the run-as rule reads of a project's row."""
+
+    table: ClassVar[str] = "projects"
+    id: int
+    name: str
+    run_as_user: str | None
 
 
 def release_run_as(
     db: LedgerDatabase,
-    project: dict[str, Any],
+    project: RunAsProject,
     why: str,
     *,
     clear: bool,
@@ -31,8 +43,8 @@ def release_run_as(
     """Stop the project's container (and, with `clear`, forget its run-as user) because `why`;
     the Slurm job to cancel after commit, if any."""
     if clear:
-        db["projects"].update(project["id"], {"run_as_user": None})
-    rows = list(db["containers"].rows_where("project_id = ?", [project["id"]]))
+        db.table("projects").update(project.id, {"run_as_user": None})
+    rows = list(db.table("containers").rows_where("project_id = ?", [project.id]))
     container = rows[0] if rows and rows[0]["state"] != State.DISABLED else None
     job_id = None
     if container is not None:
@@ -51,9 +63,9 @@ def release_run_as(
         origin=origin,
         action="project.run-as-released",
         target_type="project",
-        target_id=project["name"],
+        target_id=project.name,
         detail={
-            "run_as_user": project["run_as_user"],
+            "run_as_user": project.run_as_user,
             "why": why,
             "cleared": clear,
             "container": container["state"] if container else None,
@@ -63,6 +75,7 @@ def release_run_as(
     return job_id
 
 
-def projects_run_as(db: LedgerDatabase, platform_user: str) -> list[dict[str, Any]]:
+def projects_run_as(db: LedgerDatabase, platform_user: str) -> list[RunAsProject]:
     """Projects that run as this platform user's bound identity."""
-    return list(db["projects"].rows_where("run_as = 'bound' AND run_as_user = ?", [platform_user]))
+    rows = db.table("projects").rows_where("run_as = 'bound' AND run_as_user = ?", [platform_user])
+    return [RunAsProject.from_row(row) for row in rows]

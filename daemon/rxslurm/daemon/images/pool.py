@@ -20,23 +20,39 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.states import InvalidTransition, State, change_state
 from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.images import cache as image_cache
 from rxslurm.daemon.images import pull as image_pull
 from rxslurm.daemon.ledger.audit import record_event
-from rxslurm.daemon.ledger.records import to_timestamp, utcnow
-
-if TYPE_CHECKING:
-    from rxslurm.daemon.containers.service import Runtime
+from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 
 log = logging.getLogger("rxslurm.pulls")
-ACTOR = {"actor": "rxd", "origin": "pull"}
+ACTOR: dict[str, Any] = {"actor": "rxd", "origin": "pull"}
+
+
+class PullContext(Protocol):
+    """What pulls need of the container service's runtime (which creates the pool): declared
+    here, so that this module does not import the service that imports it."""
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def poke(self) -> Callable[[], None]:
+        """Called after a change the reconciler should look at soon."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +74,7 @@ class _Pull:
 class ImagePulls:
     """The daemon's pull workers; ``start`` before serving, ``stop`` when rxd stops."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: PullContext) -> None:
         self.rt = rt
         self.config = rt.config.pulls
         self._settings: image_pull.PullSettings | None = None
@@ -80,7 +96,7 @@ class ImagePulls:
             return
         settings = self.settings()
         image_pull.sweep(settings)
-        rows = self.rt.ledger.db["containers"].rows_where("state = ?", [State.PULLING.value])
+        rows = self.rt.ledger.db.table("containers").rows_where("state = ?", [State.PULLING.value])
         for row in rows:
             if row["image"]:
                 self.request(row["id"], row["image"], row["runtime_uid"], waiter=False)
@@ -212,7 +228,7 @@ class ImagePulls:
 
 
 def carry_on(
-    rt: Runtime, container_id: int, outcome: Outcome, *, queue: bool = True, **actor: Any
+    rt: PullContext, container_id: int, outcome: Outcome, *, queue: bool = True, **actor: Any
 ) -> bool:
     """Move a PULLING container on after its pull: WAITING (queued for a lease and a job) or
     STOPPED (nobody wants it running any more, or ``queue`` False: the caller wakes it), or
@@ -221,7 +237,7 @@ def carry_on(
     who = actor or ACTOR
     try:
         with rt.ledger.transaction() as db:
-            row = db["containers"].get(container_id)
+            row = db.table("containers").get(container_id)
             if outcome.image is None:
                 change_state(
                     db,

@@ -16,8 +16,9 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from rxslurm.daemon.ledger.records import Event, to_timestamp, utcnow
+from rxslurm.daemon.ledger.records import Event
 from rxslurm.daemon.ledger.store import Ledger, LedgerError
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 
 log = logging.getLogger("rxslurm.audit")
 

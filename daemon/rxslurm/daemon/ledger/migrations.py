@@ -7,7 +7,7 @@ ones in one `BEGIN IMMEDIATE` transaction with foreign keys off (so `table.trans
 referenced tables) and checks `PRAGMA foreign_key_check` before committing.
 
 Conventions of the schema:
-- Timestamps are ISO-8601 UTC text, "2024-05-01T12:34:56.123456Z" (see records.py).
+- Timestamps are ISO-8601 UTC text, "2024-05-01T12:34:56.123456Z" (see timestamps.py).
 - Tables are STRICT: a uid stored as "2001" instead of 2001 is an error, not a silent mismatch.
 - A project setting of 0 or "" means "the deployment's default".
 - Deleting a project removes its members; a container, its jobs and bindings must be removed

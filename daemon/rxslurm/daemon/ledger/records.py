@@ -1,44 +1,21 @@
-"""Ledger rows as small frozen records, and the one timestamp format the ledger uses.
+"""Ledger rows as small frozen records, for rows that cross module boundaries.
 
-Timestamps are stored as ISO-8601 UTC text with microseconds and a "Z", e.g.
-"2024-05-01T12:34:56.123456Z": fixed width, so text order is time order and an index on it
-serves range queries; readable in `sqlite3`; understood by SQLite's own date functions. Records
-carry timezone-aware `datetime`s; a naive one is refused rather than guessed at.
-
-JSON columns (`containers.settings`, `events.detail`) are dicts in the records and compact,
-key-sorted JSON text in the rows.
+sqlite-utils gives rows as `dict[str, Any]`; a record says which columns there are and of what
+type. `from_row` and `to_row` convert by type hint: `datetime` fields to and from the ledger's
+timestamp text (see `timestamps`), `dict` fields to and from compact, key-sorted JSON text.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from dataclasses import Field, dataclass, field, fields
+from datetime import datetime
 from typing import Any, ClassVar, Self
 
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-
-# The values the schema's CHECK constraints allow; strongest role first.
-ROLES = ("owner", "manager", "editor", "viewer")
-RUN_AS = ("bound", "service")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def to_timestamp(value: datetime) -> str:
-    if value.tzinfo is None:
-        raise ValueError(f"naive datetime {value!r}: the ledger stores UTC, give a timezone")
-    return value.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-
-
-def from_timestamp(text: str) -> datetime:
-    return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp
 
 
 def to_json(value: Mapping[str, Any]) -> str:
@@ -54,9 +31,14 @@ def from_json(text: str | None) -> dict[str, Any]:
     return value
 
 
-@functools.cache
+# Field name -> "timestamp" or "json", per record class (read once from its type hints).
+_CONVERSIONS: dict[type, dict[str, str]] = {}
+
+
 def _conversions(cls: type) -> dict[str, str]:
-    """Field name -> "timestamp" or "json", read from the record's type hints."""
+    known = _CONVERSIONS.get(cls)
+    if known is not None:
+        return known
     kinds = {}
     for name, hint in typing.get_type_hints(cls).items():
         args = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
@@ -65,6 +47,7 @@ def _conversions(cls: type) -> dict[str, str]:
             kinds[name] = "timestamp"
         elif len(args) == 1 and typing.get_origin(next(iter(args))) is dict:
             kinds[name] = "json"
+    _CONVERSIONS[cls] = kinds
     return kinds
 
 
@@ -72,12 +55,14 @@ class Record:
     """Base of the records: `from_row` and `to_row` convert timestamps and JSON by type hint."""
 
     table: ClassVar[str]
+    # Every record is a dataclass; declared so that `fields()` accepts the base class.
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
         kinds = _conversions(cls)
         values = {}
-        for f in fields(cls):  # type: ignore[arg-type]
+        for f in fields(cls):
             value = row[f.name]
             kind = kinds.get(f.name)
             if kind == "timestamp" and value is not None:
@@ -90,7 +75,7 @@ class Record:
     def to_row(self) -> dict[str, Any]:
         kinds = _conversions(type(self))
         row = {}
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             value = getattr(self, f.name)
             kind = kinds.get(f.name)
             if kind == "timestamp" and value is not None:
@@ -99,14 +84,6 @@ class Record:
                 value = to_json(value)
             row[f.name] = value
         return row
-
-
-@dataclass(frozen=True, kw_only=True)
-class PlatformUser(Record):
-    table: ClassVar[str] = "platform_users"
-    id: str
-    display_name: str = ""
-    created_at: datetime
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,98 +96,6 @@ class Binding(Record):
     username: str
     bound_at: datetime
     bound_by: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class BindingCode(Record):
-    table: ClassVar[str] = "binding_codes"
-    code_hash: str
-    platform_user_id: str
-    created_at: datetime
-    created_by: str
-    expires_at: datetime
-    used_at: datetime | None = None
-    used_by_uid: int | None = None
-    for_uid: int | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Project(Record):
-    """A project's settings; 0 or "" means "the deployment's default"."""
-
-    table: ClassVar[str] = "projects"
-    id: int | None = None  # None: let SQLite choose on insert
-    name: str
-    created_at: datetime
-    created_by: str
-    image: str = ""
-    cpus: int = 0
-    mem_mb: int = 0
-    gpus: int = 0
-    gpu_type: str = ""
-    gpu_driver: str = ""
-    gpu_mem_gb: int = 0
-    partition: str = ""
-    time_limit_min: int = 0
-    idle_timeout_min: int = 0
-    run_as: str = "bound"
-    workspace: str = ""
-    settings_changed_at: datetime | None = None
-    run_as_user: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Member(Record):
-    table: ClassVar[str] = "members"
-    project_id: int
-    platform_user_id: str
-    role: str
-    added_at: datetime
-    added_by: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class Container(Record):
-    """A project's container; `generation` grows on every state change (for conditional updates)."""
-
-    table: ClassVar[str] = "containers"
-    id: int | None = None
-    project_id: int
-    name: str
-    state: str
-    reason: str | None = None
-    desired: str | None = None
-    image: str | None = None
-    overlay_path: str | None = None
-    runtime_user: str | None = None
-    runtime_uid: int | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-    last_error: str | None = None
-    last_activity_at: datetime | None = None
-    created_at: datetime
-    updated_at: datetime
-    generation: int = 0
-    job_id: int | None = None
-    node: str | None = None
-    instance: str | None = None
-    started_at: datetime | None = None
-    state_dir: str | None = None
-    queued_at: datetime | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Job(Record):
-    table: ClassVar[str] = "jobs"
-    job_id: int
-    container_id: int
-    state: str
-    reason: str | None = None
-    node: str | None = None
-    submitted_at: datetime | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    exit_code: str | None = None
-    last_seen_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

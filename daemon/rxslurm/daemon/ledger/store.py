@@ -26,6 +26,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -295,7 +296,7 @@ def _make_private_file(path: Path) -> None:
             continue
         if not stat.S_ISREG(info.st_mode):
             raise LedgerError(f"{sidecar} is not a regular file")
-        _tighten(sidecar, info, lambda s=sidecar: os.chmod(s, 0o600))
+        _tighten(sidecar, info, partial(os.chmod, sidecar, 0o600))
 
 
 def _tighten(path: Path, info: os.stat_result, chmod: Callable[[], Any]) -> None:

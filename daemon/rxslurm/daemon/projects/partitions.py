@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Protocol
 
 from rxslurm.daemon.errors import Unavailable
 from rxslurm.daemon.projects.settings import Settings, check_against_slurm
+from rxslurm.slurm.adapter import PartitionInfo
 from rxslurm.slurm.errors import SlurmError
 
 
+class PartitionSource(Protocol):
+    """Where partitions come from: Slurm's adapter (``SlurmCli``), or a test's stand-in."""
+
+    def partitions(self) -> dict[str, PartitionInfo]: ...
+
+
 class PartitionCache:
-    def __init__(self, slurm: Any, ttl: float = 30.0) -> None:
+    def __init__(self, slurm: PartitionSource, ttl: float = 30.0) -> None:
         self._slurm = slurm
         self._ttl = ttl
         self._lock = threading.Lock()
-        self._value: dict[str, Any] | None = None
+        self._value: dict[str, PartitionInfo] | None = None
         self._at = 0.0
 
-    def get(self) -> dict[str, Any]:
+    def get(self) -> dict[str, PartitionInfo]:
         with self._lock:
             if self._value is None or time.monotonic() - self._at > self._ttl:
                 try:

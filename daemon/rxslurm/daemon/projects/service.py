@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, NotFound
+from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.identity.bindings import (
-    Actor,
     binding_of_platform_user,
     check_platform_user_id,
     ensure_platform_user,
-    linux_account_by_name,
-    record_actor_event,
     unbound_refusal,
 )
-from rxslurm.daemon.identity.run_as_guard import release_run_as
-from rxslurm.daemon.ledger.records import from_json, to_timestamp, utcnow
+from rxslurm.daemon.identity.linux_accounts import linux_account_by_name
+from rxslurm.daemon.identity.run_as_guard import RunAsProject, release_run_as
+from rxslurm.daemon.ledger.records import from_json
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
+from rxslurm.daemon.projects.names import check_project_name
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role, may, parse_role
 from rxslurm.daemon.projects.settings import (
     Settings,
@@ -29,18 +29,6 @@ from rxslurm.daemon.projects.settings import (
     effective,
 )
 
-# Matched in full: with `re.match` and `$`, "alpha\n" passed (and made folders and jobs fail).
-PROJECT_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,19}[a-z0-9])?")
-
-
-def check_project_name(name: Any) -> str:
-    if not isinstance(name, str) or not PROJECT_NAME.fullmatch(name):
-        raise BadRequest(
-            "project name must be 1-21 characters: lowercase letters, digits and '-', "
-            "starting with a letter and not ending with '-'"
-        )
-    return name
-
 
 def require_bound(actor: Actor, config: Config) -> str:
     if actor.platform_user is None:
@@ -49,7 +37,7 @@ def require_bound(actor: Actor, config: Config) -> str:
 
 
 def _project_row(db: LedgerDatabase, name: str) -> dict[str, Any] | None:
-    rows = list(db["projects"].rows_where("name = ?", [name]))
+    rows = list(db.table("projects").rows_where("name = ?", [name]))
     return rows[0] if rows else None
 
 
@@ -57,7 +45,7 @@ def role_in(db: LedgerDatabase, project_id: int, platform_user: str | None) -> R
     if platform_user is None:
         return None
     rows = list(
-        db["members"].rows_where(
+        db.table("members").rows_where(
             "project_id = ? AND platform_user_id = ?", [project_id, platform_user]
         )
     )
@@ -112,7 +100,7 @@ def create_project(
     with ledger.transaction() as db:
         if _project_row(db, name):
             raise Conflict(f"a project named {name!r} already exists")
-        inserted = db["projects"].insert(
+        inserted = db.table("projects").insert(
             {
                 "name": name,
                 "created_at": now,
@@ -125,7 +113,7 @@ def create_project(
             }
         )
         project_id = inserted.last_pk
-        db["members"].insert(
+        db.table("members").insert(
             {
                 "project_id": project_id,
                 "platform_user_id": owner,
@@ -174,7 +162,7 @@ def project_view(ledger: Ledger, config: Config, actor: Actor, name: str) -> dic
             "WHEN 'editor' THEN 2 ELSE 3 END, m.platform_user_id",
             [row["id"]],
         ).fetchall()
-        containers = list(db["containers"].rows_where("project_id = ?", [row["id"]]))
+        containers = list(db.table("containers").rows_where("project_id = ?", [row["id"]]))
         runtime_user = runtime_identity(db, config, row)
     settings = Settings.from_row(row)
     container = containers[0] if containers else None
@@ -212,7 +200,7 @@ def runtime_identity(db: LedgerDatabase, config: Config, project: dict[str, Any]
     binding = (
         binding_of_platform_user(db, project["run_as_user"]) if project["run_as_user"] else None
     )
-    return binding["username"] if binding else None
+    return binding.username if binding else None
 
 
 def no_run_as_message(name: str) -> str:
@@ -246,8 +234,9 @@ def _release(
     clear: bool,
     jobs: list[int],
 ) -> None:
+    project = RunAsProject.from_row(row)
     job = release_run_as(
-        db, row, why, clear=clear, actor=actor.name, actor_uid=actor.uid, origin=actor.origin
+        db, project, why, clear=clear, actor=actor.name, actor_uid=actor.uid, origin=actor.origin
     )
     if job is not None:
         jobs.append(job)
@@ -264,13 +253,13 @@ def delete_project(ledger: Ledger, actor: Actor, name: str) -> str:
     """Delete the project's records; returns its workspace path (the caller retires folders)."""
     with ledger.transaction() as db:
         row, _ = authorize(db, actor, name, Action.DELETE_PROJECT)
-        containers = list(db["containers"].rows_where("project_id = ?", [row["id"]]))
+        containers = list(db.table("containers").rows_where("project_id = ?", [row["id"]]))
         if containers and containers[0]["state"] != "disabled":
             raise Conflict(f"project {name} has an enabled container; disable it first")
         for c in containers:
             db.execute("DELETE FROM jobs WHERE container_id = ?", [c["id"]])
-            db["containers"].delete(c["id"])
-        db["projects"].delete(row["id"])
+            db.table("containers").delete(c["id"])
+        db.table("projects").delete(row["id"])
         _event(db, actor, "project.deleted", name)
     return str(row["workspace"])
 
@@ -294,7 +283,7 @@ def update_settings(
         old = Settings.from_row(row)
         # Apply to what is stored now, so a concurrent edit of another field is kept.
         final = apply_changes(old, changes)
-        db["projects"].update(
+        db.table("projects").update(
             row["id"], {**final.to_dict(), "settings_changed_at": to_timestamp(utcnow())}
         )
         diff = {k: [getattr(old, k), v] for k, v in final.to_dict().items() if getattr(old, k) != v}
@@ -331,11 +320,11 @@ def set_run_as(
                     code="not_bound",
                 )
             update = {"run_as": "bound", "run_as_user": owner}
-        db["projects"].update(row["id"], update)
+        db.table("projects").update(row["id"], update)
         _event(db, actor, "project.run-as-changed", name, {"from": row["run_as"], **update})
         # A container still running as the former identity stops; it starts as the new one.
         now = runtime_identity(db, config, {**row, **update})
-        if db["containers"].count_where(
+        if db.table("containers").count_where(
             "project_id = ? AND state != 'disabled' AND runtime_user IS NOT ?", [row["id"], now]
         ):
             _release(db, actor, row, "the run-as identity changed", clear=False, jobs=jobs)
@@ -345,7 +334,7 @@ def set_run_as(
 
 def _member_target(db: LedgerDatabase, config: Config, user: Any) -> str:
     user_id = check_platform_user_id(user)
-    if db["platform_users"].count_where("id = ?", [user_id]):
+    if db.table("platform_users").count_where("id = ?", [user_id]):
         return user_id
     if config.identity.mode == "local":
         # Standalone: a member is a Linux user; they are bound on their first call.
@@ -356,7 +345,7 @@ def _member_target(db: LedgerDatabase, config: Config, user: Any) -> str:
 
 
 def _owner_count(db: LedgerDatabase, project_id: int) -> int:
-    return db["members"].count_where("project_id = ? AND role = 'owner'", [project_id])
+    return db.table("members").count_where("project_id = ? AND role = 'owner'", [project_id])
 
 
 def add_member(
@@ -368,7 +357,7 @@ def add_member(
         target = _member_target(db, config, user)
         if role_in(db, row["id"], target) is not None:
             raise Conflict(f"{target} is already a member of {name}; use set-role")
-        db["members"].insert(
+        db.table("members").insert(
             {
                 "project_id": row["id"],
                 "platform_user_id": target,
@@ -443,7 +432,7 @@ def remove_member(
 
 
 def _runs_as(project: dict[str, Any], platform_user: str) -> bool:
-    return project["run_as"] == "bound" and project["run_as_user"] == platform_user
+    return bool(project["run_as"] == "bound" and project["run_as_user"] == platform_user)
 
 
 def _role(value: Any) -> Role:

@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.containers.service import container_name, state_dir_for
+from rxslurm.daemon.containers.service import state_dir_for
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects.service import no_run_as_message, runtime_identity
 from rxslurm.daemon.projects.workspaces import grants_for, park, prepare, retire
 from rxslurm.daemon.quarantine import quarantine
+from rxslurm.protocol.job_comment import job_name as container_name
 
 log = logging.getLogger("rxslurm.workspaces")
 
@@ -25,7 +26,7 @@ def sync_workspace(
     `fresh`: the project was just created. Raises WorkspaceError when preparing failed.
     """
     with ledger.read() as db:
-        rows = list(db["projects"].rows_where("name = ?", [name]))
+        rows = list(db.table("projects").rows_where("name = ?", [name]))
         if not rows:
             return None
         project = rows[0]
@@ -60,8 +61,8 @@ def sync_workspace(
 
 def _record_owner(ledger: Ledger, project_id: int, uid: int) -> None:
     with ledger.transaction() as db:
-        if db["projects"].count_where("id = ?", [project_id]):
-            db["projects"].update(project_id, {"workspace_uid": uid})
+        if db.table("projects").count_where("id = ?", [project_id]):
+            db.table("projects").update(project_id, {"workspace_uid": uid})
 
 
 def retire_folders(config: Config, name: str, workspace: str) -> list[str]:

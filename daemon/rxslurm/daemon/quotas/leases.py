@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rxslurm.daemon.errors import BadRequest, NotFound
-from rxslurm.daemon.ledger.records import to_timestamp, utcnow
-from rxslurm.daemon.ledger.store import LedgerDatabase
+from rxslurm.daemon.ledger.store import LedgerDatabase, LedgerError
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
+from rxslurm.daemon.projects.names import check_project_name
 from rxslurm.daemon.text_checks import check_text
 
 SCOPES = ("deployment", "project", "user")
@@ -44,7 +45,7 @@ class Request:
 def _applicable(db: LedgerDatabase, req: Request) -> list[dict[str, Any]]:
     """The quotas on the request's partition for the deployment, its project and its user."""
     return list(
-        db["quotas"].rows_where(
+        db.table("quotas").rows_where(
             "partition = ? AND (scope = 'deployment' OR (scope = 'project' AND subject = ?) "
             "OR (scope = 'user' AND subject = ?))",
             [req.partition, req.project, req.linux_user],
@@ -63,7 +64,7 @@ def _holders(
         where, args = where + " AND linux_user = ?", [*args, quota["subject"]]
     if exclude is not None:
         where, args = where + " AND container_id != ?", [*args, exclude]
-    return list(db["leases"].rows_where(where, args, order_by="acquired_at"))
+    return list(db.table("leases").rows_where(where, args, order_by="acquired_at"))
 
 
 def _scope_words(quota: dict[str, Any]) -> str:
@@ -141,7 +142,7 @@ def hold_all(db: LedgerDatabase, held: dict[int, list[str]], req: Request) -> No
 
 
 def acquire(db: LedgerDatabase, container_id: int, req: Request) -> None:
-    db["leases"].insert(
+    db.table("leases").insert(
         {
             "container_id": container_id,
             "partition": req.partition,
@@ -203,9 +204,6 @@ def check_subject(scope: str, subject: Any) -> str:
     try:
         check_text("subject", subject, 256)
         if scope == "project":
-            # Imported here: projects imports (through states) this module.
-            from rxslurm.daemon.projects.service import check_project_name
-
             check_project_name(subject)
         elif not LINUX_USER.fullmatch(subject):
             raise BadRequest("a Linux user name has 1-64 characters, no spaces, ':' or '/'")
@@ -216,25 +214,29 @@ def check_subject(scope: str, subject: Any) -> str:
 
 def set_quota(db: LedgerDatabase, values: dict[str, Any], actor: str) -> dict[str, Any]:
     existing = list(
-        db["quotas"].rows_where(
+        db.table("quotas").rows_where(
             "partition = ? AND scope = ? AND subject = ?",
             [values["partition"], values["scope"], values["subject"]],
         )
     )
     if existing:
-        db["quotas"].update(existing[0]["id"], values)
-        return db["quotas"].get(existing[0]["id"])
-    table = db["quotas"].insert(
-        {**values, "created_at": to_timestamp(utcnow()), "created_by": actor}
+        db.table("quotas").update(existing[0]["id"], values)
+        return db.table("quotas").get(existing[0]["id"])
+    new_id = (
+        db.table("quotas")
+        .insert({**values, "created_at": to_timestamp(utcnow()), "created_by": actor})
+        .last_pk
     )
-    return db["quotas"].get(table.last_pk)
+    if not isinstance(new_id, int):  # an INTEGER PRIMARY KEY always gets one
+        raise LedgerError("the new quota got no id")
+    return db.table("quotas").get(new_id)
 
 
 def remove_quota(db: LedgerDatabase, quota_id: int) -> dict[str, Any]:
-    rows = list(db["quotas"].rows_where("id = ?", [quota_id]))
+    rows = list(db.table("quotas").rows_where("id = ?", [quota_id]))
     if not rows:
         raise NotFound(f"no quota with id {quota_id}")
-    db["quotas"].delete(quota_id)
+    db.table("quotas").delete(quota_id)
     return rows[0]
 
 

@@ -125,7 +125,7 @@ def sync(ledger: Ledger, slurm: SlurmCli, tag: str = "rx") -> list[dict[str, Any
     """
     with _LOCK:
         with ledger.read() as db:
-            rows = list(db["quotas"].rows_where("mirror_qos = 1", order_by="id"))
+            rows = list(db.table("quotas").rows_where("mirror_qos = 1", order_by="id"))
         results: list[dict[str, Any]] = []
         plans: list[_Plan] = []
         for quota in rows:
