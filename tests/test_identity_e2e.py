@@ -337,6 +337,7 @@ def test_bindings_text_is_a_table(rxd: Rxd) -> None:
     assert row.split()[-1] == ADMIN
 
 
+@pytest.mark.root(reason="starts a real rxd")
 def test_bind_in_local_mode_says_binding_is_automatic() -> None:
     daemon = new_rxd()
     daemon.start()

@@ -46,7 +46,7 @@ from tests.support.registry import (
     pulling_rxd,
 )
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="acting as the pull account needs root")
+needs_root = pytest.mark.root(reason="acting as the pull account needs root")
 ACCOUNT = RunAs("rxpull", 999, 995, (995,))
 
 # A stand-in for `apptainer pull OUT URI`: what it does depends on the reference's name.
