@@ -14,11 +14,14 @@ fails instead: it belongs to the host tier and would otherwise run nowhere.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 TIER_ENV = "RXSLURM_TEST_TIER"
+# Where a collection writes each test's id and markers, one JSON line each (tests/test_tiers.py).
+REPORT_ENV = "RXSLURM_TEST_TIER_REPORT"
 
 MARKERS = (
     "root: needs root (a real rxd, acting as test users, root's own folders): the host tier",
@@ -41,6 +44,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if ROOT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.root(reason="uses a fixture that needs root"))
+    if report := os.environ.get(REPORT_ENV):
+        with open(report, "w", encoding="utf-8") as out:
+            for item in items:
+                marks = sorted({mark.name for mark in item.iter_markers()})
+                skips = [str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")]
+                row = {"test": item.nodeid, "markers": marks, "skip_reasons": skips}
+                out.write(json.dumps(row) + "\n")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
