@@ -33,9 +33,10 @@ from rxslurm.daemon.images.pull import PullError, PullSettings
 from rxslurm.daemon.ledger.records import to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.slurm.runas import RunAs
+from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd
-from tests.support.lifecycle import ok, status
+from tests.support.lifecycle import status
 from tests.support.registry import (
     APPTAINER,
     PULL_USER,

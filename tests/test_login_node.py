@@ -18,9 +18,10 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from tests.support.cli import ok
 from tests.support.cluster import wait_for
 from tests.support.daemon import RXCTL, Rxd, new_rxd, test_root
-from tests.support.lifecycle import lifecycle_config, ok
+from tests.support.lifecycle import lifecycle_config
 from tests.support.login_node import REPO, login_argv, run_on_login_node
 from tests.support.munge import needs_munged
 from tests.support.real_apptainer import BASE_IMAGE

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from rxslurm.daemon.api.munge_door import AUDIT_BURST
 from rxslurm.slurm.hooks import job_event
+from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import RXCTL, VENV_BIN, Rxd, new_rxd
-from tests.support.lifecycle import lifecycle_config, ok
+from tests.support.lifecycle import lifecycle_config
 from tests.support.munge import needs_munged, other_munged  # noqa: F401
 from tests.support.real_apptainer import BASE_IMAGE
 

@@ -9,11 +9,8 @@ paths (before and after the lease) on a throwaway ledger with a Slurm that recor
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +24,16 @@ from rxslurm.daemon.ledger.records import to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects.settings import Settings
 from rxslurm.daemon.quotas import leases as quotas
+from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import VENV_BIN, Rxd
-from tests.support.lifecycle import ok, start_rxd
+from tests.support.lifecycle import gpu_quota_rxd
 from tests.support.real_apptainer import BASE_IMAGE
 
 pytestmark = pytest.mark.hostile
 
-IMAGE = str(BASE_IMAGE)  # built locally by tests/cluster/images.sh
+# Built locally by tests/cluster/images.sh: nothing to pull before the enables race for leases.
+IMAGE = str(BASE_IMAGE)
 
 # As a test user: one raw request on the API socket, as curl would send it (no CLI checks).
 RAW_REQUEST = r"""
@@ -48,18 +47,6 @@ c.request(sys.argv[2], sys.argv[3], body=body, headers={"Content-Type": "applica
 r = c.getresponse()
 print(r.status, r.read().decode())
 """
-
-
-@contextlib.contextmanager
-def daemon_with_gpu_quota(gpus: int = 1) -> Iterator[Rxd]:
-    rxd = start_rxd()  # IMAGE is a local file: nothing to pull before the enables race for leases
-    try:
-        ok(rxd.rxctl("rxop", "admin", "quota", "set", "--partition", "gpu", "--gpus", str(gpus)))
-        yield rxd
-    finally:
-        rxd.stop()
-        rxd.cancel_own_jobs()
-        shutil.rmtree(rxd.root, ignore_errors=True)
 
 
 def raw(rxd: Rxd, user: str, method: str, path: str, body: Any = None) -> tuple[int, dict]:
@@ -133,7 +120,7 @@ def gpu_project(rxd: Rxd, user: str, name: str) -> None:
 
 @pytest.mark.cluster
 def test_a_carriage_return_image_or_newline_name_is_refused_and_another_user_starts() -> None:
-    with daemon_with_gpu_quota() as rxd:
+    with gpu_quota_rxd(1) as rxd:
         hog = {"image": "/x\r", "gpus": 1, "partition": "gpu"}
         status, answer = raw(
             rxd, "rxdave", "POST", "/v1/projects", {"name": "hog", "settings": hog}
@@ -167,7 +154,7 @@ def test_a_carriage_return_image_or_newline_name_is_refused_and_another_user_sta
 
 @pytest.mark.cluster
 def test_a_failure_after_the_lease_ends_in_error_frees_it_and_the_next_user_starts() -> None:
-    with daemon_with_gpu_quota() as rxd:
+    with gpu_quota_rxd(1) as rxd:
         gpu_project(rxd, "rxbob", "first")
         ok(rxd.rxctl("rxbob", "enable", "--project", "first"))
         wait_started(rxd, "rxbob", "first")

@@ -23,15 +23,8 @@ from rxslurm.daemon.identity.bindings import Actor
 from rxslurm.daemon.ledger.records import to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects import service as projects
-from tests.hostile.helpers import (
-    IMAGE,
-    container_daemon,
-    ok,
-    refused,
-    uid,
-    wait_state,
-    workspace_of,
-)
+from tests.hostile.helpers import IMAGE, container_daemon, uid, wait_state, workspace_of
+from tests.support.cli import ok, refused
 from tests.support.cluster import run_as
 from tests.support.daemon import Rxd, new_rxd
 

@@ -19,12 +19,12 @@ from tests.hostile.helpers import (
     IMAGE,
     container_daemon,
     named_entries_for,
-    ok,
     sh,
     uid,
     wait_state,
     workspace_of,
 )
+from tests.support.cli import ok
 from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
 

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,13 +174,45 @@ def new_rxd(extra_config: str | Callable[[Path], str] = "", *, migrate: bool = T
     return rxd
 
 
+def shutdown(daemon: Rxd) -> None:
+    """The one teardown of a test's rxd: stop it (and check it stopped cleanly, exit 0) before
+    cancelling its jobs, so that no reconciler sees them go and submits again; then remove its
+    folder. The jobs are cancelled and the folder removed even when the stop fails."""
+    try:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            assert daemon.stop() == 0, daemon.log_text()
+    finally:
+        try:
+            daemon.cancel_own_jobs()
+        finally:
+            shutil.rmtree(daemon.root, ignore_errors=True)
+
+
+@contextmanager
+def running_rxd(
+    extra_config: str | Callable[[Path], str] = "",
+    *,
+    env: dict[str, str] | None = None,
+    bind: Iterable[str] = (),
+) -> Iterator[Rxd]:
+    """A started rxd (see new_rxd for extra_config; env adds to its environment), shut down
+    afterwards. Each user in ``bind`` calls it once first: standalone mode binds a user on first
+    contact, which shows (e.g. in member lists), so tests make it happen before they look."""
+    daemon = new_rxd(extra_config)
+    daemon.env.update(env or {})
+    try:
+        daemon.start()
+        for user in bind:
+            result = daemon.rxctl(user, "whoami")
+            assert result.returncode == 0, (user, result.stdout, result.stderr)
+        yield daemon
+    finally:
+        shutdown(daemon)
+
+
 @pytest.fixture
 def rxd() -> Iterator[Rxd]:
-    """A running rxd with a fresh ledger; stopped (and checked to stop cleanly) afterwards."""
-    daemon = new_rxd()
-    daemon.start()
-    yield daemon
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        assert daemon.stop() == 0, daemon.log_text()
-    daemon.cancel_own_jobs()
-    shutil.rmtree(daemon.root, ignore_errors=True)
+    """A running rxd with a fresh ledger, for one test. A module that needs another
+    configuration or scope overrides this fixture with one that enters running_rxd."""
+    with running_rxd() as daemon:
+        yield daemon

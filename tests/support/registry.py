@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.daemon import Rxd, running_rxd
 from tests.support.lifecycle import lifecycle_config
 
 REGISTRY = "127.0.0.1:5055"
@@ -50,15 +50,10 @@ def pull_config(root: Path, **pulls: str) -> str:
 
 @contextlib.contextmanager
 def pulling_rxd(**pulls: str) -> Iterator[Rxd]:
-    """A running rxd set up for pulls; stopped, its jobs cancelled, afterwards."""
+    """A running rxd set up for pulls, shut down afterwards (see running_rxd)."""
     require_registry()
-    daemon = new_rxd(lambda root: lifecycle_config(root) + pull_config(root, **pulls))
-    daemon.start()
-    try:
+    with running_rxd(lambda root: lifecycle_config(root) + pull_config(root, **pulls)) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        daemon.cancel_own_jobs()
 
 
 @contextlib.contextmanager
