@@ -1,8 +1,9 @@
-# The two commands a newcomer needs (see README.md):
+# The commands a newcomer needs (see README.md):
 #   make demo   set up everything, start the local Slurm cluster and rxd, run a short demo
 #   make test   set up everything, start the local Slurm cluster, run the checks and tests
 #   make unit   only the fast unit tier: no root, no Slurm, under a minute
-# Both must run as root on a Debian 12 machine (they install packages and start services).
+# demo and test must run as root on a Debian 12 machine (they install packages and start
+# services); unit needs neither root nor Slurm.
 
 VENV := .venv
 PYTHON := /usr/bin/python3
