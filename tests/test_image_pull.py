@@ -10,7 +10,6 @@ import json
 import os
 import pwd
 import shutil
-import sqlite3
 import stat
 import tempfile
 import threading
@@ -397,15 +396,11 @@ def test_sweep_removes_what_a_stopped_pull_left(folder: Path) -> None:
 
 def state_events(rxd: Rxd, project: str) -> list[tuple[str, str, str]]:
     """(from, to, actor) of the container's state changes, oldest first."""
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        rows = conn.execute(
-            "SELECT actor, detail FROM events WHERE action = 'container.state' AND target_id = ? "
-            "ORDER BY id",
-            [f"rx-{project}"],
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = rxd.ledger_rows(
+        "SELECT actor, detail FROM events WHERE action = 'container.state' AND target_id = ? "
+        "ORDER BY id",
+        [f"rx-{project}"],
+    )
     return [(json.loads(d)["from"], json.loads(d)["to"], a) for a, d in rows]
 
 

@@ -222,17 +222,11 @@ def test_slurm_not_answering_changes_nothing() -> None:
 
 
 def running_instance(rxd: Rxd, project: str) -> str:
-    import sqlite3
-
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        (instance,) = conn.execute(
-            "SELECT c.instance FROM containers c JOIN projects p ON p.id = c.project_id "
-            "WHERE p.name = ?",
-            [project],
-        ).fetchone()
-    finally:
-        conn.close()
+    ((instance,),) = rxd.ledger_rows(
+        "SELECT c.instance FROM containers c JOIN projects p ON p.id = c.project_id "
+        "WHERE p.name = ?",
+        [project],
+    )
     return str(instance)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import ssl
 import subprocess
 import uuid
@@ -15,17 +14,11 @@ from pathlib import Path
 import pytest
 
 from rxslurm.daemon.config import parse_config
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.daemon import Rxd, free_port, new_rxd, running_rxd
 
 pytestmark = pytest.mark.cluster  # projects are validated against Slurm's partitions
 
 TOKEN = "t0k3n-" + "x" * 40
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def platform_config(root: Path, port: int, token_file: Path) -> str:
@@ -45,11 +38,8 @@ def write_token(root: Path, mode: int = 0o600) -> Path:
 @pytest.fixture(scope="module")
 def platform() -> Iterator[tuple[Rxd, int]]:
     port = free_port()
-    daemon = new_rxd(lambda root: platform_config(root, port, write_token(root)))
-    daemon.start()
-    yield daemon, port
-    daemon.stop()
-    daemon.cancel_own_jobs()
+    with running_rxd(lambda root: platform_config(root, port, write_token(root))) as daemon:
+        yield daemon, port
 
 
 def call(

@@ -7,7 +7,6 @@ jobs. The ledger is read directly only to sample leases while containers settle 
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from tests.support.daemon import Rxd
 from tests.support.lifecycle import (
     ADMIN,
     comment_of,
+    gpu_leases,
     gpu_quota_rxd,
     lifecycle_rxd,
     make_project,
@@ -43,20 +43,6 @@ def admin(rxd: Rxd, *args: str) -> str:
 
 def admin_json(rxd: Rxd, *args: str) -> Any:
     return json.loads(admin(rxd, *args, "--json"))
-
-
-def ledger_rows(rxd: Rxd, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """A read-only look at rxd's ledger (WAL: never blocks rxd's writers)."""
-    conn = sqlite3.connect(f"{rxd.ledger.as_uri()}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(query, args).fetchall()
-    finally:
-        conn.close()
-
-
-def leases(rxd: Rxd) -> dict[str, int]:
-    """Project -> GPUs leased."""
-    return dict(ledger_rows(rxd, "SELECT project, gpus FROM leases"))
 
 
 def enable_gpu_project(rxd: Rxd, name: str, user: str) -> None:
@@ -109,7 +95,7 @@ def test_two_of_three_run_the_third_waits_and_starts_when_an_admin_stops_one() -
         assert prefix == "partition gpu: deployment quota 2 GPUs, 2", waiting
         assert rest.removesuffix("; this container needs 1") in holders, waiting
         assert waiting["job_id"] is None
-        assert leases(rxd) == {first: 1, second: 1}
+        assert gpu_leases(rxd) == {first: 1, second: 1}
 
         # The admin's view: every container, with what it holds or asks.
         seen = {c["project"]: c for c in admin_json(rxd, "containers")["containers"]}
@@ -154,7 +140,7 @@ def test_two_of_three_run_the_third_waits_and_starts_when_an_admin_stops_one() -
         )
         assert started["job_id"]
         wait_state(rxd, third, "running", user=owners[third])
-        assert leases(rxd) == {second: 1, third: 1}
+        assert gpu_leases(rxd) == {second: 1, third: 1}
         events = admin_json(rxd, "audit", "--limit", "200")["events"]
         assert any(
             e["actor"] == ADMIN
@@ -188,11 +174,10 @@ def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> No
 
         def sample() -> None:
             while not done.is_set():
-                (count, gpus), *_ = ledger_rows(
-                    rxd, "SELECT count(*), coalesce(sum(gpus), 0) FROM leases"
+                (count, gpus), *_ = rxd.ledger_rows(
+                    "SELECT count(*), coalesce(sum(gpus), 0) FROM leases"
                 )
-                (holding,), *_ = ledger_rows(
-                    rxd,
+                (holding,), *_ = rxd.ledger_rows(
                     "SELECT count(*) FROM containers WHERE state IN "
                     "('starting', 'running', 'stopping') OR (state = ? AND job_id IS NOT NULL)",
                     (WAITING,),
@@ -214,14 +199,14 @@ def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> No
             def settled() -> bool:
                 seen.clear()
                 seen.update(
-                    ledger_rows(rxd, "SELECT state, count(*) FROM containers GROUP BY state")
+                    rxd.ledger_rows("SELECT state, count(*) FROM containers GROUP BY state")
                 )
                 return seen == {"running": 2, WAITING: 18}
 
             try:
                 wait_for(settled, timeout=120, what="2 running and 18 waiting")
             except TimeoutError as exc:
-                reasons = ledger_rows(rxd, "SELECT name, state, reason, job_id FROM containers")
+                reasons = rxd.ledger_rows("SELECT name, state, reason, job_id FROM containers")
                 raise AssertionError(f"{exc}; states {seen}; {reasons}") from None
         finally:
             done.set()
@@ -236,7 +221,7 @@ def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> No
         assert len(jobs) == 2, jobs
         waiting = [
             r[0]
-            for r in ledger_rows(rxd, "SELECT reason FROM containers WHERE state = ?", (WAITING,))
+            for r in rxd.ledger_rows("SELECT reason FROM containers WHERE state = ?", (WAITING,))
         ]
         assert all(w.startswith("partition gpu: ") for w in waiting), waiting
 
@@ -245,13 +230,13 @@ def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> No
             ok(stopped)
         wait_for(
             lambda: (
-                ledger_rows(rxd, "SELECT count(*) FROM containers WHERE state != 'stopped'")
+                rxd.ledger_rows("SELECT count(*) FROM containers WHERE state != 'stopped'")
                 == [(0,)]
             ),
             timeout=90,
             what="every container to stop",
         )
-        assert leases(rxd) == {}
+        assert gpu_leases(rxd) == {}
         for disabled in rxctl_all(rxd, [("rxalice", "disable", "--project", n) for n in names]):
             ok(disabled)
 
@@ -280,15 +265,15 @@ def test_leases_go_when_jobs_are_cancelled_or_fail_outside_rxd() -> None:
             "cancelled outside rx-slurm"
         )
         second = wait_state(rxd, "lb", "running", timeout=60)
-        assert leases(rxd) == {"lb": 1}
+        assert gpu_leases(rxd) == {"lb": 1}
         # The job fails outside rx-slurm (its batch shell is killed): error, lease released.
         ok(run_as("rxalice", ["scancel", "--batch", "--signal=KILL", str(second["job_id"])]))
         failed = wait_state(rxd, "lb", "error", timeout=30)
         assert f"Slurm job {second['job_id']} ended FAILED" in failed["reason"]
-        assert leases(rxd) == {}
+        assert gpu_leases(rxd) == {}
         ok(rxd.rxctl("rxalice", "start", "--project", "la"))
         wait_state(rxd, "la", "running")
-        assert leases(rxd) == {"la": 1}
+        assert gpu_leases(rxd) == {"la": 1}
 
 
 def test_reject_policy_refuses_in_one_line_with_no_job_and_no_lease() -> None:
@@ -305,7 +290,7 @@ def test_reject_policy_refuses_in_one_line_with_no_job_and_no_lease() -> None:
         rb = wait_state(rxd, "rb", "stopped", user="rxbob")
         assert rb["job_id"] is None and rb["over_quota"] is False
         assert rx_jobs(comment_of(rxd, "rb")) == []
-        assert leases(rxd) == {"ra": 1}
+        assert gpu_leases(rxd) == {"ra": 1}
         ok(rxd.rxctl("rxalice", "stop", "--project", "ra"))
         wait_state(rxd, "ra", "stopped")
         # Nothing was queued: rb stays stopped until someone starts it.
@@ -424,7 +409,7 @@ def test_mirrored_qos_makes_plain_sbatch_over_the_user_limit_pend() -> None:
             )
             pending = status(rxd, "rxcarol", "mq")
             assert pending["state"] == WAITING and pending["over_quota"] is False
-            assert leases(rxd) == {"mq": 1}
+            assert gpu_leases(rxd) == {"mq": 1}
             ok(rxd.rxctl("rxcarol", "stop", "--project", "mq"))
             wait_state(rxd, "mq", "stopped", user="rxcarol")
         finally:

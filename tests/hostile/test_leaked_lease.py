@@ -27,7 +27,7 @@ from rxslurm.daemon.quotas import leases as quotas
 from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import VENV_BIN, Rxd
-from tests.support.lifecycle import gpu_quota_rxd
+from tests.support.lifecycle import gpu_leases, gpu_quota_rxd
 from tests.support.real_apptainer import BASE_IMAGE
 
 pytestmark = pytest.mark.hostile
@@ -59,18 +59,6 @@ def raw(rxd: Rxd, user: str, method: str, path: str, body: Any = None) -> tuple[
     return int(status), json.loads(text)
 
 
-def ledger(rxd: Rxd, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"{rxd.ledger.as_uri()}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(query, args).fetchall()
-    finally:
-        conn.close()
-
-
-def leases(rxd: Rxd) -> dict[str, int]:
-    return dict(ledger(rxd, "SELECT project, gpus FROM leases"))
-
-
 def state_of(rxd: Rxd, user: str, project: str) -> dict[str, Any]:
     result = ok(rxd.rxctl(user, "status", "--project", project, "--json"))
     return json.loads(result.stdout)
@@ -87,7 +75,7 @@ def wait_for_state(rxd: Rxd, user: str, project: str, *states: str) -> dict[str,
         wait_for(reached, timeout=120, what=f"{project} to reach {states}")
     except TimeoutError as exc:
         raise AssertionError(
-            f"{exc}; last: {seen}; leases: {leases(rxd)}\n{rxd.log_text()[-3000:]}"
+            f"{exc}; last: {seen}; leases: {gpu_leases(rxd)}\n{rxd.log_text()[-3000:]}"
         ) from None
     return seen
 
@@ -105,7 +93,7 @@ def wait_started(rxd: Rxd, user: str, project: str) -> dict[str, Any]:
         wait_for(started, timeout=120, what=f"{project} to have a job")
     except TimeoutError as exc:
         raise AssertionError(
-            f"{exc}; last: {seen}; leases: {leases(rxd)}\n{rxd.log_text()[-3000:]}"
+            f"{exc}; last: {seen}; leases: {gpu_leases(rxd)}\n{rxd.log_text()[-3000:]}"
         ) from None
     return seen
 
@@ -142,14 +130,14 @@ def test_a_carriage_return_image_or_newline_name_is_refused_and_another_user_sta
         status, answer = raw(rxd, "rxdave", "PATCH", "/v1/projects/hog/settings", {"image": "/x\r"})
         assert status == 400, answer
 
-        assert ledger(rxd, "SELECT name FROM projects") == [("hog",)]
-        assert ledger(rxd, "SELECT count(*) FROM containers") == [(0,)]
-        assert leases(rxd) == {}
+        assert rxd.ledger_rows("SELECT name FROM projects") == [("hog",)]
+        assert rxd.ledger_rows("SELECT count(*) FROM containers") == [(0,)]
+        assert gpu_leases(rxd) == {}
 
         gpu_project(rxd, "rxalice", "g1")
         ok(rxd.rxctl("rxalice", "enable", "--project", "g1"))
         wait_started(rxd, "rxalice", "g1")
-        assert leases(rxd) == {"g1": 1}
+        assert gpu_leases(rxd) == {"g1": 1}
 
 
 @pytest.mark.cluster
@@ -174,7 +162,7 @@ def test_a_failure_after_the_lease_ends_in_error_frees_it_and_the_next_user_star
         hog = wait_for_state(rxd, "rxdave", "hog", "error")
         assert "carriage return" in hog["last_error"], hog
         wait_started(rxd, "rxalice", "g1")
-        assert leases(rxd) == {"g1": 1}
+        assert gpu_leases(rxd) == {"g1": 1}
         assert hog["job_id"] is None
 
         # Woken again (retry) it is refused before any lease is taken, and says why.
@@ -183,7 +171,7 @@ def test_a_failure_after_the_lease_ends_in_error_frees_it_and_the_next_user_star
         assert result.stderr.startswith("Error: the container of hog cannot start: "), result
         assert "carriage return" in result.stderr
         assert state_of(rxd, "rxdave", "hog")["state"] == "error"
-        assert leases(rxd) == {"g1": 1}
+        assert gpu_leases(rxd) == {"g1": 1}
 
 
 # -- fast: the same two paths without Slurm -------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,13 +200,9 @@ def squeue_user(job_id: int) -> str:
 
 
 def audit_actions(rxd: Rxd, project_name: str) -> list[str]:
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        rows = conn.execute(
-            "SELECT action FROM events WHERE target_id = ? ORDER BY id", [project_name]
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = rxd.ledger_rows(
+        "SELECT action FROM events WHERE target_id = ? ORDER BY id", [project_name]
+    )
     return [r[0] for r in rows]
 
 

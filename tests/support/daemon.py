@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,6 +148,15 @@ class Rxd:
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
 
+    def ledger_rows(self, query: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query on this daemon's ledger, opened read-only (WAL: never blocks rxd's
+        writers)."""
+        conn = sqlite3.connect(f"{self.ledger.as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(query, tuple(args)).fetchall()
+        finally:
+            conn.close()
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -158,6 +170,13 @@ class Rxd:
                 argv, capture_output=True, text=True, input=input, timeout=timeout, check=False
             )
         return run_as(user, argv, input=input, timeout=timeout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for rxd's network door)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def new_rxd(extra_config: str | Callable[[Path], str] = "", *, migrate: bool = True) -> Rxd:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import tomllib
 from collections.abc import Iterable, Iterator
@@ -94,13 +93,14 @@ def rx_jobs(comment: str) -> list[list[str]]:
 
 
 def comment_of(rxd: Rxd, project: str) -> str:
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        (cid,) = conn.execute(
-            "SELECT c.id FROM containers c JOIN projects p ON p.id = c.project_id WHERE p.name = ?",
-            [project],
-        ).fetchone()
-    finally:
-        conn.close()
+    ((cid,),) = rxd.ledger_rows(
+        "SELECT c.id FROM containers c JOIN projects p ON p.id = c.project_id WHERE p.name = ?",
+        [project],
+    )
     tag = tomllib.loads(rxd.config.read_text())["slurm"]["tag"]
     return f"{tag}:container={cid}"
+
+
+def gpu_leases(rxd: Rxd) -> dict[str, int]:
+    """Project -> GPUs it holds a quota lease for."""
+    return dict(rxd.ledger_rows("SELECT project, gpus FROM leases"))

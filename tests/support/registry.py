@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import sqlite3
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -85,22 +84,16 @@ def stalling_registry() -> Iterator[str]:
 
 def pull_events(rxd: Rxd) -> list[dict]:
     """The audit trail's image.pull events, oldest first."""
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        rows = conn.execute(
-            "SELECT actor, target_id, detail FROM events WHERE action = 'image.pull' ORDER BY id"
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = rxd.ledger_rows(
+        "SELECT actor, target_id, detail FROM events WHERE action = 'image.pull' ORDER BY id"
+    )
     return [{"actor": a, "image": t, **json.loads(d)} for a, t, d in rows]
 
 
 def leases(rxd: Rxd) -> int:
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0]
-    finally:
-        conn.close()
+    """How many quota leases are held."""
+    ((count,),) = rxd.ledger_rows("SELECT COUNT(*) FROM leases")
+    return int(count)
 
 
 def processes_mentioning(text: str) -> list[tuple[int, int, str]]:
