@@ -13,10 +13,11 @@ PYTHON := /usr/bin/python3
 # The test tiers, chosen by pytest markers (tests/support/tiers.py says which marker means what;
 # tests/test_tiers.py checks that every test is in exactly one tier):
 #   unit     no root, no Slurm, fast; run as an unprivileged user when make runs as root
-#   host     needs root (a real rxd, test users) or is slow (a wheel build); no Slurm job
+#   host     needs root (a real rxd, test users), the cluster's munged, or is slow (a wheel
+#            build); no Slurm job
 #   cluster  the real Slurm cluster and the real Apptainer
-UNIT_TIER := not cluster and not root and not slow
-HOST_TIER := not cluster and (root or slow)
+UNIT_TIER := not cluster and not root and not munged and not slow
+HOST_TIER := not cluster and (root or munged or slow)
 CLUSTER_TIER := cluster
 
 venv: $(VENV)/.installed
