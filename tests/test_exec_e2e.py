@@ -58,7 +58,7 @@ def container_state(rxd: Rxd, project: str) -> str | None:
 
 
 def status(rxd: Rxd, project: str) -> dict:
-    return json.loads(ok(rxd.rxctl("rxalice", "status", "--project", project, "--json")).stdout)
+    return lifecycle.status(rxd, "rxalice", project)
 
 
 def wait_state(rxd: Rxd, project: str, *states: str, timeout: float = 120) -> dict:

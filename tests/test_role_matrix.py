@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role
+from tests.support import lifecycle as support_lifecycle
 from tests.support.cli import output
-from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import lifecycle_rxd
 from tests.support.real_apptainer import BASE_IMAGE, link_image
@@ -244,21 +244,11 @@ def late_image(rxd: Rxd) -> Path:
 
 
 def status(rxd: Rxd, project: str) -> dict[str, Any]:
-    return json.loads(output(rxd.rxctl(OWNER, "status", "--project", project, "--json")))
+    return support_lifecycle.status(rxd, OWNER, project)
 
 
 def wait_state(rxd: Rxd, project: str, *states: str, timeout: float = START_TIMEOUT_S) -> dict:
-    seen: dict[str, Any] = {}
-
-    def reached() -> bool:
-        seen.update(status(rxd, project))
-        return seen["state"] in states
-
-    try:
-        wait_for(reached, timeout=timeout, what=f"{project} to reach {states}")
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}; last status: {seen}\n{rxd.log_text()[-3000:]}") from None
-    return seen
+    return support_lifecycle.wait_state(rxd, project, *states, timeout=timeout, user=OWNER)
 
 
 def wait_holding(rxd: Rxd, project: str) -> dict[str, Any]:
