@@ -7,7 +7,6 @@ refusal is one `Error: ...` line, exit 1, and leaves the bindings as they were.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,7 @@ import pytest
 from rxslurm.daemon.identity.bindings import code_hash
 from rxslurm.daemon.ledger.records import to_timestamp
 from tests.support.cli import output, refused
-from tests.support.daemon import Rxd, new_rxd, running_rxd
+from tests.support.daemon import Rxd, running_rxd
 
 PLATFORM_MODE = '[identity]\nmode = "platform"\n'
 ADMIN = "rxop"
@@ -321,15 +320,10 @@ def test_bindings_text_is_a_table(rxd: Rxd) -> None:
 
 @pytest.mark.root(reason="starts a real rxd")
 def test_bind_in_local_mode_says_binding_is_automatic() -> None:
-    daemon = new_rxd()
-    daemon.start()
-    try:
+    with running_rxd() as daemon:
         line = refused(daemon.rxctl("rxalice", "bind", "AAAA-BBBB-CCCC"))
         assert line == (
             "Error: this deployment runs in standalone mode: "
             "every Linux user is bound automatically"
         )
         assert whoami(daemon, "rxalice")["platform_user"] == "rxalice"
-    finally:
-        assert daemon.stop() == 0, daemon.log_text()
-        shutil.rmtree(daemon.root, ignore_errors=True)

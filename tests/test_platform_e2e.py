@@ -192,9 +192,7 @@ def tls_config(root: Path, port: int, key_mode: int = 0o600) -> str:
 
 def test_with_tls_the_platform_is_served_on_any_address() -> None:
     port = free_port()
-    daemon = new_rxd(lambda root: tls_config(root, port))
-    daemon.start()
-    try:
+    with running_rxd(lambda root: tls_config(root, port)) as daemon:
         context = ssl.create_default_context(cafile=str(daemon.root / "platform.crt"))
         conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
         conn.request("GET", "/v1/projects", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -206,8 +204,6 @@ def test_with_tls_the_platform_is_served_on_any_address() -> None:
         # Plain HTTP on that port gets no answer from the API.
         with pytest.raises((http.client.HTTPException, ConnectionError)):
             call(port, "GET", "/v1/projects")
-    finally:
-        assert daemon.stop() == 0, daemon.log_text()
 
 
 def test_a_tls_key_others_can_read_is_refused_at_start() -> None:

@@ -7,7 +7,6 @@ the creator's Linux identity, while the creator could no longer even see the pro
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from rxslurm.daemon.projects import service as projects
 from tests.hostile.helpers import IMAGE, container_daemon, uid, wait_state, workspace_of
 from tests.support.cli import ok, refused
 from tests.support.cluster import run_as
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.daemon import Rxd, running_rxd
 
 CONFIG = Config()
 BOB = Actor(platform_user="bob", uid=2002, user="rxbob", admin=False, origin="socket")
@@ -249,9 +248,7 @@ def test_a_run_as_owner_who_leaves_takes_their_identity_along(rxd: Rxd, how: str
 
 @pytest.mark.cluster
 def test_unbinding_the_run_as_user_parks_the_workspace_and_forgets_the_identity() -> None:
-    daemon = new_rxd('[identity]\nmode = "platform"\n')
-    daemon.start()
-    try:
+    with running_rxd('[identity]\nmode = "platform"\n') as daemon:
         for platform_user, linux_user in (("alice", "rxalice"), ("bob", "rxbob")):
             ok(daemon.rxctl("rxop", "admin", "bind", platform_user, linux_user))
         ok(daemon.rxctl("rxalice", "project", "create", "unbound"))
@@ -270,6 +267,3 @@ def test_unbinding_the_run_as_user_parks_the_workspace_and_forgets_the_identity(
         ok(daemon.rxctl("rxop", "admin", "bind", "alice", "rxalice"))
         shown = json.loads(ok(daemon.rxctl("rxbob", "project", "show", "unbound", "--json")).stdout)
         assert shown["run_as_user"] is None
-    finally:
-        assert daemon.stop() == 0, daemon.log_text()
-        shutil.rmtree(daemon.root, ignore_errors=True)
