@@ -194,9 +194,9 @@ def new_rxd(extra_config: str | Callable[[Path], str] = "", *, migrate: bool = T
 
 
 def shutdown(daemon: Rxd) -> None:
-    """The one teardown of a test's rxd: stop it (and check it stopped cleanly, exit 0) before
-    cancelling its jobs, so that no reconciler sees them go and submits again; then remove its
-    folder. The jobs are cancelled and the folder removed even when the stop fails."""
+    """The one teardown of a test's rxd: stop it (and check it stopped cleanly, exit 0), then
+    cancel the jobs its containers left (stopped first, it cannot act on them going), then remove
+    its folder. The jobs are cancelled and the folder removed even when the stop fails."""
     try:
         if daemon.proc is not None and daemon.proc.poll() is None:
             assert daemon.stop() == 0, daemon.log_text()
