@@ -1,12 +1,24 @@
-# The two commands a newcomer needs (see README.md):
+# The commands a newcomer needs (see README.md):
 #   make demo   set up everything, start the local Slurm cluster and rxd, run a short demo
 #   make test   set up everything, start the local Slurm cluster, run the checks and tests
-# Both must run as root on a Debian 12 machine (they install packages and start services).
+#   make unit   only the fast unit tier: no root, no Slurm, under a minute
+# demo and test must run as root on a Debian 12 machine (they install packages and start
+# services); unit needs neither root nor Slurm.
 
 VENV := .venv
 PYTHON := /usr/bin/python3
 
-.PHONY: venv cluster demo test lint bench teardown
+.PHONY: venv cluster demo test unit lint bench teardown
+
+# The test tiers, chosen by pytest markers (tests/support/tiers.py says which marker means what;
+# tests/test_tiers.py checks that every test is in exactly one tier):
+#   unit     no root, no Slurm, fast; run as an unprivileged user when make runs as root
+#   host     needs root (a real rxd, test users), the cluster's munged, or is slow (a wheel
+#            build); no Slurm job
+#   cluster  the real Slurm cluster and the real Apptainer
+UNIT_TIER := not cluster and not root and not munged and not slow
+HOST_TIER := not cluster and (root or munged or slow)
+CLUSTER_TIER := cluster
 
 venv: $(VENV)/.installed
 
@@ -30,12 +42,16 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-# The fast tier (no Slurm job, no container) first, so a broken unit fails in a minute or two;
-# then the cluster suite on the real Slurm cluster and the real Apptainer.
-test: venv lint typecheck cluster
+# The unit tier reads the checkout as another user and writes nothing in it (no .pytest_cache).
+unit: venv
+	tests/support/unprivileged.sh $(VENV)/bin/pytest -p no:cacheprovider -m "$(UNIT_TIER)"
+
+# The fast tiers first, so a broken unit fails within a minute, before the cluster is even set
+# up; then the host tier; then the cluster suite on the real Slurm cluster and the real Apptainer.
+test: venv lint typecheck unit cluster
 	tests/cluster/forget.sh
-	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m "not cluster"
-	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m cluster
+	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m "$(HOST_TIER)"
+	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m "$(CLUSTER_TIER)"
 
 demo: venv cluster
 	tests/cluster/demo.sh

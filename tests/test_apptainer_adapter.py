@@ -24,7 +24,7 @@ from tests.support.cluster import run_as
 from tests.support.real_apptainer import APPTAINER
 from tests.support.registry import SMALL
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="acting as a test user needs root")
+needs_root = pytest.mark.root(reason="acting as a test user needs root")
 BUSYBOX = Path("/bin/busybox")  # busybox-static: runs in an image with no libraries
 BUILDER = "rxalice"
 

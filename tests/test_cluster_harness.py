@@ -111,6 +111,7 @@ def test_setup_again_does_no_work_and_leaves_the_cluster_up() -> None:
     assert slurmctld_up()
 
 
+@pytest.mark.root(reason="run_as needs root")
 def test_run_as_gives_the_user_their_groups_and_a_clean_environment() -> None:
     if os.geteuid() != 0:
         pytest.skip("run_as needs root")

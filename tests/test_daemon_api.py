@@ -103,6 +103,7 @@ def test_sigterm_stops_cleanly_and_removes_the_socket(rxd: Rxd) -> None:
     assert '"rxd stopped"' in rxd.log_text()
 
 
+@pytest.mark.root(reason="starts a real rxd")
 def test_stale_socket_from_a_crash_is_replaced() -> None:
     daemon = new_rxd()
     stale = socket.socket(socket.AF_UNIX)
@@ -114,6 +115,7 @@ def test_stale_socket_from_a_crash_is_replaced() -> None:
     assert daemon.stop() == 0
 
 
+@pytest.mark.root(reason="starts a real rxd")
 def test_refuses_to_replace_a_file_that_is_not_a_socket() -> None:
     daemon = new_rxd()
     daemon.socket.write_text("not a socket")

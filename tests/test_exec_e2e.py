@@ -6,7 +6,6 @@ import json
 import os
 import pwd
 import re
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -15,10 +14,11 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from tests.support import daemon as daemon_support
 from tests.support import lifecycle
+from tests.support.cli import ok, refused
 from tests.support.cluster import run_as, user_env, wait_for
-from tests.support.daemon import RXCTL, Rxd, new_rxd
+from tests.support.daemon import RXCTL, Rxd
+from tests.support.lifecycle import lifecycle_rxd
 from tests.support.real_apptainer import BASE_IMAGE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
@@ -32,20 +32,11 @@ WAKE = "ex-wake"
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    root = daemon_support.test_root()
-    daemon = new_rxd(
-        f'[workspaces]\nroot = "{root}/workspaces"\n'
-        f'[containers]\nstate_root = "{root}/containers"\nimage_dir = "{root}/images"\n'
-        "overlay_size_mb = 64\nreconcile_interval = 1.0\nstop_grace_s = 3\n"
-    )
-    daemon.start()
-    for user in ("rxalice", "rxbob", "rxcarol", "rxdave"):
-        ok(daemon.rxctl(user, "whoami"))  # local mode binds each user on first contact
-    try:
-        yield daemon
-    finally:
-        # Free the cluster for others: no job of this module outlives it.
+    with lifecycle_rxd(bind=("rxalice", "rxbob", "rxcarol", "rxdave")) as daemon:
         try:
+            yield daemon
+        finally:
+            # Free the cluster for others: no job of this module outlives it.
             for project in (MAIN, GPU, WAKE):
                 daemon.rxctl("rxalice", "stop", "--project", project)
             for project in (MAIN, GPU, WAKE):
@@ -54,27 +45,10 @@ def rxd() -> Iterator[Rxd]:
                     timeout=60,
                     what=f"{project} to stop",
                 )
-        finally:
-            daemon.cancel_own_jobs()
-            assert daemon.stop() == 0, daemon.log_text()
-            shutil.rmtree(daemon.root, ignore_errors=True)
-            shutil.rmtree(root, ignore_errors=True)
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"stdout={result.stdout!r} stderr={result.stderr!r}"
-    return result
-
-
-def refused(result: subprocess.CompletedProcess[str]) -> str:
-    """The one `Error: ...` line of a refused command; rxctl's own failures exit 125."""
-    assert result.returncode == 125, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
-
-
+# exec and shell exit 125 when rxctl itself, not the command, fails.
+OWN_FAILURE = 125
 RESTING = ("stopped", "disabled", "error", None)
 
 
@@ -84,7 +58,7 @@ def container_state(rxd: Rxd, project: str) -> str | None:
 
 
 def status(rxd: Rxd, project: str) -> dict:
-    return json.loads(ok(rxd.rxctl("rxalice", "status", "--project", project, "--json")).stdout)
+    return lifecycle.status(rxd, "rxalice", project)
 
 
 def wait_state(rxd: Rxd, project: str, *states: str, timeout: float = 120) -> dict:
@@ -177,13 +151,13 @@ def test_a_manager_runs_commands_as_the_runtime_user(rxd: Rxd) -> None:
 def test_a_viewer_and_a_non_member_are_refused(rxd: Rxd) -> None:
     running_project(rxd, MAIN)
     ok(rxd.rxctl("rxalice", "project", "member", "add", MAIN, "rxbob", "--role", "viewer"))
-    assert refused(rxctl_exec(rxd, "rxbob", MAIN, "true")) == (
+    assert refused(rxctl_exec(rxd, "rxbob", MAIN, "true"), OWN_FAILURE) == (
         f"Error: exec in project {MAIN} needs role owner or manager; you are viewer"
     )
-    assert refused(rxctl_exec(rxd, "rxcarol", MAIN, "true")) == (
+    assert refused(rxctl_exec(rxd, "rxcarol", MAIN, "true"), OWN_FAILURE) == (
         f"Error: no project named '{MAIN}' (or you are not a member)"
     )
-    assert refused(rxd.rxctl("rxbob", "shell", "--project", MAIN)).startswith(
+    assert refused(rxd.rxctl("rxbob", "shell", "--project", MAIN), OWN_FAILURE).startswith(
         "Error: rxctl shell needs"
     )
 
@@ -229,7 +203,7 @@ def test_exec_wakes_a_stopped_container_and_no_wake_refuses(rxd: Rxd) -> None:
     ok(rxd.rxctl("rxalice", "stop", "--project", WAKE))
     wait_state(rxd, WAKE, "stopped")
     no_wake = rxd.rxctl("rxalice", "exec", "--project", WAKE, "--no-wake", "--", "true")
-    assert refused(no_wake) == (
+    assert refused(no_wake, OWN_FAILURE) == (
         f"Error: the container of {WAKE} is not running (stopped); run without --no-wake to wake it"
     )
     assert status(rxd, WAKE)["state"] == "stopped"
@@ -360,6 +334,6 @@ def test_exec_with_a_terminal_gets_one(rxd: Rxd) -> None:
 
 
 def test_shell_needs_a_terminal(rxd: Rxd) -> None:
-    assert refused(rxd.rxctl("rxalice", "shell", "--project", MAIN)) == (
+    assert refused(rxd.rxctl("rxalice", "shell", "--project", MAIN), OWN_FAILURE) == (
         "Error: rxctl shell needs a terminal; run a command with `rxctl exec -- CMD` instead"
     )

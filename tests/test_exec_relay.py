@@ -12,7 +12,6 @@ import fcntl
 import os
 import pwd
 import select
-import shutil
 import signal
 import subprocess
 import termios
@@ -23,9 +22,10 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from tests.support.cli import ok
 from tests.support.cluster import user_env, wait_for
 from tests.support.daemon import RXCTL, Rxd
-from tests.support.lifecycle import make_project, ok, start_rxd, wait_state
+from tests.support.lifecycle import lifecycle_rxd, make_project, wait_state
 
 pytestmark = pytest.mark.cluster
 
@@ -35,22 +35,17 @@ PROJECT = f"rl-{uuid.uuid4().hex[:8]}"
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    daemon = start_rxd()
-    try:
-        make_project(daemon, PROJECT)
-        ok(daemon.rxctl("rxalice", "enable", "--project", PROJECT))
-        # rxbob manages it: his sessions run as rxalice, the project's runtime user.
-        add = ("project", "member", "add", PROJECT, "rxbob", "--role", "manager")
-        ok(daemon.rxctl("rxalice", *add))
-        wait_state(daemon, PROJECT, "running", timeout=180)
-        yield daemon
-    finally:
+    with lifecycle_rxd() as daemon:
         try:
-            daemon.rxctl("rxalice", "disable", "--project", PROJECT)
+            make_project(daemon, PROJECT)
+            ok(daemon.rxctl("rxalice", "enable", "--project", PROJECT))
+            # rxbob manages it: his sessions run as rxalice, the project's runtime user.
+            add = ("project", "member", "add", PROJECT, "rxbob", "--role", "manager")
+            ok(daemon.rxctl("rxalice", *add))
+            wait_state(daemon, PROJECT, "running", timeout=180)
+            yield daemon
         finally:
-            daemon.cancel_own_jobs()
-            assert daemon.stop() == 0, daemon.log_text()
-            shutil.rmtree(daemon.root, ignore_errors=True)
+            daemon.rxctl("rxalice", "disable", "--project", PROJECT)
 
 
 def exec_as(user: str, rxd: Rxd, *argv: str, **streams) -> subprocess.Popen[bytes]:

@@ -90,27 +90,26 @@ def test_only_slurm_users_may_send_job_events(rxd: Rxd) -> None:
 @pytest.fixture
 def hooked_rxd() -> Iterator[Rxd]:
     """An rxd whose timer never fires in a test's time: only hooks and its own pokes wake it."""
-    from tests.support.lifecycle import start_rxd
+    from tests.support.lifecycle import lifecycle_rxd
 
-    daemon = start_rxd(reconcile_interval="3600")
-    listing = job_event.SOCKETS_FILE
-    before = listing.read_text() if listing.exists() else None
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text((before or "") + f"{daemon.socket}\n")
-    try:
-        yield daemon
-    finally:
-        if before is None:
-            listing.unlink(missing_ok=True)
-        else:
-            listing.write_text(before)
-        daemon.stop()
-        daemon.cancel_own_jobs()
+    with lifecycle_rxd(reconcile_interval="3600") as daemon:
+        listing = job_event.SOCKETS_FILE
+        before = listing.read_text() if listing.exists() else None
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        listing.write_text((before or "") + f"{daemon.socket}\n")
+        try:
+            yield daemon
+        finally:
+            if before is None:
+                listing.unlink(missing_ok=True)
+            else:
+                listing.write_text(before)
 
 
 @pytest.mark.cluster
 def test_epilog_hook_reports_an_outside_scancel_at_once(hooked_rxd: Rxd) -> None:
-    from tests.support.lifecycle import make_project, ok, wait_state
+    from tests.support.cli import ok
+    from tests.support.lifecycle import make_project, wait_state
 
     make_project(hooked_rxd, "hooked")
     ok(hooked_rxd.rxctl("rxalice", "enable", "--project", "hooked"))

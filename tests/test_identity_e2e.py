@@ -7,9 +7,7 @@ refusal is one `Error: ...` line, exit 1, and leaves the bindings as they were.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +16,8 @@ import pytest
 
 from rxslurm.daemon.identity.bindings import code_hash
 from rxslurm.daemon.ledger.timestamps import to_timestamp
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.cli import output, refused
+from tests.support.daemon import Rxd, running_rxd
 
 PLATFORM_MODE = '[identity]\nmode = "platform"\n'
 ADMIN = "rxop"
@@ -27,53 +26,35 @@ NOT_ADMIN = "Error: this needs an rx-slurm admin (root or the admin group)"
 
 @pytest.fixture
 def rxd() -> Iterator[Rxd]:
-    daemon = new_rxd(extra_config=PLATFORM_MODE)
-    daemon.start()
-    yield daemon
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        assert daemon.stop() == 0, daemon.log_text()
-    shutil.rmtree(daemon.root, ignore_errors=True)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, (result.stdout, result.stderr)
-    return result.stdout
-
-
-def refused(result: subprocess.CompletedProcess[str]) -> str:
-    """The one `Error: ...` line of a refused command."""
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
+    with running_rxd(PLATFORM_MODE) as daemon:
+        yield daemon
 
 
 def issue_code(rxd: Rxd, platform_user: str, *options: str) -> str:
     result = rxd.rxctl(ADMIN, "admin", "code", platform_user, *options)
-    code = ok(result).strip()
+    code = output(result).strip()
     assert result.stdout == code + "\n"  # the code alone, so `CODE=$(rxctl admin code ...)` works
     assert f"rxctl bind {code}" in result.stderr
     return code
 
 
 def bindings(rxd: Rxd) -> list[dict[str, Any]]:
-    return json.loads(ok(rxd.rxctl(ADMIN, "admin", "bindings", "--json")))["bindings"]
+    return json.loads(output(rxd.rxctl(ADMIN, "admin", "bindings", "--json")))["bindings"]
 
 
 def whoami(rxd: Rxd, user: str) -> dict[str, Any]:
-    return json.loads(ok(rxd.rxctl(user, "whoami", "--json")))
+    return json.loads(output(rxd.rxctl(user, "whoami", "--json")))
 
 
 def audit(rxd: Rxd, *options: str) -> list[dict[str, Any]]:
-    return json.loads(ok(rxd.rxctl(ADMIN, "admin", "audit", "--json", *options)))["events"]
+    return json.loads(output(rxd.rxctl(ADMIN, "admin", "audit", "--json", *options)))["events"]
 
 
 def test_admin_code_then_bind_shows_the_platform_user(rxd: Rxd) -> None:
     code = issue_code(rxd, "alice")
     assert bindings(rxd) == []
     result = rxd.rxctl("rxalice", "bind", code)
-    assert ok(result) == "Bound rxalice (uid 2001) to platform user alice\n"
+    assert output(result) == "Bound rxalice (uid 2001) to platform user alice\n"
     me = whoami(rxd, "rxalice")
     assert (me["platform_user"], me["bound"], me["identity_mode"]) == ("alice", True, "platform")
     [binding] = bindings(rxd)
@@ -84,13 +65,13 @@ def test_admin_code_then_bind_shows_the_platform_user(rxd: Rxd) -> None:
 
 def test_bind_json_answers_the_binding(rxd: Rxd) -> None:
     code = issue_code(rxd, "alice")
-    answer = json.loads(ok(rxd.rxctl("rxalice", "bind", code, "--json")))
+    answer = json.loads(output(rxd.rxctl("rxalice", "bind", code, "--json")))
     assert answer == {"platform_user": "alice", "uid": 2001, "user": "rxalice"}
 
 
 def test_admin_code_json_names_the_user_and_expiry(rxd: Rxd) -> None:
     result = rxd.rxctl(ADMIN, "admin", "code", "alice", "--linux-user", "rxalice", "--json")
-    answer = json.loads(ok(result))
+    answer = json.loads(output(result))
     assert (answer["platform_user"], answer["linux_user"]) == ("alice", "rxalice")
     expires = datetime.fromisoformat(answer["expires_at"].replace("Z", "+00:00"))
     assert expires > datetime.now(UTC)
@@ -98,7 +79,7 @@ def test_admin_code_json_names_the_user_and_expiry(rxd: Rxd) -> None:
 
 def test_a_used_code_cannot_be_used_again(rxd: Rxd) -> None:
     code = issue_code(rxd, "alice")
-    ok(rxd.rxctl("rxalice", "bind", code))
+    output(rxd.rxctl("rxalice", "bind", code))
     before = bindings(rxd)
     assert refused(rxd.rxctl("rxbob", "bind", code)) == "Error: binding code already used"
     assert bindings(rxd) == before
@@ -118,7 +99,7 @@ def test_a_code_for_another_linux_user_is_refused_and_not_used_up(rxd: Rxd) -> N
     line = refused(rxd.rxctl("rxbob", "bind", code))
     assert line == "Error: this binding code was issued for another Linux user, not rxbob"
     assert bindings(rxd) == []
-    ok(rxd.rxctl("rxalice", "bind", code))
+    output(rxd.rxctl("rxalice", "bind", code))
     assert [b["user"] for b in bindings(rxd)] == ["rxalice"]
 
 
@@ -145,7 +126,7 @@ def test_an_expired_code_is_refused(rxd: Rxd) -> None:
 
 
 def test_a_platform_user_bound_to_someone_else_cannot_be_bound_again(rxd: Rxd) -> None:
-    ok(rxd.rxctl("rxalice", "bind", issue_code(rxd, "alice")))
+    output(rxd.rxctl("rxalice", "bind", issue_code(rxd, "alice")))
     before = bindings(rxd)
     line = refused(rxd.rxctl("rxbob", "bind", issue_code(rxd, "alice")))
     assert line == (
@@ -155,7 +136,7 @@ def test_a_platform_user_bound_to_someone_else_cannot_be_bound_again(rxd: Rxd) -
 
 
 def test_a_bound_linux_user_cannot_bind_a_second_platform_user(rxd: Rxd) -> None:
-    ok(rxd.rxctl("rxalice", "bind", issue_code(rxd, "alice")))
+    output(rxd.rxctl("rxalice", "bind", issue_code(rxd, "alice")))
     before = bindings(rxd)
     line = refused(rxd.rxctl("rxalice", "bind", issue_code(rxd, "alice2")))
     assert line == "Error: Linux user rxalice is already bound to another platform user"
@@ -168,7 +149,7 @@ def test_root_cannot_bind_and_the_code_stays_usable(rxd: Rxd) -> None:
     line = refused(rxd.rxctl(None, "bind", code))
     assert line == "Error: root cannot be bound to a platform identity"
     assert bindings(rxd) == []
-    ok(rxd.rxctl("rxalice", "bind", code))
+    output(rxd.rxctl("rxalice", "bind", code))
 
 
 def test_a_system_account_cannot_bind(rxd: Rxd) -> None:
@@ -199,21 +180,21 @@ def test_admin_cannot_bind_root_system_or_unknown_accounts(
 
 
 def test_unbind_removes_the_binding(rxd: Rxd) -> None:
-    ok(rxd.rxctl("rxalice", "bind", issue_code(rxd, "alice")))
+    output(rxd.rxctl("rxalice", "bind", issue_code(rxd, "alice")))
     result = rxd.rxctl("rxalice", "unbind")
-    assert ok(result) == "Unbound rxalice (uid 2001) from platform user alice\n"
+    assert output(result) == "Unbound rxalice (uid 2001) from platform user alice\n"
     assert bindings(rxd) == []
     assert whoami(rxd, "rxalice")["bound"] is False
     line = refused(rxd.rxctl("rxalice", "unbind"))
     assert line == "Error: you have no bound platform identity"
     # Unbound, the platform user can be bound again with a new code.
-    ok(rxd.rxctl("rxalice", "bind", issue_code(rxd, "alice")))
+    output(rxd.rxctl("rxalice", "bind", issue_code(rxd, "alice")))
     assert [b["platform_user"] for b in bindings(rxd)] == ["alice"]
 
 
 def test_admin_bind_and_unbind_by_either_name(rxd: Rxd) -> None:
     result = rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxcarol")
-    assert ok(result) == "Bound rxcarol to platform user carol.\n"
+    assert output(result) == "Bound rxcarol to platform user carol.\n"
     [binding] = bindings(rxd)
     assert (binding["platform_user"], binding["user"], binding["bound_by"]) == (
         "carol",
@@ -221,14 +202,14 @@ def test_admin_bind_and_unbind_by_either_name(rxd: Rxd) -> None:
         ADMIN,
     )
     assert whoami(rxd, "rxcarol")["platform_user"] == "carol"
-    assert ok(rxd.rxctl(ADMIN, "admin", "unbind", "carol")) == (
+    assert output(rxd.rxctl(ADMIN, "admin", "unbind", "carol")) == (
         "Unbound rxcarol from platform user carol.\n"
     )
     assert bindings(rxd) == []
 
-    ok(rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxcarol"))
+    output(rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxcarol"))
     answer = json.loads(
-        ok(rxd.rxctl(ADMIN, "admin", "unbind", "--linux-user", "rxcarol", "--json"))
+        output(rxd.rxctl(ADMIN, "admin", "unbind", "--linux-user", "rxcarol", "--json"))
     )
     assert (answer["platform_user"], answer["user"]) == ("carol", "rxcarol")
     assert bindings(rxd) == []
@@ -236,7 +217,7 @@ def test_admin_bind_and_unbind_by_either_name(rxd: Rxd) -> None:
 
 
 def test_admin_bind_refuses_a_taken_platform_user_or_linux_user(rxd: Rxd) -> None:
-    ok(rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxcarol"))
+    output(rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxcarol"))
     before = bindings(rxd)
     line = refused(rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxdave"))
     assert line == "Error: platform user carol is already bound to Linux user rxcarol; unbind first"
@@ -258,7 +239,7 @@ def test_admin_bind_refuses_a_taken_platform_user_or_linux_user(rxd: Rxd) -> Non
     ids=lambda args: " ".join(args[:2]),
 )
 def test_non_admins_cannot_use_admin_commands(rxd: Rxd, args: tuple[str, ...]) -> None:
-    ok(rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxcarol"))
+    output(rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxcarol"))
     before = bindings(rxd)
     events_before = audit(rxd)
     for user in ("rxalice", "rxcarol"):
@@ -268,8 +249,8 @@ def test_non_admins_cannot_use_admin_commands(rxd: Rxd, args: tuple[str, ...]) -
 
 
 def test_root_is_an_admin(rxd: Rxd) -> None:
-    code = ok(rxd.rxctl(None, "admin", "code", "alice")).strip()
-    ok(rxd.rxctl("rxalice", "bind", code))
+    code = output(rxd.rxctl(None, "admin", "code", "alice")).strip()
+    output(rxd.rxctl("rxalice", "bind", code))
     assert [b["user"] for b in bindings(rxd)] == ["rxalice"]
 
 
@@ -281,10 +262,10 @@ def test_an_unbound_user_is_told_to_bind_before_creating_a_project(rxd: Rxd) -> 
 def test_audit_shows_binds_and_unbinds_with_actor_and_origin(rxd: Rxd) -> None:
     code = issue_code(rxd, "alice", "--linux-user", "rxalice")
     refused(rxd.rxctl("rxbob", "bind", code))
-    ok(rxd.rxctl("rxalice", "bind", code))
-    ok(rxd.rxctl("rxalice", "unbind"))
-    ok(rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxcarol"))
-    ok(rxd.rxctl(ADMIN, "admin", "unbind", "--linux-user", "rxcarol"))
+    output(rxd.rxctl("rxalice", "bind", code))
+    output(rxd.rxctl("rxalice", "unbind"))
+    output(rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxcarol"))
+    output(rxd.rxctl(ADMIN, "admin", "unbind", "--linux-user", "rxcarol"))
 
     events = audit(rxd)
     seen = [(e["action"], e["actor"], e["origin"], e["target_id"]) for e in events]
@@ -313,15 +294,15 @@ def test_audit_limit_since_and_text(rxd: Rxd) -> None:
     assert len(audit(rxd, "--since", "2000-01-01T00:00:00Z")) == 3
     line = refused(rxd.rxctl(ADMIN, "admin", "audit", "--since", "yesterday"))
     assert line.startswith("Error: since must be an ISO-8601 time")
-    text = ok(rxd.rxctl(ADMIN, "admin", "audit")).splitlines()
+    text = output(rxd.rxctl(ADMIN, "admin", "audit")).splitlines()
     assert text[0].split() == ["AT", "ACTOR", "ORIGIN", "ACTION", "TARGET", "DETAIL"]
     assert sum("identity.code-issued" in line for line in text[1:]) == 3
 
 
 def test_bindings_text_is_a_table(rxd: Rxd) -> None:
-    assert ok(rxd.rxctl(ADMIN, "admin", "bindings")) == "no bindings\n"
-    ok(rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxcarol"))
-    header, row = ok(rxd.rxctl(ADMIN, "admin", "bindings")).splitlines()
+    assert output(rxd.rxctl(ADMIN, "admin", "bindings")) == "no bindings\n"
+    output(rxd.rxctl(ADMIN, "admin", "bind", "carol", "rxcarol"))
+    header, row = output(rxd.rxctl(ADMIN, "admin", "bindings")).splitlines()
     assert header.split() == [
         "PLATFORM",
         "USER",
@@ -337,16 +318,12 @@ def test_bindings_text_is_a_table(rxd: Rxd) -> None:
     assert row.split()[-1] == ADMIN
 
 
+@pytest.mark.root(reason="starts a real rxd")
 def test_bind_in_local_mode_says_binding_is_automatic() -> None:
-    daemon = new_rxd()
-    daemon.start()
-    try:
+    with running_rxd() as daemon:
         line = refused(daemon.rxctl("rxalice", "bind", "AAAA-BBBB-CCCC"))
         assert line == (
             "Error: this deployment runs in standalone mode: "
             "every Linux user is bound automatically"
         )
         assert whoami(daemon, "rxalice")["platform_user"] == "rxalice"
-    finally:
-        assert daemon.stop() == 0, daemon.log_text()
-        shutil.rmtree(daemon.root, ignore_errors=True)

@@ -10,7 +10,6 @@ import json
 import os
 import pwd
 import shutil
-import sqlite3
 import stat
 import tempfile
 import threading
@@ -33,9 +32,10 @@ from rxslurm.daemon.images.pull import PullError, PullSettings
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.slurm.runas import RunAs
+from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd
-from tests.support.lifecycle import ok, status
+from tests.support.lifecycle import status
 from tests.support.registry import (
     APPTAINER,
     PULL_USER,
@@ -46,7 +46,7 @@ from tests.support.registry import (
     pulling_rxd,
 )
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="acting as the pull account needs root")
+needs_root = pytest.mark.root(reason="acting as the pull account needs root")
 ACCOUNT = RunAs("rxpull", 999, 995, (995,))
 
 # A stand-in for `apptainer pull OUT URI`: what it does depends on the reference's name.
@@ -396,15 +396,11 @@ def test_sweep_removes_what_a_stopped_pull_left(folder: Path) -> None:
 
 def state_events(rxd: Rxd, project: str) -> list[tuple[str, str, str]]:
     """(from, to, actor) of the container's state changes, oldest first."""
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        rows = conn.execute(
-            "SELECT actor, detail FROM events WHERE action = 'container.state' AND target_id = ? "
-            "ORDER BY id",
-            [f"rx-{project}"],
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = rxd.ledger_rows(
+        "SELECT actor, detail FROM events WHERE action = 'container.state' AND target_id = ? "
+        "ORDER BY id",
+        [f"rx-{project}"],
+    )
     return [(json.loads(d)["from"], json.loads(d)["to"], a) for a, d in rows]
 
 

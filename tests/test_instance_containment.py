@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import ok
 from tests.support.cluster import run_as, run_setup, wait_for
 from tests.support.daemon import VENV_BIN, Rxd
-from tests.support.lifecycle import make_project, ok, start_rxd, status, wait_state
+from tests.support.lifecycle import lifecycle_rxd, make_project, status, wait_state
 from tests.support.real_apptainer import APPTAINER, BASE_IMAGE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
@@ -37,11 +38,8 @@ GONE_WAIT_S = 60
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    daemon = start_rxd()
-    yield daemon
-    daemon.stop()
-    daemon.cancel_own_jobs()
-    shutil.rmtree(daemon.root, ignore_errors=True)
+    with lifecycle_rxd() as daemon:
+        yield daemon
 
 
 def proc_table() -> dict[int, tuple[int, int, str, str]]:

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import (
     comment_of,
+    lifecycle_rxd,
     make_project,
-    ok,
     rx_jobs,
     start_rxd,
     status,
@@ -30,10 +31,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    daemon = start_rxd()
-    yield daemon
-    daemon.stop()
-    daemon.cancel_own_jobs()
+    with lifecycle_rxd() as daemon:
+        yield daemon
 
 
 def test_enable_with_a_gpu_runs_a_job_as_the_bound_user(rxd: Rxd) -> None:
@@ -223,17 +222,11 @@ def test_slurm_not_answering_changes_nothing() -> None:
 
 
 def running_instance(rxd: Rxd, project: str) -> str:
-    import sqlite3
-
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        (instance,) = conn.execute(
-            "SELECT c.instance FROM containers c JOIN projects p ON p.id = c.project_id "
-            "WHERE p.name = ?",
-            [project],
-        ).fetchone()
-    finally:
-        conn.close()
+    ((instance,),) = rxd.ledger_rows(
+        "SELECT c.instance FROM containers c JOIN projects p ON p.id = c.project_id "
+        "WHERE p.name = ?",
+        [project],
+    )
     return str(instance)
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from tests.support.cli import ok
 from tests.support.cluster import wait_for
-from tests.support.daemon import RXCTL, Rxd, new_rxd, test_root
-from tests.support.lifecycle import lifecycle_config, ok
+from tests.support.daemon import RXCTL, Rxd, free_port, running_rxd, test_root
+from tests.support.lifecycle import lifecycle_config
 from tests.support.login_node import REPO, login_argv, run_on_login_node
 from tests.support.munge import needs_munged
 from tests.support.real_apptainer import BASE_IMAGE
 from tests.test_exec_e2e import CTRL_C_IN_INSTANCE_GAP, CTRL_C_SCRIPT, sleeping
-from tests.test_tcp_door import free_port
 
 pytestmark = [pytest.mark.cluster, needs_munged, pytest.mark.usefixtures("container_runtime")]
 
@@ -60,18 +60,12 @@ class LoginNode:
 @pytest.fixture(scope="module")
 def login() -> Iterator[LoginNode]:
     port = free_port()
-    rxd = new_rxd(lambda root: f'listen = "127.0.0.1:{port}"\n' + lifecycle_config(root))
-    rxd.start()
-    node = LoginNode(rxd, port)
-    try:
-        yield node
-    finally:
+    with running_rxd(lambda root: f'listen = "127.0.0.1:{port}"\n' + lifecycle_config(root)) as rxd:
+        node = LoginNode(rxd, port)
         try:
-            node.rxctl("rxalice", "stop", "--project", PROJECT)
+            yield node
         finally:
-            rxd.cancel_own_jobs()
-            assert rxd.stop() == 0, rxd.log_text()
-            shutil.rmtree(rxd.root, ignore_errors=True)
+            node.rxctl("rxalice", "stop", "--project", PROJECT)
 
 
 def running(login: LoginNode) -> dict:

@@ -15,6 +15,8 @@ import venv
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "results")
@@ -45,6 +47,7 @@ def test_changelog_has_the_current_version() -> None:
     assert f"## {PYPROJECT['project']['version']}" in changelog
 
 
+@pytest.mark.slow
 def test_wheel_builds_with_the_oldest_allowed_setuptools(tmp_path: Path) -> None:
     floor = setuptools_floor()
     env_dir = tmp_path / "env"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import ssl
 import subprocess
 import uuid
@@ -15,17 +14,11 @@ from pathlib import Path
 import pytest
 
 from rxslurm.daemon.config import parse_config
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.daemon import Rxd, free_port, new_rxd, running_rxd
 
 pytestmark = pytest.mark.cluster  # projects are validated against Slurm's partitions
 
 TOKEN = "t0k3n-" + "x" * 40
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def platform_config(root: Path, port: int, token_file: Path) -> str:
@@ -45,11 +38,8 @@ def write_token(root: Path, mode: int = 0o600) -> Path:
 @pytest.fixture(scope="module")
 def platform() -> Iterator[tuple[Rxd, int]]:
     port = free_port()
-    daemon = new_rxd(lambda root: platform_config(root, port, write_token(root)))
-    daemon.start()
-    yield daemon, port
-    daemon.stop()
-    daemon.cancel_own_jobs()
+    with running_rxd(lambda root: platform_config(root, port, write_token(root))) as daemon:
+        yield daemon, port
 
 
 def call(
@@ -202,9 +192,7 @@ def tls_config(root: Path, port: int, key_mode: int = 0o600) -> str:
 
 def test_with_tls_the_platform_is_served_on_any_address() -> None:
     port = free_port()
-    daemon = new_rxd(lambda root: tls_config(root, port))
-    daemon.start()
-    try:
+    with running_rxd(lambda root: tls_config(root, port)) as daemon:
         context = ssl.create_default_context(cafile=str(daemon.root / "platform.crt"))
         conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
         conn.request("GET", "/v1/projects", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -216,8 +204,6 @@ def test_with_tls_the_platform_is_served_on_any_address() -> None:
         # Plain HTTP on that port gets no answer from the API.
         with pytest.raises((http.client.HTTPException, ConnectionError)):
             call(port, "GET", "/v1/projects")
-    finally:
-        assert daemon.stop() == 0, daemon.log_text()
 
 
 def test_a_tls_key_others_can_read_is_refused_at_start() -> None:

@@ -7,16 +7,15 @@ partitions, so this whole module needs the test cluster.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.cli import output, refused
+from tests.support.daemon import Rxd, running_rxd
 
 pytestmark = pytest.mark.cluster
 
@@ -31,44 +30,26 @@ BAD_NAME = (
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
     """One daemon for the module: tests use their own project names."""
-    daemon = new_rxd(extra_config=f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n')
-    daemon.start()
-    yield daemon
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        assert daemon.stop() == 0, daemon.log_text()
-    shutil.rmtree(daemon.root, ignore_errors=True)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, (result.stdout, result.stderr)
-    return result.stdout
-
-
-def refused(result: subprocess.CompletedProcess[str]) -> str:
-    """The one `Error: ...` line of a refused command."""
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
+    with running_rxd(f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n') as daemon:
+        yield daemon
 
 
 def show(rxd: Rxd, user: str, name: str) -> dict[str, Any]:
-    return json.loads(ok(rxd.rxctl(user, "project", "show", name, "--json")))
+    return json.loads(output(rxd.rxctl(user, "project", "show", name, "--json")))
 
 
 def names(rxd: Rxd, user: str) -> list[str]:
-    answer = json.loads(ok(rxd.rxctl(user, "project", "list", "--json")))
+    answer = json.loads(output(rxd.rxctl(user, "project", "list", "--json")))
     return [p["name"] for p in answer["projects"]]
 
 
 def create(rxd: Rxd, user: str, name: str, *options: str) -> dict[str, Any]:
-    return json.loads(ok(rxd.rxctl(user, "project", "create", name, *options, "--json")))
+    return json.loads(output(rxd.rxctl(user, "project", "create", name, *options, "--json")))
 
 
 def test_create_makes_the_caller_owner(rxd: Rxd) -> None:
     result = rxd.rxctl("rxalice", "project", "create", "own")
-    assert ok(result) == "Created project own; you are its owner.\n"
+    assert output(result) == "Created project own; you are its owner.\n"
     project = show(rxd, "rxalice", "own")
     assert project["name"] == "own"
     assert project["role"] == "owner"
@@ -86,7 +67,7 @@ def test_each_user_sees_only_their_own_projects(rxd: Rxd) -> None:
     create(rxd, "rxbob", "bobs")
     assert "alices" in names(rxd, "rxalice") and "bobs" not in names(rxd, "rxalice")
     assert "bobs" in names(rxd, "rxbob") and "alices" not in names(rxd, "rxbob")
-    text = ok(rxd.rxctl("rxbob", "project", "list")).splitlines()
+    text = output(rxd.rxctl("rxbob", "project", "list")).splitlines()
     assert text[0].split() == ["PROJECT", "ROLE", "STATE", "CREATED", "BY"]
     assert ["bobs", "owner", "disabled", "rxbob"] in [line.split() for line in text[1:]]
     assert not any(line.startswith("alices") for line in text)
@@ -95,7 +76,7 @@ def test_each_user_sees_only_their_own_projects(rxd: Rxd) -> None:
 
 
 def test_a_user_without_projects_is_told_how_to_make_one(rxd: Rxd) -> None:
-    assert ok(rxd.rxctl("rxdave", "project", "list")) == (
+    assert output(rxd.rxctl("rxdave", "project", "list")) == (
         "no projects yet; create one with: rxctl project create NAME\n"
     )
 
@@ -191,13 +172,15 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
         *("--gpus", "2", "--gpu-type", "a100", "--gpu-driver", "nvidia"),
         *("--partition", "gpu", "--time-limit", "120", "--idle-timeout", "30"),
     )
-    assert ok(result).startswith("Updated project tuned: image=docker://python:3.12-slim, cpus=2")
+    assert output(result).startswith(
+        "Updated project tuned: image=docker://python:3.12-slim, cpus=2"
+    )
     project = show(rxd, "rxalice", "tuned")
     assert project["settings"] == settings
     assert project["effective"] == settings  # nothing left to the deployment defaults
 
     # Only the options given change; `--gpu-driver none` clears the driver.
-    ok(rxd.rxctl("rxalice", "project", "set", "tuned", "--gpu-driver", "none", "--cpus", "0"))
+    output(rxd.rxctl("rxalice", "project", "set", "tuned", "--gpu-driver", "none", "--cpus", "0"))
     project = show(rxd, "rxalice", "tuned")
     assert project["settings"] == {**settings, "gpu_driver": "", "cpus": 0}
     assert project["effective"]["cpus"] >= 1  # 0 is the deployment default, filled in
@@ -216,7 +199,7 @@ def test_gpu_memory_is_no_setting_and_an_old_row_holding_it_still_reads(rxd: Rxd
         db.close()
     project = show(rxd, "rxalice", "oldgpumem")
     assert "gpu_mem_gb" not in project["settings"] and "gpu_mem_gb" not in project["effective"]
-    ok(rxd.rxctl("rxalice", "project", "set", "oldgpumem", "--cpus", "2"))
+    output(rxd.rxctl("rxalice", "project", "set", "oldgpumem", "--cpus", "2"))
     assert show(rxd, "rxalice", "oldgpumem")["settings"]["cpus"] == 2
 
 
@@ -231,9 +214,9 @@ def test_settings_given_at_create_are_kept(rxd: Rxd) -> None:
 
 def test_show_text_has_settings_run_as_workspace_and_members(rxd: Rxd) -> None:
     create(rxd, "rxalice", "shown", "--cpus", "2")
-    ok(rxd.rxctl("rxalice", "project", "member", "add", "shown", "rxbob", "--role", "viewer"))
+    output(rxd.rxctl("rxalice", "project", "member", "add", "shown", "rxbob", "--role", "viewer"))
     project = show(rxd, "rxalice", "shown")
-    text = ok(rxd.rxctl("rxbob", "project", "show", "shown"))
+    text = output(rxd.rxctl("rxbob", "project", "show", "shown"))
     lines = [line.split() for line in text.splitlines()]
     assert ["project", "shown"] in lines
     assert ["your", "role", "viewer"] in lines
@@ -277,7 +260,7 @@ def test_delete_needs_yes_and_then_removes_the_project(rxd: Rxd) -> None:
     line = refused(rxd.rxctl("rxalice", "project", "delete", "doomed"))
     assert line == "Error: deleting project doomed cannot be undone; add --yes to do it"
     assert "doomed" in names(rxd, "rxalice")
-    assert ok(rxd.rxctl("rxalice", "project", "delete", "doomed", "--yes")) == (
+    assert output(rxd.rxctl("rxalice", "project", "delete", "doomed", "--yes")) == (
         "Deleted project doomed.\n"
     )
     assert "doomed" not in names(rxd, "rxalice")
@@ -291,23 +274,23 @@ def test_delete_needs_yes_and_then_removes_the_project(rxd: Rxd) -> None:
 def test_members_are_added_changed_and_removed(rxd: Rxd) -> None:
     create(rxd, "rxalice", "team")
     result = rxd.rxctl("rxalice", "project", "member", "add", "team", "rxcarol", "--role", "editor")
-    assert ok(result) == "Added rxcarol to team as editor.\n"
+    assert output(result) == "Added rxcarol to team as editor.\n"
     assert "team" in names(rxd, "rxcarol")
     assert show(rxd, "rxcarol", "team")["role"] == "editor"
 
     result = rxd.rxctl("rxalice", "project", "member", "set-role", "team", "rxcarol", "viewer")
-    assert ok(result) == "rxcarol is now viewer in team.\n"
+    assert output(result) == "rxcarol is now viewer in team.\n"
     assert show(rxd, "rxcarol", "team")["role"] == "viewer"
 
     result = rxd.rxctl("rxalice", "project", "member", "rm", "team", "rxcarol")
-    assert ok(result) == "Removed rxcarol from team.\n"
+    assert output(result) == "Removed rxcarol from team.\n"
     assert "team" not in names(rxd, "rxcarol")
     assert [m["user"] for m in show(rxd, "rxalice", "team")["members"]] == ["rxalice"]
 
 
 def test_member_changes_that_would_break_the_project_are_refused(rxd: Rxd) -> None:
     create(rxd, "rxalice", "guarded")
-    ok(rxd.rxctl("rxalice", "project", "member", "add", "guarded", "rxbob", "--role", "viewer"))
+    output(rxd.rxctl("rxalice", "project", "member", "add", "guarded", "rxbob", "--role", "viewer"))
     before = show(rxd, "rxalice", "guarded")
     cases = [
         (
@@ -342,10 +325,10 @@ def test_run_as_switches_between_service_account_and_owner(rxd: Rxd) -> None:
     project = create(rxd, "rxalice", "runner")
     assert (project["run_as"], project["runtime_user"]) == ("service", SERVICE_ACCOUNT)
     result = rxd.rxctl("rxalice", "project", "run-as", "runner", "bound")
-    assert ok(result) == "Project runner runs as bound (runtime user rxalice).\n"
+    assert output(result) == "Project runner runs as bound (runtime user rxalice).\n"
     project = show(rxd, "rxalice", "runner")
     assert (project["run_as"], project["runtime_user"]) == ("bound", "rxalice")
-    ok(rxd.rxctl("rxalice", "project", "run-as", "runner", "service"))
+    output(rxd.rxctl("rxalice", "project", "run-as", "runner", "service"))
     assert show(rxd, "rxalice", "runner")["runtime_user"] == SERVICE_ACCOUNT
 
 
@@ -356,11 +339,11 @@ def test_root_has_no_platform_identity_to_own_a_project(rxd: Rxd) -> None:
 
 def test_project_changes_are_audited_with_actor_and_origin(rxd: Rxd) -> None:
     create(rxd, "rxalice", "traced")
-    ok(rxd.rxctl("rxalice", "project", "set", "traced", "--idle-timeout", "15"))
-    ok(rxd.rxctl("rxalice", "project", "member", "add", "traced", "rxbob", "--role", "viewer"))
-    events = json.loads(ok(rxd.rxctl("rxop", "admin", "audit", "--project", "traced", "--json")))[
-        "events"
-    ]
+    output(rxd.rxctl("rxalice", "project", "set", "traced", "--idle-timeout", "15"))
+    output(rxd.rxctl("rxalice", "project", "member", "add", "traced", "rxbob", "--role", "viewer"))
+    events = json.loads(
+        output(rxd.rxctl("rxop", "admin", "audit", "--project", "traced", "--json"))
+    )["events"]
     seen = {(e["action"], e["actor"], e["origin"], e["target_id"]) for e in events}
     assert {
         ("project.created", "rxalice", "socket", "traced"),

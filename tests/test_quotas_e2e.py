@@ -6,27 +6,26 @@ jobs. The ledger is read directly only to sample leases while containers settle 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
 import tomllib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.support.cli import ok, refused
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import (
+    ADMIN,
     comment_of,
+    gpu_leases,
+    gpu_quota_rxd,
+    lifecycle_rxd,
     make_project,
-    ok,
     rx_jobs,
-    start_rxd,
     status,
     wait_state,
 )
@@ -34,20 +33,8 @@ from tests.support.real_apptainer import BASE_IMAGE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
-ADMIN = "rxop"
 IMAGE = str(BASE_IMAGE)
 WAITING = "waiting_for_resources"
-
-
-@contextlib.contextmanager
-def daemon(extra: str = "", **containers: str) -> Iterator[Rxd]:
-    rxd = start_rxd(extra, **containers)
-    try:
-        yield rxd
-    finally:
-        rxd.stop()
-        rxd.cancel_own_jobs()
-        shutil.rmtree(rxd.root, ignore_errors=True)
 
 
 def admin(rxd: Rxd, *args: str) -> str:
@@ -56,25 +43,6 @@ def admin(rxd: Rxd, *args: str) -> str:
 
 def admin_json(rxd: Rxd, *args: str) -> Any:
     return json.loads(admin(rxd, *args, "--json"))
-
-
-def refused(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, f"stdout={result.stdout!r} stderr={result.stderr!r}"
-    return result.stderr
-
-
-def ledger_rows(rxd: Rxd, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """A read-only look at rxd's ledger (WAL: never blocks rxd's writers)."""
-    conn = sqlite3.connect(f"{rxd.ledger.as_uri()}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(query, args).fetchall()
-    finally:
-        conn.close()
-
-
-def leases(rxd: Rxd) -> dict[str, int]:
-    """Project -> GPUs leased."""
-    return dict(ledger_rows(rxd, "SELECT project, gpus FROM leases"))
 
 
 def enable_gpu_project(rxd: Rxd, name: str, user: str) -> None:
@@ -103,8 +71,7 @@ def rxctl_all(rxd: Rxd, calls: list[tuple[str, ...]]) -> list[subprocess.Complet
 def test_two_of_three_run_the_third_waits_and_starts_when_an_admin_stops_one() -> None:
     # A long interval: the third must start in the pass that sees the stop, not a later one.
     interval = 8.0
-    with daemon(reconcile_interval=str(interval)) as rxd:
-        admin(rxd, "quota", "set", "--partition", "gpu", "--gpus", "2")
+    with gpu_quota_rxd(2, reconcile_interval=str(interval)) as rxd:
         owners = {"qa": "rxalice", "qb": "rxbob", "qc": "rxcarol"}
         for name, user in owners.items():
             make_project(rxd, name, "--gpus", "1", "--partition", "gpu", user=user)
@@ -128,7 +95,7 @@ def test_two_of_three_run_the_third_waits_and_starts_when_an_admin_stops_one() -
         assert prefix == "partition gpu: deployment quota 2 GPUs, 2", waiting
         assert rest.removesuffix("; this container needs 1") in holders, waiting
         assert waiting["job_id"] is None
-        assert leases(rxd) == {first: 1, second: 1}
+        assert gpu_leases(rxd) == {first: 1, second: 1}
 
         # The admin's view: every container, with what it holds or asks.
         seen = {c["project"]: c for c in admin_json(rxd, "containers")["containers"]}
@@ -162,7 +129,7 @@ def test_two_of_three_run_the_third_waits_and_starts_when_an_admin_stops_one() -
         # An admin stops a container that is not theirs; the audit log says who.
         refused_stop = rxd.rxctl("rxdave", "admin", "stop", first)
         assert refused(refused_stop) == (
-            "Error: this needs an rx-slurm admin (root or the admin group)\n"
+            "Error: this needs an rx-slurm admin (root or the admin group)"
         )
         assert admin(rxd, "stop", first) == f"{first}: stopped by an admin; now stopping\n"
         wait_state(rxd, first, "stopped", user=owners[first], timeout=30)
@@ -173,7 +140,7 @@ def test_two_of_three_run_the_third_waits_and_starts_when_an_admin_stops_one() -
         )
         assert started["job_id"]
         wait_state(rxd, third, "running", user=owners[third])
-        assert leases(rxd) == {second: 1, third: 1}
+        assert gpu_leases(rxd) == {second: 1, third: 1}
         events = admin_json(rxd, "audit", "--limit", "200")["events"]
         assert any(
             e["actor"] == ADMIN
@@ -185,9 +152,8 @@ def test_two_of_three_run_the_third_waits_and_starts_when_an_admin_stops_one() -
 
 
 def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> None:
-    with daemon() as rxd:
+    with gpu_quota_rxd(2) as rxd:
         names = [f"herd{i:02d}" for i in range(20)]
-        admin(rxd, "quota", "set", "--partition", "gpu", "--gpus", "2")
         script = (
             "import sys, threading\n"
             "from rxslurm.cli.client import Client\n"
@@ -208,11 +174,10 @@ def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> No
 
         def sample() -> None:
             while not done.is_set():
-                (count, gpus), *_ = ledger_rows(
-                    rxd, "SELECT count(*), coalesce(sum(gpus), 0) FROM leases"
+                (count, gpus), *_ = rxd.ledger_rows(
+                    "SELECT count(*), coalesce(sum(gpus), 0) FROM leases"
                 )
-                (holding,), *_ = ledger_rows(
-                    rxd,
+                (holding,), *_ = rxd.ledger_rows(
                     "SELECT count(*) FROM containers WHERE state IN "
                     "('starting', 'running', 'stopping') OR (state = ? AND job_id IS NOT NULL)",
                     (WAITING,),
@@ -234,14 +199,14 @@ def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> No
             def settled() -> bool:
                 seen.clear()
                 seen.update(
-                    ledger_rows(rxd, "SELECT state, count(*) FROM containers GROUP BY state")
+                    rxd.ledger_rows("SELECT state, count(*) FROM containers GROUP BY state")
                 )
                 return seen == {"running": 2, WAITING: 18}
 
             try:
                 wait_for(settled, timeout=120, what="2 running and 18 waiting")
             except TimeoutError as exc:
-                reasons = ledger_rows(rxd, "SELECT name, state, reason, job_id FROM containers")
+                reasons = rxd.ledger_rows("SELECT name, state, reason, job_id FROM containers")
                 raise AssertionError(f"{exc}; states {seen}; {reasons}") from None
         finally:
             done.set()
@@ -256,7 +221,7 @@ def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> No
         assert len(jobs) == 2, jobs
         waiting = [
             r[0]
-            for r in ledger_rows(rxd, "SELECT reason FROM containers WHERE state = ?", (WAITING,))
+            for r in rxd.ledger_rows("SELECT reason FROM containers WHERE state = ?", (WAITING,))
         ]
         assert all(w.startswith("partition gpu: ") for w in waiting), waiting
 
@@ -265,13 +230,13 @@ def test_twenty_concurrent_enables_never_hold_more_leases_than_the_quota() -> No
             ok(stopped)
         wait_for(
             lambda: (
-                ledger_rows(rxd, "SELECT count(*) FROM containers WHERE state != 'stopped'")
+                rxd.ledger_rows("SELECT count(*) FROM containers WHERE state != 'stopped'")
                 == [(0,)]
             ),
             timeout=90,
             what="every container to stop",
         )
-        assert leases(rxd) == {}
+        assert gpu_leases(rxd) == {}
         for disabled in rxctl_all(rxd, [("rxalice", "disable", "--project", n) for n in names]):
             ok(disabled)
 
@@ -287,8 +252,7 @@ def rx_jobs_all() -> list[list[str]]:
 
 
 def test_leases_go_when_jobs_are_cancelled_or_fail_outside_rxd() -> None:
-    with daemon() as rxd:
-        admin(rxd, "quota", "set", "--partition", "gpu", "--gpus", "1")
+    with gpu_quota_rxd(1) as rxd:
         enable_gpu_project(rxd, "la", "rxalice")
         first = wait_state(rxd, "la", "running")
         enable_gpu_project(rxd, "lb", "rxalice")
@@ -301,33 +265,32 @@ def test_leases_go_when_jobs_are_cancelled_or_fail_outside_rxd() -> None:
             "cancelled outside rx-slurm"
         )
         second = wait_state(rxd, "lb", "running", timeout=60)
-        assert leases(rxd) == {"lb": 1}
+        assert gpu_leases(rxd) == {"lb": 1}
         # The job fails outside rx-slurm (its batch shell is killed): error, lease released.
         ok(run_as("rxalice", ["scancel", "--batch", "--signal=KILL", str(second["job_id"])]))
         failed = wait_state(rxd, "lb", "error", timeout=30)
         assert f"Slurm job {second['job_id']} ended FAILED" in failed["reason"]
-        assert leases(rxd) == {}
+        assert gpu_leases(rxd) == {}
         ok(rxd.rxctl("rxalice", "start", "--project", "la"))
         wait_state(rxd, "la", "running")
-        assert leases(rxd) == {"la": 1}
+        assert gpu_leases(rxd) == {"la": 1}
 
 
 def test_reject_policy_refuses_in_one_line_with_no_job_and_no_lease() -> None:
-    with daemon('[quotas]\npolicy = "reject"\n') as rxd:
-        admin(rxd, "quota", "set", "--partition", "gpu", "--gpus", "1")
+    with gpu_quota_rxd(1, '[quotas]\npolicy = "reject"\n') as rxd:
         enable_gpu_project(rxd, "ra", "rxalice")
         wait_state(rxd, "ra", "running")
         make_project(rxd, "rb", "--gpus", "1", "--partition", "gpu", user="rxbob")
         expected = (
             "Error: over quota: partition gpu: deployment quota 1 GPUs, 1 in use by ra (1); "
-            "this container needs 1\n"
+            "this container needs 1"
         )
         assert refused(rxd.rxctl("rxbob", "enable", "--project", "rb")) == expected
         assert refused(rxd.rxctl("rxbob", "start", "--project", "rb")) == expected
         rb = wait_state(rxd, "rb", "stopped", user="rxbob")
         assert rb["job_id"] is None and rb["over_quota"] is False
         assert rx_jobs(comment_of(rxd, "rb")) == []
-        assert leases(rxd) == {"ra": 1}
+        assert gpu_leases(rxd) == {"ra": 1}
         ok(rxd.rxctl("rxalice", "stop", "--project", "ra"))
         wait_state(rxd, "ra", "stopped")
         # Nothing was queued: rb stays stopped until someone starts it.
@@ -370,7 +333,7 @@ def test_mirrored_qos_makes_plain_sbatch_over_the_user_limit_pend() -> None:
     before = assocs_of("rxcarol")
     jobs: list[str] = []
     removed = qos = ""
-    with daemon() as rxd:
+    with lifecycle_rxd() as rxd:
         qos = f"{rxd_tag(rxd)}-gpu-user-rxcarol"
         try:
             text = admin(
@@ -446,7 +409,7 @@ def test_mirrored_qos_makes_plain_sbatch_over_the_user_limit_pend() -> None:
             )
             pending = status(rxd, "rxcarol", "mq")
             assert pending["state"] == WAITING and pending["over_quota"] is False
-            assert leases(rxd) == {"mq": 1}
+            assert gpu_leases(rxd) == {"mq": 1}
             ok(rxd.rxctl("rxcarol", "stop", "--project", "mq"))
             wait_state(rxd, "mq", "stopped", user="rxcarol")
         finally:
@@ -498,12 +461,12 @@ def rxd_tag(rxd: Rxd) -> str:
 
 
 def test_quota_commands_refuse_in_one_line() -> None:
-    with daemon() as rxd:
+    with lifecycle_rxd() as rxd:
         assert refused(
             rxd.rxctl(ADMIN, "admin", "quota", "set", "--partition", "nope", "--gpus", "1")
-        ) == ("Error: unknown partition 'nope'; Slurm has: cpu, gpu\n")
+        ) == ("Error: unknown partition 'nope'; Slurm has: cpu, gpu")
         assert refused(rxd.rxctl(ADMIN, "admin", "quota", "set", "--partition", "gpu")) == (
-            "Error: a quota needs at least one limit (gpus, cpus, mem_mb or containers)\n"
+            "Error: a quota needs at least one limit (gpus, cpus, mem_mb or containers)"
         )
         both = rxd.rxctl(
             ADMIN,
@@ -519,12 +482,12 @@ def test_quota_commands_refuse_in_one_line() -> None:
             "--gpus",
             "1",
         )
-        assert refused(both) == "Error: give at most one of --project and --user\n"
+        assert refused(both) == "Error: give at most one of --project and --user"
         assert refused(rxd.rxctl("rxalice", "admin", "quota", "list")) == (
-            "Error: this needs an rx-slurm admin (root or the admin group)\n"
+            "Error: this needs an rx-slurm admin (root or the admin group)"
         )
         assert refused(rxd.rxctl(ADMIN, "admin", "quota", "rm", "99")) == (
-            "Error: no quota with id 99\n"
+            "Error: no quota with id 99"
         )
         assert admin(rxd, "quota", "list") == (
             "no quotas; set one with: rxctl admin quota set --partition P --gpus N\n"
@@ -556,5 +519,5 @@ def test_quota_commands_refuse_in_one_line() -> None:
         ]
         assert admin(rxd, "containers") == "no container is starting, running or waiting\n"
         assert refused(rxd.rxctl(ADMIN, "admin", "stop", "ghost")) == (
-            "Error: no project named 'ghost' (or you are not a member)\n"
+            "Error: no project named 'ghost' (or you are not a member)"
         )

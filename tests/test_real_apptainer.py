@@ -19,7 +19,7 @@ from rxslurm.slurm.script import render_batch_script
 from tests.support.daemon import test_root
 from tests.support.real_apptainer import APPTAINER, BASE_IMAGE
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="acting as a test user needs root")
+needs_root = pytest.mark.root(reason="acting as a test user needs root")
 ALICE = RunAs("rxalice", 2001, 2001, (2001,), "/home/rxalice")
 
 

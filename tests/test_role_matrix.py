@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import pwd
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,9 +24,10 @@ from typing import Any
 import pytest
 
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role
-from tests.support.cluster import wait_for
-from tests.support.daemon import Rxd, new_rxd
-from tests.support.lifecycle import lifecycle_config
+from tests.support import lifecycle as support_lifecycle
+from tests.support.cli import output
+from tests.support.daemon import Rxd
+from tests.support.lifecycle import lifecycle_rxd
 from tests.support.real_apptainer import BASE_IMAGE, link_image
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
@@ -128,40 +128,24 @@ def matrix() -> list[Any]:
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
     # A service account, so that run-as can be switched both ways; fast reconciling for containers.
-    daemon = new_rxd(
-        lambda root: lifecycle_config(root) + f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n'
-    )
-    daemon.start()
-    try:
-        # Standalone mode binds a user on their first call, which shows in the project's member
-        # list (their linux_user): have everyone call once, so only the actions under test differ.
-        for user in ACTORS.values():
-            ok(daemon.rxctl(user, "whoami"))
+    # Standalone mode binds a user on their first call, which shows in the project's member
+    # list (their linux_user): have everyone call once, so only the actions under test differ.
+    service = f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n'
+    with lifecycle_rxd(service, bind=ACTORS.values()) as daemon:
         make_project(daemon, PROJECT)
         make_project(daemon, LIVE, "--image", IMAGE)
         make_project(daemon, BROKEN, "--image", str(late_image(daemon)))
         yield daemon
-    finally:
-        # Free the cluster for others: no job of this module outlives it.
-        daemon.cancel_own_jobs()
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            assert daemon.stop() == 0, daemon.log_text()
-        shutil.rmtree(daemon.root, ignore_errors=True)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
-    return result.stdout
 
 
 def make_project(rxd: Rxd, name: str, *options: str) -> None:
-    ok(rxd.rxctl(OWNER, "project", "create", name, *options))
+    output(rxd.rxctl(OWNER, "project", "create", name, *options))
     for user, role in MEMBERS.items():
-        ok(rxd.rxctl(OWNER, "project", "member", "add", name, user, "--role", role.value))
+        output(rxd.rxctl(OWNER, "project", "member", "add", name, user, "--role", role.value))
 
 
 def owner_view(rxd: Rxd, name: str = PROJECT) -> dict[str, Any]:
-    return json.loads(ok(rxd.rxctl(OWNER, "project", "show", name, "--json")))
+    return json.loads(output(rxd.rxctl(OWNER, "project", "show", name, "--json")))
 
 
 def assert_refused(
@@ -214,15 +198,15 @@ def test_role_matrix(rxd: Rxd, case: str, actor: str) -> None:
         assert_refused(result, actor, spec.action, PROJECT)
         assert owner_view(rxd) == before
         return
-    output = ok(result)
+    printed = output(result)
     if spec.action is Action.VIEW:
-        shown = json.loads(output)
+        shown = json.loads(printed)
         assert (shown["name"], shown["members"]) == (PROJECT, before["members"])
         assert shown["role"] == (actor if actor in (r.value for r in Role) else None)
     after = owner_view(rxd)
     assert spec.done(before, after), after
     if spec.undo is not None:
-        ok(rxd.rxctl(OWNER, *spec.undo(before)))
+        output(rxd.rxctl(OWNER, *spec.undo(before)))
         assert owner_view(rxd) == before
 
 
@@ -233,13 +217,13 @@ def check_delete(rxd: Rxd, actor: str, user: str) -> None:
     before = owner_view(rxd, name)
     result = rxd.rxctl(user, "project", "delete", name, "--yes")
     if may(actor, Action.DELETE_PROJECT):
-        assert ok(result) == f"Deleted project {name}.\n"
+        assert output(result) == f"Deleted project {name}.\n"
         gone = rxd.rxctl(OWNER, "project", "show", name)
         assert gone.returncode == 1
         return
     assert_refused(result, actor, Action.DELETE_PROJECT, name)
     assert owner_view(rxd, name) == before
-    ok(rxd.rxctl(OWNER, "project", "delete", name, "--yes"))
+    output(rxd.rxctl(OWNER, "project", "delete", name, "--yes"))
 
 
 # -- the container's actions -------------------------------------------------------------------
@@ -260,21 +244,11 @@ def late_image(rxd: Rxd) -> Path:
 
 
 def status(rxd: Rxd, project: str) -> dict[str, Any]:
-    return json.loads(ok(rxd.rxctl(OWNER, "status", "--project", project, "--json")))
+    return support_lifecycle.status(rxd, OWNER, project)
 
 
 def wait_state(rxd: Rxd, project: str, *states: str, timeout: float = START_TIMEOUT_S) -> dict:
-    seen: dict[str, Any] = {}
-
-    def reached() -> bool:
-        seen.update(status(rxd, project))
-        return seen["state"] in states
-
-    try:
-        wait_for(reached, timeout=timeout, what=f"{project} to reach {states}")
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}; last status: {seen}\n{rxd.log_text()[-3000:]}") from None
-    return seen
+    return support_lifecycle.wait_state(rxd, project, *states, timeout=timeout, user=OWNER)
 
 
 def wait_holding(rxd: Rxd, project: str) -> dict[str, Any]:
@@ -285,7 +259,7 @@ def wait_holding(rxd: Rxd, project: str) -> dict[str, Any]:
 
 
 def as_owner(rxd: Rxd, command: str, project: str) -> None:
-    ok(rxd.rxctl(OWNER, command, "--project", project))
+    output(rxd.rxctl(OWNER, command, "--project", project))
 
 
 def bring(rxd: Rxd, project: str, want: str) -> dict[str, Any]:
@@ -466,7 +440,7 @@ def test_container_role_matrix(rxd: Rxd, action: Action, actor: str) -> None:
         case.prepare(rxd)
     result = rxd.rxctl(ACTORS[actor], *case.argv(actor))
     if allowed:
-        ok(result)
+        output(result)
         case.check(rxd, actor, before)
         return
     assert_refused(result, actor, action, case.project)

@@ -13,7 +13,7 @@ import pytest
 
 from rxslurm.slurm.runas import SAFE_PATH, RunAs, RunAsError, can_enter, clean_env, run
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+pytestmark = pytest.mark.root(reason="dropping to another user needs root")
 
 ALICE_UID, RXUSERS_GID = 2001, 2000
 

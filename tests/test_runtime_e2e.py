@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 import subprocess
 import zipfile
 from collections.abc import Iterator
@@ -14,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import ok
 from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
-from tests.support.lifecycle import make_project, ok, start_rxd, status, wait_state
+from tests.support.lifecycle import lifecycle_rxd, make_project, status, wait_state
 from tests.support.real_apptainer import APPTAINER
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
@@ -29,32 +29,29 @@ PLAIN = "rt-plain"
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    daemon = start_rxd()
-    yield daemon
-    stop_all(daemon, INSTALL, CONTAINED)
+    with lifecycle_rxd() as daemon:
+        yield daemon
+        stop_all(daemon, INSTALL, CONTAINED)
 
 
 @pytest.fixture(scope="module")
 def plain_rxd() -> Iterator[Rxd]:
     """A deployment that turned containment off: no --fakeroot, the host's home and /tmp."""
-    daemon = start_rxd(
+    plain = (
         f'[apptainer]\nbinary = "{APPTAINER}"\nfakeroot = false\nhome = "host"\n'
         "private_tmp = false\n"
     )
-    yield daemon
-    stop_all(daemon, PLAIN)
+    with lifecycle_rxd(plain) as daemon:
+        yield daemon
+        stop_all(daemon, PLAIN)
 
 
 def stop_all(daemon: Rxd, *projects: str) -> None:
-    try:
-        for project in projects:
-            daemon.rxctl("rxalice", "stop", "--project", project)
-        for project in projects:
-            wait_state(daemon, project, "stopped", "disabled", "error", timeout=60)
-    finally:
-        daemon.stop()
-        daemon.cancel_own_jobs()
-        shutil.rmtree(daemon.root, ignore_errors=True)
+    """Stop the module's containers and wait for them to rest, before rxd is shut down."""
+    for project in projects:
+        daemon.rxctl("rxalice", "stop", "--project", project)
+    for project in projects:
+        wait_state(daemon, project, "stopped", "disabled", "error", timeout=60)
 
 
 def running(rxd: Rxd, project: str) -> dict:

@@ -26,7 +26,7 @@ from rxslurm.slurm.script import render_batch_script
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
 FIXTURE_NONCE = "0123456789abcdef"
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="acting as test users needs root")
+needs_root = pytest.mark.root(reason="acting as test users needs root")
 
 
 def shared_dir(prefix: str) -> Path:

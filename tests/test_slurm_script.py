@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -15,10 +14,10 @@ from rxslurm.slurm.script import (
     render_batch_script,
     template_params,
 )
+from tests.support.golden import assert_golden
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
 GOLDEN = FIXTURES / "probe.golden.sh"
-REGEN_ENV = "RXSLURM_REGEN_GOLDEN"
 
 GOLDEN_VALUES = {
     "message": "hello from rx-slurm",
@@ -30,15 +29,7 @@ GOLDEN_VALUES = {
 
 def test_probe_template_matches_golden_file() -> None:
     rendered = render_batch_script("probe.sh", **GOLDEN_VALUES)
-    if os.environ.get(REGEN_ENV) == "1":
-        GOLDEN.write_text(rendered, encoding="utf-8")
-        pytest.skip(f"regenerated {GOLDEN}")
-    expected = GOLDEN.read_text(encoding="utf-8")
-    assert rendered == expected, (
-        f"probe.sh renders differently from {GOLDEN.name}. If the change is intended, "
-        f"regenerate it with `{REGEN_ENV}=1 .venv/bin/pytest tests/test_slurm_script.py` "
-        "and review the diff before committing."
-    )
+    assert_golden(GOLDEN, rendered, "tests/test_slurm_script.py")
 
 
 def test_declared_parameters_are_listed() -> None:

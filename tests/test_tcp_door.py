@@ -5,10 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import socket
-import sqlite3
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,10 @@ from hypothesis import strategies as st
 
 from rxslurm.daemon.api.munge_door import AUDIT_BURST
 from rxslurm.slurm.hooks import job_event
+from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
-from tests.support.daemon import RXCTL, VENV_BIN, Rxd, new_rxd
-from tests.support.lifecycle import lifecycle_config, ok
+from tests.support.daemon import RXCTL, VENV_BIN, Rxd, free_port, running_rxd
+from tests.support.lifecycle import lifecycle_config
 from tests.support.munge import needs_munged, other_munged  # noqa: F401
 from tests.support.real_apptainer import BASE_IMAGE
 
@@ -28,12 +28,6 @@ pytestmark = [pytest.mark.cluster, needs_munged]
 ALICE_UID = 2001
 BOB_UID = 2002
 IMAGE = str(BASE_IMAGE)  # built locally by tests/cluster/images.sh
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Door:
@@ -61,40 +55,29 @@ class Door:
             conn.close()
 
     def refusals(self) -> list[dict]:
-        conn = sqlite3.connect(self.rxd.ledger)
-        try:
-            rows = conn.execute(
-                "SELECT actor, actor_uid, origin, detail FROM events "
-                "WHERE action = 'door.refused' ORDER BY id"
-            ).fetchall()
-        finally:
-            conn.close()
+        rows = self.rxd.ledger_rows(
+            "SELECT actor, actor_uid, origin, detail FROM events "
+            "WHERE action = 'door.refused' ORDER BY id"
+        )
         return [{"actor": a, "actor_uid": u, "origin": o, **json.loads(d)} for a, u, o, d in rows]
 
     def projects(self) -> list[str]:
-        conn = sqlite3.connect(self.rxd.ledger)
-        try:
-            return [name for (name,) in conn.execute("SELECT name FROM projects ORDER BY name")]
-        finally:
-            conn.close()
+        return [name for (name,) in self.rxd.ledger_rows("SELECT name FROM projects ORDER BY name")]
 
 
-def start_door(extra: str = "") -> Door:
+@contextmanager
+def opened_door() -> Iterator[Door]:
+    """An rxd that runs containers and listens on a network door; shut down afterwards."""
     port = free_port()
-    rxd = new_rxd(lambda root: f'listen = "127.0.0.1:{port}"\n' + lifecycle_config(root) + extra)
-    rxd.start()
-    return Door(rxd, port)
+    with running_rxd(lambda root: f'listen = "127.0.0.1:{port}"\n' + lifecycle_config(root)) as rxd:
+        yield Door(rxd, port)
 
 
 @pytest.fixture
 def door() -> Iterator[Door]:
     """A fresh rxd with its network door (fresh, so each test has its own audit allowance)."""
-    opened = start_door()
-    yield opened
-    if opened.rxd.proc is not None and opened.rxd.proc.poll() is None:
-        assert opened.rxd.stop() == 0, opened.rxd.log_text()
-    opened.rxd.cancel_own_jobs()
-    shutil.rmtree(opened.rxd.root, ignore_errors=True)
+    with opened_door() as opened:
+        yield opened
 
 
 CREDENTIAL_SCRIPT = """
@@ -171,14 +154,10 @@ def test_a_container_lifecycle_over_the_network_door(door: Door) -> None:
     assert refused.stderr == "Error: no project named 'netproj' (or you are not a member)\n"
     ok(door.rxctl("rxalice", "stop", "--project", "netproj"))
     wait_for(lambda: state()["state"] == "stopped", 90, 0.5, what="netproj stopped")
-    conn = sqlite3.connect(door.rxd.ledger)
-    try:
-        origins = conn.execute(
-            "SELECT DISTINCT actor, origin FROM events WHERE action LIKE 'project.%' "
-            "OR action LIKE 'container.%'"
-        ).fetchall()
-    finally:
-        conn.close()
+    origins = door.rxd.ledger_rows(
+        "SELECT DISTINCT actor, origin FROM events WHERE action LIKE 'project.%' "
+        "OR action LIKE 'container.%'"
+    )
     assert ("rxalice", "munge") in origins
     assert all(origin != "socket" for _, origin in origins)
 
@@ -467,10 +446,8 @@ def test_rxctl_in_a_researchers_batch_job_reaches_rxd_over_the_network_door(door
 
 @pytest.fixture(scope="module")
 def shared_door() -> Iterator[Door]:
-    opened = start_door()
-    yield opened
-    opened.rxd.stop()
-    shutil.rmtree(opened.rxd.root, ignore_errors=True)
+    with opened_door() as opened:
+        yield opened
 
 
 printable_header = st.text(

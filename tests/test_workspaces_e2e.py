@@ -9,25 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import ok
 from tests.support.cluster import run_as
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.daemon import Rxd, new_rxd, running_rxd
 
 pytestmark = pytest.mark.cluster  # projects are validated against Slurm's partitions
 
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    daemon = new_rxd('[runtime]\nservice_account = "rxsvc"\n')
-    daemon.start()
-    for user in ("rxalice", "rxbob", "rxcarol", "rxdave"):
-        assert daemon.rxctl(user, "whoami").returncode == 0  # standalone: bound on first call
-    yield daemon
-    daemon.stop()
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
-    return result
+    users = ("rxalice", "rxbob", "rxcarol", "rxdave")
+    with running_rxd('[runtime]\nservice_account = "rxsvc"\n', bind=users) as daemon:
+        yield daemon
 
 
 def can_write(user: str, folder: Path) -> bool:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import pwd
-import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from tests.support import lifecycle
+from tests.support.cli import ok
 from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
-from tests.support.lifecycle import start_rxd
+from tests.support.lifecycle import lifecycle_rxd
 from tests.support.real_apptainer import BASE_IMAGE
 
 USERS = ("rxalice", "rxbob", "rxcarol", "rxdave")
@@ -23,20 +22,6 @@ RESTING = ("stopped", "disabled", "error")
 
 def uid(user: str) -> int:
     return pwd.getpwnam(user).pw_uid
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
-    return result
-
-
-def refused(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
-    """The one `Error: ...` line of a refused rxctl command (exec and shell exit 125 when rxctl
-    itself, not the command, fails)."""
-    assert result.returncode == code, (result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
 
 
 def sh(user: str, script: str) -> subprocess.CompletedProcess[str]:
@@ -80,18 +65,7 @@ def wait_state(rxd: Rxd, user: str, project: str, *states: str, timeout: float =
     return lifecycle.wait_state(rxd, project, *states, timeout=timeout, user=user)
 
 
-@contextmanager
-def container_daemon(extra: str = "") -> Iterator[Rxd]:
-    """An rxd that runs containers; every container it made is stopped and its jobs cancelled
-    afterwards, so the shared cluster is free again."""
-    daemon = start_rxd(extra)
-    for user in USERS:
-        ok(daemon.rxctl(user, "whoami"))  # standalone: bound on first contact
-    try:
-        yield daemon
-    finally:
-        try:
-            daemon.cancel_own_jobs()
-            assert daemon.stop() == 0, daemon.log_text()
-        finally:
-            shutil.rmtree(daemon.root, ignore_errors=True)
+def container_daemon(extra: str = "") -> AbstractContextManager[Rxd]:
+    """An rxd that runs containers, every test user bound to it; shut down afterwards (its jobs
+    cancelled, so the shared cluster is free again)."""
+    return lifecycle_rxd(extra, bind=USERS)

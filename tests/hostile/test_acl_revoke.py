@@ -12,21 +12,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.hostile.helpers import USERS, named_entries_for, ok, sh, workspace_of
+from tests.hostile.helpers import USERS, named_entries_for, sh, workspace_of
+from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.daemon import Rxd, running_rxd
 
 pytestmark = pytest.mark.cluster  # projects are validated against Slurm's partitions
 
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    daemon = new_rxd()
-    daemon.start()
-    for user in USERS:
-        ok(daemon.rxctl(user, "whoami"))
-    yield daemon
-    assert daemon.stop() == 0, daemon.log_text()
+    with running_rxd(bind=USERS) as daemon:
+        yield daemon
 
 
 def test_a_demoted_editor_cannot_write_an_existing_file_in_a_subfolder(rxd: Rxd) -> None:

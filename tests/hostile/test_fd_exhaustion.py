@@ -11,7 +11,6 @@ import json
 import os
 import pwd
 import resource
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import SYSTEM_PATH, VENV_BIN, wait_for
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.daemon import Rxd, running_rxd
 
 pytestmark = pytest.mark.cluster
 
@@ -155,20 +154,11 @@ def as_user(user: str, script: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def daemon(extra: str) -> Iterator[Rxd]:
-    rxd = new_rxd(extra)
-    rxd.start()
-    try:
-        yield rxd
-    finally:
-        assert rxd.stop() == 0, rxd.log_text()
-        shutil.rmtree(rxd.root, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
     # Idle API connections are kept a minute here: long enough to hold them while rxalice asks.
-    yield from daemon("[limits]\nkeepalive_s = 60\n")
+    with running_rxd("[limits]\nkeepalive_s = 60\n") as daemon:
+        yield daemon
 
 
 def open_descriptors(rxd: Rxd) -> int:
@@ -203,7 +193,7 @@ def test_idle_connections_of_one_user_do_not_stop_another(rxd: Rxd) -> None:
 
 
 def test_idle_api_connections_are_closed_after_the_keepalive() -> None:
-    for short in daemon("[limits]\nkeepalive_s = 1\n"):
+    with running_rxd("[limits]\nkeepalive_s = 1\n") as short:
         flood = as_user("rxdave", FLOOD_SCRIPT, str(short.socket), "5", "0")
         try:
             assert flood.stdout is not None and flood.stdin is not None

@@ -16,7 +16,7 @@ from rxslurm.daemon.quarantine import QUARANTINE, QuarantineError, quarantine
 from rxslurm.slurm.runas import RunAs
 
 ME = RunAs("me", os.getuid() or 12345, os.getgid() or 12345, (os.getgid() or 12345,))
-ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="gives folders to other users")
+ROOT_ONLY = pytest.mark.root(reason="gives folders to other users")
 
 
 def test_top_folder_entries_grant_by_role_and_keep_the_runtime_identity_a_default() -> None:

@@ -9,11 +9,8 @@ paths (before and after the lease) on a throwaway ledger with a Slurm that recor
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +24,16 @@ from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.projects.settings import Settings
 from rxslurm.daemon.quotas import leases as quotas
+from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import VENV_BIN, Rxd
-from tests.support.lifecycle import ok, start_rxd
+from tests.support.lifecycle import gpu_leases, gpu_quota_rxd
 from tests.support.real_apptainer import BASE_IMAGE
 
 pytestmark = pytest.mark.hostile
 
-IMAGE = str(BASE_IMAGE)  # built locally by tests/cluster/images.sh
+# Built locally by tests/cluster/images.sh: nothing to pull before the enables race for leases.
+IMAGE = str(BASE_IMAGE)
 
 # As a test user: one raw request on the API socket, as curl would send it (no CLI checks).
 RAW_REQUEST = r"""
@@ -50,18 +49,6 @@ print(r.status, r.read().decode())
 """
 
 
-@contextlib.contextmanager
-def daemon_with_gpu_quota(gpus: int = 1) -> Iterator[Rxd]:
-    rxd = start_rxd()  # IMAGE is a local file: nothing to pull before the enables race for leases
-    try:
-        ok(rxd.rxctl("rxop", "admin", "quota", "set", "--partition", "gpu", "--gpus", str(gpus)))
-        yield rxd
-    finally:
-        rxd.stop()
-        rxd.cancel_own_jobs()
-        shutil.rmtree(rxd.root, ignore_errors=True)
-
-
 def raw(rxd: Rxd, user: str, method: str, path: str, body: Any = None) -> tuple[int, dict]:
     argv = [str(VENV_BIN / "python"), "-c", RAW_REQUEST, str(rxd.socket), method, path]
     if body is not None:
@@ -70,18 +57,6 @@ def raw(rxd: Rxd, user: str, method: str, path: str, body: Any = None) -> tuple[
     assert result.returncode == 0, result.stderr
     status, _, text = result.stdout.partition(" ")
     return int(status), json.loads(text)
-
-
-def ledger(rxd: Rxd, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"{rxd.ledger.as_uri()}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(query, args).fetchall()
-    finally:
-        conn.close()
-
-
-def leases(rxd: Rxd) -> dict[str, int]:
-    return dict(ledger(rxd, "SELECT project, gpus FROM leases"))
 
 
 def state_of(rxd: Rxd, user: str, project: str) -> dict[str, Any]:
@@ -100,7 +75,7 @@ def wait_for_state(rxd: Rxd, user: str, project: str, *states: str) -> dict[str,
         wait_for(reached, timeout=120, what=f"{project} to reach {states}")
     except TimeoutError as exc:
         raise AssertionError(
-            f"{exc}; last: {seen}; leases: {leases(rxd)}\n{rxd.log_text()[-3000:]}"
+            f"{exc}; last: {seen}; leases: {gpu_leases(rxd)}\n{rxd.log_text()[-3000:]}"
         ) from None
     return seen
 
@@ -118,7 +93,7 @@ def wait_started(rxd: Rxd, user: str, project: str) -> dict[str, Any]:
         wait_for(started, timeout=120, what=f"{project} to have a job")
     except TimeoutError as exc:
         raise AssertionError(
-            f"{exc}; last: {seen}; leases: {leases(rxd)}\n{rxd.log_text()[-3000:]}"
+            f"{exc}; last: {seen}; leases: {gpu_leases(rxd)}\n{rxd.log_text()[-3000:]}"
         ) from None
     return seen
 
@@ -133,7 +108,7 @@ def gpu_project(rxd: Rxd, user: str, name: str) -> None:
 
 @pytest.mark.cluster
 def test_a_carriage_return_image_or_newline_name_is_refused_and_another_user_starts() -> None:
-    with daemon_with_gpu_quota() as rxd:
+    with gpu_quota_rxd(1) as rxd:
         hog = {"image": "/x\r", "gpus": 1, "partition": "gpu"}
         status, answer = raw(
             rxd, "rxdave", "POST", "/v1/projects", {"name": "hog", "settings": hog}
@@ -155,19 +130,19 @@ def test_a_carriage_return_image_or_newline_name_is_refused_and_another_user_sta
         status, answer = raw(rxd, "rxdave", "PATCH", "/v1/projects/hog/settings", {"image": "/x\r"})
         assert status == 400, answer
 
-        assert ledger(rxd, "SELECT name FROM projects") == [("hog",)]
-        assert ledger(rxd, "SELECT count(*) FROM containers") == [(0,)]
-        assert leases(rxd) == {}
+        assert rxd.ledger_rows("SELECT name FROM projects") == [("hog",)]
+        assert rxd.ledger_rows("SELECT count(*) FROM containers") == [(0,)]
+        assert gpu_leases(rxd) == {}
 
         gpu_project(rxd, "rxalice", "g1")
         ok(rxd.rxctl("rxalice", "enable", "--project", "g1"))
         wait_started(rxd, "rxalice", "g1")
-        assert leases(rxd) == {"g1": 1}
+        assert gpu_leases(rxd) == {"g1": 1}
 
 
 @pytest.mark.cluster
 def test_a_failure_after_the_lease_ends_in_error_frees_it_and_the_next_user_starts() -> None:
-    with daemon_with_gpu_quota() as rxd:
+    with gpu_quota_rxd(1) as rxd:
         gpu_project(rxd, "rxbob", "first")
         ok(rxd.rxctl("rxbob", "enable", "--project", "first"))
         wait_started(rxd, "rxbob", "first")
@@ -187,7 +162,7 @@ def test_a_failure_after_the_lease_ends_in_error_frees_it_and_the_next_user_star
         hog = wait_for_state(rxd, "rxdave", "hog", "error")
         assert "carriage return" in hog["last_error"], hog
         wait_started(rxd, "rxalice", "g1")
-        assert leases(rxd) == {"g1": 1}
+        assert gpu_leases(rxd) == {"g1": 1}
         assert hog["job_id"] is None
 
         # Woken again (retry) it is refused before any lease is taken, and says why.
@@ -196,7 +171,7 @@ def test_a_failure_after_the_lease_ends_in_error_frees_it_and_the_next_user_star
         assert result.stderr.startswith("Error: the container of hog cannot start: "), result
         assert "carriage return" in result.stderr
         assert state_of(rxd, "rxdave", "hog")["state"] == "error"
-        assert leases(rxd) == {"g1": 1}
+        assert gpu_leases(rxd) == {"g1": 1}
 
 
 # -- fast: the same two paths without Slurm -------------------------------------------------

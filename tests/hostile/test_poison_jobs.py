@@ -21,9 +21,10 @@ from rxslurm.daemon.containers.service import container_id_from_comment
 from rxslurm.slurm.jobs import JobInfo, Skipped
 from tests.hostile.fake_slurm import CONFIG, rig
 from tests.hostile.helpers import held_job_as
+from tests.support.cli import ok
 from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
-from tests.support.lifecycle import make_project, ok, start_rxd, wait_state
+from tests.support.lifecycle import lifecycle_rxd, make_project, wait_state
 
 # ----------------------------------------------------------------------- fast
 
@@ -75,10 +76,8 @@ def test_a_container_whose_record_was_skipped_is_unknown_not_gone(tmp_path: Path
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Rxd]:
-    rxd = start_rxd()
-    yield rxd
-    rxd.stop()
-    rxd.cancel_own_jobs()
+    with lifecycle_rxd() as rxd:
+        yield rxd
 
 
 def pending_of(user: str) -> set[int]:

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from rxslurm.daemon.images.cache import image_file_name
+from tests.support.cli import ok, refused
 from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd, new_rxd
-from tests.support.lifecycle import lifecycle_config, ok, status, wait_state
+from tests.support.lifecycle import lifecycle_config, status, wait_state
 from tests.support.registry import (
     BIG,
     PULL_USER,
@@ -32,12 +33,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.hostile]
 
 def create(rxd: Rxd, user: str, project: str, image: str) -> None:
     ok(rxd.rxctl(user, "project", "create", project, "--image", image))
-
-
-def refused(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, result
-    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
-    return result.stderr
 
 
 def start_refusal(started: subprocess.CompletedProcess[str]) -> str:
@@ -138,7 +133,7 @@ def test_a_group_writable_image_dir_refuses_enable_and_start_in_one_line() -> No
         line = refused(rxd.rxctl("rxalice", "enable", "--project", "gw"))
         assert line == (
             f"Error: cannot use the image cache: containers.image_dir {images} must be owned by "
-            "root and not writable by group or others (it is uid 0, mode 0775)\n"
+            "root and not writable by group or others (it is uid 0, mode 0775)"
         )
         assert pull_events(rxd) == [] and leases(rxd) == 0
     # rxd itself will not start on such a folder.

@@ -7,8 +7,6 @@ the creator's Linux identity, while the creator could no longer even see the pro
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,17 +21,10 @@ from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.projects import service as projects
-from tests.hostile.helpers import (
-    IMAGE,
-    container_daemon,
-    ok,
-    refused,
-    uid,
-    wait_state,
-    workspace_of,
-)
+from tests.hostile.helpers import IMAGE, container_daemon, uid, wait_state, workspace_of
+from tests.support.cli import ok, refused
 from tests.support.cluster import run_as
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.daemon import Rxd, running_rxd
 
 CONFIG = Config()
 BOB = Actor(platform_user="bob", uid=2002, user="rxbob", admin=False, origin="socket")
@@ -208,13 +199,9 @@ def squeue_user(job_id: int) -> str:
 
 
 def audit_actions(rxd: Rxd, project_name: str) -> list[str]:
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        rows = conn.execute(
-            "SELECT action FROM events WHERE target_id = ? ORDER BY id", [project_name]
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = rxd.ledger_rows(
+        "SELECT action FROM events WHERE target_id = ? ORDER BY id", [project_name]
+    )
     return [r[0] for r in rows]
 
 
@@ -261,9 +248,7 @@ def test_a_run_as_owner_who_leaves_takes_their_identity_along(rxd: Rxd, how: str
 
 @pytest.mark.cluster
 def test_unbinding_the_run_as_user_parks_the_workspace_and_forgets_the_identity() -> None:
-    daemon = new_rxd('[identity]\nmode = "platform"\n')
-    daemon.start()
-    try:
+    with running_rxd('[identity]\nmode = "platform"\n') as daemon:
         for platform_user, linux_user in (("alice", "rxalice"), ("bob", "rxbob")):
             ok(daemon.rxctl("rxop", "admin", "bind", platform_user, linux_user))
         ok(daemon.rxctl("rxalice", "project", "create", "unbound"))
@@ -282,6 +267,3 @@ def test_unbinding_the_run_as_user_parks_the_workspace_and_forgets_the_identity(
         ok(daemon.rxctl("rxop", "admin", "bind", "alice", "rxalice"))
         shown = json.loads(ok(daemon.rxctl("rxbob", "project", "show", "unbound", "--json")).stdout)
         assert shown["run_as_user"] is None
-    finally:
-        assert daemon.stop() == 0, daemon.log_text()
-        shutil.rmtree(daemon.root, ignore_errors=True)

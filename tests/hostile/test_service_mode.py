@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.hostile.helpers import IMAGE, container_daemon, ok, wait_state
+from tests.hostile.helpers import IMAGE, container_daemon, wait_state
+from tests.support.cli import ok
 from tests.support.daemon import Rxd, new_rxd
 
 pytestmark = pytest.mark.cluster

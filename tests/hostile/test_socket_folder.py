@@ -15,7 +15,7 @@ import pytest
 from rxslurm.daemon.api.serve import StartupError, claim_socket_path, open_to_everyone
 from tests.support.daemon import new_rxd, test_root
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="checks root's own folders")
+pytestmark = pytest.mark.root(reason="checks root's own folders")
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ import pytest
 
 from tests.hostile.fake_slurm import rig
 from tests.hostile.helpers import held_job_as
+from tests.support.cli import ok
 from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
-from tests.support.lifecycle import make_project, ok, start_rxd, wait_state
+from tests.support.lifecycle import lifecycle_rxd, make_project, wait_state
 
 VICTIM = {"name": "rx-p", "state": "starting", "asked_s_ago": 5}
 
@@ -90,10 +91,8 @@ def test_imitations_of_a_running_container_are_left_alone(tmp_path: Path) -> Non
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Rxd]:
-    rxd = start_rxd()
-    yield rxd
-    rxd.stop()
-    rxd.cancel_own_jobs()
+    with lifecycle_rxd() as rxd:
+        yield rxd
 
 
 def squeue_line(job_id: int) -> str:

@@ -8,7 +8,6 @@ wrote, even under umask 077, and could lock her out with `setfacl -b`.
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,12 @@ from tests.hostile.helpers import (
     IMAGE,
     container_daemon,
     named_entries_for,
-    ok,
     sh,
     uid,
     wait_state,
     workspace_of,
 )
+from tests.support.cli import ok
 from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
 
@@ -43,13 +42,9 @@ def quarantined(rxd: Rxd, root: str, project: str) -> list[Path]:
 
 
 def audit_detail(rxd: Rxd, action: str, project: str) -> str:
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        rows = conn.execute(
-            "SELECT detail FROM events WHERE action = ? AND target_id = ?", [action, project]
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = rxd.ledger_rows(
+        "SELECT detail FROM events WHERE action = ? AND target_id = ?", [action, project]
+    )
     return " ".join(r[0] for r in rows)
 
 

@@ -25,9 +25,10 @@ from rxslurm.daemon.containers.holder_status import (
     read_status_file,
 )
 from tests.hostile.fake_slurm import rig
+from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import Rxd
-from tests.support.lifecycle import make_project, ok, start_rxd, status, wait_state
+from tests.support.lifecycle import lifecycle_rxd, make_project, status, wait_state
 
 ME = os.getuid()
 JOB = 42
@@ -213,10 +214,8 @@ def rss_kib(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Rxd]:
-    rxd = start_rxd()
-    yield rxd
-    rxd.stop()
-    rxd.cancel_own_jobs()
+    with lifecycle_rxd() as rxd:
+        yield rxd
 
 
 def make_hostile(kind: str, path: Path, secret: Path) -> None:

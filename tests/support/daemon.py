@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,6 +148,15 @@ class Rxd:
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
 
+    def ledger_rows(self, query: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query on this daemon's ledger, opened read-only (WAL: never blocks rxd's
+        writers)."""
+        conn = sqlite3.connect(f"{self.ledger.as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(query, tuple(args)).fetchall()
+        finally:
+            conn.close()
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -157,6 +170,13 @@ class Rxd:
                 argv, capture_output=True, text=True, input=input, timeout=timeout, check=False
             )
         return run_as(user, argv, input=input, timeout=timeout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for rxd's network door)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def new_rxd(extra_config: str | Callable[[Path], str] = "", *, migrate: bool = True) -> Rxd:
@@ -173,13 +193,45 @@ def new_rxd(extra_config: str | Callable[[Path], str] = "", *, migrate: bool = T
     return rxd
 
 
+def shutdown(daemon: Rxd) -> None:
+    """The one teardown of a test's rxd: stop it (and check it stopped cleanly, exit 0), then
+    cancel the jobs its containers left (stopped first, it cannot act on them going), then remove
+    its folder. The jobs are cancelled and the folder removed even when the stop fails."""
+    try:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            assert daemon.stop() == 0, daemon.log_text()
+    finally:
+        try:
+            daemon.cancel_own_jobs()
+        finally:
+            shutil.rmtree(daemon.root, ignore_errors=True)
+
+
+@contextmanager
+def running_rxd(
+    extra_config: str | Callable[[Path], str] = "",
+    *,
+    env: dict[str, str] | None = None,
+    bind: Iterable[str] = (),
+) -> Iterator[Rxd]:
+    """A started rxd (see new_rxd for extra_config; env adds to its environment), shut down
+    afterwards. Each user in ``bind`` calls it once first: standalone mode binds a user on first
+    contact, which shows (e.g. in member lists), so tests make it happen before they look."""
+    daemon = new_rxd(extra_config)
+    daemon.env.update(env or {})
+    try:
+        daemon.start()
+        for user in bind:
+            result = daemon.rxctl(user, "whoami")
+            assert result.returncode == 0, (user, result.stdout, result.stderr)
+        yield daemon
+    finally:
+        shutdown(daemon)
+
+
 @pytest.fixture
 def rxd() -> Iterator[Rxd]:
-    """A running rxd with a fresh ledger; stopped (and checked to stop cleanly) afterwards."""
-    daemon = new_rxd()
-    daemon.start()
-    yield daemon
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        assert daemon.stop() == 0, daemon.log_text()
-    daemon.cancel_own_jobs()
-    shutil.rmtree(daemon.root, ignore_errors=True)
+    """A running rxd with a fresh ledger, for one test. A module that needs another
+    configuration or scope overrides this fixture with one that enters running_rxd."""
+    with running_rxd() as daemon:
+        yield daemon

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import tomllib
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from tests.support.cli import ok
 from tests.support.cluster import wait_for
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.daemon import Rxd, new_rxd, running_rxd
 from tests.support.real_apptainer import BASE_IMAGE
 
 SQUEUE_FORMAT = "%i|%T|%u|%b|%k|%N"
+ADMIN = "rxop"  # in the admin group (tests/cluster/users.sh)
 
 
 def lifecycle_config(root: Path, **extra: str) -> str:
@@ -27,15 +30,34 @@ def lifecycle_config(root: Path, **extra: str) -> str:
 
 
 def start_rxd(extra: str = "", env: dict[str, str] | None = None, **containers: str) -> Rxd:
+    """A started rxd that runs containers, for a test that stops it itself (see lifecycle_rxd)."""
     daemon = new_rxd(lambda root: lifecycle_config(root, **containers) + extra)
     daemon.env.update(env or {})
     daemon.start()
     return daemon
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"stdout={result.stdout!r} stderr={result.stderr!r}"
-    return result
+def lifecycle_rxd(
+    extra: str = "",
+    *,
+    env: dict[str, str] | None = None,
+    bind: Iterable[str] = (),
+    **containers: str,
+) -> AbstractContextManager[Rxd]:
+    """running_rxd with lifecycle_config (``containers`` overrides its [containers] keys) and
+    ``extra`` after it: an rxd that runs containers, shut down afterwards."""
+    return running_rxd(
+        lambda root: lifecycle_config(root, **containers) + extra, env=env, bind=bind
+    )
+
+
+@contextmanager
+def gpu_quota_rxd(gpus: int, extra: str = "", **containers: str) -> Iterator[Rxd]:
+    """lifecycle_rxd with a deployment quota of ``gpus`` GPUs on partition gpu, set by the admin."""
+    with lifecycle_rxd(extra, **containers) as daemon:
+        quota = ("admin", "quota", "set", "--partition", "gpu", "--gpus", str(gpus))
+        ok(daemon.rxctl(ADMIN, *quota))
+        yield daemon
 
 
 def status(rxd: Rxd, user: str, project: str) -> dict:
@@ -71,13 +93,14 @@ def rx_jobs(comment: str) -> list[list[str]]:
 
 
 def comment_of(rxd: Rxd, project: str) -> str:
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        (cid,) = conn.execute(
-            "SELECT c.id FROM containers c JOIN projects p ON p.id = c.project_id WHERE p.name = ?",
-            [project],
-        ).fetchone()
-    finally:
-        conn.close()
+    ((cid,),) = rxd.ledger_rows(
+        "SELECT c.id FROM containers c JOIN projects p ON p.id = c.project_id WHERE p.name = ?",
+        [project],
+    )
     tag = tomllib.loads(rxd.config.read_text())["slurm"]["tag"]
     return f"{tag}:container={cid}"
+
+
+def gpu_leases(rxd: Rxd) -> dict[str, int]:
+    """Project -> GPUs it holds a quota lease for."""
+    return dict(rxd.ledger_rows("SELECT project, gpus FROM leases"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import sqlite3
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Rxd, new_rxd
+from tests.support.daemon import Rxd, running_rxd
 from tests.support.lifecycle import lifecycle_config
 
 REGISTRY = "127.0.0.1:5055"
@@ -50,15 +49,10 @@ def pull_config(root: Path, **pulls: str) -> str:
 
 @contextlib.contextmanager
 def pulling_rxd(**pulls: str) -> Iterator[Rxd]:
-    """A running rxd set up for pulls; stopped, its jobs cancelled, afterwards."""
+    """A running rxd set up for pulls, shut down afterwards (see running_rxd)."""
     require_registry()
-    daemon = new_rxd(lambda root: lifecycle_config(root) + pull_config(root, **pulls))
-    daemon.start()
-    try:
+    with running_rxd(lambda root: lifecycle_config(root) + pull_config(root, **pulls)) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        daemon.cancel_own_jobs()
 
 
 @contextlib.contextmanager
@@ -90,22 +84,16 @@ def stalling_registry() -> Iterator[str]:
 
 def pull_events(rxd: Rxd) -> list[dict]:
     """The audit trail's image.pull events, oldest first."""
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        rows = conn.execute(
-            "SELECT actor, target_id, detail FROM events WHERE action = 'image.pull' ORDER BY id"
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = rxd.ledger_rows(
+        "SELECT actor, target_id, detail FROM events WHERE action = 'image.pull' ORDER BY id"
+    )
     return [{"actor": a, "image": t, **json.loads(d)} for a, t, d in rows]
 
 
 def leases(rxd: Rxd) -> int:
-    conn = sqlite3.connect(rxd.ledger)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0]
-    finally:
-        conn.close()
+    """How many quota leases are held."""
+    ((count,),) = rxd.ledger_rows("SELECT COUNT(*) FROM leases")
+    return int(count)
 
 
 def processes_mentioning(text: str) -> list[tuple[int, int, str]]:
