@@ -77,7 +77,8 @@ def test_make_test_runs_the_unit_tier_first_then_every_other_tier() -> None:
     recipe = re.search(r"^test: (.*)\n((?:\t.*\n)+)", MAKEFILE, re.MULTILINE)
     assert recipe is not None
     prerequisites, commands = recipe.group(1).split(), recipe.group(2)
-    assert prerequisites[: prerequisites.index("unit")] == ["venv", "lint"]
+    # Before the unit tier only the static checks, which need neither root nor the cluster.
+    assert prerequisites[: prerequisites.index("unit")] == ["venv", "lint", "typecheck"]
     assert prerequisites.index("unit") < prerequisites.index("cluster")
     for tier in ("HOST_TIER", "CLUSTER_TIER"):
         assert f'pytest -m "$({tier})"' in commands
