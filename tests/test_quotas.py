@@ -251,7 +251,7 @@ def test_hold_all_keeps_room_for_a_waiter_that_fits(ledger: Ledger) -> None:
 
 
 def runtime(ledger: Ledger) -> Runtime:
-    return Runtime(ledger, Config(), slurm=None)  # type: ignore[arg-type]
+    return Runtime(ledger, Config(), scheduler=None)  # type: ignore[arg-type]
 
 
 def queue(ledger: Ledger, cid: int, minute: int) -> None:

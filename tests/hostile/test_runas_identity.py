@@ -171,7 +171,7 @@ def test_choosing_another_identity_stops_the_container_running_as_the_old_one(
 
 def test_enable_wake_and_exec_refuse_until_an_owner_chooses_again(ledger: Ledger) -> None:
     projects.remove_member(ledger, CONFIG, BOB, "shared", "alice")
-    rt = Runtime(ledger=ledger, config=CONFIG, slurm=None)  # type: ignore[arg-type]
+    rt = Runtime(ledger=ledger, config=CONFIG, scheduler=None)  # type: ignore[arg-type]
     for call in (containers.enable, containers.wake, containers.exec_target):
         with pytest.raises(Conflict) as refused_call:
             call(rt, BOB, "shared")
@@ -184,7 +184,7 @@ def test_exec_refuses_a_container_that_still_runs_as_the_former_identity(ledger:
     projects.set_run_as(ledger, CONFIG, BOB, "shared", "bound")
     with ledger.transaction() as db:
         db["containers"].update(container(ledger)["id"], {"state": "running"})
-    rt = Runtime(ledger=ledger, config=CONFIG, slurm=None)  # type: ignore[arg-type]
+    rt = Runtime(ledger=ledger, config=CONFIG, scheduler=None)  # type: ignore[arg-type]
     with pytest.raises(Conflict, match="still runs as rxalice"):
         containers.exec_target(rt, BOB, "shared")
 

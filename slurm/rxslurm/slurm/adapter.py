@@ -7,8 +7,7 @@ Failures raise ``SlurmUnavailable`` (no answer: the job's state is UNKNOWN, neve
 
 Things Slurm 22.05 does that shape this module:
 - ``squeue --json`` ignores ``-j``/``-u``/``-t`` and always dumps every job, and costs about
-  ten times the text format; so ``queue()`` uses a delimited text format and ``job()`` picks
-  its job out of the JSON.
+  ten times the text format; so ``queue()`` uses a delimited text format.
 - ``sacct --json`` reports exit code 0 ("SUCCESS") for jobs that exited non-zero (the text
   field ExitCode is right), so ``history()`` reads sacct's parsable text format.
 - ``scancel`` of an unknown or finished job exits 0 without a word.
@@ -42,7 +41,6 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _GRES = re.compile(r"[a-z][a-z0-9_]*(?::[A-Za-z0-9_.-]+)?(?::\d+)?")
 _ACCOUNT = re.compile(r"[A-Za-z0-9_.-]+")
 _SIGNAL = re.compile(r"(?:SIG)?[A-Z][A-Z0-9+]*|\d{1,2}")
-_INVALID_JOB = re.compile(r"invalid job id specified", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -284,29 +282,6 @@ class SlurmCli:
         except ParseError as exc:
             raise self._unparseable(argv, exc) from None
 
-    def job(self, job_id: int) -> JobInfo | None:
-        """Full detail of one job from ``squeue --json``. None only when slurmctld answered and
-        does not know the job (it ended more than MinJobAge ago, or never existed)."""
-        job_id = int(job_id)
-        argv = ["squeue", "--json", "--all", "--states=all", f"--jobs={job_id}"]
-        proc = self._call(argv, check=False)
-        if proc.returncode != 0:
-            if _INVALID_JOB.search(proc.stderr):
-                return None
-            raise errors.classify(argv, proc.returncode, proc.stdout, proc.stderr)
-        try:
-            found = jobs.parse_squeue_json(proc.stdout)
-        except ParseError as exc:
-            raise self._unparseable(argv, exc) from None
-        # 22.05 ignores --jobs with --json and lists every job it knows, so a complete answer
-        # without ours means slurmctld does not know it; one whose record we could not read
-        # (or a record without an id, which could be it) is no answer about it.
-        if job_id not in found and (
-            job_id in found.unknown_ids() or any(s.job_id is None for s in found.skipped)
-        ):
-            raise self._unparseable(argv, ParseError(found.skipped[0].reason))
-        return found.get(job_id)
-
     def history(self, job_ids: Iterable[int]) -> Listing:
         """Final records of jobs from the accounting database (one sacct call). Ids sacct does
         not know are missing from the result. Raises ``AccountingDisabled`` without slurmdbd.
@@ -360,6 +335,32 @@ class SlurmCli:
         if re.search(r"already completing or completed", proc.stderr, re.IGNORECASE):
             return
         raise errors.classify(argv, proc.returncode, proc.stdout, proc.stderr)
+
+    def step_argv(
+        self,
+        job_id: int,
+        argv: Sequence[str],
+        *,
+        tty: bool,
+        step_name: str,
+        portable: bool = False,
+    ) -> list[str]:
+        """The ``srun`` that runs ``argv`` as a step inside the running job ``job_id``, beside
+        the job's own processes (``--overlap``). Every word of ``argv`` stays one argv item.
+
+        ``portable``: the bare name ``srun``, for a caller who starts the step on their own host
+        (found there on their PATH); otherwise the srun rxd runs, looked up as every command.
+        """
+        srun = "srun" if portable else self._binary("srun")
+        step = [srun, f"--jobid={int(job_id)}", "--overlap", "--ntasks=1", "--quiet"]
+        # Ctrl-C never reaches srun: rxd (or rxctl) gives SIGINT to the step's processes itself,
+        # found by this name (step_signal.py). srun's own SIGINT handling would end the step:
+        # with --quit-on-interrupt at once, otherwise (--disable-status) right after passing it on.
+        step.append("--disable-status")
+        step.append(f"--job-name={step_name}")
+        if tty:
+            step.append("--pty")
+        return [*step, "--", *argv]
 
     # ------------------------------------------------------------------ cluster
 

@@ -119,7 +119,7 @@ def _check_slurm(daemon: Any) -> dict[str, Any]:
 
 
 def _check_apptainer(daemon: Any) -> dict[str, Any]:
-    from rxslurm.daemon.images import apptainer
+    from rxslurm.daemon import apptainer
 
     configured = daemon.config.apptainer.binary
     version = apptainer.apptainer_version(configured)

@@ -25,13 +25,14 @@ from typing import Any
 
 from rxslurm.daemon.containers import job_claims
 from rxslurm.daemon.containers import service as containers
-from rxslurm.daemon.containers.holder_status import HolderStatus, Kind, StatusReader
+from rxslurm.daemon.containers.holder_status import HolderStatus, Kind
 from rxslurm.daemon.containers.job_claims import adoptable
 from rxslurm.daemon.containers.service import Runtime, container_id_from_comment
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
-from rxslurm.daemon.ledger.records import from_timestamp, to_timestamp, utcnow
+from rxslurm.daemon.ledger.records import from_timestamp, to_timestamp
 from rxslurm.daemon.projects.settings import Settings, effective
 from rxslurm.daemon.quotas import leases as quotas
+from rxslurm.slurm import job_states
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable
 from rxslurm.slurm.jobs import JobInfo, Listing, Skipped
 
@@ -47,37 +48,6 @@ FRESH_JOB_S = 30
 LOG_EVERY_S = 60.0
 # How many skipped records one log line shows.
 LOG_SAMPLE = 3
-# Base job states and what they make of a container whose job ended.
-FAILED_STATES = frozenset({"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"})
-REWAKE_STATES = frozenset({"TIMEOUT", "PREEMPTED", "DEADLINE"})
-# Slurm's pending reasons, in words a researcher understands.
-PENDING_REASONS = {
-    "Resources": "waiting for free resources on the partition",
-    "Priority": "other jobs have priority",
-    "Dependency": "waiting for the previous job of this container to end",
-    "QOSMaxGRESPerUser": "your QOS limit on GPUs is reached",
-    "QOSMaxCpuPerUserLimit": "your QOS limit on CPUs is reached",
-    "QOSMaxMemoryPerUser": "your QOS limit on memory is reached",
-    "QOSMaxJobsPerUserLimit": "your QOS limit on running jobs is reached",
-    "QOSGrpGRES": "the QOS's GPU limit is reached",
-    "AssocGrpGRES": "your account's GPU limit is reached",
-    "ReqNodeNotAvail": "the nodes it needs are not available",
-    "PartitionDown": "the partition is down",
-    "BeginTime": "its start time is in the future",
-    "JobHeldUser": "the job is held",
-    "JobHeldAdmin": "an admin holds the job",
-    "None": "about to be scheduled",
-}
-
-
-def pending_reason(reason: str) -> str:
-    words = PENDING_REASONS.get(reason)
-    if words is None and reason.startswith(("QOS", "Assoc")):
-        words = "a Slurm limit is reached"
-    if reason == "None":
-        # Slurm's word for "no reason yet": quoting it reads as a bug ("Slurm: None").
-        return str(words)
-    return f"{words} (Slurm: {reason})" if words else f"Slurm: {reason or 'pending'}"
 
 
 @dataclass
@@ -139,17 +109,16 @@ class Reconciler:
         rt: Runtime,
         interval: float,
         sessions: Sessions | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.rt = rt
         self.interval = interval
         self.sessions = sessions or Sessions()
-        self.clock = clock
+        # Every age and timeout below is measured on the service's clock (a fake one in tests).
+        self.clock = rt.clock
         self.slurm_reachable = True
         self.busy = False
         self._transient = False
         self.last_report: PassReport | None = None
-        self.status_reader = StatusReader()
         self._throttle = Throttle()
         self._poked = threading.Event()
         self._stop = threading.Event()
@@ -191,7 +160,7 @@ class Reconciler:
         db = self.rt.ledger.db
         rows = list(db["containers"].rows_where("state IN (?, ?, ?, ?)", [s.value for s in ACTIVE]))
         try:
-            queue = self.rt.slurm.queue(name_prefix=containers.JOB_PREFIX)
+            queue = self.rt.scheduler.queue(name_prefix=containers.JOB_PREFIX)
         except SlurmUnavailable as exc:
             if self.slurm_reachable:
                 log.warning("Slurm did not answer; states are unknown", extra={"error": str(exc)})
@@ -229,7 +198,7 @@ class Reconciler:
         changes += self._idle()
         changes += self._serve_queue()
         # A job submitted moments ago usually starts within seconds: watch it closely too.
-        recent = to_timestamp(utcnow() - timedelta(seconds=FRESH_JOB_S))
+        recent = to_timestamp(self.clock() - timedelta(seconds=FRESH_JOB_S))
         self.busy = self._transient or bool(
             db["containers"].count_where(
                 "state IN (?, ?) OR (state = ? AND job_id IS NOT NULL AND updated_at > ?)",
@@ -289,7 +258,7 @@ class Reconciler:
                         "job_id": job.job_id,
                         "container_id": row["id"],
                         "state": job.state,
-                        "submitted_at": to_timestamp(utcnow()),
+                        "submitted_at": to_timestamp(self.clock()),
                     },
                     replace=True,
                 )
@@ -297,7 +266,7 @@ class Reconciler:
             return 1
         if row["state"] != State.STARTING:
             return 0
-        age = (utcnow() - from_timestamp(row["updated_at"])).total_seconds()
+        age = (self.clock() - from_timestamp(row["updated_at"])).total_seconds()
         if age < self.rt.config.slurm.timeout + 5:
             return 0  # a request is probably submitting right now
         # STARTING -> STARTING (resubmit): the submitter never recorded a job and none exists.
@@ -312,17 +281,17 @@ class Reconciler:
         state = row["state"]
         if state == State.STOPPING:
             # STOPPING -> STOPPING: cancel again if an earlier cancel went unanswered.
-            age = (utcnow() - from_timestamp(row["updated_at"])).total_seconds()
+            age = (self.clock() - from_timestamp(row["updated_at"])).total_seconds()
             if age > self.rt.config.containers.stop_grace_s + 15:
                 containers.cancel_job(self.rt, job.job_id)
             return 0
-        if job.state == "PENDING":
+        if job.state == job_states.PENDING:
             # * -> WAITING: Slurm holds it back; say why.
-            return self._move(row, State.WAITING, pending_reason(job.reason))
-        if job.state == "CONFIGURING":
+            return self._move(row, State.WAITING, job_states.pending_reason(job.reason))
+        if job.state == job_states.CONFIGURING:
             # WAITING -> STARTING: allocated, nodes being readied (the prolog hook pokes here).
             return self._move(row, State.STARTING, "starting the job", node=job.nodes)
-        if job.state != "RUNNING":
+        if job.state != job_states.RUNNING:
             # COMPLETING (the epilog hook pokes here), SUSPENDED, ...: look again soon.
             self._transient = True
             return 0
@@ -356,8 +325,8 @@ class Reconciler:
                 None,
                 node=job.nodes,
                 instance=instance,
-                started_at=to_timestamp(utcnow()),
-                last_activity_at=to_timestamp(utcnow()),
+                started_at=to_timestamp(self.clock()),
+                last_activity_at=to_timestamp(self.clock()),
             )
         if status.startswith("error"):
             # STARTING -> ERROR: the instance failed to start; end the job.
@@ -384,11 +353,11 @@ class Reconciler:
                 uid = pwd.getpwnam(row["runtime_user"]).pw_uid
             except (KeyError, TypeError):
                 return HolderStatus(Kind.REFUSED, f"unknown runtime user {row['runtime_user']}")
-        return self.status_reader.read(row["state_dir"], job_id, uid)
+        return self.rt.runtime.holder_status(row["state_dir"], job_id, uid)
 
     def _resolve_gone(self, gone: dict[int, dict[str, Any]]) -> int:
         try:
-            history = self.rt.slurm.history(gone)
+            history = self.rt.scheduler.history(gone)
         except SlurmError as exc:
             log.warning(
                 "sacct did not answer; leaving states as they are", extra={"error": str(exc)}
@@ -409,9 +378,9 @@ class Reconciler:
             elif job is None:
                 submitted = self._submitted_at(job_id)
                 # Neither squeue nor sacct knows it: after a grace period, it is gone.
-                if submitted is None or (utcnow() - submitted).total_seconds() > 60:
+                if submitted is None or (self.clock() - submitted).total_seconds() > 60:
                     changes += self._finish(
-                        row, State.STOPPED, "its Slurm job vanished", job_id, "UNKNOWN"
+                        row, State.STOPPED, "its Slurm job vanished", job_id, job_states.UNKNOWN
                     )
         return changes
 
@@ -434,11 +403,11 @@ class Reconciler:
             return self._finish(
                 row, State.ERROR, "the container failed", job.job_id, base, last_error=message
             )
-        if base in FAILED_STATES:
+        if base in job_states.FAILED_STATES:
             # RUNNING/STARTING -> ERROR: the job failed under it.
             message = f"Slurm job {job.job_id} ended {base}{where}"
             return self._finish(row, State.ERROR, message, job.job_id, base, last_error=message)
-        if base in REWAKE_STATES and row["desired"] == "running":
+        if base in job_states.REWAKE_STATES and row["desired"] == "running":
             # RUNNING -> STOPPED -> STARTING: time limit or preemption while wanted.
             moved = self._finish(
                 row, State.STOPPED, f"job ended {base}; starting a new one", job.job_id, base
@@ -450,7 +419,9 @@ class Reconciler:
             # STOPPING -> STOPPED: our own stop finished.
             return self._finish(row, State.STOPPED, row["reason"] or "stopped", job.job_id, base)
         # RUNNING -> STOPPED: cancelled or ended outside rx-slurm.
-        reason = "cancelled outside rx-slurm" if base == "CANCELLED" else f"job ended {base}"
+        reason = (
+            "cancelled outside rx-slurm" if base == job_states.CANCELLED else f"job ended {base}"
+        )
         return self._finish(row, State.STOPPED, reason, job.job_id, base, desired="stopped")
 
     def _finish(
@@ -462,7 +433,7 @@ class Reconciler:
         job_state: str,
         **fields: Any,
     ) -> int:
-        now = to_timestamp(utcnow())
+        now = to_timestamp(self.clock())
         moved = self._move(
             row, to, reason, job_id=None, node=None, instance=None, started_at=None, **fields
         )
@@ -495,7 +466,7 @@ class Reconciler:
                         State.WAITING,
                         allowed_from=[State.STOPPED],
                         reason=why,
-                        fields={"queued_at": to_timestamp(utcnow())},
+                        fields={"queued_at": to_timestamp(self.clock())},
                         **ACTOR,
                     )
                     return
@@ -522,7 +493,7 @@ class Reconciler:
         }
         changes = 0
         for job in ours.values():
-            if job.is_finished or job.job_id in expected or job.state == "COMPLETING":
+            if job.is_finished or job.job_id in expected or job.state == job_states.COMPLETING:
                 continue
             cid = container_id_from_comment(self.rt.config, job.comment)
             rows = list(db["containers"].rows_where("id = ?", [cid]))
@@ -610,7 +581,10 @@ class Reconciler:
             if timeout_min <= 0:
                 continue
             last = row["last_activity_at"] or row["started_at"]
-            if last is None or (utcnow() - from_timestamp(last)).total_seconds() < timeout_min * 60:
+            if (
+                last is None
+                or (self.clock() - from_timestamp(last)).total_seconds() < timeout_min * 60
+            ):
                 continue
             reason = f"idle for {timeout_min} min"
             if self._move(row, State.STOPPING, reason, desired="stopped") and row["job_id"]:

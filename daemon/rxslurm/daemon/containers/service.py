@@ -15,18 +15,19 @@ import re
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rxslurm.daemon import failpoints
+from rxslurm.daemon.apptainer import ApptainerError, ApptainerRuntime
 from rxslurm.daemon.config import Config
+from rxslurm.daemon.containers.ports import Clock, ContainerRuntime, HolderRequest, Scheduler
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.containers.stop_request import request_stop
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
 from rxslurm.daemon.folders import make_folder
 from rxslurm.daemon.identity.bindings import Actor, record_actor_event
-from rxslurm.daemon.images import apptainer
 from rxslurm.daemon.images import cache as image_cache
 from rxslurm.daemon.images import pull as image_pull
 from rxslurm.daemon.images.pool import ImagePulls, carry_on
@@ -37,10 +38,9 @@ from rxslurm.daemon.projects.service import authorize, require_runtime_identity,
 from rxslurm.daemon.projects.settings import Settings, differs_from_snapshot, effective
 from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.quotas import leases as quotas
-from rxslurm.slurm.adapter import JobSpec, SlurmCli
+from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmError, SlurmRejected, SlurmUnavailable
 from rxslurm.slurm.runas import RunAs, run
-from rxslurm.slurm.script import render_batch_script
 
 log = logging.getLogger("rxslurm.containers")
 
@@ -72,7 +72,10 @@ class Runtime:
 
     ledger: Ledger
     config: Config
-    slurm: SlurmCli
+    scheduler: Scheduler
+    # The container runtime on the nodes; Apptainer as [apptainer] configures it by default.
+    runtime: ContainerRuntime = None  # type: ignore[assignment]
+    clock: Clock = utcnow
     # Called after a change the reconciler should look at soon.
     poke: Callable[[], None] = lambda: None
     # Slurm's default partition (asked of Slurm, cached): where a container without one runs.
@@ -81,6 +84,8 @@ class Runtime:
     pulls: ImagePulls = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.runtime is None:
+            self.runtime = ApptainerRuntime(self.config.apptainer)
         self.pulls = ImagePulls(self)
 
 
@@ -131,15 +136,13 @@ def _prepare_state_dir(config: Config, name: str, owner: RunAs, prepared_for: in
 
 
 def _prepare_storage(
-    config: Config, name: str, owner: RunAs, prepared_for: int | None
+    rt: Runtime, name: str, owner: RunAs, prepared_for: int | None
 ) -> tuple[Path, Path]:
     """The state folder and the overlay in it, for `owner`."""
-    state_dir = _prepare_state_dir(config, name, owner, prepared_for)
+    state_dir = _prepare_state_dir(rt.config, name, owner, prepared_for)
     overlay = state_dir / "overlay.img"
     if not overlay.exists():
-        apptainer.create_overlay(
-            overlay, config.containers.overlay_size_mb, owner, config.apptainer.binary
-        )
+        rt.runtime.create_overlay(overlay, rt.config.containers.overlay_size_mb, owner)
     return state_dir, overlay
 
 
@@ -158,29 +161,12 @@ def _local_image(config: Config, image: str) -> str | None:
     return str(cached) if cached else None
 
 
-def _holder_options(
-    config: Config, project: dict[str, Any], state_dir: Path, runtime_user: str
-) -> dict[str, str]:
-    """The holder's Apptainer options from [apptainer]. Service projects all run as one account,
-    so whatever the deployment chose, each gets a home and a /tmp of its own."""
-    settings = config.apptainer
-    if project["run_as"] == "service":
-        settings = replace(settings, home="project", private_tmp=True)
-    return apptainer.instance_options(settings, state_dir, RunAs.for_user(runtime_user))
-
-
 def _gres(settings: Settings) -> str | None:
     if settings.gpus <= 0:
         return None
     return (
         f"gpu:{settings.gpu_type}:{settings.gpus}" if settings.gpu_type else f"gpu:{settings.gpus}"
     )
-
-
-def _gpu_flag(settings: Settings) -> str:
-    if settings.gpus <= 0:
-        return ""
-    return {"nvidia": "--nv", "amd": "--rocm"}.get(settings.gpu_driver, "")
 
 
 # -- reads -------------------------------------------------------------------------------------
@@ -234,7 +220,9 @@ def status(rt: Runtime, actor: Actor, project: str, slurm_reachable: bool = True
         view["gpus"] = started_with.get("effective", {}).get("gpus", eff.gpus)
         view["gres"] = started_with.get("gres")
     if container["state"] == State.RUNNING and container["started_at"]:
-        view["uptime_s"] = int((utcnow() - from_timestamp(container["started_at"])).total_seconds())
+        view["uptime_s"] = int(
+            (rt.clock() - from_timestamp(container["started_at"])).total_seconds()
+        )
     if not slurm_reachable and container["state"] in ACTIVE:
         view["state_unknown"] = True
         view["reason"] = "Slurm is not answering; state as last seen"
@@ -281,7 +269,7 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
         )
     owner = RunAs.for_user(runtime_user)
     name = container_name(project)
-    now = to_timestamp(utcnow())
+    now = to_timestamp(rt.clock())
     with rt.ledger.transaction() as db:
         current = _container_of(db, row["id"])
         if current is None:
@@ -308,7 +296,7 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
         )
         container_id = current["id"]
     try:
-        state_dir, overlay = _prepare_storage(config, name, owner, prepared_for)
+        state_dir, overlay = _prepare_storage(rt, name, owner, prepared_for)
         image = _local_image(config, eff.image)
         if image is None:
             # DISABLED -> PULLING: no lease and no job while the image is pulled.
@@ -328,7 +316,7 @@ def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
                     **_actor_kw(actor),
                 )
             _request_pull(rt, container_id, eff.image, actor)
-    except (Conflict, BadRequest, apptainer.ApptainerError, OSError) as exc:
+    except (Conflict, BadRequest, ApptainerError, OSError) as exc:
         message = getattr(exc, "message", None) or str(exc)
         with rt.ledger.transaction() as db:
             change_state(
@@ -508,7 +496,7 @@ def _check_startable(
     if container["state"] != State.STOPPED or container["state_dir"] is None:
         return  # wake() refuses the other resting states with its own words
     try:
-        holder_job(rt.config, container, row, Settings.from_row(row))
+        holder_job(rt, container, row, Settings.from_row(row))
     except ValueError as exc:
         # STOPPED -> ERROR, holding nothing: retry after the settings are fixed.
         _fail_start(
@@ -566,7 +554,7 @@ def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) 
                     State.WAITING,
                     allowed_from=[State.STOPPED],
                     reason=why,
-                    fields={**cleared, "queued_at": to_timestamp(utcnow())},
+                    fields={**cleared, "queued_at": to_timestamp(rt.clock())},
                     **_actor_kw(actor),
                 )
                 queued = True
@@ -602,7 +590,7 @@ def _rehome(
             f"{runtime_user} once it has stopped"
         )
     owner = RunAs.for_user(runtime_user)
-    state_dir, overlay = _prepare_storage(rt.config, container["name"], owner, None)
+    state_dir, overlay = _prepare_storage(rt, container["name"], owner, None)
     with rt.ledger.transaction() as db:
         current = db["containers"].get(container["id"])
         if current["generation"] != container["generation"]:
@@ -638,22 +626,29 @@ class HolderJob:
 
 
 def holder_job(
-    config: Config, container: dict[str, Any], project: dict[str, Any], settings: Settings
+    rt: Runtime, container: dict[str, Any], project: dict[str, Any], settings: Settings
 ) -> HolderJob:
     """The holder job of a container; ValueError (TemplateError, RunAsError) if it cannot be."""
+    config = rt.config
     eff = effective(settings, config.defaults)
     state_dir = Path(container["state_dir"])
-    script = render_batch_script(
-        "holder.sh",
-        instance=container["name"],
-        image=container["image"],
-        overlay=container["overlay_path"],
-        workspace=project["workspace"],
-        binds=",".join(config.containers.fixed_mounts),
-        gpu_flag=_gpu_flag(eff),
-        state_dir=state_dir,
-        grace_s=config.containers.stop_grace_s,
-        **_holder_options(config, project, state_dir, container["runtime_user"]),
+    runas = RunAs.for_user(container["runtime_user"])
+    script = rt.runtime.holder_script(
+        HolderRequest(
+            instance=container["name"],
+            image=container["image"],
+            overlay=container["overlay_path"],
+            workspace=project["workspace"],
+            state_dir=state_dir,
+            user=runas,
+            binds=tuple(config.containers.fixed_mounts),
+            gpus=eff.gpus,
+            gpu_driver=eff.gpu_driver,
+            grace_s=config.containers.stop_grace_s,
+            # Service projects all run as one account, so whatever the deployment chose, each
+            # gets a home and a /tmp of its own.
+            own_home_and_tmp=project["run_as"] == "service",
+        )
     )
     spec = JobSpec(
         name=container["name"],
@@ -670,7 +665,7 @@ def holder_job(
         requeue=False,
     )
     snapshot = {**settings.to_dict(), "effective": eff.to_dict(), "gres": _gres(eff)}
-    return HolderJob(script, spec, RunAs.for_user(container["runtime_user"]), snapshot)
+    return HolderJob(script, spec, runas, snapshot)
 
 
 def _fail_start(
@@ -705,7 +700,7 @@ def submit(
     c = rt.ledger.db["containers"].get(container_id)
     project_row = rt.ledger.db["projects"].get(c["project_id"])
     try:
-        job = holder_job(rt.config, c, project_row, settings)
+        job = holder_job(rt, c, project_row, settings)
     except ValueError as exc:
         # STARTING -> ERROR: e.g. a value saved before it was validated as it is now.
         _fail_start(
@@ -719,7 +714,7 @@ def submit(
         raise BadRequest(f"the container of {project_row['name']} cannot start: {exc}") from None
     snapshot = job.snapshot
     try:
-        job_id = rt.slurm.submit(job.script, job.spec, job.runas)
+        job_id = rt.scheduler.submit(job.script, job.spec, job.runas)
     except SlurmError as exc:
         unavailable = isinstance(exc, SlurmUnavailable)
         with rt.ledger.transaction() as db:
@@ -749,7 +744,7 @@ def submit(
         )
         raise
     failpoints.hit("after-submit")
-    now = to_timestamp(utcnow())
+    now = to_timestamp(rt.clock())
     with rt.ledger.transaction() as db:
         current = db["containers"].get(container_id)
         fresh = current["state"] == State.STARTING and current["job_id"] is None
@@ -773,7 +768,7 @@ def submit(
             log.info("cancelling unwanted job", extra={"job_id": job_id, "container": c["name"]})
             current = None
     if current is None:
-        rt.slurm.cancel(job_id)
+        rt.scheduler.cancel(job_id)
         return None
     log.info("submitted", extra={"job_id": job_id, "container": c["name"]})
     rt.poke()
@@ -817,7 +812,7 @@ def stop(
 def cancel_job(rt: Runtime, job_id: int) -> None:
     """SIGTERM to the holder (its trap stops the instance), KillWait later SIGKILL: Slurm's own."""
     try:
-        rt.slurm.cancel(job_id)
+        rt.scheduler.cancel(job_id)
     except SlurmUnavailable:
         # The reconciler cancels again while the container is STOPPING.
         log.warning("cancel not answered; will retry", extra={"job_id": job_id})
@@ -872,11 +867,6 @@ class ExecTarget:
     state_dir: str
     runas: RunAs
 
-    @property
-    def apptainer_configdir(self) -> str:
-        # The holder starts the instance with this config folder; exec must look there too.
-        return f"{self.state_dir}/apptainer"
-
 
 def exec_target(rt: Runtime, actor: Actor, project: str) -> ExecTarget | None:
     """The running container of a project the actor may exec in; None when it is not running."""
@@ -905,7 +895,7 @@ def exec_target(rt: Runtime, actor: Actor, project: str) -> ExecTarget | None:
 def touch_activity(rt: Runtime, container_id: int) -> None:
     """Record exec/shell activity: the idle timer counts from the last one."""
     with rt.ledger.transaction() as db:
-        db["containers"].update(container_id, {"last_activity_at": to_timestamp(utcnow())})
+        db["containers"].update(container_id, {"last_activity_at": to_timestamp(rt.clock())})
 
 
 # -- the admin's view --------------------------------------------------------------------------
@@ -926,7 +916,7 @@ def admin_containers(rt: Runtime, project: str | None = None) -> list[dict[str, 
     with rt.ledger.read() as db:
         rows = db.execute(query, args).fetchall()
         projects = {r[13]: db["projects"].get(r[13]) for r in rows}
-    now = utcnow()
+    now = rt.clock()
     result = []
     for (
         name,

@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import socketserver
@@ -40,13 +39,14 @@ from rxslurm.daemon.api.conn_caps import ConnectionCap, caller_key
 from rxslurm.daemon.api.context import Daemon
 from rxslurm.daemon.api.peercred import Caller, UnknownCaller, peer_credentials, resolve_caller
 from rxslurm.daemon.containers import service as containers
+from rxslurm.daemon.containers.ports import ContainerRuntime, Scheduler
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
 from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
 from rxslurm.daemon.identity.bindings import Actor, auto_bind_local, binding_of_uid
-from rxslurm.daemon.images import apptainer
 from rxslurm.daemon.projects.roles import Action
-from rxslurm.slurm.runas import SAFE_PATH, clean_env
+from rxslurm.slurm.errors import SlurmUnavailable
+from rxslurm.slurm.runas import clean_env
 from rxslurm.slurm.step_signal import StepSignaller, new_step_name, subprocess_alive
 
 log = logging.getLogger("rxslurm.exec")
@@ -245,33 +245,27 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def srun_argv(
-    srun: str,
-    apptainer: str,
+def step_command(
+    scheduler: Scheduler,
+    runtime: ContainerRuntime,
     target: containers.ExecTarget,
     request: ExecRequest,
     step_name: str,
+    *,
+    portable: bool = False,
 ) -> list[str]:
-    """The step: every user-given word is one argv item after the instance, never a shell line."""
-    argv = [srun, f"--jobid={target.job_id}", "--overlap", "--ntasks=1", "--quiet"]
-    # Ctrl-C never reaches srun: rxd (or rxctl) gives SIGINT to the step's processes itself, found
-    # by this name (slurm: step_signal.py). srun's own SIGINT handling would end the step: with
-    # --quit-on-interrupt at once, otherwise (--disable-status) right after passing SIGINT on.
-    argv.append("--disable-status")
-    argv.append(f"--job-name={step_name}")
-    if request.tty:
-        argv.append("--pty")
-    argv += ["--", apptainer, "shell" if request.shell else "exec"]
-    if request.cwd:
-        argv += ["--pwd", request.cwd]
-    argv.append(f"instance://{target.instance}")
-    argv += request.argv
-    return argv
+    """The step: the runtime's command in the instance, as a step of the container's job. Every
+    user-given word is one argv item after the instance, never a shell line."""
+    inside = runtime.exec_argv(target.instance, request.argv, shell=request.shell, cwd=request.cwd)
+    return scheduler.step_argv(
+        target.job_id, inside, tty=request.tty, step_name=step_name, portable=portable
+    )
 
 
-def child_env(target: containers.ExecTarget, request: ExecRequest) -> dict[str, str]:
-    # The holder started the instance with this config folder; exec finds it there.
-    extra = {"APPTAINER_CONFIGDIR": target.apptainer_configdir}
+def child_env(
+    runtime: ContainerRuntime, target: containers.ExecTarget, request: ExecRequest
+) -> dict[str, str]:
+    extra = runtime.exec_env(target.state_dir)
     if request.tty and request.term:
         extra["TERM"] = request.term
     return clean_env(target.runas, extra)
@@ -377,12 +371,12 @@ class Session:
     def direct_step(self, target: containers.ExecTarget, request: ExecRequest) -> dict[str, Any]:
         """What a caller who is the runtime user needs to start the step on their own host: the
         same argv (srun found on their PATH), environment and step name as rxd's own."""
+        rt = self.daemon.runtime
         step_name = new_step_name()
-        program = apptainer.program(self.daemon.config.apptainer)
-        argv = srun_argv("srun", program, target, request, step_name)
+        argv = step_command(rt.scheduler, rt.runtime, target, request, step_name, portable=True)
         return {
             "argv": argv,
-            "env": child_env(target, request),
+            "env": child_env(rt.runtime, target, request),
             "job_id": target.job_id,
             "step_name": step_name,
         }
@@ -492,9 +486,12 @@ class Session:
     def run(
         self, target: containers.ExecTarget, request: ExecRequest, pending: list[dict[str, Any]]
     ) -> None:
-        program = apptainer.program(self.daemon.config.apptainer)
+        rt = self.daemon.runtime
         step_name = new_step_name()
-        argv = srun_argv(self.server.srun(), program, target, request, step_name)
+        try:
+            argv = step_command(rt.scheduler, rt.runtime, target, request, step_name)
+        except SlurmUnavailable as exc:
+            raise Unavailable(f"{exc.message}; Slurm is unavailable") from None
         sessions = self.daemon.reconciler.sessions
         try:
             plumbing = Plumbing(self.fds, request.tty, strip_srun_task_lines)
@@ -516,7 +513,7 @@ class Session:
                     # chdir happens before the drop to the user: a root-squashed shared
                     # folder may refuse root. The command's folder is --pwd, inside.
                     cwd="/",
-                    env=child_env(target, request),
+                    env=child_env(rt.runtime, target, request),
                     close_fds=True,
                     start_new_session=True,
                     umask=0o022,
@@ -675,7 +672,6 @@ class ExecServer:
         self.cap = ConnectionCap(daemon.config.limits.connections_per_uid)
         self._sessions: set[Session] = set()
         self._lock = threading.Lock()
-        self._srun: str | None = None
         self._server: _UnixServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -721,15 +717,6 @@ class ExecServer:
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         return self.pool.submit(fn, *args).result()
-
-    def srun(self) -> str:
-        if self._srun is None:
-            bin_dir = self.daemon.config.slurm.bin_dir
-            found = shutil.which("srun", path=bin_dir or os.environ.get("PATH") or SAFE_PATH)
-            if found is None:
-                raise Unavailable(f"srun not found in {bin_dir or 'PATH'}; Slurm is unavailable")
-            self._srun = found
-        return self._srun
 
     def track(self, session: Session) -> None:
         with self._lock:
