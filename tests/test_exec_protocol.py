@@ -426,23 +426,25 @@ def fake_exec(monkeypatch) -> Iterator[SimpleNamespace]:
     )
     sessions = Sessions()
     touched: list[int] = []
-    daemon = SimpleNamespace(
-        config=config,
-        runtime=SimpleNamespace(
-            scheduler=SlurmCli(bin_dir=str(bin_dir)), runtime=ApptainerRuntime(config.apptainer)
-        ),
-        reconciler=SimpleNamespace(sessions=sessions, slurm_reachable=True),
-    )
     target = containers.ExecTarget(7, 42, "n1", "rx-p-42", str(root), user)
 
-    def exec_target(rt: Any, actor: Any, project: str) -> containers.ExecTarget:
+    def exec_target(actor: Any, project: str) -> containers.ExecTarget:
         if project != "p":
             raise Forbidden(f"exec in project {project} needs role owner or manager")
         return target
 
+    daemon = SimpleNamespace(
+        config=config,
+        containers=SimpleNamespace(
+            scheduler=SlurmCli(bin_dir=str(bin_dir)),
+            runtime=ApptainerRuntime(config.apptainer),
+            exec_target=exec_target,
+            touch_activity=touched.append,
+        ),
+        reconciler=SimpleNamespace(sessions=sessions, slurm_reachable=True),
+    )
+
     monkeypatch.setattr(exec_server, "actor_for", lambda daemon, caller: caller)
-    monkeypatch.setattr(containers, "exec_target", exec_target)
-    monkeypatch.setattr(containers, "touch_activity", lambda rt, cid: touched.append(cid))
     server = exec_server.ExecServer.start(daemon)  # type: ignore[arg-type]
     try:
         yield SimpleNamespace(

@@ -461,7 +461,8 @@ def _job_from_sacct_row(row: Mapping[str, str]) -> JobInfo:
 
 def _gres_from_tres_text(tres: str) -> str:
     """ "billing=1,cpu=1,gres/gpu:a100=2,gres/gpu=2" -> "gpu:a100:2" (typed beats plain)."""
-    typed, plain = [], []
+    typed: list[str] = []
+    plain: list[str] = []
     for item in tres.split(","):
         match = re.fullmatch(r"gres/([^=]+)=([0-9]{1,9})", item.strip())
         if match and int(match.group(2)):

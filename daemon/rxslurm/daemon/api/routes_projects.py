@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 from typing import Any
 
 from aiohttp import web
 
 from rxslurm.daemon.api.app import json_response, read_json
 from rxslurm.daemon.api.context import Daemon, daemon_of
-from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.errors import ApiError, BadRequest
 from rxslurm.daemon.identity.actors import actor_of
 from rxslurm.daemon.identity.bindings import (
@@ -151,7 +149,7 @@ async def set_run_as(request: web.Request) -> web.Response:
         actor,
         request.match_info["name"],
         body.get("mode"),
-        partial(containers.cancel_job, daemon.runtime),
+        daemon.containers.cancel_job,
     )
     return json_response(await _with_workspace(daemon, view))
 
@@ -186,7 +184,7 @@ async def set_member_role(request: web.Request) -> web.Response:
         request.match_info["name"],
         check_platform_user_id(request.match_info["user"]),
         body.get("role"),
-        partial(containers.cancel_job, daemon.runtime),
+        daemon.containers.cancel_job,
     )
     return json_response(await _with_workspace(daemon, view))
 
@@ -203,7 +201,7 @@ async def remove_member(request: web.Request) -> web.Response:
         actor,
         request.match_info["name"],
         user,
-        partial(containers.cancel_job, daemon.runtime),
+        daemon.containers.cancel_job,
     )
     binding = await asyncio.to_thread(binding_of_platform_user, daemon.ledger.db, user)
     revoke = (binding["username"],) if binding else ()

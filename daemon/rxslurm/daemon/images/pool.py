@@ -33,7 +33,7 @@ from rxslurm.daemon.ledger.audit import record_event
 from rxslurm.daemon.ledger.records import to_timestamp, utcnow
 
 if TYPE_CHECKING:
-    from rxslurm.daemon.containers.service import Runtime
+    from rxslurm.daemon.containers.service import ContainerService
 
 log = logging.getLogger("rxslurm.pulls")
 ACTOR = {"actor": "rxd", "origin": "pull"}
@@ -58,7 +58,7 @@ class _Pull:
 class ImagePulls:
     """The daemon's pull workers; ``start`` before serving, ``stop`` when rxd stops."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: ContainerService) -> None:
         self.rt = rt
         self.config = rt.config.pulls
         self._settings: image_pull.PullSettings | None = None
@@ -212,7 +212,7 @@ class ImagePulls:
 
 
 def carry_on(
-    rt: Runtime, container_id: int, outcome: Outcome, *, queue: bool = True, **actor: Any
+    rt: ContainerService, container_id: int, outcome: Outcome, *, queue: bool = True, **actor: Any
 ) -> bool:
     """Move a PULLING container on after its pull: WAITING (queued for a lease and a job) or
     STOPPED (nobody wants it running any more, or ``queue`` False: the caller wakes it), or
