@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
@@ -20,13 +19,7 @@ routes = web.RouteTableDef()
 async def list_quotas(request: web.Request) -> web.Response:
     await admin_actor(request)
     daemon = daemon_of(request)
-
-    def read() -> list[dict[str, Any]]:
-        with daemon.ledger.read() as db:
-            rows = db["quotas"].rows_where(order_by="partition, scope, subject")
-            return [quotas.quota_view(db, row) for row in rows]
-
-    return json_response({"quotas": await asyncio.to_thread(read)})
+    return json_response({"quotas": await asyncio.to_thread(daemon.containers.quota_views)})
 
 
 QUOTA_FIELDS = ("partition", "scope", "subject", "max_gpus", "max_cpus", "max_mem_mb",

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlite_utils.db import NotFoundError
+
 from rxslurm.daemon import failpoints
 from rxslurm.daemon.apptainer import ApptainerError, ApptainerRuntime
 from rxslurm.daemon.config import Config
@@ -35,7 +37,7 @@ from rxslurm.daemon.images import pull as image_pull
 from rxslurm.daemon.images.pool import ImagePulls, carry_on
 from rxslurm.daemon.ledger.records import from_json, from_timestamp, to_json, to_timestamp, utcnow
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
-from rxslurm.daemon.projects.roles import Action
+from rxslurm.daemon.projects.roles import Action, Role
 from rxslurm.daemon.projects.service import authorize, require_runtime_identity, runtime_identity
 from rxslurm.daemon.projects.settings import Settings, differs_from_snapshot, effective
 from rxslurm.daemon.quarantine import quarantine
@@ -164,15 +166,22 @@ class HolderJob:
 
 def _project_for(
     db: LedgerDatabase, actor: Actor, project: str, check: Action | None
-) -> dict[str, Any]:
-    """The project row if the actor may `check` in it; `check` None: an admin acting on any."""
+) -> tuple[dict[str, Any], Role | None]:
+    """The project row and the actor's role if the actor may `check` in it; `check` None: an
+    admin acting on any."""
     if check is None:
         if not actor.admin:
             raise Forbidden("this needs an rx-slurm admin")
-        row, _ = authorize(db, actor, project, Action.VIEW)
-        return row
-    row, _ = authorize(db, actor, project, check)
-    return row
+        return authorize(db, actor, project, Action.VIEW)
+    return authorize(db, actor, project, check)
+
+
+def _fresh_project(db: LedgerDatabase, authorized: dict[str, Any]) -> dict[str, Any]:
+    """The authorized project's row as it is now (its settings may have changed since)."""
+    try:
+        return dict(db.table("projects").get(authorized["id"]))
+    except NotFoundError:
+        raise Conflict(f"project {authorized['name']} was deleted meanwhile") from None
 
 
 @dataclass(frozen=True)
@@ -260,8 +269,21 @@ class ContainerService:
     def status(self, actor: Actor, project: str) -> ContainerView:
         """The container as the actor may see it; the state as last seen when Slurm did not
         answer the reconciler's last pass."""
+        return self._view(*self._authorize(actor, project, Action.VIEW))
+
+    def _authorize(
+        self, actor: Actor, project: str, check: Action
+    ) -> tuple[dict[str, Any], Role | None]:
+        """The project's row and the actor's role in it, if the actor may `check` there: the
+        one authorization of a command."""
         with self.ledger.read() as db:
-            row, role = authorize(db, actor, project, Action.VIEW)
+            return authorize(db, actor, project, check)
+
+    def _view(self, authorized: dict[str, Any], role: Role | None) -> ContainerView:
+        """The container of an authorized project as it is now (after the command)."""
+        with self.ledger.read() as db:
+            row = _fresh_project(db, authorized)
+            project = row["name"]
             container = _container_of(db, row["id"])
             runtime_user = runtime_identity(db, self.config, row)
         saved = Settings.from_row(row)
@@ -338,9 +360,15 @@ class ContainerService:
 
     def enable(self, actor: Actor, project: str) -> ContainerView:
         """Create the container's record, folder and overlay, then wake it."""
+        row, role = self._authorize(actor, project, Action.ENABLE)
+        self._enable(actor, row)
+        return self._view(row, role)
+
+    def _enable(self, actor: Actor, authorized: dict[str, Any]) -> None:
         config = self.config
         with self.ledger.read() as db:
-            row, _ = authorize(db, actor, project, Action.ENABLE)
+            row = _fresh_project(db, authorized)
+            project = row["name"]
             runtime_user = require_runtime_identity(db, config, row)
             container = _container_of(db, row["id"])
         if container is not None and container["state"] != State.DISABLED:
@@ -416,7 +444,8 @@ class ContainerService:
                 )
             raise
         if image is None:
-            return self._after_pull(actor, project, container_id, eff.image)
+            self._after_pull(actor, row, container_id, eff.image)
+            return
         with self.ledger.transaction() as db:
             change_state(
                 db,
@@ -432,7 +461,7 @@ class ContainerService:
                 },
                 **_actor_kw(actor),
             )
-        return self.wake(actor, project, check=Action.ENABLE)
+        self._wake(actor, row)
 
     def _request_pull(self, container_id: int, uri: str, actor: Actor) -> None:
         try:
@@ -442,25 +471,25 @@ class ContainerService:
         except image_cache.UnsafeImageDir as exc:
             raise Conflict(f"cannot pull {uri}: {exc}") from None
 
-    def _after_pull(self, actor: Actor, project: str, container_id: int, uri: str) -> ContainerView:
+    def _after_pull(self, actor: Actor, row: dict[str, Any], container_id: int, uri: str) -> None:
         """A short wait for the pull: a small image answers as before (started, or the pull's
         reason as the error); a longer pull answers "pulling" and the container goes on alone."""
         outcome = self.pulls.wait(container_id, self.config.pulls.enable_wait_s)
         if outcome is None or outcome.cancelled:
-            return self.status(actor, project)
+            return
         if not carry_on(self, container_id, outcome, queue=False, **_actor_kw(actor)):
-            return self.status(actor, project)
+            return
         if outcome.image is None:
             raise BadRequest(f"cannot pull {uri}: {outcome.error}")
         if self.ledger.db.table("containers").get(container_id)["desired"] != "running":
-            return self.status(actor, project)  # stopped while it pulled
-        return self.wake(actor, project, check=Action.ENABLE)
+            return  # stopped while it pulled
+        self._wake(actor, row)
 
     def disable(self, actor: Actor, project: str, wait_s: float = 120.0) -> ContainerView:
         """Stop, then delete the overlay (the workspace stays). A failed delete rolls back."""
-        self._stop(actor, project, Action.DISABLE, "stopped by user")
+        row, role = self._stop(actor, project, Action.DISABLE, "stopped by user")
         with self.ledger.read() as db:
-            row, _ = authorize(db, actor, project, Action.DISABLE)
+            row = _fresh_project(db, row)
             container = _container_of(db, row["id"])
             runtime_user = runtime_identity(db, self.config, row)
         if container is None or container["state"] == State.DISABLED:
@@ -495,7 +524,7 @@ class ContainerService:
                 fields={"desired": "disabled", "job_id": None, "node": None, "instance": None},
                 **_actor_kw(actor),
             )
-        return self.status(actor, project)
+        return self._view(row, role)
 
     def quota_request(
         self,
@@ -576,8 +605,14 @@ class ContainerService:
         One that does not fit waits (policy "queue": the reconciler starts it when leases free
         up) or is refused (policy "reject"), with the bottleneck in words.
         """
+        row, role = self._authorize(actor, project, check)
+        self._wake(actor, row)
+        return self._view(row, role)
+
+    def _wake(self, actor: Actor, authorized: dict[str, Any]) -> None:
         with self.ledger.read() as db:
-            row, _ = authorize(db, actor, project, check)
+            row = _fresh_project(db, authorized)
+            project = row["name"]
             runtime_user = require_runtime_identity(db, self.config, row)
             container = _container_of(db, row["id"])
         if container is None or container["state"] == State.DISABLED:
@@ -593,9 +628,10 @@ class ContainerService:
         request = self.quota_request(row, container["runtime_user"], default_partition)
         outcome: Started | Queued | None = None
         with self.ledger.transaction() as db:
-            row, _ = authorize(db, actor, project, check)
+            row = _fresh_project(db, row)
             container = _container_of(db, row["id"])
-            assert container is not None
+            if container is None:
+                raise Conflict(f"the container of {project} is not enabled")
             db.table("containers").update(container["id"], {"desired": "running"})
             # Racing wakes: the first moves STOPPED -> STARTING, the others find it ACTIVE.
             # A container still pulling its image is queued for a job by the pull's end.
@@ -622,7 +658,6 @@ class ContainerService:
             )
         else:
             self.poke()
-        return self.status(actor, project)
 
     def start_or_queue(
         self,
@@ -870,23 +905,25 @@ class ContainerService:
 
     def stop(self, actor: Actor, project: str, check: Action = Action.STOP) -> ContainerView:
         """Stop the container; the overlay is kept."""
-        self._stop(actor, project, check, "stopped by user")
-        return self.status(actor, project)
+        return self._view(*self._stop(actor, project, check, "stopped by user"))
 
     def admin_stop(self, actor: Actor, project: str) -> dict[str, Any]:
         """An admin stops a misbehaving container, whatever their role in its project."""
         self._stop(actor, project, None, f"stopped by admin {actor.name}")
         return self.admin_view(project)
 
-    def _stop(self, actor: Actor, project: str, check: Action | None, reason: str) -> None:
+    def _stop(
+        self, actor: Actor, project: str, check: Action | None, reason: str
+    ) -> tuple[dict[str, Any], Role | None]:
         with self.ledger.transaction() as db:
-            row = _project_for(db, actor, project, check)
+            row, role = _project_for(db, actor, project, check)
             container = _container_of(db, row["id"])
             if container is None or container["state"] == State.DISABLED:
                 raise Conflict(f"the container of {project} is not enabled")
             job_id = request_stop(db, container, reason, **_actor_kw(actor))
         if job_id is not None:
             self.cancel_job(job_id)
+        return row, role
 
     def cancel_job(self, job_id: int) -> None:
         """SIGTERM to the holder (its trap stops the instance), KillWait later SIGKILL: Slurm's
@@ -900,7 +937,7 @@ class ContainerService:
 
     def retry(self, actor: Actor, project: str) -> ContainerView:
         with self.ledger.transaction() as db:
-            row, _ = authorize(db, actor, project, Action.RETRY)
+            row, role = authorize(db, actor, project, Action.RETRY)
             container = _container_of(db, row["id"])
             if container is None or container["state"] != State.ERROR:
                 state = container["state"] if container else "disabled"
@@ -928,8 +965,10 @@ class ContainerService:
                 )
                 again = False
         if again:
-            return self.enable(actor, project)
-        return self.wake(actor, project, check=Action.RETRY)
+            self._enable(actor, row)
+        else:
+            self._wake(actor, row)
+        return self._view(row, role)
 
     def exec_target(self, actor: Actor, project: str) -> ExecTarget | None:
         """The running container of a project the actor may exec in; None when it is not running."""
@@ -1017,6 +1056,12 @@ class ContainerService:
     def admin_view(self, project: str) -> dict[str, Any]:
         found = self.admin_containers(project)
         return found[0] if found else {"project": project, "state": State.DISABLED.value}
+
+    def quota_views(self) -> list[dict[str, Any]]:
+        """Every quota with what its leases use now (an admin's view)."""
+        with self.ledger.read() as db:
+            rows = db.table("quotas").rows_where(order_by="partition, scope, subject")
+            return [quotas.quota_view(db, row) for row in rows]
 
     def set_quota(self, actor: Actor, values: dict[str, Any]) -> dict[str, Any]:
         """An admin sets a quota (values checked by quotas.parse_quota): recorded and audited
