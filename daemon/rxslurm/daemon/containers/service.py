@@ -1,6 +1,8 @@
-"""A project's persistent container: enable, wake, stop, disable, retry, status.
+"""A project's persistent container: ``ContainerService`` (enable, wake, stop, disable, retry,
+status, the exec target, the quota commands), which routes, the exec server and the reconciler
+call; Slurm, the runtime and the clock only through its ports (containers/ports.py).
 
-The container is an Apptainer instance inside a Slurm job (the "holder") that runs as the
+The container is a runtime instance inside a Slurm job (the "holder") that runs as the
 project's runtime identity. Its overlay (the persistent writable layer) and the project workspace
 outlive every job. Slurm calls happen outside ledger transactions; each state change is a
 conditional update (see states.change_state), so racing requests make exactly one job and a
