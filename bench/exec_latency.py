@@ -1,6 +1,6 @@
 """Exec latency: `rxctl exec --project P -- true` on a running container against the step by hand.
 
-The baseline is exactly the step rxd runs (rxslurm.daemon.exec.server.srun_argv): `srun
+The baseline is exactly the step rxd runs (rxslurm.daemon.exec.server.step_command): `srun
 --jobid J --overlap --ntasks=1 --quiet ... apptainer exec --pwd /workspace instance://NAME true`,
 as the job's user with APPTAINER_CONFIGDIR=<state_dir>/apptainer. The two sides alternate
 (ABBA), so drift and other users of the cluster hit both alike. To show where rx-slurm's time
@@ -13,7 +13,6 @@ Then throughput: `clients` processes at once, each running its share of the exec
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -46,8 +45,11 @@ WARMUP = 3
 
 def raw_step(row: dict[str, Any], project: str, command: Sequence[str]) -> list[str]:
     """The step rxd would run for this container, built by rxd's own function."""
+    from rxslurm.daemon.apptainer import ApptainerRuntime
+    from rxslurm.daemon.config import ApptainerConfig
     from rxslurm.daemon.containers.service import ExecTarget
-    from rxslurm.daemon.exec.server import ExecRequest, srun_argv
+    from rxslurm.daemon.exec.server import ExecRequest, step_command
+    from rxslurm.slurm.adapter import SlurmCli
     from rxslurm.slurm.runas import RunAs
 
     target = ExecTarget(
@@ -58,9 +60,10 @@ def raw_step(row: dict[str, Any], project: str, command: Sequence[str]) -> list[
         state_dir=row["state_dir"],
         runas=RunAs.for_user(row["runtime_user"]),
     )
-    srun = shutil.which("srun") or "srun"
     request = ExecRequest(project, tuple(command))
-    return srun_argv(srun, "apptainer", target, request, "rx-exec-bench")
+    # The bench's baseline runs the bare `apptainer` from PATH, as a user would by hand.
+    runtime = ApptainerRuntime(ApptainerConfig(binary="apptainer"))
+    return step_command(SlurmCli(), runtime, target, request, "rx-exec-bench")
 
 
 def raw_env(row: dict[str, Any]) -> dict[str, str]:

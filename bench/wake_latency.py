@@ -63,8 +63,8 @@ class ByHand:
     """A holder job submitted, waited for and used by hand, as a user would script it."""
 
     def __init__(self, container: Container, row: dict[str, Any]) -> None:
+        from rxslurm.daemon import apptainer
         from rxslurm.daemon.config import load_config
-        from rxslurm.daemon.images import apptainer
         from rxslurm.slurm.runas import RunAs
 
         rxd = container.rxd
@@ -92,8 +92,8 @@ class ByHand:
         """The holder script and sbatch options rxd would use for this project's container."""
         import sqlite3
 
-        from rxslurm.daemon.containers.service import _gpu_flag, _gres
-        from rxslurm.daemon.images import apptainer
+        from rxslurm.daemon import apptainer
+        from rxslurm.daemon.containers.service import _gres
         from rxslurm.daemon.projects.settings import Settings, effective
         from rxslurm.slurm.adapter import JobSpec
         from rxslurm.slurm.runas import RunAs
@@ -115,7 +115,7 @@ class ByHand:
             overlay=self.overlay,
             workspace=project["workspace"],
             binds=",".join(self.config.containers.fixed_mounts),
-            gpu_flag=_gpu_flag(eff),
+            gpu_flag=apptainer.gpu_flag(eff.gpus, eff.gpu_driver),
             state_dir=self.state_dir,
             grace_s=self.config.containers.stop_grace_s,
             **apptainer.instance_options(

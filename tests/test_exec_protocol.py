@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from rxslurm.cli import exec_client
-from rxslurm.daemon.config import parse_config
+from rxslurm.daemon.apptainer import ApptainerRuntime
+from rxslurm.daemon.config import ApptainerConfig, parse_config
 from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.containers.reconciler import Sessions
 from rxslurm.daemon.errors import BadRequest, Forbidden
@@ -34,10 +35,11 @@ from rxslurm.daemon.exec.server import (
     LineReader,
     ProtocolError,
     receive_request,
-    srun_argv,
+    step_command,
     strip_srun_task_lines,
 )
 from rxslurm.protocol import exec_wire
+from rxslurm.slurm.adapter import SlurmCli
 from rxslurm.slurm.runas import RunAs
 from tests.support import daemon as daemon_support
 from tests.support.cluster import wait_for
@@ -196,11 +198,17 @@ TARGET = containers.ExecTarget(
 )
 
 
-def test_the_step_is_an_overlapping_srun_with_the_users_words_last() -> None:
+RUNTIME = ApptainerRuntime(ApptainerConfig(binary="/opt/apptainer/bin/apptainer"))
+
+
+def test_the_step_is_an_overlapping_srun_with_the_users_words_last(tmp_path: Path) -> None:
+    srun = tmp_path / "srun"
+    srun.write_text("#!/bin/sh\n")
+    srun.chmod(0o755)
     request = ExecRequest.parse({"project": "alpha", "argv": HOSTILE})
-    argv = srun_argv("/usr/bin/srun", "apptainer", TARGET, request, "rx-exec-00")
+    argv = step_command(SlurmCli(bin_dir=str(tmp_path)), RUNTIME, TARGET, request, "rx-exec-00")
     assert argv == [
-        "/usr/bin/srun",
+        str(srun),
         "--jobid=42",
         "--overlap",
         "--ntasks=1",
@@ -208,7 +216,7 @@ def test_the_step_is_an_overlapping_srun_with_the_users_words_last() -> None:
         "--disable-status",
         "--job-name=rx-exec-00",
         "--",
-        "apptainer",
+        "/opt/apptainer/bin/apptainer",
         "exec",
         "--pwd",
         "/workspace",
@@ -219,16 +227,21 @@ def test_the_step_is_an_overlapping_srun_with_the_users_words_last() -> None:
 
 def test_a_shell_asks_srun_for_a_terminal() -> None:
     request = ExecRequest.parse({"project": "alpha", "shell": True, "tty": True, "cwd": None})
-    argv = srun_argv("srun", "apptainer", TARGET, request, "rx-exec-00")
+    argv = step_command(SlurmCli(), RUNTIME, TARGET, request, "rx-exec-00", portable=True)
+    assert argv[0] == "srun"  # found on the PATH of the host that starts it
     assert "--pty" in argv[: argv.index("--")]
-    assert argv[argv.index("--") + 1 :] == ["apptainer", "shell", "instance://rx-alpha-42"]
+    assert argv[argv.index("--") + 1 :] == [
+        "/opt/apptainer/bin/apptainer",
+        "shell",
+        "instance://rx-alpha-42",
+    ]
 
 
 def test_the_child_environment_is_clean_and_finds_the_instance(monkeypatch) -> None:
     monkeypatch.setenv("LD_PRELOAD", "/evil.so")
     monkeypatch.setenv("RXD_SECRET", "x")
     request = ExecRequest.parse({"project": "a", "shell": True, "tty": True, "term": "vt100"})
-    env = exec_server.child_env(TARGET, request)
+    env = exec_server.child_env(RUNTIME, TARGET, request)
     assert env["APPTAINER_CONFIGDIR"] == "/srv/c/rx-alpha/apptainer"
     assert env["TERM"] == "vt100"
     assert env["USER"] == "someone"
@@ -426,21 +439,25 @@ def fake_exec(monkeypatch) -> Iterator[SimpleNamespace]:
     )
     sessions = Sessions()
     touched: list[int] = []
-    daemon = SimpleNamespace(
-        config=config,
-        runtime=object(),
-        reconciler=SimpleNamespace(sessions=sessions, slurm_reachable=True),
-    )
     target = containers.ExecTarget(7, 42, "n1", "rx-p-42", str(root), user)
 
-    def exec_target(rt: Any, actor: Any, project: str) -> containers.ExecTarget:
+    def exec_target(actor: Any, project: str) -> containers.ExecTarget:
         if project != "p":
             raise Forbidden(f"exec in project {project} needs role owner or manager")
         return target
 
+    daemon = SimpleNamespace(
+        config=config,
+        containers=SimpleNamespace(
+            scheduler=SlurmCli(bin_dir=str(bin_dir)),
+            runtime=ApptainerRuntime(config.apptainer),
+            exec_target=exec_target,
+            touch_activity=touched.append,
+        ),
+        reconciler=SimpleNamespace(sessions=sessions, slurm_reachable=True),
+    )
+
     monkeypatch.setattr(exec_server, "actor_for", lambda daemon, caller: caller)
-    monkeypatch.setattr(containers, "exec_target", exec_target)
-    monkeypatch.setattr(containers, "touch_activity", lambda rt, cid: touched.append(cid))
     server = exec_server.ExecServer.start(daemon)  # type: ignore[arg-type]
     try:
         yield SimpleNamespace(

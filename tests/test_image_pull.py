@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rxslurm.daemon.config import ConfigError, parse_config
-from rxslurm.daemon.containers.service import Runtime
+from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.images import cache as image_cache
@@ -500,7 +500,7 @@ class FakePulls:
 @pytest.fixture
 def pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ImagePulls, FakePulls]]:
     ledger = Ledger.open(tmp_path / "ledger.db", migrate=True)
-    rt = Runtime(ledger, parse_config({"pulls": {"max_per_user": 2}}), slurm=None)  # type: ignore[arg-type]
+    rt = ContainerService(ledger, parse_config({"pulls": {"max_per_user": 2}}), scheduler=None)  # type: ignore[arg-type]
     fake = FakePulls(tmp_path)
     monkeypatch.setattr(image_pull, "pull", fake)
     monkeypatch.setattr(image_cache, "cached_image", lambda folder, uri: None)

@@ -1,6 +1,6 @@
-"""Slurm's pending reasons in words (rxslurm/daemon/containers/reconciler.py)."""
+"""Slurm's pending reasons in words (rxslurm/slurm/job_states.py)."""
 
-from rxslurm.daemon.containers.reconciler import pending_reason
+from rxslurm.slurm.job_states import pending_reason
 
 
 def test_a_reason_is_put_in_words_and_quoted() -> None:

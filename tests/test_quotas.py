@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.containers import service as containers
-from rxslurm.daemon.containers.service import Runtime
+from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.containers.states import State, change_state
 from rxslurm.daemon.errors import BadRequest, NotFound
 from rxslurm.daemon.ledger.store import Ledger
@@ -250,8 +249,8 @@ def test_hold_all_keeps_room_for_a_waiter_that_fits(ledger: Ledger) -> None:
         assert quotas.hold_back(db, held, request("elsewhere", partition="cpu")) is None
 
 
-def runtime(ledger: Ledger) -> Runtime:
-    return Runtime(ledger, Config(), slurm=None)  # type: ignore[arg-type]
+def runtime(ledger: Ledger) -> ContainerService:
+    return ContainerService(ledger, Config(), scheduler=None)  # type: ignore[arg-type]
 
 
 def queue(ledger: Ledger, cid: int, minute: int) -> None:
@@ -269,7 +268,7 @@ def test_queued_lists_waiting_containers_in_the_order_they_came(ledger: Ledger) 
     queue(ledger, late, 30)
     queue(ledger, early, 10)
     with ledger.read() as db:
-        found = containers.queued(runtime(ledger), db, "cpu")
+        found = runtime(ledger).queued(db, "cpu")
     assert [(row["id"], req.project, req.partition) for row, req in found] == [
         (early, "early", "gpu"),
         (late, "late", "gpu"),
@@ -285,12 +284,12 @@ def test_a_wake_does_not_jump_the_queue(ledger: Ledger) -> None:
     rt = runtime(ledger)
     with ledger.read() as db:
         # One GPU is free and the newcomer needs one, but "waiting" came first.
-        assert containers.admission(rt, db, newcomer, request("newcomer"), "cpu") == (
+        assert rt.admission(db, newcomer, request("newcomer"), "cpu") == (
             "partition gpu: queued behind waiting for the deployment quota"
         )
         # The waiting container itself is measured against the quota alone.
         assert "2 GPUs, 1 in use by alpha" in (
-            containers.admission(rt, db, waiting, request("waiting", gpus=2), "cpu") or ""
+            rt.admission(db, waiting, request("waiting", gpus=2), "cpu") or ""
         )
 
 
@@ -302,10 +301,7 @@ def test_a_wake_on_another_partition_goes_past_the_queue(ledger: Ledger) -> None
     other = container(ledger, "other", partition="cpu")
     with ledger.read() as db:
         assert (
-            containers.admission(
-                runtime(ledger), db, other, request("other", partition="cpu"), "cpu"
-            )
-            is None
+            runtime(ledger).admission(db, other, request("other", partition="cpu"), "cpu") is None
         )
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from rxslurm.daemon import apptainer
 from rxslurm.daemon.config import ApptainerConfig, ConfigError, parse_config
-from rxslurm.daemon.images import apptainer
 from rxslurm.slurm.runas import RunAs
 from rxslurm.slurm.script import render_batch_script
 from tests.support.daemon import test_root
@@ -252,8 +252,3 @@ def test_the_instance_list_the_holder_reads_is_json() -> None:
     result = real("instance", "list", "--json", "no-such-instance")
     assert result.returncode == 0
     assert json.loads(result.stdout) == {"instances": []}
-
-
-def test_inspect_of_a_missing_image_is_an_apptainer_error(tmp_path: Path) -> None:
-    with pytest.raises(apptainer.ApptainerError):
-        apptainer.inspect(tmp_path / "missing.sif")

@@ -8,7 +8,7 @@ from typing import Any
 
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.reconciler import Reconciler
-from rxslurm.daemon.containers.service import Runtime, submit
+from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.projects.settings import Settings
@@ -83,10 +83,10 @@ def test_the_submitter_keeps_a_job_the_reconciler_adopted_first(tmp_path: Path) 
             }
         )
     slurm = AdoptingSlurm()
-    rt = Runtime(ledger, Config(), slurm)  # type: ignore[arg-type]
+    rt = ContainerService(ledger, Config(), slurm)  # type: ignore[arg-type]
     slurm.reconciler = Reconciler(rt, interval=3600)
 
-    assert submit(rt, 1, Settings(), actor="rxalice", origin="socket") == JOB
+    assert rt.submit(1, Settings(), actor="rxalice", origin="socket") == JOB
 
     assert slurm.cancelled == []
     container = ledger.db["containers"].get(1)

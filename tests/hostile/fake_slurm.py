@@ -9,7 +9,7 @@ from typing import Any
 
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.reconciler import Reconciler
-from rxslurm.daemon.containers.service import Runtime, job_comment
+from rxslurm.daemon.containers.service import ContainerService, job_comment
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.slurm.jobs import JobInfo, Listing
@@ -106,5 +106,5 @@ def rig(tmp_path: Path, *containers: dict[str, Any]) -> Rig:
                 }
             )
     slurm = QueueSlurm()
-    rt = Runtime(ledger, CONFIG, slurm)  # type: ignore[arg-type]
+    rt = ContainerService(ledger, CONFIG, slurm)  # type: ignore[arg-type]
     return Rig(ledger, slurm, Reconciler(rt, interval=3600))

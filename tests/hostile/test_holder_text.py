@@ -15,6 +15,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rxslurm.daemon.apptainer import last_fatal
 from rxslurm.daemon.containers.holder_status import (
     MAX_LINE_CHARS,
     HolderStatus,
@@ -22,7 +23,6 @@ from rxslurm.daemon.containers.holder_status import (
     StatusReader,
     parse_status,
 )
-from rxslurm.daemon.images.apptainer import last_fatal
 from rxslurm.daemon.text_checks import bad_character, replace_bad
 from tests.hostile.fake_slurm import rig
 
@@ -87,7 +87,7 @@ def test_the_reconciler_stores_a_clean_last_error_and_instance(tmp_path: Path) -
         {"name": "rx-a", "state": "starting", "job_id": 10, "state_dir": "/err"},
         {"name": "rx-b", "state": "starting", "job_id": 11, "state_dir": "/run"},
     )
-    r.reconciler.status_reader = StatusReader(timeout_s=5, read=read_file)
+    r.reconciler.service.runtime.status_reader = StatusReader(timeout_s=5, read=read_file)
     r.slurm.add(10, "rxalice", "rx-a", 1, state="RUNNING", reason="None")
     r.slurm.add(11, "rxalice", "rx-b", 2, state="RUNNING", reason="None")
     assert r.reconciler.reconcile_once().ok

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.containers.service import Runtime, submit, wake
+from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger
@@ -255,10 +255,10 @@ def test_a_job_that_cannot_be_built_after_the_lease_ends_in_error_and_frees_it(
     with ledger.transaction() as db:
         quotas.acquire(db, 1, request)
     slurm = RecordingSlurm()
-    rt = Runtime(ledger, Config(), slurm)  # type: ignore[arg-type]
+    rt = ContainerService(ledger, Config(), slurm)  # type: ignore[arg-type]
 
     with pytest.raises(BadRequest, match="the container of hog cannot start: .*carriage return"):
-        submit(rt, 1, Settings(gpus=1, partition="gpu"), actor="rxd", origin="reconciler")
+        rt.submit(1, Settings(gpus=1, partition="gpu"), actor="rxd", origin="reconciler")
 
     container = ledger.db["containers"].get(1)
     assert container["state"] == "error"
@@ -273,10 +273,10 @@ def test_a_job_that_cannot_be_built_after_the_lease_ends_in_error_and_frees_it(
 def test_a_job_that_cannot_be_built_is_refused_before_a_lease_is_taken(tmp_path: Path) -> None:
     ledger = _ledger_with_container(tmp_path, "stopped", "/x\r")
     slurm = RecordingSlurm()
-    rt = Runtime(ledger, Config(), slurm, default_partition=lambda: "cpu")  # type: ignore[arg-type]
+    rt = ContainerService(ledger, Config(), slurm, default_partition=lambda: "cpu")  # type: ignore[arg-type]
 
     with pytest.raises(BadRequest, match="the container of hog cannot start"):
-        wake(rt, DAVE, "hog")
+        rt.wake(DAVE, "hog")
 
     assert ledger.db["containers"].get(1)["state"] == "error"
     assert ledger.db["leases"].count == 0

@@ -179,7 +179,7 @@ def test_a_hanging_status_read_leaves_the_pass_and_other_containers_going(
             "runtime_user": "rxbob",
         },
     )
-    r.reconciler.status_reader = StatusReader(timeout_s=0.2, read=read_file)
+    r.reconciler.service.runtime.status_reader = StatusReader(timeout_s=0.2, read=read_file)
     r.slurm.add(10, "rxalice", "rx-a", 1, state="RUNNING", reason="None")
     r.slurm.add(11, "rxbob", "rx-b", 2, state="RUNNING", reason="None")
     try:

@@ -43,7 +43,7 @@ def serve(config_flag: str | None) -> None:
 
     Example: rxd serve --config /etc/rxslurm/rxd.toml
     """
-    from rxslurm.daemon.api.serve import StartupError
+    from rxslurm.daemon.api.socket_files import StartupError
     from rxslurm.daemon.api.serve import serve as run
 
     config = _load(config_flag)

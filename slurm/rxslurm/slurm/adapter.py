@@ -336,6 +336,32 @@ class SlurmCli:
             return
         raise errors.classify(argv, proc.returncode, proc.stdout, proc.stderr)
 
+    def step_argv(
+        self,
+        job_id: int,
+        argv: Sequence[str],
+        *,
+        tty: bool,
+        step_name: str,
+        portable: bool = False,
+    ) -> list[str]:
+        """The ``srun`` that runs ``argv`` as a step inside the running job ``job_id``, beside
+        the job's own processes (``--overlap``). Every word of ``argv`` stays one argv item.
+
+        ``portable``: the bare name ``srun``, for a caller who starts the step on their own host
+        (found there on their PATH); otherwise the srun rxd runs, looked up as every command.
+        """
+        srun = "srun" if portable else self._binary("srun")
+        step = [srun, f"--jobid={int(job_id)}", "--overlap", "--ntasks=1", "--quiet"]
+        # Ctrl-C never reaches srun: rxd (or rxctl) gives SIGINT to the step's processes itself,
+        # found by this name (step_signal.py). srun's own SIGINT handling would end the step:
+        # with --quit-on-interrupt at once, otherwise (--disable-status) right after passing it on.
+        step.append("--disable-status")
+        step.append(f"--job-name={step_name}")
+        if tty:
+            step.append("--pty")
+        return [*step, "--", *argv]
+
     # ------------------------------------------------------------------ cluster
 
     def ping(self) -> PingResult:
@@ -435,7 +461,8 @@ def _job_from_sacct_row(row: Mapping[str, str]) -> JobInfo:
 
 def _gres_from_tres_text(tres: str) -> str:
     """ "billing=1,cpu=1,gres/gpu:a100=2,gres/gpu=2" -> "gpu:a100:2" (typed beats plain)."""
-    typed, plain = [], []
+    typed: list[str] = []
+    plain: list[str] = []
     for item in tres.split(","):
         match = re.fullmatch(r"gres/([^=]+)=([0-9]{1,9})", item.strip())
         if match and int(match.group(2)):

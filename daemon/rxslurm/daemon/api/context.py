@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from rxslurm.daemon.api.peercred import Caller
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.reconciler import Reconciler
-from rxslurm.daemon.containers.service import Runtime
+from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects.partitions import PartitionCache
 from rxslurm.slurm.adapter import SlurmCli
@@ -21,18 +22,29 @@ class Daemon:
     ledger: Ledger
     slurm: SlurmCli
     partitions: PartitionCache = field(init=False)
-    runtime: Runtime = field(init=False)
+    containers: ContainerService = field(init=False)
     reconciler: Reconciler = field(init=False)
 
     def __post_init__(self) -> None:
         self.partitions = PartitionCache(self.slurm)
-        self.runtime = Runtime(self.ledger, self.config, self.slurm)
-        self.runtime.default_partition = self.partitions.default_name
-        self.reconciler = Reconciler(self.runtime, self.config.containers.reconcile_interval)
-        self.runtime.poke = self.reconciler.poke
+        self.containers = ContainerService(
+            self.ledger,
+            self.config,
+            scheduler=self.slurm,
+            default_partition=self.partitions.default_name,
+            mirror_quotas=self._mirror_quotas,
+        )
+        self.reconciler = Reconciler(self.containers, self.config.containers.reconcile_interval)
+        self.containers.poke = self.reconciler.poke
 
     def is_admin(self, caller: Caller) -> bool:
         return caller.is_root or self.config.daemon.admin_group in caller.groups
+
+    def _mirror_quotas(self) -> list[dict[str, Any]]:
+        """Bring the Slurm QOSes in line with the quotas marked for mirroring (if that is on)."""
+        from rxslurm.daemon.quotas import qos_mirror
+
+        return qos_mirror.sync(self.ledger, self.slurm, tag=self.config.slurm.tag)
 
 
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)

@@ -9,19 +9,20 @@ from aiohttp import web
 from rxslurm.daemon.api.app import caller_of, json_response
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
-from rxslurm.daemon.containers import service as containers
+from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.errors import Forbidden
 from rxslurm.daemon.slow_work import run_slow
 from rxslurm.protocol import routes as route
 
 routes = web.RouteTableDef()
 
+# The route's word for each command ("start" is the service's wake).
 ACTIONS = {
-    "enable": containers.enable,
-    "start": containers.wake,
-    "stop": containers.stop,
-    "disable": containers.disable,
-    "retry": containers.retry,
+    "enable": ContainerService.enable,
+    "start": ContainerService.wake,
+    "stop": ContainerService.stop,
+    "disable": ContainerService.disable,
+    "retry": ContainerService.retry,
 }
 
 
@@ -31,22 +32,16 @@ async def act(request: web.Request) -> web.Response:
     actor = await actor_of(request)
     action = ACTIONS[request.match_info["action"]]
     # Enabling may pull an image and disabling waits for the job to stop: slow work's own pool.
-    result = await run_slow(action, daemon.runtime, actor, request.match_info["name"])
-    return json_response(result)
+    view = await run_slow(action, daemon.containers, actor, request.match_info["name"])
+    return json_response(view.to_dict())
 
 
 @routes.get(route.CONTAINER_STATUS)
 async def status(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
-    result = await asyncio.to_thread(
-        containers.status,
-        daemon.runtime,
-        actor,
-        request.match_info["name"],
-        daemon.reconciler.slurm_reachable,
-    )
-    return json_response(result)
+    view = await asyncio.to_thread(daemon.containers.status, actor, request.match_info["name"])
+    return json_response(view.to_dict())
 
 
 @routes.post(route.HOOK_JOB)
@@ -64,5 +59,5 @@ async def job_event(request: web.Request) -> web.Response:
 async def mine(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
-    result = await asyncio.to_thread(containers.list_containers, daemon.runtime, actor)
+    result = await asyncio.to_thread(daemon.containers.list_containers, actor)
     return json_response({"containers": result})

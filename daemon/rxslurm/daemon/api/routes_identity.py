@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import pwd
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +13,6 @@ from rxslurm.daemon.api.app import caller_of, json_response, read_json
 from rxslurm.daemon.api.context import Daemon, daemon_of
 from rxslurm.daemon.api.request_actor import actor_of, admin_actor
 from rxslurm.daemon.api.routes_projects import sync_or_warn
-from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden
 from rxslurm.daemon.identity import bindings as identities
 from rxslurm.daemon.identity.actors import Actor
@@ -65,9 +63,7 @@ async def unbind(request: web.Request) -> web.Response:
 
 def _unbind(daemon: Daemon, actor: Actor, **who: Any) -> dict[str, Any]:
     """Unbind; projects that ran as the identity stop, and their workspaces are parked."""
-    result = identities.unbind(
-        daemon.ledger, actor, cancel=partial(containers.cancel_job, daemon.runtime), **who
-    )
+    result = identities.unbind(daemon.ledger, actor, cancel=daemon.containers.cancel_job, **who)
     for name in result["released"]:
         sync_or_warn(daemon, name)
     return result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +11,6 @@ from aiohttp import web
 from rxslurm.daemon.api.app import json_response, read_json
 from rxslurm.daemon.api.context import Daemon, daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
-from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.errors import ApiError, BadRequest
 from rxslurm.daemon.identity.actors import record_actor_event
 from rxslurm.daemon.identity.bindings import binding_of_platform_user, check_platform_user_id
@@ -149,7 +147,7 @@ async def set_run_as(request: web.Request) -> web.Response:
         actor,
         request.match_info["name"],
         body.get("mode"),
-        partial(containers.cancel_job, daemon.runtime),
+        daemon.containers.cancel_job,
     )
     return json_response(await _with_workspace(daemon, view))
 
@@ -184,7 +182,7 @@ async def set_member_role(request: web.Request) -> web.Response:
         request.match_info["name"],
         check_platform_user_id(request.match_info["user"]),
         body.get("role"),
-        partial(containers.cancel_job, daemon.runtime),
+        daemon.containers.cancel_job,
     )
     return json_response(await _with_workspace(daemon, view))
 
@@ -201,7 +199,7 @@ async def remove_member(request: web.Request) -> web.Response:
         actor,
         request.match_info["name"],
         user,
-        partial(containers.cancel_job, daemon.runtime),
+        daemon.containers.cancel_job,
     )
     binding = await asyncio.to_thread(binding_of_platform_user, daemon.ledger.db, user)
     revoke = (binding.username,) if binding else ()

@@ -82,6 +82,6 @@ def _containers(db: LedgerDatabase, ids: Iterable[int]) -> dict[int, dict[str, A
     for start in range(0, len(wanted), _CHUNK):
         chunk = wanted[start : start + _CHUNK]
         where = f"id IN ({', '.join('?' * len(chunk))})"
-        for r in db["containers"].rows_where(where, chunk, select="id, name, runtime_user"):
+        for r in db.table("containers").rows_where(where, chunk, select="id, name, runtime_user"):
             found[r["id"]] = r
     return found

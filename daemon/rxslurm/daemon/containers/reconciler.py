@@ -24,20 +24,20 @@ from datetime import timedelta
 from typing import Any
 
 from rxslurm.daemon.containers import job_claims
-from rxslurm.daemon.containers import service as containers
-from rxslurm.daemon.containers.holder_status import HolderStatus, Kind, StatusReader
+from rxslurm.daemon.containers.holder_status import HolderStatus, Kind
 from rxslurm.daemon.containers.job_claims import adoptable
-from rxslurm.daemon.containers.service import Runtime, container_id_from_comment
+from rxslurm.daemon.containers.service import ContainerService, container_id_from_comment
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
-from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcnow
+from rxslurm.daemon.containers.views import Queued
+from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp
 from rxslurm.daemon.projects.settings import Settings, effective
-from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.protocol.job_comment import JOB_PREFIX
+from rxslurm.slurm import job_states
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable
 from rxslurm.slurm.jobs import JobInfo, Listing, Skipped
 
 log = logging.getLogger("rxslurm.reconciler")
-ACTOR = {"actor": "rxd", "origin": "reconciler"}
+ACTOR: dict[str, Any] = {"actor": "rxd", "origin": "reconciler"}
 
 # While a container is starting or stopping, passes come this often: readiness is a file the
 # holder writes, and a researcher waits on it.
@@ -48,37 +48,6 @@ FRESH_JOB_S = 30
 LOG_EVERY_S = 60.0
 # How many skipped records one log line shows.
 LOG_SAMPLE = 3
-# Base job states and what they make of a container whose job ended.
-FAILED_STATES = frozenset({"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"})
-REWAKE_STATES = frozenset({"TIMEOUT", "PREEMPTED", "DEADLINE"})
-# Slurm's pending reasons, in words a researcher understands.
-PENDING_REASONS = {
-    "Resources": "waiting for free resources on the partition",
-    "Priority": "other jobs have priority",
-    "Dependency": "waiting for the previous job of this container to end",
-    "QOSMaxGRESPerUser": "your QOS limit on GPUs is reached",
-    "QOSMaxCpuPerUserLimit": "your QOS limit on CPUs is reached",
-    "QOSMaxMemoryPerUser": "your QOS limit on memory is reached",
-    "QOSMaxJobsPerUserLimit": "your QOS limit on running jobs is reached",
-    "QOSGrpGRES": "the QOS's GPU limit is reached",
-    "AssocGrpGRES": "your account's GPU limit is reached",
-    "ReqNodeNotAvail": "the nodes it needs are not available",
-    "PartitionDown": "the partition is down",
-    "BeginTime": "its start time is in the future",
-    "JobHeldUser": "the job is held",
-    "JobHeldAdmin": "an admin holds the job",
-    "None": "about to be scheduled",
-}
-
-
-def pending_reason(reason: str) -> str:
-    words = PENDING_REASONS.get(reason)
-    if words is None and reason.startswith(("QOS", "Assoc")):
-        words = "a Slurm limit is reached"
-    if reason == "None":
-        # Slurm's word for "no reason yet": quoting it reads as a bug ("Slurm: None").
-        return str(words)
-    return f"{words} (Slurm: {reason})" if words else f"Slurm: {reason or 'pending'}"
 
 
 @dataclass
@@ -137,24 +106,31 @@ class Sessions:
 class Reconciler:
     def __init__(
         self,
-        rt: Runtime,
+        service: ContainerService,
         interval: float,
         sessions: Sessions | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.rt = rt
+        self.service = service
         self.interval = interval
         self.sessions = sessions or Sessions()
-        self.clock = clock
-        self.slurm_reachable = True
+        # Every age and timeout below is measured on the service's clock (a fake one in tests).
+        self.clock = service.clock
         self.busy = False
         self._transient = False
         self.last_report: PassReport | None = None
-        self.status_reader = StatusReader()
         self._throttle = Throttle()
         self._poked = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def slurm_reachable(self) -> bool:
+        """Whether Slurm answered the last pass; the service's views say so too."""
+        return self.service.slurm_reachable
+
+    @slurm_reachable.setter
+    def slurm_reachable(self, value: bool) -> None:
+        self.service.slurm_reachable = value
 
     # -- running ---------------------------------------------------------------------------
 
@@ -189,10 +165,12 @@ class Reconciler:
 
     def reconcile_once(self) -> PassReport:
         started = time.monotonic()
-        db = self.rt.ledger.db
-        rows = list(db["containers"].rows_where("state IN (?, ?, ?, ?)", [s.value for s in ACTIVE]))
+        db = self.service.ledger.db
+        rows = list(
+            db.table("containers").rows_where("state IN (?, ?, ?, ?)", [s.value for s in ACTIVE])
+        )
         try:
-            queue = self.rt.slurm.queue(name_prefix=JOB_PREFIX)
+            queue = self.service.scheduler.queue(name_prefix=JOB_PREFIX)
         except SlurmUnavailable as exc:
             if self.slurm_reachable:
                 log.warning("Slurm did not answer; states are unknown", extra={"error": str(exc)})
@@ -204,7 +182,7 @@ class Reconciler:
         # even an id could be any job, so nothing is concluded from a job's absence then.
         unknown = queue.unknown_ids()
         blind = any(s.job_id is None for s in queue.skipped)
-        claims = job_claims.claims(self.rt.config, db, queue.values())
+        claims = job_claims.claims(self.service.config, db, queue.values())
         if claims.strangers:
             self._log_sample("jobs that are no container's", claims.strangers, "strangers")
         ours = claims.jobs
@@ -230,9 +208,9 @@ class Reconciler:
         changes += self._idle()
         changes += self._serve_queue()
         # A job submitted moments ago usually starts within seconds: watch it closely too.
-        recent = to_timestamp(utcnow() - timedelta(seconds=FRESH_JOB_S))
+        recent = to_timestamp(self.clock() - timedelta(seconds=FRESH_JOB_S))
         self.busy = self._transient or bool(
-            db["containers"].count_where(
+            db.table("containers").count_where(
                 "state IN (?, ?) OR (state = ? AND job_id IS NOT NULL AND updated_at > ?)",
                 [State.STARTING.value, State.STOPPING.value, State.WAITING.value, recent],
             )
@@ -254,8 +232,8 @@ class Reconciler:
         if row["state"] == to.value and row["reason"] == reason and not fields:
             return 0
         try:
-            with self.rt.ledger.transaction() as db:
-                current = db["containers"].get(row["id"])
+            with self.service.ledger.transaction() as db:
+                current = db.table("containers").get(row["id"])
                 # Only act on what this pass saw: a concurrent stop or wake wins.
                 if current["generation"] != row["generation"]:
                     return 0
@@ -280,17 +258,17 @@ class Reconciler:
         if mine:
             # STARTING -> (adopted) : rxd stopped between sbatch and recording the job id.
             job = min(mine, key=lambda j: j.job_id)
-            with self.rt.ledger.transaction() as db:
-                current = db["containers"].get(row["id"])
+            with self.service.ledger.transaction() as db:
+                current = db.table("containers").get(row["id"])
                 if current["job_id"] is not None or current["generation"] != row["generation"]:
                     return 0
-                db["containers"].update(row["id"], {"job_id": job.job_id})
-                db["jobs"].insert(
+                db.table("containers").update(row["id"], {"job_id": job.job_id})
+                db.table("jobs").insert(
                     {
                         "job_id": job.job_id,
                         "container_id": row["id"],
                         "state": job.state,
-                        "submitted_at": to_timestamp(utcnow()),
+                        "submitted_at": to_timestamp(self.clock()),
                     },
                     replace=True,
                 )
@@ -298,13 +276,15 @@ class Reconciler:
             return 1
         if row["state"] != State.STARTING:
             return 0
-        age = (utcnow() - from_timestamp(row["updated_at"])).total_seconds()
-        if age < self.rt.config.slurm.timeout + 5:
+        age = (self.clock() - from_timestamp(row["updated_at"])).total_seconds()
+        if age < self.service.config.slurm.timeout + 5:
             return 0  # a request is probably submitting right now
         # STARTING -> STARTING (resubmit): the submitter never recorded a job and none exists.
-        settings = Settings.from_row(self.rt.ledger.db["projects"].get(row["project_id"]))
+        settings = Settings.from_row(
+            self.service.ledger.db.table("projects").get(row["project_id"])
+        )
         try:
-            containers.submit(self.rt, row["id"], settings, **ACTOR)
+            self.service.submit(row["id"], settings, **ACTOR)
         except Exception as exc:  # the submit recorded the outcome in the ledger already
             log.warning("resubmit failed", extra={"container": row["name"], "error": str(exc)})
         return 1
@@ -313,17 +293,17 @@ class Reconciler:
         state = row["state"]
         if state == State.STOPPING:
             # STOPPING -> STOPPING: cancel again if an earlier cancel went unanswered.
-            age = (utcnow() - from_timestamp(row["updated_at"])).total_seconds()
-            if age > self.rt.config.containers.stop_grace_s + 15:
-                containers.cancel_job(self.rt, job.job_id)
+            age = (self.clock() - from_timestamp(row["updated_at"])).total_seconds()
+            if age > self.service.config.containers.stop_grace_s + 15:
+                self.service.cancel_job(job.job_id)
             return 0
-        if job.state == "PENDING":
+        if job.state == job_states.PENDING:
             # * -> WAITING: Slurm holds it back; say why.
-            return self._move(row, State.WAITING, pending_reason(job.reason))
-        if job.state == "CONFIGURING":
+            return self._move(row, State.WAITING, job_states.pending_reason(job.reason))
+        if job.state == job_states.CONFIGURING:
             # WAITING -> STARTING: allocated, nodes being readied (the prolog hook pokes here).
             return self._move(row, State.STARTING, "starting the job", node=job.nodes)
-        if job.state != "RUNNING":
+        if job.state != job_states.RUNNING:
             # COMPLETING (the epilog hook pokes here), SUSPENDED, ...: look again soon.
             self._transient = True
             return 0
@@ -343,7 +323,7 @@ class Reconciler:
                 last_error=f"rx-slurm refused the holder's status file: {read.text}",
                 node=job.nodes,
             )
-            containers.cancel_job(self.rt, job.job_id)
+            self.service.cancel_job(job.job_id)
             return moved
         status = read.line
         if status.startswith("running"):
@@ -357,8 +337,8 @@ class Reconciler:
                 None,
                 node=job.nodes,
                 instance=instance,
-                started_at=to_timestamp(utcnow()),
-                last_activity_at=to_timestamp(utcnow()),
+                started_at=to_timestamp(self.clock()),
+                last_activity_at=to_timestamp(self.clock()),
             )
         if status.startswith("error"):
             # STARTING -> ERROR: the instance failed to start; end the job.
@@ -370,7 +350,7 @@ class Reconciler:
                 last_error=message,
                 node=job.nodes,
             )
-            containers.cancel_job(self.rt, job.job_id)
+            self.service.cancel_job(job.job_id)
             return moved
         # WAITING -> STARTING: the job runs, the instance is not ready yet.
         return self._move(row, State.STARTING, "starting the container instance", node=job.nodes)
@@ -385,11 +365,11 @@ class Reconciler:
                 uid = pwd.getpwnam(row["runtime_user"]).pw_uid
             except (KeyError, TypeError):
                 return HolderStatus(Kind.REFUSED, f"unknown runtime user {row['runtime_user']}")
-        return self.status_reader.read(row["state_dir"], job_id, uid)
+        return self.service.runtime.holder_status(row["state_dir"], job_id, uid)
 
     def _resolve_gone(self, gone: dict[int, dict[str, Any]]) -> int:
         try:
-            history = self.rt.slurm.history(gone)
+            history = self.service.scheduler.history(gone)
         except SlurmError as exc:
             log.warning(
                 "sacct did not answer; leaving states as they are", extra={"error": str(exc)}
@@ -410,16 +390,16 @@ class Reconciler:
             elif job is None:
                 submitted = self._submitted_at(job_id)
                 # Neither squeue nor sacct knows it: after a grace period, it is gone.
-                if submitted is None or (utcnow() - submitted).total_seconds() > 60:
+                if submitted is None or (self.clock() - submitted).total_seconds() > 60:
                     changes += self._finish(
-                        row, State.STOPPED, "its Slurm job vanished", job_id, "UNKNOWN"
+                        row, State.STOPPED, "its Slurm job vanished", job_id, job_states.UNKNOWN
                     )
         return changes
 
     def _submitted_at(self, job_id: int) -> Any:
         row = (
-            self.rt.ledger.db["jobs"].get(job_id)
-            if self.rt.ledger.db["jobs"].count_where("job_id = ?", [job_id])
+            self.service.ledger.db.table("jobs").get(job_id)
+            if self.service.ledger.db.table("jobs").count_where("job_id = ?", [job_id])
             else None
         )
         return from_timestamp(row["submitted_at"]) if row and row["submitted_at"] else None
@@ -435,11 +415,11 @@ class Reconciler:
             return self._finish(
                 row, State.ERROR, "the container failed", job.job_id, base, last_error=message
             )
-        if base in FAILED_STATES:
+        if base in job_states.FAILED_STATES:
             # RUNNING/STARTING -> ERROR: the job failed under it.
             message = f"Slurm job {job.job_id} ended {base}{where}"
             return self._finish(row, State.ERROR, message, job.job_id, base, last_error=message)
-        if base in REWAKE_STATES and row["desired"] == "running":
+        if base in job_states.REWAKE_STATES and row["desired"] == "running":
             # RUNNING -> STOPPED -> STARTING: time limit or preemption while wanted.
             moved = self._finish(
                 row, State.STOPPED, f"job ended {base}; starting a new one", job.job_id, base
@@ -451,7 +431,9 @@ class Reconciler:
             # STOPPING -> STOPPED: our own stop finished.
             return self._finish(row, State.STOPPED, row["reason"] or "stopped", job.job_id, base)
         # RUNNING -> STOPPED: cancelled or ended outside rx-slurm.
-        reason = "cancelled outside rx-slurm" if base == "CANCELLED" else f"job ended {base}"
+        reason = (
+            "cancelled outside rx-slurm" if base == job_states.CANCELLED else f"job ended {base}"
+        )
         return self._finish(row, State.STOPPED, reason, job.job_id, base, desired="stopped")
 
     def _finish(
@@ -463,76 +445,61 @@ class Reconciler:
         job_state: str,
         **fields: Any,
     ) -> int:
-        now = to_timestamp(utcnow())
+        now = to_timestamp(self.clock())
         moved = self._move(
             row, to, reason, job_id=None, node=None, instance=None, started_at=None, **fields
         )
         if moved:
-            with self.rt.ledger.transaction() as db:
-                if db["jobs"].count_where("job_id = ?", [job_id]):
-                    db["jobs"].update(
+            with self.service.ledger.transaction() as db:
+                if db.table("jobs").count_where("job_id = ?", [job_id]):
+                    db.table("jobs").update(
                         job_id, {"state": job_state, "ended_at": now, "last_seen_at": now}
                     )
         return moved
 
     def _rewake(self, container_id: int) -> None:
-        row = self.rt.ledger.db["containers"].get(container_id)
+        row = self.service.ledger.db.table("containers").get(container_id)
         if row["state"] != State.STOPPED:
             return
         try:
-            project = self.rt.ledger.db["projects"].get(row["project_id"])
-            default_partition = self.rt.default_partition()
-            request = containers.quota_request(
-                self.rt, project, row["runtime_user"], default_partition
-            )
-            with self.rt.ledger.transaction() as db:
-                why = containers.admission(self.rt, db, container_id, request, default_partition)
-                if why:
-                    # STOPPED -> WAITING (queued): its quota was taken meanwhile. Queued even
-                    # under policy "reject": nobody waits on this request to be told.
-                    change_state(
-                        db,
-                        container_id,
-                        State.WAITING,
-                        allowed_from=[State.STOPPED],
-                        reason=why,
-                        fields={"queued_at": to_timestamp(utcnow())},
-                        **ACTOR,
-                    )
+            project = self.service.ledger.db.table("projects").get(row["project_id"])
+            default_partition = self.service.default_partition()
+            request = self.service.quota_request(project, row["runtime_user"], default_partition)
+            with self.service.ledger.transaction() as db:
+                current = db.table("containers").get(container_id)
+                if current["state"] != State.STOPPED:
                     return
-                quotas.acquire(db, container_id, request)
-                change_state(
-                    db,
-                    container_id,
-                    State.STARTING,
-                    allowed_from=[State.STOPPED],
-                    reason="submitting",
-                    fields={"queued_at": None},
-                    **ACTOR,
+                # STOPPED -> STARTING, or -> WAITING (queued) when its quota was taken
+                # meanwhile: queued even under policy "reject", nobody waits to be told.
+                outcome = self.service.start_or_queue(
+                    db, current, request, who=ACTOR, default_partition=default_partition
                 )
-            containers.submit(self.rt, container_id, Settings.from_row(project), **ACTOR)
+            if isinstance(outcome, Queued):
+                return
+            self.service.submit(container_id, Settings.from_row(project), **ACTOR)
         except Exception as exc:
             log.warning("re-wake failed", extra={"container": row["name"], "error": str(exc)})
 
     def _orphans(self, ours: dict[int, JobInfo]) -> int:
         """Containers' jobs (see job_claims) that no container expects: cancel them. A job that
         only imitates one (another user's, another name) is not ours to cancel."""
-        db = self.rt.ledger.db
+        db = self.service.ledger.db
         expected = {
-            r["job_id"] for r in db["containers"].rows_where("job_id IS NOT NULL", select="job_id")
+            r["job_id"]
+            for r in db.table("containers").rows_where("job_id IS NOT NULL", select="job_id")
         }
         changes = 0
         for job in ours.values():
-            if job.is_finished or job.job_id in expected or job.state == "COMPLETING":
+            if job.is_finished or job.job_id in expected or job.state == job_states.COMPLETING:
                 continue
-            cid = container_id_from_comment(self.rt.config, job.comment)
-            rows = list(db["containers"].rows_where("id = ?", [cid]))
+            cid = container_id_from_comment(self.service.config, job.comment)
+            rows = list(db.table("containers").rows_where("id = ?", [cid]))
             if rows and adoptable(rows[0], [job]):
                 continue  # adopted by _without_job in the next pass
             log.warning(
                 "cancelling orphan job", extra={"job_id": job.job_id, "comment": job.comment}
             )
-            containers.cancel_job(self.rt, job.job_id)
+            self.service.cancel_job(job.job_id)
             changes += 1
         return changes
 
@@ -557,38 +524,27 @@ class Reconciler:
         later ones under the same quota wait too, so a large request is not starved; those
         under other quotas (another user's, another partition) go on.
         """
-        db = self.rt.ledger.db
+        db = self.service.ledger.db
         try:
-            default_partition = self.rt.default_partition()
-            waiting = containers.queued(self.rt, db, default_partition)
+            default_partition = self.service.default_partition()
+            waiting = self.service.queued(db, default_partition)
         except Exception as exc:  # Slurm's default partition unknown now: next pass
             log.warning("cannot size the waiting containers", extra={"error": str(exc)})
             return 0
         held: dict[int, list[str]] = {}
         started = 0
         for row, request in waiting:
-            project = db["projects"].get(row["project_id"])
-            with self.rt.ledger.transaction() as tx:
-                current = tx["containers"].get(row["id"])
+            project = db.table("projects").get(row["project_id"])
+            with self.service.ledger.transaction() as tx:
+                current = tx.table("containers").get(row["id"])
                 if current["generation"] != row["generation"]:
                     continue
-                why = quotas.hold_back(tx, held, request)
-                if why:
-                    if why != current["reason"]:
-                        tx["containers"].update(row["id"], {"reason": why})
-                    continue
-                quotas.acquire(tx, row["id"], request)
-                change_state(
-                    tx,
-                    row["id"],
-                    State.STARTING,
-                    allowed_from=[State.WAITING],
-                    reason="submitting",
-                    fields={"queued_at": None},
-                    **ACTOR,
-                )
+                # WAITING (queued) -> STARTING, or still WAITING behind what `held` keeps.
+                outcome = self.service.start_or_queue(tx, current, request, who=ACTOR, held=held)
+            if isinstance(outcome, Queued):
+                continue
             try:
-                containers.submit(self.rt, row["id"], Settings.from_row(project), **ACTOR)
+                self.service.submit(row["id"], Settings.from_row(project), **ACTOR)
             except Exception as exc:  # submit recorded the outcome (error or stopped)
                 log.warning(
                     "submit from the queue failed",
@@ -599,22 +555,25 @@ class Reconciler:
 
     def _idle(self) -> int:
         """RUNNING -> STOPPING: no session and no activity for the idle timeout."""
-        db = self.rt.ledger.db
+        db = self.service.ledger.db
         changes = 0
-        for row in db["containers"].rows_where("state = ?", [State.RUNNING.value]):
+        for row in db.table("containers").rows_where("state = ?", [State.RUNNING.value]):
             if self.sessions.count(row["id"]):
                 continue
-            project = db["projects"].get(row["project_id"])
+            project = db.table("projects").get(row["project_id"])
             timeout_min = effective(
-                Settings.from_row(project), self.rt.config.defaults
+                Settings.from_row(project), self.service.config.defaults
             ).idle_timeout_min
             if timeout_min <= 0:
                 continue
             last = row["last_activity_at"] or row["started_at"]
-            if last is None or (utcnow() - from_timestamp(last)).total_seconds() < timeout_min * 60:
+            if (
+                last is None
+                or (self.clock() - from_timestamp(last)).total_seconds() < timeout_min * 60
+            ):
                 continue
             reason = f"idle for {timeout_min} min"
             if self._move(row, State.STOPPING, reason, desired="stopped") and row["job_id"]:
-                containers.cancel_job(self.rt, row["job_id"])
+                self.service.cancel_job(row["job_id"])
                 changes += 1
         return changes

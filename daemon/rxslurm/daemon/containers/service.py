@@ -1,6 +1,8 @@
-"""A project's persistent container: enable, wake, stop, disable, retry, status.
+"""A project's persistent container: ``ContainerService`` (enable, wake, stop, disable, retry,
+status, the exec target, the quota commands), which routes, the exec server and the reconciler
+call; Slurm, the runtime and the clock only through its ports (containers/ports.py).
 
-The container is an Apptainer instance inside a Slurm job (the "holder") that runs as the
+The container is a runtime instance inside a Slurm job (the "holder") that runs as the
 project's runtime identity. Its overlay (the persistent writable layer) and the project workspace
 outlive every job. Slurm calls happen outside ledger transactions; each state change is a
 conditional update (see states.change_state), so racing requests make exactly one job and a
@@ -14,35 +16,39 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlite_utils.db import NotFoundError
+
 from rxslurm.daemon import failpoints
+from rxslurm.daemon.apptainer import ApptainerError, ApptainerRuntime
 from rxslurm.daemon.config import Config
+from rxslurm.daemon.containers.ports import Clock, ContainerRuntime, HolderRequest, Scheduler
+from rxslurm.daemon.containers.state_changes import STATE_CHANGES, ring_after_commit
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.containers.stop_request import request_stop
+from rxslurm.daemon.containers.views import ContainerView, Queued, Started
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
 from rxslurm.daemon.folders import make_folder
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
-from rxslurm.daemon.images import apptainer
 from rxslurm.daemon.images import cache as image_cache
 from rxslurm.daemon.images import pull as image_pull
 from rxslurm.daemon.images.pool import ImagePulls, carry_on
 from rxslurm.daemon.ledger.records import from_json, to_json
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcnow
-from rxslurm.daemon.projects.roles import Action
+from rxslurm.daemon.projects.roles import Action, Role
 from rxslurm.daemon.projects.service import authorize, require_runtime_identity, runtime_identity
 from rxslurm.daemon.projects.settings import Settings, differs_from_snapshot, effective
 from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.protocol.job_comment import format_comment, parse_comment
 from rxslurm.protocol.job_comment import job_name as container_name
-from rxslurm.slurm.adapter import JobSpec, SlurmCli
+from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmError, SlurmRejected, SlurmUnavailable
 from rxslurm.slurm.runas import RunAs, run
-from rxslurm.slurm.script import render_batch_script
 
 log = logging.getLogger("rxslurm.containers")
 
@@ -57,29 +63,15 @@ def container_id_from_comment(config: Config, comment: str | None) -> int | None
     return parse_comment(config.slurm.tag, comment)
 
 
-@dataclass
-class Runtime:
-    """What the container service needs besides the ledger; one per daemon."""
-
-    ledger: Ledger
-    config: Config
-    slurm: SlurmCli
-    # Called after a change the reconciler should look at soon.
-    poke: Callable[[], None] = lambda: None
-    # Slurm's default partition (asked of Slurm, cached): where a container without one runs.
-    default_partition: Callable[[], str] = lambda: ""
-    # Image pulls run in their own threads, as the pull account (see rxslurm/daemon/images/pool.py).
-    pulls: ImagePulls = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.pulls = ImagePulls(self)
-
-
 # -- helpers -----------------------------------------------------------------------------------
 
 
+# A container with no job: what a job leaves in its row goes.
+_NO_JOB = {"job_id": None, "node": None, "instance": None, "started_at": None}
+
+
 def _container_of(db: LedgerDatabase, project_id: int) -> dict[str, Any] | None:
-    rows = list(db["containers"].rows_where("project_id = ?", [project_id]))
+    rows = list(db.table("containers").rows_where("project_id = ?", [project_id]))
     return rows[0] if rows else None
 
 
@@ -121,19 +113,6 @@ def _prepare_state_dir(config: Config, name: str, owner: RunAs, prepared_for: in
     return path
 
 
-def _prepare_storage(
-    config: Config, name: str, owner: RunAs, prepared_for: int | None
-) -> tuple[Path, Path]:
-    """The state folder and the overlay in it, for `owner`."""
-    state_dir = _prepare_state_dir(config, name, owner, prepared_for)
-    overlay = state_dir / "overlay.img"
-    if not overlay.exists():
-        apptainer.create_overlay(
-            overlay, config.containers.overlay_size_mb, owner, config.apptainer.binary
-        )
-    return state_dir, overlay
-
-
 def _local_image(config: Config, image: str) -> str | None:
     """The image file a job runs: a path as given, or a reference's cached pull; None when the
     reference still has to be pulled. A cache that is not provably root's is refused."""
@@ -149,275 +128,12 @@ def _local_image(config: Config, image: str) -> str | None:
     return str(cached) if cached else None
 
 
-def _holder_options(
-    config: Config, project: dict[str, Any], state_dir: Path, runtime_user: str
-) -> dict[str, str]:
-    """The holder's Apptainer options from [apptainer]. Service projects all run as one account,
-    so whatever the deployment chose, each gets a home and a /tmp of its own."""
-    settings = config.apptainer
-    if project["run_as"] == "service":
-        settings = replace(settings, home="project", private_tmp=True)
-    return apptainer.instance_options(settings, state_dir, RunAs.for_user(runtime_user))
-
-
 def _gres(settings: Settings) -> str | None:
     if settings.gpus <= 0:
         return None
     return (
         f"gpu:{settings.gpu_type}:{settings.gpus}" if settings.gpu_type else f"gpu:{settings.gpus}"
     )
-
-
-def _gpu_flag(settings: Settings) -> str:
-    if settings.gpus <= 0:
-        return ""
-    return {"nvidia": "--nv", "amd": "--rocm"}.get(settings.gpu_driver, "")
-
-
-# -- reads -------------------------------------------------------------------------------------
-
-
-def status(rt: Runtime, actor: Actor, project: str, slurm_reachable: bool = True) -> dict[str, Any]:
-    with rt.ledger.read() as db:
-        row, role = authorize(db, actor, project, Action.VIEW)
-        container = _container_of(db, row["id"])
-        runtime_user = runtime_identity(db, rt.config, row)
-    saved = Settings.from_row(row)
-    eff = effective(saved, rt.config.defaults)
-    view: dict[str, Any] = {
-        "project": project,
-        "role": role.value if role else None,
-        "state": State.DISABLED.value,
-        "reason": None,
-        "name": container_name(project),
-        "image": eff.image,
-        "job_id": None,
-        "node": None,
-        "gpus": eff.gpus,
-        "gres": _gres(eff),
-        "uptime_s": None,
-        "runtime_user": runtime_user,
-        "workspace": row["workspace"],
-        "fixed_mounts": list(rt.config.containers.fixed_mounts),
-        "last_error": None,
-        "settings_pending": False,
-        "desired": None,
-        "over_quota": False,
-        "partition": eff.partition or None,
-    }
-    if container is None:
-        return view
-    started_with = from_json(container["settings"])
-    view.update(
-        state=container["state"],
-        reason=container["reason"],
-        job_id=container["job_id"],
-        node=container["node"],
-        desired=container["desired"],
-        last_error=container["last_error"],
-        image=container["image"] or eff.image,
-        runtime_user=container["runtime_user"] or runtime_user,
-    )
-    # Waiting with no job: held back by a quota, not by Slurm.
-    view["over_quota"] = container["state"] == State.WAITING and container["job_id"] is None
-    if container["state"] in (State.RUNNING, State.STARTING, State.WAITING) and started_with:
-        view["settings_pending"] = differs_from_snapshot(saved, started_with)
-        view["gpus"] = started_with.get("effective", {}).get("gpus", eff.gpus)
-        view["gres"] = started_with.get("gres")
-    if container["state"] == State.RUNNING and container["started_at"]:
-        view["uptime_s"] = int((utcnow() - from_timestamp(container["started_at"])).total_seconds())
-    if not slurm_reachable and container["state"] in ACTIVE:
-        view["state_unknown"] = True
-        view["reason"] = "Slurm is not answering; state as last seen"
-    return view
-
-
-def list_containers(rt: Runtime, actor: Actor) -> list[dict[str, Any]]:
-    with rt.ledger.read() as db:
-        rows = db.execute(
-            "SELECT p.name, m.role, c.state, c.reason, c.job_id, c.node FROM members m "
-            "JOIN projects p ON p.id = m.project_id LEFT JOIN containers c ON c.project_id = p.id "
-            "WHERE m.platform_user_id = ? ORDER BY p.name",
-            [actor.platform_user],
-        ).fetchall()
-    return [
-        {
-            "project": name,
-            "role": role,
-            "state": state or State.DISABLED.value,
-            "reason": reason,
-            "job_id": job_id,
-            "node": node,
-        }
-        for name, role, state, reason, job_id, node in rows
-    ]
-
-
-# -- enable / disable --------------------------------------------------------------------------
-
-
-def enable(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
-    """Create the container's record, folder and overlay, then wake it."""
-    config = rt.config
-    with rt.ledger.read() as db:
-        row, _ = authorize(db, actor, project, Action.ENABLE)
-        runtime_user = require_runtime_identity(db, config, row)
-        container = _container_of(db, row["id"])
-    if container is not None and container["state"] != State.DISABLED:
-        raise Conflict(f"the container of {project} is already enabled ({container['state']})")
-    eff = effective(Settings.from_row(row), config.defaults)
-    if not eff.image:
-        raise BadRequest(
-            f"project {project} has no image; set one with `rxctl project set {project} --image`"
-        )
-    owner = RunAs.for_user(runtime_user)
-    name = container_name(project)
-    now = to_timestamp(utcnow())
-    with rt.ledger.transaction() as db:
-        current = _container_of(db, row["id"])
-        if current is None:
-            db["containers"].insert(
-                {
-                    "project_id": row["id"],
-                    "name": name,
-                    "state": State.DISABLED.value,
-                    "desired": "running",
-                    "runtime_user": owner.user,
-                    "runtime_uid": owner.uid,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-            current = _container_of(db, row["id"])
-        elif current["state"] != State.DISABLED:
-            raise Conflict(f"the container of {project} is already enabled ({current['state']})")
-        assert current is not None
-        prepared_for = current["runtime_uid"] if current["state_dir"] else None
-        db["containers"].update(
-            current["id"],
-            {"desired": "running", "runtime_user": owner.user, "runtime_uid": owner.uid},
-        )
-        container_id = current["id"]
-    try:
-        state_dir, overlay = _prepare_storage(config, name, owner, prepared_for)
-        image = _local_image(config, eff.image)
-        if image is None:
-            # DISABLED -> PULLING: no lease and no job while the image is pulled.
-            with rt.ledger.transaction() as db:
-                change_state(
-                    db,
-                    container_id,
-                    State.PULLING,
-                    allowed_from=[State.DISABLED],
-                    reason=f"waiting to pull {eff.image}",
-                    fields={
-                        "state_dir": str(state_dir),
-                        "overlay_path": str(overlay),
-                        "image": eff.image,
-                        "last_error": None,
-                    },
-                    **_actor_kw(actor),
-                )
-            _request_pull(rt, container_id, eff.image, actor)
-    except (Conflict, BadRequest, apptainer.ApptainerError, OSError) as exc:
-        message = getattr(exc, "message", None) or str(exc)
-        with rt.ledger.transaction() as db:
-            change_state(
-                db,
-                container_id,
-                State.ERROR,
-                allowed_from=[State.DISABLED, State.PULLING],
-                reason="enable failed",
-                fields={"last_error": message, "desired": "stopped"},
-                **_actor_kw(actor),
-            )
-        raise
-    if image is None:
-        return _after_pull(rt, actor, project, container_id, eff.image)
-    with rt.ledger.transaction() as db:
-        change_state(
-            db,
-            container_id,
-            State.STOPPED,
-            allowed_from=[State.DISABLED],
-            reason="enabled",
-            fields={
-                "state_dir": str(state_dir),
-                "overlay_path": str(overlay),
-                "image": image,
-                "last_error": None,
-            },
-            **_actor_kw(actor),
-        )
-    return wake(rt, actor, project, check=Action.ENABLE)
-
-
-def _request_pull(rt: Runtime, container_id: int, uri: str, actor: Actor) -> None:
-    try:
-        rt.pulls.request(container_id, uri, actor.uid, waiter=True)
-    except image_pull.PullError as exc:  # the pull account or its settings are unusable
-        raise Conflict(f"cannot pull {uri}: {exc.message}") from None
-    except image_cache.UnsafeImageDir as exc:
-        raise Conflict(f"cannot pull {uri}: {exc}") from None
-
-
-def _after_pull(
-    rt: Runtime, actor: Actor, project: str, container_id: int, uri: str
-) -> dict[str, Any]:
-    """A short wait for the pull: a small image answers as before (started, or the pull's
-    reason as the error); a longer pull answers "pulling" and the container goes on alone."""
-    outcome = rt.pulls.wait(container_id, rt.config.pulls.enable_wait_s)
-    if outcome is None or outcome.cancelled:
-        return status(rt, actor, project)
-    if not carry_on(rt, container_id, outcome, queue=False, **_actor_kw(actor)):
-        return status(rt, actor, project)
-    if outcome.image is None:
-        raise BadRequest(f"cannot pull {uri}: {outcome.error}")
-    if rt.ledger.db["containers"].get(container_id)["desired"] != "running":
-        return status(rt, actor, project)  # stopped while it pulled
-    return wake(rt, actor, project, check=Action.ENABLE)
-
-
-def disable(rt: Runtime, actor: Actor, project: str, wait_s: float = 120.0) -> dict[str, Any]:
-    """Stop, then delete the overlay (the workspace stays). A failed delete rolls back."""
-    stop(rt, actor, project, check=Action.DISABLE)
-    with rt.ledger.read() as db:
-        row, _ = authorize(db, actor, project, Action.DISABLE)
-        container = _container_of(db, row["id"])
-        runtime_user = runtime_identity(db, rt.config, row)
-    if container is None or container["state"] == State.DISABLED:
-        raise Conflict(f"the container of {project} is not enabled")
-    deadline = time.monotonic() + wait_s
-    while container["state"] in ACTIVE:
-        if time.monotonic() > deadline:
-            raise Conflict(
-                f"the container of {project} did not stop within {wait_s:.0f}s; try again"
-            )
-        rt.poke()
-        time.sleep(0.2)
-        container = rt.ledger.db["containers"].get(container["id"])
-    try:
-        if container["runtime_user"] == runtime_user:
-            _delete_overlay(container)
-        elif container["state_dir"]:
-            # The former run-as user's folder: rxd no longer acts as them; out of reach instead.
-            quarantine(rt.config.containers.state_root, Path(container["state_dir"]).name)
-    except OSError as exc:
-        with rt.ledger.transaction() as db:
-            db["containers"].update(container["id"], {"last_error": f"disable failed: {exc}"})
-        raise Conflict(f"cannot delete the overlay, the container stays enabled: {exc}") from None
-    with rt.ledger.transaction() as db:
-        change_state(
-            db,
-            container["id"],
-            State.DISABLED,
-            # A pull under way goes on; its outcome finds the container disabled and is dropped.
-            allowed_from=[State.STOPPED, State.ERROR, State.PULLING],
-            reason="disabled",
-            fields={"desired": "disabled", "job_id": None, "node": None, "instance": None},
-            **_actor_kw(actor),
-        )
-    return status(rt, actor, project)
 
 
 def _delete_overlay(container: dict[str, Any]) -> None:
@@ -431,193 +147,6 @@ def _delete_overlay(container: dict[str, Any]) -> None:
         raise OSError(result.stderr.strip() or f"{overlay} still exists")
 
 
-# -- wake / stop / retry -----------------------------------------------------------------------
-
-
-def quota_request(
-    rt: Runtime,
-    project: dict[str, Any],
-    runtime_user: str,
-    default_partition: str | None = None,
-) -> quotas.Request:
-    """What the container counts against its quotas (`default_partition`: Slurm's, asked before
-    a write transaction so that it does not wait on Slurm)."""
-    eff = effective(Settings.from_row(project), rt.config.defaults)
-    if default_partition is None:
-        default_partition = rt.default_partition()
-    return quotas.Request(
-        partition=eff.partition or default_partition,
-        project=project["name"],
-        linux_user=runtime_user,
-        gpus=eff.gpus,
-        cpus=eff.cpus or 1,
-        mem_mb=eff.mem_mb,
-    )
-
-
-def queued(
-    rt: Runtime, db: LedgerDatabase, default_partition: str
-) -> list[tuple[dict[str, Any], quotas.Request]]:
-    """Containers waiting for quota (no job yet), first come first, with what they ask."""
-    rows = db["containers"].rows_where(
-        "state = ? AND job_id IS NULL AND queued_at IS NOT NULL",
-        [State.WAITING.value],
-        order_by="queued_at, id",
-    )
-    return [
-        (
-            row,
-            quota_request(
-                rt, db["projects"].get(row["project_id"]), row["runtime_user"], default_partition
-            ),
-        )
-        for row in rows
-    ]
-
-
-def admission(
-    rt: Runtime,
-    db: LedgerDatabase,
-    container_id: int,
-    request: quotas.Request,
-    default_partition: str,
-) -> str | None:
-    """Why a container that wakes must wait (None: it may start now). Besides the quotas, the
-    queue: a newcomer does not take what an earlier waiting container is waiting for."""
-    held: dict[int, list[str]] = {}
-    for row, ahead in queued(rt, db, default_partition):
-        if row["id"] != container_id and quotas.hold_back(db, held, ahead) is None:
-            # It fits and the reconciler starts it next: keep its room.
-            quotas.hold_all(db, held, ahead)
-    return quotas.hold_back(db, held, request)
-
-
-def _check_startable(
-    rt: Runtime, actor: Actor, project: str, row: dict[str, Any], container: dict[str, Any]
-) -> None:
-    """Build the holder job before a lease is taken: one that cannot be built never holds one."""
-    if container["state"] != State.STOPPED or container["state_dir"] is None:
-        return  # wake() refuses the other resting states with its own words
-    try:
-        holder_job(rt.config, container, row, Settings.from_row(row))
-    except ValueError as exc:
-        # STOPPED -> ERROR, holding nothing: retry after the settings are fixed.
-        _fail_start(
-            rt, container["id"], [State.STOPPED], f"cannot build the job: {exc}", **_actor_kw(actor)
-        )
-        raise BadRequest(f"the container of {project} cannot start: {exc}") from None
-
-
-def wake(rt: Runtime, actor: Actor, project: str, check: Action = Action.START) -> dict[str, Any]:
-    """Make sure a job holds the container: submit one if it rests and fits its quotas.
-
-    One that does not fit waits (policy "queue": the reconciler starts it when leases free
-    up) or is refused (policy "reject"), with the bottleneck in words.
-    """
-    with rt.ledger.read() as db:
-        row, _ = authorize(db, actor, project, check)
-        runtime_user = require_runtime_identity(db, rt.config, row)
-        container = _container_of(db, row["id"])
-    if container is None or container["state"] == State.DISABLED:
-        raise Conflict(f"the container of {project} is not enabled; an owner runs `rxctl enable`")
-    if container["runtime_user"] != runtime_user:
-        container = _rehome(rt, actor, container, runtime_user)
-    if container["state"] not in ACTIVE:
-        _check_startable(rt, actor, project, row, container)
-    # Asked of Slurm before the write transaction, which must not wait on Slurm.
-    default_partition = rt.default_partition()
-    request = quota_request(rt, row, container["runtime_user"], default_partition)
-    queued = False
-    with rt.ledger.transaction() as db:
-        row, _ = authorize(db, actor, project, check)
-        container = _container_of(db, row["id"])
-        assert container is not None
-        db["containers"].update(container["id"], {"desired": "running"})
-        # Racing wakes: the first moves STOPPED -> STARTING, the others find it ACTIVE.
-        # A container still pulling its image is queued for a job by the pull's end.
-        already = container["state"] in ACTIVE or container["state"] == State.PULLING
-        if container["state"] == State.ERROR:
-            raise Conflict(
-                f"the container of {project} is in error ({container['last_error']}); "
-                "an owner runs `rxctl retry`"
-            )
-        if container["state"] == State.DISABLED:
-            raise Conflict(f"the container of {project} is not enabled")
-        if not already:
-            settings = Settings.from_row(row)
-            why = admission(rt, db, container["id"], request, default_partition)
-            cleared = {"job_id": None, "node": None, "instance": None, "started_at": None}
-            if why and rt.config.quotas.policy == "reject":
-                raise Conflict(f"over quota: {why}")
-            if why:
-                # STOPPED -> WAITING (queued): no job until a lease frees up.
-                change_state(
-                    db,
-                    container["id"],
-                    State.WAITING,
-                    allowed_from=[State.STOPPED],
-                    reason=why,
-                    fields={**cleared, "queued_at": to_timestamp(utcnow())},
-                    **_actor_kw(actor),
-                )
-                queued = True
-            else:
-                quotas.acquire(db, container["id"], request)
-                change_state(
-                    db,
-                    container["id"],
-                    State.STARTING,
-                    allowed_from=[State.STOPPED],
-                    reason="submitting",
-                    fields={**cleared, "queued_at": None},
-                    **_actor_kw(actor),
-                )
-    if already or queued:
-        rt.poke()
-        return status(rt, actor, project)
-    submit(rt, container["id"], settings, actor=actor.name, origin=actor.origin)
-    return status(rt, actor, project)
-
-
-def _rehome(
-    rt: Runtime, actor: Actor, container: dict[str, Any], runtime_user: str
-) -> dict[str, Any]:
-    """The project runs as someone else now: a fresh state folder and overlay for them; the
-    former identity's go to quarantine (its overlay holds what ran as that person)."""
-    container = rt.ledger.db["containers"].get(container["id"])
-    if container["runtime_user"] == runtime_user:
-        return dict(container)  # a racing start did it a moment ago
-    if container["state"] in ACTIVE:
-        raise Conflict(
-            f"the container still runs as {container['runtime_user']}; it starts as "
-            f"{runtime_user} once it has stopped"
-        )
-    owner = RunAs.for_user(runtime_user)
-    state_dir, overlay = _prepare_storage(rt.config, container["name"], owner, None)
-    with rt.ledger.transaction() as db:
-        current = db["containers"].get(container["id"])
-        if current["generation"] != container["generation"]:
-            raise Conflict("the container changed meanwhile; try again")
-        db["containers"].update(
-            container["id"],
-            {
-                "runtime_user": owner.user,
-                "runtime_uid": owner.uid,
-                "state_dir": str(state_dir),
-                "overlay_path": str(overlay),
-            },
-        )
-        record_actor_event(
-            db,
-            actor,
-            "container.run-as-changed",
-            "container",
-            container["name"],
-            {"from": container["runtime_user"], "to": owner.user},
-        )
-        return dict(db["containers"].get(container["id"]))
-
-
 @dataclass(frozen=True)
 class HolderJob:
     """Everything sbatch gets for a container's holder, built (and so validated) in one place."""
@@ -628,228 +157,24 @@ class HolderJob:
     snapshot: dict[str, Any]
 
 
-def holder_job(
-    config: Config, container: dict[str, Any], project: dict[str, Any], settings: Settings
-) -> HolderJob:
-    """The holder job of a container; ValueError (TemplateError, RunAsError) if it cannot be."""
-    eff = effective(settings, config.defaults)
-    state_dir = Path(container["state_dir"])
-    script = render_batch_script(
-        "holder.sh",
-        instance=container["name"],
-        image=container["image"],
-        overlay=container["overlay_path"],
-        workspace=project["workspace"],
-        binds=",".join(config.containers.fixed_mounts),
-        gpu_flag=_gpu_flag(eff),
-        state_dir=state_dir,
-        grace_s=config.containers.stop_grace_s,
-        **_holder_options(config, project, state_dir, container["runtime_user"]),
-    )
-    spec = JobSpec(
-        name=container["name"],
-        comment=job_comment(config, container["id"]),
-        partition=eff.partition or None,
-        cpus=eff.cpus or 1,
-        mem_mb=eff.mem_mb or None,
-        gres=_gres(eff),
-        time_limit_min=eff.time_limit_min or None,
-        workdir=str(state_dir),
-        output=str(state_dir / "job-%j.out"),
-        singleton=True,
-        # rxd decides what follows a failed job; a requeued holder could race a living one.
-        requeue=False,
-    )
-    snapshot = {**settings.to_dict(), "effective": eff.to_dict(), "gres": _gres(eff)}
-    return HolderJob(script, spec, RunAs.for_user(container["runtime_user"]), snapshot)
-
-
-def _fail_start(
-    rt: Runtime, container_id: int, allowed_from: list[State], error: str, **who: Any
-) -> None:
-    """-> ERROR with the reason; an ERROR container rests, so its lease (if any) goes with it.
-
-    A container no longer in `allowed_from` was moved meanwhile (stopped: its lease went then).
-    """
-    try:
-        with rt.ledger.transaction() as db:
-            change_state(
-                db,
-                container_id,
-                State.ERROR,
-                allowed_from=allowed_from,
-                reason="cannot start",
-                fields={"last_error": error},
-                **who,
-            )
-    except InvalidTransition:
-        pass
-
-
-def submit(
-    rt: Runtime, container_id: int, settings: Settings, *, actor: str, origin: str
-) -> int | None:
-    """Submit the holder job for a container in STARTING with no job; record it.
-
-    It holds a lease by now: whatever goes wrong ends in STOPPED or ERROR, which free it.
-    """
-    c = rt.ledger.db["containers"].get(container_id)
-    project_row = rt.ledger.db["projects"].get(c["project_id"])
-    try:
-        job = holder_job(rt.config, c, project_row, settings)
-    except ValueError as exc:
-        # STARTING -> ERROR: e.g. a value saved before it was validated as it is now.
-        _fail_start(
-            rt,
-            container_id,
-            [State.STARTING],
-            f"cannot build the job: {exc}",
-            actor=actor,
-            origin=origin,
-        )
-        raise BadRequest(f"the container of {project_row['name']} cannot start: {exc}") from None
-    snapshot = job.snapshot
-    try:
-        job_id = rt.slurm.submit(job.script, job.spec, job.runas)
-    except SlurmError as exc:
-        unavailable = isinstance(exc, SlurmUnavailable)
-        with rt.ledger.transaction() as db:
-            change_state(
-                db,
-                container_id,
-                State.STOPPED if unavailable else State.ERROR,
-                allowed_from=[State.STARTING],
-                reason="Slurm did not answer" if unavailable else "Slurm refused the job",
-                fields={
-                    "last_error": None if unavailable else str(exc),
-                    "settings": to_json(snapshot),
-                },
-                actor=actor,
-                origin=origin,
-            )
-        if unavailable:
-            raise Unavailable(f"Slurm did not answer ({exc}); nothing was started") from None
-        if isinstance(exc, SlurmRejected):
-            raise Conflict(f"Slurm refused the job: {exc}") from None
-        raise
-    except Exception as exc:
-        # STARTING -> ERROR: an unforeseen failure must not keep the lease; logged in full.
-        log.exception("submit failed", extra={"container": c["name"]})
-        _fail_start(
-            rt, container_id, [State.STARTING], f"submit failed: {exc}", actor=actor, origin=origin
-        )
-        raise
-    failpoints.hit("after-submit")
-    now = to_timestamp(utcnow())
-    with rt.ledger.transaction() as db:
-        current = db["containers"].get(container_id)
-        fresh = current["state"] == State.STARTING and current["job_id"] is None
-        # The reconciler may have seen this very job in the queue first and adopted it.
-        adopted = current["job_id"] == job_id
-        if fresh or adopted:
-            db["containers"].update(container_id, {"job_id": job_id, "settings": to_json(snapshot)})
-            if fresh:
-                db["containers"].update(container_id, {"updated_at": now})
-            db["jobs"].insert(
-                {
-                    "job_id": job_id,
-                    "container_id": container_id,
-                    "state": "PENDING",
-                    "submitted_at": now,
-                },
-                replace=True,
-            )
-        else:
-            # Stopped meanwhile: this job is not wanted.
-            log.info("cancelling unwanted job", extra={"job_id": job_id, "container": c["name"]})
-            current = None
-    if current is None:
-        rt.slurm.cancel(job_id)
-        return None
-    log.info("submitted", extra={"job_id": job_id, "container": c["name"]})
-    rt.poke()
-    return job_id
-
-
 def _project_for(
     db: LedgerDatabase, actor: Actor, project: str, check: Action | None
-) -> dict[str, Any]:
-    """The project row if the actor may `check` in it; `check` None: an admin acting on any."""
+) -> tuple[dict[str, Any], Role | None]:
+    """The project row and the actor's role if the actor may `check` in it; `check` None: an
+    admin acting on any."""
     if check is None:
         if not actor.admin:
             raise Forbidden("this needs an rx-slurm admin")
-        row, _ = authorize(db, actor, project, Action.VIEW)
-        return row
-    row, _ = authorize(db, actor, project, check)
-    return row
+        return authorize(db, actor, project, Action.VIEW)
+    return authorize(db, actor, project, check)
 
 
-def stop(
-    rt: Runtime,
-    actor: Actor,
-    project: str,
-    check: Action | None = Action.STOP,
-    reason: str = "stopped by user",
-) -> dict[str, Any]:
-    """Stop the container (check None: an admin stops a misbehaving one); overlay kept."""
-    with rt.ledger.transaction() as db:
-        row = _project_for(db, actor, project, check)
-        container = _container_of(db, row["id"])
-        if container is None or container["state"] == State.DISABLED:
-            raise Conflict(f"the container of {project} is not enabled")
-        job_id = request_stop(db, container, reason, **_actor_kw(actor))
-    if job_id is not None:
-        cancel_job(rt, job_id)
-    if check is None:
-        return admin_view(rt, project)
-    return status(rt, actor, project)
-
-
-def cancel_job(rt: Runtime, job_id: int) -> None:
-    """SIGTERM to the holder (its trap stops the instance), KillWait later SIGKILL: Slurm's own."""
+def _fresh_project(db: LedgerDatabase, authorized: dict[str, Any]) -> dict[str, Any]:
+    """The authorized project's row as it is now (its settings may have changed since)."""
     try:
-        rt.slurm.cancel(job_id)
-    except SlurmUnavailable:
-        # The reconciler cancels again while the container is STOPPING.
-        log.warning("cancel not answered; will retry", extra={"job_id": job_id})
-    rt.poke()
-
-
-def retry(rt: Runtime, actor: Actor, project: str) -> dict[str, Any]:
-    with rt.ledger.transaction() as db:
-        row, _ = authorize(db, actor, project, Action.RETRY)
-        container = _container_of(db, row["id"])
-        if container is None or container["state"] != State.ERROR:
-            state = container["state"] if container else "disabled"
-            raise Conflict(f"retry is for a container in error; {project}'s is {state}")
-        if container["state_dir"] is None or image_cache.is_reference(container["image"] or ""):
-            # Enable itself (or its pull) failed: go back to disabled and enable again.
-            change_state(
-                db,
-                container["id"],
-                State.DISABLED,
-                allowed_from=[State.ERROR],
-                reason="retry",
-                **_actor_kw(actor),
-            )
-            again = True
-        else:
-            change_state(
-                db,
-                container["id"],
-                State.STOPPED,
-                allowed_from=[State.ERROR],
-                reason="retry",
-                fields={"last_error": None},
-                **_actor_kw(actor),
-            )
-            again = False
-    if again:
-        return enable(rt, actor, project)
-    return wake(rt, actor, project, check=Action.RETRY)
-
-
-# -- exec --------------------------------------------------------------------------------------
+        return dict(db.table("projects").get(authorized["id"]))
+    except NotFoundError:
+        raise Conflict(f"project {authorized['name']} was deleted meanwhile") from None
 
 
 @dataclass(frozen=True)
@@ -863,99 +188,890 @@ class ExecTarget:
     state_dir: str
     runas: RunAs
 
-    @property
-    def apptainer_configdir(self) -> str:
-        # The holder starts the instance with this config folder; exec must look there too.
-        return f"{self.state_dir}/apptainer"
 
+class ContainerService:
+    """The container lifecycle: every command on a container, from the routes, the exec server
+    and the reconciler, goes through here; Slurm, the runtime and the clock through its ports.
+    One per daemon."""
 
-def exec_target(rt: Runtime, actor: Actor, project: str) -> ExecTarget | None:
-    """The running container of a project the actor may exec in; None when it is not running."""
-    with rt.ledger.read() as db:
-        row, _ = authorize(db, actor, project, Action.EXEC)
-        runtime_user = require_runtime_identity(db, rt.config, row)
-        container = _container_of(db, row["id"])
-    if container is None or container["state"] != State.RUNNING or not container["instance"]:
-        return None
-    if container["runtime_user"] != runtime_user:
-        # Stopping already (the identity changed); never exec as the one who left.
-        raise Conflict(
-            f"the container of {project} still runs as {container['runtime_user']}, not "
-            f"{runtime_user}; start it again once it has stopped"
+    def __init__(
+        self,
+        ledger: Ledger,
+        config: Config,
+        scheduler: Scheduler,
+        runtime: ContainerRuntime | None = None,
+        clock: Clock = utcnow,
+        poke: Callable[[], None] = lambda: None,
+        default_partition: Callable[[], str] = lambda: "",
+        mirror_quotas: Callable[[], list[dict[str, Any]]] = list,
+    ) -> None:
+        self.ledger = ledger
+        self.config = config
+        self.scheduler = scheduler
+        # The container runtime on the nodes; Apptainer as [apptainer] configures it by default.
+        self.runtime: ContainerRuntime = runtime or ApptainerRuntime(config.apptainer)
+        self.clock = clock
+        # Called after a change the reconciler should look at soon.
+        self.poke = poke
+        # Slurm's default partition (asked of Slurm, cached): where a container without one runs.
+        self.default_partition = default_partition
+        # Brings Slurm's QOSes in line with the quotas marked for mirroring; what it did.
+        self.mirror_quotas = mirror_quotas
+        # Image pulls run in their own threads, as the pull account (see images/pool.py).
+        self.pulls = ImagePulls(self)
+        # Whether Slurm answered the reconciler's last pass; views say "as last seen" if not.
+        self.slurm_reachable = True
+        self.changes = STATE_CHANGES
+
+    def wait_for(
+        self, container_id: int, done: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any] | None:
+        """The container's row once ``done(row)``, woken by its state changes (never a timed
+        poll); None when ``timeout`` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        with self.changes.watch(container_id) as changed:
+            while True:
+                row = dict(self.ledger.db.table("containers").get(container_id))
+                if done(row):
+                    return row
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.poke()
+                changed.wait(left)
+
+    def wait_running(self, container_id: int, timeout: float) -> dict[str, Any] | None:
+        """The container's row once it runs or rests (stopped, in error, disabled: it will not
+        run without a new wake); None when ``timeout`` seconds pass first."""
+        return self.wait_for(
+            container_id,
+            lambda row: row["state"] == State.RUNNING or row["state"] not in ACTIVE,
+            timeout,
         )
-    return ExecTarget(
-        container_id=container["id"],
-        job_id=container["job_id"],
-        node=container["node"],
-        instance=container["instance"],
-        state_dir=container["state_dir"],
-        runas=RunAs.for_user(container["runtime_user"]),
-    )
 
+    def _prepare_storage(
+        self, name: str, owner: RunAs, prepared_for: int | None
+    ) -> tuple[Path, Path]:
+        """The state folder and the overlay in it, for `owner`."""
+        state_dir = _prepare_state_dir(self.config, name, owner, prepared_for)
+        overlay = state_dir / "overlay.img"
+        if not overlay.exists():
+            self.runtime.create_overlay(overlay, self.config.containers.overlay_size_mb, owner)
+        return state_dir, overlay
 
-def touch_activity(rt: Runtime, container_id: int) -> None:
-    """Record exec/shell activity: the idle timer counts from the last one."""
-    with rt.ledger.transaction() as db:
-        db["containers"].update(container_id, {"last_activity_at": to_timestamp(utcnow())})
+    def status(self, actor: Actor, project: str) -> ContainerView:
+        """The container as the actor may see it; the state as last seen when Slurm did not
+        answer the reconciler's last pass."""
+        return self._view(*self._authorize(actor, project, Action.VIEW))
 
+    def _authorize(
+        self, actor: Actor, project: str, check: Action
+    ) -> tuple[dict[str, Any], Role | None]:
+        """The project's row and the actor's role in it, if the actor may `check` there: the
+        one authorization of a command."""
+        with self.ledger.read() as db:
+            return authorize(db, actor, project, check)
 
-# -- the admin's view --------------------------------------------------------------------------
+    def _view(self, authorized: dict[str, Any], role: Role | None) -> ContainerView:
+        """The container of an authorized project as it is now (after the command)."""
+        with self.ledger.read() as db:
+            row = _fresh_project(db, authorized)
+            project = row["name"]
+            container = _container_of(db, row["id"])
+            runtime_user = runtime_identity(db, self.config, row)
+        saved = Settings.from_row(row)
+        eff = effective(saved, self.config.defaults)
+        view: dict[str, Any] = {
+            "project": project,
+            "role": role.value if role else None,
+            "state": State.DISABLED.value,
+            "reason": None,
+            "name": container_name(project),
+            "image": eff.image,
+            "job_id": None,
+            "node": None,
+            "gpus": eff.gpus,
+            "gres": _gres(eff),
+            "uptime_s": None,
+            "runtime_user": runtime_user,
+            "workspace": row["workspace"],
+            "fixed_mounts": tuple(self.config.containers.fixed_mounts),
+            "last_error": None,
+            "settings_pending": False,
+            "desired": None,
+            "over_quota": False,
+            "partition": eff.partition or None,
+        }
+        if container is None:
+            return ContainerView(**view)
+        started_with = from_json(container["settings"])
+        view.update(
+            state=container["state"],
+            reason=container["reason"],
+            job_id=container["job_id"],
+            node=container["node"],
+            desired=container["desired"],
+            last_error=container["last_error"],
+            image=container["image"] or eff.image,
+            runtime_user=container["runtime_user"] or runtime_user,
+        )
+        # Waiting with no job: held back by a quota, not by Slurm.
+        view["over_quota"] = container["state"] == State.WAITING and container["job_id"] is None
+        if container["state"] in (State.RUNNING, State.STARTING, State.WAITING) and started_with:
+            view["settings_pending"] = differs_from_snapshot(saved, started_with)
+            view["gpus"] = started_with.get("effective", {}).get("gpus", eff.gpus)
+            view["gres"] = started_with.get("gres")
+        if container["state"] == State.RUNNING and container["started_at"]:
+            view["uptime_s"] = int(
+                (self.clock() - from_timestamp(container["started_at"])).total_seconds()
+            )
+        if not self.slurm_reachable and container["state"] in ACTIVE:
+            view["state_unknown"] = True
+            view["reason"] = "Slurm is not answering; state as last seen"
+        return ContainerView(**view, container_id=container["id"])
 
-
-def admin_containers(rt: Runtime, project: str | None = None) -> list[dict[str, Any]]:
-    """Every starting, running, stopping and waiting container, with what it holds or asks."""
-    where = "c.state IN (?, ?, ?, ?)"
-    args: list[Any] = [s.value for s in ACTIVE]
-    if project is not None:
-        where, args = "p.name = ?", [project]
-    query = (
-        "SELECT p.name, c.runtime_user, c.state, c.reason, c.job_id, c.node, c.updated_at, "
-        "c.started_at, c.queued_at, l.partition, l.gpus, l.cpus, l.mem_mb, c.project_id "
-        "FROM containers c JOIN projects p ON p.id = c.project_id "
-        "LEFT JOIN leases l ON l.container_id = c.id WHERE " + where + " ORDER BY p.name"
-    )
-    with rt.ledger.read() as db:
-        rows = db.execute(query, args).fetchall()
-        projects = {r[13]: db["projects"].get(r[13]) for r in rows}
-    now = utcnow()
-    result = []
-    for (
-        name,
-        user,
-        state,
-        reason,
-        job_id,
-        node,
-        updated,
-        started,
-        queued,
-        partition,
-        gpus,
-        cpus,
-        mem,
-        project_id,
-    ) in rows:
-        eff = effective(Settings.from_row(projects[project_id]), rt.config.defaults)
-        since = started or queued or updated
-        result.append(
+    def list_containers(self, actor: Actor) -> list[dict[str, Any]]:
+        with self.ledger.read() as db:
+            rows = db.execute(
+                "SELECT p.name, m.role, c.state, c.reason, c.job_id, c.node FROM members m "
+                "JOIN projects p ON p.id = m.project_id "
+                "LEFT JOIN containers c ON c.project_id = p.id "
+                "WHERE m.platform_user_id = ? ORDER BY p.name",
+                [actor.platform_user],
+            ).fetchall()
+        return [
             {
                 "project": name,
-                "linux_user": user,
-                "state": state,
+                "role": role,
+                "state": state or State.DISABLED.value,
                 "reason": reason,
-                "partition": partition or eff.partition or None,
-                "gpus": gpus if gpus is not None else eff.gpus,
-                "cpus": cpus if cpus is not None else eff.cpus,
-                "mem_mb": mem if mem is not None else eff.mem_mb,
-                "lease": partition is not None,
                 "job_id": job_id,
                 "node": node,
-                "age_s": int((now - from_timestamp(since)).total_seconds()) if since else None,
             }
+            for name, role, state, reason, job_id, node in rows
+        ]
+
+    def enable(self, actor: Actor, project: str) -> ContainerView:
+        """Create the container's record, folder and overlay, then wake it."""
+        row, role = self._authorize(actor, project, Action.ENABLE)
+        self._enable(actor, row)
+        return self._view(row, role)
+
+    def _enable(self, actor: Actor, authorized: dict[str, Any]) -> None:
+        config = self.config
+        with self.ledger.read() as db:
+            row = _fresh_project(db, authorized)
+            project = row["name"]
+            runtime_user = require_runtime_identity(db, config, row)
+            container = _container_of(db, row["id"])
+        if container is not None and container["state"] != State.DISABLED:
+            raise Conflict(f"the container of {project} is already enabled ({container['state']})")
+        eff = effective(Settings.from_row(row), config.defaults)
+        if not eff.image:
+            raise BadRequest(
+                f"project {project} has no image; "
+                f"set one with `rxctl project set {project} --image`"
+            )
+        owner = RunAs.for_user(runtime_user)
+        name = container_name(project)
+        now = to_timestamp(self.clock())
+        with self.ledger.transaction() as db:
+            current = _container_of(db, row["id"])
+            if current is None:
+                db.table("containers").insert(
+                    {
+                        "project_id": row["id"],
+                        "name": name,
+                        "state": State.DISABLED.value,
+                        "desired": "running",
+                        "runtime_user": owner.user,
+                        "runtime_uid": owner.uid,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                current = _container_of(db, row["id"])
+            elif current["state"] != State.DISABLED:
+                raise Conflict(
+                    f"the container of {project} is already enabled ({current['state']})"
+                )
+            assert current is not None
+            prepared_for = current["runtime_uid"] if current["state_dir"] else None
+            db.table("containers").update(
+                current["id"],
+                {"desired": "running", "runtime_user": owner.user, "runtime_uid": owner.uid},
+            )
+            container_id = current["id"]
+        try:
+            state_dir, overlay = self._prepare_storage(name, owner, prepared_for)
+            image = _local_image(config, eff.image)
+            if image is None:
+                # DISABLED -> PULLING: no lease and no job while the image is pulled.
+                with self.ledger.transaction() as db:
+                    change_state(
+                        db,
+                        container_id,
+                        State.PULLING,
+                        allowed_from=[State.DISABLED],
+                        reason=f"waiting to pull {eff.image}",
+                        fields={
+                            "state_dir": str(state_dir),
+                            "overlay_path": str(overlay),
+                            "image": eff.image,
+                            "last_error": None,
+                        },
+                        **_actor_kw(actor),
+                    )
+                self._request_pull(container_id, eff.image, actor)
+        except (Conflict, BadRequest, ApptainerError, OSError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            with self.ledger.transaction() as db:
+                change_state(
+                    db,
+                    container_id,
+                    State.ERROR,
+                    allowed_from=[State.DISABLED, State.PULLING],
+                    reason="enable failed",
+                    fields={"last_error": message, "desired": "stopped"},
+                    **_actor_kw(actor),
+                )
+            raise
+        if image is None:
+            self._after_pull(actor, row, container_id, eff.image)
+            return
+        with self.ledger.transaction() as db:
+            change_state(
+                db,
+                container_id,
+                State.STOPPED,
+                allowed_from=[State.DISABLED],
+                reason="enabled",
+                fields={
+                    "state_dir": str(state_dir),
+                    "overlay_path": str(overlay),
+                    "image": image,
+                    "last_error": None,
+                },
+                **_actor_kw(actor),
+            )
+        self._wake(actor, row)
+
+    def _request_pull(self, container_id: int, uri: str, actor: Actor) -> None:
+        try:
+            self.pulls.request(container_id, uri, actor.uid, waiter=True)
+        except image_pull.PullError as exc:  # the pull account or its settings are unusable
+            raise Conflict(f"cannot pull {uri}: {exc.message}") from None
+        except image_cache.UnsafeImageDir as exc:
+            raise Conflict(f"cannot pull {uri}: {exc}") from None
+
+    def _after_pull(self, actor: Actor, row: dict[str, Any], container_id: int, uri: str) -> None:
+        """A short wait for the pull: a small image answers as before (started, or the pull's
+        reason as the error); a longer pull answers "pulling" and the container goes on alone."""
+        outcome = self.pulls.wait(container_id, self.config.pulls.enable_wait_s)
+        if outcome is None or outcome.cancelled:
+            return
+        if not carry_on(self, container_id, outcome, queue=False, **_actor_kw(actor)):
+            return
+        if outcome.image is None:
+            raise BadRequest(f"cannot pull {uri}: {outcome.error}")
+        if self.ledger.db.table("containers").get(container_id)["desired"] != "running":
+            return  # stopped while it pulled
+        self._wake(actor, row)
+
+    def disable(self, actor: Actor, project: str, wait_s: float = 120.0) -> ContainerView:
+        """Stop, then delete the overlay (the workspace stays). A failed delete rolls back."""
+        row, role = self._stop(actor, project, Action.DISABLE, "stopped by user")
+        with self.ledger.read() as db:
+            row = _fresh_project(db, row)
+            container = _container_of(db, row["id"])
+            runtime_user = runtime_identity(db, self.config, row)
+        if container is None or container["state"] == State.DISABLED:
+            raise Conflict(f"the container of {project} is not enabled")
+        container = self.wait_for(container["id"], lambda row: row["state"] not in ACTIVE, wait_s)
+        if container is None:
+            raise Conflict(
+                f"the container of {project} did not stop within {wait_s:.0f}s; try again"
+            )
+        try:
+            if container["runtime_user"] == runtime_user:
+                _delete_overlay(container)
+            elif container["state_dir"]:
+                # The former run-as user's folder: rxd no longer acts as them; out of reach instead.
+                quarantine(self.config.containers.state_root, Path(container["state_dir"]).name)
+        except OSError as exc:
+            with self.ledger.transaction() as db:
+                db.table("containers").update(
+                    container["id"], {"last_error": f"disable failed: {exc}"}
+                )
+            raise Conflict(
+                f"cannot delete the overlay, the container stays enabled: {exc}"
+            ) from None
+        with self.ledger.transaction() as db:
+            change_state(
+                db,
+                container["id"],
+                State.DISABLED,
+                # A pull under way goes on; its outcome finds the container disabled and is dropped.
+                allowed_from=[State.STOPPED, State.ERROR, State.PULLING],
+                reason="disabled",
+                fields={"desired": "disabled", "job_id": None, "node": None, "instance": None},
+                **_actor_kw(actor),
+            )
+        return self._view(row, role)
+
+    def quota_request(
+        self,
+        project: dict[str, Any],
+        runtime_user: str,
+        default_partition: str | None = None,
+    ) -> quotas.Request:
+        """What the container counts against its quotas (`default_partition`: Slurm's, asked before
+        a write transaction so that it does not wait on Slurm)."""
+        eff = effective(Settings.from_row(project), self.config.defaults)
+        if default_partition is None:
+            default_partition = self.default_partition()
+        return quotas.Request(
+            partition=eff.partition or default_partition,
+            project=project["name"],
+            linux_user=runtime_user,
+            gpus=eff.gpus,
+            cpus=eff.cpus or 1,
+            mem_mb=eff.mem_mb,
         )
-    return result
 
+    def queued(
+        self, db: LedgerDatabase, default_partition: str
+    ) -> list[tuple[dict[str, Any], quotas.Request]]:
+        """Containers waiting for quota (no job yet), first come first, with what they ask."""
+        rows = db.table("containers").rows_where(
+            "state = ? AND job_id IS NULL AND queued_at IS NOT NULL",
+            [State.WAITING.value],
+            order_by="queued_at, id",
+        )
+        return [
+            (
+                row,
+                self.quota_request(
+                    db.table("projects").get(row["project_id"]),
+                    row["runtime_user"],
+                    default_partition,
+                ),
+            )
+            for row in rows
+        ]
 
-def admin_view(rt: Runtime, project: str) -> dict[str, Any]:
-    found = admin_containers(rt, project)
-    return found[0] if found else {"project": project, "state": State.DISABLED.value}
+    def admission(
+        self,
+        db: LedgerDatabase,
+        container_id: int,
+        request: quotas.Request,
+        default_partition: str,
+    ) -> str | None:
+        """Why a container that wakes must wait (None: it may start now). Besides the quotas, the
+        queue: a newcomer does not take what an earlier waiting container is waiting for."""
+        held: dict[int, list[str]] = {}
+        for row, ahead in self.queued(db, default_partition):
+            if row["id"] != container_id and quotas.hold_back(db, held, ahead) is None:
+                # It fits and the reconciler starts it next: keep its room.
+                quotas.hold_all(db, held, ahead)
+        return quotas.hold_back(db, held, request)
+
+    def _check_startable(
+        self, actor: Actor, project: str, row: dict[str, Any], container: dict[str, Any]
+    ) -> None:
+        """Build the holder job before a lease is taken: one that cannot be built never holds
+        one."""
+        if container["state"] != State.STOPPED or container["state_dir"] is None:
+            return  # wake() refuses the other resting states with its own words
+        try:
+            self.holder_job(container, row, Settings.from_row(row))
+        except ValueError as exc:
+            # STOPPED -> ERROR, holding nothing: retry after the settings are fixed.
+            self._fail_start(
+                container["id"], [State.STOPPED], f"cannot build the job: {exc}", **_actor_kw(actor)
+            )
+            raise BadRequest(f"the container of {project} cannot start: {exc}") from None
+
+    def wake(self, actor: Actor, project: str, check: Action = Action.START) -> ContainerView:
+        """Make sure a job holds the container: submit one if it rests and fits its quotas.
+
+        One that does not fit waits (policy "queue": the reconciler starts it when leases free
+        up) or is refused (policy "reject"), with the bottleneck in words.
+        """
+        row, role = self._authorize(actor, project, check)
+        self._wake(actor, row)
+        return self._view(row, role)
+
+    def _wake(self, actor: Actor, authorized: dict[str, Any]) -> None:
+        with self.ledger.read() as db:
+            row = _fresh_project(db, authorized)
+            project = row["name"]
+            runtime_user = require_runtime_identity(db, self.config, row)
+            container = _container_of(db, row["id"])
+        if container is None or container["state"] == State.DISABLED:
+            raise Conflict(
+                f"the container of {project} is not enabled; an owner runs `rxctl enable`"
+            )
+        if container["runtime_user"] != runtime_user:
+            container = self._rehome(actor, container, runtime_user)
+        if container["state"] not in ACTIVE:
+            self._check_startable(actor, project, row, container)
+        # Asked of Slurm before the write transaction, which must not wait on Slurm.
+        default_partition = self.default_partition()
+        request = self.quota_request(row, container["runtime_user"], default_partition)
+        outcome: Started | Queued | None = None
+        with self.ledger.transaction() as db:
+            row = _fresh_project(db, row)
+            container = _container_of(db, row["id"])
+            if container is None:
+                raise Conflict(f"the container of {project} is not enabled")
+            db.table("containers").update(container["id"], {"desired": "running"})
+            # Racing wakes: the first moves STOPPED -> STARTING, the others find it ACTIVE.
+            # A container still pulling its image is queued for a job by the pull's end.
+            already = container["state"] in ACTIVE or container["state"] == State.PULLING
+            if container["state"] == State.ERROR:
+                raise Conflict(
+                    f"the container of {project} is in error ({container['last_error']}); "
+                    "an owner runs `rxctl retry`"
+                )
+            if container["state"] == State.DISABLED:
+                raise Conflict(f"the container of {project} is not enabled")
+            if not already:
+                outcome = self.start_or_queue(
+                    db,
+                    container,
+                    request,
+                    who=_actor_kw(actor),
+                    default_partition=default_partition,
+                    reject=self.config.quotas.policy == "reject",
+                )
+        if isinstance(outcome, Started):
+            self.submit(
+                container["id"], Settings.from_row(row), actor=actor.name, origin=actor.origin
+            )
+        else:
+            self.poke()
+
+    def start_or_queue(
+        self,
+        db: LedgerDatabase,
+        container: dict[str, Any],
+        request: quotas.Request,
+        *,
+        who: dict[str, Any],
+        default_partition: str = "",
+        held: dict[int, list[str]] | None = None,
+        reject: bool = False,
+    ) -> Started | Queued:
+        """The one place a container takes a lease and goes to STARTING, or is queued for one.
+
+        Inside the caller's transaction, with ``container`` as read in it (STOPPED, or WAITING
+        in the quota queue). Whether it fits: the quotas and the queue ahead (``admission``),
+        or, for the reconciler serving the queue in order, what ``held`` already keeps. The
+        caller submits the job of a Started container once the transaction has committed.
+        """
+        container_id = container["id"]
+        source = State(container["state"])
+        if held is None:
+            why = self.admission(db, container_id, request, default_partition)
+        else:
+            why = quotas.hold_back(db, held, request)
+        if why:
+            if reject:
+                raise Conflict(f"over quota: {why}")
+            if source == State.WAITING:
+                # WAITING (queued) -> WAITING: still no room; the bottleneck may have moved.
+                if why != container["reason"]:
+                    db.table("containers").update(container_id, {"reason": why})
+                    ring_after_commit(db, container_id)
+            else:
+                # STOPPED -> WAITING (queued): no job until a lease frees up.
+                change_state(
+                    db,
+                    container_id,
+                    State.WAITING,
+                    allowed_from=[State.STOPPED],
+                    reason=why,
+                    fields={**_NO_JOB, "queued_at": to_timestamp(self.clock())},
+                    **who,
+                )
+            return Queued(container_id, why)
+        # STOPPED / WAITING (queued) -> STARTING: the lease and the state in one transaction.
+        quotas.acquire(db, container_id, request)
+        change_state(
+            db,
+            container_id,
+            State.STARTING,
+            allowed_from=[source],
+            reason="submitting",
+            fields={**_NO_JOB, "queued_at": None},
+            **who,
+        )
+        return Started(container_id)
+
+    def _rehome(self, actor: Actor, container: dict[str, Any], runtime_user: str) -> dict[str, Any]:
+        """The project runs as someone else now: a fresh state folder and overlay for them; the
+        former identity's go to quarantine (its overlay holds what ran as that person)."""
+        container = self.ledger.db.table("containers").get(container["id"])
+        if container["runtime_user"] == runtime_user:
+            return dict(container)  # a racing start did it a moment ago
+        if container["state"] in ACTIVE:
+            raise Conflict(
+                f"the container still runs as {container['runtime_user']}; it starts as "
+                f"{runtime_user} once it has stopped"
+            )
+        owner = RunAs.for_user(runtime_user)
+        state_dir, overlay = self._prepare_storage(container["name"], owner, None)
+        with self.ledger.transaction() as db:
+            current = db.table("containers").get(container["id"])
+            if current["generation"] != container["generation"]:
+                raise Conflict("the container changed meanwhile; try again")
+            db.table("containers").update(
+                container["id"],
+                {
+                    "runtime_user": owner.user,
+                    "runtime_uid": owner.uid,
+                    "state_dir": str(state_dir),
+                    "overlay_path": str(overlay),
+                },
+            )
+            record_actor_event(
+                db,
+                actor,
+                "container.run-as-changed",
+                "container",
+                container["name"],
+                {"from": container["runtime_user"], "to": owner.user},
+            )
+            return dict(db.table("containers").get(container["id"]))
+
+    def holder_job(
+        self, container: dict[str, Any], project: dict[str, Any], settings: Settings
+    ) -> HolderJob:
+        """The holder job of a container; ValueError (TemplateError, RunAsError) if it cannot be."""
+        config = self.config
+        eff = effective(settings, config.defaults)
+        state_dir = Path(container["state_dir"])
+        runas = RunAs.for_user(container["runtime_user"])
+        script = self.runtime.holder_script(
+            HolderRequest(
+                instance=container["name"],
+                image=container["image"],
+                overlay=container["overlay_path"],
+                workspace=project["workspace"],
+                state_dir=state_dir,
+                user=runas,
+                binds=tuple(config.containers.fixed_mounts),
+                gpus=eff.gpus,
+                gpu_driver=eff.gpu_driver,
+                grace_s=config.containers.stop_grace_s,
+                # Service projects all run as one account, so whatever the deployment chose, each
+                # gets a home and a /tmp of its own.
+                own_home_and_tmp=project["run_as"] == "service",
+            )
+        )
+        spec = JobSpec(
+            name=container["name"],
+            comment=job_comment(config, container["id"]),
+            partition=eff.partition or None,
+            cpus=eff.cpus or 1,
+            mem_mb=eff.mem_mb or None,
+            gres=_gres(eff),
+            time_limit_min=eff.time_limit_min or None,
+            workdir=str(state_dir),
+            output=str(state_dir / "job-%j.out"),
+            singleton=True,
+            # rxd decides what follows a failed job; a requeued holder could race a living one.
+            requeue=False,
+        )
+        snapshot = {**settings.to_dict(), "effective": eff.to_dict(), "gres": _gres(eff)}
+        return HolderJob(script, spec, runas, snapshot)
+
+    def _fail_start(
+        self, container_id: int, allowed_from: list[State], error: str, **who: Any
+    ) -> None:
+        """-> ERROR with the reason; an ERROR container rests, so its lease (if any) goes with it.
+
+        A container no longer in `allowed_from` was moved meanwhile (stopped: its lease went then).
+        """
+        try:
+            with self.ledger.transaction() as db:
+                change_state(
+                    db,
+                    container_id,
+                    State.ERROR,
+                    allowed_from=allowed_from,
+                    reason="cannot start",
+                    fields={"last_error": error},
+                    **who,
+                )
+        except InvalidTransition:
+            pass
+
+    def submit(
+        self, container_id: int, settings: Settings, *, actor: str, origin: str
+    ) -> int | None:
+        """Submit the holder job for a container in STARTING with no job; record it.
+
+        It holds a lease by now: whatever goes wrong ends in STOPPED or ERROR, which free it.
+        """
+        c = self.ledger.db.table("containers").get(container_id)
+        project_row = self.ledger.db.table("projects").get(c["project_id"])
+        try:
+            job = self.holder_job(c, project_row, settings)
+        except ValueError as exc:
+            # STARTING -> ERROR: e.g. a value saved before it was validated as it is now.
+            self._fail_start(
+                container_id,
+                [State.STARTING],
+                f"cannot build the job: {exc}",
+                actor=actor,
+                origin=origin,
+            )
+            raise BadRequest(
+                f"the container of {project_row['name']} cannot start: {exc}"
+            ) from None
+        snapshot = job.snapshot
+        try:
+            job_id = self.scheduler.submit(job.script, job.spec, job.runas)
+        except SlurmError as exc:
+            unavailable = isinstance(exc, SlurmUnavailable)
+            with self.ledger.transaction() as db:
+                change_state(
+                    db,
+                    container_id,
+                    State.STOPPED if unavailable else State.ERROR,
+                    allowed_from=[State.STARTING],
+                    reason="Slurm did not answer" if unavailable else "Slurm refused the job",
+                    fields={
+                        "last_error": None if unavailable else str(exc),
+                        "settings": to_json(snapshot),
+                    },
+                    actor=actor,
+                    origin=origin,
+                )
+            if unavailable:
+                raise Unavailable(f"Slurm did not answer ({exc}); nothing was started") from None
+            if isinstance(exc, SlurmRejected):
+                raise Conflict(f"Slurm refused the job: {exc}") from None
+            raise
+        except Exception as exc:
+            # STARTING -> ERROR: an unforeseen failure must not keep the lease; logged in full.
+            log.exception("submit failed", extra={"container": c["name"]})
+            self._fail_start(
+                container_id, [State.STARTING], f"submit failed: {exc}", actor=actor, origin=origin
+            )
+            raise
+        failpoints.hit("after-submit")
+        now = to_timestamp(self.clock())
+        with self.ledger.transaction() as db:
+            current = db.table("containers").get(container_id)
+            fresh = current["state"] == State.STARTING and current["job_id"] is None
+            # The reconciler may have seen this very job in the queue first and adopted it.
+            adopted = current["job_id"] == job_id
+            if fresh or adopted:
+                db.table("containers").update(
+                    container_id, {"job_id": job_id, "settings": to_json(snapshot)}
+                )
+                if fresh:
+                    db.table("containers").update(container_id, {"updated_at": now})
+                db.table("jobs").insert(
+                    {
+                        "job_id": job_id,
+                        "container_id": container_id,
+                        "state": "PENDING",
+                        "submitted_at": now,
+                    },
+                    replace=True,
+                )
+            else:
+                # Stopped meanwhile: this job is not wanted.
+                log.info(
+                    "cancelling unwanted job", extra={"job_id": job_id, "container": c["name"]}
+                )
+        if not (fresh or adopted):
+            self.scheduler.cancel(job_id)
+            return None
+        log.info("submitted", extra={"job_id": job_id, "container": c["name"]})
+        self.poke()
+        return job_id
+
+    def stop(self, actor: Actor, project: str, check: Action = Action.STOP) -> ContainerView:
+        """Stop the container; the overlay is kept."""
+        return self._view(*self._stop(actor, project, check, "stopped by user"))
+
+    def admin_stop(self, actor: Actor, project: str) -> dict[str, Any]:
+        """An admin stops a misbehaving container, whatever their role in its project."""
+        self._stop(actor, project, None, f"stopped by admin {actor.name}")
+        return self.admin_view(project)
+
+    def _stop(
+        self, actor: Actor, project: str, check: Action | None, reason: str
+    ) -> tuple[dict[str, Any], Role | None]:
+        with self.ledger.transaction() as db:
+            row, role = _project_for(db, actor, project, check)
+            container = _container_of(db, row["id"])
+            if container is None or container["state"] == State.DISABLED:
+                raise Conflict(f"the container of {project} is not enabled")
+            job_id = request_stop(db, container, reason, **_actor_kw(actor))
+        if job_id is not None:
+            self.cancel_job(job_id)
+        return row, role
+
+    def cancel_job(self, job_id: int) -> None:
+        """SIGTERM to the holder (its trap stops the instance), KillWait later SIGKILL: Slurm's
+        own."""
+        try:
+            self.scheduler.cancel(job_id)
+        except SlurmUnavailable:
+            # The reconciler cancels again while the container is STOPPING.
+            log.warning("cancel not answered; will retry", extra={"job_id": job_id})
+        self.poke()
+
+    def retry(self, actor: Actor, project: str) -> ContainerView:
+        with self.ledger.transaction() as db:
+            row, role = authorize(db, actor, project, Action.RETRY)
+            container = _container_of(db, row["id"])
+            if container is None or container["state"] != State.ERROR:
+                state = container["state"] if container else "disabled"
+                raise Conflict(f"retry is for a container in error; {project}'s is {state}")
+            if container["state_dir"] is None or image_cache.is_reference(container["image"] or ""):
+                # Enable itself (or its pull) failed: go back to disabled and enable again.
+                change_state(
+                    db,
+                    container["id"],
+                    State.DISABLED,
+                    allowed_from=[State.ERROR],
+                    reason="retry",
+                    **_actor_kw(actor),
+                )
+                again = True
+            else:
+                change_state(
+                    db,
+                    container["id"],
+                    State.STOPPED,
+                    allowed_from=[State.ERROR],
+                    reason="retry",
+                    fields={"last_error": None},
+                    **_actor_kw(actor),
+                )
+                again = False
+        if again:
+            self._enable(actor, row)
+        else:
+            self._wake(actor, row)
+        return self._view(row, role)
+
+    def exec_target(self, actor: Actor, project: str) -> ExecTarget | None:
+        """The running container of a project the actor may exec in; None when it is not running."""
+        with self.ledger.read() as db:
+            row, _ = authorize(db, actor, project, Action.EXEC)
+            runtime_user = require_runtime_identity(db, self.config, row)
+            container = _container_of(db, row["id"])
+        if container is None or container["state"] != State.RUNNING or not container["instance"]:
+            return None
+        if container["runtime_user"] != runtime_user:
+            # Stopping already (the identity changed); never exec as the one who left.
+            raise Conflict(
+                f"the container of {project} still runs as {container['runtime_user']}, not "
+                f"{runtime_user}; start it again once it has stopped"
+            )
+        return ExecTarget(
+            container_id=container["id"],
+            job_id=container["job_id"],
+            node=container["node"],
+            instance=container["instance"],
+            state_dir=container["state_dir"],
+            runas=RunAs.for_user(container["runtime_user"]),
+        )
+
+    def touch_activity(self, container_id: int) -> None:
+        """Record exec/shell activity: the idle timer counts from the last one."""
+        with self.ledger.transaction() as db:
+            db.table("containers").update(
+                container_id, {"last_activity_at": to_timestamp(self.clock())}
+            )
+
+    def admin_containers(self, project: str | None = None) -> list[dict[str, Any]]:
+        """Every starting, running, stopping and waiting container, with what it holds or asks."""
+        where = "c.state IN (?, ?, ?, ?)"
+        args: list[Any] = [s.value for s in ACTIVE]
+        if project is not None:
+            where, args = "p.name = ?", [project]
+        query = (
+            "SELECT p.name, c.runtime_user, c.state, c.reason, c.job_id, c.node, c.updated_at, "
+            "c.started_at, c.queued_at, l.partition, l.gpus, l.cpus, l.mem_mb, c.project_id "
+            "FROM containers c JOIN projects p ON p.id = c.project_id "
+            "LEFT JOIN leases l ON l.container_id = c.id WHERE " + where + " ORDER BY p.name"
+        )
+        with self.ledger.read() as db:
+            rows = db.execute(query, args).fetchall()
+            projects = {r[13]: db.table("projects").get(r[13]) for r in rows}
+        now = self.clock()
+        result = []
+        for (
+            name,
+            user,
+            state,
+            reason,
+            job_id,
+            node,
+            updated,
+            started,
+            queued,
+            partition,
+            gpus,
+            cpus,
+            mem,
+            project_id,
+        ) in rows:
+            eff = effective(Settings.from_row(projects[project_id]), self.config.defaults)
+            since = started or queued or updated
+            result.append(
+                {
+                    "project": name,
+                    "linux_user": user,
+                    "state": state,
+                    "reason": reason,
+                    "partition": partition or eff.partition or None,
+                    "gpus": gpus if gpus is not None else eff.gpus,
+                    "cpus": cpus if cpus is not None else eff.cpus,
+                    "mem_mb": mem if mem is not None else eff.mem_mb,
+                    "lease": partition is not None,
+                    "job_id": job_id,
+                    "node": node,
+                    "age_s": int((now - from_timestamp(since)).total_seconds()) if since else None,
+                }
+            )
+        return result
+
+    def admin_view(self, project: str) -> dict[str, Any]:
+        found = self.admin_containers(project)
+        return found[0] if found else {"project": project, "state": State.DISABLED.value}
+
+    def quota_views(self) -> list[dict[str, Any]]:
+        """Every quota with what its leases use now (an admin's view)."""
+        with self.ledger.read() as db:
+            rows = db.table("quotas").rows_where(order_by="partition, scope, subject")
+            return [quotas.quota_view(db, row) for row in rows]
+
+    def set_quota(self, actor: Actor, values: dict[str, Any]) -> dict[str, Any]:
+        """An admin sets a quota (values checked by quotas.parse_quota): recorded and audited
+        in one transaction, mirrored to Slurm's QOS where asked, and the queue looked at."""
+        with self.ledger.transaction() as db:
+            quota = quotas.set_quota(db, values, actor.name)
+            record_actor_event(db, actor, "quota.set", "quota", str(quota["id"]), values)
+            view = quotas.quota_view(db, quota)
+        mirrored = self.mirror_quotas()
+        self.poke()  # a raised quota may let waiting containers start
+        return {**view, "mirrored": mirrored}
+
+    def remove_quota(self, actor: Actor, quota_id: int) -> dict[str, Any]:
+        """An admin removes a quota; as set_quota."""
+        with self.ledger.transaction() as db:
+            removed = quotas.remove_quota(db, quota_id)
+            record_actor_event(db, actor, "quota.removed", "quota", str(quota_id), removed)
+        mirrored = self.mirror_quotas()
+        self.poke()
+        return {"removed": removed, "mirrored": mirrored}

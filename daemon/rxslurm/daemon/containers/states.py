@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from rxslurm.daemon.containers.state_changes import ring_after_commit
 from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.ledger.audit import record_event
 from rxslurm.daemon.ledger.store import LedgerDatabase
@@ -41,6 +42,7 @@ def change_state(
 
     `fields` are other columns written in the same UPDATE (job bookkeeping, last_error, ...).
     Raises InvalidTransition, changing nothing, when the container is in another state.
+    Whoever waits for the container's state is woken once the transaction commits.
     """
     sources = sorted({State(s).value for s in allowed_from})
     now = to_timestamp(utcnow())
@@ -68,7 +70,7 @@ def change_state(
     if to in RESTING:
         # A resting container holds nothing: its lease goes in the same transaction.
         quotas.release(db, container_id)
-    row = db["containers"].get(container_id)
+    row = db.table("containers").get(container_id)
     record_event(
         db,
         actor=actor,
@@ -79,4 +81,5 @@ def change_state(
         target_id=row["name"],
         detail={"from": before[0], "to": to.value, "reason": reason, **(detail or {})},
     )
+    ring_after_commit(db, container_id)
     return row

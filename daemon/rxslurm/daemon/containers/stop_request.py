@@ -13,7 +13,7 @@ def request_stop(
 ) -> int | None:
     """Mark the container as wanted stopped and move it towards STOPPED; the Slurm job to cancel
     once the transaction commits (None: there is none, or a stop is already under way)."""
-    db["containers"].update(container["id"], {"desired": "stopped"})
+    db.table("containers").update(container["id"], {"desired": "stopped"})
     job_id = container["job_id"]
     if container["state"] not in ACTIVE or container["state"] == State.STOPPING:
         return None

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import socketserver
@@ -38,13 +37,15 @@ from typing import Any, TypeVar
 from rxslurm.daemon.api.conn_caps import ConnectionCap, caller_key
 from rxslurm.daemon.api.context import Daemon
 from rxslurm.daemon.api.peercred import Caller, UnknownCaller, peer_credentials, resolve_caller
+from rxslurm.daemon.api.socket_files import claim_socket_path, open_to_everyone
 from rxslurm.daemon.containers import service as containers
+from rxslurm.daemon.containers.ports import ContainerRuntime, Scheduler
+from rxslurm.daemon.containers.state_changes import Watch
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
 from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
-from rxslurm.daemon.images import apptainer
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.protocol.exec_wire import (
     EXEC_SOCKET_NAME,
@@ -56,7 +57,8 @@ from rxslurm.protocol.exec_wire import (
     decode,
     encode,
 )
-from rxslurm.slurm.runas import SAFE_PATH, clean_env
+from rxslurm.slurm.errors import SlurmUnavailable
+from rxslurm.slurm.runas import clean_env
 from rxslurm.slurm.step_signal import (
     StepSignaller,
     new_step_name,
@@ -72,7 +74,6 @@ REQUEST_TIMEOUT_S = 10.0  # for the whole request, however it trickles in
 # A client that does not read its answers holds a thread only this long per message.
 REPLY_TIMEOUT_S = 10.0
 WAKE_TIMEOUT_S = 600.0
-WAKE_POLL_S = 0.2
 READY_TIMEOUT_S = 10.0
 # srun cancels its step on SIGTERM; only if it hangs is it killed (which leaves the step running).
 KILL_AFTER_S = 30.0
@@ -205,33 +206,27 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def srun_argv(
-    srun: str,
-    apptainer: str,
+def step_command(
+    scheduler: Scheduler,
+    runtime: ContainerRuntime,
     target: containers.ExecTarget,
     request: ExecRequest,
     step_name: str,
+    *,
+    portable: bool = False,
 ) -> list[str]:
-    """The step: every user-given word is one argv item after the instance, never a shell line."""
-    argv = [srun, f"--jobid={target.job_id}", "--overlap", "--ntasks=1", "--quiet"]
-    # Ctrl-C never reaches srun: rxd (or rxctl) gives SIGINT to the step's processes itself, found
-    # by this name (slurm: step_signal.py). srun's own SIGINT handling would end the step: with
-    # --quit-on-interrupt at once, otherwise (--disable-status) right after passing SIGINT on.
-    argv.append("--disable-status")
-    argv.append(f"--job-name={step_name}")
-    if request.tty:
-        argv.append("--pty")
-    argv += ["--", apptainer, "shell" if request.shell else "exec"]
-    if request.cwd:
-        argv += ["--pwd", request.cwd]
-    argv.append(f"instance://{target.instance}")
-    argv += request.argv
-    return argv
+    """The step: the runtime's command in the instance, as a step of the container's job. Every
+    user-given word is one argv item after the instance, never a shell line."""
+    inside = runtime.exec_argv(target.instance, request.argv, shell=request.shell, cwd=request.cwd)
+    return scheduler.step_argv(
+        target.job_id, inside, tty=request.tty, step_name=step_name, portable=portable
+    )
 
 
-def child_env(target: containers.ExecTarget, request: ExecRequest) -> dict[str, str]:
-    # The holder started the instance with this config folder; exec finds it there.
-    extra = {"APPTAINER_CONFIGDIR": target.apptainer_configdir}
+def child_env(
+    runtime: ContainerRuntime, target: containers.ExecTarget, request: ExecRequest
+) -> dict[str, str]:
+    extra = runtime.exec_env(target.state_dir)
     if request.tty and request.term:
         extra["TERM"] = request.term
     return clean_env(target.runas, extra)
@@ -316,8 +311,7 @@ class Session:
         if request.tty and not os.isatty(self.fds[0]):
             raise BadRequest("a terminal session needs a terminal on stdin")
         actor = self.server.call(actor_for, self.daemon, caller)
-        rt = self.daemon.runtime
-        target = self.server.call(containers.exec_target, rt, actor, request.project)
+        target = self.server.call(self.daemon.containers.exec_target, actor, request.project)
         if target is None:
             target = self.wait_running(actor, request, pending)
             pending = []  # read while waiting
@@ -337,12 +331,12 @@ class Session:
     def direct_step(self, target: containers.ExecTarget, request: ExecRequest) -> dict[str, Any]:
         """What a caller who is the runtime user needs to start the step on their own host: the
         same argv (srun found on their PATH), environment and step name as rxd's own."""
+        rt = self.daemon.containers
         step_name = new_step_name()
-        program = apptainer.program(self.daemon.config.apptainer)
-        argv = srun_argv("srun", program, target, request, step_name)
+        argv = step_command(rt.scheduler, rt.runtime, target, request, step_name, portable=True)
         return {
             "argv": argv,
-            "env": child_env(target, request),
+            "env": child_env(rt.runtime, target, request),
             "job_id": target.job_id,
             "step_name": step_name,
         }
@@ -384,52 +378,68 @@ class Session:
     def wait_running(
         self, actor: Actor, request: ExecRequest, pending: list[dict[str, Any]]
     ) -> containers.ExecTarget:
-        rt = self.daemon.runtime
+        """Wake the container if it rests and wait until it runs, telling the client each new
+        state; woken by the container's state changes and the client's messages, not a timer."""
+        service = self.daemon.containers
         project = request.project
-        view = self.server.call(self.status, actor, project)
+        view = self.server.call(service.status, actor, project)
         if not request.wake:
             raise Conflict(
-                f"the container of {project} is not running ({view['state']}); "
+                f"the container of {project} is not running ({view.state}); "
                 "run without --no-wake to wake it"
             )
+        if view.container_id is None:
+            # Never enabled: wake says so in its words.
+            self.server.call(service.wake, actor, project, Action.EXEC)
+            view = self.server.call(service.status, actor, project)
+        assert view.container_id is not None
         deadline = time.monotonic() + WAKE_TIMEOUT_S
         shown: tuple[str, str | None] | None = None
         wakes = 0
-        while True:
-            for message in pending:
-                if "signal" in message:
-                    # Ctrl-C while waiting: stop waiting; the container keeps starting.
-                    raise ClientGone(128 + SIGNALS.get(str(message["signal"]), signal.SIGINT))
-            state, reason = view["state"], view["reason"]
-            if state == State.RUNNING:
-                target = self.server.call(containers.exec_target, rt, actor, project)
-                if target is not None:
-                    break
-            elif state in (State.STOPPED, State.DISABLED) or (state == State.ERROR and not wakes):
-                # A resting container is woken (wake says why not, for disabled and error); one
-                # that was stopping is woken once it has stopped. Starting ones are waited for.
-                if wakes >= 2:
-                    raise Conflict(f"the container of {project} stopped while waking ({reason})")
-                self.server.call(containers.wake, rt, actor, project, Action.EXEC)
-                wakes += 1
-                view = self.server.call(self.status, actor, project)
-                continue
-            elif state == State.ERROR:
-                raise Conflict(
-                    f"the container of {project} failed to start: {view['last_error'] or reason}"
-                )
-            if (state, reason) != shown:
-                shown = (state, reason)
-                text = f"{state}: {reason}" if reason else str(state)
-                self.send({"progress": text, "state": state, "reason": reason})
-            if time.monotonic() > deadline:
-                raise Conflict(
-                    f"the container of {project} did not start within "
-                    f"{WAKE_TIMEOUT_S / 60:.0f} min ({state}); "
-                    f"see `rxctl status --project {project}`"
-                )
-            pending = self.messages(WAKE_POLL_S)
-            view = self.server.call(self.status, actor, project)
+        # Watching before reading again: a change in between still wakes the loop.
+        with service.changes.watch(view.container_id) as changed:
+            view = self.server.call(service.status, actor, project)
+            while True:
+                for message in pending:
+                    if "signal" in message:
+                        # Ctrl-C while waiting: stop waiting; the container keeps starting.
+                        raise ClientGone(128 + SIGNALS.get(str(message["signal"]), signal.SIGINT))
+                state, reason = view.state, view.reason
+                if state == State.RUNNING:
+                    target = self.server.call(service.exec_target, actor, project)
+                    if target is not None:
+                        break
+                elif state in (State.STOPPED, State.DISABLED) or (
+                    state == State.ERROR and not wakes
+                ):
+                    # A resting container is woken (wake says why not, for disabled and error);
+                    # one that was stopping is woken once it has stopped. Starting ones are
+                    # waited for.
+                    if wakes >= 2:
+                        raise Conflict(
+                            f"the container of {project} stopped while waking ({reason})"
+                        )
+                    self.server.call(service.wake, actor, project, Action.EXEC)
+                    wakes += 1
+                    view = self.server.call(service.status, actor, project)
+                    continue
+                elif state == State.ERROR:
+                    raise Conflict(
+                        f"the container of {project} failed to start: {view.last_error or reason}"
+                    )
+                if (state, reason) != shown:
+                    shown = (state, reason)
+                    text = f"{state}: {reason}" if reason else str(state)
+                    self.send({"progress": text, "state": state, "reason": reason})
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Conflict(
+                        f"the container of {project} did not start within "
+                        f"{WAKE_TIMEOUT_S / 60:.0f} min ({state}); "
+                        f"see `rxctl status --project {project}`"
+                    )
+                pending = self.messages_or_change(changed, left)
+                view = self.server.call(service.status, actor, project)
         if shown is not None:
             # Let the client finish its progress line before the command writes to the screen.
             self.send({"ready": True})
@@ -442,19 +452,30 @@ class Session:
                     raise ClientGone(128 + SIGNALS.get(str(pending[0]["signal"]), signal.SIGINT))
         return target
 
-    def status(self, actor: Actor, project: str) -> dict[str, Any]:
-        return containers.status(
-            self.daemon.runtime, actor, project, self.daemon.reconciler.slurm_reachable
-        )
+    def messages_or_change(self, changed: Watch, timeout: float) -> list[dict[str, Any]]:
+        """Whatever comes first within `timeout`: the client's messages, or a change of the
+        container's state (then no messages); ClientGone when the client hung up."""
+        poller = select.poll()
+        poller.register(self.conn.fileno(), select.POLLIN)
+        poller.register(changed.fileno(), select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(max(0, int(timeout * 1000)))}
+        if changed.fileno() in ready:
+            changed.clear()
+        if self.conn.fileno() in ready:
+            return self.messages(0)
+        return []
 
     # -- running ---------------------------------------------------------------------------
 
     def run(
         self, target: containers.ExecTarget, request: ExecRequest, pending: list[dict[str, Any]]
     ) -> None:
-        program = apptainer.program(self.daemon.config.apptainer)
+        rt = self.daemon.containers
         step_name = new_step_name()
-        argv = srun_argv(self.server.srun(), program, target, request, step_name)
+        try:
+            argv = step_command(rt.scheduler, rt.runtime, target, request, step_name)
+        except SlurmUnavailable as exc:
+            raise Unavailable(f"{exc.message}; Slurm is unavailable") from None
         sessions = self.daemon.reconciler.sessions
         try:
             plumbing = Plumbing(self.fds, request.tty, strip_srun_task_lines)
@@ -476,7 +497,7 @@ class Session:
                     # chdir happens before the drop to the user: a root-squashed shared
                     # folder may refuse root. The command's folder is --pwd, inside.
                     cwd="/",
-                    env=child_env(target, request),
+                    env=child_env(rt.runtime, target, request),
                     close_fds=True,
                     start_new_session=True,
                     umask=0o022,
@@ -513,7 +534,7 @@ class Session:
                 "exec ended",
                 extra={"project": request.project, "exit": code, "job_id": target.job_id},
             )
-            self.server.call(containers.touch_activity, self.daemon.runtime, target.container_id)
+            self.server.call(self.daemon.containers.touch_activity, target.container_id)
         finally:
             plumbing.close()
             sessions.closed(target.container_id)
@@ -635,15 +656,11 @@ class ExecServer:
         self.cap = ConnectionCap(daemon.config.limits.connections_per_uid)
         self._sessions: set[Session] = set()
         self._lock = threading.Lock()
-        self._srun: str | None = None
         self._server: _UnixServer | None = None
         self._thread: threading.Thread | None = None
 
     @classmethod
     def start(cls, daemon: Daemon) -> ExecServer:
-        # serve.py imports this module, so its helpers are imported here, at call time.
-        from rxslurm.daemon.api.serve import claim_socket_path, open_to_everyone
-
         server = cls(daemon, exec_socket_path(daemon.config.daemon.socket))
         claim_socket_path(server.path)
         unix = _UnixServer(str(server.path), _Handler)
@@ -681,15 +698,6 @@ class ExecServer:
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         return self.pool.submit(fn, *args).result()
-
-    def srun(self) -> str:
-        if self._srun is None:
-            bin_dir = self.daemon.config.slurm.bin_dir
-            found = shutil.which("srun", path=bin_dir or os.environ.get("PATH") or SAFE_PATH)
-            if found is None:
-                raise Unavailable(f"srun not found in {bin_dir or 'PATH'}; Slurm is unavailable")
-            self._srun = found
-        return self._srun
 
     def track(self, session: Session) -> None:
         with self._lock:

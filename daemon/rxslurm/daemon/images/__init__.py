@@ -1,1 +1,1 @@
-"""Container images on the daemon's host: Apptainer there, the image cache and pulls."""
+"""Container images on the daemon's host: the image cache and pulls."""

@@ -31,9 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rxslurm.daemon.apptainer import ApptainerError, last_fatal, pull_binary, pull_command
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.images import cache as image_cache
-from rxslurm.daemon.images.apptainer import ApptainerError, last_fatal
 from rxslurm.slurm.runas import SAFE_PATH, RunAs, RunAsError, kill_group, run, spawn
 
 log = logging.getLogger("rxslurm.pulls")
@@ -71,7 +71,7 @@ class PullSettings:
             account=pull_account(config),
             work_dir=config.pulls.work_dir,
             image_dir=config.containers.image_dir,
-            binary=resolve_binary(config.apptainer.binary),
+            binary=pull_binary(config.apptainer.binary),
             timeout_s=float(config.pulls.timeout_s),
             max_bytes=config.pulls.max_mb << 20,
             plain_http=config.pulls.plain_http,
@@ -98,15 +98,6 @@ def pull_account(config: Config) -> RunAs:
     return account
 
 
-def resolve_binary(configured: str) -> str:
-    """Apptainer's absolute path (``[apptainer] binary``, else looked up on the fixed system
-    PATH the pull account gets)."""
-    if os.path.isabs(configured):
-        return configured
-    name = configured or "apptainer"
-    return shutil.which(name, path=SAFE_PATH) or name
-
-
 def registry_of(uri: str) -> str:
     """``host[:port]`` of a reference, or "" when it names none (``docker://python:3``)."""
     first = uri.split("://", 1)[1].split("/", 1)
@@ -121,10 +112,14 @@ def pull_argv(settings: PullSettings, uri: str, output: str) -> list[str]:
     prlimit = shutil.which("prlimit", path=SAFE_PATH)
     if prlimit is None:
         raise PullError("prlimit (util-linux) is not installed; pulls need it")
-    argv = [prlimit, f"--fsize={settings.max_bytes}", "--core=0", "--", settings.binary, "pull"]
-    if registry_of(uri) in settings.plain_http:
-        argv.append("--no-https")
-    return [*argv, output, uri]
+    plain_http = registry_of(uri) in settings.plain_http
+    return [
+        prlimit,
+        f"--fsize={settings.max_bytes}",
+        "--core=0",
+        "--",
+        *pull_command(settings.binary, uri, output, plain_http=plain_http),
+    ]
 
 
 def pull_env(folder: Path) -> dict[str, str]:

@@ -1,0 +1,105 @@
+"""What the container service needs from the world, as ports: Slurm, the container runtime, a
+clock. The service, the reconciler and the exec server talk to these only; ``SlurmCli``
+(slurm/adapter.py) and ``ApptainerRuntime`` (daemon/apptainer.py) implement them on a cluster,
+tests/support/fakes.py in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from rxslurm.daemon.containers.holder_status import HolderStatus
+from rxslurm.slurm.adapter import JobSpec
+from rxslurm.slurm.jobs import Listing
+from rxslurm.slurm.runas import RunAs
+
+# The time now, timezone-aware UTC (ledger.records.utcnow); a fake one moves when told to.
+Clock = Callable[[], datetime]
+
+
+class Scheduler(Protocol):
+    """The batch system: holder jobs and the steps that run in them."""
+
+    def submit(self, script: str, spec: JobSpec, as_user: RunAs) -> int:
+        """Submit ``script`` as ``as_user``; the job id. SlurmError when it was not."""
+        ...
+
+    def queue(self, name_prefix: str | None = None) -> Listing:
+        """Every job whose name starts with ``name_prefix`` (one call)."""
+        ...
+
+    def history(self, job_ids: Iterable[int]) -> Listing:
+        """Final records of jobs that left the queue."""
+        ...
+
+    def cancel(self, job_id: int) -> None:
+        """End the job; one that already ended is not an error."""
+        ...
+
+    def step_argv(
+        self,
+        job_id: int,
+        argv: Sequence[str],
+        *,
+        tty: bool,
+        step_name: str,
+        portable: bool = False,
+    ) -> list[str]:
+        """The command that runs ``argv`` as a step inside the running job ``job_id``."""
+        ...
+
+
+@dataclass(frozen=True)
+class HolderRequest:
+    """What the holder script of one container is made from."""
+
+    instance: str
+    image: str
+    overlay: str
+    workspace: str
+    state_dir: Path
+    user: RunAs
+    binds: tuple[str, ...] = ()
+    gpus: int = 0
+    gpu_driver: str = ""
+    grace_s: int = 10
+    # Service projects all run as one account: each gets a home and a /tmp of its own.
+    own_home_and_tmp: bool = False
+
+
+class ContainerRuntime(Protocol):
+    """The container runtime on the nodes: how a container is held, watched and entered."""
+
+    def program(self) -> str:
+        """The runtime's program as the nodes run it (an absolute path when known)."""
+        ...
+
+    def version(self) -> str | None:
+        """The installed version; None when there is none that runs."""
+        ...
+
+    def create_overlay(self, path: Path, size_mb: int, as_user: RunAs) -> None:
+        """The container's persistent writable layer, made as (and owned by) ``as_user``."""
+        ...
+
+    def holder_script(self, holder: HolderRequest) -> str:
+        """The batch script that starts the instance and holds it for the job's life."""
+        ...
+
+    def holder_status(self, state_dir: str, job_id: int, uid: int) -> HolderStatus:
+        """What the holder of ``job_id`` reports, read safely from ``uid``'s folder."""
+        ...
+
+    def exec_argv(
+        self, instance: str, argv: Sequence[str], *, shell: bool, cwd: str | None
+    ) -> list[str]:
+        """The command that runs ``argv`` (or a shell) in the running ``instance``."""
+        ...
+
+    def exec_env(self, state_dir: str) -> dict[str, str]:
+        """What the exec command's environment needs to find the holder's instance."""
+        ...

@@ -1,0 +1,58 @@
+"""What the container service answers: typed, frozen records, turned into JSON at the API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    """A project's container as its members see it (`rxctl status`)."""
+
+    project: str
+    role: str | None
+    state: str
+    reason: str | None
+    name: str
+    image: str | None
+    job_id: int | None
+    node: str | None
+    gpus: int
+    gres: str | None
+    uptime_s: int | None
+    runtime_user: str | None
+    workspace: str | None
+    fixed_mounts: tuple[str, ...]
+    last_error: str | None
+    settings_pending: bool
+    desired: str | None
+    over_quota: bool
+    partition: str | None
+    # Slurm did not answer the last pass: the state is as last seen.
+    state_unknown: bool = False
+    # The ledger's id, for the daemon's own use (waiting on it); not shown.
+    container_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["fixed_mounts"] = list(self.fixed_mounts)
+        del data["container_id"]
+        if not self.state_unknown:
+            del data["state_unknown"]
+        return data
+
+
+@dataclass(frozen=True)
+class Started:
+    """start_or_queue took a lease and moved the container to STARTING: submit its job."""
+
+    container_id: int
+
+
+@dataclass(frozen=True)
+class Queued:
+    """start_or_queue left the container waiting for a quota (no job); ``why`` in words."""
+
+    container_id: int
+    why: str

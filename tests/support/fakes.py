@@ -1,0 +1,162 @@
+"""In-memory stand-ins for the container service's ports (containers/ports.py): a scheduler
+whose queue a test writes, a runtime whose holders report what a test says, a clock that moves
+when told. With a temp-dir ledger they run the reconciler and the service without root or Slurm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rxslurm.daemon.containers.holder_status import HolderStatus, Kind
+from rxslurm.daemon.containers.ports import HolderRequest
+from rxslurm.daemon.ledger.records import utcnow
+from rxslurm.slurm.adapter import JobSpec
+from rxslurm.slurm.errors import SlurmUnavailable
+from rxslurm.slurm.jobs import JobInfo, Listing
+from rxslurm.slurm.runas import RunAs
+
+
+class FakeClock:
+    """The time now, as ``utcnow``; it starts at the real now and moves only by ``advance``."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class FakeScheduler:
+    """A Slurm that does what a test says: ``jobs`` is the queue (squeue), ``history`` what
+    sacct knows; cancels end the job in the queue; ``answering`` False: no call is answered."""
+
+    def __init__(self, clock: FakeClock, first_id: int = 1000) -> None:
+        self.clock = clock
+        self.jobs: dict[int, JobInfo] = {}
+        self.finished: dict[int, JobInfo] = {}
+        self.submitted: list[tuple[str, JobSpec, RunAs]] = []
+        self.cancelled: list[int] = []
+        self.answering = True
+        self.next_id = first_id
+
+    def _answer(self) -> None:
+        if not self.answering:
+            raise SlurmUnavailable("slurm_load_jobs error: Unable to contact slurm controller")
+
+    def submit(self, script: str, spec: JobSpec, as_user: RunAs) -> int:
+        self._answer()
+        job_id = self.next_id
+        self.next_id += 1
+        self.submitted.append((script, spec, as_user))
+        self.jobs[job_id] = JobInfo(
+            job_id=job_id,
+            name=spec.name,
+            user=as_user.user,
+            state="PENDING",
+            reason="Priority",
+            comment=spec.comment,
+            submit_time=int(self.clock().timestamp()),
+        )
+        return job_id
+
+    def queue(self, name_prefix: str | None = None) -> Listing:
+        self._answer()
+        prefix = name_prefix or ""
+        return Listing({i: j for i, j in self.jobs.items() if j.name.startswith(prefix)})
+
+    def history(self, job_ids: Iterable[int]) -> Listing:
+        self._answer()
+        return Listing({i: self.finished[i] for i in job_ids if i in self.finished})
+
+    def cancel(self, job_id: int) -> None:
+        self._answer()
+        self.cancelled.append(job_id)
+        if job_id in self.jobs and not self.jobs[job_id].is_finished:
+            self.end(job_id, "CANCELLED")
+
+    def step_argv(
+        self,
+        job_id: int,
+        argv: Sequence[str],
+        *,
+        tty: bool,
+        step_name: str,
+        portable: bool = False,
+    ) -> list[str]:
+        return ["srun", f"--jobid={job_id}", f"--job-name={step_name}", "--", *argv]
+
+    # -- what a test makes Slurm do ------------------------------------------------------------
+
+    def run(self, job_id: int, node: str = "n1") -> None:
+        self.jobs[job_id] = replace(self.jobs[job_id], state="RUNNING", reason="None", nodes=node)
+
+    def pend(self, job_id: int, reason: str) -> None:
+        self.jobs[job_id] = replace(self.jobs[job_id], state="PENDING", reason=reason)
+
+    def end(self, job_id: int, state: str, *, in_queue: bool = True) -> None:
+        """The job ends in ``state``; still listed by squeue (within MinJobAge) or only by
+        sacct (``in_queue`` False)."""
+        ended = replace(self.jobs[job_id], state=state, base_state=state)
+        self.finished[job_id] = ended
+        if in_queue:
+            self.jobs[job_id] = ended
+        else:
+            del self.jobs[job_id]
+
+    def forget(self, job_id: int) -> None:
+        """Neither squeue nor sacct knows the job (slurmctld's state was lost)."""
+        self.jobs.pop(job_id, None)
+        self.finished.pop(job_id, None)
+
+    def of(self, name: str) -> list[int]:
+        return sorted(i for i, j in self.jobs.items() if j.name == name)
+
+
+class FakeRuntime:
+    """A container runtime whose holders report what ``report`` said; nothing runs."""
+
+    def __init__(self) -> None:
+        self.lines: dict[int, str] = {}
+        self.overlays: list[Path] = []
+        self.holders: list[HolderRequest] = []
+
+    def program(self) -> str:
+        return "/fake/apptainer"
+
+    def version(self) -> str | None:
+        return "0.0-fake"
+
+    def create_overlay(self, path: Path, size_mb: int, as_user: RunAs) -> None:
+        self.overlays.append(path)
+
+    def holder_script(self, holder: HolderRequest) -> str:
+        self.holders.append(holder)
+        return f"#!/bin/sh\n# holder of {holder.instance}\n"
+
+    def holder_status(self, state_dir: str, job_id: int, uid: int) -> HolderStatus:
+        line = self.lines.get(job_id)
+        return HolderStatus(Kind.LINE, line) if line else HolderStatus(Kind.MISSING)
+
+    def report(self, job_id: int, line: str) -> None:
+        """What the holder of ``job_id`` writes in its status file ("running rx-p-7", ...)."""
+        self.lines[job_id] = line
+
+    def exec_argv(
+        self, instance: str, argv: Sequence[str], *, shell: bool, cwd: str | None
+    ) -> list[str]:
+        return ["/fake/apptainer", "exec", f"instance://{instance}", *argv]
+
+    def exec_env(self, state_dir: str) -> dict[str, str]:
+        return {}
+
+
+def fakes(**extra: Any) -> tuple[FakeClock, FakeScheduler, FakeRuntime]:
+    clock = FakeClock(**extra)
+    return clock, FakeScheduler(clock), FakeRuntime()

@@ -1,0 +1,81 @@
+"""The Apptainer adapter's pure parts: what the holder script and an exec step are made of."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from rxslurm.daemon.apptainer import ApptainerRuntime, gpu_flag
+from rxslurm.daemon.config import ApptainerConfig
+from rxslurm.daemon.containers.ports import HolderRequest
+from rxslurm.slurm.runas import RunAs
+
+PROGRAM = "/opt/apptainer/bin/apptainer"
+USER = RunAs("someone", 2001, 2001, (2001,), "/home/someone")
+
+
+def holder(**changes: object) -> HolderRequest:
+    values: dict[str, object] = {
+        "instance": "rx-alpha",
+        "image": "/images/base.sif",
+        "overlay": "/srv/c/rx-alpha/overlay.img",
+        "workspace": "/work/alpha",
+        "state_dir": Path("/srv/c/rx-alpha"),
+        "user": USER,
+        **changes,
+    }
+    return HolderRequest(**values)  # type: ignore[arg-type]
+
+
+def assignments(script: str) -> dict[str, str]:
+    """The holder's `name=value` lines, each value unquoted as bash would."""
+    found = {}
+    for line in script.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.isidentifier() and " " not in name:
+            words = shlex.split(value) if value else [""]
+            found[name] = words[0] if words else ""
+    return found
+
+
+def test_the_configured_program_reaches_the_holder_script() -> None:
+    runtime = ApptainerRuntime(ApptainerConfig(binary=PROGRAM))
+
+    values = assignments(runtime.holder_script(holder(gpus=1, gpu_driver="nvidia")))
+
+    assert values["apptainer"] == PROGRAM
+    assert values["gpu_flag"] == "--nv"
+    assert values["image"] == "/images/base.sif"
+
+
+def test_a_service_project_gets_a_home_and_tmp_of_its_own() -> None:
+    runtime = ApptainerRuntime(ApptainerConfig(binary=PROGRAM, home="", private_tmp=False))
+
+    shared = assignments(runtime.holder_script(holder()))
+    own = assignments(runtime.holder_script(holder(own_home_and_tmp=True)))
+
+    assert (shared["home"], shared["private_tmp"]) == ("", "")
+    assert own["home"].startswith("/srv/c/rx-alpha/home:") and own["private_tmp"] == "yes"
+
+
+def test_the_exec_command_names_the_instance_and_keeps_each_word() -> None:
+    runtime = ApptainerRuntime(ApptainerConfig(binary=PROGRAM))
+    words = ["a b", "$(id)", "--pwd"]
+
+    argv = runtime.exec_argv("rx-alpha-7", words, shell=False, cwd="/workspace")
+
+    assert argv == [PROGRAM, "exec", "--pwd", "/workspace", "instance://rx-alpha-7", *words]
+    assert runtime.exec_argv("rx-alpha-7", [], shell=True, cwd=None) == [
+        PROGRAM,
+        "shell",
+        "instance://rx-alpha-7",
+    ]
+    assert runtime.exec_env("/srv/c/rx-alpha") == {
+        "APPTAINER_CONFIGDIR": "/srv/c/rx-alpha/apptainer"
+    }
+
+
+def test_gpus_bind_their_driver_only_when_asked() -> None:
+    assert gpu_flag(0, "nvidia") == ""
+    assert gpu_flag(2, "amd") == "--rocm"
+    assert gpu_flag(1, "") == ""
