@@ -17,6 +17,7 @@ import pytest
 
 from rxslurm.daemon import apptainer
 from rxslurm.daemon.apptainer import ApptainerError
+from rxslurm.daemon.images import pull as image_pull
 from rxslurm.daemon.images.cache import image_file_name
 from rxslurm.slurm.runas import RunAs
 from tests.support.real_apptainer import APPTAINER
@@ -64,7 +65,7 @@ def test_pull_reuses_a_root_owned_cached_image_without_pulling(folder: Path) -> 
     # Pulls themselves (as the pull account, with limits) are tests/test_image_pull.py's.
     cached = folder / image_file_name(SMALL)
     cached.write_bytes(b"cached")
-    assert apptainer.pull(SMALL, folder) == cached
+    assert image_pull.pull_into(SMALL, folder) == cached
     assert cached.read_bytes() == b"cached"
 
 
@@ -73,7 +74,7 @@ def test_pull_reuses_a_root_owned_cached_image_without_pulling(folder: Path) -> 
 )
 def test_pull_accepts_only_docker_oras_and_library(folder: Path, uri: str) -> None:
     with pytest.raises(ApptainerError, match="only docker://, oras:// and library://"):
-        apptainer.pull(uri, folder)
+        image_pull.pull_into(uri, folder)
     assert list(folder.iterdir()) == []
 
 

@@ -1,9 +1,7 @@
 """No import loops in the product code, counting imports made at call time or only for types.
 
 A loop "dodged" by importing inside a function is still a loop: the two modules cannot be
-understood, tested or moved apart. KNOWN lists the loops the renovation of issue #11 has not
-removed yet, each with the branch that removes it; the test also fails when one of them is gone,
-so that the list only shrinks.
+understood, tested or moved apart.
 """
 
 from __future__ import annotations
@@ -15,22 +13,6 @@ import grimp
 
 ROOT = Path(__file__).parent.parent
 PORTIONS = ("daemon", "slurm", "cli", "protocol")
-
-KNOWN = {
-    # service: exec/server.py imports api.serve at call time (the exec server <-> serve loop).
-    frozenset(
-        {
-            "rxslurm.daemon.api.munge_door",
-            "rxslurm.daemon.api.serve",
-            "rxslurm.daemon.exec.door",
-            "rxslurm.daemon.exec.server",
-        }
-    ),
-    # service: images/apptainer.py imports images.pull at call time; pull reads Apptainer's
-    # errors from apptainer (both go to the one runtime adapter).
-    frozenset({"rxslurm.daemon.images.apptainer", "rxslurm.daemon.images.pull"}),
-}
-
 
 def import_loops() -> set[frozenset[str]]:
     """The strongly connected groups of more than one module (Tarjan's algorithm)."""
@@ -70,8 +52,5 @@ def import_loops() -> set[frozenset[str]]:
     return loops
 
 
-def test_no_import_loops_but_the_known_ones() -> None:
-    loops = import_loops()
-    assert [sorted(loop) for loop in loops - KNOWN] == []
-    # A known loop that is gone comes off the list.
-    assert [sorted(loop) for loop in KNOWN - loops] == []
+def test_no_import_loops() -> None:
+    assert sorted(sorted(loop) for loop in import_loops()) == []

@@ -13,7 +13,7 @@ from typing import Any
 
 from rxslurm.daemon.containers.holder_status import HolderStatus, Kind
 from rxslurm.daemon.containers.ports import HolderRequest
-from rxslurm.daemon.ledger.records import utcnow
+from rxslurm.daemon.ledger.timestamps import utcnow
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmUnavailable
 from rxslurm.slurm.jobs import JobInfo, Listing

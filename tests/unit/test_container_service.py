@@ -67,7 +67,7 @@ def test_an_error_container_is_not_woken_but_retried(tmp_path: Path) -> None:
 
 
 def test_a_stranger_cannot_see_the_project(tmp_path: Path) -> None:
-    from rxslurm.daemon.identity.bindings import Actor
+    from rxslurm.daemon.identity.actors import Actor
 
     w = world(tmp_path, ("alpha", "stopped"))
     stranger = Actor(platform_user="eve", uid=4242, user="eve", admin=False, origin="socket")

@@ -13,9 +13,9 @@ import pytest
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.reconciler import Reconciler
 from rxslurm.daemon.containers.service import ContainerService, container_name, job_comment
-from rxslurm.daemon.identity.bindings import Actor
-from rxslurm.daemon.ledger.records import to_timestamp
+from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.ledger.timestamps import to_timestamp
 from rxslurm.daemon.quotas import leases as quotas
 from tests.support.fakes import FakeClock, FakeRuntime, FakeScheduler
 

@@ -73,26 +73,6 @@ def apptainer_version(binary: str = "") -> str | None:
     return match.group(1) if match else text
 
 
-def pull(uri: str, dest_dir: str | os.PathLike[str]) -> Path:
-    """``uri``'s image in ``dest_dir``, pulled once as the pull account with the default limits
-    (``[pulls]``); an image already there is reused. rxd itself pulls through images/pool.py,
-    in the background; this is for tools and tests that fill a cache folder."""
-    from rxslurm.daemon.config import Config
-    from rxslurm.daemon.images import cache as image_cache
-    from rxslurm.daemon.images import pull as image_pull
-
-    config = Config()
-    config = replace(config, containers=replace(config.containers, image_dir=Path(dest_dir)))
-    try:
-        image_cache.check_reference(uri)
-    except ValueError as exc:
-        raise ApptainerError(str(exc)) from None
-    cached = image_cache.cached_image(config.containers.image_dir, uri)
-    if cached is not None:
-        return cached
-    return image_pull.pull(image_pull.PullSettings.from_config(config), uri)[0]
-
-
 @functools.lru_cache(maxsize=4)
 def _on_path(path: str) -> str | None:
     return shutil.which("apptainer", path=path) or shutil.which("singularity", path=path)

@@ -43,8 +43,8 @@ def serve(config_flag: str | None) -> None:
 
     Example: rxd serve --config /etc/rxslurm/rxd.toml
     """
-    from rxslurm.daemon.api.socket_files import StartupError
     from rxslurm.daemon.api.serve import serve as run
+    from rxslurm.daemon.api.socket_files import StartupError
 
     config = _load(config_flag)
     setup_logging(config.daemon.log_level)

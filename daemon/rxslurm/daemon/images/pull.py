@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rxslurm.daemon.apptainer import ApptainerError, last_fatal, pull_binary, pull_command
@@ -275,3 +275,19 @@ def _watch(
         proc.wait()
         raise
     return peak
+
+
+def pull_into(uri: str, dest_dir: str | os.PathLike[str]) -> Path:
+    """``uri``'s image in ``dest_dir``, pulled once as the pull account with the default limits
+    (``[pulls]``); an image already there is reused. rxd itself pulls through images/pool.py,
+    in the background; this is for tools and tests that fill a cache folder."""
+    config = Config()
+    config = replace(config, containers=replace(config.containers, image_dir=Path(dest_dir)))
+    try:
+        image_cache.check_reference(uri)
+    except ValueError as exc:
+        raise ApptainerError(str(exc)) from None
+    cached = image_cache.cached_image(config.containers.image_dir, uri)
+    if cached is not None:
+        return cached
+    return pull(PullSettings.from_config(config), uri)[0]
