@@ -34,8 +34,10 @@ $(VENV)/.installed: pyproject.toml
 cluster:
 	tests/cluster/setup.sh
 
+# ruff, and the layer contract in .importlinter (which part may import which).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # mypy at the strictness pyproject.toml states ([tool.mypy]), over every rxslurm portion.
 .PHONY: typecheck

@@ -45,10 +45,10 @@ WARMUP = 3
 
 def raw_step(row: dict[str, Any], project: str, command: Sequence[str]) -> list[str]:
     """The step rxd would run for this container, built by rxd's own function."""
-    from rxslurm.daemon.apptainer import ApptainerRuntime
     from rxslurm.daemon.config import ApptainerConfig
     from rxslurm.daemon.containers.service import ExecTarget
     from rxslurm.daemon.exec.server import ExecRequest, step_command
+    from rxslurm.daemon.runtime.apptainer import ApptainerRuntime
     from rxslurm.slurm.adapter import SlurmCli
     from rxslurm.slurm.runas import RunAs
 

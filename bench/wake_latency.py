@@ -63,8 +63,8 @@ class ByHand:
     """A holder job submitted, waited for and used by hand, as a user would script it."""
 
     def __init__(self, container: Container, row: dict[str, Any]) -> None:
-        from rxslurm.daemon import apptainer
         from rxslurm.daemon.config import load_config
+        from rxslurm.daemon.runtime import apptainer
         from rxslurm.slurm.runas import RunAs
 
         rxd = container.rxd
@@ -92,9 +92,9 @@ class ByHand:
         """The holder script and sbatch options rxd would use for this project's container."""
         import sqlite3
 
-        from rxslurm.daemon import apptainer
         from rxslurm.daemon.containers.service import _gres
         from rxslurm.daemon.projects.settings import Settings, effective
+        from rxslurm.daemon.runtime import apptainer
         from rxslurm.slurm.adapter import JobSpec
         from rxslurm.slurm.runas import RunAs
         from rxslurm.slurm.script import render_batch_script

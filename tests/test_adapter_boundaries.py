@@ -1,7 +1,7 @@
 """Only the adapters speak to Slurm and Apptainer: no other module builds their argv.
 
 Slurm's commands are run by slurm/ (SlurmCli builds even the exec step's `srun`); Apptainer's
-by the runtime adapter, daemon/rxslurm/daemon/apptainer.py. Anywhere else, a command name in an
+by the runtime adapter, rxslurm/daemon/runtime/apptainer.py. Anywhere else, a command name in an
 argv list, in a `which` lookup or as the program of a process call is a leak of their vocabulary
 into the daemon or the CLI (the review of 2026-11-30 found the exec server building `srun`).
 """
@@ -77,7 +77,7 @@ def test_only_the_slurm_adapter_builds_slurm_argv() -> None:
 
 
 def test_only_the_runtime_adapter_builds_apptainer_argv() -> None:
-    assert offenders(APPTAINER, ("daemon/rxslurm/daemon/apptainer.py",)) == []
+    assert offenders(APPTAINER, ("daemon/rxslurm/daemon/runtime/apptainer.py",)) == []
 
 
 @pytest.mark.parametrize(

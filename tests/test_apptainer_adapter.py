@@ -1,4 +1,4 @@
-"""The Apptainer adapter (daemon/apptainer.py) against the real Apptainer
+"""The Apptainer adapter (daemon/runtime/apptainer.py) against the real Apptainer
 (tests/cluster/apptainer.sh), the only one on PATH. Nothing is pulled (pulls are
 tests/test_image_pull.py's, against the loopback registry)."""
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon import apptainer
-from rxslurm.daemon.apptainer import ApptainerError
 from rxslurm.daemon.images import pull as image_pull
 from rxslurm.daemon.images.cache import image_file_name
+from rxslurm.daemon.runtime import apptainer
+from rxslurm.daemon.runtime.apptainer import ApptainerError
 from rxslurm.slurm.runas import RunAs
 from tests.support.real_apptainer import APPTAINER
 from tests.support.registry import SMALL

@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 
 from rxslurm.cli import exec_client
-from rxslurm.daemon.apptainer import ApptainerRuntime
 from rxslurm.daemon.config import ApptainerConfig, parse_config
 from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.containers.reconciler import Sessions
@@ -38,6 +37,7 @@ from rxslurm.daemon.exec.server import (
     step_command,
     strip_srun_task_lines,
 )
+from rxslurm.daemon.runtime.apptainer import ApptainerRuntime
 from rxslurm.protocol import exec_wire
 from rxslurm.slurm.adapter import SlurmCli
 from rxslurm.slurm.runas import RunAs

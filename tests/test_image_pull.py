@@ -22,12 +22,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rxslurm.daemon.config import ConfigError, parse_config
+from rxslurm.daemon.containers.pulls import ImagePulls
 from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.images import cache as image_cache
 from rxslurm.daemon.images import pull as image_pull
-from rxslurm.daemon.images.pool import ImagePulls
 from rxslurm.daemon.images.pull import PullError, PullSettings
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
@@ -475,7 +475,7 @@ def test_a_failed_pull_ends_in_error_with_its_reason_and_retry_pulls_again() -> 
         ok(rxd.rxctl("rxalice", "stop", "--project", "nope"))
 
 
-# -- the pull pool (rxslurm/daemon/images/pool.py) on a real ledger, with a fake pull ---------
+# -- the pull pool (rxslurm/daemon/containers/pulls.py) on a real ledger, with a fake pull -----
 
 
 class FakePulls:

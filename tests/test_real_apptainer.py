@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon import apptainer
 from rxslurm.daemon.config import ApptainerConfig, ConfigError, parse_config
+from rxslurm.daemon.runtime import apptainer
 from rxslurm.slurm.runas import RunAs
 from rxslurm.slurm.script import render_batch_script
 from tests.support.daemon import test_root

@@ -15,8 +15,8 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rxslurm.daemon.apptainer import last_fatal
-from rxslurm.daemon.containers.holder_status import (
+from rxslurm.daemon.runtime.apptainer import last_fatal
+from rxslurm.daemon.runtime.holder_status import (
     MAX_LINE_CHARS,
     HolderStatus,
     Kind,

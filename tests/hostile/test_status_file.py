@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon.containers.holder_status import (
+from rxslurm.daemon.runtime.holder_status import (
     MAX_BYTES,
     HolderStatus,
     Kind,

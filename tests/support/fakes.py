@@ -1,4 +1,4 @@
-"""In-memory stand-ins for the container service's ports (containers/ports.py): a scheduler
+"""In-memory stand-ins for the container service's ports (ports.py): a scheduler
 whose queue a test writes, a runtime whose holders report what a test says, a clock that moves
 when told. With a temp-dir ledger they run the reconciler and the service without root or Slurm.
 """
@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rxslurm.daemon.containers.holder_status import HolderStatus, Kind
-from rxslurm.daemon.containers.ports import HolderRequest
 from rxslurm.daemon.ledger.timestamps import utcnow
+from rxslurm.daemon.ports import HolderRequest
+from rxslurm.daemon.runtime.holder_status import HolderStatus, Kind
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmUnavailable
 from rxslurm.slurm.jobs import JobInfo, Listing

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from rxslurm.daemon.apptainer import ApptainerRuntime, gpu_flag
 from rxslurm.daemon.config import ApptainerConfig
-from rxslurm.daemon.containers.ports import HolderRequest
+from rxslurm.daemon.ports import HolderRequest
+from rxslurm.daemon.runtime.apptainer import ApptainerRuntime, gpu_flag
 from rxslurm.slurm.runas import RunAs
 
 PROGRAM = "/opt/apptainer/bin/apptainer"

@@ -121,7 +121,7 @@ def _check_slurm(daemon: Daemon) -> dict[str, Any]:
 
 
 def _check_apptainer(daemon: Daemon) -> dict[str, Any]:
-    from rxslurm.daemon import apptainer
+    from rxslurm.daemon.runtime import apptainer
 
     configured = daemon.config.apptainer.binary
     version = apptainer.apptainer_version(configured)

@@ -1,6 +1,6 @@
 """A project's persistent container: ``ContainerService`` (enable, wake, stop, disable, retry,
 status, the exec target, the quota commands), which routes, the exec server and the reconciler
-call; Slurm, the runtime and the clock only through its ports (containers/ports.py).
+call; Slurm, the runtime and the clock only through its ports (ports.py).
 
 The container is a runtime instance inside a Slurm job (the "holder") that runs as the
 project's runtime identity. Its overlay (the persistent writable layer) and the project workspace
@@ -23,9 +23,8 @@ from typing import Any
 from sqlite_utils.db import NotFoundError
 
 from rxslurm.daemon import failpoints
-from rxslurm.daemon.apptainer import ApptainerError, ApptainerRuntime
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.containers.ports import Clock, ContainerRuntime, HolderRequest, Scheduler
+from rxslurm.daemon.containers.pulls import ImagePulls, carry_on
 from rxslurm.daemon.containers.state_changes import STATE_CHANGES, ring_after_commit
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.containers.stop_request import request_stop
@@ -35,15 +34,16 @@ from rxslurm.daemon.folders import make_folder
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.images import cache as image_cache
 from rxslurm.daemon.images import pull as image_pull
-from rxslurm.daemon.images.pool import ImagePulls, carry_on
 from rxslurm.daemon.ledger.records import from_json, to_json
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcnow
+from rxslurm.daemon.ports import Clock, ContainerRuntime, HolderRequest, Scheduler
 from rxslurm.daemon.projects.roles import Action, Role
 from rxslurm.daemon.projects.service import authorize, require_runtime_identity, runtime_identity
 from rxslurm.daemon.projects.settings import Settings, differs_from_snapshot, effective
 from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.quotas import leases as quotas
+from rxslurm.daemon.runtime.apptainer import ApptainerError, ApptainerRuntime
 from rxslurm.protocol.job_comment import format_comment, parse_comment
 from rxslurm.protocol.job_comment import job_name as container_name
 from rxslurm.slurm.adapter import JobSpec
@@ -217,7 +217,7 @@ class ContainerService:
         self.default_partition = default_partition
         # Brings Slurm's QOSes in line with the quotas marked for mirroring; what it did.
         self.mirror_quotas = mirror_quotas
-        # Image pulls run in their own threads, as the pull account (see images/pool.py).
+        # Image pulls run in their own threads, as the pull account (see containers/pulls.py).
         self.pulls = ImagePulls(self)
         # Whether Slurm answered the reconciler's last pass; views say "as last seen" if not.
         self.slurm_reachable = True

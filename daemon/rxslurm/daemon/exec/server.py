@@ -39,13 +39,13 @@ from rxslurm.daemon.api.context import Daemon
 from rxslurm.daemon.api.peercred import Caller, UnknownCaller, peer_credentials, resolve_caller
 from rxslurm.daemon.api.socket_files import claim_socket_path, open_to_everyone
 from rxslurm.daemon.containers import service as containers
-from rxslurm.daemon.containers.ports import ContainerRuntime, Scheduler
 from rxslurm.daemon.containers.state_changes import Watch
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
 from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
+from rxslurm.daemon.ports import ContainerRuntime, Scheduler
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.protocol.exec_wire import (
     EXEC_SOCKET_NAME,

@@ -31,9 +31,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rxslurm.daemon.apptainer import ApptainerError, last_fatal, pull_binary, pull_command
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.images import cache as image_cache
+from rxslurm.daemon.runtime.apptainer import ApptainerError, last_fatal, pull_binary, pull_command
 from rxslurm.slurm.runas import SAFE_PATH, RunAs, RunAsError, kill_group, run, spawn
 
 log = logging.getLogger("rxslurm.pulls")
@@ -279,7 +279,7 @@ def _watch(
 
 def pull_into(uri: str, dest_dir: str | os.PathLike[str]) -> Path:
     """``uri``'s image in ``dest_dir``, pulled once as the pull account with the default limits
-    (``[pulls]``); an image already there is reused. rxd itself pulls through images/pool.py,
+    (``[pulls]``); an image already there is reused. rxd itself pulls through containers/pulls.py,
     in the background; this is for tools and tests that fill a cache folder."""
     config = Config()
     config = replace(config, containers=replace(config.containers, image_dir=Path(dest_dir)))

@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.containers.service import state_dir_for
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects.service import no_run_as_message, runtime_identity
 from rxslurm.daemon.projects.workspaces import grants_for, park, prepare, retire
@@ -71,5 +70,5 @@ def retire_folders(config: Config, name: str, workspace: str) -> list[str]:
     moved = [retire(folder) if folder.parent.is_dir() else None]
     state_root = config.containers.state_root
     if state_root.is_dir():
-        moved.append(quarantine(state_root, state_dir_for(config, container_name(name)).name))
+        moved.append(quarantine(state_root, container_name(name)))
     return [str(m) for m in moved if m is not None]

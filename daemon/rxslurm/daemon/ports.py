@@ -1,6 +1,6 @@
 """What the container service needs from the world, as ports: Slurm, the container runtime, a
 clock. The service, the reconciler and the exec server talk to these only; ``SlurmCli``
-(slurm/adapter.py) and ``ApptainerRuntime`` (daemon/apptainer.py) implement them on a cluster,
+(slurm/adapter.py) and ``ApptainerRuntime`` (runtime/apptainer.py) implement them on a cluster,
 tests/support/fakes.py in memory.
 """
 
@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from rxslurm.daemon.containers.holder_status import HolderStatus
+from rxslurm.daemon.runtime.holder_status import HolderStatus
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.jobs import Listing
 from rxslurm.slurm.runas import RunAs

@@ -7,7 +7,7 @@ the one lookup: ``[apptainer] binary``, else PATH; the holder script, exec steps
 the health check all get its answer; pulls, which run as the pull account with a fixed PATH, get
 ``pull_binary``). No other module spells an ``apptainer`` argv (tests/test_layers.py checks).
 
-Pulls run as an unprivileged account with their own limits (images/pull.py, images/pool.py);
+Pulls run as an unprivileged account with their own limits (images/pull.py, containers/pulls.py);
 this module gives them their argv only.
 
 ``overlay create`` runs as the container's runtime user (the overlay lives in their folder and
@@ -26,8 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from rxslurm.daemon.config import ApptainerConfig
-from rxslurm.daemon.containers.holder_status import HolderStatus, StatusReader
-from rxslurm.daemon.containers.ports import HolderRequest
+from rxslurm.daemon.ports import HolderRequest
+from rxslurm.daemon.runtime.holder_status import HolderStatus, StatusReader
 from rxslurm.daemon.text_checks import reported_line
 from rxslurm.slurm.runas import SAFE_PATH, RunAs, run
 from rxslurm.slurm.script import render_batch_script
