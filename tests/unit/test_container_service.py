@@ -47,6 +47,33 @@ def test_retry_authorizes_once_and_starts_the_container_again(
     assert view.state == "starting" and view.job_id == w.slurm.of("rx-alpha")[0]
 
 
+def test_an_exec_that_wakes_and_waits_authorizes_once(
+    tmp_path: Path, authorizations: list[str]
+) -> None:
+    # The exec server's sequence: authorize, find no running container, wake, look again.
+    w = world(tmp_path, ("alpha", "stopped"))
+
+    access = w.service.authorize_exec(OWNER, "alpha")
+    assert w.service.target_of(access) is None
+    w.service.wake_for(access)
+    view = w.service.view_of(access)
+
+    assert authorizations == ["exec"]
+    assert view.state == "starting" and view.job_id == w.slurm.of("rx-alpha")[0]
+
+
+def test_an_exec_access_still_sees_the_project_deleted_meanwhile(tmp_path: Path) -> None:
+    w = world(tmp_path, ("alpha", "stopped"))
+    access = w.service.authorize_exec(OWNER, "alpha")
+    with w.ledger.transaction() as db:
+        db.execute("DELETE FROM containers")
+        db.execute("DELETE FROM members")
+        db.execute("DELETE FROM projects")
+
+    with pytest.raises(Conflict, match="deleted meanwhile"):
+        w.service.target_of(access)
+
+
 def test_a_wake_answers_the_typed_view_the_api_shows(tmp_path: Path) -> None:
     w = world(tmp_path, ("alpha", "stopped"))
 

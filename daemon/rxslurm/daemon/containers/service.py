@@ -189,6 +189,17 @@ class ExecTarget:
     runas: RunAs
 
 
+@dataclass(frozen=True)
+class Access:
+    """A project an actor was authorized for, once, for one action: what a request of several
+    steps (an exec that wakes the container and waits for it) carries instead of asking again at
+    every step. The project's row is read afresh at each step; only the role check is not redone."""
+
+    actor: Actor
+    project: dict[str, Any]
+    role: Role | None
+
+
 class ContainerService:
     """The container lifecycle: every command on a container, from the routes, the exec server
     and the reconciler, goes through here; Slurm, the runtime and the clock through its ports.
@@ -963,10 +974,27 @@ class ContainerService:
             self._wake(actor, row)
         return self._view(row, role)
 
+    def authorize_exec(self, actor: Actor, project: str) -> Access:
+        """The one authorization of an exec request, carried through its wake and wait."""
+        row, role = self._authorize(actor, project, Action.EXEC)
+        return Access(actor, row, role)
+
+    def view_of(self, access: Access) -> ContainerView:
+        return self._view(access.project, access.role)
+
+    def wake_for(self, access: Access) -> None:
+        """Wake the container of an authorized request (see `wake`)."""
+        self._wake(access.actor, access.project)
+
     def exec_target(self, actor: Actor, project: str) -> ExecTarget | None:
         """The running container of a project the actor may exec in; None when it is not running."""
+        return self.target_of(self.authorize_exec(actor, project))
+
+    def target_of(self, access: Access) -> ExecTarget | None:
+        """Where an authorized exec goes; None while the container is not running."""
         with self.ledger.read() as db:
-            row, _ = authorize(db, actor, project, Action.EXEC)
+            row = _fresh_project(db, access.project)
+            project = row["name"]
             runtime_user = require_runtime_identity(db, self.config, row)
             container = _container_of(db, row["id"])
         if container is None or container["state"] != State.RUNNING or not container["instance"]:

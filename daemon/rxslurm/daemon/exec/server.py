@@ -46,7 +46,6 @@ from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
 from rxslurm.daemon.ports import ContainerRuntime, Scheduler
-from rxslurm.daemon.projects.roles import Action
 from rxslurm.protocol.exec_wire import (
     EXEC_SOCKET_NAME,
     MAX_MESSAGE,
@@ -311,9 +310,11 @@ class Session:
         if request.tty and not os.isatty(self.fds[0]):
             raise BadRequest("a terminal session needs a terminal on stdin")
         actor = self.server.call(actor_for, self.daemon, caller)
-        target = self.server.call(self.daemon.containers.exec_target, actor, request.project)
+        # The one authorization of this request; waking and waiting carry it.
+        access = self.server.call(self.daemon.containers.authorize_exec, actor, request.project)
+        target = self.server.call(self.daemon.containers.target_of, access)
         if target is None:
-            target = self.wait_running(actor, request, pending)
+            target = self.wait_running(access, request, pending)
             pending = []  # read while waiting
         if direct_allowed and caller.uid == target.runas.uid:
             step = self.direct_step(target, request)
@@ -376,13 +377,13 @@ class Session:
     # -- waking ----------------------------------------------------------------------------
 
     def wait_running(
-        self, actor: Actor, request: ExecRequest, pending: list[dict[str, Any]]
+        self, access: containers.Access, request: ExecRequest, pending: list[dict[str, Any]]
     ) -> containers.ExecTarget:
         """Wake the container if it rests and wait until it runs, telling the client each new
         state; woken by the container's state changes and the client's messages, not a timer."""
         service = self.daemon.containers
         project = request.project
-        view = self.server.call(service.status, actor, project)
+        view = self.server.call(service.view_of, access)
         if not request.wake:
             raise Conflict(
                 f"the container of {project} is not running ({view.state}); "
@@ -390,15 +391,15 @@ class Session:
             )
         if view.container_id is None:
             # Never enabled: wake says so in its words.
-            self.server.call(service.wake, actor, project, Action.EXEC)
-            view = self.server.call(service.status, actor, project)
+            self.server.call(service.wake_for, access)
+            view = self.server.call(service.view_of, access)
         assert view.container_id is not None
         deadline = time.monotonic() + WAKE_TIMEOUT_S
         shown: tuple[str, str | None] | None = None
         wakes = 0
         # Watching before reading again: a change in between still wakes the loop.
         with service.changes.watch(view.container_id) as changed:
-            view = self.server.call(service.status, actor, project)
+            view = self.server.call(service.view_of, access)
             while True:
                 for message in pending:
                     if "signal" in message:
@@ -406,7 +407,7 @@ class Session:
                         raise ClientGone(128 + SIGNALS.get(str(message["signal"]), signal.SIGINT))
                 state, reason = view.state, view.reason
                 if state == State.RUNNING:
-                    target = self.server.call(service.exec_target, actor, project)
+                    target = self.server.call(service.target_of, access)
                     if target is not None:
                         break
                 elif state in (State.STOPPED, State.DISABLED) or (
@@ -419,9 +420,9 @@ class Session:
                         raise Conflict(
                             f"the container of {project} stopped while waking ({reason})"
                         )
-                    self.server.call(service.wake, actor, project, Action.EXEC)
+                    self.server.call(service.wake_for, access)
                     wakes += 1
-                    view = self.server.call(service.status, actor, project)
+                    view = self.server.call(service.view_of, access)
                     continue
                 elif state == State.ERROR:
                     raise Conflict(
@@ -439,7 +440,7 @@ class Session:
                         f"see `rxctl status --project {project}`"
                     )
                 pending = self.messages_or_change(changed, left)
-                view = self.server.call(service.status, actor, project)
+                view = self.server.call(service.view_of, access)
         if shown is not None:
             # Let the client finish its progress line before the command writes to the screen.
             self.send({"ready": True})
