@@ -16,7 +16,8 @@ from rxslurm.cli.common import (
     echo_lines,
     emit_json,
     json_option,
-    list_options,
+    list_command,
+    print_list,
 )
 from rxslurm.protocol import routes
 
@@ -244,20 +245,13 @@ def set_(
 
 
 @quota.command("list")
-@list_options
-@json_option
-@click.pass_obj
-@api_errors
+@list_command
 def list_(client: Client, json_: bool, shape: render.Shape) -> None:
     """List the quotas with what is in use (used/limit, "-": no limit) and who holds it.
 
     Example: rxctl admin quota list
     """
-    answer = client.get(routes.ADMIN_QUOTAS)
-    if json_:
-        emit_json(answer)
-    else:
-        echo_lines(quota_lines(answer["quotas"], shape))
+    print_list(client.get(routes.ADMIN_QUOTAS), "quotas", quota_lines, json_, shape)
 
 
 @quota.command("rm")
@@ -285,20 +279,13 @@ def rm(client: Client, quota_id: int, json_: bool) -> None:
 
 
 @click.command("containers")
-@list_options
-@json_option
-@click.pass_obj
-@api_errors
+@list_command
 def containers(client: Client, json_: bool, shape: render.Shape) -> None:
     """List every starting, running, stopping and waiting container, with what it holds.
 
     Example: rxctl admin containers --json
     """
-    answer = client.get(routes.ADMIN_CONTAINERS)
-    if json_:
-        emit_json(answer)
-    else:
-        echo_lines(container_lines(answer["containers"], shape))
+    print_list(client.get(routes.ADMIN_CONTAINERS), "containers", container_lines, json_, shape)
 
 
 @click.command("stop")
