@@ -44,8 +44,6 @@ def usage(used: Any, limit: Any) -> str:
 def quota_lines(
     quotas: Sequence[Mapping[str, Any]], shape: render.Shape = render.PEOPLE
 ) -> list[str]:
-    if not quotas:
-        return shape.empty("no quotas; set one with: rxctl admin quota set --partition P --gpus N")
     return render.table(
         ("ID", "PARTITION", "SCOPE", "SUBJECT", *(h for _, _, h in LIMITS), "MIRROR", "HOLDERS"),
         [
@@ -64,6 +62,7 @@ def quota_lines(
             for q in quotas
         ],
         shape,
+        empty="no quotas; set one with: rxctl admin quota set --partition P --gpus N",
     )
 
 
@@ -110,8 +109,6 @@ def mirror_lines(entries: Sequence[Mapping[str, Any]], quota_id: Any = None) -> 
 def container_lines(
     containers: Sequence[Mapping[str, Any]], shape: render.Shape = render.PEOPLE
 ) -> list[str]:
-    if not containers:
-        return shape.empty("no container is starting, running or waiting")
     return render.table(
         (
             "PROJECT",
@@ -143,6 +140,7 @@ def container_lines(
             for c in containers
         ],
         shape,
+        empty="no container is starting, running or waiting",
     )
 
 
