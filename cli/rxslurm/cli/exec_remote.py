@@ -28,7 +28,16 @@ from typing import Any
 from rxslurm.cli.door import Door, DoorError, munge_header
 from rxslurm.cli.exec_client import ExecError, handling_signals, terminal_restored
 from rxslurm.protocol import routes
-from rxslurm.protocol.exec_wire import CONTROL, SIGNAL_NAMES, STDERR, STDIN, STDOUT, encode
+from rxslurm.protocol.exec_wire import (
+    CONTROL,
+    SIGNAL_NAMES,
+    STDERR,
+    STDIN,
+    STDOUT,
+    ProtocolError,
+    decode,
+    encode,
+)
 
 MAX_FRAME = 2 * 1024 * 1024
 CHUNK = 64 * 1024
@@ -324,11 +333,9 @@ class RemoteSession:
             _write_all(2, data)
         elif channel == CONTROL:
             try:
-                message = json.loads(data)
-            except ValueError:
-                raise ExecError("rxd sent a reply that is not JSON") from None
-            if not isinstance(message, dict):
-                raise ExecError("rxd sent a reply that is not a JSON object")
+                message = decode(data)
+            except ProtocolError as exc:
+                raise ExecError(f"rxd sent a bad reply: {exc}") from None
             return self.on_message(sock, message)
         return None
 
