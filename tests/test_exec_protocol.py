@@ -79,6 +79,16 @@ def test_a_message_that_is_not_an_object_is_refused() -> None:
         LineReader().feed(b"{oops\n")
 
 
+@pytest.mark.parametrize("line", [b"{oops", b"[1]", b"[" * 100_000], ids=["bad", "list", "deep"])
+def test_the_network_door_reads_a_control_line_that_is_no_message_as_not_final(
+    line: bytes,
+) -> None:
+    from rxslurm.daemon.exec.door import is_final
+
+    assert not is_final(line)
+    assert is_final(b'{"exit": 0}')
+
+
 @pytest.mark.parametrize(
     ("reply", "why"),
     [(b"{oops\n", "not valid JSON"), (b"[1]\n", "JSON object"), (b"x" * 70_000, "longer than")],

@@ -10,7 +10,7 @@ import pytest
 
 from rxslurm.cli import render
 from rxslurm.cli.commands_project import create, set_, settings_body
-from rxslurm.daemon.config import DefaultsConfig, parse_config
+from rxslurm.daemon.config import Config, parse_config
 from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.projects.settings import (
     MAX_STRING_BYTES,
@@ -26,8 +26,8 @@ def test_the_daemons_settings_are_the_tables_in_its_order_and_types() -> None:
         (s.name, s.kind.__name__) for s in SETTINGS
     )
     # Every setting has a deployment default of its type.
-    defaults = DefaultsConfig()
-    assert tuple(f.name for f in fields(DefaultsConfig)) == NAMES
+    defaults = Config().defaults
+    assert isinstance(defaults, Settings)
     assert all(isinstance(getattr(defaults, s.name), s.kind) for s in SETTINGS)
     assert set(MAX_STRING_BYTES) == {s.name for s in SETTINGS if s.kind is str}
     assert all(s.max_bytes > 0 for s in SETTINGS if s.kind is str)

@@ -4,7 +4,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rxslurm.daemon.config import DefaultsConfig
 from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.projects.names import check_project_name
 from rxslurm.daemon.projects.settings import (
@@ -154,7 +153,7 @@ def test_static_checks_accept_references_and_paths() -> None:
 
 
 def test_effective_fills_defaults_and_drops_gpu_fields_without_gpus() -> None:
-    defaults = DefaultsConfig(cpus=1, mem_mb=1000, gpu_driver="nvidia", gpu_type="a100")
+    defaults = Settings(cpus=1, mem_mb=1000, gpu_driver="nvidia", gpu_type="a100")
     eff = effective(Settings(cpus=2), defaults)
     assert (eff.cpus, eff.mem_mb, eff.gpu_driver, eff.gpu_type) == (2, 1000, "", "")
     with_gpu = effective(Settings(gpus=1), defaults)

@@ -9,7 +9,15 @@ import click
 
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
-from rxslurm.cli.common import api_errors, echo, echo_lines, emit_json, json_option, list_options
+from rxslurm.cli.common import (
+    api_errors,
+    echo,
+    emit_json,
+    json_option,
+    list_command,
+    list_options,
+    print_list,
+)
 from rxslurm.protocol import routes
 
 
@@ -117,20 +125,13 @@ def unbind(client: Client, platform_user: str | None, linux_user: str | None, js
 
 
 @admin.command("bindings")
-@list_options
-@json_option
-@click.pass_obj
-@api_errors
+@list_command
 def bindings(client: Client, json_: bool, shape: render.Shape) -> None:
     """List every binding between platform users and Linux users.
 
     Example: rxctl admin bindings --json
     """
-    answer = client.get(routes.ADMIN_BINDINGS)
-    if json_:
-        emit_json(answer)
-    else:
-        echo_lines(render.binding_lines(answer["bindings"], shape))
+    print_list(client.get(routes.ADMIN_BINDINGS), "bindings", render.binding_lines, json_, shape)
 
 
 @admin.command("audit")
@@ -157,11 +158,7 @@ def audit(
         k: v for k, v in (("project", project), ("limit", limit), ("since", since)) if v is not None
     }
     route = routes.ADMIN_AUDIT + (f"?{urlencode(query)}" if query else "")
-    answer = client.get(route)
-    if json_:
-        emit_json(answer)
-    else:
-        echo_lines(render.event_lines(answer["events"], shape))
+    print_list(client.get(route), "events", render.event_lines, json_, shape)
 
 
 # Quotas and the fleet live in their own module.

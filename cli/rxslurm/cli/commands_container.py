@@ -11,10 +11,10 @@ from rxslurm.cli.client import Client
 from rxslurm.cli.common import (
     api_errors,
     echo,
-    echo_lines,
     emit_json,
     json_option,
-    list_options,
+    list_command,
+    print_list,
     project_option,
 )
 from rxslurm.cli.project_choice import choose_project
@@ -91,20 +91,15 @@ def status(client: Client, project: str | None, json_: bool) -> None:
 
 
 @click.command(name="list")
-@list_options
-@json_option
-@click.pass_obj
-@api_errors
+@list_command
 def list_(client: Client, json_: bool, shape: render.Shape) -> None:
     """List the containers of your projects.
 
     Example: rxctl list --noheader --format project,state
     """
-    answer = client.get(routes.CONTAINERS)
-    if json_:
-        emit_json(answer)
-        return
-    echo_lines(render.container_list_lines(answer["containers"], shape))
+    print_list(
+        client.get(routes.CONTAINERS), "containers", render.container_list_lines, json_, shape
+    )
 
 
 COMMANDS = (enable, start, stop, disable, retry, status, list_)

@@ -16,7 +16,8 @@ from rxslurm.cli.common import (
     echo_lines,
     emit_json,
     json_option,
-    list_options,
+    list_command,
+    print_list,
 )
 from rxslurm.protocol import routes
 from rxslurm.protocol.settings import SETTINGS
@@ -91,20 +92,13 @@ def create(client: Client, /, name: str, json_: bool, **options: Any) -> None:
 
 
 @project.command("list")
-@list_options
-@json_option
-@click.pass_obj
-@api_errors
+@list_command
 def list_(client: Client, json_: bool, shape: render.Shape) -> None:
     """List the projects you are a member of (admins: all projects).
 
     Example: rxctl project list
     """
-    answer = client.get(routes.PROJECTS)
-    if json_:
-        emit_json(answer)
-    else:
-        echo_lines(render.project_list_lines(answer["projects"], shape))
+    print_list(client.get(routes.PROJECTS), "projects", render.project_list_lines, json_, shape)
 
 
 @project.command("show")

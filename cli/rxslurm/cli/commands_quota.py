@@ -16,7 +16,8 @@ from rxslurm.cli.common import (
     echo_lines,
     emit_json,
     json_option,
-    list_options,
+    list_command,
+    print_list,
 )
 from rxslurm.protocol import routes
 
@@ -43,8 +44,6 @@ def usage(used: Any, limit: Any) -> str:
 def quota_lines(
     quotas: Sequence[Mapping[str, Any]], shape: render.Shape = render.PEOPLE
 ) -> list[str]:
-    if not quotas:
-        return shape.empty("no quotas; set one with: rxctl admin quota set --partition P --gpus N")
     return render.table(
         ("ID", "PARTITION", "SCOPE", "SUBJECT", *(h for _, _, h in LIMITS), "MIRROR", "HOLDERS"),
         [
@@ -63,6 +62,7 @@ def quota_lines(
             for q in quotas
         ],
         shape,
+        empty="no quotas; set one with: rxctl admin quota set --partition P --gpus N",
     )
 
 
@@ -109,8 +109,6 @@ def mirror_lines(entries: Sequence[Mapping[str, Any]], quota_id: Any = None) -> 
 def container_lines(
     containers: Sequence[Mapping[str, Any]], shape: render.Shape = render.PEOPLE
 ) -> list[str]:
-    if not containers:
-        return shape.empty("no container is starting, running or waiting")
     return render.table(
         (
             "PROJECT",
@@ -142,6 +140,7 @@ def container_lines(
             for c in containers
         ],
         shape,
+        empty="no container is starting, running or waiting",
     )
 
 
@@ -244,20 +243,13 @@ def set_(
 
 
 @quota.command("list")
-@list_options
-@json_option
-@click.pass_obj
-@api_errors
+@list_command
 def list_(client: Client, json_: bool, shape: render.Shape) -> None:
     """List the quotas with what is in use (used/limit, "-": no limit) and who holds it.
 
     Example: rxctl admin quota list
     """
-    answer = client.get(routes.ADMIN_QUOTAS)
-    if json_:
-        emit_json(answer)
-    else:
-        echo_lines(quota_lines(answer["quotas"], shape))
+    print_list(client.get(routes.ADMIN_QUOTAS), "quotas", quota_lines, json_, shape)
 
 
 @quota.command("rm")
@@ -285,20 +277,13 @@ def rm(client: Client, quota_id: int, json_: bool) -> None:
 
 
 @click.command("containers")
-@list_options
-@json_option
-@click.pass_obj
-@api_errors
+@list_command
 def containers(client: Client, json_: bool, shape: render.Shape) -> None:
     """List every starting, running, stopping and waiting container, with what it holds.
 
     Example: rxctl admin containers --json
     """
-    answer = client.get(routes.ADMIN_CONTAINERS)
-    if json_:
-        emit_json(answer)
-    else:
-        echo_lines(container_lines(answer["containers"], shape))
+    print_list(client.get(routes.ADMIN_CONTAINERS), "containers", container_lines, json_, shape)
 
 
 @click.command("stop")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -92,3 +92,23 @@ def list_options(func: F) -> F:
             raise click.UsageError(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def list_command(func: F) -> F:
+    """A command that prints a list: `--noheader`, `--format` (as `shape`) and `--json`, the
+    client, and errors as one line."""
+    return list_options(json_option(click.pass_obj(api_errors(func))))  # type: ignore[return-value]
+
+
+def print_list(
+    answer: Mapping[str, Any],
+    key: str,
+    lines: Callable[[Any, render.Shape], list[str]],
+    json_: bool,
+    shape: render.Shape,
+) -> None:
+    """A list as rxd answered it (`--json`), or the table `lines` makes of `answer[key]`."""
+    if json_:
+        emit_json(answer)
+    else:
+        echo_lines(lines(answer[key], shape))

@@ -10,7 +10,7 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -52,15 +52,26 @@ def forwarding_signals(sock: socket.socket) -> Iterator[None]:
         with contextlib.suppress(OSError):
             sock.sendall(encode({"signal": SIGNAL_NAMES[signal.Signals(signum)]}))
 
+    with handling_signals(forward):
+        yield
+
+
+@contextlib.contextmanager
+def handling_signals(
+    handler: Callable[[int, FrameType | None], Any] | signal.Handlers,
+    signums: Iterable[int] = SIGNAL_NAMES,
+) -> Iterator[None]:
+    """While inside, `signums` (by default the signals the protocol forwards) go to `handler`;
+    after, back to whatever had them before."""
     previous = {}
-    for signum in SIGNAL_NAMES:
+    for signum in signums:
         with contextlib.suppress(ValueError, OSError):
-            previous[signum] = signal.signal(signum, forward)
+            previous[signum] = signal.signal(signum, handler)
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, saved in previous.items():
+            signal.signal(signum, saved)
 
 
 @contextlib.contextmanager

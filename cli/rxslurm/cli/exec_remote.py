@@ -26,9 +26,18 @@ from collections.abc import Callable
 from typing import Any
 
 from rxslurm.cli.door import Door, DoorError, munge_header
-from rxslurm.cli.exec_client import ExecError, terminal_restored
+from rxslurm.cli.exec_client import ExecError, handling_signals, terminal_restored
 from rxslurm.protocol import routes
-from rxslurm.protocol.exec_wire import CONTROL, SIGNAL_NAMES, STDERR, STDIN, STDOUT, encode
+from rxslurm.protocol.exec_wire import (
+    CONTROL,
+    SIGNAL_NAMES,
+    STDERR,
+    STDIN,
+    STDOUT,
+    ProtocolError,
+    decode,
+    encode,
+)
 
 MAX_FRAME = 2 * 1024 * 1024
 CHUNK = 64 * 1024
@@ -226,8 +235,7 @@ class RemoteSession:
             os.close(self.wake_r)
             os.close(self.wake_w)
 
-    @contextlib.contextmanager
-    def catching_signals(self):  # type: ignore[no-untyped-def]
+    def catching_signals(self) -> contextlib.AbstractContextManager[None]:
         """Signals become messages, sent by the main loop: a handler that sent itself could
         interleave its frame with one the loop is sending."""
 
@@ -236,15 +244,7 @@ class RemoteSession:
             with contextlib.suppress(OSError):
                 os.write(self.wake_w, b"!")
 
-        previous = {}
-        for signum in SIGNAL_NAMES:
-            with contextlib.suppress(ValueError, OSError):
-                previous[signum] = signal.signal(signum, caught)
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        return handling_signals(caught)
 
     def relay(self, sock: socket.socket, rest: bytes) -> int:
         reader = FrameReader()
@@ -333,11 +333,9 @@ class RemoteSession:
             _write_all(2, data)
         elif channel == CONTROL:
             try:
-                message = json.loads(data)
-            except ValueError:
-                raise ExecError("rxd sent a reply that is not JSON") from None
-            if not isinstance(message, dict):
-                raise ExecError("rxd sent a reply that is not a JSON object")
+                message = decode(data)
+            except ProtocolError as exc:
+                raise ExecError(f"rxd sent a bad reply: {exc}") from None
             return self.on_message(sock, message)
         return None
 
@@ -396,7 +394,7 @@ def run_direct(step: dict[str, Any], tty: bool) -> int:
     if tty:
         # srun --pty owns the terminal (raw mode: Ctrl-C is a key it passes on); it must stay in
         # the terminal's foreground group, so rxctl only waits.
-        with ignoring(signal.SIGINT, signal.SIGQUIT):
+        with handling_signals(signal.SIG_IGN, (signal.SIGINT, signal.SIGQUIT)):
             return _status(subprocess.call(argv, env=env))  # noqa: S603 - argv list
     # Without a terminal, srun runs in its own process group: a terminal's Ctrl-C reaches only
     # rxctl, which gives it to the step once (srun would kill the step).
@@ -422,15 +420,11 @@ def run_direct(step: dict[str, Any], tty: bool) -> int:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in SIGNAL_NAMES}
-    try:
+    with handling_signals(forward):
         assert proc.stderr is not None
         for chunk in iter(lambda: proc.stderr.readline(), b""):  # type: ignore[union-attr]
             _write_all(2, strip_srun_task_lines(chunk))
         return _status(proc.wait())
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _pump_stdin(fd: int) -> None:
@@ -438,16 +432,6 @@ def _pump_stdin(fd: int) -> None:
         while data := os.read(0, CHUNK):
             _write_all(fd, data)
     os.close(fd)
-
-
-@contextlib.contextmanager
-def ignoring(*signums: int):  # type: ignore[no-untyped-def]
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _which(name: str) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 PENDING_NOTE = "new settings apply on the next start"
+NO_PROJECTS = "no projects yet; create one with: rxctl project create NAME"
 
 # What a terminal would act on rather than show: C0 and C1 controls and DEL (escape sequences,
 # carriage returns that overwrite a line), Unicode's bidirectional controls (which reorder what
@@ -101,10 +102,16 @@ def column_key(header: str) -> str:
 
 
 def table(
-    headers: Sequence[str], rows: Iterable[Sequence[Any]], shape: Shape = PEOPLE
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    shape: Shape = PEOPLE,
+    empty: str | None = None,
 ) -> list[str]:
-    """Left-aligned columns two spaces apart; the last column is not padded."""
+    """Left-aligned columns two spaces apart; the last column is not padded. A list with no
+    rows is the sentence `empty` instead, when one is given."""
     text_rows = [[cell(v) for v in row] for row in rows]
+    if empty is not None and not text_rows:
+        return shape.empty(empty)
     if shape.columns is not None:
         keys = [column_key(h) for h in headers]
         unknown = [c for c in shape.columns if column_key(c) not in keys]
@@ -209,12 +216,11 @@ def member_lines(members: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def project_list_lines(projects: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE) -> list[str]:
-    if not projects:
-        return shape.empty("no projects yet; create one with: rxctl project create NAME")
     return table(
         ("PROJECT", "ROLE", "STATE", "CREATED BY"),
         [(p.get("name"), p.get("role"), _summary_state(p), p.get("created_by")) for p in projects],
         shape,
+        empty=NO_PROJECTS,
     )
 
 
@@ -234,8 +240,6 @@ def changed_settings(settings: Mapping[str, Any]) -> str:
 
 
 def binding_lines(bindings: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE) -> list[str]:
-    if not bindings:
-        return shape.empty("no bindings")
     return table(
         ("PLATFORM USER", "LINUX USER", "UID", "BOUND AT", "BOUND BY"),
         [
@@ -249,12 +253,11 @@ def binding_lines(bindings: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE) 
             for b in bindings
         ],
         shape,
+        empty="no bindings",
     )
 
 
 def event_lines(events: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE) -> list[str]:
-    if not events:
-        return shape.empty("no events")
     return table(
         ("AT", "ACTOR", "ORIGIN", "ACTION", "TARGET", "DETAIL"),
         [
@@ -269,6 +272,7 @@ def event_lines(events: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE) -> l
             for e in events
         ],
         shape,
+        empty="no events",
     )
 
 
@@ -326,8 +330,6 @@ def container_list_lines(
     containers: Sequence[Mapping[str, Any]], shape: Shape = PEOPLE
 ) -> list[str]:
     """`rxctl list`: the containers of the caller's projects."""
-    if not containers:
-        return shape.empty("no projects yet; create one with: rxctl project create NAME")
     return table(
         ("PROJECT", "ROLE", "STATE", "JOB", "NODE", "REASON"),
         [
@@ -335,4 +337,5 @@ def container_list_lines(
             for c in containers
         ],
         shape,
+        empty=NO_PROJECTS,
     )

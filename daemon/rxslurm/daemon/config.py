@@ -18,6 +18,7 @@ from typing import Any
 
 from rxslurm.daemon.errors import ApiError
 from rxslurm.daemon.identity.linux_accounts import linux_account_by_name
+from rxslurm.daemon.projects.settings import Settings
 from rxslurm.protocol import paths
 from rxslurm.protocol.settings import GPU_DRIVERS, SETTINGS
 
@@ -97,21 +98,10 @@ class WorkspacesConfig:
     root: Path = Path("/srv/rxslurm/workspaces")
 
 
-@dataclass(frozen=True)
-class DefaultsConfig:
-    """What a project setting of 0 or "" means."""
-
-    image: str = ""
-    cpus: int = 1
-    mem_mb: int = 1000
-    gpus: int = 0
-    gpu_type: str = ""
-    gpu_driver: str = "nvidia"
-    # Empty: Slurm's default partition.
-    partition: str = ""
-    # 0: the partition's own limit.
-    time_limit_min: int = 0
-    idle_timeout_min: int = 60
+# What a project setting of 0 or "" means ([defaults]): a project's settings, the deployment's
+# values. Left at 0 or "": no image, no GPU, Slurm's default partition, the partition's own time
+# limit.
+DEPLOYMENT_DEFAULTS = Settings(cpus=1, mem_mb=1000, gpu_driver="nvidia", idle_timeout_min=60)
 
 
 @dataclass(frozen=True)
@@ -187,7 +177,7 @@ class Config:
     apptainer: ApptainerConfig = field(default_factory=ApptainerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     workspaces: WorkspacesConfig = field(default_factory=WorkspacesConfig)
-    defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
+    defaults: Settings = field(default_factory=lambda: DEPLOYMENT_DEFAULTS)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
     containers: ContainersConfig = field(default_factory=ContainersConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
@@ -196,19 +186,9 @@ class Config:
     source: Path | None = None
 
 
-_SECTIONS: dict[str, type] = {
-    "daemon": DaemonConfig,
-    "identity": IdentityConfig,
-    "slurm": SlurmConfig,
-    "apptainer": ApptainerConfig,
-    "runtime": RuntimeConfig,
-    "workspaces": WorkspacesConfig,
-    "defaults": DefaultsConfig,
-    "platform": PlatformConfig,
-    "containers": ContainersConfig,
-    "quotas": QuotasConfig,
-    "pulls": PullsConfig,
-    "limits": LimitsConfig,
+# Each section of rxd.toml with its defaults: every field of Config but where it was read from.
+_SECTIONS: dict[str, Any] = {
+    f.name: getattr(Config(), f.name) for f in fields(Config) if f.name != "source"
 }
 
 
@@ -241,18 +221,18 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
             f"{where}: unknown section [{unknown[0]}]; valid sections: {', '.join(_SECTIONS)}"
         )
     sections = {
-        name: _parse_section(name, cls, raw.get(name, {}), where) for name, cls in _SECTIONS.items()
+        name: _parse_section(name, defaults, raw.get(name, {}), where)
+        for name, defaults in _SECTIONS.items()
     }
     config = Config(**sections, source=source)
     _validate(config, where)
     return config
 
 
-def _parse_section(name: str, cls: type, values: Any, where: str) -> Any:
+def _parse_section(name: str, defaults: Any, values: Any, where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: [{name}] must be a table")
-    defaults = cls()
-    known = {f.name: f for f in fields(cls)}
+    known = {f.name: f for f in fields(defaults)}
     changes: dict[str, Any] = {}
     for key, value in values.items():
         if f"{name}.{key}" in RETIRED_KEYS:

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -46,6 +45,8 @@ from rxslurm.protocol.exec_wire import (
     STDERR,
     STDIN,
     STDOUT,
+    ProtocolError,
+    decode,
     encode,
 )
 
@@ -60,10 +61,10 @@ _FINAL = ("exit", "error", "direct")
 
 def is_final(line: bytes) -> bool:
     try:
-        message = json.loads(line)
-    except ValueError:
+        message = decode(line)
+    except ProtocolError:
         return False
-    return isinstance(message, dict) and any(key in message for key in _FINAL)
+    return any(key in message for key in _FINAL)
 
 
 def set_winsize(fd: int, winsize: Any) -> None:
@@ -185,10 +186,10 @@ class Bridge:
 
     def to_control(self, data: bytes) -> None:
         try:
-            message = json.loads(data)
-        except ValueError:
+            message: dict[str, Any] | None = decode(data)
+        except ProtocolError:
             message = None
-        if isinstance(message, dict) and self.tty and "winsize" in message:
+        if message is not None and self.tty and "winsize" in message:
             # The pty stands in for the caller's terminal: give it the caller's size first.
             set_winsize(self.stdin_w, message.pop("winsize"))
             data = encode(message)
@@ -250,12 +251,9 @@ async def first_request(ws: web.WebSocketResponse, digest: str) -> dict[str, Any
     if hashlib.sha256(body).hexdigest() != digest:
         raise BadRequest("the exec request does not match the digest its credential proves")
     try:
-        data = json.loads(body)
-    except ValueError:
-        raise BadRequest("the exec request is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the exec request must be a JSON object")
-    return data
+        return decode(body)
+    except ProtocolError as exc:
+        raise BadRequest(f"bad exec request: {exc}") from None
 
 
 async def exec_stream(request: web.Request) -> web.StreamResponse:

@@ -60,30 +60,27 @@ class Record:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
-        kinds = _conversions(cls)
-        values = {}
-        for f in fields(cls):
-            value = row[f.name]
-            kind = kinds.get(f.name)
-            if kind == "timestamp" and value is not None:
-                value = from_timestamp(value)
-            elif kind == "json":
-                value = from_json(value)
-            values[f.name] = value
-        return cls(**values)
+        return cls(**_converted(cls, row, read=True))
 
     def to_row(self) -> dict[str, Any]:
-        kinds = _conversions(type(self))
-        row = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = kinds.get(f.name)
-            if kind == "timestamp" and value is not None:
-                value = to_timestamp(value)
-            elif kind == "json":
-                value = to_json(value)
-            row[f.name] = value
-        return row
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return _converted(type(self), values, read=False)
+
+
+def _converted(cls: type[Record], values: Mapping[str, Any], *, read: bool) -> dict[str, Any]:
+    """Each field of `cls` from `values`, its timestamps and JSON read from the ledger's text
+    (`read`) or written to it."""
+    kinds = _conversions(cls)
+    converted = {}
+    for f in fields(cls):
+        value = values[f.name]
+        kind = kinds.get(f.name)
+        if kind == "timestamp" and value is not None:
+            value = from_timestamp(value) if read else to_timestamp(value)
+        elif kind == "json":
+            value = from_json(value) if read else to_json(value)
+        converted[f.name] = value
+    return converted
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -344,6 +344,15 @@ def _member_target(db: LedgerDatabase, config: Config, user: Any) -> str:
     raise NotFound(f"no platform user {user_id!r}")
 
 
+def _member(db: LedgerDatabase, actor: Actor, name: str, user: str) -> tuple[dict[str, Any], Role]:
+    """The project, if the actor may manage its members, and the role `user` holds in it."""
+    row, _ = authorize(db, actor, name, Action.MANAGE_MEMBERS)
+    role = role_in(db, row["id"], user)
+    if role is None:
+        raise NotFound(f"{user} is not a member of {name}")
+    return row, role
+
+
 def _owner_count(db: LedgerDatabase, project_id: int) -> int:
     return db.table("members").count_where("project_id = ? AND role = 'owner'", [project_id])
 
@@ -382,10 +391,7 @@ def set_member_role(
     new_role = _role(role)
     jobs: list[int] = []
     with ledger.transaction() as db:
-        row, _ = authorize(db, actor, name, Action.MANAGE_MEMBERS)
-        old = role_in(db, row["id"], user)
-        if old is None:
-            raise NotFound(f"{user} is not a member of {name}")
+        row, old = _member(db, actor, name, user)
         if old is Role.OWNER and new_role is not Role.OWNER and _owner_count(db, row["id"]) == 1:
             raise Conflict(f"{user} is the last owner of {name}; make someone else owner first")
         db.execute(
@@ -415,10 +421,7 @@ def remove_member(
 ) -> dict[str, Any]:
     jobs: list[int] = []
     with ledger.transaction() as db:
-        row, _ = authorize(db, actor, name, Action.MANAGE_MEMBERS)
-        old = role_in(db, row["id"], user)
-        if old is None:
-            raise NotFound(f"{user} is not a member of {name}")
+        row, old = _member(db, actor, name, user)
         if old is Role.OWNER and _owner_count(db, row["id"]) == 1:
             raise Conflict(f"{user} is the last owner of {name}; a project needs an owner")
         db.execute(

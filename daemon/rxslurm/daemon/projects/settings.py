@@ -11,7 +11,6 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Protocol
 
-from rxslurm.daemon.config import DefaultsConfig
 from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.text_checks import check_text, shorten
 from rxslurm.protocol import settings as protocol_settings
@@ -30,7 +29,8 @@ MAX_COUNT = 1_000_000
 @dataclass(frozen=True)
 class Settings:
     """A project's settings, one field per entry of the protocol's table, in its order (a test
-    checks). Columns of a ledger row that the table no longer names are ignored."""
+    checks). Columns of a ledger row that the table no longer names are ignored. The deployment's
+    defaults (rxd.toml's [defaults]) are Settings too."""
 
     image: str = ""
     cpus: int = 0
@@ -113,8 +113,9 @@ def check_static(settings: Settings) -> None:
         raise BadRequest("image path must not contain '..'")
 
 
-def effective(settings: Settings, defaults: DefaultsConfig) -> Settings:
-    """The settings with every 0/"" replaced by the deployment default."""
+def effective(settings: Settings, defaults: Settings) -> Settings:
+    """The settings with every 0/"" replaced by the deployment's (`defaults`, rxd.toml's
+    [defaults])."""
     values = {}
     for name in NAMES:
         value = getattr(settings, name)
