@@ -93,8 +93,8 @@ class ByHand:
         import sqlite3
 
         from rxslurm.daemon.containers.service import _gres
-        from rxslurm.daemon.projects.settings import Settings, effective
         from rxslurm.daemon.runtime import apptainer
+        from rxslurm.daemon.settings import Settings, effective
         from rxslurm.slurm.adapter import JobSpec
         from rxslurm.slurm.runas import RunAs
         from rxslurm.slurm.script import render_batch_script

@@ -12,7 +12,7 @@ from rxslurm.cli import render
 from rxslurm.cli.commands_project import create, set_, settings_body
 from rxslurm.daemon.config import Config, parse_config
 from rxslurm.daemon.errors import BadRequest
-from rxslurm.daemon.projects.settings import (
+from rxslurm.daemon.settings import (
     MAX_STRING_BYTES,
     Settings,
     apply_changes,

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.projects.names import check_project_name
-from rxslurm.daemon.projects.settings import (
+from rxslurm.daemon.settings import (
     MAX_IMAGE_BYTES,
     Settings,
     apply_changes,

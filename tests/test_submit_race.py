@@ -11,7 +11,7 @@ from rxslurm.daemon.containers.reconciler import Reconciler
 from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
-from rxslurm.daemon.projects.settings import Settings
+from rxslurm.daemon.settings import Settings
 from rxslurm.slurm.jobs import JobInfo, Listing
 
 JOB = 77

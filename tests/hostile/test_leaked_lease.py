@@ -22,8 +22,8 @@ from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
-from rxslurm.daemon.projects.settings import Settings
 from rxslurm.daemon.quotas import leases as quotas
+from rxslurm.daemon.settings import Settings
 from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import VENV_BIN, Rxd

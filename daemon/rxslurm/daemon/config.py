@@ -18,7 +18,7 @@ from typing import Any
 
 from rxslurm.daemon.errors import ApiError
 from rxslurm.daemon.identity.linux_accounts import linux_account_by_name
-from rxslurm.daemon.projects.settings import Settings
+from rxslurm.daemon.settings import Settings
 from rxslurm.protocol import paths
 from rxslurm.protocol.settings import GPU_DRIVERS, SETTINGS
 

@@ -1,6 +1,6 @@
 """The one table of a project's settings: what each is called, holds and means, and its option.
 
-rxd validates settings against it (daemon/projects/settings.py), rxctl builds the options of
+rxd validates settings against it (daemon/settings.py), rxctl builds the options of
 `project create` and `project set` and the table of `project show` from it. A setting of 0 or ""
 means "the deployment's default" (rxd.toml's [defaults]). Flags, units and time formats are
 sbatch's.

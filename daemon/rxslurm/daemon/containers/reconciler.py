@@ -29,8 +29,8 @@ from rxslurm.daemon.containers.service import ContainerService, container_id_fro
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.containers.views import Queued
 from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp
-from rxslurm.daemon.projects.settings import Settings, effective
 from rxslurm.daemon.runtime.holder_status import HolderStatus, Kind
+from rxslurm.daemon.settings import Settings, effective
 from rxslurm.protocol.job_comment import JOB_PREFIX
 from rxslurm.slurm import job_states
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable

@@ -40,10 +40,10 @@ from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcno
 from rxslurm.daemon.ports import Clock, ContainerRuntime, HolderRequest, Scheduler
 from rxslurm.daemon.projects.roles import Action, Role
 from rxslurm.daemon.projects.service import authorize, require_runtime_identity, runtime_identity
-from rxslurm.daemon.projects.settings import Settings, differs_from_snapshot, effective
 from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.daemon.runtime.apptainer import ApptainerError, ApptainerRuntime
+from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective
 from rxslurm.protocol.job_comment import format_comment, parse_comment
 from rxslurm.protocol.job_comment import job_name as container_name
 from rxslurm.slurm.adapter import JobSpec

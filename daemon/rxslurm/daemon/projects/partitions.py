@@ -7,7 +7,7 @@ import time
 from typing import Protocol
 
 from rxslurm.daemon.errors import Unavailable
-from rxslurm.daemon.projects.settings import Settings, check_against_slurm
+from rxslurm.daemon.settings import Settings, check_against_slurm
 from rxslurm.slurm.adapter import PartitionInfo
 from rxslurm.slurm.errors import SlurmError
 

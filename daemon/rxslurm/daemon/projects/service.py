@@ -21,7 +21,7 @@ from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.projects.names import check_project_name
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role, may, parse_role
-from rxslurm.daemon.projects.settings import (
+from rxslurm.daemon.settings import (
     Settings,
     apply_changes,
     check_static,
