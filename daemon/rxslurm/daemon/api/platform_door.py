@@ -18,12 +18,10 @@ from aiohttp.typedefs import Middleware
 from rxslurm.daemon.api.app import Handler, json_response, read_json
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.routes_identity import issue_code_from_body
-from rxslurm.daemon.errors import ApiError, BadRequest, Forbidden, NotFound
+from rxslurm.daemon.errors import ApiError, BadRequest, Forbidden
 from rxslurm.daemon.identity import bindings as identities
 from rxslurm.daemon.identity.actors import Actor
-from rxslurm.daemon.identity.bindings import binding_of_platform_user, check_platform_user_id
-from rxslurm.daemon.ledger.audit import record_event
-from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.identity.bindings import check_platform_user_id
 from rxslurm.protocol import routes as route
 
 ACT_AS_HEADER = "X-RX-User"
@@ -73,25 +71,11 @@ def platform_identify(token: str) -> Middleware:
             raise Forbidden(f"the platform acts for a user with the {ACT_AS_HEADER} header")
         else:
             request["actor"] = await asyncio.to_thread(
-                _acting_for, daemon_of(request).ledger, acting
+                identities.actor_for_platform_user, daemon_of(request).ledger, acting
             )
         return await handler(request)
 
     return identify
-
-
-def _acting_for(ledger: Ledger, user: str) -> Actor:
-    user_id = check_platform_user_id(user)
-    if not ledger.db.table("platform_users").count_where("id = ?", [user_id]):
-        raise NotFound(f"no platform user {user_id!r}")
-    binding = binding_of_platform_user(ledger.db, user_id)
-    return Actor(
-        platform_user=user_id,
-        uid=binding.uid if binding else None,
-        user=binding.username if binding else None,
-        admin=False,
-        origin="tcp",
-    )
 
 
 def _require_platform(request: web.Request) -> Actor:
@@ -110,27 +94,12 @@ async def create_user(request: web.Request) -> web.Response:
     display = body.get("display_name", "")
     if not isinstance(display, str):
         raise BadRequest("display_name must be a string")
-    created = await asyncio.to_thread(_create_user, daemon.ledger, actor, user_id, display)
+    created = await asyncio.to_thread(
+        identities.create_platform_user, daemon.ledger, actor, user_id, display
+    )
     return json_response(
         {"id": user_id, "display_name": display, "created": created}, status=201 if created else 200
     )
-
-
-def _create_user(ledger: Ledger, actor: Actor, user_id: str, display: str) -> bool:
-    with ledger.transaction() as db:
-        created = identities.ensure_platform_user(db, user_id, display)
-        if created:
-            record_event(
-                db,
-                actor=actor.name,
-                actor_uid=None,
-                origin="tcp",
-                action="identity.platform-user-created",
-                target_type="platform_user",
-                target_id=user_id,
-                detail={"display_name": display},
-            )
-    return created
 
 
 @routes.post(route.PLATFORM_CODES)

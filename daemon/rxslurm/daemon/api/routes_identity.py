@@ -12,12 +12,12 @@ from aiohttp import web
 from rxslurm.daemon.api.app import caller_of, json_response, read_json
 from rxslurm.daemon.api.context import Daemon, daemon_of
 from rxslurm.daemon.api.request_actor import actor_of, admin_actor
-from rxslurm.daemon.api.routes_projects import sync_or_warn
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden
 from rxslurm.daemon.identity import bindings as identities
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.audit import list_events
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.projects.lifecycle import sync_or_warn
 from rxslurm.protocol import routes as route
 
 routes = web.RouteTableDef()
@@ -65,7 +65,7 @@ def _unbind(daemon: Daemon, actor: Actor, **who: Any) -> dict[str, Any]:
     """Unbind; projects that ran as the identity stop, and their workspaces are parked."""
     result = identities.unbind(daemon.ledger, actor, cancel=daemon.containers.cancel_job, **who)
     for name in result["released"]:
-        sync_or_warn(daemon, name)
+        sync_or_warn(daemon.ledger, daemon.config, name)
     return result
 
 

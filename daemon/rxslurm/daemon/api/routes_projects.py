@@ -11,32 +11,22 @@ from aiohttp import web
 from rxslurm.daemon.api.app import json_response, read_json
 from rxslurm.daemon.api.context import Daemon, daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
-from rxslurm.daemon.errors import ApiError, BadRequest
-from rxslurm.daemon.identity.actors import record_actor_event
+from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.identity.bindings import binding_of_platform_user, check_platform_user_id
+from rxslurm.daemon.projects import lifecycle
 from rxslurm.daemon.projects import service as projects
-from rxslurm.daemon.projects.workspace_sync import retire_folders, sync_workspace
-from rxslurm.daemon.projects.workspaces import WorkspaceError
-from rxslurm.daemon.quarantine import QuarantineError
 from rxslurm.protocol import routes as route
 
 log = logging.getLogger("rxslurm.projects")
 routes = web.RouteTableDef()
 
 
-def sync_or_warn(daemon: Daemon, name: str, revoke: tuple[str, ...] = ()) -> str | None:
-    """Bring the workspace in line; a failure is reported, the committed change stands."""
-    try:
-        return sync_workspace(daemon.ledger, daemon.config, name, revoke)
-    except (WorkspaceError, OSError) as exc:
-        log.error("workspace sync failed", extra={"project": name, "error": str(exc)})
-        return f"workspace not prepared: {exc}"
-
-
 async def _with_workspace(
     daemon: Daemon, view: dict[str, Any], revoke: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    warning = await asyncio.to_thread(sync_or_warn, daemon, view["name"], revoke)
+    warning = await asyncio.to_thread(
+        lifecycle.sync_or_warn, daemon.ledger, daemon.config, view["name"], revoke
+    )
     if warning:
         view["warnings"] = [warning]
     return view
@@ -59,7 +49,7 @@ async def create_project(request: web.Request) -> web.Response:
     if not isinstance(body.get("settings", {}), dict):
         raise BadRequest("settings must be a JSON object")
     view = await asyncio.to_thread(
-        projects.create_project,
+        lifecycle.create,
         daemon.ledger,
         daemon.config,
         actor,
@@ -67,22 +57,7 @@ async def create_project(request: web.Request) -> web.Response:
         settings=body.get("settings"),
         validate=daemon.partitions.validate,
     )
-    try:
-        await asyncio.to_thread(_create_workspace, daemon, view["name"])
-    except ApiError:
-        await asyncio.to_thread(_delete, daemon, actor, view["name"])
-        raise
     return json_response(view, status=201)
-
-
-def _create_workspace(daemon: Daemon, name: str) -> None:
-    try:
-        # Fresh: whatever sits at the new project's path is someone else's and goes to quarantine.
-        sync_workspace(daemon.ledger, daemon.config, name, fresh=True)
-    except (WorkspaceError, OSError) as exc:
-        raise ApiError(
-            f"cannot prepare the project's workspace: {exc}", status=500, code="workspace"
-        ) from None
 
 
 @routes.get(route.PROJECT)
@@ -99,23 +74,9 @@ async def delete_project(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
     name = request.match_info["name"]
-    return json_response(await asyncio.to_thread(_delete, daemon, actor, name))
-
-
-def _delete(daemon: Daemon, actor: Any, name: str) -> dict[str, Any]:
-    """Delete the records, then move the folders out of reach (a crash in between leaves them
-    where the next project of that name quarantines them)."""
-    workspace = projects.delete_project(daemon.ledger, actor, name)
-    answer: dict[str, Any] = {"deleted": name}
-    try:
-        answer["quarantined"] = retire_folders(daemon.config, name, workspace)
-        with daemon.ledger.transaction() as db:
-            detail = {"paths": answer["quarantined"]}
-            record_actor_event(db, actor, "project.folders-quarantined", "project", name, detail)
-    except (QuarantineError, OSError) as exc:
-        log.error("cannot quarantine folders", extra={"project": name, "error": str(exc)})
-        answer["warnings"] = [f"folders not moved to quarantine: {exc}"]
-    return answer
+    return json_response(
+        await asyncio.to_thread(lifecycle.delete, daemon.ledger, daemon.config, actor, name)
+    )
 
 
 @routes.patch(route.PROJECT_SETTINGS)

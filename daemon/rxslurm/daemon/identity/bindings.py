@@ -420,3 +420,37 @@ def binding_view(binding: Binding) -> dict[str, Any]:
         "bound_at": to_timestamp(binding.bound_at),
         "bound_by": binding.bound_by,
     }
+
+
+def actor_for_platform_user(ledger: Ledger, user: str) -> Actor:
+    """Whom the research platform acts for when it names one of its users: that user, through
+    their binding if they have one, never an admin."""
+    user_id = check_platform_user_id(user)
+    if not ledger.db.table("platform_users").count_where("id = ?", [user_id]):
+        raise NotFound(f"no platform user {user_id!r}")
+    binding = binding_of_platform_user(ledger.db, user_id)
+    return Actor(
+        platform_user=user_id,
+        uid=binding.uid if binding else None,
+        user=binding.username if binding else None,
+        admin=False,
+        origin="tcp",
+    )
+
+
+def create_platform_user(ledger: Ledger, actor: Actor, user_id: str, display: str) -> bool:
+    """The platform user, created once (audited); False when it was there already."""
+    with ledger.transaction() as db:
+        created = ensure_platform_user(db, user_id, display)
+        if created:
+            record_event(
+                db,
+                actor=actor.name,
+                actor_uid=None,
+                origin="tcp",
+                action="identity.platform-user-created",
+                target_type="platform_user",
+                target_id=user_id,
+                detail={"display_name": display},
+            )
+    return created
