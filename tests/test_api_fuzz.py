@@ -27,7 +27,6 @@ from aiohttp import web
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from rxslurm.daemon.api import routes_projects
 from rxslurm.daemon.api.app import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_MESSAGE_CHARS, make_app
 from rxslurm.daemon.api.context import DAEMON, Daemon
 from rxslurm.daemon.api.peercred import Caller
@@ -37,6 +36,7 @@ from rxslurm.daemon.api.serve import ROUTES
 from rxslurm.daemon.config import parse_config
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
+from rxslurm.daemon.projects import lifecycle
 from rxslurm.slurm.errors import SlurmUnavailable
 
 TOKEN = "t" * 40
@@ -177,7 +177,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     daemon = Daemon(config=config, ledger=ledger, slurm=QuietSlurm())  # type: ignore[arg-type]
     # Workspaces are made as real users (setfacl, runuser): not in the fast tier.
     patch = pytest.MonkeyPatch()
-    patch.setattr(routes_projects, "sync_workspace", lambda *args, **kwargs: None)
+    patch.setattr(lifecycle, "sync_workspace", lambda *args, **kwargs: None)
     main = ApiThread(
         make_app(ROUTES, {DAEMON: daemon}, identify=caller_from_header), root / "rxd.sock"
     )
