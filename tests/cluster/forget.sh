@@ -11,6 +11,24 @@ source "$HERE/lib.sh"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C
 
 users=$(IFS=,; echo "${TEST_USERS[*]}")
+# A daemon on the default socket (`make demo` leaves one running) is asked to put the test users'
+# containers to sleep first: cancelling their jobs behind its back would leave them in error.
+rxctl=$HERE/../../.venv/bin/rxctl
+stopped=0
+if [[ -x $rxctl ]] && "$rxctl" whoami >/dev/null 2>&1; then
+  for user in "${TEST_USERS[@]}"; do
+    awake=$(runuser -u "$user" -- "$rxctl" list --noheader --format project,state 2>/dev/null |
+      awk '$2 != "stopped" && $2 != "disabled" && $2 != "error" {print $1}' || true)
+    for project in $awake; do
+      runuser -u "$user" -- "$rxctl" stop --project "$project" >/dev/null 2>&1 && stopped=$((stopped + 1))
+    done
+  done
+fi
+# Their jobs end within the daemon's stop grace; what is still there after that is cancelled.
+for _ in $(seq $((stopped ? 120 : 0))); do
+  [[ -z $(squeue -h -u "$users" -o %i) ]] && break
+  sleep 0.5
+done
 jobs=$(squeue -h -u "$users" -o %i | wc -l)
 if ((jobs)); then
   for user in "${TEST_USERS[@]}"; do scancel -u "$user"; done
@@ -28,4 +46,4 @@ qos=$(sacctmgr -n -P show qos format=name | grep '^t-' || true)
 for name in $qos; do
   sacctmgr -i delete qos "$name" >/dev/null
 done
-echo "forget.sh: cancelled $jobs test job(s), removed $(grep -c . <<<"$assocs" || true) partition association(s) and $(grep -c . <<<"$qos" || true) test QOS"
+echo "forget.sh: put $stopped container(s) of a running rxd to sleep, cancelled $jobs test job(s), removed $(grep -c . <<<"$assocs" || true) partition association(s) and $(grep -c . <<<"$qos" || true) test QOS"
