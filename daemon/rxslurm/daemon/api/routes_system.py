@@ -121,18 +121,13 @@ def _check_slurm(daemon: Daemon) -> dict[str, Any]:
 
 
 def _check_apptainer(daemon: Daemon) -> dict[str, Any]:
-    from rxslurm.daemon.runtime import apptainer
-
-    configured = daemon.config.apptainer.binary
-    version = apptainer.apptainer_version(configured)
+    # Through the service's runtime port: the program the holder and the exec steps will run.
+    runtime = daemon.containers.runtime
+    version = runtime.version()
     if version is None:
-        where = configured or "apptainer on PATH"
+        where = daemon.config.apptainer.binary or "apptainer on PATH"
         return {"ok": False, "detail": f"{where} not found or does not run"}
-    return {
-        "ok": True,
-        "detail": f"{apptainer.program(daemon.config.apptainer)} {version}",
-        "version": version,
-    }
+    return {"ok": True, "detail": f"{runtime.program()} {version}", "version": version}
 
 
 _CHECK_FUNCTIONS = (_check_ledger, _check_slurm, _check_apptainer)
