@@ -451,9 +451,12 @@ def fake_exec(monkeypatch) -> Iterator[SimpleNamespace]:
     touched: list[int] = []
     target = containers.ExecTarget(7, 42, "n1", "rx-p-42", str(root), user)
 
-    def exec_target(actor: Any, project: str) -> containers.ExecTarget:
+    def authorize_exec(actor: Any, project: str) -> containers.Access:
         if project != "p":
             raise Forbidden(f"exec in project {project} needs role owner or manager")
+        return containers.Access(actor, {"id": 1, "name": project}, None)
+
+    def target_of(access: containers.Access) -> containers.ExecTarget:
         return target
 
     daemon = SimpleNamespace(
@@ -461,7 +464,8 @@ def fake_exec(monkeypatch) -> Iterator[SimpleNamespace]:
         containers=SimpleNamespace(
             scheduler=SlurmCli(bin_dir=str(bin_dir)),
             runtime=ApptainerRuntime(config.apptainer),
-            exec_target=exec_target,
+            authorize_exec=authorize_exec,
+            target_of=target_of,
             touch_activity=touched.append,
         ),
         reconciler=SimpleNamespace(sessions=sessions, slurm_reachable=True),
