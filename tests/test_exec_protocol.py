@@ -451,17 +451,18 @@ def fake_exec(monkeypatch) -> Iterator[SimpleNamespace]:
     touched: list[int] = []
     target = containers.ExecTarget(7, 42, "n1", "rx-p-42", str(root), user)
 
-    def exec_target(actor: Any, project: str) -> containers.ExecTarget:
+    def authorize_exec(actor: Any, project: str) -> str:
         if project != "p":
             raise Forbidden(f"exec in project {project} needs role owner or manager")
-        return target
+        return "access"
 
     daemon = SimpleNamespace(
         config=config,
         containers=SimpleNamespace(
             scheduler=SlurmCli(bin_dir=str(bin_dir)),
             runtime=ApptainerRuntime(config.apptainer),
-            exec_target=exec_target,
+            authorize_exec=authorize_exec,
+            target_of=lambda access: target,
             touch_activity=touched.append,
         ),
         reconciler=SimpleNamespace(sessions=sessions, slurm_reachable=True),

@@ -189,10 +189,10 @@ class ExecRequest:
             if not isinstance(value, bool):
                 raise BadRequest(f"{key} must be true or false")
             flags[key] = value
-        if (flags["shell"] or flags["wait"]) and argv:
-            raise BadRequest("a shell or a wait takes no argv")
-        if flags["shell"] and flags["wait"]:
-            raise BadRequest("a wait runs no shell")
+        if flags["shell"] and argv:
+            raise BadRequest("a shell takes no argv")
+        if flags["wait"] and (argv or flags["shell"]):
+            raise BadRequest("a wait runs nothing: no argv, no shell")
         if not flags["shell"] and not flags["wait"] and not argv:
             raise BadRequest("argv must name a command")
         timeout = data.get("timeout")
