@@ -235,6 +235,20 @@ def test_a_wait_only_request_never_wakes_a_resting_container(pair) -> None:
     assert service.wakes == 0
 
 
+def test_a_wait_only_request_on_a_project_never_enabled_is_refused_without_a_wake(pair) -> None:
+    conn, _ = pair
+    service = FakeService("disabled")
+    service.view = replace(service.view, container_id=None)
+    outcome, thread = waiting(service, conn, {"project": "alpha", "wait": True, "timeout": None})
+    thread.join(timeout=30)
+
+    assert isinstance(outcome[0], Conflict)
+    assert outcome[0].message == (
+        "the container of alpha is not enabled; an owner runs `rxctl enable`"
+    )
+    assert service.wakes == 0
+
+
 def test_a_wait_only_request_says_why_a_start_failed(pair) -> None:
     conn, _ = pair
     service = FakeService("pulling")

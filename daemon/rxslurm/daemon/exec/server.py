@@ -453,6 +453,10 @@ class Session:
                 f"the container of {project} is not running ({view.state}); "
                 "run without --no-wake to wake it"
             )
+        if view.container_id is None and request.wait:
+            raise Conflict(
+                f"the container of {project} is not enabled; an owner runs `rxctl enable`"
+            )
         if view.container_id is None:
             # Never enabled: wake says so in its words.
             self.server.call(service.wake_for, access)
