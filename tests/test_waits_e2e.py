@@ -107,12 +107,16 @@ def spawn_exec(rxd: Rxd, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_enable_wait_returns_once_the_container_runs(rxd: Rxd) -> None:
+def test_enable_and_start_wait_return_once_the_container_runs(rxd: Rxd) -> None:
     make_project(rxd, "wt-enable", "--gpus", "1", "--partition", "gpu")
     try:
         result = ok(rxd.rxctl("rxalice", "enable", "--project", "wt-enable", "--wait", timeout=300))
         assert result.stdout == "wt-enable: enabled; now running\n"
         # Not a moment later: it runs when --wait returns.
+        assert status(rxd, "rxalice", "wt-enable")["state"] == "running"
+        stop(rxd, "wt-enable")
+        result = ok(rxd.rxctl("rxalice", "start", "--project", "wt-enable", "--wait", timeout=300))
+        assert result.stdout == "wt-enable: started; now running\n"
         assert status(rxd, "rxalice", "wt-enable")["state"] == "running"
     finally:
         stop(rxd, "wt-enable")
