@@ -189,6 +189,7 @@ def fast_reading(plan: fastpath.Plan) -> tuple[str | None, str, dict[str, object
             "no_wake": plan.no_wake,
             "cwd": plan.cwd,
             "tty": plan.tty,
+            "timeout": plan.timeout,
             "command": tuple(plan.argv),
         },
     )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
-from rxslurm.cli import render
+from rxslurm.cli import exec_client, render, session, units
 from rxslurm.cli.client import Client
 from rxslurm.cli.common import (
     api_errors,
@@ -35,24 +36,74 @@ def _lifecycle(action: str, summary: str, example: str, done: str) -> click.Comm
     @click.pass_obj
     @api_errors
     def command(client: Client, project: str | None, json_: bool) -> None:
-        result = _act(client, project, action)
-        if json_:
-            emit_json(result)
-            return
-        reason = f" ({result['reason']})" if result.get("reason") else ""
-        echo(f"{result['project']}: {done}; now {result['state']}{reason}")
+        _show(_act(client, project, action), done, json_)
 
     return command
 
 
-enable = _lifecycle(
+def _show(result: dict[str, Any], done: str, json_: bool) -> None:
+    if json_:
+        emit_json(result)
+        return
+    reason = f" ({result['reason']})" if result.get("reason") else ""
+    echo(f"{result['project']}: {done}; now {result['state']}{reason}")
+
+
+def _waiting(action: str, summary: str, example: str, done: str) -> click.Command:
+    """A command that starts the container and, with --wait, waits until it runs: the progress
+    line, --timeout and Ctrl-C of `rxctl exec`'s wake, over the same exec socket."""
+
+    @click.command(
+        name=action,
+        help=f"{summary}\n\nWith --wait, return once the container runs, showing on stderr its "
+        "state, what it waits for and for how long; Ctrl-C stops waiting (exit 130) and says "
+        f"whether it keeps starting.\n\nExample: {example}",
+    )
+    @project_option
+    @click.option("--wait", is_flag=True, help="Return once the container runs.")
+    @click.option(
+        "--timeout",
+        type=units.SECONDS,
+        metavar="DURATION",
+        help="With --wait: give up after this long (90s, 10m, 2h, or [D-]H:M:S as sbatch).",
+    )
+    @json_option
+    @click.pass_obj
+    @api_errors
+    def command(
+        client: Client, project: str | None, wait: bool, timeout: int | None, json_: bool
+    ) -> None:
+        if timeout is not None and not wait:
+            raise click.UsageError("--timeout needs --wait")
+        result = _act(client, project, action)
+        if not wait:
+            _show(result, done, json_)
+            return
+        name = str(result["project"])
+        try:
+            code = session.run_session(
+                client, name, {"wait": True, "timeout": timeout}, verb="waiting for"
+            )
+        except exec_client.ExecError as exc:
+            raise click.ClickException(render.safe(str(exc))) from None
+        if code:
+            sys.exit(code)  # Ctrl-C: rxd's words are on stderr already
+        _show(client.get(routes.path(routes.CONTAINER_STATUS, name)), done, json_)
+
+    return command
+
+
+enable = _waiting(
     "enable",
     "Create the project's container (overlay, image) and start it (owner).",
     "rxctl enable --project alpha",
     "enabled",
 )
-start = _lifecycle(
-    "start", "Wake the project's container (manager+).", "rxctl start --project alpha", "started"
+start = _waiting(
+    "start",
+    "Wake the project's container (manager+).",
+    "rxctl start --project alpha --wait --timeout 1h",
+    "started",
 )
 stop = _lifecycle(
     "stop",

@@ -9,13 +9,20 @@ from typing import Any
 
 import click
 
-from rxslurm.cli import exec_client, render, session
+from rxslurm.cli import exec_client, render, session, units
 from rxslurm.cli.client import Client, ClientError
 from rxslurm.cli.common import F, project_option
 from rxslurm.cli.project_choice import choose_project
 
 no_wake_option = click.option(
     "--no-wake", is_flag=True, help="Fail instead of waking a container that is not running."
+)
+timeout_option = click.option(
+    "--timeout",
+    type=units.SECONDS,
+    metavar="DURATION",
+    help="Give up waking after this long (90s, 10m, 2h, or [D-]H:M:S as sbatch); "
+    "the default is to wait as long as it takes.",
 )
 cwd_option = click.option(
     "--cwd",
@@ -60,6 +67,7 @@ def run_session(client: Client, project: str, request: dict[str, Any]) -> None:
 )
 @project_option
 @no_wake_option
+@timeout_option
 @cwd_option
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (needs one here).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -69,6 +77,7 @@ def exec_(
     client: Client,
     project: str | None,
     no_wake: bool,
+    timeout: int | None,
     cwd: str,
     tty: bool,
     command: tuple[str, ...],
@@ -76,15 +85,23 @@ def exec_(
     """Run a command in a project's container, waking it if needed; exits with its status.
 
     The command runs as the container's user, in /workspace, with your stdin, stdout and
-    stderr. Put `--` before it when it has options of its own. When rxctl itself fails (rxd
-    unreachable, no such project, a usage error) it exits 125, as `docker run` does.
+    stderr. Put `--` before it when it has options of its own. While the container wakes, a
+    line on stderr shows its state, what it waits for and for how long; it waits as long as it
+    takes unless --timeout says otherwise. Ctrl-C stops waiting (exit 130) and says whether the
+    container keeps starting. When rxctl itself fails (rxd unreachable, no such project, a
+    usage error, the --timeout passed) it exits 125, as `docker run` does.
 
-    Example: rxctl exec --project alpha -- python train.py --epochs 3
+    Example: rxctl exec --project alpha --timeout 30m -- python train.py --epochs 3
     """
     if tty and not os.isatty(0):
         raise click.ClickException("-t needs a terminal on stdin")
     name = choose_project(client, project)
-    request: dict[str, Any] = {"argv": list(command), "wake": not no_wake, "cwd": cwd}
+    request: dict[str, Any] = {
+        "argv": list(command),
+        "wake": not no_wake,
+        "cwd": cwd,
+        "timeout": timeout,
+    }
     if tty:
         request.update(tty=True, term=exec_client.terminal_type())
     run_session(client, name, request)
@@ -93,13 +110,17 @@ def exec_(
 @click.command()
 @project_option
 @no_wake_option
+@timeout_option
 @cwd_option
 @click.pass_obj
 @session_errors
-def shell(client: Client, project: str | None, no_wake: bool, cwd: str) -> None:
+def shell(
+    client: Client, project: str | None, no_wake: bool, timeout: int | None, cwd: str
+) -> None:
     """Open an interactive shell in a project's container, waking it if needed.
 
-    Exits with the shell's status; 125 when rxctl itself fails, as `rxctl exec`.
+    Waits for the container as `rxctl exec` does. Exits with the shell's status; 125 when
+    rxctl itself fails, as `rxctl exec`.
 
     Example: rxctl shell --project alpha
     """
@@ -114,5 +135,6 @@ def shell(client: Client, project: str | None, no_wake: bool, cwd: str) -> None:
         "term": exec_client.terminal_type(),
         "wake": not no_wake,
         "cwd": cwd,
+        "timeout": timeout,
     }
     run_session(client, name, request)

@@ -101,12 +101,14 @@ def run(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     on_tick: Callable[[], None] | None = None,
     on_ready: Callable[[], None] | None = None,
+    on_stopped: Callable[[str], None] | None = None,
     tick_s: float = 1.0,
 ) -> int:
     """Run one session; the command's exit status, or ExecError.
 
     on_progress gets each progress message while the container wakes, on_tick is called about
-    every tick_s seconds meanwhile, on_ready once the command is about to start after waking.
+    every tick_s seconds meanwhile, on_ready once the command is about to start after waking,
+    on_stopped rxd's words when the session ends because the caller stopped waiting (Ctrl-C).
     """
     sock = connect(path)
     reader = LineReader()
@@ -130,6 +132,8 @@ def run(
                     raise ExecError("rxd ended the session without an exit status; see its log")
                 for message in _replies(reader, data):
                     if "exit" in message:
+                        if "stopped" in message and on_stopped:
+                            on_stopped(str(message["stopped"]))
                         return int(message["exit"])
                     if "error" in message:
                         raise ExecError(str(message["error"]))

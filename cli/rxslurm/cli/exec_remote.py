@@ -201,12 +201,14 @@ class RemoteSession:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         on_tick: Callable[[], None] | None = None,
         on_ready: Callable[[], None] | None = None,
+        on_stopped: Callable[[str], None] | None = None,
         tick_s: float = 1.0,
     ) -> None:
         self.door = door
         self.request = request
         self.tty = bool(request.get("tty"))
         self.on_progress, self.on_tick, self.on_ready = on_progress, on_tick, on_ready
+        self.on_stopped = on_stopped
         self.tick_s = tick_s
         self.signals: list[int] = []
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -341,6 +343,8 @@ class RemoteSession:
 
     def on_message(self, sock: socket.socket, message: dict[str, Any]) -> int | None:
         if "exit" in message:
+            if "stopped" in message and self.on_stopped:
+                self.on_stopped(str(message["stopped"]))
             return int(message["exit"])
         if "error" in message:
             raise ExecError(str(message["error"]))

@@ -28,6 +28,8 @@ class Plan:
         self.no_wake = False
         self.cwd = "/workspace"
         self.tty = False
+        # Waiting for a wake: no limit (`--timeout` is click's to read).
+        self.timeout: int | None = None
         self.argv: list[str] = []
 
 
@@ -115,7 +117,12 @@ def run(plan: Plan) -> int:
             sys.stdout.write(render.safe_text(text) + "\n")
             sys.stdout.flush()
             return 0
-        request: dict[str, object] = {"argv": plan.argv, "wake": not plan.no_wake, "cwd": plan.cwd}
+        request: dict[str, object] = {
+            "argv": plan.argv,
+            "wake": not plan.no_wake,
+            "cwd": plan.cwd,
+            "timeout": plan.timeout,
+        }
         if plan.tty:
             request.update(tty=True, term=exec_client.terminal_type())
         return session.run_session(client, name, request)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from rxslurm.cli import exec_client
 from rxslurm.cli.client import Client
 from rxslurm.cli.render import safe
+from rxslurm.protocol.durations import duration
 from rxslurm.protocol.exec_wire import exec_socket_for
 
 # rxctl exec and shell exit with the command's status, so their own failures need a status a
@@ -21,18 +23,27 @@ SESSION_FAILED = 125
 
 
 class WaitLine:
-    """Shows a waking container's progress on stderr: one line redrawn on a terminal, else each
-    change once."""
+    """Shows a waking container's progress on stderr: what it waits for (its state, and the
+    bottleneck in rxd's words) and for how long; one line redrawn on a terminal, else each change
+    once."""
 
-    def __init__(self, project: str, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        project: str,
+        stream: TextIO | None = None,
+        verb: str = "waking",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.project = project
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.started = time.monotonic()
+        self.verb = verb
+        self.clock = clock
+        self.started = clock()
         self.text: str | None = None
 
     def line(self) -> str:
-        return f"waking {self.project}: {self.text} ({time.monotonic() - self.started:.0f}s)"
+        return f"{self.verb} {self.project}: {self.text} ({duration(self.clock() - self.started)})"
 
     def progress(self, message: dict[str, Any]) -> None:
         text = safe(str(message.get("progress")))
@@ -56,15 +67,25 @@ class WaitLine:
             self.stream.flush()
         self.text = None
 
+    def stopped(self, note: str) -> None:
+        """The caller stopped waiting: rxd's word on what the container does now, on its own
+        line."""
+        self.done()
+        self.stream.write(safe(note) + "\n")
+        self.stream.flush()
 
-def run_session(client: Client, project: str, request: dict[str, Any]) -> int:
-    """Run the session; the command's exit status, or exec_client.ExecError."""
-    wait = WaitLine(project)
-    request = {"project": project, **request}
+
+def run_session(client: Client, project: str, request: dict[str, Any], verb: str = "waking") -> int:
+    """Run the session; the command's exit status, or exec_client.ExecError. A request without
+    a `timeout` waits for the container as long as the caller does (rxd's own limit applies only
+    to clients that name none)."""
+    wait = WaitLine(project, verb=verb)
+    request = {"project": project, "timeout": None, **request}
     hooks: dict[str, Any] = {
         "on_progress": wait.progress,
         "on_tick": wait.redraw if wait.tty else None,
         "on_ready": wait.done,
+        "on_stopped": wait.stopped,
     }
     try:
         if client.door is not None and client.door.kind == "network":

@@ -1,7 +1,8 @@
 """Slurm's ways of writing memory and time, as sbatch reads them, turned into rx-slurm's units.
 
 `--mem 16G` and `--time 1-00:00:00` work as they do with sbatch; a bare number keeps sbatch's
-default unit (MB for memory, minutes for time), which is also what rx-slurm stores.
+default unit (MB for memory, minutes for time), which is also what rx-slurm stores. A wait's
+`--timeout` also takes `90s`, `10m`, `2h`, `1d`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def memory_mb(text: str) -> int:
 
 def minutes(text: str) -> int:
     """sbatch's time formats -> whole minutes, seconds rounded up: `1-00:00:00` -> 1440."""
+    return -(-_sbatch_seconds(text) // 60)
+
+
+def _sbatch_seconds(text: str) -> int:
     match = _TIME.fullmatch(text.strip())
     if not match:
         raise ValueError(
@@ -43,8 +48,25 @@ def minutes(text: str) -> int:
         h, m, s = 0, numbers[0], numbers[1]
     else:  # H:M:S
         h, m, s = numbers
-    seconds = ((int(days or 0) * 24 + h) * 60 + m) * 60 + s
-    return -(-seconds // 60)
+    return ((int(days or 0) * 24 + h) * 60 + m) * 60 + s
+
+
+_UNIT = re.compile(r"(\d+)([smhd])", re.IGNORECASE)
+_SECONDS_PER = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds(text: str) -> int:
+    """A duration as `90s`, `10m`, `2h`, `1d`, or as sbatch --time takes it (a bare number is
+    minutes, `1:30` is M:S): `10m` -> 600, `1:30` -> 90, `0` -> 0."""
+    match = _UNIT.fullmatch(text.strip())
+    if match:
+        return int(match.group(1)) * _SECONDS_PER[match.group(2).lower()]
+    try:
+        return _sbatch_seconds(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a duration like 90s, 10m, 2h or 1:30:00 ([D-]H:M:S as sbatch)"
+        ) from None
 
 
 # Newer clicks declare ParamType generic; 8.1 (which pyproject allows) cannot be subscripted.
@@ -74,5 +96,13 @@ class Minutes(_Converted):
     convert_text = staticmethod(minutes)
 
 
+class Seconds(_Converted):
+    """A duration in seconds: `90s`, `10m`, `2h`, or as sbatch --time takes it."""
+
+    name = "duration"
+    convert_text = staticmethod(seconds)
+
+
 MEMORY = Memory()
 MINUTES = Minutes()
+SECONDS = Seconds()

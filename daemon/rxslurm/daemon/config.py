@@ -167,6 +167,10 @@ class LimitsConfig:
     connections_per_uid: int = 128
     # Seconds an API connection may sit idle (before its first request, or between requests).
     keepalive_s: float = 15.0
+    # How long an exec session waits for its container to wake when the client names no limit
+    # of its own (clients older than `rxctl exec --timeout`). rxctl always names one: its
+    # --timeout, or none (wait as long as the user does).
+    wake_wait_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -332,9 +336,11 @@ def _validate(config: Config, where: str) -> None:
     _validate_platform(config.platform, where)
     if config.runtime.service_account:
         _check_service_account(config, where)
-    if config.limits.connections_per_uid < 1 or config.limits.keepalive_s <= 0:
+    limits = config.limits
+    if limits.connections_per_uid < 1 or limits.keepalive_s <= 0 or limits.wake_wait_s <= 0:
         raise ConfigError(
-            f"{where}: limits.connections_per_uid and limits.keepalive_s must be positive"
+            f"{where}: limits.connections_per_uid, limits.keepalive_s and limits.wake_wait_s "
+            "must be positive"
         )
 
 

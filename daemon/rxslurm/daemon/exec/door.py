@@ -30,6 +30,8 @@ import os
 import socket
 import struct
 import termios
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -256,6 +258,35 @@ async def first_request(ws: web.WebSocketResponse, digest: str) -> dict[str, Any
         raise BadRequest(f"bad exec request: {exc}") from None
 
 
+async def in_own_thread(fn: Callable[..., object], *args: Any) -> None:
+    """Run a session in a thread of its own, as the exec socket does: a session lasts as long as
+    its command, or its wait for a wake (no limit unless the client names one), and in the API's
+    pool it would hold one of the threads every request needs. What bounds these threads is the
+    per-uid connection cap the session was admitted under."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # handed to the awaiting handler
+            loop.call_soon_threadsafe(_settle, done, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, None)
+
+    threading.Thread(target=run, name="rxd-exec-net", daemon=True).start()
+    await done
+
+
+def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
+    if done.cancelled():
+        return
+    if exc is None:
+        done.set_result(None)
+    else:
+        done.set_exception(exc)
+
+
 async def exec_stream(request: web.Request) -> web.StreamResponse:
     caller = caller_of(request)
     if caller.door != "munge":
@@ -287,7 +318,7 @@ async def exec_stream(request: web.Request) -> web.StreamResponse:
         receiver = asyncio.create_task(bridge.receive_loop())
         try:
             # The session thread owns session_fds and closes them; then the outputs end.
-            await asyncio.to_thread(session.serve_network, caller, data, bridge.session_fds)
+            await in_own_thread(session.serve_network, caller, data, bridge.session_fds)
             bridge.session_conn.close()
             while bridge.open_outputs or bridge.held or bridge.ctl_open:
                 await asyncio.sleep(0.01)  # the readers run meanwhile

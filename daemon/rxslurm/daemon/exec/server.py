@@ -41,11 +41,13 @@ from rxslurm.daemon.api.socket_files import claim_socket_path, open_to_everyone
 from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.containers.state_changes import Watch
 from rxslurm.daemon.containers.states import State
+from rxslurm.daemon.containers.views import ContainerView
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
 from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
 from rxslurm.daemon.ports import ContainerRuntime, Scheduler
+from rxslurm.protocol.durations import duration
 from rxslurm.protocol.exec_wire import (
     EXEC_SOCKET_NAME,
     MAX_MESSAGE,
@@ -72,7 +74,8 @@ T = TypeVar("T")
 REQUEST_TIMEOUT_S = 10.0  # for the whole request, however it trickles in
 # A client that does not read its answers holds a thread only this long per message.
 REPLY_TIMEOUT_S = 10.0
-WAKE_TIMEOUT_S = 600.0
+# A client's --timeout is at most a year: a bound on the number, not on waiting (None waits on).
+MAX_WAKE_TIMEOUT_S = 366 * 86400
 READY_TIMEOUT_S = 10.0
 # srun cancels its step on SIGTERM; only if it hangs is it killed (which leaves the step running).
 KILL_AFTER_S = 30.0
@@ -83,11 +86,13 @@ _TERM = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 
 
 class ClientGone(Exception):
-    """The client disconnected or asked to stop before the command started."""
+    """The client disconnected or asked to stop before the command started; `note` tells it
+    what the container does now."""
 
-    def __init__(self, exit_code: int | None = None) -> None:
+    def __init__(self, exit_code: int | None = None, note: str | None = None) -> None:
         super().__init__("client gone")
         self.exit_code = exit_code
+        self.note = note
 
 
 def exec_socket_path(api_socket: Path) -> Path:
@@ -155,10 +160,16 @@ class ExecRequest:
     wake: bool = True
     cwd: str | None = DEFAULT_CWD
     term: str | None = None
+    # How long to wait for a wake, in seconds; None: as long as the client stays.
+    timeout: float | None = None
+    # False: the client named no limit either way (an older client): the deployment's applies.
+    timeout_given: bool = False
+    # No command: wait until the container runs, then exit 0 (`rxctl start --wait`).
+    wait: bool = False
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> ExecRequest:
-        known = {"project", "argv", "shell", "tty", "wake", "cwd", "term"}
+        known = {"project", "argv", "shell", "tty", "wake", "cwd", "term", "timeout", "wait"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise BadRequest(f"unknown request field {unknown[0]!r}")
@@ -173,15 +184,26 @@ class ExecRequest:
         if not all(_encodable(a) for a in (project, *argv)):
             raise BadRequest("project and argv must be valid Unicode (no lone surrogates)")
         flags = {}
-        for key, default in (("shell", False), ("tty", False), ("wake", True)):
+        for key, default in (("shell", False), ("tty", False), ("wake", True), ("wait", False)):
             value = data.get(key, default)
             if not isinstance(value, bool):
                 raise BadRequest(f"{key} must be true or false")
             flags[key] = value
         if flags["shell"] and argv:
             raise BadRequest("a shell takes no argv")
-        if not flags["shell"] and not argv:
+        if flags["wait"] and (argv or flags["shell"]):
+            raise BadRequest("a wait runs nothing: no argv, no shell")
+        if not flags["shell"] and not flags["wait"] and not argv:
             raise BadRequest("argv must name a command")
+        timeout = data.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout <= MAX_WAKE_TIMEOUT_S
+        ):
+            raise BadRequest(
+                f"timeout must be null or a number of seconds from 0 to {MAX_WAKE_TIMEOUT_S}"
+            )
         cwd = data.get("cwd", DEFAULT_CWD)
         if cwd is not None and (
             not isinstance(cwd, str)
@@ -194,7 +216,15 @@ class ExecRequest:
         term = data.get("term")
         if term is not None and (not isinstance(term, str) or not _TERM.fullmatch(term)):
             raise BadRequest("term must be a terminal type name")
-        return cls(project, tuple(argv), cwd=cwd, term=term, **flags)
+        return cls(
+            project,
+            tuple(argv),
+            cwd=cwd,
+            term=term,
+            timeout=None if timeout is None else float(timeout),
+            timeout_given="timeout" in data,
+            **flags,
+        )
 
 
 def _encodable(text: str) -> bool:
@@ -245,6 +275,33 @@ def actor_for(daemon: Daemon, caller: Caller) -> Actor:
         # Admin powers only through the service host's socket (api/munge_door.py says why).
         admin=caller.door == "socket" and daemon.is_admin(caller),
         origin=caller.door,
+    )
+
+
+def stopped_waiting(project: str, view: ContainerView) -> str:
+    """What a client that stopped waiting is told: whether the container stays queued or keeps
+    starting (and why it waits), and how to give up on it."""
+    state = f"{view.state}: {view.reason}" if view.reason else str(view.state)
+    if view.state == State.RUNNING:
+        return f"stopped waiting; the container of {project} is running"
+    if view.state == State.WAITING:
+        what = "stays queued"
+    elif view.state in (State.STARTING, State.PULLING):
+        what = "keeps starting"
+    else:
+        return f"stopped waiting; the container of {project} is {state}"
+    return (
+        f"stopped waiting; the container {what} ({state}); "
+        f"`rxctl stop --project {project}` to give up"
+    )
+
+
+def gave_up(project: str, view: ContainerView, limit: float) -> str:
+    """The one line of a wait that reached its timeout; the container is left as it is."""
+    state = f"{view.state}: {view.reason}" if view.reason else str(view.state)
+    return (
+        f"the container of {project} did not start within {duration(limit)} ({state}); "
+        f"it keeps trying: `rxctl stop --project {project}` to give up"
     )
 
 
@@ -316,6 +373,9 @@ class Session:
         if target is None:
             target = self.wait_running(access, request, pending)
             pending = []  # read while waiting
+        if request.wait:
+            self.send({"exit": 0})
+            return
         if direct_allowed and caller.uid == target.runas.uid:
             step = self.direct_step(target, request)
             log.info(
@@ -348,7 +408,9 @@ class Session:
             converse()
         except ClientGone as gone:
             if gone.exit_code is not None:
-                self.send({"exit": gone.exit_code})
+                # "stopped" first: a client that knows only "exit" still ends with the status.
+                note = {"stopped": gone.note} if gone.note else {}
+                self.send({**note, "exit": gone.exit_code})
         except ApiError as exc:
             self.send({"error": exc.message})
         except (ProtocolError, TimeoutError) as exc:
@@ -379,37 +441,52 @@ class Session:
     def wait_running(
         self, access: containers.Access, request: ExecRequest, pending: list[dict[str, Any]]
     ) -> containers.ExecTarget:
-        """Wake the container if it rests and wait until it runs, telling the client each new
-        state; woken by the container's state changes and the client's messages, not a timer."""
+        """Wake the container if it rests (unless the request only waits) and wait until it
+        runs, telling the client each new state; woken by the container's state changes and the
+        client's messages, not a timer. Waits as long as the request's timeout, or as long as
+        the client stays when it names none."""
         service = self.daemon.containers
         project = request.project
         view = self.server.call(service.view_of, access)
-        if not request.wake:
+        if not request.wake and not request.wait:
             raise Conflict(
                 f"the container of {project} is not running ({view.state}); "
                 "run without --no-wake to wake it"
+            )
+        if view.container_id is None and request.wait:
+            raise Conflict(
+                f"the container of {project} is not enabled; an owner runs `rxctl enable`"
             )
         if view.container_id is None:
             # Never enabled: wake says so in its words.
             self.server.call(service.wake_for, access)
             view = self.server.call(service.view_of, access)
         assert view.container_id is not None
-        deadline = time.monotonic() + WAKE_TIMEOUT_S
+        limit = request.timeout if request.timeout_given else self.daemon.config.limits.wake_wait_s
+        deadline = None if limit is None else time.monotonic() + limit
         shown: tuple[str, str | None] | None = None
         wakes = 0
         # Watching before reading again: a change in between still wakes the loop.
         with service.changes.watch(view.container_id) as changed:
             view = self.server.call(service.view_of, access)
             while True:
-                for message in pending:
-                    if "signal" in message:
-                        # Ctrl-C while waiting: stop waiting; the container keeps starting.
-                        raise ClientGone(128 + SIGNALS.get(str(message["signal"]), signal.SIGINT))
+                signalled = [m for m in pending if "signal" in m]
+                if signalled:
+                    # Ctrl-C while waiting: stop waiting, and say what the container does now.
+                    signum = SIGNALS.get(str(signalled[0]["signal"]), signal.SIGINT)
+                    view = self.server.call(service.view_of, access)
+                    raise ClientGone(128 + signum, stopped_waiting(project, view))
                 state, reason = view.state, view.reason
                 if state == State.RUNNING:
                     target = self.server.call(service.target_of, access)
                     if target is not None:
                         break
+                elif request.wait and state in (State.STOPPED, State.DISABLED, State.ERROR):
+                    # Only waiting: nothing here wakes it again.
+                    why = view.last_error or reason if state == State.ERROR else reason
+                    raise Conflict(
+                        f"the container of {project} is {state}" + (f" ({why})" if why else "")
+                    )
                 elif state in (State.STOPPED, State.DISABLED) or (
                     state == State.ERROR and not wakes
                 ):
@@ -432,13 +509,10 @@ class Session:
                     shown = (state, reason)
                     text = f"{state}: {reason}" if reason else str(state)
                     self.send({"progress": text, "state": state, "reason": reason})
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Conflict(
-                        f"the container of {project} did not start within "
-                        f"{WAKE_TIMEOUT_S / 60:.0f} min ({state}); "
-                        f"see `rxctl status --project {project}`"
-                    )
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    assert limit is not None
+                    raise Conflict(gave_up(project, view, limit))
                 pending = self.messages_or_change(changed, left)
                 view = self.server.call(service.view_of, access)
         if shown is not None:
@@ -453,13 +527,16 @@ class Session:
                     raise ClientGone(128 + SIGNALS.get(str(pending[0]["signal"]), signal.SIGINT))
         return target
 
-    def messages_or_change(self, changed: Watch, timeout: float) -> list[dict[str, Any]]:
-        """Whatever comes first within `timeout`: the client's messages, or a change of the
-        container's state (then no messages); ClientGone when the client hung up."""
+    def messages_or_change(self, changed: Watch, timeout: float | None) -> list[dict[str, Any]]:
+        """Whatever comes first within `timeout` (None: no limit): the client's messages, or a
+        change of the container's state (then no messages); ClientGone when the client hung up.
+        A hang-up makes the socket readable, so a client that leaves ends its wait at once."""
         poller = select.poll()
         poller.register(self.conn.fileno(), select.POLLIN)
         poller.register(changed.fileno(), select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(max(0, int(timeout * 1000)))}
+        ready = {
+            fd for fd, _ in poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+        }
         if changed.fileno() in ready:
             changed.clear()
         if self.conn.fileno() in ready:
