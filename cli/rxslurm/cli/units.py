@@ -47,6 +47,27 @@ def minutes(text: str) -> int:
     return -(-seconds // 60)
 
 
+_SPAN = re.compile(r"(\d+)([smhd])", re.ASCII)
+_SPAN_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Ten years: anything longer is a typo, and the number stays far from overflowing a timestamp.
+MAX_SPAN_S = 10 * 365 * 86400
+
+
+def span_seconds(text: str) -> int:
+    """A span back from now, as `docker logs --since` and journalctl take it: `90s`, `30m`, `2h`,
+    `1d12h`; a bare number is minutes (as sbatch's times)."""
+    value = text.strip().lower()
+    if value.isascii() and value.isdigit():
+        value += "m"
+    parts = _SPAN.findall(value)
+    if not value or "".join(n + u for n, u in parts) != value:
+        raise ValueError(f"{text!r} is not a span like 90s, 30m, 2h or 1d12h")
+    seconds = sum(int(n) * _SPAN_S[u] for n, u in parts)
+    if seconds > MAX_SPAN_S:
+        raise ValueError(f"{text!r} is longer than ten years")
+    return seconds
+
+
 # Newer clicks declare ParamType generic; 8.1 (which pyproject allows) cannot be subscripted.
 class _Converted(click.ParamType):  # type: ignore[type-arg]
     convert_text: Any
@@ -74,5 +95,13 @@ class Minutes(_Converted):
     convert_text = staticmethod(minutes)
 
 
+class Span(_Converted):
+    """A span of time back from now, in seconds."""
+
+    name = "span"
+    convert_text = staticmethod(span_seconds)
+
+
 MEMORY = Memory()
 MINUTES = Minutes()
+SPAN = Span()

@@ -92,6 +92,4 @@ def safe_output(text: str) -> str:
     newlines and tabs stay, a carriage return ends a line, colour sequences go, and every other
     character `bad_character` would refuse becomes "?"."""
     text = _CSI.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    return "".join(
-        char if char in _KEPT_IN_OUTPUT or not _refused(char) else "?" for char in text
-    )
+    return "".join(char if char in _KEPT_IN_OUTPUT or not _refused(char) else "?" for char in text)
