@@ -52,7 +52,7 @@ def container_logs(
             "WHERE project_id = ?",
             [row["id"]],
         ).fetchone()
-        if found is None or found[1] == State.DISABLED and found[3] is None:
+        if found is None or (found[1] == State.DISABLED and found[3] is None):
             raise Conflict(f"the container of {project} is not enabled")
         container_id, state, current_job, state_dir, runtime_user = found
         jobs = [
