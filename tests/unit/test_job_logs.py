@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rxslurm.daemon.api.routes_logs import parse_number
 from rxslurm.daemon.containers import job_logs
-from rxslurm.daemon.containers.job_logs import container_logs, parse_number
+from rxslurm.daemon.containers.job_logs import container_logs
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.timestamps import to_timestamp

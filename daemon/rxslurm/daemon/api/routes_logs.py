@@ -10,11 +10,23 @@ from rxslurm.daemon.api.app import json_response
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
 from rxslurm.daemon.containers.history import DEFAULT_LIMIT, MAX_LIMIT, project_history
-from rxslurm.daemon.containers.job_logs import container_logs, parse_number
+from rxslurm.daemon.containers.job_logs import container_logs
 from rxslurm.daemon.errors import BadRequest
 from rxslurm.protocol import routes as route
 
 routes = web.RouteTableDef()
+
+
+def parse_number(label: str, text: str | None, *, least: int = 0) -> int | None:
+    """A query parameter that must be a whole number of at least `least`, or absent."""
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise BadRequest(f"{label} must be a whole number")
+    value = int(text)
+    if value < least:
+        raise BadRequest(f"{label} must be at least {least}")
+    return value
 
 
 @routes.get(route.PROJECT_LOGS)

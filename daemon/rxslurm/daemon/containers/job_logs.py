@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
+from rxslurm.daemon.errors import Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects.roles import Action
@@ -20,18 +20,6 @@ from rxslurm.slurm.runas import RunAs, RunAsError
 
 # The newest jobs an answer lists (each one's log can be asked for with `job`).
 MAX_JOBS = 100
-
-
-def parse_number(label: str, text: str | None, *, least: int = 0) -> int | None:
-    """A query parameter that must be a whole number of at least `least`, or absent."""
-    if text is None:
-        return None
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
-        raise BadRequest(f"{label} must be a whole number")
-    value = int(text)
-    if value < least:
-        raise BadRequest(f"{label} must be at least {least}")
-    return value
 
 
 def container_logs(
