@@ -5,6 +5,8 @@ member may read (the ledger's jobs of that container only) and who may read at a
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from rxslurm.daemon.errors import BadRequest, Conflict, NotFound
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.timestamps import to_timestamp
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role
+from rxslurm.daemon.runtime import job_output
 from rxslurm.daemon.runtime.job_output import (
     JobOutput,
     OutputError,
@@ -27,6 +30,7 @@ from rxslurm.daemon.runtime.job_output import (
     read_output,
 )
 from rxslurm.daemon.text_checks import bad_character, safe_output
+from rxslurm.slurm.runas import RunAs
 from tests.unit.test_reconciler_edges import OWNER, World, world
 
 VIEWER = Actor(platform_user="vic", uid=65533, user="vic", admin=False, origin="socket")
@@ -77,6 +81,36 @@ def test_a_character_cut_by_the_cap_waits_for_the_next_read(tmp_path: Path) -> N
 
     assert (first.text, first.end) == ("ab", 2)
     assert (second.text, second.end) == ("€c", 6)
+
+
+def test_a_huge_sparse_log_costs_only_the_cap(tmp_path: Path) -> None:
+    with (tmp_path / "job-7.out").open("wb") as huge:
+        huge.truncate(10 * 1024**3)
+        huge.seek(-6, os.SEEK_END)
+        huge.write(b"tail!\n")
+
+    piece = read_output(str(tmp_path), 7, None, max_bytes=4096)
+
+    assert (piece.end - piece.start, piece.size) == (4096, 10 * 1024**3)
+    assert piece.text.endswith("tail!\n") and len(piece.text) == 4096
+
+
+def test_the_reader_runs_isolated_as_the_runtime_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[list[str], Any]] = []
+
+    def fake_run(argv: list[str], as_user: Any, timeout: float) -> Any:
+        calls.append((argv, as_user))
+        return subprocess.CompletedProcess(argv, 0, '{"kind": "missing"}\n', "")
+
+    monkeypatch.setattr(job_output, "run", fake_run)
+    who = RunAs("ada", 65534, 65534, (65534,))
+
+    read_output("/state/rx-a", 42, who, offset=7)
+
+    ((argv, as_user),) = calls
+    assert as_user is who
+    assert argv[:4] == [sys.executable, "-I", "-S", "-c"]
+    assert argv[5:] == ["/state/rx-a", "job-42.out", "7", str(job_output.MAX_BYTES)]
 
 
 def test_a_job_that_wrote_nothing_yet_is_missing_not_an_error(tmp_path: Path) -> None:
