@@ -133,15 +133,12 @@ def test_a_symlink_planted_in_the_state_folder_is_not_followed(
         os.chown(log, uid, uid)
 
 
-def test_follow_prints_a_running_containers_output_until_it_stops(rxd: Rxd, tmp_path: Path) -> None:
-    make_project(rxd, LIVE)
-    ok(rxd.rxctl(OWNER, "enable", "--project", LIVE))
-    running = wait_state(rxd, LIVE, "running")
-    job = running["job_id"]
-    printed = tmp_path / "follow.out"
-    printed.touch()
-    os.chown(printed, pwd.getpwnam(OWNER).pw_uid, -1)
-    entry = pwd.getpwnam(OWNER)
+def test_follow_prints_a_running_containers_output_until_it_stops(
+    rxd: Rxd, live: str, tmp_path: Path
+) -> None:
+    job = running_live(rxd)
+    printed = tmp_path / "follow.out"  # opened here, handed to rxctl (a viewer) as its stdout
+    entry = pwd.getpwnam(VIEWER)
     with printed.open("w") as out:
         follower = subprocess.Popen(
             [RXCTL, "--socket", str(rxd.socket), "logs", "--project", live, "--follow"],
@@ -160,7 +157,7 @@ def test_follow_prints_a_running_containers_output_until_it_stops(rxd: Rxd, tmp_
             timeout=60,
             what="rxctl logs -f to print the running line",
         )
-        ok(rxd.rxctl(OWNER, "stop", "--project", LIVE))
+        ok(rxd.rxctl(OWNER, "stop", "--project", live))
         _, err = follower.communicate(timeout=120)
     finally:
         if follower.poll() is None:
@@ -168,7 +165,7 @@ def test_follow_prints_a_running_containers_output_until_it_stops(rxd: Rxd, tmp_
     assert follower.returncode == 0, err
     assert f"rx-holder: stopping rx-{LIVE}-{job}" in printed.read_text()
     assert f"job {job} has ended" in err
-    wait_state(rxd, LIVE, "stopped")
+    wait_state(rxd, live, "stopped")
 
 
 def in_order(wanted: list[Any], seen: list[Any]) -> bool:
