@@ -352,6 +352,13 @@ def check_retry(rxd: Rxd, actor: str, before: dict[str, Any]) -> None:
     assert running["last_error"] is None and running["job_id"] != before["job_id"], running
 
 
+def check_logs(rxd: Rxd, actor: str, before: dict[str, Any]) -> None:
+    # The whole of Apptainer's message, where the status has only its last FATAL line.
+    shown = output(rxd.rxctl(ACTORS[actor], "logs", "--project", BROKEN))
+    assert "rx-holder: starting" in shown and "could not open image" in shown, shown
+    assert status(rxd, BROKEN)["state"] == "error"
+
+
 @dataclass(frozen=True)
 class ContainerCase:
     """A container action: its command, the state where trying it would change something, and
@@ -375,6 +382,7 @@ CONTAINER_CASES: dict[Action, ContainerCase] = {
     Action.START: ContainerCase(LIVE, lifecycle("start"), "stopped", "stopped", check_start),
     Action.STOP: ContainerCase(LIVE, lifecycle("stop"), "running", "holding", check_stop),
     Action.DISABLE: ContainerCase(LIVE, lifecycle("disable"), "running", "stopped", check_disable),
+    Action.LOGS: ContainerCase(BROKEN, lifecycle("logs", BROKEN), "error", "error", check_logs),
     Action.RETRY: ContainerCase(
         BROKEN, lifecycle("retry", BROKEN), "error", "error", check_retry, prepare=mend_image
     ),
@@ -405,6 +413,8 @@ CONTAINER_ORDER: list[tuple[Action, str]] = [
     (Action.START, Role.MANAGER.value),
     (Action.STOP, Role.MANAGER.value),
     (Action.DISABLE, Role.OWNER.value),
+    *refusing(Action.LOGS),
+    *allowing(Action.LOGS),
     *refusing(Action.RETRY),
     *allowing(Action.RETRY),
 ]

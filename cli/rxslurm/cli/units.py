@@ -15,7 +15,7 @@ import click
 _MEM = re.compile(r"(\d+)([KMGT]?)B?", re.IGNORECASE)
 _MB_PER = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
 # sbatch --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
-_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", re.ASCII)
 
 
 def memory_mb(text: str) -> int:
@@ -55,18 +55,29 @@ _UNIT = re.compile(r"(\d+)([smhd])", re.IGNORECASE)
 _SECONDS_PER = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# Ten years: anything longer is a typo, and the number stays far from overflowing a timestamp.
+MAX_SECONDS = 10 * 365 * 86400
+_UNITS = re.compile(r"(?:\d+[smhd])+", re.IGNORECASE | re.ASCII)
+
+
 def seconds(text: str) -> int:
-    """A duration as `90s`, `10m`, `2h`, `1d`, or as sbatch --time takes it (a bare number is
-    minutes, `1:30` is M:S): `10m` -> 600, `1:30` -> 90, `0` -> 0."""
-    match = _UNIT.fullmatch(text.strip())
-    if match:
-        return int(match.group(1)) * _SECONDS_PER[match.group(2).lower()]
-    try:
-        return _sbatch_seconds(text)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not a duration like 90s, 10m, 2h or 1:30:00 ([D-]H:M:S as sbatch)"
-        ) from None
+    """A duration as `90s`, `10m`, `2h`, `1d12h` (as `docker logs --since` and journalctl take
+    spans), or as sbatch --time takes it (a bare number is minutes, `1:30` is M:S): `10m` -> 600,
+    `1:30` -> 90, `0` -> 0. One parser for --timeout and --since; at most ten years."""
+    value = text.strip()
+    if _UNITS.fullmatch(value):
+        total = sum(int(n) * _SECONDS_PER[u.lower()] for n, u in _UNIT.findall(value))
+    else:
+        try:
+            total = _sbatch_seconds(value)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a duration like 90s, 10m, 2h, 1d12h or 1:30:00 "
+                "([D-]H:M:S as sbatch)"
+            ) from None
+    if total > MAX_SECONDS:
+        raise ValueError(f"{text!r} is longer than ten years")
+    return total
 
 
 # Newer clicks declare ParamType generic; 8.1 (which pyproject allows) cannot be subscripted.
@@ -101,8 +112,6 @@ class Seconds(_Converted):
 
     name = "duration"
     convert_text = staticmethod(seconds)
-
-
 MEMORY = Memory()
 MINUTES = Minutes()
 SECONDS = Seconds()

@@ -9,6 +9,7 @@ in some viewers. None of them belongs in a name, an image reference or a display
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Any
 
@@ -78,3 +79,17 @@ def shorten(text: str, limit: int) -> str:
     # Sized for the longest count there could be, so the result never exceeds `limit`.
     room = limit - len(f"… ({len(text)} more characters)")
     return f"{text[:room]}… ({len(text) - room} more characters)"
+
+
+# Colour and cursor sequences (CSI: ESC [ parameters final) that programs write when they think
+# a terminal reads them: dropped whole rather than shown as "?[31m".
+_CSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_KEPT_IN_OUTPUT = frozenset("\n\t")
+
+
+def safe_output(text: str) -> str:
+    """Many lines another program wrote (a job's output), fit to show on a member's terminal:
+    newlines and tabs stay, a carriage return ends a line, colour sequences go, and every other
+    character `bad_character` would refuse becomes "?"."""
+    text = _CSI.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return "".join(char if char in _KEPT_IN_OUTPUT or not _refused(char) else "?" for char in text)

@@ -27,6 +27,9 @@ PROJECT_MEMBER = f"{PROJECT_MEMBERS}/{{user}}"
 CONTAINER_ACTIONS = ("enable", "start", "stop", "disable", "retry")
 CONTAINER_ACTION = f"{PROJECT}/{{action:{'|'.join(CONTAINER_ACTIONS)}}}"
 CONTAINER_STATUS = f"{PROJECT}/status"
+# The container's output (query: job, offset) and the project's timeline (query: limit).
+PROJECT_LOGS = f"{PROJECT}/logs"
+PROJECT_HISTORY = f"{PROJECT}/history"
 CONTAINERS = f"{V1}/containers"
 
 # Slurm's controller hooks poke rxd here when a job starts or ends.

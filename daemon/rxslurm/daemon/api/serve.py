@@ -17,6 +17,7 @@ from rxslurm.daemon.api import (
     routes_admin,
     routes_containers,
     routes_identity,
+    routes_logs,
     routes_projects,
     routes_system,
     sd_notify,
@@ -42,6 +43,7 @@ ROUTES = [
     *routes_identity.routes,
     *routes_projects.routes,
     *routes_containers.routes,
+    *routes_logs.routes,
     *routes_admin.routes,
 ]
 

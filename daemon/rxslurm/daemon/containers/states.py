@@ -55,7 +55,9 @@ def change_state(
     assignments = ", ".join(f"{column} = :{column}" for column in values)
     placeholders = ", ".join(f":src{i}" for i in range(len(sources)))
     params = {**values, "id": container_id, **{f"src{i}": s for i, s in enumerate(sources)}}
-    before = db.execute("SELECT state FROM containers WHERE id = ?", [container_id]).fetchone()
+    before = db.execute(
+        "SELECT state, job_id FROM containers WHERE id = ?", [container_id]
+    ).fetchone()
     if before is None:
         raise InvalidTransition(f"container {container_id} does not exist")
     cursor = db.execute(
@@ -79,7 +81,14 @@ def change_state(
         action="container.state",
         target_type="container",
         target_id=row["name"],
-        detail={"from": before[0], "to": to.value, "reason": reason, **(detail or {})},
+        # The job it moves with (a stop clears it from the row): members' history names it.
+        detail={
+            "from": before[0],
+            "to": to.value,
+            "reason": reason,
+            "job_id": row["job_id"] if row["job_id"] is not None else before[1],
+            **(detail or {}),
+        },
     )
     ring_after_commit(db, container_id)
     return row

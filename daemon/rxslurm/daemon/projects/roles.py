@@ -17,6 +17,7 @@ class Role(StrEnum):
 
 class Action(StrEnum):
     VIEW = "view"  # status and configuration
+    LOGS = "logs"  # the container's output (its holder jobs')
     START = "start"
     STOP = "stop"
     SET_IMAGE = "set-image"  # make a built image the project image
@@ -36,6 +37,7 @@ _OWNERS = frozenset({Role.OWNER})
 
 ALLOWED: dict[Action, frozenset[Role]] = {
     Action.VIEW: _VIEWERS,
+    Action.LOGS: _VIEWERS,
     Action.START: _MANAGERS,
     Action.STOP: _MANAGERS,
     Action.SET_IMAGE: _MANAGERS,

@@ -3,6 +3,8 @@
 # Rendered by rxslurm.slurm.script (every value below arrives as one quoted shell word); sbatch
 # options come on sbatch's command line. Progress goes to $state_dir/job-$SLURM_JOB_ID.status,
 # one line, which rxd reads: "starting", "running <instance>", "stopping", "stopped", "error: ...".
+# Its own lines ("rx-holder: ...") and Apptainer's messages go to the job's output, job-<id>.out,
+# which members read with `rxctl logs`.
 #rx:param instance
 #rx:param image
 #rx:param overlay
@@ -50,7 +52,11 @@ stop_instance() {
     started=0
   fi
 }
+say() {
+  printf 'rx-holder: %s\n' "$*"
+}
 on_signal() {
+  say "stopping $instance"
   report "stopping"
   stop_instance
   report "stopped"
@@ -64,10 +70,12 @@ trap stop_instance EXIT
 exec 9>"$state_dir/overlay.lock"
 if ! flock -n 9; then
   report "error: the overlay is in use by another job"
+  say "the overlay is in use by another job"
   exit 1
 fi
 
 report "starting"
+say "starting $instance from $image on ${SLURMD_NODENAME:-this node}"
 args=(instance start --overlay "$overlay" -B "$workspace:/workspace")
 [[ -n $binds ]] && args+=(-B "$binds")
 [[ -n $gpu_flag ]] && args+=("$gpu_flag")
@@ -88,8 +96,11 @@ if ! out=$("$apptainer" "${args[@]}" "$image" "$instance" 2>&1 9>&-); then
   last=$(printf '%s\n' "$out" | grep -E '^(FATAL|ERROR)' | tail -n 1)
   report "error: ${last:-apptainer instance start failed}"
   printf '%s\n' "$out" >&2
+  say "apptainer instance start failed"
   exit 1
 fi
+[[ -n $out ]] && printf '%s\n' "$out"
+say "$instance is running"
 report "running $instance"
 
 # Wait for Slurm to end the job; notice an instance that died on its own.
@@ -98,6 +109,7 @@ while true; do
   wait $!
   if ! "$apptainer" instance list --json "$instance" 2>/dev/null | grep -q "\"$instance\""; then
     started=0
+    say "the container instance exited"
     report "error: the container instance exited"
     exit 1
   fi

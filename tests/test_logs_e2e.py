@@ -1,0 +1,207 @@
+"""`rxctl logs` and `rxctl history` on the real cluster: a failed start's whole Apptainer message
+for members (not for strangers), a planted symlink that root does not follow, following a running
+container's output until it stops, and a stop/start cycle in the history with who did it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cli import ok, output, refused
+from tests.support.cluster import user_env, wait_for
+from tests.support.daemon import RXCTL, Rxd
+from tests.support.lifecycle import lifecycle_rxd, make_project, status, wait_state
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
+
+OWNER = "rxalice"
+VIEWER = "rxdave"
+MANAGER = "rxbob"
+STRANGER = "rxcarol"
+BROKEN = "lg-broken"
+LIVE = "lg-live"
+
+
+@pytest.fixture(scope="module")
+def rxd() -> Iterator[Rxd]:
+    with lifecycle_rxd(bind=(OWNER, VIEWER, MANAGER, STRANGER)) as daemon:
+        yield daemon
+
+
+def logs_json(rxd: Rxd, user: str, project: str, *options: str) -> dict[str, Any]:
+    answer: dict[str, Any] = json.loads(
+        output(rxd.rxctl(user, "logs", "--project", project, "--json", *options))
+    )
+    return answer
+
+
+@pytest.fixture(scope="module")
+def live(rxd: Rxd) -> str:
+    """LIVE, a working container's project (enabled here, stopped), with a manager and a viewer."""
+    make_project(rxd, LIVE)
+    ok(rxd.rxctl(OWNER, "project", "member", "add", LIVE, MANAGER, "--role", "manager"))
+    ok(rxd.rxctl(OWNER, "project", "member", "add", LIVE, VIEWER, "--role", "viewer"))
+    ok(rxd.rxctl(OWNER, "enable", "--project", LIVE))
+    wait_state(rxd, LIVE, "running")
+    ok(rxd.rxctl(OWNER, "stop", "--project", LIVE))
+    wait_state(rxd, LIVE, "stopped")
+    return LIVE
+
+
+def running_live(rxd: Rxd) -> int:
+    """LIVE running (started by its owner when it is not); its job."""
+    if status(rxd, OWNER, LIVE)["state"] != "running":
+        ok(rxd.rxctl(OWNER, "start", "--project", LIVE))
+    return int(wait_state(rxd, LIVE, "running")["job_id"])
+
+
+@pytest.fixture(scope="module")
+def broken(rxd: Rxd) -> dict[str, Any]:
+    """BROKEN in error: its image path does not exist, so Apptainer's instance start fails. The
+    owner's status (last_error is only the last FATAL line), with its job id."""
+    missing = rxd.root / "nowhere" / "python.sif"
+    ok(rxd.rxctl(OWNER, "project", "create", BROKEN, "--image", str(missing)))
+    ok(rxd.rxctl(OWNER, "project", "member", "add", BROKEN, VIEWER, "--role", "viewer"))
+    ok(rxd.rxctl(OWNER, "enable", "--project", BROKEN))
+    failed = wait_state(rxd, BROKEN, "error")
+    assert "could not open image" in failed["last_error"], failed
+    return {**failed, "job": logs_json(rxd, OWNER, BROKEN)["job_id"]}
+
+
+def test_a_failed_start_shows_apptainers_whole_message_to_members(
+    rxd: Rxd, broken: dict[str, Any]
+) -> None:
+    shown = output(rxd.rxctl(VIEWER, "logs", "--project", BROKEN))
+
+    lines = shown.splitlines()
+    fatal = [line for line in lines if line.startswith("FATAL:")]
+    starting = f"rx-holder: starting rx-{BROKEN}-{broken['job']} from "
+    assert any(line.startswith(starting) for line in lines), shown
+    assert fatal and "could not open image" in fatal[-1], shown
+    # The status keeps the last FATAL line (capped); the log has all of it and what came before.
+    assert broken["last_error"].removeprefix("error: ") in shown
+    assert lines[-1] == "rx-holder: apptainer instance start failed"
+    answer = logs_json(rxd, VIEWER, BROKEN)
+    assert (answer["job_id"], answer["live"], answer["cut"]) == (broken["job"], False, False)
+    assert answer["text"] == shown
+
+
+def test_a_stranger_gets_a_clear_refusal(rxd: Rxd, broken: dict[str, Any]) -> None:
+    line = refused(rxd.rxctl(STRANGER, "logs", "--project", BROKEN))
+
+    assert line == f"Error: no project named '{BROKEN}' (or you are not a member)"
+
+
+def test_a_job_of_another_project_is_refused(rxd: Rxd, broken: dict[str, Any], live: str) -> None:
+    line = refused(rxd.rxctl(OWNER, "logs", "--project", live, "--job", str(broken["job"])))
+
+    assert line == f"Error: job {broken['job']} is not one of the jobs of {live}'s container"
+
+
+def test_a_symlink_planted_in_the_state_folder_is_not_followed(
+    rxd: Rxd, broken: dict[str, Any]
+) -> None:
+    secret = rxd.root / "root-only-secret"
+    secret.write_text("root's secret\n")
+    secret.chmod(0o600)
+    state_dir = rxd.root / "containers" / f"rx-{BROKEN}"
+    log = state_dir / f"job-{broken['job']}.out"
+    kept = log.read_bytes()
+    uid = pwd.getpwnam(OWNER).pw_uid
+    try:
+        # The runtime user (or their container) swaps the log for a link to a root-only file.
+        log.unlink()
+        os.symlink(secret, log)
+        os.lchown(log, uid, uid)
+
+        result = rxd.rxctl(VIEWER, "logs", "--project", BROKEN, "--job", str(broken["job"]))
+
+        line = refused(result)
+        assert line.endswith(f"job-{broken['job']}.out is a symbolic link"), line
+        assert "secret" not in result.stdout + result.stderr
+    finally:
+        log.unlink()
+        log.write_bytes(kept)
+        os.chown(log, uid, uid)
+
+
+def test_follow_prints_a_running_containers_output_until_it_stops(
+    rxd: Rxd, live: str, tmp_path: Path
+) -> None:
+    job = running_live(rxd)
+    printed = tmp_path / "follow.out"  # opened here, handed to rxctl (a viewer) as its stdout
+    entry = pwd.getpwnam(VIEWER)
+    with printed.open("w") as out:
+        follower = subprocess.Popen(
+            [RXCTL, "--socket", str(rxd.socket), "logs", "--project", live, "--follow"],
+            user=entry.pw_uid,
+            group=entry.pw_gid,
+            extra_groups=os.getgrouplist(VIEWER, entry.pw_gid),
+            env=user_env(VIEWER),
+            cwd="/",
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        wait_for(
+            lambda: f"rx-{LIVE}-{job} is running" in printed.read_text(),
+            timeout=60,
+            what="rxctl logs -f to print the running line",
+        )
+        ok(rxd.rxctl(OWNER, "stop", "--project", live))
+        _, err = follower.communicate(timeout=120)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, err
+    assert f"rx-holder: stopping rx-{LIVE}-{job}" in printed.read_text()
+    assert f"job {job} has ended" in err
+    wait_state(rxd, live, "stopped")
+
+
+def in_order(wanted: list[Any], seen: list[Any]) -> bool:
+    """Whether `wanted` appears in `seen` in that order (other items between are allowed)."""
+    rest = iter(seen)
+    return all(any(item == got for got in rest) for item in wanted)
+
+
+def test_history_lists_a_stop_start_cycle_with_who_did_it(rxd: Rxd, live: str) -> None:
+    first = running_live(rxd)
+    ok(rxd.rxctl(OWNER, "stop", "--project", live))
+    wait_state(rxd, live, "stopped")
+    ok(rxd.rxctl(MANAGER, "start", "--project", live))
+    second = wait_state(rxd, live, "running")["job_id"]
+
+    answer = json.loads(output(rxd.rxctl(VIEWER, "history", "--project", live, "--json")))
+
+    moves = [
+        (e["actor"], e["detail"]["from"], e["detail"]["to"], e["detail"].get("job_id"))
+        for e in answer["events"]
+        if e["action"] == "container.state"
+    ]
+    # A busy cluster may add a wait for resources before `running`: the cycle in order, then that.
+    cycle = [
+        (OWNER, "running", "stopping", first),
+        ("rxd", "stopping", "stopped", first),
+        (MANAGER, "stopped", "starting", None),  # the job is submitted after this commits
+    ]
+    assert in_order(cycle, moves), moves
+    assert moves[-1][0] == "rxd" and moves[-1][2:] == ("running", second), moves
+    added = [e["detail"]["user"] for e in answer["events"] if e["action"] == "project.member-added"]
+    assert added == [MANAGER, VIEWER]
+    table = output(rxd.rxctl(VIEWER, "history", "--project", live))
+    assert re.search(rf"\b{MANAGER} +stopped -> starting\b", table), table
+    assert re.search(rf"rxd +starting -> running +{second}\b", table), table
+    assert refused(rxd.rxctl(STRANGER, "history", "--project", live)) == (
+        f"Error: no project named '{live}' (or you are not a member)"
+    )
+    ok(rxd.rxctl(OWNER, "stop", "--project", live))
