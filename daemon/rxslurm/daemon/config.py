@@ -44,6 +44,10 @@ class DaemonConfig:
     admin_group: str = "rxadmin"
     # "host:port" to serve the cluster over TCP, each request proved by MUNGE; empty: off.
     listen: str = ""
+    # "host:port" to serve GET /metrics over plain HTTP to anyone who can connect; empty: off
+    # (the Unix socket serves it always). Loopback only, unless metrics_remote is true.
+    metrics_listen: str = ""
+    metrics_remote: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,6 +338,7 @@ def _validate(config: Config, where: str) -> None:
     if config.daemon.listen and config.daemon.listen == config.platform.listen:
         raise ConfigError(f"{where}: daemon.listen and platform.listen must differ")
     _validate_platform(config.platform, where)
+    _validate_metrics(config, where)
     if config.runtime.service_account:
         _check_service_account(config, where)
     limits = config.limits
@@ -388,6 +393,22 @@ def _validate_platform(platform: PlatformConfig, where: str) -> None:
             f"{where}: platform.listen {listen!r} is not a loopback address; serving the "
             "platform token over plain HTTP there is refused (set platform.tls_cert and "
             "platform.tls_key, or listen on 127.0.0.1)"
+        )
+
+
+def _validate_metrics(config: Config, where: str) -> None:
+    listen = config.daemon.metrics_listen
+    if not listen:
+        return
+    if ":" not in listen or not listen.rsplit(":", 1)[1].isdigit():
+        raise ConfigError(f'{where}: daemon.metrics_listen must be "host:port"')
+    if listen in (config.daemon.listen, config.platform.listen):
+        raise ConfigError(f"{where}: daemon.metrics_listen must differ from the other listeners")
+    host, _ = listen_address(listen)
+    if not config.daemon.metrics_remote and not is_loopback(host):
+        raise ConfigError(
+            f"{where}: daemon.metrics_listen {listen!r} is not a loopback address; serving "
+            "metrics there is refused unless daemon.metrics_remote = true"
         )
 
 

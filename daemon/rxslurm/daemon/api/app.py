@@ -17,6 +17,7 @@ from aiohttp.typedefs import Middleware
 
 from rxslurm.daemon.api.peercred import Caller, UnknownCaller, peer_credentials, resolve_caller
 from rxslurm.daemon.errors import ApiError, BadRequest, Forbidden
+from rxslurm.daemon.metrics import Counters
 from rxslurm.daemon.text_checks import shorten
 
 log = logging.getLogger("rxslurm.api")
@@ -147,6 +148,39 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
     return response
 
 
+# Requests answered, by route pattern, method and status class (2xx...): /metrics shows them.
+# Patterns, never paths: a path names projects and users, and no label may.
+REQUEST_COUNTS: web.AppKey[Counters] = web.AppKey("request_counts", Counters)
+UNMATCHED = "unmatched"
+# Any caller may send any method name: others are counted as one, so labels stay few.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def route_pattern(request: web.Request) -> str:
+    """The route's pattern ("/v1/projects/{name}"), or "unmatched" for a path no route has."""
+    info = request.match_info
+    if isinstance(info, web.UrlMappingMatchInfo) and not info.http_exception:
+        canonical = info.route.resource.canonical if info.route.resource else None
+        if canonical:
+            return canonical
+    return UNMATCHED
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts every answer (answer_errors, inside it, turns failures into answers)."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        counts = request.app.get(REQUEST_COUNTS)
+        if counts is not None:
+            method = request.method if request.method in METHODS else "other"
+            counts.inc(route_pattern(request), method, f"{status // 100}xx")
+
+
 @web.middleware
 async def identify_peer(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The caller is the socket peer's uid, as the kernel recorded it at connect()."""
@@ -169,8 +203,11 @@ def make_app(
     identify: Middleware = identify_peer,
 ) -> web.Application:
     """The API application; `identify` proves who calls (the socket peer, or the platform)."""
-    app = web.Application(middlewares=[answer_errors, identify], client_max_size=MAX_BODY_BYTES)
-    for key, value in state.items():
+    app = web.Application(
+        middlewares=[count_requests, answer_errors, identify], client_max_size=MAX_BODY_BYTES
+    )
+    app[REQUEST_COUNTS] = Counters(("route", "method", "code"))
+    for key, value in state.items():  # a shared REQUEST_COUNTS replaces the app's own
         app[key] = value
     app.add_routes(routes)
     return app

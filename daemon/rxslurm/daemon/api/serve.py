@@ -18,12 +18,13 @@ from rxslurm.daemon.api import (
     routes_containers,
     routes_identity,
     routes_logs,
+    routes_metrics,
     routes_projects,
     routes_system,
     sd_notify,
 )
 from rxslurm.daemon.api import platform_door as platform
-from rxslurm.daemon.api.app import make_app
+from rxslurm.daemon.api.app import REQUEST_COUNTS, make_app
 from rxslurm.daemon.api.conn_caps import ConnectionCap, capped
 from rxslurm.daemon.api.context import DAEMON, Daemon
 from rxslurm.daemon.api.platform_door import platform_identify, read_token
@@ -32,6 +33,7 @@ from rxslurm.daemon.config import Config, PlatformConfig, listen_address
 from rxslurm.daemon.exec.door import EXEC_SERVER
 from rxslurm.daemon.exec.server import ExecServer
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.metrics import Counters
 from rxslurm.daemon.slow_work import api_pool
 from rxslurm.slurm.adapter import SlurmCli
 
@@ -137,7 +139,12 @@ async def serve(config: Config) -> None:
     await asyncio.to_thread(daemon.containers.pulls.start)
     # Both listeners share one health answer: a second's worth of callers costs one check.
     health = routes_system.HealthCache()
-    app = make_app(ROUTES, {DAEMON: daemon, routes_system.HEALTH: health})
+    # Every listener counts its requests into one table: /metrics shows them all.
+    requests = Counters(("route", "method", "code"))
+    app = make_app(
+        [*ROUTES, *routes_metrics.routes],
+        {DAEMON: daemon, routes_system.HEALTH: health, REQUEST_COUNTS: requests},
+    )
     sock_path = config.daemon.socket
     claim_socket_path(sock_path)
     limits = config.limits
@@ -156,7 +163,7 @@ async def serve(config: Config) -> None:
         context = tls_context(config.platform)
         platform_app = make_app(
             [*ROUTES, *platform.routes],
-            {DAEMON: daemon, routes_system.HEALTH: health},
+            {DAEMON: daemon, routes_system.HEALTH: health, REQUEST_COUNTS: requests},
             identify=platform_identify(token),
         )
         platform_runner = web.AppRunner(
@@ -182,11 +189,19 @@ async def serve(config: Config) -> None:
             await munge_door.start(
                 daemon,
                 ROUTES,
-                {DAEMON: daemon, routes_system.HEALTH: health, EXEC_SERVER: exec_server},
+                {
+                    DAEMON: daemon,
+                    routes_system.HEALTH: health,
+                    EXEC_SERVER: exec_server,
+                    REQUEST_COUNTS: requests,
+                },
                 keepalive_s=limits.keepalive_s,
                 make_site=lambda r, h, p: CappedTCPSite(r, h, p, door_cap),
             )
         )
+
+    if config.daemon.metrics_listen:
+        runners.append(await _serve_metrics(daemon, config, requests))
 
     daemon.reconciler.start()
     # A partition QOS set with scontrol is lost when slurmctld restarts: put the mirror back,
@@ -207,6 +222,24 @@ async def serve(config: Config) -> None:
         _remove_own_socket(sock_path)
         daemon.ledger.close()
         log.info("rxd stopped")
+
+
+async def _serve_metrics(daemon: Daemon, config: Config, requests: Counters) -> web.AppRunner:
+    """The optional plain-HTTP listener for Prometheus: /metrics only, no caller check."""
+    app = make_app(
+        [*routes_metrics.routes],
+        {DAEMON: daemon, REQUEST_COUNTS: requests},
+        identify=routes_metrics.anyone,
+    )
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=config.limits.keepalive_s
+    )
+    await runner.setup()
+    host, port = listen_address(config.daemon.metrics_listen)
+    cap = ConnectionCap(config.limits.connections_per_uid)
+    await CappedTCPSite(runner, host, port, cap).start()
+    log.info("metrics serving", extra={"listen": config.daemon.metrics_listen})
+    return runner
 
 
 def _mirror_quotas(daemon: Daemon) -> list[dict[str, object]]:

@@ -29,6 +29,7 @@ from rxslurm.daemon.containers.service import ContainerService, container_id_fro
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.containers.views import Queued
 from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp
+from rxslurm.daemon.metrics import Histogram
 from rxslurm.daemon.runtime.holder_status import HolderStatus, Kind
 from rxslurm.daemon.settings import Settings, effective
 from rxslurm.protocol.job_comment import JOB_PREFIX
@@ -48,6 +49,9 @@ FRESH_JOB_S = 30
 LOG_EVERY_S = 60.0
 # How many skipped records one log line shows.
 LOG_SAMPLE = 3
+# A wake's latency (job submitted -> instance running), in seconds: from a free node's couple of
+# seconds to an hour's wait on a full partition.
+WAKE_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
 
 
 @dataclass
@@ -102,6 +106,10 @@ class Sessions:
         with self._lock:
             return self._open.get(container_id, 0)
 
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._open.values())
+
 
 class Reconciler:
     def __init__(
@@ -118,6 +126,10 @@ class Reconciler:
         self.busy = False
         self._transient = False
         self.last_report: PassReport | None = None
+        # For /metrics: passes run (answered by Slurm or not), and how long the last one took.
+        self.passes = 0
+        self.last_pass_seconds: float | None = None
+        self.wake_latency = Histogram(WAKE_BUCKETS)
         self._throttle = Throttle()
         self._poked = threading.Event()
         self._stop = threading.Event()
@@ -154,10 +166,13 @@ class Reconciler:
             self._poked.clear()
             if self._stop.is_set():
                 break
+            started = time.monotonic()
             try:
                 self.last_report = self.reconcile_once()
             except Exception:
                 log.exception("reconcile pass failed")
+            self.passes += 1
+            self.last_pass_seconds = time.monotonic() - started
             # A poke during a pass is served by a new pass, but not in a tight loop.
             time.sleep(0.05)
 
@@ -331,7 +346,7 @@ class Reconciler:
             if state == State.RUNNING:
                 return 0
             instance = status.split(" ", 1)[1] if " " in status else None
-            return self._move(
+            moved = self._move(
                 row,
                 State.RUNNING,
                 None,
@@ -340,6 +355,11 @@ class Reconciler:
                 started_at=to_timestamp(self.clock()),
                 last_activity_at=to_timestamp(self.clock()),
             )
+            # The wake's latency: its job was submitted as the wake went STARTING.
+            submitted = self._submitted_at(job.job_id) if moved else None
+            if submitted is not None:
+                self.wake_latency.observe((self.clock() - submitted).total_seconds())
+            return moved
         if status.startswith("error"):
             # STARTING -> ERROR: the instance failed to start; end the job.
             message = status.partition(":")[2].strip() or status
