@@ -113,9 +113,7 @@ def queue_lengths(daemon: Daemon) -> dict[str, int]:
         default_partition = ""
     db = service.ledger.db
     # Every partition with a quota shows, its queue empty or not.
-    lengths = {
-        row[0]: 0 for row in db.execute("SELECT DISTINCT partition FROM quotas").fetchall()
-    }
+    lengths = {row[0]: 0 for row in db.execute("SELECT DISTINCT partition FROM quotas").fetchall()}
     for _row, request in service.queued(db, default_partition):
         partition = request.partition or UNKNOWN_PARTITION
         lengths[partition] = lengths.get(partition, 0) + 1
