@@ -56,7 +56,7 @@ def test_check_config_refuses_an_invalid_file_in_one_line(tmp_path: Path) -> Non
     assert result.exit_code == 1
     assert result.output == (
         f"Error: {path}: unknown key daemon.sokcet; valid keys: socket, ledger, log_level, "
-        "admin_group, listen\n"
+        "admin_group, listen, metrics_listen, metrics_remote\n"
     )
 
 
