@@ -168,17 +168,14 @@ def route_pattern(request: web.Request) -> str:
 
 @web.middleware
 async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Counts every answer (answer_errors, inside it, turns failures into answers)."""
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
-        counts = request.app.get(REQUEST_COUNTS)
-        if counts is not None:
-            method = request.method if request.method in METHODS else "other"
-            counts.inc(route_pattern(request), method, f"{status // 100}xx")
+    """Counts every answer (answer_errors, inside it, turns failures into answers); a request
+    whose caller hung up before it was answered is not counted (nothing was answered)."""
+    response = await handler(request)
+    counts = request.app.get(REQUEST_COUNTS)
+    if counts is not None:
+        method = request.method if request.method in METHODS else "other"
+        counts.inc(route_pattern(request), method, f"{response.status // 100}xx")
+    return response
 
 
 @web.middleware
