@@ -312,3 +312,46 @@ def test_check_config_shows_the_metrics_listener() -> None:
     lines = effective_lines(parse_config({"daemon": {"metrics_listen": "127.0.0.1:9817"}}))
     assert 'metrics_listen = "127.0.0.1:9817"' in lines
     assert "metrics_remote = false" in lines
+
+
+def test_an_internal_error_is_counted_as_5xx_under_its_route_pattern(tmp_path: Path) -> None:
+    broken = web.RouteTableDef()
+
+    @broken.get("/v1/broken/{name}")
+    async def fails(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug")
+
+    daemon = _daemon(tmp_path)
+    app = make_app([*broken, *routes_metrics.routes], {DAEMON: daemon}, identify=as_alice)
+
+    async def run() -> str:
+        async with TestClient(TestServer(app)) as client:
+            assert (await client.get(f"/v1/broken/{SECRET_PROJECT}")).status == 500
+            return await (await client.get(routes_metrics.METRICS)).text()
+
+    try:
+        text = asyncio.run(run())
+    finally:
+        daemon.ledger.close()
+    (sample,) = [
+        s for s in families(text)["rxslurm_api_requests"].samples if s.labels["code"] == "5xx"
+    ]
+    assert sample.labels == {"route": "/v1/broken/{name}", "method": "GET", "code": "5xx"}
+    assert SECRET_PROJECT not in text
+
+
+def test_each_reconciler_pass_is_counted_with_its_duration(tmp_path: Path) -> None:
+    import time
+
+    w = world(tmp_path, ("alpha", "stopped"))
+    assert w.reconciler.passes == 0 and w.reconciler.last_pass_seconds is None
+    w.reconciler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while w.reconciler.passes < 2 and time.monotonic() < deadline:
+            w.reconciler.poke()
+            time.sleep(0.05)
+    finally:
+        w.reconciler.stop()
+    assert w.reconciler.passes >= 2
+    assert w.reconciler.last_pass_seconds is not None and w.reconciler.last_pass_seconds >= 0
