@@ -1,25 +1,91 @@
 """A container's logs for its members (``rxctl logs``): which of its holder jobs, and that job's
-output as the runtime user reads it (runtime/job_output.py).
+output as the runtime user reads it (runtime/job_output.py); and which logs are kept.
 
 Only jobs the ledger knows as the container's may be named, and only the container's own state
 folder is read: a member cannot point rxd at another project's job or at any path.
+
+The ledger decides which logs stay: the newest ``containers.job_logs_kept`` of the container's
+jobs (and its current one). The rest are removed as the runtime user
+(runtime/job_log_cleanup.py) when a job is submitted and when the reconciler sees one end.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 from rxslurm.daemon.errors import Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor
-from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.daemon.projects.service import authorize
+from rxslurm.daemon.runtime.job_log_cleanup import Cleaned, CleanupError, remove_old_logs
 from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError, read_output
 from rxslurm.protocol.states import ACTIVE, State
 from rxslurm.slurm.runas import RunAs, RunAsError
 
+log = logging.getLogger(__name__)
+
 # The newest jobs an answer lists (each one's log can be asked for with `job`).
 MAX_JOBS = 100
+
+
+def kept_jobs(db: LedgerDatabase, container_id: int, kept: int) -> set[int]:
+    """The jobs whose logs are kept: the container's newest `kept` and its current one."""
+    newest = db.execute(
+        "SELECT job_id FROM jobs WHERE container_id = ? ORDER BY job_id DESC LIMIT ?",
+        [container_id, kept],
+    ).fetchall()
+    current = db.execute("SELECT job_id FROM containers WHERE id = ?", [container_id]).fetchone()
+    return {r[0] for r in newest} | ({current[0]} if current and current[0] else set())
+
+
+def clean_job_logs(ledger: Ledger, container_id: int, kept: int) -> Cleaned | None:
+    """Remove the container's job logs beyond the kept ones, as its runtime user; None when
+    there is nothing to decide on (no folder, no jobs)."""
+    with ledger.read() as db:
+        found = db.execute(
+            "SELECT state_dir, runtime_user, "
+            "(SELECT max(job_id) FROM jobs WHERE container_id = containers.id) "
+            "FROM containers WHERE id = ?",
+            [container_id],
+        ).fetchone()
+        if found is None or not found[0] or not found[1] or found[2] is None:
+            return None
+        state_dir, runtime_user, newest = found
+        keep = kept_jobs(db, container_id, kept)
+    cleaned = remove_old_logs(state_dir, keep, max(newest, *keep), RunAs.for_user(runtime_user))
+    if cleaned.removed or cleaned.skipped:
+        log.info(
+            "job logs cleaned",
+            extra={
+                "container_id": container_id,
+                "removed": list(cleaned.removed),
+                "skipped": list(cleaned.skipped),
+            },
+        )
+    return cleaned
+
+
+def clean_job_logs_soon(ledger: Ledger, container_id: int, kept: int) -> threading.Thread:
+    """`clean_job_logs` on a thread of its own: a slow or hanging folder of one user holds up
+    neither a submission nor the reconciler's pass. A cleaning that fails is logged; the next
+    job's submission or end tries again."""
+
+    def work() -> None:
+        try:
+            clean_job_logs(ledger, container_id, kept)
+        except (CleanupError, RunAsError) as exc:
+            log.warning(
+                "job logs not cleaned", extra={"container_id": container_id, "error": str(exc)}
+            )
+        except Exception:
+            log.exception("job logs not cleaned", extra={"container_id": container_id})
+
+    thread = threading.Thread(target=work, name="rxd-job-logs", daemon=True)
+    thread.start()
+    return thread
 
 
 def container_logs(
@@ -30,9 +96,11 @@ def container_logs(
     job_id: int | None = None,
     offset: int | None = None,
     max_bytes: int = MAX_BYTES,
+    kept: int = 10,
 ) -> dict[str, Any]:
     """The output of the container's current (else latest) job, or of `job_id`, one of its jobs:
-    the last `max_bytes`, or from byte `offset` on (how `rxctl logs -f` follows)."""
+    the last `max_bytes`, or from byte `offset` on (how `rxctl logs -f` follows). `kept`: how
+    many of its jobs' logs are kept (a missing log of an older one was cleaned)."""
     with ledger.read() as db:
         row, _ = authorize(db, actor, project, Action.LOGS)
         found = db.execute(
@@ -51,12 +119,22 @@ def container_logs(
                 [container_id, MAX_JOBS],
             ).fetchall()
         ]
-    known = {job["job_id"] for job in jobs} | ({current_job} if current_job else set())
+        keep = kept_jobs(db, container_id, kept)
+        known = (
+            job_id is None
+            or job_id == current_job
+            or db.execute(
+                "SELECT 1 FROM jobs WHERE container_id = ? AND job_id = ?", [container_id, job_id]
+            ).fetchone()
+            is not None
+        )
+    for job in jobs:
+        job["kept"] = job["job_id"] in keep
     if job_id is None:
         job_id = current_job or (jobs[0]["job_id"] if jobs else None)
         if job_id is None:
             raise Conflict(f"the container of {project} has run no job yet")
-    elif job_id not in known:
+    elif not known:
         raise NotFound(f"job {job_id} is not one of the jobs of {project}'s container")
     if not state_dir or not runtime_user:
         raise Conflict(f"the container of {project} has no folder")
@@ -79,5 +157,7 @@ def container_logs(
         "size": piece.size,
         "cut": piece.cut,
         "missing": piece.missing,
+        # Gone because it is older than the logs rxd keeps (`containers.job_logs_kept`).
+        "cleaned": piece.missing and job_id not in keep,
         "jobs": jobs,
     }
