@@ -211,7 +211,22 @@ def test_a_cleaning_that_fails_is_logged_not_raised(
 
     monkeypatch.setattr(job_logs, "remove_old_logs", refuse)
     with caplog.at_level(logging.WARNING, logger=job_logs.__name__):
-        clean_job_logs_soon(w.ledger, w.row("alpha")["id"], 10).join(timeout=30)
+        future = clean_job_logs_soon(w.ledger, w.row("alpha")["id"], 10)
+        assert future is not None
+        future.result(timeout=30)
+
+    assert [r.getMessage() for r in caplog.records] == ["job logs not cleaned"]
+
+
+def test_a_ledger_that_cannot_be_read_for_cleaning_fails_nothing_else(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = world(tmp_path, ("alpha", "stopped"))
+    alpha = w.row("alpha")["id"]
+
+    with w.ledger.transaction(), caplog.at_level(logging.ERROR, logger=job_logs.__name__):
+        # A read inside an open transaction is refused: as any failure of the read would be.
+        assert clean_job_logs_soon(w.ledger, alpha, 10) is None
 
     assert [r.getMessage() for r in caplog.records] == ["job logs not cleaned"]
 

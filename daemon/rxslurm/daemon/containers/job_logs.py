@@ -12,7 +12,8 @@ jobs (and its current one). The rest are removed as the runtime user
 from __future__ import annotations
 
 import logging
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from rxslurm.daemon.errors import Conflict, NotFound, Unavailable
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 # The newest jobs an answer lists (each one's log can be asked for with `job`).
 MAX_JOBS = 100
 
+# Removals run here, a few at a time; each is bounded by the cleaner's own deadline.
+_CLEANERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rxd-job-logs")
+
 
 def kept_jobs(db: LedgerDatabase, container_id: int, kept: int) -> set[int]:
     """The jobs whose logs are kept: the container's newest `kept` and its current one."""
@@ -41,9 +45,20 @@ def kept_jobs(db: LedgerDatabase, container_id: int, kept: int) -> set[int]:
     return {r[0] for r in newest} | ({current[0]} if current and current[0] else set())
 
 
-def clean_job_logs(ledger: Ledger, container_id: int, kept: int) -> Cleaned | None:
-    """Remove the container's job logs beyond the kept ones, as its runtime user; None when
-    there is nothing to decide on (no folder, no jobs)."""
+@dataclass(frozen=True)
+class Cleaning:
+    """What the ledger says of one container's logs: where, as whom, which jobs' to keep, and
+    the newest job it knows (logs of newer ones, not yet recorded, are kept too)."""
+
+    container_id: int
+    state_dir: str
+    runtime_user: str
+    keep: frozenset[int]
+    newest: int
+
+
+def cleaning_of(ledger: Ledger, container_id: int, kept: int) -> Cleaning | None:
+    """The container's cleaning; None when there is nothing to decide on (no folder, no jobs)."""
     with ledger.read() as db:
         found = db.execute(
             "SELECT state_dir, runtime_user, "
@@ -55,12 +70,18 @@ def clean_job_logs(ledger: Ledger, container_id: int, kept: int) -> Cleaned | No
             return None
         state_dir, runtime_user, newest = found
         keep = kept_jobs(db, container_id, kept)
-    cleaned = remove_old_logs(state_dir, keep, max(newest, *keep), RunAs.for_user(runtime_user))
+    return Cleaning(container_id, state_dir, runtime_user, frozenset(keep), max(newest, *keep))
+
+
+def clean(cleaning: Cleaning) -> Cleaned:
+    """Remove the logs beyond the kept ones, as the runtime user."""
+    who = RunAs.for_user(cleaning.runtime_user)
+    cleaned = remove_old_logs(cleaning.state_dir, cleaning.keep, cleaning.newest, who)
     if cleaned.removed or cleaned.skipped:
         log.info(
             "job logs cleaned",
             extra={
-                "container_id": container_id,
+                "container_id": cleaning.container_id,
                 "removed": list(cleaned.removed),
                 "skipped": list(cleaned.skipped),
             },
@@ -68,24 +89,36 @@ def clean_job_logs(ledger: Ledger, container_id: int, kept: int) -> Cleaned | No
     return cleaned
 
 
-def clean_job_logs_soon(ledger: Ledger, container_id: int, kept: int) -> threading.Thread:
-    """`clean_job_logs` on a thread of its own: a slow or hanging folder of one user holds up
-    neither a submission nor the reconciler's pass. A cleaning that fails is logged; the next
-    job's submission or end tries again."""
+def clean_job_logs(ledger: Ledger, container_id: int, kept: int) -> Cleaned | None:
+    """The container's logs beyond the kept ones removed, here and now; None: nothing to do."""
+    cleaning = cleaning_of(ledger, container_id, kept)
+    return clean(cleaning) if cleaning else None
 
-    def work() -> None:
-        try:
-            clean_job_logs(ledger, container_id, kept)
-        except (CleanupError, RunAsError) as exc:
-            log.warning(
-                "job logs not cleaned", extra={"container_id": container_id, "error": str(exc)}
-            )
-        except Exception:
-            log.exception("job logs not cleaned", extra={"container_id": container_id})
 
-    thread = threading.Thread(target=work, name="rxd-job-logs", daemon=True)
-    thread.start()
-    return thread
+def _clean_logged(cleaning: Cleaning) -> None:
+    try:
+        clean(cleaning)
+    except (CleanupError, RunAsError) as exc:
+        log.warning(
+            "job logs not cleaned",
+            extra={"container_id": cleaning.container_id, "error": str(exc)},
+        )
+    except Exception:
+        log.exception("job logs not cleaned", extra={"container_id": cleaning.container_id})
+
+
+def clean_job_logs_soon(ledger: Ledger, container_id: int, kept: int) -> Future[None] | None:
+    """`clean_job_logs` with the removal on the cleaners' threads: a slow or hanging folder of
+    one user holds up neither a submission nor the reconciler's pass. The ledger is read here
+    (its connections are per thread; the cleaners open none). A cleaning that fails is logged;
+    the container's next submission or job end tries again."""
+    try:
+        cleaning = cleaning_of(ledger, container_id, kept)
+    except Exception:
+        # Cleaning is housekeeping: it never fails the submission or pass that asked for it.
+        log.exception("job logs not cleaned", extra={"container_id": container_id})
+        return None
+    return _CLEANERS.submit(_clean_logged, cleaning) if cleaning else None
 
 
 def container_logs(
