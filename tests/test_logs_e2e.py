@@ -222,6 +222,7 @@ def job_logs_on_disk(state_dir: Path) -> set[int]:
 def test_after_more_wakes_than_kept_only_the_newest_logs_remain_and_links_stay(
     rxd: Rxd, live: str
 ) -> None:
+    wait_state(rxd, live, "stopped")  # the history test's stop may still be under way
     state_dir = rxd.root / "containers" / f"rx-{live}"
     secret = rxd.root / "root-only-secret-2"
     secret.write_text("root's secret\n")
