@@ -1,6 +1,7 @@
 """`rxctl logs` and `rxctl history` on the real cluster: a failed start's whole Apptainer message
 for members (not for strangers), a planted symlink that root does not follow, following a running
-container's output until it stops, and a stop/start cycle in the history with who did it."""
+container's output until it stops, a stop/start cycle in the history with who did it, and only
+the newest KEPT jobs' logs left after more wakes (a symlink named like a log left alone)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ MANAGER = "rxbob"
 STRANGER = "rxcarol"
 BROKEN = "lg-broken"
 LIVE = "lg-live"
+KEPT = 2  # [containers] job_logs_kept: small, so that a few wakes go past it
 
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    with lifecycle_rxd(bind=(OWNER, VIEWER, MANAGER, STRANGER)) as daemon:
+    with lifecycle_rxd(bind=(OWNER, VIEWER, MANAGER, STRANGER), job_logs_kept=str(KEPT)) as daemon:
         yield daemon
 
 
@@ -205,3 +207,52 @@ def test_history_lists_a_stop_start_cycle_with_who_did_it(rxd: Rxd, live: str) -
         f"Error: no project named '{live}' (or you are not a member)"
     )
     ok(rxd.rxctl(OWNER, "stop", "--project", live))
+
+
+def job_logs_on_disk(state_dir: Path) -> set[int]:
+    """The jobs whose logs are regular files in the folder (links not counted)."""
+    found = set()
+    for entry in state_dir.iterdir():
+        matched = re.fullmatch(r"job-([0-9]+)\.out", entry.name)
+        if matched and entry.is_file() and not entry.is_symlink():
+            found.add(int(matched.group(1)))
+    return found
+
+
+def test_after_more_wakes_than_kept_only_the_newest_logs_remain_and_links_stay(
+    rxd: Rxd, live: str
+) -> None:
+    wait_state(rxd, live, "stopped")  # the history test's stop may still be under way
+    state_dir = rxd.root / "containers" / f"rx-{live}"
+    secret = rxd.root / "root-only-secret-2"
+    secret.write_text("root's secret\n")
+    secret.chmod(0o600)
+    planted = state_dir / "job-1.out"  # older than any job: a log the cleaner would remove
+    os.symlink(secret, planted)
+    uid = pwd.getpwnam(OWNER).pw_uid
+    os.lchown(planted, uid, uid)
+    try:
+        jobs = []
+        for _ in range(KEPT + 1):
+            jobs.append(running_live(rxd))
+            ok(rxd.rxctl(OWNER, "stop", "--project", live))
+            wait_state(rxd, live, "stopped")
+        answer = logs_json(rxd, VIEWER, live)
+        kept = {j["job_id"] for j in answer["jobs"] if j["kept"]}
+        assert kept == set(jobs[-KEPT:]), answer["jobs"]
+
+        wait_for(
+            lambda: job_logs_on_disk(state_dir) == kept,
+            timeout=60,
+            what=f"only the newest {KEPT} job logs to remain",
+        )
+
+        assert planted.is_symlink() and os.readlink(planted) == str(secret)
+        assert secret.read_text() == "root's secret\n"
+        result = rxd.rxctl(VIEWER, "logs", "--project", live, "--job", str(jobs[0]))
+        assert result.returncode == 0, result.stderr
+        assert f"job {jobs[0]}'s output was cleaned" in result.stderr
+        newest = rxd.rxctl(VIEWER, "logs", "--project", live, "--job", str(jobs[-1]))
+        assert f"rx-holder: stopping rx-{LIVE}-{jobs[-1]}" in output(newest)
+    finally:
+        planted.unlink(missing_ok=True)

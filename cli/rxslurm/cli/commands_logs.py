@@ -74,6 +74,8 @@ def pieces(
 def cut_note(answer: Mapping[str, Any]) -> str | None:
     """What stderr says about the first piece of a job: cut, or no output at all."""
     job = answer["job_id"]
+    if answer.get("cleaned"):
+        return f"job {job}'s output was cleaned: rxd keeps only the container's newest jobs' logs"
     if answer.get("missing"):
         return (
             f"job {job} has written no output yet"

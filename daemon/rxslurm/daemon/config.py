@@ -122,6 +122,8 @@ class ContainersConfig:
     stop_grace_s: int = 10
     # Seconds between reconciler passes.
     reconcile_interval: float = 5.0
+    # Holder job logs (job-<id>.out) kept per container: the newest this many of its jobs.
+    job_logs_kept: int = 10
 
 
 @dataclass(frozen=True)
@@ -312,6 +314,8 @@ def _validate(config: Config, where: str) -> None:
         raise ConfigError(
             f"{where}: containers.stop_grace_s and reconcile_interval must be positive"
         )
+    if containers.job_logs_kept < 1:
+        raise ConfigError(f"{where}: containers.job_logs_kept must be at least 1")
     for mount in containers.fixed_mounts:
         parts = mount.split(":")
         if (

@@ -43,6 +43,7 @@ async def logs(request: web.Request) -> web.Response:
         request.match_info["name"],
         job_id=job_id,
         offset=offset,
+        kept=daemon.config.containers.job_logs_kept,
     )
     return json_response(answer)
 

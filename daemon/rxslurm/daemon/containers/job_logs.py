@@ -1,25 +1,124 @@
 """A container's logs for its members (``rxctl logs``): which of its holder jobs, and that job's
-output as the runtime user reads it (runtime/job_output.py).
+output as the runtime user reads it (runtime/job_output.py); and which logs are kept.
 
 Only jobs the ledger knows as the container's may be named, and only the container's own state
 folder is read: a member cannot point rxd at another project's job or at any path.
+
+The ledger decides which logs stay: the newest ``containers.job_logs_kept`` of the container's
+jobs (and its current one). The rest are removed as the runtime user
+(runtime/job_log_cleanup.py) when a job is submitted and when the reconciler sees one end.
 """
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from rxslurm.daemon.errors import Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor
-from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.daemon.projects.service import authorize
+from rxslurm.daemon.runtime.job_log_cleanup import Cleaned, CleanupError, remove_old_logs
 from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError, read_output
 from rxslurm.protocol.states import ACTIVE, State
 from rxslurm.slurm.runas import RunAs, RunAsError
 
+log = logging.getLogger(__name__)
+
 # The newest jobs an answer lists (each one's log can be asked for with `job`).
 MAX_JOBS = 100
+
+# Removals run here, a few at a time; each is bounded by the cleaner's own deadline.
+_CLEANERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rxd-job-logs")
+
+
+def kept_jobs(db: LedgerDatabase, container_id: int, kept: int) -> set[int]:
+    """The jobs whose logs are kept: the container's newest `kept` and its current one."""
+    newest = db.execute(
+        "SELECT job_id FROM jobs WHERE container_id = ? ORDER BY job_id DESC LIMIT ?",
+        [container_id, kept],
+    ).fetchall()
+    current = db.execute("SELECT job_id FROM containers WHERE id = ?", [container_id]).fetchone()
+    return {r[0] for r in newest} | ({current[0]} if current and current[0] else set())
+
+
+@dataclass(frozen=True)
+class Cleaning:
+    """What the ledger says of one container's logs: where, as whom, which jobs' to keep, and
+    the newest job it knows (logs of newer ones, not yet recorded, are kept too)."""
+
+    container_id: int
+    state_dir: str
+    runtime_user: str
+    keep: frozenset[int]
+    newest: int
+
+
+def cleaning_of(ledger: Ledger, container_id: int, kept: int) -> Cleaning | None:
+    """The container's cleaning; None when there is nothing to decide on (no folder, no jobs)."""
+    with ledger.read() as db:
+        found = db.execute(
+            "SELECT state_dir, runtime_user, "
+            "(SELECT max(job_id) FROM jobs WHERE container_id = containers.id) "
+            "FROM containers WHERE id = ?",
+            [container_id],
+        ).fetchone()
+        if found is None or not found[0] or not found[1] or found[2] is None:
+            return None
+        state_dir, runtime_user, newest = found
+        keep = kept_jobs(db, container_id, kept)
+    return Cleaning(container_id, state_dir, runtime_user, frozenset(keep), max(newest, *keep))
+
+
+def clean(cleaning: Cleaning) -> Cleaned:
+    """Remove the logs beyond the kept ones, as the runtime user."""
+    who = RunAs.for_user(cleaning.runtime_user)
+    cleaned = remove_old_logs(cleaning.state_dir, cleaning.keep, cleaning.newest, who)
+    if cleaned.removed or cleaned.skipped:
+        log.info(
+            "job logs cleaned",
+            extra={
+                "container_id": cleaning.container_id,
+                "removed": list(cleaned.removed),
+                "skipped": list(cleaned.skipped),
+            },
+        )
+    return cleaned
+
+
+def clean_job_logs(ledger: Ledger, container_id: int, kept: int) -> Cleaned | None:
+    """The container's logs beyond the kept ones removed, here and now; None: nothing to do."""
+    cleaning = cleaning_of(ledger, container_id, kept)
+    return clean(cleaning) if cleaning else None
+
+
+def _clean_logged(cleaning: Cleaning) -> None:
+    try:
+        clean(cleaning)
+    except (CleanupError, RunAsError) as exc:
+        log.warning(
+            "job logs not cleaned",
+            extra={"container_id": cleaning.container_id, "error": str(exc)},
+        )
+    except Exception:
+        log.exception("job logs not cleaned", extra={"container_id": cleaning.container_id})
+
+
+def clean_job_logs_soon(ledger: Ledger, container_id: int, kept: int) -> Future[None] | None:
+    """`clean_job_logs` with the removal on the cleaners' threads: a slow or hanging folder of
+    one user holds up neither a submission nor the reconciler's pass. The ledger is read here
+    (its connections are per thread; the cleaners open none). A cleaning that fails is logged;
+    the container's next submission or job end tries again."""
+    try:
+        cleaning = cleaning_of(ledger, container_id, kept)
+    except Exception:
+        # Cleaning is housekeeping: it never fails the submission or pass that asked for it.
+        log.exception("job logs not cleaned", extra={"container_id": container_id})
+        return None
+    return _CLEANERS.submit(_clean_logged, cleaning) if cleaning else None
 
 
 def container_logs(
@@ -30,9 +129,11 @@ def container_logs(
     job_id: int | None = None,
     offset: int | None = None,
     max_bytes: int = MAX_BYTES,
+    kept: int = 10,
 ) -> dict[str, Any]:
     """The output of the container's current (else latest) job, or of `job_id`, one of its jobs:
-    the last `max_bytes`, or from byte `offset` on (how `rxctl logs -f` follows)."""
+    the last `max_bytes`, or from byte `offset` on (how `rxctl logs -f` follows). `kept`: how
+    many of its jobs' logs are kept (a missing log of an older one was cleaned)."""
     with ledger.read() as db:
         row, _ = authorize(db, actor, project, Action.LOGS)
         found = db.execute(
@@ -51,12 +152,22 @@ def container_logs(
                 [container_id, MAX_JOBS],
             ).fetchall()
         ]
-    known = {job["job_id"] for job in jobs} | ({current_job} if current_job else set())
+        keep = kept_jobs(db, container_id, kept)
+        known = (
+            job_id is None
+            or job_id == current_job
+            or db.execute(
+                "SELECT 1 FROM jobs WHERE container_id = ? AND job_id = ?", [container_id, job_id]
+            ).fetchone()
+            is not None
+        )
+    for job in jobs:
+        job["kept"] = job["job_id"] in keep
     if job_id is None:
         job_id = current_job or (jobs[0]["job_id"] if jobs else None)
         if job_id is None:
             raise Conflict(f"the container of {project} has run no job yet")
-    elif job_id not in known:
+    elif not known:
         raise NotFound(f"job {job_id} is not one of the jobs of {project}'s container")
     if not state_dir or not runtime_user:
         raise Conflict(f"the container of {project} has no folder")
@@ -79,5 +190,7 @@ def container_logs(
         "size": piece.size,
         "cut": piece.cut,
         "missing": piece.missing,
+        # Gone because it is older than the logs rxd keeps (`containers.job_logs_kept`).
+        "cleaned": piece.missing and job_id not in keep,
         "jobs": jobs,
     }

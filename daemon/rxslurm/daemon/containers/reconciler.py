@@ -475,6 +475,7 @@ class Reconciler:
                     db.table("jobs").update(
                         job_id, {"state": job_state, "ended_at": now, "last_seen_at": now}
                     )
+            self.service.clean_job_logs(row["id"])
         return moved
 
     def _rewake(self, container_id: int) -> None:

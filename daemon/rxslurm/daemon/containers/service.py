@@ -24,6 +24,7 @@ from sqlite_utils.db import NotFoundError
 
 from rxslurm.daemon import failpoints
 from rxslurm.daemon.config import Config
+from rxslurm.daemon.containers.job_logs import clean_job_logs_soon
 from rxslurm.daemon.containers.pulls import ImagePulls, carry_on
 from rxslurm.daemon.containers.state_changes import STATE_CHANGES, ring_after_commit
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
@@ -233,6 +234,11 @@ class ContainerService:
         # Whether Slurm answered the reconciler's last pass; views say "as last seen" if not.
         self.slurm_reachable = True
         self.changes = STATE_CHANGES
+        # Called with a container's id when one of its jobs is submitted or ends: its logs
+        # beyond the kept ones go, as the runtime user, on a thread of their own.
+        self.clean_job_logs: Callable[[int], object] = lambda container_id: clean_job_logs_soon(
+            ledger, container_id, config.containers.job_logs_kept
+        )
 
     def wait_for(
         self, container_id: int, done: Callable[[dict[str, Any]], bool], timeout: float
@@ -905,6 +911,7 @@ class ContainerService:
             return None
         log.info("submitted", extra={"job_id": job_id, "container": c["name"]})
         self.poke()
+        self.clean_job_logs(container_id)
         return job_id
 
     def stop(self, actor: Actor, project: str, check: Action = Action.STOP) -> ContainerView:

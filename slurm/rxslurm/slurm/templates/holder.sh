@@ -4,7 +4,9 @@
 # options come on sbatch's command line. Progress goes to $state_dir/job-$SLURM_JOB_ID.status,
 # one line, which rxd reads: "starting", "running <instance>", "stopping", "stopped", "error: ...".
 # Its own lines ("rx-holder: ...") and Apptainer's messages go to the job's output, job-<id>.out,
-# which members read with `rxctl logs`.
+# which members read with `rxctl logs`. That output stays small: a few lines of the holder's and
+# the last 64 KiB at most of Apptainer's start messages (the instance's own output goes to
+# Apptainer's instance logs, not here).
 #rx:param instance
 #rx:param image
 #rx:param overlay
@@ -95,11 +97,11 @@ started=1
 if ! out=$("$apptainer" "${args[@]}" "$image" "$instance" 2>&1 9>&-); then
   last=$(printf '%s\n' "$out" | grep -E '^(FATAL|ERROR)' | tail -n 1)
   report "error: ${last:-apptainer instance start failed}"
-  printf '%s\n' "$out" >&2
+  printf '%s\n' "$out" | tail -c 65536 >&2
   say "apptainer instance start failed"
   exit 1
 fi
-[[ -n $out ]] && printf '%s\n' "$out"
+[[ -n $out ]] && printf '%s\n' "$out" | tail -c 65536
 say "$instance is running"
 report "running $instance"
 
