@@ -14,6 +14,7 @@ import grimp
 ROOT = Path(__file__).parent.parent
 PORTIONS = ("daemon", "slurm", "cli", "protocol")
 
+
 def import_loops() -> set[frozenset[str]]:
     """The strongly connected groups of more than one module (Tarjan's algorithm)."""
     for portion in PORTIONS:

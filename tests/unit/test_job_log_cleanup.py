@@ -25,7 +25,7 @@ from rxslurm.daemon.containers.job_logs import (
     container_logs,
     kept_jobs,
 )
-from rxslurm.daemon.runtime import job_log_cleanup
+from rxslurm.daemon.runtime import user_script
 from rxslurm.daemon.runtime.job_log_cleanup import (
     Cleaned,
     CleanupError,
@@ -121,7 +121,7 @@ def test_the_cleaner_runs_isolated_as_the_runtime_user(monkeypatch: pytest.Monke
         calls.append((argv, as_user))
         return subprocess.CompletedProcess(argv, 0, '{"removed": [3], "skipped": []}\n', "")
 
-    monkeypatch.setattr(job_log_cleanup, "run", fake_run)
+    monkeypatch.setattr(user_script, "run", fake_run)
     who = RunAs("ada", 65534, 65534, (65534,))
 
     assert remove_old_logs("/state/rx-a", {12, 11}, 12, who).removed == (3,)

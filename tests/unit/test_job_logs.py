@@ -22,7 +22,7 @@ from rxslurm.daemon.errors import BadRequest, Conflict, NotFound
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.timestamps import to_timestamp
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role
-from rxslurm.daemon.runtime import job_output
+from rxslurm.daemon.runtime import job_output, user_script
 from rxslurm.daemon.runtime.job_output import (
     JobOutput,
     OutputError,
@@ -102,7 +102,7 @@ def test_the_reader_runs_isolated_as_the_runtime_user(monkeypatch: pytest.Monkey
         calls.append((argv, as_user))
         return subprocess.CompletedProcess(argv, 0, '{"kind": "missing"}\n', "")
 
-    monkeypatch.setattr(job_output, "run", fake_run)
+    monkeypatch.setattr(user_script, "run", fake_run)
     who = RunAs("ada", 65534, 65534, (65534,))
 
     read_output("/state/rx-a", 42, who, offset=7)

@@ -112,6 +112,8 @@ class Seconds(_Converted):
 
     name = "duration"
     convert_text = staticmethod(seconds)
+
+
 MEMORY = Memory()
 MINUTES = Minutes()
 SECONDS = Seconds()

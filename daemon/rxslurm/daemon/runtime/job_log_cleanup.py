@@ -11,12 +11,11 @@ log). A symbolic link, a FIFO or a folder named like a log is left alone and lis
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from rxslurm.slurm.runas import RunAs, run
+from rxslurm.daemon.runtime.user_script import run_script, script_argv
+from rxslurm.slurm.runas import RunAs
 
 CLEAN_TIMEOUT_S = 10.0
 
@@ -69,7 +68,7 @@ class Cleaned:
 
 def cleaner_argv(state_dir: str, keep: Collection[int], newest: int) -> list[str]:
     ids = ",".join(str(int(j)) for j in sorted(keep))
-    return [sys.executable, "-I", "-S", "-c", CLEANER, state_dir, ids, str(int(newest))]
+    return script_argv(CLEANER, state_dir, ids, str(int(newest)))
 
 
 def remove_old_logs(
@@ -81,12 +80,14 @@ def remove_old_logs(
 ) -> Cleaned:
     """Remove ``job-N.out`` in ``state_dir`` for every N below ``newest`` not in ``keep``, as
     ``as_user`` (None: as this process, for tests)."""
-    try:
-        result = run(cleaner_argv(state_dir, keep, newest), as_user=as_user, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise CleanupError(f"cleaning job logs took over {timeout:g} s") from None
-    except OSError as exc:
-        raise CleanupError(f"cannot start the cleaner: {exc}") from None
+    result = run_script(
+        cleaner_argv(state_dir, keep, newest),
+        as_user=as_user,
+        timeout=timeout,
+        doing="cleaning job logs",
+        name="cleaner",
+        error=CleanupError,
+    )
     return parse_cleaner_output(result.returncode, result.stdout, result.stderr)
 
 

@@ -12,12 +12,11 @@ then made safe for a terminal here (text_checks), before anyone sees it.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 
+from rxslurm.daemon.runtime.user_script import run_script, script_argv
 from rxslurm.daemon.text_checks import safe_output
-from rxslurm.slurm.runas import RunAs, run
+from rxslurm.slurm.runas import RunAs
 
 # What one answer carries at most: enough for Apptainer's whole message, small enough for one
 # JSON reply. `rxctl logs -f` asks again from where it stopped.
@@ -100,17 +99,13 @@ def output_name(job_id: int) -> str:
 
 def reader_argv(state_dir: str, job_id: int, offset: int | None, max_bytes: int) -> list[str]:
     """The reader's argv: the interpreter rxd runs on, isolated, with the constant script."""
-    return [
-        sys.executable,
-        "-I",
-        "-S",
-        "-c",
+    return script_argv(
         READER,
         state_dir,
         output_name(job_id),
         str(-1 if offset is None else int(offset)),
         str(int(max_bytes)),
-    ]
+    )
 
 
 def read_output(
@@ -126,12 +121,14 @@ def read_output(
     if offset is not None and offset < 0:
         raise ValueError("offset must not be negative")
     argv = reader_argv(state_dir, job_id, offset, max_bytes)
-    try:
-        result = run(argv, as_user=as_user, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise OutputError(f"reading the job's output took over {timeout:g} s") from None
-    except OSError as exc:
-        raise OutputError(f"cannot start the reader: {exc}") from None
+    result = run_script(
+        argv,
+        as_user=as_user,
+        timeout=timeout,
+        doing="reading the job's output",
+        name="reader",
+        error=OutputError,
+    )
     return parse_reader_output(result.returncode, result.stdout, result.stderr)
 
 
