@@ -27,6 +27,7 @@ from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.main import effective_lines
 from rxslurm.daemon.metrics import CONTENT_TYPE, Counters, Family, Histogram, Sample, render
 from rxslurm.protocol.states import State
+from tests.support.cluster import wait_for
 from tests.test_api_fuzz import QuietSlurm
 from tests.unit.test_reconciler_edges import world
 
@@ -341,16 +342,16 @@ def test_an_internal_error_is_counted_as_5xx_under_its_route_pattern(tmp_path: P
 
 
 def test_each_reconciler_pass_is_counted_with_its_duration(tmp_path: Path) -> None:
-    import time
-
     w = world(tmp_path, ("alpha", "stopped"))
     assert w.reconciler.passes == 0 and w.reconciler.last_pass_seconds is None
     w.reconciler.start()
+
+    def poked_twice() -> bool:
+        w.reconciler.poke()
+        return w.reconciler.passes >= 2
+
     try:
-        deadline = time.monotonic() + 30
-        while w.reconciler.passes < 2 and time.monotonic() < deadline:
-            w.reconciler.poke()
-            time.sleep(0.05)
+        wait_for(poked_twice, timeout=30, interval=0.05, what="two reconciler passes")
     finally:
         w.reconciler.stop()
     assert w.reconciler.passes >= 2
