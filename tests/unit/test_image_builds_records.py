@@ -19,9 +19,11 @@ from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 
 def add_project(ledger: Ledger, name: str) -> int:
     with ledger.transaction() as db:
-        pk = db.table("projects").insert(
-            {"name": name, "created_at": to_timestamp(utcnow()), "created_by": "ada"}
-        ).last_pk
+        pk = (
+            db.table("projects")
+            .insert({"name": name, "created_at": to_timestamp(utcnow()), "created_by": "ada"})
+            .last_pk
+        )
     assert isinstance(pk, int)
     return pk
 
@@ -29,23 +31,27 @@ def add_project(ledger: Ledger, name: str) -> int:
 def add_build(ledger: Ledger, project_id: int, name: str, state: str, **values: Any) -> int:
     now = to_timestamp(utcnow())
     with ledger.transaction() as db:
-        pk = db.table("image_builds").insert(
-            {
-                "project_id": project_id,
-                "name": name,
-                "draft": "main",
-                "definition": "Bootstrap: localimage\nFrom: /b.sif\n",
-                "state": state,
-                "runtime_user": "ada",
-                "runtime_uid": 65534,
-                "build_dir": f"/srv/c/rxbuild-x-{name}",
-                "context": ".",
-                "created_at": now,
-                "created_by": "ada",
-                "updated_at": now,
-                **values,
-            }
-        ).last_pk
+        pk = (
+            db.table("image_builds")
+            .insert(
+                {
+                    "project_id": project_id,
+                    "name": name,
+                    "draft": "main",
+                    "definition": "Bootstrap: localimage\nFrom: /b.sif\n",
+                    "state": state,
+                    "runtime_user": "ada",
+                    "runtime_uid": 65534,
+                    "build_dir": f"/srv/c/rxbuild-x-{name}",
+                    "context": ".",
+                    "created_at": now,
+                    "created_by": "ada",
+                    "updated_at": now,
+                    **values,
+                }
+            )
+            .last_pk
+        )
     assert isinstance(pk, int)
     return pk
 

@@ -150,5 +150,7 @@ def find_build(store: Ledger | LedgerDatabase, project_id: int, ref: str) -> Bui
 
 
 def project_builds(store: Ledger | LedgerDatabase, project_id: int) -> list[Build]:
-    rows = _db(store).table("image_builds").rows_where("project_id = ?", [project_id], order_by="id")
+    rows = (
+        _db(store).table("image_builds").rows_where("project_id = ?", [project_id], order_by="id")
+    )
     return [Build.from_row(row) for row in rows]
