@@ -79,6 +79,7 @@ class BuildRequest:
     context: str  # the workspace folder copied (minus exclusions) as the build's working folder
     definition: str  # the Apptainer definition built
     ignore: str = ""  # .dockerignore lines
+    plain_http: bool = False  # its base comes from a registry served over plain HTTP
 
 
 class ContainerRuntime(Protocol):

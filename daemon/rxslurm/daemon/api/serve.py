@@ -17,6 +17,7 @@ from rxslurm.daemon.api import (
     routes_admin,
     routes_containers,
     routes_identity,
+    routes_images,
     routes_logs,
     routes_metrics,
     routes_projects,
@@ -46,6 +47,7 @@ ROUTES = [
     *routes_projects.routes,
     *routes_containers.routes,
     *routes_logs.routes,
+    *routes_images.routes,
     *routes_admin.routes,
 ]
 

@@ -41,7 +41,7 @@ from rxslurm.daemon.images.builds import (
     build_job_name,
     find_build,
 )
-from rxslurm.daemon.images.definition import base_of
+from rxslurm.daemon.images.definition import base_of, header_value
 from rxslurm.daemon.images.gates import require_builds_enabled, require_dev_mode
 from rxslurm.daemon.ledger.audit import record_event
 from rxslurm.daemon.ledger.store import LedgerDatabase
@@ -280,8 +280,9 @@ class BuildService:
         ends the build `failed` with the reason (its lease goes with it)."""
         try:
             _prepare_state_dir(self.config, Path(build_dir).name, owner, None)
+            plain = registry_of(definition) in self.config.pulls.plain_http
             script = self.containers.runtime.build_script(
-                BuildRequest(build_dir, context, definition, draft["ignore"])
+                BuildRequest(build_dir, context, definition, draft["ignore"], plain_http=plain)
             )
             row = self._build(build_id)
             spec = JobSpec(
@@ -635,6 +636,15 @@ class BuildService:
             [build_id],
         ).fetchone()
         return str(found[0]) if found else ""
+
+
+def registry_of(definition: str) -> str:
+    """The registry ("host:port") a docker:// base comes from; "" for Docker Hub or no registry.
+    As Docker reads a reference: the first part is a registry if it has a '.' or ':'."""
+    if header_value(definition, "Bootstrap").lower() != "docker":
+        return ""
+    first, sep, _ = header_value(definition, "From").partition("/")
+    return first if sep and ("." in first or ":" in first or first == "localhost") else ""
 
 
 def record_event_for(

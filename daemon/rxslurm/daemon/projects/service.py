@@ -176,6 +176,7 @@ def project_view(ledger: Ledger, config: Config, actor: Actor, name: str) -> dic
         "run_as": row["run_as"],
         "run_as_user": row["run_as_user"],
         "runtime_user": runtime_user,
+        "dev_mode": bool(row["dev_mode"]),
         "workspace": row["workspace"],
         "members": [{"user": u, "role": r, "linux_user": lu} for u, r, lu in members],
         "container": None

@@ -224,6 +224,7 @@ class ApptainerRuntime:
             definition=base64.b64encode(build.definition.encode()).decode(),
             ignore=base64.b64encode(build.ignore.encode()).decode(),
             apptainer=self.program(),
+            no_https="--no-https" if build.plain_http else "",
         )
 
 

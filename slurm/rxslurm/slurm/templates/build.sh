@@ -11,12 +11,14 @@
 #rx:param definition
 #rx:param ignore
 #rx:param apptainer
+#rx:param no_https
 set -u
 build_dir={{build_dir}}
 context={{context}}
 definition={{definition}}
 ignore={{ignore}}
 apptainer={{apptainer}}
+no_https={{no_https}}
 # Nothing in the job's environment (a shared account's login profile, say) may change the build.
 unset BASH_ENV ENV
 for name in $(compgen -e); do [[ $name == APPTAINER* || $name == SINGULARITY* ]] && unset "$name"; done
@@ -110,7 +112,10 @@ print("rx-build: copied %d files" % copied)
 PY
 cd context || fail "cannot enter the copied context"
 say "building from $(grep -m1 -i '^From:' ../build.def | cut -c1-200)"
-"$apptainer" build --fakeroot "$build_dir/image.part.sif" "$build_dir/build.def" </dev/null
+args=(build --fakeroot)
+# Only for a base image in a registry the admin listed in [pulls] plain_http.
+[[ -n $no_https ]] && args+=("$no_https")
+"$apptainer" "${args[@]}" "$build_dir/image.part.sif" "$build_dir/build.def" </dev/null
 status=$?
 if ((status != 0)); then
   cleanup
