@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from rxslurm.daemon.projects.service import authorize, require_runtime_identity
 from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.daemon.runtime.build_files import RemoveError, empty_build_folder
-from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError, read_output
+from rxslurm.daemon.runtime.job_output import MAX_BYTES, JobOutput, OutputError, read_output
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable
 from rxslurm.slurm.jobs import JobInfo, Listing
@@ -77,9 +78,17 @@ class BuildService:
     def __init__(self, containers: ContainerService) -> None:
         self.containers = containers
         self.ledger = containers.ledger
-        self.config: Config = containers.config
+        # As root would do it on a cluster; the unit tests, run as nobody, replace both.
+        self.read_output: Callable[..., JobOutput] = read_output
+        self.make_build_dir: Callable[[str, RunAs], object] = lambda name, owner: (
+            _prepare_state_dir(self.config, name, owner, None)
+        )
 
-    # The ports, as the container service holds them (tests swap them there).
+    # The config and the ports, as the container service holds them (tests swap them there).
+    @property
+    def config(self) -> Config:
+        return self.containers.config
+
     @property
     def scheduler(self) -> Any:
         return self.containers.scheduler
@@ -279,7 +288,7 @@ class BuildService:
         """After the commit: the folder, the script, sbatch as the runtime user. A failure
         ends the build `failed` with the reason (its lease goes with it)."""
         try:
-            _prepare_state_dir(self.config, Path(build_dir).name, owner, None)
+            self.make_build_dir(Path(build_dir).name, owner)
             plain = registry_of(definition) in self.config.pulls.plain_http
             script = self.containers.runtime.build_script(
                 BuildRequest(build_dir, context, definition, draft["ignore"], plain_http=plain)
@@ -361,7 +370,7 @@ class BuildService:
         if build.job_id is None:
             return {**base, "job_id": None, "text": "", "start": 0, "end": 0, "size": 0}
         try:
-            piece = read_output(
+            piece = self.read_output(
                 build.build_dir,
                 build.job_id,
                 RunAs.for_user(build.runtime_user),
@@ -568,7 +577,7 @@ class BuildService:
             self._end(build_id, BuildState.FAILED, reason)
             return 1
         try:
-            piece = read_output(
+            piece = self.read_output(
                 row["build_dir"], job.job_id, RunAs.for_user(row["runtime_user"]), None
             )
             output = piece.text
