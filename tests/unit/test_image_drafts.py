@@ -363,3 +363,47 @@ def test_the_context_copy_follows_dockerignore_rules(tmp_path: Path) -> None:
     assert copied == {"app.py", "keep.log", "data/small.txt", "src/deep/x.py", "link"}
     # A link is copied as a link, never followed.
     assert (tmp_path / "dest" / "link").is_symlink()
+
+
+# -- the batch script and the editor -----------------------------------------------------------
+
+
+def test_build_script_values_are_one_word_each_and_the_definition_survives(tmp_path: Path) -> None:
+    import base64
+    import shlex
+
+    from rxslurm.daemon.config import ApptainerConfig
+    from rxslurm.daemon.ports import BuildRequest
+    from rxslurm.daemon.runtime.apptainer import ApptainerRuntime
+
+    context = "/ws/it's $(reboot) `x`"
+    definition = "Bootstrap: localimage\nFrom: /b.sif\n%post\n  echo '$HOME' \"x\"\n"
+    runtime = ApptainerRuntime(ApptainerConfig(binary="/opt/apptainer/bin/apptainer"))
+    script = runtime.build_script(
+        BuildRequest("/srv/c/rxbuild-a-1", context, definition, "*.log\n")
+    )
+    assert f"context={shlex.quote(context)}\n" in script
+    assert "apptainer=/opt/apptainer/bin/apptainer\n" in script
+    assert "no_https=''\n" in script
+    encoded = re.search(r"^definition=(\S+)$", script, re.M)
+    assert encoded and base64.b64decode(encoded.group(1)).decode() == definition
+    (tmp_path / "build.sh").write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "build.sh")], check=False).returncode == 0
+    plain = runtime.build_script(BuildRequest("/b", "/c", definition, plain_http=True))
+    assert "no_https=--no-https\n" in plain
+
+
+def test_edit_in_editor_runs_the_editor_with_its_options_and_reads_the_file_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rxslurm.cli.commands_image_build import edit_in_editor
+
+    editor = tmp_path / "ed.sh"
+    editor.write_text('#!/bin/sh\n[ "$1" = "--wait" ] && shift\nsed -i s/alpine/debian/ "$1"\n')
+    editor.chmod(0o755)
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", f"{editor} --wait")
+    assert edit_in_editor("FROM alpine\n", "dockerfile") == "FROM debian\n"
+    monkeypatch.setenv("EDITOR", "false")
+    with pytest.raises(Exception, match="the editor exited with status 1"):
+        edit_in_editor("FROM alpine\n", "dockerfile")

@@ -572,8 +572,12 @@ class BuildService:
         if job.base_state == "CANCELLED" or job.state == "CANCELLED":
             self._end(build_id, BuildState.CANCELLED, "the job was cancelled outside rx-slurm")
             return 1
-        if job.state == "TIMEOUT":
-            reason = f"the build ran out of its time limit ({row['time_limit_min']} min)"
+        if job.state in ("TIMEOUT", "OUT_OF_MEMORY"):
+            reason = (
+                f"the build ran out of its time limit ({row['time_limit_min']} min; --time)"
+                if job.state == "TIMEOUT"
+                else f"the build ran out of memory ({row['mem_mb']} MB; --mem)"
+            )
             self._end(build_id, BuildState.FAILED, reason)
             return 1
         try:
