@@ -21,7 +21,7 @@ import click
 
 from rxslurm.cli import render, units
 from rxslurm.cli.client import Client
-from rxslurm.cli.commands_logs import pieces
+from rxslurm.cli.commands_logs import POLL_S, pieces
 from rxslurm.cli.common import (
     api_errors,
     echo,
@@ -541,8 +541,15 @@ def logs(client: Client, project: str | None, follow: bool, build_ref: str, json
     if json_:
         emit_json(first)
         return
+    try:
+        # A build just asked for may not have its job recorded yet: following waits for it.
+        while first["job_id"] is None and follow and first["live"]:
+            time.sleep(POLL_S)
+            first = fetch(None, None)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     if first["job_id"] is None:
-        echo(f"build {first['id']} has no job yet ({first['state']})", err=True)
+        echo(f"build {first['id']} has no job ({first['state']})", err=True)
         return
     if first.get("missing") and not follow:
         echo(f"job {first['job_id']} has written no output yet", err=True)
