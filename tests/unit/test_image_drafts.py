@@ -407,3 +407,42 @@ def test_edit_in_editor_runs_the_editor_with_its_options_and_reads_the_file_back
     monkeypatch.setenv("EDITOR", "false")
     with pytest.raises(Exception, match="the editor exited with status 1"):
         edit_in_editor("FROM alpine\n", "dockerfile")
+
+
+def test_people_see_dev_mode_images_and_problems_in_their_words() -> None:
+    from rxslurm.cli import render
+    from rxslurm.cli.commands_image_build import image_list_lines, problem_lines, size_text
+
+    project = {"name": "alpha", "members": [], "dev_mode": True}
+    assert any(re.fullmatch(r"dev mode:? +on \(image builds allowed\)", line)
+               for line in render.project_lines(project))  # fmt: skip
+    assert not any("dev mode" in line for line in render.project_lines({"name": "alpha"}))
+    image = {"id": 3, "name": "py", "state": "succeeded", "size": 73027584, "sha256": "ab" * 32,
+             "base": "docker://python:3.12", "built_by": "rxcarol",
+             "created_at": "2026-12-01T00:24:00.000000Z",
+             "ended_at": "2026-12-01T00:25:00.000000Z"}  # fmt: skip
+    header, row = image_list_lines([image], render.PEOPLE)
+    assert header.split() == [
+        "ID",
+        "NAME",
+        "STATE",
+        "SIZE",
+        "SHA256",
+        "BASE",
+        "BUILT",
+        "BY",
+        "WHEN",
+    ]
+    assert row.split() == [
+        "3", "py", "succeeded", "69.6", "MiB", "abababababab", "docker://python:3.12", "rxcarol",
+        "2026-12-01", "00:25:00Z",
+    ]  # fmt: skip
+    assert size_text(None) == "-" and size_text(512) == "512 B"
+    check = {"problems": [{"line": 3, "message": "unknown instruction FOO"},
+                          {"line": 0, "message": "no FROM"}],
+             "notes": [{"line": 4, "message": "USER left out"}]}  # fmt: skip
+    assert problem_lines("Dockerfile", check) == [
+        "Dockerfile:3: unknown instruction FOO",
+        "Dockerfile: no FROM",
+        "Dockerfile:4: note: USER left out",
+    ]
