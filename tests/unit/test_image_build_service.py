@@ -386,3 +386,35 @@ def test_config_is_checked(b: Builds) -> None:
         parse_config({"builds": {"partition": "a b"}})
     assert parse_config({}).builds.enabled is False
     assert isinstance(Config().builds, BuildsConfig)
+
+
+def test_a_project_with_a_running_build_is_not_deleted(b: Builds) -> None:
+    from rxslurm.daemon.projects.service import delete_project
+
+    build_id = b.build()["id"]
+    b.w.set("alpha", state="disabled")
+    with pytest.raises(Conflict, match="has 1 image build\\(s\\) running; cancel them first"):
+        delete_project(b.w.ledger, OWNER, "alpha")
+    b.service.cancel(OWNER, "alpha", str(build_id))
+    delete_project(b.w.ledger, OWNER, "alpha")
+    # Its drafts and build records went with it.
+    assert ledger_count(b, "image_builds") == 0 and ledger_count(b, "image_drafts") == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "project", "expected"),
+    [
+        ("rxbuild-a-12", "a", True),
+        ("rxbuild-a-1-5", "a", False),  # project a-1's build 5
+        ("rxbuild-a-1-5", "a-1", True),
+        ("rxbuild-a-", "a", False),
+        ("rxbuild-a-x", "a", False),
+        ("rx-a", "a", False),
+    ],
+)
+def test_build_folders_of_a_project_are_told_apart_from_its_namesakes(
+    name: str, project: str, expected: bool
+) -> None:
+    from rxslurm.protocol.job_comment import is_build_of
+
+    assert is_build_of(name, project) is expected

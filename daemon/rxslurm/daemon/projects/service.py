@@ -257,6 +257,15 @@ def delete_project(ledger: Ledger, actor: Actor, name: str) -> str:
         containers = list(db.table("containers").rows_where("project_id = ?", [row["id"]]))
         if containers and containers[0]["state"] != "disabled":
             raise Conflict(f"project {name} has an enabled container; disable it first")
+        building = db.execute(
+            "SELECT count(*) FROM image_builds WHERE project_id = ? AND state IN (?, ?)",
+            [row["id"], "queued", "building"],
+        ).fetchone()[0]
+        if building:
+            raise Conflict(
+                f"project {name} has {building} image build(s) running; cancel them first "
+                f"(rxctl image list --project {name})"
+            )
         for c in containers:
             db.execute("DELETE FROM jobs WHERE container_id = ?", [c["id"]])
             db.table("containers").delete(c["id"])
