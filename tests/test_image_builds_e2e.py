@@ -156,6 +156,8 @@ def test_builds_are_refused_outside_dev_mode_and_for_viewers(rxd: Rxd, files: Pa
     assert f"project {PROJECT} is not in dev mode" in line
     assert f"rxctl project set {PROJECT} --dev-mode on" in line
     dev_mode(rxd, True)
+    line = refused(image(rxd, OWNER, "build", "--project", PROJECT, "gate", "--partition", "nope"))
+    assert "unknown partition 'nope'; Slurm has:" in line
     for args in (
         ("build", "--project", PROJECT, "gate"),
         ("draft", "create", "--project", PROJECT, "mine", "--file", str(files / "Dockerfile")),

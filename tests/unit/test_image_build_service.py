@@ -176,6 +176,20 @@ def test_a_build_that_does_not_fit_a_quota_is_refused_with_the_bottleneck(b: Bui
     assert len(b.w.slurm.submitted) == 1
 
 
+def test_a_build_no_node_could_run_is_refused_before_anything_is_recorded(b: Builds) -> None:
+    asked: list[Any] = []
+
+    def validate(settings: Any) -> None:
+        asked.append(settings)
+        raise BadRequest("unknown partition 'nope'; Slurm has: cpu, gpu")
+
+    b.service.validate_resources = validate
+    with pytest.raises(BadRequest, match="unknown partition 'nope'"):
+        b.build(partition="nope", cpus=5)
+    assert (asked[0].partition, asked[0].cpus) == ("nope", 5)
+    assert ledger_count(b, "image_builds") == 0 and b.w.slurm.submitted == []
+
+
 def test_names_of_live_images_are_unique(b: Builds) -> None:
     b.build(name="py")
     with pytest.raises(Conflict, match="already has an image named 'py'"):

@@ -39,6 +39,7 @@ class Daemon:
         self.reconciler = Reconciler(self.containers, self.config.containers.reconcile_interval)
         self.containers.poke = self.reconciler.poke
         self.builds = BuildService(self.containers)
+        self.builds.validate_resources = self.partitions.validate
         self.reconciler.extra_passes.append(self.builds.reconcile)
 
     def is_admin(self, caller: Caller) -> bool:

@@ -54,6 +54,7 @@ from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.daemon.runtime.build_files import RemoveError, empty_build_folder
 from rxslurm.daemon.runtime.job_output import MAX_BYTES, JobOutput, OutputError, read_output
+from rxslurm.daemon.settings import Settings
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable
 from rxslurm.slurm.jobs import JobInfo, Listing
@@ -83,6 +84,9 @@ class BuildService:
         self.make_build_dir: Callable[[str, RunAs], object] = lambda name, owner: (
             _prepare_state_dir(self.config, name, owner, None)
         )
+        # What Slurm says of the partition and its nodes (api/context.py gives its cache), so a
+        # build no node could run is refused before anything is recorded.
+        self.validate_resources: Callable[[Settings], None] = lambda settings: None
 
     # The config and the ports, as the container service holds them (tests swap them there).
     @property
@@ -168,6 +172,13 @@ class BuildService:
         draft_name = drafts.check_name("draft", body.get("draft"))
         image = drafts.check_name("image name", body.get("name") or draft_name)
         resources = self._resources(body)
+        self.validate_resources(
+            Settings(
+                partition=resources["partition"],
+                cpus=resources["cpus"],
+                mem_mb=resources["mem_mb"],
+            )
+        )
         with self.ledger.read() as db:
             row, _ = authorize(db, actor, project, Action.BUILD)
             require_dev_mode(row)
