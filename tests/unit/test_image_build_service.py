@@ -171,7 +171,8 @@ def test_a_build_that_does_not_fit_a_quota_is_refused_with_the_bottleneck(b: Bui
              "created_at": "x", "created_by": "op"}
         )  # fmt: skip
     b.build(cpus=2)
-    with pytest.raises(Conflict, match="the build does not fit: partition cpu: deployment quota"):
+    with pytest.raises(Conflict, match="the build does not fit: partition cpu: deployment quota"
+                       " 3 CPUs, 2 in use by alpha \\(2\\); this build needs 2"):  # fmt: skip
         b.build(name="second", cpus=2)
     assert len(b.w.slurm.submitted) == 1
 

@@ -211,7 +211,7 @@ class BuildService:
         with self.ledger.transaction() as db:
             row, _ = authorize(db, actor, project, Action.BUILD)
             require_dev_mode(row)
-            why = quotas.bottleneck(db, request)
+            why = quotas.bottleneck(db, request, asker="this build")
             if why is not None:
                 raise Conflict(f"the build does not fit: {why}", code="quota")
             try:

@@ -77,9 +77,10 @@ def _scope_words(quota: dict[str, Any]) -> str:
 
 
 def blocking(
-    db: LedgerDatabase, req: Request, exclude: int | None = None
+    db: LedgerDatabase, req: Request, exclude: int | None = None, asker: str = "this container"
 ) -> tuple[dict[str, Any], str] | None:
-    """The first quota `req` does not fit, with why in words; None when it fits them all."""
+    """The first quota `req` does not fit, with why in words (`asker` is what asks: "this
+    container", "this build"); None when it fits them all."""
     for quota in _applicable(db, req):
         holders = _holders(db, quota, exclude)
         if quota["max_containers"] and len(holders) + 1 > quota["max_containers"]:
@@ -102,14 +103,16 @@ def blocking(
             who = ", ".join(f"{p} ({n})" for p, n in by_project.items() if n) or "nobody"
             return quota, (
                 f"partition {req.partition}: {_scope_words(quota)} {limit} {words}, "
-                f"{used} in use by {who}; this container needs {asked}"
+                f"{used} in use by {who}; {asker} needs {asked}"
             )
     return None
 
 
-def bottleneck(db: LedgerDatabase, req: Request, exclude: int | None = None) -> str | None:
+def bottleneck(
+    db: LedgerDatabase, req: Request, exclude: int | None = None, asker: str = "this container"
+) -> str | None:
     """Why `req` does not fit, in words; None when it fits every quota that applies."""
-    found = blocking(db, req, exclude)
+    found = blocking(db, req, exclude, asker)
     return found[1] if found else None
 
 
