@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -45,9 +46,9 @@ from rxslurm.daemon.images.builds import (
 from rxslurm.daemon.images.definition import base_of, header_value
 from rxslurm.daemon.images.gates import require_builds_enabled, require_dev_mode
 from rxslurm.daemon.ledger.audit import record_event
-from rxslurm.daemon.ledger.store import LedgerDatabase
+from rxslurm.daemon.ledger.store import LedgerDatabase, LedgerError
 from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp
-from rxslurm.daemon.ports import BuildRequest
+from rxslurm.daemon.ports import BuildRequest, Scheduler
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.daemon.projects.service import authorize, require_runtime_identity
 from rxslurm.daemon.quarantine import quarantine
@@ -94,7 +95,7 @@ class BuildService:
         return self.containers.config
 
     @property
-    def scheduler(self) -> Any:
+    def scheduler(self) -> Scheduler:
         return self.containers.scheduler
 
     def _now(self) -> str:
@@ -237,14 +238,14 @@ class BuildService:
                     )
                     .last_pk
                 )
-            except Exception as exc:
-                if "UNIQUE" in str(exc):
-                    raise Conflict(
-                        f"project {project} already has an image named {image!r}; give --name "
-                        "or delete the old one"
-                    ) from None
-                raise
-            assert isinstance(build_id, int)
+            except sqlite3.IntegrityError:
+                # The one constraint a valid row can break: a live image of that name.
+                raise Conflict(
+                    f"project {project} already has an image named {image!r}; give --name "
+                    "or delete the old one"
+                ) from None
+            if not isinstance(build_id, int):  # an INTEGER PRIMARY KEY always gets one
+                raise LedgerError("the new build got no id")
             build_dir = str(self.config.containers.state_root / build_dir_name(project, build_id))
             db.table("image_builds").update(build_id, {"build_dir": build_dir})
             quotas.acquire_for_build(db, build_id, request)
@@ -270,6 +271,8 @@ class BuildService:
         builds = self.config.builds
         partition = body.get("partition") or builds.partition or self.config.defaults.partition
         partition = partition or self.containers.default_partition()
+        if not partition:
+            raise BadRequest("no partition to build in: give --partition (or set [builds] one)")
         if not isinstance(partition, str) or not _PARTITION.fullmatch(partition):
             raise BadRequest("partition may hold only letters, digits, '.', '_' and '-'")
         values: dict[str, Any] = {"partition": partition}
@@ -476,11 +479,9 @@ class BuildService:
                 )
             try:
                 db.table("image_builds").update(build.id, {"name": name, "updated_at": self._now()})
-            except Exception as exc:
-                if "UNIQUE" in str(exc):
-                    taken = f"project {project} already has an image named {name!r}"
-                    raise Conflict(taken) from None
-                raise
+            except sqlite3.IntegrityError:
+                taken = f"project {project} already has an image named {name!r}"
+                raise Conflict(taken) from None
             record_actor_event(
                 db,
                 actor,
