@@ -156,6 +156,7 @@ def test_labels_user_healthcheck_chown_and_archives_are_converted_faithfully() -
         "COPY --chown=1:1 a.txt /opt/a.txt\n"
         "ADD deps.tar.gz /opt/deps/\n"
         "RUN echo one && \\\n    echo two\n"
+        'RUN ["echo", "a b", "$HOME"]\n'
     )
     converted = convert(text)
     parts = sections(converted.definition)
@@ -170,6 +171,7 @@ def test_labels_user_healthcheck_chown_and_archives_are_converted_faithfully() -
         in parts["post"]
     )
     assert "echo one && echo two" in parts["post"]
+    assert "echo 'a b' '$HOME'" in parts["post"]  # exec form: words, no shell expansion
     notes = {(n.line, n.message.split(":")[0]) for n in converted.notes}
     assert (3, "USER left out") in notes and (4, "HEALTHCHECK left out") in notes
     assert (5, "COPY --chown left out") in notes

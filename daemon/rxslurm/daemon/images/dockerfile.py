@@ -10,7 +10,8 @@ instruction with its line number, and only what converts faithfully reaches spyt
   ``%test``) are left out, ``--chown``/``--chmod`` of ``COPY``/``ADD`` (bogus ``%files`` lines)
   dropped, each with a note: an Apptainer container runs as the calling user;
 - ``ADD`` of a local archive (spython writes ``tar -zvf``, no ``-x``) becomes a copy and an
-  extraction, as Docker does it;
+  extraction, as Docker does it; ``RUN``'s exec form (a JSON list, which spython copies into
+  ``%post`` as it is) becomes shell words;
 - the runscript is written as Docker runs the image (spython puts ``/bin/bash`` before a CMD
   without ENTRYPOINT and copies the runscript into ``%startscript``); ``FROM x AS y`` loses the
   trailing space spython leaves; ``LABEL k="v"`` becomes ``%labels`` lines ``k v``.
@@ -20,6 +21,7 @@ spython is imported lazily: it is slow to import and only conversion needs it.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -159,6 +161,9 @@ def convert(text: str) -> Conversion:
             converted = _copy(item, problems, notes)
             lines.extend(converted)
             continue
+        if item.keyword == "RUN":
+            lines.append(f"RUN {_run_words(item.args)}")
+            continue
         lines.append(f"{item.keyword} {item.args}")
     if not seen_from and not problems:
         problems.append(Problem(0, "no FROM: a Dockerfile starts from an image"))
@@ -171,6 +176,19 @@ def convert(text: str) -> Conversion:
             [Problem(0, f"the converted definition, line {p.line}: {p.message}") for p in later]
         )
     return Conversion(definition, notes)
+
+
+def _run_words(args: str) -> str:
+    """RUN's exec form (a JSON list) as shell words: spython copies the list into %post as it
+    is. Anything else, a JSON list that is not one of strings included, is Docker's shell form."""
+    if args.startswith("["):
+        try:
+            words = json.loads(args)
+        except ValueError:
+            return args
+        if isinstance(words, list) and words and all(isinstance(w, str) for w in words):
+            return shlex.join(words)
+    return args
 
 
 def _copy(item: Instruction, problems: list[Problem], notes: list[Problem]) -> list[str]:
