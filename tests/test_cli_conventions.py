@@ -117,6 +117,32 @@ def test_project_create_takes_slurms_partition_memory_and_time() -> None:
     }
 
 
+def test_project_create_and_set_take_sbatchs_account_qos_constraint_and_reservation() -> None:
+    body = settings_sent(
+        "project", "create", "x", "-A", "lab", "-q", "high", "-C", "a100&ib", "--reservation", "r1"
+    )
+    assert body["settings"] == {
+        "account": "lab",
+        "qos": "high",
+        "constraint": "a100&ib",
+        "reservation": "r1",
+    }
+    long = settings_sent("project", "create", "x", "--account", "lab", "--qos", "")
+    assert long["settings"] == {"account": "lab", "qos": ""}
+
+
+def test_status_and_project_show_name_the_flags_a_project_sets() -> None:
+    from rxslurm.cli.render import project_lines, status_lines
+
+    status = {"project": "a", "state": "running", "name": "rx-a", "workspace": "/w", "gpus": 0}
+    lines = status_lines({**status, "account": "lab", "reservation": "r1", "qos": None})
+    rows = [line.split() for line in lines]
+    assert ["account", "lab"] in rows and ["reservation", "r1"] in rows
+    assert not [line for line in lines if line.startswith(("qos", "constraint"))]
+    rows = project_lines({"settings": {"qos": "high"}, "effective": {"qos": "high"}})
+    assert ["qos", "--qos", "high", "high"] in [row.split() for row in rows]
+
+
 def test_a_bad_size_is_a_usage_error_and_nothing_is_sent() -> None:
     result = CliRunner().invoke(
         cli, ["--socket", "/nonexistent", "project", "create", "x", "--mem", "16X"]

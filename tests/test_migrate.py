@@ -48,6 +48,10 @@ EXPECTED_COLUMNS = {
         "settings_changed_at",
         "run_as_user",
         "workspace_uid",
+        "account",
+        "qos",
+        "constraint",
+        "reservation",
     ],
     "members": ["project_id", "platform_user_id", "role", "added_at", "added_by"],
     "containers": [
@@ -115,6 +119,7 @@ ALL_MIGRATIONS = [
     "m004_quotas_and_leases",
     "m005_workspace_owner",
     "m006_rename_unreachable_projects",
+    "m011_job_flags",
 ]
 
 
@@ -133,6 +138,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("ALTER TABLE binding_codes DROP COLUMN for_uid")
         db.execute("ALTER TABLE projects DROP COLUMN run_as_user")
         db.execute("ALTER TABLE projects DROP COLUMN workspace_uid")
+        for column in ("account", "qos", '"constraint"', "reservation"):
+            db.execute(f"ALTER TABLE projects DROP COLUMN {column}")
         db.execute(
             "INSERT INTO projects (name, created_at, created_by)"
             " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"
@@ -141,6 +148,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         assert ledger.last_applied == ALL_MIGRATIONS[1:]
         row = next(ledger.db["projects"].rows)
         assert (row["name"], row["run_as_user"], row["workspace_uid"]) == ("old", None, None)
+        # sbatch's flags (m011): none, so the job is what it was before.
+        assert [row[f] for f in ("account", "qos", "constraint", "reservation")] == [""] * 4
 
 
 def schema(path: Path) -> list[tuple[str, str]]:
