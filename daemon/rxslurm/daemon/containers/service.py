@@ -389,7 +389,7 @@ class ContainerService:
         if not eff.image:
             raise BadRequest(
                 f"project {project} has no image; "
-                f"set one with `rxctl project set {project} --image`"
+                f"set one with `rxctl project set --project {project} --image`"
             )
         owner = RunAs.for_user(runtime_user)
         name = container_name(project)
