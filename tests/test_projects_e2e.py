@@ -161,6 +161,10 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
         "gpu_driver": "nvidia",
         "partition": "gpu",
         "time_limit_min": 120,
+        "account": "rxtest",
+        "qos": "normal",
+        "constraint": "",
+        "reservation": "",
         "idle_timeout_min": 30,
     }
     result = rxd.rxctl(
@@ -172,6 +176,7 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
         *("--image", "docker://python:3.12-slim", "--cpus", "2", "--mem", "2000"),
         *("--gpus", "2", "--gpu-type", "a100", "--gpu-driver", "nvidia"),
         *("--partition", "gpu", "--time-limit", "120", "--idle-timeout", "30"),
+        *("--account", "rxtest", "--qos", "normal"),
     )
     assert output(result).startswith(
         "Updated project tuned: image=docker://python:3.12-slim, cpus=2"
@@ -342,7 +347,10 @@ def test_member_changes_that_would_break_the_project_are_refused(rxd: Rxd) -> No
             ("member", "rm", "--project", "guarded", "rxcarol"),
             "Error: rxcarol is not a member of guarded",
         ),
-        (("run-as", "guarded", "sideways"), 'Error: mode must be "bound" or "service"'),
+        (
+            ("run-as", "--project", "guarded", "sideways"),
+            'Error: mode must be "bound" or "service"',
+        ),
     ]
     for args, message in cases:
         assert refused(rxd.rxctl("rxalice", "project", *args)) == message
