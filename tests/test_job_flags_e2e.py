@@ -85,31 +85,50 @@ def test_a_project_in_a_reservation_runs_on_the_reserved_node(rxd: Rxd) -> None:
             wait_state(rxd, "resv", "stopped", timeout=120)
 
 
-def test_an_account_slurm_does_not_know_is_refused_in_one_line(rxd: Rxd) -> None:
-    make_project(rxd, "badacct", "--account", "t-no-such-account")
+@pytest.mark.parametrize(
+    ("project", "flag", "value", "slurm_says"),
+    [
+        (
+            "badacct",
+            "--account",
+            "t-no-such-account",
+            "Batch job submission failed: Invalid account or account/partition combination "
+            "specified",
+        ),
+        (
+            "badqos",
+            "--qos",
+            "t-no-such-qos",
+            "Batch job submission failed: Invalid qos specification",
+        ),
+    ],
+)
+def test_what_slurm_refuses_is_the_containers_reason_in_one_line(
+    rxd: Rxd, project: str, flag: str, value: str, slurm_says: str
+) -> None:
+    make_project(rxd, project, flag, value)
 
-    line = refused(rxd.rxctl("rxalice", "enable", "--project", "badacct"))
+    line = refused(rxd.rxctl("rxalice", "enable", "--project", project))
 
-    slurm_says = (
-        "Batch job submission failed: Invalid account or account/partition combination specified"
-    )
     assert line == f"Error: Slurm refused the job: {slurm_says}"
-    after = status(rxd, "rxalice", "badacct")
+    after = status(rxd, "rxalice", project)
     assert after["state"] == "error"
     assert after["reason"] == f"Slurm refused the job: {slurm_says}"
-    assert after["account"] == "t-no-such-account"
+    assert after[flag.removeprefix("--")] == value
+    text = ok(rxd.rxctl("rxalice", "status", "--project", project)).stdout
+    assert f"reason        Slurm refused the job: {slurm_says}" in text.splitlines()
     # Fixed by the owner, it runs.
-    ok(rxd.rxctl("rxalice", "project", "set", "--project", "badacct", "--account", ""))
-    ok(rxd.rxctl("rxalice", "retry", "--project", "badacct"))
-    wait_state(rxd, "badacct", "running", timeout=300)
-    ok(rxd.rxctl("rxalice", "stop", "--project", "badacct"))
-    wait_state(rxd, "badacct", "stopped", timeout=120)
+    ok(rxd.rxctl("rxalice", "project", "set", "--project", project, flag, ""))
+    ok(rxd.rxctl("rxalice", "retry", "--project", project))
+    wait_state(rxd, project, "running", timeout=300)
+    ok(rxd.rxctl("rxalice", "stop", "--project", project))
+    wait_state(rxd, project, "stopped", timeout=120)
 
 
 def test_a_value_that_is_no_slurm_name_is_refused_by_rxd_and_changes_nothing(rxd: Rxd) -> None:
-    line = refused(rxd.rxctl("rxalice", "project", "create", "badqos", "--qos", "high,--uid=0"))
+    line = refused(rxd.rxctl("rxalice", "project", "create", "oddqos", "--qos", "high,--uid=0"))
     assert line.startswith("Error: qos may hold only letters, digits")
-    refused(rxd.rxctl("rxalice", "project", "show", "--project", "badqos"))
+    refused(rxd.rxctl("rxalice", "project", "show", "--project", "oddqos"))
 
     make_project(rxd, "goodqos", "-q", "normal", "-C", "")
     line = refused(
