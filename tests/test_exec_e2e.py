@@ -143,14 +143,22 @@ def test_exec_runs_as_root_mapped_to_the_runtime_user_in_the_workspace(rxd: Rxd)
 
 def test_a_manager_runs_commands_as_the_runtime_user(rxd: Rxd) -> None:
     project = running_project(rxd, MAIN)
-    ok(rxd.rxctl("rxalice", "project", "member", "add", MAIN, "rxdave", "--role", "manager"))
+    ok(
+        rxd.rxctl(
+            "rxalice", "project", "member", "add", "--project", MAIN, "rxdave", "--role", "manager"
+        )
+    )
     ok(rxctl_exec(rxd, "rxdave", MAIN, "touch", "by-manager.txt"))
     assert (Path(project["workspace"]) / "by-manager.txt").stat().st_uid == 2001
 
 
 def test_a_viewer_and_a_non_member_are_refused(rxd: Rxd) -> None:
     running_project(rxd, MAIN)
-    ok(rxd.rxctl("rxalice", "project", "member", "add", MAIN, "rxbob", "--role", "viewer"))
+    ok(
+        rxd.rxctl(
+            "rxalice", "project", "member", "add", "--project", MAIN, "rxbob", "--role", "viewer"
+        )
+    )
     assert refused(rxctl_exec(rxd, "rxbob", MAIN, "true"), OWN_FAILURE) == (
         f"Error: exec in project {MAIN} needs role owner or manager; you are viewer"
     )

@@ -49,6 +49,10 @@ EXPECTED_COLUMNS = {
         "run_as_user",
         "workspace_uid",
         "dev_mode",
+        "account",
+        "qos",
+        "constraint",
+        "reservation",
     ],
     "members": ["project_id", "platform_user_id", "role", "added_at", "added_by"],
     "containers": [
@@ -118,6 +122,7 @@ ALL_MIGRATIONS = [
     "m005_workspace_owner",
     "m006_rename_unreachable_projects",
     "m008_image_builds",
+    "m011_job_flags",
 ]
 
 
@@ -139,6 +144,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         for table in ("build_leases", "image_builds", "image_drafts"):
             db.execute(f"DROP TABLE {table}")
         db.execute("ALTER TABLE projects DROP COLUMN dev_mode")
+        for column in ("account", "qos", '"constraint"', "reservation"):
+            db.execute(f"ALTER TABLE projects DROP COLUMN {column}")
         db.execute(
             "INSERT INTO projects (name, created_at, created_by)"
             " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"
@@ -147,6 +154,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         assert ledger.last_applied == ALL_MIGRATIONS[1:]
         row = next(ledger.db["projects"].rows)
         assert (row["name"], row["run_as_user"], row["workspace_uid"]) == ("old", None, None)
+        # sbatch's flags (m011): none, so the job is what it was before.
+        assert [row[f] for f in ("account", "qos", "constraint", "reservation")] == [""] * 4
 
 
 def schema(path: Path) -> list[tuple[str, str]]:

@@ -78,32 +78,50 @@ def other_run_as(view: dict[str, Any]) -> str:
 CASES: dict[str, Case] = {
     "view": Case(
         Action.VIEW,
-        argv=lambda v: ["project", "show", PROJECT, "--json"],
+        argv=lambda v: ["project", "show", "--project", PROJECT, "--json"],
         done=lambda before, after: after == before,
     ),
     "edit-settings": Case(
         Action.EDIT_SETTINGS,
-        argv=lambda v: ["project", "set", PROJECT, "--idle-timeout", "45"],
+        argv=lambda v: ["project", "set", "--project", PROJECT, "--idle-timeout", "45"],
         done=lambda before, after: after["settings"]["idle_timeout_min"] == 45,
-        undo=lambda v: ["project", "set", PROJECT, "--idle-timeout", "0"],
+        undo=lambda v: ["project", "set", "--project", PROJECT, "--idle-timeout", "0"],
     ),
     "set-run-as": Case(
         Action.SET_RUN_AS,
-        argv=lambda v: ["project", "run-as", PROJECT, other_run_as(v)],
+        argv=lambda v: ["project", "run-as", "--project", PROJECT, other_run_as(v)],
         done=lambda before, after: after["run_as"] == other_run_as(before),
-        undo=lambda v: ["project", "run-as", PROJECT, v["run_as"]],
+        undo=lambda v: ["project", "run-as", "--project", PROJECT, v["run_as"]],
     ),
     "member-add": Case(
         Action.MANAGE_MEMBERS,
-        argv=lambda v: ["project", "member", "add", PROJECT, SERVICE_ACCOUNT, "--role", "viewer"],
+        argv=lambda v: [
+            "project",
+            "member",
+            "add",
+            "--project",
+            PROJECT,
+            SERVICE_ACCOUNT,
+            "--role",
+            "viewer",
+        ],
         done=lambda before, after: role_of(after, SERVICE_ACCOUNT) == "viewer",
-        undo=lambda v: ["project", "member", "rm", PROJECT, SERVICE_ACCOUNT],
+        undo=lambda v: ["project", "member", "rm", "--project", PROJECT, SERVICE_ACCOUNT],
     ),
     "member-rm": Case(
         Action.MANAGE_MEMBERS,
-        argv=lambda v: ["project", "member", "rm", PROJECT, "rxdave"],
+        argv=lambda v: ["project", "member", "rm", "--project", PROJECT, "rxdave"],
         done=lambda before, after: role_of(after, "rxdave") is None,
-        undo=lambda v: ["project", "member", "add", PROJECT, "rxdave", "--role", "viewer"],
+        undo=lambda v: [
+            "project",
+            "member",
+            "add",
+            "--project",
+            PROJECT,
+            "rxdave",
+            "--role",
+            "viewer",
+        ],
     ),
     # Building needs workspace write access: a draft is the first thing a build needs.
     "build": Case(
@@ -123,9 +141,9 @@ CASES: dict[str, Case] = {
     ),
     "member-set-role": Case(
         Action.MANAGE_MEMBERS,
-        argv=lambda v: ["project", "member", "set-role", PROJECT, "rxdave", "editor"],
+        argv=lambda v: ["project", "member", "set-role", "--project", PROJECT, "rxdave", "editor"],
         done=lambda before, after: role_of(after, "rxdave") == "editor",
-        undo=lambda v: ["project", "member", "set-role", PROJECT, "rxdave", "viewer"],
+        undo=lambda v: ["project", "member", "set-role", "--project", PROJECT, "rxdave", "viewer"],
     ),
 }
 DELETE_CASE = "delete-project"
@@ -166,12 +184,18 @@ def rxd() -> Iterator[Rxd]:
 def make_project(rxd: Rxd, name: str, *options: str) -> None:
     output(rxd.rxctl(OWNER, "project", "create", name, *options))
     for user, role in MEMBERS.items():
-        output(rxd.rxctl(OWNER, "project", "member", "add", name, user, "--role", role.value))
+        output(
+            rxd.rxctl(
+                OWNER, "project", "member", "add", "--project", name, user, "--role", role.value
+            )
+        )
 
 
 def owner_view(rxd: Rxd, name: str = PROJECT) -> dict[str, Any]:
     """The owner's `project show`, with the names of the project's image drafts."""
-    view: dict[str, Any] = json.loads(output(rxd.rxctl(OWNER, "project", "show", name, "--json")))
+    view: dict[str, Any] = json.loads(
+        output(rxd.rxctl(OWNER, "project", "show", "--project", name, "--json"))
+    )
     drafts = json.loads(
         output(rxd.rxctl(OWNER, "image", "draft", "list", "--project", name, "--json"))
     )
@@ -246,15 +270,15 @@ def check_delete(rxd: Rxd, actor: str, user: str) -> None:
     name = f"gone-{actor}"
     make_project(rxd, name)
     before = owner_view(rxd, name)
-    result = rxd.rxctl(user, "project", "delete", name, "--yes")
+    result = rxd.rxctl(user, "project", "delete", "--project", name, "--yes")
     if may(actor, Action.DELETE_PROJECT):
         assert output(result) == f"Deleted project {name}.\n"
-        gone = rxd.rxctl(OWNER, "project", "show", name)
+        gone = rxd.rxctl(OWNER, "project", "show", "--project", name)
         assert gone.returncode == 1
         return
     assert_refused(result, actor, Action.DELETE_PROJECT, name)
     assert owner_view(rxd, name) == before
-    output(rxd.rxctl(OWNER, "project", "delete", name, "--yes"))
+    output(rxd.rxctl(OWNER, "project", "delete", "--project", name, "--yes"))
 
 
 # -- the container's actions -------------------------------------------------------------------

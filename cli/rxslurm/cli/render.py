@@ -304,6 +304,8 @@ def duration(seconds: Any) -> str:
 
 def status_lines(s: Mapping[str, Any]) -> list[str]:
     """The whole of `rxctl status`."""
+    from rxslurm.protocol.settings import JOB_FLAGS
+
     state = cell(s["state"]) + (
         " (unknown: Slurm is not answering)" if s.get("state_unknown") else ""
     )
@@ -321,6 +323,8 @@ def status_lines(s: Mapping[str, Any]) -> list[str]:
             f"{cell(s['gpus'])} ({cell(s['gres'])})" if s.get("gres") else cell(s.get("gpus")),
         ),
         ("uptime", duration(s.get("uptime_s"))),
+        # sbatch's own flags, when the project sets them (older rxd: not in the answer).
+        *[(flag, cell(s[flag])) for flag in JOB_FLAGS if s.get(flag)],
         ("workspace", f"{cell(s['workspace'])} (at /workspace)"),
         ("fixed mounts", cell(s.get("fixed_mounts"))),
         ("over quota", cell(s.get("over_quota"))),

@@ -47,6 +47,7 @@ from rxslurm.daemon.runtime.apptainer import ApptainerError, ApptainerRuntime
 from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective
 from rxslurm.protocol.job_comment import format_comment, parse_comment
 from rxslurm.protocol.job_comment import job_name as container_name
+from rxslurm.protocol.settings import JOB_FLAGS
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmError, SlurmRejected, SlurmUnavailable
 from rxslurm.slurm.runas import RunAs, run
@@ -318,6 +319,7 @@ class ContainerService:
             "desired": None,
             "over_quota": False,
             "partition": eff.partition or None,
+            **{flag: getattr(eff, flag) or None for flag in JOB_FLAGS},
         }
         if container is None:
             return ContainerView(**view)
@@ -387,7 +389,7 @@ class ContainerService:
         if not eff.image:
             raise BadRequest(
                 f"project {project} has no image; "
-                f"set one with `rxctl project set {project} --image`"
+                f"set one with `rxctl project set --project {project} --image`"
             )
         owner = RunAs.for_user(runtime_user)
         name = container_name(project)
@@ -795,6 +797,10 @@ class ContainerService:
             mem_mb=eff.mem_mb or None,
             gres=_gres(eff),
             time_limit_min=eff.time_limit_min or None,
+            account=eff.account or None,
+            qos=eff.qos or None,
+            constraint=eff.constraint or None,
+            reservation=eff.reservation or None,
             workdir=str(state_dir),
             output=str(state_dir / "job-%j.out"),
             singleton=True,
@@ -859,9 +865,11 @@ class ContainerService:
                     container_id,
                     State.STOPPED if unavailable else State.ERROR,
                     allowed_from=[State.STARTING],
-                    reason="Slurm did not answer" if unavailable else "Slurm refused the job",
+                    reason="Slurm did not answer"
+                    if unavailable
+                    else f"Slurm refused the job: {exc.one_line}",
                     fields={
-                        "last_error": None if unavailable else str(exc),
+                        "last_error": None if unavailable else exc.one_line,
                         "settings": to_json(snapshot),
                     },
                     actor=actor,
@@ -870,7 +878,7 @@ class ContainerService:
             if unavailable:
                 raise Unavailable(f"Slurm did not answer ({exc}); nothing was started") from None
             if isinstance(exc, SlurmRejected):
-                raise Conflict(f"Slurm refused the job: {exc}") from None
+                raise Conflict(f"Slurm refused the job: {exc.one_line}") from None
             raise
         except Exception as exc:
             # STARTING -> ERROR: an unforeseen failure must not keep the lease; logged in full.

@@ -29,6 +29,11 @@ class ContainerView:
     desired: str | None
     over_quota: bool
     partition: str | None
+    # sbatch's --account, --qos, --constraint, --reservation of the job (None: not given).
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    reservation: str | None = None
     # Slurm did not answer the last pass: the state is as last seen.
     state_unknown: bool = False
     # The ledger's id, for the daemon's own use (waiting on it); not shown.

@@ -308,10 +308,6 @@ def m006_rename_unreachable_projects(db: Database) -> None:
         log.warning("renamed a project no request could name", extra=detail)
 
 
-def _container_name_taken(db: Database, name: str) -> bool:
-    return bool(db.execute("SELECT 1 FROM containers WHERE name = ?", [name]).fetchone())
-
-
 @migrations()
 def m008_image_builds(db: Database) -> None:
     statements = [
@@ -389,3 +385,21 @@ def m008_image_builds(db: Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations()
+def m011_job_flags(db: Database) -> None:
+    # sbatch's --account, --qos, --constraint and --reservation as project settings; "" is none
+    # (the user's default account, the default QOS).
+    statements = [
+        "ALTER TABLE projects ADD COLUMN account TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE projects ADD COLUMN qos TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE projects ADD COLUMN \"constraint\" TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE projects ADD COLUMN reservation TEXT NOT NULL DEFAULT ''",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
+def _container_name_taken(db: Database, name: str) -> bool:
+    return bool(db.execute("SELECT 1 FROM containers WHERE name = ?", [name]).fetchone())

@@ -207,7 +207,7 @@ def runtime_identity(db: LedgerDatabase, config: Config, project: dict[str, Any]
 def no_run_as_message(name: str) -> str:
     return (
         f"project {name} has no run-as identity (the user it ran as is no longer an owner); "
-        f"an owner chooses one with `rxctl project run-as {name} bound`"
+        f"an owner chooses one with `rxctl project run-as --project {name} bound`"
     )
 
 
