@@ -157,4 +157,4 @@ def _session_command(args: list[str]) -> bool:
         value = args[args.index("--socket") + 1]
         if value in words:
             words.remove(value)
-    return bool(words) and words[0] in ("exec", "shell")
+    return bool(words) and words[0] in ("exec", "shell", "run")

@@ -32,6 +32,7 @@ LAZY_COMMANDS = {
     "logs": "rxslurm.cli.commands_logs:logs",
     "project": "rxslurm.cli.commands_project:project",
     "retry": "rxslurm.cli.commands_container:retry",
+    "run": "rxslurm.cli.commands_run:run",
     "shell": "rxslurm.cli.commands_exec:shell",
     "start": "rxslurm.cli.commands_container:start",
     "status": "rxslurm.cli.commands_container:status",

@@ -30,6 +30,8 @@ CONTAINER_STATUS = f"{PROJECT}/status"
 # The container's output (query: job, offset) and the project's timeline (query: limit).
 PROJECT_LOGS = f"{PROJECT}/logs"
 PROJECT_HISTORY = f"{PROJECT}/history"
+# What a step of a member's own job needs to run in the project's environment (rxctl run).
+PROJECT_BATCH_PLAN = f"{PROJECT}/batch-plan"
 CONTAINERS = f"{V1}/containers"
 
 # Slurm's controller hooks poke rxd here when a job starts or ends.
