@@ -24,6 +24,7 @@ from sqlite_utils.db import NotFoundError
 
 from rxslurm.daemon import failpoints
 from rxslurm.daemon.config import Config
+from rxslurm.daemon.containers.batch_plan import BatchPlan, batch_plan
 from rxslurm.daemon.containers.job_logs import clean_job_logs_soon
 from rxslurm.daemon.containers.pulls import ImagePulls, carry_on
 from rxslurm.daemon.containers.state_changes import STATE_CHANGES, ring_after_commit
@@ -980,6 +981,13 @@ class ContainerService:
         else:
             self._wake(actor, row)
         return self._view(row, role)
+
+    def batch_plan(self, actor: Actor, project: str) -> BatchPlan:
+        """What a member's batch step runs (containers/batch_plan.py); authorized once, for
+        `run`, in the same ledger read."""
+        with self.ledger.read() as db:
+            row, _ = authorize(db, actor, project, Action.RUN)
+            return batch_plan(db, self.config, row)
 
     def authorize_exec(self, actor: Actor, project: str) -> Access:
         """The one authorization of an exec request, carried through its wake and wait."""
