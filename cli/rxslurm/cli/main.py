@@ -33,6 +33,7 @@ LAZY_COMMANDS = {
     "project": "rxslurm.cli.commands_project:project",
     "retry": "rxslurm.cli.commands_container:retry",
     "shell": "rxslurm.cli.commands_exec:shell",
+    "snapshot": "rxslurm.cli.commands_container:snapshot",
     "start": "rxslurm.cli.commands_container:start",
     "status": "rxslurm.cli.commands_container:status",
     "stop": "rxslurm.cli.commands_container:stop",
