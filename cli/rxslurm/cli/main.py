@@ -34,6 +34,7 @@ LAZY_COMMANDS = {
     "retry": "rxslurm.cli.commands_container:retry",
     "run": "rxslurm.cli.commands_run:run",
     "shell": "rxslurm.cli.commands_exec:shell",
+    "snapshot": "rxslurm.cli.commands_container:snapshot",
     "start": "rxslurm.cli.commands_container:start",
     "status": "rxslurm.cli.commands_container:status",
     "stop": "rxslurm.cli.commands_container:stop",

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rxslurm.daemon.ledger.store import LedgerDatabase
+from rxslurm.daemon.projects.snapshot_access import kept_rows
 
 
 @dataclass(frozen=True)
@@ -25,19 +26,6 @@ class SnapshotRef:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def kept_rows(db: LedgerDatabase, container: dict[str, Any]) -> list[dict[str, Any]]:
-    """The container's snapshots still on disk for its current runtime identity, newest first."""
-    if container.get("runtime_uid") is None:
-        return []
-    return list(
-        db.table("overlay_snapshots").rows_where(
-            "container_id = ? AND runtime_uid = ? AND removed_at IS NULL",
-            [container["id"], container["runtime_uid"]],
-            order_by="id DESC",
-        )
-    )
 
 
 def newest_snapshot(db: LedgerDatabase, container: dict[str, Any]) -> SnapshotRef | None:
