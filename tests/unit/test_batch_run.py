@@ -47,6 +47,7 @@ def test_a_plan_becomes_apptainer_exec_with_the_snapshot_read_only_and_the_works
     argv = exec_argv(parse(PLAN), ["python3", "-c", "print(1)"], gpus=True)
     assert argv == [
         "/usr/bin/apptainer",
+        "--quiet",
         "exec",
         "--nv",
         "--overlay",
@@ -66,6 +67,7 @@ def test_without_a_snapshot_the_bare_image_and_without_gpus_no_driver() -> None:
     argv = exec_argv(parse(plan(snapshot=None, binds=[])), ["true"], gpus=False)
     assert argv == [
         "/usr/bin/apptainer",
+        "--quiet",
         "exec",
         "-B",
         "/srv/rxslurm/workspaces/alpha:/workspace",
@@ -79,7 +81,7 @@ def test_without_a_snapshot_the_bare_image_and_without_gpus_no_driver() -> None:
 )
 def test_the_gpu_driver_flag_only_with_granted_gpus(driver: str, flag: list[str]) -> None:
     with_gpus = exec_argv(parse(plan(gpu_driver=driver)), ["true"], gpus=True)
-    assert with_gpus[2 : 2 + len(flag)] == flag
+    assert with_gpus[3 : 3 + len(flag)] == flag
     assert not {"--nv", "--rocm"} & set(
         exec_argv(parse(plan(gpu_driver=driver)), ["t"], gpus=False)
     )
@@ -171,7 +173,7 @@ def test_every_word_of_the_command_is_one_item_after_the_image(
     # of Apptainer's, and nothing is joined or split.
     assert argv[-len(command) - 1 :] == [image, *command]
     options = argv[: -len(command) - 1]
-    assert options[:2] == ["/usr/bin/apptainer", "exec"]
+    assert options[:3] == ["/usr/bin/apptainer", "--quiet", "exec"]
     assert "--fakeroot" not in options and "--writable" not in options
     assert (f"{snapshot}:ro" in options) is (snapshot is not None)
     assert options.count("-B") == 1 + len(binds)

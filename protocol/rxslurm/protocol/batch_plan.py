@@ -103,7 +103,8 @@ def exec_argv(plan: BatchPlan, command: Sequence[str], *, gpus: bool) -> list[st
     driver when the job has GPUs. The working directory and the environment are the caller's
     (Apptainer keeps both by default). Every word of `command` is one item, never a shell line."""
     # rxd's program (an absolute path); when it names none, Apptainer on the caller's PATH.
-    argv = [plan.apptainer or "apptainer", "exec"]
+    # --quiet: a job's output gets Apptainer's warnings and errors, not its INFO lines per task.
+    argv = [plan.apptainer or "apptainer", "--quiet", "exec"]
     flag = GPU_FLAGS.get(plan.gpu_driver, "") if gpus else ""
     if flag:
         argv.append(flag)

@@ -1,0 +1,227 @@
+"""Batch jobs in a project's environment, end to end: real rxd, real cluster, real Apptainer.
+
+The SPANK plugin as tests/cluster/setup.sh installs it (plugstack.conf.d/rxslurm.conf), and
+`rxctl run` without it: a researcher's own `sbatch` job whose `srun` tasks import a package
+installed in the project's container (from its newest snapshot, read-only), see /workspace and
+only the job's GPU, while the batch script itself stays on the host; a non-member's job fails with
+one clear line per task and cannot read the project's files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import lifecycle
+from tests.support.cli import ok
+from tests.support.cluster import run_as, wait_for
+from tests.support.daemon import RXCTL, Rxd
+from tests.support.lifecycle import lifecycle_rxd
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
+
+PROJECT = "sp-alpha"  # this module's own: a project's job is a Slurm singleton
+SPANK_CONF = Path("/etc/slurm/plugstack.conf.d/rxslurm.conf")
+PACKAGE = "rxbatchpkg"
+OWN_FAILURE = 125
+# Each task prints one JSON line: what it imports, sees and may open.
+PROBE = f"""
+import errno, glob, json, os
+def how(path):
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+        return "open"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+import {PACKAGE}
+print(json.dumps({{
+    "task": int(os.environ["SLURM_PROCID"]),
+    "package": {PACKAGE}.VALUE,
+    "workspace": sorted(os.listdir("/workspace")),
+    "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    "granted": os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS"),
+    "gpus": {{path: how(path) for path in sorted(glob.glob("/dev/fakegpu*"))}},
+    "cwd": os.getcwd(),
+    "container": os.path.isdir("/.singularity.d"),
+}}), flush=True)
+"""
+# The batch script's own line: on the host, not in the container.
+WHERE = 'echo "batch: $(test -d /.singularity.d && echo container || echo host)"'
+
+
+@pytest.fixture(scope="module")
+def rxd() -> Iterator[Rxd]:
+    if not SPANK_CONF.is_file():
+        pytest.fail(f"{SPANK_CONF} is missing: run tests/cluster/setup.sh", pytrace=False)
+    with lifecycle_rxd(bind=("rxalice", "rxbob", "rxcarol")) as daemon:
+        try:
+            yield daemon
+        finally:
+            daemon.rxctl("rxalice", "stop", "--project", PROJECT)
+
+
+@pytest.fixture(scope="module")
+def project(rxd: Rxd) -> dict[str, Any]:
+    """PROJECT with PACKAGE installed in its container and a file in its workspace, asleep with
+    a snapshot taken; rxbob an editor (who may run batch steps), rxcarol in no project."""
+    lifecycle.make_project(rxd, PROJECT)
+    ok(rxd.rxctl("rxalice", "project", "member", "add", PROJECT, "rxbob", "--role", "editor"))
+    ok(rxd.rxctl("rxalice", "enable", "--project", PROJECT))
+    lifecycle.wait_state(rxd, PROJECT, "running", timeout=180)
+    install = (
+        "import site, pathlib; "
+        f"pathlib.Path(site.getsitepackages()[0], '{PACKAGE}.py').write_text('VALUE = 42\\n'); "
+        "pathlib.Path('/workspace/data.txt').write_text('data\\n')"
+    )
+    argv = ("exec", "--project", PROJECT, "--", "python3", "-c", install)
+    ok(rxd.rxctl("rxalice", *argv))
+    ok(rxd.rxctl("rxalice", "stop", "--project", PROJECT))
+    lifecycle.wait_state(rxd, PROJECT, "stopped", timeout=120)
+    seen: dict[str, Any] = {}
+
+    def snapshot_taken() -> bool:
+        seen.update(lifecycle.status(rxd, "rxalice", PROJECT))
+        return bool(seen.get("snapshot"))
+
+    wait_for(snapshot_taken, timeout=120, what=f"a snapshot of {PROJECT} after it slept")
+    return seen
+
+
+@pytest.fixture
+def job_dir(rxd: Rxd) -> Iterator[Path]:
+    """A folder the test users may write their job scripts and output in."""
+    folder = rxd.root / "jobs"
+    folder.mkdir(mode=0o1777, exist_ok=True)
+    folder.chmod(0o1777)
+    yield folder
+
+
+def submit(
+    rxd: Rxd, user: str, folder: Path, body: str, *options: str
+) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """sbatch a script as `user` (rxd's socket in its environment, as any job's environment
+    comes from the submitter's), wait until it ended; its job id and its output."""
+    script = folder / f"{user}-{len(list(folder.iterdir()))}.sh"
+    script.write_text(f"#!/bin/bash\n{body}\n")
+    script.chmod(0o755)
+    out = script.with_suffix(".out")
+    argv = ["sbatch", "--parsable", "-o", str(out), *options, str(script)]
+    submitted = ok(run_as(user, argv, env={"RXCTL_SOCKET": str(rxd.socket)}, cwd=folder))
+    job_id = int(submitted.stdout.strip().split(";")[0])
+
+    def ended() -> bool:
+        listed = subprocess.run(
+            ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True
+        )
+        return listed.returncode != 0 or listed.stdout.strip() == ""
+
+    wait_for(ended, timeout=240, interval=0.5, what=f"job {job_id} of {user} to end")
+    text = out.read_text() if out.exists() else ""
+    return job_id, subprocess.CompletedProcess(argv, 0, text, "")
+
+
+def task_reports(output: str) -> list[dict[str, Any]]:
+    return sorted(
+        (json.loads(line) for line in output.splitlines() if line.startswith("{")),
+        key=lambda report: report["task"],
+    )
+
+
+def assert_in_the_project(output: str, folder: Path) -> None:
+    reports = task_reports(output)
+    assert [r["task"] for r in reports] == [0, 1], output
+    for report in reports:
+        assert report["container"] is True
+        # Installed in the container, read from its snapshot.
+        assert report["package"] == 42
+        assert report["workspace"] == ["data.txt"]
+        assert report["cwd"] == str(folder)
+        # Only the job's GPU: Slurm numbers what a job sees from 0, and the device cgroup lets
+        # it open only its own (no driver behind the fake GPUs: ENXIO) and no other (EPERM).
+        assert report["cuda"] == "0"
+        granted = f"/dev/fakegpu{report['granted']}"
+        assert report["gpus"][granted] == "ENXIO", report
+        others = {path: why for path, why in report["gpus"].items() if path != granted}
+        assert others and set(others.values()) == {"EPERM"}, report
+
+
+def test_sbatch_rx_project_runs_the_srun_tasks_in_the_project_and_the_script_on_the_host(
+    rxd: Rxd, project: dict[str, Any], job_dir: Path
+) -> None:
+    probe = job_dir / "probe.py"
+    probe.write_text(PROBE)
+    body = f"{WHERE}\nsrun python3 {probe}"
+    options = (f"--rx-project={PROJECT}", "-n", "2", "--gres=gpu:1", "-p", "gpu")
+    _, job = submit(rxd, "rxbob", job_dir, body, *options)
+    assert job.stdout.splitlines()[0] == "batch: host", job.stdout
+    assert_in_the_project(job.stdout, job_dir)
+
+
+def test_sbatch_rx_project_in_the_script_reaches_its_srun_steps(
+    rxd: Rxd, project: dict[str, Any], job_dir: Path
+) -> None:
+    body = f"#SBATCH --rx-project={PROJECT}\n{WHERE}\nsrun -n 1 cat /workspace/data.txt"
+    _, job = submit(rxd, "rxbob", job_dir, body, "-n", "1")
+    assert job.stdout.splitlines() == ["batch: host", "data"], job.stdout
+
+
+def test_rxctl_run_does_the_same_without_the_plugin(
+    rxd: Rxd, project: dict[str, Any], job_dir: Path
+) -> None:
+    probe = job_dir / "probe.py"
+    probe.write_text(PROBE)
+    body = f"{WHERE}\nsrun {RXCTL} run --project {PROJECT} -- python3 {probe}"
+    _, job = submit(rxd, "rxalice", job_dir, body, "-n", "2", "--gres=gpu:1", "-p", "gpu")
+    assert job.stdout.splitlines()[0] == "batch: host", job.stdout
+    assert_in_the_project(job.stdout, job_dir)
+
+
+def test_rxctl_run_outside_a_job(rxd: Rxd, project: dict[str, Any]) -> None:
+    argv = [RXCTL, "--socket", str(rxd.socket), "run", "--project", PROJECT, "--"]
+    argv += ["python3", "-c", f"import {PACKAGE}; print({PACKAGE}.VALUE)"]
+    result = ok(run_as("rxbob", argv))
+    assert result.stdout == "42\n"
+
+
+def test_a_non_members_job_fails_with_one_line_and_cannot_read_the_files(
+    rxd: Rxd, project: dict[str, Any], job_dir: Path
+) -> None:
+    files = [f"{project['workspace']}/data.txt", project["snapshot"]["path"]]
+    peek = "; ".join(f"test -r {path} && echo 'readable {path}'" for path in files)
+    body = f'{peek}\nsrun -n 2 python3 -c \'print("ran")\'\necho "srun: $?"'
+    _, job = submit(rxd, "rxcarol", job_dir, body, f"--rx-project={PROJECT}", "-n", "2")
+    lines = job.stdout.splitlines()
+    assert not [line for line in lines if line.startswith("readable")], job.stdout
+    refusal = f"Error: no project named '{PROJECT}' (or you are not a member)"
+    assert lines.count(refusal) == 2, job.stdout
+    assert "ran" not in lines
+    assert "srun: 125" in lines or any("exit code 125" in line for line in lines), job.stdout
+    # And not by hand either: the plan's files stay closed to them.
+    for path in files:
+        assert run_as("rxcarol", ["cat", path]).returncode != 0, path
+
+
+def test_a_wrong_project_fails_the_step_not_the_host(
+    rxd: Rxd, project: dict[str, Any], job_dir: Path
+) -> None:
+    body = 'srun -n 1 true; echo "srun: $?"'
+    _, job = submit(rxd, "rxalice", job_dir, body, "--rx-project=sp-nosuch", "-n", "1")
+    assert "Error: no project named 'sp-nosuch' (or you are not a member)" in job.stdout
+    assert "srun: 125" in job.stdout.splitlines(), job.stdout
+
+
+@pytest.fixture(autouse=True)
+def _tidy(job_dir: Path) -> Iterator[None]:
+    yield
+    # Job scripts and output of the test, not the folder (the next test's).
+    for path in job_dir.iterdir():
+        if path.is_file():
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
