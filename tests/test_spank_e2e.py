@@ -171,6 +171,15 @@ def test_sbatch_rx_project_in_the_script_reaches_its_srun_steps(
     assert job.stdout.splitlines() == ["batch: host", "data"], job.stdout
 
 
+def test_salloc_rx_project_reaches_the_steps_inside_the_allocation(
+    rxd: Rxd, project: dict[str, Any]
+) -> None:
+    inside = "srun -n 1 cat /workspace/data.txt; test -d /.singularity.d || echo 'shell: host'"
+    argv = ["salloc", "-n", "1", f"--rx-project={PROJECT}", "sh", "-c", inside]
+    result = ok(run_as("rxbob", argv, env={"RXCTL_SOCKET": str(rxd.socket)}, timeout=240))
+    assert result.stdout.splitlines() == ["data", "shell: host"], result.stderr
+
+
 def test_rxctl_run_does_the_same_without_the_plugin(
     rxd: Rxd, project: dict[str, Any], job_dir: Path
 ) -> None:
