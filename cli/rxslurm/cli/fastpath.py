@@ -6,8 +6,8 @@ rxctl's start-up is paid per call: importing click and the command tree takes lo
 takes to answer. So their plain forms are parsed here with the standard library, and run
 through the same functions the click commands use. Anything else - help, --version, an option
 this parser does not know, a usage error - goes to click unchanged, so click stays the one
-source of usage messages. tests/test_cli_startup.py
-checks that both parsers read the forms accepted here the same way.
+source of usage messages. tests/test_cli_startup.py checks that both parsers read the forms
+accepted here the same way.
 """
 
 from __future__ import annotations
