@@ -156,17 +156,32 @@ def test_a_link_in_place_of_the_overlay_or_the_snapshots_folder_is_refused(
     assert list(elsewhere.iterdir()) == ([elsewhere / "moved"] if swap == "overlay.img" else [])
 
 
-def test_access_alone_revokes_those_no_longer_granted(tmp_path: Path) -> None:
+def test_access_alone_revokes_those_no_longer_granted_and_removes_nothing(tmp_path: Path) -> None:
     folder = container_folder(tmp_path)
     take(folder)
+    # A copy under way beside it (a change of members during a snapshot) keeps its file.
+    (folder / "snapshots" / ".tmp-snap-2.img").write_bytes(b"being copied")
 
     overlay_snapshot.set_access(str(folder), ["snap-1.img"], [7777], None)
+
+    assert (folder / "snapshots" / ".tmp-snap-2.img").exists()
 
     snap = folder / "snapshots" / "snap-1.img"
     assert f"user:{READER}:r--" not in acl_of(snap) and "user:7777:r--" in acl_of(snap)
     overlay_snapshot.set_access(str(folder), ["snap-1.img"], [], None)
     assert not any(line.startswith("user:7777") for line in acl_of(folder))
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_clear_removes_every_snapshot_and_leftover(tmp_path: Path) -> None:
+    folder = container_folder(tmp_path)
+    take(folder)
+    (folder / "snapshots" / ".tmp-snap-2.img").write_bytes(b"half a copy")
+
+    outcome = overlay_snapshot.clear(str(folder), None)
+
+    assert outcome.removed == (".tmp-snap-2.img", "snap-1.img")
+    assert list((folder / "snapshots").iterdir()) == []
 
 
 def test_a_name_that_could_reach_another_argument_is_refused() -> None:

@@ -279,8 +279,8 @@ class SnapshotTaker:
                     [container["id"]],
                 )
             try:
-                overlay_snapshot.set_access(
-                    container["state_dir"], [], [], self.runas(container["runtime_user"])
+                overlay_snapshot.clear(
+                    container["state_dir"], self.runas(container["runtime_user"])
                 )
             except (SnapshotError, ValueError) as exc:
                 log.warning(
