@@ -168,3 +168,19 @@ def test_the_awake_container_writes_while_a_step_reads_the_snapshot_s_old_conten
     assert Path(before["path"]).exists()
     assert not any(p.name.startswith(".tmp-") for p in Path(after["path"]).parent.iterdir())
     assert os.access(after["path"], os.R_OK)
+
+
+def test_read_access_follows_the_members_roles(rxd: Rxd) -> None:
+    path = status(rxd, OWNER, PROJECT)["snapshot"]["path"]
+
+    def can_read(user: str) -> bool:
+        return run_as(user, ["head", "-c", "1", path]).returncode == 0
+
+    assert can_read(EDITOR) and not can_read(STRANGER)
+    ok(rxd.rxctl(OWNER, "project", "member", "set-role", PROJECT, EDITOR, "viewer"))
+    assert not can_read(EDITOR)
+    ok(rxd.rxctl(OWNER, "project", "member", "add", PROJECT, STRANGER, "--role", "manager"))
+    assert can_read(STRANGER)
+    ok(rxd.rxctl(OWNER, "project", "member", "rm", PROJECT, STRANGER))
+    ok(rxd.rxctl(OWNER, "project", "member", "set-role", PROJECT, EDITOR, "editor"))
+    assert can_read(EDITOR) and not can_read(STRANGER)

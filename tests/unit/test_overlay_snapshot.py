@@ -156,6 +156,16 @@ def test_a_link_in_place_of_the_overlay_or_the_snapshots_folder_is_refused(
     assert list(elsewhere.iterdir()) == ([elsewhere / "moved"] if swap == "overlay.img" else [])
 
 
+def test_a_fifo_in_place_of_the_lock_fails_at_once_instead_of_hanging(tmp_path: Path) -> None:
+    folder = container_folder(tmp_path)
+    (folder / "overlay.lock").unlink()
+    os.mkfifo(folder / "overlay.lock")
+
+    with pytest.raises(SnapshotError, match="overlay snapshot failed"):
+        overlay_snapshot.take(str(folder), "snap-1.img", (), (), None, None, timeout=30)
+    assert not (folder / "snapshots" / "snap-1.img").exists()
+
+
 def test_access_alone_revokes_those_no_longer_granted_and_removes_nothing(tmp_path: Path) -> None:
     folder = container_folder(tmp_path)
     take(folder)

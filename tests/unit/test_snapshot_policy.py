@@ -252,3 +252,18 @@ def test_disable_removes_the_snapshots_with_the_overlay(tmp_path: Path) -> None:
     assert not path.exists()
     assert all(r["removed_at"] is not None for r in snapshots(w))
     assert w.service.batch_plan(OWNER, "alpha").snapshot is None
+
+
+def test_deleting_a_project_takes_its_snapshot_records_with_its_container(tmp_path: Path) -> None:
+    from rxslurm.daemon.projects.service import delete_project
+
+    w, _ = snapshot_world(tmp_path, state="stopped")
+    w.service.snapshot(OWNER, "alpha")
+    w.set("alpha", state="running")
+    w.service.snapshot(OWNER, "alpha")  # a request waiting too
+    w.set("alpha", state="disabled")
+
+    delete_project(w.ledger, OWNER, "alpha")
+
+    assert snapshots(w) == []
+    assert w.ledger.db.table("overlay_snapshot_requests").count == 0

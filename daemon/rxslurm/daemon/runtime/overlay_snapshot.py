@@ -121,8 +121,13 @@ try:
         pass
     s = own_folder("snapshots", dir_fd=d)
     if mode == "take":
-        lock = os.open("overlay.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        # Non-blocking: a FIFO planted in its place fails at once instead of holding the copy
+        # thread until the deadline.
+        lock = os.open("overlay.lock",
+                       os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                        0o600, dir_fd=d)
+        if not stat.S_ISREG(os.fstat(lock).st_mode):
+            done(error="overlay.lock is not a regular file")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
