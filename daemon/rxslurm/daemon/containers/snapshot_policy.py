@@ -152,6 +152,11 @@ class SnapshotTaker:
                 self._retry_at[container_id] = time.monotonic() + RETRY_AFTER_S
         return taken
 
+    def stop(self) -> None:
+        """rxd is stopping: queued copies are dropped (still due at the next start), a running
+        one finishes within its deadline. A copy cut short leaves only a temporary file."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     # -- one attempt ---------------------------------------------------------------------------
 
     def _lock_of(self, container_id: int) -> threading.Lock:
@@ -206,9 +211,11 @@ class SnapshotTaker:
             if outcome.taken is None:
                 assert newest is not None  # no last time was given without a newest snapshot
                 db.table("overlay_snapshots").update(newest["id"], {"covers_job": job})
-                db.execute(
-                    "DELETE FROM overlay_snapshot_requests WHERE container_id = ?", [container_id]
-                )
+                for old in kept[kept_n:]:  # beyond a snapshots_kept lowered meanwhile
+                    db.table("overlay_snapshots").update(
+                        old["id"], {"removed_at": to_timestamp(now)}
+                    )
+                _served(db, container_id, now)
                 return Taken("unchanged", dict(db.table("overlay_snapshots").get(newest["id"])))
             table = db.table("overlay_snapshots")
             table.insert(
@@ -231,11 +238,9 @@ class SnapshotTaker:
             assert table.last_pk is not None
             snapshot = dict(table.get(table.last_pk))
             stale = [r["id"] for r in kept[kept_n - 1 :]]
-            for old in stale:
-                table.update(old, {"removed_at": to_timestamp(now)})
-            db.execute(
-                "DELETE FROM overlay_snapshot_requests WHERE container_id = ?", [container_id]
-            )
+            for old_id in stale:
+                table.update(old_id, {"removed_at": to_timestamp(now)})
+            _served(db, container_id, now)
             detail = {
                 "snapshot": snapshot["id"],
                 "path": snapshot["path"],
@@ -310,6 +315,15 @@ def forget_snapshots(db: LedgerDatabase, container_id: int, now: datetime) -> No
         [to_timestamp(now), container_id],
     )
     db.execute("DELETE FROM overlay_snapshot_requests WHERE container_id = ?", [container_id])
+
+
+def _served(db: LedgerDatabase, container_id: int, read_at: datetime) -> None:
+    """Requests made before the overlay was read are served; one made during the copy (the
+    container woke meanwhile) waits for the next sleep."""
+    db.execute(
+        "DELETE FROM overlay_snapshot_requests WHERE container_id = ? AND requested_at <= ?",
+        [container_id, to_timestamp(read_at)],
+    )
 
 
 def _request_of(db: LedgerDatabase, container_id: int) -> dict[str, Any] | None:
