@@ -29,6 +29,7 @@ from rxslurm.daemon.containers.job_logs import clean_job_logs_soon
 from rxslurm.daemon.containers.pulls import ImagePulls, carry_on
 from rxslurm.daemon.containers.snapshot_policy import (
     SnapshotTaker,
+    forget_snapshots,
     request_snapshot,
     snapshot_status,
 )
@@ -765,6 +766,8 @@ class ContainerService:
                     "overlay_path": str(overlay),
                 },
             )
+            # The former identity's snapshots went to quarantine with its folder.
+            forget_snapshots(db, container["id"], self.clock())
             record_actor_event(
                 db,
                 actor,

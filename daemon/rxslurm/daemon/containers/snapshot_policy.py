@@ -109,8 +109,9 @@ class SnapshotTaker:
         self.config = config
         self.clock = clock
         self.runas = runas
-        # One copy at a time: copies are disk-bound, and a pass never waits for them.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxd-snapshots")
+        # Copies are disk-bound: two at a time (one slow folder does not hold up every other
+        # project's), on threads of their own so a pass never waits for them.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rxd-snapshots")
         self._guard = threading.Lock()
         self._queued: set[int] = set()
         self._retry_at: dict[int, float] = {}
@@ -150,6 +151,11 @@ class SnapshotTaker:
             with self._guard:
                 self._retry_at[container_id] = time.monotonic() + RETRY_AFTER_S
         return taken
+
+    def stop(self) -> None:
+        """rxd is stopping: queued copies are dropped (still due at the next start), a running
+        one finishes within its deadline. A copy cut short leaves only a temporary file."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- one attempt ---------------------------------------------------------------------------
 
@@ -205,9 +211,11 @@ class SnapshotTaker:
             if outcome.taken is None:
                 assert newest is not None  # no last time was given without a newest snapshot
                 db.table("overlay_snapshots").update(newest["id"], {"covers_job": job})
-                db.execute(
-                    "DELETE FROM overlay_snapshot_requests WHERE container_id = ?", [container_id]
-                )
+                for old in kept[kept_n:]:  # beyond a snapshots_kept lowered meanwhile
+                    db.table("overlay_snapshots").update(
+                        old["id"], {"removed_at": to_timestamp(now)}
+                    )
+                _served(db, container_id, now)
                 return Taken("unchanged", dict(db.table("overlay_snapshots").get(newest["id"])))
             table = db.table("overlay_snapshots")
             table.insert(
@@ -230,11 +238,9 @@ class SnapshotTaker:
             assert table.last_pk is not None
             snapshot = dict(table.get(table.last_pk))
             stale = [r["id"] for r in kept[kept_n - 1 :]]
-            for old in stale:
-                table.update(old, {"removed_at": to_timestamp(now)})
-            db.execute(
-                "DELETE FROM overlay_snapshot_requests WHERE container_id = ?", [container_id]
-            )
+            for old_id in stale:
+                table.update(old_id, {"removed_at": to_timestamp(now)})
+            _served(db, container_id, now)
             detail = {
                 "snapshot": snapshot["id"],
                 "path": snapshot["path"],
@@ -269,18 +275,10 @@ class SnapshotTaker:
         container's next snapshot removes files left behind."""
         with self._lock_of(container["id"]):
             with self.ledger.transaction() as db:
-                db.execute(
-                    "UPDATE overlay_snapshots SET removed_at = ? "
-                    "WHERE container_id = ? AND removed_at IS NULL",
-                    [to_timestamp(self.clock()), container["id"]],
-                )
-                db.execute(
-                    "DELETE FROM overlay_snapshot_requests WHERE container_id = ?",
-                    [container["id"]],
-                )
+                forget_snapshots(db, container["id"], self.clock())
             try:
-                overlay_snapshot.set_access(
-                    container["state_dir"], [], [], self.runas(container["runtime_user"])
+                overlay_snapshot.clear(
+                    container["state_dir"], self.runas(container["runtime_user"])
                 )
             except (SnapshotError, ValueError) as exc:
                 log.warning(
@@ -307,6 +305,25 @@ class SnapshotTaker:
                 {"state": container["state"]},
             )
         return {"requested_at": now, "requested_by": actor.name}
+
+
+def forget_snapshots(db: LedgerDatabase, container_id: int, now: datetime) -> None:
+    """The container's snapshots no longer exist for batch steps (its overlay went, or its folder
+    went to quarantine with a former runtime identity), in the caller's transaction."""
+    db.execute(
+        "UPDATE overlay_snapshots SET removed_at = ? WHERE container_id = ? AND removed_at IS NULL",
+        [to_timestamp(now), container_id],
+    )
+    db.execute("DELETE FROM overlay_snapshot_requests WHERE container_id = ?", [container_id])
+
+
+def _served(db: LedgerDatabase, container_id: int, read_at: datetime) -> None:
+    """Requests made before the overlay was read are served; one made during the copy (the
+    container woke meanwhile) waits for the next sleep."""
+    db.execute(
+        "DELETE FROM overlay_snapshot_requests WHERE container_id = ? AND requested_at <= ?",
+        [container_id, to_timestamp(read_at)],
+    )
 
 
 def _request_of(db: LedgerDatabase, container_id: int) -> dict[str, Any] | None:
@@ -375,12 +392,16 @@ def request_snapshot(taker: SnapshotTaker, actor: Actor, project: dict[str, Any]
             container = dict(db.table("containers").get(container["id"]))
     # Awake (or woken meanwhile): a mounted ext3 image cannot be copied consistently.
     request = taker.record_request(actor, container)
-    answer.update(
-        pending=True,
-        request=request,
-        message=(
+    if asleep(container):
+        # Its last job's processes still hold the overlay's lock; the next pass tries again.
+        message = (
+            f"the overlay of {name} is still held by its last job: it is copied the moment the "
+            "job lets go of it"
+        )
+    else:
+        message = (
             f"the container of {name} is awake ({container['state']}): its overlay is copied the "
             f"moment it next sleeps; `rxctl stop --project {name}` takes it now"
-        ),
-    )
+        )
+    answer.update(pending=True, request=request, message=message)
     return answer

@@ -14,8 +14,11 @@ from rxslurm.daemon.errors import ApiError
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects import service as projects
-from rxslurm.daemon.projects.snapshot_access import sync_snapshot_access
-from rxslurm.daemon.projects.workspace_sync import retire_folders, sync_workspace
+from rxslurm.daemon.projects.workspace_sync import (
+    retire_folders,
+    sync_snapshot_access,
+    sync_workspace,
+)
 from rxslurm.daemon.projects.workspaces import WorkspaceError
 from rxslurm.daemon.quarantine import QuarantineError
 from rxslurm.daemon.runtime.overlay_snapshot import SnapshotError

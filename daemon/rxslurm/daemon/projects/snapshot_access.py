@@ -3,23 +3,17 @@
 Batch steps run as the member, in their own job: members with the `run` action (roles.py) and a
 bound Linux identity get read on the kept snapshots and traverse-only on the folders above them,
 set as the runtime user (runtime/overlay_snapshot.py); nobody else may open them. rxd sets these
-when it takes a snapshot and when members change (where the workspace's grants are updated).
+when it takes a snapshot and when members change (workspace_sync.sync_snapshot_access, where the
+workspace's grants are updated).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import PurePosixPath
 from typing import Any
 
-from rxslurm.daemon.config import Config
-from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
+from rxslurm.daemon.ledger.store import LedgerDatabase
 from rxslurm.daemon.projects.roles import ALLOWED, Action
-from rxslurm.daemon.projects.service import runtime_identity
-from rxslurm.daemon.runtime import overlay_snapshot
-from rxslurm.slurm.runas import RunAs
-
-log = logging.getLogger("rxslurm.snapshots")
 
 
 def run_member_uids(db: LedgerDatabase, project_id: int, runtime_uid: int | None) -> list[int]:
@@ -49,25 +43,3 @@ def kept_rows(db: LedgerDatabase, container: dict[str, Any]) -> list[dict[str, A
 
 def file_name(row: dict[str, Any]) -> str:
     return PurePosixPath(row["path"]).name
-
-
-def sync_snapshot_access(ledger: Ledger, config: Config, name: str) -> None:
-    """Give the project's current `run` members (and only them) read on its kept snapshots.
-    Nothing to do before its container has a folder, or while it still belongs to a former
-    runtime identity (its next start moves it to quarantine). Raises SnapshotError."""
-    with ledger.read() as db:
-        projects = list(db.table("projects").rows_where("name = ?", [name]))
-        if not projects:
-            return
-        project = projects[0]
-        runtime = runtime_identity(db, config, project)
-        rows = list(db.table("containers").rows_where("project_id = ?", [project["id"]]))
-        container = rows[0] if rows else None
-        if container is None or not container["state_dir"] or runtime is None:
-            return
-        if container["runtime_user"] != runtime:
-            return
-        keep = [file_name(r) for r in kept_rows(db, container)]
-        uids = run_member_uids(db, project["id"], container["runtime_uid"])
-    overlay_snapshot.set_access(container["state_dir"], keep, uids, RunAs.for_user(runtime))
-    log.info("snapshot access set", extra={"project": name, "uids": uids})

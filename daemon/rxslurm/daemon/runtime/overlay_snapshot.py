@@ -40,10 +40,10 @@ SNAPSHOTS_FOLDER = "snapshots"
 
 
 # Run as the runtime user by `python -I -S -c`, the standard library only. argv: the container's
-# folder, "take" or "access", the new snapshot's file name (take), the snapshot names to keep
-# besides it (comma-separated), those kept too when nothing new is taken, the uids to grant
-# (comma-separated), the overlay's modification time (ns) when the newest snapshot was taken ("":
-# copy whatever it is). stdout: one JSON line.
+# folder; "take", "access" (ACLs only) or "clear" (ACLs and pruning, no copy); the new snapshot's
+# file name (take); the snapshot names to keep besides it and those kept too when nothing new is
+# taken (comma-separated); the uids to grant (comma-separated); the overlay's modification time
+# (ns) when the newest snapshot was taken ("": copy whatever it is). stdout: one JSON line.
 SCRIPT = r"""
 import errno, fcntl, json, os, re, stat, struct, sys
 folder, mode, new, keep, extra, uids, last = sys.argv[1:8]
@@ -121,8 +121,13 @@ try:
         pass
     s = own_folder("snapshots", dir_fd=d)
     if mode == "take":
-        lock = os.open("overlay.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        # Non-blocking: a FIFO planted in its place fails at once instead of holding the copy
+        # thread until the deadline.
+        lock = os.open("overlay.lock",
+                       os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                        0o600, dir_fd=d)
+        if not stat.S_ISREG(os.fstat(lock).st_mode):
+            done(error="overlay.lock is not a regular file")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -154,7 +159,9 @@ try:
             os.close(dst)
             keep.add(new)
     removed, skipped = [], []
-    for name in os.listdir(s):
+    # "access" runs beside a copy (a change of members): what to prune is for "take" and
+    # "clear" alone, which rxd never runs at once for a container.
+    for name in os.listdir(s) if mode != "access" else ():
         if not (NAME.fullmatch(name) and name not in keep or name.startswith(".tmp-snap-")):
             continue
         try:
@@ -252,8 +259,14 @@ def set_access(
     as_user: RunAs | None,
     timeout: float = ACCESS_TIMEOUT_S,
 ) -> Outcome:
-    """Only the pruning and the ACLs of ``take`` (after a change of members)."""
+    """Only the ACLs of ``take`` (after a change of members): nothing is removed, so it may run
+    while a snapshot is being taken."""
     return _run(snapshot_argv(state_dir, "access", "", keep, uids, None), as_user, timeout)
+
+
+def clear(state_dir: str, as_user: RunAs | None, timeout: float = ACCESS_TIMEOUT_S) -> Outcome:
+    """Remove every snapshot of the container (its overlay went); never while one is taken."""
+    return _run(snapshot_argv(state_dir, "clear", "", (), (), None), as_user, timeout)
 
 
 def _run(argv: list[str], as_user: RunAs | None, timeout: float) -> Outcome:
