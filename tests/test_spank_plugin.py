@@ -3,7 +3,9 @@ and exports only what Slurm looks up; and, driven by a stand-in for Slurm's side
 (tests/spank/harness.c), it hands a task to exactly `rxctl run --project P -- ARGV...` with the
 task's environment, leaves the batch script on the host but passes the project to its srun
 steps, and fails a task it cannot hand on with one line and status 125, never running it on the
-host. The real thing on the real cluster: tests/test_spank_e2e.py."""
+host. Slurm 23.11's path (spank_prepend_task_argv) is compiled and driven too, over the installed
+22.05 headers with 23.11's version number (tests/spank/slurm-23.11). The real thing on the real
+cluster: tests/test_spank_e2e.py."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from tests.support.fake_rxd import short_tmp_dir
 ROOT = Path(__file__).parent.parent
 SOURCE = ROOT / "slurm" / "spank"
 HARNESS = ROOT / "tests" / "spank" / "harness.c"
+# Slurm 23.11's version over the installed headers: the spank_prepend_task_argv path.
+SLURM_2311 = ROOT / "tests" / "spank" / "slurm-23.11"
 SPANK_H = Path("/usr/include/slurm/spank.h")
 PROJECT_FOR_SRUN = "SLURM_SPANK__SLURM_SPANK_OPTION_rx_spank_rx_project"
 OWN_FAILURE = 125
@@ -46,15 +50,15 @@ def built() -> Iterator[Path]:
             timeout=120,
         )
         assert make.returncode == 0, make.stdout + make.stderr
-        harness = folder / "harness"
-        cc = subprocess.run(
-            ["gcc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-o", str(harness),
-             str(HARNESS), str(SOURCE / "rx_spank.c")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )  # fmt: skip
-        assert cc.returncode == 0, cc.stderr
+        for name, include in (("harness", []), ("harness-2311", [f"-I{SLURM_2311}"])):
+            cc = subprocess.run(
+                ["gcc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", *include,
+                 "-o", str(folder / name), str(HARNESS), str(SOURCE / "rx_spank.c")],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )  # fmt: skip
+            assert cc.returncode == 0, cc.stderr
         show = folder / "rxctl"
         show.write_text(SHOW)
         show.chmod(0o755)
@@ -62,9 +66,15 @@ def built() -> Iterator[Path]:
 
 
 def drive(
-    folder: Path, context: str, step: str, project: str, *config: str, task: tuple[str, ...] = ()
+    folder: Path,
+    context: str,
+    step: str,
+    project: str,
+    *config: str,
+    task: tuple[str, ...] = (),
+    harness: str = "harness",
 ) -> subprocess.CompletedProcess[str]:
-    argv = [str(folder / "harness"), context, step, project, *config, "--", *task]
+    argv = [str(folder / harness), context, step, project, *config, "--", *task]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
 
@@ -98,6 +108,17 @@ def test_a_task_of_a_step_becomes_rxctl_run_with_its_argv_and_environment(built:
     assert first.split()[2:] == ["yes"]
     assert argv == ["run", "--project", "alpha", "--", "python3", "-c", "a b"]
     assert "continued" not in done.stdout
+
+
+def test_on_slurm_23_11_the_words_are_prepended_and_slurmstepd_goes_on(built: Path) -> None:
+    rxctl = built / "rxctl"
+    done = drive(
+        built, "remote", "0", "alpha", f"rxctl={rxctl}", task=("python3",), harness="harness-2311"
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [f"prepend {rxctl} run --project alpha --", "continued"]
+    batch = drive(built, "remote", "batch", "alpha", f"rxctl={rxctl}", harness="harness-2311")
+    assert batch.stdout.splitlines() == [f"setenv {PROJECT_FOR_SRUN}=alpha", "continued"]
 
 
 def test_the_batch_script_stays_on_the_host_and_passes_the_project_to_its_sruns(

@@ -7,8 +7,10 @@
  * CONTEXT is local, allocator or remote; STEP a step id (batch, extern or a number); PROJECT the
  * value given to --rx-project ("-": none). It calls slurm_spank_init with CONFIG, the option's
  * callback, then slurm_spank_task_init with TASK_ARGV and the environment RX_TASK_ENV=yes. What
- * Slurm would be asked to do is printed on stdout ("setenv NAME=VALUE"); "continued" means the
- * task would go on as without the plugin; init's failure prints "init failed", exit 1.
+ * Slurm would be asked to do is printed on stdout ("setenv NAME=VALUE", and on Slurm 23.11 and
+ * later "prepend" and the words put before the task's argv); "continued" means the task would go
+ * on (as without the plugin, or with the prepended words); init's failure prints "init failed",
+ * exit 1.
  */
 #include <stdarg.h>
 #include <stdint.h>
@@ -74,6 +76,20 @@ spank_err_t spank_setenv(spank_t sp, const char *var, const char *val, int overw
 	printf("setenv %s=%s\n", var, val);
 	return ESPANK_SUCCESS;
 }
+
+#if SLURM_VERSION_NUMBER >= SLURM_VERSION_NUM(23, 11, 0)
+spank_err_t spank_prepend_task_argv(spank_t sp, int argc, const char *argv[])
+{
+	int i;
+
+	(void)sp;
+	printf("prepend");
+	for (i = 0; i < argc; i++)
+		printf(" %s", argv[i]);
+	printf("\n");
+	return ESPANK_SUCCESS;
+}
+#endif
 
 const char *spank_strerror(spank_err_t err)
 {
