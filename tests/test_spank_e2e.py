@@ -4,7 +4,8 @@ The SPANK plugin as tests/cluster/setup.sh installs it (plugstack.conf.d/rxslurm
 `rxctl run` without it: a researcher's own `sbatch` job whose `srun` tasks import a package
 installed in the project's container (from its newest snapshot, read-only), see /workspace and
 only the job's GPU, while the batch script itself stays on the host; a non-member's job fails with
-one clear line per task and cannot read the project's files.
+one clear line per task and cannot read the project's files; and a batch job reads the snapshot,
+not the live overlay, while the container is awake and writing, neither failing.
 """
 
 from __future__ import annotations
@@ -234,3 +235,51 @@ def _tidy(job_dir: Path) -> Iterator[None]:
             path.unlink()
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+# Last in the module: it wakes the container, and its writes reach the next snapshot.
+def test_a_batch_job_reads_the_snapshot_while_the_container_is_awake_and_writing(
+    rxd: Rxd, project: dict[str, Any], job_dir: Path
+) -> None:
+    ok(rxd.rxctl("rxalice", "start", "--project", PROJECT))
+    lifecycle.wait_state(rxd, PROJECT, "running", timeout=180)
+    # The container rewrites the package and grows a file in its own overlay until told to
+    # stop (a file in the workspace), while the batch job runs.
+    stop_flag = "/workspace/stop-writing"
+    writer_code = (
+        "import os, pathlib, site, time\n"
+        f"pkg = pathlib.Path(site.getsitepackages()[0], '{PACKAGE}.py')\n"
+        "log = open('/opt/writing.log', 'a')\n"
+        "print('writing', flush=True)\n"
+        "n = 0\n"
+        f"while not os.path.exists('{stop_flag}') and n < 3000:\n"
+        "    n += 1\n"
+        "    pkg.write_text(f'VALUE = {43 + n}\\n')\n"
+        "    log.write('x' * 4096); log.flush()\n"
+        "    time.sleep(0.01)\n"
+        "print(n)\n"
+    )
+    writer = subprocess.Popen(
+        ["runuser", "-u", "rxalice", "--", RXCTL, "--socket", str(rxd.socket), "exec",
+         "--project", PROJECT, "--", "python3", "-c", writer_code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        # The batch job starts only once the container writes.
+        assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+        body = (
+            "srun python3 -c 'import os, rxbatchpkg; "
+            'print(rxbatchpkg.VALUE, os.path.exists("/opt/writing.log"))\''
+        )
+        _, job = submit(rxd, "rxbob", job_dir, body, f"--rx-project={PROJECT}", "-n", "2")
+    finally:
+        ok(rxd.rxctl("rxalice", "exec", "--project", PROJECT, "--", "touch", stop_flag))
+        out, err = writer.communicate(timeout=120)
+    # The container kept writing throughout, and its command ended well.
+    assert writer.returncode == 0, err
+    assert int(out.strip()) > 1
+    # Both tasks read the snapshot taken before: its package, none of the live writes.
+    assert job.stdout.splitlines() == ["42 False", "42 False"], job.stdout
+    assert lifecycle.status(rxd, "rxalice", PROJECT)["state"] == "running"
