@@ -173,7 +173,14 @@ def test_a_bad_config_stops_srun_sbatch_and_salloc_with_one_line(built: Path, co
     )
 
 
-def test_an_empty_project_is_refused(built: Path) -> None:
-    done = drive(built, "local", "0", "", f"rxctl={built / 'rxctl'}", task=("true",))
-    assert done.stdout == "option refused\n"
-    assert done.stderr == "rx: --rx-project needs a project name\n"
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        ("", "rx: --rx-project needs a project name"),
+        ("--help", "rx: --rx-project: '--help' is not a project name (they start with a-z)"),
+        ("Alpha", "rx: --rx-project: 'Alpha' is not a project name (they start with a-z)"),
+    ],
+)
+def test_a_name_that_is_no_project_name_is_refused(built: Path, name: str, line: str) -> None:
+    done = drive(built, "local", "0", name, f"rxctl={built / 'rxctl'}", task=("true",))
+    assert (done.stdout, done.stderr) == ("option refused\n", line + "\n")

@@ -24,7 +24,7 @@
  *    argv[0] (apptainer looks the command up inside the container instead, which is what a
  *    container task wants), the propagated resource limits and RSS/VSIZE limits
  *    (set_user_limits), --bcast's file naming and --container (OCI). Sites that need those use
- *    Slurm 23.11 or later.
+ *    Slurm 23.11 or later, or `srun rxctl run` (which slurmstepd starts after all of them).
  */
 
 #include <errno.h>
@@ -74,6 +74,12 @@ static int set_project(int val, const char *optarg, int remote)
 	(void)remote;
 	if (optarg == NULL || optarg[0] == '\0') {
 		slurm_error("rx: --rx-project needs a project name");
+		return -1;
+	}
+	/* rxd checks the whole name; a leading '-' must not reach rxctl as an option. */
+	if (optarg[0] < 'a' || optarg[0] > 'z') {
+		slurm_error("rx: --rx-project: '%s' is not a project name (they start with a-z)",
+			    optarg);
 		return -1;
 	}
 	copy = strdup(optarg);
