@@ -11,6 +11,7 @@ not the live overlay, while the container is awake and writing, neither failing.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -58,8 +59,14 @@ WHERE = 'echo "batch: $(test -d /.singularity.d && echo container || echo host)"
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    if not SPANK_CONF.is_file():
-        pytest.fail(f"{SPANK_CONF} is missing: run tests/cluster/setup.sh", pytrace=False)
+    # setup.sh writes "optional PLUGIN rxctl=RXCTL": both must be there for any task to run.
+    words = SPANK_CONF.read_text().split() if SPANK_CONF.is_file() else []
+    plugin, rxctl = (words[1], words[2].removeprefix("rxctl=")) if len(words) == 3 else ("", "")
+    if not (Path(plugin).is_file() and os.access(rxctl, os.X_OK)):
+        pytest.fail(
+            f"{SPANK_CONF} names no installed plugin and rxctl: run tests/cluster/setup.sh",
+            pytrace=False,
+        )
     with lifecycle_rxd(bind=("rxalice", "rxbob", "rxcarol")) as daemon:
         try:
             yield daemon
