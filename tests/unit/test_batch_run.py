@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rxslurm.protocol import batch_plan
@@ -137,12 +137,35 @@ def test_an_answer_that_is_no_object_is_refused(data: Any) -> None:
         parse(data)
 
 
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+# No per-example deadline: on a shared 2-core machine one slow example is load, not a finding.
+@settings(deadline=None)
+@given(changes=st.dictionaries(st.sampled_from(sorted(PLAN)), JSON, max_size=3))
+def test_any_answer_is_a_plan_or_badplan_never_another_error(changes: dict[str, Any]) -> None:
+    try:
+        parsed = parse(plan(**changes))
+    except BadPlan:
+        return
+    # What passed is what rxd said, field for field.
+    assert parsed.project == plan(**changes)["project"]
+    assert parsed.image.startswith("/") and ":" not in parsed.image
+
+
 WORD = st.text(st.characters(exclude_characters="\x00"), max_size=12)
 PATH = st.lists(st.text("abcxyz019-_. ", min_size=1, max_size=6), min_size=1, max_size=3).map(
     lambda parts: "/" + "/".join(parts)
 )
 
 
+@settings(deadline=None)
 @given(
     command=st.lists(WORD, min_size=1, max_size=5),
     workspace=PATH,
