@@ -23,8 +23,9 @@
  *    --task-prolog (and the variables they export), TMPDIR's default and its creation, the stop
  *    for a parallel debugger, the PATH lookup of argv[0] (apptainer looks the command up inside
  *    the container instead, which is what a container task wants), the propagated resource
- *    limits and RSS/VSIZE limits (set_user_limits), --bcast's file naming and --container (OCI). Sites that need those use
- *    Slurm 23.11 or later, or `srun rxctl run` (which slurmstepd starts after all of them).
+ *    limits and RSS/VSIZE limits (set_user_limits), --bcast's file naming and --container
+ *    (OCI). Sites that need those use Slurm 23.11 or later, or `srun rxctl run` (which
+ *    slurmstepd starts after all of them).
  */
 
 #include <errno.h>
