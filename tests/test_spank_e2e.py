@@ -3,7 +3,8 @@
 The SPANK plugin as tests/cluster/setup.sh installs it (plugstack.conf.d/rxslurm.conf), and
 `rxctl run` without it: a researcher's own `sbatch` job whose `srun` tasks import a package
 installed in the project's container (from its newest snapshot, read-only), see /workspace and
-only the job's GPU, while the batch script itself stays on the host; a non-member's job fails with
+only the job's GPU, while the batch script itself stays on the host, over rxd's socket or its
+MUNGE network door; a non-member's job fails with
 one clear line per task and cannot read the project's files; and a batch job reads the snapshot,
 not the live overlay, while the container is awake and writing, neither failing.
 """
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,7 @@ import pytest
 from tests.support import lifecycle
 from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
-from tests.support.daemon import RXCTL, Rxd
-from tests.support.lifecycle import lifecycle_rxd
+from tests.support.daemon import RXCTL, Rxd, free_port, running_rxd
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
@@ -67,7 +68,10 @@ def rxd() -> Iterator[Rxd]:
             f"{SPANK_CONF} names no installed plugin and rxctl: run tests/cluster/setup.sh",
             pytrace=False,
         )
-    with lifecycle_rxd(bind=("rxalice", "rxbob", "rxcarol")) as daemon:
+    # Also on a network door: compute nodes reach rxd that way (MUNGE proves the job's user).
+    door = f'listen = "127.0.0.1:{free_port()}"\n'
+    config = lambda root: door + lifecycle.lifecycle_config(root)  # noqa: E731
+    with running_rxd(config, bind=("rxalice", "rxbob", "rxcarol")) as daemon:
         try:
             yield daemon
         finally:
@@ -111,16 +115,18 @@ def job_dir(rxd: Rxd) -> Iterator[Path]:
 
 
 def submit(
-    rxd: Rxd, user: str, folder: Path, body: str, *options: str
+    rxd: Rxd, user: str, folder: Path, body: str, *options: str, door: str | None = None
 ) -> tuple[int, subprocess.CompletedProcess[str]]:
     """sbatch a script as `user` (rxd's socket in its environment, as any job's environment
-    comes from the submitter's), wait until it ended; its job id and its output."""
+    comes from the submitter's; or only its network door `door`), wait until it ended; its job
+    id and its output."""
     script = folder / f"{user}-{len(list(folder.iterdir()))}.sh"
     script.write_text(f"#!/bin/bash\n{body}\n")
     script.chmod(0o755)
     out = script.with_suffix(".out")
     argv = ["sbatch", "--parsable", "-o", str(out), *options, str(script)]
-    submitted = ok(run_as(user, argv, env={"RXCTL_SOCKET": str(rxd.socket)}, cwd=folder))
+    env = {"RXSLURM_SERVER": door} if door else {"RXCTL_SOCKET": str(rxd.socket)}
+    submitted = ok(run_as(user, argv, env=env, cwd=folder))
     job_id = int(submitted.stdout.strip().split(";")[0])
 
     def ended() -> bool:
@@ -197,6 +203,16 @@ def test_rxctl_run_does_the_same_without_the_plugin(
     _, job = submit(rxd, "rxalice", job_dir, body, "-n", "2", "--gres=gpu:1", "-p", "gpu")
     assert job.stdout.splitlines()[0] == "batch: host", job.stdout
     assert_in_the_project(job.stdout, job_dir)
+
+
+def test_steps_reach_rxd_through_the_network_door(
+    rxd: Rxd, project: dict[str, Any], job_dir: Path
+) -> None:
+    server = tomllib.loads(rxd.config.read_text())["daemon"]["listen"]
+    body = f"srun python3 -c 'import {PACKAGE}; print({PACKAGE}.VALUE)'"
+    options = (f"--rx-project={PROJECT}", "-n", "2")
+    _, job = submit(rxd, "rxbob", job_dir, body, *options, door=server)
+    assert job.stdout.splitlines() == ["42", "42"], job.stdout
 
 
 def test_rxctl_run_outside_a_job(rxd: Rxd, project: dict[str, Any]) -> None:
