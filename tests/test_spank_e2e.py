@@ -4,9 +4,9 @@ The SPANK plugin as tests/cluster/setup.sh installs it (plugstack.conf.d/rxslurm
 `rxctl run` without it: a researcher's own `sbatch` job whose `srun` tasks import a package
 installed in the project's container (from its newest snapshot, read-only), see /workspace and
 only the job's GPU, while the batch script itself stays on the host, over rxd's socket or its
-MUNGE network door; a non-member's job fails with
-one clear line per task and cannot read the project's files; and a batch job reads the snapshot,
-not the live overlay, while the container is awake and writing, neither failing.
+MUNGE network door; a non-member's job fails with one clear line per task and cannot read the
+project's files; and a batch job reads the snapshot, not the live overlay, while the container is
+awake and writing, neither failing.
 """
 
 from __future__ import annotations
