@@ -16,6 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rxslurm.cli import batch_run
+from rxslurm.cli.client import ApiError
 from rxslurm.protocol import batch_plan
 from rxslurm.protocol.batch_plan import BadPlan, exec_argv, granted_gpus, parse
 from tests.support.fake_rxd import http_answer, serve, short_tmp_dir
@@ -201,6 +203,40 @@ def test_every_word_of_the_command_is_one_item_after_the_image(
     assert (f"{snapshot}:ro" in options) is (snapshot is not None)
     assert options.count("-B") == 1 + len(binds)
     assert f"{workspace}:/workspace" in options
+
+
+class BusyRxd:
+    """Stands in for the client: turned away `busy` times for too many connections, then the
+    plan (or always, busy=-1)."""
+
+    def __init__(self, busy: int, code: str = "too_many_connections") -> None:
+        self.busy, self.code, self.asked = busy, code, 0
+
+    def get(self, route: str) -> Any:
+        self.asked += 1
+        if self.busy < 0 or self.asked <= self.busy:
+            raise ApiError(503, self.code, "too many connections from uid 2001")
+        return plan()
+
+
+def test_a_task_turned_away_for_too_many_connections_asks_again() -> None:
+    waits: list[float] = []
+    rxd = BusyRxd(busy=3)
+    got = batch_run.plan_for(rxd, "alpha", sleep=waits.append)  # type: ignore[arg-type]
+    assert got == parse(plan()) and rxd.asked == 4
+    # Random waits that grow, so the tasks of a step spread out.
+    assert len(waits) == 3 and all(0 < w <= 2.0 for w in waits)
+
+
+def test_it_gives_up_after_a_while_and_other_refusals_at_once() -> None:
+    waits: list[float] = []
+    with pytest.raises(ApiError):
+        batch_run.plan_for(BusyRxd(busy=-1), "alpha", sleep=waits.append)  # type: ignore[arg-type]
+    assert batch_run.BUSY_RETRY_S <= sum(waits) <= batch_run.BUSY_RETRY_S + 2.0
+    refused = BusyRxd(busy=1, code="not_found")
+    with pytest.raises(ApiError):
+        batch_run.plan_for(refused, "alpha", sleep=waits.append)  # type: ignore[arg-type]
+    assert refused.asked == 1
 
 
 # -- rxctl run, the program ----------------------------------------------------------------------

@@ -12,17 +12,40 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
-from rxslurm.cli.client import Client, ClientError
+from rxslurm.cli.client import ApiError, Client, ClientError
 from rxslurm.cli.render import safe
 from rxslurm.protocol import batch_plan, routes
 
+# Every task of a step asks at once, and rxd caps the connections of one caller (a uid; a node's
+# address on the network door): a task turned away for that asks again, after a short random
+# wait that grows, for this long at most, before it fails.
+BUSY_CODE = "too_many_connections"
+BUSY_RETRY_S = 30.0
 
-def plan_for(client: Client, project: str) -> batch_plan.BatchPlan:
+
+def plan_for(
+    client: Client, project: str, sleep: Callable[[float], None] = time.sleep
+) -> batch_plan.BatchPlan:
     """The project's batch plan from rxd; ClientError when rxd refuses or answers nonsense."""
-    answer = client.get(routes.path(routes.PROJECT_BATCH_PLAN, project))
+    route = routes.path(routes.PROJECT_BATCH_PLAN, project)
+    waited, pause = 0.0, 0.05
+    while True:
+        try:
+            answer = client.get(route)
+            break
+        except ApiError as exc:
+            if exc.code != BUSY_CODE or waited >= BUSY_RETRY_S:
+                raise
+        import random  # only when turned away: it costs every task's start-up otherwise
+
+        delay = random.uniform(pause / 2, pause)  # noqa: S311 - spreading retries, not secrets
+        sleep(delay)
+        waited += delay
+        pause = min(pause * 2, 2.0)
     try:
         return batch_plan.parse(answer)
     except batch_plan.BadPlan as exc:
