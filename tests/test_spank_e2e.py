@@ -135,7 +135,11 @@ def submit(
         )
         return listed.returncode != 0 or listed.stdout.strip() == ""
 
-    wait_for(ended, timeout=240, interval=0.5, what=f"job {job_id} of {user} to end")
+    try:
+        wait_for(ended, timeout=240, interval=0.5, what=f"job {job_id} of {user} to end")
+    finally:
+        # Not a job of rxd's (its shutdown cancels only those): never leave it to the cluster.
+        subprocess.run(["scancel", str(job_id)], capture_output=True, timeout=30)
     text = out.read_text() if out.exists() else ""
     return job_id, subprocess.CompletedProcess(argv, 0, text, "")
 
@@ -177,6 +181,18 @@ def test_sbatch_rx_project_runs_the_srun_tasks_in_the_project_and_the_script_on_
     assert_in_the_project(job.stdout, job_dir)
 
 
+def test_steps_on_every_node_mount_the_same_snapshot_at_once(
+    rxd: Rxd, project: dict[str, Any], job_dir: Path
+) -> None:
+    probe = f"import os, {PACKAGE}; print(os.environ['SLURMD_NODENAME'], {PACKAGE}.VALUE)"
+    (job_dir / "node.py").write_text(probe)
+    body = f"srun python3 {job_dir / 'node.py'}"
+    # One CPU on each node: the cluster is shared, a whole node may well be busy.
+    options = (f"--rx-project={PROJECT}", "-N", "3", "-n", "3", "--ntasks-per-node=1")
+    _, job = submit(rxd, "rxbob", job_dir, body, *options)
+    assert sorted(job.stdout.splitlines()) == ["n1 42", "n2 42", "n3 42"], job.stdout
+
+
 def test_sbatch_rx_project_in_the_script_reaches_its_srun_steps(
     rxd: Rxd, project: dict[str, Any], job_dir: Path
 ) -> None:
@@ -189,8 +205,13 @@ def test_salloc_rx_project_reaches_the_steps_inside_the_allocation(
     rxd: Rxd, project: dict[str, Any]
 ) -> None:
     inside = "srun -n 1 cat /workspace/data.txt; test -d /.singularity.d || echo 'shell: host'"
-    argv = ["salloc", "-n", "1", f"--rx-project={PROJECT}", "sh", "-c", inside]
-    result = ok(run_as("rxbob", argv, env={"RXCTL_SOCKET": str(rxd.socket)}, timeout=240))
+    name = f"sp-salloc-{rxd.root.name}"
+    argv = ["salloc", "-J", name, "-n", "1", f"--rx-project={PROJECT}", "sh", "-c", inside]
+    try:
+        result = ok(run_as("rxbob", argv, env={"RXCTL_SOCKET": str(rxd.socket)}, timeout=240))
+    finally:
+        # A salloc killed by the time-out cannot give its allocation back itself.
+        subprocess.run(["scancel", "-u", "rxbob", "-n", name], capture_output=True, timeout=30)
     assert result.stdout.splitlines() == ["data", "shell: host"], result.stderr
 
 
