@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import ok, output
-from tests.support.cluster import run_as, user_env, wait_for
+from tests.support.cluster import run_as, spawn_as, wait_for
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import lifecycle_rxd, make_project, status, wait_state
 from tests.support.real_apptainer import APPTAINER
@@ -54,19 +53,7 @@ def step(user: str, plan: dict[str, Any], *command: str, **kw: Any) -> Any:
     argv = [APPTAINER, "exec", "--overlay", f"{plan['snapshot']['path']}:ro"]
     argv += ["-B", f"{plan['workspace']}:{plan['workspace_target']}", plan["image"], *command]
     if kw.pop("popen", False):
-        pw = pwd.getpwnam(user)
-        return subprocess.Popen(
-            argv,
-            user=pw.pw_uid,
-            group=pw.pw_gid,
-            extra_groups=os.getgrouplist(user, pw.pw_gid),
-            env=user_env(user),
-            cwd="/",
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        return spawn_as(user, argv, stdin=subprocess.PIPE)
     return run_as(user, argv, cwd="/", **kw)
 
 

@@ -24,11 +24,10 @@ granted loses its entries), on descriptors, nothing else in the folder.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from rxslurm.daemon.runtime.user_script import run_script, script_argv
+from rxslurm.daemon.runtime.user_script import run_script, script_answer, script_argv
 from rxslurm.slurm.runas import RunAs
 
 # A big overlay on a slow shared filesystem takes a while; holder.sh waits longer than this
@@ -282,15 +281,9 @@ def _run(argv: list[str], as_user: RunAs | None, timeout: float) -> Outcome:
 
 
 def parse_output(returncode: int, stdout: str, stderr: str = "") -> Outcome:
-    try:
-        answer = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else None
-    except json.JSONDecodeError:
-        answer = None
-    if returncode != 0 or not isinstance(answer, dict):
-        why = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {returncode}"
-        raise SnapshotError(f"overlay snapshot failed: {why}")
-    if "error" in answer:
-        raise SnapshotError(f"overlay snapshot failed: {answer['error']}")
+    answer = script_answer(
+        returncode, stdout, stderr, failed="overlay snapshot failed", error=SnapshotError
+    )
     try:
         return Outcome(
             busy=_flag(answer, "busy"),
