@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.support import lifecycle
-from tests.support.cli import ok
+from tests.support.cli import ok, refused
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import RXCTL, Rxd, free_port, running_rxd
 
@@ -71,7 +71,7 @@ def rxd() -> Iterator[Rxd]:
     # Also on a network door: compute nodes reach rxd that way (MUNGE proves the job's user).
     door = f'listen = "127.0.0.1:{free_port()}"\n'
     config = lambda root: door + lifecycle.lifecycle_config(root)  # noqa: E731
-    with running_rxd(config, bind=("rxalice", "rxbob", "rxcarol")) as daemon:
+    with running_rxd(config, bind=("rxalice", "rxbob", "rxcarol", "rxdave")) as daemon:
         try:
             yield daemon
         finally:
@@ -81,9 +81,11 @@ def rxd() -> Iterator[Rxd]:
 @pytest.fixture(scope="module")
 def project(rxd: Rxd) -> dict[str, Any]:
     """PROJECT with PACKAGE installed in its container and a file in its workspace, asleep with
-    a snapshot taken; rxbob an editor (who may run batch steps), rxcarol in no project."""
+    a snapshot taken; rxbob an editor (who may run batch steps), rxdave a viewer (who may not),
+    rxcarol in no project."""
     lifecycle.make_project(rxd, PROJECT)
     ok(rxd.rxctl("rxalice", "project", "member", "add", PROJECT, "rxbob", "--role", "editor"))
+    ok(rxd.rxctl("rxalice", "project", "member", "add", PROJECT, "rxdave", "--role", "viewer"))
     ok(rxd.rxctl("rxalice", "enable", "--project", PROJECT))
     lifecycle.wait_state(rxd, PROJECT, "running", timeout=180)
     install = (
@@ -241,6 +243,14 @@ def test_rxctl_run_outside_a_job(rxd: Rxd, project: dict[str, Any]) -> None:
     argv += ["python3", "-c", f"import {PACKAGE}; print({PACKAGE}.VALUE)"]
     result = ok(run_as("rxbob", argv))
     assert result.stdout == "42\n"
+
+
+def test_a_viewer_may_not_run_in_the_project(rxd: Rxd, project: dict[str, Any]) -> None:
+    argv = [RXCTL, "--socket", str(rxd.socket), "run", "--project", PROJECT, "--", "true"]
+    line = refused(run_as("rxdave", argv), OWN_FAILURE)
+    assert line.startswith(f"Error: run in project {PROJECT} needs role ") and line.endswith(
+        "; you are viewer"
+    ), line
 
 
 def test_a_non_members_job_fails_with_one_line_and_cannot_read_the_files(
