@@ -182,8 +182,9 @@ NEW_NAME = {"project create"}
 # -P/--project narrows what the command covers (a quota's subject, the audit log's events);
 # without it, it covers everything: so it is never guessed from $RX_PROJECT either.
 NARROWING = {"admin quota set", "admin audit"}
-# exec and shell reach rxd on the exec socket; tests/test_cli_startup.py checks their parsing.
-SESSIONS = {"exec", "shell"}
+# exec and shell reach rxd on the exec socket, and run replaces itself with Apptainer (each exits
+# 125 when rxctl fails); tests/test_cli_startup.py checks their parsing.
+SESSIONS = {"exec", "shell", "run"}
 # Any readable file will do as a draft's text: rxd (a stand-in here) refuses the request.
 DRAFT_FILE = __file__
 # What else each command that acts on a project needs, for a call that reaches rxd.
@@ -204,6 +205,7 @@ REST = {
     "project member rm": ["rxbob"],
     "project member set-role": ["rxbob", "viewer"],
     "admin stop": [],
+    "snapshot": [],
     "image build": ["main"],
     "image cancel": ["1"],
     "image delete": ["1"],

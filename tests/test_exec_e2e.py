@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 from tests.support import lifecycle
 from tests.support.cli import ok, refused
-from tests.support.cluster import run_as, user_env, wait_for
+from tests.support.cluster import run_as, spawn_as, user_env, wait_for
 from tests.support.daemon import RXCTL, Rxd
 from tests.support.lifecycle import lifecycle_rxd
 from tests.support.real_apptainer import BASE_IMAGE
@@ -75,23 +74,6 @@ def running_project(rxd: Rxd, name: str, *options: str) -> dict:
 
 def rxctl_exec(rxd: Rxd, user: str, project: str, *argv: str, **kw) -> subprocess.CompletedProcess:
     return rxd.rxctl(user, "exec", "--project", project, "--", *argv, **kw)
-
-
-def spawn_as(user: str, argv: list[str], output: int = subprocess.PIPE) -> subprocess.Popen[str]:
-    """A process of `user` in the background, its output collected (or sent to `output`)."""
-    pw = pwd.getpwnam(user)
-    return subprocess.Popen(
-        argv,
-        user=pw.pw_uid,
-        group=pw.pw_gid,
-        extra_groups=os.getgrouplist(user, pw.pw_gid),
-        env=user_env(user),
-        cwd=pw.pw_dir,
-        stdin=subprocess.DEVNULL,
-        stdout=output,
-        stderr=output,
-        text=True,
-    )
 
 
 def processes_with(marker: str) -> list[int]:

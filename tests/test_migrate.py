@@ -121,6 +121,7 @@ ALL_MIGRATIONS = [
     "m004_quotas_and_leases",
     "m005_workspace_owner",
     "m006_rename_unreachable_projects",
+    "m007_overlay_snapshots",
     "m008_image_builds",
     "m011_job_flags",
 ]
@@ -132,6 +133,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
     with Ledger.open(path, migrate=True) as ledger:
         db = ledger.db
         db.execute("DELETE FROM _sqlite_migrations WHERE name != 'm001_initial'")
+        db.execute("DROP TABLE overlay_snapshot_requests")
+        db.execute("DROP TABLE overlay_snapshots")
         db.execute("DROP TABLE leases")
         db.execute("DROP TABLE quotas")
         db.execute("ALTER TABLE containers DROP COLUMN queued_at")

@@ -27,6 +27,7 @@ import pytest
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role
 from tests.support import lifecycle as support_lifecycle
 from tests.support.cli import output
+from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import lifecycle_rxd
 from tests.support.real_apptainer import BASE_IMAGE, link_image
@@ -222,7 +223,9 @@ def assert_refused(
 
 def test_every_action_has_a_command_or_is_pending() -> None:
     covered = (
-        {case.action for case in CASES.values()} | {Action.DELETE_PROJECT} | set(CONTAINER_CASES)
+        {case.action for case in CASES.values()}
+        | {Action.DELETE_PROJECT, Action.RUN}
+        | set(CONTAINER_CASES)
     )
     assert covered.isdisjoint(PENDING)
     assert covered | set(PENDING) == set(Action)
@@ -513,3 +516,45 @@ def test_container_role_matrix(rxd: Rxd, action: Action, actor: str) -> None:
     assert essentials(status(rxd, case.project)) == essentials(before)
     if action is Action.EXEC:
         assert not exec_marker(rxd, actor).exists()
+
+
+# -- run: the batch plan a member's own batch step asks for -------------------------------------
+
+
+@pytest.mark.parametrize("actor", list(ACTORS))
+def test_run_role_matrix(rxd: Rxd, actor: str) -> None:
+    """`run` is asked through the batch plan (GET .../batch-plan, as `rxctl run` and the SPANK
+    plugin ask it); it reads and changes nothing."""
+    before = owner_view(rxd, LIVE)
+    url = f"http://rxd/v1/projects/{LIVE}/batch-plan"
+    result = run_as(
+        ACTORS[actor],
+        [
+            "curl",
+            "--silent",
+            "--write-out",
+            "\\n%{http_code}",
+            "--unix-socket",
+            str(rxd.socket),
+            url,
+        ],
+    )
+    body, _, code = result.stdout.rpartition("\n")
+    answer = json.loads(body)
+    if may(actor, Action.RUN):
+        assert code == "200", answer
+        assert (answer["project"], answer["image"], answer["workspace_target"]) == (
+            LIVE,
+            IMAGE,
+            "/workspace",
+        )
+    elif actor in (r.value for r in Role):
+        assert code == "403", answer
+        needed = " or ".join(r.value for r in Role if r in ALLOWED[Action.RUN])
+        assert answer["error"]["message"] == (
+            f"run in project {LIVE} needs role {needed}; you are {actor}"
+        )
+    else:
+        assert code == "404", answer
+        assert answer["error"]["message"] == f"no project named '{LIVE}' (or you are not a member)"
+    assert owner_view(rxd, LIVE) == before

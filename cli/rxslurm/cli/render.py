@@ -302,6 +302,19 @@ def duration(seconds: Any) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+NO_SNAPSHOT = "none yet: batch steps get the bare image"
+
+
+def snapshot_text(snapshot: Any) -> str:
+    """Which overlay snapshot batch steps get, and how old it is."""
+    if not isinstance(snapshot, Mapping):
+        return NO_SNAPSHOT
+    return (
+        f"{cell(snapshot.get('id'))}, taken {cell(snapshot.get('taken_at'))} "
+        f"({duration(snapshot.get('age_s'))} ago): batch steps get it"
+    )
+
+
 def status_lines(s: Mapping[str, Any]) -> list[str]:
     """The whole of `rxctl status`."""
     from rxslurm.protocol.settings import JOB_FLAGS
@@ -329,7 +342,17 @@ def status_lines(s: Mapping[str, Any]) -> list[str]:
         ("fixed mounts", cell(s.get("fixed_mounts"))),
         ("over quota", cell(s.get("over_quota"))),
         ("last error", cell(s.get("last_error"))),
+        ("snapshot", snapshot_text(s.get("snapshot"))),
     ]
+    request = s.get("snapshot_request")
+    if isinstance(request, Mapping):
+        items.append(
+            (
+                "snapshot asked",
+                f"by {cell(request.get('requested_by'))} at {cell(request.get('requested_at'))}; "
+                "taken when the container next sleeps",
+            )
+        )
     lines = pairs(items)
     if s.get("settings_pending"):
         lines.append(PENDING_NOTE)

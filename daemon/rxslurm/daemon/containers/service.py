@@ -24,8 +24,15 @@ from sqlite_utils.db import NotFoundError
 
 from rxslurm.daemon import failpoints
 from rxslurm.daemon.config import Config
+from rxslurm.daemon.containers.batch_plan import BatchPlan, batch_plan
 from rxslurm.daemon.containers.job_logs import clean_job_logs_soon
 from rxslurm.daemon.containers.pulls import ImagePulls, carry_on
+from rxslurm.daemon.containers.snapshot_policy import (
+    SnapshotTaker,
+    forget_snapshots,
+    request_snapshot,
+    snapshot_status,
+)
 from rxslurm.daemon.containers.state_changes import STATE_CHANGES, ring_after_commit
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.containers.stop_request import request_stop
@@ -240,6 +247,10 @@ class ContainerService:
         self.clean_job_logs: Callable[[int], object] = lambda container_id: clean_job_logs_soon(
             ledger, container_id, config.containers.job_logs_kept
         )
+        # Overlay snapshots for batch steps (containers/snapshot_policy.py); the reconciler's
+        # pass asks for the due ones, which are copied on a thread of their own.
+        self.snapshots = SnapshotTaker(ledger, config, clock)
+        self.take_due_snapshots: Callable[[], object] = self.snapshots.take_due_soon
 
     def wait_for(
         self, container_id: int, done: Callable[[dict[str, Any]], bool], timeout: float
@@ -297,6 +308,7 @@ class ContainerService:
             project = row["name"]
             container = _container_of(db, row["id"])
             runtime_user = runtime_identity(db, self.config, row)
+            snapshot = snapshot_status(db, container, self.clock())
         saved = Settings.from_row(row)
         eff = effective(saved, self.config.defaults)
         view: dict[str, Any] = {
@@ -320,6 +332,7 @@ class ContainerService:
             "over_quota": False,
             "partition": eff.partition or None,
             **{flag: getattr(eff, flag) or None for flag in JOB_FLAGS},
+            **snapshot,
         }
         if container is None:
             return ContainerView(**view)
@@ -514,6 +527,7 @@ class ContainerService:
         try:
             if container["runtime_user"] == runtime_user:
                 _delete_overlay(container)
+                self.snapshots.remove_all(container)
             elif container["state_dir"]:
                 # The former run-as user's folder: rxd no longer acts as them; out of reach instead.
                 quarantine(self.config.containers.state_root, Path(container["state_dir"]).name)
@@ -754,6 +768,8 @@ class ContainerService:
                     "overlay_path": str(overlay),
                 },
             )
+            # The former identity's snapshots went to quarantine with its folder.
+            forget_snapshots(db, container["id"], self.clock())
             record_actor_event(
                 db,
                 actor,
@@ -988,6 +1004,19 @@ class ContainerService:
         else:
             self._wake(actor, row)
         return self._view(row, role)
+
+    def snapshot(self, actor: Actor, project: str) -> dict[str, Any]:
+        """A read-only snapshot of the overlay for batch steps: now if the container sleeps,
+        else when it next does (containers/snapshot_policy.py). For those who start and stop it."""
+        row, _ = self._authorize(actor, project, Action.STOP)
+        return request_snapshot(self.snapshots, actor, row)
+
+    def batch_plan(self, actor: Actor, project: str) -> BatchPlan:
+        """What a member's batch step runs (containers/batch_plan.py); authorized once, for
+        `run`, in the same ledger read."""
+        with self.ledger.read() as db:
+            row, _ = authorize(db, actor, project, Action.RUN)
+            return batch_plan(db, self.config, row)
 
     def authorize_exec(self, actor: Actor, project: str) -> Access:
         """The one authorization of an exec request, carried through its wake and wait."""

@@ -308,6 +308,47 @@ def m006_rename_unreachable_projects(db: Database) -> None:
         log.warning("renamed a project no request could name", extra=detail)
 
 
+def _container_name_taken(db: Database, name: str) -> bool:
+    return bool(db.execute("SELECT 1 FROM containers WHERE name = ?", [name]).fetchone())
+
+
+@migrations()
+def m007_overlay_snapshots(db: Database) -> None:
+    statements = [
+        # Read-only copies of a container's overlay, taken while no job mounts it, that batch
+        # steps mount read-only. `covers_job`: the container's newest job when it was taken (or
+        # found unchanged since); a later job makes a new one due. `source_mtime_ns`: the
+        # overlay's modification time then, to tell an unchanged overlay. `removed_at`: the
+        # file went (older than the kept ones, or its folder retired); the row stays for history.
+        """
+        CREATE TABLE overlay_snapshots (
+            id INTEGER PRIMARY KEY,
+            container_id INTEGER NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+            runtime_uid INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            taken_at TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            source_mtime_ns INTEGER NOT NULL,
+            covers_job INTEGER,
+            trigger TEXT NOT NULL CHECK (trigger IN ('sleep', 'request')),
+            requested_by TEXT,
+            removed_at TEXT
+        ) STRICT
+        """,
+        "CREATE INDEX overlay_snapshots_container ON overlay_snapshots (container_id)",
+        # A snapshot asked for while the container was awake: taken the moment it next sleeps.
+        """
+        CREATE TABLE overlay_snapshot_requests (
+            container_id INTEGER PRIMARY KEY REFERENCES containers(id) ON DELETE CASCADE,
+            requested_at TEXT NOT NULL,
+            requested_by TEXT NOT NULL
+        ) STRICT
+        """,
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 @migrations()
 def m008_image_builds(db: Database) -> None:
     statements = [
@@ -399,7 +440,3 @@ def m011_job_flags(db: Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
-
-
-def _container_name_taken(db: Database, name: str) -> bool:
-    return bool(db.execute("SELECT 1 FROM containers WHERE name = ?", [name]).fetchone())
