@@ -70,8 +70,16 @@ def rxd() -> Iterator[Rxd]:
     require_registry()
     with lifecycle_rxd(BUILDS + PLAIN_HTTP, bind=(OWNER, EDITOR, VIEWER)) as daemon:
         make_project(daemon, PROJECT)
-        ok(daemon.rxctl(OWNER, "project", "member", "add", PROJECT, EDITOR, "--role", "editor"))
-        ok(daemon.rxctl(OWNER, "project", "member", "add", PROJECT, VIEWER, "--role", "viewer"))
+        ok(
+            daemon.rxctl(
+                OWNER, "project", "member", "add", "--project", PROJECT, EDITOR, "--role", "editor"
+            )
+        )
+        ok(
+            daemon.rxctl(
+                OWNER, "project", "member", "add", "--project", PROJECT, VIEWER, "--role", "viewer"
+            )
+        )
         yield daemon
         daemon.cancel_own_jobs()
 
@@ -94,7 +102,7 @@ def files(rxd: Rxd) -> Path:
 
 
 def workspace(rxd: Rxd) -> Path:
-    view = json.loads(output(rxd.rxctl(OWNER, "project", "show", PROJECT, "--json")))
+    view = json.loads(output(rxd.rxctl(OWNER, "project", "show", "--project", PROJECT, "--json")))
     return Path(view["workspace"])
 
 

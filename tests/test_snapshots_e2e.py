@@ -36,8 +36,16 @@ INSTALL = "mkdir -p /opt/rx && echo v1 > /opt/rx/VERSION"
 def rxd() -> Iterator[Rxd]:
     with lifecycle_rxd(bind=(OWNER, EDITOR, VIEWER, STRANGER)) as daemon:
         make_project(daemon, PROJECT)
-        ok(daemon.rxctl(OWNER, "project", "member", "add", PROJECT, EDITOR, "--role", "editor"))
-        ok(daemon.rxctl(OWNER, "project", "member", "add", PROJECT, VIEWER, "--role", "viewer"))
+        ok(
+            daemon.rxctl(
+                OWNER, "project", "member", "add", "--project", PROJECT, EDITOR, "--role", "editor"
+            )
+        )
+        ok(
+            daemon.rxctl(
+                OWNER, "project", "member", "add", "--project", PROJECT, VIEWER, "--role", "viewer"
+            )
+        )
         yield daemon
 
 
@@ -164,10 +172,14 @@ def test_read_access_follows_the_members_roles(rxd: Rxd) -> None:
         return run_as(user, ["head", "-c", "1", path]).returncode == 0
 
     assert can_read(EDITOR) and not can_read(STRANGER)
-    ok(rxd.rxctl(OWNER, "project", "member", "set-role", PROJECT, EDITOR, "viewer"))
+    ok(rxd.rxctl(OWNER, "project", "member", "set-role", "--project", PROJECT, EDITOR, "viewer"))
     assert not can_read(EDITOR)
-    ok(rxd.rxctl(OWNER, "project", "member", "add", PROJECT, STRANGER, "--role", "manager"))
+    ok(
+        rxd.rxctl(
+            OWNER, "project", "member", "add", "--project", PROJECT, STRANGER, "--role", "manager"
+        )
+    )
     assert can_read(STRANGER)
-    ok(rxd.rxctl(OWNER, "project", "member", "rm", PROJECT, STRANGER))
-    ok(rxd.rxctl(OWNER, "project", "member", "set-role", PROJECT, EDITOR, "editor"))
+    ok(rxd.rxctl(OWNER, "project", "member", "rm", "--project", PROJECT, STRANGER))
+    ok(rxd.rxctl(OWNER, "project", "member", "set-role", "--project", PROJECT, EDITOR, "editor"))
     assert can_read(EDITOR) and not can_read(STRANGER)

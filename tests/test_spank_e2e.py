@@ -84,8 +84,24 @@ def project(rxd: Rxd) -> dict[str, Any]:
     a snapshot taken; rxbob an editor (who may run batch steps), rxdave a viewer (who may not),
     rxcarol in no project."""
     lifecycle.make_project(rxd, PROJECT)
-    ok(rxd.rxctl("rxalice", "project", "member", "add", PROJECT, "rxbob", "--role", "editor"))
-    ok(rxd.rxctl("rxalice", "project", "member", "add", PROJECT, "rxdave", "--role", "viewer"))
+    ok(
+        rxd.rxctl(
+            "rxalice", "project", "member", "add", "--project", PROJECT, "rxbob", "--role", "editor"
+        )
+    )
+    ok(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            PROJECT,
+            "rxdave",
+            "--role",
+            "viewer",
+        )
+    )
     ok(rxd.rxctl("rxalice", "enable", "--project", PROJECT))
     lifecycle.wait_state(rxd, PROJECT, "running", timeout=180)
     install = (
