@@ -74,7 +74,9 @@ def test_a_snapshot_is_taken_when_the_container_goes_to_sleep(tmp_path: Path) ->
 
     assert taken is not None and taken.outcome == "taken"
     [row] = snapshots(w)
-    assert (row["trigger"], row["covers_job"], row["requested_by"]) == ("sleep", job_id, None)
+    assert (row["trigger"], row["requested_by"]) == ("sleep", None)
+    ((ended,),) = w.ledger.db.execute("SELECT ended_at FROM jobs WHERE job_id = ?", [job_id])
+    assert row["covers_until"] >= ended
     assert Path(row["path"]).read_bytes() == Path(w.row("alpha")["overlay_path"]).read_bytes()
     [event] = events(w, "container.snapshot")
     assert (event["actor"], event["origin"], event["target_id"]) == (
@@ -95,13 +97,17 @@ def test_an_overlay_no_job_changed_is_not_copied_again_and_its_snapshot_covers_t
     settle(queued)
     w.set("alpha", state="starting", desired="running")
     second = running(w, "alpha")
+    w.clock.advance(60)
 
     put_to_sleep(w, second)  # the overlay's mtime did not move
     [taken] = settle(queued)
 
     assert taken is not None and taken.outcome == "unchanged"
     [row] = snapshots(w)
-    assert row["covers_job"] == second
+    ((ended,),) = w.ledger.db.execute("SELECT ended_at FROM jobs WHERE job_id = ?", [second])
+    assert row["covers_until"] >= ended
+    w.reconcile()
+    assert settle(queued) == []  # covered: not due again
 
 
 def test_a_request_while_awake_is_recorded_and_served_when_it_next_sleeps(
