@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from rxslurm.cli.render import when
 from tests.support.cli import ok, output
 from tests.support.cluster import run_as, spawn_as, wait_for
 from tests.support.daemon import Rxd
@@ -105,7 +106,9 @@ def test_what_the_owner_installed_reaches_a_member_s_step_once_the_container_sle
     assert info.st_blocks * 512 < info.st_size  # sparse
     assert output(step(EDITOR, plan, "cat", "/opt/rx/VERSION")) == "v1\n"
     text = output(rxd.rxctl(OWNER, "status", "--project", PROJECT))
-    assert f"{shown['id']}, taken {shown['taken_at']}" in text and "batch steps get it" in text
+    assert (
+        f"{shown['id']}, taken {when(shown['taken_at'])}" in text and "batch steps get it" in text
+    )
     ((trigger, by),) = rxd.ledger_rows(
         "SELECT trigger, requested_by FROM overlay_snapshots WHERE id = ?", [shown["id"]]
     )

@@ -62,7 +62,7 @@ def add_snapshot(w: World, path: str, *, uid: int = 65534, removed: bool = False
                 "taken_at": to_timestamp(w.clock()),
                 "size_bytes": 4096,
                 "source_mtime_ns": 1,
-                "covers_job": None,
+                "covers_until": to_timestamp(w.clock()),
                 "trigger": "sleep",
                 "removed_at": to_timestamp(w.clock()) if removed else None,
             }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import struct
 import subprocess
 from pathlib import Path
 
@@ -87,6 +88,22 @@ def test_nothing_is_copied_while_a_job_holds_the_overlay_lock(tmp_path: Path) ->
         outcome = take(folder)
     assert outcome.busy and outcome.taken is None
     assert not list((folder / "snapshots").iterdir())
+
+
+def test_nothing_is_copied_while_apptainer_has_the_overlay_mounted_writable(
+    tmp_path: Path,
+) -> None:
+    # An instance that outlived its holder: no overlay.lock, but Apptainer's own write lock
+    # (an OFD lock over the image, as /proc/locks shows for a running container).
+    folder = container_folder(tmp_path)
+    fd = os.open(folder / "overlay.img", os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 64 << 20, 0))
+        outcome = take(folder)
+    finally:
+        os.close(fd)
+    assert outcome.busy and outcome.taken is None
+    assert take(folder).taken == "snap-1.img"  # once it lets go
 
 
 def test_an_unchanged_overlay_is_not_copied_again(tmp_path: Path) -> None:

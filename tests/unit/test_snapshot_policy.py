@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from rxslurm.cli.render import NO_SNAPSHOT, status_lines
+from rxslurm.cli.render import NO_SNAPSHOT, status_lines, when
 from rxslurm.daemon.config import parse_config
 from rxslurm.daemon.containers.snapshot_policy import SnapshotTaker, Taken
 from rxslurm.daemon.errors import Conflict, Forbidden
@@ -74,7 +74,9 @@ def test_a_snapshot_is_taken_when_the_container_goes_to_sleep(tmp_path: Path) ->
 
     assert taken is not None and taken.outcome == "taken"
     [row] = snapshots(w)
-    assert (row["trigger"], row["covers_job"], row["requested_by"]) == ("sleep", job_id, None)
+    assert (row["trigger"], row["requested_by"]) == ("sleep", None)
+    ((ended,),) = w.ledger.db.execute("SELECT ended_at FROM jobs WHERE job_id = ?", [job_id])
+    assert row["covers_until"] >= ended
     assert Path(row["path"]).read_bytes() == Path(w.row("alpha")["overlay_path"]).read_bytes()
     [event] = events(w, "container.snapshot")
     assert (event["actor"], event["origin"], event["target_id"]) == (
@@ -95,13 +97,17 @@ def test_an_overlay_no_job_changed_is_not_copied_again_and_its_snapshot_covers_t
     settle(queued)
     w.set("alpha", state="starting", desired="running")
     second = running(w, "alpha")
+    w.clock.advance(60)
 
     put_to_sleep(w, second)  # the overlay's mtime did not move
     [taken] = settle(queued)
 
     assert taken is not None and taken.outcome == "unchanged"
     [row] = snapshots(w)
-    assert row["covers_job"] == second
+    ((ended,),) = w.ledger.db.execute("SELECT ended_at FROM jobs WHERE job_id = ?", [second])
+    assert row["covers_until"] >= ended
+    w.reconcile()
+    assert settle(queued) == []  # covered: not due again
 
 
 def test_a_request_while_awake_is_recorded_and_served_when_it_next_sleeps(
@@ -217,9 +223,8 @@ def test_status_says_which_snapshot_batch_steps_get_and_how_old(tmp_path: Path) 
 
     assert shown["snapshot"]["age_s"] == 125 and shown["snapshot"]["id"] == taken["id"]
     line = next(x for x in status_lines(shown) if x.startswith("snapshot"))
-    assert line.endswith(
-        f"{taken['id']}, taken {taken['taken_at']} (2m05s ago): batch steps get it"
-    )
+    taken_at = when(taken["taken_at"])  # to the second: "2026-12-01 00:52:10Z"
+    assert line.endswith(f"{taken['id']}, taken {taken_at} (2m05s ago): batch steps get it")
 
 
 def test_status_text_shows_a_request_waiting_for_sleep() -> None:
@@ -236,7 +241,7 @@ def test_status_text_shows_a_request_waiting_for_sleep() -> None:
     assert any(x.endswith(NO_SNAPSHOT) for x in lines)
     assert any(
         x.startswith("snapshot asked")
-        and x.endswith("by ada at 2026-12-01T00:00:00Z; taken when the container next sleeps")
+        and x.endswith("by ada at 2026-12-01 00:00:00Z; taken when the container next sleeps")
         for x in lines
     )
 

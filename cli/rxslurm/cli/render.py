@@ -310,7 +310,7 @@ def snapshot_text(snapshot: Any) -> str:
     if not isinstance(snapshot, Mapping):
         return NO_SNAPSHOT
     return (
-        f"{cell(snapshot.get('id'))}, taken {cell(snapshot.get('taken_at'))} "
+        f"{cell(snapshot.get('id'))}, taken {when(snapshot.get('taken_at'))} "
         f"({duration(snapshot.get('age_s'))} ago): batch steps get it"
     )
 
@@ -349,7 +349,7 @@ def status_lines(s: Mapping[str, Any]) -> list[str]:
         items.append(
             (
                 "snapshot asked",
-                f"by {cell(request.get('requested_by'))} at {cell(request.get('requested_at'))}; "
+                f"by {cell(request.get('requested_by'))} at {when(request.get('requested_at'))}; "
                 "taken when the container next sleeps",
             )
         )

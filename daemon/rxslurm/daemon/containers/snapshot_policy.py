@@ -1,12 +1,12 @@
 """When rxd snapshots a container's overlay, and what it records.
 
 A snapshot is due when the container sleeps (no job holds it: stopped, in error, queued without a
-job, pulling) and a job of it ran since the newest snapshot (`covers_job`), or someone asked for
-one. The reconciler's pass looks for due containers and takes their snapshots on a thread of their
-own, one copy at a time, so a pass never waits on a copy. The copy itself runs as the runtime user
-(runtime/overlay_snapshot.py) under the overlay's lock: if a job holds it after all, nothing is
-copied and the snapshot stays due. An overlay unchanged since the newest snapshot is not copied
-again; that snapshot then covers the newer jobs too.
+job, pulling) and a job of it ended since the newest snapshot read the overlay (`covers_until`),
+or someone asked for one. The reconciler's pass looks for due containers and takes their
+snapshots on threads of their own (two copies at a time), so a pass never waits on a copy. The
+copy itself runs as the runtime user (runtime/overlay_snapshot.py) under the overlay's lock: if a
+job holds it after all, nothing is copied and the snapshot stays due. An overlay unchanged since
+the newest snapshot is not copied again; that snapshot then covers the newer jobs too.
 
 On request (`rxctl snapshot`): a sleeping container's overlay is copied at once, changed or not;
 an awake one's request is recorded (`overlay_snapshot_requests`) and served the moment it next
@@ -67,24 +67,18 @@ class Taken:
     snapshot: dict[str, Any] | None = None
 
 
-def latest_job(db: LedgerDatabase, container_id: int) -> int | None:
-    row = db.execute(
-        "SELECT MAX(job_id) FROM jobs WHERE container_id = ?", [container_id]
-    ).fetchone()
-    return int(row[0]) if row and row[0] is not None else None
-
-
 def due_containers(db: LedgerDatabase) -> list[int]:
-    """Sleeping containers with a job since their newest snapshot, or a request waiting."""
+    """Sleeping containers with a job that ended since their newest snapshot, or a request
+    waiting."""
     rows = db.execute(
         "SELECT c.id FROM containers c WHERE c.state_dir IS NOT NULL "
         "AND c.overlay_path IS NOT NULL AND c.runtime_uid IS NOT NULL "
         "AND (c.state IN (?, ?, ?) OR (c.state = ? AND c.job_id IS NULL)) AND ("
         " EXISTS (SELECT 1 FROM overlay_snapshot_requests r WHERE r.container_id = c.id)"
-        " OR (SELECT MAX(j.job_id) FROM jobs j WHERE j.container_id = c.id) > COALESCE(("
-        "  SELECT s.covers_job FROM overlay_snapshots s WHERE s.container_id = c.id"
+        " OR EXISTS (SELECT 1 FROM jobs j WHERE j.container_id = c.id AND j.ended_at > COALESCE(("
+        "  SELECT s.covers_until FROM overlay_snapshots s WHERE s.container_id = c.id"
         "  AND s.runtime_uid = c.runtime_uid AND s.removed_at IS NULL ORDER BY s.id DESC LIMIT 1"
-        " ), -1)) ORDER BY c.id",
+        " ), ''))) ORDER BY c.id",
         [*(s.value for s in ASLEEP), State.WAITING.value],
     ).fetchall()
     return [cid for (cid,) in rows]
@@ -178,7 +172,6 @@ class SnapshotTaker:
                 return Taken("awake")
             kept = kept_rows(db, container)
             newest = kept[0] if kept else None
-            job = latest_job(db, container_id)
             uids = run_member_uids(db, container["project_id"], container["runtime_uid"])
             request = _request_of(db, container_id)
         now = self.clock()
@@ -210,7 +203,9 @@ class SnapshotTaker:
                 return Taken("awake")
             if outcome.taken is None:
                 assert newest is not None  # no last time was given without a newest snapshot
-                db.table("overlay_snapshots").update(newest["id"], {"covers_job": job})
+                db.table("overlay_snapshots").update(
+                    newest["id"], {"covers_until": to_timestamp(now)}
+                )
                 for old in kept[kept_n:]:  # beyond a snapshots_kept lowered meanwhile
                     db.table("overlay_snapshots").update(
                         old["id"], {"removed_at": to_timestamp(now)}
@@ -230,7 +225,7 @@ class SnapshotTaker:
                     "taken_at": to_timestamp(now),
                     "size_bytes": outcome.size,
                     "source_mtime_ns": outcome.mtime_ns or 0,
-                    "covers_job": job,
+                    "covers_until": to_timestamp(now),
                     "trigger": "request" if actor is not None or request else "sleep",
                     "requested_by": actor.name if actor else (request or {}).get("requested_by"),
                 }
@@ -247,7 +242,6 @@ class SnapshotTaker:
                 "size_bytes": outcome.size,
                 "disk_bytes": outcome.disk,
                 "trigger": snapshot["trigger"],
-                "covers_job": job,
                 "removed": stale,
                 "readers": uids,
             }

@@ -316,8 +316,9 @@ def _container_name_taken(db: Database, name: str) -> bool:
 def m007_overlay_snapshots(db: Database) -> None:
     statements = [
         # Read-only copies of a container's overlay, taken while no job mounts it, that batch
-        # steps mount read-only. `covers_job`: the container's newest job when it was taken (or
-        # found unchanged since); a later job makes a new one due. `source_mtime_ns`: the
+        # steps mount read-only. `covers_until`: the overlay as of this time (when it was read, or
+        # found unchanged since): a job that ended later makes a new one due (a time, since
+        # Slurm's job ids may start again from low numbers). `source_mtime_ns`: the
         # overlay's modification time then, to tell an unchanged overlay. `removed_at`: the
         # file went (older than the kept ones, or its folder retired); the row stays for history.
         """
@@ -329,7 +330,7 @@ def m007_overlay_snapshots(db: Database) -> None:
             taken_at TEXT NOT NULL,
             size_bytes INTEGER NOT NULL,
             source_mtime_ns INTEGER NOT NULL,
-            covers_job INTEGER,
+            covers_until TEXT NOT NULL,
             trigger TEXT NOT NULL CHECK (trigger IN ('sleep', 'request')),
             requested_by TEXT,
             removed_at TEXT

@@ -10,8 +10,12 @@ The guard against a torn copy is the overlay's lock, `overlay.lock`, which the h
 the same lock, without waiting, before it reads the overlay, and keeps it until the snapshot is in
 place: a lock already taken means a job holds the overlay, and nothing is copied ("busy"); a holder
 that starts during the copy waits for the lock (holder.sh waits up to HOLDER_LOCK_WAIT_S, longer
-than the copy's deadline), so it never mounts an overlay being read. A copy killed at its
-deadline leaves only a temporary file (`.tmp-snap-*`), which the next run removes.
+than the copy's deadline), so it never mounts an overlay being read. Besides, Apptainer itself
+holds a write lock (an OFD byte-range lock) on an overlay it mounts writable: the script takes a
+read lock on the whole image for the copy, so an instance that outlived its holder job (or one
+started by hand) also means "busy", and none can mount the image writable while it is read. A
+copy killed at its deadline leaves only a temporary file (`.tmp-snap-*`), which the next run
+removes.
 
 The copy is sparse: a reflink where the filesystem has them, else the overlay's data extents
 (SEEK_DATA/SEEK_HOLE) with blocks of zeros left as holes. It is written under a temporary name,
@@ -135,6 +139,14 @@ try:
         info = os.fstat(src)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != me:
             done(error="overlay.img is not the runtime user's regular file")
+        # Apptainer holds a write lock (OFD) on an overlay it mounts writable: one that outlived
+        # its holder job, or one started by hand, has it without holding overlay.lock.
+        try:
+            fcntl.fcntl(src, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_RDLCK, 0, 0, 0, 0))
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                done(busy=True)
+            raise
         answer["mtime_ns"] = info.st_mtime_ns
         if last and int(last) == info.st_mtime_ns:
             answer["unchanged"] = True
