@@ -115,6 +115,7 @@ ALL_MIGRATIONS = [
     "m004_quotas_and_leases",
     "m005_workspace_owner",
     "m006_rename_unreachable_projects",
+    "m010_exec_sessions",
 ]
 
 
@@ -126,6 +127,7 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("DELETE FROM _sqlite_migrations WHERE name != 'm001_initial'")
         db.execute("DROP TABLE leases")
         db.execute("DROP TABLE quotas")
+        db.execute("DROP TABLE exec_sessions")
         db.execute("ALTER TABLE containers DROP COLUMN queued_at")
         db.execute("DROP INDEX containers_job")
         for column in ("job_id", "node", "instance", "started_at", "state_dir"):

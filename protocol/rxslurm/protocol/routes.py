@@ -31,6 +31,11 @@ CONTAINER_STATUS = f"{PROJECT}/status"
 PROJECT_LOGS = f"{PROJECT}/logs"
 PROJECT_HISTORY = f"{PROJECT}/history"
 CONTAINERS = f"{V1}/containers"
+# What runs in the container: sessions and detached commands (GET lists, POST starts one), one
+# command's signal and its output (query: offset).
+PROJECT_COMMANDS = f"{PROJECT}/commands"
+PROJECT_COMMAND_SIGNAL = f"{PROJECT_COMMANDS}/{{command}}/signal"
+PROJECT_COMMAND_OUTPUT = f"{PROJECT_COMMANDS}/{{command}}/output"
 
 # Slurm's controller hooks poke rxd here when a job starts or ends.
 HOOK_JOB = f"{V1}/hooks/job"

@@ -34,6 +34,8 @@ from . import errors, jobs, runas
 from .errors import SlurmUnavailable
 from .jobs import JobInfo, Listing, ParseError
 from .runas import RunAs
+from .steps import STEP_FORMAT, StepInfo, parse_step_lines
+from .usage import SSTAT_FIELDS, JobUsage, parse_alloc_gpus, parse_sstat
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -361,6 +363,54 @@ class SlurmCli:
         if tty:
             step.append("--pty")
         return [*step, "--", *argv]
+
+    def steps(self, job_ids: Iterable[int]) -> list[StepInfo]:
+        """The numbered steps (exec steps, detached commands) running in ``job_ids``: one
+        ``squeue --steps`` call. Unreadable lines are left out."""
+        ids = jobs.ids_argument(job_ids)
+        if not ids:
+            return []
+        argv = ["squeue", "--steps", f"--jobs={ids}", "--noheader", f"--format={STEP_FORMAT}"]
+        proc = self._call(argv, env_extra=jobs.QUEUE_ENV)
+        found, _ = parse_step_lines(proc.stdout)
+        return found
+
+    def signal_step(self, step_id: str, signal: str, as_user: RunAs | None = None) -> None:
+        """``scancel --signal`` one step ("J.S"): slurmstepd signals the step's processes. A step
+        that already ended is not an error."""
+        if not re.fullmatch(r"[1-9][0-9]{0,17}\.[0-9]{1,10}", step_id):
+            raise ValueError(f"invalid step id {step_id!r}")
+        sig = str(signal).upper()
+        if not _SIGNAL.fullmatch(sig):
+            raise ValueError(f"invalid signal {signal!r}")
+        argv = ["scancel", "--quiet", f"--signal={sig}", step_id]
+        proc = self._call(argv, as_user=as_user, check=False)
+        if proc.returncode != 0 and not re.search(
+            r"already completing or completed|invalid job id", proc.stderr, re.IGNORECASE
+        ):
+            raise errors.classify(argv, proc.returncode, proc.stdout, proc.stderr)
+
+    def usage(self, job_id: int) -> JobUsage:
+        """What the running job uses now: CPU time and memory per step (one ``sstat``), and the
+        GPUs it holds (one ``squeue``)."""
+        job = str(int(job_id))
+        argv = [
+            "sstat",
+            "--noheader",
+            "--parsable2",
+            "--allsteps",
+            f"--jobs={job}",
+            f"--format={','.join(SSTAT_FIELDS)}",
+        ]
+        found = parse_sstat(self._call(argv, env_extra=jobs.QUEUE_ENV).stdout, int(job_id))
+        alloc = self._call(
+            ["squeue", "--noheader", f"--jobs={job}", "--Format=tres-alloc:500"],
+            env_extra=jobs.QUEUE_ENV,
+            check=False,
+        )
+        if alloc.returncode == 0:
+            found.gpus = parse_alloc_gpus(alloc.stdout)
+        return found
 
     # ------------------------------------------------------------------ cluster
 

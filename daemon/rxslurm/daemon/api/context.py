@@ -11,6 +11,7 @@ from rxslurm.daemon.api.peercred import Caller
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.reconciler import Reconciler
 from rxslurm.daemon.containers.service import ContainerService
+from rxslurm.daemon.containers.sessions import DetachedCommands
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects.partitions import PartitionCache
 from rxslurm.slurm.adapter import SlurmCli
@@ -24,6 +25,7 @@ class Daemon:
     partitions: PartitionCache = field(init=False)
     containers: ContainerService = field(init=False)
     reconciler: Reconciler = field(init=False)
+    commands: DetachedCommands = field(init=False)
 
     def __post_init__(self) -> None:
         self.partitions = PartitionCache(self.slurm)
@@ -36,6 +38,7 @@ class Daemon:
         )
         self.reconciler = Reconciler(self.containers, self.config.containers.reconcile_interval)
         self.containers.poke = self.reconciler.poke
+        self.commands = DetachedCommands(self.containers, self.reconciler.sessions)
 
     def is_admin(self, caller: Caller) -> bool:
         return caller.is_root or self.config.daemon.admin_group in caller.groups

@@ -20,6 +20,7 @@ from rxslurm.daemon.api import (
     routes_logs,
     routes_metrics,
     routes_projects,
+    routes_sessions,
     routes_system,
     sd_notify,
 )
@@ -46,6 +47,7 @@ ROUTES = [
     *routes_projects.routes,
     *routes_containers.routes,
     *routes_logs.routes,
+    *routes_sessions.routes,
     *routes_admin.routes,
 ]
 

@@ -258,6 +258,7 @@ def delete_project(ledger: Ledger, actor: Actor, name: str) -> str:
             raise Conflict(f"project {name} has an enabled container; disable it first")
         for c in containers:
             db.execute("DELETE FROM jobs WHERE container_id = ?", [c["id"]])
+            db.execute("DELETE FROM exec_sessions WHERE container_id = ?", [c["id"]])
             db.table("containers").delete(c["id"])
         db.table("projects").delete(row["id"])
         _event(db, actor, "project.deleted", name)

@@ -97,12 +97,15 @@ def output_name(job_id: int) -> str:
     return f"job-{int(job_id)}.out"
 
 
-def reader_argv(state_dir: str, job_id: int, offset: int | None, max_bytes: int) -> list[str]:
-    """The reader's argv: the interpreter rxd runs on, isolated, with the constant script."""
+def reader_argv(
+    state_dir: str, job_id: int, offset: int | None, max_bytes: int, name: str | None = None
+) -> list[str]:
+    """The reader's argv: the interpreter rxd runs on, isolated, with the constant script.
+    ``name``: another output file of the folder than the job's (a detached command's)."""
     return script_argv(
         READER,
         state_dir,
-        output_name(job_id),
+        name or output_name(job_id),
         str(-1 if offset is None else int(offset)),
         str(int(max_bytes)),
     )
@@ -115,12 +118,13 @@ def read_output(
     offset: int | None = None,
     max_bytes: int = MAX_BYTES,
     timeout: float = READ_TIMEOUT_S,
+    name: str | None = None,
 ) -> JobOutput:
     """Up to ``max_bytes`` of ``job-<job_id>.out`` in ``state_dir`` from ``offset`` (None: the
     last ``max_bytes``), read as ``as_user`` (None: as this process, for tests)."""
     if offset is not None and offset < 0:
         raise ValueError("offset must not be negative")
-    argv = reader_argv(state_dir, job_id, offset, max_bytes)
+    argv = reader_argv(state_dir, job_id, offset, max_bytes, name)
     result = run_script(
         argv,
         as_user=as_user,
