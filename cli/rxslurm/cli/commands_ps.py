@@ -102,8 +102,8 @@ def ps(client: Client, project: str | None, json_: bool, shape: render.Shape) ->
 def kill(client: Client, project: str | None, signal_: str, command_id: str, json_: bool) -> None:
     """Send a signal to a detached command that `rxctl ps` lists (manager+).
 
-    `scancel --signal` on the command's Slurm step; the signal reaches the step's processes; see docs/exec.md for what that reaches inside the
-    container.
+    `scancel --signal` on the command's Slurm step: the signal reaches the step's processes
+    (see docs/exec.md for what that reaches inside the container).
 
     Example: rxctl kill --project alpha 3f2a9c1e
     """

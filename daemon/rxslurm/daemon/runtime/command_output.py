@@ -54,19 +54,20 @@ while True:
     chunk = os.read(proc.stdout.fileno(), 65536)
     if not chunk:
         break
-    if out is not None and written + len(chunk) > cap:
-        os.close(out); out = None
+    while chunk and out is not None:
+        if written >= cap:
+            os.close(out); out = None
+            try:
+                os.rename(name, name + ".1", src_dir_fd=d, dst_dir_fd=d)
+                out = os.open(name, FLAGS, 0o640, dir_fd=d)
+                written = 0
+            except OSError:
+                break  # someone else's doing in this folder: stop writing, keep reading
+        piece, chunk = chunk[: cap - written], chunk[cap - written :]
         try:
-            os.rename(name, name + ".1", src_dir_fd=d, dst_dir_fd=d)
-            out = os.open(name, FLAGS, 0o640, dir_fd=d)
-            written = 0
+            written += os.write(out, piece)
         except OSError:
-            out = None  # someone else's doing in this folder: stop writing, keep reading
-    if out is not None:
-        try:
-            os.write(out, chunk); written += len(chunk)
-        except OSError:
-            pass  # a full disk loses output, never the command
+            written += len(piece)  # a full disk loses output, never the command
 code = proc.wait()
 say(exit=128 - code if code < 0 else code)
 """
