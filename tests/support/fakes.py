@@ -108,7 +108,7 @@ class FakeScheduler:
         self._answer()
         self.step_signals.append((step_id, signal))
 
-    def usage(self, job_id: int) -> JobUsage:
+    def usage(self, job_id: int, timeout: float = 5.0) -> JobUsage:
         self._answer()
         self.usage_calls += 1
         if job_id not in self.usages:

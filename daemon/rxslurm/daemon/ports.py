@@ -62,7 +62,7 @@ class Scheduler(Protocol):
         """Signal one step's processes; a step that already ended is not an error."""
         ...
 
-    def usage(self, job_id: int) -> JobUsage:
+    def usage(self, job_id: int, timeout: float = 5.0) -> JobUsage:
         """What the running job uses now (CPU time, memory, GPUs held)."""
         ...
 

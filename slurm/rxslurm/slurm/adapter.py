@@ -217,11 +217,16 @@ class SlurmCli:
         input: str | None = None,  # noqa: A002
         env_extra: Mapping[str, str] | None = None,
         check: bool = True,
+        timeout: float | None = None,
     ) -> subprocess.CompletedProcess[str]:
         argv = [self._binary(argv[0]), *argv[1:]]
         try:
             proc = self._runner(
-                argv, as_user=as_user, input=input, timeout=self.timeout, env_extra=env_extra
+                argv,
+                as_user=as_user,
+                input=input,
+                timeout=timeout or self.timeout,
+                env_extra=env_extra,
             )
         except subprocess.TimeoutExpired as exc:
             raise errors.from_timeout(exc) from None
@@ -390,9 +395,10 @@ class SlurmCli:
         ):
             raise errors.classify(argv, proc.returncode, proc.stdout, proc.stderr)
 
-    def usage(self, job_id: int) -> JobUsage:
+    def usage(self, job_id: int, timeout: float = 5.0) -> JobUsage:
         """What the running job uses now: CPU time and memory per step (one ``sstat``), and the
-        GPUs it holds (one ``squeue``)."""
+        GPUs it holds (one ``squeue``); each call within ``timeout`` seconds (a view that shows
+        it must not wait long)."""
         job = str(int(job_id))
         argv = [
             "sstat",
@@ -402,11 +408,13 @@ class SlurmCli:
             f"--jobs={job}",
             f"--format={','.join(SSTAT_FIELDS)}",
         ]
-        found = parse_sstat(self._call(argv, env_extra=jobs.QUEUE_ENV).stdout, int(job_id))
+        proc = self._call(argv, env_extra=jobs.QUEUE_ENV, timeout=timeout)
+        found = parse_sstat(proc.stdout, int(job_id))
         alloc = self._call(
             ["squeue", "--noheader", f"--jobs={job}", "--Format=tres-alloc:500"],
             env_extra=jobs.QUEUE_ENV,
             check=False,
+            timeout=timeout,
         )
         if alloc.returncode == 0:
             found.gpus = parse_alloc_gpus(alloc.stdout)
