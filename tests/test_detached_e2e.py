@@ -1,11 +1,13 @@
 """`rxctl exec --detach`, `rxctl ps`, `rxctl kill` and `rxctl logs --exec` on the real cluster:
 a detached command keeps running after rxctl has returned, its output reaches its log, `ps`
-lists it with its step, `kill` ends a detached `sleep` (and `ps` then shows it ended), and a
-viewer may neither start, list nor kill one."""
+lists it with its step, `kill` ends a detached `sleep` (and `ps` then shows it ended), a
+viewer may neither start, list nor kill one; and `rxctl status` shows the CPU and memory a busy
+one uses (sstat)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 from tests.support.cli import ok, output, refused
 from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd
-from tests.support.lifecycle import lifecycle_rxd, make_project, wait_state
+from tests.support.lifecycle import lifecycle_rxd, make_project, status, wait_state
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
@@ -109,6 +111,35 @@ def test_kill_ends_a_detached_sleep_and_ps_shows_it_ended(rxd: Rxd, project: str
     assert any(
         line.startswith(command_id) and "exited 143" in line for line in shown.splitlines()
     ), shown
+
+
+def test_status_shows_the_cpu_and_memory_a_busy_command_uses(rxd: Rxd, project: str) -> None:
+    # 64 MiB held and one CPU kept busy, until killed.
+    command_id = detach(rxd, "python3", "-c", "x = bytearray(64 << 20)\nwhile True:\n    x[0] = 1")
+    seen: dict[str, Any] = {}
+
+    def busy() -> bool:
+        # status caches for a few seconds: each call may be the same sample.
+        seen.update(status(rxd, VIEWER, project).get("usage") or {})
+        return seen.get("cpu_s", 0) >= 1 and seen.get("memory_bytes", 0) >= 64 << 20
+
+    wait_for(busy, 60, what=f"sstat to see the command's CPU and memory ({seen})")
+    assert seen["gpus"] == 0
+    shown = output(rxd.rxctl(VIEWER, "status", "--project", project))
+    assert re.search(r"^usage +CPU .*used\)?, memory [0-9.]+ MiB, GPUs 0$", shown, re.M), shown
+    ok(rxd.rxctl(OWNER, "kill", "--project", project, command_id))
+
+
+def test_status_shows_the_gpus_the_job_holds(rxd: Rxd) -> None:
+    gpu_project = "dt-gpu"
+    make_project(rxd, gpu_project, "--gpus", "1", "--partition", "gpu")
+    ok(rxd.rxctl(OWNER, "enable", "--project", gpu_project))
+    wait_state(rxd, gpu_project, "running", timeout=300)
+
+    usage = status(rxd, OWNER, gpu_project)["usage"]
+
+    assert usage["gpus"] == 1, usage
+    ok(rxd.rxctl(OWNER, "stop", "--project", gpu_project))
 
 
 def test_a_viewer_may_not_start_list_or_kill(rxd: Rxd, project: str) -> None:
