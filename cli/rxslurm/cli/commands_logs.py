@@ -28,8 +28,11 @@ POLL_S = 1.0
 Fetch = Callable[[int | None, int | None], Mapping[str, Any]]
 
 
-def logs_route(project: str, job: int | None = None, offset: int | None = None) -> str:
-    query = {k: v for k, v in (("job", job), ("offset", offset)) if v is not None}
+def logs_route(
+    project: str, job: int | None = None, offset: int | None = None, instance: str | None = None
+) -> str:
+    pairs = (("job", job), ("offset", offset), ("instance", instance))
+    query = {k: v for k, v in pairs if v is not None}
     route = routes.path(routes.PROJECT_LOGS, project)
     return route + (f"?{urlencode(query)}" if query else "")
 
@@ -76,6 +79,13 @@ def cut_note(answer: Mapping[str, Any]) -> str | None:
     if answer.get("exec"):
         return exec_note(answer)
     job = answer["job_id"]
+    if answer.get("instance"):
+        what = f"job {job}'s instance log ({answer['instance']})"
+        if answer.get("missing"):
+            return f"{what} was cleaned" if answer.get("cleaned") else f"{what} is empty or absent"
+        if answer["start"] > 0:
+            return f"the first {answer['start']} bytes of {what} are not shown"
+        return None
     if answer.get("cleaned"):
         return f"job {job}'s output was cleaned: rxd keeps only the container's newest jobs' logs"
     if answer.get("missing"):
@@ -156,6 +166,12 @@ def _note(text: str) -> None:
 )
 @click.option("--job", type=click.IntRange(min=1), metavar="ID", help="An earlier job's output.")
 @click.option(
+    "--instance",
+    type=click.Choice(["out", "err"]),
+    help="Apptainer's log of the job's instance instead: what the instance itself wrote to "
+    "stdout (out) or stderr (err).",
+)
+@click.option(
     "exec_id",
     "--exec",
     metavar="ID",
@@ -171,13 +187,15 @@ def logs(
     follow: bool,
     since: int | None,
     job: int | None,
+    instance: str | None,
     exec_id: str | None,
     json_: bool,
 ) -> None:
     """Show the container's output: its holder job's, with Apptainer's messages.
 
     The current job's (else the latest one's) last 64 KiB; `rxctl history` names earlier jobs.
-    With --exec, a detached command's output instead.
+    With --instance, Apptainer's log of the job's instance instead; with --exec, a detached
+    command's output.
 
     Example: rxctl logs --project alpha --follow
     """
@@ -185,15 +203,15 @@ def logs(
         raise click.UsageError("--json and --follow cannot be used together")
     if since is not None and job is not None:
         raise click.UsageError("--since and --job cannot be used together")
-    if exec_id is not None and (since is not None or job is not None):
-        raise click.UsageError("--exec cannot be used with --since or --job")
+    if exec_id is not None and (since is not None or job is not None or instance is not None):
+        raise click.UsageError("--exec cannot be used with --since, --job or --instance")
     name = choose_project(client, project)
     if exec_id is not None:
         _show_command(client, name, exec_id, follow, json_)
         return
 
     def fetch(job_id: int | None, offset: int | None) -> Mapping[str, Any]:
-        answer: Mapping[str, Any] = client.get(logs_route(name, job_id, offset))
+        answer: Mapping[str, Any] = client.get(logs_route(name, job_id, offset, instance))
         return answer
 
     first = fetch(job, None)
