@@ -24,11 +24,12 @@ pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 OWNER = "rxalice"
 VIEWER = "rxdave"
 PROJECT = "dt-procs"
+KEPT = 1  # [containers] job_logs_kept: each new job cleans the last one's logs
 
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    with lifecycle_rxd(bind=(OWNER, VIEWER)) as daemon:
+    with lifecycle_rxd(bind=(OWNER, VIEWER), job_logs_kept=str(KEPT)) as daemon:
         yield daemon
 
 
@@ -176,3 +177,41 @@ def test_kill_lets_a_commands_term_trap_run(rxd: Rxd, project: str) -> None:
     shown = output(rxd.rxctl(OWNER, "logs", "--project", project, "--exec", command_id))
     assert "got-term" in shown
     assert one(rxd, command_id)["exit_code"] == 7
+
+
+def instance_log_files(rxd: Rxd, project: str) -> list[str]:
+    logs = rxd.root / "containers" / f"rx-{project}" / "apptainer" / "instances" / "logs"
+    return sorted(p.name for p in logs.glob("*/*/*"))
+
+
+def test_logs_instance_shows_what_the_instance_wrote_and_old_ones_are_cleaned(
+    rxd: Rxd,
+) -> None:
+    name = "dt-inst"
+    make_project(rxd, name)
+    ok(rxd.rxctl(OWNER, "project", "member", "add", name, VIEWER, "--role", "viewer"))
+    ok(rxd.rxctl(OWNER, "enable", "--project", name))
+    first = int(wait_state(rxd, name, "running")["job_id"])
+    # The instance's own stdout is its first process's: what reaches it is in Apptainer's log.
+    ok(rxd.rxctl(OWNER, "exec", "--project", name, "--", "sh", "-c", "echo hi > /proc/1/fd/1"))
+
+    shown = output(rxd.rxctl(VIEWER, "logs", "--project", name, "--instance", "out"))
+
+    assert "hi\n" in shown, shown
+    assert f"rx-{name}-{first}.out" in instance_log_files(rxd, name)
+
+    ok(rxd.rxctl(OWNER, "stop", "--project", name))
+    wait_state(rxd, name, "stopped")
+    ok(rxd.rxctl(OWNER, "start", "--project", name))
+    second = int(wait_state(rxd, name, "running")["job_id"])
+    ok(rxd.rxctl(OWNER, "stop", "--project", name))
+    wait_state(rxd, name, "stopped")
+
+    def first_cleaned() -> bool:
+        return not any(f"-{first}." in f for f in instance_log_files(rxd, name))
+
+    wait_for(first_cleaned, 30, what=f"job {first}'s instance logs to be cleaned")
+    assert any(f"-{second}." in f for f in instance_log_files(rxd, name))
+    said = rxd.rxctl(OWNER, "logs", "--project", name, "--instance", "out", "--job", str(first))
+    assert said.returncode == 0 and said.stdout == ""
+    assert f"job {first}'s instance log (out) was cleaned" in said.stderr
