@@ -16,7 +16,7 @@ import pytest
 
 from rxslurm.daemon.containers import sessions as sessions_module
 from rxslurm.daemon.containers.sessions import DetachedCommands, LiveSession
-from rxslurm.daemon.errors import BadRequest, Conflict, NotFound
+from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from rxslurm.daemon.runtime.command_output import keeper_argv, output_name, start_keeper
 from rxslurm.daemon.runtime.job_output import read_output
 from rxslurm.slurm.runas import RunAs
@@ -390,3 +390,20 @@ def test_the_output_is_the_commands_file_read_by_the_reader(
     assert (answer["live"], answer["exit_code"], answer["exec"]) == (False, 0, started["id"])
     with pytest.raises(BadRequest):
         commands.output(OWNER, "alpha", "../job-1.out")
+
+
+def test_a_keeper_that_cannot_create_the_output_fails_the_start_and_the_record_ends(
+    tmp_path: Path, keepers: Keepers
+) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    running(w, "alpha")
+    w.set("alpha", state_dir=str(tmp_path / "no-such-folder"))
+    commands = commands_of(w, keepers)
+
+    with pytest.raises(Unavailable, match="cannot start the command: cannot create exec-"):
+        commands.start(OWNER, "alpha", ["true"])
+
+    [row] = w.ledger.db.table("exec_sessions").rows
+    wait_for(lambda: row_of(w, row["id"])["state"] == "ended", 30, what="its end recorded")
+    assert row_of(w, row["id"])["exit_code"] is None
+    assert w.reconciler.sessions.count(w.row("alpha")["id"]) == 0

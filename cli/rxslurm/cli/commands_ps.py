@@ -23,8 +23,7 @@ from rxslurm.cli.common import (
 )
 from rxslurm.cli.project_choice import choose_project
 from rxslurm.protocol import routes
-
-SIGNALS = ("TERM", "INT", "HUP", "QUIT", "USR1", "USR2", "KILL")
+from rxslurm.protocol.commands import KILL_SIGNALS
 
 
 def command_text(argv: Sequence[Any]) -> str:
@@ -90,7 +89,7 @@ def ps(client: Client, project: str | None, json_: bool, shape: render.Shape) ->
 @click.option(
     "--signal",
     "signal_",
-    type=click.Choice(SIGNALS, case_sensitive=False),
+    type=click.Choice(KILL_SIGNALS, case_sensitive=False),
     default="TERM",
     show_default=True,
     help="The signal to send.",

@@ -31,13 +31,9 @@ from rxslurm.daemon.containers.service import Access, ContainerService, ExecTarg
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.ledger.timestamps import to_timestamp
-from rxslurm.daemon.runtime.command_output import (
-    COMMAND_ID,
-    OUTPUT_CAP,
-    output_name,
-    start_keeper,
-)
+from rxslurm.daemon.runtime.command_output import OUTPUT_CAP, output_name, start_keeper
 from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError, read_output
+from rxslurm.protocol.commands import COMMAND_ID, KILL_SIGNALS
 from rxslurm.protocol.states import State
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable
 from rxslurm.slurm.runas import RunAs, RunAsError
@@ -45,11 +41,11 @@ from rxslurm.slurm.step_signal import new_step_name
 
 log = logging.getLogger(__name__)
 
-# Signals `rxctl kill --signal` may send; KILL ends what ignores TERM.
-KILL_SIGNALS = ("TERM", "INT", "HUP", "QUIT", "USR1", "USR2", "KILL")
 MAX_ARGV_BYTES = 64 * 1024
 # How many ended detached commands `ps` lists (the newest).
 ENDED_SHOWN = 20
+# How long a start waits for the keeper to say that the step started.
+START_TIMEOUT_S = 10.0
 
 Keeper = Callable[[str, str, Sequence[str], RunAs | None, dict[str, str]], "subprocess.Popen[str]"]
 
@@ -119,6 +115,14 @@ def check_command_id(command_id: str) -> str:
     if not COMMAND_ID.fullmatch(command_id):
         raise BadRequest("a command id is 8 hexadecimal digits, as `rxctl ps` shows it")
     return command_id
+
+
+@dataclass
+class FirstWord:
+    """The keeper's first line: the step started, or `error` says why not."""
+
+    ready: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
 
 
 class DetachedCommands:
@@ -204,20 +208,32 @@ class DetachedCommands:
             raise Unavailable(f"cannot start the command: {exc}") from None
         with self._lock:
             self._watched.add(command_id)
+        first = FirstWord()
         threading.Thread(
             target=self._watch,
-            args=(command_id, target, proc),
+            args=(command_id, target, proc, first),
             name=f"rxd-detached-{command_id}",
             daemon=True,
         ).start()
+        # The keeper says at once whether the step started (or why not): an answer that names
+        # the id of a command that never ran would send its caller looking for nothing.
+        if first.ready.wait(START_TIMEOUT_S) and first.error is not None:
+            raise Unavailable(f"cannot start the command: {first.error}")
         log.info(
             "detached command started",
             extra={"project": project, "id": command_id, "job_id": target.job_id},
         )
         return self._record(self._row(command_id), None)
 
-    def _watch(self, command_id: str, target: ExecTarget, proc: subprocess.Popen[str]) -> None:
-        """Until the keeper ends: its last word is the step's exit status."""
+    def _watch(
+        self,
+        command_id: str,
+        target: ExecTarget,
+        proc: subprocess.Popen[str],
+        first: FirstWord,
+    ) -> None:
+        """Until the keeper ends: its first word says whether the step started, its last the
+        step's exit status."""
         code: int | None = None
         try:
             assert proc.stdout is not None
@@ -226,17 +242,24 @@ class DetachedCommands:
                     said = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(said, dict) and isinstance(said.get("exit"), int):
+                if not isinstance(said, dict):
+                    continue
+                if isinstance(said.get("exit"), int):
                     code = said["exit"]
-                elif isinstance(said, dict) and "error" in said:
+                elif "error" in said:
+                    first.error = str(said["error"])[:300]
                     log.warning(
                         "detached command failed to start",
-                        extra={"id": command_id, "error": str(said["error"])[:300]},
+                        extra={"id": command_id, "error": first.error},
                     )
+                first.ready.set()
             proc.wait()
         except Exception:
             log.exception("watching a detached command failed", extra={"id": command_id})
         finally:
+            if not first.ready.is_set():
+                first.error = first.error or "the keeper ended without a word"
+                first.ready.set()
             with self._lock:
                 self._watched.discard(command_id)
             self.sessions.closed(target.container_id)
@@ -354,19 +377,6 @@ class DetachedCommands:
         for command_id in gone:
             self._ended(command_id, None)
         return [self._row(r["id"]) if r["id"] in gone else r for r in rows]
-
-    def busy(self, container_id: int) -> bool:
-        """Whether a detached command of this rxd's still runs there (the idle check asks)."""
-        with self.service.ledger.read() as db:
-            ids = [
-                r[0]
-                for r in db.execute(
-                    "SELECT id FROM exec_sessions WHERE container_id = ? AND state = 'running'",
-                    [container_id],
-                ).fetchall()
-            ]
-        with self._lock:
-            return any(i in self._watched for i in ids)
 
     # -- ending ------------------------------------------------------------------------------
 

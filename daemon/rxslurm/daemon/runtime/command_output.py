@@ -13,16 +13,15 @@ ended, with the step's exit status.
 
 from __future__ import annotations
 
-import re
 import subprocess
 from collections.abc import Sequence
 
 from rxslurm.daemon.runtime.user_script import script_argv
+from rxslurm.protocol.commands import COMMAND_ID
 from rxslurm.slurm.runas import RunAs, spawn
 
 # Each detached command's output file holds at most this much, plus its one older part.
 OUTPUT_CAP = 8 * 1024 * 1024
-COMMAND_ID = re.compile(r"[0-9a-f]{8}", re.ASCII)
 
 # argv: folder, file name, cap, "--", the step's argv. stdout: JSON lines for rxd.
 KEEPER = r"""

@@ -22,11 +22,11 @@ runs (between reading the tail and truncating) may be lost.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from rxslurm.daemon.runtime.user_script import run_script, script_argv
+from rxslurm.protocol.commands import COMMAND_ID
 from rxslurm.slurm.runas import RunAs
 
 CLEAN_TIMEOUT_S = 10.0
@@ -139,7 +139,6 @@ class CleanupError(Exception):
 
 # A kept instance log larger than this is cut to its newest half.
 INSTANCE_LOG_CAP = 8 * 1024 * 1024
-_COMMAND_ID = re.compile(r"[0-9a-f]{8}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ def cleaner_argv(
     extra: list[str] = []
     if others is not None:
         commands = sorted(others.keep_exec)
-        if not all(_COMMAND_ID.fullmatch(c) for c in commands):
+        if not all(COMMAND_ID.fullmatch(c) for c in commands):
             raise ValueError("a command id is 8 hexadecimal digits")
         extra = [",".join(commands), repr(float(others.read_at)), str(int(others.cap))]
     return script_argv(CLEANER, state_dir, ids, str(int(newest)), *extra)
