@@ -407,3 +407,32 @@ def test_a_keeper_that_cannot_create_the_output_fails_the_start_and_the_record_e
     wait_for(lambda: row_of(w, row["id"])["state"] == "ended", 30, what="its end recorded")
     assert row_of(w, row["id"])["exit_code"] is None
     assert w.reconciler.sessions.count(w.row("alpha")["id"]) == 0
+
+
+def test_the_ledger_forgets_ended_commands_beyond_the_newest_kept(
+    tmp_path: Path, keepers: Keepers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sessions_module, "KEPT_RECORDS", 2)
+    w = world(tmp_path, ("alpha", "starting"))
+    job_id = running(w, "alpha")
+    cid, pid = w.row("alpha")["id"], w.row("alpha")["project_id"]
+    with w.ledger.transaction() as db:
+        for n in range(4):
+            db.table("exec_sessions").insert(
+                {
+                    "id": f"0000000{n}",
+                    "container_id": cid,
+                    "project_id": pid,
+                    "job_id": job_id,
+                    "step_name": "rx-exec-x",
+                    "argv": "[]",
+                    "started_by": "ada",
+                    "started_at": f"2026-01-01T00:00:0{n}Z",
+                    "state": "ended" if n else "running",
+                }
+            )
+
+    started = commands_of(w, keepers).start(OWNER, "alpha", ["true"])
+
+    left = sorted(r["id"] for r in w.ledger.db.table("exec_sessions").rows)
+    assert left == sorted(["00000000", "00000002", "00000003", started["id"]])

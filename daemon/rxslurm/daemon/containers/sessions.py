@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 MAX_ARGV_BYTES = 64 * 1024
 # How many ended detached commands `ps` lists (the newest).
 ENDED_SHOWN = 20
+# How many ended detached commands of a container the ledger keeps (older ones are forgotten).
+KEPT_RECORDS = 100
 # How long a start waits for the keeper to say that the step started.
 START_TIMEOUT_S = 10.0
 
@@ -185,6 +187,13 @@ class DetachedCommands:
         }
         with service.ledger.transaction() as db:
             db.table("exec_sessions").insert(row)
+            # The ledger keeps a container's newest KEPT_RECORDS ended commands.
+            db.execute(
+                "DELETE FROM exec_sessions WHERE container_id = ? AND state != 'running' AND "
+                "id NOT IN (SELECT id FROM exec_sessions WHERE container_id = ? AND "
+                "state != 'running' ORDER BY started_at DESC LIMIT ?)",
+                [target.container_id, target.container_id, KEPT_RECORDS],
+            )
             record_actor_event(
                 db,
                 actor,
