@@ -266,6 +266,9 @@ def test_ps_joins_the_records_with_squeues_steps_and_lists_interactive_sessions(
     w.slurm.running_steps = [
         StepInfo(job_id, f"{job_id}.3", step_name, None),
         StepInfo(job_id, f"{job_id}.4", "rx-exec-00ff00ff00ff00ff", None),
+        # The runtime user's own step (the network door's direct exec): no record of rxd's.
+        StepInfo(job_id, f"{job_id}.5", "rx-exec-abcdef0123456789", 1796084904),
+        StepInfo(job_id, f"{job_id}.6", "not-ours", 1796084904),
     ]
     commands.live.add(
         LiveSession(w.row("alpha")["id"], job_id, "rx-exec-00ff00ff00ff00ff", "ada", (), "z", True)
@@ -277,6 +280,14 @@ def test_ps_joins_the_records_with_squeues_steps_and_lists_interactive_sessions(
     by_kind = {r["kind"]: r for r in listed["sessions"]}
     assert by_kind["detached"]["step_id"] == f"{job_id}.3"
     assert (by_kind["shell"]["step_id"], by_kind["shell"]["started_by"]) == (f"{job_id}.4", "ada")
+    direct = by_kind["exec"]
+    assert (direct["id"], direct["step_id"], direct["started_by"]) == (
+        "abcdef01",
+        f"{job_id}.5",
+        "nobody",
+    )
+    assert direct["started_at"] == "2026-12-01T00:28:24.000000Z"
+    assert len(listed["sessions"]) == 3
 
 
 def test_ps_settles_a_command_whose_step_is_gone_after_rxd_lost_its_keeper(

@@ -24,6 +24,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from rxslurm.daemon.containers.reconciler import Sessions
@@ -37,7 +38,8 @@ from rxslurm.protocol.commands import COMMAND_ID, KILL_SIGNALS
 from rxslurm.protocol.states import State
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable
 from rxslurm.slurm.runas import RunAs, RunAsError
-from rxslurm.slurm.step_signal import new_step_name
+from rxslurm.slurm.step_signal import STEP_NAME_PREFIX, new_step_name
+from rxslurm.slurm.steps import StepInfo
 
 log = logging.getLogger(__name__)
 
@@ -319,12 +321,12 @@ class DetachedCommands:
         access = self.service.authorize_exec(actor, project)
         with self.service.ledger.read() as db:
             container = db.execute(
-                "SELECT id, job_id, state FROM containers WHERE project_id = ?",
+                "SELECT id, job_id, state, runtime_user FROM containers WHERE project_id = ?",
                 [access.project["id"]],
             ).fetchone()
             if container is None:
                 return {"project": project, "sessions": [], "steps_known": True}
-            container_id, job_id, state = container
+            container_id, job_id, state, runtime_user = container
             found = db.execute(
                 "SELECT * FROM exec_sessions WHERE container_id = ? AND "
                 "(state = 'running' OR id IN (SELECT id FROM exec_sessions WHERE "
@@ -339,38 +341,48 @@ class DetachedCommands:
             | ({job_id} if job_id and state == State.RUNNING else set())
         )
         rows = self._settle(rows, steps, known)
-        listed = [self._record(r, steps.get(r["step_name"])) for r in rows]
+        listed = [self._record(r, _step_id(steps, r["step_name"])) for r in rows]
+        claimed = {r["step_name"] for r in rows}
         for live in self.live.of(container_id):
+            claimed.add(live.step_name)
             listed.append(
-                {
-                    "id": live.step_name.removeprefix("rx-exec-")[:8],
-                    "kind": "shell" if live.shell else "exec",
-                    "started_by": live.started_by,
-                    "argv": list(live.argv),
-                    "started_at": live.started_at,
-                    "state": "running",
-                    "ended_at": None,
-                    "exit_code": None,
-                    "step_id": steps.get(live.step_name),
-                    "job_id": live.job_id,
-                    "signalled": None,
-                }
+                _interactive(
+                    live.step_name,
+                    "shell" if live.shell else "exec",
+                    live.started_by,
+                    list(live.argv),
+                    live.started_at,
+                    _step_id(steps, live.step_name),
+                    live.job_id,
+                )
             )
+        for name, step in steps.items():
+            if step.job_id == job_id and name.startswith(STEP_NAME_PREFIX) and name not in claimed:
+                # An exec step rxd does not run: the runtime user started it on their own host
+                # (the network door's direct steps). Only they can start a step in the job.
+                started = (
+                    to_timestamp(datetime.fromtimestamp(step.start, UTC))
+                    if step.start is not None
+                    else None
+                )
+                listed.append(
+                    _interactive(name, "exec", runtime_user, [], started, step.step_id, job_id)
+                )
         listed.sort(key=lambda r: str(r["started_at"]))
         return {"project": project, "sessions": listed, "steps_known": known}
 
-    def _steps(self, job_ids: set[int]) -> tuple[dict[str, str], bool]:
-        """{step name: step id} of the jobs' running steps; whether squeue answered."""
+    def _steps(self, job_ids: set[int]) -> tuple[dict[str, StepInfo], bool]:
+        """{step name: step} of the jobs' running steps; whether squeue answered."""
         if not job_ids:
             return {}, True
         try:
-            return {s.name: s.step_id for s in self.service.scheduler.steps(job_ids)}, True
+            return {s.name: s for s in self.service.scheduler.steps(job_ids)}, True
         except SlurmError as exc:
             log.info("squeue --steps did not answer", extra={"error": str(exc)[:200]})
             return {}, False
 
     def _settle(
-        self, rows: list[dict[str, Any]], steps: dict[str, str], known: bool
+        self, rows: list[dict[str, Any]], steps: dict[str, StepInfo], known: bool
     ) -> list[dict[str, Any]]:
         """Rows still `running` whose step squeue no longer lists and whose keeper this rxd
         does not wait for (it was restarted meanwhile) have ended, how is not known."""
@@ -402,7 +414,7 @@ class DetachedCommands:
         if row["state"] != "running":
             raise Conflict(f"command {command_id} has already ended")
         steps, known = self._steps({row["job_id"]})
-        step_id = steps.get(row["step_name"])
+        step_id = _step_id(steps, row["step_name"])
         if step_id is None:
             if known:
                 raise Conflict(f"command {command_id} is not running in Slurm any more")
@@ -484,6 +496,36 @@ class DetachedCommands:
             "missing": piece.missing,
             "cleaned": False,
         }
+
+
+def _step_id(steps: dict[str, StepInfo], name: str) -> str | None:
+    step = steps.get(name)
+    return step.step_id if step is not None else None
+
+
+def _interactive(
+    step_name: str,
+    kind: str,
+    started_by: str,
+    argv: list[str],
+    started_at: str | None,
+    step_id: str | None,
+    job_id: int,
+) -> dict[str, Any]:
+    """An interactive session as `ps` lists it: its id is its step name's first 8 digits."""
+    return {
+        "id": step_name.removeprefix(STEP_NAME_PREFIX)[:8],
+        "kind": kind,
+        "started_by": started_by,
+        "argv": argv,
+        "started_at": started_at,
+        "state": "running",
+        "ended_at": None,
+        "exit_code": None,
+        "step_id": step_id,
+        "job_id": job_id,
+        "signalled": None,
+    }
 
 
 def _runtime_user(service: ContainerService, row: dict[str, Any]) -> RunAs:
