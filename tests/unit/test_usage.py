@@ -318,3 +318,29 @@ def test_slurm_unavailable_is_a_slurm_error() -> None:
     from rxslurm.slurm.errors import SlurmError
 
     assert issubclass(SlurmUnavailable, SlurmError)
+
+
+def test_callers_at_once_share_one_sample() -> None:
+    import threading
+
+    class Slow(FakeScheduler):
+        def usage(self, job_id: int, timeout: float = 5.0) -> JobUsage:
+            entered.set()
+            release.wait(10)
+            return super().usage(job_id, timeout)
+
+    entered, release = threading.Event(), threading.Event()
+    slurm = Slow(FakeClock())
+    slurm.usages[JOB] = usage_with(1.0)
+    live = LiveUsage(slurm)
+    answers: list[dict[str, Any]] = []
+    callers = [threading.Thread(target=lambda: answers.append(live.of(JOB))) for _ in range(5)]
+    for caller in callers:
+        caller.start()
+    entered.wait(10)
+    release.set()
+    for caller in callers:
+        caller.join(10)
+
+    assert slurm.usage_calls == 1 and len(answers) == 5
+    assert all(a is answers[0] for a in answers)

@@ -41,22 +41,39 @@ class LiveUsage:
         self.clock = clock
         self._answers: dict[int, tuple[float, dict[str, Any]]] = {}
         self._samples: dict[int, tuple[float, float]] = {}  # job -> (when, CPU seconds)
+        self._gates: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def of(self, job_id: int) -> dict[str, Any]:
         """The job's usage now (or a few seconds ago): ``cpu_s``, ``cpus_busy`` (None on the
         first sample), ``memory_bytes``, ``gpus`` (None: not known); or ``unavailable``."""
-        now = self.clock()
+        cached = self._fresh(job_id)
+        if cached is not None:
+            return cached
+        with self._lock:
+            gate = self._gates.setdefault(job_id, threading.Lock())
+        # One sample at a time per job: callers that come meanwhile take its answer.
+        with gate:
+            cached = self._fresh(job_id)
+            if cached is not None:
+                return cached
+            now = self.clock()
+            answer = self._sample(job_id, now)
+            with self._lock:
+                # Only the jobs asked about lately are kept: the others ended or nobody looks.
+                self._answers = {
+                    j: a for j, a in self._answers.items() if now - a[0] < RATE_WINDOW_S
+                }
+                self._answers[job_id] = (now, answer)
+                self._gates = {j: g for j, g in self._gates.items() if j in self._answers}
+        return answer
+
+    def _fresh(self, job_id: int) -> dict[str, Any] | None:
         with self._lock:
             cached = self._answers.get(job_id)
-            if cached is not None and now - cached[0] < self.ttl:
-                return cached[1]
-        answer = self._sample(job_id, now)
-        with self._lock:
-            # Only the jobs asked about lately are kept: the others ended or nobody looks.
-            self._answers = {j: a for j, a in self._answers.items() if now - a[0] < RATE_WINDOW_S}
-            self._answers[job_id] = (now, answer)
-        return answer
+        if cached is not None and self.clock() - cached[0] < self.ttl:
+            return cached[1]
+        return None
 
     def _sample(self, job_id: int, now: float) -> dict[str, Any]:
         try:
