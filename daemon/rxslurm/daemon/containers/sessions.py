@@ -32,7 +32,7 @@ from rxslurm.daemon.containers.service import Access, ContainerService, ExecTarg
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.ledger.timestamps import to_timestamp
-from rxslurm.daemon.runtime.command_output import OUTPUT_CAP, output_name, start_keeper
+from rxslurm.daemon.runtime.command_output import output_name, start_keeper
 from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError, read_output
 from rxslurm.protocol.commands import COMMAND_ID, KILL_SIGNALS
 from rxslurm.protocol.states import State
@@ -137,13 +137,11 @@ class DetachedCommands:
         service: ContainerService,
         sessions: Sessions,
         keeper: Keeper = start_keeper,
-        cap: int = OUTPUT_CAP,
     ) -> None:
         self.service = service
         self.sessions = sessions
         self.live = Live()
         self.keeper = keeper
-        self.cap = cap
         # Detached commands whose keeper this rxd started and still waits for.
         self._watched: set[str] = set()
         self._lock = threading.Lock()
@@ -188,6 +186,8 @@ class DetachedCommands:
             "state": "running",
         }
         with service.ledger.transaction() as db:
+            while db.execute("SELECT 1 FROM exec_sessions WHERE id = ?", [row["id"]]).fetchone():
+                row["id"] = command_id = secrets.token_hex(4)  # 32 bits: a clash is rare
             db.table("exec_sessions").insert(row)
             # The ledger keeps a container's newest KEPT_RECORDS ended commands.
             db.execute(
@@ -538,4 +538,4 @@ def _runtime_user(service: ContainerService, row: dict[str, Any]) -> RunAs:
     return RunAs.for_user(found[0])
 
 
-__all__ = ["OUTPUT_CAP", "DetachedCommands", "Live", "LiveSession"]
+__all__ = ["DetachedCommands", "Live", "LiveSession"]
