@@ -447,3 +447,24 @@ def test_the_ledger_forgets_ended_commands_beyond_the_newest_kept(
 
     left = sorted(r["id"] for r in w.ledger.db.table("exec_sessions").rows)
     assert left == sorted(["00000000", "00000002", "00000003", started["id"]])
+
+
+def test_a_follower_past_the_end_of_a_new_file_reads_it_from_its_start(
+    tmp_path: Path, keepers: Keepers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    running(w, "alpha")
+    keepers.script = "echo after the cut"
+    commands = commands_of(w, keepers)
+    started = commands.start(OWNER, "alpha", ["x"])
+    wait_for(lambda: row_of(w, started["id"])["state"] == "ended", 30, what="its end")
+    monkeypatch.setattr(
+        sessions_module,
+        "read_output",
+        lambda state_dir, job, who, **kw: read_output(state_dir, job, None, **kw),
+    )
+
+    # The follower had read 5000 bytes of the file before the keeper started a new one.
+    answer = commands.output(OWNER, "alpha", started["id"], offset=5000)
+
+    assert (answer["text"], answer["start"]) == ("after the cut\n", 0)

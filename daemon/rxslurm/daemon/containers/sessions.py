@@ -469,14 +469,13 @@ class DetachedCommands:
             raise Conflict(f"the container of {project} has no folder")
         state_dir, runtime_user, _ = found
         try:
-            piece = read_output(
-                state_dir,
-                0,
-                RunAs.for_user(runtime_user),
-                offset=offset,
-                max_bytes=max_bytes,
-                name=output_name(command_id),
-            )
+            who = RunAs.for_user(runtime_user)
+            name = output_name(command_id)
+            piece = read_output(state_dir, 0, who, offset=offset, max_bytes=max_bytes, name=name)
+            if offset is not None and piece.start < offset:
+                # Shorter than where the follower stopped: the keeper started a new file (the
+                # old one is .out.1), so the new one is read from its beginning.
+                piece = read_output(state_dir, 0, who, offset=0, max_bytes=max_bytes, name=name)
         except RunAsError as exc:
             raise Conflict(f"cannot read the output of {command_id}: {exc}") from None
         except OutputError as exc:
