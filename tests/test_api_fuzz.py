@@ -266,6 +266,8 @@ JSON_ROUTES = [
     ("PUT", "/v1/projects/{p}/run-as", "alice", False),
     ("POST", "/v1/projects/{p}/members", "alice", False),
     ("PATCH", "/v1/projects/{p}/members/{u}", "alice", False),
+    ("POST", "/v1/projects/{p}/commands", "alice", False),
+    ("POST", "/v1/projects/{p}/commands/0123abcd/signal", "alice", False),
     ("POST", "/v1/bind", "alice", False),
     ("POST", "/v1/admin/codes", "admin", False),
     ("POST", "/v1/admin/bind", "admin", False),
