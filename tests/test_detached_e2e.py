@@ -114,6 +114,28 @@ def test_kill_ends_a_detached_sleep_and_ps_shows_it_ended(rxd: Rxd, project: str
     ), shown
 
 
+def test_a_detached_command_keeps_its_container_from_idle_sleep(rxd: Rxd) -> None:
+    # Two containers with a 1-minute idle timeout: the one with a detached command started
+    # first, so once the other has gone to sleep, this one had its idle minute too.
+    busy, idle = "dt-busy", "dt-idle"
+    for name in (busy, idle):
+        make_project(rxd, name, "--idle-timeout", "1")
+    ok(rxd.rxctl(OWNER, "enable", "--project", busy))
+    wait_state(rxd, busy, "running")
+    command_id = output(
+        rxd.rxctl(OWNER, "exec", "--project", busy, "--detach", "--", "sleep", "600")
+    ).strip()
+    ok(rxd.rxctl(OWNER, "enable", "--project", idle))
+    wait_state(rxd, idle, "running")
+
+    slept = wait_state(rxd, idle, "stopped", timeout=180)
+
+    assert slept["reason"] == "idle for 1 min"
+    assert status(rxd, OWNER, busy)["state"] == "running"
+    ok(rxd.rxctl(OWNER, "kill", "--project", busy, command_id))
+    ok(rxd.rxctl(OWNER, "stop", "--project", busy))
+
+
 def test_status_shows_the_cpu_and_memory_a_busy_command_uses(rxd: Rxd, project: str) -> None:
     # 64 MiB held and one CPU kept busy, until killed.
     command_id = detach(rxd, "python3", "-c", "x = bytearray(64 << 20)\nwhile True:\n    x[0] = 1")
