@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rxslurm.daemon.containers import sessions as sessions_module
 from rxslurm.daemon.containers.sessions import DetachedCommands, LiveSession
@@ -468,3 +470,28 @@ def test_a_follower_past_the_end_of_a_new_file_reads_it_from_its_start(
     answer = commands.output(OWNER, "alpha", started["id"], offset=5000)
 
     assert (answer["text"], answer["start"]) == ("after the cut\n", 0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    cap=st.integers(16, 2048),
+    sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=6),
+)
+def test_the_kept_parts_are_the_outputs_newest_bytes_in_order(cap: int, sizes: list[int]) -> None:
+    """Whatever the cap and however the step writes, each file holds at most `cap` bytes and
+    the older part then the current one are one unbroken end of the whole output."""
+    import tempfile
+
+    chunks = [bytes([65 + i % 26]) * size for i, size in enumerate(sizes)]
+    whole = b"".join(chunks)
+    script = "; ".join(f"head -c {len(c)} /dev/zero | tr '\\0' '{chr(c[0])}'" for c in chunks)
+    with tempfile.TemporaryDirectory() as folder:
+        result = keep(Path(folder), "0a0a0a0a", script, cap)
+        current = (Path(folder) / "exec-0a0a0a0a.out").read_bytes()
+        older_path = Path(folder) / "exec-0a0a0a0a.out.1"
+        older = older_path.read_bytes() if older_path.exists() else b""
+
+    assert result["last"] == {"exit": 0}
+    assert len(current) <= cap and len(older) <= cap
+    assert whole.endswith(older + current)
+    assert len(older + current) >= min(len(whole), cap)
