@@ -51,6 +51,7 @@ class FakeScheduler:
         self.running_steps: list[StepInfo] = []
         self.step_signals: list[tuple[str, str]] = []
         self.usages: dict[int, JobUsage] = {}
+        self.ended_steps: dict[int, dict[str, int]] = {}  # sacct: job -> {step name: status}
         self.usage_calls = 0
 
     def _answer(self) -> None:
@@ -103,6 +104,10 @@ class FakeScheduler:
         self._answer()
         wanted = set(job_ids)
         return [s for s in self.running_steps if s.job_id in wanted]
+
+    def step_exits(self, job_id: int) -> dict[str, int]:
+        self._answer()
+        return dict(self.ended_steps.get(job_id, {}))
 
     def signal_step(self, step_id: str, signal: str, as_user: RunAs | None = None) -> None:
         self._answer()

@@ -322,6 +322,31 @@ def test_ps_settles_a_command_whose_step_is_gone_after_rxd_lost_its_keeper(
     assert (settled["state"], settled["exit_code"]) == ("ended", None)
 
 
+def test_a_lost_commands_status_comes_from_accounting_when_it_knows(
+    tmp_path: Path, keepers: Keepers
+) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    job_id = running(w, "alpha")
+    with w.ledger.transaction() as db:
+        db.table("exec_sessions").insert(
+            {
+                "id": "deadbeef",
+                "container_id": w.row("alpha")["id"],
+                "project_id": w.row("alpha")["project_id"],
+                "job_id": job_id,
+                "step_name": "rx-exec-1234123412341234",
+                "argv": '["sleep", "9"]',
+                "started_by": "ada",
+                "started_at": "2026-01-01T00:00:00Z",
+            }
+        )
+    w.slurm.ended_steps[job_id] = {"rx-exec-1234123412341234": 143}
+
+    [settled] = commands_of(w, keepers).sessions_of(OWNER, "alpha")["sessions"]
+
+    assert (settled["state"], settled["exit_code"]) == ("ended", 143)
+
+
 def test_kill_signals_the_step_as_the_runtime_user_and_is_audited(
     tmp_path: Path, keepers: Keepers
 ) -> None:

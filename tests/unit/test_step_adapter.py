@@ -118,3 +118,17 @@ def test_a_failed_sstat_is_an_error_for_the_caller_to_word() -> None:
 
     with pytest.raises(SlurmError):
         cli(runner).usage(142)
+
+
+def test_step_exits_is_one_sacct_of_the_jobs_steps() -> None:
+    runner = Runner((0, "142.3|0:15|rx-exec-aa\n", ""))
+
+    assert cli(runner).step_exits(142) == {"rx-exec-aa": 143}
+    assert runner.calls[0]["argv"] == [
+        "/slurm/sacct",
+        "--noheader",
+        "--parsable2",
+        "--allusers",
+        "--jobs=142",
+        "--format=JobID,ExitCode,JobName",
+    ]

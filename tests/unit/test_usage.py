@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from rxslurm.cli.render import size_text, status_lines, usage_text
 from rxslurm.daemon.containers.usage import LiveUsage
 from rxslurm.slurm.errors import SlurmUnavailable
-from rxslurm.slurm.steps import parse_step_lines
+from rxslurm.slurm.steps import parse_step_exits, parse_step_lines
 from rxslurm.slurm.usage import (
     JobUsage,
     StepUsage,
@@ -344,3 +344,21 @@ def test_callers_at_once_share_one_sample() -> None:
 
     assert slurm.usage_calls == 1 and len(answers) == 5
     assert all(a is answers[0] for a in answers)
+
+
+def test_how_steps_ended_from_sacct() -> None:
+    # Real lines of this cluster: step 0 was killed by SIGTERM.
+    text = (
+        "16834|0:0|rx-dt-procs\n16834.batch|0:0|batch\n16834.0|0:15|rx-exec-2f09baa409d15d08\n"
+        "16834.1|3:0|rx-exec-00000000000000aa\n99.0|0:0|rx-exec-other\n16834.2|x|broken\n"
+    )
+
+    assert parse_step_exits(text, 16834) == {
+        "rx-exec-2f09baa409d15d08": 143,
+        "rx-exec-00000000000000aa": 3,
+    }
+
+
+@given(st.text())
+def test_any_sacct_text_is_an_answer(text: str) -> None:
+    assert all(isinstance(v, int) for v in parse_step_exits(text, JOB).values())

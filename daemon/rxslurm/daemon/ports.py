@@ -58,6 +58,10 @@ class Scheduler(Protocol):
         """The numbered steps still running in ``job_ids`` (one call)."""
         ...
 
+    def step_exits(self, job_id: int) -> dict[str, int]:
+        """How the job's ended steps ended (exit status by step name), from accounting."""
+        ...
+
     def signal_step(self, step_id: str, signal: str, as_user: RunAs | None = None) -> None:
         """Signal one step's processes; a step that already ended is not an error."""
         ...

@@ -34,7 +34,13 @@ from . import errors, jobs, runas
 from .errors import SlurmUnavailable
 from .jobs import JobInfo, Listing, ParseError
 from .runas import RunAs
-from .steps import STEP_FORMAT, StepInfo, parse_step_lines
+from .steps import (
+    SACCT_STEP_FIELDS,
+    STEP_FORMAT,
+    StepInfo,
+    parse_step_exits,
+    parse_step_lines,
+)
 from .usage import SSTAT_FIELDS, JobUsage, parse_alloc_gpus, parse_sstat
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
@@ -379,6 +385,19 @@ class SlurmCli:
         proc = self._call(argv, env_extra=jobs.QUEUE_ENV)
         found, _ = parse_step_lines(proc.stdout)
         return found
+
+    def step_exits(self, job_id: int) -> dict[str, int]:
+        """How the job's ended steps ended, by step name (one ``sacct`` call)."""
+        argv = [
+            "sacct",
+            "--noheader",
+            "--parsable2",
+            "--allusers",
+            f"--jobs={int(job_id)}",
+            f"--format={','.join(SACCT_STEP_FIELDS)}",
+        ]
+        proc = self._call(argv, env_extra=jobs.QUEUE_ENV)
+        return parse_step_exits(proc.stdout, int(job_id))
 
     def signal_step(self, step_id: str, signal: str, as_user: RunAs | None = None) -> None:
         """``scancel --signal`` one step ("J.S"): slurmstepd signals the step's processes. A step

@@ -1,4 +1,5 @@
-"""The steps running in jobs, from `squeue --steps`: which exec steps are still there.
+"""The steps running in jobs, from `squeue --steps`: which exec steps are still there; and how
+ended steps ended, from `sacct`.
 
 A detached command or an exec session is one step of its container's job, named when it starts
 (`srun --job-name=rx-exec-...`); squeue lists a step while it runs and forgets it once it ends.
@@ -45,3 +46,25 @@ def parse_step_lines(text: str) -> tuple[list[StepInfo], int]:
         when = int(start) if re.fullmatch(r"[0-9]{1,12}", start, re.ASCII) else None
         steps.append(StepInfo(int(match.group(1)), step_id, name, when))
     return steps, skipped
+
+
+# What sacct is asked for per step; the name last, as above.
+SACCT_STEP_FIELDS = ("JobID", "ExitCode", "JobName")
+_EXIT = re.compile(r"([0-9]{1,3}):([0-9]{1,3})", re.ASCII)
+
+
+def parse_step_exits(text: str, job_id: int) -> dict[str, int]:
+    """{step name: exit status} of the job's numbered steps in ``sacct --noheader --parsable2
+    --format=JobID,ExitCode,JobName`` output; a step killed by signal N is 128+N, as a shell
+    says. Unreadable lines and other jobs' steps are left out."""
+    exits: dict[str, int] = {}
+    for line in text.splitlines():
+        step_id, sep1, rest = line.strip().partition("|")
+        code, sep2, name = rest.partition("|")
+        match = _STEP_ID.fullmatch(step_id)
+        status = _EXIT.fullmatch(code)
+        if not (sep1 and sep2 and match and status) or int(match.group(1)) != job_id:
+            continue
+        exit_code, signal = int(status.group(1)), int(status.group(2))
+        exits[name] = 128 + signal if signal else exit_code
+    return exits

@@ -385,7 +385,8 @@ class DetachedCommands:
         self, rows: list[dict[str, Any]], steps: dict[str, StepInfo], known: bool
     ) -> list[dict[str, Any]]:
         """Rows still `running` whose step squeue no longer lists and whose keeper this rxd
-        does not wait for (it was restarted meanwhile) have ended, how is not known."""
+        does not wait for (it was restarted meanwhile) have ended: how, sacct says if it
+        knows."""
         if not known:
             return rows
         with self._lock:
@@ -395,8 +396,16 @@ class DetachedCommands:
             for r in rows
             if r["state"] == "running" and r["step_name"] not in steps and r["id"] not in watched
         ]
+        exits: dict[int, dict[str, int]] = {}
         for command_id in gone:
-            self._ended(command_id, None)
+            row = next(r for r in rows if r["id"] == command_id)
+            job = row["job_id"]
+            if job not in exits:
+                try:
+                    exits[job] = self.service.scheduler.step_exits(job)
+                except SlurmError:
+                    exits[job] = {}  # accounting did not say: the status stays unknown
+            self._ended(command_id, exits[job].get(row["step_name"]))
         return [self._row(r["id"]) if r["id"] in gone else r for r in rows]
 
     # -- ending ------------------------------------------------------------------------------
