@@ -90,6 +90,17 @@ def test_a_detached_command_runs_on_and_its_output_reaches_its_log(rxd: Rxd, pro
     ok(rxd.rxctl(OWNER, "kill", "--project", project, command_id))
 
 
+def test_logs_follow_a_detached_commands_output_until_it_exits(rxd: Rxd, project: str) -> None:
+    command_id = detach(rxd, "sh", "-c", "echo first; sleep 3; echo second; exit 4")
+
+    followed = rxd.rxctl(OWNER, "logs", "--project", project, "--exec", command_id, "-f")
+
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.splitlines()[:2] == ["first", "second"]
+    assert f"command {command_id} exited with status 4" in followed.stderr
+    assert one(rxd, command_id)["exit_code"] == 4
+
+
 def test_kill_ends_a_detached_sleep_and_ps_shows_it_ended(rxd: Rxd, project: str) -> None:
     command_id = detach(rxd, "sleep", "600")
     wait_for(lambda: one(rxd, command_id)["step_id"] is not None, 30, what="its step in squeue")

@@ -53,6 +53,20 @@ def test_the_keeper_writes_stdout_and_stderr_to_the_commands_file_and_reports_it
     assert sorted(written.splitlines()) == ["err", "out"]
 
 
+def test_the_keeper_drops_sruns_task_end_lines_as_an_exec_session_does(tmp_path: Path) -> None:
+    script = (
+        "echo mine; echo 'srun: error: n1: task 0: Exited with exit code 4' >&2; "
+        "echo 'srun: error: n1: task 0: Out Of Memory' >&2; exit 4"
+    )
+
+    assert keep(tmp_path, "0a1b2c3f", script)["last"] == {"exit": 4}
+
+    assert (tmp_path / "exec-0a1b2c3f.out").read_text().splitlines() == [
+        "mine",
+        "srun: error: n1: task 0: Out Of Memory",
+    ]
+
+
 def test_the_keeper_reports_a_step_killed_by_a_signal_as_128_plus_n(tmp_path: Path) -> None:
     assert keep(tmp_path, "0a1b2c3e", "kill -TERM $$")["last"] == {"exit": 143}
 
@@ -94,7 +108,8 @@ def test_the_keepers_argv_is_the_isolated_interpreter_with_data_arguments() -> N
     argv = keeper_argv("/state", "0a1b2c3d", ["srun", "--", "x; rm -rf /"], 99)
 
     assert argv[1:3] == ["-I", "-S"] and argv[3] == "-c"
-    assert argv[5:] == ["/state", "exec-0a1b2c3d.out", "99", "--", "srun", "--", "x; rm -rf /"]
+    assert argv[5:8] == ["/state", "exec-0a1b2c3d.out", "99"]
+    assert argv[9:] == ["--", "srun", "--", "x; rm -rf /"]
 
 
 @pytest.mark.parametrize("bad", ["", "0A1B2C3D", "../../etc", "0a1b2c3", "0a1b2c3d0"])

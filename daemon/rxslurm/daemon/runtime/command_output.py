@@ -7,7 +7,8 @@ keeper runs *as that user* (``runas.spawn``, isolated Python, a clean environmen
 file that is there), starts the step with its stdout and stderr into a pipe, and copies what
 comes into the file. When the file passes ``cap`` bytes it becomes ``exec-<id>.out.1`` (an
 older one goes) and a new file starts, so one command never holds more than twice ``cap`` on
-disk. On its stdout the keeper tells rxd one JSON line when the step started and one when it
+disk; srun's lines about ended tasks are dropped, as in an exec session. On its stdout the
+keeper tells rxd one JSON line when the step started and one when it
 ended, with the step's exit status.
 """
 
@@ -19,15 +20,19 @@ from collections.abc import Sequence
 from rxslurm.daemon.runtime.user_script import script_argv
 from rxslurm.protocol.commands import COMMAND_ID
 from rxslurm.slurm.runas import RunAs, spawn
+from rxslurm.slurm.step_signal import SRUN_TASK_END_PATTERN
 
 # Each detached command's output file holds at most this much, plus its one older part.
 OUTPUT_CAP = 8 * 1024 * 1024
 
-# argv: folder, file name, cap, "--", the step's argv. stdout: JSON lines for rxd.
+# argv: folder, file name, cap, the pattern of srun's task-end lines (dropped, as an exec
+# session drops them: the exit status says the same), "--", the step's argv. stdout: JSON lines
+# for rxd.
 KEEPER = r"""
-import json, os, signal, subprocess, sys
+import json, os, re, signal, subprocess, sys
 folder, name, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
-step = sys.argv[5:]
+task_end = re.compile(sys.argv[4].encode())
+step = sys.argv[6:]
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 def say(**msg):
@@ -53,6 +58,7 @@ while True:
     chunk = os.read(proc.stdout.fileno(), 65536)
     if not chunk:
         break
+    chunk = task_end.sub(b"", chunk)
     while chunk and out is not None:
         if written >= cap:
             os.close(out); out = None
@@ -79,7 +85,15 @@ def output_name(command_id: str) -> str:
 
 
 def keeper_argv(state_dir: str, command_id: str, step: Sequence[str], cap: int) -> list[str]:
-    return script_argv(KEEPER, state_dir, output_name(command_id), str(int(cap)), "--", *step)
+    return script_argv(
+        KEEPER,
+        state_dir,
+        output_name(command_id),
+        str(int(cap)),
+        SRUN_TASK_END_PATTERN,
+        "--",
+        *step,
+    )
 
 
 def start_keeper(
