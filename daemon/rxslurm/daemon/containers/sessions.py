@@ -12,7 +12,8 @@ Interactive sessions are counted while their connection lasts (`Live`), never st
 
 `ps` joins these records with `squeue --steps` for the container's job: a step that squeue no
 longer lists has ended, even if rxd missed it (a restart loses the keeper's last word: the exit
-status is then unknown). `kill` is `scancel --signal` on the step, as the runtime user.
+status is then what sacct has of the step, if anything). `kill` is `scancel --signal` on the
+step, as the runtime user.
 """
 
 from __future__ import annotations

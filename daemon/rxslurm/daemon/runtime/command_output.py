@@ -29,12 +29,10 @@ OUTPUT_CAP = 8 * 1024 * 1024
 # session drops them: the exit status says the same), "--", the step's argv. stdout: JSON lines
 # for rxd.
 KEEPER = r"""
-import json, os, re, signal, subprocess, sys
+import json, os, re, subprocess, sys
 folder, name, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
 task_end = re.compile(sys.argv[4].encode())
 step = sys.argv[6:]
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-signal.signal(signal.SIGINT, signal.SIG_IGN)
 def say(**msg):
     try:
         sys.stdout.write(json.dumps(msg) + "\n"); sys.stdout.flush()
@@ -105,7 +103,8 @@ def start_keeper(
     cap: int = OUTPUT_CAP,
 ) -> subprocess.Popen[str]:
     """Start the keeper (and through it the step) as ``as_user`` (None: as this process, for
-    tests), in a session of its own: it is tied to no client and no terminal."""
+    tests), in a session of its own: it is tied to no client and no terminal, so no terminal's
+    signal reaches it."""
     return spawn(
         keeper_argv(state_dir, command_id, step, cap),
         as_user,
