@@ -25,6 +25,8 @@ OWNER = "rxalice"
 VIEWER = "rxdave"
 PROJECT = "dt-procs"
 KEPT = 1  # [containers] job_logs_kept: each new job cleans the last one's logs
+# Other developers' jobs may fill the cluster for a while: a wake waits that long for its node.
+BUSY_CLUSTER_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def project(rxd: Rxd) -> str:
     make_project(rxd, PROJECT)
     ok(rxd.rxctl(OWNER, "project", "member", "add", PROJECT, VIEWER, "--role", "viewer"))
     ok(rxd.rxctl(OWNER, "enable", "--project", PROJECT))
-    wait_state(rxd, PROJECT, "running")
+    wait_state(rxd, PROJECT, "running", timeout=BUSY_CLUSTER_S)
     return PROJECT
 
 
@@ -132,12 +134,12 @@ def test_a_detached_command_keeps_its_container_from_idle_sleep(rxd: Rxd) -> Non
     for name in (busy, idle):
         make_project(rxd, name, "--idle-timeout", "1")
     ok(rxd.rxctl(OWNER, "enable", "--project", busy))
-    wait_state(rxd, busy, "running")
+    wait_state(rxd, busy, "running", timeout=BUSY_CLUSTER_S)
     command_id = output(
         rxd.rxctl(OWNER, "exec", "--project", busy, "--detach", "--", "sleep", "600")
     ).strip()
     ok(rxd.rxctl(OWNER, "enable", "--project", idle))
-    wait_state(rxd, idle, "running")
+    wait_state(rxd, idle, "running", timeout=BUSY_CLUSTER_S)
 
     slept = wait_state(rxd, idle, "stopped", timeout=180)
 
@@ -168,7 +170,7 @@ def test_status_shows_the_gpus_the_job_holds(rxd: Rxd) -> None:
     gpu_project = "dt-gpu"
     make_project(rxd, gpu_project, "--gpus", "1", "--partition", "gpu")
     ok(rxd.rxctl(OWNER, "enable", "--project", gpu_project))
-    wait_state(rxd, gpu_project, "running", timeout=300)
+    wait_state(rxd, gpu_project, "running", timeout=BUSY_CLUSTER_S)
 
     usage = status(rxd, OWNER, gpu_project)["usage"]
 
@@ -224,7 +226,7 @@ def test_logs_instance_shows_what_the_instance_wrote_and_old_ones_are_cleaned(
     make_project(rxd, name)
     ok(rxd.rxctl(OWNER, "project", "member", "add", name, VIEWER, "--role", "viewer"))
     ok(rxd.rxctl(OWNER, "enable", "--project", name))
-    first = int(wait_state(rxd, name, "running")["job_id"])
+    first = int(wait_state(rxd, name, "running", timeout=BUSY_CLUSTER_S)["job_id"])
     # The instance's own stdout is its first process's: what reaches it is in Apptainer's log.
     ok(rxd.rxctl(OWNER, "exec", "--project", name, "--", "sh", "-c", "echo hi > /proc/1/fd/1"))
 
@@ -236,7 +238,7 @@ def test_logs_instance_shows_what_the_instance_wrote_and_old_ones_are_cleaned(
     ok(rxd.rxctl(OWNER, "stop", "--project", name))
     wait_state(rxd, name, "stopped")
     ok(rxd.rxctl(OWNER, "start", "--project", name))
-    second = int(wait_state(rxd, name, "running")["job_id"])
+    second = int(wait_state(rxd, name, "running", timeout=BUSY_CLUSTER_S)["job_id"])
     ok(rxd.rxctl(OWNER, "stop", "--project", name))
     wait_state(rxd, name, "stopped")
 
