@@ -362,3 +362,16 @@ def test_how_steps_ended_from_sacct() -> None:
 @given(st.text())
 def test_any_sacct_text_is_an_answer(text: str) -> None:
     assert all(isinstance(v, int) for v in parse_step_exits(text, JOB).values())
+
+
+def test_status_asks_no_sstat_while_slurm_is_not_answering(tmp_path: Path) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    job_id = running(w, "alpha")
+    w.slurm.usages[job_id] = usage_with(1.0)
+    w.slurm.answering = False
+    w.reconcile()
+
+    view = w.service.status(OWNER, "alpha").to_dict()
+
+    assert view["usage"] == {"unavailable": "Slurm did not answer rxd's last look"}
+    assert w.slurm.usage_calls == 0

@@ -285,7 +285,13 @@ class ContainerService:
         (best effort: "unavailable" when Slurm does not say)."""
         view = self._view(*self._authorize(actor, project, Action.VIEW))
         if view.state == State.RUNNING and view.job_id:
-            view = replace(view, usage=self.usage.of(view.job_id))
+            # Slurm not answering the reconciler: sstat would only add its deadline to the wait.
+            usage = (
+                self.usage.of(view.job_id)
+                if self.slurm_reachable
+                else {"unavailable": "Slurm did not answer rxd's last look"}
+            )
+            view = replace(view, usage=usage)
         return view
 
     def _authorize(
