@@ -7,6 +7,8 @@ one uses (sstat)."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 import subprocess
 from collections.abc import Iterator
@@ -15,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.support.cli import ok, output, refused
-from tests.support.cluster import wait_for
-from tests.support.daemon import Rxd
+from tests.support.cluster import user_env, wait_for
+from tests.support.daemon import RXCTL, Rxd
 from tests.support.lifecycle import lifecycle_rxd, make_project, status, wait_state
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
@@ -88,8 +90,36 @@ def test_a_detached_command_runs_on_and_its_output_reaches_its_log(rxd: Rxd, pro
     wait_for(logged, 30, what="the command's output in its log")
     # Running as the container's runtime user, in its state folder.
     log = rxd.root / "containers" / f"rx-{project}" / f"exec-{command_id}.out"
-    assert log.stat().st_uid == __import__("pwd").getpwnam(OWNER).pw_uid
+    assert log.stat().st_uid == pwd.getpwnam(OWNER).pw_uid
     ok(rxd.rxctl(OWNER, "kill", "--project", project, command_id))
+
+
+def test_ps_lists_an_open_exec_session_with_its_step_while_it_runs(rxd: Rxd, project: str) -> None:
+    owner = pwd.getpwnam(OWNER)
+    session = subprocess.Popen(
+        [RXCTL, "--socket", str(rxd.socket), "exec", "--project", project, "--", "sleep", "60"],
+        user=owner.pw_uid,
+        group=owner.pw_gid,
+        extra_groups=os.getgrouplist(OWNER, owner.pw_gid),
+        env=user_env(OWNER),
+        cwd=owner.pw_dir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def listed() -> list[dict[str, Any]]:
+            return [r for r in ps(rxd) if r["kind"] == "exec" and r["argv"] == ["sleep", "60"]]
+
+        wait_for(lambda: any(r["step_id"] for r in listed()), 60, what="the session in ps")
+        [row] = listed()
+        assert (row["started_by"], row["state"]) == (OWNER, "running")
+        assert row["step_id"] in job_steps(int(row["step_id"].split(".")[0]))
+    finally:
+        session.terminate()
+        session.wait(timeout=60)
+    wait_for(lambda: not listed(), 60, what="the ended session to leave ps")
 
 
 def test_logs_follow_a_detached_commands_output_until_it_exits(rxd: Rxd, project: str) -> None:
