@@ -50,6 +50,11 @@ PROJECT_BATCH_PLAN = f"{PROJECT}/batch-plan"
 # A read-only copy of the container's overlay for batch steps, now or when it next sleeps.
 PROJECT_SNAPSHOT = f"{PROJECT}/snapshot"
 CONTAINERS = f"{V1}/containers"
+# What runs in the container: sessions and detached commands (GET lists, POST starts one), one
+# command's signal and its output (query: offset).
+PROJECT_COMMANDS = f"{PROJECT}/commands"
+PROJECT_COMMAND_SIGNAL = f"{PROJECT_COMMANDS}/{{command}}/signal"
+PROJECT_COMMAND_OUTPUT = f"{PROJECT_COMMANDS}/{{command}}/output"
 
 # Slurm's controller hooks poke rxd here when a job starts or ends.
 HOOK_JOB = f"{V1}/hooks/job"

@@ -21,6 +21,7 @@ from rxslurm.daemon.api import (
     routes_logs,
     routes_metrics,
     routes_projects,
+    routes_sessions,
     routes_system,
     sd_notify,
 )
@@ -48,6 +49,7 @@ ROUTES = [
     *routes_containers.routes,
     *routes_logs.routes,
     *routes_images.routes,
+    *routes_sessions.routes,
     *routes_admin.routes,
 ]
 

@@ -39,6 +39,7 @@ from rxslurm.daemon.api.context import Daemon
 from rxslurm.daemon.api.peercred import Caller, UnknownCaller, peer_credentials, resolve_caller
 from rxslurm.daemon.api.socket_files import claim_socket_path, open_to_everyone
 from rxslurm.daemon.containers import service as containers
+from rxslurm.daemon.containers.sessions import LiveSession
 from rxslurm.daemon.containers.state_changes import Watch
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.containers.views import ContainerView
@@ -46,6 +47,7 @@ from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
 from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.ports import ContainerRuntime, Scheduler
 from rxslurm.protocol.durations import duration
 from rxslurm.protocol.exec_wire import (
@@ -330,6 +332,7 @@ class Session:
         self.plumbing: Plumbing | None = None
         self.interrupter: StepSignaller | None = None
         self.stopping = False
+        self.actor: Actor | None = None
 
     # -- the conversation ------------------------------------------------------------------
 
@@ -366,7 +369,7 @@ class Session:
         self.conn.settimeout(REPLY_TIMEOUT_S)
         if request.tty and not os.isatty(self.fds[0]):
             raise BadRequest("a terminal session needs a terminal on stdin")
-        actor = self.server.call(actor_for, self.daemon, caller)
+        actor = self.actor = self.server.call(actor_for, self.daemon, caller)
         # The one authorization of this request; waking and waiting carry it.
         access = self.server.call(self.daemon.containers.authorize_exec, actor, request.project)
         target = self.server.call(self.daemon.containers.target_of, access)
@@ -565,6 +568,7 @@ class Session:
         self.fds = []
         self.plumbing = plumbing
         sessions.opened(target.container_id)
+        self.daemon.commands.live.add(self.listed(target, request, step_name))
         try:
             try:
                 self.proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
@@ -616,6 +620,21 @@ class Session:
         finally:
             plumbing.close()
             sessions.closed(target.container_id)
+            self.daemon.commands.live.remove(step_name)
+
+    def listed(
+        self, target: containers.ExecTarget, request: ExecRequest, step_name: str
+    ) -> LiveSession:
+        """This session as `rxctl ps` lists it while it lasts."""
+        return LiveSession(
+            container_id=target.container_id,
+            job_id=target.job_id,
+            step_name=step_name,
+            started_by=self.actor.name if self.actor else "?",
+            argv=request.argv,
+            started_at=to_timestamp(utcnow()),
+            shell=request.shell,
+        )
 
     def supervise(self, plumbing: Plumbing, pending: list[dict[str, Any]]) -> int:
         """Relay the streams and the client's signals until srun exits and its output is out;
