@@ -5,8 +5,10 @@ rxctl does ($RXCTL_SOCKET), and prints what it saw as JSON."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,3 +170,18 @@ def test_a_full_quota_is_quota_exceeded() -> None:
         "this container needs 2"
     )
     assert seen["state"] == "stopped"
+
+
+def test_the_docs_notebook_prints_what_the_doc_says(rxd: Rxd) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "sdk.md").read_text()
+    section = doc.split("## A notebook", 1)[1]
+    example, printed = re.findall(r"```(?:python|text)\n(.*?)```", section, re.DOTALL)[:2]
+    example = example.replace('"docker://python:3.12-slim"', repr(str(BASE_IMAGE)))
+    result = run_as(
+        "rxalice",
+        [PYTHON, "-c", example],
+        env={"RXCTL_SOCKET": str(rxd.socket)},
+        timeout=300,
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert result.stdout == printed
