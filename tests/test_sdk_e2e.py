@@ -15,8 +15,8 @@ import pytest
 
 from tests.support.cli import ok
 from tests.support.cluster import VENV_BIN, run_as
-from tests.support.daemon import Rxd
-from tests.support.lifecycle import gpu_quota_rxd, lifecycle_rxd, status
+from tests.support.daemon import Rxd, free_port, running_rxd
+from tests.support.lifecycle import gpu_quota_rxd, lifecycle_config, lifecycle_rxd, status
 from tests.support.real_apptainer import BASE_IMAGE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
@@ -43,12 +43,14 @@ def rxd() -> Iterator[Rxd]:
         yield daemon
 
 
-def sdk(rxd: Rxd, user: str, script: str, timeout: float = 300) -> dict[str, Any]:
-    """What `script` (after PROLOGUE) showed, run as `user` in a fresh Python against rxd."""
+def sdk(
+    rxd: Rxd, user: str, script: str, timeout: float = 300, server: str | None = None
+) -> dict[str, Any]:
+    """What `script` (after PROLOGUE) showed, run as `user` in a fresh Python against rxd: on
+    its socket, or through the network door at `server` (as on a login node: no socket named)."""
     code = PROLOGUE + textwrap.dedent(script)
-    result = run_as(
-        user, [PYTHON, "-c", code], env={"RXCTL_SOCKET": str(rxd.socket)}, timeout=timeout
-    )
+    env = {"RXSLURM_SERVER": server} if server else {"RXCTL_SOCKET": str(rxd.socket)}
+    result = run_as(user, [PYTHON, "-c", code], env=env, timeout=timeout)
     assert result.returncode == 0, (result.stdout, result.stderr, rxd.log_text()[-3000:])
     seen: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     return seen
@@ -185,3 +187,45 @@ def test_the_docs_notebook_prints_what_the_doc_says(rxd: Rxd) -> None:
     )
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert result.stdout == printed
+
+
+def test_the_sdk_through_the_munge_network_door() -> None:
+    """From another host the SDK finds rxd as rxctl does ($RXSLURM_SERVER) and is proved by
+    MUNGE: the owner's commands run as steps it starts itself, a manager's are relayed by rxd."""
+    port = free_port()
+    server = f"127.0.0.1:{port}"
+
+    def config(root: Path) -> str:
+        return f'listen = "{server}"\n' + lifecycle_config(root)
+
+    with running_rxd(config, bind=("rxalice", "rxbob")) as rxd:
+        owner = sdk(
+            rxd,
+            "rxalice",
+            """
+            box = Container("door", image=IMAGE, cpu=1, memory="256Mi")
+            box.run(timeout=240)
+            result = box.exec("sh", "-c", "echo out; echo err >&2; exit 4")
+            show(state=box.status, exit=result.exit_code, out=result.stdout, err=result.stderr)
+            """,
+            server=server,
+        )
+        assert owner == {"state": "running", "exit": 4, "out": "out\n", "err": "err\n"}
+        member = ("project", "member", "add", "--project", "door", "rxbob", "--role", "manager")
+        ok(rxd.rxctl("rxalice", *member))
+        manager = sdk(
+            rxd,
+            "rxbob",
+            """
+            box = Container.from_name("door")
+            result = box.exec("sh", "-c", "cat; exit 5", stdin=b"from the manager")
+            show(exit=result.exit_code, out=result.stdout)
+            """,
+            server=server,
+        )
+        # A manager's command is relayed by rxd, its input too.
+        assert manager == {"exit": 5, "out": "from the manager"}
+        # What the SDK did came through the door: rxd recorded it as proved by MUNGE.
+        history = ok(rxd.rxctl("rxalice", "history", "--project", "door", "--json")).stdout
+        origins = {e["action"]: e["origin"] for e in json.loads(history)["events"]}
+        assert origins["project.created"] == "munge", origins
