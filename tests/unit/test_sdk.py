@@ -291,3 +291,17 @@ def test_a_command_past_its_deadline_is_sent_term_and_timeout_raised(folder: Pat
     server.join(10)
     # The session's runner forwarded the SDK's SIGTERM to rxd, as rxctl forwards a signal.
     assert got == [{"signal": "TERM"}]
+
+
+def test_input_longer_than_a_pipe_holds_does_not_wait_on_unread_output(folder: Path) -> None:
+    def cat(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        while data := os.read(fds[0], 65536):
+            os.write(fds[1], data)
+        conn.sendall(encode({"exit": 0}))
+
+    server = exec_server(folder, cat)
+    box = Container("alpha", socket=str(folder / "rxd.sock"))
+    data = os.urandom(1 << 20)
+    result = box.exec("cat", stdin=data, timeout=60)
+    server.join(10)
+    assert (result.exit_code, result.stdout_bytes) == (0, data)

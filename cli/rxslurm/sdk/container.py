@@ -21,6 +21,7 @@ from rxslurm.sdk.process import ExecProcess, ExecResult
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Between looks at a stopping container's status (no change notice exists for stops).
 STOP_POLL_S = 0.5
+WAIT_GUARD_S = 30.0
 
 
 def memory_mb(memory: str | int) -> int:
@@ -165,7 +166,10 @@ class Container:
             container = project.get("container")
             action = "start" if container and container.get("state") != "disabled" else "enable"
             self._client.post(routes.path(routes.CONTAINER_ACTION, self.name, action))
-        self._session({"wait": True, "timeout": timeout}, timeout=None).wait()
+        # rxd ends the wait at `timeout`; the SDK's own deadline, a little later, only guards
+        # against an rxd that never answers.
+        guard = None if timeout is None else timeout + WAIT_GUARD_S
+        self._session({"wait": True, "timeout": timeout}, timeout=guard).wait()
         return self.refresh()
 
     def _project_or_none(self) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ here; the child speaks rxctl's exec protocol, so the output is the command's and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,27 +88,34 @@ class ExecProcess:
         self._stderr: list[bytes] = []
         self._timed_out = False
         ours, theirs = socket.socketpair()
-        with ours, theirs:
-            self._proc = subprocess.Popen(  # noqa: S603 - argv list, this Python
-                [sys.executable, "-m", "rxslurm.sdk.session_child", str(theirs.fileno())],
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(theirs.fileno(),),
-                env={**os.environ, "PYTHONPATH": _namespace_roots()},
-            )
-            theirs.close()
-            ours.sendall(json.dumps(spec).encode())
-            ours.shutdown(socket.SHUT_WR)
-            self._answers = ours.dup()
-        if stdin is not None:
-            assert self._proc.stdin is not None
+        with theirs:
             try:
-                self._proc.stdin.write(stdin)
-                self._proc.stdin.close()
-            except BrokenPipeError:
-                pass
+                self._proc = subprocess.Popen(  # noqa: S603 - argv list, this Python
+                    [sys.executable, "-m", "rxslurm.sdk.session_child", str(theirs.fileno())],
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=(theirs.fileno(),),
+                    env={**os.environ, "PYTHONPATH": _namespace_roots()},
+                )
+            except OSError as exc:
+                ours.close()
+                raise RxError(f"cannot start the SDK's session runner: {exc}") from None
+        self._answers = ours
+        ours.sendall(json.dumps(spec).encode())
+        ours.shutdown(socket.SHUT_WR)
+        if stdin is not None:
+            # Fed beside the reading: input longer than a pipe holds must not wait on output
+            # nobody reads yet.
+            threading.Thread(target=self._feed, args=(stdin,), daemon=True).start()
         self._chunks = self._read()
+
+    def _feed(self, data: bytes) -> None:
+        assert self._proc.stdin is not None
+        with contextlib.suppress(OSError):  # the command did not read it all: as a pipe
+            self._proc.stdin.write(data)
+        with contextlib.suppress(OSError):
+            self._proc.stdin.close()
 
     def __iter__(self) -> Iterator[Output]:
         return self._chunks
@@ -144,13 +153,15 @@ class ExecProcess:
     def wait(self) -> ExecResult:
         """Read whatever output is left and wait for the command; its result, or the SDK's
         exception for why it did not run (or Timeout)."""
-        for _ in self._chunks:
-            pass
-        self._proc.wait()
-        answer = self._answer()
-        for pipe in (self._proc.stdout, self._proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        try:
+            for _ in self._chunks:
+                pass
+            self._proc.wait()
+            answer = self._answer()
+        finally:
+            for pipe in (self._proc.stdout, self._proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         if self._timed_out:
             raise Timeout(f"the command did not finish within {self.timeout:g} s; it was ended")
         if "exit" in answer:

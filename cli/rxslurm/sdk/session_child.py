@@ -53,6 +53,8 @@ def main() -> int:
         answer = outcome(read_spec(sock))
     except (ValueError, KeyError, TypeError) as exc:
         answer = {"error": f"the SDK's session runner got a bad spec: {exc}", "code": None}
+    except Exception as exc:  # its stderr is the command's: the reason goes back as the answer
+        answer = {"error": f"the SDK's session runner failed: {exc!r}", "code": None}
     sock.sendall(json.dumps(answer).encode())
     sock.close()
     return 0
