@@ -724,7 +724,7 @@ class ContainerService:
             why = quotas.hold_back(db, held, request)
         if why:
             if reject:
-                raise Conflict(f"over quota: {why}")
+                raise Conflict(f"over quota: {why}", code="quota")
             if source == State.WAITING:
                 # WAITING (queued) -> WAITING: still no room; the bottleneck may have moved.
                 if why != container["reason"]:

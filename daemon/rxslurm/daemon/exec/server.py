@@ -415,7 +415,8 @@ class Session:
                 note = {"stopped": gone.note} if gone.note else {}
                 self.send({**note, "exit": gone.exit_code})
         except ApiError as exc:
-            self.send({"error": exc.message})
+            # The API's code too, so a library can tell a refusal's kind without reading words.
+            self.send({"error": exc.message, "code": exc.code})
         except (ProtocolError, TimeoutError) as exc:
             log.info("exec protocol error", extra={"error": str(exc) or "time-out"})
             self.send({"error": f"exec protocol error: {exc or 'time-out'}"})
@@ -515,7 +516,7 @@ class Session:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     assert limit is not None
-                    raise Conflict(gave_up(project, view, limit))
+                    raise Conflict(gave_up(project, view, limit), code="timeout")
                 pending = self.messages_or_change(changed, left)
                 view = self.server.call(service.view_of, access)
         if shown is not None:
