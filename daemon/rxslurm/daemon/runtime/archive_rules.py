@@ -245,7 +245,8 @@ def extract(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: str) -> 
     if hasattr(tarfile, "data_filter"):
         tar.extractall(dest, members=members, filter="data")
     else:
-        tar.extractall(dest, members=members)
+        # Every member passed check() and sanitize() above: the filter's own rules, by hand.
+        tar.extractall(dest, members=members)  # noqa: S202
 
 
 def open_archive(stream: IO[bytes]) -> tarfile.TarFile:
