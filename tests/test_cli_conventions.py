@@ -206,6 +206,8 @@ REST = {
     "project member set-role": ["rxbob", "viewer"],
     "admin stop": [],
     "snapshot": [],
+    "export": [],
+    "import": [DRAFT_FILE],
     "image build": ["main"],
     "image cancel": ["1"],
     "image delete": ["1"],
