@@ -147,6 +147,7 @@ def _answer(proc: subprocess.Popen[Any]) -> tuple[bytes, bytes]:
     assert proc.stdin is not None
     with contextlib.suppress(BrokenPipeError):
         proc.stdin.close()
+    proc.stdin = None  # communicate() would flush it
     try:
         stdout, stderr = proc.communicate(timeout=IMPORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
