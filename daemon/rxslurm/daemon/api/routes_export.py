@@ -49,6 +49,13 @@ def _tail(stderr: bytes) -> str:
 
 
 def _end(proc: subprocess.Popen[Any]) -> None:
+    if proc.stdin is not None and proc.poll() is None:
+        # The caller went mid-upload: a cut archive, which the script refuses and cleans up
+        # after; a kill would leave its folder behind.
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=60)
     if proc.poll() is None:
         kill_group(proc)
     proc.wait()
