@@ -8,8 +8,10 @@ start to end, so no job mounts the overlay meanwhile, and:
 1. writes the upload into a new folder `import-<stamp>/` of the container's folder;
 2. checks every header and the manifest (runtime/archive_rules.py): anything refused removes that
    folder and changes nothing else;
-3. extracts `overlay.img` there with tarfile's `data` filter, and the workspace's tree (if any)
-   into a new folder `imported-<stamp>/` of the workspace, never over existing files;
+3. writes `overlay.img` there (sparse: blocks of zeros stay holes; it is a regular file of a
+   fixed name, checked), and extracts the workspace's tree (if any), through tarfile's `data`
+   filter where this Python has it, into a new folder `imported-<stamp>/` of the workspace,
+   never over existing files;
 4. swaps the overlay in: the old one is hard-linked to `overlay.img.before-import` (replacing an
    earlier import's) and the new one renamed over `overlay.img` (atomic); the folder is fsynced.
 """
@@ -104,9 +106,21 @@ try:
         checked = check(tar, received, limits)
     except ArchiveRefused as e:
         refuse(str(e))
-    base = "/proc/self/fd/%d" % w
+    # The overlay, sparse: blocks of zeros (most of an ext3 image) are left as holes.
     overlay = tar.getmember(OVERLAY)
-    extract(tar, [overlay], base)
+    source = tar.extractfile(overlay)
+    new = os.open(OVERLAY, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                  0o600, dir_fd=w)
+    zeros = bytes(1 << 20)
+    pos = 0
+    while chunk := source.read(1 << 20):
+        if chunk != zeros[: len(chunk)]:
+            view = memoryview(chunk)
+            done_bytes = 0
+            while done_bytes < len(chunk):
+                done_bytes += os.pwrite(new, view[done_bytes:], pos + done_bytes)
+        pos += len(chunk)
+    os.ftruncate(new, pos)
     ws_members = [m for m in tar.getmembers() if m.name.startswith(WORKSPACE + "/")]
     imported = None
     if ws_members:
@@ -120,7 +134,6 @@ try:
         for m in ws_members:
             m.name = m.name[len(WORKSPACE) + 1:]  # a link's target is relative to its folder
         extract(tar, ws_members, dest)
-    new = os.open(OVERLAY, FLAGS, dir_fd=w)
     if os.fstat(new).st_size != checked.manifest["overlay_bytes"]:
         refuse("the unpacked overlay's size differs from the manifest's")
     os.fsync(new)
