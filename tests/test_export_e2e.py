@@ -126,6 +126,8 @@ def test_a_package_installed_in_one_project_works_in_another_after_export_and_im
     assert digest(folder / "overlay.img.before-import") == before
     (unpacked,) = [p for p in workspace_of(rxd, TARGET).iterdir() if p.name.startswith("imported-")]
     assert (unpacked / "notes.txt").read_text() == "notes\n"
+    # Kept private while unpacked, then the workspace's ACLs: the manager reads it too.
+    assert output(run_as(MANAGER, ["cat", str(unpacked / "notes.txt")])) == "notes\n"
     assert not (unpacked / "shadow").exists() and not (unpacked / "bob-home").exists()
     ((detail,),) = rxd.ledger_rows(
         "SELECT detail FROM events WHERE action = 'project.import' AND target_id = ?", [TARGET]

@@ -297,3 +297,14 @@ def test_export_then_import_moves_the_overlay_and_the_workspace(tmp_path: Path) 
     assert not (imported / "to-secret").exists() and not (imported / "fifo").exists()
     assert (workspace / "mine.txt").read_text() == "keep me"
     assert not any(p.name.startswith("import-") for p in state.iterdir())
+
+
+def test_a_planted_folder_name_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    state, workspace = folders(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (workspace / "imported-7").symlink_to(elsewhere)  # a member guessed the next name
+    result = run_import(state, workspace, build([reg("workspace/x", b"payload")]), stamp="7")
+    assert "File exists" in (getattr(result, "refused", None) or "")
+    assert list(elsewhere.iterdir()) == []
+    assert (state / "overlay.img").read_bytes() == b"old overlay"

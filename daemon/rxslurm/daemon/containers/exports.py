@@ -24,6 +24,8 @@ from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.daemon.projects.service import authorize
 from rxslurm.daemon.projects.snapshot_access import kept_rows
+from rxslurm.daemon.projects.workspace_sync import sync_workspace
+from rxslurm.daemon.projects.workspaces import WorkspaceError
 from rxslurm.daemon.runtime.archive_import import BACKUP, Outcome
 from rxslurm.daemon.runtime.archive_rules import FORMAT, Limits
 from rxslurm.daemon.runtime.overlay_snapshot import SnapshotError
@@ -176,6 +178,15 @@ def finish_import(
     with service.ledger.transaction() as db:
         record_actor_event(db, actor, "project.import", "project", plan.project, detail)
         container = dict(db.table("containers").get(plan.container_id))
+    if outcome.workspace_folder:
+        # The script kept the new folder private while it unpacked; members get their entries
+        # now, as everywhere else in the workspace.
+        try:
+            warning = sync_workspace(service.ledger, service.config, plan.project)
+        except (WorkspaceError, ValueError, OSError) as exc:
+            warning = str(exc)  # the import stands; the next sync of members tries again
+        if warning:
+            log.warning("workspace ACLs", extra={"project": plan.project, "warning": warning})
     service.snapshots.remove_all(container)
     try:
         service.snapshots.take(plan.container_id, force=True, actor=actor)

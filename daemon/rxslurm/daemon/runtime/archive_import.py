@@ -84,8 +84,28 @@ target = None
 def refuse(why):
     shutil.rmtree(work, dir_fd=d)
     if target is not None:
-        shutil.rmtree(target[1], dir_fd=target[0])
+        top, name, fd = target
+        # Members may rename entries of the workspace: remove the folder made here, not
+        # whatever has its name now.
+        here = os.stat(name, dir_fd=top, follow_symlinks=False)
+        made = os.fstat(fd)
+        if (here.st_dev, here.st_ino) == (made.st_dev, made.st_ino):
+            shutil.rmtree(name, dir_fd=top)
     done(refused=why)
+
+def private(fd):
+    # The workspace's default ACLs would give members entry to the new folder: none, until
+    # everything is unpacked (rxd then applies the workspace's ACLs). What a member made in it
+    # before this (a symlink to write through) is refused: from here on nobody else can.
+    for attr in ("system.posix_acl_default", "system.posix_acl_access"):
+        try:
+            os.removexattr(fd, attr)
+        except OSError as e:
+            if e.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+                raise
+    os.fchmod(fd, 0o700)
+    if os.listdir(fd):
+        refuse("someone else wrote into the new folder while it was made")
 
 try:
     fd = os.open("archive.tar.gz", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -129,8 +149,11 @@ try:
         top = own_folder(workspace)
         imported = "imported-" + stamp
         os.mkdir(imported, 0o700, dir_fd=top)
-        target = (top, imported)
-        dest = "/proc/self/fd/%d" % own_folder(imported, dir_fd=top)
+        made = own_folder(imported, dir_fd=top)
+        target = (top, imported, made)
+        private(made)
+        # Through the descriptor: a member renaming the folder meanwhile changes nothing.
+        dest = "/proc/self/fd/%d" % made
         for m in ws_members:
             m.name = m.name[len(WORKSPACE) + 1:]  # a link's target is relative to its folder
         extract(tar, ws_members, dest)
