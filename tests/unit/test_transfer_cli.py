@@ -116,3 +116,18 @@ def test_the_upload_carries_the_file(sock: Path, tmp_path: Path) -> None:
     head, _, body = server.requests[0].partition(b"\r\n\r\n")
     assert head.startswith(b"POST /v1/projects/alpha/import HTTP/1.1")
     assert b"Content-Length: 2560000" in head and body == archive.read_bytes()
+
+
+def test_import_over_the_network_door_says_to_run_it_on_rxd_s_host(tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(b"x")
+    result = CliRunner().invoke(
+        cli,
+        ["import", "--project", "alpha", str(archive)],
+        env={"RXSLURM_SERVER": "rxd.example:7878", "RXSLURM_SOCKET": ""},
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: an import streams the archive to rxd's local socket: run it on rxd's host "
+        "(the network door takes small bodies only)\n"
+    )
