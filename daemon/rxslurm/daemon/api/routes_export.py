@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import subprocess
 from typing import Any
@@ -39,6 +40,7 @@ from rxslurm.daemon.slow_work import run_slow
 from rxslurm.protocol import routes as route
 from rxslurm.slurm.runas import kill_group
 
+log = logging.getLogger("rxslurm.exports")
 routes = web.RouteTableDef()
 CHUNK = 1 << 20
 
@@ -91,14 +93,23 @@ async def export(request: web.Request) -> web.StreamResponse:
         response.enable_chunked_encoding()
         await response.prepare(request)
         chunk = first
-        while chunk:
-            await response.write(chunk)
-            chunk = await asyncio.to_thread(os.read, proc.stdout.fileno(), CHUNK)
+        try:
+            while chunk:
+                await response.write(chunk)
+                chunk = await asyncio.to_thread(os.read, proc.stdout.fileno(), CHUNK)
+        except ConnectionError:
+            return response  # the caller went; nothing more to say
         code = await asyncio.to_thread(proc.wait)
         if code != 0:
-            # The status is sent: leaving out the last chunk is how the client learns of it.
+            # The status is sent: the connection cut before the last chunk is how the client
+            # learns of it (returning or raising would let aiohttp end the body properly).
             stderr = await asyncio.to_thread(proc.stderr.read)
-            raise ConnectionAbortedError(f"export script failed: {_tail(stderr)}")
+            log.warning(
+                "export failed midway", extra={"project": plan.project, "error": _tail(stderr)}
+            )
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         await response.write_eof()
         return response
     finally:
