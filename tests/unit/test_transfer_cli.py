@@ -131,3 +131,17 @@ def test_import_over_the_network_door_says_to_run_it_on_rxd_s_host(tmp_path: Pat
         "Error: an import streams the archive to rxd's local socket: run it on rxd's host "
         "(the network door takes small bodies only)\n"
     )
+
+
+def test_a_refusal_writes_nothing_and_needs_no_writable_folder(sock: Path, tmp_path: Path) -> None:
+    StandIn(sock, json_answer(403, {"error": {"code": "forbidden", "message": "no export"}}))
+    out = tmp_path / "missing-folder" / "a.tar.gz"
+    code, said = rxctl(sock, "export", "--project", "alpha", "-o", str(out))
+    assert (code, said) == (1, "Error: no export\n")
+
+
+def test_an_unwritable_file_is_one_line(sock: Path, tmp_path: Path) -> None:
+    StandIn(sock, chunked(b"abc"))
+    out = tmp_path / "missing-folder" / "a.tar.gz"
+    code, said = rxctl(sock, "export", "--project", "alpha", "-o", str(out))
+    assert (code, said) == (1, f"Error: cannot write {out}: No such file or directory\n")

@@ -48,15 +48,20 @@ def progress_line(verb: str, stream: IO[str], total: int | None = None) -> Progr
     return show
 
 
+def refuse_existing(path: str) -> None:
+    """Before asking rxd: an existing file is never written over."""
+    if path != "-" and os.path.lexists(path):
+        raise ClientError(f"{path} exists; name another file with -o")
+
+
 @contextlib.contextmanager
 def output_file(path: str) -> Iterator[IO[bytes]]:
-    """``path`` written whole or not at all: a temporary name renamed at the end; never an
-    existing file overwritten ("-": stdout)."""
+    """``path`` written whole or not at all: a temporary name linked into place at the end,
+    never over an existing file ("-": stdout)."""
     if path == "-":
         yield sys.stdout.buffer
         return
-    if os.path.lexists(path):
-        raise ClientError(f"{path} exists; name another file with -o")
+    refuse_existing(path)
     folder = os.path.dirname(path) or "."
     tmp = os.path.join(folder, f".{os.path.basename(path)}.part-{os.getpid()}")
     try:
@@ -97,8 +102,11 @@ def export(
     path = output or f"{name}{SUFFIX}"
     route = routes.path(routes.PROJECT_EXPORT, name) + ("?workspace=1" if workspace else "")
     show = progress_line("exported", sys.stderr)
-    with output_file(path) as out:
-        written = download(client, route, out, show)
+    refuse_existing(path)
+    try:
+        written = download(client, route, lambda: output_file(path), show)
+    except OSError as exc:
+        raise ClientError(f"cannot write {path}: {exc.strerror}") from None
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     result: dict[str, Any] = {"project": name, "file": path, "bytes": written}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import IO
 
 from rxslurm.cli.client import ApiError, Client, ClientError, DaemonUnavailable
@@ -31,7 +32,10 @@ class _Reader:
         self.buf = b""
 
     def _more(self) -> bool:
-        data = self.sock.recv(CHUNK)
+        try:
+            data = self.sock.recv(CHUNK)
+        except OSError as exc:  # so that an OSError out of here is the caller's file's
+            raise ClientError(f"the connection to rxd broke: {exc}") from None
         self.buf += data
         return bool(data)
 
@@ -115,11 +119,20 @@ def _error(status: int, headers: dict[str, str], reader: _Reader) -> ApiError:
     )
 
 
-def download(client: Client, route: str, out: IO[bytes], progress: Progress) -> int:
-    """GET ``route`` and write its (chunked) body to ``out``; the bytes written."""
+def download(
+    client: Client,
+    route: str,
+    open_out: Callable[[], AbstractContextManager[IO[bytes]]],
+    progress: Progress,
+) -> int:
+    """GET ``route`` and write its (chunked) body to what ``open_out`` opens, once rxd said yes
+    (a refusal writes nothing); the bytes written."""
     sock, proof = _connect(client, "GET", route, b"")
     with sock:
-        sock.sendall(_head("GET", route, proof))
+        try:
+            sock.sendall(_head("GET", route, proof))
+        except OSError as exc:
+            raise ClientError(f"the connection to rxd broke: {exc}") from None
         reader = _Reader(sock)
         status, headers = _status_and_headers(reader)
         if status >= 400:
@@ -127,18 +140,19 @@ def download(client: Client, route: str, out: IO[bytes], progress: Progress) -> 
         if headers.get("transfer-encoding", "").lower() != "chunked":
             raise ClientError("rxd's export answer is not chunked")
         written = 0
-        while True:
-            size_line = reader.line().split(b";")[0].strip()
-            try:
-                size = int(size_line, 16)
-            except ValueError:
-                raise ClientError("a bad chunk in rxd's answer") from None
-            if size == 0:
-                return written
-            out.write(reader.exactly(size))
-            reader.exactly(2)
-            written += size
-            progress(written)
+        with open_out() as out:
+            while True:
+                size_line = reader.line().split(b";")[0].strip()
+                try:
+                    size = int(size_line, 16)
+                except ValueError:
+                    raise ClientError("a bad chunk in rxd's answer") from None
+                if size == 0:
+                    return written
+                out.write(reader.exactly(size))
+                reader.exactly(2)
+                written += size
+                progress(written)
 
 
 def upload(client: Client, route: str, source: IO[bytes], size: int, progress: Progress) -> object:
