@@ -138,3 +138,12 @@ def test_a_script_failure_is_a_refusal_not_a_crash(tmp_path: Path) -> None:
     plan = plan_import(w.service, OWNER, "alpha")
     with pytest.raises(Conflict, match="refused: the import failed: boom"):
         finish_import(w.service, OWNER, plan, Outcome(refused="the import failed: boom"), 0)
+
+
+def test_export_while_the_last_job_still_holds_the_overlay_says_so(tmp_path: Path) -> None:
+    w, _ = snapshot_world(tmp_path, state="stopped")
+    with open(overlay(w).with_name("overlay.lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(Conflict, match="still held by its last job"):
+            plan_export(w.service, OWNER, "alpha", workspace=False)
+    assert events(w, "project.export") == []

@@ -94,6 +94,11 @@ def plan_export(
     if snapshot is None:
         with service.ledger.read() as db:
             kept = kept_rows(db, container)
+        if not kept and asleep(container):
+            raise Conflict(
+                f"the overlay of {name} is still held by its last job and has no snapshot yet: "
+                "export again once the job let go of it"
+            )
         if not kept:
             raise Conflict(
                 f"the container of {name} is awake and has no snapshot of its overlay yet: "
