@@ -208,6 +208,8 @@ REST = {
     "snapshot": [],
     "ps": [],
     "kill": ["0123abcd"],
+    "export": [],
+    "import": [DRAFT_FILE],
     "image build": ["main"],
     "image cancel": ["1"],
     "image delete": ["1"],

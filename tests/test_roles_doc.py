@@ -38,6 +38,7 @@ def test_manager_rights_are_what_the_issue_names() -> None:
         Action.EXEC,
         Action.BUILD,
         Action.RUN,
+        Action.EXPORT,
     }
 
 

@@ -49,6 +49,10 @@ PROJECT_HISTORY = f"{PROJECT}/history"
 PROJECT_BATCH_PLAN = f"{PROJECT}/batch-plan"
 # A read-only copy of the container's overlay for batch steps, now or when it next sleeps.
 PROJECT_SNAPSHOT = f"{PROJECT}/snapshot"
+# The persistent layer (and workspace, query workspace=1) as a gzip-compressed tar, streamed
+# (GET); an archive of that kind streamed in to replace it (POST, application/gzip).
+PROJECT_EXPORT = f"{PROJECT}/export"
+PROJECT_IMPORT = f"{PROJECT}/import"
 CONTAINERS = f"{V1}/containers"
 # What runs in the container: sessions and detached commands (GET lists, POST starts one), one
 # command's signal and its output (query: offset).

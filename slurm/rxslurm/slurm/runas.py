@@ -163,9 +163,11 @@ def spawn(
     stderr: int | IO[Any] | None = subprocess.PIPE,
     cwd: str | None = None,
     env_extra: Mapping[str, str] | None = None,
-) -> subprocess.Popen[str]:
+    text: bool = True,
+) -> subprocess.Popen[Any]:
     """Start ``argv`` (never through a shell), optionally as ``as_user``, with a clean
-    environment, in a new session (``kill_group`` ends it and every helper it forked)."""
+    environment, in a new session (``kill_group`` ends it and every helper it forked).
+    ``text=False``: its pipes are bytes (an archive streamed through them)."""
     args = [os.fspath(a) for a in argv]
     if not args:
         raise ValueError("empty argv")
@@ -179,9 +181,9 @@ def spawn(
         stderr=stderr,
         cwd=cwd if cwd is not None else default_cwd(as_user),
         env=clean_env(as_user, env_extra),
-        text=True,
-        encoding="utf-8",
-        errors="replace",
+        text=text,
+        encoding="utf-8" if text else None,
+        errors="replace" if text else None,
         close_fds=True,
         start_new_session=True,
         umask=0o022,
@@ -228,7 +230,7 @@ def run(
     return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
-def kill_group(proc: subprocess.Popen[str]) -> None:
+def kill_group(proc: subprocess.Popen[Any]) -> None:
     """SIGKILL the session ``spawn`` started: the process and everything it forked."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)

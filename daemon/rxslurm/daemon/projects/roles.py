@@ -24,6 +24,8 @@ class Action(StrEnum):
     EXEC = "exec"  # run commands in the running container
     BUILD = "build"  # image drafts and builds: they read and run the workspace's files
     RUN = "run"  # batch steps in the project's environment (its image, newest overlay snapshot)
+    EXPORT = "export"  # an archive of the persistent layer (and workspace) to take away
+    IMPORT = "import"  # replace the persistent layer by an archive's (the old one kept)
     ENABLE = "enable"
     DISABLE = "disable"
     EDIT_SETTINGS = "edit-settings"  # image reference and resources
@@ -48,6 +50,8 @@ ALLOWED: dict[Action, frozenset[Role]] = {
     Action.EXEC: _MANAGERS,
     Action.BUILD: _EDITORS,
     Action.RUN: _EDITORS,
+    Action.EXPORT: _MANAGERS,
+    Action.IMPORT: _OWNERS,
     Action.ENABLE: _OWNERS,
     Action.DISABLE: _OWNERS,
     Action.EDIT_SETTINGS: _OWNERS,
