@@ -97,6 +97,7 @@ EXPECTED_COLUMNS = {
         "target_id",
         "detail",
     ],
+    "image_digests": ["key", "digest", "resolved_at", "resolved_by"],
 }
 
 EXPECTED_INDEXES = {
@@ -115,6 +116,7 @@ ALL_MIGRATIONS = [
     "m004_quotas_and_leases",
     "m005_workspace_owner",
     "m006_rename_unreachable_projects",
+    "m009_image_digests",
 ]
 
 
@@ -133,6 +135,7 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("ALTER TABLE binding_codes DROP COLUMN for_uid")
         db.execute("ALTER TABLE projects DROP COLUMN run_as_user")
         db.execute("ALTER TABLE projects DROP COLUMN workspace_uid")
+        db.execute("DROP TABLE image_digests")
         db.execute(
             "INSERT INTO projects (name, created_at, created_by)"
             " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"

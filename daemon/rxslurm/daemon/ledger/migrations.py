@@ -310,3 +310,23 @@ def m006_rename_unreachable_projects(db: Database) -> None:
 
 def _container_name_taken(db: Database, name: str) -> bool:
     return bool(db.execute("SELECT 1 FROM containers WHERE name = ?", [name]).fetchone())
+
+
+@migrations()
+def m009_image_digests(db: Database) -> None:
+    statements = [
+        # What each pulled image reference resolved to: its key (the reference however it was
+        # written: docker://docker.io/library/python:3.12-slim) -> the registry's content digest.
+        # Pulled images are cached by digest, so references to the same content share one file;
+        # a reference is resolved again only when someone asks (`rxctl image pull --refresh`).
+        """
+        CREATE TABLE image_digests (
+            key TEXT PRIMARY KEY,
+            digest TEXT NOT NULL,
+            resolved_at TEXT NOT NULL,
+            resolved_by INTEGER
+        ) STRICT
+        """,
+    ]
+    for statement in statements:
+        db.execute(statement)
