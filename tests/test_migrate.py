@@ -48,6 +48,7 @@ EXPECTED_COLUMNS = {
         "settings_changed_at",
         "run_as_user",
         "workspace_uid",
+        "dev_mode",
     ],
     "members": ["project_id", "platform_user_id", "role", "added_at", "added_by"],
     "containers": [
@@ -106,6 +107,7 @@ EXPECTED_INDEXES = {
     "containers": [["state"]],
     "jobs": [["container_id"]],
     "events": [["target_type", "target_id"], ["at"]],
+    "image_builds": [["project_id", "name"], ["state"]],
 }
 
 
@@ -116,6 +118,7 @@ ALL_MIGRATIONS = [
     "m004_quotas_and_leases",
     "m005_workspace_owner",
     "m006_rename_unreachable_projects",
+    "m008_image_builds",
     "m009_image_digests",
 ]
 
@@ -135,7 +138,9 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("ALTER TABLE binding_codes DROP COLUMN for_uid")
         db.execute("ALTER TABLE projects DROP COLUMN run_as_user")
         db.execute("ALTER TABLE projects DROP COLUMN workspace_uid")
-        db.execute("DROP TABLE image_digests")
+        for table in ("build_leases", "image_builds", "image_drafts", "image_digests"):
+            db.execute(f"DROP TABLE {table}")
+        db.execute("ALTER TABLE projects DROP COLUMN dev_mode")
         db.execute(
             "INSERT INTO projects (name, created_at, created_by)"
             " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"

@@ -313,6 +313,85 @@ def _container_name_taken(db: Database, name: str) -> bool:
 
 
 @migrations()
+def m008_image_builds(db: Database) -> None:
+    statements = [
+        # The owner's switch for image builds (docs/images.md); builds also need [builds] enabled.
+        "ALTER TABLE projects ADD COLUMN dev_mode INTEGER NOT NULL DEFAULT 0"
+        " CHECK (dev_mode IN (0, 1))",
+        # A project's named build drafts: data, never files rxd reads from users' folders. The
+        # text is capped so a draft cannot grow the ledger without bound.
+        """
+        CREATE TABLE image_drafts (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('dockerfile', 'definition')),
+            text TEXT NOT NULL CHECK (length(CAST(text AS BLOB)) <= 262144),
+            context TEXT NOT NULL DEFAULT '.',
+            ignore TEXT NOT NULL DEFAULT '' CHECK (length(CAST(ignore AS BLOB)) <= 65536),
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            updated_by TEXT NOT NULL,
+            UNIQUE (project_id, name)
+        ) STRICT
+        """,
+        # One image build, a Slurm job as the project's runtime identity. The definition built
+        # is kept as it was at submission (the draft may change meanwhile).
+        """
+        CREATE TABLE image_builds (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            draft TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            base TEXT NOT NULL DEFAULT '',
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'building', 'succeeded', 'failed', 'cancelled')),
+            reason TEXT,
+            job_id INTEGER,
+            node TEXT,
+            runtime_user TEXT NOT NULL,
+            runtime_uid INTEGER NOT NULL CHECK (runtime_uid > 0),
+            build_dir TEXT NOT NULL,
+            context TEXT NOT NULL,
+            image_path TEXT,
+            size_bytes INTEGER,
+            sha256 TEXT,
+            partition TEXT NOT NULL DEFAULT '',
+            cpus INTEGER NOT NULL DEFAULT 1,
+            mem_mb INTEGER NOT NULL DEFAULT 0,
+            time_limit_min INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            started_at TEXT,
+            ended_at TEXT,
+            updated_at TEXT NOT NULL
+        ) STRICT
+        """,
+        # A name belongs to one live image of a project; a failed or cancelled build frees it.
+        "CREATE UNIQUE INDEX image_builds_name ON image_builds (project_id, name)"
+        " WHERE state IN ('queued', 'building', 'succeeded')",
+        "CREATE INDEX image_builds_state ON image_builds (state)",
+        # What a queued or running build holds against partition quotas, like a container's lease.
+        """
+        CREATE TABLE build_leases (
+            build_id INTEGER PRIMARY KEY REFERENCES image_builds(id) ON DELETE CASCADE,
+            partition TEXT NOT NULL,
+            project TEXT NOT NULL,
+            linux_user TEXT NOT NULL,
+            gpus INTEGER NOT NULL,
+            cpus INTEGER NOT NULL,
+            mem_mb INTEGER NOT NULL,
+            acquired_at TEXT NOT NULL
+        ) STRICT
+        """,
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
+@migrations()
 def m009_image_digests(db: Database) -> None:
     statements = [
         # What each pulled image reference resolved to: its key (the reference however it was
