@@ -153,6 +153,12 @@ def test_references_people_write(text: str, shown: str, key: str) -> None:
     assert (str(ref), ref.key) == (shown, key)
 
 
+@pytest.mark.parametrize("text", ["images/tool.sif", "./tool", "../x/y"])
+def test_a_relative_path_is_not_taken_for_a_reference(text: str) -> None:
+    with pytest.raises(BadReference, match="looks like a relative file path"):
+        normalize_image(text)
+
+
 def test_a_path_is_kept_as_written() -> None:
     assert normalize_image("/images/My Image.sif") == "/images/My Image.sif"
     assert normalize_image("") == ""

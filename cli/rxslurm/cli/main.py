@@ -28,6 +28,7 @@ LAZY_COMMANDS = {
     "enable": "rxslurm.cli.commands_container:enable",
     "exec": "rxslurm.cli.commands_exec:exec_",
     "history": "rxslurm.cli.commands_history:history",
+    "image": "rxslurm.cli.commands_image:image",
     "list": "rxslurm.cli.commands_container:list_",
     "logs": "rxslurm.cli.commands_logs:logs",
     "project": "rxslurm.cli.commands_project:project",

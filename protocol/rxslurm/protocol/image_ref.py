@@ -171,4 +171,10 @@ def normalize_image(image: str) -> str:
     (``python:3`` -> ``docker://python:3``). "" stays "" (the deployment's default)."""
     if not image or is_path(image):
         return image
+    if "://" not in image and (image.startswith(".") or image.endswith(".sif")):
+        # A relative file path is a valid name too (docker://images/tool.sif): never guess.
+        raise BadReference(
+            "image must be an absolute path or a docker://, oras:// or library:// reference; "
+            f"{image[:64]!r} looks like a relative file path"
+        )
     return str(parse_reference(image))

@@ -31,6 +31,9 @@ CONTAINER_STATUS = f"{PROJECT}/status"
 PROJECT_LOGS = f"{PROJECT}/logs"
 PROJECT_HISTORY = f"{PROJECT}/history"
 CONTAINERS = f"{V1}/containers"
+# The project's image (PUT: set it, a manager's) and a pull of its reference (POST; refresh).
+PROJECT_IMAGE = f"{PROJECT}/image"
+PROJECT_IMAGE_PULL = f"{PROJECT_IMAGE}/pull"
 
 # Slurm's controller hooks poke rxd here when a job starts or ends.
 HOOK_JOB = f"{V1}/hooks/job"

@@ -17,6 +17,7 @@ from rxslurm.daemon.api import (
     routes_admin,
     routes_containers,
     routes_identity,
+    routes_image_set,
     routes_logs,
     routes_metrics,
     routes_projects,
@@ -45,6 +46,7 @@ ROUTES = [
     *routes_identity.routes,
     *routes_projects.routes,
     *routes_containers.routes,
+    *routes_image_set.routes,
     *routes_logs.routes,
     *routes_admin.routes,
 ]
