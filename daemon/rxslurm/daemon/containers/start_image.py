@@ -34,7 +34,7 @@ def local_image(db: LedgerDatabase, config: Config, image: str) -> str | None:
         return digests.local_image(db, config.containers.image_dir, image)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    except image_cache.UnsafeImageDir as exc:
+    except (image_cache.UnsafeImageDir, OSError) as exc:
         raise Conflict(f"cannot use the image cache: {exc}") from None
 
 
