@@ -54,7 +54,7 @@ def fetch(
     if not ref.resolvable:
         image, pulled = image_pull.pull(settings, str(ref), cancel)
         return Fetched(image, pulled, None)
-    digest = image_resolve.resolve(settings, ref)
+    digest = image_resolve.resolve(settings, ref, cancel)
     name = image_cache.digest_file_name(digest)
     found = image_cache.cached_file(settings.image_dir, name)
     size: int | None = None

@@ -10,12 +10,24 @@ that need a login are not supported (as for pulls).
 
 from __future__ import annotations
 
-from rxslurm.daemon.images.pull import PullError, PullSettings, registry_of
-from rxslurm.daemon.runtime.apptainer import last_fatal
-from rxslurm.daemon.runtime.user_script import run_script, script_argv
-from rxslurm.protocol.image_ref import BadReference, ImageRef, check_digest
+import subprocess
+import threading
+import time
 
-TIMEOUT_S = 60.0
+from rxslurm.daemon.images.pull import (
+    POLL_S,
+    PullCancelled,
+    PullError,
+    PullSettings,
+    registry_of,
+)
+from rxslurm.daemon.runtime.apptainer import last_fatal
+from rxslurm.daemon.runtime.user_script import script_argv
+from rxslurm.protocol.image_ref import BadReference, ImageRef, check_digest
+from rxslurm.slurm.runas import kill_group, spawn
+
+# Each request's own time-out; the whole query is bounded by pulls.timeout_s.
+REQUEST_TIMEOUT_S = 60.0
 
 # argv: base URL (scheme://host), repository, tag or digest, seconds. Prints the digest.
 _SCRIPT = r"""
@@ -85,28 +97,47 @@ def resolve_argv(settings: PullSettings, ref: ImageRef) -> list[str]:
     """The script's argv: plain HTTP only for registries the config names (pulls.plain_http)."""
     host = ref.api_host
     scheme = "http" if registry_of(f"docker://{host}/x") in settings.plain_http else "https"
+    each = min(REQUEST_TIMEOUT_S, settings.timeout_s)
     return script_argv(
-        _SCRIPT, f"{scheme}://{host}", ref.full_repository, ref.tag or "latest", str(TIMEOUT_S)
+        _SCRIPT, f"{scheme}://{host}", ref.full_repository, ref.tag or "latest", f"{each:g}"
     )
 
 
-def resolve(settings: PullSettings, ref: ImageRef) -> str:
-    """The content digest ``ref`` (a tag) names now, asked of its registry as the pull account."""
+def resolve(settings: PullSettings, ref: ImageRef, cancel: threading.Event | None = None) -> str:
+    """The content digest ``ref`` (a tag) names now, asked of its registry as the pull account;
+    bounded by ``pulls.timeout_s`` like the pull, and ended when rxd stops (``cancel``)."""
     if ref.digest:
         return ref.digest
-    result = run_script(
-        resolve_argv(settings, ref),
-        as_user=settings.account,
-        timeout=TIMEOUT_S * 3,
-        doing=f"asking the registry for {ref}",
-        name="registry query",
-        error=ResolveError,
-    )
-    if result.returncode != 0:
+    try:
+        proc = spawn(resolve_argv(settings, ref), settings.account, cwd="/")
+    except OSError as exc:
+        raise ResolveError(f"cannot start the registry query: {exc}") from None
+    deadline = time.monotonic() + settings.timeout_s
+    while True:
+        try:
+            out, err = proc.communicate(timeout=POLL_S)
+            break
+        except subprocess.TimeoutExpired:
+            if cancel is not None and cancel.is_set():
+                _end(proc)
+                raise PullCancelled(
+                    "rxd stopped during the pull; it starts again with rxd"
+                ) from None
+            if time.monotonic() > deadline:
+                _end(proc)
+                raise PullError(
+                    f"the pull did not finish within {settings.timeout_s:.0f} s (pulls.timeout_s)"
+                ) from None
+    if proc.returncode != 0:
         # The registry's words, made safe to show (no control characters, bounded).
-        reason = last_fatal(result.stderr or "") or "no reason given"
+        reason = last_fatal(err or "") or "no reason given"
         raise ResolveError(f"cannot resolve {ref}: {reason}")
     try:
-        return check_digest(result.stdout.strip())
+        return check_digest(out.strip())
     except BadReference:
         raise ResolveError(f"cannot resolve {ref}: the registry's digest is malformed") from None
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    kill_group(proc)
+    proc.communicate()
