@@ -45,16 +45,19 @@ def fetch(
         ref = parse_reference(uri)
     except BadReference as exc:
         raise image_pull.PullError(f"cannot pull {uri[:200]!r}: {exc}") from None
+    recorded = None
     if not refresh:
         with ledger.read() as db:
             found = digests.cached_for(db, settings.image_dir, ref)
-            digest = digests.recorded_digest(db, ref) if ref.resolvable else None
+            recorded = digests.recorded_digest(db, ref) if ref.resolvable else None
         if found is not None:
-            return Fetched(found, None, digest)
+            return Fetched(found, None, recorded)
     if not ref.resolvable:
         image, pulled = image_pull.pull(settings, str(ref), cancel)
         return Fetched(image, pulled, None)
-    digest = image_resolve.resolve(settings, ref, cancel)
+    # The digest already recorded (its file was removed) is pulled again as it was: only a
+    # refresh follows the tag.
+    digest = recorded or image_resolve.resolve(settings, ref, cancel)
     name = image_cache.digest_file_name(digest)
     found = image_cache.cached_file(settings.image_dir, name)
     size: int | None = None
