@@ -159,6 +159,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
             "daemon": {"ledger": str(root / "state" / "ledger.db")},
             "identity": {"mode": "platform"},
             "workspaces": {"root": str(root / "workspaces")},
+            "builds": {"enabled": True},
         }
     )
     ledger = Ledger.open(config.daemon.ledger, migrate=True)
@@ -266,6 +267,12 @@ JSON_ROUTES = [
     ("PUT", "/v1/projects/{p}/run-as", "alice", False),
     ("POST", "/v1/projects/{p}/members", "alice", False),
     ("PATCH", "/v1/projects/{p}/members/{u}", "alice", False),
+    ("PUT", "/v1/projects/{p}/dev-mode", "alice", False),
+    ("POST", "/v1/projects/{p}/image-drafts", "alice", False),
+    ("POST", "/v1/projects/{p}/image-draft-check", "alice", False),
+    ("PATCH", "/v1/projects/{p}/image-drafts/main", "alice", False),
+    ("POST", "/v1/projects/{p}/image-builds", "alice", False),
+    ("PATCH", "/v1/projects/{p}/image-builds/1", "alice", False),
     ("POST", "/v1/bind", "alice", False),
     ("POST", "/v1/admin/codes", "admin", False),
     ("POST", "/v1/admin/bind", "admin", False),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import pwd
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,10 @@ ACTORS = {
     "non-member": "rxsvc",
 }
 MEMBERS = {"rxbob": Role.MANAGER, "rxcarol": Role.EDITOR, "rxdave": Role.VIEWER}
+
+# A definition draft every test user may read (rxctl reads it as the user who runs it).
+DRAFT_FILE = str(Path(tempfile.gettempdir()) / "rxslurm-tests" / "role-matrix.def")
+DRAFT = "Bootstrap: localimage\nFrom: /images/base.sif\n\n%post\n    true\n"
 
 # Actions that have no rxctl command yet, and why.
 PENDING: dict[Action, str] = {}
@@ -98,6 +103,22 @@ CASES: dict[str, Case] = {
         done=lambda before, after: role_of(after, "rxdave") is None,
         undo=lambda v: ["project", "member", "add", PROJECT, "rxdave", "--role", "viewer"],
     ),
+    # Building needs workspace write access: a draft is the first thing a build needs.
+    "build": Case(
+        Action.BUILD,
+        argv=lambda v: [
+            "image",
+            "draft",
+            "create",
+            "--project",
+            PROJECT,
+            "rm-draft",
+            "--file",
+            DRAFT_FILE,
+        ],  # fmt: skip
+        done=lambda before, after: after["drafts"] == ["rm-draft"],
+        undo=lambda v: ["image", "draft", "delete", "--project", PROJECT, "rm-draft"],
+    ),
     "member-set-role": Case(
         Action.MANAGE_MEMBERS,
         argv=lambda v: ["project", "member", "set-role", PROJECT, "rxdave", "editor"],
@@ -128,7 +149,11 @@ def rxd() -> Iterator[Rxd]:
     # A service account, so that run-as can be switched both ways; fast reconciling for containers.
     # Standalone mode binds a user on their first call, which shows in the project's member
     # list (their linux_user): have everyone call once, so only the actions under test differ.
-    service = f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n'
+    service = f'[runtime]\nservice_account = "{SERVICE_ACCOUNT}"\n[builds]\nenabled = true\n'
+    draft = Path(DRAFT_FILE)
+    draft.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    draft.write_text(DRAFT)
+    draft.chmod(0o644)
     with lifecycle_rxd(service, bind=ACTORS.values()) as daemon:
         make_project(daemon, PROJECT)
         make_project(daemon, LIVE, "--image", IMAGE)
@@ -143,7 +168,13 @@ def make_project(rxd: Rxd, name: str, *options: str) -> None:
 
 
 def owner_view(rxd: Rxd, name: str = PROJECT) -> dict[str, Any]:
-    return json.loads(output(rxd.rxctl(OWNER, "project", "show", name, "--json")))
+    """The owner's `project show`, with the names of the project's image drafts."""
+    view: dict[str, Any] = json.loads(output(rxd.rxctl(OWNER, "project", "show", name, "--json")))
+    drafts = json.loads(
+        output(rxd.rxctl(OWNER, "image", "draft", "list", "--project", name, "--json"))
+    )
+    view["drafts"] = [d["name"] for d in drafts["drafts"]]
+    return view
 
 
 def assert_refused(

@@ -133,7 +133,8 @@ class Rxd:
         return self.proc.wait(timeout=timeout)
 
     def cancel_own_jobs(self) -> None:
-        """Cancel the Slurm jobs this daemon's containers left (rxd keeps them across restarts)."""
+        """Cancel the Slurm jobs this daemon's containers and image builds left (rxd keeps them
+        across restarts)."""
         import tomllib
 
         tag = tomllib.loads(self.config.read_text()).get("slurm", {}).get("tag", "rx")
@@ -143,7 +144,7 @@ class Rxd:
         ids = [
             line.split("|", 1)[0]
             for line in listed.stdout.splitlines()
-            if line.partition("|")[2].startswith(f"{tag}:container=")
+            if line.partition("|")[2].startswith((f"{tag}:container=", f"{tag}:build="))
         ]
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, timeout=30)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rxslurm.daemon.ledger.timestamps import utcnow
-from rxslurm.daemon.ports import HolderRequest
+from rxslurm.daemon.ports import BuildRequest, HolderRequest
 from rxslurm.daemon.runtime.holder_status import HolderStatus, Kind
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmUnavailable
@@ -126,6 +126,7 @@ class FakeRuntime:
         self.lines: dict[int, str] = {}
         self.overlays: list[Path] = []
         self.holders: list[HolderRequest] = []
+        self.builds: list[BuildRequest] = []
 
     def program(self) -> str:
         return "/fake/apptainer"
@@ -155,6 +156,10 @@ class FakeRuntime:
 
     def exec_env(self, state_dir: str) -> dict[str, str]:
         return {}
+
+    def build_script(self, build: BuildRequest) -> str:
+        self.builds.append(build)
+        return f"#!/bin/sh\n# build in {build.build_dir}\n"
 
 
 def fakes(**extra: Any) -> tuple[FakeClock, FakeScheduler, FakeRuntime]:

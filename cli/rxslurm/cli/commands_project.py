@@ -141,19 +141,35 @@ def delete(client: Client, name: str, yes: bool, json_: bool) -> None:
 @project.command("set")
 @click.argument("name", shell_complete=complete_projects)
 @settings_options
+@click.option(
+    "--dev-mode",
+    type=click.Choice(("on", "off")),
+    default=None,
+    help="Whether members may build images in the project (docs/images.md).",
+)
 @json_option
 @click.pass_obj
 @api_errors
-def set_(client: Client, /, name: str, json_: bool, **options: Any) -> None:
+def set_(client: Client, /, name: str, json_: bool, dev_mode: str | None, **options: Any) -> None:
     """Change a project's settings; only the options given change (0 or "": the default).
 
     Example: rxctl project set alpha --cpus 2 --gpus 1 --gpu-driver nvidia
     """
     settings = settings_body(options)
-    if not settings:
+    if not settings and dev_mode is None:
         raise click.ClickException(
             "nothing to change; give at least one setting (see: rxctl project set -h)"
         )
+    if dev_mode is not None:
+        switched = client.request(
+            "PUT", routes.path(routes.PROJECT_DEV_MODE, name), {"dev_mode": dev_mode == "on"}
+        )
+        if not settings:
+            if json_:
+                emit_json(switched)
+            else:
+                echo(f"Project {switched['name']}: dev mode {dev_mode}.")
+            return
     answer = client.request("PATCH", routes.path(routes.PROJECT_SETTINGS, name), settings)
     echo_warnings(answer)
     if json_:

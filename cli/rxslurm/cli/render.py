@@ -179,6 +179,12 @@ def project_lines(project: Mapping[str, Any]) -> list[str]:
             ("run as", f"{run_as} (runtime user {cell(runtime)})"),
             ("workspace", project.get("workspace")),
             ("container", container_line(project.get("container"))),
+            # Older daemons do not say: then the line is left out.
+            *(
+                [("dev mode", "on (image builds allowed)" if project["dev_mode"] else "off")]
+                if "dev_mode" in project
+                else []
+            ),
             ("created", f"{when(project.get('created_at'))} by {cell(project.get('created_by'))}"),
         ]
     )

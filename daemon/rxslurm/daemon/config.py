@@ -149,6 +149,22 @@ class PullsConfig:
 
 
 @dataclass(frozen=True)
+class BuildsConfig:
+    """Image builds (`rxctl image build`): Slurm jobs run as a project's runtime identity."""
+
+    # Off until an admin turns builds on; a project's owner must also turn on its dev mode.
+    enabled: bool = False
+    # Where build jobs run and what they get, unless `rxctl image build` asks for other values;
+    # "": the deployment's default partition ([defaults] partition, else Slurm's).
+    partition: str = ""
+    cpus: int = 2
+    mem_mb: int = 4096
+    time_limit_min: int = 60
+    # The largest draft (Dockerfile or definition) a project may keep, in KiB.
+    max_draft_kb: int = 64
+
+
+@dataclass(frozen=True)
 class QuotasConfig:
     # "queue": a start that does not fit waits and starts by itself when leases free up;
     # "reject": it fails at once with the bottleneck in words.
@@ -192,6 +208,7 @@ class Config:
     containers: ContainersConfig = field(default_factory=ContainersConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
     pulls: PullsConfig = field(default_factory=PullsConfig)
+    builds: BuildsConfig = field(default_factory=BuildsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: Path | None = None
 
@@ -336,6 +353,7 @@ def _validate(config: Config, where: str) -> None:
     if config.quotas.policy not in ("queue", "reject"):
         raise ConfigError(f'{where}: quotas.policy must be "queue" or "reject"')
     _validate_pulls(config.pulls, where)
+    _validate_builds(config.builds, where)
     listen = config.daemon.listen
     if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
         raise ConfigError(f'{where}: daemon.listen must be "host:port"')
@@ -366,6 +384,16 @@ def _validate_pulls(pulls: PullsConfig, where: str) -> None:
     for registry in pulls.plain_http:
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", registry):
             raise ConfigError(f'{where}: pulls.plain_http entry {registry!r} must be "host[:port]"')
+
+
+def _validate_builds(builds: BuildsConfig, where: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", builds.partition):
+        raise ConfigError(f"{where}: builds.partition may hold only letters, digits, '.', '_', '-'")
+    for key in ("cpus", "mem_mb", "time_limit_min"):
+        if getattr(builds, key) < 1:
+            raise ConfigError(f"{where}: builds.{key} must be at least 1")
+    if not 1 <= builds.max_draft_kb <= 256:
+        raise ConfigError(f"{where}: builds.max_draft_kb must be 1-256")
 
 
 def listen_address(listen: str) -> tuple[str, int]:

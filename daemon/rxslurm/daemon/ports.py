@@ -71,6 +71,17 @@ class HolderRequest:
     own_home_and_tmp: bool = False
 
 
+@dataclass(frozen=True)
+class BuildRequest:
+    """What the batch script of one image build is made from (every path absolute)."""
+
+    build_dir: str  # the build's own folder, the runtime user's: the job works and writes there
+    context: str  # the workspace folder copied (minus exclusions) as the build's working folder
+    definition: str  # the Apptainer definition built
+    ignore: str = ""  # .dockerignore lines
+    plain_http: bool = False  # its base comes from a registry served over plain HTTP
+
+
 class ContainerRuntime(Protocol):
     """The container runtime on the nodes: how a container is held, watched and entered."""
 
@@ -102,4 +113,8 @@ class ContainerRuntime(Protocol):
 
     def exec_env(self, state_dir: str) -> dict[str, str]:
         """What the exec command's environment needs to find the holder's instance."""
+        ...
+
+    def build_script(self, build: BuildRequest) -> str:
+        """The batch script that builds an image from a definition, as the job's user."""
         ...

@@ -26,6 +26,22 @@ def is_container_job(name: str) -> bool:
     return name.startswith(JOB_PREFIX)
 
 
+# An image build's job (and its folder) is named `rxbuild-<project>-<build id>`: never the
+# containers' prefix, so the container reconciler never takes one for a holder; its comment is
+# `<tag>:build=<id>`.
+BUILD_JOB_PREFIX = "rxbuild-"
+
+
+def build_job_name(project: str, build_id: int) -> str:
+    return f"{BUILD_JOB_PREFIX}{project}-{int(build_id)}"
+
+
+def is_build_of(name: str, project: str) -> bool:
+    """Whether `name` is the job (or folder) name of one of `project`'s builds."""
+    prefix = f"{BUILD_JOB_PREFIX}{project}-"
+    return name.startswith(prefix) and _ID.fullmatch(name[len(prefix) :]) is not None
+
+
 def format_comment(tag: str, container_id: int) -> str:
     return f"{tag}{_FIELD}{container_id}"
 

@@ -22,6 +22,21 @@ PROJECT_SETTINGS = f"{PROJECT}/settings"
 PROJECT_RUN_AS = f"{PROJECT}/run-as"
 PROJECT_MEMBERS = f"{PROJECT}/members"
 PROJECT_MEMBER = f"{PROJECT_MEMBERS}/{{user}}"
+# The owner's switch for image builds in the project (docs/images.md).
+PROJECT_DEV_MODE = f"{PROJECT}/dev-mode"
+
+# Image drafts (GET: list, POST: create) and one draft (GET, PATCH: edit, DELETE); a text checked
+# without storing it (POST IMAGE_DRAFT_CHECK), a stored draft checked (POST IMAGE_DRAFT_VALIDATE).
+IMAGE_DRAFTS = f"{PROJECT}/image-drafts"
+IMAGE_DRAFT_CHECK = f"{PROJECT}/image-draft-check"
+IMAGE_DRAFT = f"{IMAGE_DRAFTS}/{{draft}}"
+IMAGE_DRAFT_VALIDATE = f"{IMAGE_DRAFT}/validate"
+# A project's built images (GET: list, POST: build a draft) and one build, by id or image name
+# (GET: status, PATCH: rename, DELETE: record and files); its cancel and its job's output.
+IMAGE_BUILDS = f"{PROJECT}/image-builds"
+IMAGE_BUILD = f"{IMAGE_BUILDS}/{{build}}"
+IMAGE_BUILD_CANCEL = f"{IMAGE_BUILD}/cancel"
+IMAGE_BUILD_LOGS = f"{IMAGE_BUILD}/logs"
 
 # What a project's container can be asked to do, each a POST to CONTAINER_ACTION.
 CONTAINER_ACTIONS = ("enable", "start", "stop", "disable", "retry")

@@ -30,6 +30,7 @@ class RxSlurm(PythonPackage):
         depends_on("py-aiohttp@3.9:")
         depends_on("py-click@8.1:")
         depends_on("py-sqlite-utils@4.0:")
+        depends_on("py-spython@0.3.14:")
 
     # rxd runs sbatch, squeue, sacct, scontrol and srun, and jobs run apptainer: a site's own
     # installations, usually declared as externals in packages.yaml.

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from rxslurm.daemon.api.peercred import Caller
 from rxslurm.daemon.config import Config
+from rxslurm.daemon.containers.builds import BuildService
 from rxslurm.daemon.containers.reconciler import Reconciler
 from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.ledger.store import Ledger
@@ -24,6 +25,7 @@ class Daemon:
     partitions: PartitionCache = field(init=False)
     containers: ContainerService = field(init=False)
     reconciler: Reconciler = field(init=False)
+    builds: BuildService = field(init=False)
 
     def __post_init__(self) -> None:
         self.partitions = PartitionCache(self.slurm)
@@ -36,6 +38,9 @@ class Daemon:
         )
         self.reconciler = Reconciler(self.containers, self.config.containers.reconcile_interval)
         self.containers.poke = self.reconciler.poke
+        self.builds = BuildService(self.containers)
+        self.builds.validate_resources = self.partitions.validate
+        self.reconciler.extra_passes.append(self.builds.reconcile)
 
     def is_admin(self, caller: Caller) -> bool:
         return caller.is_root or self.config.daemon.admin_group in caller.groups

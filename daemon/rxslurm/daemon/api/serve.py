@@ -18,6 +18,7 @@ from rxslurm.daemon.api import (
     routes_containers,
     routes_identity,
     routes_image_set,
+    routes_images,
     routes_logs,
     routes_metrics,
     routes_projects,
@@ -48,6 +49,7 @@ ROUTES = [
     *routes_containers.routes,
     *routes_image_set.routes,
     *routes_logs.routes,
+    *routes_images.routes,
     *routes_admin.routes,
 ]
 

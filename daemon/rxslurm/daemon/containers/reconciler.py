@@ -131,6 +131,9 @@ class Reconciler:
         self.last_pass_seconds: float | None = None
         self.wake_latency = Histogram(WAKE_BUCKETS)
         self._throttle = Throttle()
+        # Passes of others that Slurm's answers drive too (image builds); each returns its
+        # changes, and one that fails is logged, never the end of this pass.
+        self.extra_passes: list[Callable[[], int]] = []
         self._poked = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -222,6 +225,11 @@ class Reconciler:
         changes += self._orphans(ours)
         changes += self._idle()
         changes += self._serve_queue()
+        for extra in self.extra_passes:
+            try:
+                changes += extra()
+            except Exception:
+                log.exception("a reconcile pass of %s failed", getattr(extra, "__qualname__", ""))
         # A job submitted moments ago usually starts within seconds: watch it closely too.
         recent = to_timestamp(self.clock() - timedelta(seconds=FRESH_JOB_S))
         self.busy = self._transient or bool(

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
+from rxslurm.protocol.job_comment import BUILD_JOB_PREFIX, build_job_name
 
-# A build job's name starts with this (never the containers' "rx-" prefix: the container
-# reconciler must not take a build for an orphan holder); its comment is "<tag>:build=<id>".
-BUILD_JOB_PREFIX = "rxbuild-"
+__all__ = ["BUILD_JOB_PREFIX", "build_job_name"]
+
 IMAGE_FILE = "image.sif"
 
 
@@ -40,10 +40,6 @@ ACTIVE_BUILDS = (BuildState.QUEUED, BuildState.BUILDING)
 ENDED_BUILDS = (BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED)
 # An image may be renamed while it is queued or once it exists.
 RENAMABLE = (BuildState.QUEUED, BuildState.SUCCEEDED)
-
-
-def build_job_name(project: str, build_id: int) -> str:
-    return f"{BUILD_JOB_PREFIX}{project}-{int(build_id)}"
 
 
 def build_comment(tag: str, build_id: int) -> str:

@@ -22,6 +22,7 @@ class Action(StrEnum):
     STOP = "stop"
     SET_IMAGE = "set-image"  # make a built image the project image
     EXEC = "exec"  # run commands in the running container
+    BUILD = "build"  # image drafts and builds: they read and run the workspace's files
     ENABLE = "enable"
     DISABLE = "disable"
     EDIT_SETTINGS = "edit-settings"  # image reference and resources
@@ -33,6 +34,8 @@ class Action(StrEnum):
 
 _VIEWERS = frozenset(Role)
 _MANAGERS = frozenset({Role.OWNER, Role.MANAGER})
+# Those with write access to the workspace.
+_EDITORS = frozenset({Role.OWNER, Role.MANAGER, Role.EDITOR})
 _OWNERS = frozenset({Role.OWNER})
 
 ALLOWED: dict[Action, frozenset[Role]] = {
@@ -42,6 +45,7 @@ ALLOWED: dict[Action, frozenset[Role]] = {
     Action.STOP: _MANAGERS,
     Action.SET_IMAGE: _MANAGERS,
     Action.EXEC: _MANAGERS,
+    Action.BUILD: _EDITORS,
     Action.ENABLE: _OWNERS,
     Action.DISABLE: _OWNERS,
     Action.EDIT_SETTINGS: _OWNERS,

@@ -176,6 +176,7 @@ def project_view(ledger: Ledger, config: Config, actor: Actor, name: str) -> dic
         "run_as": row["run_as"],
         "run_as_user": row["run_as_user"],
         "runtime_user": runtime_user,
+        "dev_mode": bool(row["dev_mode"]),
         "workspace": row["workspace"],
         "members": [{"user": u, "role": r, "linux_user": lu} for u, r, lu in members],
         "container": None
@@ -256,6 +257,15 @@ def delete_project(ledger: Ledger, actor: Actor, name: str) -> str:
         containers = list(db.table("containers").rows_where("project_id = ?", [row["id"]]))
         if containers and containers[0]["state"] != "disabled":
             raise Conflict(f"project {name} has an enabled container; disable it first")
+        building = db.execute(
+            "SELECT count(*) FROM image_builds WHERE project_id = ? AND state IN (?, ?)",
+            [row["id"], "queued", "building"],
+        ).fetchone()[0]
+        if building:
+            raise Conflict(
+                f"project {name} has {building} image build(s) running; cancel them first "
+                f"(rxctl image list --project {name})"
+            )
         for c in containers:
             db.execute("DELETE FROM jobs WHERE container_id = ?", [c["id"]])
             db.table("containers").delete(c["id"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from rxslurm.daemon.config import Config
@@ -10,6 +11,7 @@ from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects.service import no_run_as_message, runtime_identity
 from rxslurm.daemon.projects.workspaces import grants_for, park, prepare, retire
 from rxslurm.daemon.quarantine import quarantine
+from rxslurm.protocol.job_comment import is_build_of
 from rxslurm.protocol.job_comment import job_name as container_name
 
 log = logging.getLogger("rxslurm.workspaces")
@@ -65,10 +67,14 @@ def _record_owner(ledger: Ledger, project_id: int, uid: int) -> None:
 
 
 def retire_folders(config: Config, name: str, workspace: str) -> list[str]:
-    """A deleted project's workspace and container folder go to quarantine; where they went."""
+    """A deleted project's workspace, container folder and image build folders go to quarantine;
+    where they went."""
     folder = Path(workspace)
     moved = [retire(folder) if folder.parent.is_dir() else None]
     state_root = config.containers.state_root
     if state_root.is_dir():
         moved.append(quarantine(state_root, container_name(name)))
+        # Names in the root-owned state root only: nothing below them is read.
+        builds = sorted(n for n in os.listdir(state_root) if is_build_of(n, name))
+        moved += [quarantine(state_root, build) for build in builds]
     return [str(m) for m in moved if m is not None]

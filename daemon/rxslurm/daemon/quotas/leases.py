@@ -1,9 +1,11 @@
 """Partition quotas and the leases that count against them.
 
-A container holds a lease for what it asked for while it starts or runs. Taking a lease checks
-every quota that applies (the deployment's, its project's, its Linux user's, on its partition)
-inside the caller's BEGIN IMMEDIATE transaction: concurrent wakes are serialised there, so the sum
-of leases never exceeds a quota. Leases go when the container rests (stopped, error, disabled).
+A container holds a lease for what it asked for while it starts or runs; an image build (its own
+Slurm job) holds one in ``build_leases`` while it is queued or builds, counted the same way.
+Taking a lease checks every quota that applies (the deployment's, its project's, its Linux user's,
+on its partition) inside the caller's BEGIN IMMEDIATE transaction: concurrent wakes are serialised
+there, so the sum of leases never exceeds a quota. Leases go when the container rests (stopped,
+error, disabled), or when the build ends.
 """
 
 from __future__ import annotations
@@ -62,9 +64,10 @@ def _holders(
         where, args = where + " AND project = ?", [*args, quota["subject"]]
     elif quota["scope"] == "user":
         where, args = where + " AND linux_user = ?", [*args, quota["subject"]]
+    builds = list(db.table("build_leases").rows_where(where, args, order_by="acquired_at"))
     if exclude is not None:
         where, args = where + " AND container_id != ?", [*args, exclude]
-    return list(db.table("leases").rows_where(where, args, order_by="acquired_at"))
+    return list(db.table("leases").rows_where(where, args, order_by="acquired_at")) + builds
 
 
 def _scope_words(quota: dict[str, Any]) -> str:
@@ -74,9 +77,10 @@ def _scope_words(quota: dict[str, Any]) -> str:
 
 
 def blocking(
-    db: LedgerDatabase, req: Request, exclude: int | None = None
+    db: LedgerDatabase, req: Request, exclude: int | None = None, asker: str = "this container"
 ) -> tuple[dict[str, Any], str] | None:
-    """The first quota `req` does not fit, with why in words; None when it fits them all."""
+    """The first quota `req` does not fit, with why in words (`asker` is what asks: "this
+    container", "this build"); None when it fits them all."""
     for quota in _applicable(db, req):
         holders = _holders(db, quota, exclude)
         if quota["max_containers"] and len(holders) + 1 > quota["max_containers"]:
@@ -99,14 +103,16 @@ def blocking(
             who = ", ".join(f"{p} ({n})" for p, n in by_project.items() if n) or "nobody"
             return quota, (
                 f"partition {req.partition}: {_scope_words(quota)} {limit} {words}, "
-                f"{used} in use by {who}; this container needs {asked}"
+                f"{used} in use by {who}; {asker} needs {asked}"
             )
     return None
 
 
-def bottleneck(db: LedgerDatabase, req: Request, exclude: int | None = None) -> str | None:
+def bottleneck(
+    db: LedgerDatabase, req: Request, exclude: int | None = None, asker: str = "this container"
+) -> str | None:
     """Why `req` does not fit, in words; None when it fits every quota that applies."""
-    found = blocking(db, req, exclude)
+    found = blocking(db, req, exclude, asker)
     return found[1] if found else None
 
 
@@ -159,6 +165,26 @@ def acquire(db: LedgerDatabase, container_id: int, req: Request) -> None:
 
 def release(db: LedgerDatabase, container_id: int) -> None:
     db.execute("DELETE FROM leases WHERE container_id = ?", [container_id])
+
+
+def acquire_for_build(db: LedgerDatabase, build_id: int, req: Request) -> None:
+    db.table("build_leases").insert(
+        {
+            "build_id": build_id,
+            "partition": req.partition,
+            "project": req.project,
+            "linux_user": req.linux_user,
+            "gpus": req.gpus,
+            "cpus": req.cpus,
+            "mem_mb": req.mem_mb,
+            "acquired_at": to_timestamp(utcnow()),
+        },
+        replace=True,
+    )
+
+
+def release_for_build(db: LedgerDatabase, build_id: int) -> None:
+    db.execute("DELETE FROM build_leases WHERE build_id = ?", [build_id])
 
 
 # -- admin -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ must be theirs), an argv run through ``rxslurm.slurm.runas``.
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import re
@@ -26,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rxslurm.daemon.config import ApptainerConfig
-from rxslurm.daemon.ports import HolderRequest
+from rxslurm.daemon.ports import BuildRequest, HolderRequest
 from rxslurm.daemon.runtime.holder_status import HolderStatus, StatusReader
 from rxslurm.daemon.text_checks import reported_line
 from rxslurm.slurm.runas import SAFE_PATH, RunAs, run
@@ -211,6 +212,20 @@ class ApptainerRuntime:
     def exec_env(self, state_dir: str) -> dict[str, str]:
         # The holder started the instance with this config folder; exec finds it there.
         return {"APPTAINER_CONFIGDIR": config_dir(state_dir)}
+
+    def build_script(self, build: BuildRequest) -> str:
+        """build.sh: copy the context (minus exclusions) into the build folder, then
+        ``apptainer build --fakeroot`` there. The definition and the exclusions travel as
+        base64, one word each (a template value never holds a newline)."""
+        return render_batch_script(
+            "build.sh",
+            build_dir=build.build_dir,
+            context=build.context,
+            definition=base64.b64encode(build.definition.encode()).decode(),
+            ignore=base64.b64encode(build.ignore.encode()).decode(),
+            apptainer=self.program(),
+            no_https="--no-https" if build.plain_http else "",
+        )
 
 
 def config_dir(state_dir: str) -> str:
