@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import ok
+from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd
-from tests.support.lifecycle import status, wait_state
+from tests.support.lifecycle import lifecycle_rxd, status, wait_state
 from tests.support.real_apptainer import BASE_IMAGE
 from tests.support.registry import (
     REGISTRY,
@@ -146,3 +147,68 @@ def test_references_to_one_manifest_share_a_file_and_a_moved_tag_needs_a_refresh
     # The other references keep theirs, and their file.
     assert pull(rxd, "same")["digest"] == small
     assert Path(pulled["one"]["file"]).is_file()
+
+
+BUILDS = "[builds]\nenabled = true\ncpus = 1\nmem_mb = 500\ntime_limit_min = 15\n"
+BUILT_DOCKERFILE = f"""\
+FROM {REGISTRY}/rxslurm/busybox:1
+RUN echo built-here > /BUILT-MARKER
+"""
+
+
+def test_a_build_set_by_a_manager_runs_after_a_restart_with_the_overlay_kept() -> None:
+    """The issue's whole path: a draft built as a Slurm job, set as the project's image by a
+    manager, and the restarted container runs on it with what its overlay held before."""
+    plain_http = f'[pulls]\nplain_http = ["{REGISTRY}"]\n'
+    with lifecycle_rxd(BUILDS + plain_http, bind=("rxalice", "rxbob")) as rxd:
+        ok(rxd.rxctl("rxalice", "project", "create", "built", "--image", str(BASE_IMAGE)))
+        ok(rxd.rxctl("rxalice", "project", "member", "add", "built", "rxbob", "--role", "manager"))
+        ok(rxd.rxctl("rxalice", "project", "set", "built", "--dev-mode", "on"))
+        ok(rxd.rxctl("rxalice", "enable", "--project", "built"))
+        wait_state(rxd, "built", "running", timeout=START_TIMEOUT_S)
+        exec_out(rxd, "built", "sh", "-c", "mkdir -p /opt/kept && echo before > /opt/kept/note")
+
+        draft = rxd.root / "Dockerfile"
+        draft.write_text(BUILT_DOCKERFILE)
+        draft.chmod(0o644)
+        ok(rxd.rxctl("rxalice", "image", "draft", "create", "--project", "built", "main",
+                     "--file", str(draft)))  # fmt: skip
+        started = json.loads(
+            ok(
+                rxd.rxctl("rxalice", "image", "build", "--project", "built", "main", "--json")
+            ).stdout
+        )
+
+        def built() -> dict | None:
+            now = json.loads(
+                ok(
+                    rxd.rxctl(
+                        "rxalice",
+                        "image",
+                        "status",
+                        "--project",
+                        "built",
+                        str(started["id"]),
+                        "--json",
+                    )
+                ).stdout  # fmt: skip
+            )
+            return now if now["state"] in ("succeeded", "failed", "cancelled") else None
+
+        done = wait_for(built, timeout=300, what="the build to end")
+        assert done["state"] == "succeeded", done
+
+        answer = ok(rxd.rxctl("rxbob", "image", "set", "--project", "built", f"build:{done['id']}"))
+        assert answer.stdout.startswith(f"built: image set to {done['image']}\n"), answer.stdout
+        assert status(rxd, "rxalice", "built")["settings_pending"] is True
+        ok(rxd.rxctl("rxbob", "stop", "--project", "built"))
+        wait_state(rxd, "built", "stopped")
+        ok(rxd.rxctl("rxbob", "start", "--project", "built"))
+        again = wait_state(rxd, "built", "running", timeout=START_TIMEOUT_S)
+
+        assert again["image"] == done["image"] and again["settings_pending"] is False
+        assert exec_out(rxd, "built", "cat", "/BUILT-MARKER", "/opt/kept/note") == (
+            "built-here\nbefore\n"
+        )
+        ok(rxd.rxctl("rxalice", "stop", "--project", "built"))
+        wait_state(rxd, "built", "stopped")
