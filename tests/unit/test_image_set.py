@@ -13,7 +13,7 @@ import pytest
 from rxslurm.daemon.containers import image_set
 from rxslurm.daemon.containers import start_image as start_image_module
 from rxslurm.daemon.containers.pulls import Outcome, carry_on
-from rxslurm.daemon.errors import BadRequest, Forbidden
+from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.timestamps import to_timestamp
 from tests.unit.test_reconciler_edges import OWNER, World, world
@@ -214,3 +214,25 @@ def test_a_file_image_has_nothing_to_pull(tmp_path: Path) -> None:
 
     with pytest.raises(BadRequest, match="is the file /images/base.sif: there is nothing to pull"):
         image_set.pull_image(w.service, OWNER, "alpha", refresh=True, wait_s=0)
+
+
+def test_a_pull_that_cannot_be_asked_for_leaves_the_container_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(start_image_module.digests, "local_image", lambda db, folder, image: None)
+    w = world(tmp_path, ("alpha", "stopped"), image="docker://127.0.0.1:5055/a/b:1")
+
+    def too_many(*args: Any, **kw: Any) -> None:
+        raise Conflict("you already have 2 images being pulled (...); try again when they are done")
+
+    monkeypatch.setattr(w.service.pulls, "request", too_many)
+
+    with pytest.raises(Conflict, match="you already have 2 images being pulled"):
+        w.service.wake(OWNER, "alpha")
+    row = w.row("alpha")
+    assert (row["state"], row["desired"], row["reason"]) == (
+        "stopped",
+        "stopped",
+        "cannot pull docker://127.0.0.1:5055/a/b:1",
+    )
+    assert w.slurm.submitted == [] and w.lease_holders() == []
