@@ -100,7 +100,7 @@ def _prefetch(svc: ContainerService, actor: Actor, image: str) -> None:
     logged (the start says it in its own words)."""
     try:
         svc.pulls.request(None, image, actor.uid, waiter=False)
-    except (Conflict, image_pull.PullError, image_cache.UnsafeImageDir) as exc:
+    except (Conflict, image_pull.PullError, image_cache.UnsafeImageDir, OSError) as exc:
         log.info("no early pull", extra={"image": image, "error": str(exc)})
 
 
@@ -120,7 +120,7 @@ def pull_image(
         svc.pulls.request(None, image, actor.uid, waiter=False, refresh=refresh)
     except image_pull.PullError as exc:
         raise Conflict(f"cannot pull {image}: {exc.message}") from None
-    except image_cache.UnsafeImageDir as exc:
+    except (image_cache.UnsafeImageDir, OSError) as exc:
         raise Conflict(f"cannot pull {image}: {exc}") from None
     outcome = svc.pulls.wait_pull(image, min(max(wait_s, 0.0), MAX_WAIT_S))
     answer: dict[str, Any] = {"project": project, "image": image, "pulling": outcome is None}
