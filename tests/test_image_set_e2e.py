@@ -147,6 +147,21 @@ def test_references_to_one_manifest_share_a_file_and_a_moved_tag_needs_a_refresh
     # The other references keep theirs, and their file.
     assert pull(rxd, "same")["digest"] == small
     assert Path(pulled["one"]["file"]).is_file()
+    shown = ok(rxd.rxctl("rxalice", "image", "pull", "--project", "same")).stdout
+    assert shown == f"same: docker://{REGISTRY}/rxslurm/imageset-same:1 ({small}) is pulled\n"
+    # A file has nothing to pull, and a viewer may not pull: one line each, nothing changed.
+    ok(rxd.rxctl("rxalice", "project", "create", "local", "--image", str(BASE_IMAGE)))
+    nothing = rxd.rxctl("rxalice", "image", "pull", "--project", "local")
+    assert (nothing.returncode, nothing.stderr) == (
+        1,
+        f"Error: the image of local is the file {BASE_IMAGE}: there is nothing to pull\n",
+    )
+    ok(rxd.rxctl("rxalice", "project", "member", "add", "same", "rxdave", "--role", "viewer"))
+    viewer = rxd.rxctl("rxdave", "image", "pull", "--project", "same", "--refresh")
+    assert viewer.returncode == 1
+    assert viewer.stderr == (
+        "Error: set-image in project same needs role owner or manager; you are viewer\n"
+    )
 
 
 BUILDS = "[builds]\nenabled = true\ncpus = 1\nmem_mb = 500\ntime_limit_min = 15\n"
