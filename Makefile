@@ -8,7 +8,7 @@
 VENV := .venv
 PYTHON := /usr/bin/python3
 
-.PHONY: venv cluster demo test unit lint bench teardown
+.PHONY: venv cluster demo test unit lint bench teardown spank
 
 # The test tiers, chosen by pytest markers (tests/support/tiers.py says which marker means what;
 # tests/test_tiers.py checks that every test is in exactly one tier):
@@ -33,6 +33,11 @@ $(VENV)/.installed: pyproject.toml
 
 cluster:
 	tests/cluster/setup.sh
+
+# The SPANK plugin (--rx-project): slurm/spank/rx_spank.so; needs gcc and Slurm's spank.h
+# (Debian: libslurm-dev). `make -C slurm/spank install` puts it in /usr/lib/rxslurm.
+spank:
+	$(MAKE) -C slurm/spank
 
 # ruff, and the layer contract in .importlinter (which part may import which).
 lint: venv

@@ -1,6 +1,6 @@
 """`python -m bench`: run the benchmarks on the local test cluster (as root, cluster up).
 
-python -m bench                     # all five, full size (several minutes)
+python -m bench                     # all of them, full size (several minutes)
 python -m bench --only exec,wake    # some of them
 python -m bench --quick --out DIR   # tiny sizes: the smoke test
 """
@@ -20,6 +20,7 @@ from types import FrameType
 
 from bench import (
     api_throughput,
+    batch_step,
     exec_latency,
     footprint,
     reconcile_scale,
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             ("exec", exec_latency),
             ("startup", startup),
             ("wake", wake_latency),
+            ("batch", batch_step),
             ("api", api_throughput),
         ):
             if name in args.only:

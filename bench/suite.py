@@ -18,6 +18,7 @@ class Sizes:
     exec_clients: int = 8  # concurrent clients for throughput
     exec_concurrent_n: int = 200  # execs per side in the concurrent run
     wake_n: int = 20  # wakes per side
+    batch_n: int = 50  # batch steps per side (srun --rx-project, rxctl run, by hand twice)
     scale_jobs: int = 10_000  # held jobs in the queue
     scale_ledger: int = 10_000  # containers in the ledger (the first scale_jobs hold a job)
     scale_passes: int = 5  # steady-state reconcile passes timed
@@ -32,6 +33,7 @@ QUICK = Sizes(
     exec_n=5,
     exec_concurrent_n=8,
     wake_n=1,
+    batch_n=3,
     scale_jobs=200,
     scale_ledger=1_000,
     scale_passes=2,

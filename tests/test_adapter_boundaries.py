@@ -1,7 +1,8 @@
 """Only the adapters speak to Slurm and Apptainer: no other module builds their argv.
 
 Slurm's commands are run by slurm/ (SlurmCli builds even the exec step's `srun`); Apptainer's
-by the runtime adapter, rxslurm/daemon/runtime/apptainer.py. Anywhere else, a command name in an
+by the runtime adapter, rxslurm/daemon/runtime/apptainer.py, and, for `rxctl run`, by the batch
+plan's builder in the protocol (see APPTAINER_BUILDERS). Anywhere else, a command name in an
 argv list, in a `which` lookup or as the program of a process call is a leak of their vocabulary
 into the daemon or the CLI (the review of 2026-11-30 found the exec server building `srun`).
 """
@@ -24,6 +25,14 @@ PROGRAM_CALLS = frozenset(
 # rxctl starts the exec step rxd's Slurm adapter built (its argv arrives over the wire, with
 # the bare name `srun`): it only finds that program on its own host's PATH.
 ALLOWED = {("cli/rxslurm/cli/exec_remote.py", "srun")}
+# rxd's runtime adapter builds the argv of the container's own processes (holder, exec steps).
+# A batch step (`rxctl run`, the SPANK plugin) runs as the member on a compute node, where rxctl
+# builds its `apptainer exec` from rxd's batch plan; rxctl cannot import the daemon, so that
+# builder lives in the protocol, beside the plan it reads.
+APPTAINER_BUILDERS = (
+    "daemon/rxslurm/daemon/runtime/apptainer.py",
+    "protocol/rxslurm/protocol/batch_plan.py",
+)
 
 
 def _name(node: ast.AST) -> str:
@@ -35,6 +44,11 @@ def _name(node: ast.AST) -> str:
 
 
 def _command(node: ast.AST, names: frozenset[str]) -> str | None:
+    # A default program: `[configured or "apptainer", ...]`, `[a if b else "srun", ...]`.
+    if isinstance(node, ast.BoolOp | ast.IfExp):
+        parts = node.values if isinstance(node, ast.BoolOp) else [node.body, node.orelse]
+        found = [word for part in parts if (word := _command(part, names))]
+        return found[0] if found else None
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         word = node.value.rsplit("/", 1)[-1]
         return word if word in names else None
@@ -77,7 +91,7 @@ def test_only_the_slurm_adapter_builds_slurm_argv() -> None:
 
 
 def test_only_the_runtime_adapter_builds_apptainer_argv() -> None:
-    assert offenders(APPTAINER, ("daemon/rxslurm/daemon/runtime/apptainer.py",)) == []
+    assert offenders(APPTAINER, APPTAINER_BUILDERS) == []
 
 
 @pytest.mark.parametrize(
@@ -88,6 +102,7 @@ def test_only_the_runtime_adapter_builds_apptainer_argv() -> None:
         'found = shutil.which("squeue", path=p)',
         'subprocess.run(["scancel", "7"])',
         'argv = [program, "--x"] + ["sacct"]',
+        'argv = [configured or "sinfo", "-h"]',
     ],
 )
 def test_the_check_finds_a_slurm_argv(source: str) -> None:

@@ -14,9 +14,9 @@ import pytest
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("exec", "startup", "wake", "reconcile", "api", "footprint")
+BENCHMARKS = ("exec", "startup", "wake", "batch", "reconcile", "api", "footprint")
 # startup times rxctl against a stand-in rxd: it has no tag and submits no job.
-SLURM_BENCHMARKS = ("exec", "wake", "reconcile", "api", "footprint")
+SLURM_BENCHMARKS = ("exec", "wake", "batch", "reconcile", "api", "footprint")
 KEYS = {
     "benchmark",
     "title",
@@ -114,7 +114,10 @@ def test_no_job_of_the_bench_is_left_behind(results: Path) -> None:
     """Only this run's jobs: its daemons' tags and its by-hand holders' names. Other developers'
     jobs (and other bench runs') may well be in squeue meanwhile."""
     tags = {load(results, name)["params"]["tag"] for name in SLURM_BENCHMARKS}
-    names = {load(results, "wake")["params"]["baseline_job_name"]}
+    names = {
+        load(results, "wake")["params"]["baseline_job_name"],
+        load(results, "batch")["params"]["hold_job_name"],
+    }
     assert all(tag.startswith("bench-") for tag in tags) and names, (tags, names)
     listed = subprocess.run(
         ["squeue", "-h", "--all", "-t", "PENDING,RUNNING,CONFIGURING", "-o", "%i|%j|%k"],

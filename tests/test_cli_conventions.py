@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from hypothesis import given
@@ -117,6 +119,32 @@ def test_project_create_takes_slurms_partition_memory_and_time() -> None:
     }
 
 
+def test_project_create_and_set_take_sbatchs_account_qos_constraint_and_reservation() -> None:
+    body = settings_sent(
+        "project", "create", "x", "-A", "lab", "-q", "high", "-C", "a100&ib", "--reservation", "r1"
+    )
+    assert body["settings"] == {
+        "account": "lab",
+        "qos": "high",
+        "constraint": "a100&ib",
+        "reservation": "r1",
+    }
+    long = settings_sent("project", "create", "x", "--account", "lab", "--qos", "")
+    assert long["settings"] == {"account": "lab", "qos": ""}
+
+
+def test_status_and_project_show_name_the_flags_a_project_sets() -> None:
+    from rxslurm.cli.render import project_lines, status_lines
+
+    status = {"project": "a", "state": "running", "name": "rx-a", "workspace": "/w", "gpus": 0}
+    lines = status_lines({**status, "account": "lab", "reservation": "r1", "qos": None})
+    rows = [line.split() for line in lines]
+    assert ["account", "lab"] in rows and ["reservation", "r1"] in rows
+    assert not [line for line in lines if line.startswith(("qos", "constraint"))]
+    rows = project_lines({"settings": {"qos": "high"}, "effective": {"qos": "high"}})
+    assert ["qos", "--qos", "high", "high"] in [row.split() for row in rows]
+
+
 def test_a_bad_size_is_a_usage_error_and_nothing_is_sent() -> None:
     result = CliRunner().invoke(
         cli, ["--socket", "/nonexistent", "project", "create", "x", "--mem", "16X"]
@@ -129,6 +157,179 @@ def test_dash_p_is_the_partition_and_not_the_project() -> None:
     result = CliRunner().invoke(cli, ["--socket", "/nonexistent", "status", "-p", "alpha"])
     assert result.exit_code == 2
     assert "No such option '-p'" in result.output
+
+
+# -- one way to name the project -------------------------------------------------------------------
+
+# Commands that act on no one project.
+NO_PROJECT = {
+    "whoami",
+    "doctor",
+    "bind",
+    "unbind",
+    "list",
+    "project list",
+    "admin code",
+    "admin bind",
+    "admin unbind",
+    "admin bindings",
+    "admin containers",
+    "admin quota list",
+    "admin quota rm",
+}
+# A NEW name is made: it is the argument, never guessed from $RX_PROJECT (docs/cli.md says why).
+NEW_NAME = {"project create"}
+# -P/--project narrows what the command covers (a quota's subject, the audit log's events);
+# without it, it covers everything: so it is never guessed from $RX_PROJECT either.
+NARROWING = {"admin quota set", "admin audit"}
+# exec and shell reach rxd on the exec socket, and run replaces itself with Apptainer (each exits
+# 125 when rxctl fails); tests/test_cli_startup.py checks their parsing.
+SESSIONS = {"exec", "shell", "run"}
+# Any readable file will do as a draft's text: rxd (a stand-in here) refuses the request.
+DRAFT_FILE = __file__
+# What else each command that acts on a project needs, for a call that reaches rxd.
+REST = {
+    "enable": [],
+    "start": [],
+    "stop": [],
+    "disable": [],
+    "retry": [],
+    "status": [],
+    "history": [],
+    "logs": [],
+    "project show": [],
+    "project delete": ["--yes"],
+    "project set": ["--cpus", "2"],
+    "project run-as": ["service"],
+    "project member add": ["rxbob", "--role", "editor"],
+    "project member rm": ["rxbob"],
+    "project member set-role": ["rxbob", "viewer"],
+    "admin stop": [],
+    "snapshot": [],
+    "image build": ["main"],
+    "image cancel": ["1"],
+    "image delete": ["1"],
+    "image list": [],
+    "image logs": ["1"],
+    "image rename": ["1", "new"],
+    "image status": ["1"],
+    "image draft create": ["main", "--kind", "dockerfile", "--file", DRAFT_FILE],
+    "image draft edit": ["main", "--kind", "dockerfile", "--file", DRAFT_FILE],
+    "image draft show": ["main"],
+    "image draft validate": ["main"],
+    "image draft delete": ["main"],
+    "image draft list": [],
+}
+# The commands that took the project as their first argument before -P/--project.
+NAMED_FIRST_BEFORE = {p for p in REST if p.startswith("project ")} | {"admin stop"}
+
+
+def context(command: click.Command) -> click.Context:
+    # rxctl's settings: click keeps the first help option it makes for a command (-h with them).
+    return click.Context(command, **cli.context_settings)
+
+
+def every_command() -> dict[str, click.Command]:
+    found: dict[str, click.Command] = {}
+
+    def walk(group: click.Group, prefix: str) -> None:
+        ctx = context(group)
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            assert command is not None
+            path = f"{prefix} {name}".strip()
+            if isinstance(command, click.Group):
+                walk(command, path)
+            else:
+                found[path] = command
+
+    walk(cli, "")
+    return found
+
+
+def test_every_command_is_known_to_name_its_project_one_way_or_to_need_none() -> None:
+    known = NO_PROJECT | NEW_NAME | NARROWING | SESSIONS | set(REST)
+    assert set(every_command()) == known
+
+
+@pytest.mark.parametrize("path", sorted(SESSIONS | NARROWING | set(REST)))
+def test_a_command_on_a_project_takes_dash_capital_p_and_no_project_argument(path: str) -> None:
+    command = every_command()[path]
+    options = [p for p in command.params if p.name == "project"]
+    assert [o.opts for o in options] == [["-P", "--project"]]
+    words = [p.name for p in command.params if isinstance(p, click.Argument)]
+    assert not {"name", "project"} & set(words), words
+    usage = command.collect_usage_pieces(context(command))
+    assert "NAME" not in " ".join(usage) and "PROJECT" not in " ".join(usage)
+
+
+def test_commands_that_need_no_project_take_no_project_option() -> None:
+    commands = every_command()
+    for path in NO_PROJECT:
+        assert "project" not in {p.name for p in commands[path].params}, path
+
+
+def request_line(*args: str, env: dict[str, str] | None = None) -> tuple[bytes, str]:
+    """The first line of the request rxctl sent (rxd refuses it), and what rxctl said on stderr."""
+    with short_tmp_dir() as folder:
+        api = folder / "rxd.sock"
+        server = serve(api, http_answer({"error": "no", "code": "not_found"}, "404 Not Found"))
+        result = CliRunner().invoke(
+            cli, ["--socket", str(api), *args], env=env or {}, prog_name="rxctl"
+        )
+        server.join(10)
+    assert result.exit_code == 1, result.output
+    return server.received.split(b"\r\n")[0], result.stderr
+
+
+def named(line: bytes) -> bool:
+    return bool(re.fullmatch(rb"[A-Z]+ /v1/\S*/alpha(/\S*)? HTTP/1.1", line))
+
+
+@pytest.mark.parametrize("path", sorted(REST))
+def test_every_command_takes_the_project_as_option_short_option_and_environment(
+    path: str,
+) -> None:
+    words = [*path.split(), *REST[path]]
+    for spelling in (["--project", "alpha"], ["-P", "alpha"], ["--project=alpha"]):
+        line, _ = request_line(*words, *spelling, env={"RX_PROJECT": "other"})
+        assert named(line), (spelling, line)
+    line, said = request_line(*words, env={"RX_PROJECT": "alpha"})
+    assert named(line), line
+    assert "deprecated" not in said
+
+
+@pytest.mark.parametrize("path", sorted(NAMED_FIRST_BEFORE))
+def test_the_old_spelling_with_the_project_first_still_works_and_says_so(path: str) -> None:
+    group, _, leaf = path.rpartition(" ")
+    line, said = request_line(*group.split(), leaf, "alpha", *REST[path])
+    assert named(line), line
+    assert said.splitlines()[0] == (
+        f"Note: `rxctl {path} NAME` is deprecated; use `rxctl {path} --project NAME`."
+    )
+    # Help shows the new spelling only.
+    usage = CliRunner().invoke(cli, [*path.split(), "--help"]).output.splitlines()[0]
+    assert "NAME" not in usage and "PROJECT" not in usage, usage
+
+
+def test_with_the_option_given_a_word_too_many_is_a_usage_error() -> None:
+    result = CliRunner().invoke(
+        cli, ["--socket", "/nonexistent", "project", "show", "alpha", "--project", "beta"]
+    )
+    assert result.exit_code == 2 and "unexpected extra argument (alpha)" in result.output
+
+
+def test_a_word_too_many_is_still_a_usage_error_where_no_project_was_first() -> None:
+    result = CliRunner().invoke(cli, ["--socket", "/nonexistent", "status", "alpha", "beta"])
+    assert result.exit_code == 2 and "unexpected extra argument" in result.output
+
+
+def test_project_create_takes_the_new_name_as_its_argument_only() -> None:
+    assert settings_sent("project", "create", "x") == {"name": "x"}
+    result = CliRunner().invoke(
+        cli, ["--socket", "/nonexistent", "project", "create"], env={"RX_PROJECT": "x"}
+    )
+    assert result.exit_code == 2 and "Missing argument 'NAME'" in result.output
 
 
 # -- lists ----------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_dash_h_shows_usage_and_the_example(path: str) -> None:
 
 
 # These hand the terminal to a program in the container: its output is the program's own.
-STREAMING = {"rxctl exec", "rxctl shell"}
+STREAMING = {"rxctl exec", "rxctl shell", "rxctl run"}
 
 
 @pytest.mark.parametrize("path", sorted(set(LEAVES) - STREAMING))
@@ -78,7 +78,7 @@ def test_docs_cli_md_is_up_to_date() -> None:
 def test_project_delete_refuses_without_yes_before_asking_rxd(tmp_path: Path) -> None:
     # The socket does not exist: reaching rxd would fail differently.
     result = CliRunner().invoke(
-        cli, ["--socket", str(tmp_path / "none.sock"), "project", "delete", "alpha"]
+        cli, ["--socket", str(tmp_path / "none.sock"), "project", "delete", "--project", "alpha"]
     )
     assert result.exit_code == 1
     assert result.output == ("Error: deleting project alpha cannot be undone; add --yes to do it\n")
@@ -86,7 +86,7 @@ def test_project_delete_refuses_without_yes_before_asking_rxd(tmp_path: Path) ->
 
 def test_project_set_without_options_says_what_to_give(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        cli, ["--socket", str(tmp_path / "none.sock"), "project", "set", "a"]
+        cli, ["--socket", str(tmp_path / "none.sock"), "project", "set", "--project", "a"]
     )
     assert result.exit_code == 1
     assert result.output == (

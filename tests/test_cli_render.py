@@ -121,14 +121,18 @@ def test_click_commands_escape_answers_and_error_messages() -> None:
     with short_tmp_dir() as folder:
         api = folder / "rxd.sock"
         serve(api, http_answer(PROJECT))
-        result = CliRunner().invoke(cli, ["--socket", str(api), "project", "show", "alpha"])
+        result = CliRunner().invoke(
+            cli, ["--socket", str(api), "project", "show", "--project", "alpha"]
+        )
         assert result.exit_code == 0, result.output
         shown([result.output.rstrip("\n")])
     with short_tmp_dir() as folder:
         api = folder / "rxd.sock"
         error = {"error": {"code": "conflict", "message": "bad " + HOSTILE}}
         serve(api, http_answer(error, "409 Conflict"))
-        result = CliRunner().invoke(cli, ["--socket", str(api), "project", "show", "alpha"])
+        result = CliRunner().invoke(
+            cli, ["--socket", str(api), "project", "show", "--project", "alpha"]
+        )
         assert result.exit_code == 1
         assert result.output.startswith("Error: bad /x\\x1b]0;owned")
         shown([result.output.rstrip("\n")])

@@ -1,4 +1,4 @@
-"""rxctl starts fast: `exec` and `status` run without click, http.client, email, ssl or
+"""rxctl starts fast: `exec`, `status` and `run` run without click, http.client, email, ssl or
 importlib.metadata, and the other commands import only their own module.
 
 What is checked is which modules load, never how long it takes (bench/startup.py measures that).
@@ -113,6 +113,16 @@ def test_exec_runs_without_the_slow_modules_and_exits_with_the_commands_status(
     assert forbidden(modules) == []
 
 
+def test_run_asks_for_the_plan_without_the_slow_modules(sock_dir: Path) -> None:
+    api = sock_dir / "rxd.sock"
+    error = {"error": {"code": "not_found", "message": "no project named 'beta'"}}
+    served = serve(api, http_answer(error, "404 Not Found"))
+    result, modules = rxctl("--socket", str(api), "run", "--project", "beta", "--", "true")
+    assert served.received.startswith(b"GET /v1/projects/beta/batch-plan ")
+    assert (result.returncode, result.stderr) == (125, "Error: no project named 'beta'\n")
+    assert forbidden(modules) == []
+
+
 def test_an_api_error_is_one_line_and_exit_1(sock_dir: Path) -> None:
     api = sock_dir / "rxd.sock"
     error = {"error": {"code": "not_found", "message": "no project named beta"}}
@@ -181,6 +191,8 @@ def click_reading(args: list[str]) -> tuple[str | None, str, dict[str, object]]:
 def fast_reading(plan: fastpath.Plan) -> tuple[str | None, str, dict[str, object]]:
     if plan.command == "status":
         return plan.socket, "status", {"project": plan.project, "json_": plan.json}
+    if plan.command == "run":
+        return plan.socket, "run", {"project": plan.project, "command": tuple(plan.argv)}
     return (
         plan.socket,
         "exec",
@@ -207,6 +219,9 @@ def fast_reading(plan: fastpath.Plan) -> tuple[str | None, str, dict[str, object
         ["exec", "-P", "a", "cmd", "--", "-x"],
         ["exec", "--cwd=/y", "--", "--weird"],
         ["exec", "--tty", "-P", "a", "-P", "b", "sh"],
+        ["run", "--project", "a", "--", "python3", "-c", "1"],
+        ["--socket", "/s", "run", "-Pa", "srun", "--", "-x"],
+        ["run", "--project=a", "--", "--weird"],
     ],
 )
 def test_fast_parser_agrees_with_click(args: list[str]) -> None:
@@ -220,6 +235,7 @@ WORDS = st.sampled_from(
         "-p",
         "status",
         "exec",
+        "run",
         "-P",
         "--project",
         "--project=x",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 from tests.support import lifecycle
 from tests.support.cli import ok, refused
-from tests.support.cluster import run_as, user_env, wait_for
+from tests.support.cluster import run_as, spawn_as, user_env, wait_for
 from tests.support.daemon import RXCTL, Rxd
 from tests.support.lifecycle import lifecycle_rxd
 from tests.support.real_apptainer import BASE_IMAGE
@@ -77,23 +76,6 @@ def rxctl_exec(rxd: Rxd, user: str, project: str, *argv: str, **kw) -> subproces
     return rxd.rxctl(user, "exec", "--project", project, "--", *argv, **kw)
 
 
-def spawn_as(user: str, argv: list[str], output: int = subprocess.PIPE) -> subprocess.Popen[str]:
-    """A process of `user` in the background, its output collected (or sent to `output`)."""
-    pw = pwd.getpwnam(user)
-    return subprocess.Popen(
-        argv,
-        user=pw.pw_uid,
-        group=pw.pw_gid,
-        extra_groups=os.getgrouplist(user, pw.pw_gid),
-        env=user_env(user),
-        cwd=pw.pw_dir,
-        stdin=subprocess.DEVNULL,
-        stdout=output,
-        stderr=output,
-        text=True,
-    )
-
-
 def processes_with(marker: str) -> list[int]:
     """Pids whose command line holds `marker` (the Slurm step's, on this one-machine cluster)."""
     found = []
@@ -143,14 +125,22 @@ def test_exec_runs_as_root_mapped_to_the_runtime_user_in_the_workspace(rxd: Rxd)
 
 def test_a_manager_runs_commands_as_the_runtime_user(rxd: Rxd) -> None:
     project = running_project(rxd, MAIN)
-    ok(rxd.rxctl("rxalice", "project", "member", "add", MAIN, "rxdave", "--role", "manager"))
+    ok(
+        rxd.rxctl(
+            "rxalice", "project", "member", "add", "--project", MAIN, "rxdave", "--role", "manager"
+        )
+    )
     ok(rxctl_exec(rxd, "rxdave", MAIN, "touch", "by-manager.txt"))
     assert (Path(project["workspace"]) / "by-manager.txt").stat().st_uid == 2001
 
 
 def test_a_viewer_and_a_non_member_are_refused(rxd: Rxd) -> None:
     running_project(rxd, MAIN)
-    ok(rxd.rxctl("rxalice", "project", "member", "add", MAIN, "rxbob", "--role", "viewer"))
+    ok(
+        rxd.rxctl(
+            "rxalice", "project", "member", "add", "--project", MAIN, "rxbob", "--role", "viewer"
+        )
+    )
     assert refused(rxctl_exec(rxd, "rxbob", MAIN, "true"), OWN_FAILURE) == (
         f"Error: exec in project {MAIN} needs role owner or manager; you are viewer"
     )

@@ -40,7 +40,7 @@ def rxd() -> Iterator[Rxd]:
             make_project(daemon, PROJECT)
             ok(daemon.rxctl("rxalice", "enable", "--project", PROJECT))
             # rxbob manages it: his sessions run as rxalice, the project's runtime user.
-            add = ("project", "member", "add", PROJECT, "rxbob", "--role", "manager")
+            add = ("project", "member", "add", "--project", PROJECT, "rxbob", "--role", "manager")
             ok(daemon.rxctl("rxalice", *add))
             wait_state(daemon, PROJECT, "running", timeout=180)
             yield daemon

@@ -70,8 +70,16 @@ def rxd() -> Iterator[Rxd]:
     require_registry()
     with lifecycle_rxd(BUILDS + PLAIN_HTTP, bind=(OWNER, EDITOR, VIEWER)) as daemon:
         make_project(daemon, PROJECT)
-        ok(daemon.rxctl(OWNER, "project", "member", "add", PROJECT, EDITOR, "--role", "editor"))
-        ok(daemon.rxctl(OWNER, "project", "member", "add", PROJECT, VIEWER, "--role", "viewer"))
+        ok(
+            daemon.rxctl(
+                OWNER, "project", "member", "add", "--project", PROJECT, EDITOR, "--role", "editor"
+            )
+        )
+        ok(
+            daemon.rxctl(
+                OWNER, "project", "member", "add", "--project", PROJECT, VIEWER, "--role", "viewer"
+            )
+        )
         yield daemon
         daemon.cancel_own_jobs()
 
@@ -94,12 +102,13 @@ def files(rxd: Rxd) -> Path:
 
 
 def workspace(rxd: Rxd) -> Path:
-    view = json.loads(output(rxd.rxctl(OWNER, "project", "show", PROJECT, "--json")))
+    view = json.loads(output(rxd.rxctl(OWNER, "project", "show", "--project", PROJECT, "--json")))
     return Path(view["workspace"])
 
 
 def dev_mode(rxd: Rxd, on: bool) -> None:
-    ok(rxd.rxctl(OWNER, "project", "set", PROJECT, "--dev-mode", "on" if on else "off"))
+    switch = "on" if on else "off"
+    ok(rxd.rxctl(OWNER, "project", "set", "--project", PROJECT, "--dev-mode", switch))
 
 
 def image(rxd: Rxd, user: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -154,7 +163,7 @@ def test_builds_are_refused_outside_dev_mode_and_for_viewers(rxd: Rxd, files: Pa
              str(files / "Dockerfile")))  # fmt: skip
     line = refused(image(rxd, OWNER, "build", "--project", PROJECT, "gate"))
     assert f"project {PROJECT} is not in dev mode" in line
-    assert f"rxctl project set {PROJECT} --dev-mode on" in line
+    assert f"rxctl project set --project {PROJECT} --dev-mode on" in line
     dev_mode(rxd, True)
     line = refused(image(rxd, OWNER, "build", "--project", PROJECT, "gate", "--partition", "nope"))
     assert "unknown partition 'nope'; Slurm has:" in line
@@ -173,7 +182,7 @@ def test_builds_are_refused_outside_dev_mode_and_for_viewers(rxd: Rxd, files: Pa
 def test_builds_are_refused_when_the_deployment_switch_is_off(files: Path) -> None:
     with lifecycle_rxd(bind=(OWNER,)) as daemon:
         make_project(daemon, "ib-off")
-        ok(daemon.rxctl(OWNER, "project", "set", "ib-off", "--dev-mode", "on"))
+        ok(daemon.rxctl(OWNER, "project", "set", "--project", "ib-off", "--dev-mode", "on"))
         for args in (
             ("build", "--project", "ib-off", "main"),
             ("draft", "create", "--project", "ib-off", "main", "--file", str(files / "slow.def")),

@@ -465,7 +465,7 @@ def test_a_failed_pull_ends_in_error_with_its_reason_and_retry_pulls_again() -> 
         assert failed["state"] == "error" and "manifest unknown" in failed["last_error"]
         assert leases(rxd) == 0
         # The image is put in place; retry pulls again and the container goes on.
-        ok(rxd.rxctl("rxalice", "project", "set", "nope", "--image", SMALL))
+        ok(rxd.rxctl("rxalice", "project", "set", "--project", "nope", "--image", SMALL))
         retried = ok(rxd.rxctl("rxalice", "retry", "--project", "nope"))
         assert "error" not in retried.stdout
         assert [e["outcome"] for e in pull_events(rxd)] == [

@@ -61,9 +61,9 @@ def test_overlay_is_made_by_the_runtime_user_and_disable_keeps_the_workspace(rxd
     overlay = state_dir / "overlay.img"
     assert overlay.exists() and overlay.stat().st_uid == 2001
     workspace = Path(
-        json.loads(ok(rxd.rxctl("rxalice", "project", "show", "keep", "--json")).stdout)[
-            "workspace"
-        ]
+        json.loads(
+            ok(rxd.rxctl("rxalice", "project", "show", "--project", "keep", "--json")).stdout
+        )["workspace"]
     )
     ok(run_as("rxalice", ["sh", "-c", f"echo kept > {workspace}/note.txt"]))
     result = ok(rxd.rxctl("rxalice", "disable", "--project", "keep"))
@@ -98,8 +98,32 @@ def test_stop_then_start_runs_a_new_job(rxd: Rxd) -> None:
 
 def test_roles_for_lifecycle_actions(rxd: Rxd) -> None:
     make_project(rxd, "roles")
-    ok(rxd.rxctl("rxalice", "project", "member", "add", "roles", "rxbob", "--role", "manager"))
-    ok(rxd.rxctl("rxalice", "project", "member", "add", "roles", "rxdave", "--role", "viewer"))
+    ok(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            "roles",
+            "rxbob",
+            "--role",
+            "manager",
+        )
+    )
+    ok(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            "roles",
+            "rxdave",
+            "--role",
+            "viewer",
+        )
+    )
     refused = rxd.rxctl("rxbob", "enable", "--project", "roles")
     assert refused.returncode == 1
     assert refused.stderr == "Error: enable in project roles needs role owner; you are manager\n"
@@ -277,9 +301,11 @@ def test_saved_settings_wait_for_the_next_start(rxd: Rxd) -> None:
     make_project(rxd, "pending")
     ok(rxd.rxctl("rxalice", "enable", "--project", "pending"))
     assert wait_state(rxd, "pending", "running")["settings_pending"] is False
-    ok(rxd.rxctl("rxalice", "project", "set", "pending", "--cpus", "2"))
+    ok(rxd.rxctl("rxalice", "project", "set", "--project", "pending", "--cpus", "2"))
     assert status(rxd, "rxalice", "pending")["settings_pending"] is True
-    shown = json.loads(ok(rxd.rxctl("rxalice", "project", "show", "pending", "--json")).stdout)
+    shown = json.loads(
+        ok(rxd.rxctl("rxalice", "project", "show", "--project", "pending", "--json")).stdout
+    )
     assert shown["settings_pending"] is True
     assert (
         "new settings apply on the next start"

@@ -75,7 +75,15 @@ def running(login: LoginNode) -> dict:
         ok(login.rxctl("rxalice", "enable", "--project", PROJECT))
         ok(
             login.rxctl(
-                "rxalice", "project", "member", "add", PROJECT, "rxdave", "--role", "manager"
+                "rxalice",
+                "project",
+                "member",
+                "add",
+                "--project",
+                PROJECT,
+                "rxdave",
+                "--role",
+                "manager",
             )
         )
     elif login.status()["state"] == "stopped":

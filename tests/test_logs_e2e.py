@@ -49,8 +49,12 @@ def logs_json(rxd: Rxd, user: str, project: str, *options: str) -> dict[str, Any
 def live(rxd: Rxd) -> str:
     """LIVE, a working container's project (enabled here, stopped), with a manager and a viewer."""
     make_project(rxd, LIVE)
-    ok(rxd.rxctl(OWNER, "project", "member", "add", LIVE, MANAGER, "--role", "manager"))
-    ok(rxd.rxctl(OWNER, "project", "member", "add", LIVE, VIEWER, "--role", "viewer"))
+    ok(
+        rxd.rxctl(
+            OWNER, "project", "member", "add", "--project", LIVE, MANAGER, "--role", "manager"
+        )
+    )
+    ok(rxd.rxctl(OWNER, "project", "member", "add", "--project", LIVE, VIEWER, "--role", "viewer"))
     ok(rxd.rxctl(OWNER, "enable", "--project", LIVE))
     wait_state(rxd, LIVE, "running")
     ok(rxd.rxctl(OWNER, "stop", "--project", LIVE))
@@ -71,7 +75,11 @@ def broken(rxd: Rxd) -> dict[str, Any]:
     owner's status (last_error is only the last FATAL line), with its job id."""
     missing = rxd.root / "nowhere" / "python.sif"
     ok(rxd.rxctl(OWNER, "project", "create", BROKEN, "--image", str(missing)))
-    ok(rxd.rxctl(OWNER, "project", "member", "add", BROKEN, VIEWER, "--role", "viewer"))
+    ok(
+        rxd.rxctl(
+            OWNER, "project", "member", "add", "--project", BROKEN, VIEWER, "--role", "viewer"
+        )
+    )
     ok(rxd.rxctl(OWNER, "enable", "--project", BROKEN))
     failed = wait_state(rxd, BROKEN, "error")
     assert "could not open image" in failed["last_error"], failed

@@ -49,6 +49,10 @@ EXPECTED_COLUMNS = {
         "run_as_user",
         "workspace_uid",
         "dev_mode",
+        "account",
+        "qos",
+        "constraint",
+        "reservation",
     ],
     "members": ["project_id", "platform_user_id", "role", "added_at", "added_by"],
     "containers": [
@@ -118,8 +122,10 @@ ALL_MIGRATIONS = [
     "m004_quotas_and_leases",
     "m005_workspace_owner",
     "m006_rename_unreachable_projects",
+    "m007_overlay_snapshots",
     "m008_image_builds",
     "m009_image_digests",
+    "m011_job_flags",
 ]
 
 
@@ -129,6 +135,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
     with Ledger.open(path, migrate=True) as ledger:
         db = ledger.db
         db.execute("DELETE FROM _sqlite_migrations WHERE name != 'm001_initial'")
+        db.execute("DROP TABLE overlay_snapshot_requests")
+        db.execute("DROP TABLE overlay_snapshots")
         db.execute("DROP TABLE leases")
         db.execute("DROP TABLE quotas")
         db.execute("ALTER TABLE containers DROP COLUMN queued_at")
@@ -141,6 +149,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         for table in ("build_leases", "image_builds", "image_drafts", "image_digests"):
             db.execute(f"DROP TABLE {table}")
         db.execute("ALTER TABLE projects DROP COLUMN dev_mode")
+        for column in ("account", "qos", '"constraint"', "reservation"):
+            db.execute(f"ALTER TABLE projects DROP COLUMN {column}")
         db.execute(
             "INSERT INTO projects (name, created_at, created_by)"
             " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"
@@ -149,6 +159,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         assert ledger.last_applied == ALL_MIGRATIONS[1:]
         row = next(ledger.db["projects"].rows)
         assert (row["name"], row["run_as_user"], row["workspace_uid"]) == ("old", None, None)
+        # sbatch's flags (m011): none, so the job is what it was before.
+        assert [row[f] for f in ("account", "qos", "constraint", "reservation")] == [""] * 4
 
 
 def schema(path: Path) -> list[tuple[str, str]]:

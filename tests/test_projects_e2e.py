@@ -35,7 +35,7 @@ def rxd() -> Iterator[Rxd]:
 
 
 def show(rxd: Rxd, user: str, name: str) -> dict[str, Any]:
-    return json.loads(output(rxd.rxctl(user, "project", "show", name, "--json")))
+    return json.loads(output(rxd.rxctl(user, "project", "show", "--project", name, "--json")))
 
 
 def names(rxd: Rxd, user: str) -> list[str]:
@@ -84,13 +84,13 @@ def test_a_user_without_projects_is_told_how_to_make_one(rxd: Rxd) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ("project", "show", "{}"),
-        ("project", "set", "{}", "--cpus", "1"),
-        ("project", "run-as", "{}", "bound"),
-        ("project", "member", "add", "{}", "rxbob", "--role", "owner"),
-        ("project", "member", "set-role", "{}", "rxalice", "viewer"),
-        ("project", "member", "rm", "{}", "rxalice"),
-        ("project", "delete", "{}", "--yes"),
+        ("project", "show", "--project", "{}"),
+        ("project", "set", "--project", "{}", "--cpus", "1"),
+        ("project", "run-as", "--project", "{}", "bound"),
+        ("project", "member", "add", "--project", "{}", "rxbob", "--role", "owner"),
+        ("project", "member", "set-role", "--project", "{}", "rxalice", "viewer"),
+        ("project", "member", "rm", "--project", "{}", "rxalice"),
+        ("project", "delete", "--project", "{}", "--yes"),
     ],
     ids=lambda args: " ".join(args[1:3]) if args[1] == "member" else args[1],
 )
@@ -136,7 +136,7 @@ def test_invalid_settings_are_refused_and_change_nothing(
     if "checked" not in names(rxd, "rxalice"):
         create(rxd, "rxalice", "checked", "--cpus", "1", "--image", "docker://alpine:3")
     before = show(rxd, "rxalice", "checked")
-    line = refused(rxd.rxctl("rxalice", "project", "set", "checked", *options))
+    line = refused(rxd.rxctl("rxalice", "project", "set", "--project", "checked", *options))
     assert line.startswith(message)
     assert show(rxd, "rxalice", "checked") == before
 
@@ -161,16 +161,22 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
         "gpu_driver": "nvidia",
         "partition": "gpu",
         "time_limit_min": 120,
+        "account": "rxtest",
+        "qos": "normal",
+        "constraint": "",
+        "reservation": "",
         "idle_timeout_min": 30,
     }
     result = rxd.rxctl(
         "rxalice",
         "project",
         "set",
+        "--project",
         "tuned",
         *("--image", "docker://python:3.12-slim", "--cpus", "2", "--mem", "2000"),
         *("--gpus", "2", "--gpu-type", "a100", "--gpu-driver", "nvidia"),
         *("--partition", "gpu", "--time-limit", "120", "--idle-timeout", "30"),
+        *("--account", "rxtest", "--qos", "normal"),
     )
     assert output(result).startswith(
         "Updated project tuned: image=docker://python:3.12-slim, cpus=2"
@@ -180,7 +186,11 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
     assert project["effective"] == settings  # nothing left to the deployment defaults
 
     # Only the options given change; `--gpu-driver none` clears the driver.
-    output(rxd.rxctl("rxalice", "project", "set", "tuned", "--gpu-driver", "none", "--cpus", "0"))
+    output(
+        rxd.rxctl(
+            "rxalice", "project", "set", "--project", "tuned", "--gpu-driver", "none", "--cpus", "0"
+        )
+    )
     project = show(rxd, "rxalice", "tuned")
     assert project["settings"] == {**settings, "gpu_driver": "", "cpus": 0}
     assert project["effective"]["cpus"] >= 1  # 0 is the deployment default, filled in
@@ -188,7 +198,7 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
 
 def test_gpu_memory_is_no_setting_and_an_old_row_holding_it_still_reads(rxd: Rxd) -> None:
     create(rxd, "rxalice", "oldgpumem")
-    usage = rxd.rxctl("rxalice", "project", "set", "oldgpumem", "--gpu-mem", "40")
+    usage = rxd.rxctl("rxalice", "project", "set", "--project", "oldgpumem", "--gpu-mem", "40")
     assert usage.returncode == 2 and "No such option '--gpu-mem'" in usage.stderr
     # A row written before the setting went keeps its column and value; reading ignores them.
     db = sqlite3.connect(rxd.ledger)
@@ -199,7 +209,7 @@ def test_gpu_memory_is_no_setting_and_an_old_row_holding_it_still_reads(rxd: Rxd
         db.close()
     project = show(rxd, "rxalice", "oldgpumem")
     assert "gpu_mem_gb" not in project["settings"] and "gpu_mem_gb" not in project["effective"]
-    output(rxd.rxctl("rxalice", "project", "set", "oldgpumem", "--cpus", "2"))
+    output(rxd.rxctl("rxalice", "project", "set", "--project", "oldgpumem", "--cpus", "2"))
     assert show(rxd, "rxalice", "oldgpumem")["settings"]["cpus"] == 2
 
 
@@ -214,9 +224,13 @@ def test_settings_given_at_create_are_kept(rxd: Rxd) -> None:
 
 def test_show_text_has_settings_run_as_workspace_and_members(rxd: Rxd) -> None:
     create(rxd, "rxalice", "shown", "--cpus", "2")
-    output(rxd.rxctl("rxalice", "project", "member", "add", "shown", "rxbob", "--role", "viewer"))
+    output(
+        rxd.rxctl(
+            "rxalice", "project", "member", "add", "--project", "shown", "rxbob", "--role", "viewer"
+        )
+    )
     project = show(rxd, "rxalice", "shown")
-    text = output(rxd.rxctl("rxbob", "project", "show", "shown"))
+    text = output(rxd.rxctl("rxbob", "project", "show", "--project", "shown"))
     lines = [line.split() for line in text.splitlines()]
     assert ["project", "shown"] in lines
     assert ["your", "role", "viewer"] in lines
@@ -257,32 +271,36 @@ def test_longest_allowed_name_is_21_characters(rxd: Rxd) -> None:
 
 def test_delete_needs_yes_and_then_removes_the_project(rxd: Rxd) -> None:
     create(rxd, "rxalice", "doomed")
-    line = refused(rxd.rxctl("rxalice", "project", "delete", "doomed"))
+    line = refused(rxd.rxctl("rxalice", "project", "delete", "--project", "doomed"))
     assert line == "Error: deleting project doomed cannot be undone; add --yes to do it"
     assert "doomed" in names(rxd, "rxalice")
-    assert output(rxd.rxctl("rxalice", "project", "delete", "doomed", "--yes")) == (
+    assert output(rxd.rxctl("rxalice", "project", "delete", "--project", "doomed", "--yes")) == (
         "Deleted project doomed.\n"
     )
     assert "doomed" not in names(rxd, "rxalice")
-    assert refused(rxd.rxctl("rxalice", "project", "show", "doomed")) == NOT_VISIBLE.format(
-        "doomed"
-    )
+    assert refused(
+        rxd.rxctl("rxalice", "project", "show", "--project", "doomed")
+    ) == NOT_VISIBLE.format("doomed")
     # The name is free again.
     create(rxd, "rxbob", "doomed")
 
 
 def test_members_are_added_changed_and_removed(rxd: Rxd) -> None:
     create(rxd, "rxalice", "team")
-    result = rxd.rxctl("rxalice", "project", "member", "add", "team", "rxcarol", "--role", "editor")
+    result = rxd.rxctl(
+        "rxalice", "project", "member", "add", "--project", "team", "rxcarol", "--role", "editor"
+    )
     assert output(result) == "Added rxcarol to team as editor.\n"
     assert "team" in names(rxd, "rxcarol")
     assert show(rxd, "rxcarol", "team")["role"] == "editor"
 
-    result = rxd.rxctl("rxalice", "project", "member", "set-role", "team", "rxcarol", "viewer")
+    result = rxd.rxctl(
+        "rxalice", "project", "member", "set-role", "--project", "team", "rxcarol", "viewer"
+    )
     assert output(result) == "rxcarol is now viewer in team.\n"
     assert show(rxd, "rxcarol", "team")["role"] == "viewer"
 
-    result = rxd.rxctl("rxalice", "project", "member", "rm", "team", "rxcarol")
+    result = rxd.rxctl("rxalice", "project", "member", "rm", "--project", "team", "rxcarol")
     assert output(result) == "Removed rxcarol from team.\n"
     assert "team" not in names(rxd, "rxcarol")
     assert [m["user"] for m in show(rxd, "rxalice", "team")["members"]] == ["rxalice"]
@@ -290,31 +308,49 @@ def test_members_are_added_changed_and_removed(rxd: Rxd) -> None:
 
 def test_member_changes_that_would_break_the_project_are_refused(rxd: Rxd) -> None:
     create(rxd, "rxalice", "guarded")
-    output(rxd.rxctl("rxalice", "project", "member", "add", "guarded", "rxbob", "--role", "viewer"))
+    output(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            "guarded",
+            "rxbob",
+            "--role",
+            "viewer",
+        )
+    )
     before = show(rxd, "rxalice", "guarded")
     cases = [
         (
-            ("member", "rm", "guarded", "rxalice"),
+            ("member", "rm", "--project", "guarded", "rxalice"),
             "Error: rxalice is the last owner of guarded; a project needs an owner",
         ),
         (
-            ("member", "set-role", "guarded", "rxalice", "viewer"),
+            ("member", "set-role", "--project", "guarded", "rxalice", "viewer"),
             "Error: rxalice is the last owner of guarded; make someone else owner first",
         ),
         (
-            ("member", "add", "guarded", "rxbob", "--role", "editor"),
+            ("member", "add", "--project", "guarded", "rxbob", "--role", "editor"),
             "Error: rxbob is already a member of guarded; use set-role",
         ),
         (
-            ("member", "add", "guarded", "rxcarol", "--role", "boss"),
+            ("member", "add", "--project", "guarded", "rxcarol", "--role", "boss"),
             "Error: unknown role 'boss'; valid roles: owner, manager, editor, viewer",
         ),
         (
-            ("member", "add", "guarded", "rx-nobody-here", "--role", "viewer"),
+            ("member", "add", "--project", "guarded", "rx-nobody-here", "--role", "viewer"),
             "Error: no Linux user named 'rx-nobody-here'",
         ),
-        (("member", "rm", "guarded", "rxcarol"), "Error: rxcarol is not a member of guarded"),
-        (("run-as", "guarded", "sideways"), 'Error: mode must be "bound" or "service"'),
+        (
+            ("member", "rm", "--project", "guarded", "rxcarol"),
+            "Error: rxcarol is not a member of guarded",
+        ),
+        (
+            ("run-as", "--project", "guarded", "sideways"),
+            'Error: mode must be "bound" or "service"',
+        ),
     ]
     for args, message in cases:
         assert refused(rxd.rxctl("rxalice", "project", *args)) == message
@@ -324,11 +360,11 @@ def test_member_changes_that_would_break_the_project_are_refused(rxd: Rxd) -> No
 def test_run_as_switches_between_service_account_and_owner(rxd: Rxd) -> None:
     project = create(rxd, "rxalice", "runner")
     assert (project["run_as"], project["runtime_user"]) == ("service", SERVICE_ACCOUNT)
-    result = rxd.rxctl("rxalice", "project", "run-as", "runner", "bound")
+    result = rxd.rxctl("rxalice", "project", "run-as", "--project", "runner", "bound")
     assert output(result) == "Project runner runs as bound (runtime user rxalice).\n"
     project = show(rxd, "rxalice", "runner")
     assert (project["run_as"], project["runtime_user"]) == ("bound", "rxalice")
-    output(rxd.rxctl("rxalice", "project", "run-as", "runner", "service"))
+    output(rxd.rxctl("rxalice", "project", "run-as", "--project", "runner", "service"))
     assert show(rxd, "rxalice", "runner")["runtime_user"] == SERVICE_ACCOUNT
 
 
@@ -339,8 +375,20 @@ def test_root_has_no_platform_identity_to_own_a_project(rxd: Rxd) -> None:
 
 def test_project_changes_are_audited_with_actor_and_origin(rxd: Rxd) -> None:
     create(rxd, "rxalice", "traced")
-    output(rxd.rxctl("rxalice", "project", "set", "traced", "--idle-timeout", "15"))
-    output(rxd.rxctl("rxalice", "project", "member", "add", "traced", "rxbob", "--role", "viewer"))
+    output(rxd.rxctl("rxalice", "project", "set", "--project", "traced", "--idle-timeout", "15"))
+    output(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            "traced",
+            "rxbob",
+            "--role",
+            "viewer",
+        )
+    )
     events = json.loads(
         output(rxd.rxctl("rxop", "admin", "audit", "--project", "traced", "--json"))
     )["events"]

@@ -127,7 +127,7 @@ def test_two_of_three_run_the_third_waits_and_starts_when_an_admin_stops_one() -
         assert row[1:5] == ["gpu", "deployment", "-", "2/2"]
 
         # An admin stops a container that is not theirs; the audit log says who.
-        refused_stop = rxd.rxctl("rxdave", "admin", "stop", first)
+        refused_stop = rxd.rxctl("rxdave", "admin", "stop", "--project", first)
         assert refused(refused_stop) == (
             "Error: this needs an rx-slurm admin (root or the admin group)"
         )
@@ -518,6 +518,6 @@ def test_quota_commands_refuse_in_one_line() -> None:
             ("gpu", "project", "alpha"),
         ]
         assert admin(rxd, "containers") == "no container is starting, running or waiting\n"
-        assert refused(rxd.rxctl(ADMIN, "admin", "stop", "ghost")) == (
+        assert refused(rxd.rxctl(ADMIN, "admin", "stop", "--project", "ghost")) == (
             "Error: no project named 'ghost' (or you are not a member)"
         )

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from rxslurm.daemon.config import ApptainerConfig, ConfigError, parse_config
 from rxslurm.daemon.runtime import apptainer
 from rxslurm.slurm.runas import RunAs
 from rxslurm.slurm.script import render_batch_script
+from tests.support.cluster import wait_for
 from tests.support.daemon import test_root
 from tests.support.real_apptainer import APPTAINER, BASE_IMAGE
 
@@ -157,14 +157,12 @@ esac""",
     status = state / "job-7.status"
 
     def ready() -> bool:
+        assert holder.poll() is None, "the holder exited before it started"
         if term_during_start:
             return calls.exists() and "start" in calls.read_text()
         return status.exists() and status.read_text().startswith("running")
 
-    deadline = time.monotonic() + 30
-    while not ready():
-        assert holder.poll() is None and time.monotonic() < deadline, "the holder did not start"
-        time.sleep(0.05)
+    wait_for(ready, 30, interval=0.05, what="the holder to start")
     holder.send_signal(signal.SIGTERM)
     assert holder.wait(timeout=30) == 0
     assert status.read_text() == "stopped\n"

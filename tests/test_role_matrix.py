@@ -27,6 +27,7 @@ import pytest
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role
 from tests.support import lifecycle as support_lifecycle
 from tests.support.cli import output
+from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import lifecycle_rxd
 from tests.support.real_apptainer import BASE_IMAGE, link_image
@@ -76,32 +77,50 @@ def other_run_as(view: dict[str, Any]) -> str:
 CASES: dict[str, Case] = {
     "view": Case(
         Action.VIEW,
-        argv=lambda v: ["project", "show", PROJECT, "--json"],
+        argv=lambda v: ["project", "show", "--project", PROJECT, "--json"],
         done=lambda before, after: after == before,
     ),
     "edit-settings": Case(
         Action.EDIT_SETTINGS,
-        argv=lambda v: ["project", "set", PROJECT, "--idle-timeout", "45"],
+        argv=lambda v: ["project", "set", "--project", PROJECT, "--idle-timeout", "45"],
         done=lambda before, after: after["settings"]["idle_timeout_min"] == 45,
-        undo=lambda v: ["project", "set", PROJECT, "--idle-timeout", "0"],
+        undo=lambda v: ["project", "set", "--project", PROJECT, "--idle-timeout", "0"],
     ),
     "set-run-as": Case(
         Action.SET_RUN_AS,
-        argv=lambda v: ["project", "run-as", PROJECT, other_run_as(v)],
+        argv=lambda v: ["project", "run-as", "--project", PROJECT, other_run_as(v)],
         done=lambda before, after: after["run_as"] == other_run_as(before),
-        undo=lambda v: ["project", "run-as", PROJECT, v["run_as"]],
+        undo=lambda v: ["project", "run-as", "--project", PROJECT, v["run_as"]],
     ),
     "member-add": Case(
         Action.MANAGE_MEMBERS,
-        argv=lambda v: ["project", "member", "add", PROJECT, SERVICE_ACCOUNT, "--role", "viewer"],
+        argv=lambda v: [
+            "project",
+            "member",
+            "add",
+            "--project",
+            PROJECT,
+            SERVICE_ACCOUNT,
+            "--role",
+            "viewer",
+        ],
         done=lambda before, after: role_of(after, SERVICE_ACCOUNT) == "viewer",
-        undo=lambda v: ["project", "member", "rm", PROJECT, SERVICE_ACCOUNT],
+        undo=lambda v: ["project", "member", "rm", "--project", PROJECT, SERVICE_ACCOUNT],
     ),
     "member-rm": Case(
         Action.MANAGE_MEMBERS,
-        argv=lambda v: ["project", "member", "rm", PROJECT, "rxdave"],
+        argv=lambda v: ["project", "member", "rm", "--project", PROJECT, "rxdave"],
         done=lambda before, after: role_of(after, "rxdave") is None,
-        undo=lambda v: ["project", "member", "add", PROJECT, "rxdave", "--role", "viewer"],
+        undo=lambda v: [
+            "project",
+            "member",
+            "add",
+            "--project",
+            PROJECT,
+            "rxdave",
+            "--role",
+            "viewer",
+        ],
     ),
     # Building needs workspace write access: a draft is the first thing a build needs.
     "build": Case(
@@ -121,9 +140,9 @@ CASES: dict[str, Case] = {
     ),
     "member-set-role": Case(
         Action.MANAGE_MEMBERS,
-        argv=lambda v: ["project", "member", "set-role", PROJECT, "rxdave", "editor"],
+        argv=lambda v: ["project", "member", "set-role", "--project", PROJECT, "rxdave", "editor"],
         done=lambda before, after: role_of(after, "rxdave") == "editor",
-        undo=lambda v: ["project", "member", "set-role", PROJECT, "rxdave", "viewer"],
+        undo=lambda v: ["project", "member", "set-role", "--project", PROJECT, "rxdave", "viewer"],
     ),
 }
 DELETE_CASE = "delete-project"
@@ -164,12 +183,18 @@ def rxd() -> Iterator[Rxd]:
 def make_project(rxd: Rxd, name: str, *options: str) -> None:
     output(rxd.rxctl(OWNER, "project", "create", name, *options))
     for user, role in MEMBERS.items():
-        output(rxd.rxctl(OWNER, "project", "member", "add", name, user, "--role", role.value))
+        output(
+            rxd.rxctl(
+                OWNER, "project", "member", "add", "--project", name, user, "--role", role.value
+            )
+        )
 
 
 def owner_view(rxd: Rxd, name: str = PROJECT) -> dict[str, Any]:
     """The owner's `project show`, with the names of the project's image drafts."""
-    view: dict[str, Any] = json.loads(output(rxd.rxctl(OWNER, "project", "show", name, "--json")))
+    view: dict[str, Any] = json.loads(
+        output(rxd.rxctl(OWNER, "project", "show", "--project", name, "--json"))
+    )
     drafts = json.loads(
         output(rxd.rxctl(OWNER, "image", "draft", "list", "--project", name, "--json"))
     )
@@ -196,7 +221,9 @@ def assert_refused(
 
 def test_every_action_has_a_command_or_is_pending() -> None:
     covered = (
-        {case.action for case in CASES.values()} | {Action.DELETE_PROJECT} | set(CONTAINER_CASES)
+        {case.action for case in CASES.values()}
+        | {Action.DELETE_PROJECT, Action.RUN}
+        | set(CONTAINER_CASES)
     )
     assert covered.isdisjoint(PENDING)
     assert covered | set(PENDING) == set(Action)
@@ -244,15 +271,15 @@ def check_delete(rxd: Rxd, actor: str, user: str) -> None:
     name = f"gone-{actor}"
     make_project(rxd, name)
     before = owner_view(rxd, name)
-    result = rxd.rxctl(user, "project", "delete", name, "--yes")
+    result = rxd.rxctl(user, "project", "delete", "--project", name, "--yes")
     if may(actor, Action.DELETE_PROJECT):
         assert output(result) == f"Deleted project {name}.\n"
-        gone = rxd.rxctl(OWNER, "project", "show", name)
+        gone = rxd.rxctl(OWNER, "project", "show", "--project", name)
         assert gone.returncode == 1
         return
     assert_refused(result, actor, Action.DELETE_PROJECT, name)
     assert owner_view(rxd, name) == before
-    output(rxd.rxctl(OWNER, "project", "delete", name, "--yes"))
+    output(rxd.rxctl(OWNER, "project", "delete", "--project", name, "--yes"))
 
 
 # -- the container's actions -------------------------------------------------------------------
@@ -512,3 +539,45 @@ def test_container_role_matrix(rxd: Rxd, action: Action, actor: str) -> None:
     assert owner_view(rxd, case.project)["settings"]["image"] == image
     if action is Action.EXEC:
         assert not exec_marker(rxd, actor).exists()
+
+
+# -- run: the batch plan a member's own batch step asks for -------------------------------------
+
+
+@pytest.mark.parametrize("actor", list(ACTORS))
+def test_run_role_matrix(rxd: Rxd, actor: str) -> None:
+    """`run` is asked through the batch plan (GET .../batch-plan, as `rxctl run` and the SPANK
+    plugin ask it); it reads and changes nothing."""
+    before = owner_view(rxd, LIVE)
+    url = f"http://rxd/v1/projects/{LIVE}/batch-plan"
+    result = run_as(
+        ACTORS[actor],
+        [
+            "curl",
+            "--silent",
+            "--write-out",
+            "\\n%{http_code}",
+            "--unix-socket",
+            str(rxd.socket),
+            url,
+        ],
+    )
+    body, _, code = result.stdout.rpartition("\n")
+    answer = json.loads(body)
+    if may(actor, Action.RUN):
+        assert code == "200", answer
+        assert (answer["project"], answer["image"], answer["workspace_target"]) == (
+            LIVE,
+            IMAGE,
+            "/workspace",
+        )
+    elif actor in (r.value for r in Role):
+        assert code == "403", answer
+        needed = " or ".join(r.value for r in Role if r in ALLOWED[Action.RUN])
+        assert answer["error"]["message"] == (
+            f"run in project {LIVE} needs role {needed}; you are {actor}"
+        )
+    else:
+        assert code == "404", answer
+        assert answer["error"]["message"] == f"no project named '{LIVE}' (or you are not a member)"
+    assert owner_view(rxd, LIVE) == before

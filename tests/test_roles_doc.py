@@ -17,8 +17,14 @@ def test_roles_doc_shows_the_matrix_the_daemon_enforces() -> None:
 def test_owner_may_do_everything_and_viewer_only_view_and_read_logs() -> None:
     assert all(may(Role.OWNER, a) for a in Action)
     assert [a for a in Action if may(Role.VIEWER, a)] == [Action.VIEW, Action.LOGS]
-    # Editors have write access to the workspace, so they may build images from it.
-    assert [a for a in Action if may(Role.EDITOR, a)] == [Action.VIEW, Action.LOGS, Action.BUILD]
+    # Editors have write access to the workspace: they may build images from it and run
+    # batch steps in the project's environment.
+    assert [a for a in Action if may(Role.EDITOR, a)] == [
+        Action.VIEW,
+        Action.LOGS,
+        Action.BUILD,
+        Action.RUN,
+    ]
 
 
 def test_manager_rights_are_what_the_issue_names() -> None:
@@ -31,6 +37,7 @@ def test_manager_rights_are_what_the_issue_names() -> None:
         Action.SET_IMAGE,
         Action.EXEC,
         Action.BUILD,
+        Action.RUN,
     }
 
 

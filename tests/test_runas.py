@@ -6,12 +6,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from rxslurm.slurm.runas import SAFE_PATH, RunAs, RunAsError, can_enter, clean_env, run
+from tests.support.cluster import wait_for
 
 pytestmark = pytest.mark.root(reason="dropping to another user needs root")
 
@@ -164,10 +164,7 @@ def test_timeout_kills_the_whole_process_group(alice: RunAs) -> None:
         pid = int(pid_file.read_text())
     finally:
         shutil.rmtree(shared)
-    deadline = time.monotonic() + 10
-    while not _gone(pid):
-        assert time.monotonic() < deadline, f"background child {pid} survived the time-out"
-        time.sleep(0.05)
+    wait_for(lambda: _gone(pid), 10, interval=0.05, what=f"background child {pid} to be killed")
 
 
 def test_nul_in_argv_is_refused() -> None:

@@ -11,9 +11,8 @@ import stat
 import subprocess
 import tempfile
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from rxslurm.slurm.errors import AccountingDisabled, SlurmError, SlurmRejected, 
 from rxslurm.slurm.jobs import JobInfo
 from rxslurm.slurm.runas import RunAs
 from rxslurm.slurm.script import render_batch_script
+from tests.support.cluster import wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
 FIXTURE_NONCE = "0123456789abcdef"
@@ -309,6 +309,9 @@ def test_the_environment_hides_the_marker_from_other_users_where_argv_would_not(
         start_new_session=True,
     )
     try:
+        # Until the child has exec'd sh, its cmdline is not sh's yet (it read empty once).
+        own = Path(f"/proc/{proc.pid}/cmdline")
+        wait_for(lambda: marker in own.read_text(), 10, interval=0.01, what="sh to start")
         cmdline = run_as("rxdave", ["cat", f"/proc/{proc.pid}/cmdline"])
         environ = run_as("rxdave", ["cat", f"/proc/{proc.pid}/environ"])
     finally:
@@ -473,17 +476,6 @@ def test_jobspec_refuses_bad_values(kwargs: dict[str, object]) -> None:
 # ======================================================================= the real cluster
 
 
-def poll(predicate: Callable[[], object], timeout: float = 60, what: str = "a condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
-        time.sleep(0.2)
-
-
 class ClusterJobs:
     """Submits probe jobs under unique names; cancels whatever is left at the end."""
 
@@ -534,18 +526,20 @@ class ClusterJobs:
             info = self.state(job_id)
             return info if info is not None and info.state in states else None
 
-        return poll(reached, timeout, f"job {job_id} to reach {states}")  # type: ignore[return-value]
+        return wait_for(reached, timeout, what=f"job {job_id} to reach {states}")
 
     def wait_finished(self, job_id: int, timeout: float = 60) -> JobInfo:
         def ended() -> JobInfo | None:
             info = self.state(job_id)
             return info if info is not None and info.is_finished else None
 
-        return poll(ended, timeout, f"job {job_id} to end")  # type: ignore[return-value]
+        return wait_for(ended, timeout, what=f"job {job_id} to end")
 
     def output(self, job_id: int) -> str:
         path = self.workdir / f"{job_id}.out"
-        poll(lambda: path.exists() and "done" in path.read_text(), 30, f"{path} to be written")
+        wait_for(
+            lambda: path.exists() and "done" in path.read_text(), 30, what=f"{path} to be written"
+        )
         return path.read_text()
 
 
@@ -578,7 +572,7 @@ def test_cluster_submit_watch_and_history(cluster_jobs: ClusterJobs, alice: RunA
         info = cluster_jobs.cli.history([job_id]).get(job_id)
         return info if info is not None and info.state == "COMPLETED" else None
 
-    final = poll(recorded, 30, "sacct to record the job")
+    final = wait_for(recorded, 30, what="sacct to record the job")
     assert isinstance(final, JobInfo)
     assert (final.state, final.exit_code, final.user) == ("COMPLETED", 0, "rxalice")
     assert final.end_time is not None and final.start_time is not None
@@ -594,7 +588,7 @@ def test_cluster_failed_job_keeps_its_exit_code(cluster_jobs: ClusterJobs, alice
         info = cluster_jobs.cli.history([job_id]).get(job_id)
         return info if info is not None and info.state == "FAILED" else None
 
-    final = poll(recorded, 30, "sacct to record the job")
+    final = wait_for(recorded, 30, what="sacct to record the job")
     assert isinstance(final, JobInfo) and final.exit_code == 3
 
 
@@ -645,7 +639,7 @@ def test_cluster_cancel_and_history_shows_cancelled(
         info = cluster_jobs.cli.history([job_id]).get(job_id)
         return info if info is not None and info.state == "CANCELLED" else None
 
-    final = poll(recorded, 30, "sacct to record the cancellation")
+    final = wait_for(recorded, 30, what="sacct to record the cancellation")
     assert isinstance(final, JobInfo) and final.user == "rxalice"
     cluster_jobs.cli.cancel(job_id, as_user=alice)  # again: not an error
 

@@ -32,14 +32,40 @@ def can_read(user: str, folder: Path) -> bool:
 
 
 def workspace(rxd: Rxd, project: str) -> Path:
-    shown = json.loads(ok(rxd.rxctl("rxalice", "project", "show", project, "--json")).stdout)
+    shown = json.loads(
+        ok(rxd.rxctl("rxalice", "project", "show", "--project", project, "--json")).stdout
+    )
     return Path(shown["workspace"])
 
 
 def test_members_get_access_by_role_and_others_none(rxd: Rxd) -> None:
     ok(rxd.rxctl("rxalice", "project", "create", "ws-roles"))
-    ok(rxd.rxctl("rxalice", "project", "member", "add", "ws-roles", "rxbob", "--role", "editor"))
-    ok(rxd.rxctl("rxalice", "project", "member", "add", "ws-roles", "rxcarol", "--role", "viewer"))
+    ok(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            "ws-roles",
+            "rxbob",
+            "--role",
+            "editor",
+        )
+    )
+    ok(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            "ws-roles",
+            "rxcarol",
+            "--role",
+            "viewer",
+        )
+    )
     folder = workspace(rxd, "ws-roles")
     # Service-account mode (the deployment has one): the folder belongs to it, not to root.
     assert folder.stat().st_uid == 2100 and oct(folder.stat().st_mode & 0o777) == "0o770"
@@ -52,10 +78,22 @@ def test_members_get_access_by_role_and_others_none(rxd: Rxd) -> None:
 
 def test_a_removed_member_loses_access(rxd: Rxd) -> None:
     ok(rxd.rxctl("rxalice", "project", "create", "ws-revoke"))
-    ok(rxd.rxctl("rxalice", "project", "member", "add", "ws-revoke", "rxbob", "--role", "manager"))
+    ok(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            "ws-revoke",
+            "rxbob",
+            "--role",
+            "manager",
+        )
+    )
     folder = workspace(rxd, "ws-revoke")
     assert can_write("rxbob", folder)
-    ok(rxd.rxctl("rxalice", "project", "member", "rm", "ws-revoke", "rxbob"))
+    ok(rxd.rxctl("rxalice", "project", "member", "rm", "--project", "ws-revoke", "rxbob"))
     assert not can_read("rxbob", folder)
 
 
@@ -64,7 +102,9 @@ def test_switching_run_as_prepares_the_folder_again(rxd: Rxd) -> None:
     folder = workspace(rxd, "ws-mode")
     assert can_write("rxsvc", folder)
     shown = json.loads(
-        ok(rxd.rxctl("rxalice", "project", "run-as", "ws-mode", "bound", "--json")).stdout
+        ok(
+            rxd.rxctl("rxalice", "project", "run-as", "--project", "ws-mode", "bound", "--json")
+        ).stdout
     )
     assert shown["runtime_user"] == "rxalice"
     # The owner's identity now runs the work and owns the folder; the service account, which
@@ -85,7 +125,9 @@ def test_rxd_refuses_a_workspace_root_others_can_write() -> None:
         result = daemon.rxctl("rxalice", "project", "create", "ws-open")
         assert result.returncode == 1
         assert "must be owned by root and not group/world writable" in result.stderr
-        assert daemon.rxctl("rxalice", "project", "show", "ws-open").returncode == 1  # rolled back
+        assert (
+            daemon.rxctl("rxalice", "project", "show", "--project", "ws-open").returncode == 1
+        )  # rolled back
         assert list(open_root.iterdir()) == []
     finally:
         daemon.stop()

@@ -65,12 +65,12 @@ say "A researcher is bound automatically (identity mode \"local\")"
 as_user rxctl whoami
 
 say "A project with one GPU, on an image built locally from Debian packages (tests/cluster/images.sh)"
-if quietly_as_user rxctl project show "$project" >/dev/null 2>&1; then
+if quietly_as_user rxctl project show --project "$project" >/dev/null 2>&1; then
   quietly_as_user rxctl disable --project "$project" >/dev/null 2>&1 || true
-  quietly_as_user rxctl project delete "$project" --yes
+  quietly_as_user rxctl project delete --project "$project" --yes
 fi
 as_user rxctl project create "$project" --gpus 1 --partition gpu --image "$image"
-workspace=$(quietly_as_user rxctl project show "$project" --json |
+workspace=$(quietly_as_user rxctl project show --project "$project" --json |
   "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["workspace"])')
 
 say "Enable: overlay, image, first Slurm job (the real Apptainer: $(apptainer --version))"

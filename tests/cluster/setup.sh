@@ -27,6 +27,7 @@ install_missing_packages() {
     [/usr/sbin/munged]=munge [/usr/include/slurm/spank.h]=libslurm-dev
     [/usr/sbin/slurmdbd]=slurmdbd [/usr/sbin/mariadbd]=mariadb-server
     [/usr/bin/fuse2fs]=fuse2fs [/usr/bin/setfacl]=acl
+    [/usr/bin/gcc]=gcc [/usr/bin/make]=make
   )
   local path
   local -a missing=()
@@ -129,6 +130,38 @@ write_configs() {
     CHANGED+=("${HOOKS_CONF##*/}")
   fi
   step "configs: ${CHANGED[*]:-unchanged} in $SLURM_ETC"
+}
+
+# The SPANK plugin (--rx-project), built from this checkout and loaded through plugstack.conf.
+# srun, sbatch, salloc and slurmstepd read plugstack.conf for each job and step, so nothing is
+# restarted; `optional`: a node without the file still runs jobs that do not ask for it.
+readonly SPANK_PLUGIN=/usr/local/lib/rxslurm/rx_spank.so
+readonly SPANK_CONF=$SLURM_ETC/plugstack.conf.d/rxslurm.conf
+install_spank_plugin() {
+  local build line state=unchanged
+  build=$(mktemp -d)
+  if ! make -s -C "$REPO/slurm/spank" OUT="$build/rx_spank.so"; then
+    rm -rf "$build"
+    die "the SPANK plugin (slurm/spank) does not build"
+  fi
+  if ! cmp -s "$build/rx_spank.so" "$SPANK_PLUGIN"; then
+    # A new file, not an overwrite: running srun and slurmstepd processes keep the old one mapped.
+    install -D -m 0755 "$build/rx_spank.so" "$SPANK_PLUGIN.new"
+    mv -f "$SPANK_PLUGIN.new" "$SPANK_PLUGIN"
+    state=installed
+  fi
+  rm -rf "$build"
+  [[ -e $SLURM_ETC/plugstack.conf ]] ||
+    printf 'include %s/plugstack.conf.d/*.conf\n' "$SLURM_ETC" >"$SLURM_ETC/plugstack.conf"
+  grep -q "plugstack.conf.d/\*.conf" "$SLURM_ETC/plugstack.conf" ||
+    die "$SLURM_ETC/plugstack.conf does not include $SLURM_ETC/plugstack.conf.d/*.conf"
+  line="optional $SPANK_PLUGIN rxctl=$REPO/.venv/bin/rxctl"
+  if [[ ! -e $SPANK_CONF || $(cat "$SPANK_CONF") != "$line" ]]; then
+    mkdir -p "${SPANK_CONF%/*}"
+    printf '%s\n' "$line" >"$SPANK_CONF.tmp" && mv -f "$SPANK_CONF.tmp" "$SPANK_CONF"
+    state=installed
+  fi
+  step "spank: $state ($line)"
 }
 
 make_fake_gpus() {
@@ -327,6 +360,7 @@ bash "$HERE/registry.sh" # the pull account and a loopback OCI registry for the 
 make_dirs
 write_configs
 make_fake_gpus
+install_spank_plugin
 
 readonly SLURM_CONFS=("$SLURM_ETC/slurm.conf" "$SLURM_ETC/gres.conf" "$SLURM_ETC/cgroup.conf" "$HOOKS_CONF")
 ensure munge munge_ok start_munge 30 munged

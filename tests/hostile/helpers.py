@@ -29,7 +29,9 @@ def sh(user: str, script: str) -> subprocess.CompletedProcess[str]:
 
 
 def workspace_of(rxd: Rxd, user: str, project: str) -> Path:
-    shown = json.loads(ok(rxd.rxctl(user, "project", "show", project, "--json")).stdout)
+    shown = json.loads(
+        ok(rxd.rxctl(user, "project", "show", "--project", project, "--json")).stdout
+    )
     return Path(shown["workspace"])
 
 

@@ -28,12 +28,28 @@ def rxd() -> Iterator[Rxd]:
 
 def test_a_demoted_editor_cannot_write_an_existing_file_in_a_subfolder(rxd: Rxd) -> None:
     ok(rxd.rxctl("rxalice", "project", "create", "acl-demote"))
-    ok(rxd.rxctl("rxalice", "project", "member", "add", "acl-demote", "rxbob", "--role", "editor"))
+    ok(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            "acl-demote",
+            "rxbob",
+            "--role",
+            "editor",
+        )
+    )
     folder = workspace_of(rxd, "rxalice", "acl-demote")
     ok(sh("rxalice", f"mkdir -p {folder}/data/deep && echo v1 > {folder}/data/deep/r.csv"))
     csv = folder / "data" / "deep" / "r.csv"
     ok(sh("rxbob", f"echo v2 > {csv}"))  # as an editor he may
-    ok(rxd.rxctl("rxalice", "project", "member", "set-role", "acl-demote", "rxbob", "viewer"))
+    ok(
+        rxd.rxctl(
+            "rxalice", "project", "member", "set-role", "--project", "acl-demote", "rxbob", "viewer"
+        )
+    )
     assert sh("rxbob", f"echo TAMPERED > {csv}").returncode != 0
     assert sh("rxbob", f"echo new > {folder}/data/deep/planted").returncode != 0
     assert ok(run_as("rxbob", ["cat", str(csv)])).stdout == "v2\n"  # a viewer still reads
@@ -43,12 +59,24 @@ def test_a_demoted_editor_cannot_write_an_existing_file_in_a_subfolder(rxd: Rxd)
 def test_a_removed_member_has_no_acl_entry_left_below_the_workspace(rxd: Rxd) -> None:
     ok(rxd.rxctl("rxalice", "project", "create", "acl-remove"))
     for user, role in (("rxbob", "manager"), ("rxcarol", "viewer")):
-        ok(rxd.rxctl("rxalice", "project", "member", "add", "acl-remove", user, "--role", role))
+        ok(
+            rxd.rxctl(
+                "rxalice",
+                "project",
+                "member",
+                "add",
+                "--project",
+                "acl-remove",
+                user,
+                "--role",
+                role,
+            )
+        )
     folder = workspace_of(rxd, "rxalice", "acl-remove")
     ok(sh("rxalice", f"umask 077; mkdir -p {folder}/a/b && echo s > {folder}/a/b/secret"))
     ok(sh("rxbob", f"echo mine > {folder}/a/by-bob"))  # bob's own file stays his
     assert named_entries_for(folder, "rxbob")  # inherited everywhere while he is a member
-    ok(rxd.rxctl("rxalice", "project", "member", "rm", "acl-remove", "rxbob"))
+    ok(rxd.rxctl("rxalice", "project", "member", "rm", "--project", "acl-remove", "rxbob"))
     assert named_entries_for(folder, "rxbob") == []
     assert run_as("rxbob", ["ls", str(folder)]).returncode != 0
     # The others keep theirs.
@@ -58,7 +86,19 @@ def test_a_removed_member_has_no_acl_entry_left_below_the_workspace(rxd: Rxd) ->
 
 def test_a_shell_held_inside_a_subfolder_cannot_write_after_removal(rxd: Rxd) -> None:
     ok(rxd.rxctl("rxalice", "project", "create", "acl-held"))
-    ok(rxd.rxctl("rxalice", "project", "member", "add", "acl-held", "rxbob", "--role", "editor"))
+    ok(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            "acl-held",
+            "rxbob",
+            "--role",
+            "editor",
+        )
+    )
     folder = workspace_of(rxd, "rxalice", "acl-held")
     ok(sh("rxalice", f"mkdir {folder}/data && echo v1 > {folder}/data/r.csv"))
     # bob's shell sits in data/ (its cwd is held), then waits for a line before trying again.
@@ -69,7 +109,7 @@ def test_a_shell_held_inside_a_subfolder_cannot_write_after_removal(rxd: Rxd) ->
     )
     assert held.stdout is not None and held.stdin is not None
     assert held.stdout.readline() == "ready\n"
-    ok(rxd.rxctl("rxalice", "project", "member", "rm", "acl-held", "rxbob"))
+    ok(rxd.rxctl("rxalice", "project", "member", "rm", "--project", "acl-held", "rxbob"))
     out, _ = held.communicate("go\n", timeout=60)
     assert "WROTE" not in out and "PLANTED" not in out
     assert (folder / "data" / "r.csv").read_text() == "v1\n"

@@ -21,6 +21,9 @@ import pytest
 from tests.support.cluster import SYSTEM_PATH, VENV_BIN, wait_for
 from tests.support.daemon import Rxd, running_rxd
 
+# The checkout, for the scripts below: they import the tests' wait_for.
+ROOT = Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.cluster
 
 CAP = 128  # limits.connections_per_uid's default
@@ -30,21 +33,24 @@ FLOOD = 1100
 # still open. Prints the counts once at least EXPECT are refused (or after a minute), and again
 # after "closed" is asked for on stdin, once all are closed (or after a minute).
 FLOOD_SCRIPT = r"""
-import json, socket, sys, time
+import json, socket, sys
+from tests.support.cluster import wait_for
 path, count, expect = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def connect():
     # A full listen backlog fails a non-blocking connect at once (EAGAIN): try again, a while.
     s = socket.socket(socket.AF_UNIX)
     s.setblocking(False)
-    deadline = time.monotonic() + 30
-    while True:
+    def connected():
         try:
             s.connect(path)
-            return s
+            return True
         except BlockingIOError:
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.01)
+            return False
+    try:
+        wait_for(connected, 30, interval=0.01, what="room in the listen backlog")
+    except TimeoutError:
+        return None
+    return s
 socks, stuck = [], 0
 for _ in range(count):
     s = connect()
@@ -70,10 +76,10 @@ def sort():
         else:
             closed.add(i)
 def report(until):
-    deadline = time.monotonic() + 60
-    while not until() and time.monotonic() < deadline:
-        sort()
-        time.sleep(0.2)
+    try:
+        wait_for(lambda: until() or sort(), 60, what="rxd to answer or close the connections")
+    except TimeoutError:
+        pass  # the counts say what was left
     sort()
     print(json.dumps({"connected": len(socks), "stuck": stuck, "refused": len(refused),
                       "closed": len(closed), "open": len(socks) - len(refused) - len(closed),
@@ -108,7 +114,8 @@ print(json.dumps({"sent": sent, "answer": None if answer is None else answer.dec
 
 # Opens COUNT exec connections without a request; prints the first answers rxd sent at once.
 EXEC_FLOOD_SCRIPT = r"""
-import json, socket, sys, time
+import json, socket, sys
+from tests.support.cluster import wait_for
 path, count = sys.argv[1], int(sys.argv[2])
 socks = []
 for _ in range(count):
@@ -116,15 +123,18 @@ for _ in range(count):
     s.connect(path)
     socks.append(s)
 answers = []
-deadline = time.monotonic() + 5
-while time.monotonic() < deadline and len(answers) < count - int(sys.argv[3]):
-    answers = []
+def peek():
+    answers.clear()
     for s in socks:
         try:
             answers.append(s.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT).decode())
         except BlockingIOError:
             pass
-    time.sleep(0.1)
+    return len(answers) >= count - int(sys.argv[3])
+try:
+    wait_for(peek, 5, interval=0.1, what="rxd's first answers")
+except TimeoutError:
+    pass  # the answers so far are the finding
 print(json.dumps(answers), flush=True)
 sys.stdin.readline()
 """
@@ -146,7 +156,12 @@ def as_user(user: str, script: str, *args: str) -> subprocess.Popen[str]:
         user=pw.pw_uid,
         group=pw.pw_gid,
         extra_groups=os.getgrouplist(user, pw.pw_gid),
-        env={"PATH": os.pathsep.join((str(VENV_BIN), *SYSTEM_PATH)), "HOME": pw.pw_dir},
+        env={
+            "PATH": os.pathsep.join((str(VENV_BIN), *SYSTEM_PATH)),
+            "HOME": pw.pw_dir,
+            # The scripts poll with the tests' wait_for.
+            "PYTHONPATH": str(ROOT),
+        },
         cwd="/",
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -165,7 +165,7 @@ def test_enable_wake_and_exec_refuse_until_an_owner_chooses_again(ledger: Ledger
     for call in (rt.enable, rt.wake, rt.exec_target):
         with pytest.raises(Conflict) as refused_call:
             call(BOB, "shared")
-        assert "rxctl project run-as shared bound" in refused_call.value.message
+        assert "rxctl project run-as --project shared bound" in refused_call.value.message
         assert refused_call.value.code == "no_run_as"
 
 
@@ -209,14 +209,22 @@ def audit_actions(rxd: Rxd, project_name: str) -> list[str]:
 def test_a_run_as_owner_who_leaves_takes_their_identity_along(rxd: Rxd, how: str) -> None:
     name = f"who-{how}"
     ok(rxd.rxctl("rxalice", "project", "create", name, "--image", IMAGE))
-    ok(rxd.rxctl("rxalice", "project", "member", "add", name, "rxbob", "--role", "owner"))
+    ok(
+        rxd.rxctl(
+            "rxalice", "project", "member", "add", "--project", name, "rxbob", "--role", "owner"
+        )
+    )
     ok(rxd.rxctl("rxalice", "enable", "--project", name))
     assert wait_state(rxd, "rxbob", name, "running")["runtime_user"] == "rxalice"
 
     if how == "removed":
-        ok(rxd.rxctl("rxbob", "project", "member", "rm", name, "rxalice"))
+        ok(rxd.rxctl("rxbob", "project", "member", "rm", "--project", name, "rxalice"))
     else:
-        ok(rxd.rxctl("rxbob", "project", "member", "set-role", name, "rxalice", "viewer"))
+        ok(
+            rxd.rxctl(
+                "rxbob", "project", "member", "set-role", "--project", name, "rxalice", "viewer"
+            )
+        )
     wait_state(rxd, "rxbob", name, "stopped", timeout=60)
     assert "project.run-as-released" in audit_actions(rxd, name)
     folder = workspace_of(rxd, "rxbob", name)
@@ -224,14 +232,17 @@ def test_a_run_as_owner_who_leaves_takes_their_identity_along(rxd: Rxd, how: str
     for args in (("enable",), ("start",), ("exec",)):
         argv = [*args, "--project", name] + (["--", "id", "-un"] if args == ("exec",) else [])
         line = refused(rxd.rxctl("rxbob", *argv), 125 if args == ("exec",) else 1)
-        assert "no run-as identity" in line and f"rxctl project run-as {name} bound" in line
+        assert "no run-as identity" in line
+        assert f"rxctl project run-as --project {name} bound" in line
 
     if how == "demoted":
         # Disabling does not act as alice either: her container folder goes to quarantine.
         ok(rxd.rxctl("rxbob", "disable", "--project", name))
         (old,) = (rxd.root / "containers" / ".quarantine").glob(f"rx-{name}.*")
         assert old.stat().st_uid == 0
-    shown = json.loads(ok(rxd.rxctl("rxbob", "project", "run-as", name, "bound", "--json")).stdout)
+    shown = json.loads(
+        ok(rxd.rxctl("rxbob", "project", "run-as", "--project", name, "bound", "--json")).stdout
+    )
     assert shown["runtime_user"] == "rxbob"
     assert folder.stat().st_uid == uid("rxbob")  # handed over to the new identity
     if how == "removed":
@@ -251,7 +262,19 @@ def test_unbinding_the_run_as_user_parks_the_workspace_and_forgets_the_identity(
         for platform_user, linux_user in (("alice", "rxalice"), ("bob", "rxbob")):
             ok(daemon.rxctl("rxop", "admin", "bind", platform_user, linux_user))
         ok(daemon.rxctl("rxalice", "project", "create", "unbound"))
-        ok(daemon.rxctl("rxalice", "project", "member", "add", "unbound", "bob", "--role", "owner"))
+        ok(
+            daemon.rxctl(
+                "rxalice",
+                "project",
+                "member",
+                "add",
+                "--project",
+                "unbound",
+                "bob",
+                "--role",
+                "owner",
+            )
+        )
         folder = workspace_of(daemon, "rxalice", "unbound")
         assert folder.stat().st_uid == uid("rxalice")
 
@@ -260,9 +283,13 @@ def test_unbinding_the_run_as_user_parks_the_workspace_and_forgets_the_identity(
         assert folder.stat().st_uid == 0  # parked: the Linux account no longer owns it
         assert run_as("rxalice", ["ls", str(folder)]).returncode != 0
         assert ok(run_as("rxbob", ["ls", str(folder)]))  # a member keeps access
-        shown = json.loads(ok(daemon.rxctl("rxbob", "project", "show", "unbound", "--json")).stdout)
+        shown = json.loads(
+            ok(daemon.rxctl("rxbob", "project", "show", "--project", "unbound", "--json")).stdout
+        )
         assert shown["run_as_user"] is None and shown["runtime_user"] is None
         # Bound again, alice does not silently become the project's identity again.
         ok(daemon.rxctl("rxop", "admin", "bind", "alice", "rxalice"))
-        shown = json.loads(ok(daemon.rxctl("rxbob", "project", "show", "unbound", "--json")).stdout)
+        shown = json.loads(
+            ok(daemon.rxctl("rxbob", "project", "show", "--project", "unbound", "--json")).stdout
+        )
         assert shown["run_as_user"] is None

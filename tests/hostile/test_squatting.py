@@ -59,7 +59,7 @@ def test_a_squatter_reads_nothing_of_the_next_project_of_that_name(rxd: Rxd) -> 
     ok(rxd.rxctl("rxbob", "project", "create", "thesis"))
     squat = workspace_of(rxd, "rxbob", "thesis")
     ok(sh("rxbob", f"echo planted > {squat}/from-bob"))
-    ok(rxd.rxctl("rxbob", "project", "delete", "thesis", "--yes"))
+    ok(rxd.rxctl("rxbob", "project", "delete", "--project", "thesis", "--yes"))
 
     ok(rxd.rxctl("rxalice", "project", "create", "thesis"))
     folder = workspace_of(rxd, "rxalice", "thesis")
@@ -90,10 +90,22 @@ def test_a_squatter_reads_nothing_of_the_next_project_of_that_name(rxd: Rxd) -> 
 
 def test_a_recreated_name_exposes_none_of_the_old_files(rxd: Rxd) -> None:
     ok(rxd.rxctl("rxalice", "project", "create", "paper"))
-    ok(rxd.rxctl("rxalice", "project", "member", "add", "paper", "rxcarol", "--role", "editor"))
+    ok(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            "paper",
+            "rxcarol",
+            "--role",
+            "editor",
+        )
+    )
     folder = workspace_of(rxd, "rxalice", "paper")
     ok(sh("rxalice", f"mkdir {folder}/data && echo v1 > {folder}/data/results.csv"))
-    ok(rxd.rxctl("rxalice", "project", "delete", "paper", "--yes"))
+    ok(rxd.rxctl("rxalice", "project", "delete", "--project", "paper", "--yes"))
 
     ok(rxd.rxctl("rxbob", "project", "create", "paper"))
     assert workspace_of(rxd, "rxbob", "paper") == folder
@@ -130,7 +142,17 @@ def test_an_existing_project_refuses_a_folder_nobody_gave_it(rxd: Rxd) -> None:
     # Only root can do this (the workspaces root is root's): an admin's mistake, say.
     os.chown(folder, uid("rxbob"), uid("rxbob"))
     result = ok(
-        rxd.rxctl("rxalice", "project", "member", "add", "swap", "rxcarol", "--role", "editor")
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "member",
+            "add",
+            "--project",
+            "swap",
+            "rxcarol",
+            "--role",
+            "editor",
+        )
     )
     assert "which rx-slurm never gave it to" in result.stderr + result.stdout
     # Nothing ran as bob: the folder's ACL is what it was.
@@ -144,7 +166,7 @@ def test_a_deleted_projects_container_folder_neither_blocks_nor_leaks(rxd: Rxd) 
     state_dir = rxd.root / "containers" / "rx-squat"
     ok(sh("rxbob", f"echo bob > {state_dir}/bobs-note"))
     ok(rxd.rxctl("rxbob", "disable", "--project", "squat"))
-    ok(rxd.rxctl("rxbob", "project", "delete", "squat", "--yes"))
+    ok(rxd.rxctl("rxbob", "project", "delete", "--project", "squat", "--yes"))
     (old,) = quarantined(rxd, "containers", "rx-squat")
     assert_locked_away(old)
 

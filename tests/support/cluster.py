@@ -105,6 +105,29 @@ def user_env(user: str, extra: Mapping[str, str] | None = None) -> dict[str, str
     }
 
 
+def spawn_as(
+    user: str,
+    argv: Sequence[str],
+    output: int = subprocess.PIPE,
+    stdin: int = subprocess.DEVNULL,
+) -> subprocess.Popen[str]:
+    """A process of `user` in the background (as run_as runs it, from their home), its output
+    collected (or sent to `output`), its stdin a pipe if asked."""
+    pw = pwd.getpwnam(user)
+    return subprocess.Popen(
+        list(argv),
+        user=pw.pw_uid,
+        group=pw.pw_gid,
+        extra_groups=os.getgrouplist(user, pw.pw_gid),
+        env=user_env(user),
+        cwd=pw.pw_dir if os.path.isdir(pw.pw_dir) else "/",
+        stdin=stdin,
+        stdout=output,
+        stderr=output,
+        text=True,
+    )
+
+
 def run_as(
     user: str,
     argv: Sequence[str],

@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -110,21 +109,23 @@ class Rxd:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         from rxslurm.cli.client import Client, ClientError
+        from tests.support.cluster import wait_for
 
-        deadline = time.monotonic() + timeout
         client = Client(str(self.socket), timeout=5)
-        while True:
+
+        def answers() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"rxd exited with {self.proc.returncode}:\n{self.log_text()}")
             try:
                 client.get("/v1/whoami")
-                return
             except ClientError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"rxd not ready after {timeout}s:\n{self.log_text()}"
-                    ) from None
-                time.sleep(0.05)
+                return False
+            return True
+
+        try:
+            wait_for(answers, timeout, interval=0.05, what="rxd to answer")
+        except TimeoutError:
+            raise AssertionError(f"rxd not ready after {timeout}s:\n{self.log_text()}") from None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None

@@ -101,7 +101,7 @@ def test_the_deployment_switch_refuses_drafts_and_builds_and_changes_nothing(b: 
 
 def test_outside_dev_mode_a_build_is_refused_with_what_the_owner_does(b: Builds) -> None:
     dev_mode(b.w, False)
-    with pytest.raises(Conflict, match="rxctl project set alpha --dev-mode on"):
+    with pytest.raises(Conflict, match="rxctl project set --project alpha --dev-mode on"):
         b.build()
     assert b.w.slurm.submitted == [] and ledger_count(b, "image_builds") == 0
 

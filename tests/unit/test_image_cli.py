@@ -126,7 +126,7 @@ def test_validate_a_file_or_a_draft_says_ok_or_exits_1(
     result = rxctl("image", "draft", "validate", "--project", "alpha", "--file", str(unsure))
     assert result.exit_code == 1 and "give --kind" in result.stderr
     result = rxctl("image", "draft", "validate", "--project", "alpha")
-    assert result.exit_code == 2 and "give a draft NAME or --file FILE" in result.stderr
+    assert result.exit_code == 2 and "give a DRAFT or --file FILE" in result.stderr
 
 
 def test_build_sends_only_what_was_given_with_sbatch_units(rxctl: Callable[..., Any]) -> None:
@@ -147,6 +147,6 @@ def test_build_sends_only_what_was_given_with_sbatch_units(rxctl: Callable[..., 
 
 def test_project_set_dev_mode_puts_the_switch(rxctl: Callable[..., Any]) -> None:
     FakeClient.answers[("PUT", f"{BASE}/dev-mode")] = [{"name": "alpha", "dev_mode": True}]
-    result = rxctl("project", "set", "alpha", "--dev-mode", "on")
+    result = rxctl("project", "set", "--project", "alpha", "--dev-mode", "on")
     assert result.exit_code == 0 and result.stdout == "Project alpha: dev mode on.\n"
     assert FakeClient.calls == [("PUT", f"{BASE}/dev-mode", {"dev_mode": True})]

@@ -145,6 +145,8 @@ def world(tmp_path: Path, *projects: tuple[str, str], **settings: Any) -> World:
     )
     reconciler = Reconciler(service, interval=3600)
     service.poke = lambda: None
+    # No overlay copies behind the tests' backs (tests/unit/test_snapshot_policy.py turns them on).
+    service.take_due_snapshots = lambda: None
     return World(ledger, clock, slurm, runtime, service, reconciler)
 
 

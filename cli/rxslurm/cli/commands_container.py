@@ -1,4 +1,4 @@
-"""`rxctl enable/start/stop/disable/retry/status/list`: a project's persistent container."""
+"""`rxctl enable/start/stop/disable/retry/status/list/snapshot`: a project's container."""
 
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ start = _waiting(
 )
 stop = _lifecycle(
     "stop",
-    "Stop the container; its overlay and workspace are kept (manager+).",
+    "Stop the container; its overlay and workspace are kept, and batch steps get a snapshot of "
+    "the overlay once it has stopped (manager+).",
     "rxctl stop --project alpha",
     "stopping",
 )
@@ -141,6 +142,27 @@ def status(client: Client, project: str | None, json_: bool) -> None:
         echo(line)
 
 
+@click.command()
+@project_option
+@json_option
+@click.pass_obj
+@api_errors
+def snapshot(client: Client, project: str | None, json_: bool) -> None:
+    """Snapshot the overlay for batch steps, now or when the container next sleeps (manager+).
+
+    Batch steps (`--rx-project`, `rxctl run`) mount the newest snapshot read-only; rxd also takes
+    one whenever the container goes to sleep. `rxctl status` says which one steps get.
+
+    Example: rxctl snapshot --project alpha
+    """
+    name = choose_project(client, project)
+    result = client.post(routes.path(routes.PROJECT_SNAPSHOT, name))
+    if json_:
+        emit_json(result)
+        return
+    echo(str(result["message"]))
+
+
 @click.command(name="list")
 @list_command
 def list_(client: Client, json_: bool, shape: render.Shape) -> None:
@@ -153,4 +175,4 @@ def list_(client: Client, json_: bool, shape: render.Shape) -> None:
     )
 
 
-COMMANDS = (enable, start, stop, disable, retry, status, list_)
+COMMANDS = (enable, start, stop, disable, retry, status, list_, snapshot)

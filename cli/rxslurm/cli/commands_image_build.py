@@ -149,7 +149,7 @@ ignore_option = click.option(
 
 @draft.command("create")
 @project_option
-@click.argument("name")
+@click.argument("draft", metavar="DRAFT")
 @click.option("--file", "file", required=True, metavar="FILE", help="The Dockerfile or definition.")
 @kind_option
 @context_option
@@ -160,7 +160,7 @@ ignore_option = click.option(
 def draft_create(
     client: Client,
     project: str | None,
-    name: str,
+    draft: str,
     file: str,
     kind: str | None,
     context: str | None,
@@ -172,18 +172,18 @@ def draft_create(
     Example: rxctl image draft create --project alpha main --file Dockerfile --context src
     """
     project = choose_project(client, project)
-    body = {"name": name, **_sources(file, kind, context, ignore_file)}
+    body = {"name": draft, **_sources(file, kind, context, ignore_file)}
     answer = client.post(routes.path(routes.IMAGE_DRAFTS, project), body)
     if json_:
         emit_json(answer)
         return
-    echo(f"Created draft {name} of {project} ({answer['kind']}).")
-    _say_check(answer, name)
+    echo(f"Created draft {draft} of {project} ({answer['kind']}).")
+    _say_check(answer, draft)
 
 
 @draft.command("edit")
 @project_option
-@click.argument("name")
+@click.argument("draft", metavar="DRAFT")
 @click.option("--file", "file", metavar="FILE", help="The new text (default: open $EDITOR).")
 @kind_option
 @context_option
@@ -194,7 +194,7 @@ def draft_create(
 def draft_edit(
     client: Client,
     project: str | None,
-    name: str,
+    draft: str,
     file: str | None,
     kind: str | None,
     context: str | None,
@@ -208,18 +208,18 @@ def draft_edit(
     project = choose_project(client, project)
     body = _sources(file, kind, context, ignore_file)
     if not body:
-        current = client.get(_draft_route(project, name))
+        current = client.get(_draft_route(project, draft))
         edited = edit_in_editor(str(current["text"]), current["kind"])
         if edited == current["text"]:
-            echo(f"Draft {name} is unchanged.")
+            echo(f"Draft {draft} is unchanged.")
             return
         body = {"text": edited}
-    answer = client.request("PATCH", _draft_route(project, name), body)
+    answer = client.request("PATCH", _draft_route(project, draft), body)
     if json_:
         emit_json(answer)
         return
-    echo(f"Updated draft {name} of {project}.")
-    _say_check(answer, name)
+    echo(f"Updated draft {draft} of {project}.")
+    _say_check(answer, draft)
 
 
 def edit_in_editor(text: str, kind: str) -> str:
@@ -241,26 +241,26 @@ def edit_in_editor(text: str, kind: str) -> str:
 
 @draft.command("show")
 @project_option
-@click.argument("name")
+@click.argument("draft", metavar="DRAFT")
 @click.option("--definition", "as_definition", is_flag=True, help="Show the definition it builds.")
 @json_option
 @click.pass_obj
 @api_errors
 def draft_show(
-    client: Client, project: str | None, name: str, as_definition: bool, json_: bool
+    client: Client, project: str | None, draft: str, as_definition: bool, json_: bool
 ) -> None:
     """Show a draft's text (or, with --definition, the Apptainer definition it converts to).
 
     Example: rxctl image draft show --project alpha main --definition
     """
     project = choose_project(client, project)
-    answer = client.get(_draft_route(project, name))
+    answer = client.get(_draft_route(project, draft))
     if json_:
         emit_json(answer)
         return
     text = answer["definition"] if as_definition else answer["text"]
     if text is None:
-        for line in problem_lines(name, answer["check"]):
+        for line in problem_lines(draft, answer["check"]):
             echo(line, err=True)
         raise SystemExit(1)
     click.echo(render.safe_text(str(text)), nl=not str(text).endswith("\n"))
@@ -268,7 +268,7 @@ def draft_show(
 
 @draft.command("validate")
 @project_option
-@click.argument("name", required=False)
+@click.argument("draft", metavar="DRAFT", required=False)
 @click.option("--file", "file", metavar="FILE", help="Check a file instead of a stored draft.")
 @kind_option
 @json_option
@@ -277,7 +277,7 @@ def draft_show(
 def draft_validate(
     client: Client,
     project: str | None,
-    name: str | None,
+    draft: str | None,
     file: str | None,
     kind: str | None,
     json_: bool,
@@ -286,8 +286,8 @@ def draft_validate(
 
     Example: rxctl image draft validate --project alpha main
     """
-    if (name is None) == (file is None):
-        raise click.UsageError("give a draft NAME or --file FILE")
+    if (draft is None) == (file is None):
+        raise click.UsageError("give a DRAFT or --file FILE")
     project = choose_project(client, project)
     if file is not None:
         text = read_file(file, "the draft")
@@ -295,9 +295,9 @@ def draft_validate(
         answer = client.post(routes.path(routes.IMAGE_DRAFT_CHECK, project), body)
         label = file
     else:
-        assert name is not None
-        answer = client.post(routes.path(routes.IMAGE_DRAFT_VALIDATE, project, name), {})
-        label = name
+        assert draft is not None
+        answer = client.post(routes.path(routes.IMAGE_DRAFT_VALIDATE, project, draft), {})
+        label = draft
     if json_:
         emit_json(answer)
         if not answer["check"]["ok"]:
@@ -310,21 +310,21 @@ def draft_validate(
 
 @draft.command("delete")
 @project_option
-@click.argument("name")
+@click.argument("draft", metavar="DRAFT")
 @json_option
 @click.pass_obj
 @api_errors
-def draft_delete(client: Client, project: str | None, name: str, json_: bool) -> None:
+def draft_delete(client: Client, project: str | None, draft: str, json_: bool) -> None:
     """Delete a draft (builds made from it stay).
 
     Example: rxctl image draft delete --project alpha main
     """
     project = choose_project(client, project)
-    answer = client.request("DELETE", _draft_route(project, name))
+    answer = client.request("DELETE", _draft_route(project, draft))
     if json_:
         emit_json(answer)
     else:
-        echo(f"Deleted draft {name} of {project}.")
+        echo(f"Deleted draft {draft} of {project}.")
 
 
 @draft.command("list")
@@ -448,7 +448,7 @@ def build(
     """Build an image from a draft, as a Slurm job run as the project's runtime user.
 
     Needs builds turned on by the admin and the project in dev mode (its owner's
-    `rxctl project set NAME --dev-mode on`); editors and above may build.
+    `rxctl project set --project NAME --dev-mode on`); editors and above may build.
 
     Example: rxctl image build --project alpha main --name py312 --cpus 4
     """

@@ -10,15 +10,17 @@ import click
 from rxslurm.cli import render, units
 from rxslurm.cli.client import Client
 from rxslurm.cli.common import (
+    ProjectNamedFirst,
     api_errors,
-    complete_projects,
     echo,
     echo_lines,
     emit_json,
     json_option,
     list_command,
     print_list,
+    project_option,
 )
+from rxslurm.cli.project_choice import choose_project
 from rxslurm.protocol import routes
 from rxslurm.protocol.settings import SETTINGS
 
@@ -62,7 +64,7 @@ def echo_warnings(answer: dict[str, Any]) -> None:
 def project() -> None:
     """Create, inspect and configure projects and their members.
 
-    Example: rxctl project show alpha
+    Example: rxctl project show --project alpha
     """
 
 
@@ -75,7 +77,8 @@ def project() -> None:
 def create(client: Client, /, name: str, json_: bool, **options: Any) -> None:
     """Create a project; you become its owner.
 
-    Names: 1-21 characters, lowercase letters, digits and "-", starting with a letter.
+    Names: 1-21 characters, lowercase letters, digits and "-", starting with a letter. The new
+    name is an argument: --project and $RX_PROJECT name a project that exists.
 
     Example: rxctl project create alpha --gpus 1 -p gpu --mem 16G --time 1-00:00:00
     """
@@ -101,16 +104,17 @@ def list_(client: Client, json_: bool, shape: render.Shape) -> None:
     print_list(client.get(routes.PROJECTS), "projects", render.project_list_lines, json_, shape)
 
 
-@project.command("show")
-@click.argument("name", shell_complete=complete_projects)
+@project.command("show", cls=ProjectNamedFirst)
+@project_option
 @json_option
 @click.pass_obj
 @api_errors
-def show(client: Client, name: str, json_: bool) -> None:
+def show(client: Client, project: str | None, json_: bool) -> None:
     """Show a project: settings, effective values, run-as, workspace and members.
 
-    Example: rxctl project show alpha --json
+    Example: rxctl project show --project alpha --json
     """
+    name = choose_project(client, project)
     answer = client.get(routes.path(routes.PROJECT, name))
     if json_:
         emit_json(answer)
@@ -118,17 +122,18 @@ def show(client: Client, name: str, json_: bool) -> None:
         echo_lines(render.project_lines(answer))
 
 
-@project.command("delete")
-@click.argument("name", shell_complete=complete_projects)
+@project.command("delete", cls=ProjectNamedFirst)
+@project_option
 @click.option("--yes", is_flag=True, help="Really delete (required; there is no prompt).")
 @json_option
 @click.pass_obj
 @api_errors
-def delete(client: Client, name: str, yes: bool, json_: bool) -> None:
+def delete(client: Client, project: str | None, yes: bool, json_: bool) -> None:
     """Delete a project (owners only; not while its container is enabled).
 
-    Example: rxctl project delete alpha --yes
+    Example: rxctl project delete --project alpha --yes
     """
+    name = choose_project(client, project)
     if not yes:
         raise click.ClickException(f"deleting project {name} cannot be undone; add --yes to do it")
     answer = client.request("DELETE", routes.path(routes.PROJECT, name))
@@ -138,8 +143,8 @@ def delete(client: Client, name: str, yes: bool, json_: bool) -> None:
         echo(f"Deleted project {answer.get('deleted', name)}.")
 
 
-@project.command("set")
-@click.argument("name", shell_complete=complete_projects)
+@project.command("set", cls=ProjectNamedFirst)
+@project_option
 @settings_options
 @click.option(
     "--dev-mode",
@@ -150,16 +155,19 @@ def delete(client: Client, name: str, yes: bool, json_: bool) -> None:
 @json_option
 @click.pass_obj
 @api_errors
-def set_(client: Client, /, name: str, json_: bool, dev_mode: str | None, **options: Any) -> None:
+def set_(
+    client: Client, /, project: str | None, json_: bool, dev_mode: str | None, **options: Any
+) -> None:
     """Change a project's settings; only the options given change (0 or "": the default).
 
-    Example: rxctl project set alpha --cpus 2 --gpus 1 --gpu-driver nvidia
+    Example: rxctl project set --project alpha --cpus 2 --gpus 1 --account lab-a
     """
     settings = settings_body(options)
     if not settings and dev_mode is None:
         raise click.ClickException(
             "nothing to change; give at least one setting (see: rxctl project set -h)"
         )
+    name = choose_project(client, project)
     if dev_mode is not None:
         switched = client.request(
             "PUT", routes.path(routes.PROJECT_DEV_MODE, name), {"dev_mode": dev_mode == "on"}
@@ -180,17 +188,18 @@ def set_(client: Client, /, name: str, json_: bool, dev_mode: str | None, **opti
         echo(render.PENDING_NOTE)
 
 
-@project.command("run-as")
-@click.argument("name", shell_complete=complete_projects)
+@project.command("run-as", cls=ProjectNamedFirst)
+@project_option
 @click.argument("mode", metavar="bound|service")
 @json_option
 @click.pass_obj
 @api_errors
-def run_as(client: Client, name: str, mode: str, json_: bool) -> None:
+def run_as(client: Client, project: str | None, mode: str, json_: bool) -> None:
     """Choose who the container runs as: your bound Linux user, or the service account.
 
-    Example: rxctl project run-as alpha service
+    Example: rxctl project run-as --project alpha service
     """
+    name = choose_project(client, project)
     answer = client.request("PUT", routes.path(routes.PROJECT_RUN_AS, name), {"mode": mode})
     echo_warnings(answer)
     if json_:
@@ -206,7 +215,7 @@ def run_as(client: Client, name: str, mode: str, json_: bool) -> None:
 def member() -> None:
     """Add and remove project members and change their roles.
 
-    Example: rxctl project member add alpha rxbob --role manager
+    Example: rxctl project member add --project alpha rxbob --role manager
     """
 
 
@@ -218,48 +227,51 @@ def _members_answer(answer: dict[str, Any], json_: bool, message: str) -> None:
         echo(message)
 
 
-@member.command("add")
-@click.argument("name", shell_complete=complete_projects)
+@member.command("add", cls=ProjectNamedFirst)
+@project_option
 @click.argument("user")
 @click.option("--role", required=True, metavar=ROLES, help="The new member's role.")
 @json_option
 @click.pass_obj
 @api_errors
-def member_add(client: Client, name: str, user: str, role: str, json_: bool) -> None:
+def member_add(client: Client, project: str | None, user: str, role: str, json_: bool) -> None:
     """Add a member to a project (USER: their platform user; locally, their Linux name).
 
-    Example: rxctl project member add alpha rxbob --role editor
+    Example: rxctl project member add --project alpha rxbob --role editor
     """
+    name = choose_project(client, project)
     answer = client.post(routes.path(routes.PROJECT_MEMBERS, name), {"user": user, "role": role})
     _members_answer(answer, json_, f"Added {user} to {name} as {role}.")
 
 
-@member.command("rm")
-@click.argument("name", shell_complete=complete_projects)
+@member.command("rm", cls=ProjectNamedFirst)
+@project_option
 @click.argument("user")
 @json_option
 @click.pass_obj
 @api_errors
-def member_rm(client: Client, name: str, user: str, json_: bool) -> None:
+def member_rm(client: Client, project: str | None, user: str, json_: bool) -> None:
     """Remove a member from a project.
 
-    Example: rxctl project member rm alpha rxbob
+    Example: rxctl project member rm --project alpha rxbob
     """
+    name = choose_project(client, project)
     answer = client.request("DELETE", routes.path(routes.PROJECT_MEMBER, name, user))
     _members_answer(answer, json_, f"Removed {user} from {name}.")
 
 
-@member.command("set-role")
-@click.argument("name", shell_complete=complete_projects)
+@member.command("set-role", cls=ProjectNamedFirst)
+@project_option
 @click.argument("user")
 @click.argument("role", metavar=ROLES)
 @json_option
 @click.pass_obj
 @api_errors
-def member_set_role(client: Client, name: str, user: str, role: str, json_: bool) -> None:
+def member_set_role(client: Client, project: str | None, user: str, role: str, json_: bool) -> None:
     """Change a member's role.
 
-    Example: rxctl project member set-role alpha rxbob viewer
+    Example: rxctl project member set-role --project alpha rxbob viewer
     """
+    name = choose_project(client, project)
     answer = client.request("PATCH", routes.path(routes.PROJECT_MEMBER, name, user), {"role": role})
     _members_answer(answer, json_, f"{user} is now {role} in {name}.")

@@ -10,15 +10,17 @@ import click
 from rxslurm.cli import render, units
 from rxslurm.cli.client import Client
 from rxslurm.cli.common import (
+    ProjectNamedFirst,
     api_errors,
-    complete_projects,
     echo,
     echo_lines,
     emit_json,
     json_option,
     list_command,
     print_list,
+    project_option,
 )
+from rxslurm.cli.project_choice import choose_project
 from rxslurm.protocol import routes
 
 # Limit key, in-use key, column heading.
@@ -286,18 +288,19 @@ def containers(client: Client, json_: bool, shape: render.Shape) -> None:
     print_list(client.get(routes.ADMIN_CONTAINERS), "containers", container_lines, json_, shape)
 
 
-@click.command("stop")
-@click.argument("project", shell_complete=complete_projects)
+@click.command("stop", cls=ProjectNamedFirst)
+@project_option
 @json_option
 @click.pass_obj
 @api_errors
-def stop(client: Client, project: str, json_: bool) -> None:
-    """Stop the container of PROJECT, whoever owns it (recorded in the audit log).
+def stop(client: Client, project: str | None, json_: bool) -> None:
+    """Stop the container of a project, whoever owns it (recorded in the audit log).
 
     Its overlay and workspace stay; an owner may start it again.
 
-    Example: rxctl admin stop alpha
+    Example: rxctl admin stop --project alpha
     """
+    project = choose_project(client, project)
     answer = client.post(routes.path(routes.ADMIN_CONTAINER_STOP, project))
     if json_:
         emit_json(answer)

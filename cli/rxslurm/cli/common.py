@@ -45,6 +45,51 @@ project_option = click.option(
 )
 
 
+class ProjectNamedFirst(click.Command):
+    """A command that takes the project as `-P`/`--project` (else $RX_PROJECT, else the caller's
+    only project) and used to take it as its first argument (`rxctl project show alpha`).
+
+    That old spelling still works, undocumented, with a one-line note on stderr: when no project
+    option is given and there is one word more than the command's arguments, the first word is
+    the project.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        named_first = self._named_first(ctx, args)
+        ctx.meta[_meta_key(ctx)] = named_first
+        rest = super().parse_args(ctx, args)
+        if named_first:
+            ctx.params["project"] = ctx.params.pop(_NAMED_FIRST)
+            click.echo(
+                f"Note: `{ctx.command_path} NAME` is deprecated; "
+                f"use `{ctx.command_path} --project NAME`.",
+                err=True,
+            )
+        return rest
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        if ctx.meta.get(_meta_key(ctx)):
+            return [click.Argument([_NAMED_FIRST]), *params]
+        return params
+
+    def _named_first(self, ctx: click.Context, args: list[str]) -> bool:
+        try:
+            # The words left over once the command's own arguments have theirs.
+            options, extra, _ = self.make_parser(ctx).parse_args(args=list(args))
+        except click.UsageError:
+            return False  # the real parse says what is wrong
+        return len(extra) == 1 and options.get("project") is None
+
+
+_NAMED_FIRST = "project_named_first"
+
+
+def _meta_key(ctx: click.Context) -> str:
+    # ctx.meta is shared by the whole chain of contexts: the key names this command.
+    return f"rxslurm.{_NAMED_FIRST}:{ctx.command_path}"
+
+
 def api_errors(func: F) -> F:
     """Turn client errors into click's one-line `Error: ...` and exit 1."""
 

@@ -19,9 +19,13 @@ REGENERATE = ".venv/bin/python -m rxslurm.cli.docs > docs/cli.md"
 CONVENTIONS = """\
 Every command takes `-h`/`--help`; `man ./docs/rxctl.1` is the same reference as a man page.
 
-- **The project**: commands that act on a project's container take `-P`/`--project PROJECT`, else
-  `$RX_PROJECT`, else your only project; `project` subcommands take its name as their first
-  argument. `-p` is `--partition`, as in sbatch.
+- **The project**: every command that acts on a project takes `-P`/`--project PROJECT`, else
+  `$RX_PROJECT`, else your only project; `-p` is `--partition`, as in sbatch. The one exception is
+  `project create NAME`: a new name is its argument, because the option and `$RX_PROJECT` name a
+  project that exists, and a project made from a stale `$RX_PROJECT` would be a quiet mistake.
+  Where `--project` narrows what an admin command covers (`admin audit`, `admin quota set`) it is
+  never guessed. The old `rxctl project show NAME` form (the project as the first argument of
+  `project` subcommands and `admin stop`) still works, with a note on stderr.
 - **Slurm's units**: `--mem 16G` (a bare number is MB), `-t`/`--time 1-00:00:00` (a bare number is
   minutes), as sbatch reads them.
 - **Output**: `--json` prints the API's answer on stdout; every list is an object with one key

@@ -1,11 +1,13 @@
-"""rxctl's entry point: `rxctl exec` and `rxctl status` without click, everything else with it.
+"""rxctl's entry point: `rxctl exec`, `rxctl status` and `rxctl run` without click, everything
+else with it.
 
-Those two run most often, and from scripts, where rxctl's start-up is paid per call: importing
-click and the command tree takes longer than rxd takes to answer. So the plain forms of the two
-are parsed here with the standard library, and run through the same functions the click commands
-use. Anything else - help, --version, an option this parser does not know, a usage error - goes
-to click unchanged, so click stays the one source of usage messages. tests/test_cli_startup.py
-checks that both parsers read the forms accepted here the same way.
+Those run most often, and from scripts (`rxctl run` once per task of a batch step), where
+rxctl's start-up is paid per call: importing click and the command tree takes longer than rxd
+takes to answer. So their plain forms are parsed here with the standard library, and run
+through the same functions the click commands use. Anything else - help, --version, an option
+this parser does not know, a usage error - goes to click unchanged, so click stays the one
+source of usage messages. tests/test_cli_startup.py checks that both parsers read the forms
+accepted here the same way.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ class Plan:
 
 
 # Options with a value, per command; "--socket" is the group's own.
-_VALUED = {"status": {"project"}, "exec": {"project", "cwd"}}
-_FLAGS = {
+_VALUED = {"status": {"project"}, "exec": {"project", "cwd"}, "run": {"project"}}
+_FLAGS: dict[str, dict[str, str]] = {
     "status": {"--json": "json"},
     "exec": {"--no-wake": "no_wake", "-t": "tty", "--tty": "tty"},
+    "run": {},
 }
+# Commands whose first word that is no option (or the words after `--`) is the command to run.
+_RUNNERS = ("exec", "run")
 _LONG = {PROJECT_FLAGS[1]: "project", "--cwd": "cwd"}
 
 
@@ -76,10 +81,10 @@ def parse(args: list[str]) -> Plan | None:
     plan = Plan(command=rest.pop(0), socket=socket)
     while rest:
         arg = rest.pop(0)
-        if plan.command == "exec" and arg == "--":
+        if plan.command in _RUNNERS and arg == "--":
             plan.argv = rest
             break
-        if plan.command == "exec" and not arg.startswith("-"):
+        if plan.command in _RUNNERS and not arg.startswith("-"):
             plan.argv = [arg, *rest]
             break
         if arg in _FLAGS[plan.command]:
@@ -95,14 +100,15 @@ def parse(args: list[str]) -> Plan | None:
                 return None
             value = rest.pop(0)
         setattr(plan, key, value)
-    if plan.command == "exec" and not plan.argv:
+    if plan.command in _RUNNERS and not plan.argv:
         return None
     return plan
 
 
 def run(plan: Plan) -> int:
-    """Carry out the plan; the exit status. Errors read as click's: `Error: ...`, exit 1."""
-    from rxslurm.cli import exec_client, render, session
+    """Carry out the plan; the exit status (`run` returns only when it failed). Errors read as
+    click's: `Error: ...`, exit 1 (125 for exec and run, their own failures)."""
+    from rxslurm.cli import batch_run, exec_client, render, session
     from rxslurm.cli.client import Client, ClientError
     from rxslurm.cli.project_choice import choose_project
 
@@ -117,6 +123,8 @@ def run(plan: Plan) -> int:
             sys.stdout.write(render.safe_text(text) + "\n")
             sys.stdout.flush()
             return 0
+        if plan.command == "run":
+            batch_run.run(client, name, plan.argv)
         request: dict[str, object] = {
             "argv": plan.argv,
             "wake": not plan.no_wake,
@@ -128,7 +136,7 @@ def run(plan: Plan) -> int:
         return session.run_session(client, name, request)
     except (ClientError, exec_client.ExecError) as exc:
         sys.stderr.write(f"Error: {render.safe(str(exc))}\n")
-        return session.SESSION_FAILED if plan.command == "exec" else 1
+        return session.SESSION_FAILED if plan.command in _RUNNERS else 1
 
 
 def main() -> None:
@@ -157,4 +165,4 @@ def _session_command(args: list[str]) -> bool:
         value = args[args.index("--socket") + 1]
         if value in words:
             words.remove(value)
-    return bool(words) and words[0] in ("exec", "shell")
+    return bool(words) and words[0] in ("exec", "shell", "run")

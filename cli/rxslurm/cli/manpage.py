@@ -72,8 +72,9 @@ def render() -> str:
         ".SH DESCRIPTION",
         roff(
             "rxctl talks to rxd, the rx-slurm daemon, over its Unix socket. Commands that act on "
-            "a project's container take it as -P/--project PROJECT, else $RX_PROJECT, else your "
-            "only project; -p/--partition is the Slurm partition, and memory and time take "
+            "a project take it as -P/--project PROJECT, else $RX_PROJECT, else your only project "
+            "(project create takes the new name as its argument); -p/--partition is the Slurm "
+            "partition, and memory and time take "
             "sbatch's forms (--mem 16G, --time 1-00:00:00). Every command takes -h/--help; those "
             "that show data take --json (lists: an object with one key holding the array), and "
             "lists take --noheader and --format COL,... as squeue's -h and -o."

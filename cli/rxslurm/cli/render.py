@@ -302,8 +302,23 @@ def duration(seconds: Any) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+NO_SNAPSHOT = "none yet: batch steps get the bare image"
+
+
+def snapshot_text(snapshot: Any) -> str:
+    """Which overlay snapshot batch steps get, and how old it is."""
+    if not isinstance(snapshot, Mapping):
+        return NO_SNAPSHOT
+    return (
+        f"{cell(snapshot.get('id'))}, taken {when(snapshot.get('taken_at'))} "
+        f"({duration(snapshot.get('age_s'))} ago): batch steps get it"
+    )
+
+
 def status_lines(s: Mapping[str, Any]) -> list[str]:
     """The whole of `rxctl status`."""
+    from rxslurm.protocol.settings import JOB_FLAGS
+
     state = cell(s["state"]) + (
         " (unknown: Slurm is not answering)" if s.get("state_unknown") else ""
     )
@@ -321,11 +336,23 @@ def status_lines(s: Mapping[str, Any]) -> list[str]:
             f"{cell(s['gpus'])} ({cell(s['gres'])})" if s.get("gres") else cell(s.get("gpus")),
         ),
         ("uptime", duration(s.get("uptime_s"))),
+        # sbatch's own flags, when the project sets them (older rxd: not in the answer).
+        *[(flag, cell(s[flag])) for flag in JOB_FLAGS if s.get(flag)],
         ("workspace", f"{cell(s['workspace'])} (at /workspace)"),
         ("fixed mounts", cell(s.get("fixed_mounts"))),
         ("over quota", cell(s.get("over_quota"))),
         ("last error", cell(s.get("last_error"))),
+        ("snapshot", snapshot_text(s.get("snapshot"))),
     ]
+    request = s.get("snapshot_request")
+    if isinstance(request, Mapping):
+        items.append(
+            (
+                "snapshot asked",
+                f"by {cell(request.get('requested_by'))} at {when(request.get('requested_at'))}; "
+                "taken when the container next sleeps",
+            )
+        )
     lines = pairs(items)
     if s.get("settings_pending"):
         lines.append(PENDING_NOTE)

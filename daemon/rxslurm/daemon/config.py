@@ -124,6 +124,8 @@ class ContainersConfig:
     reconcile_interval: float = 5.0
     # Holder job logs (job-<id>.out) kept per container: the newest this many of its jobs.
     job_logs_kept: int = 10
+    # Read-only overlay snapshots kept per container for batch steps: its newest this many.
+    snapshots_kept: int = 3
 
 
 @dataclass(frozen=True)
@@ -333,6 +335,8 @@ def _validate(config: Config, where: str) -> None:
         )
     if containers.job_logs_kept < 1:
         raise ConfigError(f"{where}: containers.job_logs_kept must be at least 1")
+    if containers.snapshots_kept < 1:
+        raise ConfigError(f"{where}: containers.snapshots_kept must be at least 1")
     for mount in containers.fixed_mounts:
         parts = mount.split(":")
         if (

@@ -22,6 +22,11 @@ IMAGE_SCHEMES = ("docker://", "oras://", "library://")
 # Matched with fullmatch: `$` would let a trailing newline through.
 _GPU_TYPE = re.compile(r"[A-Za-z0-9_.-]{0,32}")
 _PARTITION = re.compile(r"[A-Za-z0-9_.-]{0,64}")
+# Slurm's names of accounts, QOS and reservations; a constraint is such names (node features)
+# joined by sbatch's operators: & | , and [] () for groups, *N for counts.
+_SLURM_NAME = re.compile(r"[A-Za-z0-9_.-]{0,64}")
+_CONSTRAINT = re.compile(r"[A-Za-z0-9_.:&|,*()\[\]-]{0,256}")
+_NAME_RULE = "only letters, digits, '.', '_' and '-'"
 MAX_STRING_BYTES = {s.name: s.max_bytes for s in SETTINGS if s.kind is str}
 MAX_IMAGE_BYTES = MAX_STRING_BYTES["image"]
 MAX_COUNT = 1_000_000
@@ -41,6 +46,10 @@ class Settings:
     gpu_driver: str = ""
     partition: str = ""
     time_limit_min: int = 0
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    reservation: str = ""
     idle_timeout_min: int = 0
 
     @classmethod
@@ -52,8 +61,11 @@ class Settings:
 
 
 def differs_from_snapshot(saved: Settings, snapshot: dict[str, Any]) -> bool:
-    """Whether saved settings differ from those a job was started with (its snapshot)."""
-    return any(snapshot.get(name) != value for name, value in saved.to_dict().items())
+    """Whether saved settings differ from those a job was started with (its snapshot). A setting
+    a snapshot lacks was not there when the job started: it had the setting's default (0, "")."""
+    return any(
+        snapshot.get(name, type(value)()) != value for name, value in saved.to_dict().items()
+    )
 
 
 class PartitionLookup(Protocol):
@@ -115,7 +127,15 @@ def check_static(settings: Settings) -> None:
     if not _GPU_TYPE.fullmatch(settings.gpu_type):
         raise BadRequest("gpu_type may hold only letters, digits, '.', '_' and '-'")
     if not _PARTITION.fullmatch(settings.partition):
-        raise BadRequest("partition may hold only letters, digits, '.', '_' and '-'")
+        raise BadRequest(f"partition may hold {_NAME_RULE}")
+    for name in ("account", "qos", "reservation"):
+        if not _SLURM_NAME.fullmatch(getattr(settings, name)):
+            raise BadRequest(f"{name} may hold {_NAME_RULE}, as Slurm's names do")
+    if not _CONSTRAINT.fullmatch(settings.constraint):
+        raise BadRequest(
+            "constraint may hold node features (letters, digits, '.', '_', '-', ':') joined by "
+            "sbatch's operators & | , * [ ] ( )"
+        )
     image = settings.image
     if image and not (image.startswith("/") or image.startswith(IMAGE_SCHEMES)):
         raise BadRequest(

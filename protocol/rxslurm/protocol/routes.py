@@ -45,6 +45,10 @@ CONTAINER_STATUS = f"{PROJECT}/status"
 # The container's output (query: job, offset) and the project's timeline (query: limit).
 PROJECT_LOGS = f"{PROJECT}/logs"
 PROJECT_HISTORY = f"{PROJECT}/history"
+# What a member's batch step runs in the project's environment (image, snapshot, workspace).
+PROJECT_BATCH_PLAN = f"{PROJECT}/batch-plan"
+# A read-only copy of the container's overlay for batch steps, now or when it next sleeps.
+PROJECT_SNAPSHOT = f"{PROJECT}/snapshot"
 CONTAINERS = f"{V1}/containers"
 # The project's image (PUT: set it, a manager's) and a pull of its reference (POST; refresh).
 PROJECT_IMAGE = f"{PROJECT}/image"

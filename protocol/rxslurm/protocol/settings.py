@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The settings that are sbatch's own flags, each passed to the holder job as one argv item.
+JOB_FLAGS = ("account", "qos", "constraint", "reservation")
+
 # The drivers gpu_driver may name; "" is none.
 GPU_DRIVERS = ("nvidia", "amd")
 
@@ -78,6 +81,32 @@ SETTINGS: tuple[Setting, ...] = (
         "Job time limit: minutes, or [D-]HH:MM:SS as sbatch takes it (0: the default).",
         unit="min",
         reads="time",
+    ),
+    # sbatch's own flags, passed to the holder job as they are (Slurm checks what they name).
+    Setting(
+        "account",
+        str,
+        ("-A", "--account"),
+        "ACCOUNT",
+        'Slurm account the job is charged to ("": the user\'s default).',
+        max_bytes=64,
+    ),
+    Setting("qos", str, ("-q", "--qos"), "QOS", 'Slurm QOS ("": the default).', max_bytes=64),
+    Setting(
+        "constraint",
+        str,
+        ("-C", "--constraint"),
+        "LIST",
+        'Node features the job needs, as sbatch\'s --constraint, e.g. a100&ib ("": none).',
+        max_bytes=256,
+    ),
+    Setting(
+        "reservation",
+        str,
+        ("--reservation",),
+        "NAME",
+        'Slurm reservation to run in ("": none).',
+        max_bytes=64,
     ),
     Setting(
         "idle_timeout_min",

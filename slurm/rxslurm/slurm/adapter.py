@@ -39,7 +39,10 @@ Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _GRES = re.compile(r"[a-z][a-z0-9_]*(?::[A-Za-z0-9_.-]+)?(?::\d+)?")
-_ACCOUNT = re.compile(r"[A-Za-z0-9_.-]+")
+# Slurm's names of accounts, QOS and reservations; a constraint is node features joined by
+# sbatch's operators. Each reaches sbatch as one argv item; these keep it a name, not an option.
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_CONSTRAINT = re.compile(r"[A-Za-z0-9_.:&|,*()\[\]-]+")
 _SIGNAL = re.compile(r"(?:SIG)?[A-Z][A-Z0-9+]*|\d{1,2}")
 
 
@@ -67,13 +70,16 @@ class JobSpec:
     hold: bool = False
     export: str = "NONE"
     account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    reservation: str | None = None
     # False: --no-requeue, so a node failure ends the job instead of Slurm restarting it.
     requeue: bool = True
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("a job needs a name")
-        for label in ("name", "comment", "partition", "workdir", "output", "export", "account"):
+        for label in ("name", "comment", "partition", "workdir", "output", "export"):
             value = getattr(self, label)
             if value is not None and _CONTROL_CHARS.search(value):
                 raise ValueError(f"JobSpec.{label} contains a control character: {value!r}")
@@ -87,8 +93,11 @@ class JobSpec:
             raise ValueError(f"invalid GRES {self.gres!r} (expected e.g. gpu:a100:1 or gpu:1)")
         if self.workdir is not None and not os.path.isabs(self.workdir):
             raise ValueError("workdir must be an absolute path")
-        if self.account is not None and not _ACCOUNT.fullmatch(self.account):
-            raise ValueError(f"invalid account {self.account!r}")
+        for label in ("account", "qos", "reservation", "constraint"):
+            value = getattr(self, label)
+            rule = _CONSTRAINT if label == "constraint" else _NAME
+            if value is not None and not rule.fullmatch(value):
+                raise ValueError(f"invalid {label} {value!r}")
 
     def sbatch_options(self) -> list[str]:
         opts = [f"--job-name={self.name}", "--nodes=1", "--ntasks=1"]
@@ -97,8 +106,10 @@ class JobSpec:
             opts.append(f"--comment={self.comment}")
         if self.partition:
             opts.append(f"--partition={self.partition}")
-        if self.account:
-            opts.append(f"--account={self.account}")
+        for label in ("account", "qos", "constraint", "reservation"):
+            value = getattr(self, label)
+            if value:
+                opts.append(f"--{label}={value}")
         if self.mem_mb is not None:
             opts.append(f"--mem={self.mem_mb}M")
         if self.gres:

@@ -31,6 +31,11 @@ class SlurmError(Exception):
         self.returncode = returncode
         self.stderr = stderr
 
+    @property
+    def one_line(self) -> str:
+        """Slurm's message as one line (its lines joined by "; "): for a state's reason."""
+        return "; ".join(line for line in self.message.splitlines() if line.strip())
+
 
 class SlurmUnavailable(SlurmError):
     """Slurm did not answer; the state of the job is unknown, not gone. Retry later."""

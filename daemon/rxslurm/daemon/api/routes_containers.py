@@ -1,4 +1,5 @@
-"""A project's container: enable, start, stop, disable, retry, status; the caller's containers."""
+"""A project's container: enable, start, stop, disable, retry, status, the batch
+plan, overlay snapshots; the caller's containers."""
 
 from __future__ import annotations
 
@@ -42,6 +43,25 @@ async def status(request: web.Request) -> web.Response:
     actor = await actor_of(request)
     view = await asyncio.to_thread(daemon.containers.status, actor, request.match_info["name"])
     return json_response(view.to_dict())
+
+
+@routes.post(route.PROJECT_SNAPSHOT)
+async def snapshot(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    # A sleeping container's overlay is copied before the answer: slow work's own pool.
+    answer = await run_slow(
+        ContainerService.snapshot, daemon.containers, actor, request.match_info["name"]
+    )
+    return json_response(answer)
+
+
+@routes.get(route.PROJECT_BATCH_PLAN)
+async def batch_plan(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    plan = await asyncio.to_thread(daemon.containers.batch_plan, actor, request.match_info["name"])
+    return json_response(plan.to_dict())
 
 
 @routes.post(route.HOOK_JOB)

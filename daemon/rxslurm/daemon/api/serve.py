@@ -221,6 +221,7 @@ async def serve(config: Config) -> None:
         await asyncio.to_thread(exec_server.stop)
         await asyncio.to_thread(daemon.reconciler.stop)
         await asyncio.to_thread(daemon.containers.pulls.stop)
+        daemon.containers.snapshots.stop()
         for each in runners:
             await each.cleanup()
         _remove_own_socket(sock_path)

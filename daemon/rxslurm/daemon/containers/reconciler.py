@@ -230,6 +230,7 @@ class Reconciler:
                 changes += extra()
             except Exception:
                 log.exception("a reconcile pass of %s failed", getattr(extra, "__qualname__", ""))
+        self._snapshots()
         # A job submitted moments ago usually starts within seconds: watch it closely too.
         recent = to_timestamp(self.clock() - timedelta(seconds=FRESH_JOB_S))
         self.busy = self._transient or bool(
@@ -248,6 +249,14 @@ class Reconciler:
         if changes:
             log.debug("reconciled", extra={"changes": changes, "jobs": len(ours)})
         return report
+
+    def _snapshots(self) -> None:
+        """Sleeping containers whose overlay a job changed since its newest snapshot (or whose
+        snapshot was asked for): copied on the snapshot thread, never on this pass's."""
+        try:
+            self.service.take_due_snapshots()
+        except Exception:
+            log.exception("cannot look for due overlay snapshots")
 
     # -- edges -----------------------------------------------------------------------------
 

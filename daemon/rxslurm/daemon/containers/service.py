@@ -25,8 +25,15 @@ from sqlite_utils.db import NotFoundError
 from rxslurm.daemon import failpoints
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers import start_image
+from rxslurm.daemon.containers.batch_plan import BatchPlan, batch_plan
 from rxslurm.daemon.containers.job_logs import clean_job_logs_soon
 from rxslurm.daemon.containers.pulls import ImagePulls, carry_on
+from rxslurm.daemon.containers.snapshot_policy import (
+    SnapshotTaker,
+    forget_snapshots,
+    request_snapshot,
+    snapshot_status,
+)
 from rxslurm.daemon.containers.state_changes import STATE_CHANGES, ring_after_commit
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.containers.stop_request import request_stop
@@ -48,6 +55,7 @@ from rxslurm.daemon.runtime.apptainer import ApptainerError, ApptainerRuntime
 from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective
 from rxslurm.protocol.job_comment import format_comment, parse_comment
 from rxslurm.protocol.job_comment import job_name as container_name
+from rxslurm.protocol.settings import JOB_FLAGS
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmError, SlurmRejected, SlurmUnavailable
 from rxslurm.slurm.runas import RunAs, run
@@ -225,6 +233,10 @@ class ContainerService:
         self.clean_job_logs: Callable[[int], object] = lambda container_id: clean_job_logs_soon(
             ledger, container_id, config.containers.job_logs_kept
         )
+        # Overlay snapshots for batch steps (containers/snapshot_policy.py); the reconciler's
+        # pass asks for the due ones, which are copied on a thread of their own.
+        self.snapshots = SnapshotTaker(ledger, config, clock)
+        self.take_due_snapshots: Callable[[], object] = self.snapshots.take_due_soon
 
     def wait_for(
         self, container_id: int, done: Callable[[dict[str, Any]], bool], timeout: float
@@ -282,6 +294,7 @@ class ContainerService:
             project = row["name"]
             container = _container_of(db, row["id"])
             runtime_user = runtime_identity(db, self.config, row)
+            snapshot = snapshot_status(db, container, self.clock())
         saved = Settings.from_row(row)
         eff = effective(saved, self.config.defaults)
         view: dict[str, Any] = {
@@ -304,6 +317,8 @@ class ContainerService:
             "desired": None,
             "over_quota": False,
             "partition": eff.partition or None,
+            **{flag: getattr(eff, flag) or None for flag in JOB_FLAGS},
+            **snapshot,
         }
         if container is None:
             return ContainerView(**view)
@@ -377,7 +392,7 @@ class ContainerService:
         if not eff.image:
             raise BadRequest(
                 f"project {project} has no image; "
-                f"set one with `rxctl project set {project} --image`"
+                f"set one with `rxctl project set --project {project} --image`"
             )
         owner = RunAs.for_user(runtime_user)
         name = container_name(project)
@@ -515,6 +530,7 @@ class ContainerService:
         try:
             if container["runtime_user"] == runtime_user:
                 _delete_overlay(container)
+                self.snapshots.remove_all(container)
             elif container["state_dir"]:
                 # The former run-as user's folder: rxd no longer acts as them; out of reach instead.
                 quarantine(self.config.containers.state_root, Path(container["state_dir"]).name)
@@ -763,6 +779,8 @@ class ContainerService:
                     "overlay_path": str(overlay),
                 },
             )
+            # The former identity's snapshots went to quarantine with its folder.
+            forget_snapshots(db, container["id"], self.clock())
             record_actor_event(
                 db,
                 actor,
@@ -806,6 +824,10 @@ class ContainerService:
             mem_mb=eff.mem_mb or None,
             gres=_gres(eff),
             time_limit_min=eff.time_limit_min or None,
+            account=eff.account or None,
+            qos=eff.qos or None,
+            constraint=eff.constraint or None,
+            reservation=eff.reservation or None,
             workdir=str(state_dir),
             output=str(state_dir / "job-%j.out"),
             singleton=True,
@@ -877,9 +899,11 @@ class ContainerService:
                     container_id,
                     State.STOPPED if unavailable else State.ERROR,
                     allowed_from=[State.STARTING],
-                    reason="Slurm did not answer" if unavailable else "Slurm refused the job",
+                    reason="Slurm did not answer"
+                    if unavailable
+                    else f"Slurm refused the job: {exc.one_line}",
                     fields={
-                        "last_error": None if unavailable else str(exc),
+                        "last_error": None if unavailable else exc.one_line,
                         "settings": to_json(snapshot),
                     },
                     actor=actor,
@@ -888,7 +912,7 @@ class ContainerService:
             if unavailable:
                 raise Unavailable(f"Slurm did not answer ({exc}); nothing was started") from None
             if isinstance(exc, SlurmRejected):
-                raise Conflict(f"Slurm refused the job: {exc}") from None
+                raise Conflict(f"Slurm refused the job: {exc.one_line}") from None
             raise
         except Exception as exc:
             # STARTING -> ERROR: an unforeseen failure must not keep the lease; logged in full.
@@ -998,6 +1022,19 @@ class ContainerService:
         else:
             self._wake(actor, row)
         return self._view(row, role)
+
+    def snapshot(self, actor: Actor, project: str) -> dict[str, Any]:
+        """A read-only snapshot of the overlay for batch steps: now if the container sleeps,
+        else when it next does (containers/snapshot_policy.py). For those who start and stop it."""
+        row, _ = self._authorize(actor, project, Action.STOP)
+        return request_snapshot(self.snapshots, actor, row)
+
+    def batch_plan(self, actor: Actor, project: str) -> BatchPlan:
+        """What a member's batch step runs (containers/batch_plan.py); authorized once, for
+        `run`, in the same ledger read."""
+        with self.ledger.read() as db:
+            row, _ = authorize(db, actor, project, Action.RUN)
+            return batch_plan(db, self.config, row)
 
     def authorize_exec(self, actor: Actor, project: str) -> Access:
         """The one authorization of an exec request, carried through its wake and wait."""

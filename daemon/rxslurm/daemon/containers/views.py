@@ -29,6 +29,15 @@ class ContainerView:
     desired: str | None
     over_quota: bool
     partition: str | None
+    # sbatch's --account, --qos, --constraint, --reservation of the job (None: not given).
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    reservation: str | None = None
+    # The overlay snapshot batch steps get ({id, path, taken_at, age_s, size_bytes}; None: the
+    # bare image), and a request waiting for the container to sleep ({requested_at, requested_by}).
+    snapshot: dict[str, Any] | None = None
+    snapshot_request: dict[str, Any] | None = None
     # Slurm did not answer the last pass: the state is as last seen.
     state_unknown: bool = False
     # The ledger's id, for the daemon's own use (waiting on it); not shown.

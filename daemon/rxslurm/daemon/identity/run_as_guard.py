@@ -2,7 +2,8 @@
 
 When the user a project runs as stops being an owner (removed, demoted, unbound), the project's
 run-as user is cleared and its container stopped, in the transaction that made the change and
-with an audit event; a current owner must choose again (`rxctl project run-as NAME bound`).
+with an audit event; a current owner must choose again
+(`rxctl project run-as --project NAME bound`).
 Choosing another identity stops a container that runs as the old one too. Enable, wake and exec
 check the identity again (projects.require_runtime_identity), so nothing runs as someone who
 left, even when a stop is still under way.

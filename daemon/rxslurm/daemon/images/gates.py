@@ -26,6 +26,6 @@ def require_dev_mode(project: dict[str, Any]) -> None:
         name = project["name"]
         raise Conflict(
             f"project {name} is not in dev mode; its owner turns it on with: "
-            f"rxctl project set {name} --dev-mode on",
+            f"rxctl project set --project {name} --dev-mode on",
             code="not_dev_mode",
         )

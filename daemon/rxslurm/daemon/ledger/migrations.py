@@ -313,6 +313,44 @@ def _container_name_taken(db: Database, name: str) -> bool:
 
 
 @migrations()
+def m007_overlay_snapshots(db: Database) -> None:
+    statements = [
+        # Read-only copies of a container's overlay, taken while no job mounts it, that batch
+        # steps mount read-only. `covers_until`: the overlay as of this time (when it was read, or
+        # found unchanged since): a job that ended later makes a new one due (a time, since
+        # Slurm's job ids may start again from low numbers). `source_mtime_ns`: the
+        # overlay's modification time then, to tell an unchanged overlay. `removed_at`: the
+        # file went (older than the kept ones, or its folder retired); the row stays for history.
+        """
+        CREATE TABLE overlay_snapshots (
+            id INTEGER PRIMARY KEY,
+            container_id INTEGER NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+            runtime_uid INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            taken_at TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            source_mtime_ns INTEGER NOT NULL,
+            covers_until TEXT NOT NULL,
+            trigger TEXT NOT NULL CHECK (trigger IN ('sleep', 'request')),
+            requested_by TEXT,
+            removed_at TEXT
+        ) STRICT
+        """,
+        "CREATE INDEX overlay_snapshots_container ON overlay_snapshots (container_id)",
+        # A snapshot asked for while the container was awake: taken the moment it next sleeps.
+        """
+        CREATE TABLE overlay_snapshot_requests (
+            container_id INTEGER PRIMARY KEY REFERENCES containers(id) ON DELETE CASCADE,
+            requested_at TEXT NOT NULL,
+            requested_by TEXT NOT NULL
+        ) STRICT
+        """,
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
+@migrations()
 def m008_image_builds(db: Database) -> None:
     statements = [
         # The owner's switch for image builds (docs/images.md); builds also need [builds] enabled.
@@ -406,6 +444,20 @@ def m009_image_digests(db: Database) -> None:
             resolved_by INTEGER
         ) STRICT
         """,
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
+@migrations()
+def m011_job_flags(db: Database) -> None:
+    # sbatch's --account, --qos, --constraint and --reservation as project settings; "" is none
+    # (the user's default account, the default QOS).
+    statements = [
+        "ALTER TABLE projects ADD COLUMN account TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE projects ADD COLUMN qos TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE projects ADD COLUMN \"constraint\" TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE projects ADD COLUMN reservation TEXT NOT NULL DEFAULT ''",
     ]
     for statement in statements:
         db.execute(statement)

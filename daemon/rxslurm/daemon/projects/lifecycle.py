@@ -14,9 +14,14 @@ from rxslurm.daemon.errors import ApiError
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects import service as projects
-from rxslurm.daemon.projects.workspace_sync import retire_folders, sync_workspace
+from rxslurm.daemon.projects.workspace_sync import (
+    retire_folders,
+    sync_snapshot_access,
+    sync_workspace,
+)
 from rxslurm.daemon.projects.workspaces import WorkspaceError
 from rxslurm.daemon.quarantine import QuarantineError
+from rxslurm.daemon.runtime.overlay_snapshot import SnapshotError
 from rxslurm.daemon.settings import Settings
 
 log = logging.getLogger("rxslurm.projects")
@@ -66,9 +71,17 @@ def delete(ledger: Ledger, config: Config, actor: Actor, name: str) -> dict[str,
 def sync_or_warn(
     ledger: Ledger, config: Config, name: str, revoke: tuple[str, ...] = ()
 ) -> str | None:
-    """Bring the workspace in line; a failure is reported, the committed change stands."""
+    """Bring the workspace and who may read the overlay snapshots in line; a failure is
+    reported, the committed change stands."""
+    warnings = []
     try:
-        return sync_workspace(ledger, config, name, revoke)
+        warnings.append(sync_workspace(ledger, config, name, revoke))
     except (WorkspaceError, OSError) as exc:
         log.error("workspace sync failed", extra={"project": name, "error": str(exc)})
-        return f"workspace not prepared: {exc}"
+        warnings.append(f"workspace not prepared: {exc}")
+    try:
+        sync_snapshot_access(ledger, config, name)
+    except (SnapshotError, OSError, ValueError) as exc:
+        log.error("snapshot access sync failed", extra={"project": name, "error": str(exc)})
+        warnings.append(f"snapshot access not updated: {exc}")
+    return "; ".join(w for w in warnings if w) or None

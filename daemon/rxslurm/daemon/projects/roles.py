@@ -23,6 +23,7 @@ class Action(StrEnum):
     SET_IMAGE = "set-image"  # make a built image the project image
     EXEC = "exec"  # run commands in the running container
     BUILD = "build"  # image drafts and builds: they read and run the workspace's files
+    RUN = "run"  # batch steps in the project's environment (its image, newest overlay snapshot)
     ENABLE = "enable"
     DISABLE = "disable"
     EDIT_SETTINGS = "edit-settings"  # image reference and resources
@@ -46,6 +47,7 @@ ALLOWED: dict[Action, frozenset[Role]] = {
     Action.SET_IMAGE: _MANAGERS,
     Action.EXEC: _MANAGERS,
     Action.BUILD: _EDITORS,
+    Action.RUN: _EDITORS,
     Action.ENABLE: _OWNERS,
     Action.DISABLE: _OWNERS,
     Action.EDIT_SETTINGS: _OWNERS,

@@ -21,6 +21,7 @@ from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.projects.names import check_project_name
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role, may, parse_role
+from rxslurm.daemon.projects.snapshot_access import kept_rows
 from rxslurm.daemon.settings import (
     Settings,
     apply_changes,
@@ -164,6 +165,7 @@ def project_view(ledger: Ledger, config: Config, actor: Actor, name: str) -> dic
         ).fetchall()
         containers = list(db.table("containers").rows_where("project_id = ?", [row["id"]]))
         runtime_user = runtime_identity(db, config, row)
+        snapshots = kept_rows(db, containers[0]) if containers else []
     settings = Settings.from_row(row)
     container = containers[0] if containers else None
     return {
@@ -183,6 +185,10 @@ def project_view(ledger: Ledger, config: Config, actor: Actor, name: str) -> dic
         if container is None
         else {"name": container["name"], "state": container["state"]},
         "settings_pending": settings_pending(row, container),
+        # The overlay snapshot batch steps get; None: the bare image.
+        "snapshot": None
+        if not snapshots
+        else {k: snapshots[0][k] for k in ("id", "path", "taken_at", "size_bytes")},
     }
 
 
@@ -207,7 +213,7 @@ def runtime_identity(db: LedgerDatabase, config: Config, project: dict[str, Any]
 def no_run_as_message(name: str) -> str:
     return (
         f"project {name} has no run-as identity (the user it ran as is no longer an owner); "
-        f"an owner chooses one with `rxctl project run-as {name} bound`"
+        f"an owner chooses one with `rxctl project run-as --project {name} bound`"
     )
 
 

@@ -1,4 +1,5 @@
-"""Keeping a project's folders in line with its members and runtime identity, and retiring them."""
+"""Keeping a project's folders (its workspace, who may read its overlay snapshots) in line with its
+members and runtime identity, and retiring them."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from pathlib import Path
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects.service import no_run_as_message, runtime_identity
+from rxslurm.daemon.projects.snapshot_access import file_name, kept_rows, run_member_uids
 from rxslurm.daemon.projects.workspaces import grants_for, park, prepare, retire
 from rxslurm.daemon.quarantine import quarantine
+from rxslurm.daemon.runtime import overlay_snapshot
 from rxslurm.protocol.job_comment import is_build_of
 from rxslurm.protocol.job_comment import job_name as container_name
+from rxslurm.slurm.runas import RunAs
 
 log = logging.getLogger("rxslurm.workspaces")
 
@@ -78,3 +82,25 @@ def retire_folders(config: Config, name: str, workspace: str) -> list[str]:
         builds = sorted(n for n in os.listdir(state_root) if is_build_of(n, name))
         moved += [quarantine(state_root, build) for build in builds]
     return [str(m) for m in moved if m is not None]
+
+
+def sync_snapshot_access(ledger: Ledger, config: Config, name: str) -> None:
+    """Give the project's current `run` members (and only them) read on its kept snapshots.
+    Nothing to do before its container has a folder, or while it still belongs to a former
+    runtime identity (its next start moves it to quarantine). Raises SnapshotError."""
+    with ledger.read() as db:
+        projects = list(db.table("projects").rows_where("name = ?", [name]))
+        if not projects:
+            return
+        project = projects[0]
+        runtime = runtime_identity(db, config, project)
+        rows = list(db.table("containers").rows_where("project_id = ?", [project["id"]]))
+        container = rows[0] if rows else None
+        if container is None or not container["state_dir"] or runtime is None:
+            return
+        if container["runtime_user"] != runtime:
+            return
+        keep = [file_name(r) for r in kept_rows(db, container)]
+        uids = run_member_uids(db, project["id"], container["runtime_uid"])
+    overlay_snapshot.set_access(container["state_dir"], keep, uids, RunAs.for_user(runtime))
+    log.info("snapshot access set", extra={"project": name, "uids": uids})

@@ -10,11 +10,10 @@ log). A symbolic link, a FIFO or a folder named like a log is left alone and lis
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from rxslurm.daemon.runtime.user_script import run_script, script_argv
+from rxslurm.daemon.runtime.user_script import run_script, script_answer, script_argv
 from rxslurm.slurm.runas import RunAs
 
 CLEAN_TIMEOUT_S = 10.0
@@ -92,15 +91,9 @@ def remove_old_logs(
 
 
 def parse_cleaner_output(returncode: int, stdout: str, stderr: str = "") -> Cleaned:
-    try:
-        answer = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else None
-    except json.JSONDecodeError:
-        answer = None
-    if returncode != 0 or not isinstance(answer, dict):
-        why = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {returncode}"
-        raise CleanupError(f"cannot clean job logs: {why}")
-    if "error" in answer:
-        raise CleanupError(f"cannot clean job logs: {answer['error']}")
+    answer = script_answer(
+        returncode, stdout, stderr, failed="cannot clean job logs", error=CleanupError
+    )
     removed = answer.get("removed")
     skipped = answer.get("skipped")
     if not (

@@ -4,8 +4,10 @@ rxd's own text, never the user's; its arguments are data."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from typing import Any
 
 from rxslurm.slurm.runas import RunAs, run
 
@@ -34,3 +36,20 @@ def run_script(
         raise error(f"{doing} took over {timeout:g} s") from None
     except OSError as exc:
         raise error(f"cannot start the {name}: {exc}") from None
+
+
+def script_answer(
+    returncode: int, stdout: str, stderr: str, *, failed: str, error: type[Exception]
+) -> dict[str, Any]:
+    """The JSON object a script prints as its last line; ``error`` ("<failed>: <why>") when it
+    failed, printed something else, or answered ``{"error": why}``."""
+    try:
+        answer = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else None
+    except json.JSONDecodeError:
+        answer = None
+    if returncode != 0 or not isinstance(answer, dict):
+        why = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {returncode}"
+        raise error(f"{failed}: {why}")
+    if "error" in answer:
+        raise error(f"{failed}: {answer['error']}")
+    return answer

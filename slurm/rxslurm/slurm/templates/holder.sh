@@ -68,12 +68,17 @@ trap on_signal TERM INT
 # Whatever ends this script, no instance outlives the job.
 trap stop_instance EXIT
 
-# Only one job at a time may mount the overlay writable.
+# Only one job at a time may mount the overlay writable. rxd's overlay snapshot (a copy made as
+# this user, runtime/overlay_snapshot.py) holds the same lock while it reads the overlay: wait for
+# it rather than fail; its deadline (600 s) is shorter than this wait.
 exec 9>"$state_dir/overlay.lock"
 if ! flock -n 9; then
-  report "error: the overlay is in use by another job"
-  say "the overlay is in use by another job"
-  exit 1
+  say "waiting for the overlay's lock (a snapshot being copied, or another job)"
+  if ! flock -w 900 9; then
+    report "error: the overlay is in use by another job"
+    say "the overlay is in use by another job"
+    exit 1
+  fi
 fi
 
 report "starting"
