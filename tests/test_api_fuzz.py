@@ -278,6 +278,8 @@ JSON_ROUTES = [
     ("PATCH", "/v1/projects/{p}/image-drafts/main", "alice", False),
     ("POST", "/v1/projects/{p}/image-builds", "alice", False),
     ("PATCH", "/v1/projects/{p}/image-builds/1", "alice", False),
+    ("POST", "/v1/projects/{p}/commands", "alice", False),
+    ("POST", "/v1/projects/{p}/commands/0123abcd/signal", "alice", False),
     ("POST", "/v1/bind", "alice", False),
     ("POST", "/v1/admin/codes", "admin", False),
     ("POST", "/v1/admin/bind", "admin", False),

@@ -206,6 +206,8 @@ REST = {
     "project member set-role": ["rxbob", "viewer"],
     "admin stop": [],
     "snapshot": [],
+    "ps": [],
+    "kill": ["0123abcd"],
     "image build": ["main"],
     "image cancel": ["1"],
     "image delete": ["1"],

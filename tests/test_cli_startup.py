@@ -202,6 +202,8 @@ def fast_reading(plan: fastpath.Plan) -> tuple[str | None, str, dict[str, object
             "cwd": plan.cwd,
             "tty": plan.tty,
             "timeout": plan.timeout,
+            # The fast path runs attached commands only; --detach goes to click.
+            "detach": False,
             "command": tuple(plan.argv),
         },
     )
@@ -258,6 +260,8 @@ WORDS = st.sampled_from(
         "--socket=/t",
         "-",
         "-tP",
+        "--detach",
+        "-d",
     ]
 )
 

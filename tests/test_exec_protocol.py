@@ -27,6 +27,7 @@ from rxslurm.cli import exec_client
 from rxslurm.daemon.config import ApptainerConfig, parse_config
 from rxslurm.daemon.containers import service as containers
 from rxslurm.daemon.containers.reconciler import Sessions
+from rxslurm.daemon.containers.sessions import Live
 from rxslurm.daemon.errors import BadRequest, Forbidden
 from rxslurm.daemon.exec import server as exec_server
 from rxslurm.daemon.exec.server import (
@@ -37,6 +38,7 @@ from rxslurm.daemon.exec.server import (
     step_command,
     strip_srun_task_lines,
 )
+from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.runtime.apptainer import ApptainerRuntime
 from rxslurm.protocol import exec_wire
 from rxslurm.slurm.adapter import SlurmCli
@@ -469,13 +471,23 @@ def fake_exec(monkeypatch) -> Iterator[SimpleNamespace]:
             touch_activity=touched.append,
         ),
         reconciler=SimpleNamespace(sessions=sessions, slurm_reachable=True),
+        commands=SimpleNamespace(live=Live()),
     )
 
-    monkeypatch.setattr(exec_server, "actor_for", lambda daemon, caller: caller)
+    monkeypatch.setattr(
+        exec_server,
+        "actor_for",
+        lambda daemon, caller: Actor(None, caller.uid, caller.user, False, caller.door),
+    )
     server = exec_server.ExecServer.start(daemon)  # type: ignore[arg-type]
     try:
         yield SimpleNamespace(
-            path=str(server.path), sessions=sessions, touched=touched, log=log, root=root
+            path=str(server.path),
+            sessions=sessions,
+            touched=touched,
+            log=log,
+            root=root,
+            live=daemon.commands.live,
         )
     finally:
         server.stop()
@@ -522,9 +534,15 @@ def test_a_session_keeps_the_container_awake_while_it_runs(fake_exec) -> None:
     )
     thread.start()
     wait_for(lambda: fake_exec.sessions.count(7) == 1, timeout=10, what="the session to open")
+    # `rxctl ps` lists it meanwhile, with who started it and its step's name.
+    [listed] = fake_exec.live.of(7)
+    assert (listed.argv, listed.job_id, listed.shell) == (("sleep", "2"), 42, False)
+    assert listed.started_by == pwd.getpwuid(os.getuid()).pw_name
+    assert listed.step_name.startswith("rx-exec-")
     thread.join(timeout=30)
     assert result and result[0][0] == 0
     wait_for(lambda: fake_exec.sessions.count(7) == 0, timeout=10, what="the session to close")
+    assert fake_exec.live.of(7) == []
 
 
 def test_a_client_that_hangs_up_ends_its_command(fake_exec) -> None:

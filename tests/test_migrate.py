@@ -125,6 +125,7 @@ ALL_MIGRATIONS = [
     "m007_overlay_snapshots",
     "m008_image_builds",
     "m009_image_digests",
+    "m010_exec_sessions",
     "m011_job_flags",
 ]
 
@@ -139,6 +140,7 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("DROP TABLE overlay_snapshots")
         db.execute("DROP TABLE leases")
         db.execute("DROP TABLE quotas")
+        db.execute("DROP TABLE exec_sessions")
         db.execute("ALTER TABLE containers DROP COLUMN queued_at")
         db.execute("DROP INDEX containers_job")
         for column in ("job_id", "node", "instance", "started_at", "state_dir"):

@@ -77,6 +77,8 @@ def test_wheel_builds_with_the_oldest_allowed_setuptools(tmp_path: Path) -> None
     assert "rxslurm/__init__.py" not in names
     for module in ("daemon/main.py", "cli/fastpath.py", "slurm/adapter.py", "protocol/__init__.py"):
         assert f"rxslurm/{module}" in names
+    # The SDK ships typed (PEP 561).
+    assert {"rxslurm/sdk/container.py", "rxslurm/sdk/py.typed"} <= set(names)
 
 
 PORTIONS = ("daemon", "slurm", "cli", "protocol")

@@ -18,6 +18,8 @@ from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmUnavailable
 from rxslurm.slurm.jobs import JobInfo, Listing
 from rxslurm.slurm.runas import RunAs
+from rxslurm.slurm.steps import StepInfo
+from rxslurm.slurm.usage import JobUsage
 
 
 class FakeClock:
@@ -45,6 +47,12 @@ class FakeScheduler:
         self.cancelled: list[int] = []
         self.answering = True
         self.next_id = first_id
+        # Exec steps squeue lists, signals sent to steps, what sstat says per job.
+        self.running_steps: list[StepInfo] = []
+        self.step_signals: list[tuple[str, str]] = []
+        self.usages: dict[int, JobUsage] = {}
+        self.ended_steps: dict[int, dict[str, int]] = {}  # sacct: job -> {step name: status}
+        self.usage_calls = 0
 
     def _answer(self) -> None:
         if not self.answering:
@@ -91,6 +99,26 @@ class FakeScheduler:
         portable: bool = False,
     ) -> list[str]:
         return ["srun", f"--jobid={job_id}", f"--job-name={step_name}", "--", *argv]
+
+    def steps(self, job_ids: Iterable[int]) -> list[StepInfo]:
+        self._answer()
+        wanted = set(job_ids)
+        return [s for s in self.running_steps if s.job_id in wanted]
+
+    def step_exits(self, job_id: int) -> dict[str, int]:
+        self._answer()
+        return dict(self.ended_steps.get(job_id, {}))
+
+    def signal_step(self, step_id: str, signal: str, as_user: RunAs | None = None) -> None:
+        self._answer()
+        self.step_signals.append((step_id, signal))
+
+    def usage(self, job_id: int, timeout: float = 5.0) -> JobUsage:
+        self._answer()
+        self.usage_calls += 1
+        if job_id not in self.usages:
+            raise SlurmUnavailable(f"sstat: no steps of job {job_id}")
+        return self.usages[job_id]
 
     # -- what a test makes Slurm do ------------------------------------------------------------
 

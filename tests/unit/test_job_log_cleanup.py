@@ -29,6 +29,7 @@ from rxslurm.daemon.runtime import user_script
 from rxslurm.daemon.runtime.job_log_cleanup import (
     Cleaned,
     CleanupError,
+    Others,
     parse_cleaner_output,
     remove_old_logs,
 )
@@ -178,14 +179,14 @@ def test_cleaning_a_container_keeps_what_the_ledger_says_as_its_runtime_user(
     ids = jobs_of(w, "alpha", 12)
     asked: list[tuple[Any, ...]] = []
 
-    def fake(state_dir: str, keep: set[int], newest: int, who: RunAs) -> Cleaned:
-        asked.append((state_dir, keep, newest, who.user))
+    def fake(state_dir: str, keep: set[int], newest: int, who: RunAs, others: Others) -> Cleaned:
+        asked.append((state_dir, keep, newest, who.user, others.keep_exec))
         return Cleaned((ids[0], ids[1]), ())
 
     monkeypatch.setattr(job_logs, "remove_old_logs", fake)
 
     assert clean_job_logs(w.ledger, w.row("alpha")["id"], 10) == Cleaned((ids[0], ids[1]), ())
-    assert asked == [(str(tmp_path), set(ids[2:]), ids[-1], "nobody")]
+    assert asked == [(str(tmp_path), set(ids[2:]), ids[-1], "nobody", frozenset())]
 
 
 def test_a_container_without_jobs_or_folder_is_not_cleaned(
@@ -206,7 +207,7 @@ def test_a_cleaning_that_fails_is_logged_not_raised(
     w = world(tmp_path, ("alpha", "stopped"))
     jobs_of(w, "alpha", 2)
 
-    def refuse(*args: Any) -> Cleaned:
+    def refuse(*args: Any, **kwargs: Any) -> Cleaned:
         raise CleanupError("cannot clean job logs: its folder: Permission denied")
 
     monkeypatch.setattr(job_logs, "remove_old_logs", refuse)

@@ -209,8 +209,14 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     seen: list[tuple[Any, ...]] = []
 
     def fake(
-        state_dir: str, job_id: int, who: Any, offset: int | None, max_bytes: int
+        state_dir: str,
+        job_id: int,
+        who: Any,
+        offset: int | None,
+        max_bytes: int,
+        name: str | None = None,
     ) -> JobOutput:
+        assert name is None  # the job's own output, job-<id>.out
         seen.append((state_dir, job_id, who.user, offset))
         return JobOutput(f"output of {job_id}\n", 0, 14, 14)
 

@@ -70,6 +70,13 @@ def run_session(client: Client, project: str, request: dict[str, Any]) -> None:
 @timeout_option
 @cwd_option
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (needs one here).")
+@click.option(
+    "-d",
+    "--detach",
+    is_flag=True,
+    help="Start the command and return at once, printing its id; it runs on without rxctl "
+    "(`rxctl ps`, `rxctl logs --exec ID`, `rxctl kill ID`).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
 @session_errors
@@ -80,6 +87,7 @@ def exec_(
     timeout: int | None,
     cwd: str,
     tty: bool,
+    detach: bool,
     command: tuple[str, ...],
 ) -> None:
     """Run a command in a project's container, waking it if needed; exits with its status.
@@ -88,14 +96,23 @@ def exec_(
     stderr. Put `--` before it when it has options of its own. While the container wakes, a
     line on stderr shows its state, what it waits for and for how long; it waits as long as it
     takes unless --timeout says otherwise. Ctrl-C stops waiting (exit 130) and says whether the
-    container keeps starting. When rxctl itself fails (rxd unreachable, no such project, a
-    usage error, the --timeout passed) it exits 125, as `docker run` does.
+    container keeps starting. With --detach the command runs on its own (its output goes to
+    `rxctl logs --exec ID`) and rxctl returns at once. When rxctl itself fails (rxd
+    unreachable, no such project, a usage error, the --timeout passed) it exits 125, as
+    `docker run` does.
 
     Example: rxctl exec --project alpha --timeout 30m -- python train.py --epochs 3
     """
+    if tty and detach:
+        raise click.UsageError("-t and --detach cannot be used together")
     if tty and not os.isatty(0):
         raise click.ClickException("-t needs a terminal on stdin")
     name = choose_project(client, project)
+    if detach:
+        from rxslurm.cli.commands_ps import detach as start_detached
+
+        start_detached(client, name, command, cwd, not no_wake, timeout)
+        return
     request: dict[str, Any] = {
         "argv": list(command),
         "wake": not no_wake,

@@ -28,8 +28,11 @@ POLL_S = 1.0
 Fetch = Callable[[int | None, int | None], Mapping[str, Any]]
 
 
-def logs_route(project: str, job: int | None = None, offset: int | None = None) -> str:
-    query = {k: v for k, v in (("job", job), ("offset", offset)) if v is not None}
+def logs_route(
+    project: str, job: int | None = None, offset: int | None = None, instance: str | None = None
+) -> str:
+    pairs = (("job", job), ("offset", offset), ("instance", instance))
+    query = {k: v for k, v in pairs if v is not None}
     route = routes.path(routes.PROJECT_LOGS, project)
     return route + (f"?{urlencode(query)}" if query else "")
 
@@ -73,7 +76,16 @@ def pieces(
 
 def cut_note(answer: Mapping[str, Any]) -> str | None:
     """What stderr says about the first piece of a job: cut, or no output at all."""
+    if answer.get("exec"):
+        return exec_note(answer)
     job = answer["job_id"]
+    if answer.get("instance"):
+        what = f"job {job}'s instance log ({answer['instance']})"
+        if answer.get("missing"):
+            return f"{what} was cleaned" if answer.get("cleaned") else f"{what} is empty or absent"
+        if answer["start"] > 0:
+            return f"the first {answer['start']} bytes of {what} are not shown"
+        return None
     if answer.get("cleaned"):
         return f"job {job}'s output was cleaned: rxd keeps only the container's newest jobs' logs"
     if answer.get("missing"):
@@ -85,6 +97,25 @@ def cut_note(answer: Mapping[str, Any]) -> str | None:
     if answer["start"] > 0:
         return f"the first {answer['start']} bytes of job {job}'s output are not shown"
     return None
+
+
+def exec_note(answer: Mapping[str, Any]) -> str | None:
+    """The same for a detached command's output."""
+    command = answer["exec"]
+    if answer.get("missing"):
+        return f"command {command} has written no output" + (" yet" if answer["live"] else "")
+    if answer["start"] > 0:
+        return f"the first {answer['start']} bytes of command {command}'s output are not shown"
+    return None
+
+
+def end_note(answer: Mapping[str, Any]) -> str:
+    """What -f says when the followed output ends."""
+    if answer.get("exec"):
+        code = answer.get("exit_code")
+        how = "has ended" if code is None else f"exited with status {code}"
+        return f"command {answer['exec']} {how}"
+    return f"job {answer['job_id']} has ended; the container is {answer['state']}"
 
 
 def show(
@@ -105,7 +136,7 @@ def show(
             write(str(answer["text"]))
         last = answer
     if follow:
-        note(f"job {last['job_id']} has ended; the container is {last['state']}")
+        note(end_note(last))
     return last
 
 
@@ -134,6 +165,19 @@ def _note(text: str) -> None:
     help="The output of every job that ran within DURATION (90s, 30m, 2h, 1d), oldest first.",
 )
 @click.option("--job", type=click.IntRange(min=1), metavar="ID", help="An earlier job's output.")
+@click.option(
+    "--instance",
+    type=click.Choice(["out", "err"]),
+    help="Apptainer's log of the job's instance instead: what the instance itself wrote to "
+    "stdout (out) or stderr (err).",
+)
+@click.option(
+    "exec_id",
+    "--exec",
+    metavar="ID",
+    help="A detached command's output (`rxctl exec --detach` printed its id; `rxctl ps` lists "
+    "them).",
+)
 @json_option
 @click.pass_obj
 @api_errors
@@ -143,11 +187,15 @@ def logs(
     follow: bool,
     since: int | None,
     job: int | None,
+    instance: str | None,
+    exec_id: str | None,
     json_: bool,
 ) -> None:
     """Show the container's output: its holder job's, with Apptainer's messages.
 
     The current job's (else the latest one's) last 64 KiB; `rxctl history` names earlier jobs.
+    With --instance, Apptainer's log of the job's instance instead; with --exec, a detached
+    command's output.
 
     Example: rxctl logs --project alpha --follow
     """
@@ -155,10 +203,15 @@ def logs(
         raise click.UsageError("--json and --follow cannot be used together")
     if since is not None and job is not None:
         raise click.UsageError("--since and --job cannot be used together")
+    if exec_id is not None and (since is not None or job is not None or instance is not None):
+        raise click.UsageError("--exec cannot be used with --since, --job or --instance")
     name = choose_project(client, project)
+    if exec_id is not None:
+        _show_command(client, name, exec_id, follow, json_)
+        return
 
     def fetch(job_id: int | None, offset: int | None) -> Mapping[str, Any]:
-        answer: Mapping[str, Any] = client.get(logs_route(name, job_id, offset))
+        answer: Mapping[str, Any] = client.get(logs_route(name, job_id, offset, instance))
         return answer
 
     first = fetch(job, None)
@@ -180,5 +233,25 @@ def logs(
             if since is not None:
                 click.echo(f"==> job {answer['job_id']} <==")
             show(fetch, answer, follow and number == len(answers), _write, _note)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _show_command(client: Client, project: str, command: str, follow: bool, json_: bool) -> None:
+    """A detached command's output, as a job's: the last 64 KiB, and with -f what follows."""
+
+    def fetch(_job: int | None, offset: int | None) -> Mapping[str, Any]:
+        route = routes.path(routes.PROJECT_COMMAND_OUTPUT, project, command)
+        answer: Mapping[str, Any] = client.get(
+            route + (f"?{urlencode({'offset': offset})}" if offset is not None else "")
+        )
+        return answer
+
+    first = fetch(None, None)
+    if json_:
+        emit_json(first)
+        return
+    try:
+        show(fetch, first, follow, _write, _note)
     except KeyboardInterrupt:
         raise SystemExit(130) from None

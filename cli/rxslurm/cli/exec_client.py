@@ -24,7 +24,18 @@ from rxslurm.protocol.exec_wire import (
 
 
 class ExecError(Exception):
-    """The session failed; the message is one line for people."""
+    """The session failed; the message is one line for people, `code` rxd's API code for a
+    refusal (None for failures of the client's own, or an rxd that sends none)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def of(cls, message: dict[str, Any]) -> ExecError:
+        """rxd's `{"error": ..., "code": ...}` message."""
+        code = message.get("code")
+        return cls(str(message["error"]), code if isinstance(code, str) else None)
 
 
 def connect(path: str) -> socket.socket:
@@ -136,7 +147,7 @@ def run(
                             on_stopped(str(message["stopped"]))
                         return int(message["exit"])
                     if "error" in message:
-                        raise ExecError(str(message["error"]))
+                        raise ExecError.of(message)
                     if "progress" in message and on_progress:
                         on_progress(message)
                     if message.get("ready"):

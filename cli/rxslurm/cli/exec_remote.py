@@ -347,7 +347,7 @@ class RemoteSession:
                 self.on_stopped(str(message["stopped"]))
             return int(message["exit"])
         if "error" in message:
-            raise ExecError(str(message["error"]))
+            raise ExecError.of(message)
         if "direct" in message:
             sock.close()
             if self.on_ready:

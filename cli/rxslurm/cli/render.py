@@ -315,6 +315,35 @@ def snapshot_text(snapshot: Any) -> str:
     )
 
 
+def size_text(count: Any) -> str:
+    """Bytes for people, in binary units: "66.0 MiB"."""
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return "-"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return "-"  # not reached
+
+
+def usage_text(u: Mapping[str, Any]) -> str:
+    """An awake container's usage on one line: "CPU 1.98 busy (5m02s used), memory 66.0 MiB,
+    GPUs 1", or why it is unavailable."""
+    gpus = u.get("gpus")
+    held = f"GPUs {cell(gpus)}" if isinstance(gpus, int) else None
+    if "unavailable" in u:
+        return "unavailable: " + cell(u["unavailable"]) + (f"; {held}" if held else "")
+    cpu_s = u.get("cpu_s")
+    used = duration(int(cpu_s)) if isinstance(cpu_s, int | float) else "-"
+    busy = u.get("cpus_busy")
+    cpu = (
+        f"CPU {busy:g} busy ({used} used)" if isinstance(busy, int | float) else f"CPU {used} used"
+    )
+    parts = [cpu, f"memory {size_text(u.get('memory_bytes'))}"]
+    return ", ".join([*parts, *([held] if held else [])])
+
+
 def status_lines(s: Mapping[str, Any]) -> list[str]:
     """The whole of `rxctl status`."""
     from rxslurm.protocol.settings import JOB_FLAGS
@@ -338,6 +367,7 @@ def status_lines(s: Mapping[str, Any]) -> list[str]:
         ("uptime", duration(s.get("uptime_s"))),
         # sbatch's own flags, when the project sets them (older rxd: not in the answer).
         *[(flag, cell(s[flag])) for flag in JOB_FLAGS if s.get(flag)],
+        *([("usage", usage_text(s["usage"]))] if isinstance(s.get("usage"), Mapping) else []),
         ("workspace", f"{cell(s['workspace'])} (at /workspace)"),
         ("fixed mounts", cell(s.get("fixed_mounts"))),
         ("over quota", cell(s.get("over_quota"))),

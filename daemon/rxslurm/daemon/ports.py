@@ -16,6 +16,8 @@ from rxslurm.daemon.runtime.holder_status import HolderStatus
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.jobs import Listing
 from rxslurm.slurm.runas import RunAs
+from rxslurm.slurm.steps import StepInfo
+from rxslurm.slurm.usage import JobUsage
 
 # The time now, timezone-aware UTC (ledger.records.utcnow); a fake one moves when told to.
 Clock = Callable[[], datetime]
@@ -50,6 +52,22 @@ class Scheduler(Protocol):
         portable: bool = False,
     ) -> list[str]:
         """The command that runs ``argv`` as a step inside the running job ``job_id``."""
+        ...
+
+    def steps(self, job_ids: Iterable[int]) -> list[StepInfo]:
+        """The numbered steps still running in ``job_ids`` (one call)."""
+        ...
+
+    def step_exits(self, job_id: int) -> dict[str, int]:
+        """How the job's ended steps ended (exit status by step name), from accounting."""
+        ...
+
+    def signal_step(self, step_id: str, signal: str, as_user: RunAs | None = None) -> None:
+        """Signal one step's processes; a step that already ended is not an error."""
+        ...
+
+    def usage(self, job_id: int, timeout: float = 5.0) -> JobUsage:
+        """What the running job uses now (CPU time, memory, GPUs held)."""
         ...
 
 

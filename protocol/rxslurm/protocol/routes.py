@@ -53,6 +53,11 @@ CONTAINERS = f"{V1}/containers"
 # The project's image (PUT: set it, a manager's) and a pull of its reference (POST; refresh).
 PROJECT_IMAGE = f"{PROJECT}/image"
 PROJECT_IMAGE_PULL = f"{PROJECT_IMAGE}/pull"
+# What runs in the container: sessions and detached commands (GET lists, POST starts one), one
+# command's signal and its output (query: offset).
+PROJECT_COMMANDS = f"{PROJECT}/commands"
+PROJECT_COMMAND_SIGNAL = f"{PROJECT_COMMANDS}/{{command}}/signal"
+PROJECT_COMMAND_OUTPUT = f"{PROJECT_COMMANDS}/{{command}}/output"
 
 # Slurm's controller hooks poke rxd here when a job starts or ends.
 HOOK_JOB = f"{V1}/hooks/job"

@@ -34,6 +34,14 @@ from . import errors, jobs, runas
 from .errors import SlurmUnavailable
 from .jobs import JobInfo, Listing, ParseError
 from .runas import RunAs
+from .steps import (
+    SACCT_STEP_FIELDS,
+    STEP_FORMAT,
+    StepInfo,
+    parse_step_exits,
+    parse_step_lines,
+)
+from .usage import SSTAT_FIELDS, JobUsage, parse_alloc_gpus, parse_sstat
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -226,11 +234,16 @@ class SlurmCli:
         input: str | None = None,  # noqa: A002
         env_extra: Mapping[str, str] | None = None,
         check: bool = True,
+        timeout: float | None = None,
     ) -> subprocess.CompletedProcess[str]:
         argv = [self._binary(argv[0]), *argv[1:]]
         try:
             proc = self._runner(
-                argv, as_user=as_user, input=input, timeout=self.timeout, env_extra=env_extra
+                argv,
+                as_user=as_user,
+                input=input,
+                timeout=timeout or self.timeout,
+                env_extra=env_extra,
             )
         except subprocess.TimeoutExpired as exc:
             raise errors.from_timeout(exc) from None
@@ -372,6 +385,70 @@ class SlurmCli:
         if tty:
             step.append("--pty")
         return [*step, "--", *argv]
+
+    def steps(self, job_ids: Iterable[int]) -> list[StepInfo]:
+        """The numbered steps (exec steps, detached commands) running in ``job_ids``: one
+        ``squeue --steps`` call. Unreadable lines are left out."""
+        ids = jobs.ids_argument(job_ids)
+        if not ids:
+            return []
+        argv = ["squeue", "--steps", f"--jobs={ids}", "--noheader", f"--format={STEP_FORMAT}"]
+        proc = self._call(argv, env_extra=jobs.QUEUE_ENV)
+        found, _ = parse_step_lines(proc.stdout)
+        return found
+
+    def step_exits(self, job_id: int) -> dict[str, int]:
+        """How the job's ended steps ended, by step name (one ``sacct`` call)."""
+        argv = [
+            "sacct",
+            "--noheader",
+            "--parsable2",
+            "--allusers",
+            f"--jobs={int(job_id)}",
+            f"--format={','.join(SACCT_STEP_FIELDS)}",
+        ]
+        proc = self._call(argv, env_extra=jobs.QUEUE_ENV)
+        return parse_step_exits(proc.stdout, int(job_id))
+
+    def signal_step(self, step_id: str, signal: str, as_user: RunAs | None = None) -> None:
+        """``scancel --signal`` one step ("J.S"): slurmstepd signals the step's processes. A step
+        that already ended is not an error."""
+        if not re.fullmatch(r"[1-9][0-9]{0,17}\.[0-9]{1,10}", step_id):
+            raise ValueError(f"invalid step id {step_id!r}")
+        sig = str(signal).upper()
+        if not _SIGNAL.fullmatch(sig):
+            raise ValueError(f"invalid signal {signal!r}")
+        argv = ["scancel", "--quiet", f"--signal={sig}", step_id]
+        proc = self._call(argv, as_user=as_user, check=False)
+        if proc.returncode != 0 and not re.search(
+            r"already completing or completed|invalid job id", proc.stderr, re.IGNORECASE
+        ):
+            raise errors.classify(argv, proc.returncode, proc.stdout, proc.stderr)
+
+    def usage(self, job_id: int, timeout: float = 5.0) -> JobUsage:
+        """What the running job uses now: CPU time and memory per step (one ``sstat``), and the
+        GPUs it holds (one ``squeue``); each call within ``timeout`` seconds (a view that shows
+        it must not wait long)."""
+        job = str(int(job_id))
+        argv = [
+            "sstat",
+            "--noheader",
+            "--parsable2",
+            "--allsteps",
+            f"--jobs={job}",
+            f"--format={','.join(SSTAT_FIELDS)}",
+        ]
+        proc = self._call(argv, env_extra=jobs.QUEUE_ENV, timeout=timeout)
+        found = parse_sstat(proc.stdout, int(job_id))
+        alloc = self._call(
+            ["squeue", "--noheader", f"--jobs={job}", "--Format=tres-alloc:500"],
+            env_extra=jobs.QUEUE_ENV,
+            check=False,
+            timeout=timeout,
+        )
+        if alloc.returncode == 0:
+            found.gpus = parse_alloc_gpus(alloc.stdout)
+        return found
 
     # ------------------------------------------------------------------ cluster
 

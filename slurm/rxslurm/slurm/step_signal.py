@@ -42,6 +42,10 @@ _SRUN_TASK_END = re.compile(
 )
 
 
+# The same, for a script of rxd's that cannot import this module (runtime/command_output.py).
+SRUN_TASK_END_PATTERN = _SRUN_TASK_END.pattern.decode()
+
+
 def strip_srun_task_lines(chunk: bytes) -> bytes:
     return _SRUN_TASK_END.sub(b"", chunk)
 

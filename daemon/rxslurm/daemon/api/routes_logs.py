@@ -44,6 +44,7 @@ async def logs(request: web.Request) -> web.Response:
         job_id=job_id,
         offset=offset,
         kept=daemon.config.containers.job_logs_kept,
+        instance=request.query.get("instance"),
     )
     return json_response(answer)
 

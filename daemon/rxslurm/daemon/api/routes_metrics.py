@@ -81,7 +81,7 @@ def collect(daemon: Daemon) -> list[Family]:
         Family(
             "rxslurm_exec_sessions_open",
             "gauge",
-            "Exec and shell sessions open now.",
+            "Exec and shell sessions open now, and detached commands running.",
             [Sample(reconciler.sessions.total())],
         ),
         Family(

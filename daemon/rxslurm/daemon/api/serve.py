@@ -22,6 +22,7 @@ from rxslurm.daemon.api import (
     routes_logs,
     routes_metrics,
     routes_projects,
+    routes_sessions,
     routes_system,
     sd_notify,
 )
@@ -50,6 +51,7 @@ ROUTES = [
     *routes_image_set.routes,
     *routes_logs.routes,
     *routes_images.routes,
+    *routes_sessions.routes,
     *routes_admin.routes,
 ]
 

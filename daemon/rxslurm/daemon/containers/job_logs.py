@@ -12,16 +12,17 @@ jobs (and its current one). The rest are removed as the runtime user
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from rxslurm.daemon.errors import Conflict, NotFound, Unavailable
+from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.daemon.projects.service import authorize
-from rxslurm.daemon.runtime.job_log_cleanup import Cleaned, CleanupError, remove_old_logs
+from rxslurm.daemon.runtime.job_log_cleanup import Cleaned, CleanupError, Others, remove_old_logs
 from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError, read_output
 from rxslurm.protocol.states import ACTIVE, State
 from rxslurm.slurm.runas import RunAs, RunAsError
@@ -55,6 +56,9 @@ class Cleaning:
     runtime_user: str
     keep: frozenset[int]
     newest: int
+    # Detached commands whose output stays (running, or of a kept job), and when that was read.
+    keep_exec: frozenset[str] = frozenset()
+    read_at: float = 0.0
 
 
 def cleaning_of(ledger: Ledger, container_id: int, kept: int) -> Cleaning | None:
@@ -70,20 +74,47 @@ def cleaning_of(ledger: Ledger, container_id: int, kept: int) -> Cleaning | None
             return None
         state_dir, runtime_user, newest = found
         keep = kept_jobs(db, container_id, kept)
-    return Cleaning(container_id, state_dir, runtime_user, frozenset(keep), max(newest, *keep))
+        # Before reading the commands: one started after this keeps its output (its file is
+        # newer than this moment).
+        read_at = time.time()
+        keep_exec = {
+            command
+            for command, state, job_id in db.execute(
+                "SELECT id, state, job_id FROM exec_sessions WHERE container_id = ?",
+                [container_id],
+            ).fetchall()
+            if state == "running" or job_id in keep
+        }
+    return Cleaning(
+        container_id,
+        state_dir,
+        runtime_user,
+        frozenset(keep),
+        max(newest, *keep),
+        frozenset(keep_exec),
+        read_at,
+    )
 
 
 def clean(cleaning: Cleaning) -> Cleaned:
     """Remove the logs beyond the kept ones, as the runtime user."""
     who = RunAs.for_user(cleaning.runtime_user)
-    cleaned = remove_old_logs(cleaning.state_dir, cleaning.keep, cleaning.newest, who)
-    if cleaned.removed or cleaned.skipped:
+    others = Others(cleaning.keep_exec, cleaning.read_at)
+    cleaned = remove_old_logs(
+        cleaning.state_dir, cleaning.keep, cleaning.newest, who, others=others
+    )
+    if any((cleaned.removed, cleaned.skipped, cleaned.instance_logs, cleaned.exec_logs)) or (
+        cleaned.trimmed
+    ):
         log.info(
             "job logs cleaned",
             extra={
                 "container_id": cleaning.container_id,
                 "removed": list(cleaned.removed),
                 "skipped": list(cleaned.skipped),
+                "instance_logs": list(cleaned.instance_logs),
+                "exec_logs": list(cleaned.exec_logs),
+                "trimmed": list(cleaned.trimmed),
             },
         )
     return cleaned
@@ -130,20 +161,25 @@ def container_logs(
     offset: int | None = None,
     max_bytes: int = MAX_BYTES,
     kept: int = 10,
+    instance: str | None = None,
 ) -> dict[str, Any]:
     """The output of the container's current (else latest) job, or of `job_id`, one of its jobs:
     the last `max_bytes`, or from byte `offset` on (how `rxctl logs -f` follows). `kept`: how
-    many of its jobs' logs are kept (a missing log of an older one was cleaned)."""
+    many of its jobs' logs are kept (a missing log of an older one was cleaned). `instance`
+    ("out" or "err"): that job's Apptainer instance log instead (the instance's own stdout or
+    stderr, which Apptainer keeps under the container's state folder)."""
+    if instance not in (None, *INSTANCE_STREAMS):
+        raise BadRequest("instance must be out or err")
     with ledger.read() as db:
         row, _ = authorize(db, actor, project, Action.LOGS)
         found = db.execute(
-            "SELECT id, state, job_id, state_dir, runtime_user FROM containers "
+            "SELECT id, state, job_id, state_dir, runtime_user, name FROM containers "
             "WHERE project_id = ?",
             [row["id"]],
         ).fetchone()
         if found is None or (found[1] == State.DISABLED and found[3] is None):
             raise Conflict(f"the container of {project} is not enabled")
-        container_id, state, current_job, state_dir, runtime_user = found
+        container_id, state, current_job, state_dir, runtime_user, container_name = found
         jobs = [
             dict(zip(("job_id", "state", "submitted_at", "started_at", "ended_at"), r, strict=True))
             for r in db.execute(
@@ -173,7 +209,10 @@ def container_logs(
         raise Conflict(f"the container of {project} has no folder")
     try:
         who = RunAs.for_user(runtime_user)
-        piece = read_output(state_dir, job_id, who, offset=offset, max_bytes=max_bytes)
+        name = None
+        if instance is not None:
+            name = instance_log_name(container_name, runtime_user, job_id, instance)
+        piece = read_output(state_dir, job_id, who, offset=offset, max_bytes=max_bytes, name=name)
     except RunAsError as exc:
         raise Conflict(f"cannot read the logs of {project}: {exc}") from None
     except OutputError as exc:
@@ -193,4 +232,16 @@ def container_logs(
         # Gone because it is older than the logs rxd keeps (`containers.job_logs_kept`).
         "cleaned": piece.missing and job_id not in keep,
         "jobs": jobs,
+        **({"instance": instance} if instance else {}),
     }
+
+
+# Apptainer's instance logs: the instance's stdout and stderr.
+INSTANCE_STREAMS = ("out", "err")
+
+
+def instance_log_name(container_name: str, runtime_user: str, job_id: int, stream: str) -> str:
+    """Where Apptainer keeps the log of the container's instance of `job_id`, under the state
+    folder (its APPTAINER_CONFIGDIR): `instances/logs/<node's host name>/<user>/<instance>`; the
+    host is whichever folder holds it (the reader's "*")."""
+    return f"apptainer/instances/logs/*/{runtime_user}/{container_name}-{int(job_id)}.{stream}"

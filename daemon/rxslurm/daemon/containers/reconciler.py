@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from rxslurm.daemon.containers import job_claims
@@ -45,6 +45,8 @@ ACTOR: dict[str, Any] = {"actor": "rxd", "origin": "reconciler"}
 BUSY_INTERVAL_S = 0.5
 # For this long after its job was submitted, a pending container counts as starting.
 FRESH_JOB_S = 30
+# How often a running container's logs are tidied (its instance logs kept under their cap).
+TIDY_EVERY_S = 600
 # Skipped records and imitations are logged at most once per this many seconds per kind.
 LOG_EVERY_S = 60.0
 # How many skipped records one log line shows.
@@ -134,6 +136,8 @@ class Reconciler:
         # Passes of others that Slurm's answers drive too (image builds); each returns its
         # changes, and one that fails is logged, never the end of this pass.
         self.extra_passes: list[Callable[[], int]] = []
+        # When each running container's logs were last tidied (its instance logs capped).
+        self._tidied: dict[int, datetime] = {}
         self._poked = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -231,6 +235,7 @@ class Reconciler:
             except Exception:
                 log.exception("a reconcile pass of %s failed", getattr(extra, "__qualname__", ""))
         self._snapshots()
+        self._tidy_running(rows)
         # A job submitted moments ago usually starts within seconds: watch it closely too.
         recent = to_timestamp(self.clock() - timedelta(seconds=FRESH_JOB_S))
         self.busy = self._transient or bool(
@@ -590,6 +595,21 @@ class Reconciler:
                 )
             started += 1
         return started
+
+    def _tidy_running(self, rows: list[dict[str, Any]]) -> None:
+        """Every TIDY_EVERY_S per running container: its logs cleaned as on a job's end, which
+        also keeps Apptainer's instance log of a job that runs for days under its cap."""
+        now = self.clock()
+        running = {r["id"] for r in rows if r["state"] == State.RUNNING}
+        self._tidied = {cid: at for cid, at in self._tidied.items() if cid in running}
+        for cid in sorted(running):
+            last = self._tidied.get(cid)
+            if last is None:
+                # Its job's start already cleaned: the first tidy is one period later.
+                self._tidied[cid] = now
+            elif (now - last).total_seconds() >= TIDY_EVERY_S:
+                self._tidied[cid] = now
+                self.service.clean_job_logs(cid)
 
     def _idle(self) -> int:
         """RUNNING -> STOPPING: no session and no activity for the idle timeout."""

@@ -16,7 +16,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from rxslurm.daemon.containers.snapshot_policy import (
 from rxslurm.daemon.containers.state_changes import STATE_CHANGES, ring_after_commit
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.containers.stop_request import request_stop
+from rxslurm.daemon.containers.usage import LiveUsage
 from rxslurm.daemon.containers.views import ContainerView, Queued, Started
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
 from rxslurm.daemon.folders import make_folder
@@ -228,6 +229,8 @@ class ContainerService:
         # Whether Slurm answered the reconciler's last pass; views say "as last seen" if not.
         self.slurm_reachable = True
         self.changes = STATE_CHANGES
+        # Live CPU, memory and GPUs of awake containers' jobs, cached briefly.
+        self.usage = LiveUsage(scheduler)
         # Called with a container's id when one of its jobs is submitted or ends: its logs
         # beyond the kept ones go, as the runtime user, on a thread of their own.
         self.clean_job_logs: Callable[[int], object] = lambda container_id: clean_job_logs_soon(
@@ -276,8 +279,18 @@ class ContainerService:
 
     def status(self, actor: Actor, project: str) -> ContainerView:
         """The container as the actor may see it; the state as last seen when Slurm did not
-        answer the reconciler's last pass."""
-        return self._view(*self._authorize(actor, project, Action.VIEW))
+        answer the reconciler's last pass. An awake one's view carries its job's usage now
+        (best effort: "unavailable" when Slurm does not say)."""
+        view = self._view(*self._authorize(actor, project, Action.VIEW))
+        if view.state == State.RUNNING and view.job_id:
+            # Slurm not answering the reconciler: sstat would only add its deadline to the wait.
+            usage = (
+                self.usage.of(view.job_id)
+                if self.slurm_reachable
+                else {"unavailable": "Slurm did not answer rxd's last look"}
+            )
+            view = replace(view, usage=usage)
+        return view
 
     def _authorize(
         self, actor: Actor, project: str, check: Action
@@ -722,7 +735,7 @@ class ContainerService:
             why = quotas.hold_back(db, held, request)
         if why:
             if reject:
-                raise Conflict(f"over quota: {why}")
+                raise Conflict(f"over quota: {why}", code="quota")
             if source == State.WAITING:
                 # WAITING (queued) -> WAITING: still no room; the bottleneck may have moved.
                 if why != container["reason"]:

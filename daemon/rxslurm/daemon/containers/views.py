@@ -42,6 +42,8 @@ class ContainerView:
     state_unknown: bool = False
     # The ledger's id, for the daemon's own use (waiting on it); not shown.
     container_id: int | None = None
+    # What the awake container's job uses now (`rxctl status` only; containers/usage.py).
+    usage: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -49,6 +51,8 @@ class ContainerView:
         del data["container_id"]
         if not self.state_unknown:
             del data["state_unknown"]
+        if self.usage is None:
+            del data["usage"]
         return data
 
 

@@ -39,6 +39,7 @@ from rxslurm.daemon.api.context import Daemon
 from rxslurm.daemon.api.peercred import Caller, UnknownCaller, peer_credentials, resolve_caller
 from rxslurm.daemon.api.socket_files import claim_socket_path, open_to_everyone
 from rxslurm.daemon.containers import service as containers
+from rxslurm.daemon.containers.sessions import LiveSession
 from rxslurm.daemon.containers.state_changes import Watch
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.containers.views import ContainerView
@@ -46,6 +47,7 @@ from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
 from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.ports import ContainerRuntime, Scheduler
 from rxslurm.protocol.durations import duration
 from rxslurm.protocol.exec_wire import (
@@ -330,6 +332,7 @@ class Session:
         self.plumbing: Plumbing | None = None
         self.interrupter: StepSignaller | None = None
         self.stopping = False
+        self.actor: Actor | None = None
 
     # -- the conversation ------------------------------------------------------------------
 
@@ -366,7 +369,7 @@ class Session:
         self.conn.settimeout(REPLY_TIMEOUT_S)
         if request.tty and not os.isatty(self.fds[0]):
             raise BadRequest("a terminal session needs a terminal on stdin")
-        actor = self.server.call(actor_for, self.daemon, caller)
+        actor = self.actor = self.server.call(actor_for, self.daemon, caller)
         # The one authorization of this request; waking and waiting carry it.
         access = self.server.call(self.daemon.containers.authorize_exec, actor, request.project)
         target = self.server.call(self.daemon.containers.target_of, access)
@@ -412,7 +415,8 @@ class Session:
                 note = {"stopped": gone.note} if gone.note else {}
                 self.send({**note, "exit": gone.exit_code})
         except ApiError as exc:
-            self.send({"error": exc.message})
+            # The API's code too, so a library can tell a refusal's kind without reading words.
+            self.send({"error": exc.message, "code": exc.code})
         except (ProtocolError, TimeoutError) as exc:
             log.info("exec protocol error", extra={"error": str(exc) or "time-out"})
             self.send({"error": f"exec protocol error: {exc or 'time-out'}"})
@@ -512,7 +516,7 @@ class Session:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     assert limit is not None
-                    raise Conflict(gave_up(project, view, limit))
+                    raise Conflict(gave_up(project, view, limit), code="timeout")
                 pending = self.messages_or_change(changed, left)
                 view = self.server.call(service.view_of, access)
         if shown is not None:
@@ -565,6 +569,7 @@ class Session:
         self.fds = []
         self.plumbing = plumbing
         sessions.opened(target.container_id)
+        self.daemon.commands.live.add(self.listed(target, request, step_name))
         try:
             try:
                 self.proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
@@ -616,6 +621,21 @@ class Session:
         finally:
             plumbing.close()
             sessions.closed(target.container_id)
+            self.daemon.commands.live.remove(step_name)
+
+    def listed(
+        self, target: containers.ExecTarget, request: ExecRequest, step_name: str
+    ) -> LiveSession:
+        """This session as `rxctl ps` lists it while it lasts."""
+        return LiveSession(
+            container_id=target.container_id,
+            job_id=target.job_id,
+            step_name=step_name,
+            started_by=self.actor.name if self.actor else "?",
+            argv=request.argv,
+            started_at=to_timestamp(utcnow()),
+            shell=request.shell,
+        )
 
     def supervise(self, plumbing: Plumbing, pending: list[dict[str, Any]]) -> int:
         """Relay the streams and the client's signals until srun exits and its output is out;

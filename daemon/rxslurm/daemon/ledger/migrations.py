@@ -450,6 +450,34 @@ def m009_image_digests(db: Database) -> None:
 
 
 @migrations()
+def m010_exec_sessions(db: Database) -> None:
+    """Detached commands (`rxctl exec --detach`): each is a step of its container's job, with
+    who started it, what it runs, and how it ended (exit_code NULL: not known, e.g. rxd was
+    restarted while it ran). Interactive sessions are not stored: they live as long as their
+    connection to rxd."""
+    db.execute(
+        """
+        CREATE TABLE exec_sessions (
+            id TEXT PRIMARY KEY NOT NULL,
+            container_id INTEGER NOT NULL REFERENCES containers(id),
+            project_id INTEGER NOT NULL,
+            job_id INTEGER NOT NULL,
+            step_name TEXT NOT NULL,
+            argv TEXT NOT NULL,
+            cwd TEXT,
+            started_by TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'running',
+            ended_at TEXT,
+            exit_code INTEGER,
+            signalled TEXT
+        ) STRICT
+        """
+    )
+    db.execute("CREATE INDEX exec_sessions_container ON exec_sessions (container_id, state)")
+
+
+@migrations()
 def m011_job_flags(db: Database) -> None:
     # sbatch's --account, --qos, --constraint and --reservation as project settings; "" is none
     # (the user's default account, the default QOS).

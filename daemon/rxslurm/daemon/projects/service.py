@@ -274,6 +274,7 @@ def delete_project(ledger: Ledger, actor: Actor, name: str) -> str:
             )
         for c in containers:
             db.execute("DELETE FROM jobs WHERE container_id = ?", [c["id"]])
+            db.execute("DELETE FROM exec_sessions WHERE container_id = ?", [c["id"]])
             db.table("containers").delete(c["id"])
         db.table("projects").delete(row["id"])
         _event(db, actor, "project.deleted", name)

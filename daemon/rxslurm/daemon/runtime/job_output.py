@@ -25,7 +25,9 @@ READ_TIMEOUT_S = 10.0
 
 # Run as the runtime user by `python -I -S -c`: the standard library only, nothing of rx-slurm
 # (which need not be readable by them), no site folders, no environment variables. argv: folder,
-# file name, offset (-1: the end), most bytes. stdout: one JSON line, then the bytes.
+# file name, offset (-1: the end), most bytes. stdout: one JSON line, then the bytes. The name
+# may go down folders ("a/b/c.out", each opened without following links); a "*" folder is the
+# first one (by name) that holds the rest.
 READER = r"""
 import errno, json, os, stat, sys
 folder, name, offset, most = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -39,6 +41,35 @@ try:
     d = os.open(folder, os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
 except OSError as e:
     refuse("its folder", e)
+def down(at, rest):
+    if len(rest) == 1:
+        return at, rest[0]
+    head = rest[0]
+    for sub in (sorted(os.listdir(at)) if head == "*" else [head]):
+        try:
+            fd = os.open(sub, os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC,
+                         dir_fd=at)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            if head == "*":
+                continue
+            refuse(sub, e)
+        found = down(fd, rest[1:])
+        if found is None:
+            continue
+        if head != "*":
+            return found
+        try:
+            os.stat(found[1], dir_fd=found[0], follow_symlinks=False)
+            return found
+        except OSError:
+            continue
+    return None
+found = down(d, name.split("/"))
+if found is None:
+    say(kind="missing"); sys.exit(0)
+d, name = found
 try:
     f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY,
                 dir_fd=d)
@@ -97,12 +128,15 @@ def output_name(job_id: int) -> str:
     return f"job-{int(job_id)}.out"
 
 
-def reader_argv(state_dir: str, job_id: int, offset: int | None, max_bytes: int) -> list[str]:
-    """The reader's argv: the interpreter rxd runs on, isolated, with the constant script."""
+def reader_argv(
+    state_dir: str, job_id: int, offset: int | None, max_bytes: int, name: str | None = None
+) -> list[str]:
+    """The reader's argv: the interpreter rxd runs on, isolated, with the constant script.
+    ``name``: another output file of the folder than the job's (a detached command's)."""
     return script_argv(
         READER,
         state_dir,
-        output_name(job_id),
+        name or output_name(job_id),
         str(-1 if offset is None else int(offset)),
         str(int(max_bytes)),
     )
@@ -115,12 +149,13 @@ def read_output(
     offset: int | None = None,
     max_bytes: int = MAX_BYTES,
     timeout: float = READ_TIMEOUT_S,
+    name: str | None = None,
 ) -> JobOutput:
     """Up to ``max_bytes`` of ``job-<job_id>.out`` in ``state_dir`` from ``offset`` (None: the
     last ``max_bytes``), read as ``as_user`` (None: as this process, for tests)."""
     if offset is not None and offset < 0:
         raise ValueError("offset must not be negative")
-    argv = reader_argv(state_dir, job_id, offset, max_bytes)
+    argv = reader_argv(state_dir, job_id, offset, max_bytes, name)
     result = run_script(
         argv,
         as_user=as_user,

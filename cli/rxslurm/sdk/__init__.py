@@ -1,0 +1,33 @@
+"""rx-slurm from Python: a project's container, its commands and typed errors (docs/sdk.md).
+
+Talks to rxd exactly as rxctl does (the same doors and authentication), importing nothing of
+the daemon's.
+"""
+
+from rxslurm.sdk.container import Container
+from rxslurm.sdk.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    QuotaExceeded,
+    RxError,
+    Timeout,
+    Unavailable,
+)
+from rxslurm.sdk.process import ExecProcess, ExecResult, Output
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "Container",
+    "ExecProcess",
+    "ExecResult",
+    "Forbidden",
+    "NotFound",
+    "Output",
+    "QuotaExceeded",
+    "RxError",
+    "Timeout",
+    "Unavailable",
+]

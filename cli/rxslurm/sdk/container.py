@@ -1,0 +1,244 @@
+"""`Container`: a project's container driven from Python, as rxctl drives it.
+
+A project (docs/api.md) has one container; the SDK names both by the project's name. Requests go
+through rxctl's client (the local socket or the MUNGE network door, found the same way), and
+commands through rxctl's exec session (process.py), so the SDK has rxctl's rights, no more.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rxslurm.cli.client import ApiError, Client
+from rxslurm.protocol import routes
+from rxslurm.protocol.states import State
+from rxslurm.sdk.errors import BadRequest, RxError, Timeout, translated
+from rxslurm.sdk.process import ExecProcess, ExecResult
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Between looks at a stopping container's status (no change notice exists for stops).
+STOP_POLL_S = 0.5
+WAIT_GUARD_S = 30.0
+
+
+def memory_mb(memory: str | int) -> int:
+    """`"16Gi"`, `"16G"`, `"512M"` or a number of MiB -> MiB, as sbatch counts (G = 1024 M)."""
+    from rxslurm.cli.units import memory_mb as sbatch_mb
+
+    if isinstance(memory, int) and not isinstance(memory, bool):
+        return memory
+    if not isinstance(memory, str):
+        raise BadRequest(f"memory must be a size like '16Gi' or a number of MiB, not {memory!r}")
+    text = re.sub(r"(?i)(?<=[KMGT])i(?=B?$)", "", memory.strip())
+    try:
+        return sbatch_mb(text)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def gpu_settings(gpu: int | str | None) -> dict[str, Any]:
+    """`1` -> 1 GPU of any type; `"a100:2"` -> 2 of type a100; `"a100"` -> 1 of type a100."""
+    if gpu is None:
+        return {}
+    if isinstance(gpu, bool) or not isinstance(gpu, int | str):
+        raise BadRequest(f"gpu must be a count or 'TYPE:COUNT', not {gpu!r}")
+    if isinstance(gpu, int):
+        return {"gpus": gpu}
+    kind, _, count = gpu.partition(":")
+    if not kind or (count and not count.isdigit()):
+        raise BadRequest(f"gpu must be a count or 'TYPE:COUNT', not {gpu!r}")
+    return {"gpus": int(count or 1), "gpu_type": kind}
+
+
+def env_argv(env: Mapping[str, str] | None, cmd: Sequence[str]) -> list[str]:
+    """The command, run through `env NAME=VALUE...` inside the container when env is given
+    (the exec protocol carries no environment; every word stays one argv item)."""
+    if not cmd or not all(isinstance(word, str) for word in cmd):
+        raise BadRequest("exec needs a command: one or more strings")
+    if not env:
+        return list(cmd)
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            raise BadRequest(f"{name!r} is not an environment variable name")
+        if not isinstance(value, str):
+            raise BadRequest(f"the value of {name} must be a string")
+    if "=" in cmd[0]:
+        # env would read it as one more NAME=VALUE.
+        raise BadRequest(f"with env, the command's first word cannot contain '=': {cmd[0]!r}")
+    return ["env", *(f"{name}={value}" for name, value in env.items()), *cmd]
+
+
+class Container:
+    """The container of project `name`.
+
+    `Container(name=..., image=..., cpu=..., memory="16Gi", gpu=1 or "a100:1")` describes one;
+    `run()` creates the project if it does not exist (you become its owner), wakes the container
+    and waits until it runs. `Container.from_name(project)` is one that exists already.
+    `socket` names rxd's socket as `rxctl --socket` does (default: rxctl's own choice).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        image: str | None = None,
+        cpu: int | None = None,
+        memory: str | int | None = None,
+        gpu: int | str | None = None,
+        partition: str | None = None,
+        socket: str | None = None,
+        request_timeout: float = 60.0,
+    ) -> None:
+        self.name = name
+        self._client = Client(socket, timeout=request_timeout)
+        self._socket = socket
+        settings: dict[str, Any] = {}
+        if image is not None:
+            settings["image"] = image
+        if cpu is not None:
+            settings["cpus"] = cpu
+        if memory is not None:
+            settings["mem_mb"] = memory_mb(memory)
+        if partition is not None:
+            settings["partition"] = partition
+        settings.update(gpu_settings(gpu))
+        self.settings = settings
+        self._status: dict[str, Any] | None = None
+
+    @classmethod
+    def from_name(cls, project: str, *, socket: str | None = None) -> Container:
+        """The container of an existing project you are a member of; NotFound otherwise."""
+        container = cls(project, socket=socket)
+        container.refresh()
+        return container
+
+    # -- state -------------------------------------------------------------------------------
+
+    def refresh(self) -> Container:
+        """Read the container's status from rxd again."""
+        with translated():
+            self._status = self._client.get(routes.path(routes.CONTAINER_STATUS, self.name))
+        return self
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """rxd's whole status answer (docs/api.md, Containers), as of the last refresh."""
+        if self._status is None:
+            self.refresh()
+        assert self._status is not None
+        return self._status
+
+    @property
+    def status(self) -> str:
+        """The container's state (`running`, `stopped`, `waiting_for_resources`, ...), as of
+        the last refresh: call refresh() to look again."""
+        return str(self.info["state"])
+
+    @property
+    def id(self) -> str:
+        """The container's name as rxd and Slurm know it (`rx-<project>`)."""
+        return str(self.info.get("name") or f"rx-{self.name}")
+
+    def __repr__(self) -> str:
+        state = self._status["state"] if self._status else "?"
+        return f"Container({self.name!r}, status={state!r})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self, timeout: float | None = None) -> Container:
+        """Create the project if needed, wake its container and wait until it runs.
+
+        An existing project keeps its settings (`rxctl project set` changes them). `timeout`
+        (seconds) bounds the wait, not the request: past it Timeout is raised and the container
+        keeps trying (stop() to give up). None waits as long as it takes.
+        """
+        with translated():
+            project = self._project_or_none()
+            if project is None:
+                body: dict[str, Any] = {"name": self.name}
+                if self.settings:
+                    body["settings"] = self.settings
+                project = self._client.post(routes.PROJECTS, body)
+            # Never enabled: `enable` (the owner's) makes the overlay; else `start` wakes it.
+            container = project.get("container")
+            action = "start" if container and container.get("state") != "disabled" else "enable"
+            self._client.post(routes.path(routes.CONTAINER_ACTION, self.name, action))
+        # rxd ends the wait at `timeout`; the SDK's own deadline, a little later, only guards
+        # against an rxd that never answers.
+        guard = None if timeout is None else timeout + WAIT_GUARD_S
+        self._session({"wait": True, "timeout": timeout}, timeout=guard).wait()
+        return self.refresh()
+
+    def _project_or_none(self) -> dict[str, Any] | None:
+        try:
+            project: dict[str, Any] = self._client.get(routes.path(routes.PROJECT, self.name))
+        except ApiError as exc:
+            if exc.code == "not_found":
+                return None
+            raise
+        return project
+
+    def stop(self, grace_period_seconds: float = 30) -> Container:
+        """Stop the container (its overlay and workspace stay) and wait until it has stopped.
+
+        rxd sends the instance SIGTERM, then ends the job after its own grace
+        (`[containers] stop_grace_s`); this waits at most `grace_period_seconds` for that and
+        raises Timeout (the container still stopping) if it takes longer.
+        """
+        with translated():
+            self._status = self._client.post(
+                routes.path(routes.CONTAINER_ACTION, self.name, "stop")
+            )
+        deadline = time.monotonic() + grace_period_seconds
+        while self.status in (State.STOPPING, State.STARTING, State.WAITING, State.RUNNING):
+            if time.monotonic() >= deadline:
+                raise Timeout(
+                    f"the container of {self.name} is still {self.status} after "
+                    f"{grace_period_seconds:g} s; rxd goes on stopping it"
+                )
+            time.sleep(STOP_POLL_S)
+            self.refresh()
+        return self
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def exec(
+        self,
+        *cmd: str,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str = "/workspace",
+        stdin: bytes | None = None,
+        wake: bool = True,
+    ) -> ExecResult:
+        """Run a command in the container (waking it unless `wake=False`) and wait for it: its
+        ExecResult (`exit_code`, `stdout`, `stderr` as text, `stdout_bytes`, `stderr_bytes`).
+        A non-zero exit is a result, not an exception; the SDK's exceptions say it did not run.
+        """
+        process = self.exec_stream(*cmd, timeout=timeout, env=env, cwd=cwd, stdin=stdin, wake=wake)
+        return process.wait()
+
+    def exec_stream(
+        self,
+        *cmd: str,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str = "/workspace",
+        stdin: bytes | None = None,
+        wake: bool = True,
+    ) -> ExecProcess:
+        """Start a command as exec() does; iterate the answer for its output as it comes
+        (`Output(stream, data)`), then `wait()` for its ExecResult."""
+        request = {"argv": env_argv(env, cmd), "cwd": cwd, "wake": wake, "timeout": timeout}
+        return self._session(request, timeout=timeout, stdin=stdin)
+
+    def _session(
+        self, request: dict[str, Any], *, timeout: float | None, stdin: bytes | None = None
+    ) -> ExecProcess:
+        if self._client.door is None:
+            raise RxError(self._client.door_error)
+        spec = {"socket": self._socket, "project": self.name, "request": request}
+        return ExecProcess(spec, timeout=timeout, stdin=stdin)

@@ -1,0 +1,231 @@
+"""The Python SDK (rxslurm.sdk) end to end, as a researcher's notebook uses it: real rxd, real
+Slurm, real Apptainer. Each script runs as a test user in a process of its own, finding rxd as
+rxctl does ($RXCTL_SOCKET), and prints what it saw as JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cli import ok
+from tests.support.cluster import VENV_BIN, run_as
+from tests.support.daemon import Rxd, free_port, running_rxd
+from tests.support.lifecycle import gpu_quota_rxd, lifecycle_config, lifecycle_rxd, status
+from tests.support.real_apptainer import BASE_IMAGE
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
+
+PYTHON = str(VENV_BIN / "python")
+PROLOGUE = f"""\
+import json
+from rxslurm.sdk import *
+IMAGE = {str(BASE_IMAGE)!r}
+def show(**seen):
+    print(json.dumps(seen))
+def raised(call):
+    try:
+        call()
+    except RxError as exc:
+        return [type(exc).__name__, exc.code, exc.message]
+    return None
+"""
+
+
+@pytest.fixture(scope="module")
+def rxd() -> Iterator[Rxd]:
+    with lifecycle_rxd(bind=("rxalice", "rxbob")) as daemon:
+        yield daemon
+
+
+def sdk(
+    rxd: Rxd, user: str, script: str, timeout: float = 300, server: str | None = None
+) -> dict[str, Any]:
+    """What `script` (after PROLOGUE) showed, run as `user` in a fresh Python against rxd: on
+    its socket, or through the network door at `server` (as on a login node: no socket named)."""
+    code = PROLOGUE + textwrap.dedent(script)
+    env = {"RXSLURM_SERVER": server} if server else {"RXCTL_SOCKET": str(rxd.socket)}
+    result = run_as(user, [PYTHON, "-c", code], env=env, timeout=timeout)
+    assert result.returncode == 0, (result.stdout, result.stderr, rxd.log_text()[-3000:])
+    seen: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    return seen
+
+
+def test_notebook_runs_execs_and_stops_a_container(rxd: Rxd) -> None:
+    seen = sdk(
+        rxd,
+        "rxalice",
+        """
+        box = Container("nb", image=IMAGE, cpu=1, memory="256Mi")
+        box.run(timeout=240)
+        state = box.status
+        result = box.exec(
+            "sh", "-c", 'echo "$GREETING out"; echo err >&2; echo kept > /opt/sdk-marker; exit 3',
+            env={"GREETING": "hello"},
+        )
+        pieces = [(o.stream, o.text) for o in box.exec_stream("sh", "-c", "echo a; echo b >&2")]
+        show(state=state, id=box.id, job=box.info["job_id"], exit=result.exit_code,
+             out=result.stdout, err=result.stderr, raw=result.stdout_bytes.decode(),
+             pieces=pieces)
+        """,
+    )
+    assert seen["state"] == "running" and seen["id"] == "rx-nb"
+    assert (seen["exit"], seen["out"], seen["err"]) == (3, "hello out\n", "err\n")
+    assert seen["raw"] == "hello out\n"
+    assert sorted(seen["pieces"]) == [["stderr", "b\n"], ["stdout", "a\n"]]
+    # The project was created with the container's settings, the caller its owner.
+    shown = ok(rxd.rxctl("rxalice", "project", "show", "--project", "nb", "--json"))
+    project = json.loads(shown.stdout)
+    assert project["role"] == "owner"
+    assert project["settings"]["mem_mb"] == 256 and project["settings"]["cpus"] == 1
+
+    # Another process finds the same container by name and sees what the first left in it.
+    other = sdk(
+        rxd,
+        "rxalice",
+        """
+        box = Container.from_name("nb")
+        result = box.exec("cat", "/opt/sdk-marker")
+        show(job=box.info["job_id"], out=result.stdout, exit=result.exit_code)
+        """,
+    )
+    assert other == {"job": seen["job"], "out": "kept\n", "exit": 0}
+
+    stopped = sdk(
+        rxd,
+        "rxalice",
+        """
+        box = Container.from_name("nb")
+        box.stop(grace_period_seconds=120)
+        show(state=box.status)
+        """,
+    )
+    assert stopped == {"state": "stopped"}
+    assert status(rxd, "rxalice", "nb")["state"] == "stopped"
+
+
+def test_each_typed_error_comes_from_a_real_failure(rxd: Rxd) -> None:
+    seen = sdk(
+        rxd,
+        "rxalice",
+        """
+        missing = raised(lambda: Container.from_name("nosuch"))
+        box = Container("errs", image=IMAGE, cpu=1, memory="256Mi")
+        # A wait of no time at all: the container cannot be running yet.
+        waited = raised(lambda: box.run(timeout=0))
+        box.run(timeout=240)
+        slow = raised(lambda: box.exec("sleep", "300", timeout=3))
+        after = box.exec("echo", "still here")
+        show(missing=missing, waited=waited, slow=slow, after=[after.exit_code, after.stdout])
+        """,
+    )
+    assert seen["missing"] == [
+        "NotFound",
+        "not_found",
+        "no project named 'nosuch' (or you are not a member)",
+    ]
+    kind, code, message = seen["waited"]
+    assert (kind, code) == ("Timeout", "timeout")
+    assert message.startswith("the container of errs did not start within 0s")
+    assert seen["slow"][:2] == ["Timeout", None]
+    assert "did not finish within 3 s" in seen["slow"][2]
+    assert seen["after"] == [0, "still here\n"]
+
+    ok(
+        rxd.rxctl(
+            "rxalice", "project", "member", "add", "--project", "errs", "rxbob", "--role", "viewer"
+        )
+    )
+    viewer = sdk(
+        rxd,
+        "rxbob",
+        """
+        box = Container.from_name("errs")
+        show(state=box.status, refused=raised(lambda: box.exec("id")))
+        """,
+    )
+    assert viewer["state"] == "running"
+    assert viewer["refused"][:2] == ["Forbidden", "forbidden"]
+    ok(rxd.rxctl("rxalice", "stop", "--project", "errs"))
+
+
+def test_a_full_quota_is_quota_exceeded() -> None:
+    with gpu_quota_rxd(1, '[quotas]\npolicy = "reject"\n') as rxd:
+        seen = sdk(
+            rxd,
+            "rxalice",
+            """
+            box = Container("greedy", image=IMAGE, cpu=1, memory="256Mi", gpu="a100:2",
+                            partition="gpu")
+            show(refused=raised(lambda: box.run(timeout=60)), state=box.refresh().status)
+            """,
+        )
+    kind, code, message = seen["refused"]
+    assert (kind, code) == ("QuotaExceeded", "quota")
+    assert message == (
+        "over quota: partition gpu: deployment quota 1 GPUs, 0 in use by nobody; "
+        "this container needs 2"
+    )
+    assert seen["state"] == "stopped"
+
+
+def test_the_docs_notebook_prints_what_the_doc_says(rxd: Rxd) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "sdk.md").read_text()
+    section = doc.split("## A notebook", 1)[1]
+    example, printed = re.findall(r"```(?:python|text)\n(.*?)```", section, re.DOTALL)[:2]
+    example = example.replace('"docker://python:3.12-slim"', repr(str(BASE_IMAGE)))
+    result = run_as(
+        "rxalice",
+        [PYTHON, "-c", example],
+        env={"RXCTL_SOCKET": str(rxd.socket)},
+        timeout=300,
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert result.stdout == printed
+
+
+def test_the_sdk_through_the_munge_network_door() -> None:
+    """From another host the SDK finds rxd as rxctl does ($RXSLURM_SERVER) and is proved by
+    MUNGE: the owner's commands run as steps it starts itself, a manager's are relayed by rxd."""
+    port = free_port()
+    server = f"127.0.0.1:{port}"
+
+    def config(root: Path) -> str:
+        return f'listen = "{server}"\n' + lifecycle_config(root)
+
+    with running_rxd(config, bind=("rxalice", "rxbob")) as rxd:
+        owner = sdk(
+            rxd,
+            "rxalice",
+            """
+            box = Container("door", image=IMAGE, cpu=1, memory="256Mi")
+            box.run(timeout=240)
+            result = box.exec("sh", "-c", "echo out; echo err >&2; exit 4")
+            show(state=box.status, exit=result.exit_code, out=result.stdout, err=result.stderr)
+            """,
+            server=server,
+        )
+        assert owner == {"state": "running", "exit": 4, "out": "out\n", "err": "err\n"}
+        member = ("project", "member", "add", "--project", "door", "rxbob", "--role", "manager")
+        ok(rxd.rxctl("rxalice", *member))
+        manager = sdk(
+            rxd,
+            "rxbob",
+            """
+            box = Container.from_name("door")
+            result = box.exec("sh", "-c", "cat; exit 5", stdin=b"from the manager")
+            show(exit=result.exit_code, out=result.stdout)
+            """,
+            server=server,
+        )
+        # A manager's command is relayed by rxd, its input too.
+        assert manager == {"exit": 5, "out": "from the manager"}
+        # What the SDK did came through the door: rxd recorded it as proved by MUNGE.
+        history = ok(rxd.rxctl("rxalice", "history", "--project", "door", "--json")).stdout
+        origins = {e["action"]: e["origin"] for e in json.loads(history)["events"]}
+        assert origins["project.created"] == "munge", origins
