@@ -160,6 +160,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
             "identity": {"mode": "platform"},
             "workspaces": {"root": str(root / "workspaces")},
             "builds": {"enabled": True},
+            # No pulls: a fuzzed image reference must never reach a registry.
+            "pulls": {"user": ""},
         }
     )
     ledger = Ledger.open(config.daemon.ledger, migrate=True)
@@ -221,6 +223,7 @@ JSON_VALUES = st.recursive(
 FIELDS = [
     "name", "settings", "image", "gpus", "cpus", "partition", "gpu_type", "code", "mode", "user",
     "role", "platform_user", "linux_user", "display_name", "ttl_min", "id", "scope", "max_gpus",
+    "refresh", "wait_s",
 ]  # fmt: skip
 CRAFTED = [
     b"[" * 100_000,
@@ -265,6 +268,8 @@ JSON_ROUTES = [
     ("POST", "/v1/projects", "alice", False),
     ("PATCH", "/v1/projects/{p}/settings", "alice", False),
     ("PUT", "/v1/projects/{p}/run-as", "alice", False),
+    ("PUT", "/v1/projects/{p}/image", "alice", False),
+    ("POST", "/v1/projects/{p}/image/pull", "alice", False),
     ("POST", "/v1/projects/{p}/members", "alice", False),
     ("PATCH", "/v1/projects/{p}/members/{u}", "alice", False),
     ("PUT", "/v1/projects/{p}/dev-mode", "alice", False),

@@ -217,6 +217,8 @@ REST = {
     "image logs": ["1"],
     "image rename": ["1", "new"],
     "image status": ["1"],
+    "image set": ["python:3.12-slim"],
+    "image pull": ["--refresh"],
     "image draft create": ["main", "--kind", "dockerfile", "--file", DRAFT_FILE],
     "image draft edit": ["main", "--kind", "dockerfile", "--file", DRAFT_FILE],
     "image draft show": ["main"],

@@ -27,7 +27,9 @@ from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.images import cache as image_cache
+from rxslurm.daemon.images import fetch as image_fetch
 from rxslurm.daemon.images import pull as image_pull
+from rxslurm.daemon.images.fetch import Fetched
 from rxslurm.daemon.images.pull import PullError, PullSettings
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
@@ -479,7 +481,7 @@ def test_a_failed_pull_ends_in_error_with_its_reason_and_retry_pulls_again() -> 
 
 
 class FakePulls:
-    """Stands in for image_pull.pull: counts calls, blocks until released, then answers."""
+    """Stands in for image_fetch.fetch: counts calls, blocks until released, then answers."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -487,14 +489,12 @@ class FakePulls:
         self.release = threading.Event()
         self.fail: dict[str, str] = {}
 
-    def __call__(
-        self, settings: PullSettings, uri: str, cancel: threading.Event | None = None
-    ) -> tuple[Path, int]:
+    def __call__(self, settings: PullSettings, ledger: Ledger, uri: str, **_: object) -> Fetched:
         self.calls.append(uri)
         assert self.release.wait(30), "the test never released the fake pull"
         if uri in self.fail:
             raise PullError(self.fail[uri], 255)
-        return self.folder / image_cache.image_file_name(uri), 42
+        return Fetched(self.folder / image_cache.image_file_name(uri), 42, None)
 
 
 @pytest.fixture
@@ -502,8 +502,7 @@ def pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Imag
     ledger = Ledger.open(tmp_path / "ledger.db", migrate=True)
     rt = ContainerService(ledger, parse_config({"pulls": {"max_per_user": 2}}), scheduler=None)  # type: ignore[arg-type]
     fake = FakePulls(tmp_path)
-    monkeypatch.setattr(image_pull, "pull", fake)
-    monkeypatch.setattr(image_cache, "cached_image", lambda folder, uri: None)
+    monkeypatch.setattr(image_fetch, "fetch", fake)
     monkeypatch.setattr(rt.pulls, "settings", lambda: settings(tmp_path))
     yield rt.pulls, fake
     fake.release.set()

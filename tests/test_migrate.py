@@ -102,6 +102,7 @@ EXPECTED_COLUMNS = {
         "target_id",
         "detail",
     ],
+    "image_digests": ["key", "digest", "resolved_at", "resolved_by"],
 }
 
 EXPECTED_INDEXES = {
@@ -123,6 +124,7 @@ ALL_MIGRATIONS = [
     "m006_rename_unreachable_projects",
     "m007_overlay_snapshots",
     "m008_image_builds",
+    "m009_image_digests",
     "m010_exec_sessions",
     "m011_job_flags",
 ]
@@ -146,7 +148,7 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("ALTER TABLE binding_codes DROP COLUMN for_uid")
         db.execute("ALTER TABLE projects DROP COLUMN run_as_user")
         db.execute("ALTER TABLE projects DROP COLUMN workspace_uid")
-        for table in ("build_leases", "image_builds", "image_drafts"):
+        for table in ("build_leases", "image_builds", "image_drafts", "image_digests"):
             db.execute(f"DROP TABLE {table}")
         db.execute("ALTER TABLE projects DROP COLUMN dev_mode")
         for column in ("account", "qos", '"constraint"', "reservation"):

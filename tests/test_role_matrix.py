@@ -53,8 +53,7 @@ DRAFT_FILE = str(Path(tempfile.gettempdir()) / "rxslurm-tests" / "role-matrix.de
 DRAFT = "Bootstrap: localimage\nFrom: /images/base.sif\n\n%post\n    true\n"
 
 # Actions that have no rxctl command yet, and why.
-PENDING = {
-    Action.SET_IMAGE: "no rxctl command for set-image yet: image builds (a later issue) add it",
+PENDING: dict[Action, str] = {
     # Both need an enabled container with an overlay; tests/test_export_e2e.py tries who may.
     Action.EXPORT: "export is tried per role in tests/test_export_e2e.py",
     Action.IMPORT: "import is tried per role in tests/test_export_e2e.py",
@@ -420,6 +419,26 @@ def check_logs(rxd: Rxd, actor: str, before: dict[str, Any]) -> None:
     assert status(rxd, BROKEN)["state"] == "error"
 
 
+def set_by(actor: str) -> str:
+    """The image `rxctl image set` names in `actor`'s cell: a file no start ever runs (the owner
+    sets the project's image back before anything starts again)."""
+    return f"/nonexistent/set-by-{actor}.sif"
+
+
+def set_image_argv(actor: str) -> list[str]:
+    return ["image", "set", "--project", LIVE, set_by(actor)]
+
+
+def check_set_image(rxd: Rxd, actor: str, before: dict[str, Any]) -> None:
+    # The running job keeps its image; the project's is the new one, and a restart is pending.
+    assert owner_view(rxd, LIVE)["settings"]["image"] == set_by(actor)
+    after = status(rxd, LIVE)
+    assert (after["state"], after["job_id"]) == ("running", before["job_id"]), after
+    assert after["settings_pending"] is True, after
+    output(rxd.rxctl(OWNER, "project", "set", LIVE, "--image", IMAGE))
+    assert status(rxd, LIVE)["settings_pending"] is False
+
+
 @dataclass(frozen=True)
 class ContainerCase:
     """A container action: its command, the state where trying it would change something, and
@@ -440,6 +459,7 @@ def lifecycle(command: str, project: str = LIVE) -> Callable[[str], list[str]]:
 CONTAINER_CASES: dict[Action, ContainerCase] = {
     Action.ENABLE: ContainerCase(LIVE, lifecycle("enable"), "disabled", "disabled", check_enable),
     Action.EXEC: ContainerCase(LIVE, exec_argv, "running", "running", check_exec),
+    Action.SET_IMAGE: ContainerCase(LIVE, set_image_argv, "running", "running", check_set_image),
     Action.START: ContainerCase(LIVE, lifecycle("start"), "stopped", "stopped", check_start),
     Action.STOP: ContainerCase(LIVE, lifecycle("stop"), "running", "holding", check_stop),
     Action.DISABLE: ContainerCase(LIVE, lifecycle("disable"), "running", "stopped", check_disable),
@@ -466,6 +486,8 @@ CONTAINER_ORDER: list[tuple[Action, str]] = [
     (Action.ENABLE, Role.OWNER.value),
     *refusing(Action.EXEC),
     *allowing(Action.EXEC),
+    *refusing(Action.SET_IMAGE),
+    *allowing(Action.SET_IMAGE),
     *refusing(Action.STOP),
     *refusing(Action.DISABLE),
     (Action.STOP, Role.OWNER.value),
@@ -509,6 +531,7 @@ def test_container_role_matrix(rxd: Rxd, action: Action, actor: str) -> None:
         exec_marker(rxd, actor).unlink(missing_ok=True)
     if allowed and case.prepare is not None:
         case.prepare(rxd)
+    image = owner_view(rxd, case.project)["settings"]["image"]
     result = rxd.rxctl(ACTORS[actor], *case.argv(actor))
     if allowed:
         output(result)
@@ -517,6 +540,7 @@ def test_container_role_matrix(rxd: Rxd, action: Action, actor: str) -> None:
     assert_refused(result, actor, action, case.project)
     assert before["state"] in SETTLED
     assert essentials(status(rxd, case.project)) == essentials(before)
+    assert owner_view(rxd, case.project)["settings"]["image"] == image
     if action is Action.EXEC:
         assert not exec_marker(rxd, actor).exists()
 

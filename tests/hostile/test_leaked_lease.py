@@ -153,8 +153,10 @@ def test_a_failure_after_the_lease_ends_in_error_frees_it_and_the_next_user_star
             assert wait_for_state(rxd, user, name, "waiting_for_resources")["over_quota"]
         # A value saved before today's checks (an older rxd): the holder script cannot be made
         # from it, which shows only after the lease is taken.
+        # Every start runs the project's image as it is now, so it is the project's setting.
         conn = sqlite3.connect(rxd.ledger, timeout=30)
         with conn:
+            conn.execute("UPDATE projects SET image = '/x' || char(13) WHERE name = 'hog'")
             conn.execute("UPDATE containers SET image = '/x' || char(13) WHERE name = 'rx-hog'")
         conn.close()
 
@@ -210,7 +212,8 @@ def _ledger_with_container(tmp_path: Path, state: str, image: str) -> Ledger:
                     "workspace": str(tmp_path),
                     "gpus": 1,
                     "partition": "gpu",
-                    "image": "/x.sif",
+                    # What an older rxd saved: every start runs the project's image as it is.
+                    "image": image,
                     "run_as": "bound",
                     "run_as_user": "dave",
                 }

@@ -84,11 +84,12 @@ def test_stalled_registries_hold_no_api_thread_and_time_out_as_the_pull_account(
         # Someone else is served while every pull hangs.
         ok(rxd.rxctl("rxcarol", "whoami"))
         ok(rxd.rxctl("rxcarol", "project", "list"))
-        # The pulls run as the pull account, never as root.
+        # The pulls run as the pull account, never as root: here their first step, asking the
+        # registry which digest the tag names (it never answers).
         pulling: list[tuple[int, int, str]] = []
 
         def seen_pulling() -> bool:
-            pulling[:] = [p for p in processes_mentioning(stall) if " pull " in p[2]]
+            pulling[:] = processes_mentioning(stall)
             return bool(pulling)
 
         wait_for(seen_pulling, timeout=30, what="a pull process")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -108,3 +109,49 @@ def processes_mentioning(text: str) -> list[tuple[int, int, str]]:
         if text in argv:
             found.append((int(proc.name), uid, argv))
     return found
+
+
+def skopeo(*args: str) -> str:
+    """skopeo against the loopback registry (plain HTTP); its output."""
+    result = subprocess.run(  # noqa: S603 - fixed argv
+        ["skopeo", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def registry_digest(name: str) -> str:
+    """The manifest digest the registry serves for ``name`` (``repo:tag``)."""
+    raw = skopeo("inspect", "--tls-verify=false", f"docker://{REGISTRY}/{name}")
+    return str(json.loads(raw)["Digest"])
+
+
+def copy_tag(source: str, dest: str) -> None:
+    """Point ``dest`` (``repo:tag``) at ``source``'s very manifest: the same digest."""
+    skopeo(
+        "copy",
+        "--quiet",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        f"docker://{REGISTRY}/{source}",
+        f"docker://{REGISTRY}/{dest}",
+    )
+
+
+def push_marked(dest: str, marker: str, work: Path) -> None:
+    """Push ``dest``: the busybox image plus a file ``/<marker>`` (a new layer: a new digest)."""
+    layout = work / "oci"
+    skopeo("copy", "--quiet", "--src-tls-verify=false", SMALL, f"oci:{layout}:base")
+    tree = work / "extra"
+    tree.mkdir()
+    (tree / marker).write_text(f"{marker}\n")
+    insert = ["umoci", "insert", "--image", f"{layout}:base", str(tree / marker), f"/{marker}"]
+    subprocess.run(insert, check=True, capture_output=True, timeout=120)  # noqa: S603
+    skopeo(
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        f"oci:{layout}:base",
+        f"docker://{REGISTRY}/{dest}",
+    )

@@ -1,6 +1,6 @@
 """`rxctl image ...`: the group only. Each subcommand lives in its own module, imported when it
 runs (as rxctl's top-level commands are, rxslurm/cli/main.py): builds and drafts in
-commands_image_build.py."""
+commands_image_build.py, setting and pulling the project's image in commands_image_set.py."""
 
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ LAZY_IMAGE_COMMANDS = {
     "draft": "rxslurm.cli.commands_image_build:draft",
     "list": "rxslurm.cli.commands_image_build:list_",
     "logs": "rxslurm.cli.commands_image_build:logs",
+    "pull": "rxslurm.cli.commands_image_set:pull",
     "rename": "rxslurm.cli.commands_image_build:rename",
+    "set": "rxslurm.cli.commands_image_set:set_",
     "status": "rxslurm.cli.commands_image_build:status",
 }
 
 
 @click.group(cls=LazyGroup, lazy=LAZY_IMAGE_COMMANDS)
 def image() -> None:
-    """Build images as Slurm jobs from Dockerfile or Apptainer definition drafts.
+    """Build images as Slurm jobs from drafts, and set or pull the project's image.
 
     Example: rxctl image build --project alpha main
     """

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.text_checks import check_text, shorten
 from rxslurm.protocol import settings as protocol_settings
+from rxslurm.protocol.image_ref import BadReference, normalize_image
 from rxslurm.protocol.settings import BY_NAME, NAMES, SETTINGS
 
 GPU_DRIVERS = (*protocol_settings.GPU_DRIVERS, "")
@@ -93,8 +94,19 @@ def apply_changes(current: Settings, changes: Any) -> Settings:
                 raise BadRequest(f"{name} is too large")
         else:
             check_text(name, value, MAX_STRING_BYTES[name])
+            if name == "image":
+                value = _normalized_image(value)
         values[name] = value
     return replace(current, **values)
+
+
+def _normalized_image(image: str) -> str:
+    """A reference as people write it gets its scheme (``python:3`` -> ``docker://python:3``)."""
+    try:
+        return normalize_image(image)
+    except BadReference as exc:
+        message = str(exc)
+        raise BadRequest(message if message.startswith("image") else f"image: {message}") from None
 
 
 def _json_type(value: Any) -> str:
@@ -127,7 +139,8 @@ def check_static(settings: Settings) -> None:
     image = settings.image
     if image and not (image.startswith("/") or image.startswith(IMAGE_SCHEMES)):
         raise BadRequest(
-            "image must be an absolute path or a docker://, oras:// or library:// reference"
+            "image must be an absolute path or a docker://, oras:// or library:// reference "
+            "(a bare name like python:3.12-slim is docker://)"
         )
     if image.startswith("/") and (".." in image.split("/")):
         raise BadRequest("image path must not contain '..'")

@@ -54,6 +54,9 @@ PROJECT_SNAPSHOT = f"{PROJECT}/snapshot"
 PROJECT_EXPORT = f"{PROJECT}/export"
 PROJECT_IMPORT = f"{PROJECT}/import"
 CONTAINERS = f"{V1}/containers"
+# The project's image (PUT: set it, a manager's) and a pull of its reference (POST; refresh).
+PROJECT_IMAGE = f"{PROJECT}/image"
+PROJECT_IMAGE_PULL = f"{PROJECT_IMAGE}/pull"
 # What runs in the container: sessions and detached commands (GET lists, POST starts one), one
 # command's signal and its output (query: offset).
 PROJECT_COMMANDS = f"{PROJECT}/commands"

@@ -42,7 +42,7 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         ("--image",),
         "REF",
-        "Image: an absolute path or a docker://, oras://, library:// ref.",
+        "Image: an absolute path, or a reference (python:3.12-slim means docker://python:3.12-slim).",
         max_bytes=4096,
     ),
     Setting("cpus", int, ("--cpus",), "N", "CPUs (0: the deployment default)."),

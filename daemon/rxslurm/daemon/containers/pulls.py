@@ -30,6 +30,7 @@ from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.states import InvalidTransition, State, change_state
 from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.images import cache as image_cache
+from rxslurm.daemon.images import fetch as image_fetch
 from rxslurm.daemon.images import pull as image_pull
 from rxslurm.daemon.ledger.audit import record_event
 from rxslurm.daemon.ledger.store import Ledger
@@ -62,6 +63,7 @@ class Outcome:
     image: Path | None = None
     error: str | None = None
     cancelled: bool = False
+    digest: str | None = None
 
 
 @dataclass
@@ -69,6 +71,8 @@ class _Pull:
     uri: str
     requester_uid: int | None
     containers: set[int] = field(default_factory=set)
+    # Resolve the reference at its registry again, even if a digest is recorded (a moved tag).
+    refresh: bool = False
 
 
 class ImagePulls:
@@ -85,6 +89,8 @@ class ImagePulls:
         self._pulls: dict[str, _Pull] = {}
         self._waiters: dict[int, int] = {}
         self._outcomes: dict[int, Outcome] = {}
+        # The last outcome of each reference, for `wait_pull` (a pull asked for no container).
+        self._ended: dict[str, Outcome] = {}
         self._cancel = threading.Event()
 
     # -- running ---------------------------------------------------------------------------
@@ -118,14 +124,25 @@ class ImagePulls:
     # -- asking ----------------------------------------------------------------------------
 
     def request(
-        self, container_id: int, uri: str, requester_uid: int | None, *, waiter: bool
+        self,
+        container_id: int | None,
+        uri: str,
+        requester_uid: int | None,
+        *,
+        waiter: bool,
+        refresh: bool = False,
     ) -> None:
-        """Pull ``uri`` for the container (joining a pull of the same reference already under
-        way). ``waiter``: the caller will ``wait`` for the outcome. Conflict when the requester
-        already has ``pulls.max_per_user`` other images pulling or queued."""
+        """Pull ``uri`` for the container (None: for no container, `wait_pull` tells the outcome),
+        joining a pull of the same reference already under way. ``waiter``: the caller will
+        ``wait`` for the outcome. ``refresh``: resolve the reference's tag again. Conflict when
+        the requester already has ``pulls.max_per_user`` other images pulling or queued."""
         settings = self.settings()
         with self._cond:
             pull = self._pulls.get(uri)
+            if pull is not None and refresh and not pull.refresh:
+                # A pull that may use a recorded digest cannot answer a refresh: one after it.
+                self._cond.wait_for(lambda: uri not in self._pulls, timeout=settings.timeout_s)
+                pull = self._pulls.get(uri)
             if pull is None:
                 mine = [p for p in self._pulls.values() if p.requester_uid == requester_uid]
                 if requester_uid is not None and len(mine) >= self.config.max_per_user:
@@ -133,9 +150,12 @@ class ImagePulls:
                         f"you already have {len(mine)} images being pulled "
                         f"({', '.join(sorted(p.uri for p in mine))}); try again when they are done"
                     )
-                pull = self._pulls[uri] = _Pull(uri, requester_uid, {container_id})
+                pull = self._pulls[uri] = _Pull(uri, requester_uid, refresh=refresh)
+                self._ended.pop(uri, None)
                 # Under the lock: the pull's thread sees its first container and any waiter.
                 self._pool.submit(self._run, pull, settings)
+            if container_id is None:
+                return
             pull.containers.add(container_id)
             if waiter:
                 self._waiters[container_id] = self._waiters.get(container_id, 0) + 1
@@ -152,6 +172,14 @@ class ImagePulls:
                 self._waiters.pop(container_id, None)
             return self._outcomes.pop(container_id, None)
 
+    def wait_pull(self, uri: str, timeout: float) -> Outcome | None:
+        """The outcome of ``uri``'s pull if it ends within ``timeout`` (or has ended), else None."""
+        with self._cond:
+            self._cond.wait_for(lambda: uri not in self._pulls, timeout=timeout)
+            if uri in self._pulls:
+                return None
+            return self._ended.get(uri)
+
     def busy(self) -> list[str]:
         """References being pulled or waiting for a slot."""
         with self._cond:
@@ -162,16 +190,26 @@ class ImagePulls:
     def _run(self, pull: _Pull, settings: image_pull.PullSettings) -> None:
         started = time.monotonic()
         try:
-            # Pulled already (by a pull that ended as rxd stopped, before its containers moved).
-            cached = image_cache.cached_image(settings.image_dir, pull.uri)
-            if cached is not None:
-                outcome = Outcome(image=cached)
-            else:
-                self._note(pull, f"pulling {pull.uri} as {settings.account.user}")
-                self._audit(pull, "started", account=settings.account.user)
-                image, size = image_pull.pull(settings, pull.uri, self._cancel)
-                outcome = Outcome(image=image)
-                self._audit(pull, "pulled", image=str(image), bytes=size, seconds=_since(started))
+            self._note(pull, f"pulling {pull.uri} as {settings.account.user}")
+            self._audit(pull, "started", account=settings.account.user, refresh=pull.refresh)
+            got = image_fetch.fetch(
+                settings,
+                self.rt.ledger,
+                pull.uri,
+                refresh=pull.refresh,
+                requester_uid=pull.requester_uid,
+                cancel=self._cancel,
+            )
+            outcome = Outcome(image=got.image, digest=got.digest)
+            # bytes None: the content was cached already (the same digest, or pulled before).
+            self._audit(
+                pull,
+                "pulled",
+                image=str(got.image),
+                digest=got.digest,
+                bytes=got.size,
+                seconds=_since(started),
+            )
         except image_pull.PullCancelled as exc:
             outcome = Outcome(error=exc.message, cancelled=True)
         except Exception as exc:  # every failure ends the containers' wait with its reason
@@ -184,6 +222,7 @@ class ImagePulls:
                 log.exception("cannot audit a failed pull", extra={"image": pull.uri})
         with self._cond:
             self._pulls.pop(pull.uri, None)
+            self._ended[pull.uri] = outcome
             handed: list[int] = []
             for cid in sorted(pull.containers):
                 if self._waiters.get(cid):

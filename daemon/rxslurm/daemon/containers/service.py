@@ -24,6 +24,7 @@ from sqlite_utils.db import NotFoundError
 
 from rxslurm.daemon import failpoints
 from rxslurm.daemon.config import Config
+from rxslurm.daemon.containers import start_image
 from rxslurm.daemon.containers.batch_plan import BatchPlan, batch_plan
 from rxslurm.daemon.containers.job_logs import clean_job_logs_soon
 from rxslurm.daemon.containers.pulls import ImagePulls, carry_on
@@ -121,21 +122,6 @@ def _prepare_state_dir(config: Config, name: str, owner: RunAs, prepared_for: in
     os.mkdir(path, 0o700)
     os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
     return path
-
-
-def _local_image(config: Config, image: str) -> str | None:
-    """The image file a job runs: a path as given, or a reference's cached pull; None when the
-    reference still has to be pulled. A cache that is not provably root's is refused."""
-    if not image_cache.is_reference(image):
-        return image
-    try:
-        image_cache.check_reference(image)
-        cached = image_cache.cached_image(config.containers.image_dir, image)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
-    except image_cache.UnsafeImageDir as exc:
-        raise Conflict(f"cannot use the image cache: {exc}") from None
-    return str(cached) if cached else None
 
 
 def _gres(settings: Settings) -> str | None:
@@ -363,7 +349,11 @@ class ContainerService:
         # Waiting with no job: held back by a quota, not by Slurm.
         view["over_quota"] = container["state"] == State.WAITING and container["job_id"] is None
         if container["state"] in (State.RUNNING, State.STARTING, State.WAITING) and started_with:
-            view["settings_pending"] = differs_from_snapshot(saved, started_with)
+            view["settings_pending"] = differs_from_snapshot(
+                saved, started_with
+            ) or start_image.image_moved(
+                started_with, start_image.current_file(self.ledger, self.config, row)
+            )
             view["gpus"] = started_with.get("effective", {}).get("gpus", eff.gpus)
             view["gres"] = started_with.get("gres")
         if container["state"] == State.RUNNING and container["started_at"]:
@@ -449,7 +439,8 @@ class ContainerService:
             container_id = current["id"]
         try:
             state_dir, overlay = self._prepare_storage(name, owner, prepared_for)
-            image = _local_image(config, eff.image)
+            with self.ledger.read() as db:
+                image = start_image.local_image(db, config, eff.image)
             if image is None:
                 # DISABLED -> PULLING: no lease and no job while the image is pulled.
                 with self.ledger.transaction() as db:
@@ -508,6 +499,18 @@ class ContainerService:
             raise Conflict(f"cannot pull {uri}: {exc.message}") from None
         except image_cache.UnsafeImageDir as exc:
             raise Conflict(f"cannot pull {uri}: {exc}") from None
+
+    def _pull_then_wake(
+        self, actor: Actor, row: dict[str, Any], container_id: int, uri: str
+    ) -> None:
+        try:
+            self._request_pull(container_id, uri, actor)
+        except Conflict:
+            start_image.give_up_pull(
+                self.ledger, container_id, f"cannot pull {uri}", _actor_kw(actor)
+            )
+            raise
+        self._after_pull(actor, row, container_id, uri)
 
     def _after_pull(self, actor: Actor, row: dict[str, Any], container_id: int, uri: str) -> None:
         """A short wait for the pull: a small image answers as before (started, or the pull's
@@ -660,6 +663,14 @@ class ContainerService:
             )
         if container["runtime_user"] != runtime_user:
             container = self._rehome(actor, container, runtime_user)
+        if container["state"] == State.STOPPED and container["state_dir"]:
+            # The project's image as it is now: a new one is pulled first (the overlay stays).
+            container, uri = start_image.follow(
+                self.ledger, self.config, row, container, _actor_kw(actor)
+            )
+            if uri is not None:
+                self._pull_then_wake(actor, row, container["id"], uri)
+                return
         if container["state"] not in ACTIVE:
             self._check_startable(actor, project, row, container)
         # Asked of Slurm before the write transaction, which must not wait on Slurm.
@@ -836,7 +847,13 @@ class ContainerService:
             # rxd decides what follows a failed job; a requeued holder could race a living one.
             requeue=False,
         )
-        snapshot = {**settings.to_dict(), "effective": eff.to_dict(), "gres": _gres(eff)}
+        snapshot = {
+            **settings.to_dict(),
+            "effective": eff.to_dict(),
+            "gres": _gres(eff),
+            # The file it runs: a refreshed tag changes it with no setting changing.
+            "image_file": container["image"],
+        }
         return HolderJob(script, spec, runas, snapshot)
 
     def _fail_start(
@@ -869,6 +886,7 @@ class ContainerService:
         """
         c = self.ledger.db.table("containers").get(container_id)
         project_row = self.ledger.db.table("projects").get(c["project_id"])
+        c = start_image.for_submit(self.ledger, self.config, project_row, dict(c))
         try:
             job = self.holder_job(c, project_row, settings)
         except ValueError as exc:

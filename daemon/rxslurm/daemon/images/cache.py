@@ -19,6 +19,7 @@ import stat
 from pathlib import Path
 
 from rxslurm.daemon.folders import make_folder
+from rxslurm.protocol.image_ref import check_digest
 
 PULL_SCHEMES = ("docker", "oras", "library")
 # A reference is user input that names a file and reaches argv: bounded and printable.
@@ -60,6 +61,13 @@ def image_file_name(uri: str) -> str:
     return f"{label}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}.sif"
 
 
+def digest_file_name(digest: str) -> str:
+    """The file name of a pulled image with this content digest (``sha256-<hex>.sif``): every
+    reference that resolved to it shares the file."""
+    algorithm, _, hex_digits = check_digest(digest).partition(":")
+    return f"{algorithm}-{hex_digits}.sif"
+
+
 def check_root_folder(path: Path, setting: str) -> None:
     """``path`` (made if missing) must be a real folder owned by root, not group/world-writable."""
     make_folder(path)
@@ -74,10 +82,16 @@ def check_root_folder(path: Path, setting: str) -> None:
 
 
 def cached_image(image_dir: Path, uri: str) -> Path | None:
-    """The cached image of ``uri``, or None when there is none yet. A file under its name that
-    is not provably root's raises UnsafeImageDir: it is never used, nor silently replaced."""
+    """The image cached under ``uri``'s own name (references that are not resolved to a digest,
+    and pulls of an older rxd), or None."""
+    return cached_file(image_dir, image_file_name(uri))
+
+
+def cached_file(image_dir: Path, name: str) -> Path | None:
+    """The cached image named ``name``, or None when there is none yet. A file under its name
+    that is not provably root's raises UnsafeImageDir: it is never used, nor silently replaced."""
     check_root_folder(image_dir, "containers.image_dir")
-    target = image_dir / image_file_name(uri)
+    target = image_dir / name
     try:
         info = target.lstat()
     except FileNotFoundError:
@@ -92,13 +106,13 @@ def cached_image(image_dir: Path, uri: str) -> Path | None:
     return target
 
 
-def install(source_fd: int, image_dir: Path, uri: str) -> Path:
+def install(source_fd: int, image_dir: Path, name: str) -> Path:
     """Copy the pulled image behind ``source_fd`` into ``image_dir`` as a root-owned 0644 file
-    under the reference's name. A temporary name first, renamed into place, so a crash leaves no
-    half image under the real name; a concurrent install of the same reference wins or loses
-    whole."""
+    named ``name`` (its digest's, or the reference's). A temporary name first, renamed into
+    place, so a crash leaves no half image under the real name; a concurrent install of the same
+    image wins or loses whole."""
     check_root_folder(image_dir, "containers.image_dir")
-    target = image_dir / image_file_name(uri)
+    target = image_dir / name
     partial = image_dir / f".{target.name}.{secrets.token_hex(6)}.part"
     out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:

@@ -197,9 +197,13 @@ def _reason(returncode: int, output: str, used: int, settings: PullSettings) -> 
 
 
 def pull(
-    settings: PullSettings, uri: str, cancel: threading.Event | None = None
+    settings: PullSettings,
+    uri: str,
+    cancel: threading.Event | None = None,
+    name: str | None = None,
 ) -> tuple[Path, int]:
-    """Pull ``uri`` into ``image_dir``; returns the installed image and its size in bytes.
+    """Pull ``uri`` into ``image_dir`` as ``name`` (default: the reference's own name); returns
+    the installed image and its size in bytes.
 
     Raises PullError with the pull's own reason: Apptainer's FATAL line, the time-out, the size
     cap, or a result that is not a regular file of the pull account.
@@ -233,7 +237,8 @@ def pull(
             raise PullError(f"refused the pulled file: {exc}") from None
         try:
             size = os.fstat(image_fd).st_size
-            return image_cache.install(image_fd, settings.image_dir, uri), size
+            target = name or image_cache.image_file_name(uri)
+            return image_cache.install(image_fd, settings.image_dir, target), size
         finally:
             os.close(image_fd)
     finally:

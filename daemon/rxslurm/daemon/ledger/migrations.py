@@ -430,6 +430,26 @@ def m008_image_builds(db: Database) -> None:
 
 
 @migrations()
+def m009_image_digests(db: Database) -> None:
+    statements = [
+        # What each pulled image reference resolved to: its key (the reference however it was
+        # written: docker://docker.io/library/python:3.12-slim) -> the registry's content digest.
+        # Pulled images are cached by digest, so references to the same content share one file;
+        # a reference is resolved again only when someone asks (`rxctl image pull --refresh`).
+        """
+        CREATE TABLE image_digests (
+            key TEXT PRIMARY KEY,
+            digest TEXT NOT NULL,
+            resolved_at TEXT NOT NULL,
+            resolved_by INTEGER
+        ) STRICT
+        """,
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
+@migrations()
 def m010_exec_sessions(db: Database) -> None:
     """Detached commands (`rxctl exec --detach`): each is a step of its container's job, with
     who started it, what it runs, and how it ended (exit_code NULL: not known, e.g. rxd was
