@@ -202,6 +202,8 @@ def fast_reading(plan: fastpath.Plan) -> tuple[str | None, str, dict[str, object
             "cwd": plan.cwd,
             "tty": plan.tty,
             "timeout": plan.timeout,
+            # -e is click's alone: the fast path hands a command that has it to click.
+            "env": (),
             "command": tuple(plan.argv),
         },
     )

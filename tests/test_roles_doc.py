@@ -38,6 +38,8 @@ def test_manager_rights_are_what_the_issue_names() -> None:
         Action.EXEC,
         Action.BUILD,
         Action.RUN,
+        # Issue 17: owners and managers set the project's variables and secrets (exec sees them).
+        Action.EDIT_ENV,
     }
 
 
