@@ -27,11 +27,11 @@ from rxslurm.protocol import env_vars, routes
 
 
 def assignments(texts: Sequence[str]) -> dict[str, str]:
-    """KEY=VALUE words, checked here as rxd checks them: a usage error names the first bad one."""
+    """KEY=VALUE words, checked here as rxd checks them: one line names the first bad one."""
     try:
         return env_vars.parse_assignments(texts)
     except env_vars.BadVariable as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.ClickException(str(exc)) from None
 
 
 def _done(answer: Any, json_: bool, message: str) -> None:
@@ -157,7 +157,7 @@ def secret_set(client: Client, project: str | None, secret_name: str, json_: boo
     try:
         env_vars.check_name(secret_name, "secret")
     except env_vars.BadVariable as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.ClickException(str(exc)) from None
     value = read_secret(secret_name)
     name = choose_project(client, project)
     answer = client.request(
