@@ -102,6 +102,7 @@ EXPECTED_COLUMNS = {
         "target_id",
         "detail",
     ],
+    "project_env": ["project_id", "name", "value", "set_by", "set_at"],
 }
 
 EXPECTED_INDEXES = {
@@ -124,6 +125,7 @@ ALL_MIGRATIONS = [
     "m007_overlay_snapshots",
     "m008_image_builds",
     "m011_job_flags",
+    "m015_env_secrets",
 ]
 
 
@@ -149,6 +151,7 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("ALTER TABLE projects DROP COLUMN dev_mode")
         for column in ("account", "qos", '"constraint"', "reservation"):
             db.execute(f"ALTER TABLE projects DROP COLUMN {column}")
+        db.execute("DROP TABLE project_env")
         db.execute(
             "INSERT INTO projects (name, created_at, created_by)"
             " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"
