@@ -121,12 +121,13 @@ def run_holder(
     the instance running (or, with term_during_start, while `instance start` still runs); then
     end it as Slurm would (SIGTERM). Returns the logged calls."""
     calls = tmp_path / "calls"
+    start_env = tmp_path / "start-env"
     slow_start = "sleep 1" if term_during_start else ":"
     program = fake_program(
         tmp_path,
         body=f"""printf '%s\\0' "$@" >>{calls}; printf '\\n' >>{calls}
 case "$1 $2" in
-  "instance start") printf '%s' "${{APPTAINERENV_RX_NOTE-unset}}" >{tmp_path / "start-env"}; {slow_start};;
+  "instance start") printf '%s' "${{APPTAINERENV_RX_NOTE-unset}}" >{start_env}; {slow_start};;
   "instance list") echo '{{"instances": [{{"instance": "rx-a-7"}}]}}';;
 esac""",
     )
