@@ -231,3 +231,22 @@ def test_reserved_and_malformed_names_are_refused_in_one_line_and_change_nothing
         )["variables"]
     ]
     assert names == ["PLAIN_VAR"]
+
+
+def test_deleting_a_project_removes_its_secrets_and_a_new_one_of_its_name_has_none(
+    rxd: Rxd,
+) -> None:
+    gone = "sec-gone"
+    ok(rxd.rxctl("rxalice", "project", "create", gone, "--image", str(BASE_IMAGE)))
+    ok(rxd.rxctl("rxalice", "secret", "set", "--project", gone, "OLD", input="old-value"))
+    folder = rxd.ledger.parent / "secrets"
+    before = set(folder.iterdir())
+
+    ok(rxd.rxctl("rxalice", "project", "delete", "--project", gone, "--yes"))
+    ok(rxd.rxctl("rxalice", "project", "create", gone, "--image", str(BASE_IMAGE)))
+
+    assert len(before - set(folder.iterdir())) == 1
+    listed = json.loads(
+        ok(rxd.rxctl("rxalice", "secret", "list", "--project", gone, "--json")).stdout
+    )
+    assert listed["secrets"] == []

@@ -155,6 +155,15 @@ def test_another_project_of_a_reused_id_does_not_inherit_the_secrets(tmp_path: P
     assert set(store.read(7, "t1")) == {"NEW"}
 
 
+def test_forgetting_removes_only_that_projects_file(tmp_path: Path) -> None:
+    store = SecretStore(tmp_path / "secrets")
+    store.update(7, "t0", {"TOKEN": secret("TOKEN", "v")})
+    assert not store.forget(7, "t-other")  # a later project of the same id: not its file
+    assert set(store.read(7, "t0")) == {"TOKEN"}
+    assert store.forget(7, "t0")
+    assert list((tmp_path / "secrets").iterdir()) == []
+
+
 def test_a_store_others_may_read_or_a_link_is_refused(tmp_path: Path) -> None:
     store = SecretStore(tmp_path / "secrets")
     store.update(1, "t", {"A": secret("A", "a")})

@@ -161,6 +161,16 @@ def remove_secret(
     return list_secrets(ledger, config, actor, project)
 
 
+def forget_secrets(config: Config, project_id: int, created_at: str) -> str | None:
+    """After a project's deletion: its secrets file removed; a warning if that failed."""
+    try:
+        secret_store(config).forget(project_id, created_at)
+    except (SecretStoreError, OSError) as exc:
+        log.error("cannot remove a deleted project's secrets", extra={"error": str(exc)})
+        return f"secrets not removed: {exc}"
+    return None
+
+
 def container_variables(
     db: LedgerDatabase, store: SecretStore, project: Mapping[str, Any]
 ) -> tuple[dict[str, str], bool]:

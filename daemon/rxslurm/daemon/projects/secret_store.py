@@ -106,6 +106,14 @@ class SecretStore:
             self._write(project_id, project_created_at, current)
             return current
 
+    def forget(self, project_id: int, project_created_at: str) -> bool:
+        """Remove a deleted project's file (only if it is that project's); whether there was one."""
+        with _WRITE_LOCK:
+            if not self.read(project_id, project_created_at):
+                return False
+            self._write(project_id, project_created_at, {})
+            return True
+
     def _write(self, project_id: int, created_at: str, secrets: Mapping[str, Secret]) -> None:
         target = self._file(project_id)
         if not secrets:
