@@ -23,6 +23,7 @@ from tests.support.cluster import run_as, spawn_as, wait_for
 from tests.support.daemon import RXCTL, Rxd
 from tests.support.lifecycle import lifecycle_rxd
 from tests.support.real_apptainer import BASE_IMAGE
+from tests.test_tcp_door import opened_door
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
@@ -250,3 +251,27 @@ def test_deleting_a_project_removes_its_secrets_and_a_new_one_of_its_name_has_no
         ok(rxd.rxctl("rxalice", "secret", "list", "--project", gone, "--json")).stdout
     )
     assert listed["secrets"] == []
+
+
+def test_over_the_network_door_a_project_with_secrets_is_relayed_never_handed_over() -> None:
+    """A step handed to its caller (the runtime user, on another host) carries its environment
+    over TCP: with secrets, rxd runs the step itself; without, it hands it over as before."""
+    handed = "exec step handed to its caller"
+    project = "sec-door"
+    with opened_door() as door:
+        try:
+            ok(door.rxctl("rxalice", "project", "create", project, "--image", str(BASE_IMAGE)))
+            ok(door.rxctl("rxalice", "enable", "--project", project))
+            lifecycle.wait_state(door.rxd, project, "running", timeout=180)
+            ok(door.rxctl("rxalice", "secret", "set", "--project", project, "API_TOKEN"))
+            # (an empty value: stdin is not a terminal here and holds nothing)
+            result = ok(door.rxctl("rxalice", "exec", "--project", project, "--", "env"))
+            assert "API_TOKEN=\n" in result.stdout
+            assert handed not in door.rxd.log_text()
+
+            ok(door.rxctl("rxalice", "secret", "rm", "--project", project, "API_TOKEN"))
+            ok(door.rxctl("rxalice", "exec", "--project", project, "--", "true"))
+            assert handed in door.rxd.log_text()
+        finally:
+            if door.rxctl("rxalice", "stop", "--project", project).returncode == 0:
+                lifecycle.wait_state(door.rxd, project, "stopped", "error", timeout=60)
