@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rxslurm.daemon.config import parse_config
@@ -109,6 +109,8 @@ def holder_loop() -> str:
     return "\n".join(lines[first : first + 3])
 
 
+# One bash per example: no deadline (a busy machine starts processes slowly), fewer examples.
+@settings(max_examples=40, deadline=None)
 @given(st.dictionaries(NAMES, VALUES, max_size=5))
 def test_the_holder_exports_exactly_the_variables_its_word_holds(
     variables: dict[str, str],
@@ -181,6 +183,7 @@ def test_a_store_others_may_read_or_a_link_is_refused(tmp_path: Path) -> None:
         store.read(1, "t")
 
 
+@settings(deadline=None)  # fsyncs
 @given(st.dictionaries(NAMES, VALUES, min_size=1, max_size=4))
 def test_any_values_round_trip_through_the_file(variables: dict[str, str]) -> None:
     import tempfile
