@@ -124,8 +124,9 @@ def set_secret(
         value = env_vars.check_value(name, value, "secret")
     except env_vars.BadVariable as exc:
         raise _bad(exc) from None
-    # The file is written inside the ledger transaction that audits it: a refused authorization
-    # writes nothing, and an audit event is never missing for a stored secret.
+    # The file is written inside the ledger transaction that audits it, after the authorization:
+    # a refusal writes nothing, and a failed write records no event. (Only a commit failing after
+    # the write would leave a stored secret without its event.)
     with ledger.transaction() as db:
         row, _ = authorize(db, actor, project, Action.EDIT_ENV)
         store = secret_store(config)
