@@ -275,3 +275,11 @@ def test_over_the_network_door_a_project_with_secrets_is_relayed_never_handed_ov
         finally:
             if door.rxctl("rxalice", "stop", "--project", project).returncode == 0:
                 lifecycle.wait_state(door.rxd, project, "stopped", "error", timeout=60)
+
+
+def test_a_batch_step_gets_the_projects_variables_and_no_secret(rxd: Rxd) -> None:
+    with_secret(rxd)
+    shown = 'printf "%s|%s" "$PLAIN_VAR" "${API_TOKEN-unset}"'
+    argv = [RXCTL, "--socket", str(rxd.socket), "run", "--project", PROJECT, "--", "sh", "-c"]
+    result = ok(run_as("rxalice", [*argv, shown]))
+    assert result.stdout == "plain value|unset"
