@@ -89,6 +89,13 @@ def test_a_refused_value_is_never_quoted_in_the_message(secret: str) -> None:
     assert value not in str(caught.value)
 
 
+def test_reserved_names_are_exact_and_reserved_prefixes_any_case() -> None:
+    assert env_vars.check_name("home") == "home"
+    assert env_vars.check_name("Path") == "Path"
+    with pytest.raises(env_vars.BadVariable, match="reserved"):
+        env_vars.check_name("ld_preload")
+
+
 def test_sizes_and_counts_are_capped() -> None:
     env_vars.check_value("A", "x" * env_vars.MAX_VALUE)
     with pytest.raises(env_vars.BadVariable, match="longer than"):

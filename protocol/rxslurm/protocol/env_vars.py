@@ -48,10 +48,12 @@ class BadVariable(ValueError):
 
 
 def refusal(name: str) -> str | None:
-    """Why rx-slurm refuses `name` (a well-formed name), or None when it is the user's."""
+    """Why rx-slurm refuses `name` (a well-formed name), or None when it is the user's. The
+    names are exact (`home` is not `HOME`); the prefixes are refused in any case, a mistyped
+    `Apptainer_Bind` being no one's variable."""
+    if name in RESERVED_NAMES:
+        return RESERVED_NAMES[name]
     upper = name.upper()
-    if upper in RESERVED_NAMES:
-        return RESERVED_NAMES[upper]
     for prefix, why in RESERVED_PREFIXES.items():
         if upper.startswith(prefix):
             return why
