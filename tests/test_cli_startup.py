@@ -204,6 +204,8 @@ def fast_reading(plan: fastpath.Plan) -> tuple[str | None, str, dict[str, object
             "timeout": plan.timeout,
             # The fast path runs attached commands only; --detach goes to click.
             "detach": False,
+            # -e is click's alone: the fast path hands a command that has it to click.
+            "env": (),
             "command": tuple(plan.argv),
         },
     )

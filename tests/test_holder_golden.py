@@ -25,6 +25,7 @@ VALUES: dict[str, object] = {
     "fakeroot": "--fakeroot",
     "home": "/var/lib/rxslurm/containers/rx-demo/home:/root",
     "private_tmp": "yes",
+    "env": "QVBQVEFJTkVSRU5WX1dBTkRCX1BST0pFQ1Q9ZGVtbwA=",
 }
 
 

@@ -103,6 +103,7 @@ EXPECTED_COLUMNS = {
         "detail",
     ],
     "image_digests": ["key", "digest", "resolved_at", "resolved_by"],
+    "project_env": ["project_id", "name", "value", "set_by", "set_at"],
 }
 
 EXPECTED_INDEXES = {
@@ -127,6 +128,7 @@ ALL_MIGRATIONS = [
     "m009_image_digests",
     "m010_exec_sessions",
     "m011_job_flags",
+    "m015_env_secrets",
 ]
 
 
@@ -153,6 +155,7 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("ALTER TABLE projects DROP COLUMN dev_mode")
         for column in ("account", "qos", '"constraint"', "reservation"):
             db.execute(f"ALTER TABLE projects DROP COLUMN {column}")
+        db.execute("DROP TABLE project_env")
         db.execute(
             "INSERT INTO projects (name, created_at, created_by)"
             " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"

@@ -121,6 +121,16 @@ def test_the_platform_binds_users_and_acts_for_them_under_their_roles(platform) 
         port, "GET", "/v1/whoami", {"platform_user": "p-ana", "uid": 0}, user="p-ben"
     )
     assert (status, data["platform_user"], data["admin"]) == (200, "p-ben", False)
+    # Secrets through the platform (issue 17): the owner sets one, the viewer sees its name only.
+    status, data = call(
+        port, "PUT", "/v1/projects/plat/secrets/API_TOKEN", {"value": "plat-s3cret"}, user="p-ana"
+    )
+    assert status == 200 and data["secret"]["name"] == "API_TOKEN", data
+    status, data = call(port, "GET", "/v1/projects/plat/secrets", user="p-ben")
+    assert status == 200 and [s["name"] for s in data["secrets"]] == ["API_TOKEN"]
+    assert "plat-s3cret" not in json.dumps(data)
+    status, _ = call(port, "PUT", "/v1/projects/plat/secrets/X", {"value": "x"}, user="p-ben")
+    assert status == 403
 
 
 def test_the_platform_cannot_bind_or_act_without_a_user(platform) -> None:

@@ -121,12 +121,13 @@ def run_holder(
     the instance running (or, with term_during_start, while `instance start` still runs); then
     end it as Slurm would (SIGTERM). Returns the logged calls."""
     calls = tmp_path / "calls"
+    start_env = tmp_path / "start-env"
     slow_start = "sleep 1" if term_during_start else ":"
     program = fake_program(
         tmp_path,
         body=f"""printf '%s\\0' "$@" >>{calls}; printf '\\n' >>{calls}
 case "$1 $2" in
-  "instance start") {slow_start};;
+  "instance start") printf '%s' "${{APPTAINERENV_RX_NOTE-unset}}" >{start_env}; {slow_start};;
   "instance list") echo '{{"instances": [{{"instance": "rx-a-7"}}]}}';;
 esac""",
     )
@@ -142,6 +143,7 @@ esac""",
         gpu_flag="",
         state_dir=state,
         grace_s=3,
+        env=apptainer.holder_env([("RX_NOTE", "a 'b'\n$c")]),
         **apptainer.instance_options(
             ApptainerConfig(
                 binary=str(program),
@@ -183,6 +185,8 @@ def test_the_holder_starts_and_stops_the_instance_with_the_configured_program(
     no_mount = [flags[i + 1] for i, flag in enumerate(flags) if flag == "--no-mount"]
     assert sorted(no_mount) == ["cwd", "tmp"]
     assert calls[-1] == ["instance", "stop", "-t", "3", "rx-a-7"]
+    # The project's variables reach the instance's start as Apptainer reads them.
+    assert (tmp_path / "start-env").read_text() == "a 'b'\n$c"
 
 
 def test_a_holder_ended_while_the_instance_starts_still_stops_it(tmp_path: Path) -> None:

@@ -142,6 +142,19 @@ CASES: dict[str, Case] = {
         done=lambda before, after: after["drafts"] == ["rm-draft"],
         undo=lambda v: ["image", "draft", "delete", "--project", PROJECT, "rm-draft"],
     ),
+    "env-set": Case(
+        Action.EDIT_ENV,
+        argv=lambda v: ["env", "set", "--project", PROJECT, "RM_VAR=1"],
+        done=lambda before, after: after["env"] == {**before["env"], "RM_VAR": "1"},
+        undo=lambda v: ["env", "unset", "--project", PROJECT, "RM_VAR"],
+    ),
+    # The value comes from stdin: empty here.
+    "secret-set": Case(
+        Action.EDIT_ENV,
+        argv=lambda v: ["secret", "set", "--project", PROJECT, "RM_SECRET"],
+        done=lambda before, after: after["secrets"] == [*before["secrets"], "RM_SECRET"],
+        undo=lambda v: ["secret", "rm", "--project", PROJECT, "RM_SECRET"],
+    ),
     "member-set-role": Case(
         Action.MANAGE_MEMBERS,
         argv=lambda v: ["project", "member", "set-role", "--project", PROJECT, "rxdave", "editor"],
@@ -203,6 +216,10 @@ def owner_view(rxd: Rxd, name: str = PROJECT) -> dict[str, Any]:
         output(rxd.rxctl(OWNER, "image", "draft", "list", "--project", name, "--json"))
     )
     view["drafts"] = [d["name"] for d in drafts["drafts"]]
+    env = json.loads(output(rxd.rxctl(OWNER, "env", "list", "--project", name, "--json")))
+    view["env"] = {v["name"]: v["value"] for v in env["variables"]}
+    held = json.loads(output(rxd.rxctl(OWNER, "secret", "list", "--project", name, "--json")))
+    view["secrets"] = [s["name"] for s in held["secrets"]]
     return view
 
 

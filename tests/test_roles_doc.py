@@ -39,6 +39,8 @@ def test_manager_rights_are_what_the_issue_names() -> None:
         Action.BUILD,
         Action.RUN,
         Action.EXPORT,
+        # Issue 17: owners and managers set the project's variables and secrets (exec sees them).
+        Action.EDIT_ENV,
     }
 
 

@@ -5,7 +5,7 @@ when told. With a temp-dir ledger they run the reconciler and the service withou
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -182,8 +182,8 @@ class FakeRuntime:
     ) -> list[str]:
         return ["/fake/apptainer", "exec", f"instance://{instance}", *argv]
 
-    def exec_env(self, state_dir: str) -> dict[str, str]:
-        return {}
+    def exec_env(self, state_dir: str, variables: Mapping[str, str]) -> dict[str, str]:
+        return {f"APPTAINERENV_{k}": v for k, v in variables.items()}
 
     def build_script(self, build: BuildRequest) -> str:
         self.builds.append(build)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shlex
 from pathlib import Path
 
@@ -70,9 +71,33 @@ def test_the_exec_command_names_the_instance_and_keeps_each_word() -> None:
         "shell",
         "instance://rx-alpha-7",
     ]
-    assert runtime.exec_env("/srv/c/rx-alpha") == {
+    assert runtime.exec_env("/srv/c/rx-alpha", {}) == {
         "APPTAINER_CONFIGDIR": "/srv/c/rx-alpha/apptainer"
     }
+
+
+def test_variables_reach_the_command_through_the_environment_never_the_argv() -> None:
+    runtime = ApptainerRuntime(ApptainerConfig(binary=PROGRAM))
+    variables = {"TOKEN": "s3cr3t value\nline2", "EMPTY": ""}
+
+    env = runtime.exec_env("/srv/c/rx-alpha", variables)
+    argv = runtime.exec_argv("rx-alpha-7", ["env"], shell=False, cwd=None)
+
+    assert env == {
+        "APPTAINERENV_TOKEN": "s3cr3t value\nline2",
+        "APPTAINERENV_EMPTY": "",
+        "APPTAINER_CONFIGDIR": "/srv/c/rx-alpha/apptainer",
+    }
+    assert not any("s3cr3t" in word for word in argv)
+
+
+def test_the_holder_gets_the_projects_variables_as_one_word_it_decodes() -> None:
+    runtime = ApptainerRuntime(ApptainerConfig(binary=PROGRAM))
+    values = assignments(runtime.holder_script(holder(env=(("A", "x y'\n$z"), ("B", "")))))
+
+    decoded = base64.b64decode(values["env"])
+
+    assert decoded == b"APPTAINERENV_A=x y'\n$z\0APPTAINERENV_B=\0"
 
 
 def test_gpus_bind_their_driver_only_when_asked() -> None:

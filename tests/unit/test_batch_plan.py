@@ -96,6 +96,7 @@ def test_the_plan_names_image_workspace_binds_driver_and_no_snapshot_yet(tmp_pat
         "binds": ["/scratch", "/datasets:/data:ro"],
         "gpu_driver": "nvidia",
         "apptainer": "/opt/apptainer/bin/apptainer",
+        "env": {},
     }
 
 

@@ -72,6 +72,6 @@ def run(
     argv = batch_plan.exec_argv(plan, command, gpus=batch_plan.granted_gpus(env))
     try:
         # The program named by rxd (an absolute path), else Apptainer on the caller's PATH.
-        os.execvpe(argv[0], argv, env)  # noqa: S606 - argv list, no shell
+        os.execvpe(argv[0], argv, batch_plan.step_env(plan, env))  # noqa: S606 - argv list, no shell
     except OSError as exc:
         raise ClientError(f"cannot run {argv[0]}: {exc.strerror}") from None

@@ -13,6 +13,7 @@ from rxslurm.cli import exec_client, render, session, units
 from rxslurm.cli.client import Client, ClientError
 from rxslurm.cli.common import F, project_option
 from rxslurm.cli.project_choice import choose_project
+from rxslurm.protocol import env_vars
 
 no_wake_option = click.option(
     "--no-wake", is_flag=True, help="Fail instead of waking a container that is not running."
@@ -77,6 +78,15 @@ def run_session(client: Client, project: str, request: dict[str, Any]) -> None:
     help="Start the command and return at once, printing its id; it runs on without rxctl "
     "(`rxctl ps`, `rxctl logs --exec ID`, `rxctl kill ID`).",
 )
+@click.option(
+    "-e",
+    "--env",
+    "env",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set a variable for this command, over the project's (repeatable). It is visible in "
+    "your shell history: use `rxctl secret` for secrets.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
 @session_errors
@@ -88,6 +98,7 @@ def exec_(
     cwd: str,
     tty: bool,
     detach: bool,
+    env: tuple[str, ...],
     command: tuple[str, ...],
 ) -> None:
     """Run a command in a project's container, waking it if needed; exits with its status.
@@ -101,12 +112,22 @@ def exec_(
     unreachable, no such project, a usage error, the --timeout passed) it exits 125, as
     `docker run` does.
 
-    Example: rxctl exec --project alpha --timeout 30m -- python train.py --epochs 3
+    The command gets the project's variables and secrets (rxctl env, rxctl secret) in its
+    environment, and those given with -e over them.
+
+    Example: rxctl exec --project alpha -e EPOCHS=3 --timeout 30m -- python train.py
     """
     if tty and detach:
         raise click.UsageError("-t and --detach cannot be used together")
+    if env and detach:
+        # A detached command gets the project's variables and secrets, not one-off ones (yet).
+        raise click.UsageError("-e and --detach cannot be used together")
     if tty and not os.isatty(0):
         raise click.ClickException("-t needs a terminal on stdin")
+    try:
+        variables = env_vars.parse_assignments(env)
+    except env_vars.BadVariable as exc:
+        raise click.ClickException(str(exc)) from None
     name = choose_project(client, project)
     if detach:
         from rxslurm.cli.commands_ps import detach as start_detached
@@ -119,6 +140,8 @@ def exec_(
         "cwd": cwd,
         "timeout": timeout,
     }
+    if variables:
+        request["env"] = variables
     if tty:
         request.update(tty=True, term=exec_client.terminal_type())
     run_session(client, name, request)

@@ -6,7 +6,7 @@ tests/support/fakes.py in memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -87,6 +87,8 @@ class HolderRequest:
     grace_s: int = 10
     # Service projects all run as one account: each gets a home and a /tmp of its own.
     own_home_and_tmp: bool = False
+    # The project's environment variables (name, value), for the instance's start.
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,9 @@ class ContainerRuntime(Protocol):
         """The command that runs ``argv`` (or a shell) in the running ``instance``."""
         ...
 
-    def exec_env(self, state_dir: str) -> dict[str, str]:
-        """What the exec command's environment needs to find the holder's instance."""
+    def exec_env(self, state_dir: str, variables: Mapping[str, str]) -> dict[str, str]:
+        """What the exec command's environment needs to find the holder's instance and to give
+        the command `variables` (never on its command line)."""
         ...
 
     def build_script(self, build: BuildRequest) -> str:

@@ -11,8 +11,10 @@ starts once per task.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from rxslurm.protocol import env_vars
 
 WORKSPACE_TARGET = "/workspace"
 # rxd spells the AMD driver as its settings do ("amd"), or as Apptainer's flag does ("rocm").
@@ -42,6 +44,8 @@ class BatchPlan:
     binds: tuple[str, ...]
     gpu_driver: str
     apptainer: str
+    # The project's variables; the step's environment gives them to the command.
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def _text(data: Mapping[str, Any], key: str, *, path: bool = False, empty: bool = False) -> str:
@@ -80,6 +84,11 @@ def parse(data: Any) -> BatchPlan:
     driver = _text(data, "gpu_driver", empty=True)
     if driver and driver not in GPU_FLAGS:
         raise BadPlan(f"the batch plan's 'gpu_driver' is not one rx-slurm knows: {driver!r}")
+    try:
+        # An older rxd sends none.
+        env = env_vars.check_variables(data.get("env", {}))
+    except env_vars.BadVariable as exc:
+        raise BadPlan(f"the batch plan's 'env': {exc}") from None
     return BatchPlan(
         project=_text(data, "project"),
         image=_text(data, "image", path=True),
@@ -89,7 +98,14 @@ def parse(data: Any) -> BatchPlan:
         binds=tuple(binds),
         gpu_driver=driver,
         apptainer=_text(data, "apptainer", path=True, empty=True),
+        env=env,
     )
+
+
+def step_env(plan: BatchPlan, environ: Mapping[str, str]) -> dict[str, str]:
+    """The step's environment: the caller's, with the project's variables for the container
+    (APPTAINERENV_NAME, over any the caller set for those names)."""
+    return {**environ, **env_vars.apptainer_env(plan.env)}
 
 
 def granted_gpus(env: Mapping[str, str]) -> bool:

@@ -24,6 +24,12 @@ PROJECT_MEMBERS = f"{PROJECT}/members"
 PROJECT_MEMBER = f"{PROJECT_MEMBERS}/{{user}}"
 # The owner's switch for image builds in the project (docs/images.md).
 PROJECT_DEV_MODE = f"{PROJECT}/dev-mode"
+# A project's environment variables (GET: names and values; PATCH: {"set": {...}} or
+# {"unset": [...]}) and secrets (GET: names, who set them, when; PUT one: {"value": ...};
+# DELETE one). docs/exec.md#environment-and-secrets.
+PROJECT_ENV = f"{PROJECT}/env"
+PROJECT_SECRETS = f"{PROJECT}/secrets"
+PROJECT_SECRET = f"{PROJECT_SECRETS}/{{secret}}"
 
 # Image drafts (GET: list, POST: create) and one draft (GET, PATCH: edit, DELETE); a text checked
 # without storing it (POST IMAGE_DRAFT_CHECK), a stored draft checked (POST IMAGE_DRAFT_VALIDATE).

@@ -16,6 +16,7 @@ from rxslurm.daemon.containers.snapshots import SnapshotRef, newest_snapshot
 from rxslurm.daemon.errors import Conflict
 from rxslurm.daemon.images import cache as image_cache
 from rxslurm.daemon.ledger.store import LedgerDatabase
+from rxslurm.daemon.projects.environment import project_variables
 from rxslurm.daemon.projects.service import require_runtime_identity
 from rxslurm.daemon.settings import Settings, effective
 
@@ -34,6 +35,9 @@ class BatchPlan:
     binds: tuple[str, ...]  # "src[:dest[:ro|rw]]", as the holder gets them
     gpu_driver: str  # "nvidia", "rocm" or ""
     apptainer: str  # [apptainer] binary, or "" for the one on the node's PATH
+    # The project's variables (rxctl env), never its secrets: a batch step runs as the member, in
+    # the member's job, outside rxd's exec (docs/security.md#secrets).
+    env: dict[str, str]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -93,4 +97,5 @@ def batch_plan(db: LedgerDatabase, config: Config, project: dict[str, Any]) -> B
         binds=tuple(config.containers.fixed_mounts),
         gpu_driver=GPU_DRIVERS.get(driver, ""),
         apptainer=config.apptainer.binary,
+        env=project_variables(db, project),
     )

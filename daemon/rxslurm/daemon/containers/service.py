@@ -15,8 +15,8 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,11 @@ from rxslurm.daemon.ledger.records import from_json, to_json
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.ports import Clock, ContainerRuntime, HolderRequest, Scheduler
+from rxslurm.daemon.projects.environment import (
+    container_variables,
+    project_variables,
+    secret_store,
+)
 from rxslurm.daemon.projects.roles import Action, Role
 from rxslurm.daemon.projects.service import authorize, require_runtime_identity, runtime_identity
 from rxslurm.daemon.quarantine import quarantine
@@ -183,6 +188,9 @@ class ExecTarget:
     instance: str
     state_dir: str
     runas: RunAs
+    # The project's variables and secrets (projects/environment.py): never printed.
+    variables: Mapping[str, str] = field(default_factory=dict, repr=False)
+    has_secrets: bool = False
 
 
 @dataclass(frozen=True)
@@ -827,6 +835,8 @@ class ContainerService:
                 # Service projects all run as one account, so whatever the deployment chose, each
                 # gets a home and a /tmp of its own.
                 own_home_and_tmp=project["run_as"] == "service",
+                # Variables only: the script is a file Slurm keeps; secrets reach exec steps.
+                env=tuple(sorted(project_variables(self.ledger.db, project).items())),
             )
         )
         spec = JobSpec(
@@ -1072,7 +1082,10 @@ class ContainerService:
             project = row["name"]
             runtime_user = require_runtime_identity(db, self.config, row)
             container = _container_of(db, row["id"])
-        if container is None or container["state"] != State.RUNNING or not container["instance"]:
+            if container is None or container["state"] != State.RUNNING:
+                return None
+            variables, has_secrets = container_variables(db, secret_store(self.config), row)
+        if not container["instance"]:
             return None
         if container["runtime_user"] != runtime_user:
             # Stopping already (the identity changed); never exec as the one who left.
@@ -1087,6 +1100,8 @@ class ContainerService:
             instance=container["instance"],
             state_dir=container["state_dir"],
             runas=RunAs.for_user(container["runtime_user"]),
+            variables=variables,
+            has_secrets=has_secrets,
         )
 
     def touch_activity(self, container_id: int) -> None:

@@ -212,7 +212,8 @@ class DetachedCommands:
                 command_id,
                 step,
                 target.runas,
-                service.runtime.exec_env(target.state_dir),
+                # The project's variables and secrets, as an exec session gets them.
+                service.runtime.exec_env(target.state_dir, target.variables),
             )
         except (OSError, RunAsError) as exc:
             self.sessions.closed(target.container_id)

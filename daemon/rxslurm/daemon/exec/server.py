@@ -28,9 +28,9 @@ import socketserver
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,6 +49,8 @@ from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.ports import ContainerRuntime, Scheduler
+from rxslurm.daemon.projects.environment import with_exec_variables
+from rxslurm.protocol import env_vars
 from rxslurm.protocol.durations import duration
 from rxslurm.protocol.exec_wire import (
     EXEC_SOCKET_NAME,
@@ -168,10 +170,12 @@ class ExecRequest:
     timeout_given: bool = False
     # No command: wait until the container runs, then exit 0 (`rxctl start --wait`).
     wait: bool = False
+    # This exec's own variables (`rxctl exec -e KEY=VALUE`), over the project's.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> ExecRequest:
-        known = {"project", "argv", "shell", "tty", "wake", "cwd", "term", "timeout", "wait"}
+        known = {"project", "argv", "shell", "tty", "wake", "cwd", "term", "timeout", "wait", "env"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise BadRequest(f"unknown request field {unknown[0]!r}")
@@ -218,6 +222,10 @@ class ExecRequest:
         term = data.get("term")
         if term is not None and (not isinstance(term, str) or not _TERM.fullmatch(term)):
             raise BadRequest("term must be a terminal type name")
+        try:
+            env = env_vars.check_variables(data.get("env", {}))
+        except env_vars.BadVariable as exc:
+            raise BadRequest(str(exc)) from None
         return cls(
             project,
             tuple(argv),
@@ -225,6 +233,7 @@ class ExecRequest:
             term=term,
             timeout=None if timeout is None else float(timeout),
             timeout_given="timeout" in data,
+            env=env,
             **flags,
         )
 
@@ -257,7 +266,11 @@ def step_command(
 def child_env(
     runtime: ContainerRuntime, target: containers.ExecTarget, request: ExecRequest
 ) -> dict[str, str]:
-    extra = runtime.exec_env(target.state_dir)
+    """The step's whole environment: the runtime user's identity, what Apptainer needs, and the
+    variables the command gets (the project's, its secrets, this exec's -e), which travel in the
+    environment only, never in an argv (docs/security.md#secrets)."""
+    variables = with_exec_variables(target.variables, request.env)
+    extra = runtime.exec_env(target.state_dir, variables)
     if request.tty and request.term:
         extra["TERM"] = request.term
     return clean_env(target.runas, extra)
@@ -379,6 +392,8 @@ class Session:
         if request.wait:
             self.send({"exit": 0})
             return
+        # A step handed to its caller carries its environment over the network: never secrets.
+        direct_allowed = direct_allowed and not target.has_secrets
         if direct_allowed and caller.uid == target.runas.uid:
             step = self.direct_step(target, request)
             log.info(

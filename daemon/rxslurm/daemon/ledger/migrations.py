@@ -489,3 +489,21 @@ def m011_job_flags(db: Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations()
+def m015_env_secrets(db: Database) -> None:
+    # A project's environment variables (`rxctl env`), plain text: they are not secrets. Secrets
+    # are not in the ledger at all (projects/secret_store.py, docs/security.md).
+    db.execute(
+        """
+        CREATE TABLE project_env (
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,
+            set_by TEXT NOT NULL,
+            set_at TEXT NOT NULL,
+            PRIMARY KEY (project_id, name)
+        ) STRICT
+        """
+    )

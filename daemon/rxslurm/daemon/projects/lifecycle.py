@@ -14,6 +14,7 @@ from rxslurm.daemon.errors import ApiError
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects import service as projects
+from rxslurm.daemon.projects.environment import forget_secrets
 from rxslurm.daemon.projects.workspace_sync import (
     retire_folders,
     sync_snapshot_access,
@@ -55,8 +56,13 @@ def create(
 def delete(ledger: Ledger, config: Config, actor: Actor, name: str) -> dict[str, Any]:
     """Delete the records, then move the folders out of reach (a crash in between leaves them
     where the next project of that name quarantines them)."""
+    with ledger.read() as db:
+        identity = list(db.execute("SELECT id, created_at FROM projects WHERE name = ?", [name]))
     workspace = projects.delete_project(ledger, actor, name)
     answer: dict[str, Any] = {"deleted": name}
+    # Its secrets' file is checked against the project's id and creation time, so this removes
+    # only the deleted project's, even if the name was taken again meanwhile.
+    warning = forget_secrets(config, *identity[0]) if identity else None
     try:
         answer["quarantined"] = retire_folders(config, name, workspace)
         with ledger.transaction() as db:
@@ -65,6 +71,8 @@ def delete(ledger: Ledger, config: Config, actor: Actor, name: str) -> dict[str,
     except (QuarantineError, OSError) as exc:
         log.error("cannot quarantine folders", extra={"project": name, "error": str(exc)})
         answer["warnings"] = [f"folders not moved to quarantine: {exc}"]
+    if warning:
+        answer.setdefault("warnings", []).append(warning)
     return answer
 
 

@@ -29,6 +29,7 @@ class Action(StrEnum):
     ENABLE = "enable"
     DISABLE = "disable"
     EDIT_SETTINGS = "edit-settings"  # image reference and resources
+    EDIT_ENV = "edit-env"  # environment variables and secrets (the same roles as exec)
     RETRY = "retry"  # after an error
     SET_RUN_AS = "set-run-as"  # bound Linux identity or service account
     MANAGE_MEMBERS = "manage-members"
@@ -55,6 +56,7 @@ ALLOWED: dict[Action, frozenset[Role]] = {
     Action.ENABLE: _OWNERS,
     Action.DISABLE: _OWNERS,
     Action.EDIT_SETTINGS: _OWNERS,
+    Action.EDIT_ENV: _MANAGERS,
     Action.RETRY: _OWNERS,
     Action.SET_RUN_AS: _OWNERS,
     Action.MANAGE_MEMBERS: _OWNERS,

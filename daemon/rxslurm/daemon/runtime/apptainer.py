@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from rxslurm.daemon.config import ApptainerConfig
 from rxslurm.daemon.ports import BuildRequest, HolderRequest
 from rxslurm.daemon.runtime.holder_status import HolderStatus, StatusReader
 from rxslurm.daemon.text_checks import reported_line
+from rxslurm.protocol.env_vars import apptainer_env
 from rxslurm.slurm.runas import SAFE_PATH, RunAs, run
 from rxslurm.slurm.script import render_batch_script
 
@@ -194,6 +195,7 @@ class ApptainerRuntime:
             gpu_flag=gpu_flag(holder.gpus, holder.gpu_driver),
             state_dir=holder.state_dir,
             grace_s=holder.grace_s,
+            env=holder_env(holder.env),
             **instance_options(settings, holder.state_dir, holder.user),
         )
 
@@ -209,9 +211,11 @@ class ApptainerRuntime:
             command += ["--pwd", cwd]
         return [*command, f"instance://{instance}", *argv]
 
-    def exec_env(self, state_dir: str) -> dict[str, str]:
-        # The holder started the instance with this config folder; exec finds it there.
-        return {"APPTAINER_CONFIGDIR": config_dir(state_dir)}
+    def exec_env(self, state_dir: str, variables: Mapping[str, str]) -> dict[str, str]:
+        # The holder started the instance with this config folder; exec finds it there. The
+        # variables travel in the environment (APPTAINERENV_NAME), never in argv: other users
+        # read a process's argv in /proc, only its own user and root its environment.
+        return {**apptainer_env(variables), "APPTAINER_CONFIGDIR": config_dir(state_dir)}
 
     def build_script(self, build: BuildRequest) -> str:
         """build.sh: copy the context (minus exclusions) into the build folder, then
@@ -226,6 +230,13 @@ class ApptainerRuntime:
             apptainer=self.program(),
             no_https="--no-https" if build.plain_http else "",
         )
+
+
+def holder_env(variables: Sequence[tuple[str, str]]) -> str:
+    """The holder's variables as one template word: base64 of NUL-ended APPTAINERENV_NAME=value
+    entries (a value may hold newlines and quotes; it never holds NUL)."""
+    entries = "".join(f"{k}={v}\0" for k, v in apptainer_env(dict(variables)).items())
+    return base64.b64encode(entries.encode()).decode()
 
 
 def config_dir(state_dir: str) -> str:

@@ -19,6 +19,7 @@
 #rx:param fakeroot
 #rx:param home
 #rx:param private_tmp
+#rx:param env
 set -u
 instance={{instance}}
 image={{image}}
@@ -32,10 +33,16 @@ apptainer={{apptainer}}
 fakeroot={{fakeroot}}
 home={{home}}
 private_tmp={{private_tmp}}
+env={{env}}
 # Nothing in the job's environment (a shared account's login profile, say) may change how the
 # instance is built or what runs in it; `bash -p` above already ignored BASH_ENV for this script.
 unset BASH_ENV ENV
 for name in $(compgen -e); do [[ $name == APPTAINER* || $name == SINGULARITY* ]] && unset "$name"; done
+# The project's variables (rxctl env), after the unset above: APPTAINERENV_NAME=value entries,
+# NUL-ended, base64 in one word. Apptainer sets each NAME in the instance.
+while IFS= read -r -d '' entry; do
+  [[ $entry == APPTAINERENV_* ]] && export "$entry"
+done < <(printf '%s' "$env" | base64 -d)
 [[ $grace =~ ^[0-9]+$ ]] || grace=10
 PATH=/usr/local/bin:/usr/bin:/bin
 # Instance records and logs live with the container's state, not in $HOME (which may be small,
