@@ -264,8 +264,12 @@ def test_killing_a_nodes_slurmd_makes_it_error_and_retry_runs_elsewhere(rxd: Rxd
     ).stdout.split()
     assert slurmd, f"no slurmd for {node}"
     # A node crash takes the job's processes with it; on this one machine they must be killed too.
+    # With several slurmd on one host, listpids asks the one named, else the host's first (n1).
     listed = subprocess.run(
-        ["scontrol", "listpids", str(running["job_id"])], capture_output=True, text=True, check=True
+        ["scontrol", "listpids", str(running["job_id"]), node],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\n")[1:]
     job_pids = [line.split()[0] for line in listed if line.strip()]
     steps = subprocess.run(
