@@ -25,6 +25,12 @@ PROJECT_MEMBER = f"{PROJECT_MEMBERS}/{{user}}"
 # The owner's switch for image builds in the project (docs/images.md).
 PROJECT_DEV_MODE = f"{PROJECT}/dev-mode"
 
+# Named volumes the project owns (GET: list, with its mounts; POST: create) and one (DELETE);
+# the project's mounts of volumes (PUT MOUNT: set, DELETE: remove), docs/volumes.md.
+PROJECT_VOLUMES = f"{PROJECT}/volumes"
+PROJECT_VOLUME = f"{PROJECT_VOLUMES}/{{volume}}"
+PROJECT_MOUNT = f"{PROJECT}/mounts/{{volume}}"
+
 # Image drafts (GET: list, POST: create) and one draft (GET, PATCH: edit, DELETE); a text checked
 # without storing it (POST IMAGE_DRAFT_CHECK), a stored draft checked (POST IMAGE_DRAFT_VALIDATE).
 IMAGE_DRAFTS = f"{PROJECT}/image-drafts"

@@ -23,6 +23,7 @@ from rxslurm.daemon.api import (
     routes_projects,
     routes_sessions,
     routes_system,
+    routes_volumes,
     sd_notify,
 )
 from rxslurm.daemon.api import platform_door as platform
@@ -46,6 +47,7 @@ ROUTES = [
     *routes_system.routes,
     *routes_identity.routes,
     *routes_projects.routes,
+    *routes_volumes.routes,
     *routes_containers.routes,
     *routes_logs.routes,
     *routes_images.routes,

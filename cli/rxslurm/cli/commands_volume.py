@@ -1,0 +1,195 @@
+"""`rxctl volume ...`: named volumes a project owns and projects of the same owners mount
+(docs/volumes.md); files copied in and out as the caller."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import click
+
+from rxslurm.cli import render
+from rxslurm.cli.client import Client
+from rxslurm.cli.common import (
+    ProjectNamedFirst,
+    api_errors,
+    echo,
+    emit_json,
+    json_option,
+    list_command,
+    project_option,
+)
+from rxslurm.cli.project_choice import choose_project
+from rxslurm.protocol import routes
+
+
+@click.group()
+def volume() -> None:
+    """Named volumes: storage a project owns that projects of the same owners mount.
+
+    Example: rxctl volume create --project alpha datasets
+    """
+
+
+@volume.command("create", cls=ProjectNamedFirst)
+@project_option
+@click.argument("name")
+@json_option
+@click.pass_obj
+@api_errors
+def create(client: Client, project: str | None, name: str, json_: bool) -> None:
+    """Create a volume owned by the project (owners only); its members get the access their role
+    gives them in the workspace.
+
+    Names: 1-32 characters, lowercase letters, digits and "-", starting with a letter.
+
+    Example: rxctl volume create --project alpha datasets
+    """
+    owner = choose_project(client, project)
+    answer = client.request("POST", routes.path(routes.PROJECT_VOLUMES, owner), {"name": name})
+    for warning in answer.get("warnings") or []:
+        echo(f"Warning: {warning}", err=True)
+    if json_:
+        emit_json(answer)
+    else:
+        echo(f"Created volume {answer['name']} of project {answer['project']} at {answer['path']}.")
+
+
+def _volume_lines(answer: dict[str, Any], shape: render.Shape) -> list[str]:
+    rows: list[tuple[Any, ...]] = [
+        (v["name"], "owns", answer["project"], "", v["path"]) for v in answer["volumes"]
+    ]
+    rows += [
+        (
+            m["volume"],
+            "mounts" if m["allowed"] else "mounts (not allowed now)",
+            m["project"],
+            f"{m['target']}:{'ro' if m['read_only'] else 'rw'}",
+            m["path"],
+        )
+        for m in answer["mounts"]
+    ]
+    return render.table(
+        ("VOLUME", "USE", "OWNER PROJECT", "MOUNT", "PATH"),
+        rows,
+        shape,
+        empty=f"Project {answer['project']} owns and mounts no volume.",
+    )
+
+
+@volume.command("list", cls=ProjectNamedFirst)
+@project_option
+@list_command
+def list_(client: Client, project: str | None, json_: bool, shape: render.Shape) -> None:
+    """The volumes the project owns and the ones it mounts, with where.
+
+    Example: rxctl volume list --project alpha
+    """
+    name = choose_project(client, project)
+    answer = client.get(routes.path(routes.PROJECT_VOLUMES, name))
+    if json_:
+        emit_json(answer)
+    else:
+        lines = _volume_lines(answer, shape)
+        if lines:
+            echo("\n".join(lines))
+
+
+@volume.command("rm", cls=ProjectNamedFirst)
+@project_option
+@click.argument("name")
+@json_option
+@click.pass_obj
+@api_errors
+def rm(client: Client, project: str | None, name: str, json_: bool) -> None:
+    """Remove a volume no project mounts (owners only); its folder goes to quarantine.
+
+    Example: rxctl volume rm --project alpha datasets
+    """
+    owner = choose_project(client, project)
+    answer = client.request("DELETE", routes.path(routes.PROJECT_VOLUME, owner, name))
+    for warning in answer.get("warnings") or []:
+        echo(f"Warning: {warning}", err=True)
+    if json_:
+        emit_json(answer)
+    else:
+        echo(f"Removed volume {answer['removed']}.")
+
+
+def volume_path(client: Client, project: str, name: str) -> Path:
+    """Where rxd says the volume is: one the project owns or mounts."""
+    answer = client.get(routes.path(routes.PROJECT_VOLUMES, project))
+    paths = {v["name"]: v["path"] for v in answer["volumes"]}
+    paths.update({m["volume"]: m["path"] for m in answer["mounts"] if m["allowed"]})
+    if name not in paths:
+        raise click.ClickException(f"project {project} neither owns nor mounts a volume {name!r}")
+    return Path(paths[name])
+
+
+def inside(root: Path, relative: str) -> Path:
+    """`relative` below the volume's folder: no absolute path, no '..' part."""
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise click.ClickException(
+            f"{relative!r} must be a path inside the volume (relative, without '..')"
+        )
+    return root / pure
+
+
+def copy(source: Path, dest: Path) -> None:
+    """A file or a folder, links copied as links (never followed), as the caller."""
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, dest, symlinks=True, dirs_exist_ok=True)
+    else:
+        if dest.is_dir() and not dest.is_symlink():
+            dest = dest / source.name
+        shutil.copy2(source, dest, follow_symlinks=False)
+
+
+def _copy_or_fail(source: Path, dest: Path) -> None:
+    try:
+        copy(source, dest)
+    except OSError as exc:
+        raise click.ClickException(render.safe(f"cannot copy {source} to {dest}: {exc}")) from None
+
+
+@volume.command("put", cls=ProjectNamedFirst)
+@project_option
+@click.argument("name")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("dest", required=False, default="")
+@click.pass_obj
+@api_errors
+def put(client: Client, project: str | None, name: str, source: Path, dest: str) -> None:
+    """Copy a file or folder into the volume (DEST: a path inside it, default its top).
+
+    The copy runs as you, here: your access to the volume decides (members of the owning
+    project by role). Works where the volumes' filesystem is mounted (login nodes).
+
+    Example: rxctl volume put --project alpha datasets ./train.csv raw/train.csv
+    """
+    root = volume_path(client, choose_project(client, project), name)
+    target = inside(root, dest) if dest else root
+    _copy_or_fail(source, target)
+    echo(f"Copied {source} to volume {name}:{os.fspath(target.relative_to(root)) or '.'}")
+
+
+@volume.command("get", cls=ProjectNamedFirst)
+@project_option
+@click.argument("name")
+@click.argument("source")
+@click.argument("dest", type=click.Path(path_type=Path), default=Path("."))
+@click.pass_obj
+@api_errors
+def get(client: Client, project: str | None, name: str, source: str, dest: Path) -> None:
+    """Copy a file or folder (SOURCE: a path inside the volume) out to DEST (default: here).
+
+    The copy runs as you, here: your access to the volume decides.
+
+    Example: rxctl volume get --project alpha datasets raw/train.csv ./train.csv
+    """
+    root = volume_path(client, choose_project(client, project), name)
+    _copy_or_fail(inside(root, source), dest)
+    echo(f"Copied volume {name}:{source} to {dest}")
