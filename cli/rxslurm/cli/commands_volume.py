@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -13,7 +12,6 @@ import click
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
 from rxslurm.cli.common import (
-    ProjectNamedFirst,
     api_errors,
     echo,
     emit_json,
@@ -33,22 +31,25 @@ def volume() -> None:
     """
 
 
-@volume.command("create", cls=ProjectNamedFirst)
+@volume.command("create")
 @project_option
-@click.argument("name")
+@click.argument("volume_name", metavar="VOLUME")
 @json_option
 @click.pass_obj
 @api_errors
-def create(client: Client, project: str | None, name: str, json_: bool) -> None:
-    """Create a volume owned by the project (owners only); its members get the access their role
-    gives them in the workspace.
+def create(client: Client, project: str | None, volume_name: str, json_: bool) -> None:
+    """Create a volume owned by the project (owners only).
+
+    The project's members get the access their role gives them in its workspace.
 
     Names: 1-32 characters, lowercase letters, digits and "-", starting with a letter.
 
     Example: rxctl volume create --project alpha datasets
     """
     owner = choose_project(client, project)
-    answer = client.request("POST", routes.path(routes.PROJECT_VOLUMES, owner), {"name": name})
+    answer = client.request(
+        "POST", routes.path(routes.PROJECT_VOLUMES, owner), {"name": volume_name}
+    )
     for warning in answer.get("warnings") or []:
         echo(f"Warning: {warning}", err=True)
     if json_:
@@ -79,7 +80,7 @@ def _volume_lines(answer: dict[str, Any], shape: render.Shape) -> list[str]:
     )
 
 
-@volume.command("list", cls=ProjectNamedFirst)
+@volume.command("list")
 @project_option
 @list_command
 def list_(client: Client, project: str | None, json_: bool, shape: render.Shape) -> None:
@@ -97,19 +98,19 @@ def list_(client: Client, project: str | None, json_: bool, shape: render.Shape)
             echo("\n".join(lines))
 
 
-@volume.command("rm", cls=ProjectNamedFirst)
+@volume.command("rm")
 @project_option
-@click.argument("name")
+@click.argument("volume_name", metavar="VOLUME")
 @json_option
 @click.pass_obj
 @api_errors
-def rm(client: Client, project: str | None, name: str, json_: bool) -> None:
+def rm(client: Client, project: str | None, volume_name: str, json_: bool) -> None:
     """Remove a volume no project mounts (owners only); its folder goes to quarantine.
 
     Example: rxctl volume rm --project alpha datasets
     """
     owner = choose_project(client, project)
-    answer = client.request("DELETE", routes.path(routes.PROJECT_VOLUME, owner, name))
+    answer = client.request("DELETE", routes.path(routes.PROJECT_VOLUME, owner, volume_name))
     for warning in answer.get("warnings") or []:
         echo(f"Warning: {warning}", err=True)
     if json_:
@@ -155,41 +156,55 @@ def _copy_or_fail(source: Path, dest: Path) -> None:
         raise click.ClickException(render.safe(f"cannot copy {source} to {dest}: {exc}")) from None
 
 
-@volume.command("put", cls=ProjectNamedFirst)
+@volume.command("put")
 @project_option
-@click.argument("name")
+@click.argument("volume_name", metavar="VOLUME")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("dest", required=False, default="")
+@json_option
 @click.pass_obj
 @api_errors
-def put(client: Client, project: str | None, name: str, source: Path, dest: str) -> None:
-    """Copy a file or folder into the volume (DEST: a path inside it, default its top).
+def put(
+    client: Client, project: str | None, volume_name: str, source: Path, dest: str, json_: bool
+) -> None:
+    """Copy a file or folder into the volume (DEST: a path inside it; default its top).
 
     The copy runs as you, here: your access to the volume decides (members of the owning
     project by role). Works where the volumes' filesystem is mounted (login nodes).
 
     Example: rxctl volume put --project alpha datasets ./train.csv raw/train.csv
     """
-    root = volume_path(client, choose_project(client, project), name)
+    root = volume_path(client, choose_project(client, project), volume_name)
     target = inside(root, dest) if dest else root
     _copy_or_fail(source, target)
-    echo(f"Copied {source} to volume {name}:{os.fspath(target.relative_to(root)) or '.'}")
+    _done(json_, str(source), str(target), f"Copied {source} to volume {volume_name}:{dest or '.'}")
 
 
-@volume.command("get", cls=ProjectNamedFirst)
+@volume.command("get")
 @project_option
-@click.argument("name")
+@click.argument("volume_name", metavar="VOLUME")
 @click.argument("source")
 @click.argument("dest", type=click.Path(path_type=Path), default=Path("."))
+@json_option
 @click.pass_obj
 @api_errors
-def get(client: Client, project: str | None, name: str, source: str, dest: Path) -> None:
+def get(
+    client: Client, project: str | None, volume_name: str, source: str, dest: Path, json_: bool
+) -> None:
     """Copy a file or folder (SOURCE: a path inside the volume) out to DEST (default: here).
 
     The copy runs as you, here: your access to the volume decides.
 
     Example: rxctl volume get --project alpha datasets raw/train.csv ./train.csv
     """
-    root = volume_path(client, choose_project(client, project), name)
-    _copy_or_fail(inside(root, source), dest)
-    echo(f"Copied volume {name}:{source} to {dest}")
+    root = volume_path(client, choose_project(client, project), volume_name)
+    origin = inside(root, source)
+    _copy_or_fail(origin, dest)
+    _done(json_, str(origin), str(dest), f"Copied volume {volume_name}:{source} to {dest}")
+
+
+def _done(json_: bool, source: str, dest: str, text: str) -> None:
+    if json_:
+        emit_json({"copied": source, "to": dest})
+    else:
+        echo(text)
