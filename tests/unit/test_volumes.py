@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from rxslurm.cli.volume_spec import BadVolumeSpec, split_mount
 from rxslurm.daemon.config import ConfigError, parse_config
 from rxslurm.daemon.containers.service import ContainerService
-from rxslurm.daemon.errors import BadRequest, Forbidden, NotFound
+from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, NotFound
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.timestamps import to_timestamp
 from rxslurm.daemon.projects import volumes
+from rxslurm.daemon.projects.service import delete_project
 from rxslurm.daemon.projects.volume_rules import (
     RESERVED_TARGETS,
     Mount,
@@ -248,9 +249,9 @@ def test_two_volumes_may_not_share_a_mount_path_and_a_mounted_volume_is_not_remo
     add_volume(w, "two", "alpha", tmp_path)
     volumes.set_mount(w.ledger, config, OWNER, "beta", {"volume": "one", "target": "/data"})
 
-    with pytest.raises(Exception, match="already mounts a volume at /data"):
+    with pytest.raises(Conflict, match="already mounts a volume at /data"):
         volumes.set_mount(w.ledger, config, OWNER, "beta", {"volume": "two", "target": "/data"})
-    with pytest.raises(Exception, match="mounted by beta"):
+    with pytest.raises(Conflict, match="mounted by beta"):
         volumes.remove_volume(w.ledger, config, OWNER, "alpha", "one")
     volumes.remove_mount(w.ledger, config, OWNER, "beta", "one")
     assert volumes.list_volumes(w.ledger, OWNER, "beta")["mounts"] == []
@@ -293,3 +294,19 @@ def test_rxctl_refuses_a_volume_without_name_or_path(text: str) -> None:
 def test_what_rxctl_splits_is_what_was_written(name: str, target: str, mode: str) -> None:
     mount = split_mount(f"{name}:{target}{mode}")
     assert (mount["volume"], mount["target"], mount["read_only"]) == (name, target, mode == ":ro")
+
+
+def test_a_project_that_owns_a_volume_is_not_deleted_and_one_that_mounts_one_is(
+    tmp_path: Path,
+) -> None:
+    w = world(tmp_path, ("alpha", "disabled"), ("beta", "disabled"))
+    config = config_for(tmp_path)
+    add_volume(w, "shared", "alpha", tmp_path)
+    volumes.set_mount(w.ledger, config, OWNER, "beta", {"volume": "shared", "target": "/data"})
+
+    with pytest.raises(Conflict, match="owns volume"):
+        delete_project(w.ledger, OWNER, "alpha")
+    delete_project(w.ledger, OWNER, "beta")
+
+    assert w.ledger.db.execute("SELECT count(*) FROM volume_mounts").fetchone()[0] == 0
+    assert volumes.list_volumes(w.ledger, OWNER, "alpha")["volumes"][0]["mounted_by"] == []
