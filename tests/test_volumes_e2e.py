@@ -28,7 +28,7 @@ def rxd() -> Iterator[Rxd]:
     def config(root: Path) -> str:
         return lifecycle_config(root) + f'[volumes]\nroot = "{root}/volumes"\n'
 
-    with running_rxd(config, bind=("rxalice", "rxdave")) as daemon:
+    with running_rxd(config, bind=("rxalice", "rxbob", "rxdave")) as daemon:
         yield daemon
         for project in (WRITER, READER):
             daemon.rxctl("rxalice", "stop", "--project", project)
@@ -74,6 +74,10 @@ def test_two_projects_of_one_owner_share_a_volume_and_a_non_member_cannot_read_i
     refused = rxd.rxctl("rxalice", "exec", "--project", READER, "--", "touch", "/data/mine")
     assert refused.returncode != 0
 
+    # A batch step of the reader (rxctl run, as the member, outside the container) mounts it too.
+    step = rxd.rxctl("rxalice", "run", "--project", READER, "--", "cat", "/data/note")
+    assert step.returncode == 0 and step.stdout.strip() == "from-writer", step.stderr
+
     # A non-member: the folder's ACLs keep them out, and rxd does not show them the volume.
     assert run_as("rxdave", ["cat", str(folder / "note")]).returncode != 0
     assert run_as("rxdave", ["ls", str(folder)]).returncode != 0
@@ -103,3 +107,31 @@ def test_two_projects_of_one_owner_share_a_volume_and_a_non_member_cannot_read_i
     assert busy.returncode != 0 and "unmount it first" in busy.stderr
     events = {row[0] for row in rxd.ledger_rows("SELECT action FROM events")}
     assert {"volume.created", "volume.mounted"} <= events
+
+
+def test_the_owning_project_s_members_get_the_folder_by_role_and_lose_it_when_removed(
+    rxd: Rxd,
+) -> None:
+    project = "vol-members"
+    make_project(rxd, project)
+    created = ok(rxd.rxctl("rxalice", "volume", "create", "--project", project, "team", "--json"))
+    folder = Path(json.loads(created.stdout)["path"])
+    ok(run_as("rxalice", ["sh", "-c", f"echo by-alice > {folder}/a.txt"]))
+    member = ("project", "member", "add", "--project", project, "rxbob", "--role", "viewer")
+    ok(rxd.rxctl("rxalice", *member))
+
+    assert ok(run_as("rxbob", ["cat", str(folder / "a.txt")])).stdout.strip() == "by-alice"
+    assert run_as("rxbob", ["touch", str(folder / "b.txt")]).returncode != 0
+    ok(
+        rxd.rxctl(
+            "rxalice", "project", "member", "set-role", "--project", project, "rxbob", "editor"
+        )
+    )
+    ok(run_as("rxbob", ["touch", str(folder / "b.txt")]))
+    ok(rxd.rxctl("rxalice", "project", "member", "rm", "--project", project, "rxbob"))
+    assert run_as("rxbob", ["cat", str(folder / "a.txt")]).returncode != 0
+
+    removed = json.loads(
+        ok(rxd.rxctl("rxalice", "volume", "rm", "--project", project, "team", "--json")).stdout
+    )
+    assert not folder.exists() and len(removed["quarantined"]) == 1
