@@ -4,13 +4,17 @@ volume's project also owns the mounting project), what reaches the holder and ba
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rxslurm.cli.commands_volume import copy, inside
 from rxslurm.cli.volume_spec import BadVolumeSpec, split_mount
 from rxslurm.daemon.config import ConfigError, parse_config
 from rxslurm.daemon.containers.service import ContainerService
@@ -310,3 +314,46 @@ def test_a_project_that_owns_a_volume_is_not_deleted_and_one_that_mounts_one_is(
 
     assert w.ledger.db.execute("SELECT count(*) FROM volume_mounts").fetchone()[0] == 0
     assert volumes.list_volumes(w.ledger, OWNER, "alpha")["volumes"][0]["mounted_by"] == []
+
+
+# -- rxctl's copies (as the caller) ---------------------------------------------------------------
+
+
+def test_a_folder_is_copied_into_a_folder_as_cp_r_does_with_links_kept_as_links(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "in"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "a.txt").write_text("a")
+    (source / "link").symlink_to("/etc/passwd")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+
+    copy(source, volume, keep_modes=False)
+    copy(source / "sub" / "a.txt", volume / "b.txt", keep_modes=False)
+
+    assert (volume / "in" / "sub" / "a.txt").read_text() == "a"
+    assert os.readlink(volume / "in" / "link") == "/etc/passwd"
+    assert (volume / "b.txt").read_text() == "a"
+
+
+def test_a_copy_into_a_volume_sets_no_mode_so_its_default_acls_apply(tmp_path: Path) -> None:
+    source = tmp_path / "script.sh"
+    source.write_text("#!/bin/sh\n")
+    source.chmod(0o700)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    old = os.umask(0o022)
+    try:
+        copy(source, volume, keep_modes=False)
+        copy(source, tmp_path / "kept.sh", keep_modes=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((volume / "script.sh").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "kept.sh").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../x", "a/../../x"])
+def test_a_path_outside_the_volume_is_refused(tmp_path: Path, path: str) -> None:
+    with pytest.raises(click.ClickException, match="inside the volume"):
+        inside(tmp_path, path)

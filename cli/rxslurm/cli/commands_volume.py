@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -139,19 +140,27 @@ def inside(root: Path, relative: str) -> Path:
     return root / pure
 
 
-def copy(source: Path, dest: Path) -> None:
-    """A file or a folder, links copied as links (never followed), as the caller."""
-    if source.is_dir() and not source.is_symlink():
-        shutil.copytree(source, dest, symlinks=True, dirs_exist_ok=True)
+def copy(source: Path, dest: Path, *, keep_modes: bool) -> None:
+    """Copy a file, a link or a folder as `cp -r` does: into `dest` when it is a folder. Links are
+    copied as links, never followed. Without `keep_modes` (into a volume) nothing is chmod-ed:
+    a chmod would narrow the ACL mask, and the volume's default ACLs (members' access) apply."""
+    if dest.is_dir() and not dest.is_symlink():
+        dest = dest / source.name
+    if source.is_symlink():
+        os.symlink(os.readlink(source), dest)
+    elif source.is_dir():
+        dest.mkdir(exist_ok=True)
+        for child in sorted(source.iterdir()):
+            copy(child, dest / child.name, keep_modes=keep_modes)
+    elif keep_modes:
+        shutil.copy2(source, dest)
     else:
-        if dest.is_dir() and not dest.is_symlink():
-            dest = dest / source.name
-        shutil.copy2(source, dest, follow_symlinks=False)
+        shutil.copyfile(source, dest)
 
 
-def _copy_or_fail(source: Path, dest: Path) -> None:
+def _copy_or_fail(source: Path, dest: Path, *, keep_modes: bool) -> None:
     try:
-        copy(source, dest)
+        copy(source, dest, keep_modes=keep_modes)
     except OSError as exc:
         raise click.ClickException(render.safe(f"cannot copy {source} to {dest}: {exc}")) from None
 
@@ -176,7 +185,7 @@ def put(
     """
     root = volume_path(client, choose_project(client, project), volume_name)
     target = inside(root, dest) if dest else root
-    _copy_or_fail(source, target)
+    _copy_or_fail(source, target, keep_modes=False)
     _done(json_, str(source), str(target), f"Copied {source} to volume {volume_name}:{dest or '.'}")
 
 
@@ -199,7 +208,7 @@ def get(
     """
     root = volume_path(client, choose_project(client, project), volume_name)
     origin = inside(root, source)
-    _copy_or_fail(origin, dest)
+    _copy_or_fail(origin, dest, keep_modes=True)
     _done(json_, str(origin), str(dest), f"Copied volume {volume_name}:{source} to {dest}")
 
 
