@@ -231,6 +231,11 @@ REST = {
     "image draft validate": ["main"],
     "image draft delete": ["main"],
     "image draft list": [],
+    "volume create": ["data"],
+    "volume list": [],
+    "volume rm": ["data"],
+    "volume put": ["data", DRAFT_FILE],
+    "volume get": ["data", "x"],
 }
 # The commands that took the project as their first argument before -P/--project.
 NAMED_FIRST_BEFORE = {p for p in REST if p.startswith("project ")} | {"admin stop"}

@@ -129,6 +129,7 @@ ALL_MIGRATIONS = [
     "m010_exec_sessions",
     "m011_job_flags",
     "m015_env_secrets",
+    "m016_volumes",
 ]
 
 
@@ -150,7 +151,14 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("ALTER TABLE binding_codes DROP COLUMN for_uid")
         db.execute("ALTER TABLE projects DROP COLUMN run_as_user")
         db.execute("ALTER TABLE projects DROP COLUMN workspace_uid")
-        for table in ("build_leases", "image_builds", "image_drafts", "image_digests"):
+        for table in (
+            "volume_mounts",
+            "volumes",
+            "build_leases",
+            "image_builds",
+            "image_drafts",
+            "image_digests",
+        ):
             db.execute(f"DROP TABLE {table}")
         db.execute("ALTER TABLE projects DROP COLUMN dev_mode")
         for column in ("account", "qos", '"constraint"', "reservation"):

@@ -21,6 +21,7 @@ from rxslurm.cli.common import (
     project_option,
 )
 from rxslurm.cli.project_choice import choose_project
+from rxslurm.cli.volume_spec import BadVolumeSpec, split_mount
 from rxslurm.protocol import routes
 from rxslurm.protocol.settings import SETTINGS
 
@@ -152,22 +153,54 @@ def delete(client: Client, project: str | None, yes: bool, json_: bool) -> None:
     default=None,
     help="Whether members may build images in the project (docs/images.md).",
 )
+@click.option(
+    "--volume",
+    "volumes",
+    multiple=True,
+    metavar="NAME:/path[:ro]",
+    help="Mount a volume at /path (read-only with :ro) from the next start (docs/volumes.md). "
+    "Repeatable.",
+)
+@click.option(
+    "--no-volume",
+    "unmount",
+    multiple=True,
+    metavar="NAME",
+    help="Stop mounting a volume (from the next start). Repeatable.",
+)
 @json_option
 @click.pass_obj
 @api_errors
 def set_(
-    client: Client, /, project: str | None, json_: bool, dev_mode: str | None, **options: Any
+    client: Client,
+    /,
+    project: str | None,
+    json_: bool,
+    dev_mode: str | None,
+    volumes: tuple[str, ...],
+    unmount: tuple[str, ...],
+    **options: Any,
 ) -> None:
     """Change a project's settings; only the options given change (0 or "": the default).
 
     Example: rxctl project set --project alpha --cpus 2 --gpus 1 --account lab-a
     """
     settings = settings_body(options)
-    if not settings and dev_mode is None:
+    if not settings and dev_mode is None and not volumes and not unmount:
         raise click.ClickException(
             "nothing to change; give at least one setting (see: rxctl project set -h)"
         )
+    try:
+        mounts = [split_mount(v) for v in volumes]
+    except BadVolumeSpec as exc:
+        raise click.ClickException(str(exc)) from None
     name = choose_project(client, project)
+    if mounts or unmount:
+        changed = set_mounts(client, name, mounts, unmount, quiet=json_)
+        if not settings and dev_mode is None:
+            if json_:
+                emit_json(changed)
+            return
     if dev_mode is not None:
         switched = client.request(
             "PUT", routes.path(routes.PROJECT_DEV_MODE, name), {"dev_mode": dev_mode == "on"}
@@ -186,6 +219,35 @@ def set_(
     echo(f"Updated project {answer['name']}: {render.changed_settings(settings)}")
     if answer.get("settings_pending"):
         echo(render.PENDING_NOTE)
+
+
+def set_mounts(
+    client: Client,
+    name: str,
+    mounts: list[dict[str, Any]],
+    unmount: tuple[str, ...],
+    *,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Each mount and removal is its own request (rxd checks each); what is mounted after."""
+    answer: dict[str, Any] = {}
+    for volume in unmount:
+        answer = client.request("DELETE", routes.path(routes.PROJECT_MOUNT, name, volume))
+        echo_warnings(answer)
+        if not quiet:
+            echo(f"Project {name} no longer mounts volume {volume} (from its next start).")
+    for mount in mounts:
+        path = routes.path(routes.PROJECT_MOUNT, name, mount["volume"])
+        body = {"target": mount["target"], "read_only": mount["read_only"]}
+        answer = client.request("PUT", path, body)
+        echo_warnings(answer)
+        mode = "read-only" if mount["read_only"] else "read-write"
+        if not quiet:
+            echo(
+                f"Project {name} mounts volume {mount['volume']} at {mount['target']} "
+                f"({mode}), from its next start."
+            )
+    return answer
 
 
 @project.command("run-as", cls=ProjectNamedFirst)

@@ -46,6 +46,7 @@ LAZY_COMMANDS = {
     "status": "rxslurm.cli.commands_container:status",
     "stop": "rxslurm.cli.commands_container:stop",
     "unbind": "rxslurm.cli.commands_identity:unbind",
+    "volume": "rxslurm.cli.commands_volume:volume",
 }
 
 

@@ -102,6 +102,13 @@ class WorkspacesConfig:
     root: Path = Path("/srv/rxslurm/workspaces")
 
 
+@dataclass(frozen=True)
+class VolumesConfig:
+    # Each named volume is <root>/<volume>; root-owned like the workspaces root, on the filesystem
+    # the nodes share (docs/volumes.md).
+    root: Path = Path("/srv/rxslurm/volumes")
+
+
 # What a project setting of 0 or "" means ([defaults]): a project's settings, the deployment's
 # values. Left at 0 or "": no image, no GPU, Slurm's default partition, the partition's own time
 # limit.
@@ -205,6 +212,7 @@ class Config:
     apptainer: ApptainerConfig = field(default_factory=ApptainerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     workspaces: WorkspacesConfig = field(default_factory=WorkspacesConfig)
+    volumes: VolumesConfig = field(default_factory=VolumesConfig)
     defaults: Settings = field(default_factory=lambda: DEPLOYMENT_DEFAULTS)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
     containers: ContainersConfig = field(default_factory=ContainersConfig)
@@ -321,6 +329,10 @@ def _validate(config: Config, where: str) -> None:
         raise ConfigError(f'{where}: defaults.gpu_driver must be "nvidia", "amd" or ""')
     if not config.workspaces.root.is_absolute():
         raise ConfigError(f"{where}: workspaces.root must be an absolute path")
+    volumes_root = str(config.volumes.root)
+    # A volume's bind is "<root>/<name>:<target>:<ro|rw>", joined with "," for Apptainer's -B.
+    if not config.volumes.root.is_absolute() or any(c in volumes_root for c in ",:"):
+        raise ConfigError(f"{where}: volumes.root must be an absolute path without ',' or ':'")
     containers = config.containers
     for key in ("state_root", "image_dir"):
         if not getattr(containers, key).is_absolute():

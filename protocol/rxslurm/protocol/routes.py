@@ -31,6 +31,12 @@ PROJECT_ENV = f"{PROJECT}/env"
 PROJECT_SECRETS = f"{PROJECT}/secrets"
 PROJECT_SECRET = f"{PROJECT_SECRETS}/{{secret}}"
 
+# Named volumes the project owns (GET: list, with its mounts; POST: create) and one (DELETE);
+# the project's mounts of volumes (PUT MOUNT: set, DELETE: remove), docs/volumes.md.
+PROJECT_VOLUMES = f"{PROJECT}/volumes"
+PROJECT_VOLUME = f"{PROJECT_VOLUMES}/{{volume}}"
+PROJECT_MOUNT = f"{PROJECT}/mounts/{{volume}}"
+
 # Image drafts (GET: list, POST: create) and one draft (GET, PATCH: edit, DELETE); a text checked
 # without storing it (POST IMAGE_DRAFT_CHECK), a stored draft checked (POST IMAGE_DRAFT_VALIDATE).
 IMAGE_DRAFTS = f"{PROJECT}/image-drafts"

@@ -26,6 +26,7 @@ from rxslurm.daemon.api import (
     routes_projects,
     routes_sessions,
     routes_system,
+    routes_volumes,
     sd_notify,
 )
 from rxslurm.daemon.api import platform_door as platform
@@ -50,6 +51,7 @@ ROUTES = [
     *routes_identity.routes,
     *routes_projects.routes,
     *routes_env.routes,
+    *routes_volumes.routes,
     *routes_containers.routes,
     *routes_export.routes,
     *routes_image_set.routes,

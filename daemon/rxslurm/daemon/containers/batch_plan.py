@@ -18,6 +18,7 @@ from rxslurm.daemon.images import cache as image_cache
 from rxslurm.daemon.ledger.store import LedgerDatabase
 from rxslurm.daemon.projects.environment import project_variables
 from rxslurm.daemon.projects.service import require_runtime_identity
+from rxslurm.daemon.projects.volumes import project_binds
 from rxslurm.daemon.settings import Settings, effective
 
 WORKSPACE_TARGET = "/workspace"
@@ -94,7 +95,7 @@ def batch_plan(db: LedgerDatabase, config: Config, project: dict[str, Any]) -> B
         snapshot=newest_snapshot(db, container) if container else None,
         workspace=project["workspace"],
         workspace_target=WORKSPACE_TARGET,
-        binds=tuple(config.containers.fixed_mounts),
+        binds=(*config.containers.fixed_mounts, *project_binds(db, project)),
         gpu_driver=GPU_DRIVERS.get(driver, ""),
         apptainer=config.apptainer.binary,
         env=project_variables(db, project),

@@ -55,6 +55,7 @@ from rxslurm.daemon.projects.environment import (
 )
 from rxslurm.daemon.projects.roles import Action, Role
 from rxslurm.daemon.projects.service import authorize, require_runtime_identity, runtime_identity
+from rxslurm.daemon.projects.volumes import project_binds
 from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.daemon.runtime.apptainer import ApptainerError, ApptainerRuntime
@@ -820,6 +821,8 @@ class ContainerService:
         eff = effective(settings, config.defaults)
         state_dir = Path(container["state_dir"])
         runas = RunAs.for_user(container["runtime_user"])
+        with self.ledger.read() as db:
+            volume_binds = project_binds(db, project)
         script = self.runtime.holder_script(
             HolderRequest(
                 instance=container["name"],
@@ -828,7 +831,7 @@ class ContainerService:
                 workspace=project["workspace"],
                 state_dir=state_dir,
                 user=runas,
-                binds=tuple(config.containers.fixed_mounts),
+                binds=(*config.containers.fixed_mounts, *volume_binds),
                 gpus=eff.gpus,
                 gpu_driver=eff.gpu_driver,
                 grace_s=config.containers.stop_grace_s,

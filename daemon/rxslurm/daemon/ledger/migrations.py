@@ -507,3 +507,37 @@ def m015_env_secrets(db: Database) -> None:
         ) STRICT
         """
     )
+
+
+@migrations()
+def m016_volumes(db: Database) -> None:
+    """Named volumes (docs/volumes.md): a folder under [volumes] root that one project owns (its
+    runtime identity owns the folder; `folder_uid` is whom root handed it to, as
+    projects.workspace_uid) and projects of the same owners mount at a path of their choice."""
+    statements = [
+        """
+        CREATE TABLE volumes (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            project_id INTEGER NOT NULL REFERENCES projects(id),
+            path TEXT NOT NULL,
+            folder_uid INTEGER,
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        ) STRICT
+        """,
+        "CREATE INDEX volumes_project ON volumes (project_id)",
+        """
+        CREATE TABLE volume_mounts (
+            project_id INTEGER NOT NULL REFERENCES projects(id),
+            volume_id INTEGER NOT NULL REFERENCES volumes(id),
+            target TEXT NOT NULL,
+            read_only INTEGER NOT NULL,
+            PRIMARY KEY (project_id, volume_id),
+            UNIQUE (project_id, target)
+        ) STRICT
+        """,
+        "CREATE INDEX volume_mounts_volume ON volume_mounts (volume_id)",
+    ]
+    for statement in statements:
+        db.execute(statement)

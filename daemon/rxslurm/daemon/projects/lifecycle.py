@@ -15,6 +15,7 @@ from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects import service as projects
 from rxslurm.daemon.projects.environment import forget_secrets
+from rxslurm.daemon.projects.volumes import sync_project_volumes
 from rxslurm.daemon.projects.workspace_sync import (
     retire_folders,
     sync_snapshot_access,
@@ -92,4 +93,6 @@ def sync_or_warn(
     except (SnapshotError, OSError, ValueError) as exc:
         log.error("snapshot access sync failed", extra={"project": name, "error": str(exc)})
         warnings.append(f"snapshot access not updated: {exc}")
+    # Volumes it owns follow its members; volumes it mounts follow its runtime identity.
+    warnings.append(sync_project_volumes(ledger, config, name, revoke))
     return "; ".join(w for w in warnings if w) or None

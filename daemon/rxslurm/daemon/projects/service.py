@@ -272,6 +272,15 @@ def delete_project(ledger: Ledger, actor: Actor, name: str) -> str:
                 f"project {name} has {building} image build(s) running; cancel them first "
                 f"(rxctl image list --project {name})"
             )
+        owned = [
+            r[0] for r in db.execute("SELECT name FROM volumes WHERE project_id = ?", [row["id"]])
+        ]
+        if owned:
+            raise Conflict(
+                f"project {name} owns volume(s) {', '.join(owned)}; remove them first "
+                f"(rxctl volume rm --project {name} NAME)"
+            )
+        db.execute("DELETE FROM volume_mounts WHERE project_id = ?", [row["id"]])
         for c in containers:
             db.execute("DELETE FROM jobs WHERE container_id = ?", [c["id"]])
             db.execute("DELETE FROM exec_sessions WHERE container_id = ?", [c["id"]])
