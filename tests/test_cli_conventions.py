@@ -176,6 +176,8 @@ NO_PROJECT = {
     "admin containers",
     "admin quota list",
     "admin quota rm",
+    "gc",
+    "admin gc",
 }
 # A NEW name is made: it is the argument, never guessed from $RX_PROJECT (docs/cli.md says why).
 NEW_NAME = {"project create"}

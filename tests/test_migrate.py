@@ -124,6 +124,7 @@ ALL_MIGRATIONS = [
     "m007_overlay_snapshots",
     "m008_image_builds",
     "m011_job_flags",
+    "m014_labels",
 ]
 
 
@@ -144,7 +145,7 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("ALTER TABLE binding_codes DROP COLUMN for_uid")
         db.execute("ALTER TABLE projects DROP COLUMN run_as_user")
         db.execute("ALTER TABLE projects DROP COLUMN workspace_uid")
-        for table in ("build_leases", "image_builds", "image_drafts"):
+        for table in ("build_leases", "image_builds", "image_drafts", "project_labels"):
             db.execute(f"DROP TABLE {table}")
         db.execute("ALTER TABLE projects DROP COLUMN dev_mode")
         for column in ("account", "qos", '"constraint"', "reservation"):

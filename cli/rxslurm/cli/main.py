@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "disable": "rxslurm.cli.commands_container:disable",
     "enable": "rxslurm.cli.commands_container:enable",
     "exec": "rxslurm.cli.commands_exec:exec_",
+    "gc": "rxslurm.cli.commands_gc:gc",
     "history": "rxslurm.cli.commands_history:history",
     "image": "rxslurm.cli.commands_image:image",
     "list": "rxslurm.cli.commands_container:list_",

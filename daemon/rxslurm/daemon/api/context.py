@@ -10,6 +10,7 @@ from aiohttp import web
 from rxslurm.daemon.api.peercred import Caller
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.builds import BuildService
+from rxslurm.daemon.containers.gc import GcService
 from rxslurm.daemon.containers.reconciler import Reconciler
 from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.ledger.store import Ledger
@@ -26,6 +27,7 @@ class Daemon:
     containers: ContainerService = field(init=False)
     reconciler: Reconciler = field(init=False)
     builds: BuildService = field(init=False)
+    gc: GcService = field(init=False)
 
     def __post_init__(self) -> None:
         self.partitions = PartitionCache(self.slurm)
@@ -41,6 +43,7 @@ class Daemon:
         self.builds = BuildService(self.containers)
         self.builds.validate_resources = self.partitions.validate
         self.reconciler.extra_passes.append(self.builds.reconcile)
+        self.gc = GcService(self.ledger, self.config, self.containers.clock)
 
     def is_admin(self, caller: Caller) -> bool:
         return caller.is_root or self.config.daemon.admin_group in caller.groups

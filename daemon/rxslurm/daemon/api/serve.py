@@ -16,6 +16,7 @@ from rxslurm.daemon.api import (
     munge_door,
     routes_admin,
     routes_containers,
+    routes_gc,
     routes_identity,
     routes_images,
     routes_logs,
@@ -49,6 +50,7 @@ ROUTES = [
     *routes_logs.routes,
     *routes_images.routes,
     *routes_admin.routes,
+    *routes_gc.routes,
 ]
 
 
