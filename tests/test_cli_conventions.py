@@ -206,6 +206,7 @@ REST = {
     "project member add": ["rxbob", "--role", "editor"],
     "project member rm": ["rxbob"],
     "project member set-role": ["rxbob", "viewer"],
+    "project label": ["keep=true"],
     "admin stop": [],
     "snapshot": [],
     "image build": ["main"],
@@ -223,7 +224,9 @@ REST = {
     "image draft list": [],
 }
 # The commands that took the project as their first argument before -P/--project.
-NAMED_FIRST_BEFORE = {p for p in REST if p.startswith("project ")} | {"admin stop"}
+NAMED_FIRST_BEFORE = {p for p in REST if p.startswith("project ") and p != "project label"} | {
+    "admin stop"
+}
 
 
 def context(command: click.Command) -> click.Context:

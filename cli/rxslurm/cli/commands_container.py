@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from typing import Any
+from urllib.parse import urlencode
 
 import click
 
@@ -164,15 +165,26 @@ def snapshot(client: Client, project: str | None, json_: bool) -> None:
 
 
 @click.command(name="list")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only projects with this label (repeat: with every one).",
+)
 @list_command
-def list_(client: Client, json_: bool, shape: render.Shape) -> None:
+def list_(client: Client, json_: bool, shape: render.Shape, labels: tuple[str, ...]) -> None:
     """List the containers of your projects.
 
-    Example: rxctl list --noheader --format project,state
+    Example: rxctl list --noheader --format project,state --label team=vision
     """
-    print_list(
-        client.get(routes.CONTAINERS), "containers", render.container_list_lines, json_, shape
-    )
+    for label in labels:
+        if "=" not in label:
+            raise click.BadParameter(f"{label!r} is not KEY=VALUE", param_hint="--label")
+    route = routes.CONTAINERS
+    if labels:
+        route += "?" + urlencode([("label", label) for label in labels])
+    print_list(client.get(route), "containers", render.container_list_lines, json_, shape)
 
 
 COMMANDS = (enable, start, stop, disable, retry, status, list_, snapshot)

@@ -12,6 +12,7 @@ from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
 from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.errors import Forbidden
+from rxslurm.daemon.projects.labels import parse_pair
 from rxslurm.daemon.slow_work import run_slow
 from rxslurm.protocol import routes as route
 
@@ -79,5 +80,7 @@ async def job_event(request: web.Request) -> web.Response:
 async def mine(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
-    result = await asyncio.to_thread(daemon.containers.list_containers, actor)
+    # ?label=key=value, repeated: only projects that carry every one.
+    wanted = dict(parse_pair(text) for text in request.query.getall("label", []))
+    result = await asyncio.to_thread(daemon.containers.list_containers, actor, wanted)
     return json_response({"containers": result})
