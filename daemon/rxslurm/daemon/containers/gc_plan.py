@@ -2,11 +2,11 @@
 (containers/gc.py), so each rule is tested without files or users.
 
 - A pulled image goes when no project or container names its reference and it was installed
-  before the cutoff.
+  at or before the cutoff.
 - A quarantined folder (a deleted project's container or build folder) goes when it was moved to
-  quarantine before the cutoff.
+  quarantine at or before the cutoff.
 - An overlay backup (`overlay.img.before-*`, a reset's or an import's) goes when it was made
-  before the cutoff.
+  at or before the cutoff.
 - A holder job's log and status file go when the job is not one whose log is kept
   (`containers.job_logs_kept`, and the current job) and is older than the newest job rxd knows.
 - A snapshot goes when the ledger knows it and it is not one of the newest
@@ -51,11 +51,11 @@ class Item:
 def unused_images(
     cached: Iterable[CachedImage], in_use: Collection[str], cutoff: int
 ) -> list[Item]:
-    """Cached images whose file no project or container names, installed before ``cutoff``."""
+    """Cached images whose file no project or container names, installed at or before ``cutoff``."""
     return [
         Item("image", c.name, "root", c.bytes)
         for c in cached
-        if c.name not in in_use and c.installed < cutoff
+        if c.name not in in_use and c.installed <= cutoff
     ]
 
 
@@ -63,7 +63,7 @@ def old_quarantine(entries: Iterable[Quarantined], cutoff: int) -> list[Item]:
     return [
         Item("quarantined", q.name, "root", q.bytes)
         for q in entries
-        if q.moved is not None and q.moved < cutoff
+        if q.moved is not None and q.moved <= cutoff
     ]
 
 
@@ -90,7 +90,7 @@ def container_items(container: Container, entries: Iterable[Entry], cutoff: int)
 
 def _goes(container: Container, entry: Entry, cutoff: int) -> bool:
     if entry.kind == "backup":
-        return entry.changed < cutoff
+        return entry.changed <= cutoff
     if entry.kind in ("job-log", "job-status"):
         found = _JOB_FILE.fullmatch(entry.name)
         if found is None or container.newest_job is None:

@@ -1,0 +1,103 @@
+"""Garbage collection on the real cluster with the real Apptainer: `rxctl admin gc --dry-run`
+lists an image no project names and a deleted project's quarantined container folder with their
+sizes and changes nothing; `rxctl admin gc` frees them; a project labelled keep=true keeps its
+overlay and its backups; the removal is audited."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rxslurm.daemon.images.cache import image_file_name
+from tests.support.cli import ok, output
+from tests.support.cluster import run_as
+from tests.support.daemon import Rxd
+from tests.support.lifecycle import ADMIN, lifecycle_rxd, make_project, wait_state
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
+
+OWNER = "rxalice"
+GONE = "gcgone"
+KEPT = "gckept"
+UNUSED = "docker://example.invalid/unused:1"
+BACKUP = "overlay.img.before-reset-20260101T000000Z"
+
+
+@pytest.fixture(scope="module")
+def rxd() -> Iterator[Rxd]:
+    with lifecycle_rxd(bind=(OWNER,)) as daemon:
+        yield daemon
+
+
+def ran_once(rxd: Rxd, project: str) -> Path:
+    """The project's container ran and stopped: its folder holds an overlay and a job's log."""
+    make_project(rxd, project)
+    ok(rxd.rxctl(OWNER, "enable", "--project", project))
+    wait_state(rxd, project, "running")
+    ok(rxd.rxctl(OWNER, "stop", "--project", project))
+    wait_state(rxd, project, "stopped")
+    return rxd.root / "containers" / f"rx-{project}"
+
+
+def admin_gc(rxd: Rxd, *options: str) -> dict:
+    return json.loads(
+        ok(rxd.rxctl(ADMIN, "admin", "gc", "--older-than", "0", *options, "--json")).stdout
+    )
+
+
+def test_gc_frees_an_unused_image_and_a_deleted_projects_folder_and_keeps_keep_true(
+    rxd: Rxd,
+) -> None:
+    kept = ran_once(rxd, KEPT)
+    ok(rxd.rxctl(OWNER, "project", "label", "--project", KEPT, "keep=true"))
+    # A backup as a reset leaves it, made by the runtime user in its own folder.
+    ok(run_as(OWNER, ["cp", "--sparse=always", str(kept / "overlay.img"), str(kept / BACKUP)]))
+    gone_folder = ran_once(rxd, GONE)
+    assert gone_folder.is_dir()
+    ok(rxd.rxctl(OWNER, "disable", "--project", GONE))
+    wait_state(rxd, GONE, "disabled")
+    ok(rxd.rxctl(OWNER, "project", "delete", "--project", GONE, "--yes"))
+    assert not gone_folder.exists()
+    (quarantined,) = [
+        p
+        for p in (rxd.root / "containers" / ".quarantine").iterdir()
+        if p.name.startswith(f"rx-{GONE}.")
+    ]
+    # An image pulled long ago for a project since changed or deleted: no project names it.
+    image = rxd.root / "images" / image_file_name(UNUSED)
+    image.write_bytes(os.urandom(2 << 20))
+    os.chmod(image, 0o644)
+
+    listed = admin_gc(rxd, "--dry-run")
+
+    by_kind = {(i["kind"], i["name"]): i for i in listed["items"]}
+    assert by_kind[("image", image.name)]["bytes"] >= 2 << 20
+    assert by_kind[("quarantined", quarantined.name)]["bytes"] > 0
+    assert by_kind[("image", image.name)]["owner"] == "root"
+    assert KEPT not in {i["project"] for i in listed["items"]}
+    assert listed["bytes"] == sum(i["bytes"] for i in listed["items"])
+    assert image.exists() and quarantined.exists()
+    text = output(rxd.rxctl(ADMIN, "admin", "gc", "--older-than", "0", "--dry-run"))
+    assert image.name in text and "would free" in text
+
+    freed = admin_gc(rxd)
+
+    assert freed["failed"] == []
+    assert {(i["kind"], i["name"]) for i in freed["items"]} >= {
+        ("image", image.name),
+        ("quarantined", quarantined.name),
+    }
+    assert not image.exists() and not quarantined.exists()
+    assert (kept / "overlay.img").exists() and (kept / BACKUP).exists()
+    ((detail,),) = rxd.ledger_rows("SELECT detail FROM events WHERE action = 'gc.collected'")
+    assert json.loads(detail)["bytes"] == freed["bytes"]
+
+
+def test_a_member_who_is_no_admin_cannot_collect_for_the_deployment(rxd: Rxd) -> None:
+    result = rxd.rxctl(OWNER, "admin", "gc", "--dry-run")
+    assert result.returncode != 0
+    assert "admin" in result.stderr
