@@ -209,6 +209,7 @@ REST = {
     "project label": ["keep=true"],
     "admin stop": [],
     "snapshot": [],
+    "reset": [],
     "image build": ["main"],
     "image cancel": ["1"],
     "image delete": ["1"],

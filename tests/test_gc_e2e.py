@@ -101,3 +101,40 @@ def test_a_member_who_is_no_admin_cannot_collect_for_the_deployment(rxd: Rxd) ->
     result = rxd.rxctl(OWNER, "admin", "gc", "--dry-run")
     assert result.returncode != 0
     assert "admin" in result.stderr
+
+
+RESET = "gcreset"
+INSTALL = "mkdir -p /opt/rx && echo v1 > /opt/rx/VERSION"
+
+
+def test_reset_keeps_the_old_layer_as_a_backup_that_gc_later_removes(rxd: Rxd) -> None:
+    make_project(rxd, RESET)
+    ok(rxd.rxctl(OWNER, "enable", "--project", RESET))
+    wait_state(rxd, RESET, "running")
+    ok(rxd.rxctl(OWNER, "exec", "--project", RESET, "--", "sh", "-c", INSTALL))
+    awake = rxd.rxctl(OWNER, "reset", "--project", RESET)
+    assert awake.returncode == 1 and "asleep" in awake.stderr
+    ok(rxd.rxctl(OWNER, "stop", "--project", RESET))
+    wait_state(rxd, RESET, "stopped")
+
+    answer = json.loads(ok(rxd.rxctl(OWNER, "reset", "--project", RESET, "--json")).stdout)
+
+    backup = Path(answer["backup"])
+    assert backup.name.startswith("overlay.img.before-reset-") and answer["backup_bytes"] > 0
+    ok(rxd.rxctl(OWNER, "start", "--project", RESET))
+    wait_state(rxd, RESET, "running")
+    gone = rxd.rxctl(OWNER, "exec", "--project", RESET, "--", "test", "-e", "/opt/rx/VERSION")
+    assert gone.returncode == 1, "the reset container still has what was installed"
+    ok(rxd.rxctl(OWNER, "stop", "--project", RESET))
+    wait_state(rxd, RESET, "stopped")
+    assert rxd.ledger_rows("SELECT 1 FROM events WHERE action = 'container.reset'")
+    kept = json.loads(ok(rxd.rxctl(OWNER, "gc", "--dry-run", "--json")).stdout)
+    assert backup.name not in {i["name"] for i in kept["items"]}  # younger than 30 days
+
+    freed = json.loads(ok(rxd.rxctl(OWNER, "gc", "--older-than", "0", "--json")).stdout)
+
+    (item,) = [i for i in freed["items"] if i["kind"] == "backup"]
+    assert (item["name"], item["project"], item["owner"]) == (backup.name, RESET, OWNER)
+    assert item["bytes"] > 0
+    assert not backup.exists()
+    assert (backup.parent / "overlay.img").exists()

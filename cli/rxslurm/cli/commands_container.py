@@ -1,4 +1,4 @@
-"""`rxctl enable/start/stop/disable/retry/status/list/snapshot`: a project's container."""
+"""`rxctl enable/start/stop/disable/retry/status/list/snapshot/reset`: a project's container."""
 
 from __future__ import annotations
 
@@ -164,6 +164,31 @@ def snapshot(client: Client, project: str | None, json_: bool) -> None:
     echo(str(result["message"]))
 
 
+@click.command()
+@project_option
+@json_option
+@click.pass_obj
+@api_errors
+def reset(client: Client, project: str | None, json_: bool) -> None:
+    """Start the container over with a new, empty overlay; it must be asleep (owner).
+
+    What was installed in the container goes; the workspace stays. The old overlay is kept in
+    the container's folder as overlay.img.before-reset-TIME until `rxctl gc` removes it (after
+    --older-than, 30 days by default).
+
+    Example: rxctl reset --project alpha
+    """
+    name = choose_project(client, project)
+    result = client.post(routes.path(routes.PROJECT_RESET, name))
+    if json_:
+        emit_json(result)
+        return
+    echo(
+        f"Reset {result['project']}: a new, empty overlay; the old one is kept as "
+        f"{result['backup']} until rxctl gc removes it."
+    )
+
+
 @click.command(name="list")
 @click.option(
     "--label",
@@ -187,4 +212,4 @@ def list_(client: Client, json_: bool, shape: render.Shape, labels: tuple[str, .
     print_list(client.get(route), "containers", render.container_list_lines, json_, shape)
 
 
-COMMANDS = (enable, start, stop, disable, retry, status, list_, snapshot)
+COMMANDS = (enable, start, stop, disable, retry, status, list_, snapshot, reset)

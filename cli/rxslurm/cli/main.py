@@ -33,6 +33,7 @@ LAZY_COMMANDS = {
     "list": "rxslurm.cli.commands_container:list_",
     "logs": "rxslurm.cli.commands_logs:logs",
     "project": "rxslurm.cli.commands_project:project",
+    "reset": "rxslurm.cli.commands_container:reset",
     "retry": "rxslurm.cli.commands_container:retry",
     "run": "rxslurm.cli.commands_run:run",
     "shell": "rxslurm.cli.commands_exec:shell",

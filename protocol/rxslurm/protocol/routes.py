@@ -50,6 +50,8 @@ PROJECT_BATCH_PLAN = f"{PROJECT}/batch-plan"
 # A read-only copy of the container's overlay for batch steps, now or when it next sleeps.
 PROJECT_SNAPSHOT = f"{PROJECT}/snapshot"
 CONTAINERS = f"{V1}/containers"
+# A new, empty overlay for a sleeping container, the old one kept as a backup (POST; owners).
+PROJECT_RESET = f"{PROJECT}/reset"
 # A project's labels (POST: set and remove; keep=true and free-form key=value).
 PROJECT_LABELS = f"{PROJECT}/labels"
 # Garbage collection in the caller's own projects (POST; a dry run lists what would go).

@@ -1,5 +1,5 @@
 """A project's container: enable, start, stop, disable, retry, status, the batch
-plan, overlay snapshots; the caller's containers."""
+plan, overlay snapshots, a reset; the caller's containers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from aiohttp import web
 from rxslurm.daemon.api.app import caller_of, json_response
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
+from rxslurm.daemon.containers.reset import reset_overlay
 from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.errors import Forbidden
 from rxslurm.daemon.projects.labels import parse_pair
@@ -54,6 +55,15 @@ async def snapshot(request: web.Request) -> web.Response:
     answer = await run_slow(
         ContainerService.snapshot, daemon.containers, actor, request.match_info["name"]
     )
+    return json_response(answer)
+
+
+@routes.post(route.PROJECT_RESET)
+async def reset(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    # A new overlay is made and swapped in as the runtime user: slow work's own pool.
+    answer = await run_slow(reset_overlay, daemon.containers, actor, request.match_info["name"])
     return json_response(answer)
 
 

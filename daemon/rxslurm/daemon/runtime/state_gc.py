@@ -4,7 +4,8 @@ runtime user.
 The folder is the runtime user's, so root never reads or deletes there: like the job-log cleaner,
 a constant script runs *as the runtime user* (isolated Python, a deadline). It opens the folder
 and `snapshots/` without following links and considers only entries named as rx-slurm names its
-own files: overlay backups (`overlay.img.before-<tag>`, left by a reset or an import), holder job
+own files: overlay backups (`overlay.img.before-<tag>`, left by a reset or an import, and a
+failed reset's `.new-overlay-*.img`), holder job
 logs and status files (`job-<N>.out`, `job-<N>.status`) and overlay snapshots
 (`snapshots/snap-<N>.img`). "list" answers each one's kind, size on disk and change time;
 "remove" unlinks the names rxd chose, each only if it still is a regular file of that user.
@@ -30,6 +31,8 @@ import json, os, re, stat, sys
 folder, mode, names = sys.argv[1], sys.argv[2], sys.argv[3]
 PATTERNS = (
     ("backup", re.compile(r"overlay\.img\.before-[A-Za-z0-9._-]{1,64}", re.ASCII)),
+    # A reset's new overlay left by a reset that failed (runtime/overlay_reset.py).
+    ("backup", re.compile(r"\.new-overlay-[0-9a-f]{8,32}\.img", re.ASCII)),
     ("job-log", re.compile(r"job-[0-9]{1,18}\.out", re.ASCII)),
     ("job-status", re.compile(r"job-[0-9]{1,18}\.status", re.ASCII)),
 )
