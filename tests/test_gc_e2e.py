@@ -138,3 +138,27 @@ def test_reset_keeps_the_old_layer_as_a_backup_that_gc_later_removes(rxd: Rxd) -
     assert item["bytes"] > 0
     assert not backup.exists()
     assert (backup.parent / "overlay.img").exists()
+
+
+FRESH = "gcfresh"
+
+
+def test_start_fresh_recreates_the_instance_state_on_the_same_overlay(rxd: Rxd) -> None:
+    folder = ran_once(rxd, FRESH)
+    ok(rxd.rxctl(OWNER, "start", "--project", FRESH))
+    wait_state(rxd, FRESH, "running")
+    ok(rxd.rxctl(OWNER, "exec", "--project", FRESH, "--", "sh", "-c", INSTALL))
+    awake = rxd.rxctl(OWNER, "start", "--project", FRESH, "--fresh")
+    assert awake.returncode == 1 and "asleep" in awake.stderr
+    ok(rxd.rxctl(OWNER, "stop", "--project", FRESH))
+    wait_state(rxd, FRESH, "stopped")
+    records = (folder / "apptainer").stat().st_ino
+
+    ok(rxd.rxctl(OWNER, "start", "--project", FRESH, "--fresh"))
+
+    wait_state(rxd, FRESH, "running")
+    assert (folder / "apptainer").stat().st_ino != records
+    ok(rxd.rxctl(OWNER, "exec", "--project", FRESH, "--", "test", "-e", "/opt/rx/VERSION"))
+    assert rxd.ledger_rows("SELECT 1 FROM events WHERE action = 'container.fresh'")
+    ok(rxd.rxctl(OWNER, "stop", "--project", FRESH))
+    wait_state(rxd, FRESH, "stopped")

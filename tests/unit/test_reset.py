@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon.containers.reset import reset_overlay
+from rxslurm.daemon.containers.reset import fresh_start, reset_overlay
 from rxslurm.daemon.errors import Conflict, Forbidden
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.timestamps import to_timestamp
@@ -92,3 +92,50 @@ def test_only_an_owner_resets(tmp_path: Path) -> None:
     with pytest.raises(Forbidden):
         reset_overlay(w.service, MANAGER, "alpha")
     assert (folder / "overlay.img").read_bytes() == b"installed software"
+
+
+# -- start --fresh ---------------------------------------------------------------------------------
+
+
+def with_instance_state(folder: Path, outside: Path) -> None:
+    (folder / "apptainer" / "instances").mkdir(parents=True)
+    (folder / "apptainer" / "instances" / "rx-alpha.json").write_text("{}")
+    (folder / "home").mkdir()
+    (folder / "home" / ".bashrc").write_text("alias x=y")
+    outside.mkdir()
+    (outside / "precious").write_text("not rx-slurm's")
+    (folder / "home" / "link").symlink_to(outside)
+
+
+def test_a_fresh_start_clears_the_instance_state_keeps_the_overlay_and_wakes(
+    tmp_path: Path,
+) -> None:
+    w, folder = sleeping(tmp_path)
+    outside = tmp_path / "outside"
+    with_instance_state(folder, outside)
+
+    view = fresh_start(w.service, OWNER, "alpha")
+
+    assert sorted(p.name for p in folder.iterdir()) == ["overlay.img", "overlay.lock"]
+    assert (folder / "overlay.img").read_bytes() == b"installed software"
+    assert (outside / "precious").read_text() == "not rx-slurm's"
+    assert view.state in ("starting", "waiting_for_resources") and w.slurm.jobs
+    (event,) = w.ledger.db.table("events").rows_where("action = 'container.fresh'")
+    assert json.loads(event["detail"])["removed"] == ["apptainer", "home"]
+
+
+def test_a_fresh_start_of_a_held_or_awake_container_changes_nothing(tmp_path: Path) -> None:
+    w, folder = sleeping(tmp_path)
+    with_instance_state(folder, tmp_path / "outside")
+    lock = os.open(folder / "overlay.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(Conflict, match="holds the container"):
+            fresh_start(w.service, OWNER, "alpha")
+    finally:
+        os.close(lock)
+    w.set("alpha", state="running")
+    with pytest.raises(Conflict, match="asleep"):
+        fresh_start(w.service, OWNER, "alpha")
+    assert (folder / "home" / ".bashrc").exists() and (folder / "apptainer").is_dir()
+    assert not w.slurm.jobs

@@ -24,9 +24,10 @@ from rxslurm.cli.render import status_lines
 from rxslurm.protocol import routes
 
 
-def _act(client: Client, project: str | None, action: str) -> dict[str, Any]:
+def _act(client: Client, project: str | None, action: str, fresh: bool = False) -> dict[str, Any]:
     name = choose_project(client, project)
-    answer: dict[str, Any] = client.post(routes.path(routes.CONTAINER_ACTION, name, action))
+    route = routes.path(routes.CONTAINER_ACTION, name, action) + ("?fresh=1" if fresh else "")
+    answer: dict[str, Any] = client.post(route)
     return answer
 
 
@@ -50,9 +51,12 @@ def _show(result: dict[str, Any], done: str, json_: bool) -> None:
     echo(f"{result['project']}: {done}; now {result['state']}{reason}")
 
 
-def _waiting(action: str, summary: str, example: str, done: str) -> click.Command:
+def _waiting(
+    action: str, summary: str, example: str, done: str, fresh: bool = False
+) -> click.Command:
     """A command that starts the container and, with --wait, waits until it runs: the progress
-    line, --timeout and Ctrl-C of `rxctl exec`'s wake, over the same exec socket."""
+    line, --timeout and Ctrl-C of `rxctl exec`'s wake, over the same exec socket. ``fresh``: it
+    takes --fresh (start)."""
 
     @click.command(
         name=action,
@@ -72,11 +76,16 @@ def _waiting(action: str, summary: str, example: str, done: str) -> click.Comman
     @click.pass_obj
     @api_errors
     def command(
-        client: Client, project: str | None, wait: bool, timeout: int | None, json_: bool
+        client: Client,
+        project: str | None,
+        wait: bool,
+        timeout: int | None,
+        json_: bool,
+        fresh: bool = False,
     ) -> None:
         if timeout is not None and not wait:
             raise click.UsageError("--timeout needs --wait")
-        result = _act(client, project, action)
+        result = _act(client, project, action, fresh)
         if not wait:
             _show(result, done, json_)
             return
@@ -91,6 +100,13 @@ def _waiting(action: str, summary: str, example: str, done: str) -> click.Comman
             sys.exit(code)  # Ctrl-C: rxd's words are on stderr already
         _show(client.get(routes.path(routes.CONTAINER_STATUS, name)), done, json_)
 
+    if fresh:
+        return click.option(
+            "--fresh",
+            is_flag=True,
+            help="Owner, container asleep: recreate its instance state and home on the same "
+            "overlay and workspace.",
+        )(command)
     return command
 
 
@@ -105,6 +121,7 @@ start = _waiting(
     "Wake the project's container (manager+).",
     "rxctl start --project alpha --wait --timeout 1h",
     "started",
+    fresh=True,
 )
 stop = _lifecycle(
     "stop",

@@ -4,15 +4,18 @@ plan, overlay snapshots, a reset; the caller's containers."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 
 from rxslurm.daemon.api.app import caller_of, json_response
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
-from rxslurm.daemon.containers.reset import reset_overlay
+from rxslurm.daemon.containers.reset import fresh_start, reset_overlay
 from rxslurm.daemon.containers.service import ContainerService
-from rxslurm.daemon.errors import Forbidden
+from rxslurm.daemon.containers.views import ContainerView
+from rxslurm.daemon.errors import BadRequest, Forbidden
+from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.projects.labels import parse_pair
 from rxslurm.daemon.slow_work import run_slow
 from rxslurm.protocol import routes as route
@@ -33,7 +36,13 @@ ACTIONS = {
 async def act(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
+    action: Callable[[ContainerService, Actor, str], ContainerView]
     action = ACTIONS[request.match_info["action"]]
+    fresh = request.query.get("fresh", "")
+    if fresh not in ("", "0", "1") or (fresh == "1" and action is not ContainerService.wake):
+        raise BadRequest("fresh is 0 or 1, and only for start")
+    if fresh == "1":
+        action = fresh_start
     # Enabling may pull an image and disabling waits for the job to stop: slow work's own pool.
     view = await run_slow(action, daemon.containers, actor, request.match_info["name"])
     return json_response(view.to_dict())

@@ -1,6 +1,9 @@
-"""`rxctl reset`: a sleeping container starts over with a new, empty overlay; the old one stays in
+"""Starting a container over, its owners only, audited.
+
+`rxctl reset`: a sleeping container starts over with a new, empty overlay; the old one stays in
 its folder as ``overlay.img.before-reset-<UTC time>`` until garbage collection removes it
-(containers/gc.py). Its owners only, audited.
+(containers/gc.py). `rxctl start --fresh`: a sleeping container's instance state (Apptainer's
+records, the home in its folder) goes and it starts again on the same overlay and workspace.
 
 The new overlay is made as the runtime user under a temporary name, then swapped in under the
 overlay's locks (runtime/overlay_reset.py): a job or an instance that holds the overlay makes the
@@ -21,15 +24,20 @@ from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.daemon.projects.service import authorize, runtime_identity
 from rxslurm.daemon.runtime.apptainer import ApptainerError
+from rxslurm.daemon.runtime.fresh_state import FreshError, StateBusy, clear_instance_state
 from rxslurm.daemon.runtime.overlay_reset import OverlayBusy, ResetError, backup_name, swap
 from rxslurm.protocol.states import State
 from rxslurm.slurm.runas import RunAs, RunAsError, run
 
 if TYPE_CHECKING:
     from rxslurm.daemon.containers.service import ContainerService
+    from rxslurm.daemon.containers.views import ContainerView
 
 
-def reset_overlay(service: ContainerService, actor: Actor, project: str) -> dict[str, Any]:
+def _asleep(
+    service: ContainerService, actor: Actor, project: str, doing: str
+) -> tuple[dict[str, Any], str]:
+    """The owner's sleeping container and its runtime user; Conflict otherwise."""
     with service.ledger.read() as db:
         row, _ = authorize(db, actor, project, Action.DISABLE)
         runtime_user = runtime_identity(db, service.config, row)
@@ -39,19 +47,31 @@ def reset_overlay(service: ContainerService, actor: Actor, project: str) -> dict
         raise Conflict(f"the container of {project} is not enabled")
     if container["state"] != State.STOPPED:
         raise Conflict(
-            f"the container of {project} is {container['state']}; a reset needs it asleep: "
+            f"the container of {project} is {container['state']}; {doing} needs it asleep: "
             f"rxctl stop --project {project}"
         )
     if runtime_user is None or container["runtime_user"] != runtime_user:
         raise Conflict(
             f"the container of {project} belongs to a former runtime identity; start it once "
-            "before a reset"
+            f"before {doing}"
         )
+    return container, runtime_user
+
+
+def _folder_user(service: ContainerService, project: str, runtime_user: str) -> RunAs | None:
+    """Who works in the container's folder, as for its snapshots (tests: this process)."""
+    try:
+        return service.snapshots.runas(runtime_user)
+    except RunAsError as exc:
+        raise Conflict(f"cannot act as the runtime user of {project}: {exc}") from None
+
+
+def reset_overlay(service: ContainerService, actor: Actor, project: str) -> dict[str, Any]:
+    container, runtime_user = _asleep(service, actor, project, "a reset")
     state_dir = container["state_dir"]
+    who = _folder_user(service, project, runtime_user)
     try:
         owner = RunAs.for_user(runtime_user)
-        # Who works in the container's folder, as for its snapshots (tests: this process).
-        who = service.snapshots.runas(runtime_user)
     except RunAsError as exc:
         raise Conflict(f"cannot reset {project}: {exc}") from None
     new = f".new-overlay-{secrets.token_hex(8)}.img"
@@ -74,6 +94,24 @@ def reset_overlay(service: ContainerService, actor: Actor, project: str) -> dict
         detail = {"backup": backup, "backup_bytes": old_bytes}
         record_actor_event(db, actor, "container.reset", "project", project, detail)
     return {"project": project, "backup": f"{state_dir}/{backup}", "backup_bytes": old_bytes}
+
+
+def fresh_start(service: ContainerService, actor: Actor, project: str) -> ContainerView:
+    """Clear the sleeping container's instance state, then wake it (``rxctl start --fresh``)."""
+    container, runtime_user = _asleep(service, actor, project, "a fresh start")
+    who = _folder_user(service, project, runtime_user)
+    try:
+        removed = clear_instance_state(container["state_dir"], who)
+    except StateBusy:
+        raise Conflict(
+            f"a job still holds the container of {project}; nothing was changed"
+        ) from None
+    except FreshError as exc:
+        raise Unavailable(f"cannot start {project} fresh: {exc}") from None
+    with service.ledger.transaction() as db:
+        detail = {"removed": removed}
+        record_actor_event(db, actor, "container.fresh", "project", project, detail)
+    return service.wake(actor, project)
 
 
 def _remove_as(who: RunAs | None, path: Path) -> None:
