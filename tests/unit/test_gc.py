@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,14 @@ from rxslurm.daemon.api.routes_gc import parse_gc_body
 from rxslurm.daemon.config import Config, ContainersConfig
 from rxslurm.daemon.containers.gc import GcService
 from rxslurm.daemon.containers.gc_plan import (
+    BuiltImage,
     Container,
     container_items,
     old_quarantine,
+    unused_builds,
     unused_images,
 )
-from rxslurm.daemon.errors import BadRequest
+from rxslurm.daemon.errors import BadRequest, Conflict, Unavailable
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.images.cache import image_file_name
 from rxslurm.daemon.images.cache_walk import CachedImage, in_use
@@ -31,6 +34,7 @@ from rxslurm.daemon.projects import labels
 from rxslurm.daemon.quarantine import Quarantined, moved_at
 from rxslurm.daemon.runtime import state_gc
 from rxslurm.daemon.runtime.state_gc import Entry, StateGcError, parse_output
+from tests.unit.test_image_build_service import Builds, dev_mode
 from tests.unit.test_reconciler_edges import OWNER, World, world
 
 DAY = 86400
@@ -369,3 +373,112 @@ def test_a_bad_gc_request_is_refused_with_a_reason(body: dict) -> None:  # type:
 
 def test_a_gc_request_defaults_to_thirty_days_and_no_dry_run() -> None:
     assert parse_gc_body({}) == (False, 30 * DAY)
+
+
+# -- built images ---------------------------------------------------------------------------------
+
+
+def test_a_built_image_goes_when_no_project_names_it_and_it_is_old_enough() -> None:
+    builds = [
+        BuiltImage(1, "alpha", "nobody", "/s/rx-alpha-build-1/image.sif", 10, 100),
+        BuiltImage(2, "alpha", "nobody", "/s/rx-alpha-build-2/image.sif", 20, 100),
+        BuiltImage(3, "alpha", "nobody", "/s/rx-alpha-build-3/image.sif", 30, 300),
+        BuiltImage(4, "alpha", "nobody", "/s/rx-alpha-build-4/image.sif", 40, None),
+    ]
+    chosen = unused_builds(builds, {"/s/rx-alpha-build-2/image.sif"}, cutoff=200)
+    assert [(b, i.kind, i.bytes, i.project) for b, i in chosen] == [(1, "built-image", 10, "alpha")]
+
+
+def add_build(w: World, project: str, build_id: int, ended: str) -> str:
+    path = f"/srv/rx-{project}-build-{build_id}/image.sif"
+    with w.ledger.transaction() as db:
+        db.table("image_builds").insert(
+            {
+                "id": build_id,
+                "project_id": w.row(project)["project_id"],
+                "name": f"img{build_id}",
+                "draft": "main",
+                "definition": "Bootstrap: docker",
+                "state": "succeeded",
+                "runtime_user": "nobody",
+                "runtime_uid": 65534,
+                "build_dir": f"/srv/rx-{project}-build-{build_id}",
+                "context": ".",
+                "image_path": path,
+                "size_bytes": 1000 * build_id,
+                "created_at": ended,
+                "created_by": "ada",
+                "ended_at": ended,
+                "updated_at": ended,
+            }
+        )
+    return path
+
+
+def test_unused_built_images_are_listed_removed_through_the_build_service_and_audited(
+    tmp_path: Path,
+) -> None:
+    w, service = gc_world(tmp_path, "alpha", "beta")
+    old = to_timestamp(w.clock() - timedelta(days=60))
+    add_build(w, "alpha", 1, old)
+    used = add_build(w, "alpha", 2, old)
+    add_build(w, "alpha", 3, to_timestamp(w.clock()))
+    add_build(w, "beta", 4, old)
+    w.set("alpha", image=used)
+    with w.ledger.transaction() as db:
+        labels.apply(db, w.row("beta")["project_id"], {"keep": "true"}, (), at="t", by="ada")
+    removed: list[int] = []
+    service.remove_build = removed.append
+
+    listed = service.collect(OWNER, deployment=False, dry_run=True, older_than_s=30 * DAY)
+    assert [i["name"] for i in listed["items"] if i["kind"] == "built-image"] == [
+        "/srv/rx-alpha-build-1/image.sif"
+    ]
+    assert removed == []
+
+    done = service.collect(OWNER, deployment=False, dry_run=False, older_than_s=30 * DAY)
+    assert removed == [1]
+    assert [i["bytes"] for i in done["items"] if i["kind"] == "built-image"] == [1000]
+
+
+def test_a_build_that_cannot_go_is_reported_and_the_rest_goes_on(tmp_path: Path) -> None:
+    w, service = gc_world(tmp_path, "alpha")
+    old = to_timestamp(w.clock() - timedelta(days=60))
+    add_build(w, "alpha", 1, old)
+    add_build(w, "alpha", 2, old)
+    removed: list[int] = []
+
+    def remove(build_id: int) -> None:
+        if build_id == 1:
+            raise Unavailable("cannot remove the files of build 1: busy")
+        removed.append(build_id)
+
+    service.remove_build = remove
+    done = service.collect(OWNER, deployment=False, dry_run=False, older_than_s=DAY)
+
+    assert removed == [2]
+    assert [f["kind"] for f in done["failed"]] == ["built-image"]
+    assert not (tmp_path / "alpha" / "job-1.out").exists()
+
+
+def test_the_build_service_keeps_a_build_named_again_and_removes_one_no_one_names(
+    tmp_path: Path,
+) -> None:
+    w = world(tmp_path, ("alpha", "stopped"))
+    dev_mode(w)
+    builds = Builds(w)
+    old = to_timestamp(w.clock())
+    named = add_build(w, "alpha", 1, old)
+    add_build(w, "alpha", 2, old)
+    with w.ledger.transaction() as db:
+        # Files already gone: only the record is left to remove.
+        db.execute("UPDATE image_builds SET build_dir = ''")
+    w.set("alpha", image=named)
+
+    with pytest.raises(Conflict, match="in use again"):
+        builds.service.remove_unused(1)
+    builds.service.remove_unused(2)
+    builds.service.remove_unused(99)  # gone meanwhile: nothing to do
+
+    ids = [r["id"] for r in w.ledger.db.table("image_builds").rows]
+    assert ids == [1]

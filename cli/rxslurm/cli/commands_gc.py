@@ -77,9 +77,9 @@ def run_gc(client: Client, route: str, dry_run: bool, older_than_s: int, json_: 
 def gc(client: Client, dry_run: bool, older_than_s: int, json_: bool) -> None:
     """Remove what your own projects' containers no longer need.
 
-    Overlay backups (a reset's or an import's) older than --older-than, holder job logs and
-    status files beyond those kept, overlay snapshots beyond the newest kept. A project labelled
-    keep=true is left alone.
+    Overlay backups (a reset's or an import's) and built images no project names, older than
+    --older-than; holder job logs and status files beyond those kept; overlay snapshots beyond
+    the newest kept. A project labelled keep=true is left alone.
 
     Example: rxctl gc --dry-run --older-than 7d
     """

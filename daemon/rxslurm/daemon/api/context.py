@@ -44,6 +44,7 @@ class Daemon:
         self.builds.validate_resources = self.partitions.validate
         self.reconciler.extra_passes.append(self.builds.reconcile)
         self.gc = GcService(self.ledger, self.config, self.containers.clock)
+        self.gc.remove_build = self.builds.remove_unused
 
     def is_admin(self, caller: Caller) -> bool:
         return caller.is_root or self.config.daemon.admin_group in caller.groups

@@ -22,19 +22,22 @@ from typing import Any
 
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.gc_plan import (
+    BuiltImage,
     Container,
     Item,
     container_items,
     old_quarantine,
     total_bytes,
+    unused_builds,
     unused_images,
 )
 from rxslurm.daemon.containers.job_logs import kept_jobs
+from rxslurm.daemon.errors import ApiError
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.images import cache_walk
 from rxslurm.daemon.images.cache import UnsafeImageDir
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
-from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
+from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp, utcnow
 from rxslurm.daemon.ports import Clock
 from rxslurm.daemon.projects.labels import kept_project_ids
 from rxslurm.daemon.projects.snapshot_access import file_name
@@ -79,6 +82,9 @@ class GcService:
         self.clock = clock
         # Who works in a container's folder: its runtime user (tests: None, this process).
         self.run_as: Callable[[str], RunAs | None] = RunAs.for_user
+        # Removes a built image's files and record (BuildService.remove_unused; api/context.py
+        # wires it). None: built images are listed but never removed.
+        self.remove_build: Callable[[int], None] | None = None
 
     def collect(
         self, actor: Actor, *, deployment: bool, dry_run: bool, older_than_s: int
@@ -87,31 +93,62 @@ class GcService:
         now = self.clock()
         cutoff = int((now - timedelta(seconds=older_than_s)).timestamp())
         outcome = Outcome()
+        owner = None if deployment else actor
         with self.ledger.read() as db:
-            folders = self._folders(db, None if deployment else actor)
-            images = cache_walk.in_use(self._images(db)) if deployment else set()
+            folders = self._folders(db, owner)
+            named = self._images(db)
+            builds = unused_builds(self._builds(db, owner), set(named), cutoff)
+        images = cache_walk.in_use(named) if deployment else set()
         for folder in folders:
             self._collect_folder(folder, cutoff, dry_run, outcome)
+        self._collect_builds(builds, dry_run, outcome)
         if deployment:
             self._collect_images(images, cutoff, dry_run, outcome)
             self._collect_quarantine(cutoff, dry_run, outcome)
         if not dry_run:
-            self._record(actor, deployment, older_than_s, folders, outcome)
+            self._record(actor, deployment, older_than_s, outcome)
         return outcome.view(dry_run, older_than_s)
 
+    @staticmethod
+    def _owned(owner: Actor | None) -> tuple[str, list[Any]]:
+        """The SQL condition (on projects ``p``) of the projects collected in, and its args."""
+        if owner is None:
+            return "", []
+        clause = (
+            " AND EXISTS (SELECT 1 FROM members m WHERE m.project_id = p.id"
+            " AND m.platform_user_id = ? AND m.role = 'owner')"
+        )
+        return clause, [owner.platform_user]
+
+    def _builds(self, db: LedgerDatabase, owner: Actor | None) -> list[BuiltImage]:
+        clause, args = self._owned(owner)
+        rows = db.execute(
+            "SELECT b.id, p.name, p.id, b.runtime_user, b.image_path, b.size_bytes, b.ended_at "
+            "FROM image_builds b JOIN projects p ON p.id = b.project_id "
+            "WHERE b.state = 'succeeded' AND b.image_path IS NOT NULL" + clause + " ORDER BY b.id",
+            args,
+        ).fetchall()
+        kept = kept_project_ids(db)
+        return [
+            BuiltImage(
+                build_id,
+                project,
+                user,
+                path,
+                size or 0,
+                None if ended is None else int(from_timestamp(ended).timestamp()),
+            )
+            for build_id, project, project_id, user, path, size, ended in rows
+            if project_id not in kept
+        ]
+
     def _folders(self, db: LedgerDatabase, owner: Actor | None) -> list[_Folder]:
+        clause, args = self._owned(owner)
         sql = (
             "SELECT c.id, c.state_dir, c.runtime_user, c.runtime_uid, p.name, p.id "
             "FROM containers c JOIN projects p ON p.id = c.project_id "
-            "WHERE c.state_dir IS NOT NULL AND c.runtime_user IS NOT NULL"
+            "WHERE c.state_dir IS NOT NULL AND c.runtime_user IS NOT NULL" + clause
         )
-        args: list[Any] = []
-        if owner is not None:
-            sql += (
-                " AND EXISTS (SELECT 1 FROM members m WHERE m.project_id = p.id"
-                " AND m.platform_user_id = ? AND m.role = 'owner')"
-            )
-            args.append(owner.platform_user)
         kept = kept_project_ids(db)
         folders = []
         rows = db.execute(sql + " ORDER BY p.name", args).fetchall()
@@ -180,6 +217,20 @@ class GcService:
                 if file_name(row) in gone:
                     db.table("overlay_snapshots").update(row["id"], {"removed_at": now})
 
+    def _collect_builds(self, items: list[tuple[int, Item]], dry_run: bool, out: Outcome) -> None:
+        for build_id, item in items:
+            if dry_run:
+                out.items.append(item)
+                continue
+            if self.remove_build is None:
+                continue
+            try:
+                self.remove_build(build_id)
+                out.items.append(item)
+            except ApiError as exc:
+                why = f"build {build_id}: {exc.message}"
+                out.failed.append({"project": item.project, "kind": item.kind, "error": why})
+
     def _collect_images(self, in_use: set[str], cutoff: int, dry_run: bool, out: Outcome) -> None:
         image_dir = self.config.containers.image_dir
         try:
@@ -213,14 +264,7 @@ class GcService:
                     {"project": None, "kind": "quarantined", "error": f"{item.name}: {exc}"}
                 )
 
-    def _record(
-        self,
-        actor: Actor,
-        deployment: bool,
-        older_than_s: int,
-        folders: list[_Folder],
-        out: Outcome,
-    ) -> None:
+    def _record(self, actor: Actor, deployment: bool, older_than_s: int, out: Outcome) -> None:
         if not out.items and not out.failed:
             return
         detail = {
@@ -232,20 +276,23 @@ class GcService:
             "failed": out.failed[:MAX_AUDITED],
         }
         target = ("deployment", "gc") if deployment else ("user", actor.name)
+        by_project: dict[str, list[Item]] = {}
+        for item in out.items:
+            if item.project is not None:
+                by_project.setdefault(item.project, []).append(item)
         with self.ledger.transaction() as db:
             record_actor_event(db, actor, "gc.collected", target[0], target[1], detail)
-            # Each project's history shows what went from its own container's folder.
-            for folder in folders:
-                if folder.items:
-                    record_actor_event(
-                        db,
-                        actor,
-                        "project.gc-collected",
-                        "project",
-                        folder.plan.project,
-                        {
-                            "removed": [i.view() for i in folder.items[:MAX_AUDITED]],
-                            "bytes": total_bytes(folder.items),
-                        },
-                    )
+            # Each project's history shows what went of its own.
+            for project, items in by_project.items():
+                record_actor_event(
+                    db,
+                    actor,
+                    "project.gc-collected",
+                    "project",
+                    project,
+                    {
+                        "removed": [i.view() for i in items[:MAX_AUDITED]],
+                        "bytes": total_bytes(items),
+                    },
+                )
         log.info("gc collected", extra={"count": len(out.items), "bytes": total_bytes(out.items)})

@@ -3,6 +3,8 @@
 
 - A pulled image goes when no project or container names its reference and it was installed
   at or before the cutoff.
+- A built image (a succeeded image build's SIF) goes when no project or container names its path
+  and the build ended at or before the cutoff; its record goes with it.
 - A quarantined folder (a deleted project's container or build folder) goes when it was moved to
   quarantine at or before the cutoff.
 - An overlay backup (`overlay.img.before-*`, a reset's or an import's) goes when it was made
@@ -32,7 +34,7 @@ _JOB_FILE = re.compile(r"job-([0-9]{1,18})\.(?:out|status)", re.ASCII)
 class Item:
     """One thing garbage collection removes (or, in a dry run, would)."""
 
-    kind: str  # image, quarantined, backup, job-log, job-status, snapshot
+    kind: str  # image, built-image, quarantined, backup, job-log, job-status, snapshot
     name: str  # a file name or a path relative to its container's folder
     owner: str  # who owns it on disk ("root", or the runtime user)
     bytes: int
@@ -56,6 +58,30 @@ def unused_images(
         Item("image", c.name, "root", c.bytes)
         for c in cached
         if c.name not in in_use and c.installed <= cutoff
+    ]
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """A succeeded image build, as the ledger records it."""
+
+    build_id: int
+    project: str
+    runtime_user: str
+    image_path: str
+    bytes: int
+    ended: int | None  # seconds since the epoch; None: unknown, kept
+
+
+def unused_builds(
+    builds: Iterable[BuiltImage], in_use: Collection[str], cutoff: int
+) -> list[tuple[int, Item]]:
+    """Built images whose path no project or container names, built at or before ``cutoff``,
+    with their build's id."""
+    return [
+        (b.build_id, Item("built-image", b.image_path, b.runtime_user, b.bytes, b.project))
+        for b in builds
+        if b.image_path not in in_use and b.ended is not None and b.ended <= cutoff
     ]
 
 
