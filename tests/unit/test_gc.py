@@ -482,3 +482,36 @@ def test_the_build_service_keeps_a_build_named_again_and_removes_one_no_one_name
 
     ids = [r["id"] for r in w.ledger.db.table("image_builds").rows]
     assert ids == [1]
+
+
+ENTRIES = st.builds(
+    Entry,
+    name=st.text(max_size=40),
+    kind=st.sampled_from(state_gc.KINDS),
+    bytes=st.integers(0, 1 << 50),
+    changed=st.integers(0, 1 << 40),
+)
+
+
+@given(st.lists(ENTRIES, max_size=5), st.lists(st.text(max_size=20), max_size=3))
+def test_the_scripts_answer_reads_back_what_it_says(items: list[Entry], names: list[str]) -> None:
+    answer = {
+        "items": [vars(e) | {"bytes": e.bytes} for e in items],
+        "removed": names,
+        "skipped": [],
+        "failed": [],
+    }
+    listing = parse_output(0, "noise\n" + json.dumps(answer))
+    assert listing.items == tuple(items) and listing.removed == tuple(names)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=3)))  # fmt: skip
+def test_any_json_answer_is_read_or_refused_as_malformed_never_crashes(value: object) -> None:
+    try:
+        listing = parse_output(0, json.dumps(value))
+    except StateGcError as exc:
+        assert str(exc).startswith("cannot collect garbage")
+    else:
+        assert all(e.kind in state_gc.KINDS and e.bytes >= 0 for e in listing.items)
