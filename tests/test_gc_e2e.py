@@ -1,7 +1,8 @@
 """Garbage collection on the real cluster with the real Apptainer: `rxctl admin gc --dry-run`
 lists an image no project names and a deleted project's quarantined container folder with their
 sizes and changes nothing; `rxctl admin gc` frees them; a project labelled keep=true keeps its
-overlay and its backups; the removal is audited."""
+overlay and its backups; the removal is audited. A reset keeps the old overlay as a backup that
+`rxctl gc` later removes; `rxctl start --fresh` recreates the instance state on the same overlay."""
 
 from __future__ import annotations
 
@@ -112,15 +113,15 @@ def test_reset_keeps_the_old_layer_as_a_backup_that_gc_later_removes(rxd: Rxd) -
     ok(rxd.rxctl(OWNER, "enable", "--project", RESET))
     wait_state(rxd, RESET, "running")
     ok(rxd.rxctl(OWNER, "exec", "--project", RESET, "--", "sh", "-c", INSTALL))
-    awake = rxd.rxctl(OWNER, "reset", "--project", RESET)
-    assert awake.returncode == 1 and "asleep" in awake.stderr
-    ok(rxd.rxctl(OWNER, "stop", "--project", RESET))
-    wait_state(rxd, RESET, "stopped")
+    unknown = rxd.rxctl(OWNER, "reset", "--project", "nosuch")
+    assert unknown.returncode == 1 and len(unknown.stderr.strip().splitlines()) == 1
 
+    # Awake: it is stopped first, then reset.
     answer = json.loads(ok(rxd.rxctl(OWNER, "reset", "--project", RESET, "--json")).stdout)
 
     backup = Path(answer["backup"])
     assert backup.name.startswith("overlay.img.before-reset-") and answer["backup_bytes"] > 0
+    assert wait_state(rxd, RESET, "stopped")["state"] == "stopped"
     ok(rxd.rxctl(OWNER, "start", "--project", RESET))
     wait_state(rxd, RESET, "running")
     gone = rxd.rxctl(OWNER, "exec", "--project", RESET, "--", "test", "-e", "/opt/rx/VERSION")
@@ -148,12 +149,9 @@ def test_start_fresh_recreates_the_instance_state_on_the_same_overlay(rxd: Rxd) 
     ok(rxd.rxctl(OWNER, "start", "--project", FRESH))
     wait_state(rxd, FRESH, "running")
     ok(rxd.rxctl(OWNER, "exec", "--project", FRESH, "--", "sh", "-c", INSTALL))
-    awake = rxd.rxctl(OWNER, "start", "--project", FRESH, "--fresh")
-    assert awake.returncode == 1 and "asleep" in awake.stderr
-    ok(rxd.rxctl(OWNER, "stop", "--project", FRESH))
-    wait_state(rxd, FRESH, "stopped")
     records = (folder / "apptainer").stat().st_ino
 
+    # Awake: it is stopped, its instance state cleared, and it starts again.
     ok(rxd.rxctl(OWNER, "start", "--project", FRESH, "--fresh"))
 
     wait_state(rxd, FRESH, "running")

@@ -54,12 +54,25 @@ def test_a_reset_swaps_in_a_new_overlay_and_keeps_the_old_as_a_backup(tmp_path: 
     assert json.loads(event["detail"])["backup"] == backup.name
 
 
-def test_an_awake_container_is_not_reset(tmp_path: Path) -> None:
+def test_an_awake_container_is_stopped_first_and_not_reset_until_it_has(tmp_path: Path) -> None:
     w, folder = sleeping(tmp_path)
-    w.set("alpha", state="running")
-    with pytest.raises(Conflict, match="asleep"):
-        reset_overlay(w.service, OWNER, "alpha")
+    job_id = w.add_job("alpha", "RUNNING")
+    w.set("alpha", state="running", desired="running")
+
+    with pytest.raises(Conflict, match="did not stop"):
+        reset_overlay(w.service, OWNER, "alpha", wait_s=0.05)
+
+    assert w.row("alpha")["desired"] == "stopped" and job_id in w.slurm.cancelled
     assert sorted(p.name for p in folder.iterdir()) == ["overlay.img"]
+
+
+def test_a_container_in_error_may_be_reset_but_not_one_being_pulled(tmp_path: Path) -> None:
+    w, folder = sleeping(tmp_path)
+    w.set("alpha", state="pulling")
+    with pytest.raises(Conflict, match="try again later"):
+        reset_overlay(w.service, OWNER, "alpha")
+    w.set("alpha", state="error")
+    assert Path(reset_overlay(w.service, OWNER, "alpha")["backup"]).exists()
 
 
 def test_an_overlay_a_job_holds_is_not_reset_and_the_new_one_goes_again(tmp_path: Path) -> None:
@@ -124,7 +137,7 @@ def test_a_fresh_start_clears_the_instance_state_keeps_the_overlay_and_wakes(
     assert json.loads(event["detail"])["removed"] == ["apptainer", "home"]
 
 
-def test_a_fresh_start_of_a_held_or_awake_container_changes_nothing(tmp_path: Path) -> None:
+def test_a_fresh_start_of_a_held_or_still_awake_container_clears_nothing(tmp_path: Path) -> None:
     w, folder = sleeping(tmp_path)
     with_instance_state(folder, tmp_path / "outside")
     lock = os.open(folder / "overlay.lock", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -134,8 +147,9 @@ def test_a_fresh_start_of_a_held_or_awake_container_changes_nothing(tmp_path: Pa
             fresh_start(w.service, OWNER, "alpha")
     finally:
         os.close(lock)
+    w.add_job("alpha", "RUNNING")
     w.set("alpha", state="running")
-    with pytest.raises(Conflict, match="asleep"):
-        fresh_start(w.service, OWNER, "alpha")
+    with pytest.raises(Conflict, match="did not stop"):
+        fresh_start(w.service, OWNER, "alpha", wait_s=0.05)
     assert (folder / "home" / ".bashrc").exists() and (folder / "apptainer").is_dir()
-    assert not w.slurm.jobs
+    assert w.row("alpha")["desired"] == "stopped"

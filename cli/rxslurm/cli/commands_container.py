@@ -104,8 +104,8 @@ def _waiting(
         return click.option(
             "--fresh",
             is_flag=True,
-            help="Owner, container asleep: recreate its instance state and home on the same "
-            "overlay and workspace.",
+            help="Owner: recreate its instance state and home on the same overlay and "
+            "workspace (an awake container is stopped first).",
         )(command)
     return command
 
@@ -187,9 +187,10 @@ def snapshot(client: Client, project: str | None, json_: bool) -> None:
 @click.pass_obj
 @api_errors
 def reset(client: Client, project: str | None, json_: bool) -> None:
-    """Start the container over with a new, empty overlay; it must be asleep (owner).
+    """Start the container over with a new, empty overlay (owner); it stays asleep.
 
-    What was installed in the container goes; the workspace stays. The old overlay is kept in
+    What was installed in the container goes; the workspace stays. An awake container is
+    stopped first. The old overlay is kept in
     the container's folder as overlay.img.before-reset-TIME until `rxctl gc` removes it (after
     --older-than, 30 days by default).
 

@@ -1,9 +1,10 @@
 """Starting a container over, its owners only, audited.
 
-`rxctl reset`: a sleeping container starts over with a new, empty overlay; the old one stays in
-its folder as ``overlay.img.before-reset-<UTC time>`` until garbage collection removes it
-(containers/gc.py). `rxctl start --fresh`: a sleeping container's instance state (Apptainer's
-records, the home in its folder) goes and it starts again on the same overlay and workspace.
+`rxctl reset`: the container starts over with a new, empty overlay; the old one stays in its
+folder as ``overlay.img.before-reset-<UTC time>`` until garbage collection removes it
+(containers/gc.py). `rxctl start --fresh`: the container's instance state (Apptainer's records,
+the home in its folder) goes and it starts again on the same overlay and workspace. An awake
+container is stopped first (as `rxctl disable` stops it); one in error may be reset too.
 
 The new overlay is made as the runtime user under a temporary name, then swapped in under the
 overlay's locks (runtime/overlay_reset.py): a job or an instance that holds the overlay makes the
@@ -26,8 +27,11 @@ from rxslurm.daemon.projects.service import authorize, runtime_identity
 from rxslurm.daemon.runtime.apptainer import ApptainerError
 from rxslurm.daemon.runtime.fresh_state import FreshError, StateBusy, clear_instance_state
 from rxslurm.daemon.runtime.overlay_reset import OverlayBusy, ResetError, backup_name, swap
-from rxslurm.protocol.states import State
+from rxslurm.protocol.states import ACTIVE, State
 from rxslurm.slurm.runas import RunAs, RunAsError, run
+
+# How long a reset or a fresh start waits for an awake container to stop, as a disable does.
+STOP_WAIT_S = 120.0
 
 if TYPE_CHECKING:
     from rxslurm.daemon.containers.service import ContainerService
@@ -35,21 +39,26 @@ if TYPE_CHECKING:
 
 
 def _asleep(
-    service: ContainerService, actor: Actor, project: str, doing: str
+    service: ContainerService, actor: Actor, project: str, doing: str, wait_s: float
 ) -> tuple[dict[str, Any], str]:
-    """The owner's sleeping container and its runtime user; Conflict otherwise."""
+    """The owner's container, stopped first when awake (as `rxctl disable` does), and its
+    runtime user; Conflict when it is not enabled or does not stop within ``wait_s``."""
     with service.ledger.read() as db:
         row, _ = authorize(db, actor, project, Action.DISABLE)
-        runtime_user = runtime_identity(db, service.config, row)
         rows = list(db.table("containers").rows_where("project_id = ?", [row["id"]]))
     container = rows[0] if rows else None
     if container is None or container["state"] == State.DISABLED or not container["state_dir"]:
         raise Conflict(f"the container of {project} is not enabled")
-    if container["state"] != State.STOPPED:
-        raise Conflict(
-            f"the container of {project} is {container['state']}; {doing} needs it asleep: "
-            f"rxctl stop --project {project}"
-        )
+    if container["state"] in ACTIVE:
+        service.stop(actor, project, Action.DISABLE)
+        stopped = service.wait_for(container["id"], lambda r: r["state"] not in ACTIVE, wait_s)
+        if stopped is None:
+            raise Conflict(f"the container of {project} did not stop within {wait_s:.0f}s")
+        container = stopped
+    if container["state"] not in (State.STOPPED, State.ERROR):
+        raise Conflict(f"the container of {project} is {container['state']}; try again later")
+    with service.ledger.read() as db:
+        runtime_user = runtime_identity(db, service.config, row)
     if runtime_user is None or container["runtime_user"] != runtime_user:
         raise Conflict(
             f"the container of {project} belongs to a former runtime identity; start it once "
@@ -66,8 +75,10 @@ def _folder_user(service: ContainerService, project: str, runtime_user: str) -> 
         raise Conflict(f"cannot act as the runtime user of {project}: {exc}") from None
 
 
-def reset_overlay(service: ContainerService, actor: Actor, project: str) -> dict[str, Any]:
-    container, runtime_user = _asleep(service, actor, project, "a reset")
+def reset_overlay(
+    service: ContainerService, actor: Actor, project: str, wait_s: float = STOP_WAIT_S
+) -> dict[str, Any]:
+    container, runtime_user = _asleep(service, actor, project, "a reset", wait_s)
     state_dir = container["state_dir"]
     who = _folder_user(service, project, runtime_user)
     try:
@@ -80,7 +91,8 @@ def reset_overlay(service: ContainerService, actor: Actor, project: str) -> dict
         service.runtime.create_overlay(
             Path(state_dir) / new, service.config.containers.overlay_size_mb, owner
         )
-        old_bytes = swap(state_dir, new, backup, who)
+        with service.snapshots.exclusive(container["id"]):
+            old_bytes = swap(state_dir, new, backup, who)
     except OverlayBusy:
         _remove_as(who, Path(state_dir) / new)
         raise Conflict(
@@ -96,12 +108,16 @@ def reset_overlay(service: ContainerService, actor: Actor, project: str) -> dict
     return {"project": project, "backup": f"{state_dir}/{backup}", "backup_bytes": old_bytes}
 
 
-def fresh_start(service: ContainerService, actor: Actor, project: str) -> ContainerView:
-    """Clear the sleeping container's instance state, then wake it (``rxctl start --fresh``)."""
-    container, runtime_user = _asleep(service, actor, project, "a fresh start")
+def fresh_start(
+    service: ContainerService, actor: Actor, project: str, wait_s: float = STOP_WAIT_S
+) -> ContainerView:
+    """Clear the container's instance state (stopping it first), then wake it
+    (``rxctl start --fresh``)."""
+    container, runtime_user = _asleep(service, actor, project, "a fresh start", wait_s)
     who = _folder_user(service, project, runtime_user)
     try:
-        removed = clear_instance_state(container["state_dir"], who)
+        with service.snapshots.exclusive(container["id"]):
+            removed = clear_instance_state(container["state_dir"], who)
     except StateBusy:
         raise Conflict(
             f"a job still holds the container of {project}; nothing was changed"
