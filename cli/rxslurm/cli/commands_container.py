@@ -23,9 +23,15 @@ from rxslurm.cli.project_choice import choose_project
 from rxslurm.cli.render import status_lines
 from rxslurm.protocol import routes
 
+# A reset or a fresh start may first wait up to two minutes for the container to stop, then make
+# a new overlay or remove a home: longer than a request's usual minute.
+STARTING_OVER_S = 600.0
+
 
 def _act(client: Client, project: str | None, action: str, fresh: bool = False) -> dict[str, Any]:
     name = choose_project(client, project)
+    if fresh:
+        client.timeout = max(client.timeout, STARTING_OVER_S)
     route = routes.path(routes.CONTAINER_ACTION, name, action) + ("?fresh=1" if fresh else "")
     answer: dict[str, Any] = client.post(route)
     return answer
@@ -197,6 +203,7 @@ def reset(client: Client, project: str | None, json_: bool) -> None:
     Example: rxctl reset --project alpha
     """
     name = choose_project(client, project)
+    client.timeout = max(client.timeout, STARTING_OVER_S)
     result = client.post(routes.path(routes.PROJECT_RESET, name))
     if json_:
         emit_json(result)

@@ -61,7 +61,13 @@ def gc_lines(answer: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+# rxd answers once everything is removed: a big quarantined folder or a slow shared filesystem
+# takes longer than a request's usual minute.
+GC_WAIT_S = 1800.0
+
+
 def run_gc(client: Client, route: str, dry_run: bool, older_than_s: int, json_: bool) -> None:
+    client.timeout = max(client.timeout, GC_WAIT_S)
     answer = client.post(route, {"dry_run": dry_run, "older_than_s": older_than_s})
     if json_:
         emit_json(answer)

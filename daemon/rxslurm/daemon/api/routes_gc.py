@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +12,7 @@ from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.request_actor import actor_of, admin_actor
 from rxslurm.daemon.containers.gc import DEFAULT_OLDER_THAN_S
 from rxslurm.daemon.errors import BadRequest
+from rxslurm.daemon.slow_work import run_slow
 from rxslurm.protocol import routes as route
 
 routes = web.RouteTableDef()
@@ -37,9 +38,9 @@ async def own_gc(request: web.Request) -> web.Response:
     actor = await actor_of(request)
     dry_run, older = parse_gc_body(await read_json(request, fields=FIELDS))
     daemon = daemon_of(request)
-    answer = await asyncio.to_thread(
-        daemon.gc.collect, actor, deployment=False, dry_run=dry_run, older_than_s=older
-    )
+    # Removals may take long (a big quarantined folder, a slow user script): slow work's pool.
+    collect = partial(daemon.gc.collect, deployment=False, dry_run=dry_run, older_than_s=older)
+    answer = await run_slow(collect, actor)
     return json_response(answer)
 
 
@@ -48,7 +49,7 @@ async def deployment_gc(request: web.Request) -> web.Response:
     actor = await admin_actor(request)
     dry_run, older = parse_gc_body(await read_json(request, fields=FIELDS))
     daemon = daemon_of(request)
-    answer = await asyncio.to_thread(
-        daemon.gc.collect, actor, deployment=True, dry_run=dry_run, older_than_s=older
-    )
+    # Removals may take long (a big quarantined folder, a slow user script): slow work's pool.
+    collect = partial(daemon.gc.collect, deployment=True, dry_run=dry_run, older_than_s=older)
+    answer = await run_slow(collect, actor)
     return json_response(answer)
