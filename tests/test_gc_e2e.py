@@ -54,10 +54,13 @@ def test_gc_frees_an_unused_image_and_a_deleted_projects_folder_and_keeps_keep_t
     rxd: Rxd,
 ) -> None:
     kept = ran_once(rxd, KEPT)
-    ok(rxd.rxctl(OWNER, "project", "label", "--project", KEPT, "keep=true"))
+    ok(rxd.rxctl(OWNER, "project", "label", "--project", KEPT, "keep=true", "team=cv"))
+    gone_folder = ran_once(rxd, GONE)
+    listed = rxd.rxctl(OWNER, "list", "--label", "keep=true", "--noheader", "--format", "project")
+    assert output(listed).split() == [KEPT]
+    assert "keep=true team=cv" in output(rxd.rxctl(OWNER, "status", "--project", KEPT))
     # A backup as a reset leaves it, made by the runtime user in its own folder.
     ok(run_as(OWNER, ["cp", "--sparse=always", str(kept / "overlay.img"), str(kept / BACKUP)]))
-    gone_folder = ran_once(rxd, GONE)
     assert gone_folder.is_dir()
     ok(rxd.rxctl(OWNER, "disable", "--project", GONE))
     wait_state(rxd, GONE, "disabled")
