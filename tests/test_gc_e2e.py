@@ -7,36 +7,38 @@ overlay and its backups; the removal is audited. A reset keeps the old overlay a
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rxslurm.daemon.images.cache import image_file_name
 from tests.support.cli import ok, output
 from tests.support.cluster import run_as
-from tests.support.daemon import Rxd
-from tests.support.lifecycle import ADMIN, lifecycle_rxd, make_project, wait_state
+from tests.support.daemon import Rxd, running_rxd
+from tests.support.lifecycle import ADMIN, lifecycle_config, make_project, status, wait_state
+from tests.support.registry import SMALL, pull_config, require_registry
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
 OWNER = "rxalice"
 GONE = "gcgone"
 KEPT = "gckept"
-UNUSED = "docker://example.invalid/unused:1"
 BACKUP = "overlay.img.before-reset-20260101T000000Z"
 
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    with lifecycle_rxd(bind=(OWNER,)) as daemon:
+    """An rxd that runs containers and pulls from the test registry."""
+    require_registry()
+    with running_rxd(
+        lambda root: lifecycle_config(root) + pull_config(root), bind=(OWNER,)
+    ) as daemon:
         yield daemon
 
 
-def ran_once(rxd: Rxd, project: str) -> Path:
+def ran_once(rxd: Rxd, project: str, *options: str) -> Path:
     """The project's container ran and stopped: its folder holds an overlay and a job's log."""
-    make_project(rxd, project)
+    make_project(rxd, project, *options)
     ok(rxd.rxctl(OWNER, "enable", "--project", project))
     wait_state(rxd, project, "running")
     ok(rxd.rxctl(OWNER, "stop", "--project", project))
@@ -50,12 +52,15 @@ def admin_gc(rxd: Rxd, *options: str) -> dict:
     )
 
 
-def test_gc_frees_an_unused_image_and_a_deleted_projects_folder_and_keeps_keep_true(
+def test_gc_frees_a_deleted_projects_pulled_image_and_folder_and_keeps_keep_true(
     rxd: Rxd,
 ) -> None:
     kept = ran_once(rxd, KEPT)
     ok(rxd.rxctl(OWNER, "project", "label", "--project", KEPT, "keep=true", "team=cv"))
-    gone_folder = ran_once(rxd, GONE)
+    # The deleted project's image is pulled (as the pull account) for it alone.
+    gone_folder = ran_once(rxd, GONE, "--image", SMALL)
+    image = Path(status(rxd, OWNER, GONE)["image"])
+    assert image.parent == rxd.root / "images"
     listed = rxd.rxctl(OWNER, "list", "--label", "keep=true", "--noheader", "--format", "project")
     assert output(listed).split() == [KEPT]
     assert "keep=true team=cv" in output(rxd.rxctl(OWNER, "status", "--project", KEPT))
@@ -71,15 +76,11 @@ def test_gc_frees_an_unused_image_and_a_deleted_projects_folder_and_keeps_keep_t
         for p in (rxd.root / "containers" / ".quarantine").iterdir()
         if p.name.startswith(f"rx-{GONE}.")
     ]
-    # An image pulled long ago for a project since changed or deleted: no project names it.
-    image = rxd.root / "images" / image_file_name(UNUSED)
-    image.write_bytes(os.urandom(2 << 20))
-    os.chmod(image, 0o644)
 
     listed = admin_gc(rxd, "--dry-run")
 
     by_kind = {(i["kind"], i["name"]): i for i in listed["items"]}
-    assert by_kind[("image", image.name)]["bytes"] >= 2 << 20
+    assert by_kind[("image", image.name)]["bytes"] >= image.stat().st_size // 2 > 0
     assert by_kind[("quarantined", quarantined.name)]["bytes"] > 0
     assert by_kind[("image", image.name)]["owner"] == "root"
     assert KEPT not in {i["project"] for i in listed["items"]}
