@@ -1,12 +1,14 @@
 """Garbage collection (`rxctl gc`, `rxctl admin gc`): gathering the facts, removing what
 containers/gc_plan.py decides, and the audit.
 
-An owner collects in the folders of the containers of the projects they own; an admin in every
-container's folder, and besides in the pulled-image cache and the state root's quarantine. Only
+An owner collects in the folders of the containers of the projects they own and among their
+built images; an admin in every container's folder and among all built images, and besides in
+the pulled-image cache and the state root's quarantine. Only
 rx-slurm's own things are looked at: the ledger names the containers and their folders, the
 folder scripts consider only names rx-slurm gives its files, the image cache and the quarantine
 are root's. Files in a container's folder are listed and removed as its runtime user
-(runtime/state_gc.py); root unlinks only in its own folders. A project labelled keep=true is left
+(runtime/state_gc.py), a built image's by the build service (as its runtime user); root unlinks
+only in its own folders. A project labelled keep=true is left
 alone. One failure (a user's folder that cannot be read, a file that cannot go) is reported and
 the rest goes on. A collection that removed anything is audited as one `gc.collected` event
 listing what went; a dry run changes nothing and is not audited.
