@@ -67,7 +67,12 @@ try:
     except FileNotFoundError:
         pass
     os.rename("overlay.img", backup, src_dir_fd=d, dst_dir_fd=d)
-    os.rename(new, "overlay.img", src_dir_fd=d, dst_dir_fd=d)
+    try:
+        os.rename(new, "overlay.img", src_dir_fd=d, dst_dir_fd=d)
+    except OSError:
+        # Never leave the container without an overlay: the old one goes back.
+        os.rename(backup, "overlay.img", src_dir_fd=d, dst_dir_fd=d)
+        raise
     os.fsync(d)
     done(backup=backup, bytes=info.st_blocks * 512)
 except OSError as e:
