@@ -100,6 +100,9 @@ def test_gc_frees_a_deleted_projects_pulled_image_and_folder_and_keeps_keep_true
     assert (kept / "overlay.img").exists() and (kept / BACKUP).exists()
     ((detail,),) = rxd.ledger_rows("SELECT detail FROM events WHERE action = 'gc.collected'")
     assert json.loads(detail)["bytes"] == freed["bytes"]
+    each = rxd.ledger_rows("SELECT target_id, detail FROM events WHERE action = 'gc.removed'")
+    names = {(kind, i["name"]) for kind, d in each for i in json.loads(d)["removed"]}
+    assert {("image", image.name), ("quarantined", quarantined.name)} <= names
 
 
 def test_a_member_who_is_no_admin_cannot_collect_for_the_deployment(rxd: Rxd) -> None:

@@ -10,8 +10,9 @@ are root's. Files in a container's folder are listed and removed as its runtime 
 (runtime/state_gc.py), a built image's by the build service (as its runtime user); root unlinks
 only in its own folders. A project labelled keep=true is left
 alone. One failure (a user's folder that cannot be read, a file that cannot go) is reported and
-the rest goes on. A collection that removed anything is audited as one `gc.collected` event
-listing what went; a dry run changes nothing and is not audited.
+the rest goes on. Each removal is audited at once (`project.gc-collected` for a project's things,
+`gc.removed` for a cached image or a quarantined folder), and the whole collection as one
+`gc.collected` event listing what went; a dry run changes nothing and is not audited.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from rxslurm.daemon.config import Config
@@ -66,6 +68,13 @@ class _Folder:
 class Outcome:
     items: list[Item] = field(default_factory=list)  # removed (or, dry run, to remove)
     failed: list[dict[str, Any]] = field(default_factory=list)
+    # Records what was just removed, at once (a crash later loses no audit): None in a dry run.
+    audit: Callable[[list[Item]], None] | None = None
+
+    def removed(self, items: list[Item]) -> None:
+        self.items += items
+        if self.audit is not None and items:
+            self.audit(items)
 
     def view(self, dry_run: bool, older_than_s: int) -> dict[str, Any]:
         return {
@@ -94,7 +103,7 @@ class GcService:
         """Collect for ``actor``: their own projects, or (``deployment``, an admin) all of it."""
         now = self.clock()
         cutoff = int((now - timedelta(seconds=older_than_s)).timestamp())
-        outcome = Outcome()
+        outcome = Outcome(audit=None if dry_run else partial(self._audit, actor))
         owner = None if deployment else actor
         with self.ledger.read() as db:
             folders = self._folders(db, owner)
@@ -203,7 +212,7 @@ class GcService:
             return
         removed = set(done.removed)
         folder.items = [i for i in folder.items if i.name in removed]
-        out.items += folder.items
+        out.removed(folder.items)
         out.failed += [{"project": project, "kind": "file", "error": f} for f in done.failed]
         self._mark_snapshots_removed(folder)
 
@@ -228,10 +237,11 @@ class GcService:
                 continue
             try:
                 self.remove_build(build_id)
-                out.items.append(item)
             except ApiError as exc:
                 why = f"build {build_id}: {exc.message}"
                 out.failed.append({"project": item.project, "kind": item.kind, "error": why})
+                continue
+            out.removed([item])
 
     def _collect_images(self, in_use: set[str], cutoff: int, dry_run: bool, out: Outcome) -> None:
         image_dir = self.config.containers.image_dir
@@ -244,10 +254,11 @@ class GcService:
             try:
                 if not dry_run:
                     cache_walk.remove_cached(image_dir, item.name)
-                out.items.append(item)
             except (OSError, ValueError, UnsafeImageDir) as exc:
                 why = f"{item.name}: {exc}"
                 out.failed.append({"project": None, "kind": "image", "error": why})
+                continue
+            out.removed([item])
 
     def _collect_quarantine(self, cutoff: int, dry_run: bool, out: Outcome) -> None:
         root = self.config.containers.state_root
@@ -260,13 +271,26 @@ class GcService:
             try:
                 if not dry_run:
                     purge(root, item.name)
-                out.items.append(item)
             except (OSError, ValueError) as exc:
                 out.failed.append(
                     {"project": None, "kind": "quarantined", "error": f"{item.name}: {exc}"}
                 )
+                continue
+            out.removed([item])
+
+    def _audit(self, actor: Actor, items: list[Item]) -> None:
+        """One event for what was just removed: a project's (its history shows it), or the
+        deployment's (a cached image, a quarantined folder)."""
+        project = items[0].project
+        detail = {"removed": [i.view() for i in items[:MAX_AUDITED]], "bytes": total_bytes(items)}
+        with self.ledger.transaction() as db:
+            if project is not None:
+                record_actor_event(db, actor, "project.gc-collected", "project", project, detail)
+            else:
+                record_actor_event(db, actor, "gc.removed", "deployment", items[0].kind, detail)
 
     def _record(self, actor: Actor, deployment: bool, older_than_s: int, out: Outcome) -> None:
+        """The summary: everything that went, and what could not."""
         if not out.items and not out.failed:
             return
         detail = {
@@ -278,23 +302,6 @@ class GcService:
             "failed": out.failed[:MAX_AUDITED],
         }
         target = ("deployment", "gc") if deployment else ("user", actor.name)
-        by_project: dict[str, list[Item]] = {}
-        for item in out.items:
-            if item.project is not None:
-                by_project.setdefault(item.project, []).append(item)
         with self.ledger.transaction() as db:
             record_actor_event(db, actor, "gc.collected", target[0], target[1], detail)
-            # Each project's history shows what went of its own.
-            for project, items in by_project.items():
-                record_actor_event(
-                    db,
-                    actor,
-                    "project.gc-collected",
-                    "project",
-                    project,
-                    {
-                        "removed": [i.view() for i in items[:MAX_AUDITED]],
-                        "bytes": total_bytes(items),
-                    },
-                )
         log.info("gc collected", extra={"count": len(out.items), "bytes": total_bytes(out.items)})
