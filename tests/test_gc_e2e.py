@@ -2,7 +2,8 @@
 lists an image no project names and a deleted project's quarantined container folder with their
 sizes and changes nothing; `rxctl admin gc` frees them; a project labelled keep=true keeps its
 overlay and its backups; the removal is audited. A reset keeps the old overlay as a backup that
-`rxctl gc` later removes; `rxctl start --fresh` recreates the instance state on the same overlay."""
+`rxctl gc` later removes; `rxctl start --fresh` recreates the instance state on the same overlay.
+Links, FIFOs and folders the runtime user plants under rx-slurm's names are left alone."""
 
 from __future__ import annotations
 
@@ -167,3 +168,31 @@ def test_start_fresh_recreates_the_instance_state_on_the_same_overlay(rxd: Rxd) 
     assert rxd.ledger_rows("SELECT 1 FROM events WHERE action = 'container.fresh'")
     ok(rxd.rxctl(OWNER, "stop", "--project", FRESH))
     wait_state(rxd, FRESH, "stopped")
+
+
+HOSTILE = "gchostile"
+
+
+def test_links_fifos_and_folders_named_as_rx_slurms_files_are_never_followed_or_removed(
+    rxd: Rxd,
+) -> None:
+    folder = ran_once(rxd, HOSTILE)
+    victim = rxd.root / "victim"
+    victim.write_text("root's own file")
+    victim.chmod(0o644)
+    plant = (
+        f"ln -s {victim} overlay.img.before-reset-evil && ln -s {victim} snapshots/snap-1.img && "
+        "mkfifo job-3.status && mkdir job-4.out && echo x > job-4.out/inner"
+    )
+    ok(run_as(OWNER, ["sh", "-c", f"cd {folder} && mkdir -p snapshots && {plant}"]))
+
+    freed = admin_gc(rxd)
+
+    assert freed["failed"] == []
+    mine = {i["name"] for i in freed["items"] if i["project"] == HOSTILE}
+    assert not mine & {"overlay.img.before-reset-evil", "snapshots/snap-1.img", "job-3.status"}
+    assert victim.read_text() == "root's own file"
+    assert (folder / "overlay.img.before-reset-evil").is_symlink()
+    assert (folder / "snapshots" / "snap-1.img").is_symlink()
+    assert (folder / "job-3.status").exists() and (folder / "job-4.out" / "inner").exists()
+    assert (folder / "overlay.img").exists()
