@@ -176,6 +176,8 @@ NO_PROJECT = {
     "admin containers",
     "admin quota list",
     "admin quota rm",
+    "gc",
+    "admin gc",
 }
 # A NEW name is made: it is the argument, never guessed from $RX_PROJECT (docs/cli.md says why).
 NEW_NAME = {"project create"}
@@ -204,6 +206,7 @@ REST = {
     "project member add": ["rxbob", "--role", "editor"],
     "project member rm": ["rxbob"],
     "project member set-role": ["rxbob", "viewer"],
+    "project label": ["keep=true"],
     "admin stop": [],
     "snapshot": [],
     "ps": [],
@@ -216,6 +219,7 @@ REST = {
     "secret set": ["NAME"],
     "secret rm": ["NAME"],
     "secret list": [],
+    "reset": [],
     "image build": ["main"],
     "image cancel": ["1"],
     "image delete": ["1"],
@@ -238,7 +242,9 @@ REST = {
     "volume get": ["data", "x"],
 }
 # The commands that took the project as their first argument before -P/--project.
-NAMED_FIRST_BEFORE = {p for p in REST if p.startswith("project ")} | {"admin stop"}
+NAMED_FIRST_BEFORE = {p for p in REST if p.startswith("project ") and p != "project label"} | {
+    "admin stop"
+}
 
 
 def context(command: click.Command) -> click.Context:

@@ -128,6 +128,7 @@ ALL_MIGRATIONS = [
     "m009_image_digests",
     "m010_exec_sessions",
     "m011_job_flags",
+    "m014_labels",
     "m015_env_secrets",
     "m016_volumes",
 ]
@@ -158,6 +159,7 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
             "image_builds",
             "image_drafts",
             "image_digests",
+            "project_labels",
         ):
             db.execute(f"DROP TABLE {table}")
         db.execute("ALTER TABLE projects DROP COLUMN dev_mode")

@@ -162,8 +162,10 @@ def audit(
 
 
 # Quotas and the fleet live in their own module.
+from rxslurm.cli.commands_gc import admin_gc  # noqa: E402
 from rxslurm.cli.commands_quota import containers, quota, stop  # noqa: E402
 
 admin.add_command(quota)
 admin.add_command(containers)
 admin.add_command(stop)
+admin.add_command(admin_gc)

@@ -1,9 +1,10 @@
-"""`rxctl enable/start/stop/disable/retry/status/list/snapshot`: a project's container."""
+"""`rxctl enable/start/stop/disable/retry/status/list/snapshot/reset`: a project's container."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
+from urllib.parse import urlencode
 
 import click
 
@@ -22,10 +23,17 @@ from rxslurm.cli.project_choice import choose_project
 from rxslurm.cli.render import status_lines
 from rxslurm.protocol import routes
 
+# A reset or a fresh start may first wait up to two minutes for the container to stop, then make
+# a new overlay or remove a home: longer than a request's usual minute.
+STARTING_OVER_S = 600.0
 
-def _act(client: Client, project: str | None, action: str) -> dict[str, Any]:
+
+def _act(client: Client, project: str | None, action: str, fresh: bool = False) -> dict[str, Any]:
     name = choose_project(client, project)
-    answer: dict[str, Any] = client.post(routes.path(routes.CONTAINER_ACTION, name, action))
+    if fresh:
+        client.timeout = max(client.timeout, STARTING_OVER_S)
+    route = routes.path(routes.CONTAINER_ACTION, name, action) + ("?fresh=1" if fresh else "")
+    answer: dict[str, Any] = client.post(route)
     return answer
 
 
@@ -49,9 +57,12 @@ def _show(result: dict[str, Any], done: str, json_: bool) -> None:
     echo(f"{result['project']}: {done}; now {result['state']}{reason}")
 
 
-def _waiting(action: str, summary: str, example: str, done: str) -> click.Command:
+def _waiting(
+    action: str, summary: str, example: str, done: str, fresh: bool = False
+) -> click.Command:
     """A command that starts the container and, with --wait, waits until it runs: the progress
-    line, --timeout and Ctrl-C of `rxctl exec`'s wake, over the same exec socket."""
+    line, --timeout and Ctrl-C of `rxctl exec`'s wake, over the same exec socket. ``fresh``: it
+    takes --fresh (start)."""
 
     @click.command(
         name=action,
@@ -71,11 +82,16 @@ def _waiting(action: str, summary: str, example: str, done: str) -> click.Comman
     @click.pass_obj
     @api_errors
     def command(
-        client: Client, project: str | None, wait: bool, timeout: int | None, json_: bool
+        client: Client,
+        project: str | None,
+        wait: bool,
+        timeout: int | None,
+        json_: bool,
+        fresh: bool = False,
     ) -> None:
         if timeout is not None and not wait:
             raise click.UsageError("--timeout needs --wait")
-        result = _act(client, project, action)
+        result = _act(client, project, action, fresh)
         if not wait:
             _show(result, done, json_)
             return
@@ -90,6 +106,13 @@ def _waiting(action: str, summary: str, example: str, done: str) -> click.Comman
             sys.exit(code)  # Ctrl-C: rxd's words are on stderr already
         _show(client.get(routes.path(routes.CONTAINER_STATUS, name)), done, json_)
 
+    if fresh:
+        return click.option(
+            "--fresh",
+            is_flag=True,
+            help="Owner: recreate its instance state and home on the same overlay and "
+            "workspace (an awake container is stopped first).",
+        )(command)
     return command
 
 
@@ -104,6 +127,7 @@ start = _waiting(
     "Wake the project's container (manager+).",
     "rxctl start --project alpha --wait --timeout 1h",
     "started",
+    fresh=True,
 )
 stop = _lifecycle(
     "stop",
@@ -163,16 +187,54 @@ def snapshot(client: Client, project: str | None, json_: bool) -> None:
     echo(str(result["message"]))
 
 
-@click.command(name="list")
-@list_command
-def list_(client: Client, json_: bool, shape: render.Shape) -> None:
-    """List the containers of your projects.
+@click.command()
+@project_option
+@json_option
+@click.pass_obj
+@api_errors
+def reset(client: Client, project: str | None, json_: bool) -> None:
+    """Start the container over with a new, empty overlay (owner); it stays asleep.
 
-    Example: rxctl list --noheader --format project,state
+    What was installed in the container goes; the workspace stays. An awake container is
+    stopped first. The old overlay is kept in
+    the container's folder as overlay.img.before-reset-TIME until `rxctl gc` removes it (after
+    --older-than, 30 days by default).
+
+    Example: rxctl reset --project alpha
     """
-    print_list(
-        client.get(routes.CONTAINERS), "containers", render.container_list_lines, json_, shape
+    name = choose_project(client, project)
+    client.timeout = max(client.timeout, STARTING_OVER_S)
+    result = client.post(routes.path(routes.PROJECT_RESET, name))
+    if json_:
+        emit_json(result)
+        return
+    echo(
+        f"Reset {result['project']}: a new, empty overlay; the old one is kept as "
+        f"{result['backup']} until rxctl gc removes it."
     )
 
 
-COMMANDS = (enable, start, stop, disable, retry, status, list_, snapshot)
+@click.command(name="list")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only projects with this label (repeat: with every one).",
+)
+@list_command
+def list_(client: Client, json_: bool, shape: render.Shape, labels: tuple[str, ...]) -> None:
+    """List the containers of your projects.
+
+    Example: rxctl list --noheader --format project,state --label team=vision
+    """
+    for label in labels:
+        if "=" not in label:
+            raise click.BadParameter(f"{label!r} is not KEY=VALUE", param_hint="--label")
+    route = routes.CONTAINERS
+    if labels:
+        route += "?" + urlencode([("label", label) for label in labels])
+    print_list(client.get(route), "containers", render.container_list_lines, json_, shape)
+
+
+COMMANDS = (enable, start, stop, disable, retry, status, list_, snapshot, reset)

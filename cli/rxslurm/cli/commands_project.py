@@ -337,3 +337,43 @@ def member_set_role(client: Client, project: str | None, user: str, role: str, j
     name = choose_project(client, project)
     answer = client.request("PATCH", routes.path(routes.PROJECT_MEMBER, name, user), {"role": role})
     _members_answer(answer, json_, f"{user} is now {role} in {name}.")
+
+
+@project.command("label")
+@project_option
+@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--rm", "remove", multiple=True, metavar="KEY", help="Remove this label (repeat).")
+@json_option
+@click.pass_obj
+@api_errors
+def label(
+    client: Client,
+    project: str | None,
+    pairs: tuple[str, ...],
+    remove: tuple[str, ...],
+    json_: bool,
+) -> None:
+    """Set or remove a project's labels; keep=true keeps garbage collection away from its data.
+
+    Shown by `rxctl status` and `rxctl project show`; `rxctl list --label KEY=VALUE` filters on
+    them.
+
+    Example: rxctl project label --project alpha keep=true team=vision --rm old
+    """
+    to_set = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="KEY=VALUE")
+        to_set[key] = value
+    if not to_set and not remove:
+        raise click.UsageError("nothing to change; give KEY=VALUE pairs or --rm KEY")
+    name = choose_project(client, project)
+    answer = client.post(
+        routes.path(routes.PROJECT_LABELS, name), {"set": to_set, "remove": list(remove)}
+    )
+    if json_:
+        emit_json(answer)
+        return
+    labels = answer.get("labels") or {}
+    echo(f"Project {answer['name']}: labels {render.label_text(labels) if labels else '(none)'}")

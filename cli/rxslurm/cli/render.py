@@ -186,6 +186,7 @@ def project_lines(project: Mapping[str, Any]) -> list[str]:
                 else []
             ),
             ("created", f"{when(project.get('created_at'))} by {cell(project.get('created_by'))}"),
+            *([("labels", label_text(project["labels"]))] if project.get("labels") else []),
         ]
     )
     settings = project.get("settings") or {}
@@ -344,6 +345,11 @@ def usage_text(u: Mapping[str, Any]) -> str:
     return ", ".join([*parts, *([held] if held else [])])
 
 
+def label_text(labels: Mapping[str, Any]) -> str:
+    """A project's labels as `rxctl project label` takes them: `keep=true team=vision`."""
+    return " ".join(f"{safe(str(k))}={safe(str(v))}" for k, v in sorted(labels.items()))
+
+
 def status_lines(s: Mapping[str, Any]) -> list[str]:
     """The whole of `rxctl status`."""
     from rxslurm.protocol.settings import JOB_FLAGS
@@ -373,6 +379,7 @@ def status_lines(s: Mapping[str, Any]) -> list[str]:
         ("over quota", cell(s.get("over_quota"))),
         ("last error", cell(s.get("last_error"))),
         ("snapshot", snapshot_text(s.get("snapshot"))),
+        *([("labels", label_text(s["labels"]))] if s.get("labels") else []),
     ]
     request = s.get("snapshot_request")
     if isinstance(request, Mapping):

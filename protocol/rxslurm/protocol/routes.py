@@ -74,6 +74,12 @@ PROJECT_IMAGE_PULL = f"{PROJECT_IMAGE}/pull"
 PROJECT_COMMANDS = f"{PROJECT}/commands"
 PROJECT_COMMAND_SIGNAL = f"{PROJECT_COMMANDS}/{{command}}/signal"
 PROJECT_COMMAND_OUTPUT = f"{PROJECT_COMMANDS}/{{command}}/output"
+# A new, empty overlay for a sleeping container, the old one kept as a backup (POST; owners).
+PROJECT_RESET = f"{PROJECT}/reset"
+# A project's labels (POST: set and remove; keep=true and free-form key=value).
+PROJECT_LABELS = f"{PROJECT}/labels"
+# Garbage collection in the caller's own projects (POST; a dry run lists what would go).
+GC = f"{V1}/gc"
 
 # Slurm's controller hooks poke rxd here when a job starts or ends.
 HOOK_JOB = f"{V1}/hooks/job"
@@ -89,6 +95,8 @@ ADMIN_QUOTAS = f"{V1}/admin/quotas"
 ADMIN_QUOTA = f"{ADMIN_QUOTAS}/{{quota_id}}"
 ADMIN_CONTAINERS = f"{V1}/admin/containers"
 ADMIN_CONTAINER_STOP = f"{ADMIN_CONTAINERS}/{{name}}/stop"
+# Garbage collection in the whole deployment (POST; a dry run lists what would go).
+ADMIN_GC = f"{V1}/admin/gc"
 
 # The research platform's routes, served only on its own door.
 PLATFORM_PREFIX = f"{V1}/platform/"

@@ -10,6 +10,7 @@ from aiohttp import web
 from rxslurm.daemon.api.peercred import Caller
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.builds import BuildService
+from rxslurm.daemon.containers.gc import GcService
 from rxslurm.daemon.containers.reconciler import Reconciler
 from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.containers.sessions import DetachedCommands
@@ -28,6 +29,7 @@ class Daemon:
     reconciler: Reconciler = field(init=False)
     builds: BuildService = field(init=False)
     commands: DetachedCommands = field(init=False)
+    gc: GcService = field(init=False)
 
     def __post_init__(self) -> None:
         self.partitions = PartitionCache(self.slurm)
@@ -44,6 +46,8 @@ class Daemon:
         self.builds.validate_resources = self.partitions.validate
         self.reconciler.extra_passes.append(self.builds.reconcile)
         self.commands = DetachedCommands(self.containers, self.reconciler.sessions)
+        self.gc = GcService(self.ledger, self.config, self.containers.clock)
+        self.gc.remove_build = self.builds.remove_unused
 
     def is_admin(self, caller: Caller) -> bool:
         return caller.is_root or self.config.daemon.admin_group in caller.groups

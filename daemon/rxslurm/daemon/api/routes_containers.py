@@ -1,17 +1,22 @@
 """A project's container: enable, start, stop, disable, retry, status, the batch
-plan, overlay snapshots; the caller's containers."""
+plan, overlay snapshots, a reset; the caller's containers."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 
 from rxslurm.daemon.api.app import caller_of, json_response
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
+from rxslurm.daemon.containers.reset import fresh_start, reset_overlay
 from rxslurm.daemon.containers.service import ContainerService
-from rxslurm.daemon.errors import Forbidden
+from rxslurm.daemon.containers.views import ContainerView
+from rxslurm.daemon.errors import BadRequest, Forbidden
+from rxslurm.daemon.identity.actors import Actor
+from rxslurm.daemon.projects.labels import parse_pair
 from rxslurm.daemon.slow_work import run_slow
 from rxslurm.protocol import routes as route
 
@@ -31,7 +36,13 @@ ACTIONS = {
 async def act(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
+    action: Callable[[ContainerService, Actor, str], ContainerView]
     action = ACTIONS[request.match_info["action"]]
+    fresh = request.query.get("fresh", "")
+    if fresh not in ("", "0", "1") or (fresh == "1" and action is not ContainerService.wake):
+        raise BadRequest("fresh is 0 or 1, and only for start")
+    if fresh == "1":
+        action = fresh_start
     # Enabling may pull an image and disabling waits for the job to stop: slow work's own pool.
     view = await run_slow(action, daemon.containers, actor, request.match_info["name"])
     return json_response(view.to_dict())
@@ -53,6 +64,15 @@ async def snapshot(request: web.Request) -> web.Response:
     answer = await run_slow(
         ContainerService.snapshot, daemon.containers, actor, request.match_info["name"]
     )
+    return json_response(answer)
+
+
+@routes.post(route.PROJECT_RESET)
+async def reset(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    # A new overlay is made and swapped in as the runtime user: slow work's own pool.
+    answer = await run_slow(reset_overlay, daemon.containers, actor, request.match_info["name"])
     return json_response(answer)
 
 
@@ -79,5 +99,7 @@ async def job_event(request: web.Request) -> web.Response:
 async def mine(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
-    result = await asyncio.to_thread(daemon.containers.list_containers, actor)
+    # ?label=key=value, repeated: only projects that carry every one.
+    wanted = dict(parse_pair(text) for text in request.query.getall("label", []))
+    result = await asyncio.to_thread(daemon.containers.list_containers, actor, wanted)
     return json_response({"containers": result})

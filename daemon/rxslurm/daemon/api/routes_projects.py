@@ -15,6 +15,7 @@ from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.identity.bindings import binding_of_platform_user, check_platform_user_id
 from rxslurm.daemon.projects import lifecycle
 from rxslurm.daemon.projects import service as projects
+from rxslurm.daemon.projects.label_change import change_labels
 from rxslurm.protocol import routes as route
 
 log = logging.getLogger("rxslurm.projects")
@@ -165,3 +166,12 @@ async def remove_member(request: web.Request) -> web.Response:
     binding = await asyncio.to_thread(binding_of_platform_user, daemon.ledger.db, user)
     revoke = (binding.username,) if binding else ()
     return json_response(await _with_workspace(daemon, view, revoke))
+
+
+@routes.post(route.PROJECT_LABELS)
+async def set_labels(request: web.Request) -> web.Response:
+    daemon = daemon_of(request)
+    actor = await actor_of(request)
+    body = await read_json(request, fields=("set", "remove"))
+    name = request.match_info["name"]
+    return json_response(await asyncio.to_thread(change_labels, daemon.ledger, actor, name, body))

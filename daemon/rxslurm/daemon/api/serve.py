@@ -18,6 +18,7 @@ from rxslurm.daemon.api import (
     routes_containers,
     routes_env,
     routes_export,
+    routes_gc,
     routes_identity,
     routes_image_set,
     routes_images,
@@ -59,6 +60,7 @@ ROUTES = [
     *routes_images.routes,
     *routes_sessions.routes,
     *routes_admin.routes,
+    *routes_gc.routes,
 ]
 
 

@@ -453,6 +453,27 @@ class BuildService:
             )
         return {"project": project, "deleted": build.id, "name": build.name}
 
+    def remove_unused(self, build_id: int) -> None:
+        """Garbage collection's removal of a succeeded build no project names (containers/gc.py,
+        which audits it): its files as the runtime user, then its record. Conflict when it is
+        named again meanwhile; Unavailable when its files cannot go (the record stays)."""
+        with self.ledger.read() as db:
+            rows = list(db.table("image_builds").rows_where("id = ?", [build_id]))
+            if not rows:
+                return
+            build = Build.from_row(rows[0])
+            named = db.execute(
+                "SELECT 1 FROM projects WHERE image = ? UNION ALL "
+                "SELECT 1 FROM containers WHERE image = ?",
+                [build.image_path, build.image_path],
+            ).fetchone()
+        if build.state is not BuildState.SUCCEEDED or named is not None:
+            raise Conflict(f"build {build.id} ({build.name}) is in use again; kept")
+        if build.build_dir:
+            self._remove_files(build)
+        with self.ledger.transaction() as db:
+            db.execute("DELETE FROM image_builds WHERE id = ?", [build.id])
+
     def _remove_files(self, build: Build) -> None:
         try:
             empty_build_folder(build.build_dir, RunAs.for_user(build.runtime_user))

@@ -53,6 +53,7 @@ from rxslurm.daemon.projects.environment import (
     project_variables,
     secret_store,
 )
+from rxslurm.daemon.projects.labels import labels_of
 from rxslurm.daemon.projects.roles import Action, Role
 from rxslurm.daemon.projects.service import authorize, require_runtime_identity, runtime_identity
 from rxslurm.daemon.projects.volumes import project_binds
@@ -317,6 +318,7 @@ class ContainerService:
             container = _container_of(db, row["id"])
             runtime_user = runtime_identity(db, self.config, row)
             snapshot = snapshot_status(db, container, self.clock())
+            project_labels = labels_of(db, row["id"])
         saved = Settings.from_row(row)
         eff = effective(saved, self.config.defaults)
         view: dict[str, Any] = {
@@ -341,6 +343,7 @@ class ContainerService:
             "partition": eff.partition or None,
             **{flag: getattr(eff, flag) or None for flag in JOB_FLAGS},
             **snapshot,
+            "labels": project_labels,
         }
         if container is None:
             return ContainerView(**view)
@@ -374,15 +377,21 @@ class ContainerService:
             view["reason"] = "Slurm is not answering; state as last seen"
         return ContainerView(**view, container_id=container["id"])
 
-    def list_containers(self, actor: Actor) -> list[dict[str, Any]]:
+    def list_containers(
+        self, actor: Actor, with_labels: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The containers of the actor's projects; only those whose project carries every label
+        of ``with_labels``, when given."""
         with self.ledger.read() as db:
             rows = db.execute(
-                "SELECT p.name, m.role, c.state, c.reason, c.job_id, c.node FROM members m "
+                "SELECT p.name, m.role, c.state, c.reason, c.job_id, c.node, p.id FROM members m "
                 "JOIN projects p ON p.id = m.project_id "
                 "LEFT JOIN containers c ON c.project_id = p.id "
                 "WHERE m.platform_user_id = ? ORDER BY p.name",
                 [actor.platform_user],
             ).fetchall()
+            found = [(row, labels_of(db, row[6])) for row in rows]
+        wanted = (with_labels or {}).items()
         return [
             {
                 "project": name,
@@ -391,8 +400,10 @@ class ContainerService:
                 "reason": reason,
                 "job_id": job_id,
                 "node": node,
+                "labels": project_labels,
             }
-            for name, role, state, reason, job_id, node in rows
+            for (name, role, state, reason, job_id, node, _), project_labels in found
+            if wanted <= project_labels.items()
         ]
 
     def enable(self, actor: Actor, project: str) -> ContainerView:

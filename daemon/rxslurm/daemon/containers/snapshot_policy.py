@@ -153,6 +153,11 @@ class SnapshotTaker:
 
     # -- one attempt ---------------------------------------------------------------------------
 
+    def exclusive(self, container_id: int) -> threading.Lock:
+        """The lock a snapshot of the container is taken under: a reset or a fresh start holds
+        it, so it waits for a copy under way instead of finding the overlay busy."""
+        return self._lock_of(container_id)
+
     def _lock_of(self, container_id: int) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(container_id, threading.Lock())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -38,6 +38,8 @@ class ContainerView:
     # bare image), and a request waiting for the container to sleep ({requested_at, requested_by}).
     snapshot: dict[str, Any] | None = None
     snapshot_request: dict[str, Any] | None = None
+    # The project's labels (keep=true, free-form key=value).
+    labels: dict[str, str] = field(default_factory=dict)
     # Slurm did not answer the last pass: the state is as last seen.
     state_unknown: bool = False
     # The ledger's id, for the daemon's own use (waiting on it); not shown.

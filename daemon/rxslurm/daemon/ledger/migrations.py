@@ -492,6 +492,25 @@ def m011_job_flags(db: Database) -> None:
 
 
 @migrations()
+def m014_labels(db: Database) -> None:
+    # A project's labels: `keep=true` (garbage collection leaves the project alone) and free-form
+    # key=value pairs, shown in status and filtered on in `rxctl list`. Names and values are
+    # checked by projects/labels.py; the lengths are capped here too.
+    db.execute(
+        """
+        CREATE TABLE project_labels (
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            key TEXT NOT NULL CHECK (length(key) BETWEEN 1 AND 63),
+            value TEXT NOT NULL CHECK (length(value) <= 255),
+            set_at TEXT NOT NULL,
+            set_by TEXT NOT NULL,
+            PRIMARY KEY (project_id, key)
+        ) STRICT
+        """
+    )
+
+
+@migrations()
 def m015_env_secrets(db: Database) -> None:
     # A project's environment variables (`rxctl env`), plain text: they are not secrets. Secrets
     # are not in the ledger at all (projects/secret_store.py, docs/security.md).

@@ -19,6 +19,7 @@ from rxslurm.daemon.identity.run_as_guard import RunAsProject, release_run_as
 from rxslurm.daemon.ledger.records import from_json
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
+from rxslurm.daemon.projects.labels import labels_of
 from rxslurm.daemon.projects.names import check_project_name
 from rxslurm.daemon.projects.roles import ALLOWED, Action, Role, may, parse_role
 from rxslurm.daemon.projects.snapshot_access import kept_rows
@@ -166,6 +167,7 @@ def project_view(ledger: Ledger, config: Config, actor: Actor, name: str) -> dic
         containers = list(db.table("containers").rows_where("project_id = ?", [row["id"]]))
         runtime_user = runtime_identity(db, config, row)
         snapshots = kept_rows(db, containers[0]) if containers else []
+        project_labels = labels_of(db, row["id"])
     settings = Settings.from_row(row)
     container = containers[0] if containers else None
     return {
@@ -179,6 +181,7 @@ def project_view(ledger: Ledger, config: Config, actor: Actor, name: str) -> dic
         "run_as_user": row["run_as_user"],
         "runtime_user": runtime_user,
         "dev_mode": bool(row["dev_mode"]),
+        "labels": project_labels,
         "workspace": row["workspace"],
         "members": [{"user": u, "role": r, "linux_user": lu} for u, r, lu in members],
         "container": None
