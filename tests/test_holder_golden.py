@@ -25,6 +25,9 @@ VALUES: dict[str, object] = {
     "fakeroot": "--fakeroot",
     "home": "/var/lib/rxslurm/containers/rx-demo/home:/root",
     "private_tmp": "yes",
+    "agent_path": "/usr/lib/python3/dist-packages",
+    "libmunge": "/usr/lib/x86_64-linux-gnu/libmunge.so.2.0.0",
+    "munge_socket": "/run/munge/munge.socket.2",
 }
 
 
