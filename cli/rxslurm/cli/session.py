@@ -5,6 +5,7 @@ Standard library only: `rxctl exec` runs this before (and without) importing cli
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any, TextIO
 
 from rxslurm.cli import exec_client
 from rxslurm.cli.client import Client
+from rxslurm.cli.exec_client import EXEC_PATH_ENV
 from rxslurm.cli.render import safe
 from rxslurm.protocol.durations import duration
 from rxslurm.protocol.exec_wire import exec_socket_for
@@ -87,12 +89,32 @@ def run_session(client: Client, project: str, request: dict[str, Any], verb: str
         "on_ready": wait.done,
         "on_stopped": wait.stopped,
     }
+    path = os.environ.get(EXEC_PATH_ENV, "")
+    runs_commands = not request.get("wait")
+    if runs_commands and path != "step":
+        request["agent"] = True
     try:
-        if client.door is not None and client.door.kind == "network":
-            # Across hosts: the same protocol over the network door (never the local socket).
-            from rxslurm.cli import exec_remote
+        try:
+            return _converse(client, request, hooks)
+        except exec_client.UseAgent as use:
+            wait.done()
+            from rxslurm.cli import agent_client
 
-            return exec_remote.run(client.door, request, **hooks)
-        return exec_client.run(exec_socket_for(client.path), request, **hooks)
+            try:
+                return agent_client.run(use.grant, request)
+            except agent_client.AgentUnavailable as exc:
+                if path == "agent":
+                    raise exec_client.ExecError(f"the container's exec agent: {exc}") from None
+            # Not ready, gone, unreachable: the same command as a Slurm step.
+            return _converse(client, {**request, "agent": False}, hooks)
     finally:
         wait.done()
+
+
+def _converse(client: Client, request: dict[str, Any], hooks: dict[str, Any]) -> int:
+    if client.door is not None and client.door.kind == "network":
+        # Across hosts: the same protocol over the network door (never the local socket).
+        from rxslurm.cli import exec_remote
+
+        return exec_remote.run(client.door, request, **hooks)
+    return exec_client.run(exec_socket_for(client.path), request, **hooks)

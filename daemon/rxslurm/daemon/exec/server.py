@@ -47,6 +47,7 @@ from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
 from rxslurm.daemon.ports import ContainerRuntime, Scheduler
+from rxslurm.protocol import agent_wire
 from rxslurm.protocol.durations import duration
 from rxslurm.protocol.exec_wire import (
     EXEC_SOCKET_NAME,
@@ -166,10 +167,23 @@ class ExecRequest:
     timeout_given: bool = False
     # No command: wait until the container runs, then exit 0 (`rxctl start --wait`).
     wait: bool = False
+    # The client can talk to the container's exec agent: answer where it is, with a ticket.
+    agent: bool = False
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> ExecRequest:
-        known = {"project", "argv", "shell", "tty", "wake", "cwd", "term", "timeout", "wait"}
+        known = {
+            "project",
+            "argv",
+            "shell",
+            "tty",
+            "wake",
+            "cwd",
+            "term",
+            "timeout",
+            "wait",
+            "agent",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise BadRequest(f"unknown request field {unknown[0]!r}")
@@ -184,7 +198,13 @@ class ExecRequest:
         if not all(_encodable(a) for a in (project, *argv)):
             raise BadRequest("project and argv must be valid Unicode (no lone surrogates)")
         flags = {}
-        for key, default in (("shell", False), ("tty", False), ("wake", True), ("wait", False)):
+        for key, default in (
+            ("shell", False),
+            ("tty", False),
+            ("wake", True),
+            ("wait", False),
+            ("agent", False),
+        ):
             value = data.get(key, default)
             if not isinstance(value, bool):
                 raise BadRequest(f"{key} must be true or false")
@@ -376,6 +396,15 @@ class Session:
         if request.wait:
             self.send({"exit": 0})
             return
+        if request.agent:
+            grant = self.agent_grant(target, caller)
+            if grant is not None:
+                # The client runs the command through the agent; rxd holds nothing of it, and
+                # the agent's sessions keep the container awake (the holder reports them).
+                self.send({"agent": grant})
+                return
+            # Said before the step starts, so a client that must use the agent can stop here.
+            self.send({"no_agent": "the container has no exec agent; the command runs as a step"})
         if direct_allowed and caller.uid == target.runas.uid:
             step = self.direct_step(target, request)
             log.info(
@@ -400,6 +429,22 @@ class Session:
             "env": child_env(rt.runtime, target, request),
             "job_id": target.job_id,
             "step_name": step_name,
+        }
+
+    def agent_grant(self, target: containers.ExecTarget, caller: Caller) -> dict[str, Any] | None:
+        """Where the container's agent listens and a ticket for this caller, signed with the
+        job's key; None when the container has no agent (an older holder, an image without
+        python3, not ready yet): the step path then runs the command."""
+        runtime = self.daemon.containers.runtime
+        endpoint = runtime.agent_endpoint(target.state_dir, target.job_id, target.runas.uid)
+        if endpoint is None:
+            return None
+        ticket = agent_wire.sign(endpoint.key, caller.uid, target.job_id, now=time.time())
+        return {
+            "host": endpoint.host,
+            "port": endpoint.port,
+            "job_id": target.job_id,
+            "ticket": ticket,
         }
 
     def guarded(self, converse: Callable[[], None]) -> None:

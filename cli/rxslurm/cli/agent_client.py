@@ -1,0 +1,229 @@
+"""`rxctl exec` through the container's exec agent (docs/exec.md, "The agent").
+
+rxd answers a session that offered `"agent": true` with where the agent listens and a ticket;
+rxctl then connects to the agent itself, proves who it is with a MUNGE credential bound to the
+agent's nonce and the request, and relays its own stdio, signals and window size. Anything that
+goes wrong before the command starts is AgentUnavailable: the caller falls back to a Slurm step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import socket
+from typing import Any
+
+from rxslurm.cli.exec_client import (
+    ExecError,
+    handling_signals,
+    terminal_restored,
+    window_size,
+    write_all,
+)
+from rxslurm.protocol.agent_wire import (
+    BIND_METHOD,
+    MAX_DATA,
+    FrameReader,
+    WireError,
+    bind_target,
+    control,
+    frame,
+)
+from rxslurm.protocol.exec_wire import CONTROL, SIGNAL_NAMES, STDERR, STDIN, STDOUT, decode
+
+CONNECT_TIMEOUT_S = 5.0
+# What the agent takes of rxd's request (the rest is rxd's business: the project, waking).
+_FIELDS = ("argv", "shell", "tty", "cwd", "term")
+
+
+class AgentUnavailable(Exception):
+    """The agent cannot run the command (not there, refused, gone before it started)."""
+
+
+def connect(grant: dict[str, Any]) -> tuple[socket.socket, FrameReader, dict[str, Any]]:
+    """A connection to the agent and its hello."""
+    try:
+        host, port = str(grant["host"]), int(grant["port"])
+    except (KeyError, TypeError, ValueError):
+        raise AgentUnavailable("rxd named no agent address") from None
+    try:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+    except OSError as exc:
+        raise AgentUnavailable(f"cannot reach the agent on {host}:{port}: {exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader = FrameReader()
+    try:
+        hello = _next_control(sock, reader)
+    except (AgentUnavailable, OSError, WireError) as exc:
+        sock.close()
+        raise AgentUnavailable(f"the agent on {host}:{port} did not say hello: {exc}") from None
+    return sock, reader, hello
+
+
+def _next_control(sock: socket.socket, reader: FrameReader) -> dict[str, Any]:
+    while True:
+        for channel, payload in reader.feed(b""):
+            if channel == CONTROL:
+                return decode(payload)
+        data = sock.recv(MAX_DATA)
+        if not data:
+            raise AgentUnavailable("the connection closed")
+        reader.buffer += data
+
+
+class AgentSession:
+    def __init__(self, grant: dict[str, Any], request: dict[str, Any]) -> None:
+        self.grant = grant
+        self.tty = bool(request.get("tty"))
+        self.request = {k: request[k] for k in _FIELDS if k in request}
+        self.signals: list[int] = []
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.selector = selectors.DefaultSelector()
+        self.stdin_open = False
+
+    def start(self) -> tuple[socket.socket, FrameReader]:
+        """Connect, authenticate, and wait until the command runs."""
+        from rxslurm.slurm.munge import MungeError, encode
+        from rxslurm.slurm.request_binding import BindingError, bind
+
+        sock, reader, hello = connect(self.grant)
+        try:
+            nonce, job_id = str(hello.get("nonce")), int(hello.get("job", -1))
+            if job_id != int(self.grant.get("job_id", -2)):
+                raise AgentUnavailable("the agent there serves another job")
+            if self.tty:
+                size = window_size(0)
+                if size:
+                    self.request["winsize"] = size
+            body = json.dumps(
+                {"ticket": self.grant.get("ticket"), "request": self.request},
+                separators=(",", ":"),
+            ).encode()
+            binding = bind(BIND_METHOD, bind_target(job_id), body, os.getuid(), nonce=nonce)
+            try:
+                credential = encode(binding.to_payload())
+            except MungeError as exc:
+                raise AgentUnavailable(f"MUNGE: {exc.message}") from None
+            sock.sendall(control({"credential": credential}) + frame(CONTROL, body))
+            answer = _next_control(sock, reader)
+        except (OSError, ValueError, WireError, BindingError) as exc:
+            sock.close()
+            raise AgentUnavailable(str(exc)) from None
+        except AgentUnavailable:
+            sock.close()
+            raise
+        if answer.get("started"):
+            return sock, reader
+        sock.close()
+        error = str(answer.get("error", "no answer"))
+        if error.startswith("refused"):
+            raise AgentUnavailable(error)
+        raise ExecError(error)  # the request itself is wrong: a step would fail the same way
+
+    def run(self) -> int:
+        sock, reader = self.start()
+        try:
+            with self.catching_signals(), terminal_restored(0):
+                if self.tty:
+                    import termios
+                    import tty
+
+                    with contextlib.suppress(termios.error):
+                        tty.setraw(0)
+                return self.relay(sock, reader)
+        finally:
+            sock.close()
+            self.selector.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+
+    def catching_signals(self) -> contextlib.AbstractContextManager[None]:
+        def caught(signum: int, frame_: object) -> None:
+            self.signals.append(signum)
+            with contextlib.suppress(OSError):
+                os.write(self.wake_w, b"!")
+
+        return handling_signals(caught)
+
+    def relay(self, sock: socket.socket, reader: FrameReader) -> int:
+        self.selector.register(sock, selectors.EVENT_READ, "sock")
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.start_stdin(sock)
+        pending = reader.feed(b"")
+        while True:
+            for channel, payload in pending:
+                result = self.on_frame(channel, payload)
+                if result is not None:
+                    return result
+            pending = []
+            for key, _ in self.selector.select():
+                if key.data == "sock":
+                    try:
+                        data = sock.recv(MAX_DATA + 16)
+                    except OSError as exc:
+                        raise ExecError(f"lost the connection to the agent: {exc}") from None
+                    if not data:
+                        raise ExecError("the agent ended the session without an exit status")
+                    try:
+                        pending += reader.feed(data)
+                    except WireError as exc:
+                        raise ExecError(f"the agent broke its protocol: {exc}") from None
+                elif key.data == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 512)
+                    while self.signals:
+                        self.send_signal(sock, self.signals.pop(0))
+                elif key.data == "stdin":
+                    try:
+                        data = os.read(0, MAX_DATA)
+                    except OSError:
+                        data = b""
+                    sock.sendall(frame(STDIN, data))
+                    if not data:
+                        self.selector.unregister(0)
+
+    def start_stdin(self, sock: socket.socket) -> None:
+        try:
+            self.selector.register(0, selectors.EVENT_READ, "stdin")
+        except (ValueError, OSError):
+            # stdin is a regular file or closed: send it whole, at once.
+            with contextlib.suppress(OSError):
+                while data := os.read(0, MAX_DATA):
+                    sock.sendall(frame(STDIN, data))
+            sock.sendall(frame(STDIN, b""))
+
+    def send_signal(self, sock: socket.socket, signum: int) -> None:
+        message: dict[str, Any] = {"signal": SIGNAL_NAMES[signal.Signals(signum)]}
+        if signum == signal.SIGWINCH:
+            if not self.tty:
+                return
+            size = window_size(0)
+            if size:
+                message["winsize"] = size
+        with contextlib.suppress(OSError):
+            sock.sendall(control(message))
+
+    def on_frame(self, channel: bytes, payload: bytes) -> int | None:
+        if channel == STDOUT:
+            write_all(1, payload)
+        elif channel == STDERR:
+            write_all(2, payload)
+        elif channel == CONTROL:
+            try:
+                message = decode(payload)
+            except ValueError as exc:
+                raise ExecError(f"the agent sent a bad reply: {exc}") from None
+            if "exit" in message:
+                return int(message["exit"])
+            if "error" in message:
+                raise ExecError(str(message["error"]))
+        return None
+
+
+def run(grant: dict[str, Any], request: dict[str, Any]) -> int:
+    """Run the request through the agent rxd named; its exit status. AgentUnavailable before
+    the command started, ExecError after."""
+    return AgentSession(grant, request).run()
