@@ -401,6 +401,10 @@ class Session:
             if grant is not None:
                 # The client runs the command through the agent; rxd holds nothing of it, and
                 # the agent's sessions keep the container awake (the holder reports them).
+                log.info(
+                    "exec handed to the container's agent",
+                    extra={"project": request.project, "job_id": target.job_id, "uid": caller.uid},
+                )
                 self.send({"agent": grant})
                 return
             # Said before the step starts, so a client that must use the agent can stop here.
