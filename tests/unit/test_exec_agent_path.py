@@ -1,0 +1,222 @@
+"""How rxctl and rxd choose the exec agent (docs/exec.md, "The agent"): rxd names the agent with a
+ticket when the holder says it runs, rxctl uses it and falls back to the step path when it does
+not answer, RXSLURM_EXEC_PATH forces one way; the files rxd reads of the agent."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from rxslurm.cli import exec_client
+from rxslurm.cli.client import Client
+from rxslurm.cli.session import run_session
+from rxslurm.daemon.api.peercred import Caller
+from rxslurm.daemon.containers import service as containers
+from rxslurm.daemon.errors import BadRequest
+from rxslurm.daemon.exec.server import ExecRequest, Session, receive_request
+from rxslurm.daemon.runtime.agent_files import AgentFiles
+from rxslurm.protocol import agent_wire
+from rxslurm.protocol.agent_wire import Endpoint
+from rxslurm.protocol.exec_wire import encode
+from rxslurm.slurm.runas import RunAs
+from tests.support.fakes import FakeRuntime
+from tests.test_exec_protocol import read_message
+
+Script = Callable[[socket.socket, dict[str, Any], list[int]], None]
+
+
+def serve_sessions(path: str, scripts: list[Script]) -> threading.Thread:
+    """An exec socket that plays one script per connection, in order."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+
+    def serve() -> None:
+        with listener:
+            for script in scripts:
+                conn, _ = listener.accept()
+                with conn:
+                    data, fds, _ = receive_request(conn)
+                    try:
+                        script(conn, data, fds)
+                    finally:
+                        for fd in fds:
+                            os.close(fd)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+GRANT = {"host": "127.0.0.1", "port": 0, "job_id": 42, "ticket": "t1.x"}
+
+
+def session(tmp_path: Path, scripts: list[Script]) -> tuple[int, list[dict[str, Any]]]:
+    """run_session against the scripted socket: the exit status and the requests rxd got."""
+    api = tmp_path / "rxd.sock"
+    seen: list[dict[str, Any]] = []
+
+    def recording(script: Script) -> Script:
+        return lambda c, r, f: (seen.append(r), script(c, r, f))[1]
+
+    thread = serve_sessions(str(tmp_path / "rxd-exec.sock"), [recording(s) for s in scripts])
+    null = os.open(os.devnull, os.O_RDONLY)
+    saved = os.dup(0)
+    os.dup2(null, 0)
+    try:
+        code = run_session(Client(str(api)), "p", {"argv": ["true"], "cwd": "/workspace"})
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(null)
+    thread.join(timeout=10)
+    return code, seen
+
+
+def grant_then() -> Script:
+    grant = {**GRANT, "port": closed_port()}
+    return lambda conn, request, fds: conn.sendall(encode({"agent": grant}))
+
+
+def exits(code: int) -> Script:
+    return lambda conn, request, fds: conn.sendall(encode({"exit": code}))
+
+
+def test_rxctl_offers_the_agent_and_falls_back_to_a_step_when_it_does_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RXSLURM_EXEC_PATH", raising=False)
+    code, seen = session(tmp_path, [grant_then(), exits(7)])
+    assert code == 7
+    # The same request twice: offering the agent, then not.
+    assert [r["agent"] for r in seen] == [True, False]
+    assert seen[0]["argv"] == seen[1]["argv"] == ["true"]
+
+
+def test_exec_path_agent_refuses_to_fall_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RXSLURM_EXEC_PATH", "agent")
+    with pytest.raises(exec_client.ExecError, match="^the container's exec agent: cannot reach"):
+        session(tmp_path, [grant_then()])
+
+
+def test_exec_path_agent_stops_where_rxd_has_no_agent_to_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_agent(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        conn.sendall(encode({"no_agent": "the container has no exec agent"}))
+        # A client that may use a step waits for it; this one hangs up first.
+        assert read_message_or_eof(conn) is None
+
+    monkeypatch.setenv("RXSLURM_EXEC_PATH", "agent")
+    with pytest.raises(exec_client.ExecError, match="^the container has no exec agent$"):
+        session(tmp_path, [no_agent])
+
+
+def test_without_the_agent_a_step_runs_after_rxds_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_agent_then_exit(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        conn.sendall(encode({"no_agent": "the container has no exec agent"}) + encode({"exit": 3}))
+
+    monkeypatch.delenv("RXSLURM_EXEC_PATH", raising=False)
+    assert session(tmp_path, [no_agent_then_exit])[0] == 3
+
+
+def test_exec_path_step_never_offers_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RXSLURM_EXEC_PATH", "step")
+    code, seen = session(tmp_path, [exits(0)])
+    assert code == 0 and "agent" not in seen[0]
+
+
+def read_message_or_eof(conn: socket.socket) -> dict[str, Any] | None:
+    try:
+        return read_message(conn)
+    except AssertionError:
+        return None
+
+
+# -- rxd's side ------------------------------------------------------------------------------
+
+
+def test_the_request_may_offer_the_agent() -> None:
+    assert ExecRequest.parse({"project": "a", "argv": ["x"]}).agent is False
+    assert ExecRequest.parse({"project": "a", "argv": ["x"], "agent": True}).agent is True
+    with pytest.raises(BadRequest, match="agent must be true or false"):
+        ExecRequest.parse({"project": "a", "argv": ["x"], "agent": 1})
+
+
+TARGET = containers.ExecTarget(
+    container_id=7,
+    job_id=42,
+    node="n1",
+    instance="rx-alpha-42",
+    state_dir="/srv/c/rx-alpha",
+    runas=RunAs("owner", 2001, 2001, (2001,)),
+)
+
+
+def grant_for(runtime: FakeRuntime, uid: int) -> dict[str, Any] | None:
+    session = Session.__new__(Session)
+    session.daemon = SimpleNamespace(containers=SimpleNamespace(runtime=runtime))  # type: ignore[assignment]
+    return session.agent_grant(TARGET, Caller(pid=1, uid=uid, gid=uid, user="caller", groups=()))
+
+
+def test_rxd_names_the_agent_with_a_ticket_for_the_caller_and_this_job_only() -> None:
+    runtime = FakeRuntime()
+    assert grant_for(runtime, 3101) is None  # no agent file: the step path
+    key = os.urandom(32)
+    runtime.endpoints[42] = Endpoint(host="10.0.0.5", port=40001, key=key)
+    grant = grant_for(runtime, 3101)
+    assert grant is not None
+    assert (grant["host"], grant["port"], grant["job_id"]) == ("10.0.0.5", 40001, 42)
+    now = time.time()
+    ticket = agent_wire.verify(key, grant["ticket"], uid=3101, job_id=42, now=now)
+    assert now < ticket.expires <= now + agent_wire.TICKET_TTL_S + 1
+    with pytest.raises(agent_wire.WireError):
+        agent_wire.verify(key, grant["ticket"], uid=2001, job_id=42, now=now)
+
+
+# -- the files rxd reads ---------------------------------------------------------------------
+
+
+def test_rxd_reads_the_agent_file_and_refuses_what_the_holder_does_not_write(
+    tmp_path: Path,
+) -> None:
+    files, uid = AgentFiles(), os.getuid()
+    assert files.endpoint(str(tmp_path), 42, uid) is None
+    endpoint = Endpoint(host="10.0.0.5", port=40001, key=os.urandom(32))
+    (tmp_path / "job-42.agent").write_text(endpoint.line())
+    assert files.endpoint(str(tmp_path), 42, uid) == endpoint
+    assert files.endpoint(str(tmp_path), 42, uid + 1) is None  # not the runtime user's
+    (tmp_path / "job-43.agent").symlink_to(tmp_path / "job-42.agent")
+    assert files.endpoint(str(tmp_path), 43, uid) is None  # a link is never followed
+    (tmp_path / "job-44.agent").write_text("10.0.0.5 40001 not-a-key\n")
+    assert files.endpoint(str(tmp_path), 44, uid) is None
+
+
+def test_rxd_reads_the_agents_sessions(tmp_path: Path) -> None:
+    files, uid = AgentFiles(), os.getuid()
+    assert files.sessions(str(tmp_path), 42, uid) is None
+    (tmp_path / "job-42.sessions").write_text("2 1796084827\n")
+    report = files.sessions(str(tmp_path), 42, uid)
+    assert report is not None and (report.open, report.changed_at) == (2, 1796084827)
+    (tmp_path / "job-42.sessions").write_text("-1 x\n")
+    assert files.sessions(str(tmp_path), 42, uid) is None
