@@ -28,7 +28,6 @@ from rxslurm.protocol.agent_wire import Endpoint
 from rxslurm.protocol.exec_wire import encode
 from rxslurm.slurm.runas import RunAs
 from tests.support.fakes import FakeRuntime
-from tests.test_exec_protocol import read_message
 
 Script = Callable[[socket.socket, dict[str, Any], list[int]], None]
 
@@ -115,27 +114,17 @@ def test_exec_path_agent_refuses_to_fall_back(
         session(tmp_path, [grant_then()])
 
 
-def test_exec_path_agent_stops_where_rxd_has_no_agent_to_name(
+def test_exec_path_agent_asks_rxd_for_the_agent_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_agent(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-        conn.sendall(encode({"no_agent": "the container has no exec agent"}))
-        # A client that may use a step waits for it; this one hangs up first.
-        assert read_message_or_eof(conn) is None
+    def refuses(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        conn.sendall(encode({"error": "the container of p has no exec agent"}))
 
     monkeypatch.setenv("RXSLURM_EXEC_PATH", "agent")
-    with pytest.raises(exec_client.ExecError, match="^the container has no exec agent$"):
-        session(tmp_path, [no_agent])
-
-
-def test_without_the_agent_a_step_runs_after_rxds_note(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_agent_then_exit(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-        conn.sendall(encode({"no_agent": "the container has no exec agent"}) + encode({"exit": 3}))
-
-    monkeypatch.delenv("RXSLURM_EXEC_PATH", raising=False)
-    assert session(tmp_path, [no_agent_then_exit])[0] == 3
+    seen: list[dict[str, Any]] = []
+    with pytest.raises(exec_client.ExecError, match="^the container of p has no exec agent$"):
+        session(tmp_path, [lambda c, r, f: (seen.append(r), refuses(c, r, f))[1]])
+    assert seen[0]["agent"] == "only"
 
 
 def test_exec_path_step_never_offers_the_agent(
@@ -146,21 +135,18 @@ def test_exec_path_step_never_offers_the_agent(
     assert code == 0 and "agent" not in seen[0]
 
 
-def read_message_or_eof(conn: socket.socket) -> dict[str, Any] | None:
-    try:
-        return read_message(conn)
-    except AssertionError:
-        return None
-
-
 # -- rxd's side ------------------------------------------------------------------------------
 
 
 def test_the_request_may_offer_the_agent() -> None:
     assert ExecRequest.parse({"project": "a", "argv": ["x"]}).agent is False
-    assert ExecRequest.parse({"project": "a", "argv": ["x"], "agent": True}).agent is True
-    with pytest.raises(BadRequest, match="agent must be true or false"):
-        ExecRequest.parse({"project": "a", "argv": ["x"], "agent": 1})
+    offered = ExecRequest.parse({"project": "a", "argv": ["x"], "agent": True})
+    assert (offered.agent, offered.agent_only) == (True, False)
+    only = ExecRequest.parse({"project": "a", "argv": ["x"], "agent": "only"})
+    assert (only.agent, only.agent_only) == (True, True)
+    for bad in (1, "yes", None):
+        with pytest.raises(BadRequest, match='agent must be true, false or "only"'):
+            ExecRequest.parse({"project": "a", "argv": ["x"], "agent": bad})
 
 
 TARGET = containers.ExecTarget(

@@ -22,11 +22,6 @@ from rxslurm.protocol.exec_wire import (
     encode,
 )
 
-# How a command runs: "agent" only through the container's exec agent (an error if there is
-# none), "step" only as a Slurm step; unset (or anything else), the agent when it answers and a
-# step otherwise. For tests and benchmarks; people need not set it.
-EXEC_PATH_ENV = "RXSLURM_EXEC_PATH"
-
 
 class ExecError(Exception):
     """The session failed; the message is one line for people."""
@@ -146,8 +141,6 @@ def run(
                 for message in _replies(reader, data):
                     if "agent" in message:
                         raise UseAgent(message["agent"])
-                    if "no_agent" in message and os.environ.get(EXEC_PATH_ENV) == "agent":
-                        raise ExecError(str(message["no_agent"]))
                     if "exit" in message:
                         if "stopped" in message and on_stopped:
                             on_stopped(str(message["stopped"]))

@@ -26,7 +26,6 @@ from typing import Any
 
 from rxslurm.cli.door import Door, DoorError, munge_header
 from rxslurm.cli.exec_client import (
-    EXEC_PATH_ENV,
     ExecError,
     UseAgent,
     handling_signals,
@@ -350,8 +349,6 @@ class RemoteSession:
         if "agent" in message:
             sock.close()
             raise UseAgent(message["agent"])
-        if "no_agent" in message and os.environ.get(EXEC_PATH_ENV) == "agent":
-            raise ExecError(str(message["no_agent"]))
         if "direct" in message:
             sock.close()
             if self.on_ready:

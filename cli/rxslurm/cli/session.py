@@ -13,7 +13,6 @@ from typing import Any, TextIO
 
 from rxslurm.cli import exec_client
 from rxslurm.cli.client import Client
-from rxslurm.cli.exec_client import EXEC_PATH_ENV
 from rxslurm.cli.render import safe
 from rxslurm.protocol.durations import duration
 from rxslurm.protocol.exec_wire import exec_socket_for
@@ -22,6 +21,10 @@ from rxslurm.protocol.exec_wire import exec_socket_for
 # command is unlikely to use: docker run's 125 ("the docker command itself failed"). 126 and 127
 # (cannot run, not found) come from the container's side, as there.
 SESSION_FAILED = 125
+# How a command runs: "agent" only through the container's exec agent (an error if there is
+# none), "step" only as a Slurm step; unset (or anything else), the agent when it answers and a
+# step otherwise. For tests and benchmarks; people need not set it.
+EXEC_PATH_ENV = "RXSLURM_EXEC_PATH"
 
 
 class WaitLine:
@@ -92,7 +95,7 @@ def run_session(client: Client, project: str, request: dict[str, Any], verb: str
     path = os.environ.get(EXEC_PATH_ENV, "")
     runs_commands = not request.get("wait")
     if runs_commands and path != "step":
-        request["agent"] = True
+        request["agent"] = "only" if path == "agent" else True
     try:
         try:
             return _converse(client, request, hooks)

@@ -169,6 +169,8 @@ class ExecRequest:
     wait: bool = False
     # The client can talk to the container's exec agent: answer where it is, with a ticket.
     agent: bool = False
+    # ... and only to it ("agent": "only"): without an agent, an error rather than a step.
+    agent_only: bool = False
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> ExecRequest:
@@ -197,14 +199,11 @@ class ExecRequest:
             raise BadRequest("argv must not contain NUL bytes")
         if not all(_encodable(a) for a in (project, *argv)):
             raise BadRequest("project and argv must be valid Unicode (no lone surrogates)")
-        flags = {}
-        for key, default in (
-            ("shell", False),
-            ("tty", False),
-            ("wake", True),
-            ("wait", False),
-            ("agent", False),
-        ):
+        agent = data.get("agent", False)
+        if not isinstance(agent, bool) and agent != "only":
+            raise BadRequest('agent must be true, false or "only"')
+        flags = {"agent": agent is not False, "agent_only": agent == "only"}
+        for key, default in (("shell", False), ("tty", False), ("wake", True), ("wait", False)):
             value = data.get(key, default)
             if not isinstance(value, bool):
                 raise BadRequest(f"{key} must be true or false")
@@ -407,8 +406,8 @@ class Session:
                 )
                 self.send({"agent": grant})
                 return
-            # Said before the step starts, so a client that must use the agent can stop here.
-            self.send({"no_agent": "the container has no exec agent; the command runs as a step"})
+            if request.agent_only:
+                raise Conflict(f"the container of {request.project} has no exec agent")
         if direct_allowed and caller.uid == target.runas.uid:
             step = self.direct_step(target, request)
             log.info(
