@@ -1,6 +1,6 @@
 """`python -m bench`: run the benchmarks on the local test cluster (as root, cluster up).
 
-python -m bench                     # all five, full size (several minutes)
+python -m bench                     # all of them, full size (several minutes)
 python -m bench --only exec,wake    # some of them
 python -m bench --quick --out DIR   # tiny sizes: the smoke test
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import (
+    agent_exec,
     api_throughput,
     exec_latency,
     footprint,
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(ctx.close)
         for name, module in (
             ("exec", exec_latency),
+            ("agent", agent_exec),
             ("startup", startup),
             ("wake", wake_latency),
             ("api", api_throughput),

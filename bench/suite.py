@@ -17,6 +17,7 @@ class Sizes:
     exec_n: int = 200  # sequential `rxctl exec -- true`, and as many raw steps
     exec_clients: int = 8  # concurrent clients for throughput
     exec_concurrent_n: int = 200  # execs per side in the concurrent run
+    agent_batch: int = 100  # small commands one after the other, per block (agent vs raw step)
     wake_n: int = 20  # wakes per side
     scale_jobs: int = 10_000  # held jobs in the queue
     scale_ledger: int = 10_000  # containers in the ledger (the first scale_jobs hold a job)
@@ -31,6 +32,7 @@ FULL = Sizes()
 QUICK = Sizes(
     exec_n=5,
     exec_concurrent_n=8,
+    agent_batch=3,
     wake_n=1,
     scale_jobs=200,
     scale_ledger=1_000,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from rxslurm.cli import exec_client
+from rxslurm.cli import agent_client, exec_client
 from rxslurm.cli.client import Client
 from rxslurm.cli.session import run_session
 from rxslurm.daemon.api.peercred import Caller
@@ -24,8 +24,9 @@ from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.exec.server import ExecRequest, Session, receive_request
 from rxslurm.daemon.runtime.agent_files import AgentFiles
 from rxslurm.protocol import agent_wire
-from rxslurm.protocol.agent_wire import Endpoint
-from rxslurm.protocol.exec_wire import encode
+from rxslurm.protocol.agent_wire import Endpoint, FrameReader, control, frame
+from rxslurm.protocol.exec_wire import STDERR, STDOUT, encode
+from rxslurm.slurm import munge
 from rxslurm.slurm.runas import RunAs
 from tests.support.fakes import FakeRuntime
 
@@ -206,3 +207,73 @@ def test_rxd_reads_the_agents_sessions(tmp_path: Path) -> None:
     assert report is not None and (report.open, report.changed_at) == (2, 1796084827)
     (tmp_path / "job-42.sessions").write_text("-1 x\n")
     assert files.sessions(str(tmp_path), 42, uid) is None
+
+
+# -- rxctl's side of the agent's protocol ----------------------------------------------------
+
+
+def one_shot_agent(answer: bytes) -> tuple[int, threading.Thread]:
+    """An agent that says hello, takes the credential and body, and answers `answer` in one
+    write (as a quick command's start, output and exit often arrive)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(control({"agent": 1, "job": 42, "nonce": "ab" * 16}))
+                reader, frames = FrameReader(), []
+                while len(frames) < 2:
+                    frames += reader.feed(conn.recv(65536))
+                conn.sendall(answer)
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(65536):
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return int(listener.getsockname()[1]), thread
+
+
+def test_rxctl_loses_nothing_that_arrives_with_the_start(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(munge, "encode", lambda payload, **kw: "MUNGE:fake")
+    answer = (
+        control({"started": True}) + frame(STDOUT, b"hi\n") + frame(STDERR, b"e\n")
+    ) + control({"exit": 3})
+    port, thread = one_shot_agent(answer)
+    null = os.open(os.devnull, os.O_RDONLY)
+    saved = os.dup(0)
+    os.dup2(null, 0)
+    try:
+        grant = {"host": "127.0.0.1", "port": port, "job_id": 42, "ticket": None}
+        code = agent_client.run(grant, {"argv": ["x"], "cwd": "/"})
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(null)
+    thread.join(timeout=10)
+    assert code == 3
+    assert capfd.readouterr() == ("hi\n", "e\n")
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (control({"error": "refused: the ticket has expired"}), agent_client.AgentUnavailable),
+        (b"", agent_client.AgentUnavailable),
+        (control({"error": "cwd must be an absolute path"}), exec_client.ExecError),
+    ],
+)
+def test_a_refusal_before_the_start_lets_rxctl_fall_back_and_a_bad_request_does_not(
+    monkeypatch: pytest.MonkeyPatch, answer: bytes, error: type[Exception]
+) -> None:
+    monkeypatch.setattr(munge, "encode", lambda payload, **kw: "MUNGE:fake")
+    port, thread = one_shot_agent(answer)
+    grant = {"host": "127.0.0.1", "port": port, "job_id": 42, "ticket": None}
+    with pytest.raises(error):
+        agent_client.AgentSession(grant, {"argv": ["x"]}).start()
+    thread.join(timeout=10)

@@ -39,6 +39,8 @@ from rxslurm.protocol.exec_wire import CONTROL, decode
 # trickles it is closed.
 HANDSHAKE_S = 10.0
 MAX_CONNECTIONS = 256
+# How long a finished session waits for its client to close first.
+CLOSE_WAIT_S = 5.0
 
 
 class Agent:
@@ -90,7 +92,7 @@ class Agent:
             with contextlib.suppress(OSError):
                 conn.sendall(control({"error": f"the agent failed: {exc}"}))
         finally:
-            conn.close()
+            close_gently(conn)
             with self.lock:
                 self.connections -= 1
 
@@ -126,6 +128,17 @@ class Agent:
             raise Refused("the credential message is not JSON") from None
         _, request = authenticate(self.me, nonce, credential, body)
         return request
+
+
+def close_gently(conn: socket.socket) -> None:
+    """Close after the client has read our last message: closing with its later bytes unread
+    (stdin's end, a signal) would reset the connection and could lose that message."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(CLOSE_WAIT_S)
+        while conn.recv(65536):
+            pass
+    conn.close()
 
 
 def listen(host: str) -> socket.socket:

@@ -43,7 +43,36 @@ class AgentUnavailable(Exception):
     """The agent cannot run the command (not there, refused, gone before it started)."""
 
 
-def connect(grant: dict[str, Any]) -> tuple[socket.socket, FrameReader, dict[str, Any]]:
+class Stream:
+    """The agent's frames, one at a time: a read may bring several (`started` and the output
+    and exit of a quick command arrive together), and none may be lost."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = FrameReader()
+        self.pending: list[tuple[bytes, bytes]] = []
+
+    def next_control(self) -> dict[str, Any]:
+        """The next control message; frames before it stay pending, in order."""
+        while True:
+            for i, (channel, payload) in enumerate(self.pending):
+                if channel == CONTROL:
+                    del self.pending[i]
+                    return decode(payload)
+            self.read()
+
+    def read(self) -> None:
+        data = self.sock.recv(MAX_DATA + 16)
+        if not data:
+            raise AgentUnavailable("the connection closed")
+        self.pending += self.reader.feed(data)
+
+    def take(self) -> list[tuple[bytes, bytes]]:
+        frames, self.pending = self.pending, []
+        return frames
+
+
+def connect(grant: dict[str, Any]) -> tuple[Stream, dict[str, Any]]:
     """A connection to the agent and its hello."""
     try:
         host, port = str(grant["host"]), int(grant["port"])
@@ -54,24 +83,13 @@ def connect(grant: dict[str, Any]) -> tuple[socket.socket, FrameReader, dict[str
     except OSError as exc:
         raise AgentUnavailable(f"cannot reach the agent on {host}:{port}: {exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    reader = FrameReader()
+    stream = Stream(sock)
     try:
-        hello = _next_control(sock, reader)
+        hello = stream.next_control()
     except (AgentUnavailable, OSError, WireError) as exc:
         sock.close()
         raise AgentUnavailable(f"the agent on {host}:{port} did not say hello: {exc}") from None
-    return sock, reader, hello
-
-
-def _next_control(sock: socket.socket, reader: FrameReader) -> dict[str, Any]:
-    while True:
-        for channel, payload in reader.feed(b""):
-            if channel == CONTROL:
-                return decode(payload)
-        data = sock.recv(MAX_DATA)
-        if not data:
-            raise AgentUnavailable("the connection closed")
-        reader.buffer += data
+    return stream, hello
 
 
 class AgentSession:
@@ -84,12 +102,13 @@ class AgentSession:
         self.selector = selectors.DefaultSelector()
         self.stdin_open = False
 
-    def start(self) -> tuple[socket.socket, FrameReader]:
+    def start(self) -> Stream:
         """Connect, authenticate, and wait until the command runs."""
         from rxslurm.slurm.munge import MungeError, encode
         from rxslurm.slurm.request_binding import BindingError, bind
 
-        sock, reader, hello = connect(self.grant)
+        stream, hello = connect(self.grant)
+        sock = stream.sock
         try:
             nonce, job_id = str(hello.get("nonce")), int(hello.get("job", -1))
             if job_id != int(self.grant.get("job_id", -2)):
@@ -108,7 +127,7 @@ class AgentSession:
             except MungeError as exc:
                 raise AgentUnavailable(f"MUNGE: {exc.message}") from None
             sock.sendall(control({"credential": credential}) + frame(CONTROL, body))
-            answer = _next_control(sock, reader)
+            answer = stream.next_control()
         except (OSError, ValueError, WireError, BindingError) as exc:
             sock.close()
             raise AgentUnavailable(str(exc)) from None
@@ -116,7 +135,7 @@ class AgentSession:
             sock.close()
             raise
         if answer.get("started"):
-            return sock, reader
+            return stream
         sock.close()
         error = str(answer.get("error", "no answer"))
         if error.startswith("refused"):
@@ -124,7 +143,8 @@ class AgentSession:
         raise ExecError(error)  # the request itself is wrong: a step would fail the same way
 
     def run(self) -> int:
-        sock, reader = self.start()
+        stream = self.start()
+        sock = stream.sock
         try:
             with self.catching_signals(), terminal_restored(0):
                 if self.tty:
@@ -133,7 +153,7 @@ class AgentSession:
 
                     with contextlib.suppress(termios.error):
                         tty.setraw(0)
-                return self.relay(sock, reader)
+                return self.relay(stream)
         finally:
             sock.close()
             self.selector.close()
@@ -148,11 +168,13 @@ class AgentSession:
 
         return handling_signals(caught)
 
-    def relay(self, sock: socket.socket, reader: FrameReader) -> int:
+    def relay(self, stream: Stream) -> int:
+        sock = stream.sock
+        sock.settimeout(None)
         self.selector.register(sock, selectors.EVENT_READ, "sock")
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
         self.start_stdin(sock)
-        pending = reader.feed(b"")
+        pending = stream.take()
         while True:
             for channel, payload in pending:
                 result = self.on_frame(channel, payload)
@@ -162,15 +184,16 @@ class AgentSession:
             for key, _ in self.selector.select():
                 if key.data == "sock":
                     try:
-                        data = sock.recv(MAX_DATA + 16)
+                        stream.read()
+                    except AgentUnavailable:
+                        raise ExecError(
+                            "the agent ended the session without an exit status"
+                        ) from None
                     except OSError as exc:
                         raise ExecError(f"lost the connection to the agent: {exc}") from None
-                    if not data:
-                        raise ExecError("the agent ended the session without an exit status")
-                    try:
-                        pending += reader.feed(data)
                     except WireError as exc:
                         raise ExecError(f"the agent broke its protocol: {exc}") from None
+                    pending = stream.take()
                 elif key.data == "wake":
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.wake_r, 512)
