@@ -21,8 +21,6 @@ runs on the container's own Python.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 import struct
@@ -103,9 +101,18 @@ def parse_key(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
+def _mac(key: bytes, ticket: Ticket) -> str:
+    # Imported here: rxctl imports this module on its exec path and never signs or verifies
+    # (hmac loads OpenSSL, a few milliseconds of every exec's start-up).
+    import hashlib
+    import hmac
+
+    return hmac.new(key, ticket.text().encode(), hashlib.sha256).hexdigest()
+
+
 def sign(key: bytes, uid: int, job_id: int, now: float, ttl_s: int = TICKET_TTL_S) -> str:
     ticket = Ticket(uid=uid, job_id=job_id, expires=int(now) + ttl_s)
-    mac = hmac.new(key, ticket.text().encode(), hashlib.sha256).hexdigest()
+    mac = _mac(key, ticket)
     return f"t1.{ticket.uid}.{ticket.job_id}.{ticket.expires}.{mac}"
 
 
@@ -115,8 +122,9 @@ def verify(key: bytes, text: str, *, uid: int, job_id: int, now: float) -> Ticke
     if match is None:
         raise WireError("the ticket is malformed")
     ticket = Ticket(uid=int(match[1]), job_id=int(match[2]), expires=int(match[3]))
-    expected = hmac.new(key, ticket.text().encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, match[4]):
+    import hmac
+
+    if not hmac.compare_digest(_mac(key, ticket), match[4]):
         raise WireError("the ticket is not rxd's")
     if ticket.uid != uid:
         raise WireError("the ticket was given to another user")
