@@ -24,8 +24,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from rxslurm.protocol.exec_wire import CONTROL
 
@@ -84,8 +83,8 @@ class FrameReader:
 # -- tickets ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Ticket:
+# NamedTuples, not dataclasses: rxctl imports this module on every exec.
+class Ticket(NamedTuple):
     uid: int
     job_id: int
     expires: int  # seconds since the epoch
@@ -138,8 +137,7 @@ def verify(key: bytes, text: str, *, uid: int, job_id: int, now: float) -> Ticke
 # -- the endpoint file -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """Where a job's agent listens and its key: `job-<id>.agent` in the container's state
     folder, one line `<host> <port> <key hex>`, written by the holder."""
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 LIBRARY = "libmunge.so.2"
 # munged's socket where the package puts it (munge.h's MUNGE_SOCKET_NAME).
@@ -100,8 +99,7 @@ class MungeUnavailable(MungeError):
     """libmunge is not installed, or munged does not answer."""
 
 
-@dataclass(frozen=True)
-class Decoded:
+class Decoded(NamedTuple):
     payload: bytes
     uid: int
     gid: int

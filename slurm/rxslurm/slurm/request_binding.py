@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 VERSION = "rxslurm-request/1"
 # The HTTP header that carries the credential.
@@ -32,8 +32,8 @@ class BindingError(ValueError):
     """A payload that is not an rx-slurm request binding, or one that does not match."""
 
 
-@dataclass(frozen=True)
-class Binding:
+# NamedTuples here and in munge.py: rxctl's exec path need not import dataclasses.
+class Binding(NamedTuple):
     uid: int
     nonce: str
     digest: str
