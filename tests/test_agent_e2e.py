@@ -42,6 +42,7 @@ from rxslurm.slurm import munge, request_binding
 args = json.loads(sys.argv[1])
 sock = socket.create_connection((args["host"], args["port"]), timeout=30)
 reader = FrameReader()
+sock.sendall(control({"hello": 1, "nonce": os.urandom(16).hex()}))
 
 def next_control():
     while True:

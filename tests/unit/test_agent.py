@@ -22,7 +22,14 @@ import pytest
 from rxslurm.agent.auth import Identity
 from rxslurm.agent.main import Agent, listen
 from rxslurm.protocol import agent_wire
-from rxslurm.protocol.agent_wire import BIND_METHOD, FrameReader, bind_target, control, frame
+from rxslurm.protocol.agent_wire import (
+    BIND_METHOD,
+    FrameReader,
+    bind_target,
+    control,
+    frame,
+    proof,
+)
 from rxslurm.protocol.exec_wire import CONTROL, STDERR, STDIN, STDOUT, decode
 from rxslurm.slurm import request_binding
 from rxslurm.slurm.munge import Decoded, Err, MungeError
@@ -60,7 +67,13 @@ def munge() -> FakeMunge:
 
 @pytest.fixture
 def agent(munge: FakeMunge) -> Iterator[tuple[str, int]]:
-    me = Identity(job_id=JOB, uid=OWNER, key=KEY, decode=munge.decode)
+    me = Identity(
+        job_id=JOB,
+        uid=OWNER,
+        key=KEY,
+        decode=munge.decode,
+        encode=lambda payload: munge.encode(payload, OWNER),
+    )
     listener = listen("127.0.0.1")
     server = Agent(me, listener)
     server.report = lambda line: None  # type: ignore[method-assign]
@@ -74,10 +87,12 @@ def agent(munge: FakeMunge) -> Iterator[tuple[str, int]]:
 class Conn:
     """A raw client of the agent's protocol."""
 
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(self, address: tuple[str, int], hello: bytes | None = None) -> None:
         self.sock = socket.create_connection(address, timeout=30)
         self.reader = FrameReader()
         self.frames: list[tuple[bytes, bytes]] = []
+        self.nonce = secrets.token_hex(16)
+        self.sock.sendall(control({"hello": 1, "nonce": self.nonce}) if hello is None else hello)
         self.hello = self.control()
 
     def next_frame(self) -> tuple[bytes, bytes]:
@@ -150,15 +165,31 @@ def command(*argv: str, **extra: Any) -> dict[str, Any]:
 # -- running commands ------------------------------------------------------------------------
 
 
-def test_the_hello_names_the_job_and_a_fresh_nonce_per_connection(agent, munge) -> None:
+def test_the_hello_names_the_job_a_fresh_nonce_and_proves_the_agent(agent, munge) -> None:
     first, second = Conn(agent), Conn(agent)
     try:
         assert first.hello["agent"] == second.hello["agent"] == 1
         assert first.hello["job"] == JOB
         assert first.hello["nonce"] != second.hello["nonce"]
+        # The agent's own credential (the runtime user's) over both nonces and the job.
+        proved = munge.decode(first.hello["credential"])
+        assert proved.uid == OWNER
+        assert proved.payload == proof(JOB, first.nonce, first.hello["nonce"])
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [control({"hello": 1}), control({"hello": 1, "nonce": "x" * 32}), frame(STDIN, b"x")],
+)
+def test_a_client_without_a_nonce_of_its_own_gets_no_proof(agent, munge, hello) -> None:
+    conn = Conn(agent, hello=hello)
+    try:
+        assert "credential" not in conn.hello and conn.hello["error"].startswith("refused: ")
+    finally:
+        conn.close()
 
 
 def test_a_command_gets_both_streams_and_its_exit_status(agent, munge) -> None:

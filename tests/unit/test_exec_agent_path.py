@@ -4,6 +4,7 @@ not answer, RXSLURM_EXEC_PATH forces one way; the files rxd reads of the agent."
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -24,7 +25,7 @@ from rxslurm.daemon.errors import BadRequest
 from rxslurm.daemon.exec.server import ExecRequest, Session, receive_request
 from rxslurm.daemon.runtime.agent_files import AgentFiles
 from rxslurm.protocol import agent_wire
-from rxslurm.protocol.agent_wire import Endpoint, FrameReader, control, frame
+from rxslurm.protocol.agent_wire import Endpoint, FrameReader, control, frame, proof
 from rxslurm.protocol.exec_wire import STDERR, STDOUT, encode
 from rxslurm.slurm import munge
 from rxslurm.slurm.runas import RunAs
@@ -62,7 +63,7 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-GRANT = {"host": "127.0.0.1", "port": 0, "job_id": 42, "ticket": "t1.x"}
+GRANT = {"host": "127.0.0.1", "port": 0, "job_id": 42, "uid": 2001, "ticket": "t1.x"}
 
 
 def session(tmp_path: Path, scripts: list[Script]) -> tuple[int, list[dict[str, Any]]]:
@@ -174,6 +175,7 @@ def test_rxd_names_the_agent_with_a_ticket_for_the_caller_and_this_job_only() ->
     grant = grant_for(runtime, 3101)
     assert grant is not None
     assert (grant["host"], grant["port"], grant["job_id"]) == ("10.0.0.5", 40001, 42)
+    assert grant["uid"] == 2001  # the agent must prove it is the runtime user's
     now = time.time()
     ticket = agent_wire.verify(key, grant["ticket"], uid=3101, job_id=42, now=now)
     assert now < ticket.expires <= now + agent_wire.TICKET_TTL_S + 1
@@ -212,9 +214,13 @@ def test_rxd_reads_the_agents_sessions(tmp_path: Path) -> None:
 # -- rxctl's side of the agent's protocol ----------------------------------------------------
 
 
-def one_shot_agent(answer: bytes) -> tuple[int, threading.Thread]:
-    """An agent that says hello, takes the credential and body, and answers `answer` in one
-    write (as a quick command's start, output and exit often arrive)."""
+AGENT_NONCE = "ab" * 16
+
+
+def one_shot_agent(answer: bytes, prover: int = 2001) -> tuple[int, threading.Thread]:
+    """An agent that says hello with a credential of `prover`'s, takes the credential and body,
+    and answers `answer` in one write (as a quick command's start, output and exit often
+    arrive). The credentials are stand-ins: see fake_munge."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -223,8 +229,13 @@ def one_shot_agent(answer: bytes) -> tuple[int, threading.Thread]:
         with listener:
             conn, _ = listener.accept()
             with conn:
-                conn.sendall(control({"agent": 1, "job": 42, "nonce": "ab" * 16}))
                 reader, frames = FrameReader(), []
+                while not frames:
+                    frames += reader.feed(conn.recv(65536))
+                client = json.loads(frames.pop(0)[1])["nonce"]
+                credential = f"MUNGE:{prover}:" + proof(42, client, AGENT_NONCE).decode()
+                hello = {"agent": 1, "job": 42, "nonce": AGENT_NONCE, "credential": credential}
+                conn.sendall(control(hello))
                 while len(frames) < 2:
                     frames += reader.feed(conn.recv(65536))
                 conn.sendall(answer)
@@ -237,10 +248,24 @@ def one_shot_agent(answer: bytes) -> tuple[int, threading.Thread]:
     return int(listener.getsockname()[1]), thread
 
 
+def fake_munge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials as text: "MUNGE:<uid>:<payload>"."""
+
+    def decode(credential: str, **kw: Any) -> munge.Decoded:
+        _, uid, payload = credential.split(":", 2)
+        return munge.Decoded(payload.encode(), int(uid), int(uid), 0, 300)
+
+    monkeypatch.setattr(munge, "encode", lambda payload, **kw: "MUNGE:0:x")
+    monkeypatch.setattr(munge, "decode", decode)
+
+
+GRANTED = {"host": "127.0.0.1", "job_id": 42, "uid": 2001, "ticket": None}
+
+
 def test_rxctl_loses_nothing_that_arrives_with_the_start(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(munge, "encode", lambda payload, **kw: "MUNGE:fake")
+    fake_munge(monkeypatch)
     answer = (
         control({"started": True}) + frame(STDOUT, b"hi\n") + frame(STDERR, b"e\n")
     ) + control({"exit": 3})
@@ -249,8 +274,7 @@ def test_rxctl_loses_nothing_that_arrives_with_the_start(
     saved = os.dup(0)
     os.dup2(null, 0)
     try:
-        grant = {"host": "127.0.0.1", "port": port, "job_id": 42, "ticket": None}
-        code = agent_client.run(grant, {"argv": ["x"], "cwd": "/"})
+        code = agent_client.run({**GRANTED, "port": port}, {"argv": ["x"], "cwd": "/"})
     finally:
         os.dup2(saved, 0)
         os.close(saved)
@@ -271,9 +295,18 @@ def test_rxctl_loses_nothing_that_arrives_with_the_start(
 def test_a_refusal_before_the_start_lets_rxctl_fall_back_and_a_bad_request_does_not(
     monkeypatch: pytest.MonkeyPatch, answer: bytes, error: type[Exception]
 ) -> None:
-    monkeypatch.setattr(munge, "encode", lambda payload, **kw: "MUNGE:fake")
+    fake_munge(monkeypatch)
     port, thread = one_shot_agent(answer)
-    grant = {"host": "127.0.0.1", "port": port, "job_id": 42, "ticket": None}
     with pytest.raises(error):
-        agent_client.AgentSession(grant, {"argv": ["x"]}).start()
+        agent_client.AgentSession({**GRANTED, "port": port}, {"argv": ["x"]}).start()
     thread.join(timeout=10)
+
+
+def test_rxctl_talks_only_to_an_agent_that_proves_it_is_the_runtime_users(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A process of another user's on the port of an agent that is gone.
+    fake_munge(monkeypatch)
+    port, thread = one_shot_agent(control({"started": True}), prover=2002)
+    with pytest.raises(agent_client.AgentUnavailable, match="could not prove"):
+        agent_client.AgentSession({**GRANTED, "port": port}, {"argv": ["x"]}).start()

@@ -21,12 +21,14 @@ class Refused(Exception):
 @dataclass(frozen=True)
 class Identity:
     """What the agent knows of itself: the job, the runtime user's uid outside the container
-    (inside, under --fakeroot, it is 0), the job's key, and how to decode a credential."""
+    (inside, under --fakeroot, it is 0), the job's key, and how to decode and make a
+    credential."""
 
     job_id: int
     uid: int
     key: bytes
     decode: Callable[[str], Decoded]
+    encode: Callable[[bytes], str]
     clock: Callable[[], float] = time.time
 
 

@@ -32,6 +32,8 @@ from rxslurm.protocol.agent_wire import (
     FrameReader,
     WireError,
     control,
+    is_nonce,
+    proof,
 )
 from rxslurm.protocol.exec_wire import CONTROL, decode
 
@@ -105,10 +107,38 @@ class Agent:
     def handshake(self, conn: socket.socket, reader: FrameReader) -> dict[str, Any]:
         deadline = time.monotonic() + HANDSHAKE_S
         nonce = secrets.token_hex(16)
-        conn.settimeout(HANDSHAKE_S)
-        conn.sendall(control({"agent": VERSION, "job": self.me.job_id, "nonce": nonce}))
+        frames = self.receive(conn, reader, deadline, 1)
+        try:
+            client_nonce = decode(frames[0]).get("nonce")
+        except ValueError:
+            raise Refused("the hello is not JSON") from None
+        if not isinstance(client_nonce, str) or not is_nonce(client_nonce):
+            raise Refused("the hello has no nonce")
+        # Our own credential over both nonces: the client checks it is the runtime user's.
+        credential = self.me.encode(proof(self.me.job_id, client_nonce, nonce))
+        hello = {"agent": VERSION, "job": self.me.job_id, "nonce": nonce}
+        conn.sendall(control({**hello, "credential": credential}))
+        credential_message, body = self.receive(conn, reader, deadline, 2)
+        try:
+            theirs = decode(credential_message).get("credential")
+        except ValueError:
+            raise Refused("the credential message is not JSON") from None
+        _, request = authenticate(self.me, nonce, theirs, body)
+        return request
+
+    def receive(
+        self, conn: socket.socket, reader: FrameReader, deadline: float, count: int
+    ) -> list[bytes]:
+        """The next `count` control frames; the client sends nothing else before the command
+        has started."""
         frames: list[bytes] = []
-        while len(frames) < 2:
+        while len(frames) < count:
+            for channel, payload in reader.feed(b""):
+                if channel != CONTROL or len(frames) == count:
+                    raise Refused("data before the command started")
+                frames.append(payload)
+            if len(frames) == count:
+                break
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
@@ -116,18 +146,8 @@ class Agent:
             data = conn.recv(65536)
             if not data:
                 raise Refused("the connection closed during the handshake")
-            for channel, payload in reader.feed(data):
-                # The client sends nothing more until the command has started.
-                if channel != CONTROL or len(frames) == 2:
-                    raise Refused("data before the command started")
-                frames.append(payload)
-        credential_message, body = frames
-        try:
-            credential = decode(credential_message).get("credential")
-        except ValueError:
-            raise Refused("the credential message is not JSON") from None
-        _, request = authenticate(self.me, nonce, credential, body)
-        return request
+            reader.buffer += data
+        return frames
 
 
 def close_gently(conn: socket.socket) -> None:
@@ -186,8 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     except munge.MungeError as exc:
         print(f"error MUNGE does not work in the container: {exc.message}", flush=True)
         return 1
+
+    def encode_credential(payload: bytes) -> str:
+        return munge.encode(payload, socket=args.munge_socket)
+
     me = Identity(
-        job_id=args.job, uid=args.uid, key=secrets.token_bytes(KEY_BYTES), decode=decode_credential
+        job_id=args.job,
+        uid=args.uid,
+        key=secrets.token_bytes(KEY_BYTES),
+        decode=decode_credential,
+        encode=encode_credential,
     )
     host = args.host or node_address()
     listener = listen(host)

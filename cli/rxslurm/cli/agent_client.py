@@ -26,11 +26,14 @@ from rxslurm.cli.exec_client import (
 from rxslurm.protocol.agent_wire import (
     BIND_METHOD,
     MAX_DATA,
+    VERSION,
     FrameReader,
     WireError,
     bind_target,
     control,
     frame,
+    is_nonce,
+    proof,
 )
 from rxslurm.protocol.exec_wire import CONTROL, SIGNAL_NAMES, STDERR, STDIN, STDOUT, decode
 
@@ -72,29 +75,45 @@ class Stream:
         return frames
 
 
-def connect(grant: dict[str, Any]) -> tuple[Stream, dict[str, Any]]:
-    """A connection to the agent and its hello."""
+def connect(grant: dict[str, Any], munge_socket: str | None = None) -> tuple[Stream, str, int]:
+    """A connection to the agent rxd named, which has proved it is the container's runtime user
+    (its MUNGE credential over our nonce and its own); the agent's nonce and job."""
+    from rxslurm.slurm.munge import MungeError, decode
+
     try:
-        host, port = str(grant["host"]), int(grant["port"])
+        host, port, uid = str(grant["host"]), int(grant["port"]), int(grant["uid"])
+        job_id = int(grant["job_id"])
     except (KeyError, TypeError, ValueError):
-        raise AgentUnavailable("rxd named no agent address") from None
+        raise AgentUnavailable("rxd named no agent") from None
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
     except OSError as exc:
         raise AgentUnavailable(f"cannot reach the agent on {host}:{port}: {exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     stream = Stream(sock)
+    ours = os.urandom(16).hex()
     try:
+        sock.sendall(control({"hello": VERSION, "nonce": ours}))
         hello = stream.next_control()
-    except (AgentUnavailable, OSError, WireError) as exc:
+        theirs = hello.get("nonce")
+        if not is_nonce(theirs) or hello.get("job") != job_id:
+            raise AgentUnavailable("it is not the agent of this container's job")
+        decoded = decode(str(hello.get("credential")), socket=munge_socket)
+        if decoded.uid != uid or decoded.payload != proof(job_id, ours, str(theirs)):
+            raise AgentUnavailable("it could not prove it is the container's agent")
+    except (AgentUnavailable, MungeError, OSError, ValueError, WireError) as exc:
         sock.close()
-        raise AgentUnavailable(f"the agent on {host}:{port} did not say hello: {exc}") from None
-    return stream, hello
+        reason = getattr(exc, "message", None) or str(exc)
+        raise AgentUnavailable(f"the agent on {host}:{port}: {reason}") from None
+    return stream, str(theirs), job_id
 
 
 class AgentSession:
-    def __init__(self, grant: dict[str, Any], request: dict[str, Any]) -> None:
+    def __init__(
+        self, grant: dict[str, Any], request: dict[str, Any], munge_socket: str | None = None
+    ) -> None:
         self.grant = grant
+        self.munge_socket = munge_socket
         self.tty = bool(request.get("tty"))
         self.request = {k: request[k] for k in _FIELDS if k in request}
         self.signals: list[int] = []
@@ -107,12 +126,9 @@ class AgentSession:
         from rxslurm.slurm.munge import MungeError, encode
         from rxslurm.slurm.request_binding import BindingError, bind
 
-        stream, hello = connect(self.grant)
+        stream, nonce, job_id = connect(self.grant, self.munge_socket)
         sock = stream.sock
         try:
-            nonce, job_id = str(hello.get("nonce")), int(hello.get("job", -1))
-            if job_id != int(self.grant.get("job_id", -2)):
-                raise AgentUnavailable("the agent there serves another job")
             if self.tty:
                 size = window_size(0)
                 if size:
@@ -123,7 +139,7 @@ class AgentSession:
             ).encode()
             binding = bind(BIND_METHOD, bind_target(job_id), body, os.getuid(), nonce=nonce)
             try:
-                credential = encode(binding.to_payload())
+                credential = encode(binding.to_payload(), socket=self.munge_socket)
             except MungeError as exc:
                 raise AgentUnavailable(f"MUNGE: {exc.message}") from None
             sock.sendall(control({"credential": credential}) + frame(CONTROL, body))
@@ -246,7 +262,7 @@ class AgentSession:
         return None
 
 
-def run(grant: dict[str, Any], request: dict[str, Any]) -> int:
+def run(grant: dict[str, Any], request: dict[str, Any], munge_socket: str | None = None) -> int:
     """Run the request through the agent rxd named; its exit status. AgentUnavailable before
     the command started, ExecError after."""
-    return AgentSession(grant, request).run()
+    return AgentSession(grant, request, munge_socket).run()

@@ -103,8 +103,9 @@ def run_session(client: Client, project: str, request: dict[str, Any], verb: str
             wait.done()
             from rxslurm.cli import agent_client
 
+            munge_socket = client.door.munge_socket if client.door else None
             try:
-                return agent_client.run(use.grant, request)
+                return agent_client.run(use.grant, request, munge_socket)
             except agent_client.AgentUnavailable as exc:
                 if path == "agent":
                     raise exec_client.ExecError(f"the container's exec agent: {exc}") from None

@@ -4,8 +4,11 @@ rxd (docs/exec.md, "The agent").
 A connection to the agent is a stream of frames: one channel byte (exec_wire's `c`, `0`, `1`,
 `2`), a 4-byte big-endian length, the payload. Control frames carry one JSON object each.
 
-1. agent -> client: `{"agent": 1, "job": J, "nonce": "<32 hex>"}`, a nonce fresh for this
-   connection.
+0. client -> agent: `{"hello": 1, "nonce": "<32 hex>"}`, the client's nonce.
+1. agent -> client: `{"agent": 1, "job": J, "nonce": "<32 hex>", "credential": C}`, a nonce
+   fresh for this connection and the agent's own MUNGE credential over both nonces and the job
+   (`proof`): the client checks it was made by the container's runtime user, so a process that
+   took the port of an agent that is gone gets neither the caller's credential nor its input.
 2. client -> agent: `{"credential": "<MUNGE credential>"}` then the body, `{"ticket": T | null,
    "request": {...}}`, whose exact bytes the credential's payload binds together with the nonce
    (`rxslurm.slurm.request_binding`, method `AGENT`, target `agent/J`): a credential is good for
@@ -48,6 +51,15 @@ class WireError(ValueError):
 
 def bind_target(job_id: int) -> str:
     return f"agent/{int(job_id)}"
+
+
+def proof(job_id: int, client_nonce: str, agent_nonce: str) -> bytes:
+    """The payload of the agent's credential in its hello."""
+    return f"rxslurm-agent/1 job={int(job_id)} client={client_nonce} agent={agent_nonce}".encode()
+
+
+def is_nonce(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) is not None
 
 
 def frame(channel: bytes, payload: bytes) -> bytes:

@@ -447,6 +447,8 @@ class Session:
             "host": endpoint.host,
             "port": endpoint.port,
             "job_id": target.job_id,
+            # Whose the agent is: the client checks the agent's own credential against it.
+            "uid": target.runas.uid,
             "ticket": ticket,
         }
 
