@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import pytest
 from rxslurm.protocol import agent_wire
 from rxslurm.protocol.agent_wire import Endpoint
 from tests.support.cli import ok
-from tests.support.cluster import run_as, wait_for
+from tests.support.cluster import run_as, user_env, wait_for
 from tests.support.daemon import Rxd, free_port, test_root
 from tests.support.lifecycle import lifecycle_rxd, wait_state
 from tests.support.munge import needs_munged
@@ -185,6 +186,44 @@ def test_a_replayed_credential_gets_nothing(rxd: Rxd, client_script) -> None:
         assert got["answer"]["error"].startswith("refused: MUNGE refused the credential"), got
 
 
+def sessions_file(rxd: Rxd, job_id: int) -> Path:
+    return rxd.root / "containers" / f"rx-{PROJECT}" / f"job-{job_id}.sessions"
+
+
+def open_sessions(rxd: Rxd, job_id: int) -> int | None:
+    try:
+        return int(sessions_file(rxd, job_id).read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_the_holder_reports_the_agents_open_sessions_for_the_idle_timer(rxd: Rxd) -> None:
+    # The reconciler's side (a session keeps the container awake) is in
+    # tests/unit/test_reconciler_edges.py; here the holder's report of a real agent's sessions.
+    project = running(rxd)
+    job_id = project["job_id"]
+    began = int(time.time())
+    argv = ["rxctl", "--socket", str(rxd.socket), "exec", "--project", PROJECT, "--"]
+    pw = pwd.getpwnam("rxalice")
+    proc = subprocess.Popen(
+        [*argv, "sleep", "3600"],
+        user=pw.pw_uid,
+        group=pw.pw_gid,
+        env=user_env("rxalice", {"RXSLURM_EXEC_PATH": "agent"}),
+        cwd=pw.pw_dir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: open_sessions(rxd, job_id) == 1, timeout=60, what="one open session")
+    finally:
+        proc.kill()  # the agent ends the command when its caller hangs up
+        proc.wait()
+    wait_for(lambda: open_sessions(rxd, job_id) == 0, timeout=60, what="no open session")
+    assert int(sessions_file(rxd, job_id).read_text().split()[1]) >= began
+
+
 def exec_as_alice(rxd: Rxd, path: str) -> subprocess.CompletedProcess:
     argv = ["rxctl", "--socket", str(rxd.socket), "exec", "--project", PROJECT, "--"]
     return run_as("rxalice", [*argv, "echo", "ran"], env={"RXSLURM_EXEC_PATH": path})
@@ -195,6 +234,8 @@ def test_rxctl_falls_back_to_a_step_when_the_agent_does_not_answer(rxd: Rxd) -> 
     path = agent_file(rxd, project["job_id"])
     real = path.read_text()
     closed = free_port()
+    # What alice's rxctl remembers of the agent (cli/agent_cache.py) would bypass rxd's answer.
+    run_as("rxalice", ["rm", "-rf", str(Path(pwd.getpwnam("rxalice").pw_dir, ".cache", "rxslurm"))])
     try:
         # The agent file names a port nothing listens on (an agent that died, a firewall).
         run_as(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from rxslurm.cli import agent_client, exec_client
+from rxslurm.cli import agent_cache, agent_client, exec_client
 from rxslurm.cli.client import Client
 from rxslurm.cli.session import run_session
 from rxslurm.daemon.api.peercred import Caller
@@ -310,3 +310,70 @@ def test_rxctl_talks_only_to_an_agent_that_proves_it_is_the_runtime_users(
     port, thread = one_shot_agent(control({"started": True}), prover=2002)
     with pytest.raises(agent_client.AgentUnavailable, match="could not prove"):
         agent_client.AgentSession({**GRANTED, "port": port}, {"argv": ["x"]}).start()
+
+
+# -- the runtime user's rxctl remembers its agent --------------------------------------------
+
+
+@pytest.fixture
+def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_only_the_agents_own_user_remembers_it(cache_home: Path) -> None:
+    me = os.getuid()
+    agent_cache.remember("/run/rxd.sock", "p", {**GRANTED, "port": 4000, "uid": me + 1})
+    assert agent_cache.load("/run/rxd.sock", "p") is None  # someone else's: needs a ticket
+    grant = {**GRANTED, "port": 4000, "uid": me, "ticket": "t1.secret"}
+    agent_cache.remember("/run/rxd.sock", "p", grant)
+    assert agent_cache.load("/run/rxd.sock", "p") == {
+        "host": "127.0.0.1",
+        "port": 4000,
+        "job_id": 42,
+        "uid": me,
+    }
+    # Never the ticket; one entry per door and project; private to the user.
+    (entry,) = (cache_home / "rxslurm" / "agents").iterdir()
+    assert "secret" not in entry.read_text() and entry.stat().st_mode & 0o077 == 0
+    assert agent_cache.load("/other.sock", "p") is None
+    assert agent_cache.load("/run/rxd.sock", "q") is None
+    agent_cache.forget("/run/rxd.sock", "p")
+    assert agent_cache.load("/run/rxd.sock", "p") is None
+
+
+def test_a_cache_entry_that_is_a_link_or_garbage_is_ignored(cache_home: Path) -> None:
+    agent_cache.remember("/s", "p", {**GRANTED, "port": 1, "uid": os.getuid()})
+    (entry,) = (cache_home / "rxslurm" / "agents").iterdir()
+    entry.write_text("{not json")
+    assert agent_cache.load("/s", "p") is None
+    target = cache_home / "elsewhere"
+    target.write_text(json.dumps({**GRANTED, "port": 1, "uid": os.getuid()}))
+    entry.unlink()
+    entry.symlink_to(target)
+    assert agent_cache.load("/s", "p") is None
+
+
+def test_a_remembered_agent_runs_the_command_without_asking_rxd(
+    tmp_path: Path, cache_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RXSLURM_EXEC_PATH", raising=False)
+    fake_munge(monkeypatch)
+    me = os.getuid()
+    port, thread = one_shot_agent(control({"started": True}) + control({"exit": 4}), prover=me)
+    api = str(tmp_path / "rxd.sock")  # nothing listens there: rxd is not asked
+    agent_cache.remember(api, "p", {**GRANTED, "port": port, "uid": me})
+    null = os.open(os.devnull, os.O_RDONLY)
+    saved = os.dup(0)
+    os.dup2(null, 0)
+    try:
+        assert run_session(Client(api), "p", {"argv": ["true"], "cwd": "/workspace"}) == 4
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(null)
+    thread.join(timeout=10)
+    # A remembered agent that is gone is forgotten, and rxd asked (here: not running).
+    with pytest.raises(exec_client.ExecError, match="rxd is not running"):
+        run_session(Client(api), "p", {"argv": ["true"], "cwd": "/workspace"})
+    assert agent_cache.load(api, "p") is None

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from rxslurm.cli import exec_client
+from rxslurm.cli import agent_cache, exec_client
 from rxslurm.cli.client import Client
 from rxslurm.cli.render import safe
 from rxslurm.protocol.durations import duration
@@ -94,8 +94,19 @@ def run_session(client: Client, project: str, request: dict[str, Any], verb: str
     }
     path = os.environ.get(EXEC_PATH_ENV, "")
     runs_commands = not request.get("wait")
+    door = client.door.address if client.door else client.path
+    munge_socket = client.door.munge_socket if client.door else None
     if runs_commands and path != "step":
         request["agent"] = "only" if path == "agent" else True
+        remembered = agent_cache.load(door, project)
+        if remembered is not None:
+            # The runtime user's own agent, as rxd named it last time: no need to ask again.
+            from rxslurm.cli import agent_client
+
+            try:
+                return agent_client.run(remembered, request, munge_socket)
+            except agent_client.AgentUnavailable:
+                agent_cache.forget(door, project)
     try:
         try:
             return _converse(client, request, hooks)
@@ -103,10 +114,11 @@ def run_session(client: Client, project: str, request: dict[str, Any], verb: str
             wait.done()
             from rxslurm.cli import agent_client
 
-            munge_socket = client.door.munge_socket if client.door else None
+            agent_cache.remember(door, project, use.grant)
             try:
                 return agent_client.run(use.grant, request, munge_socket)
             except agent_client.AgentUnavailable as exc:
+                agent_cache.forget(door, project)
                 if path == "agent":
                     raise exec_client.ExecError(f"the container's exec agent: {exc}") from None
             # Not ready, gone, unreachable: the same command as a Slurm step.
