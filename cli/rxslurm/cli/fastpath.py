@@ -102,7 +102,7 @@ def parse(args: list[str]) -> Plan | None:
 
 def run(plan: Plan) -> int:
     """Carry out the plan; the exit status. Errors read as click's: `Error: ...`, exit 1."""
-    from rxslurm.cli import exec_client, render, session
+    from rxslurm.cli import exec_client, session
     from rxslurm.cli.client import Client, ClientError
     from rxslurm.cli.project_choice import choose_project
 
@@ -112,6 +112,8 @@ def run(plan: Plan) -> int:
             raise ClientError("-t needs a terminal on stdin")
         name = choose_project(client, plan.project)
         if plan.command == "status":
+            from rxslurm.cli import render
+
             result = client.get(routes.path(routes.CONTAINER_STATUS, name))
             text = render.json_text(result) if plan.json else "\n".join(render.status_lines(result))
             sys.stdout.write(render.safe_text(text) + "\n")
@@ -127,7 +129,9 @@ def run(plan: Plan) -> int:
             request.update(tty=True, term=exec_client.terminal_type())
         return session.run_session(client, name, request)
     except (ClientError, exec_client.ExecError) as exc:
-        sys.stderr.write(f"Error: {render.safe(str(exc))}\n")
+        from rxslurm.cli.render import safe  # not on an exec's way
+
+        sys.stderr.write(f"Error: {safe(str(exc))}\n")
         return session.SESSION_FAILED if plan.command == "exec" else 1
 
 

@@ -13,7 +13,6 @@ from typing import Any, TextIO
 
 from rxslurm.cli import agent_cache, exec_client
 from rxslurm.cli.client import Client
-from rxslurm.cli.render import safe
 from rxslurm.protocol.durations import duration
 from rxslurm.protocol.exec_wire import exec_socket_for
 
@@ -51,6 +50,8 @@ class WaitLine:
         return f"{self.verb} {self.project}: {self.text} ({duration(self.clock() - self.started)})"
 
     def progress(self, message: dict[str, Any]) -> None:
+        from rxslurm.cli.render import safe  # only when there is a wait to show
+
         text = safe(str(message.get("progress")))
         if text == self.text:
             return
@@ -75,6 +76,8 @@ class WaitLine:
     def stopped(self, note: str) -> None:
         """The caller stopped waiting: rxd's word on what the container does now, on its own
         line."""
+        from rxslurm.cli.render import safe
+
         self.done()
         self.stream.write(safe(note) + "\n")
         self.stream.flush()
