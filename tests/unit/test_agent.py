@@ -361,3 +361,37 @@ def test_no_data_before_the_command_starts(agent, munge) -> None:
         assert conn.finish()[2] == {"error": "refused: data before the command started"}
     finally:
         conn.close()
+
+
+def test_the_holder_hears_of_the_first_session_at_once_and_of_a_burst_once_a_second(
+    munge,
+) -> None:
+    me = Identity(
+        job_id=JOB,
+        uid=OWNER,
+        key=KEY,
+        decode=munge.decode,
+        encode=lambda payload: munge.encode(payload, OWNER),
+    )
+    listener = listen("127.0.0.1")
+    server = Agent(me, listener)
+    reports: list[str] = []
+    server.report = reports.append  # type: ignore[method-assign]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = listener.getsockname()
+        conn = Conn(address)
+        conn.send_request(munge, command("sh", "-c", "read line"))
+        assert conn.control() == {"started": True}
+        # The first session is reported before the command has even run on.
+        assert reports == ["sessions 1"]
+        for _ in range(5):
+            assert run(address, munge, command("true"))[2] == {"exit": 0}
+        conn.sock.sendall(frame(STDIN, b"go\n"))
+        assert conn.finish()[2] == {"exit": 0}
+        conn.close()
+        # Twelve changes, told in a report or two: the last says none is open.
+        wait_for(lambda: reports[-1] == "sessions 0", timeout=10, what="the last report")
+        assert len(reports) <= 3, reports
+    finally:
+        listener.close()

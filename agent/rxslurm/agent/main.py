@@ -43,6 +43,7 @@ HANDSHAKE_S = 10.0
 MAX_CONNECTIONS = 256
 # How long a finished session waits for its client to close first.
 CLOSE_WAIT_S = 5.0
+REPORT_EVERY_S = 1.0
 
 
 class Agent:
@@ -52,6 +53,8 @@ class Agent:
         self.lock = threading.Lock()
         self.connections = 0
         self.sessions = 0
+        self.reported = 0  # the count the holder last heard
+        self.pending: threading.Timer | None = None
 
     def report(self, line: str) -> None:
         with self.lock, contextlib.suppress(OSError, ValueError):
@@ -99,9 +102,29 @@ class Agent:
                 self.connections -= 1
 
     def count(self, change: int) -> None:
+        """Tell the holder how many sessions are open: at once when the first opens (the
+        container must not be stopped as idle now), else at most once a second (a burst of
+        short commands is one report a second, not two per command; the idle timer counts in
+        minutes)."""
         with self.lock:
             self.sessions += change
+            if self.sessions and not self.reported:
+                self.reported = self.sessions
+                now = True
+            else:
+                now = False
+                if self.pending is None:
+                    self.pending = threading.Timer(REPORT_EVERY_S, self.report_pending)
+                    self.pending.daemon = True
+                    self.pending.start()
             sessions = self.sessions
+        if now:
+            self.report(f"sessions {sessions}")
+
+    def report_pending(self) -> None:
+        with self.lock:
+            self.pending = None
+            self.reported = sessions = self.sessions
         self.report(f"sessions {sessions}")
 
     def handshake(self, conn: socket.socket, reader: FrameReader) -> dict[str, Any]:
