@@ -377,3 +377,17 @@ def test_a_remembered_agent_runs_the_command_without_asking_rxd(
     with pytest.raises(exec_client.ExecError, match="rxd is not running"):
         run_session(Client(api), "p", {"argv": ["true"], "cwd": "/workspace"})
     assert agent_cache.load(api, "p") is None
+
+
+def test_an_rxd_from_before_the_agent_gets_the_request_it_knows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def old_rxd(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        if "agent" in request:
+            conn.sendall(encode({"error": "unknown request field 'agent'"}))
+        else:
+            conn.sendall(encode({"exit": 6}))
+
+    monkeypatch.delenv("RXSLURM_EXEC_PATH", raising=False)
+    code, seen = session(tmp_path, [old_rxd, old_rxd])
+    assert code == 6 and "agent" in seen[0] and "agent" not in seen[1]

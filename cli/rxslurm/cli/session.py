@@ -113,6 +113,11 @@ def run_session(client: Client, project: str, request: dict[str, Any], verb: str
     try:
         try:
             return _converse(client, request, hooks)
+        except exec_client.ExecError as exc:
+            if "agent" not in request or str(exc) != "unknown request field 'agent'":
+                raise
+            # An rxd from before the agent: the step path, as it knows it.
+            return _converse(client, {k: v for k, v in request.items() if k != "agent"}, hooks)
         except exec_client.UseAgent as use:
             wait.done()
             from rxslurm.cli import agent_client
