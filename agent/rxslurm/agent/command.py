@@ -155,7 +155,12 @@ class Command:
         self.client_gone = False
 
     def send(self, channel: bytes, payload: bytes) -> None:
-        self.sock.sendall(frame(channel, payload))
+        if self.client_gone:
+            return  # output nobody reads is dropped, as a step's is once its srun is gone
+        try:
+            self.sock.sendall(frame(channel, payload))
+        except OSError:
+            self.gone()
 
     def start(self) -> None:
         request = self.request
