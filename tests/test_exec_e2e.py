@@ -131,6 +131,18 @@ def test_exec_passes_argv_word_for_word_never_through_a_shell(rxd: Rxd) -> None:
     assert result.stdout == "".join(f"[{w}]\n" for w in words)
 
 
+def test_a_command_that_cannot_start_fails_as_apptainer_says_on_either_path(rxd: Rxd) -> None:
+    running_project(rxd, MAIN)
+    missing = rxctl_exec(rxd, "rxalice", MAIN, "no-such-program")
+    assert (missing.returncode, missing.stdout) == (255, "")
+    assert missing.stderr == 'FATAL:   "no-such-program": executable file not found in $PATH\n'
+    nowhere = rxd.rxctl("rxalice", "exec", "--project", MAIN, "--cwd", "/nowhere", "--", "pwd")
+    assert nowhere.returncode == 255
+    assert nowhere.stderr == (
+        "FATAL:   failed to set working directory: chdir /nowhere: no such file or directory\n"
+    )
+
+
 def test_exec_runs_as_root_mapped_to_the_runtime_user_in_the_workspace(rxd: Rxd) -> None:
     project = running_project(rxd, MAIN)
     result = ok(rxctl_exec(rxd, "rxalice", MAIN, "sh", "-c", "id -u; pwd; echo hi > made.txt"))

@@ -207,15 +207,26 @@ def test_argv_is_passed_word_for_word(agent, munge) -> None:
 def test_a_command_runs_in_the_folder_asked(agent, munge, tmp_path: Path) -> None:
     out, _, _ = run(agent, munge, {"argv": ["pwd"], "cwd": str(tmp_path)})
     assert out.decode().strip() == str(tmp_path)
-    _, _, last = run(agent, munge, {"argv": ["pwd"], "cwd": str(tmp_path / "none")})
-    assert last == {
-        "error": f"cannot change to {tmp_path / 'none'}: no such folder in the container"
-    }
+    # A folder that is not there: as `apptainer exec --pwd` says it, with its status.
+    missing = tmp_path / "none"
+    _, err, last = run(agent, munge, {"argv": ["pwd"], "cwd": str(missing)})
+    assert err.decode() == (
+        f"FATAL:   failed to set working directory: chdir {missing}: no such file or directory\n"
+    )
+    assert last == {"exit": 255}
 
 
-def test_a_missing_program_is_an_error_and_a_killed_command_128_plus_n(agent, munge) -> None:
-    _, _, last = run(agent, munge, command("no-such-program-here"))
-    assert last == {"error": "no-such-program-here: no such file or directory in the container"}
+def test_a_program_that_cannot_start_fails_as_apptainer_says(agent, munge) -> None:
+    _, err, last = run(agent, munge, command("no-such-program-here"))
+    assert err == b'FATAL:   "no-such-program-here": executable file not found in $PATH\n'
+    assert last == {"exit": 255}
+    _, err, last = run(agent, munge, command("./not/here"))
+    assert (err, last) == (b"FATAL:   stat /not/here: no such file or directory\n", {"exit": 255})
+    _, err, last = run(agent, munge, command("/etc/passwd"))
+    assert (err, last) == (b"FATAL:   permission denied\n", {"exit": 255})
+
+
+def test_a_command_killed_by_a_signal_ends_with_128_plus_n(agent, munge) -> None:
     _, _, last = run(agent, munge, command("sh", "-c", "kill -TERM $$"))
     assert last == {"exit": 128 + signal.SIGTERM}
 

@@ -57,6 +57,15 @@ class BadRequest(ValueError):
     """A request the agent will not run; one line for people."""
 
 
+class StartFailed(Exception):
+    """The command could not start: told as `apptainer exec` tells it (a FATAL line on stderr,
+    status 255), so a caller sees the same on either path."""
+
+
+# What `apptainer exec` exits with when it cannot start the command.
+START_FAILED_STATUS = 255
+
+
 @dataclass(frozen=True)
 class Request:
     argv: tuple[str, ...]
@@ -167,7 +176,9 @@ class Command:
         argv, env = command_argv(request), command_env(request)
         cwd = request.cwd
         if cwd is not None and not os.path.isdir(cwd):
-            raise BadRequest(f"cannot change to {cwd}: no such folder in the container")
+            raise StartFailed(
+                f"failed to set working directory: chdir {cwd}: no such file or directory"
+            )
         try:
             if request.tty:
                 master, slave = os.openpty()
@@ -206,9 +217,14 @@ class Command:
                 for fd in (self.stdin_fd, *self.outputs):
                     os.set_blocking(fd, False)
         except FileNotFoundError:
-            raise BadRequest(f"{argv[0]}: no such file or directory in the container") from None
+            if "/" not in argv[0]:
+                raise StartFailed(f'"{argv[0]}": executable file not found in $PATH') from None
+            where = os.path.join(cwd or os.getcwd(), argv[0])
+            raise StartFailed(
+                f"stat {os.path.normpath(where)}: no such file or directory"
+            ) from None
         except PermissionError:
-            raise BadRequest(f"{argv[0]}: permission denied") from None
+            raise StartFailed("permission denied") from None
 
     def run(self) -> int:
         """The command's exit status, after its output has gone to the client."""
@@ -435,6 +451,13 @@ def serve_request(sock: socket.socket, data: dict[str, Any], reader: FrameReader
         command.start()
     except BadRequest as exc:
         sock.sendall(control({"error": str(exc)}))
+        return
+    except StartFailed as exc:
+        sock.sendall(
+            control({"started": True})
+            + frame(STDERR, f"FATAL:   {exc}\n".encode())
+            + control({"exit": START_FAILED_STATUS})
+        )
         return
     code = command.run()
     with contextlib.suppress(OSError):
