@@ -85,14 +85,16 @@ def rxd() -> Iterator[Rxd]:
             yield daemon
         finally:
             daemon.rxctl("rxalice", "stop", "--project", PROJECT)
-            wait_for(lambda: state(daemon) in RESTING, timeout=60, what=f"{PROJECT} to stop")
+            wait_for(
+                lambda: state_of(daemon, PROJECT) in RESTING, timeout=60, what=f"{PROJECT} to stop"
+            )
 
 
 RESTING = ("stopped", "disabled", "error", None)
 
 
-def state(rxd: Rxd) -> str | None:
-    result = rxd.rxctl("rxalice", "status", "--project", PROJECT, "--json")
+def state_of(rxd: Rxd, project: str) -> str | None:
+    result = rxd.rxctl("rxalice", "status", "--project", project, "--json")
     return json.loads(result.stdout)["state"] if result.returncode == 0 else None
 
 
@@ -267,6 +269,57 @@ def test_rxctl_falls_back_to_a_step_when_the_agent_does_not_answer(rxd: Rxd) -> 
     finally:
         run_as("rxalice", ["sh", "-c", f'printf "%s" "$1" > {path}', "-", real])
     assert ok(exec_as_alice(rxd, "agent")).stdout == "ran\n"
+
+
+NO_PYTHON = "ag-nopy"
+
+
+def image_without_python() -> Path:
+    """A tiny image of static busybox: no python3, so no agent."""
+    folder = test_root()
+    os.chmod(folder, 0o755)
+    root = folder / "rootfs"
+    for sub in ("bin", "etc", "tmp", "proc", "sys", "dev", "workspace", "root"):
+        (root / sub).mkdir(parents=True)
+    busybox = root / "bin" / "busybox"
+    busybox.write_bytes(Path("/bin/busybox").read_bytes())
+    busybox.chmod(0o755)
+    for name in ("sh", "true", "echo", "cat", "sleep"):
+        (root / "bin" / name).symlink_to("busybox")
+    image = folder / "nopy.sif"
+    built = subprocess.run(
+        ["apptainer", "-s", "build", str(image), str(root)], capture_output=True, text=True
+    )
+    assert built.returncode == 0, built.stderr
+    image.chmod(0o644)
+    return image
+
+
+def test_an_image_without_python_gets_no_agent_and_exec_runs_as_a_step(rxd: Rxd) -> None:
+    if not Path("/bin/busybox").exists():
+        pytest.skip("needs /bin/busybox (busybox-static) to build an image without python3")
+    image = image_without_python()
+    ok(rxd.rxctl("rxalice", "project", "create", NO_PYTHON, "--image", str(image)))
+    try:
+        ok(rxd.rxctl("rxalice", "enable", "--project", NO_PYTHON))
+        job = wait_state(rxd, NO_PYTHON, "running", timeout=180)["job_id"]
+        folder = rxd.root / "containers" / f"rx-{NO_PYTHON}"
+        assert not (folder / f"job-{job}.agent").exists()
+        said = (folder / f"job-{job}.out").read_text()
+        assert "rx-holder: no exec agent in this container (exec uses Slurm steps)" in said
+        argv = ["rxctl", "--socket", str(rxd.socket), "exec", "--project", NO_PYTHON, "--"]
+        auto = run_as("rxalice", [*argv, "echo", "stepped"], env={"RXSLURM_EXEC_PATH": "auto"})
+        assert (auto.returncode, auto.stdout) == (0, "stepped\n"), auto.stderr
+        only = run_as("rxalice", [*argv, "true"], env={"RXSLURM_EXEC_PATH": "agent"})
+        assert (only.returncode, only.stderr) == (
+            125,
+            f"Error: the container of {NO_PYTHON} has no exec agent\n",
+        )
+    finally:
+        rxd.rxctl("rxalice", "stop", "--project", NO_PYTHON)
+        wait_for(
+            lambda: state_of(rxd, NO_PYTHON) in RESTING, timeout=60, what=f"{NO_PYTHON} to stop"
+        )
 
 
 def test_nothing_of_the_agent_outlives_the_job(rxd: Rxd) -> None:
