@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import (
+    agent_exec,
     api_throughput,
     batch_step,
     exec_latency,
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(ctx.close)
         for name, module in (
             ("exec", exec_latency),
+            ("agent", agent_exec),
             ("startup", startup),
             ("wake", wake_latency),
             ("batch", batch_step),

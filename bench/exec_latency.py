@@ -41,6 +41,7 @@ from bench.suite import Context
 RXCTL = str(VENV_BIN / "rxctl")
 PYTHON = str(VENV_BIN / "python")
 WARMUP = 3
+STEP_PATH = {"RXSLURM_EXEC_PATH": "step"}
 
 
 def raw_step(row: dict[str, Any], project: str, command: Sequence[str]) -> list[str]:
@@ -227,6 +228,7 @@ def run(ctx: Context) -> Result:
             "concurrent_n": sizes.exec_concurrent_n,
             "warmup": WARMUP,
             "rx_command": ["rxctl", "exec", "--project", project, "--", "true"],
+            "rx_env": STEP_PATH,
             "baseline_command": base_argv,
             "baseline_env": env,
             "user": container.user,
@@ -234,7 +236,8 @@ def run(ctx: Context) -> Result:
         }
 
         def rx() -> float:
-            return timed_as(rx_argv)
+            # The step path: the same step as the baseline (bench/agent_exec.py times the agent).
+            return timed_as(rx_argv, env=STEP_PATH)
 
         def base() -> float:
             return timed_as(base_argv, env=env)

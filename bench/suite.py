@@ -17,6 +17,7 @@ class Sizes:
     exec_n: int = 200  # sequential `rxctl exec -- true`, and as many raw steps
     exec_clients: int = 8  # concurrent clients for throughput
     exec_concurrent_n: int = 200  # execs per side in the concurrent run
+    agent_batch: int = 100  # small commands one after the other, per block (agent vs raw step)
     wake_n: int = 20  # wakes per side
     batch_n: int = 50  # batch steps per side (srun --rx-project, rxctl run, by hand twice)
     scale_jobs: int = 10_000  # held jobs in the queue
@@ -32,6 +33,7 @@ FULL = Sizes()
 QUICK = Sizes(
     exec_n=5,
     exec_concurrent_n=8,
+    agent_batch=3,
     wake_n=1,
     batch_n=3,
     scale_jobs=200,

@@ -94,6 +94,7 @@ class ByHand:
 
         from rxslurm.daemon.containers.service import _gres
         from rxslurm.daemon.runtime import apptainer
+        from rxslurm.daemon.runtime.agent_files import agent_params
         from rxslurm.daemon.settings import Settings, effective
         from rxslurm.slurm.adapter import JobSpec
         from rxslurm.slurm.runas import RunAs
@@ -121,6 +122,10 @@ class ByHand:
             **apptainer.instance_options(
                 self.config.apptainer, self.state_dir, RunAs.for_user(self.rx_row["runtime_user"])
             ),
+            # The same exec agent as rx-slurm's holder starts before it reports the instance up.
+            **agent_params(),
+            # A bench project sets no variables (rxctl env): the holder gets none.
+            env=apptainer.holder_env(()),
         )
         spec = JobSpec(
             name=self.name,

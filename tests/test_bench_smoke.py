@@ -14,9 +14,9 @@ import pytest
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("exec", "startup", "wake", "batch", "reconcile", "api", "footprint")
+BENCHMARKS = ("exec", "agent", "startup", "wake", "batch", "reconcile", "api", "footprint")
 # startup times rxctl against a stand-in rxd: it has no tag and submits no job.
-SLURM_BENCHMARKS = ("exec", "wake", "batch", "reconcile", "api", "footprint")
+SLURM_BENCHMARKS = ("exec", "agent", "wake", "batch", "reconcile", "api", "footprint")
 KEYS = {
     "benchmark",
     "title",
@@ -86,6 +86,9 @@ def test_latency_benchmarks_summarize_both_sides(results: Path) -> None:
             assert positive(summary["p50_ms"]) and positive(summary["p95_ms"])
         assert positive(pair["ratio_p50"]) and positive(pair["ratio_p95"])
     assert exec_["concurrent"]["rx"]["calls"] == exec_["concurrent"]["baseline"]["calls"] > 0
+    agent = load(results, "agent")["results"]
+    assert agent["sequential"]["rx"]["n"] == agent["sequential"]["baseline"]["n"] >= 1
+    assert len(agent["batch"]["rx_s"]) == len(agent["batch"]["baseline_s"]) == 2
 
 
 def test_scale_benchmarks_saw_every_held_job(results: Path) -> None:

@@ -26,6 +26,9 @@ VALUES: dict[str, object] = {
     "home": "/var/lib/rxslurm/containers/rx-demo/home:/root",
     "private_tmp": "yes",
     "env": "QVBQVEFJTkVSRU5WX1dBTkRCX1BST0pFQ1Q9ZGVtbwA=",
+    "agent_path": "/usr/lib/python3/dist-packages",
+    "libmunge": "/usr/lib/x86_64-linux-gnu/libmunge.so.2.0.0",
+    "munge_socket": "/run/munge/munge.socket.2",
 }
 
 

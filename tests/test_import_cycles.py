@@ -12,7 +12,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).parent.parent
-PORTIONS = ("daemon", "slurm", "cli", "protocol")
+PORTIONS = ("daemon", "slurm", "cli", "protocol", "agent")
 
 
 def import_loops() -> set[frozenset[str]]:

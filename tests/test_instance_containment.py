@@ -117,9 +117,10 @@ def rest(rxd: Rxd, project: str) -> None:
     wait_state(rxd, project, "stopped", "error", timeout=90)
 
 
-def holder_pid(job_id: int) -> int:
+def holder_pid(job_id: int, node: str) -> int:
+    # With several slurmd on one host, listpids asks the one named, else the host's first (n1).
     listed = subprocess.run(
-        ["scontrol", "listpids", str(job_id)], capture_output=True, text=True, check=True
+        ["scontrol", "listpids", str(job_id), node], capture_output=True, text=True, check=True
     ).stdout.splitlines()[1:]
     pids = [int(line.split()[0]) for line in listed if line.split()]
     table = proc_table()
@@ -138,7 +139,7 @@ def test_scancel_leaves_no_instance(rxd: Rxd) -> None:
 def test_a_holder_killed_with_sigkill_leaves_no_instance(rxd: Rxd) -> None:
     # SIGKILL: the holder's trap never runs, so only Slurm's tracking (or the Epilog) can help.
     running = running_instance(rxd, "ct-sigkill")
-    os.kill(holder_pid(running["job_id"]), signal.SIGKILL)
+    os.kill(holder_pid(running["job_id"], running["node"]), signal.SIGKILL)
     assert_all_gone(running["job_id"], running["procs"], "SIGKILL of the holder")
     rest(rxd, "ct-sigkill")
 

@@ -17,17 +17,20 @@ ROOT = Path(__file__).parent.parent
 FORBIDDEN = {
     "cli": ("rxslurm.daemon", "rxslurm.slurm", "sqlite_utils", "sqlite3", "spython", "aiohttp"),
     "slurm": ("rxslurm.daemon", "rxslurm.cli"),
-    "daemon": ("rxslurm.cli",),
+    "daemon": ("rxslurm.cli", "rxslurm.agent"),
+    "agent": ("rxslurm.daemon", "rxslurm.cli", "rxslurm.slurm"),
 }
 # The MUNGE binding and the request binding are the stdlib-only contract of the network door,
 # shared by rxctl, Slurm's hooks and rxd; step_signal is how a step is interrupted, which rxctl
 # does itself when it runs the runtime user's step over the door (imported only then).
 ALLOWED = {
+    # The exec agent runs on a container's Python: of Slurm's side, the two stdlib-only bindings.
+    "agent": ("rxslurm.slurm.munge", "rxslurm.slurm.request_binding"),
     "cli": (
         "rxslurm.slurm.munge",
         "rxslurm.slurm.request_binding",
         "rxslurm.slurm.step_signal",
-    )
+    ),
 }
 
 

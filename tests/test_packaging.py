@@ -75,13 +75,19 @@ def test_wheel_builds_with_the_oldest_allowed_setuptools(tmp_path: Path) -> None
     assert "rxslurm/slurm/templates/holder.sh" in names
     # A namespace package: one import tree from four folders, and no rxslurm/__init__.py in it.
     assert "rxslurm/__init__.py" not in names
-    for module in ("daemon/main.py", "cli/fastpath.py", "slurm/adapter.py", "protocol/__init__.py"):
+    for module in (
+        "daemon/main.py",
+        "cli/fastpath.py",
+        "slurm/adapter.py",
+        "protocol/__init__.py",
+        "agent/main.py",
+    ):
         assert f"rxslurm/{module}" in names
     # The SDK ships typed (PEP 561).
     assert {"rxslurm/sdk/container.py", "rxslurm/sdk/py.typed"} <= set(names)
 
 
-PORTIONS = ("daemon", "slurm", "cli", "protocol")
+PORTIONS = ("daemon", "slurm", "cli", "protocol", "agent")
 
 
 def test_every_package_folder_is_listed_for_setuptools() -> None:

@@ -154,6 +154,10 @@ esac""",
             state,
             ALICE,
         ),
+        # No exec agent: this fake program runs no instance to start one in.
+        agent_path="",
+        libmunge="",
+        munge_socket="",
     )
     holder = subprocess.Popen(["bash", "-c", script], env={"SLURM_JOB_ID": "7"}, cwd=state)
     status = state / "job-7.status"

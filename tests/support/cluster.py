@@ -91,16 +91,22 @@ def _cluster_for_marked_tests(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("slurm_cluster")
 
 
+EXEC_PATH_ENV = "RXSLURM_EXEC_PATH"
+
+
 def user_env(user: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A test user's clean environment: HOME, USER, LOGNAME, PATH (this venv's bin first) and
     LANG, plus ``extra``."""
     pw = pwd.getpwnam(user)
+    # The exec path the suite runs under (RXSLURM_EXEC_PATH=agent|step), for every rxctl.
+    chosen = {EXEC_PATH_ENV: os.environ[EXEC_PATH_ENV]} if EXEC_PATH_ENV in os.environ else {}
     return {
         "HOME": pw.pw_dir,
         "USER": user,
         "LOGNAME": user,
         "PATH": os.pathsep.join((str(VENV_BIN), *SYSTEM_PATH)),
         "LANG": "C.UTF-8",
+        **chosen,
         **(extra or {}),
     }
 

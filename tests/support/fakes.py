@@ -13,7 +13,9 @@ from typing import Any
 
 from rxslurm.daemon.ledger.timestamps import utcnow
 from rxslurm.daemon.ports import BuildRequest, HolderRequest
+from rxslurm.daemon.runtime.agent_files import AgentSessions
 from rxslurm.daemon.runtime.holder_status import HolderStatus, Kind
+from rxslurm.protocol.agent_wire import Endpoint
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmUnavailable
 from rxslurm.slurm.jobs import JobInfo, Listing
@@ -155,6 +157,8 @@ class FakeRuntime:
         self.overlays: list[Path] = []
         self.holders: list[HolderRequest] = []
         self.builds: list[BuildRequest] = []
+        self.endpoints: dict[int, Endpoint] = {}
+        self.agent_reports: dict[int, AgentSessions] = {}
 
     def program(self) -> str:
         return "/fake/apptainer"
@@ -176,6 +180,13 @@ class FakeRuntime:
     def report(self, job_id: int, line: str) -> None:
         """What the holder of ``job_id`` writes in its status file ("running rx-p-7", ...)."""
         self.lines[job_id] = line
+
+    def agent_endpoint(self, state_dir: str, job_id: int, uid: int) -> Endpoint | None:
+        return self.endpoints.get(job_id)
+
+    def agent_sessions(self, state_dir: str, job_id: int, uid: int) -> AgentSessions | None:
+        """What the holder of ``job_id`` says of its agent's sessions (set agent_reports)."""
+        return self.agent_reports.get(job_id)
 
     def exec_argv(
         self, instance: str, argv: Sequence[str], *, shell: bool, cwd: str | None

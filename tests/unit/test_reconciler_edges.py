@@ -17,6 +17,7 @@ from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.ledger.timestamps import to_timestamp
 from rxslurm.daemon.quotas import leases as quotas
+from rxslurm.daemon.runtime.agent_files import AgentSessions
 from tests.support.fakes import FakeClock, FakeRuntime, FakeScheduler
 
 # Every account the tests act as exists on any Linux host: no test users needed.
@@ -352,6 +353,49 @@ def test_an_open_session_keeps_an_idle_container_awake(tmp_path: Path) -> None:
     w.reconcile()
 
     assert w.state("alpha") == "running" and w.slurm.cancelled == []
+
+
+def test_an_open_agent_session_keeps_an_idle_container_awake(tmp_path: Path) -> None:
+    # A command run through the container's exec agent is a session rxd never sees: the holder
+    # reports the agent's open sessions.
+    w = world(tmp_path, ("alpha", "starting"), idle_timeout_min=5)
+    job_id = running(w, "alpha")
+    w.clock.advance(3600)
+    w.runtime.agent_reports[job_id] = AgentSessions(
+        open=1, changed_at=int(w.clock().timestamp()) - 3000
+    )
+
+    w.reconcile()
+
+    assert w.state("alpha") == "running" and w.slurm.cancelled == []
+
+
+def test_an_agent_session_that_ended_lately_counts_as_activity(tmp_path: Path) -> None:
+    w = world(tmp_path, ("alpha", "starting"), idle_timeout_min=5)
+    job_id = running(w, "alpha")
+    w.clock.advance(10 * 60)
+    ended = int(w.clock().timestamp()) - 60
+    w.runtime.agent_reports[job_id] = AgentSessions(open=0, changed_at=ended)
+
+    w.reconcile()
+    assert w.state("alpha") == "running"
+
+    # Five minutes after the agent's last session ended, it is idle.
+    w.clock.advance(4 * 60 + 1)
+    w.reconcile()
+    assert (w.state("alpha"), w.row("alpha")["reason"]) == ("stopping", "idle for 5 min")
+    assert w.slurm.cancelled == [job_id]
+
+
+def test_an_agent_report_older_than_rxds_record_changes_nothing(tmp_path: Path) -> None:
+    w = world(tmp_path, ("alpha", "starting"), idle_timeout_min=5)
+    job_id = running(w, "alpha")
+    w.runtime.agent_reports[job_id] = AgentSessions(open=0, changed_at=0)
+    w.clock.advance(5 * 60 + 1)
+
+    w.reconcile()
+
+    assert w.state("alpha") == "stopping"
 
 
 # -- the quota queue -------------------------------------------------------------------------------

@@ -9,15 +9,14 @@ starts as fast as before on the service host.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 from rxslurm.protocol.paths import CLI_CONFIG, DEFAULT_SOCKET
 
 SOCKET_ENV = "RXCTL_SOCKET"
 SERVER_ENV = "RXSLURM_SERVER"
 MUNGE_SOCKET_ENV = "RXSLURM_MUNGE_SOCKET"
-CONFIG_FILE = Path(CLI_CONFIG)
+CONFIG_FILE = CLI_CONFIG
 CONFIG_ENV = "RXCTL_CONFIG"
 _CONFIG_KEYS = ("server", "munge_socket")
 
@@ -26,8 +25,9 @@ class DoorError(Exception):
     """rxctl's own settings are wrong; the message is one line for people."""
 
 
-@dataclass(frozen=True)
-class Door:
+# A NamedTuple, not a dataclass, and paths as strings, not pathlib: every `rxctl exec` imports
+# this module, and dataclasses and pathlib took a fifth of its start-up.
+class Door(NamedTuple):
     kind: str  # "socket" or "network"
     address: str  # a socket path, or "host:port"
     source: str  # where the address came from, for `rxctl doctor`
@@ -44,9 +44,10 @@ class Door:
         return f"network door {self.address}, MUNGE-authenticated ({self.source})"
 
 
-def _read_config(path: Path) -> dict[str, str]:
+def _read_config(path: str) -> dict[str, str]:
     try:
-        text = path.read_text()
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
     except FileNotFoundError:
         return {}
     except OSError as exc:
@@ -81,15 +82,15 @@ def find_door(socket_flag: str | None = None, env: dict[str, str] | None = None)
         return Door("socket", socket_flag, "--socket")
     if env.get(SOCKET_ENV):
         return Door("socket", env[SOCKET_ENV], f"${SOCKET_ENV}")
-    config_path = Path(env.get(CONFIG_ENV) or CONFIG_FILE)
+    config_path = env.get(CONFIG_ENV) or CONFIG_FILE
     config = _read_config(config_path)
     munge_socket = env.get(MUNGE_SOCKET_ENV) or config.get("munge_socket") or None
     if env.get(SERVER_ENV):
         address = check_server(env[SERVER_ENV], f"${SERVER_ENV}")
         return Door("network", address, f"${SERVER_ENV}", munge_socket)
     if config.get("server"):
-        address = check_server(config["server"], str(config_path))
-        return Door("network", address, str(config_path), munge_socket)
+        address = check_server(config["server"], config_path)
+        return Door("network", address, config_path, munge_socket)
     return Door("socket", DEFAULT_SOCKET, "default")
 
 

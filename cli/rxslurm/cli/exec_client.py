@@ -38,6 +38,14 @@ class ExecError(Exception):
         return cls(str(message["error"]), code if isinstance(code, str) else None)
 
 
+class UseAgent(Exception):
+    """rxd says: run the command through the container's exec agent (cli/agent_client.py)."""
+
+    def __init__(self, grant: Any) -> None:
+        super().__init__("the container's exec agent runs the command")
+        self.grant = grant if isinstance(grant, dict) else {}
+
+
 def connect(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -142,6 +150,8 @@ def run(
                 if not data:
                     raise ExecError("rxd ended the session without an exit status; see its log")
                 for message in _replies(reader, data):
+                    if "agent" in message:
+                        raise UseAgent(message["agent"])
                     if "exit" in message:
                         if "stopped" in message and on_stopped:
                             on_stopped(str(message["stopped"]))
@@ -164,6 +174,30 @@ def _replies(reader: LineReader, data: bytes) -> list[dict[str, Any]]:
         return reader.feed(data)
     except ProtocolError as exc:
         raise ExecError(f"rxd broke the exec protocol: {exc}") from None
+
+
+def window_size(fd: int) -> list[int] | None:
+    """The terminal's [rows, cols], if fd is one with a size."""
+    import fcntl
+    import struct
+    import termios
+
+    try:
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    except OSError:
+        return None
+    return [rows, cols] if rows and cols else None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of data to fd; a reader that went away takes the rest (as a closed pipe would)."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BrokenPipeError:
+            return
+        view = view[written:]
 
 
 def terminal_type() -> str | None:

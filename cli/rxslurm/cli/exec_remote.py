@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,7 +25,14 @@ from collections.abc import Callable
 from typing import Any
 
 from rxslurm.cli.door import Door, DoorError, munge_header
-from rxslurm.cli.exec_client import ExecError, handling_signals, terminal_restored
+from rxslurm.cli.exec_client import (
+    ExecError,
+    UseAgent,
+    handling_signals,
+    terminal_restored,
+    window_size,
+    write_all,
+)
 from rxslurm.protocol import routes
 from rxslurm.protocol.exec_wire import (
     CONTROL,
@@ -184,14 +190,6 @@ def _refusal(sock: socket.socket, status: int, header_lines: list[str], rest: by
 # -- the session -----------------------------------------------------------------------------
 
 
-def _winsize(fd: int) -> list[int] | None:
-    try:
-        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
-    except OSError:
-        return None
-    return [rows, cols] if rows and cols else None
-
-
 class RemoteSession:
     def __init__(
         self,
@@ -216,7 +214,7 @@ class RemoteSession:
     def run(self) -> int:
         first = dict(self.request)
         if self.tty:
-            size = _winsize(0)
+            size = window_size(0)
             if size:
                 first["winsize"] = size
         # The digest covers exactly the bytes sent as the first message.
@@ -312,7 +310,7 @@ class RemoteSession:
         if signum == signal.SIGWINCH:
             if not self.tty:
                 return
-            size = _winsize(0)
+            size = window_size(0)
             if size:
                 message["winsize"] = size
         with contextlib.suppress(OSError):
@@ -329,10 +327,10 @@ class RemoteSession:
         channel, data = payload[:1], payload[1:]
         if channel == STDOUT:
             self.started = True
-            _write_all(1, data)
+            write_all(1, data)
         elif channel == STDERR:
             self.started = True
-            _write_all(2, data)
+            write_all(2, data)
         elif channel == CONTROL:
             try:
                 message = decode(data)
@@ -348,6 +346,9 @@ class RemoteSession:
             return int(message["exit"])
         if "error" in message:
             raise ExecError.of(message)
+        if "agent" in message:
+            sock.close()
+            raise UseAgent(message["agent"])
         if "direct" in message:
             sock.close()
             if self.on_ready:
@@ -364,16 +365,6 @@ class RemoteSession:
             sock.sendall(frame(CONTROL + encode({"go": True})))
             self.started = True
         return None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BrokenPipeError:
-            return
-        view = view[written:]
 
 
 # -- the step started here -------------------------------------------------------------------
@@ -427,14 +418,14 @@ def run_direct(step: dict[str, Any], tty: bool) -> int:
     with handling_signals(forward):
         assert proc.stderr is not None
         for chunk in iter(lambda: proc.stderr.readline(), b""):  # type: ignore[union-attr]
-            _write_all(2, strip_srun_task_lines(chunk))
+            write_all(2, strip_srun_task_lines(chunk))
         return _status(proc.wait())
 
 
 def _pump_stdin(fd: int) -> None:
     with contextlib.suppress(OSError):
         while data := os.read(0, CHUNK):
-            _write_all(fd, data)
+            write_all(fd, data)
     os.close(fd)
 
 

@@ -108,7 +108,7 @@ def parse(args: list[str]) -> Plan | None:
 def run(plan: Plan) -> int:
     """Carry out the plan; the exit status (`run` returns only when it failed). Errors read as
     click's: `Error: ...`, exit 1 (125 for exec and run, their own failures)."""
-    from rxslurm.cli import batch_run, exec_client, render, session
+    from rxslurm.cli import batch_run, exec_client, session
     from rxslurm.cli.client import Client, ClientError
     from rxslurm.cli.project_choice import choose_project
 
@@ -118,6 +118,8 @@ def run(plan: Plan) -> int:
             raise ClientError("-t needs a terminal on stdin")
         name = choose_project(client, plan.project)
         if plan.command == "status":
+            from rxslurm.cli import render
+
             result = client.get(routes.path(routes.CONTAINER_STATUS, name))
             text = render.json_text(result) if plan.json else "\n".join(render.status_lines(result))
             sys.stdout.write(render.safe_text(text) + "\n")
@@ -135,7 +137,9 @@ def run(plan: Plan) -> int:
             request.update(tty=True, term=exec_client.terminal_type())
         return session.run_session(client, name, request)
     except (ClientError, exec_client.ExecError) as exc:
-        sys.stderr.write(f"Error: {render.safe(str(exc))}\n")
+        from rxslurm.cli.render import safe  # not on an exec's way
+
+        sys.stderr.write(f"Error: {safe(str(exc))}\n")
         return session.SESSION_FAILED if plan.command in _RUNNERS else 1
 
 

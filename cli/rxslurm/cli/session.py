@@ -5,6 +5,7 @@ Standard library only: `rxctl exec` runs this before (and without) importing cli
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -12,7 +13,6 @@ from typing import Any, TextIO
 
 from rxslurm.cli import exec_client
 from rxslurm.cli.client import Client
-from rxslurm.cli.render import safe
 from rxslurm.protocol.durations import duration
 from rxslurm.protocol.exec_wire import exec_socket_for
 
@@ -20,6 +20,10 @@ from rxslurm.protocol.exec_wire import exec_socket_for
 # command is unlikely to use: docker run's 125 ("the docker command itself failed"). 126 and 127
 # (cannot run, not found) come from the container's side, as there.
 SESSION_FAILED = 125
+# How a command runs: "agent" only through the container's exec agent (an error if there is
+# none), "step" only as a Slurm step; unset (or anything else), the agent when it answers and a
+# step otherwise. For tests and benchmarks; people need not set it.
+EXEC_PATH_ENV = "RXSLURM_EXEC_PATH"
 
 
 class WaitLine:
@@ -46,6 +50,8 @@ class WaitLine:
         return f"{self.verb} {self.project}: {self.text} ({duration(self.clock() - self.started)})"
 
     def progress(self, message: dict[str, Any]) -> None:
+        from rxslurm.cli.render import safe  # only when there is a wait to show
+
         text = safe(str(message.get("progress")))
         if text == self.text:
             return
@@ -70,6 +76,8 @@ class WaitLine:
     def stopped(self, note: str) -> None:
         """The caller stopped waiting: rxd's word on what the container does now, on its own
         line."""
+        from rxslurm.cli.render import safe
+
         self.done()
         self.stream.write(safe(note) + "\n")
         self.stream.flush()
@@ -87,12 +95,38 @@ def run_session(client: Client, project: str, request: dict[str, Any], verb: str
         "on_ready": wait.done,
         "on_stopped": wait.stopped,
     }
+    path = os.environ.get(EXEC_PATH_ENV, "")
+    runs_commands = not request.get("wait")
+    munge_socket = client.door.munge_socket if client.door else None
+    if runs_commands and path != "step":
+        request["agent"] = "only" if path == "agent" else True
     try:
-        if client.door is not None and client.door.kind == "network":
-            # Across hosts: the same protocol over the network door (never the local socket).
-            from rxslurm.cli import exec_remote
+        try:
+            return _converse(client, request, hooks)
+        except exec_client.ExecError as exc:
+            if "agent" not in request or str(exc) != "unknown request field 'agent'":
+                raise
+            # An rxd from before the agent: the step path, as it knows it.
+            return _converse(client, {k: v for k, v in request.items() if k != "agent"}, hooks)
+        except exec_client.UseAgent as use:
+            wait.done()
+            from rxslurm.cli import agent_client
 
-            return exec_remote.run(client.door, request, **hooks)
-        return exec_client.run(exec_socket_for(client.path), request, **hooks)
+            try:
+                return agent_client.run(use.grant, request, munge_socket)
+            except agent_client.AgentUnavailable as exc:
+                if path == "agent":
+                    raise exec_client.ExecError(f"the container's exec agent: {exc}") from None
+            # Not ready, gone, unreachable: the same command as a Slurm step.
+            return _converse(client, {**request, "agent": False}, hooks)
     finally:
         wait.done()
+
+
+def _converse(client: Client, request: dict[str, Any], hooks: dict[str, Any]) -> int:
+    if client.door is not None and client.door.kind == "network":
+        # Across hosts: the same protocol over the network door (never the local socket).
+        from rxslurm.cli import exec_remote
+
+        return exec_remote.run(client.door, request, **hooks)
+    return exec_client.run(exec_socket_for(client.path), request, **hooks)

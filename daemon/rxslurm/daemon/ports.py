@@ -12,7 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from rxslurm.daemon.runtime.agent_files import AgentSessions
 from rxslurm.daemon.runtime.holder_status import HolderStatus
+from rxslurm.protocol.agent_wire import Endpoint
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.jobs import Listing
 from rxslurm.slurm.runas import RunAs
@@ -123,6 +125,14 @@ class ContainerRuntime(Protocol):
 
     def holder_status(self, state_dir: str, job_id: int, uid: int) -> HolderStatus:
         """What the holder of ``job_id`` reports, read safely from ``uid``'s folder."""
+        ...
+
+    def agent_endpoint(self, state_dir: str, job_id: int, uid: int) -> Endpoint | None:
+        """Where the exec agent of ``job_id`` listens and its key; None when it has none."""
+        ...
+
+    def agent_sessions(self, state_dir: str, job_id: int, uid: int) -> AgentSessions | None:
+        """The exec agent's open sessions and when they last changed; None when unknown."""
         ...
 
     def exec_argv(

@@ -6,8 +6,6 @@ can never reach another route. docs/api.md describes each route.
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 V1 = "/v1"
 
 WHOAMI = f"{V1}/whoami"
@@ -109,6 +107,10 @@ def path(pattern: str, *values: object) -> str:
 
     path(PROJECT_MEMBER, "alpha", "rx bob") == "/v1/projects/alpha/members/rx%20bob"
     """
+    # Imported here: rxctl's exec imports this module and fills no route (urllib.parse is a
+    # few milliseconds of its start-up).
+    from urllib.parse import quote
+
     out: list[str] = []
     rest = pattern
     left = list(values)

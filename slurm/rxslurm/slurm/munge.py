@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 LIBRARY = "libmunge.so.2"
+# munged's socket where the package puts it (munge.h's MUNGE_SOCKET_NAME).
+DEFAULT_SOCKET = "/run/munge/munge.socket.2"
 # Bounds a credential we are asked to decode: a header line, not a document.
 MAX_CREDENTIAL = 16 * 1024
 
@@ -98,8 +99,7 @@ class MungeUnavailable(MungeError):
     """libmunge is not installed, or munged does not answer."""
 
 
-@dataclass(frozen=True)
-class Decoded:
+class Decoded(NamedTuple):
     payload: bytes
     uid: int
     gid: int
@@ -152,6 +152,31 @@ def _library() -> Any:
         libc.free.argtypes = [ctypes.c_void_p]
         _lib, _libc = lib, libc
         return lib
+
+
+def use_library(path: str) -> None:
+    """Load libmunge from `path` rather than by name (the exec agent, in a container without it,
+    gets the host's through a descriptor: /proc/self/fd/N). Before first use only."""
+    global LIBRARY
+    with _lock:
+        if _lib is None:
+            LIBRARY = path
+
+
+def library_path() -> str | None:
+    """The file libmunge was loaded from in this process (for the holder to hand to the agent);
+    None if it cannot be loaded."""
+    if not available():
+        return None
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                path = line.split(maxsplit=5)[-1].strip()
+                if "/libmunge.so" in path and path.startswith("/"):
+                    return path
+    except OSError:
+        pass
+    return None
 
 
 def available() -> bool:

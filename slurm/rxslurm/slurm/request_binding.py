@@ -14,10 +14,8 @@ not match. Standard library only: rxctl imports it on its network path.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
-import secrets
-from dataclasses import dataclass
+from typing import NamedTuple
 
 VERSION = "rxslurm-request/1"
 # The HTTP header that carries the credential.
@@ -34,8 +32,8 @@ class BindingError(ValueError):
     """A payload that is not an rx-slurm request binding, or one that does not match."""
 
 
-@dataclass(frozen=True)
-class Binding:
+# NamedTuples here and in munge.py: rxctl's exec path need not import dataclasses.
+class Binding(NamedTuple):
     uid: int
     nonce: str
     digest: str
@@ -63,7 +61,11 @@ def bind(method: str, target: str, body: bytes, uid: int, nonce: str | None = No
     """The binding a client puts in its credential for this request."""
     if not 0 <= uid <= MAX_UID:
         raise BindingError(f"uid {uid} is out of range")
-    nonce = nonce or secrets.token_hex(16)
+    if not nonce:
+        # Imported only here: secrets and hmac load OpenSSL, which rxctl's exec does not need.
+        import secrets
+
+        nonce = secrets.token_hex(16)
     return Binding(uid=uid, nonce=nonce, digest=request_digest(uid, nonce, method, target, body))
 
 
@@ -82,6 +84,8 @@ def parse(payload: bytes) -> Binding:
 
 def check(binding: Binding, method: str, target: str, body: bytes) -> None:
     """Refuse unless `binding` was made for exactly this method, target and body."""
+    import hmac
+
     expected = request_digest(binding.uid, binding.nonce, method, target, body)
     if not hmac.compare_digest(expected, binding.digest):
         raise BindingError("the request does not match its credential (altered, or moved)")

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rxslurm.daemon.containers import job_claims
@@ -409,6 +409,31 @@ class Reconciler:
                 return HolderStatus(Kind.REFUSED, f"unknown runtime user {row['runtime_user']}")
         return self.service.runtime.holder_status(row["state_dir"], job_id, uid)
 
+    def _agent_active(self, row: dict[str, Any], last: datetime, timeout_min: int) -> bool:
+        """Whether the container's exec agent has a session open, or had one within the idle
+        timeout after rxd's own last record: its sessions are sessions like rxd's own. Read only
+        for a container that looks idle; a missing or bad report is no activity."""
+        if not row["state_dir"] or not row["job_id"]:
+            return False
+        uid = self._runtime_uid(row)
+        if uid is None:
+            return False
+        report = self.service.runtime.agent_sessions(row["state_dir"], row["job_id"], uid)
+        if report is None:
+            return False
+        if report.open > 0:
+            return True
+        changed = datetime.fromtimestamp(report.changed_at, UTC)
+        return changed > last and (self.clock() - changed).total_seconds() < timeout_min * 60
+
+    def _runtime_uid(self, row: dict[str, Any]) -> int | None:
+        if row["runtime_uid"] is not None:
+            return int(row["runtime_uid"])
+        try:
+            return pwd.getpwnam(row["runtime_user"]).pw_uid
+        except (KeyError, TypeError):
+            return None
+
     def _resolve_gone(self, gone: dict[int, dict[str, Any]]) -> int:
         try:
             history = self.service.scheduler.history(gone)
@@ -629,6 +654,8 @@ class Reconciler:
                 last is None
                 or (self.clock() - from_timestamp(last)).total_seconds() < timeout_min * 60
             ):
+                continue
+            if self._agent_active(row, from_timestamp(last), timeout_min):
                 continue
             reason = f"idle for {timeout_min} min"
             if self._move(row, State.STOPPING, reason, desired="stopped") and row["job_id"]:

@@ -50,7 +50,7 @@ from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
 from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.ports import ContainerRuntime, Scheduler
 from rxslurm.daemon.projects.environment import with_exec_variables
-from rxslurm.protocol import env_vars
+from rxslurm.protocol import agent_wire, env_vars
 from rxslurm.protocol.durations import duration
 from rxslurm.protocol.exec_wire import (
     EXEC_SOCKET_NAME,
@@ -173,9 +173,26 @@ class ExecRequest:
     # This exec's own variables (`rxctl exec -e KEY=VALUE`), over the project's.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
+    # The client can talk to the container's exec agent: answer where it is, with a ticket.
+    agent: bool = False
+    # ... and only to it ("agent": "only"): without an agent, an error rather than a step.
+    agent_only: bool = False
+
     @classmethod
     def parse(cls, data: dict[str, Any]) -> ExecRequest:
-        known = {"project", "argv", "shell", "tty", "wake", "cwd", "term", "timeout", "wait", "env"}
+        known = {
+            "project",
+            "argv",
+            "shell",
+            "tty",
+            "wake",
+            "cwd",
+            "term",
+            "timeout",
+            "wait",
+            "env",
+            "agent",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise BadRequest(f"unknown request field {unknown[0]!r}")
@@ -189,7 +206,10 @@ class ExecRequest:
             raise BadRequest("argv must not contain NUL bytes")
         if not all(_encodable(a) for a in (project, *argv)):
             raise BadRequest("project and argv must be valid Unicode (no lone surrogates)")
-        flags = {}
+        agent = data.get("agent", False)
+        if not isinstance(agent, bool) and agent != "only":
+            raise BadRequest('agent must be true, false or "only"')
+        flags = {"agent": agent is not False, "agent_only": agent == "only"}
         for key, default in (("shell", False), ("tty", False), ("wake", True), ("wait", False)):
             value = data.get(key, default)
             if not isinstance(value, bool):
@@ -394,6 +414,21 @@ class Session:
             return
         # A step handed to its caller carries its environment over the network: never secrets.
         direct_allowed = direct_allowed and not target.has_secrets
+        # The agent runs commands with the environment its holder gave it: a project's
+        # variables and secrets, and this exec's -e, go through a step rxd runs instead.
+        if request.agent and not target.variables and not request.env:
+            grant = self.agent_grant(target, caller)
+            if grant is not None:
+                # The client runs the command through the agent; rxd holds nothing of it, and
+                # the agent's sessions keep the container awake (the holder reports them).
+                log.info(
+                    "exec handed to the container's agent",
+                    extra={"project": request.project, "job_id": target.job_id, "uid": caller.uid},
+                )
+                self.send({"agent": grant})
+                return
+            if request.agent_only:
+                raise Conflict(f"the container of {request.project} has no exec agent")
         if direct_allowed and caller.uid == target.runas.uid:
             step = self.direct_step(target, request)
             log.info(
@@ -418,6 +453,24 @@ class Session:
             "env": child_env(rt.runtime, target, request),
             "job_id": target.job_id,
             "step_name": step_name,
+        }
+
+    def agent_grant(self, target: containers.ExecTarget, caller: Caller) -> dict[str, Any] | None:
+        """Where the container's agent listens and a ticket for this caller, signed with the
+        job's key; None when the container has no agent (an older holder, an image without
+        python3, not ready yet): the step path then runs the command."""
+        runtime = self.daemon.containers.runtime
+        endpoint = runtime.agent_endpoint(target.state_dir, target.job_id, target.runas.uid)
+        if endpoint is None:
+            return None
+        ticket = agent_wire.sign(endpoint.key, caller.uid, target.job_id, now=time.time())
+        return {
+            "host": endpoint.host,
+            "port": endpoint.port,
+            "job_id": target.job_id,
+            # Whose the agent is: the client checks the agent's own credential against it.
+            "uid": target.runas.uid,
+            "ticket": ticket,
         }
 
     def guarded(self, converse: Callable[[], None]) -> None:

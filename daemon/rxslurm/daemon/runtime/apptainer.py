@@ -28,8 +28,10 @@ from pathlib import Path
 
 from rxslurm.daemon.config import ApptainerConfig
 from rxslurm.daemon.ports import BuildRequest, HolderRequest
+from rxslurm.daemon.runtime.agent_files import AgentFiles, AgentSessions, agent_params
 from rxslurm.daemon.runtime.holder_status import HolderStatus, StatusReader
 from rxslurm.daemon.text_checks import reported_line
+from rxslurm.protocol.agent_wire import Endpoint
 from rxslurm.protocol.env_vars import apptainer_env
 from rxslurm.slurm.runas import SAFE_PATH, RunAs, run
 from rxslurm.slurm.script import render_batch_script
@@ -171,6 +173,7 @@ class ApptainerRuntime:
         self.settings = settings
         # Replaceable: the hostile tests give it a reader that hangs.
         self.status_reader = status_reader or StatusReader()
+        self.agent_files = AgentFiles()
 
     def program(self) -> str:
         return program(self.settings)
@@ -197,10 +200,17 @@ class ApptainerRuntime:
             grace_s=holder.grace_s,
             env=holder_env(holder.env),
             **instance_options(settings, holder.state_dir, holder.user),
+            **agent_params(),
         )
 
     def holder_status(self, state_dir: str, job_id: int, uid: int) -> HolderStatus:
         return self.status_reader.read(state_dir, job_id, uid)
+
+    def agent_endpoint(self, state_dir: str, job_id: int, uid: int) -> Endpoint | None:
+        return self.agent_files.endpoint(state_dir, job_id, uid)
+
+    def agent_sessions(self, state_dir: str, job_id: int, uid: int) -> AgentSessions | None:
+        return self.agent_files.sessions(state_dir, job_id, uid)
 
     def exec_argv(
         self, instance: str, argv: Sequence[str], *, shell: bool, cwd: str | None

@@ -61,6 +61,14 @@ def status_path(state_dir: str, job_id: int) -> str:
 def read_status_file(state_dir: str, job_id: int, uid: int) -> HolderStatus:
     """Read ``job-<job_id>.status`` in ``state_dir`` as root, safely; never raises OSError."""
     name = f"job-{int(job_id)}.status"
+    data = read_user_file(state_dir, name, uid)
+    return data if isinstance(data, HolderStatus) else parse_status(data, name)
+
+
+def read_user_file(state_dir: str, name: str, uid: int) -> bytes | HolderStatus:
+    """The bytes of the holder's small file ``name`` in ``state_dir`` (a regular file of ``uid``
+    in a folder of ``uid``, at most MAX_BYTES, no link followed), else why not; never raises
+    OSError."""
     try:
         dir_fd = os.open(state_dir, _DIR_FLAGS)
     except OSError as exc:
@@ -93,7 +101,7 @@ def _refused(what: str, exc: OSError) -> HolderStatus:
     return HolderStatus(Kind.REFUSED, f"cannot open {what}: {os.strerror(exc.errno or 0)}")
 
 
-def _read_open(fd: int, name: str, uid: int) -> HolderStatus:
+def _read_open(fd: int, name: str, uid: int) -> bytes | HolderStatus:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         return HolderStatus(Kind.REFUSED, f"{name} is not a regular file")
@@ -105,7 +113,7 @@ def _read_open(fd: int, name: str, uid: int) -> HolderStatus:
     data = os.read(fd, MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         return HolderStatus(Kind.REFUSED, f"{name} is larger than {MAX_BYTES} bytes")
-    return parse_status(data, name)
+    return data
 
 
 def parse_status(data: bytes, name: str = "the status file") -> HolderStatus:

@@ -7,6 +7,9 @@
 # which members read with `rxctl logs`. That output stays small: a few lines of the holder's and
 # the last 64 KiB at most of Apptainer's start messages (the instance's own output goes to
 # Apptainer's instance logs, not here).
+# Once the instance runs, the exec agent (rxslurm.agent, docs/exec.md "The agent") is started in
+# it, if the container has python3: it writes job-<id>.agent (where it listens and the job's
+# key, readable by this user only) and job-<id>.sessions (its open sessions, for the idle timer).
 #rx:param instance
 #rx:param image
 #rx:param overlay
@@ -20,6 +23,9 @@
 #rx:param home
 #rx:param private_tmp
 #rx:param env
+#rx:param agent_path
+#rx:param libmunge
+#rx:param munge_socket
 set -u
 instance={{instance}}
 image={{image}}
@@ -34,6 +40,9 @@ fakeroot={{fakeroot}}
 home={{home}}
 private_tmp={{private_tmp}}
 env={{env}}
+agent_path={{agent_path}}
+libmunge={{libmunge}}
+munge_socket={{munge_socket}}
 # Nothing in the job's environment (a shared account's login profile, say) may change how the
 # instance is built or what runs in it; `bash -p` above already ignored BASH_ENV for this script.
 unset BASH_ENV ENV
@@ -50,12 +59,15 @@ PATH=/usr/local/bin:/usr/bin:/bin
 export APPTAINER_CONFIGDIR="$state_dir/apptainer"
 instance="$instance-$SLURM_JOB_ID"
 status_file="$state_dir/job-$SLURM_JOB_ID.status"
+agent_file="$state_dir/job-$SLURM_JOB_ID.agent"
+sessions_file="$state_dir/job-$SLURM_JOB_ID.sessions"
 
 report() {
   printf '%s\n' "$*" >"$status_file.tmp" && mv -f "$status_file.tmp" "$status_file"
 }
 started=0
 stop_instance() {
+  rm -f "$agent_file" "$sessions_file"
   if ((started)); then
     "$apptainer" instance stop -t "$grace" "$instance" >/dev/null 2>&1 || true
     started=0
@@ -114,13 +126,72 @@ if ! out=$("$apptainer" "${args[@]}" "$image" "$instance" 2>&1 9>&-); then
   exit 1
 fi
 [[ -n $out ]] && printf '%s\n' "$out" | tail -c 65536
+
+# The agent's code, libmunge and munged's folder reach it as open descriptors: nothing of the
+# host is mounted into the container for it. No secret is on its command line: it draws the job's
+# key itself and tells it to this script through its stdout.
+run_agent() {
+  local dir dirs fd lib sock paths=""
+  IFS=: read -r -a dirs <<<"$agent_path"
+  for dir in "${dirs[@]}"; do
+    exec {fd}<"$dir" || exit 1
+    paths+="${paths:+:}/proc/self/fd/$fd"
+  done
+  exec {lib}<"$libmunge" {sock}<"${munge_socket%/*}" || exit 1
+  # Its commands get the environment an exec step gets: who, where, the job's Slurm variables
+  # and devices, a fixed PATH and locale; nothing else of the job's.
+  local name env=()
+  for name in $(compgen -e); do
+    case $name in
+      HOME | USER | LOGNAME | TMPDIR | APPTAINER_CONFIGDIR | SLURM_CONF | SLURMD_NODENAME | \
+        SLURM_JOB_* | SLURM_JOBID | SLURM_CLUSTER_NAME | SLURM_NODELIST | SLURM_NNODES | \
+        SLURM_NODEID | SLURM_CPUS_ON_NODE | SLURM_TOPOLOGY_* | SLURM_WORKING_CLUSTER | \
+        CUDA_VISIBLE_DEVICES | GPU_DEVICE_ORDINAL | ROCR_VISIBLE_DEVICES)
+        env+=("$name=${!name}") ;;
+    esac
+  done
+  exec env -i "${env[@]}" PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "$apptainer" exec "instance://$instance" python3 -I -S -B -c \
+    'import sys; sys.path += sys.argv.pop(1).split(":"); from rxslurm.agent.main import main; sys.exit(main(sys.argv[1:]))' \
+    "$paths" --job "$SLURM_JOB_ID" --uid "$(id -u)" --libmunge "/proc/self/fd/$lib" \
+    --munge-socket "/proc/self/fd/$sock/${munge_socket##*/}" 2>/dev/null
+}
+agent=0
+if [[ -n $agent_path && -r $libmunge && -S $munge_socket ]]; then
+  coproc AGENT { run_agent; }
+  if read -r -t 30 -u "${AGENT[0]}" word host port key && [[ $word == listening ]]; then
+    (umask 077 && printf '%s %s %s\n' "$host" "$port" "$key" >"$agent_file.tmp" &&
+      mv -f "$agent_file.tmp" "$agent_file")
+    agent=1
+    say "exec agent listening on $host:$port"
+  else
+    say "no exec agent in this container (exec uses Slurm steps)"
+  fi
+fi
+sessions() {
+  printf -v now '%(%s)T' -1
+  printf '%s %s\n' "$1" "$now" >"$sessions_file.tmp" && mv -f "$sessions_file.tmp" "$sessions_file"
+}
 say "$instance is running"
 report "running $instance"
 
-# Wait for Slurm to end the job; notice an instance that died on its own.
+# Wait for Slurm to end the job; notice an instance that died on its own. While the agent runs,
+# waiting is reading its reports.
+checked=$SECONDS
 while true; do
-  sleep 5 &
-  wait $!
+  if ((agent)); then
+    if read -r -t 5 -u "${AGENT[0]}" word count; then
+      [[ $word == sessions && $count =~ ^[0-9]+$ ]] && sessions "$count"
+    elif (($? <= 128)); then
+      agent=0
+      rm -f "$agent_file"
+      say "the exec agent exited"
+    fi
+    ((SECONDS - checked < 5)) && continue
+  else
+    sleep 5 &
+    wait $!
+  fi
+  checked=$SECONDS
   if ! "$apptainer" instance list --json "$instance" 2>/dev/null | grep -q "\"$instance\""; then
     started=0
     say "the container instance exited"
