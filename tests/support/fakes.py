@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rxslurm.daemon.ledger.timestamps import utcnow
-from rxslurm.daemon.ports import BuildRequest, HolderRequest
+from rxslurm.daemon.ports import BuildRequest, HolderRequest, OneShotRequest
 from rxslurm.daemon.runtime.holder_status import HolderStatus, Kind
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmUnavailable
@@ -155,6 +155,7 @@ class FakeRuntime:
         self.overlays: list[Path] = []
         self.holders: list[HolderRequest] = []
         self.builds: list[BuildRequest] = []
+        self.one_shots: list[OneShotRequest] = []
 
     def program(self) -> str:
         return "/fake/apptainer"
@@ -188,6 +189,10 @@ class FakeRuntime:
     def build_script(self, build: BuildRequest) -> str:
         self.builds.append(build)
         return f"#!/bin/sh\n# build in {build.build_dir}\n"
+
+    def one_shot_script(self, one_shot: OneShotRequest) -> str:
+        self.one_shots.append(one_shot)
+        return f"#!/bin/sh\n# one shot of {len(one_shot.command)} words\n"
 
 
 def fakes(**extra: Any) -> tuple[FakeClock, FakeScheduler, FakeRuntime]:

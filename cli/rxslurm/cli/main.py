@@ -36,6 +36,7 @@ LAZY_COMMANDS = {
     "ps": "rxslurm.cli.commands_ps:ps",
     "retry": "rxslurm.cli.commands_container:retry",
     "run": "rxslurm.cli.commands_run:run",
+    "run-once": "rxslurm.cli.commands_run_once:run_once",
     "shell": "rxslurm.cli.commands_exec:shell",
     "snapshot": "rxslurm.cli.commands_container:snapshot",
     "start": "rxslurm.cli.commands_container:start",

@@ -4,7 +4,9 @@ A template is a bash script in ``templates/`` (package data). It declares its pa
 in header lines ``#rx:param NAME`` and uses them as ``{{NAME}}``. Rendering:
 - only declared parameters are accepted and all of them are required; an unknown key is an
   error that lists the valid ones;
-- every value is ``shlex.quote``d, so it reaches bash as exactly one literal word;
+- every value is ``shlex.quote``d, so it reaches bash as exactly one literal word; a list or
+  tuple of values becomes that many quoted words, one after another (a command's argv, placed
+  as ``name=({{NAME}})``: a bash array, each word literal, never a shell line);
 - a value with a newline, carriage return or NUL is refused (it could end a line of the script
   or an ``#SBATCH`` header, and nothing legitimate needs one);
 - the ``#rx:param`` lines are dropped from the output.
@@ -101,6 +103,12 @@ def _as_text(key: str, value: object) -> str:
     return text
 
 
+def _quoted(key: str, value: object) -> str:
+    if isinstance(value, list | tuple):
+        return " ".join(shlex.quote(_as_text(key, item)) for item in value)
+    return shlex.quote(_as_text(key, value))
+
+
 def render(template: Template, values: dict[str, object]) -> str:
     unknown = sorted(set(values) - set(template.params))
     if unknown:
@@ -111,7 +119,7 @@ def render(template: Template, values: dict[str, object]) -> str:
     missing = [p for p in template.params if p not in values]
     if missing:
         raise TemplateError(f"{template.name}: missing parameter(s) {', '.join(missing)}")
-    quoted = {k: shlex.quote(_as_text(k, v)) for k, v in values.items()}
+    quoted = {k: _quoted(k, v) for k, v in values.items()}
     return _PLACEHOLDER.sub(lambda m: quoted[m.group(1)], template.body)
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from rxslurm.daemon.api.peercred import Caller
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.builds import BuildService
+from rxslurm.daemon.containers.one_shots import OneShotService
 from rxslurm.daemon.containers.reconciler import Reconciler
 from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.containers.sessions import DetachedCommands
@@ -28,6 +29,7 @@ class Daemon:
     reconciler: Reconciler = field(init=False)
     builds: BuildService = field(init=False)
     commands: DetachedCommands = field(init=False)
+    one_shots: OneShotService = field(init=False)
 
     def __post_init__(self) -> None:
         self.partitions = PartitionCache(self.slurm)
@@ -44,6 +46,9 @@ class Daemon:
         self.builds.validate_resources = self.partitions.validate
         self.reconciler.extra_passes.append(self.builds.reconcile)
         self.commands = DetachedCommands(self.containers, self.reconciler.sessions)
+        self.one_shots = OneShotService(self.containers)
+        self.one_shots.validate_resources = self.partitions.validate
+        self.reconciler.extra_passes.append(self.one_shots.reconcile)
 
     def is_admin(self, caller: Caller) -> bool:
         return caller.is_root or self.config.daemon.admin_group in caller.groups

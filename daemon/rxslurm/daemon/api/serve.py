@@ -20,6 +20,7 @@ from rxslurm.daemon.api import (
     routes_images,
     routes_logs,
     routes_metrics,
+    routes_one_shots,
     routes_projects,
     routes_sessions,
     routes_system,
@@ -49,6 +50,7 @@ ROUTES = [
     *routes_containers.routes,
     *routes_logs.routes,
     *routes_images.routes,
+    *routes_one_shots.routes,
     *routes_sessions.routes,
     *routes_admin.routes,
 ]

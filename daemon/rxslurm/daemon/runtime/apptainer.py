@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rxslurm.daemon.config import ApptainerConfig
-from rxslurm.daemon.ports import BuildRequest, HolderRequest
+from rxslurm.daemon.ports import BuildRequest, HolderRequest, OneShotRequest
 from rxslurm.daemon.runtime.holder_status import HolderStatus, StatusReader
 from rxslurm.daemon.text_checks import reported_line
 from rxslurm.slurm.runas import SAFE_PATH, RunAs, run
@@ -225,6 +225,20 @@ class ApptainerRuntime:
             ignore=base64.b64encode(build.ignore.encode()).decode(),
             apptainer=self.program(),
             no_https="--no-https" if build.plain_http else "",
+        )
+
+
+    def one_shot_script(self, one_shot: OneShotRequest) -> str:
+        """oneshot.sh: ``apptainer exec`` of the command, each word one argv item."""
+        return render_batch_script(
+            "oneshot.sh",
+            image=one_shot.image,
+            overlay=one_shot.snapshot,
+            workspace=one_shot.workspace,
+            binds=",".join(one_shot.binds),
+            gpu_flag=gpu_flag(one_shot.gpus, one_shot.gpu_driver),
+            apptainer=self.program(),
+            command=one_shot.command,
         )
 
 
