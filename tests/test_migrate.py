@@ -125,6 +125,7 @@ ALL_MIGRATIONS = [
     "m008_image_builds",
     "m010_exec_sessions",
     "m011_job_flags",
+    "m017_one_shot_jobs",
 ]
 
 
@@ -146,7 +147,13 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("ALTER TABLE binding_codes DROP COLUMN for_uid")
         db.execute("ALTER TABLE projects DROP COLUMN run_as_user")
         db.execute("ALTER TABLE projects DROP COLUMN workspace_uid")
-        for table in ("build_leases", "image_builds", "image_drafts"):
+        for table in (
+            "one_shot_leases",
+            "one_shot_jobs",
+            "build_leases",
+            "image_builds",
+            "image_drafts",
+        ):
             db.execute(f"DROP TABLE {table}")
         db.execute("ALTER TABLE projects DROP COLUMN dev_mode")
         for column in ("account", "qos", '"constraint"', "reservation"):
