@@ -40,7 +40,7 @@ IMAGE_BUILD_LOGS = f"{IMAGE_BUILD}/logs"
 # One-shot commands (`rxctl run-once`): POST runs one as its own Slurm job; one by id (GET:
 # state and exit code), its output (query: offset) and its cancel.
 ONE_SHOTS = f"{PROJECT}/run-once"
-ONE_SHOT = f"{ONE_SHOTS}/{{one_shot:[0-9]{{1,18}}}}"
+ONE_SHOT = f"{ONE_SHOTS}/{{one_shot:[0-9]+}}"
 ONE_SHOT_OUTPUT = f"{ONE_SHOT}/output"
 ONE_SHOT_CANCEL = f"{ONE_SHOT}/cancel"
 

@@ -11,10 +11,20 @@ from rxslurm.daemon.api.app import json_response, read_json
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
 from rxslurm.daemon.api.routes_logs import parse_number
+from rxslurm.daemon.errors import NotFound
 from rxslurm.protocol import routes as route
 
 routes = web.RouteTableDef()
+# A one-shot's id as the ledger keeps it (SQLite's integers are 64-bit).
+MAX_ID_DIGITS = 18
 FIELDS = ("command", "partition", "gpus", "cpus", "mem_mb", "time_limit_min")
+
+
+def one_shot_id(request: web.Request) -> int:
+    text = request.match_info["one_shot"]
+    if len(text) > MAX_ID_DIGITS:
+        raise NotFound(f"no one-shot command {text[:MAX_ID_DIGITS]}...")
+    return int(text)
 
 
 @routes.post(route.ONE_SHOTS)
@@ -32,7 +42,7 @@ async def status(request: web.Request) -> web.Response:
         daemon.one_shots.status,
         actor,
         request.match_info["name"],
-        int(request.match_info["one_shot"]),
+        one_shot_id(request),
     )
     return json_response(answer)
 
@@ -46,7 +56,7 @@ async def output(request: web.Request) -> web.Response:
         daemon.one_shots.output,
         actor,
         request.match_info["name"],
-        int(request.match_info["one_shot"]),
+        one_shot_id(request),
         offset,
     )
     return json_response(answer)
@@ -59,6 +69,6 @@ async def cancel(request: web.Request) -> web.Response:
         daemon.one_shots.cancel,
         actor,
         request.match_info["name"],
-        int(request.match_info["one_shot"]),
+        one_shot_id(request),
     )
     return json_response(answer)
