@@ -11,7 +11,7 @@
 #rx:param binds
 #rx:param gpu_flag
 #rx:param apptainer
-#rx:param command
+#rx:words command
 set -u
 image={{image}}
 overlay={{overlay}}
