@@ -8,6 +8,7 @@ refused; Ctrl-C cancels the job.
 
 from __future__ import annotations
 
+import glob
 import json
 import signal
 import subprocess
@@ -78,13 +79,20 @@ def instances_of(user: str, state_dir: str) -> list[str]:
 
 
 def test_a_one_shot_prints_exits_3_and_leaves_nothing_behind(rxd: Rxd) -> None:
-    command = "echo hello from once; pwd; echo to stderr >&2; exit 3"
+    command = (
+        "echo hello from once; pwd; touch /tmp/probe && echo tmp ok; echo to stderr >&2; exit 3"
+    )
     done = rxd.rxctl(
         "rxalice", "run-once", "--project", PROJECT, "--", "sh", "-c", command, timeout=300
     )
     assert done.returncode == 3, (done.stdout, done.stderr, rxd.log_text()[-3000:])
     # stdout and stderr come together, as the job's output has them.
-    assert done.stdout.splitlines() == ["hello from once", "/workspace", "to stderr"], done
+    assert done.stdout.splitlines() == [
+        "hello from once",
+        "/workspace",
+        "tmp ok",
+        "to stderr",
+    ], done
     one_shot_id, job_id, state_dir = one_shot(rxd)
     assert f"one-shot {one_shot_id} of {PROJECT} submitted" in done.stderr
 
@@ -97,6 +105,9 @@ def test_a_one_shot_prints_exits_3_and_leaves_nothing_behind(rxd: Rxd) -> None:
     assert sacct_state(job_id) == "FAILED|3:0"
     assert rxd.ledger_rows("SELECT * FROM one_shot_leases", []) == []
     assert instances_of(RUNTIME_USER, state_dir) == []
+    # Its folder on the node (Apptainer's records, the container's /tmp) went with it; the
+    # nodes of the test cluster share this host's /tmp.
+    assert glob.glob("/tmp/rx-oneshot.*") == []
     output = Path(state_dir) / f"job-{job_id}.out"
     wait_for(lambda: not output.exists(), timeout=30, what=f"{output} to be cleaned")
     actions = [

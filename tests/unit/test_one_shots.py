@@ -110,9 +110,12 @@ def test_a_one_shot_is_submitted_as_the_runtime_user_with_its_words_and_holds_a_
         snapshot="",
         workspace=request.workspace,
         command=("python", "-c", "1"),
+        state_dir=o.row(answer["id"])["state_dir"],
+        user=as_user,
         binds=(),
         gpus=1,
         gpu_driver="",
+        own_home_and_tmp=False,
     )
     lease = o.w.ledger.db.table("one_shot_leases").get(answer["id"])
     assert (lease["gpus"], lease["cpus"], lease["mem_mb"]) == (1, 2, 2048)
@@ -282,24 +285,47 @@ def test_the_command_reaches_apptainer_word_for_word(
     """oneshot.sh rendered with a stand-in Apptainer that prints its argv: the command's words
     come through literally, whatever shell syntax they hold, and nothing of them runs."""
     folder = tmp_path_factory.mktemp("oneshot")
-    stand_in = folder / "apptainer"
-    stand_in.write_text("#!/bin/sh\nfor a; do printf '%s\\0' \"$a\"; done\nexit 3\n")
-    stand_in.chmod(0o755)
-    runtime = ApptainerRuntime(ApptainerConfig(binary=str(stand_in)))
-    script = runtime.one_shot_script(
-        OneShotRequest(image="/i.sif", snapshot="/s.img", workspace="/w", command=tuple(words))
-    )
-    done = subprocess.run(
-        ["bash", "-c", script], capture_output=True, check=False, cwd=folder,
-        env={"PATH": "/usr/bin:/bin", "TMPDIR": str(folder)},
-    )  # fmt: skip
-    assert done.returncode == 3, done.stderr
-    argv = done.stdout.decode("utf-8", "surrogateescape").split("\0")[:-1]
+    argv = run_stand_in(folder, tuple(words), ApptainerConfig(home="host", private_tmp=False))
     assert argv == [
         "--quiet", "exec", "--no-mount", "cwd", "--pwd", "/workspace", "-B", "/w:/workspace",
         "--overlay", "/s.img:ro", "/i.sif", *words,
     ]  # fmt: skip
     assert sorted(p.name for p in folder.iterdir()) == ["apptainer"]
+
+
+def run_stand_in(folder: Path, words: tuple[str, ...], config: ApptainerConfig) -> list[str]:
+    """oneshot.sh run by bash with a stand-in Apptainer that prints its argv and exits 3."""
+    stand_in = folder / "apptainer"
+    stand_in.write_text("#!/bin/sh\nfor a; do printf '%s\\0' \"$a\"; done\nexit 3\n")
+    stand_in.chmod(0o755)
+    runtime = ApptainerRuntime(replace(config, binary=str(stand_in)))
+    script = runtime.one_shot_script(
+        OneShotRequest(
+            image="/i.sif", snapshot="/s.img", workspace="/w", command=words,
+            state_dir=str(folder / "state"), user=RunAs.for_user("nobody"),
+        )
+    )  # fmt: skip
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, check=False, cwd=folder,
+        env={"PATH": "/usr/bin:/bin", "TMPDIR": str(folder)},
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    return done.stdout.decode("utf-8", "surrogateescape").split("\0")[:-1]
+
+
+def test_its_own_home_and_tmp_and_nothing_left_on_the_node(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    argv = run_stand_in(tmp_path, ("true",), ApptainerConfig())
+    home = argv[argv.index("--home") + 1]
+    assert home.startswith(f"{tmp_path}/state/home:") and (tmp_path / "state" / "home").is_dir()
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "-B"]
+    private = [b for b in binds if b.endswith(":/tmp") or b.endswith(":/var/tmp")]
+    assert len(private) == 2 and private[0].split(":")[0] == private[1].split(":")[0], binds
+    assert private[0].startswith(f"{tmp_path}/rx-oneshot.")
+    # Never --fakeroot: the snapshot is read-only and the command runs as the user.
+    assert "--fakeroot" not in argv
+    # Its folder on the node (Apptainer's records, its /tmp) went when it ended.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["apptainer", "state"]
 
 
 def test_check_command_keeps_the_words() -> None:
@@ -333,3 +359,20 @@ def test_the_client_exits_125_with_the_reason_when_the_command_did_not_exit() ->
     with pytest.raises(SessionFailed, match="one-shot 4 failed: the command ran out") as failed:
         exit_status({"id": 4, "state": "failed", "reason": "the command ran out of memory"})
     assert failed.value.exit_code == 125
+
+
+def test_a_disabled_container_runs_none_and_a_running_one_shot_keeps_its_project(
+    o: OneShots,
+) -> None:
+    from rxslurm.daemon.projects.service import delete_project
+
+    one_shot = o.run()["id"]
+    o.w.set("alpha", state="disabled", desired="disabled")
+    with pytest.raises(Conflict, match="is disabled; an owner runs `rxctl enable --project alpha`"):
+        o.run()
+    with pytest.raises(Conflict, match="1 one-shot command\\(s\\) running; let them end"):
+        delete_project(o.w.ledger, OWNER, "alpha")
+    o.job(o.row(one_shot)["job_id"], "COMPLETED", exit_code=0)
+    o.pass_()
+    delete_project(o.w.ledger, OWNER, "alpha")
+    assert o.w.ledger.db.table("one_shot_jobs").count == 0

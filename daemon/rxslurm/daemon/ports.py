@@ -108,9 +108,13 @@ class OneShotRequest:
     snapshot: str  # the newest overlay snapshot, mounted read-only; "": the bare image
     workspace: str
     command: tuple[str, ...]  # the words of the command, each one argv item
+    state_dir: str  # the container's folder: its home when the deployment gives one its own
+    user: RunAs  # the runtime identity the job runs as
     binds: tuple[str, ...] = ()
     gpus: int = 0
     gpu_driver: str = ""
+    # Service projects all run as one account: each gets a home and a /tmp of its own.
+    own_home_and_tmp: bool = False
 
 
 class ContainerRuntime(Protocol):

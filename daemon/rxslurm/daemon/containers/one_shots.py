@@ -39,6 +39,7 @@ from rxslurm.daemon.projects.service import authorize
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.daemon.runtime.job_output import MAX_BYTES, JobOutput, OutputError, read_output
 from rxslurm.daemon.settings import Settings, effective
+from rxslurm.protocol.states import State
 from rxslurm.slurm.adapter import JobSpec
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable
 from rxslurm.slurm.jobs import JobInfo, Listing
@@ -234,9 +235,12 @@ class OneShotService:
                 snapshot=plan.snapshot.path if plan.snapshot else "",
                 workspace=plan.workspace,
                 command=command,
+                state_dir=container["state_dir"],
+                user=owner,
                 binds=plan.binds,
                 gpus=gpus,
                 gpu_driver=eff.gpu_driver,
+                own_home_and_tmp=row["run_as"] == "service",
             )
         )
         spec = JobSpec(
@@ -266,6 +270,11 @@ class OneShotService:
 
     def _container(self, db: LedgerDatabase, project: dict[str, Any]) -> dict[str, Any]:
         rows = list(db.table("containers").rows_where("project_id = ?", [project["id"]]))
+        if rows and rows[0]["state"] == State.DISABLED:
+            raise Conflict(
+                f"the container of {project['name']} is disabled; an owner runs "
+                f"`rxctl enable --project {project['name']}`"
+            )
         if not rows or not rows[0]["state_dir"] or not rows[0]["runtime_user"]:
             raise Conflict(
                 f"project {project['name']} has no container folder yet; an owner runs "

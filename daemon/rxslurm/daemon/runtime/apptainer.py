@@ -229,7 +229,13 @@ class ApptainerRuntime:
 
 
     def one_shot_script(self, one_shot: OneShotRequest) -> str:
-        """oneshot.sh: ``apptainer exec`` of the command, each word one argv item."""
+        """oneshot.sh: ``apptainer exec`` of the command, each word one argv item, contained as
+        the container's instance is (its home, its own /tmp) but never under --fakeroot: the
+        snapshot is read-only, and the command runs as the runtime user."""
+        settings = replace(self.settings, fakeroot=False)
+        if one_shot.own_home_and_tmp:
+            settings = replace(settings, home="project", private_tmp=True)
+        options = instance_options(settings, Path(one_shot.state_dir), one_shot.user)
         return render_batch_script(
             "oneshot.sh",
             image=one_shot.image,
@@ -237,7 +243,9 @@ class ApptainerRuntime:
             workspace=one_shot.workspace,
             binds=",".join(one_shot.binds),
             gpu_flag=gpu_flag(one_shot.gpus, one_shot.gpu_driver),
-            apptainer=self.program(),
+            apptainer=options["apptainer"],
+            home=options["home"],
+            private_tmp=options["private_tmp"],
             command=one_shot.command,
         )
 
