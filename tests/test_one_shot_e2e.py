@@ -144,3 +144,18 @@ def test_ctrl_c_cancels_the_job_and_says_so(rxd: Rxd) -> None:
     assert "cancelled one-shot" in stderr and f"(job {job_id})" in stderr
     wait_for(lambda: squeue_state(job_id) in ("", "CANCELLED"), timeout=60, what="the job to end")
     assert rxd.ledger_rows("SELECT * FROM one_shot_leases", []) == []
+
+
+def test_a_one_shot_with_a_gpu_sees_only_its_own(rxd: Rxd) -> None:
+    command = "echo cuda=$CUDA_VISIBLE_DEVICES"
+    argv = ("run-once", "--project", PROJECT, "--gpus", "1", "--partition", "gpu", "--")
+    done = rxd.rxctl("rxalice", *argv, "sh", "-c", command, timeout=300)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    # Slurm numbers what a job sees from 0; Apptainer's --nv warns on a node without NVIDIA's
+    # driver (the test cluster's GPUs are fakes), and the command runs all the same.
+    assert "cuda=0" in done.stdout.splitlines(), done.stdout
+    ((gpus, state),) = rxd.ledger_rows(
+        "SELECT gpus, state FROM one_shot_jobs ORDER BY id DESC LIMIT 1", []
+    )
+    assert (gpus, state) == (1, "exited")
+    assert rxd.ledger_rows("SELECT * FROM one_shot_leases", []) == []

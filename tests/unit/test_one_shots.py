@@ -114,7 +114,7 @@ def test_a_one_shot_is_submitted_as_the_runtime_user_with_its_words_and_holds_a_
         user=as_user,
         binds=(),
         gpus=1,
-        gpu_driver="",
+        gpu_driver="nvidia",  # the deployment's default: the project names none
         own_home_and_tmp=False,
     )
     lease = o.w.ledger.db.table("one_shot_leases").get(answer["id"])
@@ -376,3 +376,20 @@ def test_a_disabled_container_runs_none_and_a_running_one_shot_keeps_its_project
     o.pass_()
     delete_project(o.w.ledger, OWNER, "alpha")
     assert o.w.ledger.db.table("one_shot_jobs").count == 0
+
+
+def test_the_newest_snapshot_is_mounted_read_only_and_gpus_bind_the_driver(
+    tmp_path: Path,
+) -> None:
+    from tests.unit.test_batch_plan import add_snapshot
+
+    o = OneShots(world(tmp_path, ("alpha", "stopped"), gpu_driver="nvidia"))
+    add_snapshot(o.w, "/c/rx-alpha/snapshots/snap-1.img")
+    add_snapshot(o.w, "/c/rx-alpha/snapshots/snap-2.img")
+    o.run(gpus=1)
+    o.run()
+    with_gpu, without = o.w.runtime.one_shots
+    assert with_gpu.snapshot == without.snapshot == "/c/rx-alpha/snapshots/snap-2.img"
+    assert (with_gpu.gpus, with_gpu.gpu_driver, without.gpus) == (1, "nvidia", 0)
+    script = ApptainerRuntime(ApptainerConfig(binary="/bin/apptainer")).one_shot_script(with_gpu)
+    assert "gpu_flag=--nv\n" in script and "overlay=/c/rx-alpha/snapshots/snap-2.img\n" in script

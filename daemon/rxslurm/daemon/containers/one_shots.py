@@ -154,7 +154,12 @@ class OneShotService:
             row, _ = authorize(db, actor, project, Action.EXEC)
             plan = batch_plan(db, config, row)
             container = self._container(db, row)
-        eff = effective(Settings.from_row(row), config.defaults)
+        own = Settings.from_row(row)
+        eff = effective(own, config.defaults)
+        # The GPU type and driver even when the container itself asks for no GPU (effective()
+        # drops them then): a one-shot's GPUs are its own, as a batch step's are.
+        gpu_type = own.gpu_type or config.defaults.gpu_type
+        gpu_driver = own.gpu_driver or config.defaults.gpu_driver
         partition = body.get("partition") or eff.partition or self.containers.default_partition()
         if not partition:
             raise BadRequest("no partition to run in: give --partition")
@@ -165,7 +170,11 @@ class OneShotService:
         mem_mb = _whole(body, "mem_mb", eff.mem_mb or None, 1, MAX_MEM_MB)
         time_limit = _whole(body, "time_limit_min", eff.time_limit_min or None, 1, MAX_TIME_MIN)
         asked = Settings(
-            partition=partition, cpus=cpus, mem_mb=mem_mb or 0, gpus=gpus, gpu_type=eff.gpu_type
+            partition=partition,
+            cpus=cpus,
+            mem_mb=mem_mb or 0,
+            gpus=gpus,
+            gpu_type=gpu_type if gpus else "",
         )
         self.validate_resources(asked)
         runtime_user = container["runtime_user"]
@@ -239,7 +248,7 @@ class OneShotService:
                 user=owner,
                 binds=plan.binds,
                 gpus=gpus,
-                gpu_driver=eff.gpu_driver,
+                gpu_driver=gpu_driver,
                 own_home_and_tmp=row["run_as"] == "service",
             )
         )
