@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from rxslurm.cli.commands_exec import SessionFailed
 from rxslurm.cli.commands_run_once import exit_status, follow
 from rxslurm.daemon.config import ApptainerConfig
+from rxslurm.daemon.containers.job_follow import GONE_GRACE_S
 from rxslurm.daemon.containers.job_logs import cleaning_of
 from rxslurm.daemon.containers.one_shots import (
-    GONE_GRACE_S,
     JOB_PREFIX,
     OneShotService,
     check_command,
@@ -393,3 +393,18 @@ def test_the_newest_snapshot_is_mounted_read_only_and_gpus_bind_the_driver(
     assert (with_gpu.gpus, with_gpu.gpu_driver, without.gpus) == (1, "nvidia", 0)
     script = ApptainerRuntime(ApptainerConfig(binary="/bin/apptainer")).one_shot_script(with_gpu)
     assert "gpu_flag=--nv\n" in script and "overlay=/c/rx-alpha/snapshots/snap-2.img\n" in script
+
+
+def test_a_job_rxd_lost_between_sbatch_and_the_ledger_is_adopted_by_its_proof(
+    o: OneShots,
+) -> None:
+    one_shot = o.run()["id"]
+    job = o.row(one_shot)["job_id"]
+    with o.w.ledger.transaction() as db:
+        db.table("one_shot_jobs").update(one_shot, {"job_id": None})
+    # Another user's job with the same name and comment proves nothing.
+    o.w.slurm.jobs[job] = replace(o.w.slurm.jobs[job], user="mallory")
+    o.pass_()
+    assert o.row(one_shot)["job_id"] is None
+    o.w.slurm.jobs[job] = replace(o.w.slurm.jobs[job], user=RUNTIME_USER)
+    assert o.pass_() == 1 and o.row(one_shot)["job_id"] == job

@@ -10,8 +10,9 @@ read as the runtime user (runtime/job_output.py) and removed with the container'
 
 The command reaches the job only as data: a tuple of words rendered as quoted words of a bash
 array in oneshot.sh, never a shell line. The reconciler's pass (``reconcile``) follows each
-one-shot from what Slurm says; one that cannot be followed this pass is logged and left for the
-next. Every change is audited with the project as target.
+one-shot from what Slurm says, by the rules builds follow too (job_follow.py); one that cannot
+be followed this pass is logged and left for the next. Every change is audited with the project
+as target.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from typing import Any
 
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.batch_plan import batch_plan
+from rxslurm.daemon.containers.job_follow import Follower, Seen
 from rxslurm.daemon.containers.job_logs import clean_job_logs_soon
 from rxslurm.daemon.containers.service import ContainerService, _gres
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.ledger.audit import record_event
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase, LedgerError
-from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp
+from rxslurm.daemon.ledger.timestamps import to_timestamp
 from rxslurm.daemon.ports import OneShotRequest, Scheduler
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.daemon.projects.service import authorize
@@ -49,11 +51,8 @@ log = logging.getLogger("rxslurm.one_shots")
 
 # Never the containers' prefix (rx-), so the container reconciler never takes one for a holder.
 JOB_PREFIX = "rxonce-"
-# A one-shot whose job id was never recorded (rxd stopped between sbatch and the ledger) is
-# adopted from its job's comment; with no such job after this long, it failed.
-SUBMIT_GRACE_S = 120
-# A job gone from squeue that sacct does not know either has ended this long after: failed.
-GONE_GRACE_S = 300
+# Cancelled one-shots whose job Slurm still lists are cancelled again for this long.
+RECANCEL_S = 3600
 # Bounds of a command: it travels in the batch script, which sbatch and slurmctld keep.
 MAX_WORDS = 1024
 MAX_COMMAND_BYTES = 64 * 1024
@@ -418,7 +417,7 @@ class OneShotService:
         """Follow every queued or running one-shot (and cancel again cancelled ones Slurm still
         lists as active); one squeue for all. The number of changes."""
         db = self.ledger.db
-        since = to_timestamp(self.containers.clock() - timedelta(seconds=3600))
+        since = to_timestamp(self.containers.clock() - timedelta(seconds=RECANCEL_S))
         rows = [
             dict(r)
             for r in db.table("one_shot_jobs").rows_where(
@@ -433,10 +432,13 @@ class OneShotService:
         except SlurmUnavailable:
             return 0
         blind = any(s.job_id is None for s in queue.skipped)
+        follower = Follower(
+            self.scheduler, self.containers.clock, OneShotState.QUEUED.value, self._is_ours
+        )
         changes = 0
         for row in rows:
             try:
-                changes += self._follow(row, queue, blind)
+                changes += self._follow(row, follower, queue, blind)
             except Exception:
                 log.exception("could not follow a one-shot command", extra={"one_shot": row["id"]})
         return changes
@@ -448,54 +450,29 @@ class OneShotService:
             job.user == row["runtime_user"]
         )
 
-    def _follow(self, row: dict[str, Any], queue: Listing, blind: bool) -> int:
-        one_shot_id, job_id = row["id"], row["job_id"]
+    def _follow(self, row: dict[str, Any], follower: Follower, queue: Listing, blind: bool) -> int:
+        one_shot_id = row["id"]
         if row["state"] == OneShotState.CANCELLED:
-            job = queue.get(job_id)
-            if job is not None and job.is_active and self._is_ours(row, job):
-                self._cancel_job(job_id)
+            if follower.still_active(row, queue):
+                self._cancel_job(row["job_id"])
                 return 1
             return 0
-        if job_id is None:
-            return self._without_job(row, queue)
-        if job_id in queue.unknown_ids():
+        look = follower.look(row, queue, blind)
+        if look.seen is Seen.ADOPT and look.job is not None:
+            with self.ledger.transaction() as db:
+                db.table("one_shot_jobs").update(
+                    one_shot_id, {"job_id": look.job.job_id, "updated_at": self._now()}
+                )
+        elif look.seen is Seen.STARTED and look.job is not None:
+            self._started(one_shot_id, look.job.nodes)
+        elif look.seen is Seen.NEVER_SUBMITTED:
+            self._end(one_shot_id, OneShotState.FAILED, "the job was never submitted")
+        elif look.seen is Seen.GONE:
+            self._end(one_shot_id, OneShotState.FAILED, "the job left no record in Slurm")
+        elif look.seen is Seen.ENDED and look.job is not None:
+            return self._finished(row, look.job)
+        else:
             return 0
-        job = queue.get(job_id)
-        if job is not None and not self._is_ours(row, job):
-            job = None
-        if job is not None and not job.is_finished:
-            if job.state == "RUNNING" and row["state"] == OneShotState.QUEUED:
-                self._started(one_shot_id, job.nodes)
-                return 1
-            return 0
-        if job is None:
-            if blind:
-                return 0
-            try:
-                history = self.scheduler.history([job_id])
-            except SlurmUnavailable:
-                return 0
-            job = history.get(job_id)
-            if job is None or not job.is_finished:
-                updated = from_timestamp(row["updated_at"])
-                if self.containers.clock() - updated < timedelta(seconds=GONE_GRACE_S):
-                    return 0
-                self._end(one_shot_id, OneShotState.FAILED, "the job left no record in Slurm")
-                return 1
-        return self._finished(row, job)
-
-    def _without_job(self, row: dict[str, Any], queue: Listing) -> int:
-        for job in queue.values():
-            if self._is_ours(row, job):
-                with self.ledger.transaction() as db:
-                    db.table("one_shot_jobs").update(
-                        row["id"], {"job_id": job.job_id, "updated_at": self._now()}
-                    )
-                return 1
-        created = from_timestamp(row["created_at"])
-        if self.containers.clock() - created < timedelta(seconds=SUBMIT_GRACE_S):
-            return 0
-        self._end(row["id"], OneShotState.FAILED, "the job was never submitted")
         return 1
 
     def _finished(self, row: dict[str, Any], job: JobInfo) -> int:
