@@ -181,6 +181,23 @@ class OneShotService:
             owner = RunAs.for_user(runtime_user)
         except RunAsError as exc:
             raise Conflict(f"cannot run as {runtime_user}: {exc}") from None
+        try:
+            script = self.containers.runtime.one_shot_script(
+                OneShotRequest(
+                    image=plan.image,
+                    snapshot=plan.snapshot.path if plan.snapshot else "",
+                    workspace=plan.workspace,
+                    command=command,
+                    state_dir=container["state_dir"],
+                    user=owner,
+                    binds=plan.binds,
+                    gpus=gpus,
+                    gpu_driver=gpu_driver,
+                    own_home_and_tmp=row["run_as"] == "service",
+                )
+            )
+        except ValueError as exc:
+            raise Conflict(f"cannot write the command's job script: {exc}") from None
         request = quotas.Request(
             partition=partition,
             project=project,
@@ -237,37 +254,26 @@ class OneShotService:
                     "time_limit_min": time_limit,
                 },
             )
-        script = self.containers.runtime.one_shot_script(
-            OneShotRequest(
-                image=plan.image,
-                snapshot=plan.snapshot.path if plan.snapshot else "",
-                workspace=plan.workspace,
-                command=command,
-                state_dir=container["state_dir"],
-                user=owner,
-                binds=plan.binds,
-                gpus=gpus,
-                gpu_driver=gpu_driver,
-                own_home_and_tmp=row["run_as"] == "service",
+
+        def spec() -> JobSpec:
+            return JobSpec(
+                name=job_name(project, one_shot_id),
+                comment=job_comment(config.slurm.tag, one_shot_id),
+                partition=partition,
+                cpus=cpus,
+                mem_mb=mem_mb,
+                gres=_gres(asked),
+                time_limit_min=time_limit,
+                account=eff.account or None,
+                qos=eff.qos or None,
+                constraint=eff.constraint or None,
+                reservation=eff.reservation or None,
+                workdir=container["state_dir"],
+                output=f"{container['state_dir']}/job-%j.out",
+                # A command runs once: a node failure ends it rather than running it again.
+                requeue=False,
             )
-        )
-        spec = JobSpec(
-            name=job_name(project, one_shot_id),
-            comment=job_comment(config.slurm.tag, one_shot_id),
-            partition=partition,
-            cpus=cpus,
-            mem_mb=mem_mb,
-            gres=_gres(asked),
-            time_limit_min=time_limit,
-            account=eff.account or None,
-            qos=eff.qos or None,
-            constraint=eff.constraint or None,
-            reservation=eff.reservation or None,
-            workdir=container["state_dir"],
-            output=f"{container['state_dir']}/job-%j.out",
-            # A command runs once: a node failure ends it rather than running it again.
-            requeue=False,
-        )
+
         self._submit(one_shot_id, script, spec, owner)
         self.containers.poke()
         return self._view(project, self._row(one_shot_id))
@@ -290,11 +296,13 @@ class OneShotService:
             )
         return dict(rows[0])
 
-    def _submit(self, one_shot_id: int, script: str, spec: JobSpec, owner: RunAs) -> None:
+    def _submit(
+        self, one_shot_id: int, script: str, spec: Callable[[], JobSpec], owner: RunAs
+    ) -> None:
         """After the commit: sbatch as the runtime user. A failure ends the one-shot `failed`
         with the reason (its lease goes with it)."""
         try:
-            job_id = self.scheduler.submit(script, spec, owner)
+            job_id = self.scheduler.submit(script, spec(), owner)
         except (SlurmError, OSError, ValueError) as exc:
             self._end(one_shot_id, OneShotState.FAILED, f"the job was not submitted: {exc}")
             raise Unavailable(f"the command's job was not submitted: {exc}") from None
