@@ -159,3 +159,13 @@ def test_a_one_shot_with_a_gpu_sees_only_its_own(rxd: Rxd) -> None:
     )
     assert (gpus, state) == (1, "exited")
     assert rxd.ledger_rows("SELECT * FROM one_shot_leases", []) == []
+
+
+def test_the_command_reaches_the_job_only_as_words(rxd: Rxd) -> None:
+    words = ["$(touch /workspace/pwned)", "a'b c", ";", "`id`", "*"]
+    argv = ("run-once", "--project", PROJECT, "--", "printf", "%s\\n", *words)
+    done = rxd.rxctl("rxalice", *argv, timeout=300)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert done.stdout.splitlines() == words
+    ((workspace,),) = rxd.ledger_rows("SELECT workspace FROM projects WHERE name = ?", [PROJECT])
+    assert not (Path(workspace) / "pwned").exists()
