@@ -184,9 +184,10 @@ NEW_NAME = {"project create"}
 # -P/--project narrows what the command covers (a quota's subject, the audit log's events);
 # without it, it covers everything: so it is never guessed from $RX_PROJECT either.
 NARROWING = {"admin quota set", "admin audit"}
-# exec and shell reach rxd on the exec socket, and run replaces itself with Apptainer (each exits
-# 125 when rxctl fails); tests/test_cli_startup.py checks their parsing.
-SESSIONS = {"exec", "shell", "run"}
+# exec and shell reach rxd on the exec socket, run replaces itself with Apptainer, run-once follows
+# a job of its own and exits with its command's status (each exits 125 when rxctl fails);
+# tests/test_cli_startup.py checks their parsing.
+SESSIONS = {"exec", "shell", "run", "run-once"}
 # Any readable file will do as a draft's text: rxd (a stand-in here) refuses the request.
 DRAFT_FILE = __file__
 # What else each command that acts on a project needs, for a call that reaches rxd.

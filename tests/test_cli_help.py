@@ -58,8 +58,9 @@ def test_dash_h_shows_usage_and_the_example(path: str) -> None:
     assert "Example: rxctl" in result.output
 
 
-# These hand the terminal to a program in the container: its output is the program's own.
-STREAMING = {"rxctl exec", "rxctl shell", "rxctl run"}
+# These hand the terminal to a program in the container (run-once streams its job's output):
+# their output is the program's own.
+STREAMING = {"rxctl exec", "rxctl shell", "rxctl run", "rxctl run-once"}
 
 
 @pytest.mark.parametrize("path", sorted(set(LEAVES) - STREAMING))

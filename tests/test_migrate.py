@@ -131,6 +131,7 @@ ALL_MIGRATIONS = [
     "m014_labels",
     "m015_env_secrets",
     "m016_volumes",
+    "m017_one_shot_jobs",
 ]
 
 
@@ -153,6 +154,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         db.execute("ALTER TABLE projects DROP COLUMN run_as_user")
         db.execute("ALTER TABLE projects DROP COLUMN workspace_uid")
         for table in (
+            "one_shot_leases",
+            "one_shot_jobs",
             "volume_mounts",
             "volumes",
             "build_leases",

@@ -149,3 +149,18 @@ def test_exit_code_parameter_sets_the_status() -> None:
         ["/bin/bash", "-s"], input=script, capture_output=True, text=True, timeout=30, check=False
     )
     assert result.returncode == 7
+
+
+def test_a_words_parameter_is_a_bash_array_of_literal_words() -> None:
+    template = parse_template("t.sh", "#rx:words cmd\ncmd=({{cmd}})\n")
+    assert render(template, {"cmd": ["a b", "$(x)", "'"]}) == "cmd=('a b' '$(x)' ''\"'\"'')\n"
+    with pytest.raises(TemplateError, match="cmd: give a list of words"):
+        render(template, {"cmd": "a b"})
+    with pytest.raises(TemplateError, match="cmd: the value contains a newline"):
+        render(template, {"cmd": ["a\nb"]})
+
+
+@pytest.mark.parametrize("line", ["x={{cmd}}", "run {{cmd}}", "x=( {{cmd}} )"])
+def test_a_words_parameter_stands_only_as_a_whole_array(line: str) -> None:
+    with pytest.raises(TemplateError, match="is a list of words"):
+        parse_template("t.sh", f"#rx:words cmd\n{line}\n")

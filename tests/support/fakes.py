@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rxslurm.daemon.ledger.timestamps import utcnow
-from rxslurm.daemon.ports import BuildRequest, HolderRequest
+from rxslurm.daemon.ports import BuildRequest, HolderRequest, OneShotRequest
 from rxslurm.daemon.runtime.agent_files import AgentSessions
 from rxslurm.daemon.runtime.holder_status import HolderStatus, Kind
 from rxslurm.protocol.agent_wire import Endpoint
@@ -159,6 +159,7 @@ class FakeRuntime:
         self.builds: list[BuildRequest] = []
         self.endpoints: dict[int, Endpoint] = {}
         self.agent_reports: dict[int, AgentSessions] = {}
+        self.one_shots: list[OneShotRequest] = []
 
     def program(self) -> str:
         return "/fake/apptainer"
@@ -199,6 +200,10 @@ class FakeRuntime:
     def build_script(self, build: BuildRequest) -> str:
         self.builds.append(build)
         return f"#!/bin/sh\n# build in {build.build_dir}\n"
+
+    def one_shot_script(self, one_shot: OneShotRequest) -> str:
+        self.one_shots.append(one_shot)
+        return f"#!/bin/sh\n# one shot of {len(one_shot.command)} words\n"
 
 
 def fakes(**extra: Any) -> tuple[FakeClock, FakeScheduler, FakeRuntime]:

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from rxslurm.daemon.config import BuildsConfig, Config
-from rxslurm.daemon.containers.builds import GONE_GRACE_S, SUBMIT_GRACE_S, BuildService
+from rxslurm.daemon.containers.builds import BuildService
+from rxslurm.daemon.containers.job_follow import GONE_GRACE_S, SUBMIT_GRACE_S
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, NotFound
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.images.builds import BUILD_JOB_PREFIX

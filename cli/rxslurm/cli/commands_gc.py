@@ -10,6 +10,7 @@ import click
 from rxslurm.cli import render
 from rxslurm.cli.client import Client
 from rxslurm.cli.common import api_errors, echo_lines, emit_json, json_option
+from rxslurm.cli.render import size_text
 from rxslurm.cli.units import SECONDS
 from rxslurm.protocol import routes
 
@@ -30,16 +31,6 @@ def gc_options(func: F) -> F:
         func
     )
     return json_option(click.pass_obj(api_errors(func)))
-
-
-def size_text(n: int) -> str:
-    """Bytes as people read them: 512 B, 3.0 KiB, 1.2 GiB."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def gc_lines(answer: Mapping[str, Any]) -> list[str]:

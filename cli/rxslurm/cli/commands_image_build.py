@@ -32,6 +32,7 @@ from rxslurm.cli.common import (
     project_option,
 )
 from rxslurm.cli.project_choice import choose_project
+from rxslurm.cli.render import size_text
 from rxslurm.protocol import routes
 
 KINDS = ("dockerfile", "definition")
@@ -369,15 +370,6 @@ def draft_list(client: Client, project: str | None, json_: bool, shape: render.S
 
 def _build_route(project: str, build: str) -> str:
     return routes.path(routes.IMAGE_BUILD, project, build)
-
-
-def size_text(value: Any) -> str:
-    if not isinstance(value, int):
-        return "-"
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if value >= scale:
-            return f"{value / scale:.1f} {unit}"
-    return f"{value} B"
 
 
 def image_list_lines(images: Sequence[Mapping[str, Any]], shape: render.Shape) -> list[str]:

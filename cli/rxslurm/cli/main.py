@@ -41,6 +41,7 @@ LAZY_COMMANDS = {
     "reset": "rxslurm.cli.commands_container:reset",
     "retry": "rxslurm.cli.commands_container:retry",
     "run": "rxslurm.cli.commands_run:run",
+    "run-once": "rxslurm.cli.commands_run_once:run_once",
     "secret": "rxslurm.cli.commands_env:secret",
     "shell": "rxslurm.cli.commands_exec:shell",
     "snapshot": "rxslurm.cli.commands_container:snapshot",

@@ -322,7 +322,8 @@ def size_text(count: Any) -> str:
         return "-"
     value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
+        # Compared as printed: 1023.96 MiB would read "1024.0 MiB", which is 1.0 GiB.
+        if round(value, 1) < 1024 or unit == "TiB":
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return "-"  # not reached

@@ -104,6 +104,23 @@ class BuildRequest:
     plain_http: bool = False  # its base comes from a registry served over plain HTTP
 
 
+@dataclass(frozen=True)
+class OneShotRequest:
+    """What the batch script of one one-shot command (`rxctl run-once`) is made from."""
+
+    image: str
+    snapshot: str  # the newest overlay snapshot, mounted read-only; "": the bare image
+    workspace: str
+    command: tuple[str, ...]  # the words of the command, each one argv item
+    state_dir: str  # the container's folder: its home when the deployment gives one its own
+    user: RunAs  # the runtime identity the job runs as
+    binds: tuple[str, ...] = ()
+    gpus: int = 0
+    gpu_driver: str = ""
+    # Service projects all run as one account: each gets a home and a /tmp of its own.
+    own_home_and_tmp: bool = False
+
+
 class ContainerRuntime(Protocol):
     """The container runtime on the nodes: how a container is held, watched and entered."""
 
@@ -148,4 +165,8 @@ class ContainerRuntime(Protocol):
 
     def build_script(self, build: BuildRequest) -> str:
         """The batch script that builds an image from a definition, as the job's user."""
+        ...
+
+    def one_shot_script(self, one_shot: OneShotRequest) -> str:
+        """The batch script that runs one command in the image and ends with its exit code."""
         ...

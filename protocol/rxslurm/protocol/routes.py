@@ -47,6 +47,12 @@ IMAGE_BUILDS = f"{PROJECT}/image-builds"
 IMAGE_BUILD = f"{IMAGE_BUILDS}/{{build}}"
 IMAGE_BUILD_CANCEL = f"{IMAGE_BUILD}/cancel"
 IMAGE_BUILD_LOGS = f"{IMAGE_BUILD}/logs"
+# One-shot commands (`rxctl run-once`): POST runs one as its own Slurm job; one by id (GET:
+# state and exit code), its output (query: offset) and its cancel.
+ONE_SHOTS = f"{PROJECT}/run-once"
+ONE_SHOT = f"{ONE_SHOTS}/{{one_shot:[0-9]+}}"
+ONE_SHOT_OUTPUT = f"{ONE_SHOT}/output"
+ONE_SHOT_CANCEL = f"{ONE_SHOT}/cancel"
 
 # What a project's container can be asked to do, each a POST to CONTAINER_ACTION.
 CONTAINER_ACTIONS = ("enable", "start", "stop", "disable", "retry")

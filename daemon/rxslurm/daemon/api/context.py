@@ -11,6 +11,7 @@ from rxslurm.daemon.api.peercred import Caller
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.builds import BuildService
 from rxslurm.daemon.containers.gc import GcService
+from rxslurm.daemon.containers.one_shots import OneShotService
 from rxslurm.daemon.containers.reconciler import Reconciler
 from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.containers.sessions import DetachedCommands
@@ -30,6 +31,7 @@ class Daemon:
     builds: BuildService = field(init=False)
     commands: DetachedCommands = field(init=False)
     gc: GcService = field(init=False)
+    one_shots: OneShotService = field(init=False)
 
     def __post_init__(self) -> None:
         self.partitions = PartitionCache(self.slurm)
@@ -48,6 +50,9 @@ class Daemon:
         self.commands = DetachedCommands(self.containers, self.reconciler.sessions)
         self.gc = GcService(self.ledger, self.config, self.containers.clock)
         self.gc.remove_build = self.builds.remove_unused
+        self.one_shots = OneShotService(self.containers)
+        self.one_shots.validate_resources = self.partitions.validate
+        self.reconciler.extra_passes.append(self.one_shots.reconcile)
 
     def is_admin(self, caller: Caller) -> bool:
         return caller.is_root or self.config.daemon.admin_group in caller.groups

@@ -26,6 +26,7 @@ from typing import Any
 from sqlite_utils.db import NotFoundError
 
 from rxslurm.daemon.config import Config
+from rxslurm.daemon.containers.job_follow import Follower, Seen
 from rxslurm.daemon.containers.service import ContainerService, _prepare_state_dir
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
@@ -47,7 +48,7 @@ from rxslurm.daemon.images.definition import base_of, header_value
 from rxslurm.daemon.images.gates import require_builds_enabled, require_dev_mode
 from rxslurm.daemon.ledger.audit import record_event
 from rxslurm.daemon.ledger.store import LedgerDatabase, LedgerError
-from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp
+from rxslurm.daemon.ledger.timestamps import to_timestamp
 from rxslurm.daemon.ports import BuildRequest, Scheduler
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.daemon.projects.service import authorize, require_runtime_identity
@@ -63,11 +64,6 @@ from rxslurm.slurm.runas import RunAs, RunAsError
 
 log = logging.getLogger("rxslurm.builds")
 
-# A build whose job id was never recorded (rxd stopped between sbatch and the ledger) is adopted
-# from its job's comment; with no such job after this long, it failed.
-SUBMIT_GRACE_S = 120
-# A job gone from squeue that sacct does not know either has ended this long after: failed.
-GONE_GRACE_S = 300
 # Cancelled builds whose job Slurm still lists are cancelled again for this long.
 RECANCEL_S = 3600
 _PARTITION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -536,48 +532,40 @@ class BuildService:
             return 0
         changes = 0
         blind = any(s.job_id is None for s in queue.skipped)
+        follower = Follower(
+            self.scheduler, self.containers.clock, BuildState.QUEUED.value, self._is_ours
+        )
         for row in rows:
             try:
-                changes += self._follow(row, queue, blind)
+                changes += self._follow(row, follower, queue, blind)
             except Exception:
                 log.exception("could not follow an image build", extra={"build": row["id"]})
         return changes
 
-    def _follow(self, row: dict[str, Any], queue: Listing, blind: bool) -> int:
-        build_id, job_id = row["id"], row["job_id"]
+    def _follow(self, row: dict[str, Any], follower: Follower, queue: Listing, blind: bool) -> int:
+        build_id = row["id"]
         if row["state"] == BuildState.CANCELLED:
-            job = queue.get(job_id)
-            if job is not None and job.is_active and self._is_ours(row, job):
-                self._cancel_job(job_id)
+            if follower.still_active(row, queue):
+                self._cancel_job(row["job_id"])
                 return 1
             return 0
-        if job_id is None:
-            return self._without_job(row, queue)
-        if job_id in queue.unknown_ids():
+        look = follower.look(row, queue, blind)
+        if look.seen is Seen.ADOPT and look.job is not None:
+            with self.ledger.transaction() as db:
+                db.table("image_builds").update(
+                    build_id, {"job_id": look.job.job_id, "updated_at": self._now()}
+                )
+        elif look.seen is Seen.STARTED and look.job is not None:
+            self._move(build_id, BuildState.QUEUED, BuildState.BUILDING, node=look.job.nodes)
+        elif look.seen is Seen.NEVER_SUBMITTED:
+            self._end(build_id, BuildState.FAILED, "the build job was never submitted")
+        elif look.seen is Seen.GONE:
+            self._end(build_id, BuildState.FAILED, "the build job left no record in Slurm")
+        elif look.seen is Seen.ENDED and look.job is not None:
+            return self._finished(row, look.job)
+        else:
             return 0
-        job = queue.get(job_id)
-        if job is not None and not self._is_ours(row, job):
-            job = None
-        if job is not None and not job.is_finished:
-            if job.state == "RUNNING" and row["state"] == BuildState.QUEUED:
-                self._move(build_id, BuildState.QUEUED, BuildState.BUILDING, node=job.nodes)
-                return 1
-            return 0
-        if job is None:
-            if blind:
-                return 0
-            try:
-                history = self.scheduler.history([job_id])
-            except SlurmUnavailable:
-                return 0
-            job = history.get(job_id)
-            if job is None or not job.is_finished:
-                updated = from_timestamp(row["updated_at"])
-                if self.containers.clock() - updated < timedelta(seconds=GONE_GRACE_S):
-                    return 0
-                self._end(build_id, BuildState.FAILED, "the build job left no record in Slurm")
-                return 1
-        return self._finished(row, job)
+        return 1
 
     def _is_ours(self, row: dict[str, Any], job: JobInfo) -> bool:
         """A job proves to be this build's by its comment and its user (any user can name a
@@ -585,20 +573,6 @@ class BuildService:
         return job.comment == build_comment(self.config.slurm.tag, row["id"]) and (
             job.user == row["runtime_user"]
         )
-
-    def _without_job(self, row: dict[str, Any], queue: Listing) -> int:
-        for job in queue.values():
-            if self._is_ours(row, job):
-                with self.ledger.transaction() as db:
-                    db.table("image_builds").update(
-                        row["id"], {"job_id": job.job_id, "updated_at": self._now()}
-                    )
-                return 1
-        created = from_timestamp(row["created_at"])
-        if self.containers.clock() - created < timedelta(seconds=SUBMIT_GRACE_S):
-            return 0
-        self._end(row["id"], BuildState.FAILED, "the build job was never submitted")
-        return 1
 
     def _finished(self, row: dict[str, Any], job: JobInfo) -> int:
         build_id = row["id"]

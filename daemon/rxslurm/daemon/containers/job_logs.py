@@ -15,11 +15,13 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.ledger.store import Ledger, LedgerDatabase
+from rxslurm.daemon.ledger.timestamps import to_timestamp, utcnow
 from rxslurm.daemon.projects.roles import Action
 from rxslurm.daemon.projects.service import authorize
 from rxslurm.daemon.runtime.job_log_cleanup import Cleaned, CleanupError, Others, remove_old_logs
@@ -46,6 +48,24 @@ def kept_jobs(db: LedgerDatabase, container_id: int, kept: int) -> set[int]:
     return {r[0] for r in newest} | ({current[0]} if current and current[0] else set())
 
 
+# A one-shot's output its caller never read to the end is kept this long after it ended.
+ONE_SHOT_OUTPUT_KEPT_S = 24 * 3600
+
+
+def one_shots_kept(db: LedgerDatabase, container_id: int) -> set[int]:
+    """The one-shot jobs (`rxctl run-once`) of the container whose output stays: queued or
+    running ones, and ended ones whose caller has not read it all yet (for a day at most)."""
+    since = to_timestamp(utcnow() - timedelta(seconds=ONE_SHOT_OUTPUT_KEPT_S))
+    return {
+        r[0]
+        for r in db.execute(
+            "SELECT job_id FROM one_shot_jobs WHERE container_id = ? AND job_id IS NOT NULL "
+            "AND (ended_at IS NULL OR (output_read = 0 AND ended_at > ?))",
+            [container_id, since],
+        ).fetchall()
+    }
+
+
 @dataclass(frozen=True)
 class Cleaning:
     """What the ledger says of one container's logs: where, as whom, which jobs' to keep, and
@@ -70,10 +90,21 @@ def cleaning_of(ledger: Ledger, container_id: int, kept: int) -> Cleaning | None
             "FROM containers WHERE id = ?",
             [container_id],
         ).fetchone()
-        if found is None or not found[0] or not found[1] or found[2] is None:
+        if found is None or not found[0] or not found[1]:
             return None
         state_dir, runtime_user, newest = found
-        keep = kept_jobs(db, container_id, kept)
+        keep = kept_jobs(db, container_id, kept) | one_shots_kept(db, container_id)
+        # A one-shot's output (containers/one_shots.py) goes once its caller has read it all:
+        # the newest such job counts as known, so its file (and older ones not kept) may go.
+        # A holder job submitted but not yet recorded has no output file yet (Slurm makes it
+        # when the job starts), so raising `newest` past it removes nothing of it.
+        read = db.execute(
+            "SELECT max(job_id) FROM one_shot_jobs WHERE container_id = ? AND output_read = 1",
+            [container_id],
+        ).fetchone()[0]
+        newest = max(newest or 0, read + 1 if read else 0)
+        if not newest:
+            return None
         # Before reading the commands: one started after this keeps its output (its file is
         # newer than this moment).
         read_at = time.time()

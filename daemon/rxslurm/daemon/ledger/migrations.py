@@ -560,3 +560,55 @@ def m016_volumes(db: Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations()
+def m017_one_shot_jobs(db: Database) -> None:
+    """One-shot commands (`rxctl run-once`): each is a Slurm job of its own that runs one command
+    in the project's image as its runtime identity and ends; its record keeps the command's
+    exit code for the caller. A queued or running one holds a lease against partition quotas,
+    as a build does."""
+    statements = [
+        """
+        CREATE TABLE one_shot_jobs (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            container_id INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            argv TEXT NOT NULL,
+            runtime_user TEXT NOT NULL,
+            state_dir TEXT NOT NULL,
+            partition TEXT NOT NULL,
+            gpus INTEGER NOT NULL,
+            cpus INTEGER NOT NULL,
+            mem_mb INTEGER NOT NULL,
+            time_limit_min INTEGER,
+            job_id INTEGER,
+            node TEXT,
+            exit_code INTEGER,
+            reason TEXT,
+            -- 1 once its caller read its output to the end after it ended: the file may go.
+            output_read INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            started_at TEXT,
+            ended_at TEXT,
+            updated_at TEXT NOT NULL
+        ) STRICT
+        """,
+        "CREATE INDEX one_shot_jobs_state ON one_shot_jobs (state)",
+        """
+        CREATE TABLE one_shot_leases (
+            one_shot_id INTEGER PRIMARY KEY REFERENCES one_shot_jobs(id) ON DELETE CASCADE,
+            partition TEXT NOT NULL,
+            project TEXT NOT NULL,
+            linux_user TEXT NOT NULL,
+            gpus INTEGER NOT NULL,
+            cpus INTEGER NOT NULL,
+            mem_mb INTEGER NOT NULL,
+            acquired_at TEXT NOT NULL
+        ) STRICT
+        """,
+    ]
+    for statement in statements:
+        db.execute(statement)

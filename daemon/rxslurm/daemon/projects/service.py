@@ -284,6 +284,13 @@ def delete_project(ledger: Ledger, actor: Actor, name: str) -> str:
                 f"(rxctl volume rm --project {name} NAME)"
             )
         db.execute("DELETE FROM volume_mounts WHERE project_id = ?", [row["id"]])
+        once = db.execute(
+            "SELECT count(*) FROM one_shot_jobs WHERE project_id = ? AND state IN (?, ?)",
+            [row["id"], "queued", "running"],
+        ).fetchone()[0]
+        if once:
+            raise Conflict(f"project {name} has {once} one-shot command(s) running; let them end")
+        db.execute("DELETE FROM one_shot_jobs WHERE project_id = ?", [row["id"]])
         for c in containers:
             db.execute("DELETE FROM jobs WHERE container_id = ?", [c["id"]])
             db.execute("DELETE FROM exec_sessions WHERE container_id = ?", [c["id"]])

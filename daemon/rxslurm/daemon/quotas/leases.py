@@ -1,7 +1,8 @@
 """Partition quotas and the leases that count against them.
 
 A container holds a lease for what it asked for while it starts or runs; an image build (its own
-Slurm job) holds one in ``build_leases`` while it is queued or builds, counted the same way.
+Slurm job) holds one in ``build_leases`` while it is queued or builds, and a one-shot command
+(`rxctl run-once`) one in ``one_shot_leases`` while it is queued or runs, counted the same way.
 Taking a lease checks every quota that applies (the deployment's, its project's, its Linux user's,
 on its partition) inside the caller's BEGIN IMMEDIATE transaction: concurrent wakes are serialised
 there, so the sum of leases never exceeds a quota. Leases go when the container rests (stopped,
@@ -65,6 +66,7 @@ def _holders(
     elif quota["scope"] == "user":
         where, args = where + " AND linux_user = ?", [*args, quota["subject"]]
     builds = list(db.table("build_leases").rows_where(where, args, order_by="acquired_at"))
+    builds += list(db.table("one_shot_leases").rows_where(where, args, order_by="acquired_at"))
     if exclude is not None:
         where, args = where + " AND container_id != ?", [*args, exclude]
     return list(db.table("leases").rows_where(where, args, order_by="acquired_at")) + builds
@@ -185,6 +187,26 @@ def acquire_for_build(db: LedgerDatabase, build_id: int, req: Request) -> None:
 
 def release_for_build(db: LedgerDatabase, build_id: int) -> None:
     db.execute("DELETE FROM build_leases WHERE build_id = ?", [build_id])
+
+
+def acquire_for_one_shot(db: LedgerDatabase, one_shot_id: int, req: Request) -> None:
+    db.table("one_shot_leases").insert(
+        {
+            "one_shot_id": one_shot_id,
+            "partition": req.partition,
+            "project": req.project,
+            "linux_user": req.linux_user,
+            "gpus": req.gpus,
+            "cpus": req.cpus,
+            "mem_mb": req.mem_mb,
+            "acquired_at": to_timestamp(utcnow()),
+        },
+        replace=True,
+    )
+
+
+def release_for_one_shot(db: LedgerDatabase, one_shot_id: int) -> None:
+    db.execute("DELETE FROM one_shot_leases WHERE one_shot_id = ?", [one_shot_id])
 
 
 # -- admin -------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rxslurm.daemon.config import ApptainerConfig
-from rxslurm.daemon.ports import BuildRequest, HolderRequest
+from rxslurm.daemon.ports import BuildRequest, HolderRequest, OneShotRequest
 from rxslurm.daemon.runtime.agent_files import AgentFiles, AgentSessions, agent_params
 from rxslurm.daemon.runtime.holder_status import HolderStatus, StatusReader
 from rxslurm.daemon.text_checks import reported_line
@@ -239,6 +239,27 @@ class ApptainerRuntime:
             ignore=base64.b64encode(build.ignore.encode()).decode(),
             apptainer=self.program(),
             no_https="--no-https" if build.plain_http else "",
+        )
+
+    def one_shot_script(self, one_shot: OneShotRequest) -> str:
+        """oneshot.sh: ``apptainer exec`` of the command, each word one argv item, contained as
+        the container's instance is (its home, its own /tmp) but never under --fakeroot: the
+        snapshot is read-only, and the command runs as the runtime user."""
+        settings = replace(self.settings, fakeroot=False)
+        if one_shot.own_home_and_tmp:
+            settings = replace(settings, home="project", private_tmp=True)
+        options = instance_options(settings, Path(one_shot.state_dir), one_shot.user)
+        return render_batch_script(
+            "oneshot.sh",
+            image=one_shot.image,
+            overlay=one_shot.snapshot,
+            workspace=one_shot.workspace,
+            binds=",".join(one_shot.binds),
+            gpu_flag=gpu_flag(one_shot.gpus, one_shot.gpu_driver),
+            apptainer=options["apptainer"],
+            home=options["home"],
+            private_tmp=options["private_tmp"],
+            command=one_shot.command,
         )
 
 
