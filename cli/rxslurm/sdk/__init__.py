@@ -16,6 +16,8 @@ from rxslurm.sdk.errors import (
     Unavailable,
 )
 from rxslurm.sdk.process import ExecProcess, ExecResult, Output
+from rxslurm.sdk.secret import Secret
+from rxslurm.sdk.volume import Volume
 
 __all__ = [
     "BadRequest",
@@ -28,6 +30,8 @@ __all__ = [
     "Output",
     "QuotaExceeded",
     "RxError",
+    "Secret",
     "Timeout",
     "Unavailable",
+    "Volume",
 ]
