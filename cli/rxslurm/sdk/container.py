@@ -7,6 +7,7 @@ commands through rxctl's exec session (process.py), so the SDK has rxctl's right
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,9 @@ from typing import Any
 from rxslurm.cli.client import ApiError, Client
 from rxslurm.protocol import routes
 from rxslurm.protocol.states import State
+from rxslurm.sdk.builds import find_build, start_build, wait_build
 from rxslurm.sdk.errors import BadRequest, RxError, Timeout, translated
+from rxslurm.sdk.image import Image
 from rxslurm.sdk.process import ExecProcess, ExecResult
 from rxslurm.sdk.secret import Secret, checked
 from rxslurm.sdk.volume import Volume
@@ -80,7 +83,7 @@ class Container:
         self,
         name: str,
         *,
-        image: str | None = None,
+        image: str | Image | None = None,
         cpu: int | None = None,
         memory: str | int | None = None,
         gpu: int | str | None = None,
@@ -104,7 +107,11 @@ class Container:
             volume.attach(name, self._client)
             self.volumes.append((volume, target.removesuffix(":ro"), read_only))
         settings: dict[str, Any] = {}
-        if image is not None:
+        self.image = image
+        if isinstance(image, Image):
+            if not image.needs_build:
+                settings["image"] = image.reference()
+        elif image is not None:
             settings["image"] = image
         if cpu is not None:
             settings["cpus"] = cpu
@@ -163,6 +170,7 @@ class Container:
         (seconds) bounds the wait, not the request: past it Timeout is raised and the container
         keeps trying (stop() to give up). None waits as long as it takes.
         """
+        deadline = time.monotonic() + (timeout or 0)
         with translated():
             project = self._project_or_none()
             if project is None:
@@ -171,12 +179,18 @@ class Container:
                     body["settings"] = self.settings
                 project = self._client.post(routes.PROJECTS, body)
             self._apply_environment()
+            built = isinstance(self.image, Image) and self.image.needs_build
+            if isinstance(self.image, Image) and built:
+                self._use_build(self.image, project, None if timeout is None else deadline)
             # Never enabled: `enable` (the owner's) makes the overlay; else `start` wakes it.
             container = project.get("container")
             action = "start" if container and container.get("state") != "disabled" else "enable"
             self._client.post(routes.path(routes.CONTAINER_ACTION, self.name, action))
         # rxd ends the wait at `timeout`; the SDK's own deadline, a little later, only guards
         # against an rxd that never answers.
+        if timeout is not None and built:
+            # The build took its share of the time.
+            timeout = max(0, math.ceil(deadline - time.monotonic()))
         guard = None if timeout is None else timeout + WAIT_GUARD_S
         self._session({"wait": True, "timeout": timeout}, timeout=guard).wait()
         return self.refresh()
@@ -209,6 +223,19 @@ class Container:
                 "PUT",
                 routes.path(routes.PROJECT_MOUNT, self.name, volume.name),
                 {"target": target, "read_only": read_only},
+            )
+
+    def _use_build(self, image: Image, project: dict[str, Any], deadline: float | None) -> None:
+        """The chain's succeeded build (built now if there is none) as the project's image."""
+        build = find_build(self._client, self.name, image.build_name)
+        if build is None:
+            build = start_build(self._client, self.name, image)
+        build = wait_build(self._client, self.name, build, deadline)
+        if (project.get("settings") or {}).get("image") != build.get("image"):
+            self._client.request(
+                "PUT",
+                routes.path(routes.PROJECT_IMAGE, self.name),
+                {"image": f"build:{build['id']}"},
             )
 
     def _project_or_none(self) -> dict[str, Any] | None:
