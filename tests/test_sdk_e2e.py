@@ -23,6 +23,7 @@ from tests.support.real_apptainer import BASE_IMAGE
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
 PYTHON = str(VENV_BIN / "python")
+BUILDS = "[builds]\nenabled = true\ncpus = 1\nmem_mb = 500\ntime_limit_min = 15\n"
 PROLOGUE = f"""\
 import json
 from rxslurm.sdk import *
@@ -41,10 +42,11 @@ def raised(call):
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
     def config(root: Path) -> str:
-        return lifecycle_config(root) + f'[volumes]\nroot = "{root}/volumes"\n'
+        return lifecycle_config(root) + f'[volumes]\nroot = "{root}/volumes"\n' + BUILDS
 
     with running_rxd(config, bind=("rxalice", "rxbob")) as daemon:
         yield daemon
+        daemon.cancel_own_jobs()
 
 
 def sdk(
@@ -165,6 +167,50 @@ def test_a_secret_and_a_volume_reach_a_command_and_the_secret_no_listing_or_log(
     assert [(m["volume"], m["target"], m["read_only"]) for m in mounts] == [
         ("sdk-data", "/data", False)
     ]
+
+
+def test_a_chain_is_built_once_and_a_second_run_uses_its_build(rxd: Rxd) -> None:
+    # Builds need the project's dev mode, its owner's switch (docs/images.md).
+    ok(rxd.rxctl("rxalice", "project", "create", "nbimg", "--image", str(BASE_IMAGE)))
+    ok(rxd.rxctl("rxalice", "project", "set", "--project", "nbimg", "--dev-mode", "on"))
+    chain = """
+        chain = (
+            Image.local(IMAGE)
+            .env({"CHAIN": "it's built"})
+            .run_commands('echo "$CHAIN" > /opt/sdk-chain')
+        )
+        """
+    first = sdk(
+        rxd,
+        "rxalice",
+        chain
+        + """
+        box = Container("nbimg", image=chain, cpu=1, memory="256Mi")
+        box.run(timeout=600)
+        result = box.exec("sh", "-c", 'cat /opt/sdk-chain; echo "$CHAIN"')
+        show(name=chain.build_name, out=result.stdout, exit=result.exit_code)
+        box.stop(grace_period_seconds=120)
+        """,
+        timeout=700,
+    )
+    assert (first["exit"], first["out"]) == (0, "it's built\nit's built\n")
+    second = sdk(
+        rxd,
+        "rxalice",
+        chain
+        + """
+        box = Container("nbimg", image=chain, cpu=1, memory="256Mi")
+        box.run(timeout=300)
+        show(out=box.exec("cat", "/opt/sdk-chain").stdout)
+        box.stop(grace_period_seconds=120)
+        """,
+    )
+    assert second == {"out": "it's built\n"}
+    images = json.loads(
+        ok(rxd.rxctl("rxalice", "image", "list", "--project", "nbimg", "--json")).stdout
+    )["images"]
+    # One build, named by the chain's digest: the second run() found it.
+    assert [(i["name"], i["state"]) for i in images] == [(first["name"], "succeeded")]
 
 
 def test_each_typed_error_comes_from_a_real_failure(rxd: Rxd) -> None:
