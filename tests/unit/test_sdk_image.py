@@ -149,7 +149,7 @@ class Builds:
             return {"name": "alpha", "settings": settings, "container": {"state": "stopped"}}
         if path == "/v1/projects/alpha/image-builds" and method == "GET":
             return {"project": "alpha", "images": self.builds}
-        if path.startswith("/v1/projects/alpha/image-drafts/"):
+        if path.startswith("/v1/projects/alpha/image-drafts/") and method == "GET":
             raise ApiError(404, "not_found", "no draft named that in this project")
         if path.startswith("/v1/projects/alpha/image-builds/"):
             return {**self.builds[-1], "state": "failed", "reason": "%post failed at line 3"}
@@ -225,3 +225,29 @@ def test_a_new_chain_is_drafted_and_built_and_a_failed_build_says_why(
             {"draft": CHAIN.build_name, "name": CHAIN.build_name},
         ),
     ]
+
+
+def test_an_edited_draft_of_the_chain_gets_the_chains_text_back() -> None:
+    fake = Builds([])
+    original = fake.request
+
+    def request(method: str, path: str, body: Any = None) -> Any:
+        if method == "GET" and path == f"/v1/projects/alpha/image-drafts/{CHAIN.build_name}":
+            fake.requests.append((method, path, body))
+            return {"name": CHAIN.build_name, "kind": "definition", "text": "edited\n"}
+        if method == "POST" and path == "/v1/projects/alpha/image-builds":
+            fake.requests.append((method, path, body))
+            return {"id": 2, "name": CHAIN.build_name, "state": "cancelled", "reason": "by hand"}
+        return original(method, path, body)
+
+    fake.request = request  # type: ignore[method-assign]
+    box = Container("alpha", image=CHAIN)
+    box._client = fake  # type: ignore[assignment]
+    with pytest.raises(BuildFailed, match="cancelled: by hand"):
+        box.run(timeout=60)
+    draft = f"/v1/projects/alpha/image-drafts/{CHAIN.build_name}"
+    assert changes(fake)[0] == (
+        "PATCH",
+        draft,
+        {"kind": "definition", "text": CHAIN.definition()},
+    )

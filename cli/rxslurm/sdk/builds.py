@@ -34,18 +34,27 @@ def find_build(client: Client, project: str, name: str) -> dict[str, Any] | None
 
 
 def start_build(client: Client, project: str, image: Image) -> dict[str, Any]:
-    """The chain's draft (made if missing: its name is its digest, so its text is the chain's)
-    built under the same name."""
+    """The chain's draft (made if missing, its text put back if edited: the name is the text's
+    digest) built under the same name."""
     name = image.build_name
+    text = image.definition()
     try:
-        client.get(routes.path(routes.IMAGE_DRAFT, project, name))
+        draft = client.get(routes.path(routes.IMAGE_DRAFT, project, name))
     except ApiError as exc:
         if exc.code != "not_found":
             raise
         client.post(
             routes.path(routes.IMAGE_DRAFTS, project),
-            {"name": name, "kind": "definition", "text": image.definition()},
+            {"name": name, "kind": "definition", "text": text},
         )
+    else:
+        if (draft.get("kind"), draft.get("text")) != ("definition", text):
+            # Someone edited the chain's draft: the name promises this text.
+            client.request(
+                "PATCH",
+                routes.path(routes.IMAGE_DRAFT, project, name),
+                {"kind": "definition", "text": text},
+            )
     build: dict[str, Any] = client.post(
         routes.path(routes.IMAGE_BUILDS, project), {"draft": name, "name": name}
     )
