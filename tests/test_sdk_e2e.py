@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +17,13 @@ import pytest
 from tests.support.cli import ok
 from tests.support.cluster import VENV_BIN, run_as
 from tests.support.daemon import Rxd, free_port, running_rxd
-from tests.support.lifecycle import gpu_quota_rxd, lifecycle_config, lifecycle_rxd, status
+from tests.support.lifecycle import gpu_quota_rxd, lifecycle_config, status
 from tests.support.real_apptainer import BASE_IMAGE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
 PYTHON = str(VENV_BIN / "python")
+BUILDS = "[builds]\nenabled = true\ncpus = 1\nmem_mb = 500\ntime_limit_min = 15\n"
 PROLOGUE = f"""\
 import json
 from rxslurm.sdk import *
@@ -39,18 +41,27 @@ def raised(call):
 
 @pytest.fixture(scope="module")
 def rxd() -> Iterator[Rxd]:
-    with lifecycle_rxd(bind=("rxalice", "rxbob")) as daemon:
+    def config(root: Path) -> str:
+        return lifecycle_config(root) + f'[volumes]\nroot = "{root}/volumes"\n' + BUILDS
+
+    with running_rxd(config, bind=("rxalice", "rxbob")) as daemon:
         yield daemon
+        daemon.cancel_own_jobs()
 
 
 def sdk(
-    rxd: Rxd, user: str, script: str, timeout: float = 300, server: str | None = None
+    rxd: Rxd,
+    user: str,
+    script: str,
+    timeout: float = 300,
+    server: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """What `script` (after PROLOGUE) showed, run as `user` in a fresh Python against rxd: on
     its socket, or through the network door at `server` (as on a login node: no socket named)."""
     code = PROLOGUE + textwrap.dedent(script)
-    env = {"RXSLURM_SERVER": server} if server else {"RXCTL_SOCKET": str(rxd.socket)}
-    result = run_as(user, [PYTHON, "-c", code], env=env, timeout=timeout)
+    door = {"RXSLURM_SERVER": server} if server else {"RXCTL_SOCKET": str(rxd.socket)}
+    result = run_as(user, [PYTHON, "-c", code], env={**door, **(env or {})}, timeout=timeout)
     assert result.returncode == 0, (result.stdout, result.stderr, rxd.log_text()[-3000:])
     seen: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     return seen
@@ -107,6 +118,99 @@ def test_notebook_runs_execs_and_stops_a_container(rxd: Rxd) -> None:
     )
     assert stopped == {"state": "stopped"}
     assert status(rxd, "rxalice", "nb")["state"] == "stopped"
+
+
+def test_a_secret_and_a_volume_reach_a_command_and_the_secret_no_listing_or_log(rxd: Rxd) -> None:
+    value = "sdk-" + secrets.token_hex(12)
+    seen = sdk(
+        rxd,
+        "rxalice",
+        """
+        import pathlib, tempfile
+        data = Volume("sdk-data")
+        box = Container(
+            "nbvol", image=IMAGE, cpu=1, memory="256Mi", env={"STAGE": "train"},
+            secrets=[Secret.from_local_env("SDK_TOKEN")], volumes=[(data, "/data")],
+        )
+        box.run(timeout=240)
+        local = pathlib.Path(tempfile.mkdtemp()) / "input.txt"
+        local.write_text("from the notebook\\n")
+        data.put_file(local, "input.txt")
+        result = box.exec(
+            "sh", "-c",
+            'cat /data/input.txt; echo "$STAGE $EXTRA"; printf %s "$SDK_TOKEN" > /data/out.txt',
+            env={"EXTRA": "one-off"},
+        )
+        back = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
+        data.get_file("out.txt", back)
+        show(exit=result.exit_code, out=result.stdout, listed=data.listdir(),
+             back=back.read_text(), secret=repr(box.secrets[0]))
+        box.stop(grace_period_seconds=120)
+        """,
+        # The notebook's own environment holds it, as a token exported in a shell would.
+        env={"SDK_TOKEN": value},
+    )
+    assert seen["exit"] == 0, seen
+    assert seen["out"] == "from the notebook\ntrain one-off\n"
+    assert seen["listed"] == ["input.txt", "out.txt"]
+    # The command saw the secret (and wrote it to the volume, read back here).
+    assert seen["back"] == value
+    assert value not in seen["secret"]
+    # rxd keeps it as the project's secret: rxctl lists its name, never its value.
+    listed = ok(rxd.rxctl("rxalice", "secret", "list", "--project", "nbvol", "--json")).stdout
+    assert [s["name"] for s in json.loads(listed)["secrets"]] == ["SDK_TOKEN"]
+    assert value not in listed
+    assert value not in rxd.log_text()
+    mounts = json.loads(
+        ok(rxd.rxctl("rxalice", "volume", "list", "--project", "nbvol", "--json")).stdout
+    )["mounts"]
+    assert [(m["volume"], m["target"], m["read_only"]) for m in mounts] == [
+        ("sdk-data", "/data", False)
+    ]
+
+
+def test_a_chain_is_built_once_and_a_second_run_uses_its_build(rxd: Rxd) -> None:
+    # Builds need the project's dev mode, its owner's switch (docs/images.md).
+    ok(rxd.rxctl("rxalice", "project", "create", "nbimg", "--image", str(BASE_IMAGE)))
+    ok(rxd.rxctl("rxalice", "project", "set", "--project", "nbimg", "--dev-mode", "on"))
+    chain = """
+        chain = (
+            Image.local(IMAGE)
+            .env({"CHAIN": "it's built"})
+            .run_commands('echo "$CHAIN" > /opt/sdk-chain')
+        )
+        """
+    first = sdk(
+        rxd,
+        "rxalice",
+        chain
+        + """
+        box = Container("nbimg", image=chain, cpu=1, memory="256Mi")
+        box.run(timeout=600)
+        result = box.exec("sh", "-c", 'cat /opt/sdk-chain; echo "$CHAIN"')
+        show(name=chain.build_name, out=result.stdout, exit=result.exit_code)
+        box.stop(grace_period_seconds=120)
+        """,
+        timeout=700,
+    )
+    assert (first["exit"], first["out"]) == (0, "it's built\nit's built\n")
+    second = sdk(
+        rxd,
+        "rxalice",
+        chain
+        + """
+        box = Container("nbimg", image=chain, cpu=1, memory="256Mi")
+        box.run(timeout=300)
+        show(out=box.exec("cat", "/opt/sdk-chain").stdout)
+        box.stop(grace_period_seconds=120)
+        """,
+    )
+    assert second == {"out": "it's built\n"}
+    images = json.loads(
+        ok(rxd.rxctl("rxalice", "image", "list", "--project", "nbimg", "--json")).stdout
+    )["images"]
+    # One build, named by the chain's digest: the second run() found it.
+    assert [(i["name"], i["state"]) for i in images] == [(first["name"], "succeeded")]
 
 
 def test_each_typed_error_comes_from_a_real_failure(rxd: Rxd) -> None:

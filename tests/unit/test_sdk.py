@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from rxslurm.cli.client import ApiError, DaemonUnavailable
 from rxslurm.cli.exec_client import ExecError
+from rxslurm.protocol import env_vars
 from rxslurm.protocol.exec_wire import LineReader, encode
 from rxslurm.sdk import (
     BadRequest,
@@ -30,10 +31,12 @@ from rxslurm.sdk import (
     NotFound,
     QuotaExceeded,
     RxError,
+    Secret,
     Timeout,
     Unavailable,
+    Volume,
 )
-from rxslurm.sdk.container import env_argv, gpu_settings, memory_mb
+from rxslurm.sdk.container import exec_request, gpu_settings, memory_mb
 from rxslurm.sdk.errors import error_for, translated
 from tests.support.fake_rxd import short_tmp_dir
 
@@ -144,30 +147,125 @@ names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
 
 
 @given(cmd=words, env=st.dictionaries(names, st.text(), max_size=4))
-def test_env_comes_before_the_command_and_every_word_stays_one_item(
+def test_env_travels_in_the_exec_requests_env_field_never_in_argv(
     cmd: list[str], env: dict[str, str]
 ) -> None:
-    if env and "=" in cmd[0]:
-        with pytest.raises(BadRequest):
-            env_argv(env, cmd)
-        return
-    argv = env_argv(env, cmd)
-    assert argv[-len(cmd) :] == cmd
-    if env:
-        assert argv[: len(env) + 1] == ["env", *(f"{k}={v}" for k, v in env.items())]
-    else:
-        assert argv == cmd
+    env = {k: v.replace("\0", "") for k, v in env.items() if env_vars.refusal(k) is None}
+    request = exec_request(cmd, env, cwd="/workspace")
+    assert request["argv"] == cmd
+    assert request.get("env", {}) == env
+    assert request["cwd"] == "/workspace"
 
 
-@pytest.mark.parametrize("env", [{"1X": "a"}, {"A B": "a"}, {"": "a"}, {"X": 1}])
+@pytest.mark.parametrize(
+    "env", [{"1X": "a"}, {"A B": "a"}, {"": "a"}, {"X": 1}, {"PATH": "/x"}, {"X": "a\0b"}]
+)
 def test_env_names_and_values_are_checked(env: dict[str, Any]) -> None:
     with pytest.raises(BadRequest):
-        env_argv(env, ["true"])
+        exec_request(["true"], env)
 
 
 def test_exec_needs_a_command() -> None:
     with pytest.raises(BadRequest):
-        env_argv(None, [])
+        exec_request([], None)
+
+
+# -- secrets, env and volumes through a stand-in client --------------------------------------
+
+
+class StandInClient:
+    """Records the API requests the SDK makes; answers as rxd would for an existing project."""
+
+    def __init__(self, volumes: dict[str, Any] | None = None) -> None:
+        self.requests: list[tuple[str, str, Any]] = []
+        self.volumes = volumes or {"project": "alpha", "volumes": [], "mounts": []}
+        self.door = None
+        self.door_error = "no exec door behind the stand-in"
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        self.requests.append((method, path, body))
+        if path == "/v1/projects/alpha":
+            return {"name": "alpha", "container": {"state": "stopped"}}
+        if path == "/v1/projects/alpha/volumes" and method == "GET":
+            return self.volumes
+        return {}
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body)
+
+
+def test_secret_values_stay_out_of_repr_and_missing_local_names_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SDK_TOKEN", "s3cret-value")
+    monkeypatch.delenv("SDK_ABSENT", raising=False)
+    secret = Secret.from_local_env("SDK_TOKEN")
+    assert secret.values() == {"SDK_TOKEN": "s3cret-value"}
+    assert "s3cret-value" not in repr(secret) and "SDK_TOKEN" in repr(secret)
+    with pytest.raises(BadRequest, match="SDK_ABSENT"):
+        Secret.from_local_env("SDK_ABSENT")
+    with pytest.raises(BadRequest, match="reserved") as caught:
+        Secret.from_dict({"LD_PRELOAD": "s3cret-value"})
+    assert "s3cret-value" not in str(caught.value)
+
+
+def test_run_sets_env_secrets_and_volumes_before_it_wakes_the_container() -> None:
+    box = Container(
+        "alpha",
+        env={"EPOCHS": "3"},
+        secrets=[Secret.from_dict({"HF_TOKEN": "t0ken", "WANDB_KEY": "k"})],
+        volumes=[(Volume("data"), "/data"), (Volume("refs"), "/refs:ro")],
+    )
+    fake = StandInClient(
+        {
+            "project": "alpha",
+            "volumes": [{"name": "data", "path": "/v/data"}],
+            "mounts": [
+                {"volume": "data", "target": "/data", "read_only": False, "allowed": True},
+            ],
+        }
+    )
+    box._client = fake  # type: ignore[assignment]
+    with pytest.raises(RxError, match="stand-in"):  # the wait cannot start: no exec door
+        box.run(timeout=5)
+    changes = [(m, p, b) for m, p, b in fake.requests if m != "GET"]
+    assert changes == [
+        ("PATCH", "/v1/projects/alpha/env", {"set": {"EPOCHS": "3"}}),
+        ("PUT", "/v1/projects/alpha/secrets/HF_TOKEN", {"value": "t0ken"}),
+        ("PUT", "/v1/projects/alpha/secrets/WANDB_KEY", {"value": "k"}),
+        # "data" is owned and mounted already; "refs" is new: created, then mounted read-only.
+        ("POST", "/v1/projects/alpha/volumes", {"name": "refs"}),
+        ("PUT", "/v1/projects/alpha/mounts/refs", {"target": "/refs", "read_only": True}),
+        ("POST", "/v1/projects/alpha/start", None),
+    ]
+
+
+def test_volume_files_go_in_and_out_of_the_folder_rxd_names(tmp_path: Path) -> None:
+    root = tmp_path / "vol"
+    root.mkdir()
+    fake = StandInClient(
+        {"project": "alpha", "volumes": [{"name": "data", "path": str(root)}], "mounts": []}
+    )
+    volume = Volume("data")
+    volume.attach("alpha", fake)  # type: ignore[arg-type]
+    local = tmp_path / "train.csv"
+    local.write_text("a,b\n")
+    volume.put_file(local, "train.csv")
+    assert (root / "train.csv").read_text() == "a,b\n"
+    assert volume.listdir() == ["train.csv"]
+    volume.get_file("train.csv", tmp_path / "back.csv")
+    assert (tmp_path / "back.csv").read_text() == "a,b\n"
+    with pytest.raises(BadRequest, match="inside the volume"):
+        volume.get_file("../etc/passwd", tmp_path / "x")
+    with pytest.raises(NotFound):
+        volume.listdir("nothing-here")
+    other = Volume("other")
+    other.attach("alpha", fake)  # type: ignore[arg-type]
+    with pytest.raises(NotFound, match="neither owns nor mounts"):
+        other.listdir()
 
 
 # -- importable on the client's dependencies alone ----------------------------------------------
@@ -253,7 +351,8 @@ def test_a_commands_output_and_status_come_back_apart(folder: Path) -> None:
     server.join(10)
     assert (result.exit_code, result.stdout_bytes, result.stderr) == (3, b"out\xff\n", "err\n")
     assert result.stdout == "out\ufffd\n"
-    assert seen["project"] == "alpha" and seen["argv"] == ["env", "A=1", "sh", "-c", "x"]
+    assert seen["project"] == "alpha" and seen["argv"] == ["sh", "-c", "x"]
+    assert seen["env"] == {"A": "1"}
     assert seen["timeout"] == 30 and seen["wake"] is True and seen["cwd"] == "/workspace"
 
 

@@ -7,6 +7,7 @@ commands through rxctl's exec session (process.py), so the SDK has rxctl's right
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -15,10 +16,13 @@ from typing import Any
 from rxslurm.cli.client import ApiError, Client
 from rxslurm.protocol import routes
 from rxslurm.protocol.states import State
+from rxslurm.sdk.builds import find_build, start_build, wait_build
 from rxslurm.sdk.errors import BadRequest, RxError, Timeout, translated
+from rxslurm.sdk.image import Image
 from rxslurm.sdk.process import ExecProcess, ExecResult
+from rxslurm.sdk.secret import Secret, checked
+from rxslurm.sdk.volume import Volume
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Between looks at a stopping container's status (no change notice exists for stops).
 STOP_POLL_S = 0.5
 WAIT_GUARD_S = 30.0
@@ -53,22 +57,17 @@ def gpu_settings(gpu: int | str | None) -> dict[str, Any]:
     return {"gpus": int(count or 1), "gpu_type": kind}
 
 
-def env_argv(env: Mapping[str, str] | None, cmd: Sequence[str]) -> list[str]:
-    """The command, run through `env NAME=VALUE...` inside the container when env is given
-    (the exec protocol carries no environment; every word stays one argv item)."""
+def exec_request(
+    cmd: Sequence[str], env: Mapping[str, str] | None, **fields: Any
+) -> dict[str, Any]:
+    """The exec protocol's request: argv as given (each word one item) and `env` in its own
+    field, as `rxctl exec -e` sends it, so no value is part of a command line."""
     if not cmd or not all(isinstance(word, str) for word in cmd):
         raise BadRequest("exec needs a command: one or more strings")
-    if not env:
-        return list(cmd)
-    for name, value in env.items():
-        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
-            raise BadRequest(f"{name!r} is not an environment variable name")
-        if not isinstance(value, str):
-            raise BadRequest(f"the value of {name} must be a string")
-    if "=" in cmd[0]:
-        # env would read it as one more NAME=VALUE.
-        raise BadRequest(f"with env, the command's first word cannot contain '=': {cmd[0]!r}")
-    return ["env", *(f"{name}={value}" for name, value in env.items()), *cmd]
+    request: dict[str, Any] = {"argv": list(cmd), **fields}
+    if env:
+        request["env"] = checked(dict(env), "variable")
+    return request
 
 
 class Container:
@@ -84,19 +83,35 @@ class Container:
         self,
         name: str,
         *,
-        image: str | None = None,
+        image: str | Image | None = None,
         cpu: int | None = None,
         memory: str | int | None = None,
         gpu: int | str | None = None,
         partition: str | None = None,
+        env: Mapping[str, str] | None = None,
+        secrets: Sequence[Secret] = (),
+        volumes: Sequence[tuple[Volume, str]] = (),
         socket: str | None = None,
         request_timeout: float = 60.0,
     ) -> None:
         self.name = name
         self._client = Client(socket, timeout=request_timeout)
         self._socket = socket
+        self.env = checked(dict(env or {}), "variable")
+        self.secrets = list(secrets)
+        self.volumes: list[tuple[Volume, str, bool]] = []
+        for volume, target in volumes:
+            if not isinstance(volume, Volume) or not isinstance(target, str):
+                raise BadRequest(f"volumes are (Volume, '/path') pairs, not {(volume, target)!r}")
+            read_only = target.endswith(":ro")
+            volume.attach(name, self._client)
+            self.volumes.append((volume, target.removesuffix(":ro"), read_only))
         settings: dict[str, Any] = {}
-        if image is not None:
+        self.image = image
+        if isinstance(image, Image):
+            if not image.needs_build:
+                settings["image"] = image.reference()
+        elif image is not None:
             settings["image"] = image
         if cpu is not None:
             settings["cpus"] = cpu
@@ -155,6 +170,7 @@ class Container:
         (seconds) bounds the wait, not the request: past it Timeout is raised and the container
         keeps trying (stop() to give up). None waits as long as it takes.
         """
+        deadline = time.monotonic() + (timeout or 0)
         with translated():
             project = self._project_or_none()
             if project is None:
@@ -162,15 +178,65 @@ class Container:
                 if self.settings:
                     body["settings"] = self.settings
                 project = self._client.post(routes.PROJECTS, body)
+            self._apply_environment()
+            built = isinstance(self.image, Image) and self.image.needs_build
+            if isinstance(self.image, Image) and built:
+                self._use_build(self.image, project, None if timeout is None else deadline)
             # Never enabled: `enable` (the owner's) makes the overlay; else `start` wakes it.
             container = project.get("container")
             action = "start" if container and container.get("state") != "disabled" else "enable"
             self._client.post(routes.path(routes.CONTAINER_ACTION, self.name, action))
         # rxd ends the wait at `timeout`; the SDK's own deadline, a little later, only guards
         # against an rxd that never answers.
+        if timeout is not None and built:
+            # The build took its share of the time.
+            timeout = max(0, math.ceil(deadline - time.monotonic()))
         guard = None if timeout is None else timeout + WAIT_GUARD_S
         self._session({"wait": True, "timeout": timeout}, timeout=guard).wait()
         return self.refresh()
+
+    def _apply_environment(self) -> None:
+        """env, secrets and volumes as project settings, before the container starts: through
+        the API rxctl env/secret/volume use (values travel in request bodies, never argv)."""
+        if self.env:
+            self._client.request(
+                "PATCH", routes.path(routes.PROJECT_ENV, self.name), {"set": self.env}
+            )
+        for secret in self.secrets:
+            for key, value in secret.values().items():
+                self._client.request(
+                    "PUT", routes.path(routes.PROJECT_SECRET, self.name, key), {"value": value}
+                )
+        if not self.volumes:
+            return
+        known = self._client.get(routes.path(routes.PROJECT_VOLUMES, self.name))
+        owned = {v["name"] for v in known["volumes"]}
+        mounted = {m["volume"]: m for m in known["mounts"]}
+        for volume, target, read_only in self.volumes:
+            if volume.name not in owned and volume.name not in mounted:
+                owner = routes.path(routes.PROJECT_VOLUMES, self.name)
+                self._client.post(owner, {"name": volume.name})
+            mount = mounted.get(volume.name)
+            if mount and (mount["target"], mount["read_only"]) == (target, read_only):
+                continue
+            self._client.request(
+                "PUT",
+                routes.path(routes.PROJECT_MOUNT, self.name, volume.name),
+                {"target": target, "read_only": read_only},
+            )
+
+    def _use_build(self, image: Image, project: dict[str, Any], deadline: float | None) -> None:
+        """The chain's succeeded build (built now if there is none) as the project's image."""
+        build = find_build(self._client, self.name, image.build_name)
+        if build is None:
+            build = start_build(self._client, self.name, image)
+        build = wait_build(self._client, self.name, build, deadline)
+        if (project.get("settings") or {}).get("image") != build.get("image"):
+            self._client.request(
+                "PUT",
+                routes.path(routes.PROJECT_IMAGE, self.name),
+                {"image": f"build:{build['id']}"},
+            )
 
     def _project_or_none(self) -> dict[str, Any] | None:
         try:
@@ -232,7 +298,7 @@ class Container:
     ) -> ExecProcess:
         """Start a command as exec() does; iterate the answer for its output as it comes
         (`Output(stream, data)`), then `wait()` for its ExecResult."""
-        request = {"argv": env_argv(env, cmd), "cwd": cwd, "wake": wake, "timeout": timeout}
+        request = exec_request(cmd, env, cwd=cwd, wake=wake, timeout=timeout)
         return self._session(request, timeout=timeout, stdin=stdin)
 
     def _session(
