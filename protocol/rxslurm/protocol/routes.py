@@ -55,6 +55,9 @@ CONTAINERS = f"{V1}/containers"
 PROJECT_COMMANDS = f"{PROJECT}/commands"
 PROJECT_COMMAND_SIGNAL = f"{PROJECT_COMMANDS}/{{command}}/signal"
 PROJECT_COMMAND_OUTPUT = f"{PROJECT_COMMANDS}/{{command}}/output"
+# A command run for the research platform, its output streamed in frames (exec_frames); served
+# on the platform's door only.
+PROJECT_EXEC = f"{PROJECT}/exec"
 
 # Slurm's controller hooks poke rxd here when a job starts or ends.
 HOOK_JOB = f"{V1}/hooks/job"

@@ -360,8 +360,20 @@ class Session:
         self.fds = fds
         self.guarded(lambda: self.converse(caller, data, b"", direct_allowed=True))
 
+    def serve_for(self, actor: Actor, data: dict[str, Any], fds: list[int]) -> None:
+        """A session for an actor some door proved otherwise (the research platform acting for
+        a member): the same authorization by role, the descriptors rxd's own as for the network
+        door; rxd always runs the step."""
+        self.fds = fds
+        self.guarded(lambda: self.converse(None, data, b"", actor=actor))
+
     def converse(
-        self, caller: Caller, data: dict[str, Any], rest: bytes, direct_allowed: bool = False
+        self,
+        caller: Caller | None,
+        data: dict[str, Any],
+        rest: bytes,
+        direct_allowed: bool = False,
+        actor: Actor | None = None,
     ) -> None:
         request = ExecRequest.parse(data)
         pending = self.reader.feed(rest)
@@ -369,7 +381,10 @@ class Session:
         self.conn.settimeout(REPLY_TIMEOUT_S)
         if request.tty and not os.isatty(self.fds[0]):
             raise BadRequest("a terminal session needs a terminal on stdin")
-        actor = self.actor = self.server.call(actor_for, self.daemon, caller)
+        if actor is None:
+            assert caller is not None
+            actor = self.server.call(actor_for, self.daemon, caller)
+        self.actor = actor
         # The one authorization of this request; waking and waiting carry it.
         access = self.server.call(self.daemon.containers.authorize_exec, actor, request.project)
         target = self.server.call(self.daemon.containers.target_of, access)
@@ -379,7 +394,7 @@ class Session:
         if request.wait:
             self.send({"exit": 0})
             return
-        if direct_allowed and caller.uid == target.runas.uid:
+        if direct_allowed and caller is not None and caller.uid == target.runas.uid:
             step = self.direct_step(target, request)
             log.info(
                 "exec step handed to its caller",
