@@ -14,6 +14,7 @@ from aiohttp import web
 
 from rxslurm.daemon.api import (
     munge_door,
+    platform_files,
     routes_admin,
     routes_containers,
     routes_identity,
@@ -170,7 +171,7 @@ async def serve(config: Config) -> None:
     exec_server = ExecServer.start(daemon)
     if config.platform.listen:
         platform_app = make_app(
-            [*ROUTES, *platform.routes, *platform_exec.routes],
+            [*ROUTES, *platform.routes, *platform_exec.routes, *platform_files.routes],
             {
                 DAEMON: daemon,
                 routes_system.HEALTH: health,
