@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,58 @@ def test_a_command_past_its_timeout_is_ended_and_the_answer_says_so(
     assert answer.stdout == b"started\n"
     assert answer.final.get("timed_out") is True
     assert answer.final.get("exit") not in (None, 0)
+
+
+def files_call(
+    port: int, method: str, user: str, project: str, path: str, body: bytes | None = None
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    query = urllib.parse.urlencode({"path": path})
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-RX-User": user}
+    conn.request(method, f"/v1/projects/{project}/files?{query}", body=body, headers=headers)
+    response = conn.getresponse()
+    answer = response.status, response.read()
+    conn.close()
+    return answer
+
+
+def test_a_file_written_through_the_api_is_read_in_the_container_and_back(
+    platform: tuple[Rxd, int], project: str
+) -> None:
+    rxd, port = platform
+    data = bytes(range(256)) * 4
+    status, body = files_call(port, "PUT", MANAGER, project, "api/in.bin", data)
+    assert status == 200, body
+    assert json.loads(body) == {"path": "api/in.bin", "size": len(data)}
+    answer = platform_exec(port, MANAGER, project, argv=["cat", "/workspace/api/in.bin"])
+    assert answer.stdout == data and answer.final == {"exit": 0}
+    # And the other way: what a command writes there, the API reads.
+    script = "printf 'from the container\\n' > /workspace/api/out.txt"
+    assert platform_exec(port, OWNER, project, argv=["sh", "-c", script]).final == {"exit": 0}
+    assert files_call(port, "GET", VIEWER, project, "api/out.txt") == (
+        200,
+        b"from the container\n",
+    )
+    actions = [(e["action"], e["actor"]) for e in audit(rxd, project)]
+    assert ("workspace.file-written", MANAGER) in actions
+    assert ("workspace.file-read", VIEWER) in actions
+
+
+def test_dotdot_and_symlink_paths_are_refused_and_a_viewer_cannot_write(
+    platform: tuple[Rxd, int], project: str
+) -> None:
+    _, port = platform
+    for path in ("../etc/passwd", "api/../../x", "/etc/passwd"):
+        status, body = files_call(port, "GET", OWNER, project, path)
+        assert status == 400, (path, body)
+    # A link made inside the container, to a file only root may read, and to a folder.
+    script = "ln -sfn /etc/shadow /workspace/shadow-link && ln -sfn /etc /workspace/etc-link"
+    assert platform_exec(port, OWNER, project, argv=["sh", "-c", script]).final == {"exit": 0}
+    for path in ("shadow-link", "etc-link/passwd"):
+        status, body = files_call(port, "GET", OWNER, project, path)
+        assert status == 400 and b"symbolic link" in body, (path, body)
+        status, body = files_call(port, "PUT", OWNER, project, path, b"through the link")
+        assert status == 400, (path, body)
+    status, body = files_call(port, "PUT", VIEWER, project, "viewer.txt", b"no")
+    assert status == 403 and b"not write it" in body
+    assert files_call(port, "GET", OWNER, project, "viewer.txt")[0] == 404
