@@ -199,3 +199,18 @@ def test_dotdot_and_symlink_paths_are_refused_and_a_viewer_cannot_write(
     status, body = files_call(port, "PUT", VIEWER, project, "viewer.txt", b"no")
     assert status == 403 and b"not write it" in body
     assert files_call(port, "GET", OWNER, project, "viewer.txt")[0] == 404
+
+
+def test_a_sleeping_container_is_woken_for_the_command_with_its_progress_streamed(
+    platform: tuple[Rxd, int], project: str
+) -> None:
+    rxd, port = platform
+    ok(rxd.rxctl(OWNER, "stop", "--project", project))
+    wait_state(rxd, project, "stopped")
+    answer = platform_exec(port, MANAGER, project, argv=["echo", "awake"])
+    assert answer.stdout == b"awake\n"
+    assert answer.final == {"exit": 0}
+    progress = [m for m in answer.control if "progress" in m]
+    assert progress and progress[0]["state"] in ("starting", "waiting_for_resources", "pulling")
+    # The platform's own request said nothing of the wake's handshake: rxd answered it.
+    assert not any("ready" in m for m in answer.control)
