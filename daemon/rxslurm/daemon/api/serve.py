@@ -55,6 +55,9 @@ ROUTES = [
     *routes_admin.routes,
 ]
 
+# What the platform's door serves beyond ROUTES: its own routes, commands and workspace files.
+PLATFORM_ROUTES = [*platform.routes, *platform_exec.routes, *platform_files.routes]
+
 
 def raise_open_files_limit() -> None:
     """Soft RLIMIT_NOFILE up to the hard limit (the unit sets it): idle callers cost descriptors."""
@@ -171,7 +174,7 @@ async def serve(config: Config) -> None:
     exec_server = ExecServer.start(daemon)
     if config.platform.listen:
         platform_app = make_app(
-            [*ROUTES, *platform.routes, *platform_exec.routes, *platform_files.routes],
+            [*ROUTES, *PLATFORM_ROUTES],
             {
                 DAEMON: daemon,
                 routes_system.HEALTH: health,

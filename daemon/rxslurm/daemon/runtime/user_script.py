@@ -32,6 +32,8 @@ def run_script(
     ``input`` on its stdin; a deadline passed or a script that cannot start is ``error``, in words
     ("<doing> took over …", "cannot start the <name>: …")."""
     try:
+        if input is None:
+            return run(argv, as_user=as_user, timeout=timeout)
         return run(argv, as_user=as_user, input=input, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise error(f"{doing} took over {timeout:g} s") from None
