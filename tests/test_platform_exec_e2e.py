@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ import pytest
 
 from rxslurm.protocol.exec_frames import CONTENT_TYPE, FrameReader
 from tests.support.cli import ok
+from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd, free_port, running_rxd
 from tests.support.lifecycle import ADMIN, lifecycle_config, make_project, wait_state
+from tests.test_exec_e2e import processes_with
 from tests.test_platform_e2e import TOKEN, write_token
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
@@ -199,6 +202,22 @@ def test_dotdot_and_symlink_paths_are_refused_and_a_viewer_cannot_write(
     status, body = files_call(port, "PUT", VIEWER, project, "viewer.txt", b"no")
     assert status == 403 and b"not write it" in body
     assert files_call(port, "GET", OWNER, project, "viewer.txt")[0] == 404
+
+
+def test_a_platform_that_hangs_up_ends_its_silent_command(
+    platform: tuple[Rxd, int], project: str
+) -> None:
+    _, port = platform
+    marker = f"pe-hangup-{uuid.uuid4().hex[:8]}"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-RX-User": OWNER}
+    body = {"argv": ["sh", "-c", f"sleep 600; : {marker}"]}
+    conn.request("POST", f"/v1/projects/{project}/exec", body=json.dumps(body), headers=headers)
+    response = conn.getresponse()
+    assert response.status == 200
+    wait_for(lambda: bool(processes_with(marker)), timeout=60, what="the command to start")
+    conn.close()
+    wait_for(lambda: not processes_with(marker), timeout=60, what="the command to end")
 
 
 def test_a_sleeping_container_is_woken_for_the_command_with_its_progress_streamed(

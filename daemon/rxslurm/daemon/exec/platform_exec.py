@@ -34,6 +34,9 @@ from rxslurm.protocol.exec_wire import CONTROL, ProtocolError, decode
 log = logging.getLogger("rxslurm.exec")
 
 FIELDS = ("argv", "cwd", "wake", "timeout", "stdin")
+# How soon a platform that hung up is noticed while its command writes nothing (aiohttp does not
+# cancel a handler whose client left; a write to it fails, so output is noticed at once).
+HANG_UP_CHECK_S = 1.0
 # What the platform may feed a command's stdin in one request.
 MAX_STDIN = 1024 * 1024
 
@@ -129,6 +132,16 @@ class FramedChannels(Channels):
         await self.to_stdin(b"")
 
 
+async def watch_connection(request: web.Request, channels: FramedChannels) -> None:
+    """End the command when the platform's connection closes, as a client's hang-up does."""
+    while True:
+        await asyncio.sleep(HANG_UP_CHECK_S)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            channels.hang_up()
+            return
+
+
 async def platform_exec(request: web.Request) -> web.StreamResponse:
     actor: Actor = request["actor"]
     if actor.platform_user is None:
@@ -159,6 +172,7 @@ async def platform_exec(request: web.Request) -> web.StreamResponse:
         channels.start_reading()
         sender = asyncio.create_task(channels.send_loop())
         feeder = asyncio.create_task(channels.feed_stdin(stdin))
+        watcher = asyncio.create_task(watch_connection(request, channels))
         timer = None
         if parsed.timeout is not None:
             timer = asyncio.get_running_loop().call_later(parsed.timeout, channels.time_out)
@@ -180,6 +194,7 @@ async def platform_exec(request: web.Request) -> web.StreamResponse:
             if timer is not None:
                 timer.cancel()
             feeder.cancel()
+            watcher.cancel()
             sender.cancel()
             channels.close()
         final = channels.final
