@@ -18,6 +18,7 @@ from tests.support.cli import ok
 from tests.support.cluster import wait_for
 from tests.support.daemon import Rxd, free_port, running_rxd
 from tests.support.lifecycle import ADMIN, lifecycle_config, make_project, wait_state
+from tests.support.lifecycle import status as lifecycle_status
 from tests.test_exec_e2e import processes_with
 from tests.test_platform_e2e import TOKEN, write_token
 
@@ -27,6 +28,8 @@ OWNER = "rxalice"
 MANAGER = "rxbob"
 VIEWER = "rxdave"
 PROJECT = "pe-main"
+QUEUED = "pe-queued"
+DEFAULT_PARTITION = "cpu"  # the test cluster's (tests/cluster)
 # Other developers' jobs may fill the cluster for a while: a wake waits that long for its node.
 BUSY_CLUSTER_S = 300
 
@@ -96,6 +99,10 @@ def platform_exec(port: int, user: str, project: str, **body: Any) -> Answer:
     answer = Answer(response.status, response.getheader("Content-Type", ""), response.read())
     conn.close()
     return answer
+
+
+def status_of(rxd: Rxd, project: str) -> dict[str, Any]:
+    return lifecycle_status(rxd, OWNER, project)
 
 
 def audit(rxd: Rxd, project: str) -> list[dict[str, Any]]:
@@ -233,3 +240,26 @@ def test_a_sleeping_container_is_woken_for_the_command_with_its_progress_streame
     assert progress and progress[0]["state"] in ("starting", "waiting_for_resources", "pulling")
     # The platform's own request said nothing of the wake's handshake: rxd answered it.
     assert not any("ready" in m for m in answer.control)
+
+
+def test_a_timeout_while_the_container_waits_for_its_quota_says_so(
+    platform: tuple[Rxd, int], project: str
+) -> None:
+    rxd, port = platform
+    # The running project holds the owner's one container on its partition: the next one waits.
+    partition = wait_state(rxd, project, "running")["partition"] or DEFAULT_PARTITION
+    make_project(rxd, QUEUED, "--partition", partition)
+    quota = ("--partition", partition, "--user", OWNER)
+    ok(rxd.rxctl(ADMIN, "admin", "quota", "set", *quota, "--containers", "1"))
+    try:
+        ok(rxd.rxctl(OWNER, "enable", "--project", QUEUED))
+        assert status_of(rxd, QUEUED)["state"] == "waiting_for_resources"
+        answer = platform_exec(port, OWNER, QUEUED, argv=["echo", "never"], timeout=2)
+        assert answer.stdout == b""
+        assert answer.final.get("code") == "timeout", answer.final
+        assert answer.final["timed_out"] is True
+        assert "did not start within" in answer.final["error"]
+        assert status_of(rxd, QUEUED)["state"] == "waiting_for_resources"
+    finally:
+        rxd.rxctl(OWNER, "stop", "--project", QUEUED)
+        rxd.rxctl(ADMIN, "admin", "quota", "rm", *quota)

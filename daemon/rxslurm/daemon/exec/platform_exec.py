@@ -97,7 +97,8 @@ class FramedChannels(Channels):
                 self.to_session({"go": True})
                 return
             if is_final(payload):
-                if self.timed_out:
+                # The session's own wake wait shares the request's timeout: its giving up is one.
+                if self.timed_out or parsed.get("code") == "timeout":
                     parsed["timed_out"] = True
                 self.final = parsed
             data = control(parsed)
@@ -182,12 +183,17 @@ async def platform_exec(request: web.Request) -> web.StreamResponse:
             await sender
             if channels.final is None:
                 # The session ended without a word: it was waiting for the wake when the
-                # timeout hung it up.
-                channels.final = {
-                    "error": f"{project}: the command did not start within its timeout",
-                    "code": "timeout",
-                    "timed_out": True,
-                }
+                # timeout (or the platform's hang-up) ended its wait. The container keeps waking.
+                channels.final = (
+                    {
+                        "error": f"the command did not start within its timeout; "
+                        f"the container of {project} keeps waking",
+                        "code": "timeout",
+                        "timed_out": True,
+                    }
+                    if channels.timed_out
+                    else {"error": "the platform left before the command started", "code": "gone"}
+                )
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await response.write(control(channels.final))
         finally:
