@@ -166,10 +166,10 @@ def test_a_line_is_an_object_or_refused(line: bytes) -> None:
 
 
 def test_rxd_serves_exactly_the_protocols_routes() -> None:
-    from rxslurm.daemon.api import platform_door, routes_containers
-    from rxslurm.daemon.api.serve import ROUTES
+    from rxslurm.daemon.api import routes_containers
+    from rxslurm.daemon.api.serve import PLATFORM_ROUTES, ROUTES
     from rxslurm.daemon.exec import door
 
-    served = {route.path for route in [*ROUTES, *platform_door.routes, *door.routes]}
+    served = {route.path for route in [*ROUTES, *PLATFORM_ROUTES, *door.routes]}
     assert served == {p for p in PATTERNS if not p.endswith("/")}
     assert tuple(routes_containers.ACTIONS) == routes.CONTAINER_ACTIONS

@@ -84,6 +84,11 @@ PROJECT_RESET = f"{PROJECT}/reset"
 PROJECT_LABELS = f"{PROJECT}/labels"
 # Garbage collection in the caller's own projects (POST; a dry run lists what would go).
 GC = f"{V1}/gc"
+# A command run for the research platform, its output streamed in frames (exec_frames); served
+# on the platform's door only.
+PROJECT_EXEC = f"{PROJECT}/exec"
+# A file of the project's workspace (query: path, relative to /workspace); platform door only.
+PROJECT_FILES = f"{PROJECT}/files"
 
 # Slurm's controller hooks poke rxd here when a job starts or ends.
 HOOK_JOB = f"{V1}/hooks/job"

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from rxslurm.daemon.api import (
     munge_door,
+    platform_files,
     routes_admin,
     routes_containers,
     routes_env,
@@ -38,6 +39,7 @@ from rxslurm.daemon.api.context import DAEMON, Daemon
 from rxslurm.daemon.api.platform_door import platform_identify, read_token
 from rxslurm.daemon.api.socket_files import StartupError, claim_socket_path, open_to_everyone
 from rxslurm.daemon.config import Config, PlatformConfig, listen_address
+from rxslurm.daemon.exec import platform_exec
 from rxslurm.daemon.exec.door import EXEC_SERVER
 from rxslurm.daemon.exec.server import ExecServer
 from rxslurm.daemon.ledger.store import Ledger
@@ -64,6 +66,9 @@ ROUTES = [
     *routes_admin.routes,
     *routes_gc.routes,
 ]
+
+# What the platform's door serves beyond ROUTES: its own routes, commands and workspace files.
+PLATFORM_ROUTES = [*platform.routes, *platform_exec.routes, *platform_files.routes]
 
 
 def raise_open_files_limit() -> None:
@@ -175,11 +180,19 @@ async def serve(config: Config) -> None:
     log.info("rxd serving", extra={"socket": str(sock_path), "ledger": str(config.daemon.ledger)})
 
     if config.platform.listen:
+        # A bad token or TLS file stops rxd before the exec socket exists.
         token = read_token(config.platform.token_file)
         context = tls_context(config.platform)
+    exec_server = ExecServer.start(daemon)
+    if config.platform.listen:
         platform_app = make_app(
-            [*ROUTES, *platform.routes],
-            {DAEMON: daemon, routes_system.HEALTH: health, REQUEST_COUNTS: requests},
+            [*ROUTES, *PLATFORM_ROUTES],
+            {
+                DAEMON: daemon,
+                routes_system.HEALTH: health,
+                REQUEST_COUNTS: requests,
+                EXEC_SERVER: exec_server,
+            },
             identify=platform_identify(token),
         )
         platform_runner = web.AppRunner(
@@ -197,7 +210,6 @@ async def serve(config: Config) -> None:
             "platform API serving",
             extra={"listen": config.platform.listen, "tls": context is not None},
         )
-    exec_server = ExecServer.start(daemon)
     if config.daemon.listen:
         # The network door gets the same per-address cap and keep-alive as the platform's.
         door_cap = ConnectionCap(limits.connections_per_uid)

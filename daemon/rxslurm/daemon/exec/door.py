@@ -79,11 +79,12 @@ def set_winsize(fd: int, winsize: Any) -> None:
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", winsize[0], winsize[1], 0, 0))
 
 
-class Bridge:
-    """rxd's ends of a network session's channels, and the copying between them and the socket."""
+class Channels:
+    """rxd's ends of a session's channels (the pipes or pty that stand in for the caller's
+    descriptors, and its control socket), read on the event loop into `outgoing` as channel-tagged
+    messages, the final control message held until the last output. A transport delivers them."""
 
-    def __init__(self, ws: web.WebSocketResponse, tty: bool) -> None:
-        self.ws = ws
+    def __init__(self, tty: bool) -> None:
         self.loop = asyncio.get_running_loop()
         self.ctl, session_ctl = socket.socketpair()
         self.session_conn = session_ctl
@@ -162,43 +163,30 @@ class Bridge:
                 self.outgoing.put_nowait(message)
             self.held = []
 
+    async def deliver(self, message: bytes) -> None:
+        raise NotImplementedError
+
     async def send_loop(self) -> None:
         while (message := await self.outgoing.get()) is not None:
             try:
-                await self.ws.send_bytes(message)
+                await self.deliver(message)
             except (ConnectionError, RuntimeError):
                 return  # the client is gone; the session learns it from the control socket
 
-    # -- from the client to the session -----------------------------------------------------
-
-    async def receive_loop(self) -> None:
-        async for message in self.ws:
-            if message.type != WSMsgType.BINARY or not message.data:
-                break
-            channel, data = message.data[:1], message.data[1:]
-            if channel == STDIN:
-                await self.to_stdin(data)
-            elif channel == CONTROL:
-                self.to_control(data)
-            else:
-                break
-        # The client hung up: the session sees its control connection close and ends the step.
+    def hang_up(self) -> None:
+        """As a client that left: the session sees its control connection close, ends the
+        step, and still answers."""
         with contextlib.suppress(OSError):
             self.ctl.shutdown(socket.SHUT_WR)
 
-    def to_control(self, data: bytes) -> None:
-        try:
-            message: dict[str, Any] | None = decode(data)
-        except ProtocolError:
-            message = None
-        if message is not None and self.tty and "winsize" in message:
-            # The pty stands in for the caller's terminal: give it the caller's size first.
-            set_winsize(self.stdin_w, message.pop("winsize"))
-            data = encode(message)
-        else:
-            data = data.rstrip(b"\n") + b"\n"
-        with contextlib.suppress(OSError):
-            self.ctl.sendall(data)
+    async def wait_drained(self) -> None:
+        """Once the session ended: until its last output and final message are queued."""
+        self.session_conn.close()
+        while self.open_outputs or self.held or self.ctl_open:
+            await asyncio.sleep(0.01)  # the readers run meanwhile
+        await self.outgoing.put(None)
+
+    # -- from the client to the session -----------------------------------------------------
 
     async def to_stdin(self, data: bytes) -> None:
         if self.stdin_eof:
@@ -243,6 +231,46 @@ class Bridge:
         for fd in list(self.owned):
             self.close_fd(fd)
         self.ctl.close()
+
+
+class Bridge(Channels):
+    """A network session's channels over its WebSocket."""
+
+    def __init__(self, ws: web.WebSocketResponse, tty: bool) -> None:
+        super().__init__(tty)
+        self.ws = ws
+
+    async def deliver(self, message: bytes) -> None:
+        await self.ws.send_bytes(message)
+
+    # -- from the client to the session -----------------------------------------------------
+
+    async def receive_loop(self) -> None:
+        async for message in self.ws:
+            if message.type != WSMsgType.BINARY or not message.data:
+                break
+            channel, data = message.data[:1], message.data[1:]
+            if channel == STDIN:
+                await self.to_stdin(data)
+            elif channel == CONTROL:
+                self.to_control(data)
+            else:
+                break
+        self.hang_up()
+
+    def to_control(self, data: bytes) -> None:
+        try:
+            message: dict[str, Any] | None = decode(data)
+        except ProtocolError:
+            message = None
+        if message is not None and self.tty and "winsize" in message:
+            # The pty stands in for the caller's terminal: give it the caller's size first.
+            set_winsize(self.stdin_w, message.pop("winsize"))
+            data = encode(message)
+        else:
+            data = data.rstrip(b"\n") + b"\n"
+        with contextlib.suppress(OSError):
+            self.ctl.sendall(data)
 
 
 async def first_request(ws: web.WebSocketResponse, digest: str) -> dict[str, Any]:
@@ -319,10 +347,7 @@ async def exec_stream(request: web.Request) -> web.StreamResponse:
         try:
             # The session thread owns session_fds and closes them; then the outputs end.
             await in_own_thread(session.serve_network, caller, data, bridge.session_fds)
-            bridge.session_conn.close()
-            while bridge.open_outputs or bridge.held or bridge.ctl_open:
-                await asyncio.sleep(0.01)  # the readers run meanwhile
-            await bridge.outgoing.put(None)
+            await bridge.wait_drained()
             await sender
         finally:
             receiver.cancel()

@@ -393,8 +393,20 @@ class Session:
         self.fds = fds
         self.guarded(lambda: self.converse(caller, data, b"", direct_allowed=True))
 
+    def serve_for(self, actor: Actor, data: dict[str, Any], fds: list[int]) -> None:
+        """A session for an actor some door proved otherwise (the research platform acting for
+        a member): the same authorization by role, the descriptors rxd's own as for the network
+        door; rxd always runs the step."""
+        self.fds = fds
+        self.guarded(lambda: self.converse(None, data, b"", actor=actor))
+
     def converse(
-        self, caller: Caller, data: dict[str, Any], rest: bytes, direct_allowed: bool = False
+        self,
+        caller: Caller | None,
+        data: dict[str, Any],
+        rest: bytes,
+        direct_allowed: bool = False,
+        actor: Actor | None = None,
     ) -> None:
         request = ExecRequest.parse(data)
         pending = self.reader.feed(rest)
@@ -402,7 +414,10 @@ class Session:
         self.conn.settimeout(REPLY_TIMEOUT_S)
         if request.tty and not os.isatty(self.fds[0]):
             raise BadRequest("a terminal session needs a terminal on stdin")
-        actor = self.actor = self.server.call(actor_for, self.daemon, caller)
+        if actor is None:
+            assert caller is not None
+            actor = self.server.call(actor_for, self.daemon, caller)
+        self.actor = actor
         # The one authorization of this request; waking and waiting carry it.
         access = self.server.call(self.daemon.containers.authorize_exec, actor, request.project)
         target = self.server.call(self.daemon.containers.target_of, access)
@@ -416,7 +431,7 @@ class Session:
         direct_allowed = direct_allowed and not target.has_secrets
         # The agent runs commands with the environment its holder gave it: a project's
         # variables and secrets, and this exec's -e, go through a step rxd runs instead.
-        if request.agent and not target.variables and not request.env:
+        if request.agent and caller is not None and not target.variables and not request.env:
             grant = self.agent_grant(target, caller)
             if grant is not None:
                 # The client runs the command through the agent; rxd holds nothing of it, and
@@ -429,7 +444,7 @@ class Session:
                 return
             if request.agent_only:
                 raise Conflict(f"the container of {request.project} has no exec agent")
-        if direct_allowed and caller.uid == target.runas.uid:
+        if direct_allowed and caller is not None and caller.uid == target.runas.uid:
             step = self.direct_step(target, request)
             log.info(
                 "exec step handed to its caller",

@@ -26,12 +26,15 @@ def run_script(
     doing: str,
     name: str,
     error: type[Exception],
+    input: str | None = None,  # noqa: A002 - mirrors subprocess.run
 ) -> subprocess.CompletedProcess[str]:
-    """Run it as ``as_user`` (None: as this process, for tests) within ``timeout`` seconds; a
-    deadline passed or a script that cannot start is ``error``, in words ("<doing> took over …",
-    "cannot start the <name>: …")."""
+    """Run it as ``as_user`` (None: as this process, for tests) within ``timeout`` seconds, with
+    ``input`` on its stdin; a deadline passed or a script that cannot start is ``error``, in words
+    ("<doing> took over …", "cannot start the <name>: …")."""
     try:
-        return run(argv, as_user=as_user, timeout=timeout)
+        if input is None:
+            return run(argv, as_user=as_user, timeout=timeout)
+        return run(argv, as_user=as_user, input=input, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise error(f"{doing} took over {timeout:g} s") from None
     except OSError as exc:
