@@ -251,7 +251,13 @@ def test_ctrl_c_reaches_the_commands_trap_once(agent, munge) -> None:
     try:
         conn.send_request(munge, command("sh", "-c", script))
         assert conn.control() == {"started": True}
-        wait_for(lambda: _processes(f"sleep\0{marker}\0"), timeout=10, what="the command")
+        sleeper = wait_for(
+            lambda: _processes(f"sleep\0{marker}\0"), timeout=10, what="the command"
+        )[0]
+        # The shell must be blocked in `wait` first: a SIGINT that comes between its fork of
+        # `sleep` and its wait is one a loaded machine can lose to the shell's own race.
+        shell = int(Path(f"/proc/{sleeper}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        wait_for(lambda: _sleeping(shell), timeout=10, what="the shell to wait")
         conn.sock.sendall(control({"signal": "INT"}))
         assert conn.finish() == (b"trapped\n", b"", {"exit": 42})
     finally:
@@ -275,6 +281,17 @@ def test_a_terminal_session_gets_a_terminal_of_the_size_asked(agent, munge) -> N
     lines = out.decode().splitlines()
     assert lines[0].startswith("/dev/pts/") and lines[1] == "30 100", lines
     assert last == {"exit": 5}
+
+
+def _sleeping(pid: int) -> bool:
+    """Whether the process is blocked in the kernel (state S) waiting for its children."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+    # (a compiler may suffix the symbol: "sigsuspend.isra.0")
+    return state == "S" and wchan.split(".")[0] in ("do_wait", "sigsuspend", "do_sigsuspend")
 
 
 def _processes(marker: str) -> list[int]:
