@@ -26,6 +26,9 @@ VALUES: dict[str, object] = {
     "home": "/var/lib/rxslurm/containers/rx-demo/home:/root",
     "private_tmp": "yes",
     "env": "QVBQVEFJTkVSRU5WX1dBTkRCX1BST0pFQ1Q9ZGVtbwA=",
+    # python3 -m http.server 8000, NUL-ended words in base64 (runtime/apptainer.py holder_words).
+    "service": "cHl0aG9uMwAtbQBodHRwLnNlcnZlcgA4MDAwAA==",
+    "port": 8000,
 }
 
 

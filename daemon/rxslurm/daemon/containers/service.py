@@ -59,7 +59,7 @@ from rxslurm.daemon.projects.volumes import project_binds
 from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.daemon.runtime.apptainer import ApptainerError, ApptainerRuntime
-from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective
+from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective, service_words
 from rxslurm.protocol.job_comment import format_comment, parse_comment
 from rxslurm.protocol.job_comment import job_name as container_name
 from rxslurm.protocol.settings import JOB_FLAGS
@@ -365,6 +365,9 @@ class ContainerService:
             )
             view["gpus"] = started_with.get("effective", {}).get("gpus", eff.gpus)
             view["gres"] = started_with.get("gres")
+        port = (started_with or {}).get("effective", {}).get("port", 0)
+        if container["state"] == State.RUNNING and port and container["node"]:
+            view["service"] = f"{container['node']}:{port}"
         if container["state"] == State.RUNNING and container["started_at"]:
             view["uptime_s"] = int(
                 (self.clock() - from_timestamp(container["started_at"])).total_seconds()
@@ -840,6 +843,8 @@ class ContainerService:
                 own_home_and_tmp=project["run_as"] == "service",
                 # Variables only: the script is a file Slurm keeps; secrets reach exec steps.
                 env=tuple(sorted(project_variables(self.ledger.db, project).items())),
+                service=tuple(service_words(eff.service)),
+                port=eff.port,
             )
         )
         spec = JobSpec(

@@ -44,6 +44,8 @@ class ContainerView:
     container_id: int | None = None
     # What the awake container's job uses now (`rxctl status` only; containers/usage.py).
     usage: dict[str, Any] | None = None
+    # Where the awake container's service listens, "node:port" (None: no service, or asleep).
+    service: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

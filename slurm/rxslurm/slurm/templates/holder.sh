@@ -20,6 +20,8 @@
 #rx:param home
 #rx:param private_tmp
 #rx:param env
+#rx:param service
+#rx:param port
 set -u
 instance={{instance}}
 image={{image}}
@@ -34,6 +36,8 @@ fakeroot={{fakeroot}}
 home={{home}}
 private_tmp={{private_tmp}}
 env={{env}}
+service={{service}}
+port={{port}}
 # Nothing in the job's environment (a shared account's login profile, say) may change how the
 # instance is built or what runs in it; `bash -p` above already ignored BASH_ENV for this script.
 unset BASH_ENV ENV
@@ -117,10 +121,31 @@ fi
 say "$instance is running"
 report "running $instance"
 
-# Wait for Slurm to end the job; notice an instance that died on its own.
+# The project's service (docs/services.md): its words, NUL-ended, base64 in one word, read into
+# an array, so no word is ever parsed by a shell. Its output goes to the job's output (`rxctl
+# logs`); the status line says where it listens, and that it ended if it does.
+service_pid=0
+[[ $port =~ ^[0-9]+$ ]] || port=0
+if [[ -n $service ]]; then
+  cmd=()
+  while IFS= read -r -d '' word; do cmd+=("$word"); done < <(printf '%s' "$service" | base64 -d)
+  say "starting the service (port $port)"
+  "$apptainer" exec --pwd /workspace "instance://$instance" "${cmd[@]}" </dev/null 2>&1 9>&- &
+  service_pid=$!
+  report "running $instance service $port"
+fi
+
+# Wait for Slurm to end the job; notice an instance that died on its own, and a service.
 while true; do
   sleep 5 &
   wait $!
+  if ((service_pid)) && ! kill -0 "$service_pid" 2>/dev/null; then
+    wait "$service_pid"
+    code=$?
+    service_pid=0
+    say "the service exited with status $code"
+    report "running $instance service-exited $code"
+  fi
   if ! "$apptainer" instance list --json "$instance" 2>/dev/null | grep -q "\"$instance\""; then
     started=0
     say "the container instance exited"

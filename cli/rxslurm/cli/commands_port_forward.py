@@ -1,0 +1,109 @@
+"""`rxctl port-forward`: a project's service reached from here (docs/services.md).
+
+Each connection to 127.0.0.1:LOCAL is one exec session (the same authenticated path as `rxctl
+exec`: the `exec` role, audited, an `srun --overlap` step of the container's job) running a small
+relay to the service's port on the node; the connection itself is the session's stdin and
+stdout. A child process per connection: the exec client owns its process's signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import click
+
+from rxslurm.cli import exec_client, render, session
+from rxslurm.cli.client import Client, ClientError
+from rxslurm.cli.common import api_errors, echo, project_option
+from rxslurm.cli.project_choice import choose_project
+from rxslurm.protocol import routes
+
+# Runs in the container (which shares the node's network): copies stdin to the port and the
+# port to stdout, passing each side's end on. The port is its one argument, never code.
+RELAY = """
+import os, socket, sys, threading
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+def up():
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
+"""
+
+
+def service_port(client: Client, project: str) -> int:
+    """The port of the project's running service, or a one-line error."""
+    status = client.get(routes.path(routes.CONTAINER_STATUS, project))
+    where = status.get("service")
+    if not isinstance(where, str) or ":" not in where:
+        raise click.ClickException(
+            f"the container of {project} runs no service now ({status.get('state')}); "
+            "it needs `rxctl project set --service CMD --port N` and a start"
+        )
+    return int(where.rsplit(":", 1)[1])
+
+
+def relay_connection(client: Client, project: str, port: int, conn: socket.socket) -> int:
+    """In a child: one exec session whose stdin and stdout are the connection."""
+    os.dup2(conn.fileno(), 0)
+    os.dup2(conn.fileno(), 1)
+    conn.close()
+    request: dict[str, Any] = {"argv": ["python3", "-c", RELAY, str(port)], "wake": False}
+    try:
+        return session.run_session(client, project, request)
+    except (ClientError, exec_client.ExecError) as exc:
+        print(f"rxctl port-forward: {render.safe(str(exc))}", file=sys.stderr)
+        return 125
+
+
+@click.command("port-forward")
+@project_option
+@click.argument("local", type=click.IntRange(1, 65535))
+@click.pass_obj
+@api_errors
+def port_forward(client: Client, project: str | None, local: int) -> None:
+    """Reach a project's service from here: listen on 127.0.0.1:LOCAL and relay each connection
+    to the service's port in the container, until Ctrl-C. Needs the exec role.
+
+    Example: rxctl port-forward --project alpha 8080
+    """
+    name = choose_project(client, project)
+    port = service_port(client, name)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("127.0.0.1", local))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on 127.0.0.1:{local}: {exc.strerror}") from None
+    listener.listen(16)
+    # Children are reaped by the kernel: each connection's session ends on its own.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    echo(f"Forwarding 127.0.0.1:{local} to {name}'s service (port {port}); Ctrl-C to stop.")
+    sys.stdout.flush()
+    try:
+        while True:
+            conn, _ = listener.accept()
+            pid = os.fork()
+            if pid == 0:
+                listener.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os._exit(relay_connection(client, name, port, conn))
+            conn.close()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.close()
