@@ -59,7 +59,7 @@ def test_dash_h_shows_usage_and_the_example(path: str) -> None:
 
 
 # These hand the terminal to a program in the container: its output is the program's own.
-STREAMING = {"rxctl exec", "rxctl shell", "rxctl run"}
+STREAMING = {"rxctl exec", "rxctl shell", "rxctl run", "rxctl port-forward"}
 
 
 @pytest.mark.parametrize("path", sorted(set(LEAVES) - STREAMING))

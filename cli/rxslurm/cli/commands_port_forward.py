@@ -76,8 +76,11 @@ def relay_connection(client: Client, project: str, port: int, conn: socket.socke
 @click.pass_obj
 @api_errors
 def port_forward(client: Client, project: str | None, local: int) -> None:
-    """Reach a project's service from here: listen on 127.0.0.1:LOCAL and relay each connection
-    to the service's port in the container, until Ctrl-C. Needs the exec role.
+    """Reach a project's service from here, on 127.0.0.1:LOCAL.
+
+    Each connection to 127.0.0.1:LOCAL is relayed to the service's port in the container
+    through an exec step of its job, until Ctrl-C. Needs the exec role (owner or manager).
+    Other users of this host can connect to 127.0.0.1:LOCAL too, as with `ssh -L`.
 
     Example: rxctl port-forward --project alpha 8080
     """

@@ -32,6 +32,8 @@ MAX_STRING_BYTES = {s.name: s.max_bytes for s in SETTINGS if s.kind is str}
 MAX_IMAGE_BYTES = MAX_STRING_BYTES["image"]
 MAX_COUNT = 1_000_000
 MAX_PORT = 65535
+# Settings with no deployment default: one service for every project would make no sense.
+PROJECT_ONLY = ("service", "port")
 
 
 def service_words(service: str) -> list[str]:
