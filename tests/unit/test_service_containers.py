@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -15,8 +20,11 @@ from hypothesis import strategies as st
 
 from rxslurm.cli.commands_project import Words
 from rxslurm.daemon.config import ConfigError, parse_config
-from rxslurm.daemon.errors import BadRequest
+from rxslurm.daemon.errors import BadRequest, Conflict
+from rxslurm.daemon.exec.port_relay import relay_argv
+from rxslurm.daemon.exec.server import ExecRequest, step_command
 from rxslurm.daemon.settings import Settings, apply_changes, check_static, service_words
+from tests.support.fakes import FakeClock, FakeRuntime, FakeScheduler
 from tests.unit.test_reconciler_edges import OWNER, running, world
 
 # Words as people type them: any text but NUL (a shell word cannot hold one either).
@@ -116,3 +124,62 @@ def test_a_strange_exit_status_is_not_echoed(tmp_path: Path) -> None:
     w.runtime.report(job_id, f"running rx-alpha-{job_id} service-exited lots-of-text")
     w.reconcile()
     assert w.row("alpha")["reason"] == "the service exited (status ?); see `rxctl logs`"
+
+
+# -- the port-forward step --------------------------------------------------------------------
+
+
+def target(port: int) -> Any:
+    from rxslurm.daemon.containers.service import ExecTarget
+    from rxslurm.slurm.runas import RunAs
+
+    return ExecTarget(
+        1, 42, "n1", "rx-alpha-42", "/state", RunAs("nobody", 65534, 65534, ()), service_port=port
+    )
+
+
+def test_a_forward_is_its_own_kind_of_request() -> None:
+    assert ExecRequest.parse({"project": "alpha", "forward": True}).forward
+    for extra in ({"argv": ["sh"]}, {"shell": True}, {"wait": True}, {"tty": True}):
+        with pytest.raises(BadRequest, match="a forward runs no command"):
+            ExecRequest.parse({"project": "alpha", "forward": True, **extra})
+    with pytest.raises(BadRequest, match="forward must be true or false"):
+        ExecRequest.parse({"project": "alpha", "forward": "yes"})
+
+
+def test_a_forward_step_relays_to_the_service_port_outside_the_container() -> None:
+    request = ExecRequest.parse({"project": "alpha", "forward": True})
+    argv = step_command(FakeScheduler(FakeClock()), FakeRuntime(), target(8000), request, "rx-x")
+    inside = argv[argv.index("--") + 1 :] if "--" in argv else argv
+    assert inside[-5:] == relay_argv(8000)
+    assert not any("apptainer" in word for word in argv)
+
+
+def test_a_forward_to_a_container_without_a_service_port_is_refused() -> None:
+    request = ExecRequest.parse({"project": "alpha", "forward": True})
+    with pytest.raises(Conflict, match="runs no service with a port"):
+        step_command(FakeScheduler(FakeClock()), FakeRuntime(), target(0), request, "rx-x")
+
+
+def test_the_relay_copies_both_ways_and_passes_the_end_on() -> None:
+    """The relay program itself, on this host, against a server that answers what it read."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while chunk := conn.recv(65536):  # until the relay passes stdin's end on
+                    data += chunk
+                conn.sendall(data[::-1])
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        payload = bytes(range(256)) * 1000
+        relay = subprocess.run(
+            [sys.executable, *relay_argv(port)[1:]], input=payload, capture_output=True, timeout=60
+        )
+        thread.join()
+    assert relay.returncode == 0, relay.stderr
+    assert relay.stdout == payload[::-1]

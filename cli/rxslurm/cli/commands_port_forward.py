@@ -1,9 +1,10 @@
 """`rxctl port-forward`: a project's service reached from here (docs/services.md).
 
 Each connection to 127.0.0.1:LOCAL is one exec session (the same authenticated path as `rxctl
-exec`: the `exec` role, audited, an `srun --overlap` step of the container's job) running a small
-relay to the service's port on the node; the connection itself is the session's stdin and
-stdout. A child process per connection: the exec client owns its process's signals.
+exec`: the `exec` role, an `srun --overlap` step of the container's job) whose step is rxd's
+relay to the service's port on the node (daemon/.../exec/port_relay.py); the connection itself is
+the session's stdin and stdout. A child process per connection: the exec client owns its
+process's signals.
 """
 
 from __future__ import annotations
@@ -22,28 +23,6 @@ from rxslurm.cli.common import api_errors, echo, project_option
 from rxslurm.cli.project_choice import choose_project
 from rxslurm.protocol import routes
 
-# Runs in the container (which shares the node's network): copies stdin to the port and the
-# port to stdout, passing each side's end on. The port is its one argument, never code.
-RELAY = """
-import os, socket, sys, threading
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-def up():
-    while True:
-        data = os.read(0, 65536)
-        if not data:
-            break
-        s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-threading.Thread(target=up, daemon=True).start()
-while True:
-    data = s.recv(65536)
-    if not data:
-        break
-    view = memoryview(data)
-    while view:
-        view = view[os.write(1, view):]
-"""
-
 
 def service_port(client: Client, project: str) -> int:
     """The port of the project's running service, or a one-line error."""
@@ -57,12 +36,12 @@ def service_port(client: Client, project: str) -> int:
     return int(where.rsplit(":", 1)[1])
 
 
-def relay_connection(client: Client, project: str, port: int, conn: socket.socket) -> int:
+def relay_connection(client: Client, project: str, conn: socket.socket) -> int:
     """In a child: one exec session whose stdin and stdout are the connection."""
     os.dup2(conn.fileno(), 0)
     os.dup2(conn.fileno(), 1)
     conn.close()
-    request: dict[str, Any] = {"argv": ["python3", "-c", RELAY, str(port)], "wake": False}
+    request: dict[str, Any] = {"forward": True, "wake": False}
     try:
         return session.run_session(client, project, request)
     except (ClientError, exec_client.ExecError) as exc:
@@ -104,7 +83,7 @@ def port_forward(client: Client, project: str | None, local: int) -> None:
             if pid == 0:
                 listener.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                os._exit(relay_connection(client, name, port, conn))
+                os._exit(relay_connection(client, name, conn))
             conn.close()
     except KeyboardInterrupt:
         pass

@@ -192,6 +192,8 @@ class ExecTarget:
     # The project's variables and secrets (projects/environment.py): never printed.
     variables: Mapping[str, str] = field(default_factory=dict, repr=False)
     has_secrets: bool = False
+    # The port its service listens on, as the job started (0: none; `rxctl port-forward`).
+    service_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -1110,6 +1112,7 @@ class ContainerService:
             runas=RunAs.for_user(container["runtime_user"]),
             variables=variables,
             has_secrets=has_secrets,
+            service_port=int(from_json(container["settings"]).get("effective", {}).get("port", 0)),
         )
 
     def touch_activity(self, container_id: int) -> None:
