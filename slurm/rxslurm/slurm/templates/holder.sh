@@ -2,11 +2,12 @@
 # holder.sh: keeps a project's persistent Apptainer instance alive for the life of this Slurm job.
 # Rendered by rxslurm.slurm.script (every value below arrives as one quoted shell word); sbatch
 # options come on sbatch's command line. Progress goes to $state_dir/job-$SLURM_JOB_ID.status,
-# one line, which rxd reads: "starting", "running <instance>", "stopping", "stopped", "error: ...".
+# one line, which rxd reads: "starting", "running <instance>" (with a service: "... service <port>",
+# then "... service-exited <status>" if it ends), "stopping", "stopped", "error: ...".
 # Its own lines ("rx-holder: ...") and Apptainer's messages go to the job's output, job-<id>.out,
-# which members read with `rxctl logs`. That output stays small: a few lines of the holder's and
-# the last 64 KiB at most of Apptainer's start messages (the instance's own output goes to
-# Apptainer's instance logs, not here).
+# which members read with `rxctl logs`: a few lines of the holder's, the last 64 KiB at most of
+# Apptainer's start messages (the instance's own output goes to Apptainer's instance logs), and
+# the project's service's output, if it has one (docs/services.md).
 #rx:param instance
 #rx:param image
 #rx:param overlay
