@@ -142,6 +142,7 @@ def test_a_service_that_ends_shows_in_status_and_logs(rxd: Rxd, serving: dict) -
     status = wait_for(reported, 60, what="the service's end in status")
     assert status["state"] == "running"  # the container stays up for exec
     assert "status 3" in status["reason"]
+    assert status["service"] is None  # nothing listens any more
     logs = ok(rxd.rxctl("rxalice", "logs", "--project", PROJECT)).stdout
     assert "service 'up' on" in logs
     assert "service says goodbye" in logs

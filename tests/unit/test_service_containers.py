@@ -103,6 +103,10 @@ def test_status_says_where_a_running_service_listens(tmp_path: Path) -> None:
     # The instance is the line's second word, whatever follows it.
     assert (w.state("alpha"), w.row("alpha")["instance"]) == ("running", f"rx-alpha-{job_id}")
     assert w.service.status(OWNER, "alpha").service == "n1:8000"
+    # Once it ended, nothing listens there.
+    w.runtime.report(job_id, f"running rx-alpha-{job_id} service-exited 0")
+    w.reconcile()
+    assert w.service.status(OWNER, "alpha").service is None
 
 
 def test_a_service_that_exited_is_the_running_containers_reason(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from rxslurm.daemon.containers import job_claims
 from rxslurm.daemon.containers.job_claims import adoptable
 from rxslurm.daemon.containers.service import ContainerService, container_id_from_comment
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
-from rxslurm.daemon.containers.views import Queued
+from rxslurm.daemon.containers.views import SERVICE_EXITED, Queued
 from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp
 from rxslurm.daemon.metrics import Histogram
 from rxslurm.daemon.runtime.holder_status import HolderStatus, Kind
@@ -406,7 +406,7 @@ class Reconciler:
         if len(words) < 4 or words[2] != "service-exited":
             return 0
         code = words[3] if words[3].isdigit() and len(words[3]) <= 3 else "?"
-        reason = f"the service exited (status {code}); see `rxctl logs`"
+        reason = f"{SERVICE_EXITED} (status {code}); see `rxctl logs`"
         if row["reason"] == reason:
             return 0
         return self._move(row, State.RUNNING, reason, last_error=reason)

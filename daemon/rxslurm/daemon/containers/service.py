@@ -38,7 +38,7 @@ from rxslurm.daemon.containers.state_changes import STATE_CHANGES, ring_after_co
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.containers.stop_request import request_stop
 from rxslurm.daemon.containers.usage import LiveUsage
-from rxslurm.daemon.containers.views import ContainerView, Queued, Started
+from rxslurm.daemon.containers.views import SERVICE_EXITED, ContainerView, Queued, Started
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
 from rxslurm.daemon.folders import make_folder
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
@@ -368,7 +368,8 @@ class ContainerService:
             view["gpus"] = started_with.get("effective", {}).get("gpus", eff.gpus)
             view["gres"] = started_with.get("gres")
         port = (started_with or {}).get("effective", {}).get("port", 0)
-        if container["state"] == State.RUNNING and port and container["node"]:
+        service_up = not (container["reason"] or "").startswith(SERVICE_EXITED)
+        if container["state"] == State.RUNNING and port and container["node"] and service_up:
             view["service"] = f"{container['node']}:{port}"
         if container["state"] == State.RUNNING and container["started_at"]:
             view["uptime_s"] = int(

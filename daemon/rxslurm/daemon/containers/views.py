@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# How a running container's reason starts once its service ended (the reconciler says so).
+SERVICE_EXITED = "the service exited"
+
 
 @dataclass(frozen=True)
 class ContainerView:
