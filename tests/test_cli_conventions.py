@@ -200,6 +200,7 @@ REST = {
     "status": [],
     "history": [],
     "logs": [],
+    "port-forward": ["8080"],
     "project show": [],
     "project delete": ["--yes"],
     "project set": ["--cpus", "2"],

@@ -60,7 +60,7 @@ def test_dash_h_shows_usage_and_the_example(path: str) -> None:
 
 # These hand the terminal to a program in the container (run-once streams its job's output):
 # their output is the program's own.
-STREAMING = {"rxctl exec", "rxctl shell", "rxctl run", "rxctl run-once"}
+STREAMING = {"rxctl exec", "rxctl shell", "rxctl run", "rxctl run-once", "rxctl port-forward"}
 
 
 @pytest.mark.parametrize("path", sorted(set(LEAVES) - STREAMING))

@@ -29,6 +29,9 @@ VALUES: dict[str, object] = {
     "agent_path": "/usr/lib/python3/dist-packages",
     "libmunge": "/usr/lib/x86_64-linux-gnu/libmunge.so.2.0.0",
     "munge_socket": "/run/munge/munge.socket.2",
+    # python3 -m http.server 8000, NUL-ended words in base64 (runtime/apptainer.py holder_words).
+    "service": "cHl0aG9uMwAtbQBodHRwLnNlcnZlcgA4MDAwAA==",
+    "port": 8000,
 }
 
 

@@ -53,6 +53,8 @@ EXPECTED_COLUMNS = {
         "qos",
         "constraint",
         "reservation",
+        "service",
+        "port",
     ],
     "members": ["project_id", "platform_user_id", "role", "added_at", "added_by"],
     "containers": [
@@ -132,6 +134,7 @@ ALL_MIGRATIONS = [
     "m015_env_secrets",
     "m016_volumes",
     "m017_one_shot_jobs",
+    "m018_service",
 ]
 
 
@@ -169,6 +172,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         for column in ("account", "qos", '"constraint"', "reservation"):
             db.execute(f"ALTER TABLE projects DROP COLUMN {column}")
         db.execute("DROP TABLE project_env")
+        for column in ("service", "port"):
+            db.execute(f"ALTER TABLE projects DROP COLUMN {column}")
         db.execute(
             "INSERT INTO projects (name, created_at, created_by)"
             " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"
@@ -179,6 +184,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         assert (row["name"], row["run_as_user"], row["workspace_uid"]) == ("old", None, None)
         # sbatch's flags (m011): none, so the job is what it was before.
         assert [row[f] for f in ("account", "qos", "constraint", "reservation")] == [""] * 4
+        # A service (m018): none.
+        assert (row["service"], row["port"]) == ("", 0)
 
 
 def schema(path: Path) -> list[tuple[str, str]]:

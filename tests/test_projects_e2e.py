@@ -166,6 +166,8 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
         "constraint": "",
         "reservation": "",
         "idle_timeout_min": 30,
+        "service": '["python3", "-m", "http.server", "8000"]',
+        "port": 8000,
     }
     result = rxd.rxctl(
         "rxalice",
@@ -177,6 +179,7 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
         *("--gpus", "2", "--gpu-type", "a100", "--gpu-driver", "nvidia"),
         *("--partition", "gpu", "--time-limit", "120", "--idle-timeout", "30"),
         *("--account", "rxtest", "--qos", "normal"),
+        *("--service", "python3 -m http.server 8000", "--port", "8000"),
     )
     assert output(result).startswith(
         "Updated project tuned: image=docker://python:3.12-slim, cpus=2"

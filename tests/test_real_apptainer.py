@@ -115,11 +115,16 @@ def test_the_host_home_and_tmp_are_apptainers_defaults() -> None:
 
 
 def run_holder(
-    tmp_path: Path, settings: ApptainerConfig, *, term_during_start: bool = False
+    tmp_path: Path,
+    settings: ApptainerConfig,
+    *,
+    term_during_start: bool = False,
+    service: tuple[str, ...] = (),
+    until: str = "running",
 ) -> list[list[str]]:
     """Run the rendered holder script with a fake Apptainer that logs its argv, until it reports
-    the instance running (or, with term_during_start, while `instance start` still runs); then
-    end it as Slurm would (SIGTERM). Returns the logged calls."""
+    `until` (or, with term_during_start, while `instance start` still runs); then end it as
+    Slurm would (SIGTERM). Returns the logged calls. A service (`apptainer exec`) exits 3."""
     calls = tmp_path / "calls"
     start_env = tmp_path / "start-env"
     slow_start = "sleep 1" if term_during_start else ":"
@@ -129,6 +134,7 @@ def run_holder(
 case "$1 $2" in
   "instance start") printf '%s' "${{APPTAINERENV_RX_NOTE-unset}}" >{start_env}; {slow_start};;
   "instance list") echo '{{"instances": [{{"instance": "rx-a-7"}}]}}';;
+  exec*) echo "the service speaks"; exit 3;;
 esac""",
     )
     state = tmp_path / "state"
@@ -144,6 +150,8 @@ esac""",
         state_dir=state,
         grace_s=3,
         env=apptainer.holder_env([("RX_NOTE", "a 'b'\n$c")]),
+        service=apptainer.holder_words(service),
+        port=8000 if service else 0,
         **apptainer.instance_options(
             ApptainerConfig(
                 binary=str(program),
@@ -166,9 +174,9 @@ esac""",
         assert holder.poll() is None, "the holder exited before it started"
         if term_during_start:
             return calls.exists() and "start" in calls.read_text()
-        return status.exists() and status.read_text().startswith("running")
+        return status.exists() and status.read_text().startswith(until)
 
-    wait_for(ready, 30, interval=0.05, what="the holder to start")
+    wait_for(ready, 30, interval=0.05, what=f"the holder to report {until!r}")
     holder.send_signal(signal.SIGTERM)
     assert holder.wait(timeout=30) == 0
     assert status.read_text() == "stopped\n"
@@ -191,6 +199,17 @@ def test_the_holder_starts_and_stops_the_instance_with_the_configured_program(
     assert calls[-1] == ["instance", "stop", "-t", "3", "rx-a-7"]
     # The project's variables reach the instance's start as Apptainer reads them.
     assert (tmp_path / "start-env").read_text() == "a 'b'\n$c"
+
+
+def test_the_holder_runs_the_service_word_for_word_and_reports_its_end(tmp_path: Path) -> None:
+    # (The fake's call log is one line a call: no newline in a word here.)
+    words = ("python3", "-c", "print('a b'); $HOME `x` \"q\" *", "")
+    calls = run_holder(
+        tmp_path, ApptainerConfig(), service=words, until="running rx-a-7 service-exited 3"
+    )
+    # Each word one argv item after the instance, in /workspace; nothing joined or expanded.
+    assert ["exec", "--pwd", "/workspace", "instance://rx-a-7", *words] in calls
+    assert calls[-1][:2] == ["instance", "stop"]
 
 
 def test_a_holder_ended_while_the_instance_starts_still_stops_it(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +32,23 @@ ROLES = "owner|manager|editor|viewer"
 # Options are built from the protocol's table of settings (rxslurm.protocol.settings). Every
 # default is None: only the options given are sent, and the daemon validates the values (so a bad
 # one is its one-line reason, not a usage screen).
-_READERS: dict[str, Any] = {"memory": units.MEMORY, "time": units.MINUTES}
+
+
+class Words(click.ParamType):  # type: ignore[type-arg]
+    """A command as a shell would split it, sent as a JSON list of words ("" for none): rxd and
+    the holder keep it as data and never join it into a shell line."""
+
+    name = "words"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            words = shlex.split(str(value))
+        except ValueError as exc:
+            self.fail(f"cannot split the command: {exc}", param, ctx)
+        return json.dumps(words) if words else ""
+
+
+_READERS: dict[str, Any] = {"memory": units.MEMORY, "time": units.MINUTES, "words": Words()}
 
 
 def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:

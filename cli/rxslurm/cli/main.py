@@ -36,6 +36,7 @@ LAZY_COMMANDS = {
     "kill": "rxslurm.cli.commands_ps:kill",
     "list": "rxslurm.cli.commands_container:list_",
     "logs": "rxslurm.cli.commands_logs:logs",
+    "port-forward": "rxslurm.cli.commands_port_forward:port_forward",
     "project": "rxslurm.cli.commands_project:project",
     "ps": "rxslurm.cli.commands_ps:ps",
     "reset": "rxslurm.cli.commands_container:reset",

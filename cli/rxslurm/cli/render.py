@@ -367,6 +367,7 @@ def status_lines(s: Mapping[str, Any]) -> list[str]:
         ("runs as", cell(s.get("runtime_user"))),
         ("job", cell(s.get("job_id"))),
         ("node", cell(s.get("node"))),
+        *([("service", f"listens on {s['service']}")] if s.get("service") else []),
         (
             "gpus",
             f"{cell(s['gpus'])} ({cell(s['gres'])})" if s.get("gres") else cell(s.get("gpus")),

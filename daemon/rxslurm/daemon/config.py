@@ -18,7 +18,7 @@ from typing import Any
 
 from rxslurm.daemon.errors import ApiError
 from rxslurm.daemon.identity.linux_accounts import linux_account_by_name
-from rxslurm.daemon.settings import Settings
+from rxslurm.daemon.settings import PROJECT_ONLY, Settings
 from rxslurm.protocol import paths
 from rxslurm.protocol.settings import GPU_DRIVERS, SETTINGS
 
@@ -325,6 +325,12 @@ def _validate(config: Config, where: str) -> None:
     for setting in SETTINGS:
         if setting.kind is int and getattr(config.defaults, setting.name) < 0:
             raise ConfigError(f"{where}: defaults.{setting.name} must not be negative")
+    for name in PROJECT_ONLY:
+        if getattr(config.defaults, name):
+            raise ConfigError(
+                f"{where}: defaults.{name} is a project's own setting (rxctl project set); "
+                "it has no deployment default"
+            )
     if config.defaults.gpu_driver not in (*GPU_DRIVERS, ""):
         raise ConfigError(f'{where}: defaults.gpu_driver must be "nvidia", "amd" or ""')
     if not config.workspaces.root.is_absolute():

@@ -91,6 +91,10 @@ class HolderRequest:
     own_home_and_tmp: bool = False
     # The project's environment variables (name, value), for the instance's start.
     env: tuple[tuple[str, str], ...] = ()
+    # The project's service (docs/services.md): its command's words, run in the instance once it
+    # is up, and the port it listens on (0: none), which the holder reports.
+    service: tuple[str, ...] = ()
+    port: int = 0
 
 
 @dataclass(frozen=True)

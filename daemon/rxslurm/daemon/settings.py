@@ -7,6 +7,7 @@ default"; `effective()` fills those in.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Protocol
@@ -30,6 +31,27 @@ _NAME_RULE = "only letters, digits, '.', '_' and '-'"
 MAX_STRING_BYTES = {s.name: s.max_bytes for s in SETTINGS if s.kind is str}
 MAX_IMAGE_BYTES = MAX_STRING_BYTES["image"]
 MAX_COUNT = 1_000_000
+MAX_PORT = 65535
+# Settings with no deployment default: one service for every project would make no sense.
+PROJECT_ONLY = ("service", "port")
+
+
+def service_words(service: str) -> list[str]:
+    """The service's command (a JSON list of words, "" for none) as a list; BadRequest if it is
+    not one. A word holds no NUL (the holder reads them NUL-ended) and the first is not empty."""
+    if not service:
+        return []
+    try:
+        words = json.loads(service)
+    except ValueError:
+        words = None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise BadRequest("service must be a JSON list of words (rxctl splits --service for you)")
+    if not words or not words[0]:
+        raise BadRequest("service must name a command")
+    if any("\0" in w for w in words):
+        raise BadRequest("service's words must not hold NUL")
+    return words
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,8 @@ class Settings:
     constraint: str = ""
     reservation: str = ""
     idle_timeout_min: int = 0
+    service: str = ""
+    port: int = 0
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Settings:
@@ -136,6 +160,9 @@ def check_static(settings: Settings) -> None:
             "constraint may hold node features (letters, digits, '.', '_', '-', ':') joined by "
             "sbatch's operators & | , * [ ] ( )"
         )
+    service_words(settings.service)
+    if settings.port > MAX_PORT:
+        raise BadRequest(f"port must be at most {MAX_PORT} (0: none)")
     image = settings.image
     if image and not (image.startswith("/") or image.startswith(IMAGE_SCHEMES)):
         raise BadRequest(

@@ -117,6 +117,19 @@ SETTINGS: tuple[Setting, ...] = (
         unit="min",
         reads="time",
     ),
+    # A service (docs/services.md): what the holder runs in the instance once it is up, stored
+    # as a JSON list of words (rxctl splits --service as a shell would; nothing ever joins it).
+    Setting(
+        "service",
+        str,
+        ("--service",),
+        "CMD",
+        'Command the container runs as a service once started, e.g. "python3 -m http.server '
+        '8000" ("": none).',
+        reads="words",
+        max_bytes=4096,
+    ),
+    Setting("port", int, ("--port",), "N", "Port the service listens on (0: none)."),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 NAMES = tuple(BY_NAME)

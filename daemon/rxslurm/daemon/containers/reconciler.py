@@ -27,7 +27,7 @@ from rxslurm.daemon.containers import job_claims
 from rxslurm.daemon.containers.job_claims import adoptable
 from rxslurm.daemon.containers.service import ContainerService, container_id_from_comment
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
-from rxslurm.daemon.containers.views import Queued
+from rxslurm.daemon.containers.views import SERVICE_EXITED, Queued
 from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp
 from rxslurm.daemon.metrics import Histogram
 from rxslurm.daemon.runtime.holder_status import HolderStatus, Kind
@@ -366,8 +366,10 @@ class Reconciler:
         if status.startswith("running"):
             # STARTING/WAITING -> RUNNING: the holder says the instance is up.
             if state == State.RUNNING:
-                return 0
-            instance = status.split(" ", 1)[1] if " " in status else None
+                return self._service_exited(row, status)
+            # "running <instance>[ service <port>]": the instance is the second word.
+            words = status.split()
+            instance = words[1] if len(words) > 1 else None
             moved = self._move(
                 row,
                 State.RUNNING,
@@ -396,6 +398,18 @@ class Reconciler:
             return moved
         # WAITING -> STARTING: the job runs, the instance is not ready yet.
         return self._move(row, State.STARTING, "starting the container instance", node=job.nodes)
+
+    def _service_exited(self, row: dict[str, Any], status: str) -> int:
+        """RUNNING -> RUNNING with the reason: the holder says the project's service ended
+        ("running <instance> service-exited <status>"); the container stays up for exec."""
+        words = status.split()
+        if len(words) < 4 or words[2] != "service-exited":
+            return 0
+        code = words[3] if words[3].isdigit() and len(words[3]) <= 3 else "?"
+        reason = f"{SERVICE_EXITED} (status {code}); see `rxctl logs`"
+        if row["reason"] == reason:
+            return 0
+        return self._move(row, State.RUNNING, reason, last_error=reason)
 
     def _holder_status(self, row: dict[str, Any], job_id: int) -> HolderStatus:
         """The holder's report, read as root from the runtime user's folder: see holder_status."""

@@ -38,7 +38,7 @@ from rxslurm.daemon.containers.state_changes import STATE_CHANGES, ring_after_co
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.containers.stop_request import request_stop
 from rxslurm.daemon.containers.usage import LiveUsage
-from rxslurm.daemon.containers.views import ContainerView, Queued, Started
+from rxslurm.daemon.containers.views import SERVICE_EXITED, ContainerView, Queued, Started
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
 from rxslurm.daemon.folders import make_folder
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
@@ -60,7 +60,7 @@ from rxslurm.daemon.projects.volumes import project_binds
 from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.daemon.runtime.apptainer import ApptainerError, ApptainerRuntime
-from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective
+from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective, service_words
 from rxslurm.protocol.job_comment import format_comment, parse_comment
 from rxslurm.protocol.job_comment import job_name as container_name
 from rxslurm.protocol.settings import JOB_FLAGS
@@ -193,6 +193,8 @@ class ExecTarget:
     # The project's variables and secrets (projects/environment.py): never printed.
     variables: Mapping[str, str] = field(default_factory=dict, repr=False)
     has_secrets: bool = False
+    # The port its service listens on, as the job started (0: none; `rxctl port-forward`).
+    service_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -368,6 +370,10 @@ class ContainerService:
             )
             view["gpus"] = started_with.get("effective", {}).get("gpus", eff.gpus)
             view["gres"] = started_with.get("gres")
+        port = (started_with or {}).get("effective", {}).get("port", 0)
+        service_up = not (container["reason"] or "").startswith(SERVICE_EXITED)
+        if container["state"] == State.RUNNING and port and container["node"] and service_up:
+            view["service"] = f"{container['node']}:{port}"
         if container["state"] == State.RUNNING and container["started_at"]:
             view["uptime_s"] = int(
                 (self.clock() - from_timestamp(container["started_at"])).total_seconds()
@@ -851,6 +857,8 @@ class ContainerService:
                 own_home_and_tmp=project["run_as"] == "service",
                 # Variables only: the script is a file Slurm keeps; secrets reach exec steps.
                 env=tuple(sorted(project_variables(self.ledger.db, project).items())),
+                service=tuple(service_words(eff.service)),
+                port=eff.port,
             )
         )
         spec = JobSpec(
@@ -1116,6 +1124,7 @@ class ContainerService:
             runas=RunAs.for_user(container["runtime_user"]),
             variables=variables,
             has_secrets=has_secrets,
+            service_port=int(from_json(container["settings"]).get("effective", {}).get("port", 0)),
         )
 
     def touch_activity(self, container_id: int) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# How a running container's reason starts once its service ended (the reconciler says so).
+SERVICE_EXITED = "the service exited"
+
 
 @dataclass(frozen=True)
 class ContainerView:
@@ -46,6 +49,8 @@ class ContainerView:
     container_id: int | None = None
     # What the awake container's job uses now (`rxctl status` only; containers/usage.py).
     usage: dict[str, Any] | None = None
+    # Where the awake container's service listens, "node:port" (None: no service, or asleep).
+    service: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -44,6 +44,7 @@ from rxslurm.daemon.containers.state_changes import Watch
 from rxslurm.daemon.containers.states import State
 from rxslurm.daemon.containers.views import ContainerView
 from rxslurm.daemon.errors import ApiError, BadRequest, Conflict, Unavailable
+from rxslurm.daemon.exec import port_relay
 from rxslurm.daemon.exec.relay import Plumbing, dispatch, poll_interest
 from rxslurm.daemon.identity.actors import Actor
 from rxslurm.daemon.identity.bindings import auto_bind_local, binding_of_uid
@@ -172,6 +173,9 @@ class ExecRequest:
     wait: bool = False
     # This exec's own variables (`rxctl exec -e KEY=VALUE`), over the project's.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Relay the session's stdin and stdout to the service's port on the node, not a command
+    # (`rxctl port-forward`, exec/port_relay.py).
+    forward: bool = False
 
     # The client can talk to the container's exec agent: answer where it is, with a ticket.
     agent: bool = False
@@ -192,6 +196,7 @@ class ExecRequest:
             "wait",
             "env",
             "agent",
+            "forward",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -210,7 +215,13 @@ class ExecRequest:
         if not isinstance(agent, bool) and agent != "only":
             raise BadRequest('agent must be true, false or "only"')
         flags = {"agent": agent is not False, "agent_only": agent == "only"}
-        for key, default in (("shell", False), ("tty", False), ("wake", True), ("wait", False)):
+        for key, default in (
+            ("shell", False),
+            ("tty", False),
+            ("wake", True),
+            ("wait", False),
+            ("forward", False),
+        ):
             value = data.get(key, default)
             if not isinstance(value, bool):
                 raise BadRequest(f"{key} must be true or false")
@@ -219,7 +230,9 @@ class ExecRequest:
             raise BadRequest("a shell takes no argv")
         if flags["wait"] and (argv or flags["shell"]):
             raise BadRequest("a wait runs nothing: no argv, no shell")
-        if not flags["shell"] and not flags["wait"] and not argv:
+        if flags["forward"] and (argv or flags["shell"] or flags["wait"] or flags["tty"]):
+            raise BadRequest("a forward runs no command, shell, wait or terminal")
+        if not flags["shell"] and not flags["wait"] and not flags["forward"] and not argv:
             raise BadRequest("argv must name a command")
         timeout = data.get("timeout")
         if timeout is not None and (
@@ -276,8 +289,19 @@ def step_command(
     portable: bool = False,
 ) -> list[str]:
     """The step: the runtime's command in the instance, as a step of the container's job. Every
-    user-given word is one argv item after the instance, never a shell line."""
-    inside = runtime.exec_argv(target.instance, request.argv, shell=request.shell, cwd=request.cwd)
+    user-given word is one argv item after the instance, never a shell line. A forward's step is
+    the relay to the service's port, on the node (exec/port_relay.py)."""
+    if request.forward:
+        if not target.service_port:
+            raise Conflict(
+                f"the container of {request.project} runs no service with a port; "
+                "`rxctl project set --service CMD --port N`, then a start"
+            )
+        inside = port_relay.relay_argv(target.service_port)
+    else:
+        inside = runtime.exec_argv(
+            target.instance, request.argv, shell=request.shell, cwd=request.cwd
+        )
     return scheduler.step_argv(
         target.job_id, inside, tty=request.tty, step_name=step_name, portable=portable
     )
@@ -430,8 +454,15 @@ class Session:
         # A step handed to its caller carries its environment over the network: never secrets.
         direct_allowed = direct_allowed and not target.has_secrets
         # The agent runs commands with the environment its holder gave it: a project's
-        # variables and secrets, and this exec's -e, go through a step rxd runs instead.
-        if request.agent and caller is not None and not target.variables and not request.env:
+        # variables and secrets, and this exec's -e, go through a step rxd runs instead; a port
+        # forward is a relay step on the node, never a command for the agent.
+        if (
+            request.agent
+            and not request.forward
+            and caller is not None
+            and not target.variables
+            and not request.env
+        ):
             grant = self.agent_grant(target, caller)
             if grant is not None:
                 # The client runs the command through the agent; rxd holds nothing of it, and
@@ -715,7 +746,7 @@ class Session:
             job_id=target.job_id,
             step_name=step_name,
             started_by=self.actor.name if self.actor else "?",
-            argv=request.argv,
+            argv=("port-forward", str(target.service_port)) if request.forward else request.argv,
             started_at=to_timestamp(utcnow()),
             shell=request.shell,
         )

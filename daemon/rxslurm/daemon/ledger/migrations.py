@@ -612,3 +612,11 @@ def m017_one_shot_jobs(db: Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations()
+def m018_service(db: Database) -> None:
+    # A project's service (docs/services.md): its command as a JSON list of words ("" for none)
+    # and the port it listens on (0 for none), settings like the others.
+    db.execute("ALTER TABLE projects ADD COLUMN service TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE projects ADD COLUMN port INTEGER NOT NULL DEFAULT 0")

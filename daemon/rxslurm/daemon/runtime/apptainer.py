@@ -199,6 +199,8 @@ class ApptainerRuntime:
             state_dir=holder.state_dir,
             grace_s=holder.grace_s,
             env=holder_env(holder.env),
+            service=holder_words(holder.service),
+            port=holder.port,
             **instance_options(settings, holder.state_dir, holder.user),
             **agent_params(),
         )
@@ -268,6 +270,12 @@ def holder_env(variables: Sequence[tuple[str, str]]) -> str:
     entries (a value may hold newlines and quotes; it never holds NUL)."""
     entries = "".join(f"{k}={v}\0" for k, v in apptainer_env(dict(variables)).items())
     return base64.b64encode(entries.encode()).decode()
+
+
+def holder_words(words: Sequence[str]) -> str:
+    """A command as one template word: base64 of NUL-ended words ("" for none); the holder reads
+    them into an array, so no word is ever parsed by a shell."""
+    return base64.b64encode("".join(f"{w}\0" for w in words).encode()).decode()
 
 
 def config_dir(state_dir: str) -> str:

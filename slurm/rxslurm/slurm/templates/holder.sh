@@ -2,11 +2,12 @@
 # holder.sh: keeps a project's persistent Apptainer instance alive for the life of this Slurm job.
 # Rendered by rxslurm.slurm.script (every value below arrives as one quoted shell word); sbatch
 # options come on sbatch's command line. Progress goes to $state_dir/job-$SLURM_JOB_ID.status,
-# one line, which rxd reads: "starting", "running <instance>", "stopping", "stopped", "error: ...".
+# one line, which rxd reads: "starting", "running <instance>" (with a service: "... service <port>",
+# then "... service-exited <status>" if it ends), "stopping", "stopped", "error: ...".
 # Its own lines ("rx-holder: ...") and Apptainer's messages go to the job's output, job-<id>.out,
-# which members read with `rxctl logs`. That output stays small: a few lines of the holder's and
-# the last 64 KiB at most of Apptainer's start messages (the instance's own output goes to
-# Apptainer's instance logs, not here).
+# which members read with `rxctl logs`: a few lines of the holder's, the last 64 KiB at most of
+# Apptainer's start messages (the instance's own output goes to Apptainer's instance logs), and
+# the project's service's output, if it has one (docs/services.md).
 # Once the instance runs, the exec agent (rxslurm.agent, docs/exec.md "The agent") is started in
 # it, if the container has python3: it writes job-<id>.agent (where it listens and the job's
 # key, readable by this user only) and job-<id>.sessions (its open sessions, for the idle timer).
@@ -26,6 +27,8 @@
 #rx:param agent_path
 #rx:param libmunge
 #rx:param munge_socket
+#rx:param service
+#rx:param port
 set -u
 instance={{instance}}
 image={{image}}
@@ -43,6 +46,8 @@ env={{env}}
 agent_path={{agent_path}}
 libmunge={{libmunge}}
 munge_socket={{munge_socket}}
+service={{service}}
+port={{port}}
 # Nothing in the job's environment (a shared account's login profile, say) may change how the
 # instance is built or what runs in it; `bash -p` above already ignored BASH_ENV for this script.
 unset BASH_ENV ENV
@@ -174,8 +179,22 @@ sessions() {
 say "$instance is running"
 report "running $instance"
 
-# Wait for Slurm to end the job; notice an instance that died on its own. While the agent runs,
-# waiting is reading its reports.
+# The project's service (docs/services.md): its words, NUL-ended, base64 in one word, read into
+# an array, so no word is ever parsed by a shell. Its output goes to the job's output (`rxctl
+# logs`); the status line says where it listens, and that it ended if it does.
+service_pid=0
+[[ $port =~ ^[0-9]+$ ]] || port=0
+if [[ -n $service ]]; then
+  cmd=()
+  while IFS= read -r -d '' word; do cmd+=("$word"); done < <(printf '%s' "$service" | base64 -d)
+  say "starting the service (port $port)"
+  "$apptainer" exec --pwd /workspace "instance://$instance" "${cmd[@]}" </dev/null 2>&1 9>&- &
+  service_pid=$!
+  report "running $instance service $port"
+fi
+
+# Wait for Slurm to end the job; notice an instance that died on its own, and a service. While
+# the agent runs, waiting is reading its reports.
 checked=$SECONDS
 while true; do
   if ((agent)); then
@@ -192,6 +211,13 @@ while true; do
     wait $!
   fi
   checked=$SECONDS
+  if ((service_pid)) && ! kill -0 "$service_pid" 2>/dev/null; then
+    wait "$service_pid"
+    code=$?
+    service_pid=0
+    say "the service exited with status $code"
+    report "running $instance service-exited $code"
+  fi
   if ! "$apptainer" instance list --json "$instance" 2>/dev/null | grep -q "\"$instance\""; then
     started=0
     say "the container instance exited"

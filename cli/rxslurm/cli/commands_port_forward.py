@@ -1,0 +1,91 @@
+"""`rxctl port-forward`: a project's service reached from here (docs/services.md).
+
+Each connection to 127.0.0.1:LOCAL is one exec session (the same authenticated path as `rxctl
+exec`: the `exec` role, an `srun --overlap` step of the container's job) whose step is rxd's
+relay to the service's port on the node (daemon/.../exec/port_relay.py); the connection itself is
+the session's stdin and stdout. A child process per connection: the exec client owns its
+process's signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import click
+
+from rxslurm.cli import exec_client, render, session
+from rxslurm.cli.client import Client, ClientError
+from rxslurm.cli.common import api_errors, echo, project_option
+from rxslurm.cli.project_choice import choose_project
+from rxslurm.protocol import routes
+
+
+def service_port(client: Client, project: str) -> int:
+    """The port of the project's running service, or a one-line error."""
+    status = client.get(routes.path(routes.CONTAINER_STATUS, project))
+    where = status.get("service")
+    if not isinstance(where, str) or ":" not in where:
+        raise click.ClickException(
+            f"the container of {project} runs no service now ({status.get('state')}); "
+            "it needs `rxctl project set --service CMD --port N` and a start"
+        )
+    return int(where.rsplit(":", 1)[1])
+
+
+def relay_connection(client: Client, project: str, conn: socket.socket) -> int:
+    """In a child: one exec session whose stdin and stdout are the connection."""
+    os.dup2(conn.fileno(), 0)
+    os.dup2(conn.fileno(), 1)
+    conn.close()
+    request: dict[str, Any] = {"forward": True, "wake": False}
+    try:
+        return session.run_session(client, project, request)
+    except (ClientError, exec_client.ExecError) as exc:
+        print(f"rxctl port-forward: {render.safe(str(exc))}", file=sys.stderr)
+        return 125
+
+
+@click.command("port-forward")
+@project_option
+@click.argument("local", type=click.IntRange(1, 65535))
+@click.pass_obj
+@api_errors
+def port_forward(client: Client, project: str | None, local: int) -> None:
+    """Reach a project's service from here, on 127.0.0.1:LOCAL.
+
+    Each connection to 127.0.0.1:LOCAL is relayed to the service's port in the container
+    through an exec step of its job, until Ctrl-C. Needs the exec role (owner or manager).
+    Other users of this host can connect to 127.0.0.1:LOCAL too, as with `ssh -L`.
+
+    Example: rxctl port-forward --project alpha 8080
+    """
+    name = choose_project(client, project)
+    port = service_port(client, name)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("127.0.0.1", local))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on 127.0.0.1:{local}: {exc.strerror}") from None
+    listener.listen(16)
+    # Children are reaped by the kernel: each connection's session ends on its own.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    echo(f"Forwarding 127.0.0.1:{local} to {name}'s service (port {port}); Ctrl-C to stop.")
+    sys.stdout.flush()
+    try:
+        while True:
+            conn, _ = listener.accept()
+            pid = os.fork()
+            if pid == 0:
+                listener.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os._exit(relay_connection(client, name, conn))
+            conn.close()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.close()

@@ -1,0 +1,149 @@
+"""A project's service end to end (issue 17, item 4): real rxd, real cluster, real Apptainer.
+
+The project's start command serves HTTP on its port inside the container; `rxctl status` says
+where it listens; `rxctl port-forward` on the login side makes it reachable on 127.0.0.1, each
+connection relayed through an exec step of the job; when the service ends, status and logs say so.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import lifecycle
+from tests.support.cli import ok
+from tests.support.cluster import spawn_as, wait_for
+from tests.support.daemon import RXCTL, Rxd, free_port
+from tests.support.lifecycle import lifecycle_rxd
+from tests.support.real_apptainer import BASE_IMAGE
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
+
+# Jobs are Slurm singletons named rx-<project>: the name is this module's own.
+PROJECT = "svc-main"
+# Every slurmd of the test cluster shares this host's network: a port nothing else uses.
+PORT = free_port()
+
+# Serves /workspace on 127.0.0.1:PORT until /workspace/stop-service appears, then exits 3. Its
+# newlines and quotes test that the command reaches the container word for word.
+SERVICE = """
+import functools, http.server, os, sys, threading, time
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory="/workspace")
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print("service 'up' on", sys.argv[1], flush=True)
+while not os.path.exists("/workspace/stop-service"):
+    time.sleep(0.2)
+print("service says goodbye", flush=True)
+sys.exit(3)
+"""
+
+
+@pytest.fixture(scope="module")
+def rxd() -> Iterator[Rxd]:
+    with lifecycle_rxd(bind=("rxalice", "rxbob")) as daemon:
+        try:
+            yield daemon
+        finally:
+            # Free the cluster for others: no job of this module outlives it.
+            if daemon.rxctl("rxalice", "stop", "--project", PROJECT).returncode == 0:
+                lifecycle.wait_state(daemon, PROJECT, "stopped", "error", timeout=60)
+
+
+@pytest.fixture(scope="module")
+def serving(rxd: Rxd) -> dict:
+    command = shlex.join(["python3", "-c", SERVICE, str(PORT)])
+    ok(rxd.rxctl("rxalice", "project", "create", PROJECT, "--image", str(BASE_IMAGE)))
+    ok(
+        rxd.rxctl(
+            "rxalice",
+            "project",
+            "set",
+            "--project",
+            PROJECT,
+            "--service",
+            command,
+            "--port",
+            str(PORT),
+        )
+    )
+    ok(rxd.rxctl("rxalice", "enable", "--project", PROJECT))
+    ok(
+        rxd.rxctl(
+            "rxalice",
+            "exec",
+            "--project",
+            PROJECT,
+            "--",
+            "sh",
+            "-c",
+            "echo hello from the service > /workspace/hello.txt",
+        )
+    )
+    return lifecycle.wait_state(rxd, PROJECT, "running", timeout=180)
+
+
+def fetch(port: int, path: str) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return str(answer.read().decode())
+    except OSError:
+        return None
+
+
+def test_status_says_where_the_service_listens(rxd: Rxd, serving: dict) -> None:
+    status = json.loads(ok(rxd.rxctl("rxalice", "status", "--project", PROJECT, "--json")).stdout)
+    assert status["service"] == f"{status['node']}:{PORT}"
+    shown = ok(rxd.rxctl("rxalice", "status", "--project", PROJECT)).stdout
+    assert f"listens on {status['node']}:{PORT}" in shown
+    # The command is kept as its words.
+    show = json.loads(
+        ok(rxd.rxctl("rxalice", "project", "show", "--project", PROJECT, "--json")).stdout
+    )
+    assert json.loads(show["settings"]["service"]) == ["python3", "-c", SERVICE, str(PORT)]
+
+
+def test_port_forward_reaches_the_service_from_the_login_side(rxd: Rxd, serving: dict) -> None:
+    local = free_port()
+    forward = spawn_as(
+        "rxalice",
+        [RXCTL, "--socket", str(rxd.socket), "port-forward", "--project", PROJECT, str(local)],
+    )
+    try:
+        body = wait_for(
+            lambda: fetch(local, "/hello.txt"), 60, what="the service through the forward"
+        )
+        assert body == "hello from the service\n"
+        # Each connection is a session of its own: a second one works too.
+        assert fetch(local, "/hello.txt") == "hello from the service\n"
+        assert fetch(local, "/missing") is None  # a 404, relayed
+    finally:
+        forward.terminate()
+        forward.communicate(timeout=30)
+
+
+def test_a_non_member_cannot_forward(rxd: Rxd, serving: dict) -> None:
+    result = rxd.rxctl("rxbob", "port-forward", "--project", PROJECT, str(free_port()))
+    assert result.returncode != 0
+    assert "Error" in result.stderr
+
+
+def test_a_service_that_ends_shows_in_status_and_logs(rxd: Rxd, serving: dict) -> None:
+    ok(rxd.rxctl("rxalice", "exec", "--project", PROJECT, "--", "touch", "/workspace/stop-service"))
+
+    def reported() -> dict | None:
+        status = json.loads(rxd.rxctl("rxalice", "status", "--project", PROJECT, "--json").stdout)
+        return status if "service exited" in (status.get("reason") or "") else None
+
+    status = wait_for(reported, 60, what="the service's end in status")
+    assert status["state"] == "running"  # the container stays up for exec
+    assert "status 3" in status["reason"]
+    assert status["service"] is None  # nothing listens any more
+    logs = ok(rxd.rxctl("rxalice", "logs", "--project", PROJECT)).stdout
+    assert "service 'up' on" in logs
+    assert "service says goodbye" in logs
+    assert "the service exited with status 3" in logs
