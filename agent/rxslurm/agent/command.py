@@ -138,7 +138,16 @@ def _set_winsize(fd: int, size: tuple[int, int] | None) -> None:
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
 
 
+def _default_signals() -> None:  # pragma: no cover - runs in the child
+    # A command starts as from a terminal, with SIGINT and SIGQUIT at their defaults, whatever
+    # the agent inherited: a signal ignored at a shell's start cannot be trapped (POSIX), and a
+    # job started in the background of a non-interactive shell has both ignored.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def _take_terminal() -> None:  # pragma: no cover - runs in the child
+    _default_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -209,6 +218,7 @@ class Command:
                     cwd=cwd,
                     env=env,
                     start_new_session=True,
+                    preexec_fn=_default_signals,  # noqa: PLW1509 - two signal calls, before exec
                 )
                 assert self.proc.stdin and self.proc.stdout and self.proc.stderr
                 self.stdin_fd = self.proc.stdin.fileno()
