@@ -101,7 +101,8 @@ def test_ps_lists_an_open_exec_session_with_its_step_while_it_runs(rxd: Rxd, pro
         user=owner.pw_uid,
         group=owner.pw_gid,
         extra_groups=os.getgrouplist(OWNER, owner.pw_gid),
-        env=user_env(OWNER),
+        # A session rxd runs as a step (the exec agent's sessions are the holder's to count).
+        env={**user_env(OWNER), "RXSLURM_EXEC_PATH": "step"},
         cwd=owner.pw_dir,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

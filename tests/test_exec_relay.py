@@ -55,7 +55,8 @@ def exec_as(user: str, rxd: Rxd, *argv: str, **streams) -> subprocess.Popen[byte
         user=pw.pw_uid,
         group=pw.pw_gid,
         extra_groups=os.getgrouplist(user, pw.pw_gid),
-        env=user_env(user),
+        # The relay is the step path's: the exec agent (where it answers) runs no srun at all.
+        env={**user_env(user), "RXSLURM_EXEC_PATH": "step"},
         cwd="/",
         **streams,
     )
@@ -124,7 +125,7 @@ def test_srun_holds_none_of_the_callers_pipes(rxd: Rxd) -> None:
 
 
 def test_srun_holds_none_of_the_callers_terminal(rxd: Rxd) -> None:
-    env = {**user_env("rxbob"), "TERM": "xterm"}
+    env = {**user_env("rxbob"), "TERM": "xterm", "RXSLURM_EXEC_PATH": "step"}
     argv = ["-u", "rxbob", "--", "env", "-i", *(f"{k}={v}" for k, v in env.items())]
     argv += [RXCTL, "--socket", str(rxd.socket), "exec", "-t", "--project", PROJECT]
     argv += ["--", "sh", "-c", "sleep 5252; exit 4"]
