@@ -124,8 +124,11 @@ class ByHand:
             ),
             # The same exec agent as rx-slurm's holder starts before it reports the instance up.
             **agent_params(),
-            # A bench project sets no variables (rxctl env): the holder gets none.
+            # A bench project sets no variables (rxctl env) and runs no service: the holder
+            # gets neither.
             env=apptainer.holder_env(()),
+            service=apptainer.holder_words(()),
+            port=0,
         )
         spec = JobSpec(
             name=self.name,

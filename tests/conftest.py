@@ -8,3 +8,17 @@ pytest_plugins = [
     "tests.support.cluster",
     "tests.support.daemon",
 ]
+
+
+def pytest_configure(config: object) -> None:
+    """Tests send SIGINT to the commands they start (Ctrl-C tests) and expect it to arrive. A
+    suite run in the background of a non-interactive shell (a CI runner's `cmd &`) inherits
+    SIGINT and SIGQUIT ignored, and every process it starts would too: a Python child then never
+    raises KeyboardInterrupt and a shell cannot trap them. Give the suite the defaults a
+    terminal's session has, so what a test checks does not depend on how it was started."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
