@@ -149,10 +149,12 @@ def hold_all(db: LedgerDatabase, held: dict[int, list[str]], req: Request) -> No
             held.setdefault(quota["id"], []).append(req.project)
 
 
-def acquire(db: LedgerDatabase, container_id: int, req: Request) -> None:
-    db.table("leases").insert(
+def _hold(db: LedgerDatabase, table: str, key: str, holder_id: int, req: Request) -> None:
+    """One lease row: the same columns for a container, a build and a one-shot command, each in
+    its own table keyed by its holder."""
+    db.table(table).insert(
         {
-            "container_id": container_id,
+            key: holder_id,
             "partition": req.partition,
             "project": req.project,
             "linux_user": req.linux_user,
@@ -163,6 +165,10 @@ def acquire(db: LedgerDatabase, container_id: int, req: Request) -> None:
         },
         replace=True,
     )
+
+
+def acquire(db: LedgerDatabase, container_id: int, req: Request) -> None:
+    _hold(db, "leases", "container_id", container_id, req)
 
 
 def release(db: LedgerDatabase, container_id: int) -> None:
@@ -170,19 +176,7 @@ def release(db: LedgerDatabase, container_id: int) -> None:
 
 
 def acquire_for_build(db: LedgerDatabase, build_id: int, req: Request) -> None:
-    db.table("build_leases").insert(
-        {
-            "build_id": build_id,
-            "partition": req.partition,
-            "project": req.project,
-            "linux_user": req.linux_user,
-            "gpus": req.gpus,
-            "cpus": req.cpus,
-            "mem_mb": req.mem_mb,
-            "acquired_at": to_timestamp(utcnow()),
-        },
-        replace=True,
-    )
+    _hold(db, "build_leases", "build_id", build_id, req)
 
 
 def release_for_build(db: LedgerDatabase, build_id: int) -> None:
@@ -190,19 +184,7 @@ def release_for_build(db: LedgerDatabase, build_id: int) -> None:
 
 
 def acquire_for_one_shot(db: LedgerDatabase, one_shot_id: int, req: Request) -> None:
-    db.table("one_shot_leases").insert(
-        {
-            "one_shot_id": one_shot_id,
-            "partition": req.partition,
-            "project": req.project,
-            "linux_user": req.linux_user,
-            "gpus": req.gpus,
-            "cpus": req.cpus,
-            "mem_mb": req.mem_mb,
-            "acquired_at": to_timestamp(utcnow()),
-        },
-        replace=True,
-    )
+    _hold(db, "one_shot_leases", "one_shot_id", one_shot_id, req)
 
 
 def release_for_one_shot(db: LedgerDatabase, one_shot_id: int) -> None:
