@@ -26,7 +26,7 @@ from typing import Any
 from sqlite_utils.db import NotFoundError
 
 from rxslurm.daemon.config import Config
-from rxslurm.daemon.containers.job_follow import Follower, Seen
+from rxslurm.daemon.containers.job_follow import Follower, Seen, follow_records
 from rxslurm.daemon.containers.service import ContainerService, _prepare_state_dir
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
@@ -524,23 +524,18 @@ class BuildService:
                 [*(s.value for s in ACTIVE_BUILDS), BuildState.CANCELLED.value, since],
             )
         ]
-        if not rows:
-            return 0
-        try:
-            queue = self.scheduler.queue(name_prefix=BUILD_JOB_PREFIX)
-        except SlurmUnavailable:
-            return 0
-        changes = 0
-        blind = any(s.job_id is None for s in queue.skipped)
         follower = Follower(
             self.scheduler, self.containers.clock, BuildState.QUEUED.value, self._is_ours
         )
-        for row in rows:
-            try:
-                changes += self._follow(row, follower, queue, blind)
-            except Exception:
-                log.exception("could not follow an image build", extra={"build": row["id"]})
-        return changes
+        return follow_records(
+            rows,
+            self.scheduler,
+            BUILD_JOB_PREFIX,
+            follower,
+            self._follow,
+            "an image build",
+            "build",
+        )
 
     def _follow(self, row: dict[str, Any], follower: Follower, queue: Listing, blind: bool) -> int:
         build_id = row["id"]

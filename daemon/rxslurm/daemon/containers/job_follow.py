@@ -11,6 +11,7 @@ records it could not read, nothing is concluded: the next pass looks again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +22,8 @@ from rxslurm.daemon.ledger.timestamps import from_timestamp
 from rxslurm.daemon.ports import Scheduler
 from rxslurm.slurm.errors import SlurmUnavailable
 from rxslurm.slurm.jobs import JobInfo, Listing
+
+log = logging.getLogger("rxslurm.job_follow")
 
 SUBMIT_GRACE_S = 120
 GONE_GRACE_S = 300
@@ -94,3 +97,35 @@ class Follower:
 
     def _within(self, stamp: str, seconds: float) -> bool:
         return self.clock() - from_timestamp(stamp) < timedelta(seconds=seconds)
+
+
+FollowOne = Callable[[dict[str, Any], Follower, Listing, bool], int]
+
+
+def follow_records(
+    rows: list[dict[str, Any]],
+    scheduler: Scheduler,
+    name_prefix: str,
+    follower: Follower,
+    follow: FollowOne,
+    what: str,
+    key: str,
+) -> int:
+    """One reconciler pass over a kind's records: one squeue for all (none while there are no
+    records; nothing concluded while Slurm cannot be asked), each record followed; one that fails
+    is logged (``what``, the record's id under ``key``) and left for the next pass. The number
+    of changes."""
+    if not rows:
+        return 0
+    try:
+        queue = scheduler.queue(name_prefix=name_prefix)
+    except SlurmUnavailable:
+        return 0
+    blind = any(s.job_id is None for s in queue.skipped)
+    changes = 0
+    for row in rows:
+        try:
+            changes += follow(row, follower, queue, blind)
+        except Exception:
+            log.exception(f"could not follow {what}", extra={key: row["id"]})
+    return changes

@@ -27,7 +27,7 @@ from typing import Any
 
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers.batch_plan import batch_plan
-from rxslurm.daemon.containers.job_follow import Follower, Seen
+from rxslurm.daemon.containers.job_follow import Follower, Seen, follow_records
 from rxslurm.daemon.containers.job_logs import clean_job_logs_soon
 from rxslurm.daemon.containers.service import ContainerService, _gres
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
@@ -433,23 +433,18 @@ class OneShotService:
                 [*(s.value for s in ACTIVE), OneShotState.CANCELLED.value, since],
             )
         ]
-        if not rows:
-            return 0
-        try:
-            queue = self.scheduler.queue(name_prefix=JOB_PREFIX)
-        except SlurmUnavailable:
-            return 0
-        blind = any(s.job_id is None for s in queue.skipped)
         follower = Follower(
             self.scheduler, self.containers.clock, OneShotState.QUEUED.value, self._is_ours
         )
-        changes = 0
-        for row in rows:
-            try:
-                changes += self._follow(row, follower, queue, blind)
-            except Exception:
-                log.exception("could not follow a one-shot command", extra={"one_shot": row["id"]})
-        return changes
+        return follow_records(
+            rows,
+            self.scheduler,
+            JOB_PREFIX,
+            follower,
+            self._follow,
+            "a one-shot command",
+            "one_shot",
+        )
 
     def _is_ours(self, row: dict[str, Any], job: JobInfo) -> bool:
         """A job proves to be this one-shot's by its comment and its user (any user can name a
