@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from bench.exec_latency import RXCTL, WARMUP, rotate
+from bench.exec_latency import RXCTL, STEP_PATH, WARMUP, rotate
 from bench.harness import BenchError, Failures, Result, Row, compare, summarize, timed_as
 from bench.rig import new_container, tag_of
 from bench.suite import Context
@@ -42,7 +42,7 @@ def run(ctx: Context) -> Result:
         rx_argv = [RXCTL, "--socket", str(rxd.socket), "exec", "--project", project, "--", "true"]
         raw_argv = ["srun", "--jobid", str(row["job_id"]), "--overlap", "--quiet", "true"]
         agent_env = {"RXSLURM_EXEC_PATH": "agent"}
-        step_env = {"RXSLURM_EXEC_PATH": "step"}
+        step_env = STEP_PATH
         result.params = {
             "tag": tag_of(rxd),
             "n": sizes.exec_n,

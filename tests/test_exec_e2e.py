@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import lifecycle
 from tests.support.cli import ok, refused
-from tests.support.cluster import run_as, spawn_as, user_env, wait_for
+from tests.support.cluster import processes_with, run_as, spawn_as, user_env, wait_for
 from tests.support.daemon import RXCTL, Rxd
 from tests.support.lifecycle import lifecycle_rxd
 from tests.support.real_apptainer import BASE_IMAGE
@@ -74,21 +74,6 @@ def running_project(rxd: Rxd, name: str, *options: str) -> dict:
 
 def rxctl_exec(rxd: Rxd, user: str, project: str, *argv: str, **kw) -> subprocess.CompletedProcess:
     return rxd.rxctl(user, "exec", "--project", project, "--", *argv, **kw)
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids whose command line holds `marker` (the Slurm step's, on this one-machine cluster)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def sleeping(seconds: str) -> list[int]:

@@ -23,7 +23,7 @@ import pexpect
 import pytest
 
 from tests.support.cli import ok
-from tests.support.cluster import user_env, wait_for
+from tests.support.cluster import processes_with, user_env, wait_for
 from tests.support.daemon import RXCTL, Rxd
 from tests.support.lifecycle import lifecycle_rxd, make_project, wait_state
 
@@ -60,18 +60,6 @@ def exec_as(user: str, rxd: Rxd, *argv: str, **streams) -> subprocess.Popen[byte
         cwd="/",
         **streams,
     )
-
-
-def processes_with(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 def descriptors(pid: int) -> set[str]:

@@ -15,11 +15,10 @@ import pytest
 
 from rxslurm.protocol.exec_frames import CONTENT_TYPE, FrameReader
 from tests.support.cli import ok
-from tests.support.cluster import wait_for
+from tests.support.cluster import processes_with, wait_for
 from tests.support.daemon import Rxd, free_port, running_rxd
 from tests.support.lifecycle import ADMIN, lifecycle_config, make_project, wait_state
 from tests.support.lifecycle import status as lifecycle_status
-from tests.test_exec_e2e import processes_with
 from tests.test_platform_e2e import TOKEN, write_token
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]

@@ -165,6 +165,22 @@ def run_as(
     )
 
 
+def processes_with(marker: str) -> list[int]:
+    """Pids whose command line holds `marker` (a Slurm step's, a container's command: on this
+    one-machine cluster every node's processes are in this /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
 def wait_for(
     predicate: Callable[[], T], timeout: float, interval: float = 0.2, what: str = "a condition"
 ) -> T:

@@ -33,7 +33,7 @@ from rxslurm.protocol.agent_wire import (
 from rxslurm.protocol.exec_wire import CONTROL, STDERR, STDIN, STDOUT, decode
 from rxslurm.slurm import request_binding
 from rxslurm.slurm.munge import Decoded, Err, MungeError
-from tests.support.cluster import wait_for
+from tests.support.cluster import processes_with, wait_for
 
 JOB = 4242
 OWNER = 2001
@@ -252,7 +252,7 @@ def test_ctrl_c_reaches_the_commands_trap_once(agent, munge) -> None:
         conn.send_request(munge, command("sh", "-c", script))
         assert conn.control() == {"started": True}
         sleeper = wait_for(
-            lambda: _processes(f"sleep\0{marker}\0"), timeout=10, what="the command"
+            lambda: processes_with(f"sleep\0{marker}\0"), timeout=10, what="the command"
         )[0]
         # The shell must be blocked in `wait` first: a SIGINT that comes between its fork of
         # `sleep` and its wait is one a loaded machine can lose to the shell's own race.
@@ -262,7 +262,7 @@ def test_ctrl_c_reaches_the_commands_trap_once(agent, munge) -> None:
         assert conn.finish() == (b"trapped\n", b"", {"exit": 42})
     finally:
         conn.close()
-    wait_for(lambda: not _processes(f"sleep\0{marker}\0"), timeout=10, what="its child to end")
+    wait_for(lambda: not processes_with(f"sleep\0{marker}\0"), timeout=10, what="its child to end")
 
 
 def test_a_caller_who_hangs_up_ends_the_command(agent, munge) -> None:
@@ -270,9 +270,11 @@ def test_a_caller_who_hangs_up_ends_the_command(agent, munge) -> None:
     conn = Conn(agent)
     conn.send_request(munge, command("sh", "-c", f"sleep {marker}; true"))
     assert conn.control() == {"started": True}
-    wait_for(lambda: _processes(f"sleep\0{marker}\0"), timeout=10, what="the command")
+    wait_for(lambda: processes_with(f"sleep\0{marker}\0"), timeout=10, what="the command")
     conn.close()
-    wait_for(lambda: not _processes(f"sleep\0{marker}\0"), timeout=10, what="the command to end")
+    wait_for(
+        lambda: not processes_with(f"sleep\0{marker}\0"), timeout=10, what="the command to end"
+    )
 
 
 def test_a_terminal_session_gets_a_terminal_of_the_size_asked(agent, munge) -> None:
@@ -292,18 +294,6 @@ def _sleeping(pid: int) -> bool:
         return False
     # (a compiler may suffix the symbol: "sigsuspend.isra.0")
     return state == "S" and wchan.split(".")[0] in ("do_wait", "sigsuspend", "do_sigsuspend")
-
-
-def _processes(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
 
 
 # -- who gets in -----------------------------------------------------------------------------
