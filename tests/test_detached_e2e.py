@@ -176,7 +176,7 @@ def test_a_detached_command_keeps_its_container_from_idle_sleep(rxd: Rxd) -> Non
     assert slept["reason"] == "idle for 1 min"
     assert status(rxd, OWNER, busy)["state"] == "running"
     ok(rxd.rxctl(OWNER, "kill", "--project", busy, command_id))
-    ok(rxd.rxctl(OWNER, "stop", "--project", busy))
+    ok(rxd.rxctl(OWNER, "stop", "--project", busy, "--force"))
 
 
 def test_status_shows_the_cpu_and_memory_a_busy_command_uses(rxd: Rxd, project: str) -> None:

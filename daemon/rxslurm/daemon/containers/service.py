@@ -27,6 +27,7 @@ from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers import start_image
 from rxslurm.daemon.containers.batch_plan import BatchPlan, batch_plan
 from rxslurm.daemon.containers.job_logs import clean_job_logs_soon
+from rxslurm.daemon.containers.open_work import OpenWork
 from rxslurm.daemon.containers.pulls import ImagePulls, carry_on
 from rxslurm.daemon.containers.snapshot_policy import (
     SnapshotTaker,
@@ -241,6 +242,9 @@ class ContainerService:
         self.changes = STATE_CHANGES
         # Live CPU, memory and GPUs of awake containers' jobs, cached briefly.
         self.usage = LiveUsage(scheduler)
+        # The sessions and detached commands open in a container (its id), read in the caller's
+        # ledger transaction; the detached commands' keeper (containers/sessions.py) sets it.
+        self.open_work: Callable[[LedgerDatabase, int], OpenWork] = lambda db, cid: OpenWork()
         # Called with a container's id when one of its jobs is submitted or ends: its logs
         # beyond the kept ones go, as the runtime user, on a thread of their own.
         self.clean_job_logs: Callable[[int], object] = lambda container_id: clean_job_logs_soon(
@@ -548,7 +552,7 @@ class ContainerService:
 
     def disable(self, actor: Actor, project: str, wait_s: float = 120.0) -> ContainerView:
         """Stop, then delete the overlay (the workspace stays). A failed delete rolls back."""
-        row, role = self._stop(actor, project, Action.DISABLE, "stopped by user")
+        row, role = self._stop(actor, project, Action.DISABLE, "stopped by user", force=True)
         with self.ledger.read() as db:
             row = _fresh_project(db, row)
             container = _container_of(db, row["id"])
@@ -993,23 +997,34 @@ class ContainerService:
         self.clean_job_logs(container_id)
         return job_id
 
-    def stop(self, actor: Actor, project: str, check: Action = Action.STOP) -> ContainerView:
-        """Stop the container; the overlay is kept."""
-        return self._view(*self._stop(actor, project, check, "stopped by user"))
+    def stop(
+        self, actor: Actor, project: str, check: Action = Action.STOP, force: bool = False
+    ) -> ContainerView:
+        """Stop the container; the overlay is kept. Without ``force``, refused while sessions or
+        detached commands are open in it: they would end with it."""
+        return self._view(*self._stop(actor, project, check, "stopped by user", force))
 
     def admin_stop(self, actor: Actor, project: str) -> dict[str, Any]:
-        """An admin stops a misbehaving container, whatever their role in its project."""
-        self._stop(actor, project, None, f"stopped by admin {actor.name}")
+        """An admin stops a misbehaving container, whatever their role in its project (and
+        whatever runs in it)."""
+        self._stop(actor, project, None, f"stopped by admin {actor.name}", force=True)
         return self.admin_view(project)
 
     def _stop(
-        self, actor: Actor, project: str, check: Action | None, reason: str
+        self, actor: Actor, project: str, check: Action | None, reason: str, force: bool
     ) -> tuple[dict[str, Any], Role | None]:
         with self.ledger.transaction() as db:
             row, role = _project_for(db, actor, project, check)
             container = _container_of(db, row["id"])
             if container is None or container["state"] == State.DISABLED:
                 raise Conflict(f"the container of {project} is not enabled")
+            if not force and container["state"] in ACTIVE:
+                work = self.open_work(db, container["id"])
+                if work:
+                    raise Conflict(
+                        f"{project} has {work.describe()}; stop it with --force "
+                        "(force: true) to end them"
+                    )
             job_id = request_stop(db, container, reason, **_actor_kw(actor))
         if job_id is not None:
             self.cancel_job(job_id)
