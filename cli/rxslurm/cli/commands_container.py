@@ -152,8 +152,9 @@ STOPPABLE = frozenset({"waiting", "starting", "running"})
 def stop(client: Client, project: str | None, force: bool, all_: bool, json_: bool) -> None:
     """Stop the container; its overlay and workspace are kept (manager+).
 
-    Batch steps get a snapshot of the overlay once it has stopped. A container with open exec/shell sessions or running detached commands (`rxctl ps`) is not
-    stopped: rxd names them; --force stops it anyway, ending them.
+    Batch steps get a snapshot of the overlay once it has stopped. A container with open
+    exec/shell sessions or running detached commands (`rxctl ps`) is not stopped: rxd names
+    them; --force stops it anyway, ending them.
 
     Example: rxctl stop --project alpha --force
     """
