@@ -209,7 +209,10 @@ retry = _lifecycle(
 @click.pass_obj
 @api_errors
 def status(client: Client, project: str | None, json_: bool) -> None:
-    """Show the container's state, job, node, GPUs, uptime and last error.
+    """Show the container's state, job, node, GPUs, uptime, usage and last error.
+
+    An awake container also shows its open sessions and detached commands, and how long until
+    it sleeps when idle and until its job's time limit (rxd's best guess).
 
     Example: rxctl status --project alpha
     """

@@ -26,6 +26,7 @@ from rxslurm.daemon import failpoints
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers import start_image
 from rxslurm.daemon.containers.batch_plan import BatchPlan, batch_plan
+from rxslurm.daemon.containers.countdowns import countdowns
 from rxslurm.daemon.containers.job_logs import clean_job_logs_soon
 from rxslurm.daemon.containers.open_work import OpenWork
 from rxslurm.daemon.containers.pulls import ImagePulls, carry_on
@@ -303,8 +304,35 @@ class ContainerService:
                 if self.slurm_reachable
                 else {"unavailable": "Slurm did not answer rxd's last look"}
             )
-            view = replace(view, usage=usage)
+            view = replace(view, usage=usage, countdowns=self._countdowns(view))
         return view
+
+    def _countdowns(self, view: ContainerView) -> dict[str, Any] | None:
+        """Open work and the time left until idle sleep and the job's time limit (best effort:
+        None when the ledger no longer has the container or its project)."""
+        with self.ledger.read() as db:
+            container = db.table("containers").get(view.container_id) if view.container_id else None
+            if container is None:
+                return None
+            project = db.table("projects").get(container["project_id"])
+            job = db.execute(
+                "SELECT started_at FROM jobs WHERE job_id = ?", [container["job_id"]]
+            ).fetchone()
+            work = self.open_work(db, container["id"])
+        eff = effective(Settings.from_row(project), self.config.defaults)
+        started_with = from_json(container["settings"]) or {}
+        limit = started_with.get("effective", {}).get("time_limit_min", eff.time_limit_min)
+        last = container["last_activity_at"] or container["started_at"]
+        job_start = (job[0] if job else None) or container["started_at"]
+        return countdowns(
+            self.clock(),
+            sessions=len(work.sessions),
+            detached=len(work.commands),
+            idle_timeout_min=eff.idle_timeout_min,
+            last_activity=from_timestamp(last) if last else None,
+            time_limit_min=limit if isinstance(limit, int) else None,
+            job_started=from_timestamp(job_start) if job_start else None,
+        ).to_dict()
 
     def _authorize(
         self, actor: Actor, project: str, check: Action

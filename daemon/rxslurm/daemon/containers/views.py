@@ -46,6 +46,9 @@ class ContainerView:
     container_id: int | None = None
     # What the awake container's job uses now (`rxctl status` only; containers/usage.py).
     usage: dict[str, Any] | None = None
+    # Open sessions and detached commands, time left until idle sleep and the job's time limit
+    # (`rxctl status` of an awake container only; containers/countdowns.py).
+    countdowns: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -55,6 +58,8 @@ class ContainerView:
             del data["state_unknown"]
         if self.usage is None:
             del data["usage"]
+        if self.countdowns is None:
+            del data["countdowns"]
         return data
 
 
