@@ -16,6 +16,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,9 @@ from rxslurm.slurm.errors import SlurmError, SlurmRejected, SlurmUnavailable
 from rxslurm.slurm.runas import RunAs, run
 
 log = logging.getLogger("rxslurm.containers")
+
+# How many awake containers' usage the admin list samples at once (one sstat each, not cached).
+USAGE_SAMPLERS = 4
 
 
 def job_comment(config: Config, container_id: int) -> str:
@@ -1168,8 +1172,11 @@ class ContainerService:
                 container_id, {"last_activity_at": to_timestamp(self.clock())}
             )
 
-    def admin_containers(self, project: str | None = None) -> list[dict[str, Any]]:
-        """Every starting, running, stopping and waiting container, with what it holds or asks."""
+    def admin_containers(
+        self, project: str | None = None, with_usage: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every starting, running, stopping and waiting container, with what it holds or asks;
+        ``with_usage``: a running one's job's usage now too (the cached `status` usage)."""
         where = "c.state IN (?, ?, ?, ?)"
         args: list[Any] = [s.value for s in ACTIVE]
         if project is not None:
@@ -1219,7 +1226,27 @@ class ContainerService:
                     "age_s": int((now - from_timestamp(since)).total_seconds()) if since else None,
                 }
             )
+        if with_usage:
+            self._add_usage(result)
         return result
+
+    def _add_usage(self, rows: list[dict[str, Any]]) -> None:
+        """A running container's ``usage`` as `status` shows it (None for the others). Samples
+        not cached are taken a few at a time: each sstat waits at most its own short deadline."""
+        running = [r for r in rows if r["state"] == State.RUNNING and r["job_id"]]
+        for row in rows:
+            row["usage"] = None
+        if not running:
+            return
+        if not self.slurm_reachable:
+            for row in running:
+                row["usage"] = {"unavailable": "Slurm did not answer rxd's last look"}
+            return
+        with ThreadPoolExecutor(max_workers=USAGE_SAMPLERS) as pool:
+            for row, usage in zip(
+                running, pool.map(lambda r: self.usage.of(r["job_id"]), running), strict=True
+            ):
+                row["usage"] = usage
 
     def admin_view(self, project: str) -> dict[str, Any]:
         found = self.admin_containers(project)
