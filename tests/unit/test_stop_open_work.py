@@ -3,16 +3,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
 from rxslurm.cli.client import ClientError
 from rxslurm.cli.commands_container import stop
+from rxslurm.daemon.api import routes_containers
+from rxslurm.daemon.api.app import make_app
+from rxslurm.daemon.api.context import DAEMON
 from rxslurm.daemon.containers.open_work import OpenSession, OpenWork, RunningCommand
 from rxslurm.daemon.containers.sessions import DetachedCommands, LiveSession
 from rxslurm.daemon.errors import Conflict
@@ -185,3 +192,62 @@ def test_rxctl_stop_all_with_a_project_is_a_usage_error_that_sends_nothing() -> 
     result = CliRunner().invoke(stop, ["--all", "--project", "alpha"], obj=client)
 
     assert result.exit_code == 2 and client.asked == []
+
+
+# -- the API stop -----------------------------------------------------------------------------
+
+
+@web.middleware
+async def as_owner(request: web.Request, handler: Any) -> web.StreamResponse:
+    request["actor"] = OWNER
+    return await handler(request)
+
+
+def post(w: World, route: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    app = make_app(
+        routes_containers.routes, {DAEMON: SimpleNamespace(containers=w.service)}, identify=as_owner
+    )
+
+    async def run() -> tuple[int, dict[str, Any]]:
+        async with TestClient(TestServer(app)) as client:
+            response = await client.post(route, json=body)
+            return response.status, await response.json()
+
+    return asyncio.run(run())
+
+
+def test_the_api_stop_answers_409_with_open_work_and_stops_with_force_true(
+    tmp_path: Path,
+) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    job_id = running(w, "alpha")
+    open_shell(with_commands(w), w, job_id)
+
+    status, refused = post(w, "/v1/projects/alpha/stop")
+    assert status == 409 and "1 open session (shell by ada)" in refused["error"]["message"]
+    assert w.slurm.cancelled == []
+
+    status, answer = post(w, "/v1/projects/alpha/stop", {"force": True})
+    assert status == 200 and answer["state"] == "stopping"
+    assert w.slurm.cancelled == [job_id]
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/projects/alpha/stop", {"force": "yes"}),
+        ("/v1/projects/alpha/stop", {"force": 1}),
+        ("/v1/projects/alpha/start", {"force": True}),
+        ("/v1/projects/alpha/stop", {"forse": True}),
+    ],
+)
+def test_a_bad_force_is_a_400_that_changes_nothing(
+    tmp_path: Path, route: str, body: dict[str, Any]
+) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    running(w, "alpha")
+
+    status, answer = post(w, route, body)
+
+    assert status == 400, answer
+    assert w.state("alpha") == "running" and w.slurm.cancelled == []
