@@ -23,7 +23,9 @@ from rxslurm.daemon.api.context import DAEMON
 from rxslurm.daemon.containers.open_work import OpenSession, OpenWork, RunningCommand
 from rxslurm.daemon.containers.sessions import DetachedCommands, LiveSession
 from rxslurm.daemon.errors import Conflict
+from rxslurm.sdk import Container
 from tests.unit.test_reconciler_edges import OWNER, World, running, world
+from tests.unit.test_sdk import StandInClient
 
 
 def with_commands(w: World) -> DetachedCommands:
@@ -251,3 +253,22 @@ def test_a_bad_force_is_a_400_that_changes_nothing(
 
     assert status == 400, answer
     assert w.state("alpha") == "running" and w.slurm.cancelled == []
+
+
+def test_the_sdks_stop_sends_force_only_when_asked() -> None:
+    class Stopped(StandInClient):
+        def request(self, method: str, path: str, body: Any = None) -> Any:
+            super().request(method, path, body)
+            return {"project": "alpha", "name": "rx-alpha", "state": "stopped"}
+
+    fake = Stopped()
+    box = Container("alpha")
+    box._client = fake  # type: ignore[assignment]
+
+    box.stop()
+    box.stop(force=True)
+
+    assert [(p, b) for m, p, b in fake.requests if m == "POST"] == [
+        ("/v1/projects/alpha/stop", None),
+        ("/v1/projects/alpha/stop", {"force": True}),
+    ]
