@@ -65,6 +65,7 @@ def test_a_stop_with_an_open_shell_and_a_detached_command_is_refused_naming_them
     open_shell(commands, w, job_id)
     detached(w, job_id, "0a1b2c3d", ["/usr/bin/python", "train.py"], "running")
     detached(w, job_id, "0a1b2c3e", ["true"], "ended")
+    detached(w, job_id - 1, "0a1b2c3f", ["sleep", "9"], "running")  # an older job's: ended too
 
     with pytest.raises(Conflict) as refused:
         w.service.stop(OWNER, "alpha")
@@ -72,7 +73,12 @@ def test_a_stop_with_an_open_shell_and_a_detached_command_is_refused_naming_them
     message = refused.value.message
     assert "1 open session (shell by ada)" in message
     assert "1 running detached command (0a1b2c3d python by ada)" in message
-    assert "0a1b2c3e" not in message and "--force" in message and "\n" not in message
+    assert (
+        "0a1b2c3e" not in message
+        and "0a1b2c3f" not in message
+        and "--force" in message
+        and "\n" not in message
+    )
     assert w.state("alpha") == "running" and w.row("alpha")["desired"] != "stopped"
     assert w.slurm.cancelled == []
 

@@ -154,11 +154,14 @@ class DetachedCommands:
 
     def open_work(self, db: LedgerDatabase, container_id: int) -> OpenWork:
         """The container's open interactive sessions and the detached commands the ledger says
-        still run (a stop refuses while there are any, unless forced)."""
+        still run in its current job (a stop refuses while there are any, unless forced). A
+        step ends with its job: a row of an older job still `running` only waits for `ps` to
+        settle it."""
         found = db.execute(
             "SELECT id, argv, started_by FROM exec_sessions WHERE container_id = ? AND "
-            "state = 'running' ORDER BY started_at",
-            [container_id],
+            "state = 'running' AND job_id = (SELECT job_id FROM containers WHERE id = ?) "
+            "ORDER BY started_at",
+            [container_id, container_id],
         ).fetchall()
         return OpenWork(
             sessions=tuple(
