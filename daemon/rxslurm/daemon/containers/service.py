@@ -315,10 +315,17 @@ class ContainerService:
         """Open work and the time left until idle sleep and the job's time limit (best effort:
         None when the ledger no longer has the container or its project)."""
         with self.ledger.read() as db:
-            container = db.table("containers").get(view.container_id) if view.container_id else None
+            # Deleted meanwhile (the status was read a moment ago): nothing to count down.
+            container = next(
+                iter(db.table("containers").rows_where("id = ?", [view.container_id])), None
+            )
             if container is None:
                 return None
-            project = db.table("projects").get(container["project_id"])
+            project = next(
+                iter(db.table("projects").rows_where("id = ?", [container["project_id"]])), None
+            )
+            if project is None:
+                return None
             job = db.execute(
                 "SELECT started_at FROM jobs WHERE job_id = ?", [container["job_id"]]
             ).fetchone()
