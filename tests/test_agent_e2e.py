@@ -84,7 +84,7 @@ def rxd() -> Iterator[Rxd]:
         try:
             yield daemon
         finally:
-            daemon.rxctl("rxalice", "stop", "--project", PROJECT)
+            daemon.rxctl("rxalice", "stop", "--project", PROJECT, "--force")
             wait_for(
                 lambda: state_of(daemon, PROJECT) in RESTING, timeout=60, what=f"{PROJECT} to stop"
             )

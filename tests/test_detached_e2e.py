@@ -1,8 +1,8 @@
 """`rxctl exec --detach`, `rxctl ps`, `rxctl kill` and `rxctl logs --exec` on the real cluster:
 a detached command keeps running after rxctl has returned, its output reaches its log, `ps`
 lists it with its step, `kill` ends a detached `sleep` (and `ps` then shows it ended), a
-viewer may neither start, list nor kill one; and `rxctl status` shows the CPU and memory a busy
-one uses (sstat)."""
+viewer may neither start, list nor kill one; a plain stop is refused while one runs; and `rxctl
+status` shows the CPU and memory a busy one uses (sstat) and the commands running."""
 
 from __future__ import annotations
 
@@ -158,6 +158,20 @@ def test_kill_ends_a_detached_sleep_and_ps_shows_it_ended(rxd: Rxd, project: str
     ), shown
 
 
+def test_a_stop_while_a_detached_command_runs_is_refused_naming_it(rxd: Rxd, project: str) -> None:
+    command_id = detach(rxd, "sleep", "600")
+
+    line = refused(rxd.rxctl(OWNER, "stop", "--project", project))
+
+    assert re.search(r"\d+ running detached commands? \(", line), line
+    assert f"{command_id} sleep by {OWNER}" in line and "--force" in line, line
+    assert status(rxd, OWNER, project)["state"] == "running"
+    countdowns = status(rxd, OWNER, project)["countdowns"]
+    assert countdowns["detached"] >= 1 and countdowns["idle_sleep_in_s"] is None, countdowns
+    ok(rxd.rxctl(OWNER, "kill", "--project", project, command_id))
+    wait_for(lambda: one(rxd, command_id)["state"] == "ended", 60, what="the command to end")
+
+
 def test_a_detached_command_keeps_its_container_from_idle_sleep(rxd: Rxd) -> None:
     # Two containers with a 1-minute idle timeout: the one with a detached command started
     # first, so once the other has gone to sleep, this one had its idle minute too.
@@ -177,7 +191,7 @@ def test_a_detached_command_keeps_its_container_from_idle_sleep(rxd: Rxd) -> Non
     assert slept["reason"] == "idle for 1 min"
     assert status(rxd, OWNER, busy)["state"] == "running"
     ok(rxd.rxctl(OWNER, "kill", "--project", busy, command_id))
-    ok(rxd.rxctl(OWNER, "stop", "--project", busy))
+    ok(rxd.rxctl(OWNER, "stop", "--project", busy, "--force"))
 
 
 def test_status_shows_the_cpu_and_memory_a_busy_command_uses(rxd: Rxd, project: str) -> None:

@@ -37,7 +37,7 @@ def rxd() -> Iterator[Rxd]:
         finally:
             # Free the cluster for others: no job of this module outlives it.
             for project in (MAIN, GPU, WAKE):
-                daemon.rxctl("rxalice", "stop", "--project", project)
+                daemon.rxctl("rxalice", "stop", "--project", project, "--force")
             for project in (MAIN, GPU, WAKE):
                 wait_for(
                     lambda p=project: container_state(daemon, p) in RESTING,

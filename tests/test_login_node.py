@@ -71,7 +71,7 @@ def login() -> Iterator[LoginNode]:
         try:
             yield node
         finally:
-            node.rxctl("rxalice", "stop", "--project", PROJECT)
+            node.rxctl("rxalice", "stop", "--project", PROJECT, "--force")
 
 
 def running(login: LoginNode) -> dict:

@@ -208,7 +208,10 @@ def test_history_lists_a_stop_start_cycle_with_who_did_it(rxd: Rxd, live: str) -
     assert moves[-1][0] == "rxd" and moves[-1][2:] == ("running", second), moves
     added = [e["detail"]["user"] for e in answer["events"] if e["action"] == "project.member-added"]
     assert added == [MANAGER, VIEWER]
+    # sacct knows both jobs; the project asks for no GPU, so they used none.
+    assert answer["gpu_usage"] == {"gpu_hours": 0.0, "by_user": {}, "jobs": 0, "skipped": 0}
     table = output(rxd.rxctl(VIEWER, "history", "--project", live))
+    assert table.splitlines()[-1] == "GPU-hours: 0.00 over 0 job(s)", table
     assert re.search(rf"\b{MANAGER} +stopped -> starting\b", table), table
     # From starting, or from a wait for resources on a busy cluster.
     assert re.search(rf"rxd +(starting|waiting_for_resources) -> running +{second}\b", table), table

@@ -119,6 +119,12 @@ def test_two_of_three_run_the_third_waits_and_starts_when_an_admin_stops_one() -
             "JOB",
             "NODE",
             "AGE",
+            "CPU",
+            "BUSY",
+            "MEM",
+            "USED",
+            "GPUS",
+            "HELD",
             "REASON",
         ]
         (quota,) = admin_json(rxd, "quota", "list")["quotas"]

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import click
 
 from rxslurm.cli import exec_client, render, session, units
-from rxslurm.cli.client import Client
+from rxslurm.cli.client import Client, ClientError
 from rxslurm.cli.common import (
     api_errors,
     echo,
@@ -129,13 +129,69 @@ start = _waiting(
     "started",
     fresh=True,
 )
-stop = _lifecycle(
-    "stop",
-    "Stop the container; its overlay and workspace are kept, and batch steps get a snapshot of "
-    "the overlay once it has stopped (manager+).",
-    "rxctl stop --project alpha",
-    "stopping",
+# The roles that may stop a container (rxd decides; `--all` only skips the others' containers),
+# and the states a stop acts on (STOPPING is on its way already).
+STOPPERS = frozenset({"owner", "manager"})
+STOPPABLE = frozenset({"waiting", "starting", "running"})
+
+
+@click.command()
+@project_option
+@click.option(
+    "--force", is_flag=True, help="Stop even while exec/shell sessions or detached commands run."
 )
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Stop every awake or queued container of your projects that you may stop.",
+)
+@json_option
+@click.pass_obj
+@api_errors
+def stop(client: Client, project: str | None, force: bool, all_: bool, json_: bool) -> None:
+    """Stop the container; its overlay and workspace are kept (manager+).
+
+    Batch steps get a snapshot of the overlay once it has stopped. A container with open
+    exec/shell sessions or running detached commands (`rxctl ps`) is not stopped: rxd names
+    them; --force stops it anyway, ending them.
+
+    Example: rxctl stop --project alpha --force
+    """
+    body = {"force": True} if force else None
+    if not all_:
+        name = choose_project(client, project)
+        _show(
+            client.post(routes.path(routes.CONTAINER_ACTION, name, "stop"), body), "stopping", json_
+        )
+        return
+    if project is not None:
+        raise click.UsageError("--all stops every container of yours; leave out --project")
+    mine = client.get(routes.CONTAINERS)["containers"]
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for row in mine:
+        if row["role"] not in STOPPERS or row["state"] not in STOPPABLE:
+            continue
+        try:
+            result = client.post(routes.path(routes.CONTAINER_ACTION, row["project"], "stop"), body)
+        except ClientError as exc:
+            failed += 1
+            results.append({"project": row["project"], "error": str(exc)})
+            if not json_:
+                echo(f"{row['project']}: not stopped: {exc}")
+            continue
+        results.append(result)
+        if not json_:
+            _show(result, "stopping", False)
+    if json_:
+        emit_json({"containers": results})
+    elif not results:
+        echo("No awake or queued container of yours to stop.")
+    if failed:
+        sys.exit(1)
+
+
 disable = _lifecycle(
     "disable",
     "Stop the container and delete its overlay; the workspace stays (owner).",
@@ -153,7 +209,10 @@ retry = _lifecycle(
 @click.pass_obj
 @api_errors
 def status(client: Client, project: str | None, json_: bool) -> None:
-    """Show the container's state, job, node, GPUs, uptime and last error.
+    """Show the container's state, job, node, GPUs, uptime, usage and last error.
+
+    An awake container also shows its open sessions and detached commands, and how long until
+    it sleeps when idle and until its job's time limit (rxd's best guess).
 
     Example: rxctl status --project alpha
     """

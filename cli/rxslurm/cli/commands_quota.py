@@ -108,6 +108,20 @@ def mirror_lines(entries: Sequence[Mapping[str, Any]], quota_id: Any = None) -> 
     return lines
 
 
+def usage_cells(usage: Any) -> tuple[str, str, str]:
+    """CPUs busy now, memory in use and GPUs held, as `rxctl status` measures them; "-" for
+    what is not known (not running, Slurm did not say, the first sample of CPU)."""
+    if not isinstance(usage, Mapping):
+        return ("-", "-", "-")
+    gpus = usage.get("gpus")
+    held = str(gpus) if isinstance(gpus, int) and not isinstance(gpus, bool) else "-"
+    if "unavailable" in usage:
+        return ("-", "-", held)
+    busy = usage.get("cpus_busy")
+    cpu = f"{busy:g}" if isinstance(busy, int | float) and not isinstance(busy, bool) else "-"
+    return (cpu, render.size_text(usage.get("memory_bytes")), held)
+
+
 def container_lines(
     containers: Sequence[Mapping[str, Any]], shape: render.Shape = render.PEOPLE
 ) -> list[str]:
@@ -123,6 +137,9 @@ def container_lines(
             "JOB",
             "NODE",
             "AGE",
+            "CPU BUSY",
+            "MEM USED",
+            "GPUS HELD",
             "REASON",
         ),
         [
@@ -137,6 +154,7 @@ def container_lines(
                 c.get("job_id"),
                 c.get("node"),
                 age(c.get("age_s")),
+                *usage_cells(c.get("usage")),
                 c.get("reason"),
             )
             for c in containers
@@ -282,6 +300,9 @@ def rm(client: Client, quota_id: int, json_: bool) -> None:
 @list_command
 def containers(client: Client, json_: bool, shape: render.Shape) -> None:
     """List every starting, running, stopping and waiting container, with what it holds.
+
+    A running one also shows what its job uses now, as `rxctl status` does: CPUs busy, memory
+    in use and GPUs held ("-" when Slurm does not say).
 
     Example: rxctl admin containers --json
     """

@@ -303,6 +303,28 @@ def duration(seconds: Any) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def countdown_items(c: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """`rxctl status` of an awake container: open work, and how long until idle sleep and the
+    job's time limit (rxd's best guess)."""
+    sessions, detached = c.get("sessions"), c.get("detached")
+    open_work = f"{cell(sessions)} session(s), {cell(detached)} detached command(s)"
+    timeout = c.get("idle_timeout_min")
+    if isinstance(c.get("idle_sleep_in_s"), int):
+        idle = f"in {duration(c['idle_sleep_in_s'])} (after {cell(timeout)} min idle)"
+    elif not isinstance(timeout, int) or timeout <= 0:
+        idle = "never (no idle timeout)"
+    elif sessions or detached:
+        idle = "not while sessions or detached commands are open"
+    else:
+        idle = "-"
+    limit = (
+        f"in {duration(c['time_limit_in_s'])} (of {cell(c.get('time_limit_min'))} min)"
+        if isinstance(c.get("time_limit_in_s"), int)
+        else "- (the partition's)"
+    )
+    return [("open", open_work), ("idle sleep", idle), ("time limit", limit)]
+
+
 NO_SNAPSHOT = "none yet: batch steps get the bare image"
 
 
@@ -376,6 +398,7 @@ def status_lines(s: Mapping[str, Any]) -> list[str]:
         # sbatch's own flags, when the project sets them (older rxd: not in the answer).
         *[(flag, cell(s[flag])) for flag in JOB_FLAGS if s.get(flag)],
         *([("usage", usage_text(s["usage"]))] if isinstance(s.get("usage"), Mapping) else []),
+        *(countdown_items(s["countdowns"]) if isinstance(s.get("countdowns"), Mapping) else []),
         ("workspace", f"{cell(s['workspace'])} (at /workspace)"),
         ("fixed mounts", cell(s.get("fixed_mounts"))),
         ("over quota", cell(s.get("over_quota"))),

@@ -247,16 +247,19 @@ class Container:
             raise
         return project
 
-    def stop(self, grace_period_seconds: float = 30) -> Container:
+    def stop(self, grace_period_seconds: float = 30, force: bool = False) -> Container:
         """Stop the container (its overlay and workspace stay) and wait until it has stopped.
 
         rxd sends the instance SIGTERM, then ends the job after its own grace
         (`[containers] stop_grace_s`); this waits at most `grace_period_seconds` for that and
-        raises Timeout (the container still stopping) if it takes longer.
+        raises Timeout (the container still stopping) if it takes longer. While exec sessions
+        or detached commands are open in it rxd refuses (a conflict naming them) unless
+        `force`.
         """
         with translated():
             self._status = self._client.post(
-                routes.path(routes.CONTAINER_ACTION, self.name, "stop")
+                routes.path(routes.CONTAINER_ACTION, self.name, "stop"),
+                {"force": True} if force else None,
             )
         deadline = time.monotonic() + grace_period_seconds
         while self.status in (State.STOPPING, State.STARTING, State.WAITING, State.RUNNING):

@@ -54,7 +54,7 @@ async def all_containers(request: web.Request) -> web.Response:
     await admin_actor(request)
     daemon = daemon_of(request)
     return json_response(
-        {"containers": await asyncio.to_thread(daemon.containers.admin_containers)}
+        {"containers": await asyncio.to_thread(daemon.containers.admin_containers, with_usage=True)}
     )
 
 

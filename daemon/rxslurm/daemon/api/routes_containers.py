@@ -4,11 +4,12 @@ plan, overlay snapshots, a reset; the caller's containers."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 
 from aiohttp import web
 
-from rxslurm.daemon.api.app import caller_of, json_response
+from rxslurm.daemon.api.app import caller_of, json_response, read_json
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
 from rxslurm.daemon.containers.reset import fresh_start, reset_overlay
@@ -43,6 +44,12 @@ async def act(request: web.Request) -> web.Response:
         raise BadRequest("fresh is 0 or 1, and only for start")
     if fresh == "1":
         action = fresh_start
+    body = await read_json(request, ("force",))
+    force = body.get("force", False)
+    if not isinstance(force, bool) or (force and action is not ContainerService.stop):
+        raise BadRequest("force is true or false, and only for stop")
+    if force:
+        action = functools.partial(ContainerService.stop, force=True)
     # Enabling may pull an image and disabling waits for the job to stop: slow work's own pool.
     view = await run_slow(action, daemon.containers, actor, request.match_info["name"])
     return json_response(view.to_dict())

@@ -9,6 +9,7 @@ from aiohttp import web
 from rxslurm.daemon.api.app import json_response
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
+from rxslurm.daemon.containers.gpu_hours import project_gpu_hours
 from rxslurm.daemon.containers.history import DEFAULT_LIMIT, MAX_LIMIT, project_history
 from rxslurm.daemon.containers.job_logs import container_logs
 from rxslurm.daemon.errors import BadRequest
@@ -63,4 +64,15 @@ async def history(request: web.Request) -> web.Response:
         request.match_info["name"],
         limit or DEFAULT_LIMIT,
     )
-    return json_response({"project": request.match_info["name"], "events": events})
+    # sacct through the Scheduler port; best effort, after the events' own authorization.
+    used = await asyncio.to_thread(
+        project_gpu_hours,
+        daemon.ledger,
+        daemon.containers.scheduler,
+        actor,
+        request.match_info["name"],
+        daemon.containers.clock().timestamp(),
+    )
+    return json_response(
+        {"project": request.match_info["name"], "events": events, "gpu_usage": used}
+    )

@@ -50,7 +50,7 @@ def _asleep(
     if container is None or container["state"] == State.DISABLED or not container["state_dir"]:
         raise Conflict(f"the container of {project} is not enabled")
     if container["state"] in ACTIVE:
-        service.stop(actor, project, Action.DISABLE)
+        service.stop(actor, project, Action.DISABLE, force=True)
         stopped = service.wait_for(container["id"], lambda r: r["state"] not in ACTIVE, wait_s)
         if stopped is None:
             raise Conflict(f"the container of {project} did not stop within {wait_s:.0f}s")

@@ -16,6 +16,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from rxslurm.daemon import failpoints
 from rxslurm.daemon.config import Config
 from rxslurm.daemon.containers import start_image
 from rxslurm.daemon.containers.batch_plan import BatchPlan, batch_plan
+from rxslurm.daemon.containers.countdowns import countdowns
 from rxslurm.daemon.containers.job_logs import clean_job_logs_soon
+from rxslurm.daemon.containers.open_work import OpenWork
 from rxslurm.daemon.containers.pulls import ImagePulls, carry_on
 from rxslurm.daemon.containers.snapshot_policy import (
     SnapshotTaker,
@@ -69,6 +72,9 @@ from rxslurm.slurm.errors import SlurmError, SlurmRejected, SlurmUnavailable
 from rxslurm.slurm.runas import RunAs, run
 
 log = logging.getLogger("rxslurm.containers")
+
+# How many awake containers' usage the admin list samples at once (one sstat each, not cached).
+USAGE_SAMPLERS = 4
 
 
 def job_comment(config: Config, container_id: int) -> str:
@@ -243,6 +249,9 @@ class ContainerService:
         self.changes = STATE_CHANGES
         # Live CPU, memory and GPUs of awake containers' jobs, cached briefly.
         self.usage = LiveUsage(scheduler)
+        # The sessions and detached commands open in a container (its id), read in the caller's
+        # ledger transaction; the detached commands' keeper (containers/sessions.py) sets it.
+        self.open_work: Callable[[LedgerDatabase, int], OpenWork] = lambda db, cid: OpenWork()
         # Called with a container's id when one of its jobs is submitted or ends: its logs
         # beyond the kept ones go, as the runtime user, on a thread of their own.
         self.clean_job_logs: Callable[[int], object] = lambda container_id: clean_job_logs_soon(
@@ -301,8 +310,42 @@ class ContainerService:
                 if self.slurm_reachable
                 else {"unavailable": "Slurm did not answer rxd's last look"}
             )
-            view = replace(view, usage=usage)
+            view = replace(view, usage=usage, countdowns=self._countdowns(view))
         return view
+
+    def _countdowns(self, view: ContainerView) -> dict[str, Any] | None:
+        """Open work and the time left until idle sleep and the job's time limit (best effort:
+        None when the ledger no longer has the container or its project)."""
+        with self.ledger.read() as db:
+            # Deleted meanwhile (the status was read a moment ago): nothing to count down.
+            container = next(
+                iter(db.table("containers").rows_where("id = ?", [view.container_id])), None
+            )
+            if container is None:
+                return None
+            project = next(
+                iter(db.table("projects").rows_where("id = ?", [container["project_id"]])), None
+            )
+            if project is None:
+                return None
+            job = db.execute(
+                "SELECT started_at FROM jobs WHERE job_id = ?", [container["job_id"]]
+            ).fetchone()
+            work = self.open_work(db, container["id"])
+        eff = effective(Settings.from_row(project), self.config.defaults)
+        started_with = from_json(container["settings"]) or {}
+        limit = started_with.get("effective", {}).get("time_limit_min", eff.time_limit_min)
+        last = container["last_activity_at"] or container["started_at"]
+        job_start = (job[0] if job else None) or container["started_at"]
+        return countdowns(
+            self.clock(),
+            sessions=len(work.sessions),
+            detached=len(work.commands),
+            idle_timeout_min=eff.idle_timeout_min,
+            last_activity=from_timestamp(last) if last else None,
+            time_limit_min=limit if isinstance(limit, int) else None,
+            job_started=from_timestamp(job_start) if job_start else None,
+        ).to_dict()
 
     def _authorize(
         self, actor: Actor, project: str, check: Action
@@ -554,7 +597,7 @@ class ContainerService:
 
     def disable(self, actor: Actor, project: str, wait_s: float = 120.0) -> ContainerView:
         """Stop, then delete the overlay (the workspace stays). A failed delete rolls back."""
-        row, role = self._stop(actor, project, Action.DISABLE, "stopped by user")
+        row, role = self._stop(actor, project, Action.DISABLE, "stopped by user", force=True)
         with self.ledger.read() as db:
             row = _fresh_project(db, row)
             container = _container_of(db, row["id"])
@@ -1001,23 +1044,34 @@ class ContainerService:
         self.clean_job_logs(container_id)
         return job_id
 
-    def stop(self, actor: Actor, project: str, check: Action = Action.STOP) -> ContainerView:
-        """Stop the container; the overlay is kept."""
-        return self._view(*self._stop(actor, project, check, "stopped by user"))
+    def stop(
+        self, actor: Actor, project: str, check: Action = Action.STOP, force: bool = False
+    ) -> ContainerView:
+        """Stop the container; the overlay is kept. Without ``force``, refused while sessions or
+        detached commands are open in it: they would end with it."""
+        return self._view(*self._stop(actor, project, check, "stopped by user", force))
 
     def admin_stop(self, actor: Actor, project: str) -> dict[str, Any]:
-        """An admin stops a misbehaving container, whatever their role in its project."""
-        self._stop(actor, project, None, f"stopped by admin {actor.name}")
+        """An admin stops a misbehaving container, whatever their role in its project (and
+        whatever runs in it)."""
+        self._stop(actor, project, None, f"stopped by admin {actor.name}", force=True)
         return self.admin_view(project)
 
     def _stop(
-        self, actor: Actor, project: str, check: Action | None, reason: str
+        self, actor: Actor, project: str, check: Action | None, reason: str, force: bool
     ) -> tuple[dict[str, Any], Role | None]:
         with self.ledger.transaction() as db:
             row, role = _project_for(db, actor, project, check)
             container = _container_of(db, row["id"])
             if container is None or container["state"] == State.DISABLED:
                 raise Conflict(f"the container of {project} is not enabled")
+            if not force and container["state"] in ACTIVE:
+                work = self.open_work(db, container["id"])
+                if work:
+                    raise Conflict(
+                        f"{project} has {work.describe()}; stop it with --force "
+                        "(force: true) to end them"
+                    )
             job_id = request_stop(db, container, reason, **_actor_kw(actor))
         if job_id is not None:
             self.cancel_job(job_id)
@@ -1134,8 +1188,11 @@ class ContainerService:
                 container_id, {"last_activity_at": to_timestamp(self.clock())}
             )
 
-    def admin_containers(self, project: str | None = None) -> list[dict[str, Any]]:
-        """Every starting, running, stopping and waiting container, with what it holds or asks."""
+    def admin_containers(
+        self, project: str | None = None, with_usage: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every starting, running, stopping and waiting container, with what it holds or asks;
+        ``with_usage``: a running one's job's usage now too (the cached `status` usage)."""
         where = "c.state IN (?, ?, ?, ?)"
         args: list[Any] = [s.value for s in ACTIVE]
         if project is not None:
@@ -1185,7 +1242,27 @@ class ContainerService:
                     "age_s": int((now - from_timestamp(since)).total_seconds()) if since else None,
                 }
             )
+        if with_usage:
+            self._add_usage(result)
         return result
+
+    def _add_usage(self, rows: list[dict[str, Any]]) -> None:
+        """A running container's ``usage`` as `status` shows it (None for the others). Samples
+        not cached are taken a few at a time: each sstat waits at most its own short deadline."""
+        running = [r for r in rows if r["state"] == State.RUNNING and r["job_id"]]
+        for row in rows:
+            row["usage"] = None
+        if not running:
+            return
+        if not self.slurm_reachable:
+            for row in running:
+                row["usage"] = {"unavailable": "Slurm did not answer rxd's last look"}
+            return
+        with ThreadPoolExecutor(max_workers=USAGE_SAMPLERS) as pool:
+            for row, usage in zip(
+                running, pool.map(lambda r: self.usage.of(r["job_id"]), running), strict=True
+            ):
+                row["usage"] = usage
 
     def admin_view(self, project: str) -> dict[str, Any]:
         found = self.admin_containers(project)

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from rxslurm.daemon.containers.open_work import OpenSession, OpenWork, RunningCommand
 from rxslurm.daemon.containers.reconciler import Sessions
 from rxslurm.daemon.containers.service import Access, ContainerService, ExecTarget
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
+from rxslurm.daemon.ledger.store import LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import to_timestamp
 from rxslurm.daemon.runtime.command_output import output_name, start_keeper
 from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError, read_output
@@ -51,6 +53,8 @@ ENDED_SHOWN = 20
 KEPT_RECORDS = 100
 # How long a start waits for the keeper to say that the step started.
 START_TIMEOUT_S = 10.0
+# How much of a detached command's program name a stop's refusal shows.
+FIRST_WORD_CHARS = 32
 
 Keeper = Callable[[str, str, Sequence[str], RunAs | None, dict[str, str]], "subprocess.Popen[str]"]
 
@@ -146,6 +150,29 @@ class DetachedCommands:
         # Detached commands whose keeper this rxd started and still waits for.
         self._watched: set[str] = set()
         self._lock = threading.Lock()
+        service.open_work = self.open_work
+
+    def open_work(self, db: LedgerDatabase, container_id: int) -> OpenWork:
+        """The container's open interactive sessions and the detached commands the ledger says
+        still run in its current job (a stop refuses while there are any, unless forced). A
+        step ends with its job: a row of an older job still `running` only waits for `ps` to
+        settle it."""
+        found = db.execute(
+            "SELECT id, argv, started_by FROM exec_sessions WHERE container_id = ? AND "
+            "state = 'running' AND job_id = (SELECT job_id FROM containers WHERE id = ?) "
+            "ORDER BY started_at",
+            [container_id, container_id],
+        ).fetchall()
+        return OpenWork(
+            sessions=tuple(
+                OpenSession("shell" if s.shell else "exec", s.started_by)
+                for s in self.live.of(container_id)
+            ),
+            commands=tuple(
+                RunningCommand(command_id, _first_word(argv), started_by)
+                for command_id, argv, started_by in found
+            ),
+        )
 
     # -- starting --------------------------------------------------------------------------
 
@@ -506,6 +533,16 @@ class DetachedCommands:
             "missing": piece.missing,
             "cleaned": False,
         }
+
+
+def _first_word(argv_json: str) -> str:
+    """The program a detached command runs, short, for a one-line message."""
+    try:
+        words = json.loads(argv_json)
+        word = str(words[0]).rsplit("/", 1)[-1]
+    except (ValueError, TypeError, IndexError, KeyError):
+        return "?"
+    return word[:FIRST_WORD_CHARS]
 
 
 def _step_id(steps: dict[str, StepInfo], name: str) -> str | None:

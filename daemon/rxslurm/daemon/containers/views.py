@@ -51,6 +51,9 @@ class ContainerView:
     usage: dict[str, Any] | None = None
     # Where the awake container's service listens, "node:port" (None: no service, or asleep).
     service: str | None = None
+    # Open sessions and detached commands, time left until idle sleep and the job's time limit
+    # (`rxctl status` of an awake container only; containers/countdowns.py).
+    countdowns: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -60,6 +63,8 @@ class ContainerView:
             del data["state_unknown"]
         if self.usage is None:
             del data["usage"]
+        if self.countdowns is None:
+            del data["countdowns"]
         return data
 
 
