@@ -5,6 +5,7 @@ Fast unit tests: no root, no Slurm, no munged.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,16 @@ def test_refusals_from_many_addresses_are_audited_up_to_a_total() -> None:
     assert limiter.admit("10.0.0.1") is None  # within its own burst, but over the total
     clock.now = 61
     assert limiter.admit("10.0.0.1") == 1  # its suppressed refusal is counted in the next row
+
+
+@given(methods, targets, bodies, uids, bodies)
+def test_a_streamed_body_s_binding_is_the_held_body_s_and_matches_only_it(
+    method, target, body, uid, other
+) -> None:
+    digest = hashlib.sha256(body).digest()
+    streamed = request_binding.bind(method, target, b"", uid, "ab" * 16, body_sha256=digest)
+    assert streamed == request_binding.bind(method, target, body, uid, "ab" * 16)
+    request_binding.check_streamed(streamed, method, target, digest)
+    assume(other != body)
+    with pytest.raises(BindingError, match="does not match its credential"):
+        request_binding.check_streamed(streamed, method, target, hashlib.sha256(other).digest())

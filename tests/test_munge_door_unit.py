@@ -7,6 +7,7 @@ of the door (proved, altered, claimed uid, munged down, audit failing) is driven
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -14,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from rxslurm.daemon.api import munge_door
+from rxslurm.daemon.api import door_stream, munge_door
 from rxslurm.daemon.api.app import make_app
 from rxslurm.daemon.api.context import DAEMON, Daemon
 from rxslurm.daemon.api.serve import ROUTES
 from rxslurm.daemon.config import parse_config
 from rxslurm.daemon.ledger.store import Ledger
+from rxslurm.protocol import routes as route
 from rxslurm.slurm import munge, request_binding
 from rxslurm.slurm.adapter import SlurmCli
 
@@ -35,7 +38,7 @@ class FakeMunge:
         self.down = False
 
     def issue(self, payload: bytes, uid: int | None = None) -> str:
-        token = f"MUNGE:fake{len(self.issued)}:"
+        token = f"MUNGE:fake{len(self.issued) + len(self.used)}:"
         uid = os.getuid() if uid is None else uid
         self.issued[token] = munge.Decoded(payload, uid, os.getgid(), 0, 300)
         return token
@@ -160,3 +163,79 @@ def test_a_refusal_stands_when_its_audit_cannot_be_written(
     monkeypatch.setattr(munge_door, "_audit_refusal", broken)
     status, data = request(daemon, "GET", "/v1/whoami", b"", {})
     assert (status, data["error"]["code"]) == (401, "no_credential")
+
+
+def stream_app(daemon: Daemon, seen: list[object]) -> Callable[[Callable[[TestClient], Any]], Any]:
+    """The door in front of a stand-in import route that hashes the body as it streams and
+    checks the proof after the last byte, as routes_export.py does."""
+    stand_in = web.RouteTableDef()
+
+    @stand_in.post(route.PROJECT_IMPORT)
+    async def import_(request: web.Request) -> web.Response:
+        body = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_chunked(1 << 20):
+            body.update(chunk)
+            size += len(chunk)
+        proof = door_stream.proof_of(request)
+        seen.append(proof)
+        assert proof is not None
+        proof.verify(body.digest())
+        return web.json_response({"bytes": size})
+
+    def call_with(send: Callable[[TestClient], Any]) -> Any:
+        async def run() -> Any:
+            app = make_app(
+                list(stand_in),
+                {DAEMON: daemon},
+                identify=munge_door.munge_identify(munge_door.RefusalLimiter()),
+            )
+            async with TestClient(TestServer(app)) as client:
+                return await send(client)
+
+        return asyncio.run(run())
+
+    return call_with
+
+
+def test_an_import_s_body_streams_past_the_cap_and_is_proven_after_its_last_byte(
+    daemon: Daemon, fake: FakeMunge
+) -> None:
+    seen: list[object] = []
+    call_with = stream_app(daemon, seen)
+    target = "/v1/projects/alpha/import"
+    archive = os.urandom(3 << 20)  # three times what the door reads whole
+
+    def send(body: bytes, headers: dict[str, str]) -> Callable[[TestClient], Any]:
+        async def run(client: TestClient) -> tuple[int, dict]:
+            response = await client.post(target, data=body, headers=headers)
+            return response.status, json.loads(await response.read())
+
+        return run
+
+    headers = bound(fake, "POST", target, archive)
+    assert call_with(send(archive, headers)) == (200, {"bytes": 3 << 20})
+    # The same credential again: a replay, refused before the route runs.
+    status, data = call_with(send(archive, headers))
+    assert (status, data["error"]["code"]) == (401, "bad_credential")
+    # One byte changed in the middle: refused after the last byte, and audited.
+    altered = bytearray(archive)
+    altered[len(altered) // 2] ^= 1
+    status, data = call_with(send(bytes(altered), bound(fake, "POST", target, archive)))
+    assert (status, data["error"]["code"]) == (401, "altered")
+    assert "nothing was changed" in data["error"]["message"]
+    assert len(seen) == 2
+    assert [(r["code"], r["target"]) for r in refusals(daemon)] == [
+        ("bad_credential", target),
+        ("altered", target),
+    ]
+
+
+def test_any_other_route_still_reads_its_body_whole_and_capped(
+    daemon: Daemon, fake: FakeMunge
+) -> None:
+    body = b"x" * (2 << 20)
+    status, data = request(
+        daemon, "POST", "/v1/projects", body, bound(fake, "POST", "/v1/projects", body)
+    )
+    assert status == 413, data

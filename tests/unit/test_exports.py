@@ -17,7 +17,7 @@ from rxslurm.daemon.containers.exports import (
     plan_import,
 )
 from rxslurm.daemon.errors import Conflict, Forbidden
-from rxslurm.daemon.runtime.archive_import import Outcome, outcome, start_import
+from rxslurm.daemon.runtime.archive_import import Outcome, framed, outcome, start_import
 from tests.unit.test_archive_rules import HOSTILE, build, reg
 from tests.unit.test_batch_plan import member
 from tests.unit.test_reconciler_edges import OWNER, World, running
@@ -27,7 +27,7 @@ from tests.unit.test_snapshot_policy import events, snapshot_world, snapshots
 def run_import(w: World, data: bytes) -> dict[str, object]:
     plan = plan_import(w.service, OWNER, "alpha")
     proc = start_import(plan.state_dir, plan.workspace, plan.stamp, 10 << 20, LIMITS, plan.runas)
-    stdout, stderr = proc.communicate(data, timeout=60)
+    stdout, stderr = proc.communicate(framed(data), timeout=60)
     return finish_import(
         w.service, OWNER, plan, outcome(proc.returncode, stdout, stderr), len(data)
     )

@@ -4,7 +4,9 @@ never written over, rxd's refusals are one line, and the upload carries the file
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from rxslurm.cli import transfer
 from rxslurm.cli.main import cli
 
 
@@ -118,19 +121,42 @@ def test_the_upload_carries_the_file(sock: Path, tmp_path: Path) -> None:
     assert b"Content-Length: 2560000" in head and body == archive.read_bytes()
 
 
-def test_import_over_the_network_door_says_to_run_it_on_rxd_s_host(tmp_path: Path) -> None:
+def test_an_upload_over_the_network_door_binds_the_whole_archive_s_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in on TCP; the credential is what the binding says (MUNGE itself is the cluster
+    # tests' business: tests/test_login_node.py).
+    listener = socket.socket(socket.AF_INET)
+    listener.bind(("127.0.0.1", 0))
+    server = StandIn(tmp_path / "unused.sock", json_answer(200, {"imported": True}))
+    server.sock.close()
+    server.sock = listener
+    listener.listen()
+    server.thread = threading.Thread(target=server._serve, daemon=True)
+    server.thread.start()
+    bound: list[tuple[str, str, bytes, bytes | None]] = []
+
+    def munge_header(
+        door: object, method: str, target: str, body: bytes, body_sha256: bytes | None = None
+    ) -> tuple[str, str]:
+        bound.append((method, target, body, body_sha256))
+        return "X-RX-Munge", "CREDENTIAL"
+
+    monkeypatch.setattr(transfer, "munge_header", munge_header)
     archive = tmp_path / "a.tar.gz"
-    archive.write_bytes(b"x")
+    data = os.urandom(3 << 20)  # over the 1 MiB a bound body may otherwise have
+    archive.write_bytes(data)
+    port = listener.getsockname()[1]
     result = CliRunner().invoke(
         cli,
         ["import", "--project", "alpha", str(archive)],
-        env={"RXSLURM_SERVER": "rxd.example:7878", "RXSLURM_SOCKET": ""},
+        env={"RXSLURM_SERVER": f"127.0.0.1:{port}", "RXCTL_SOCKET": ""},
     )
-    assert result.exit_code == 1
-    assert result.output == (
-        "Error: an import streams the archive to rxd's local socket: run it on rxd's host "
-        "(the network door takes small bodies only)\n"
-    )
+    assert result.exit_code == 0, result.output
+    assert bound == [("POST", "/v1/projects/alpha/import", b"", hashlib.sha256(data).digest())]
+    head, _, body = server.requests[0].partition(b"\r\n\r\n")
+    assert b"\r\nX-RX-Munge: CREDENTIAL" in head
+    assert body == data  # read again from its start after the digest
 
 
 def test_a_refusal_writes_nothing_and_needs_no_writable_folder(sock: Path, tmp_path: Path) -> None:

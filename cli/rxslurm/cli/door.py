@@ -94,13 +94,16 @@ def find_door(socket_flag: str | None = None, env: dict[str, str] | None = None)
     return Door("socket", DEFAULT_SOCKET, "default")
 
 
-def munge_header(door: Door, method: str, target: str, body: bytes) -> tuple[str, str]:
-    """The header carrying a MUNGE credential of this process's uid, bound to this request."""
+def munge_header(
+    door: Door, method: str, target: str, body: bytes, body_sha256: bytes | None = None
+) -> tuple[str, str]:
+    """The header carrying a MUNGE credential of this process's uid, bound to this request
+    (``body_sha256``: the digest of a body streamed rather than held)."""
     # ctypes and libmunge load here, on the network path only.
     from rxslurm.slurm.munge import MungeError, encode
     from rxslurm.slurm.request_binding import HEADER, bind
 
-    binding = bind(method, target, body, os.getuid())
+    binding = bind(method, target, body, os.getuid(), body_sha256=body_sha256)
     try:
         credential = encode(binding.to_payload(), socket=door.munge_socket)
     except MungeError as exc:

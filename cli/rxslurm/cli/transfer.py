@@ -3,11 +3,13 @@
 The JSON client (client.py) holds a whole answer in memory; an archive may be many GiB, so here
 the HTTP exchange is read and written a chunk at a time. An export answer is chunked and ends
 with its last (empty) chunk: one without it was cut short (rxd's script failed), never a whole
-archive. Standard library only.
+archive. An upload through the network door carries a credential bound to the archive's digest
+(rxd's door_stream.py checks it after the last byte). Standard library only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from rxslurm.cli.client import ApiError, Client, ClientError, DaemonUnavailable
 from rxslurm.cli.door import DoorError, munge_header
 
 CHUNK = 1 << 20
+EMPTY_SHA256 = hashlib.sha256(b"").digest()
 MAX_ERROR_BODY = 1 << 20
 
 # Bytes so far -> None (a progress line on a terminal; nothing otherwise).
@@ -60,16 +63,17 @@ class _Reader:
 
 
 def _connect(
-    client: Client, method: str, route: str, body_for_binding: bytes
+    client: Client, method: str, route: str, body_sha256: Callable[[], bytes]
 ) -> tuple[socket.socket, dict[str, str]]:
-    """A connected socket to rxd, and the headers that prove who asks (network door)."""
+    """A connected socket to rxd, and the headers that prove who asks (network door: the
+    credential binds the body's digest, asked for only there)."""
     door = client.door
     if door is None:
         raise ClientError(client.door_error)
     headers: dict[str, str] = {}
     if door.kind == "network":
         try:
-            name, credential = munge_header(door, method, route, body_for_binding)
+            name, credential = munge_header(door, method, route, b"", body_sha256())
         except DoorError as exc:
             raise ClientError(str(exc)) from None
         headers[name] = credential
@@ -127,7 +131,7 @@ def download(
 ) -> int:
     """GET ``route`` and write its (chunked) body to what ``open_out`` opens, once rxd said yes
     (a refusal writes nothing); the bytes written."""
-    sock, proof = _connect(client, "GET", route, b"")
+    sock, proof = _connect(client, "GET", route, lambda: EMPTY_SHA256)
     with sock:
         try:
             sock.sendall(_head("GET", route, proof))
@@ -156,18 +160,28 @@ def download(
 
 
 def upload(client: Client, route: str, source: IO[bytes], size: int, progress: Progress) -> object:
-    """POST ``size`` bytes of ``source`` to ``route``; rxd's JSON answer."""
-    if client.door is not None and client.door.kind == "network":
-        raise ClientError(
-            "an import streams the archive to rxd's local socket: run it on rxd's host "
-            "(the network door takes small bodies only)"
-        )
-    sock, _ = _connect(client, "POST", route, b"")
+    """POST ``size`` bytes of ``source`` (a seekable file) to ``route``; rxd's JSON answer.
+
+    Over the network door the file is read twice: once for the digest its credential binds
+    (rxd checks it after the last byte and refuses an upload that does not match), once to
+    send it."""
+    start = source.tell()
+
+    def digest() -> bytes:
+        hasher = hashlib.sha256()
+        left = size
+        while left and (chunk := source.read(min(CHUNK, left))):
+            hasher.update(chunk)
+            left -= len(chunk)
+        source.seek(start)
+        return hasher.digest()
+
+    sock, proof = _connect(client, "POST", route, digest)
     with sock:
         head = _head(
             "POST",
             route,
-            {"Content-Type": "application/gzip", "Content-Length": str(size)},
+            {"Content-Type": "application/gzip", "Content-Length": str(size), **proof},
         )
         # rxd reads for as long as the script unpacks; the answer comes after the last byte.
         sock.settimeout(None)

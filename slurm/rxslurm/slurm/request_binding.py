@@ -49,16 +49,31 @@ def _part(h: hashlib._Hash, data: bytes) -> None:
 
 
 def request_digest(uid: int, nonce: str, method: str, target: str, body: bytes) -> str:
+    return streamed_digest(uid, nonce, method, target, hashlib.sha256(body).digest())
+
+
+def streamed_digest(uid: int, nonce: str, method: str, target: str, body_sha256: bytes) -> str:
+    """The same digest from the body's SHA-256 alone: a body too big to hold (an import's
+    archive) is hashed as it streams, and checked after its last byte."""
     h = hashlib.sha256()
     for part in (VERSION.encode(), str(uid).encode(), nonce.encode(), method.encode()):
         _part(h, part)
     _part(h, target.encode("utf-8", errors="surrogateescape"))
-    _part(h, hashlib.sha256(body).digest())
+    _part(h, body_sha256)
     return h.hexdigest()
 
 
-def bind(method: str, target: str, body: bytes, uid: int, nonce: str | None = None) -> Binding:
-    """The binding a client puts in its credential for this request."""
+def bind(
+    method: str,
+    target: str,
+    body: bytes,
+    uid: int,
+    nonce: str | None = None,
+    *,
+    body_sha256: bytes | None = None,
+) -> Binding:
+    """The binding a client puts in its credential for this request (``body_sha256``: the body's
+    digest, when the body is streamed and ``body`` is not held)."""
     if not 0 <= uid <= MAX_UID:
         raise BindingError(f"uid {uid} is out of range")
     if not nonce:
@@ -66,7 +81,10 @@ def bind(method: str, target: str, body: bytes, uid: int, nonce: str | None = No
         import secrets
 
         nonce = secrets.token_hex(16)
-    return Binding(uid=uid, nonce=nonce, digest=request_digest(uid, nonce, method, target, body))
+    if body_sha256 is None:
+        body_sha256 = hashlib.sha256(body).digest()
+    digest = streamed_digest(uid, nonce, method, target, body_sha256)
+    return Binding(uid=uid, nonce=nonce, digest=digest)
 
 
 def parse(payload: bytes) -> Binding:
@@ -84,8 +102,13 @@ def parse(payload: bytes) -> Binding:
 
 def check(binding: Binding, method: str, target: str, body: bytes) -> None:
     """Refuse unless `binding` was made for exactly this method, target and body."""
+    check_streamed(binding, method, target, hashlib.sha256(body).digest())
+
+
+def check_streamed(binding: Binding, method: str, target: str, body_sha256: bytes) -> None:
+    """``check`` of a streamed body, from its SHA-256 computed as it arrived."""
     import hmac
 
-    expected = request_digest(binding.uid, binding.nonce, method, target, body)
+    expected = streamed_digest(binding.uid, binding.nonce, method, target, body_sha256)
     if not hmac.compare_digest(expected, binding.digest):
         raise BindingError("the request does not match its credential (altered, or moved)")

@@ -29,6 +29,7 @@ from aiohttp.typedefs import Middleware
 
 from rxslurm.daemon.api.app import Handler, make_app
 from rxslurm.daemon.api.context import Daemon, daemon_of
+from rxslurm.daemon.api.door_stream import PROOF_KEY, Refused, StreamProof, streamed
 from rxslurm.daemon.api.peercred import UnknownCaller, resolve_caller
 from rxslurm.daemon.errors import ApiError, Unavailable
 from rxslurm.daemon.ledger.audit import record_event
@@ -49,14 +50,6 @@ MAX_TRACKED_PEERS = 4096
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"
-
-
-class Refused(ApiError):
-    """A refusal of the door, with what the audit should say about it."""
-
-    def __init__(self, message: str, *, status: int, code: str, uid: int | None = None) -> None:
-        super().__init__(message, status=status, code=code)
-        self.uid = uid
 
 
 @dataclass
@@ -127,8 +120,9 @@ def _refusal(exc: munge.MungeError) -> Refused:
     return Refused(message, status=401, code="bad_credential", uid=exc.uid)
 
 
-async def prove(request: web.Request) -> tuple[int, int]:
-    """The (uid, gid) the request's credential proves, after checking it binds this request."""
+async def prove(request: web.Request) -> tuple[int, int, StreamProof | None]:
+    """The (uid, gid) the request's credential proves, after checking it binds this request; on
+    a streamed route, the proof its body must meet after its last byte (door_stream.py)."""
     credential = request.headers.get(HEADER, "").strip()
     if not credential:
         raise Refused(
@@ -136,7 +130,7 @@ async def prove(request: web.Request) -> tuple[int, int]:
             status=401,
             code="no_credential",
         )
-    body = await request.read()
+    body = None if streamed(request) else await request.read()
     try:
         decoded = await asyncio.to_thread(munge.decode, credential)
     except munge.MungeUnavailable as exc:
@@ -155,11 +149,13 @@ async def prove(request: web.Request) -> tuple[int, int]:
             code="uid_mismatch",
             uid=decoded.uid,
         )
+    if body is None:
+        return decoded.uid, decoded.gid, StreamProof(binding, request.method, request.raw_path)
     try:
         request_binding.check(binding, request.method, request.raw_path, body)
     except BindingError as exc:
         raise Refused(str(exc), status=401, code="altered", uid=decoded.uid) from None
-    return decoded.uid, decoded.gid
+    return decoded.uid, decoded.gid, None
 
 
 def _peer(request: web.Request) -> str:
@@ -194,11 +190,19 @@ def munge_identify(limiter: RefusalLimiter) -> Middleware:
     @web.middleware
     async def identify(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            uid, gid = await prove(request)
+            uid, gid, proof = await prove(request)
             try:
                 caller = resolve_caller(0, uid, gid)
             except UnknownCaller as exc:
                 raise Refused(str(exc), status=403, code="unknown_caller", uid=uid) from None
+            # No kernel pid across hosts; the door tells actors and the audit where the proof
+            # came from.
+            request["caller"] = replace(caller, door=DOOR)
+            if proof is not None:
+                request[PROOF_KEY] = proof
+            # A streamed body's proof fails inside the route, after its last byte: audited here
+            # as every refusal of the door.
+            return await handler(request)
         except Refused as exc:
             suppressed = limiter.admit(_peer(request))
             if suppressed is not None:
@@ -214,9 +218,6 @@ def munge_identify(limiter: RefusalLimiter) -> Middleware:
                     # The refusal still stands, with its reason; only its audit row is lost.
                     log.exception("cannot audit a refusal of the network door")
             raise
-        # No kernel pid across hosts; the door tells actors and the audit where the proof came from.
-        request["caller"] = replace(caller, door=DOOR)
-        return await handler(request)
 
     return identify
 

@@ -3,22 +3,29 @@
 The archive travels in the HTTP exchange itself, a chunked GET out and a streamed POST in, and
 never as a file root writes or reads: rxctl may run on another host than rxd, and a path the
 caller names would be one root must not touch. rxd only relays bytes between the caller and a
-script running as the runtime user; it holds at most one chunk in memory.
+script running as the runtime user; it holds at most one chunk in memory. Over the network door
+an upload's MUNGE credential binds the whole archive's digest: rxd hashes what it relays and ends
+the upload as proven only if the digest matches (api/door_stream.py); the script unpacks nothing
+before that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import subprocess
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from rxslurm.daemon.api.app import json_response
 from rxslurm.daemon.api.context import daemon_of
+from rxslurm.daemon.api.door_stream import Refused, proof_of
 from rxslurm.daemon.api.request_actor import actor_of
 from rxslurm.daemon.containers.exports import (
     LIMITS,
@@ -33,6 +40,8 @@ from rxslurm.daemon.runtime.archive_import import (
     IMPORT_TIMEOUT_S,
     ImportFailed,
     Outcome,
+    end,
+    frame,
     outcome,
     start_import,
 )
@@ -135,19 +144,35 @@ async def import_(request: web.Request) -> web.Response:
         plan.runas,
     )
     received = 0
+    proof = proof_of(request)
+    body = hashlib.sha256()
+    unproven: Refused | None = None
     try:
         # The script counts what it writes too and refuses past the cap; it is the one that
         # cleans up, so even a caller gone mid-upload ends in its refusal (a cut archive), not
         # in a kill.
+        whole = False
         try:
             async for chunk in request.content.iter_chunked(CHUNK):
                 received += len(chunk)
-                await asyncio.to_thread(_feed, proc, chunk)
-        except (BrokenPipeError, ConnectionError):
+                body.update(chunk)
+                await asyncio.to_thread(_feed, proc, frame(chunk))
+            whole = request.content_length in (None, received)
+        except (OSError, aiohttp.ClientError, HttpProcessingError):
             pass  # the script stopped reading (it refused), or the caller went
+        if whole and proof is not None:
+            try:
+                proof.verify(body.digest())
+            except Refused as exc:
+                unproven = exc
+        if whole:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(_feed, proc, end(unproven is None))
         stdout, stderr = await asyncio.to_thread(_answer, proc)
     finally:
         await asyncio.to_thread(_end, proc)
+    if unproven is not None:
+        raise unproven  # the script refused and cleaned up; the door audits the refusal
     try:
         result = outcome(proc.returncode, stdout, stderr)
     except ImportFailed as exc:

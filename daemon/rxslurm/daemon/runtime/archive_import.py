@@ -5,7 +5,8 @@ well as in rxd). The script, run as the runtime user (isolated Python, the rules
 prepended), holds the overlay's lock (`overlay.lock`, as the holder and the snapshot copy do) from
 start to end, so no job mounts the overlay meanwhile, and:
 
-1. writes the upload into a new folder `import-<stamp>/` of the container's folder;
+1. writes the upload into a new folder `import-<stamp>/` of the container's folder, and goes on
+   only when rxd ends it as proven (on the network door: the body matched its MUNGE credential);
 2. checks every header and the manifest (runtime/archive_rules.py): anything refused removes that
    folder and changes nothing else;
 3. writes `overlay.img` there (sparse: blocks of zeros stay holes; it is a regular file of a
@@ -30,12 +31,25 @@ from rxslurm.slurm.runas import RunAs, spawn
 IMPORT_TIMEOUT_S = 1800.0
 BACKUP = "overlay.img.before-import"
 
+# The archive on the script's stdin: frames of a 4-byte big-endian length and that many bytes
+# (at most MAX_FRAME), an empty frame to end, then one byte: PROVEN, or anything else when the
+# upload did not match its credential (api/door_stream.py). The script unpacks nothing before.
+MAX_FRAME = 1 << 24
+PROVEN = b"Y"
+NOT_PROVEN = b"N"
+
 # argv: the container's folder, the workspace folder ("" for none), the stamp (digits), the
-# upload cap (bytes), max members, max unpacked bytes, max ratio. stdin: the archive.
-# stdout: one JSON line.
-DRIVER = r"""
+# upload cap (bytes), max members, max unpacked bytes, max ratio, the extraction ("auto": the
+# data filter where this Python has it; "plain": sanitize() only, for tests of the fallback).
+# stdin: the framed archive. stdout: one JSON line.
+DRIVER = (
+    f"""
+MAX_FRAME = {MAX_FRAME}
+PROVEN = {PROVEN!r}
+"""
+    + r"""
 import errno, fcntl, json, os, re, shutil, stat, struct, sys
-folder, workspace, stamp, cap, members, total, ratio = sys.argv[1:8]
+folder, workspace, stamp, cap, members, total, ratio, extraction = sys.argv[1:9]
 limits = Limits(max_members=int(members), max_total_bytes=int(total), max_ratio=int(ratio))
 cap = int(cap)
 FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -112,13 +126,27 @@ try:
                  | os.O_CLOEXEC, 0o600, dir_fd=w)
     received = 0
     source = sys.stdin.buffer
-    while chunk := source.read(1 << 20):
+
+    def exactly(n):
+        data = source.read(n)
+        if len(data) != n:
+            refuse("the upload was cut short")
+        return data
+
+    # Frames (framed() below): a cut upload ends without its end frame, and even a whole one is
+    # unpacked only when rxd says it was proven.
+    while size := struct.unpack(">I", exactly(4))[0]:
+        if size > MAX_FRAME:
+            refuse("a bad frame in the upload")
+        chunk = exactly(size)
         received += len(chunk)
         if received > cap:
             refuse(f"the archive is over {cap} bytes")
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view):]
+    if exactly(1) != PROVEN:
+        refuse("the upload did not match its credential (altered on the way, or cut)")
     os.lseek(fd, 0, os.SEEK_SET)
     archive = os.fdopen(fd, "rb")
     try:
@@ -156,7 +184,7 @@ try:
         dest = "/proc/self/fd/%d" % made
         for m in ws_members:
             m.name = m.name[len(WORKSPACE) + 1:]  # a link's target is relative to its folder
-        extract(tar, ws_members, dest)
+        extract(tar, ws_members, dest, data_filter=None if extraction == "auto" else False)
     if os.fstat(new).st_size != checked.manifest["overlay_bytes"]:
         refuse("the unpacked overlay's size differs from the manifest's")
     os.fsync(new)
@@ -186,6 +214,7 @@ except Exception as e:
     except OSError:
         done(error=why)
 """
+)
 
 
 class ImportFailed(Exception):
@@ -203,13 +232,36 @@ class Outcome:
     manifest: dict[str, object] | None = None
 
 
+def frame(chunk: bytes) -> bytes:
+    """One piece of the upload, as the script reads it."""
+    return len(chunk).to_bytes(4, "big") + chunk
+
+
+def end(proven: bool) -> bytes:
+    """The end of the upload: the script unpacks only a proven one."""
+    return frame(b"") + (PROVEN if proven else NOT_PROVEN)
+
+
+def framed(archive: bytes, proven: bool = True) -> bytes:
+    """A whole archive as the script reads it (tests, and small uploads)."""
+    pieces = [frame(archive[i : i + MAX_FRAME]) for i in range(0, len(archive), MAX_FRAME)]
+    return b"".join(pieces) + end(proven)
+
+
 def script() -> str:
     return Path(archive_rules.__file__).read_text(encoding="utf-8") + DRIVER
 
 
 def import_argv(
-    state_dir: str, workspace: str | None, stamp: str, cap: int, limits: Limits
+    state_dir: str,
+    workspace: str | None,
+    stamp: str,
+    cap: int,
+    limits: Limits,
+    extraction: str = "auto",
 ) -> list[str]:
+    if extraction not in ("auto", "plain"):
+        raise ValueError(f"unknown extraction {extraction!r}")
     return script_argv(
         script(),
         state_dir,
@@ -219,6 +271,7 @@ def import_argv(
         str(limits.max_members),
         str(limits.max_total_bytes),
         str(limits.max_ratio),
+        extraction,
     )
 
 
@@ -229,11 +282,12 @@ def start_import(
     cap: int,
     limits: Limits,
     as_user: RunAs | None,
+    extraction: str = "auto",
 ) -> subprocess.Popen[bytes]:
     """The import script started as ``as_user`` (None: this process); write the archive to its
-    stdin, close it, then read its answer with ``outcome``."""
+    stdin in frames and its end, close it, then read its answer with ``outcome``."""
     return spawn(
-        import_argv(state_dir, workspace, stamp, cap, limits),
+        import_argv(state_dir, workspace, stamp, cap, limits, extraction),
         as_user,
         stdin=subprocess.PIPE,
         text=False,

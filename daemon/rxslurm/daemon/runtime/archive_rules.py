@@ -237,12 +237,28 @@ def sanitize(member: tarfile.TarInfo, uid: int, gid: int) -> tarfile.TarInfo:
     return member
 
 
-def extract(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: str) -> None:
+def has_data_filter(tar: tarfile.TarFile) -> bool:
+    """Whether ``tar``'s tarfile module has PEP 706's filters (3.11.4+, 3.12+; not Debian 12's
+    3.11.2). Asked of the archive's own class, so that tests can hand in a TarFile of
+    ``backports.tarfile`` and exercise the filter path on a Python without it."""
+    return hasattr(type(tar), "extraction_filter")
+
+
+def extract(
+    tar: tarfile.TarFile,
+    members: list[tarfile.TarInfo],
+    dest: str,
+    *,
+    data_filter: bool | None = None,
+) -> None:
     """Unpack checked members into ``dest`` (a new folder), through the data filter when this
-    Python has it (tarfile.FilterError then refuses)."""
+    Python has it (tarfile.FilterError then refuses). ``data_filter=False`` forces the fallback
+    (tests of the path an older Python takes); None: whichever ``tar`` supports."""
     for member in members:
         sanitize(member, os.getuid(), os.getgid())
-    if hasattr(tarfile, "data_filter"):
+    if data_filter is None:
+        data_filter = has_data_filter(tar)
+    if data_filter:
         tar.extractall(dest, members=members, filter="data")
     else:
         # Every member passed check() and sanitize() above: the filter's own rules, by hand.
