@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import pwd
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +19,6 @@ from tests.support.cli import ok, output, refused
 from tests.support.cluster import run_as
 from tests.support.daemon import Rxd
 from tests.support.lifecycle import lifecycle_rxd, make_project, status, wait_state
-from tests.support.munge import needs_munged
-from tests.support.real_apptainer import BASE_IMAGE
-from tests.test_tcp_door import opened_door
 from tests.unit.test_archive_rules import HOSTILE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
@@ -201,21 +197,3 @@ def test_who_may_export_and_import(rxd: Rxd, scratch: Path) -> None:
     archive = scratch / "src.rx.tar.gz"
     line = refused(rxd.rxctl(MANAGER, "import", "--project", TARGET, str(archive)))
     assert "import" in line
-
-
-@needs_munged
-def test_export_over_the_network_door_and_import_told_to_run_on_rxd_s_host(
-    scratch: Path,
-) -> None:
-    with opened_door() as door:
-        ok(door.rxctl(OWNER, "project", "create", "netexp", "--image", str(BASE_IMAGE)))
-        sleeping(door.rxd, "netexp")
-        archive = scratch / "net.rx.tar.gz"
-        ok(door.rxctl(OWNER, "export", "--project", "netexp", "-o", str(archive)))
-        with tarfile.open(archive, "r:gz") as tar:
-            names = tar.getnames()
-            manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
-        assert names == ["overlay.img", "manifest.json"]
-        assert (manifest["project"], manifest["workspace"]) == ("netexp", False)
-        line = refused(door.rxctl(OWNER, "import", "--project", "netexp", str(archive)))
-        assert "run it on rxd's host" in line
