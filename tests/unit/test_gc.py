@@ -18,6 +18,7 @@ from rxslurm.daemon.api.routes_gc import parse_gc_body
 from rxslurm.daemon.config import Config, ContainersConfig
 from rxslurm.daemon.containers.gc import GcService
 from rxslurm.daemon.containers.gc_plan import (
+    FRESH_SETTLED_S,
     BuiltImage,
     Container,
     container_items,
@@ -108,13 +109,13 @@ def test_logs_and_status_files_of_jobs_not_kept_go_and_newer_ones_than_rxd_knows
         Entry("job-9.status", "job-status", 5, 0),
         Entry("job-12.out", "job-log", 5, 0),  # submitted this moment: not in the ledger yet
     ]
-    assert names(container_items(plan(), entries, cutoff=0)) == ["job-7.out", "job-7.status"]
-    assert container_items(plan(newest_job=None), entries, cutoff=0) == []
+    assert names(container_items(plan(), entries, cutoff=0, now=0)) == ["job-7.out", "job-7.status"]
+    assert container_items(plan(newest_job=None), entries, cutoff=0, now=0) == []
 
 
 def test_snapshots_beyond_the_kept_go_but_one_the_ledger_does_not_know_yet_stays() -> None:
     entries = [Entry(f"snapshots/snap-{n}.img", "snapshot", 1 << 20, 0) for n in (1, 2, 3, 4)]
-    assert names(container_items(plan(), entries, cutoff=0)) == [
+    assert names(container_items(plan(), entries, cutoff=0, now=0)) == [
         "snapshots/snap-1.img",
         "snapshots/snap-2.img",
     ]
@@ -125,7 +126,7 @@ def test_a_backup_goes_only_once_older_than_the_cutoff() -> None:
         Entry("overlay.img.before-reset-20260101T000000Z", "backup", 7, 100),
         Entry("overlay.img.before-import", "backup", 9, 300),
     ]
-    items = container_items(plan(), entries, cutoff=200)
+    items = container_items(plan(), entries, cutoff=200, now=0)
     assert [(i.name, i.owner, i.project, i.bytes) for i in items] == [
         ("overlay.img.before-reset-20260101T000000Z", "nobody", "alpha", 7)
     ]
@@ -532,3 +533,91 @@ def test_a_references_digest_file_and_a_jobs_cached_path_are_in_use() -> None:
     assert running.name in names
     assert image_file_name("docker://python:3.12") in names
     assert "base.sif" not in names
+
+
+# -- what a `start --fresh` cut short left (.fresh-*) ---------------------------------------------
+
+
+def test_a_fresh_leftover_goes_once_settled_whatever_the_cutoff() -> None:
+    entries = [
+        Entry(".fresh-home-0123456789ab", "fresh-leftover", 7, 1000),
+        Entry(".fresh-apptainer-0123456789ab", "fresh-leftover", 9, 1000 + FRESH_SETTLED_S),
+    ]
+    items = container_items(plan(), entries, cutoff=0, now=1000 + FRESH_SETTLED_S)
+    assert [(i.name, i.kind, i.bytes) for i in items] == [
+        (".fresh-home-0123456789ab", "fresh-leftover", 7)
+    ]
+
+
+def fresh_leftover(folder: Path, name: str = ".fresh-home-0123456789ab") -> Path:
+    """A home the fresh script renamed and did not finish removing: folders, files, and a link
+    out that must never be followed."""
+    left = folder / name
+    (left / "sub" / "deeper").mkdir(parents=True)
+    (left / "sub" / "deeper" / "data").write_bytes(b"y" * 20000)
+    (left / "f").write_bytes(b"z" * 5000)
+    (left / "out").symlink_to(folder.parent)
+    return left
+
+
+def test_the_script_lists_a_fresh_leftover_with_its_whole_size_and_removes_it_whole(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "state"
+    folder.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep me")
+    left = fresh_leftover(folder)
+    (left / "to-outside").symlink_to(outside)
+    (folder / ".fresh-home-notours").mkdir()  # not a name rx-slurm gives: never touched
+    (folder / ".fresh-apptainer-ba9876543210").symlink_to(outside)  # a link: never followed
+
+    listing = state_gc.list_entries(str(folder), None)
+
+    [entry] = listing.items
+    assert (entry.name, entry.kind) == (".fresh-home-0123456789ab", "fresh-leftover")
+    assert entry.bytes >= 25000  # the files below it, not just the folder
+    assert listing.skipped == (".fresh-apptainer-ba9876543210",)
+    done = state_gc.remove_entries(
+        str(folder), [".fresh-home-0123456789ab", ".fresh-apptainer-ba9876543210"], None
+    )
+    assert done.removed == (".fresh-home-0123456789ab",)
+    assert done.skipped == (".fresh-apptainer-ba9876543210",)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".fresh-apptainer-ba9876543210",
+        ".fresh-home-notours",
+    ]
+    assert (outside / "keep").read_text() == "keep me"
+
+
+def test_gc_lists_and_removes_a_settled_fresh_leftover_and_keep_true_keeps_it(
+    tmp_path: Path,
+) -> None:
+    w, service = gc_world(tmp_path, "alpha", "beta")
+    for project in ("alpha", "beta"):
+        fresh_leftover(tmp_path / project)
+    with w.ledger.transaction() as db:
+        labels.apply(db, w.row("beta")["project_id"], {"keep": "true"}, (), at="t", by="ada")
+
+    young = service.collect(OWNER, deployment=False, dry_run=True, older_than_s=0)
+    assert "fresh-leftover" not in {i["kind"] for i in young["items"]}  # may still be going
+
+    w.clock.advance(FRESH_SETTLED_S)
+    listed = service.collect(OWNER, deployment=False, dry_run=True, older_than_s=30 * DAY)
+    [item] = [i for i in listed["items"] if i["kind"] == "fresh-leftover"]
+    assert (item["project"], item["name"], item["owner"]) == (
+        "alpha",
+        ".fresh-home-0123456789ab",
+        "nobody",
+    )
+    assert item["bytes"] >= 25000
+    assert (tmp_path / "alpha" / ".fresh-home-0123456789ab").exists()
+
+    done = service.collect(OWNER, deployment=False, dry_run=False, older_than_s=30 * DAY)
+    assert [i["name"] for i in done["items"] if i["kind"] == "fresh-leftover"] == [
+        ".fresh-home-0123456789ab"
+    ]
+    assert {i["project"] for i in done["items"]} == {"alpha"}
+    assert not (tmp_path / "alpha" / ".fresh-home-0123456789ab").exists()
+    assert (tmp_path / "beta" / ".fresh-home-0123456789ab" / "f").exists()

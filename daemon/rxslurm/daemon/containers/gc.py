@@ -122,7 +122,7 @@ class GcService:
                 else set()
             )
         for folder in folders:
-            self._collect_folder(folder, cutoff, dry_run, outcome)
+            self._collect_folder(folder, cutoff, int(now.timestamp()), dry_run, outcome)
         self._collect_builds(builds, dry_run, outcome)
         if deployment:
             self._collect_images(images, cutoff, dry_run, outcome)
@@ -206,12 +206,14 @@ class GcService:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def _collect_folder(self, folder: _Folder, cutoff: int, dry_run: bool, out: Outcome) -> None:
+    def _collect_folder(
+        self, folder: _Folder, cutoff: int, now: int, dry_run: bool, out: Outcome
+    ) -> None:
         project = folder.plan.project
         try:
             who = self.run_as(folder.plan.runtime_user)
             listing = state_gc.list_entries(folder.state_dir, who)
-            folder.items = container_items(folder.plan, listing.items, cutoff)
+            folder.items = container_items(folder.plan, listing.items, cutoff, now)
             if dry_run or not folder.items:
                 out.items += folder.items
                 return

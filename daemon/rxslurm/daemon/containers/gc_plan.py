@@ -11,6 +11,9 @@
   at or before the cutoff.
 - A holder job's log and status file go when the job is not one whose log is kept
   (`containers.job_logs_kept`, and the current job) and is older than the newest job rxd knows.
+- What a `start --fresh` cut short left (`.fresh-*`) goes once untouched for FRESH_SETTLED_S,
+  whatever the cutoff: it is instance state its owner already asked to remove, and the fresh
+  script that was removing it has long passed its deadline.
 - A snapshot goes when the ledger knows it and it is not one of the newest
   `containers.snapshots_kept`; a snapshot file the ledger does not know yet (one being taken) stays.
 
@@ -34,7 +37,8 @@ _JOB_FILE = re.compile(r"job-([0-9]{1,18})\.(?:out|status)", re.ASCII)
 class Item:
     """One thing garbage collection removes (or, in a dry run, would)."""
 
-    kind: str  # image, built-image, quarantined, backup, job-log, job-status, snapshot
+    kind: str  # image, built-image, quarantined, backup, job-log, job-status, snapshot,
+    # fresh-leftover
     name: str  # a file name or a path relative to its container's folder
     owner: str  # who owns it on disk ("root", or the runtime user)
     bytes: int
@@ -105,11 +109,22 @@ class Container:
     known_snapshots: frozenset[str]  # every snapshot file name the ledger knows
 
 
-def container_items(container: Container, entries: Iterable[Entry], cutoff: int) -> list[Item]:
-    """The entries of the container's folder that go."""
+# A `.fresh-*` leftover untouched for this long: the fresh script that made it is long past its
+# deadline (runtime/fresh_state.py, FRESH_TIMEOUT_S), so nothing removes it any more but gc.
+FRESH_SETTLED_S = 600
+
+
+def container_items(
+    container: Container, entries: Iterable[Entry], cutoff: int, now: int
+) -> list[Item]:
+    """The entries of the container's folder that go (``now``: seconds since the epoch)."""
     items = []
     for e in entries:
-        if _goes(container, e, cutoff):
+        if e.kind == "fresh-leftover":
+            goes = e.changed <= now - FRESH_SETTLED_S
+        else:
+            goes = _goes(container, e, cutoff)
+        if goes:
             items.append(Item(e.kind, e.name, container.runtime_user, e.bytes, container.project))
     return items
 

@@ -6,9 +6,11 @@ a constant script runs *as the runtime user* (isolated Python, a deadline). It o
 and `snapshots/` without following links and considers only entries named as rx-slurm names its
 own files: overlay backups (`overlay.img.before-<tag>`, left by a reset or an import, and a
 failed reset's `.new-overlay-*.img`), holder job
-logs and status files (`job-<N>.out`, `job-<N>.status`) and overlay snapshots
-(`snapshots/snap-<N>.img`). "list" answers each one's kind, size on disk and change time;
-"remove" unlinks the names rxd chose, each only if it still is a regular file of that user.
+logs and status files (`job-<N>.out`, `job-<N>.status`), overlay snapshots
+(`snapshots/snap-<N>.img`) and what a `start --fresh` cut short left (`.fresh-*`, a folder
+removed whole). "list" answers each one's kind, size on disk and change time;
+"remove" unlinks the names rxd chose, each only if it still is a regular file of that user (or,
+for a `.fresh-*` leftover, a folder of that user, removed through descriptors).
 A symbolic link, a FIFO or a folder under such a name is never followed and is listed as
 skipped. What goes is rxd's decision (containers/gc.py), from the ledger.
 """
@@ -27,7 +29,7 @@ GC_TIMEOUT_S = 30.0
 # folder, "list" or "remove", and (remove) the names to remove, comma-separated, each relative to
 # the folder ("snapshots/snap-N.img" for a snapshot). stdout: one JSON line.
 SCRIPT = r"""
-import json, os, re, stat, sys
+import json, os, re, shutil, stat, sys
 folder, mode, names = sys.argv[1], sys.argv[2], sys.argv[3]
 PATTERNS = (
     ("backup", re.compile(r"overlay\.img\.before-[A-Za-z0-9._-]{1,64}", re.ASCII)),
@@ -36,6 +38,9 @@ PATTERNS = (
     ("job-log", re.compile(r"job-[0-9]{1,18}\.out", re.ASCII)),
     ("job-status", re.compile(r"job-[0-9]{1,18}\.status", re.ASCII)),
 )
+# What a `start --fresh` cut short by its deadline left (runtime/fresh_state.py): a folder,
+# removed whole (through descriptors, no link followed), or a file.
+FRESH = re.compile(r"\.fresh-(?:apptainer|home)-[0-9a-f]{12}", re.ASCII)
 SNAP = re.compile(r"snap-[0-9]{1,24}\.img", re.ASCII)
 FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 me = os.getuid()
@@ -46,7 +51,20 @@ def kind_of(rel):
     for kind, pattern in PATTERNS:
         if pattern.fullmatch(rel):
             return kind
+    if FRESH.fullmatch(rel):
+        return "fresh-leftover"
     return None
+
+def tree_bytes(dir_fd, name):
+    # A folder and everything below it, walked through descriptors (os.fwalk): no link followed.
+    total = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_blocks * 512
+    for _, dirs, files, fd in os.fwalk(name, dir_fd=dir_fd, follow_symlinks=False):
+        for entry in dirs + files:
+            try:
+                total += os.stat(entry, dir_fd=fd, follow_symlinks=False).st_blocks * 512
+            except OSError:
+                pass
+    return total
 
 try:
     d = os.open(folder, FLAGS)
@@ -86,16 +104,20 @@ for rel in sorted(rels):
         info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         continue
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != me:
+    whole_folder = kind == "fresh-leftover" and stat.S_ISDIR(info.st_mode)
+    if not (stat.S_ISREG(info.st_mode) or whole_folder) or info.st_uid != me:
         skipped.append(rel); continue
     if mode == "list":
-        items.append({"name": rel, "kind": kind, "bytes": info.st_blocks * 512,
-                      "changed": int(info.st_ctime)})
+        size = tree_bytes(dir_fd, name) if whole_folder else info.st_blocks * 512
+        items.append({"name": rel, "kind": kind, "bytes": size, "changed": int(info.st_ctime)})
         continue
     # The folder is this user's own: an entry swapped meanwhile for a link is unlinked itself,
-    # never followed.
+    # never followed; a folder goes through descriptors (shutil.rmtree with dir_fd).
     try:
-        os.unlink(name, dir_fd=dir_fd)
+        if whole_folder:
+            shutil.rmtree(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
         removed.append(rel)
     except FileNotFoundError:
         pass
@@ -104,7 +126,7 @@ for rel in sorted(rels):
 print(json.dumps({"items": items, "removed": removed, "skipped": skipped, "failed": failed}))
 """
 
-KINDS = ("backup", "job-log", "job-status", "snapshot")
+KINDS = ("backup", "job-log", "job-status", "snapshot", "fresh-leftover")
 
 
 class StateGcError(Exception):
