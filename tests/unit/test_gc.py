@@ -19,6 +19,7 @@ from rxslurm.daemon.config import Config, ContainersConfig
 from rxslurm.daemon.containers.gc import GcService
 from rxslurm.daemon.containers.gc_plan import (
     FRESH_SETTLED_S,
+    IMPORT_SETTLED_S,
     BuiltImage,
     Container,
     container_items,
@@ -538,14 +539,18 @@ def test_a_references_digest_file_and_a_jobs_cached_path_are_in_use() -> None:
 # -- what a `start --fresh` cut short left (.fresh-*) ---------------------------------------------
 
 
-def test_a_fresh_leftover_goes_once_settled_whatever_the_cutoff() -> None:
+def test_a_leftover_goes_once_settled_whatever_the_cutoff() -> None:
+    now = 100_000
     entries = [
-        Entry(".fresh-home-0123456789ab", "fresh-leftover", 7, 1000),
-        Entry(".fresh-apptainer-0123456789ab", "fresh-leftover", 9, 1000 + FRESH_SETTLED_S),
+        Entry(".fresh-home-0123456789ab", "fresh-leftover", 7, now - FRESH_SETTLED_S),
+        Entry(".fresh-apptainer-0123456789ab", "fresh-leftover", 9, now - FRESH_SETTLED_S + 1),
+        Entry("import-1", "import-leftover", 11, now - IMPORT_SETTLED_S),
+        Entry("import-2", "import-leftover", 13, now - FRESH_SETTLED_S),  # may be uploading
     ]
-    items = container_items(plan(), entries, cutoff=0, now=1000 + FRESH_SETTLED_S)
+    items = container_items(plan(), entries, cutoff=0, now=now)
     assert [(i.name, i.kind, i.bytes) for i in items] == [
-        (".fresh-home-0123456789ab", "fresh-leftover", 7)
+        (".fresh-home-0123456789ab", "fresh-leftover", 7),
+        ("import-1", "import-leftover", 11),
     ]
 
 
@@ -560,7 +565,7 @@ def fresh_leftover(folder: Path, name: str = ".fresh-home-0123456789ab") -> Path
     return left
 
 
-def test_the_script_lists_a_fresh_leftover_with_its_whole_size_and_removes_it_whole(
+def test_the_script_lists_leftovers_with_their_whole_size_and_removes_them_whole(
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "state"
@@ -572,17 +577,28 @@ def test_the_script_lists_a_fresh_leftover_with_its_whole_size_and_removes_it_wh
     (left / "to-outside").symlink_to(outside)
     (folder / ".fresh-home-notours").mkdir()  # not a name rx-slurm gives: never touched
     (folder / ".fresh-apptainer-ba9876543210").symlink_to(outside)  # a link: never followed
+    killed = folder / "import-20261201000000000000"
+    killed.mkdir()
+    (killed / "archive.tar.gz").write_bytes(b"a" * 30000)
+    os.utime(killed / "archive.tar.gz", (0, 2_000_000_000))  # written last in 2033
 
     listing = state_gc.list_entries(str(folder), None)
 
-    [entry] = listing.items
-    assert (entry.name, entry.kind) == (".fresh-home-0123456789ab", "fresh-leftover")
-    assert entry.bytes >= 25000  # the files below it, not just the folder
+    entries = {e.name: e for e in listing.items}
+    assert {n: e.kind for n, e in entries.items()} == {
+        ".fresh-home-0123456789ab": "fresh-leftover",
+        "import-20261201000000000000": "import-leftover",
+    }
+    assert entries[".fresh-home-0123456789ab"].bytes >= 25000  # what is below, not the folder
+    assert entries["import-20261201000000000000"].bytes >= 30000
+    assert entries["import-20261201000000000000"].changed == 2_000_000_000  # the newest inside
     assert listing.skipped == (".fresh-apptainer-ba9876543210",)
     done = state_gc.remove_entries(
-        str(folder), [".fresh-home-0123456789ab", ".fresh-apptainer-ba9876543210"], None
+        str(folder),
+        [".fresh-home-0123456789ab", ".fresh-apptainer-ba9876543210", killed.name],
+        None,
     )
-    assert done.removed == (".fresh-home-0123456789ab",)
+    assert sorted(done.removed) == [".fresh-home-0123456789ab", killed.name]
     assert done.skipped == (".fresh-apptainer-ba9876543210",)
     assert sorted(p.name for p in folder.iterdir()) == [
         ".fresh-apptainer-ba9876543210",

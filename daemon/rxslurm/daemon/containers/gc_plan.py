@@ -11,9 +11,9 @@
   at or before the cutoff.
 - A holder job's log and status file go when the job is not one whose log is kept
   (`containers.job_logs_kept`, and the current job) and is older than the newest job rxd knows.
-- What a `start --fresh` cut short left (`.fresh-*`) goes once untouched for FRESH_SETTLED_S,
-  whatever the cutoff: it is instance state its owner already asked to remove, and the fresh
-  script that was removing it has long passed its deadline.
+- A leftover goes once nothing in it changed for its SETTLED_S, whatever the cutoff: what a
+  `start --fresh` cut short left (`.fresh-*`, instance state its owner already asked to remove)
+  and a killed import's folder (`import-<stamp>`, an upload that never became the overlay).
 - A snapshot goes when the ledger knows it and it is not one of the newest
   `containers.snapshots_kept`; a snapshot file the ledger does not know yet (one being taken) stays.
 
@@ -38,7 +38,7 @@ class Item:
     """One thing garbage collection removes (or, in a dry run, would)."""
 
     kind: str  # image, built-image, quarantined, backup, job-log, job-status, snapshot,
-    # fresh-leftover
+    # fresh-leftover, import-leftover
     name: str  # a file name or a path relative to its container's folder
     owner: str  # who owns it on disk ("root", or the runtime user)
     bytes: int
@@ -109,9 +109,12 @@ class Container:
     known_snapshots: frozenset[str]  # every snapshot file name the ledger knows
 
 
-# A `.fresh-*` leftover untouched for this long: the fresh script that made it is long past its
-# deadline (runtime/fresh_state.py, FRESH_TIMEOUT_S), so nothing removes it any more but gc.
+# A leftover untouched for this long (nothing in it changed): the script that made it is long
+# past its deadline (runtime/fresh_state.py's two minutes; an import's 30 once its upload ended,
+# and an upload writes as it goes), so nothing but gc will ever remove it.
 FRESH_SETTLED_S = 600
+IMPORT_SETTLED_S = 4 * 3600
+SETTLED_S = {"fresh-leftover": FRESH_SETTLED_S, "import-leftover": IMPORT_SETTLED_S}
 
 
 def container_items(
@@ -120,8 +123,8 @@ def container_items(
     """The entries of the container's folder that go (``now``: seconds since the epoch)."""
     items = []
     for e in entries:
-        if e.kind == "fresh-leftover":
-            goes = e.changed <= now - FRESH_SETTLED_S
+        if e.kind in SETTLED_S:
+            goes = e.changed <= now - SETTLED_S[e.kind]
         else:
             goes = _goes(container, e, cutoff)
         if goes:

@@ -7,10 +7,11 @@ and `snapshots/` without following links and considers only entries named as rx-
 own files: overlay backups (`overlay.img.before-<tag>`, left by a reset or an import, and a
 failed reset's `.new-overlay-*.img`), holder job
 logs and status files (`job-<N>.out`, `job-<N>.status`), overlay snapshots
-(`snapshots/snap-<N>.img`) and what a `start --fresh` cut short left (`.fresh-*`, a folder
-removed whole). "list" answers each one's kind, size on disk and change time;
+(`snapshots/snap-<N>.img`) and leftovers, folders removed whole: what a `start --fresh` cut
+short left (`.fresh-*`) and a killed import's folder (`import-<stamp>`). "list" answers each
+one's kind, size on disk and change time;
 "remove" unlinks the names rxd chose, each only if it still is a regular file of that user (or,
-for a `.fresh-*` leftover, a folder of that user, removed through descriptors).
+for a leftover, a folder of that user, removed through descriptors).
 A symbolic link, a FIFO or a folder under such a name is never followed and is listed as
 skipped. What goes is rxd's decision (containers/gc.py), from the ledger.
 """
@@ -38,9 +39,13 @@ PATTERNS = (
     ("job-log", re.compile(r"job-[0-9]{1,18}\.out", re.ASCII)),
     ("job-status", re.compile(r"job-[0-9]{1,18}\.status", re.ASCII)),
 )
-# What a `start --fresh` cut short by its deadline left (runtime/fresh_state.py): a folder,
-# removed whole (through descriptors, no link followed), or a file.
-FRESH = re.compile(r"\.fresh-(?:apptainer|home)-[0-9a-f]{12}", re.ASCII)
+# Leftovers, each a folder removed whole (through descriptors, no link followed) or a file: what a
+# `start --fresh` cut short by its deadline left (runtime/fresh_state.py), and the folder of an
+# import whose script was killed (runtime/archive_import.py).
+LEFTOVERS = (
+    ("fresh-leftover", re.compile(r"\.fresh-(?:apptainer|home)-[0-9a-f]{12}", re.ASCII)),
+    ("import-leftover", re.compile(r"import-[0-9]{1,24}", re.ASCII)),
+)
 SNAP = re.compile(r"snap-[0-9]{1,24}\.img", re.ASCII)
 FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 me = os.getuid()
@@ -51,20 +56,24 @@ def kind_of(rel):
     for kind, pattern in PATTERNS:
         if pattern.fullmatch(rel):
             return kind
-    if FRESH.fullmatch(rel):
-        return "fresh-leftover"
+    for kind, pattern in LEFTOVERS:
+        if pattern.fullmatch(rel):
+            return kind
     return None
 
-def tree_bytes(dir_fd, name):
-    # A folder and everything below it, walked through descriptors (os.fwalk): no link followed.
-    total = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_blocks * 512
+def tree_facts(dir_fd, name, top):
+    # A folder and everything below it, walked through descriptors (os.fwalk, no link followed):
+    # the blocks it takes, and its newest change (a live script still writes somewhere in it).
+    total, newest = top.st_blocks * 512, top.st_ctime
     for _, dirs, files, fd in os.fwalk(name, dir_fd=dir_fd, follow_symlinks=False):
         for entry in dirs + files:
             try:
-                total += os.stat(entry, dir_fd=fd, follow_symlinks=False).st_blocks * 512
+                info = os.stat(entry, dir_fd=fd, follow_symlinks=False)
             except OSError:
-                pass
-    return total
+                continue
+            total += info.st_blocks * 512
+            newest = max(newest, info.st_ctime, info.st_mtime)
+    return total, newest
 
 try:
     d = os.open(folder, FLAGS)
@@ -104,12 +113,15 @@ for rel in sorted(rels):
         info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         continue
-    whole_folder = kind == "fresh-leftover" and stat.S_ISDIR(info.st_mode)
+    whole_folder = kind.endswith("-leftover") and stat.S_ISDIR(info.st_mode)
     if not (stat.S_ISREG(info.st_mode) or whole_folder) or info.st_uid != me:
         skipped.append(rel); continue
     if mode == "list":
-        size = tree_bytes(dir_fd, name) if whole_folder else info.st_blocks * 512
-        items.append({"name": rel, "kind": kind, "bytes": size, "changed": int(info.st_ctime)})
+        if whole_folder:
+            size, changed = tree_facts(dir_fd, name, info)
+        else:
+            size, changed = info.st_blocks * 512, info.st_ctime
+        items.append({"name": rel, "kind": kind, "bytes": size, "changed": int(changed)})
         continue
     # The folder is this user's own: an entry swapped meanwhile for a link is unlinked itself,
     # never followed; a folder goes through descriptors (shutil.rmtree with dir_fd).
@@ -126,7 +138,7 @@ for rel in sorted(rels):
 print(json.dumps({"items": items, "removed": removed, "skipped": skipped, "failed": failed}))
 """
 
-KINDS = ("backup", "job-log", "job-status", "snapshot", "fresh-leftover")
+KINDS = ("backup", "job-log", "job-status", "snapshot", "fresh-leftover", "import-leftover")
 
 
 class StateGcError(Exception):
@@ -138,7 +150,8 @@ class Entry:
     name: str  # relative to the container's folder
     kind: str  # one of KINDS
     bytes: int  # on disk
-    changed: int  # change time, seconds since the epoch (a rename to a backup name sets it)
+    changed: int  # change time, seconds since the epoch (a rename to a backup name sets it; a
+    # leftover folder's: the newest change of anything in it)
 
 
 @dataclass(frozen=True)
