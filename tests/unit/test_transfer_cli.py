@@ -5,6 +5,7 @@ never written over, rxd's refusals are one line, and the upload carries the file
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from rxslurm.cli import transfer
+from rxslurm.cli.commands_export import progress_line
 from rxslurm.cli.main import cli
 
 
@@ -171,3 +173,24 @@ def test_an_unwritable_file_is_one_line(sock: Path, tmp_path: Path) -> None:
     out = tmp_path / "missing-folder" / "a.tar.gz"
     code, said = rxctl(sock, "export", "--project", "alpha", "-o", str(out))
     assert (code, said) == (1, f"Error: cannot write {out}: No such file or directory\n")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_shows_on_a_terminal_only_with_the_total_when_known() -> None:
+    screen = Terminal()
+    show = progress_line("sent", screen, total=3 << 20)
+    show(1 << 20)
+    show(3 << 20)  # the last one always shows, however soon after
+    assert screen.getvalue() == (
+        "\rsent 1.0 MiB of 3.0 MiB\x1b[K" + "\rsent 3.0 MiB of 3.0 MiB\x1b[K"
+    )
+    exported = Terminal()
+    progress_line("exported", exported)(2048)
+    assert exported.getvalue() == "\rexported 2.0 KiB\x1b[K"
+    piped = io.StringIO()
+    progress_line("sent", piped, total=10)(10)
+    assert piped.getvalue() == ""
