@@ -46,6 +46,7 @@ altered[len(altered) // 2] ^= 0x40
 def send(body):
     sock = socket.create_connection(door.host_port)
     head = (f"POST {target} HTTP/1.1\r\nHost: rxd\r\nConnection: close\r\n{name}: {credential}"
+            f"\r\nX-RX-Body-SHA256: {hashlib.sha256(data).hexdigest()}"
             f"\r\nContent-Type: application/gzip\r\nContent-Length: {len(body)}\r\n\r\n")
     sock.sendall(head.encode() + body)
     answer = b""

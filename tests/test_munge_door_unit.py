@@ -213,7 +213,8 @@ def test_an_import_s_body_streams_past_the_cap_and_is_proven_after_its_last_byte
 
         return run
 
-    headers = bound(fake, "POST", target, archive)
+    digest = {request_binding.BODY_DIGEST_HEADER: hashlib.sha256(archive).hexdigest()}
+    headers = bound(fake, "POST", target, archive) | digest
     assert call_with(send(archive, headers)) == (200, {"bytes": 3 << 20})
     # The same credential again: a replay, refused before the route runs.
     status, data = call_with(send(archive, headers))
@@ -221,7 +222,7 @@ def test_an_import_s_body_streams_past_the_cap_and_is_proven_after_its_last_byte
     # One byte changed in the middle: refused after the last byte, and audited.
     altered = bytearray(archive)
     altered[len(altered) // 2] ^= 1
-    status, data = call_with(send(bytes(altered), bound(fake, "POST", target, archive)))
+    status, data = call_with(send(bytes(altered), bound(fake, "POST", target, archive) | digest))
     assert (status, data["error"]["code"]) == (401, "altered")
     assert "nothing was changed" in data["error"]["message"]
     assert len(seen) == 2
@@ -229,6 +230,33 @@ def test_an_import_s_body_streams_past_the_cap_and_is_proven_after_its_last_byte
         ("bad_credential", target),
         ("altered", target),
     ]
+
+
+def test_a_streamed_body_s_binding_is_checked_before_the_route_runs(
+    daemon: Daemon, fake: FakeMunge
+) -> None:
+    seen: list[object] = []
+    call_with = stream_app(daemon, seen)
+    target = "/v1/projects/alpha/import"
+    archive = b"an archive"
+
+    def send(headers: dict[str, str], path: str = target) -> Callable[[TestClient], Any]:
+        async def run(client: TestClient) -> tuple[int, str]:
+            response = await client.post(path, data=archive, headers=headers)
+            return response.status, json.loads(await response.read())["error"]["code"]
+
+        return run
+
+    honest = {request_binding.BODY_DIGEST_HEADER: hashlib.sha256(archive).hexdigest()}
+    other = {request_binding.BODY_DIGEST_HEADER: hashlib.sha256(b"another").hexdigest()}
+    # No digest announced; another digest than the credential's; a credential made for another
+    # request (whoami) moved onto this one; one made for another project's import.
+    assert call_with(send(bound(fake, "POST", target, archive))) == (401, "no_digest")
+    assert call_with(send(bound(fake, "POST", target, archive) | other)) == (401, "altered")
+    assert call_with(send(bound(fake, "GET", "/v1/whoami", b"") | honest)) == (401, "altered")
+    moved = bound(fake, "POST", "/v1/projects/beta/import", archive) | honest
+    assert call_with(send(moved)) == (401, "altered")
+    assert seen == []  # the route never ran
 
 
 def test_any_other_route_still_reads_its_body_whole_and_capped(

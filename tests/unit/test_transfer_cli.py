@@ -158,6 +158,8 @@ def test_an_upload_over_the_network_door_binds_the_whole_archive_s_digest(
     assert bound == [("POST", "/v1/projects/alpha/import", b"", hashlib.sha256(data).digest())]
     head, _, body = server.requests[0].partition(b"\r\n\r\n")
     assert b"\r\nX-RX-Munge: CREDENTIAL" in head
+    announced = b"X-RX-Body-SHA256: " + hashlib.sha256(data).hexdigest().encode()
+    assert announced in head.split(b"\r\n")
     assert body == data  # read again from its start after the digest
 
 

@@ -72,11 +72,17 @@ def _connect(
         raise ClientError(client.door_error)
     headers: dict[str, str] = {}
     if door.kind == "network":
+        digest = body_sha256()
         try:
-            name, credential = munge_header(door, method, route, b"", body_sha256())
+            name, credential = munge_header(door, method, route, b"", digest)
         except DoorError as exc:
             raise ClientError(str(exc)) from None
         headers[name] = credential
+        if method == "POST":
+            from rxslurm.slurm.request_binding import BODY_DIGEST_HEADER  # network path only
+
+            # rxd checks the binding before the body (door_stream.py), the body after it.
+            headers[BODY_DIGEST_HEADER] = digest.hex()
         address: str | tuple[str, int] = door.host_port
     else:
         address = door.address

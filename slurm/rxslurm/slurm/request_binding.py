@@ -20,6 +20,9 @@ from typing import NamedTuple
 VERSION = "rxslurm-request/1"
 # The HTTP header that carries the credential.
 HEADER = "X-RX-Munge"
+# A streamed body's SHA-256 (hex), announced so that rxd checks the binding before the body and
+# the body against it after its last byte (an import's archive: rxd's api/door_stream.py).
+BODY_DIGEST_HEADER = "X-RX-Body-SHA256"
 MAX_PAYLOAD = 256
 MAX_UID = 2**32 - 2  # (uid_t)-1 is "no uid"
 

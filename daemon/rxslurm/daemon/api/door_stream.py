@@ -2,15 +2,19 @@
 
 The door binds every request's body to its MUNGE credential (api/munge_door.py) and, for most
 routes, reads the body whole (at most 1 MiB) before the route runs. An import's archive may be
-many GiB, so on the routes named here the door decodes the credential first (MUNGE's TTL and
-replay cache apply as always: a credential is good once) and hands the route a ``StreamProof``:
-the route hashes the body as it relays it and calls ``verify`` with the digest after the last
-byte, before anything it did with the body takes effect. A body altered on the way, cut, or
-spliced from another upload does not match the digest the client bound, and is refused.
+many GiB, so on the routes named here the client also sends the body's SHA-256 (header
+BODY_DIGEST_HEADER), and the door checks the whole binding (method, target, that digest) against
+the credential before the route runs (MUNGE's TTL and replay cache apply as always: a credential
+is good once), so a credential made for any other request is refused before anything happens.
+The route gets a ``StreamProof``: it hashes the body as it relays it and calls ``verify`` after
+the last byte, before anything it did with the body takes effect. A body altered on the way, cut,
+or spliced from another upload does not hash to the bound digest, and is refused.
 """
 
 from __future__ import annotations
 
+import hmac
+import re
 from typing import NamedTuple
 
 from aiohttp import web
@@ -18,11 +22,12 @@ from aiohttp import web
 from rxslurm.daemon.errors import ApiError
 from rxslurm.protocol import routes as route
 from rxslurm.slurm import request_binding
-from rxslurm.slurm.request_binding import Binding, BindingError
+from rxslurm.slurm.request_binding import BODY_DIGEST_HEADER, Binding, BindingError
 
 # (method, route pattern) whose body the door streams instead of reading whole.
 STREAMED = frozenset({("POST", route.PROJECT_IMPORT)})
 PROOF_KEY = "stream_proof"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class Refused(ApiError):
@@ -40,21 +45,38 @@ def streamed(request: web.Request) -> bool:
 
 
 class StreamProof(NamedTuple):
-    binding: Binding
-    method: str
-    target: str
+    body_sha256: bytes  # what the credential binds
+    uid: int
 
     def verify(self, body_sha256: bytes) -> None:
         """Refused (401) unless the body that arrived is the one the credential was made for."""
-        try:
-            request_binding.check_streamed(self.binding, self.method, self.target, body_sha256)
-        except BindingError as exc:
+        if not hmac.compare_digest(body_sha256, self.body_sha256):
             raise Refused(
-                f"{exc}: the upload is refused and nothing was changed",
+                "the request does not match its credential (altered, or moved): the upload is "
+                "refused and nothing was changed",
                 status=401,
                 code="altered",
-                uid=self.binding.uid,
-            ) from None
+                uid=self.uid,
+            )
+
+
+def stream_proof(request: web.Request, binding: Binding) -> StreamProof:
+    """The binding checked against this request's method, target and announced body digest;
+    the proof its body must meet. Refused (401) when the digest is missing or does not match."""
+    announced = request.headers.get(BODY_DIGEST_HEADER, "").strip()
+    if not _HEX64.fullmatch(announced):
+        raise Refused(
+            f"a streamed body needs its SHA-256 in the {BODY_DIGEST_HEADER} header (use rxctl)",
+            status=401,
+            code="no_digest",
+            uid=binding.uid,
+        )
+    digest = bytes.fromhex(announced)
+    try:
+        request_binding.check_streamed(binding, request.method, request.raw_path, digest)
+    except BindingError as exc:
+        raise Refused(str(exc), status=401, code="altered", uid=binding.uid) from None
+    return StreamProof(digest, binding.uid)
 
 
 def proof_of(request: web.Request) -> StreamProof | None:

@@ -29,7 +29,13 @@ from aiohttp.typedefs import Middleware
 
 from rxslurm.daemon.api.app import Handler, make_app
 from rxslurm.daemon.api.context import Daemon, daemon_of
-from rxslurm.daemon.api.door_stream import PROOF_KEY, Refused, StreamProof, streamed
+from rxslurm.daemon.api.door_stream import (
+    PROOF_KEY,
+    Refused,
+    StreamProof,
+    stream_proof,
+    streamed,
+)
 from rxslurm.daemon.api.peercred import UnknownCaller, resolve_caller
 from rxslurm.daemon.errors import ApiError, Unavailable
 from rxslurm.daemon.ledger.audit import record_event
@@ -150,7 +156,7 @@ async def prove(request: web.Request) -> tuple[int, int, StreamProof | None]:
             uid=decoded.uid,
         )
     if body is None:
-        return decoded.uid, decoded.gid, StreamProof(binding, request.method, request.raw_path)
+        return decoded.uid, decoded.gid, stream_proof(request, binding)
     try:
         request_binding.check(binding, request.method, request.raw_path, body)
     except BindingError as exc:
