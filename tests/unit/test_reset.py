@@ -88,8 +88,7 @@ def test_an_overlay_a_job_holds_is_not_reset_and_the_new_one_goes_again(tmp_path
     assert (folder / "overlay.img").read_bytes() == b"installed software"
 
 
-def test_only_an_owner_resets(tmp_path: Path) -> None:
-    w, folder = sleeping(tmp_path)
+def add_manager(w: World) -> None:
     now = to_timestamp(w.clock())
     with w.ledger.transaction() as db:
         db.table("platform_users").insert({"id": "max", "created_at": now})
@@ -102,6 +101,11 @@ def test_only_an_owner_resets(tmp_path: Path) -> None:
                 "added_by": "ada",
             }
         )
+
+
+def test_only_an_owner_resets(tmp_path: Path) -> None:
+    w, folder = sleeping(tmp_path)
+    add_manager(w)
     with pytest.raises(Forbidden):
         reset_overlay(w.service, MANAGER, "alpha")
     assert (folder / "overlay.img").read_bytes() == b"installed software"
@@ -153,3 +157,14 @@ def test_a_fresh_start_of_a_held_or_still_awake_container_clears_nothing(tmp_pat
         fresh_start(w.service, OWNER, "alpha", wait_s=0.05)
     assert (folder / "home" / ".bashrc").exists() and (folder / "apptainer").is_dir()
     assert w.row("alpha")["desired"] == "stopped"
+
+
+def test_only_an_owner_starts_fresh(tmp_path: Path) -> None:
+    w, folder = sleeping(tmp_path)
+    add_manager(w)
+    with_instance_state(folder, tmp_path / "outside")
+    with pytest.raises(Forbidden):
+        fresh_start(w.service, MANAGER, "alpha")
+    assert (folder / "home" / ".bashrc").exists() and (folder / "apptainer").is_dir()
+    assert not list(w.ledger.db.table("events").rows_where("action = 'container.fresh'"))
+    assert not w.slurm.jobs
