@@ -1,4 +1,4 @@
-"""A body streamed through the network door: its credential is checked after its last byte.
+"""A body streamed through the network door: checked against its credential after its last byte.
 
 The door binds every request's body to its MUNGE credential (api/munge_door.py) and, for most
 routes, reads the body whole (at most 1 MiB) before the route runs. An import's archive may be
