@@ -44,6 +44,13 @@ def test_a_file_in_chunks_appears_whole_with_its_last(workspace: Workspace) -> N
     assert os.listdir(folder(workspace) / "wheels") == ["a.whl"]
 
 
+def test_an_executable_file_is_made_0755_others_0644(workspace: Workspace) -> None:
+    put_chunk(workspace, "ctx", Chunk("run.sh", 0, b"#!/bin/sh\n", True, executable=True), MOST)
+    put_chunk(workspace, "ctx", Chunk("data", 0, b"x", True), MOST)
+    assert (folder(workspace) / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert (folder(workspace) / "data").stat().st_mode & 0o777 == 0o644
+
+
 def test_a_chunk_that_does_not_start_where_the_file_ends_is_refused(workspace: Workspace) -> None:
     put_chunk(workspace, "ctx", Chunk("f", 0, b"abc", False), MOST)
     with pytest.raises(Conflict, match="has 3 bytes, not 10"):

@@ -16,7 +16,14 @@ from typing import Any
 from rxslurm.cli.client import ApiError, Client
 from rxslurm.protocol import routes
 from rxslurm.protocol.states import State
-from rxslurm.sdk.builds import find_build, start_build, wait_build
+from rxslurm.sdk.builds import (
+    BuildFailed,
+    find_build,
+    remove_context,
+    start_build,
+    upload_context,
+    wait_build,
+)
 from rxslurm.sdk.errors import BadRequest, RxError, Timeout, translated
 from rxslurm.sdk.image import Image
 from rxslurm.sdk.process import ExecProcess, ExecResult
@@ -229,8 +236,17 @@ class Container:
         """The chain's succeeded build (built now if there is none) as the project's image."""
         build = find_build(self._client, self.name, image.build_name)
         if build is None:
+            upload_context(self._client, self.name, image)
             build = start_build(self._client, self.name, image)
-        build = wait_build(self._client, self.name, build, deadline)
+            try:
+                build = wait_build(self._client, self.name, build, deadline)
+            except BuildFailed:
+                remove_context(self._client, self.name, image)
+                raise
+            # Ours, and ended: its job copied the uploaded files when it started.
+            remove_context(self._client, self.name, image)
+        else:
+            build = wait_build(self._client, self.name, build, deadline)
         if (project.get("settings") or {}).get("image") != build.get("image"):
             self._client.request(
                 "PUT",

@@ -30,14 +30,14 @@ from rxslurm.daemon.runtime.user_script import run_script, script_answer, script
 from rxslurm.protocol import build_context
 from rxslurm.slurm.runas import RunAs
 
-CHUNK_FIELDS = ("path", "offset", "data", "last")
+CHUNK_FIELDS = ("path", "offset", "data", "last", "executable")
 
 WRITER = (
     files.WALK
     + r"""
 import hashlib
 offset, last = int(sys.argv[4]), sys.argv[5] == "1"
-context = sys.argv[6]
+context, mode = sys.argv[6], 0o755 if sys.argv[7] == "1" else 0o644
 try:
     data = base64.b64decode(sys.stdin.read(), validate=True)
 except ValueError:
@@ -57,7 +57,7 @@ part = ".rx-part-" + hashlib.sha256(name.encode()).hexdigest()[:16]
 flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 try:
     if offset == 0:
-        f = os.open(part, flags | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=d)
+        f = os.open(part, flags | os.O_CREAT | os.O_TRUNC, mode, dir_fd=d)
     else:
         f = os.open(part, flags | os.O_APPEND, dir_fd=d)
 except FileNotFoundError:
@@ -69,6 +69,8 @@ if not stat.S_ISREG(info.st_mode):
     say(kind="refused", why=name + " is not a regular file")
 if info.st_size != offset:
     say(kind="offset", have=info.st_size)
+if offset == 0:
+    os.fchmod(f, mode)
 view = memoryview(data)
 while view:
     view = view[os.write(f, view):]
@@ -110,10 +112,12 @@ class Chunk:
     offset: int
     data: bytes
     last: bool
+    executable: bool = False
 
 
 def parse_chunk(body: dict[str, Any]) -> Chunk:
-    """One upload request's body, checked: `{path, offset, data (base64), last}`."""
+    """One upload request's body, checked: `{path, offset, data (base64), last, executable?}`
+    (`executable`: the file is made 0755, else 0644, with its first chunk)."""
     path = files.check_path(body.get("path"))
     offset = body.get("offset")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
@@ -130,7 +134,10 @@ def parse_chunk(body: dict[str, Any]) -> Chunk:
         raise BadRequest("data is not valid base64") from None
     if len(data) > build_context.CHUNK_BYTES:
         raise BadRequest(f"a chunk is at most {build_context.CHUNK_BYTES} bytes")
-    return Chunk(path, offset, data, last)
+    executable = body.get("executable", False)
+    if not isinstance(executable, bool):
+        raise BadRequest("executable must be true or false")
+    return Chunk(path, offset, data, last, executable)
 
 
 def _workspace(ledger: Ledger, config: Config, actor: Actor, project: str) -> files.Workspace:
@@ -175,6 +182,7 @@ def put_chunk(workspace: files.Workspace, context: str, chunk: Chunk, most: int)
         "1" if chunk.last else "0",
         # The context's folder, for the script's count of what it holds already.
         f"{workspace.folder}/{folder}",
+        "1" if chunk.executable else "0",
         data=base64.b64encode(chunk.data).decode(),
     )
     kind = head.get("kind")
