@@ -213,6 +213,121 @@ def test_a_chain_is_built_once_and_a_second_run_uses_its_build(rxd: Rxd) -> None
     assert [(i["name"], i["state"]) for i in images] == [(first["name"], "succeeded")]
 
 
+TINY_WHEEL = """
+    import base64, hashlib, pathlib, tempfile, zipfile
+    def tiny_wheel(folder):
+        # A wheel of one module, written here: nothing comes from a package index.
+        files = {
+            "tinyrx/__init__.py": "def hello():\\n    return 'tiny wheel 0.1'\\n",
+            "tinyrx-0.1.dist-info/METADATA": (
+                "Metadata-Version: 2.1\\nName: tinyrx\\nVersion: 0.1\\n"
+            ),
+            "tinyrx-0.1.dist-info/WHEEL": (
+                "Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\n"
+                "Tag: py3-none-any\\n"
+            ),
+        }
+        record = ""
+        for name, text in files.items():
+            digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest())
+            record += f"{name},sha256={digest.decode().rstrip('=')},{len(text)}\\n"
+        files["tinyrx-0.1.dist-info/RECORD"] = record + "tinyrx-0.1.dist-info/RECORD,,\\n"
+        wheel = pathlib.Path(folder) / "tinyrx-0.1-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            for name, text in files.items():
+                archive.writestr(zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0)), text)
+        return wheel
+    """
+
+
+def pieces(*parts: str) -> str:
+    """One script of parts indented each its own way."""
+    return "".join(textwrap.dedent(part) for part in parts)
+
+
+USES_ALL_THREE = (
+    "import os, tinyrx; print(tinyrx.hello()); print(open('/data/in.txt').read().strip()); "
+    "print(len(os.environ['SDK_TOKEN']))"
+)
+
+
+def test_notebook_builds_a_local_wheel_into_its_image_once(rxd: Rxd) -> None:
+    """#18's done-when: a chain that pip-installs a wheel of this host (uploaded through the API
+    into the build context), a secret and a volume used by one command, a stop with a grace
+    period; a second run() of the same chain in another process does not build again."""
+    ok(rxd.rxctl("rxalice", "project", "create", "nbwheel", "--image", str(BASE_IMAGE)))
+    ok(rxd.rxctl("rxalice", "project", "set", "--project", "nbwheel", "--dev-mode", "on"))
+    token = "sdk-" + secrets.token_hex(8)
+    chain = """
+        image = (
+            Image.local(IMAGE)
+            .add_local_file(wheel, "/opt/wheels/")
+            .pip_install("--no-index", "/opt/wheels/tinyrx-0.1-py3-none-any.whl")
+        )
+        box = Container(
+            "nbwheel", image=image, cpu=1, memory="256Mi",
+            secrets=[Secret.from_local_env("SDK_TOKEN")], volumes=[(Volume("nbw-data"), "/data")],
+        )
+        """
+    first = sdk(
+        rxd,
+        "rxalice",
+        pieces(
+            TINY_WHEEL,
+            """
+            import os
+            wheel = tiny_wheel(tempfile.mkdtemp())
+            """,
+            chain,
+            f"""
+        box.run(timeout=900)
+        local = pathlib.Path(tempfile.mkdtemp()) / "in.txt"
+        local.write_text("from the volume\\n")
+        Volume("nbw-data", project="nbwheel").put_file(local, "in.txt")
+        result = box.exec("python3", "-c", {USES_ALL_THREE!r})
+        box.stop(grace_period_seconds=120)
+        show(wheel=str(wheel), name=image.build_name, out=result.stdout, exit=result.exit_code,
+             state=box.status)
+        """,
+        ),
+        timeout=1000,
+        env={"SDK_TOKEN": token},
+    )
+    assert (first["exit"], first["state"]) == (0, "stopped"), first
+    assert first["out"] == f"tiny wheel 0.1\nfrom the volume\n{len(token)}\n"
+    second = sdk(
+        rxd,
+        "rxalice",
+        pieces(
+            TINY_WHEEL,
+            f"""
+            wheel = pathlib.Path({first["wheel"]!r})
+            """,
+            chain,
+            """
+        box.run(timeout=300)
+        result = box.exec("python3", "-c", "import tinyrx; print(tinyrx.hello())")
+        left = box.exec("ls", "-A", "/workspace/.rx-build-contexts")
+        box.stop(grace_period_seconds=120)
+        show(name=image.build_name, out=result.stdout, left=[left.exit_code, left.stdout])
+        """,
+        ),
+        env={"SDK_TOKEN": token},
+    )
+    assert second["name"] == first["name"]
+    assert second["out"] == "tiny wheel 0.1\n"
+    # The uploaded context went once the build ended.
+    assert second["left"] == [0, ""]
+    images = json.loads(
+        ok(rxd.rxctl("rxalice", "image", "list", "--project", "nbwheel", "--json")).stdout
+    )["images"]
+    # One build: the second run() found it by the chain's digest, the wheel's among it.
+    assert [(i["name"], i["state"]) for i in images] == [(first["name"], "succeeded")]
+    history = ok(rxd.rxctl("rxalice", "history", "--project", "nbwheel", "--json")).stdout
+    actions = [e["action"] for e in json.loads(history)["events"]]
+    assert "image.context-written" in actions and "image.context-deleted" in actions
+
+
 def test_each_typed_error_comes_from_a_real_failure(rxd: Rxd) -> None:
     seen = sdk(
         rxd,
