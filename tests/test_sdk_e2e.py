@@ -4,10 +4,16 @@ rxctl does ($RXCTL_SOCKET), and prints what it saw as JSON."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
 import re
 import secrets
+import shutil
+import subprocess
+import tempfile
 import textwrap
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,12 +62,13 @@ def sdk(
     timeout: float = 300,
     server: str | None = None,
     env: dict[str, str] | None = None,
+    python: str = PYTHON,
 ) -> dict[str, Any]:
     """What `script` (after PROLOGUE) showed, run as `user` in a fresh Python against rxd: on
     its socket, or through the network door at `server` (as on a login node: no socket named)."""
     code = PROLOGUE + textwrap.dedent(script)
     door = {"RXSLURM_SERVER": server} if server else {"RXCTL_SOCKET": str(rxd.socket)}
-    result = run_as(user, [PYTHON, "-c", code], env={**door, **(env or {})}, timeout=timeout)
+    result = run_as(user, [python, "-c", code], env={**door, **(env or {})}, timeout=timeout)
     assert result.returncode == 0, (result.stdout, result.stderr, rxd.log_text()[-3000:])
     seen: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     return seen
@@ -448,3 +455,86 @@ def test_the_sdk_through_the_munge_network_door() -> None:
         history = ok(rxd.rxctl("rxalice", "history", "--project", "door", "--json")).stdout
         origins = {e["action"]: e["origin"] for e in json.loads(history)["events"]}
         assert origins["project.created"] == "munge", origins
+
+
+ROOT = Path(__file__).resolve().parent.parent
+NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "results")
+DAEMON_ONLY = ("aiohttp", "sqlite_utils", "spython")
+# pip of the fresh venv reads no configuration (the machine's may name indexes): --no-index and
+# the wheels made here are all it has.
+OFFLINE_PIP = {
+    "PIP_CONFIG_FILE": os.devnull,
+    "PIP_NO_INDEX": "1",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+}
+
+
+def wheel_of_installed(name: str, out: Path) -> Path:
+    """A wheel of a pure-Python distribution installed in this venv, from its own files (its
+    RECORD names them): how a wheel reaches a venv with no index."""
+    dist = importlib.metadata.distribution(name)
+    info = next(f for f in dist.files or () if f.name == "WHEEL")
+    tags = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+            if line.startswith("Tag:")]  # fmt: skip
+    wheel = out / f"{dist.metadata['Name']}-{dist.version}-{tags[0]}.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for file in dist.files or ():
+            path = Path(str(file.locate()))
+            if file.parts[0] == ".." or "__pycache__" in file.parts or not path.is_file():
+                continue
+            if file.name in ("INSTALLER", "REQUESTED", "direct_url.json"):
+                continue
+            archive.write(path, str(file))
+    return wheel
+
+
+def test_the_client_side_alone_in_a_fresh_venv_uses_the_sdk(rxd: Rxd, tmp_path: Path) -> None:
+    """`pip install rx-slurm` without the daemon extra, offline, into a new venv: no aiohttp,
+    sqlite-utils or spython in it, and the SDK runs, execs and stops a container with it."""
+    dist = tmp_path / "dist"
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    built = subprocess.run(
+        [PYTHON, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", dist, source],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **OFFLINE_PIP},
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    wheel_of_installed("click", dist)
+    # Test users run it: a folder they may read, not pytest's (root's, 0700).
+    home = Path(tempfile.mkdtemp(prefix="rx-sdk-venv-", dir="/tmp"))
+    try:
+        home.chmod(0o755)
+        venv = home / "venv"
+        subprocess.run(["/usr/bin/python3", "-m", "venv", venv], check=True, timeout=120)
+        installed = subprocess.run(
+            [venv / "bin" / "pip", "install", "--no-index", "--find-links", dist, "rx-slurm"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **OFFLINE_PIP},
+            timeout=300,
+        )
+        assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+        fresh = str(venv / "bin" / "python")
+        seen = sdk(
+            rxd,
+            "rxalice",
+            f"""
+            import importlib.util, rxslurm.sdk
+            box = Container("fresh", image=IMAGE, cpu=1, memory="256Mi")
+            box.run(timeout=240)
+            result = box.exec("sh", "-c", "echo from a fresh venv; exit 2")
+            box.stop(grace_period_seconds=120)
+            show(sdk=rxslurm.sdk.__file__, exit=result.exit_code, out=result.stdout,
+                 state=box.status,
+                 daemon_deps=[m for m in {DAEMON_ONLY!r} if importlib.util.find_spec(m)])
+            """,
+            python=fresh,
+        )
+    finally:
+        shutil.rmtree(home)
+    assert seen["sdk"].startswith(str(venv)), seen  # the fresh venv's copy, not the checkout
+    assert seen["daemon_deps"] == []
+    assert (seen["exit"], seen["out"], seen["state"]) == (2, "from a fresh venv\n", "stopped")
