@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import ok
-from tests.support.cluster import VENV_BIN, run_as
+from tests.support.cluster import VENV_BIN, run_as, spawn_as, wait_for
 from tests.support.daemon import Rxd, free_port, running_rxd
 from tests.support.lifecycle import gpu_quota_rxd, lifecycle_config, status
 from tests.support.real_apptainer import BASE_IMAGE
@@ -333,6 +334,63 @@ def test_notebook_builds_a_local_wheel_into_its_image_once(rxd: Rxd) -> None:
     history = ok(rxd.rxctl("rxalice", "history", "--project", "nbwheel", "--json")).stdout
     actions = [e["action"] for e in json.loads(history)["events"]]
     assert "image.context-written" in actions and "image.context-deleted" in actions
+
+
+def fetch(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return str(answer.read().decode())
+    except OSError:
+        return None
+
+
+def test_a_service_container_found_by_its_id_is_reached_through_port_forward(rxd: Rxd) -> None:
+    """port= and entrypoint= make the project's service (docs/services.md); another process
+    finds the container by the id the first saw and forwards a local port to the service."""
+    port, local = free_port(), free_port()
+    seen = sdk(
+        rxd,
+        "rxalice",
+        f"""
+        box = Container(
+            "sdksvc", image=IMAGE, cpu=1, memory="256Mi", port={port},
+            entrypoint=["python3", "-m", "http.server", "--bind", "127.0.0.1",
+                        "--directory", "/workspace", "{port}"],
+        )
+        box.run(timeout=240)
+        box.exec("sh", "-c", "echo served > /workspace/hello.txt")
+        show(id=box.id, service=box.refresh().info.get("service"))
+        """,
+    )
+    assert seen["id"] == "rx-sdksvc"
+    assert str(seen["service"]).endswith(f":{port}")
+    holder = PROLOGUE + textwrap.dedent(
+        f"""
+        import sys
+        box = Container.from_id({seen["id"]!r}, socket={str(rxd.socket)!r})
+        forward = box.port_forward({local})
+        show(url=forward.url)
+        sys.stdout.flush()
+        sys.stdin.read()  # until the test is done with the forward
+        forward.close()
+        box.stop(grace_period_seconds=120)
+        show(state=box.status)
+        """
+    )
+    process = spawn_as("rxalice", [PYTHON, "-c", holder], stdin=subprocess.PIPE)
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        url = json.loads(process.stdout.readline())["url"]
+        assert url == f"http://127.0.0.1:{local}"
+        body = wait_for(lambda: fetch(url + "/hello.txt"), 60, what="the service, forwarded")
+        assert body == "served\n"
+        # communicate() closes the script's stdin: it closes the forward and stops the box.
+        out, _ = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert json.loads(out.splitlines()[-1]) == {"state": "stopped"}, out
+    assert fetch(url + "/hello.txt") is None  # the forward closed with it
 
 
 def test_each_typed_error_comes_from_a_real_failure(rxd: Rxd) -> None:

@@ -149,9 +149,14 @@ def test_port_and_entrypoint_are_the_projects_service_settings() -> None:
         entrypoint=["python3", "-m", "http.server", "8000"],
         socket="/nonexistent/rxd.sock",
     )
-    assert box.settings == {"port": 8000, "service": ["python3", "-m", "http.server", "8000"]}
+    assert box.settings == {
+        "port": 8000,
+        "service": json.dumps(["python3", "-m", "http.server", "8000"]),
+    }
     # One string is one word (never split by a shell).
-    assert Container("alpha", entrypoint="serve", socket="/x").settings == {"service": ["serve"]}
+    assert Container("alpha", entrypoint="serve a", socket="/x").settings == {
+        "service": '["serve a"]'
+    }
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ commands through rxctl's exec session (process.py), so the SDK has rxctl's right
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -79,7 +80,8 @@ def service_settings(port: int | None, entrypoint: Sequence[str] | None) -> dict
             raise BadRequest(
                 f"entrypoint must be a command: one or more non-empty words, not {entrypoint!r}"
             )
-        settings["service"] = words
+        # The API keeps the words as JSON text (docs/api.md): never joined into a shell line.
+        settings["service"] = json.dumps(words)
     return settings
 
 
