@@ -271,6 +271,7 @@ def test_notebook_builds_a_local_wheel_into_its_image_once(rxd: Rxd) -> None:
             Image.local(IMAGE)
             .add_local_file(wheel, "/opt/wheels/")
             .pip_install("--no-index", "/opt/wheels/tinyrx-0.1-py3-none-any.whl")
+            .add_local_dir(blobs, "/opt/blobs")
         )
         box = Container(
             "nbwheel", image=image, cpu=1, memory="256Mi",
@@ -283,8 +284,14 @@ def test_notebook_builds_a_local_wheel_into_its_image_once(rxd: Rxd) -> None:
         pieces(
             TINY_WHEEL,
             """
-            import os
+            import hashlib, os
             wheel = tiny_wheel(tempfile.mkdtemp())
+            # A folder with a file of three upload chunks (512 KiB each), one executable.
+            blobs = pathlib.Path(tempfile.mkdtemp())
+            (blobs / "sub").mkdir()
+            (blobs / "sub" / "big.bin").write_bytes(os.urandom(1300 * 1024))
+            (blobs / "run.sh").write_text("#!/bin/sh\\necho ran\\n")
+            (blobs / "run.sh").chmod(0o755)
             """,
             chain,
             f"""
@@ -293,9 +300,11 @@ def test_notebook_builds_a_local_wheel_into_its_image_once(rxd: Rxd) -> None:
         local.write_text("from the volume\\n")
         Volume("nbw-data", project="nbwheel").put_file(local, "in.txt")
         result = box.exec("python3", "-c", {USES_ALL_THREE!r})
+        big = box.exec("sh", "-c", "sha256sum < /opt/blobs/sub/big.bin; /opt/blobs/run.sh")
         box.stop(grace_period_seconds=120)
-        show(wheel=str(wheel), name=image.build_name, out=result.stdout, exit=result.exit_code,
-             state=box.status)
+        show(wheel=str(wheel), blobs=str(blobs), name=image.build_name, out=result.stdout,
+             exit=result.exit_code, state=box.status, big=big.stdout,
+             digest=hashlib.sha256((blobs / "sub" / "big.bin").read_bytes()).hexdigest())
         """,
         ),
         timeout=1000,
@@ -303,13 +312,15 @@ def test_notebook_builds_a_local_wheel_into_its_image_once(rxd: Rxd) -> None:
     )
     assert (first["exit"], first["state"]) == (0, "stopped"), first
     assert first["out"] == f"tiny wheel 0.1\nfrom the volume\n{len(token)}\n"
+    # The folder's big file came through in chunks, whole; the executable bit too.
+    assert first["big"] == f"{first['digest']}  -\nran\n"
     second = sdk(
         rxd,
         "rxalice",
         pieces(
             TINY_WHEEL,
             f"""
-            wheel = pathlib.Path({first["wheel"]!r})
+            wheel, blobs = pathlib.Path({first["wheel"]!r}), pathlib.Path({first["blobs"]!r})
             """,
             chain,
             """

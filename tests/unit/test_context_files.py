@@ -6,6 +6,7 @@ size is capped, links are never followed."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
@@ -112,6 +113,20 @@ def test_a_context_is_removed_whole(workspace: Workspace) -> None:
 def test_a_bad_chunk_is_refused(body: dict[str, object]) -> None:
     with pytest.raises(BadRequest):
         parse_chunk(body)
+
+
+def test_the_largest_chunk_fits_in_rxds_body_limit() -> None:
+    from rxslurm.daemon.api.app import MAX_BODY_BYTES
+
+    body = {
+        "path": "/".join(["x" * 255] * 16),
+        "offset": 2**62,
+        "data": base64.b64encode(b"\xff" * build_context.CHUNK_BYTES).decode(),
+        "last": False,
+        "executable": True,
+    }
+    assert len(json.dumps(body).encode()) < MAX_BODY_BYTES
+    assert parse_chunk(body).data == b"\xff" * build_context.CHUNK_BYTES
 
 
 def test_a_bad_context_name_is_refused(workspace: Workspace) -> None:
