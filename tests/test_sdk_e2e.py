@@ -347,6 +347,67 @@ def test_notebook_builds_a_local_wheel_into_its_image_once(rxd: Rxd) -> None:
     assert "image.context-written" in actions and "image.context-deleted" in actions
 
 
+CONTEXT_CALLS = """
+    import base64
+    from rxslurm.cli.client import Client
+    from rxslurm.sdk.errors import translated
+    ROUTE = "/v1/projects/ctxapi/image-contexts/sdk-test"
+    def put(path, data, offset=0, last=True):
+        body = {"path": path, "offset": offset, "data": base64.b64encode(data).decode(),
+                "last": last}
+        with translated():
+            return Client().request("PUT", ROUTE, body)
+    def delete():
+        with translated():
+            return Client().request("DELETE", ROUTE)
+    """
+
+
+def test_the_context_upload_route_checks_role_path_and_offset_and_is_audited(rxd: Rxd) -> None:
+    ok(rxd.rxctl("rxalice", "project", "create", "ctxapi", "--image", str(BASE_IMAGE)))
+    member = ("project", "member", "add", "--project", "ctxapi", "rxbob", "--role", "viewer")
+    ok(rxd.rxctl("rxalice", *member))
+    viewer = sdk(
+        rxd,
+        "rxbob",
+        pieces(CONTEXT_CALLS, "show(put=raised(lambda: put('a.txt', b'x')))\n"),
+    )
+    assert viewer["put"][:2] == ["Forbidden", "forbidden"]
+    owner = sdk(
+        rxd,
+        "rxalice",
+        pieces(
+            CONTEXT_CALLS,
+            """
+            show(
+                up=raised(lambda: put("../a.txt", b"x")),
+                gap=raised(lambda: put("a.txt", b"x", offset=5)),
+                first=put("d/a.txt", b"hello ", last=False)["size"],
+                last=put("d/a.txt", b"world", offset=6),
+                deleted=delete()["deleted"],
+                again=raised(delete),
+            )
+            """,
+        ),
+    )
+    assert owner["up"][0] == "BadRequest"
+    assert owner["gap"][:2] == ["Conflict", "conflict"]
+    assert owner["first"] == 6
+    assert owner["last"] == {
+        "project": "ctxapi",
+        "context": ".rx-build-contexts/sdk-test",
+        "path": "d/a.txt",
+        "size": 11,
+        "complete": True,
+    }
+    assert owner["deleted"] == ".rx-build-contexts/sdk-test"
+    assert owner["again"][0] == "NotFound"
+    history = ok(rxd.rxctl("rxalice", "history", "--project", "ctxapi", "--json")).stdout
+    events = [e for e in json.loads(history)["events"] if e["action"].startswith("image.context")]
+    assert [e["action"] for e in events].count("image.context-written") == 2
+    assert [e["action"] for e in events].count("image.context-deleted") == 1
+
+
 def fetch(url: str) -> str | None:
     try:
         with urllib.request.urlopen(url, timeout=10) as answer:
