@@ -346,6 +346,36 @@ def test_notebook_builds_a_local_wheel_into_its_image_once(rxd: Rxd) -> None:
     actions = [e["action"] for e in json.loads(history)["events"]]
     assert "image.context-written" in actions and "image.context-deleted" in actions
 
+    # One changed byte in the added folder: another image, built.
+    changed = sdk(
+        rxd,
+        "rxalice",
+        pieces(
+            TINY_WHEEL,
+            f"""
+            wheel, blobs = pathlib.Path({first["wheel"]!r}), pathlib.Path({first["blobs"]!r})
+            (blobs / "run.sh").write_text("#!/bin/sh\\necho ran again\\n")
+            """,
+            chain,
+            """
+        box.run(timeout=900)
+        result = box.exec("/opt/blobs/run.sh")
+        box.stop(grace_period_seconds=120)
+        show(name=image.build_name, out=result.stdout)
+        """,
+        ),
+        timeout=1000,
+        env={"SDK_TOKEN": token},
+    )
+    assert changed["out"] == "ran again\n"
+    assert changed["name"] != first["name"]
+    images = json.loads(
+        ok(rxd.rxctl("rxalice", "image", "list", "--project", "nbwheel", "--json")).stdout
+    )["images"]
+    assert sorted((i["name"], i["state"]) for i in images) == sorted(
+        [(first["name"], "succeeded"), (changed["name"], "succeeded")]
+    )
+
 
 CONTEXT_CALLS = """
     import base64
