@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-dev; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[daemon,test]'
 	touch $@
 
 cluster:

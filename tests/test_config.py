@@ -37,6 +37,7 @@ def test_values_are_read_and_typed(tmp_path: Path) -> None:
         ({"slurm": {"timeout": -1}}, "slurm.timeout must be positive"),
         ({"daemon": {"socket": ""}}, "daemon.socket must be a non-empty path string"),
         ({"daemon": "x"}, "[daemon] must be a table"),
+        ({"builds": {"max_context_mb": 0}}, "builds.max_context_mb must be at least 1"),
     ],
 )
 def test_invalid_configs_are_refused_with_the_reason(raw: dict, message: str) -> None:

@@ -81,7 +81,9 @@ def test_version_matches_pyproject() -> None:
 
 
 def test_every_python_dependency_is_declared_for_build_and_run() -> None:
-    expected = dict(spack_name(r) for r in PYPROJECT["project"]["dependencies"])
+    # Spack installs the whole of rx-slurm, rxd too: the client's dependencies and the daemon's.
+    daemon = PYPROJECT["project"]["optional-dependencies"]["daemon"]
+    expected = dict(spack_name(r) for r in [*PYPROJECT["project"]["dependencies"], *daemon])
     declared = {
         name: versions_
         for name, (versions_, types) in RX_DEPS.items()

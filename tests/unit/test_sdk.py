@@ -142,6 +142,61 @@ def test_a_containers_settings_are_the_apis() -> None:
     }
 
 
+def test_port_and_entrypoint_are_the_projects_service_settings() -> None:
+    box = Container(
+        "alpha",
+        port=8000,
+        entrypoint=["python3", "-m", "http.server", "8000"],
+        socket="/nonexistent/rxd.sock",
+    )
+    assert box.settings == {
+        "port": 8000,
+        "service": json.dumps(["python3", "-m", "http.server", "8000"]),
+    }
+    # One string is one word (never split by a shell).
+    assert Container("alpha", entrypoint="serve a", socket="/x").settings == {
+        "service": '["serve a"]'
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"port": 0},
+        {"port": 70000},
+        {"port": True},
+        {"port": "8000"},
+        {"entrypoint": []},
+        {"entrypoint": ["python3", ""]},
+        {"entrypoint": ["a\0b"]},
+        {"entrypoint": [1]},
+    ],
+)
+def test_a_bad_port_or_entrypoint_is_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest):
+        Container("alpha", socket="/nonexistent/rxd.sock", **kwargs)
+
+
+@pytest.mark.parametrize("bad", ["alpha", "rx-", "", None])
+def test_from_id_takes_a_containers_id_only(bad: Any) -> None:
+    with pytest.raises(BadRequest):
+        Container.from_id(bad, socket="/nonexistent/rxd.sock")
+
+
+def test_from_id_asks_rxd_for_the_project_the_id_names() -> None:
+    # Nothing listens there: the request for project alpha is what fails.
+    with pytest.raises(Unavailable):
+        Container.from_id("rx-alpha", socket="/nonexistent/rxd.sock")
+
+
+def test_a_port_forward_refused_by_rxctl_raises_its_reason() -> None:
+    box = Container("alpha", socket="/nonexistent/rxd.sock")
+    with pytest.raises(RxError, match="rxd is not running"):
+        box.port_forward(40123)
+    with pytest.raises(BadRequest):
+        box.port_forward(0)
+
+
 words = st.lists(st.text(min_size=1).filter(lambda w: "\0" not in w), min_size=1, max_size=5)
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
 

@@ -5,6 +5,7 @@ run() of a chain finds its succeeded build instead of building again (a stand-in
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,7 +54,15 @@ def post_lines(image: Image) -> list[str]:
 @given(packages)
 def test_each_package_is_one_quoted_shell_word(pkgs: list[str]) -> None:
     (line,) = post_lines(Image.from_registry("python:3.12-slim").pip_install(*pkgs))
-    assert shlex.split(line) == ["python3", "-m", "pip", "install", "--no-cache-dir", *pkgs]
+    assert shlex.split(line) == [
+        "PIP_BREAK_SYSTEM_PACKAGES=1",
+        "python3",
+        "-m",
+        "pip",
+        "install",
+        "--no-cache-dir",
+        *pkgs,
+    ]
 
 
 @given(st.dictionaries(names, values, min_size=1, max_size=3))
@@ -95,7 +104,7 @@ def test_a_chain_renders_one_apptainer_definition() -> None:
         "    apt-get update\n"
         "    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl git\n"
         "    rm -rf /var/lib/apt/lists/*\n"
-        "    python3 -m pip install --no-cache-dir numpy==2.1\n"
+        "    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir numpy==2.1\n"
         "    export MODE='it'\"'\"'s on'\n"
         "    echo done\n"
         "\n%environment\n"
@@ -217,7 +226,12 @@ def test_a_new_chain_is_drafted_and_built_and_a_failed_build_says_why(
         (
             "POST",
             "/v1/projects/alpha/image-drafts",
-            {"name": CHAIN.build_name, "kind": "definition", "text": CHAIN.definition()},
+            {
+                "name": CHAIN.build_name,
+                "kind": "definition",
+                "text": CHAIN.definition(),
+                "context": ".",
+            },
         ),
         (
             "POST",
@@ -249,5 +263,132 @@ def test_an_edited_draft_of_the_chain_gets_the_chains_text_back() -> None:
     assert changes(fake)[0] == (
         "PATCH",
         draft,
-        {"kind": "definition", "text": CHAIN.definition()},
+        {"kind": "definition", "text": CHAIN.definition(), "context": "."},
     )
+
+
+# -- local files ---------------------------------------------------------------------------
+
+
+def test_an_added_file_and_folder_are_staged_and_copied_in_chain_order(tmp_path: Path) -> None:
+    wheel = tmp_path / "tiny-0.1-py3-none-any.whl"
+    wheel.write_bytes(b"a wheel")
+    (tmp_path / "app" / "sub").mkdir(parents=True)
+    (tmp_path / "app" / "sub" / "x.py").write_text("x = 1\n")
+    image = (
+        Image.local("/x/a.sif")
+        .add_local_file(wheel, "/opt/wheels/")
+        .pip_install("--no-index", "/opt/wheels/tiny-0.1-py3-none-any.whl")
+        .add_local_dir(tmp_path / "app", "/srv/my app")
+    )
+    first, folder = image.uploads
+    assert first.key.startswith("f-") and folder.key.startswith("d-")
+    files = image.definition().split("%files\n", 1)[1].split("\n%post\n", 1)[0]
+    assert files.splitlines() == [
+        f"    {first.key} /.rx-context/{first.key}",
+        f"    {folder.key} /.rx-context/{folder.key}",
+    ]
+    assert [shlex.split(line) for line in post_lines(image)] == [
+        ["mkdir", "-p", "/opt/wheels", "&&", "cp", "-a",
+         f"/.rx-context/{first.key}/tiny-0.1-py3-none-any.whl",
+         "/opt/wheels/tiny-0.1-py3-none-any.whl"],
+        ["PIP_BREAK_SYSTEM_PACKAGES=1", "python3", "-m", "pip", "install", "--no-cache-dir",
+         "--no-index", "/opt/wheels/tiny-0.1-py3-none-any.whl"],
+        ["mkdir", "-p", "/srv/my app", "&&", "cp", "-a", f"/.rx-context/{folder.key}/.",
+         "/srv/my app"],
+        ["rm", "-rf", "/.rx-context"],
+    ]  # fmt: skip
+    assert [e.path for e in folder.entries] == [f"{folder.key}/sub/x.py"]
+
+
+def test_the_image_digest_follows_the_added_files_contents(tmp_path: Path) -> None:
+    local = tmp_path / "data.txt"
+    (tmp_path / "d").mkdir()
+    inner = tmp_path / "d" / "f"
+
+    def chain() -> Image:
+        local_image = Image.local("/x/a.sif").add_local_file(local, "/opt/data.txt")
+        return local_image.add_local_dir(tmp_path / "d", "/opt/d")
+
+    local.write_text("one")
+    inner.write_text("a")
+    before = chain()
+    assert chain().build_name == before.build_name  # unchanged: the same build
+    local.write_text("two")
+    changed = chain()
+    assert changed.build_name != before.build_name  # a changed file: another build
+    local.write_text("one")
+    assert chain().build_name == before.build_name
+    inner.write_text("b")
+    assert chain().build_name != before.build_name
+    inner.write_text("a")
+    inner.chmod(0o755)  # the executable bit counts too
+    assert chain().build_name != before.build_name
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: Image.local("/x/a.sif").add_local_file(p / "missing", "/opt/x"),
+        lambda p: Image.local("/x/a.sif").add_local_file(p, "/opt/x"),
+        lambda p: Image.local("/x/a.sif").add_local_file(p / "f", "relative"),
+        lambda p: Image.local("/x/a.sif").add_local_file(p / "f", "/opt/../etc"),
+        lambda p: Image.local("/x/a.sif").add_local_file(p / "f", "/opt/a\nb"),
+        lambda p: Image.local("/x/a.sif").add_local_dir(p / "f", "/opt/x"),
+    ],
+)
+def test_bad_local_files_are_refused_when_added(make: Any, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(BadRequest):
+        make(tmp_path)
+
+
+def test_a_new_chain_with_files_uploads_them_in_chunks_then_removes_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("rxslurm.sdk.builds.BUILD_POLL_S", 0)
+    monkeypatch.setattr("rxslurm.protocol.build_context.CHUNK_BYTES", 4)
+    local = tmp_path / "blob"
+    local.write_bytes(b"0123456789")
+    image = CHAIN.add_local_file(local, "/opt/blob")
+    fake = Builds([])
+    original = fake.request
+
+    def request(method: str, path: str, body: Any = None) -> Any:
+        if method == "POST" and path == "/v1/projects/alpha/image-builds":
+            fake.requests.append((method, path, body))
+            return {"id": 2, "name": image.build_name, "state": "succeeded", "image": "/b.sif"}
+        return original(method, path, body)
+
+    fake.request = request  # type: ignore[method-assign]
+    box = Container("alpha", image=image)
+    box._client = fake  # type: ignore[assignment]
+    with pytest.raises(RxError, match="stand-in"):
+        box.run(timeout=60)
+    context = f"/v1/projects/alpha/image-contexts/{image.build_name}"
+    entry = image.uploads[0].entries[0]
+    sent = [(m, b) for m, p, b in fake.requests if p == context]
+    assert sent == [
+        ("PUT", {"path": entry.path, "offset": 0, "data": "MDEyMw==", "last": False,
+                 "executable": False}),
+        ("PUT", {"path": entry.path, "offset": 4, "data": "NDU2Nw==", "last": False,
+                 "executable": False}),
+        ("PUT", {"path": entry.path, "offset": 8, "data": "ODk=", "last": True,
+                 "executable": False}),
+        ("DELETE", None),
+    ]  # fmt: skip
+    draft = next(b for m, p, b in fake.requests if p.endswith("/image-drafts"))
+    assert draft["context"] == f".rx-build-contexts/{image.build_name}"
+
+
+def test_a_file_changed_after_it_was_added_is_not_uploaded(tmp_path: Path) -> None:
+    local = tmp_path / "blob"
+    local.write_bytes(b"before")
+    image = CHAIN.add_local_file(local, "/opt/blob")
+    local.write_bytes(b"after!")
+    box = Container("alpha", image=image)
+    fake = Builds([])
+    box._client = fake  # type: ignore[assignment]
+    with pytest.raises(BadRequest, match="changed since it was added"):
+        box.run(timeout=60)
+    assert not any(p.endswith("/image-drafts") for _, p, _ in fake.requests)

@@ -7,6 +7,7 @@ commands through rxctl's exec session (process.py), so the SDK has rxctl's right
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -15,10 +16,19 @@ from typing import Any
 
 from rxslurm.cli.client import ApiError, Client
 from rxslurm.protocol import routes
+from rxslurm.protocol.job_comment import JOB_PREFIX
 from rxslurm.protocol.states import State
-from rxslurm.sdk.builds import find_build, start_build, wait_build
+from rxslurm.sdk.builds import (
+    BuildFailed,
+    find_build,
+    remove_context,
+    start_build,
+    upload_context,
+    wait_build,
+)
 from rxslurm.sdk.errors import BadRequest, RxError, Timeout, translated
 from rxslurm.sdk.image import Image
+from rxslurm.sdk.port_forward import PortForward
 from rxslurm.sdk.process import ExecProcess, ExecResult
 from rxslurm.sdk.secret import Secret, checked
 from rxslurm.sdk.volume import Volume
@@ -57,6 +67,24 @@ def gpu_settings(gpu: int | str | None) -> dict[str, Any]:
     return {"gpus": int(count or 1), "gpu_type": kind}
 
 
+def service_settings(port: int | None, entrypoint: Sequence[str] | None) -> dict[str, Any]:
+    """`port=` and `entrypoint=` as the project's service settings (docs/services.md)."""
+    settings: dict[str, Any] = {}
+    if port is not None:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise BadRequest(f"port must be a number 1-65535, not {port!r}")
+        settings["port"] = port
+    if entrypoint is not None:
+        words = [entrypoint] if isinstance(entrypoint, str) else list(entrypoint)
+        if not words or not all(isinstance(w, str) and w and "\0" not in w for w in words):
+            raise BadRequest(
+                f"entrypoint must be a command: one or more non-empty words, not {entrypoint!r}"
+            )
+        # The API keeps the words as JSON text (docs/api.md): never joined into a shell line.
+        settings["service"] = json.dumps(words)
+    return settings
+
+
 def exec_request(
     cmd: Sequence[str], env: Mapping[str, str] | None, **fields: Any
 ) -> dict[str, Any]:
@@ -91,6 +119,8 @@ class Container:
         env: Mapping[str, str] | None = None,
         secrets: Sequence[Secret] = (),
         volumes: Sequence[tuple[Volume, str]] = (),
+        port: int | None = None,
+        entrypoint: Sequence[str] | None = None,
         socket: str | None = None,
         request_timeout: float = 60.0,
     ) -> None:
@@ -120,6 +150,7 @@ class Container:
         if partition is not None:
             settings["partition"] = partition
         settings.update(gpu_settings(gpu))
+        settings.update(service_settings(port, entrypoint))
         self.settings = settings
         self._status: dict[str, Any] | None = None
 
@@ -129,6 +160,14 @@ class Container:
         container = cls(project, socket=socket)
         container.refresh()
         return container
+
+    @classmethod
+    def from_id(cls, container_id: str, *, socket: str | None = None) -> Container:
+        """The container whose `id` is `container_id` (`rx-<project>`); NotFound otherwise."""
+        project = container_id.removeprefix(JOB_PREFIX) if isinstance(container_id, str) else ""
+        if not project or project == container_id:
+            raise BadRequest(f"a container id is {JOB_PREFIX}<project>, not {container_id!r}")
+        return cls.from_name(project, socket=socket)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -229,8 +268,17 @@ class Container:
         """The chain's succeeded build (built now if there is none) as the project's image."""
         build = find_build(self._client, self.name, image.build_name)
         if build is None:
+            upload_context(self._client, self.name, image)
             build = start_build(self._client, self.name, image)
-        build = wait_build(self._client, self.name, build, deadline)
+            try:
+                build = wait_build(self._client, self.name, build, deadline)
+            except BuildFailed:
+                remove_context(self._client, self.name, image)
+                raise
+            # Ours, and ended: its job copied the uploaded files when it started.
+            remove_context(self._client, self.name, image)
+        else:
+            build = wait_build(self._client, self.name, build, deadline)
         if (project.get("settings") or {}).get("image") != build.get("image"):
             self._client.request(
                 "PUT",
@@ -271,6 +319,12 @@ class Container:
             time.sleep(STOP_POLL_S)
             self.refresh()
         return self
+
+    def port_forward(self, local_port: int) -> PortForward:
+        """Reach the container's service (`port=`) on 127.0.0.1:`local_port` of this host until
+        the forward is closed: `with box.port_forward(8080) as forward: urlopen(forward.url)`.
+        It is `rxctl port-forward` (the exec role; a running container, never woken)."""
+        return PortForward(self.name, local_port, self._socket)
 
     # -- commands ----------------------------------------------------------------------------
 

@@ -2,19 +2,25 @@
 rendered into one Apptainer definition and built by rxd's image builds (docs/images.md).
 
 The chain is content-addressed: its draft and its build are named by the digest of the rendered
-definition, so an unchanged chain finds its succeeded build and is not built again.
+definition, so an unchanged chain finds its succeeded build and is not built again. Local files
+(`add_local_file`, `add_local_dir`) take part through their contents' digests, which name their
+folders in the build context (local_files.py) and so appear in the definition.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import posixpath
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from shlex import quote as q
 from typing import Literal
 
 from rxslurm.protocol import env_vars
 from rxslurm.sdk.errors import BadRequest
+from rxslurm.sdk.local_files import STAGE, Upload, check_remote, local_dir, local_file
 
 DOCKER = "docker://"
 # Draft and build names: rxd's rule is 1-63 of [a-z0-9._-]; 16 hex digits (64 bits) of the
@@ -23,6 +29,9 @@ NAME_PREFIX = "sdk-"
 DIGEST_CHARS = 16
 
 Step = tuple[Literal["run", "env"], tuple[str, ...]]
+# pip refuses to install into a distribution's Python (PEP 668, Debian 12's python3) unless told:
+# an image is its builder's own system. An older pip ignores the variable.
+PIP = "PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir"
 
 
 def _words(what: str, items: Iterable[str]) -> tuple[str, ...]:
@@ -41,6 +50,8 @@ class Image:
 
     base: str
     steps: tuple[Step, ...] = ()
+    # What the build context holds: each added file or folder, uploaded before a build.
+    uploads: tuple[Upload, ...] = ()
 
     @classmethod
     def from_registry(cls, reference: str) -> Image:
@@ -69,7 +80,32 @@ class Image:
 
     def pip_install(self, *packages: str) -> Image:
         words = " ".join(shlex.quote(p) for p in _words("pip_install", packages))
-        return self.run_commands(f"python3 -m pip install --no-cache-dir {words}")
+        return self.run_commands(f"{PIP} {words}")
+
+    def add_local_file(self, local: str | os.PathLike[str], remote: str) -> Image:
+        """A file of this host copied to `remote` in the image (into that folder when `remote`
+        ends with `/`), at this point of the chain: later steps see it. Its contents are read
+        now (their digest is part of the image's) and uploaded to rxd when the image is built."""
+        upload = local_file(local)
+        target = check_remote(remote)
+        if target.endswith("/"):
+            target += upload.name
+        parent = posixpath.dirname(target) or "/"
+        source = f"{upload.staged}/{upload.name}"
+        return self._add(upload, f"mkdir -p {q(parent)} && cp -a {q(source)} {q(target)}")
+
+    def add_local_dir(self, local: str | os.PathLike[str], remote: str) -> Image:
+        """A folder of this host: its files (at any depth, links followed) copied into the
+        folder `remote` of the image, made if missing, at this point of the chain."""
+        upload = local_dir(local)
+        target = check_remote(remote).rstrip("/") or "/"
+        source = upload.staged + "/."
+        return self._add(upload, f"mkdir -p {q(target)} && cp -a {q(source)} {q(target)}")
+
+    def _add(self, upload: Upload, command: str) -> Image:
+        known = {u.key for u in self.uploads}
+        uploads = self.uploads if upload.key in known else (*self.uploads, upload)
+        return replace(self, steps=(*self.steps, ("run", (command,))), uploads=uploads)
 
     def run_commands(self, *commands: str) -> Image:
         """Shell commands run in order at build time (`%post`), each one line."""
@@ -113,7 +149,13 @@ class Image:
                 line = f"export {name}={shlex.quote(value)}"
                 post.append(line)
                 environment.append(line)
-        text = header + "\n%post\n" + "".join(f"    {line}\n" for line in post)
+        files = ""
+        if self.uploads:
+            # Every added file is staged whole first (Apptainer copies %files before %post);
+            # its copy into place is a %post line at its place in the chain.
+            files = "\n%files\n" + "".join(f"    {u.key} {u.staged}\n" for u in self.uploads)
+            post.append(f"rm -rf {STAGE}")
+        text = header + files + "\n%post\n" + "".join(f"    {line}\n" for line in post)
         if environment:
             text += "\n%environment\n" + "".join(f"    {line}\n" for line in environment)
         return text

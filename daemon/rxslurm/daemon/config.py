@@ -171,6 +171,9 @@ class BuildsConfig:
     time_limit_min: int = 60
     # The largest draft (Dockerfile or definition) a project may keep, in KiB.
     max_draft_kb: int = 64
+    # The most one build context uploaded through the API (the SDK's add_local_file/dir) may
+    # hold, in MiB: it is written into the project's workspace.
+    max_context_mb: int = 2048
 
 
 @dataclass(frozen=True)
@@ -416,6 +419,8 @@ def _validate_builds(builds: BuildsConfig, where: str) -> None:
             raise ConfigError(f"{where}: builds.{key} must be at least 1")
     if not 1 <= builds.max_draft_kb <= 256:
         raise ConfigError(f"{where}: builds.max_draft_kb must be 1-256")
+    if builds.max_context_mb < 1:
+        raise ConfigError(f"{where}: builds.max_context_mb must be at least 1")
 
 
 def listen_address(listen: str) -> tuple[str, int]:

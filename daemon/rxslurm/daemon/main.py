@@ -43,8 +43,11 @@ def serve(config_flag: str | None) -> None:
 
     Example: rxd serve --config /etc/rxslurm/rxd.toml
     """
-    from rxslurm.daemon.api.serve import serve as run
-    from rxslurm.daemon.api.socket_files import StartupError
+    try:
+        from rxslurm.daemon.api.serve import serve as run
+        from rxslurm.daemon.api.socket_files import StartupError
+    except ModuleNotFoundError as exc:
+        raise _missing_dependency(exc) from None
 
     config = _load(config_flag)
     setup_logging(config.daemon.log_level)
@@ -66,7 +69,10 @@ def migrate(config_flag: str | None) -> None:
 
     Example: rxd migrate
     """
-    from rxslurm.daemon.ledger.store import Ledger
+    try:
+        from rxslurm.daemon.ledger.store import Ledger
+    except ModuleNotFoundError as exc:
+        raise _missing_dependency(exc) from None
 
     config = _load(config_flag)
     try:
@@ -131,6 +137,14 @@ def check_config(config_flag: str | None) -> None:
     )
     click.echo(f"# {where}; effective values:")
     click.echo("\n".join(effective_lines(config)))
+
+
+def _missing_dependency(exc: ModuleNotFoundError) -> click.ClickException:
+    # A login node installs the client side alone (`rx-slurm`); rxd needs `rx-slurm[daemon]`.
+    return click.ClickException(
+        f"rxd needs the daemon's dependencies ({exc.name} is not installed): "
+        "install rx-slurm[daemon] on the host that runs rxd"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m`

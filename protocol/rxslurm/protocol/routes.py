@@ -47,6 +47,9 @@ IMAGE_BUILDS = f"{PROJECT}/image-builds"
 IMAGE_BUILD = f"{IMAGE_BUILDS}/{{build}}"
 IMAGE_BUILD_CANCEL = f"{IMAGE_BUILD}/cancel"
 IMAGE_BUILD_LOGS = f"{IMAGE_BUILD}/logs"
+# A build context uploaded file by file (PUT: one chunk of one file; DELETE: the whole context),
+# written into the workspace as the runtime user (protocol/build_context.py).
+IMAGE_CONTEXT = f"{PROJECT}/image-contexts/{{context}}"
 # One-shot commands (`rxctl run-once`): POST runs one as its own Slurm job; one by id (GET:
 # state and exit code), its output (query: offset) and its cancel.
 ONE_SHOTS = f"{PROJECT}/run-once"

@@ -25,6 +25,7 @@ class RxSlurm(PythonPackage):
     with default_args(type="build"):
         depends_on("py-setuptools@77.0.1:")
 
+    # The whole of rx-slurm, rxd too: pyproject's dependencies and its `daemon` extra.
     with default_args(type=("build", "run")):
         depends_on("python@3.11:")
         depends_on("py-aiohttp@3.9:")

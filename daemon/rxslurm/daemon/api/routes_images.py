@@ -11,6 +11,7 @@ from rxslurm.daemon.api.app import json_response, read_json
 from rxslurm.daemon.api.context import daemon_of
 from rxslurm.daemon.api.request_actor import actor_of
 from rxslurm.daemon.api.routes_logs import parse_number
+from rxslurm.daemon.images import context_files
 from rxslurm.daemon.projects.dev_mode import set_dev_mode
 from rxslurm.protocol import routes as route
 
@@ -166,5 +167,37 @@ async def logs(request: web.Request) -> web.Response:
         request.match_info["name"],
         request.match_info["build"],
         offset,
+    )
+    return json_response(answer)
+
+
+@routes.put(route.IMAGE_CONTEXT)
+async def upload_context_chunk(request: web.Request) -> web.Response:
+    daemon, actor = daemon_of(request), await actor_of(request)
+    body = await read_json(request, fields=context_files.CHUNK_FIELDS)
+    chunk = context_files.parse_chunk(body)
+    # The write runs as the runtime user in a child process with its own deadline.
+    answer = await asyncio.to_thread(
+        context_files.write_chunk,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        request.match_info["context"],
+        chunk,
+    )
+    return json_response(answer)
+
+
+@routes.delete(route.IMAGE_CONTEXT)
+async def delete_context(request: web.Request) -> web.Response:
+    daemon, actor = daemon_of(request), await actor_of(request)
+    answer = await asyncio.to_thread(
+        context_files.remove_context,
+        daemon.ledger,
+        daemon.config,
+        actor,
+        request.match_info["name"],
+        request.match_info["context"],
     )
     return json_response(answer)

@@ -32,7 +32,7 @@ MAX_PATH = 4096
 MAX_NAME = 255
 SCRIPT_TIMEOUT_S = 30.0
 
-_WALK = r"""
+WALK = r"""
 import base64, errno, json, os, stat, sys
 def say(**head):
     print(json.dumps(head)); sys.exit(0)
@@ -71,7 +71,7 @@ def walk(create):
 """
 
 READER = (
-    _WALK
+    WALK
     + r"""
 walk(False)
 try:
@@ -100,7 +100,7 @@ print(base64.b64encode(data).decode())
 )
 
 WRITER = (
-    _WALK
+    WALK
     + r"""
 try:
     data = base64.b64decode(sys.stdin.read(), validate=True)
