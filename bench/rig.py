@@ -9,7 +9,6 @@ beside rxd), which costs no API request and no process.
 from __future__ import annotations
 
 import secrets
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -104,7 +103,7 @@ def bench_rxd(
                 daemon.stop()
         finally:
             daemon.cancel_own_jobs()
-            shutil.rmtree(daemon.root, ignore_errors=True)
+            daemon.remove_folders()
 
 
 def tag_of(rxd: Rxd) -> str:
