@@ -126,5 +126,5 @@ def test_a_job_on_each_node_sees_no_rxd_but_its_door(rxd: Rxd, node: str) -> Non
     assert "munge-socket" in lines and "shared-folder" in lines, text
     assert f"Error: rxd is not running (nothing listens on {rxd.socket})" in lines, text
     assert "socket-rc: 1" in lines, text
-    me = json.loads(lines[-1])
+    me = json.loads(text[text.index("{") :])  # rxctl whoami --json, last
     assert (me["user"], me["uid"], me["door"]) == ("rxalice", ALICE_UID, "munge"), text
