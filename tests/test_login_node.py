@@ -108,7 +108,7 @@ def running(login: LoginNode) -> dict:
 
 def test_the_login_node_sees_nothing_of_rxd_but_its_door(login: LoginNode) -> None:
     # On the host, the socket folder holds rxd's two sockets; on the login node the folder of
-    # every test rxd's sockets and ledger is empty, and the shared folder is there.
+    # every test rxd's sockets and ledger is empty.
     assert sorted(p.name for p in login.rxd.socket.parent.iterdir()) == [
         "rxd-exec.sock",
         "rxd.sock",
@@ -116,7 +116,7 @@ def test_the_login_node_sees_nothing_of_rxd_but_its_door(login: LoginNode) -> No
     assert login.rxd.ledger.exists()
     listing = ok(login.run("rxalice", "ls", "-A", str(PRIVATE_ROOT), str(login.rxd.root)))
     assert listing.stdout.split("\n\n")[0] == f"{PRIVATE_ROOT}:", listing.stdout
-    assert "workspaces" in listing.stdout.split()
+    assert "rxd.toml" in listing.stdout.split()  # the shared folder is there
     local = login.run("rxalice", RXCTL, "--socket", str(login.rxd.socket), "whoami")
     assert local.returncode == 1 and "rxd is not running" in local.stderr, local.stderr
     # munged is reachable: the door is what rxctl uses.

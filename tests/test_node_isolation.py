@@ -4,7 +4,9 @@ tests/cluster/setup.sh starts each `slurmd -N nX` in a mount namespace of its ow
 socket and ledger folders (a service host's defaults, and PRIVATE_ROOT where every test rxd keeps
 its sockets and ledger) are empty tmpfs mounts; shared storage and munged's socket are the
 host's. So a batch job, on any node, cannot see the socket rxd's host sees, and its rxctl works
-only through the door.
+only through the door. slurmctld stays on rxd's host, but its hooks reach rxd through the door
+too when that is what /etc/rxslurm/hook-sockets lists, as on a site whose controller is another
+host.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from tests.support.cli import ok
 from tests.support.cluster import run_as, wait_for
 from tests.support.daemon import PRIVATE_ROOT, RXCTL, Rxd, free_port, running_rxd, test_root
+from tests.support.hook_targets import hooks_poke
 from tests.support.login_node import DEFAULT_HIDDEN
 from tests.support.munge import CLUSTER_SOCKET, needs_munged
 
@@ -128,3 +131,40 @@ def test_a_job_on_each_node_sees_no_rxd_but_its_door(rxd: Rxd, node: str) -> Non
     assert "socket-rc: 1" in lines, text
     me = json.loads(text[text.index("{") :])  # rxctl whoami --json, last
     assert (me["user"], me["uid"], me["door"]) == ("rxalice", ALICE_UID, "munge"), text
+
+
+def hook_pokes(rxd: Rxd) -> int:
+    """Pokes of the hook route rxd answered for SlurmUser (root on the test cluster)."""
+    return sum(
+        1
+        for line in rxd.log_text().splitlines()
+        if '"path": "/v1/hooks/job"' in line and '"status": 202' in line and '"who": "root"' in line
+    )
+
+
+@pytest.mark.cluster
+@needs_munged
+def test_slurmctlds_hooks_reach_rxd_through_the_door(rxd: Rxd) -> None:
+    # Only the door is listed for this rxd (not its socket): every poke it gets came over TCP,
+    # with a MUNGE credential of SlurmUser, from the real PrologSlurmctld/EpilogSlurmctld.
+    before = hook_pokes(rxd)
+    name = f"rx-hosts-{rxd.root.name}"  # the hooks look at rx-* jobs only
+    with hooks_poke(server(rxd)):
+        submitted = ok(
+            run_as(
+                "rxalice",
+                ["sbatch", "--parsable", "-J", name, "-n", "1", "-c", "1", "--mem=100", "-t", "2"]
+                + ["-o", "/dev/null", "--wrap", "true"],
+            )
+        )
+        job = submitted.stdout.strip().split(";")[0]
+        try:
+            # A start and an end: the end's poke comes once the job is done.
+            wait_for(
+                lambda: hook_pokes(rxd) >= before + 2,
+                timeout=300,
+                interval=0.5,
+                what=f"slurmctld's hooks to poke rxd for job {job}",
+            )
+        finally:
+            subprocess.run(["scancel", job], capture_output=True, timeout=30)
