@@ -363,7 +363,8 @@ node_back() { # NODE SINCE: its slurmd registered at or after SINCE (ISO time) a
 }
 
 start_slurmds() {
-  local n dir pid since
+  local n dir since
+  local -a pids
   local -a started=() moved=()
   install -d -m 0755 "$TEST_RXD_FOLDERS"
   HIDE=()
@@ -371,11 +372,11 @@ start_slurmds() {
     [[ -d $dir ]] && HIDE+=("$dir")
   done
   for n in "${NODES[@]}"; do
-    mapfile -t pid < <(pids_of slurmd -N "$n")
-    if ((${#pid[@]} == 0)); then
+    mapfile -t pids < <(pids_of slurmd -N "$n")
+    if ((${#pids[@]} == 0)); then
       start_slurmd "$n"
       started+=("$n")
-    elif ! node_hides_rxd "${pid[0]}"; then
+    elif ! node_hides_rxd "${pids[0]}"; then
       # A slurmd from before nodes hid rxd: restarted one node at a time, each back up before
       # the next goes (running steps live on under their slurmstepd; others share the cluster).
       since=$(date +%Y-%m-%dT%H:%M:%S)
