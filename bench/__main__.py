@@ -22,6 +22,7 @@ from bench import (
     agent_exec,
     api_throughput,
     batch_step,
+    door_latency,
     exec_latency,
     footprint,
     reconcile_scale,
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, module in (
             ("exec", exec_latency),
             ("agent", agent_exec),
+            ("door", door_latency),
             ("startup", startup),
             ("wake", wake_latency),
             ("batch", batch_step),

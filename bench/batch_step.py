@@ -30,7 +30,7 @@ from bench.harness import (
     summarize,
     timed_as,
 )
-from bench.rig import IMAGE, new_container, suffix, tag_of
+from bench.rig import IMAGE, network_door, new_container, suffix, tag_of
 from bench.suite import Context
 from rxslurm.protocol import batch_plan, routes
 
@@ -88,7 +88,9 @@ def run(ctx: Context) -> Result:
         plan = wait_snapshot(str(rxd.socket), container.project)
         job_id = hold_allocation(hold_name)
         step = ["srun", f"--jobid={job_id}", "--overlap", "-n", "1", "--quiet"]
-        env = {"RXCTL_SOCKET": str(rxd.socket)}
+        # The step's node does not see rxd's socket (tests/cluster/setup.sh): the plugin's rxctl
+        # reaches rxd through its network door, as on a real cluster.
+        env = {"RXSLURM_SERVER": network_door(rxd)}
         spank_argv = [*step, f"--rx-project={container.project}", "true"]
         run_argv = [*step, RXCTL, "run", "--project", container.project, "--", "true"]
         plain_argv = [*step, "apptainer", "--quiet", "exec", IMAGE, "true"]

@@ -94,7 +94,7 @@ def run(ctx: Context, fleet: HeldFleet) -> Result:
         # Not cancel_own_jobs: the held jobs are the fleet's, and the fleet cancels them.
         if loaded_rxd.proc is not None and loaded_rxd.proc.poll() is None:
             loaded_rxd.stop()
-        shutil.rmtree(loaded_rxd.root, ignore_errors=True)
+        loaded_rxd.remove_folders()
     result.params = {
         "tag": fleet.tag,
         "containers": n,

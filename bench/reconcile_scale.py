@@ -12,7 +12,6 @@ read-only Slurm calls do.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -82,7 +81,7 @@ def run(ctx: Context, fleet: HeldFleet) -> Result:
             raise BenchError(f"reconcile pass failed:\n{proc.stderr[-3000:]}")
         passes = json.loads(proc.stdout)
     finally:
-        shutil.rmtree(rxd.root, ignore_errors=True)
+        rxd.remove_folders()
     if passes["cold"]["changes"] < n or passes["queue_ours"] < n:
         raise BenchError(
             f"the cold pass changed {passes['cold']['changes']} containers and saw "

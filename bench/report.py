@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.harness import fmt
 
-ORDER = ("exec", "agent", "startup", "wake", "batch", "reconcile", "api", "footprint")
+ORDER = ("exec", "agent", "door", "startup", "wake", "batch", "reconcile", "api", "footprint")
 REPRODUCE = (
     "Reproduce: `make bench` (as root on Debian 12: it starts the local test cluster first), or "
     "`RXSLURM_TEST_CLUSTER=existing .venv/bin/python -m bench` once `make cluster` ran. "

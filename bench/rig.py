@@ -9,25 +9,20 @@ beside rxd), which costs no API request and no process.
 from __future__ import annotations
 
 import secrets
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bench.harness import USER, BenchError, must
-from rxslurm.protocol.paths import DEFAULT_SOCKET, HOOK_TARGETS
 from tests.support.daemon import Rxd, new_rxd
+from tests.support.hook_targets import hooks_poke
 from tests.support.real_apptainer import BASE_IMAGE
 
 # The image the test cluster builds (tests/cluster/images.sh): no pull, no network.
 IMAGE = str(BASE_IMAGE)
-# Where the job-event hook (rxslurm.slurm.hooks.job_event) finds the rxd sockets to poke.
-HOOK_SOCKETS = Path(HOOK_TARGETS)
-HOOK_DEFAULT_SOCKET = DEFAULT_SOCKET
 RESTING = ("stopped", "disabled", "error")
 
 
@@ -56,34 +51,6 @@ def bench_config(root: Any, tag: str, reconcile_interval: float = 5.0) -> str:
 
 
 @contextmanager
-def hooks_poke(socket: Path) -> Iterator[None]:
-    """Slurm's controller hooks (PrologSlurmctld/EpilogSlurmctld) poke this rxd too, as they
-    poke a deployment's rxd: its socket is added to the hook's list, and only it is removed
-    afterwards (tests may edit the list meanwhile). A missing list means the default socket,
-    which is kept listed while the file exists."""
-    listing = HOOK_SOCKETS
-    created = not listing.exists()
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    with listing.open("a") as out:
-        if created:
-            out.write(f"# rx-slurm hook sockets\n{HOOK_DEFAULT_SOCKET}\n")
-        out.write(f"{socket}\n")
-    try:
-        yield
-    finally:
-        try:
-            lines = listing.read_text().splitlines()
-        except FileNotFoundError:
-            lines = []
-        kept = [line for line in lines if line.strip() != str(socket)]
-        targets = [line.strip() for line in kept if line.strip() and not line.startswith("#")]
-        if created and targets in ([], [HOOK_DEFAULT_SOCKET]):
-            listing.unlink(missing_ok=True)
-        elif kept != lines:
-            listing.write_text("".join(f"{line}\n" for line in kept))
-
-
-@contextmanager
 def bench_rxd(
     tag: str | None = None, reconcile_interval: float = 5.0, hooks: bool = True
 ) -> Iterator[Rxd]:
@@ -104,7 +71,7 @@ def bench_rxd(
                 daemon.stop()
         finally:
             daemon.cancel_own_jobs()
-            shutil.rmtree(daemon.root, ignore_errors=True)
+            daemon.remove_folders()
 
 
 def tag_of(rxd: Rxd) -> str:

@@ -14,9 +14,19 @@ import pytest
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("exec", "agent", "startup", "wake", "batch", "reconcile", "api", "footprint")
+BENCHMARKS = (
+    "exec",
+    "agent",
+    "door",
+    "startup",
+    "wake",
+    "batch",
+    "reconcile",
+    "api",
+    "footprint",
+)
 # startup times rxctl against a stand-in rxd: it has no tag and submits no job.
-SLURM_BENCHMARKS = ("exec", "agent", "wake", "batch", "reconcile", "api", "footprint")
+SLURM_BENCHMARKS = ("exec", "agent", "door", "wake", "batch", "reconcile", "api", "footprint")
 KEYS = {
     "benchmark",
     "title",
@@ -89,6 +99,10 @@ def test_latency_benchmarks_summarize_both_sides(results: Path) -> None:
     agent = load(results, "agent")["results"]
     assert agent["sequential"]["rx"]["n"] == agent["sequential"]["baseline"]["n"] >= 1
     assert len(agent["batch"]["rx_s"]) == len(agent["batch"]["baseline_s"]) == 2
+    # Each command through the network door and over the local socket, as often.
+    door = load(results, "door")["results"]
+    for key in ("status", "exec_step", "exec_agent"):
+        assert door[key]["rx"]["n"] == door[key]["baseline"]["n"] >= 1, door[key]
 
 
 def test_scale_benchmarks_saw_every_held_job(results: Path) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.cli import ok
 from tests.support.cluster import wait_for
-from tests.support.daemon import RXCTL, Rxd, free_port, running_rxd, test_root
+from tests.support.daemon import PRIVATE_ROOT, RXCTL, Rxd, free_port, running_rxd, test_root
 from tests.support.lifecycle import lifecycle_config
 from tests.support.login_node import REPO, login_argv, run_on_login_node
 from tests.support.munge import needs_munged
@@ -44,7 +44,7 @@ class LoginNode:
     def __init__(self, rxd: Rxd, port: int) -> None:
         self.rxd = rxd
         self.server = f"127.0.0.1:{port}"
-        self.hidden = [rxd.root / "run", rxd.root / "state"]
+        self.hidden = [rxd.socket.parent, rxd.ledger.parent]
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {"RXSLURM_SERVER": self.server, **(extra or {})}
@@ -107,15 +107,16 @@ def running(login: LoginNode) -> dict:
 
 
 def test_the_login_node_sees_nothing_of_rxd_but_its_door(login: LoginNode) -> None:
-    # On the host, the socket folder holds rxd's two sockets; on the login node it is empty.
-    assert sorted(p.name for p in (login.rxd.root / "run").iterdir()) == [
+    # On the host, the socket folder holds rxd's two sockets; on the login node the folder of
+    # every test rxd's sockets and ledger is empty.
+    assert sorted(p.name for p in login.rxd.socket.parent.iterdir()) == [
         "rxd-exec.sock",
         "rxd.sock",
     ]
-    listing = ok(
-        login.run("rxalice", "ls", "-A", str(login.rxd.root / "run"), str(login.rxd.root / "state"))
-    )
-    assert listing.stdout.split() == [f"{login.rxd.root}/run:", f"{login.rxd.root}/state:"]
+    assert login.rxd.ledger.exists()
+    listing = ok(login.run("rxalice", "ls", "-A", str(PRIVATE_ROOT), str(login.rxd.root)))
+    assert listing.stdout.split("\n\n")[0] == f"{PRIVATE_ROOT}:", listing.stdout
+    assert "rxd.toml" in listing.stdout.split()  # the shared folder is there
     local = login.run("rxalice", RXCTL, "--socket", str(login.rxd.socket), "whoami")
     assert local.returncode == 1 and "rxd is not running" in local.stderr, local.stderr
     # munged is reachable: the door is what rxctl uses.
@@ -236,7 +237,9 @@ def test_a_batch_job_runs_status_and_exec(login: LoginNode, user: str) -> None:
     pw = pwd.getpwnam(user)
     os.chown(out_dir, pw.pw_uid, pw.pw_gid)
     out = out_dir / "job.out"
+    # The job's node does not see rxd's socket: its rxctl has only the door.
     script = (
+        f"test -e {login.rxd.socket} && echo sees-the-socket; "
         f"{RXCTL} status --project {PROJECT} --json > {out_dir}/status.json && "
         f"{RXCTL} exec --project {PROJECT} -- "
         f"sh -c 'touch by-{user}-job; echo in-job; exit 6'; echo rc=$?"

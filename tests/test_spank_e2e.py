@@ -3,10 +3,11 @@
 The SPANK plugin as tests/cluster/setup.sh installs it (plugstack.conf.d/rxslurm.conf), and
 `rxctl run` without it: a researcher's own `sbatch` job whose `srun` tasks import a package
 installed in the project's container (from its newest snapshot, read-only), see /workspace and
-only the job's GPU, while the batch script itself stays on the host, over rxd's socket or its
-MUNGE network door; a non-member's job fails with one clear line per task and cannot read the
-project's files; and a batch job reads the snapshot, not the live overlay, while the container is
-awake and writing, neither failing.
+only the job's GPU, while the batch script itself stays on the host. A compute node does not see
+rxd's socket (tests/cluster/setup.sh), so every step reaches rxd through its MUNGE network door,
+as on a real cluster; handed only the socket, a step fails saying so. A non-member's job fails
+with one clear line per task and cannot read the project's files; and a batch job reads the
+snapshot, not the live overlay, while the container is awake and writing, neither failing.
 """
 
 from __future__ import annotations
@@ -132,19 +133,23 @@ def job_dir(rxd: Rxd) -> Iterator[Path]:
     yield folder
 
 
+def door_env(rxd: Rxd) -> dict[str, str]:
+    """What a login node's rxctl.toml (or $RXSLURM_SERVER) names: rxd's network door."""
+    return {"RXSLURM_SERVER": tomllib.loads(rxd.config.read_text())["daemon"]["listen"]}
+
+
 def submit(
-    rxd: Rxd, user: str, folder: Path, body: str, *options: str, door: str | None = None
+    rxd: Rxd, user: str, folder: Path, body: str, *options: str, env: dict[str, str] | None = None
 ) -> tuple[int, subprocess.CompletedProcess[str]]:
-    """sbatch a script as `user` (rxd's socket in its environment, as any job's environment
-    comes from the submitter's; or only its network door `door`), wait until it ended; its job
-    id and its output."""
+    """sbatch a script as `user` with rxd's network door in its environment (as any job's
+    environment comes from the submitter's; or `env` instead), wait until it ended; its job id
+    and its output."""
     script = folder / f"{user}-{len(list(folder.iterdir()))}.sh"
     script.write_text(f"#!/bin/bash\n{body}\n")
     script.chmod(0o755)
     out = script.with_suffix(".out")
     argv = ["sbatch", "--parsable", "-o", str(out), *options, str(script)]
-    env = {"RXSLURM_SERVER": door} if door else {"RXCTL_SOCKET": str(rxd.socket)}
-    submitted = ok(run_as(user, argv, env=env, cwd=folder))
+    submitted = ok(run_as(user, argv, env=door_env(rxd) if env is None else env, cwd=folder))
     job_id = int(submitted.stdout.strip().split(";")[0])
 
     def ended() -> bool:
@@ -226,7 +231,7 @@ def test_salloc_rx_project_reaches_the_steps_inside_the_allocation(
     name = f"sp-salloc-{rxd.root.name}"
     argv = ["salloc", "-J", name, "-n", "1", f"--rx-project={PROJECT}", "sh", "-c", inside]
     try:
-        result = ok(run_as("rxbob", argv, env={"RXCTL_SOCKET": str(rxd.socket)}, timeout=240))
+        result = ok(run_as("rxbob", argv, env=door_env(rxd), timeout=240))
     finally:
         # A salloc killed by the time-out cannot give its allocation back itself.
         subprocess.run(["scancel", "-u", "rxbob", "-n", name], capture_output=True, timeout=30)
@@ -244,14 +249,23 @@ def test_rxctl_run_does_the_same_without_the_plugin(
     assert_in_the_project(job.stdout, job_dir)
 
 
-def test_steps_reach_rxd_through_the_network_door(
+def test_a_step_handed_only_rxds_socket_fails_on_the_node(
     rxd: Rxd, project: dict[str, Any], job_dir: Path
 ) -> None:
-    server = tomllib.loads(rxd.config.read_text())["daemon"]["listen"]
-    body = f"srun python3 -c 'import {PACKAGE}; print({PACKAGE}.VALUE)'"
-    options = (f"--rx-project={PROJECT}", "-n", "2")
-    _, job = submit(rxd, "rxbob", job_dir, body, *options, door=server)
-    assert job.stdout.splitlines() == ["42", "42"], job.stdout
+    # The socket is there on rxd's host; the batch script (on a node) and its steps do not see
+    # it, so the plugin's rxctl cannot reach rxd without the door.
+    assert rxd.socket.is_socket()
+    body = (
+        f"test -e {rxd.socket} && echo 'batch: sees the socket'\n"
+        f'srun -n 1 python3 -c \'print("ran")\'\necho "srun: $?"'
+    )
+    env = {"RXCTL_SOCKET": str(rxd.socket)}
+    _, job = submit(rxd, "rxbob", job_dir, body, f"--rx-project={PROJECT}", "-n", "1", env=env)
+    lines = job.stdout.splitlines()
+    stale = f"a slurmd does not hide rxd's folders: run tests/cluster/setup.sh\n{job.stdout}"
+    assert "ran" not in lines and "batch: sees the socket" not in lines, stale
+    assert f"Error: rxd is not running (nothing listens on {rxd.socket})" in lines, job.stdout
+    assert "srun: 0" not in lines, job.stdout
 
 
 def test_rxctl_run_outside_a_job(rxd: Rxd, project: dict[str, Any]) -> None:

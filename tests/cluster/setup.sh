@@ -316,19 +316,80 @@ add_associations() {
 slurmctld_ok() { timeout "$CMD_TIMEOUT" scontrol ping 2>/dev/null | grep -q ' is UP$'; }
 start_slurmctld() { slurmctld </dev/null >/dev/null 2>&1; }
 
+# A compute node has no rxd: each slurmd (and so every job and step it starts) runs in a mount
+# namespace of its own in which rxd's socket and ledger folders are empty tmpfs mounts. These are a
+# service host's defaults and where every test rxd keeps its sockets and ledger (PRIVATE_ROOT in
+# tests/support/daemon.py: the same literal). Everything else is the host's: shared storage
+# (workspaces, container state, images), /etc/slurm and munged's socket, and, with slave
+# propagation, mounts made on the host later. So a job reaches rxd only through its network door,
+# as on a real cluster. `unshare` without --fork: slurmd itself is the namespace's first process.
+# A service host's folders are hidden where they exist (one made later makes the next run of this
+# script restart the slurmds); the tests' is made here.
+readonly TEST_RXD_FOLDERS=/run/rxslurm-tests
+readonly NODE_HIDDEN=(/run/rxslurm /var/lib/rxslurm "$TEST_RXD_FOLDERS")
+readonly HIDDEN_SOURCE=rxslurm-hidden # the tmpfs mounts' source name, as mountinfo shows it
+
+start_slurmd() { # NODE
+  # shellcheck disable=SC2016  # expanded by the inner shell
+  unshare --mount --propagation slave -- /bin/sh -c '
+    node=$1 source=$2
+    shift 2
+    for dir; do
+      mount -t tmpfs -o mode=0755,size=1m "$source" "$dir" || exit 1
+    done
+    exec slurmd -N "$node"' sh "$1" "$HIDDEN_SOURCE" "${HIDE[@]}" </dev/null >/dev/null 2>&1
+}
+
+# node_hides_rxd PID: the process runs in a mount namespace other than ours in which every
+# folder to hide is one of our tmpfs mounts.
+node_hides_rxd() {
+  local pid=$1 dir
+  [[ $(readlink "/proc/$pid/ns/mnt") != "$(readlink /proc/self/ns/mnt)" ]] || return 1
+  for dir in "${HIDE[@]}"; do
+    # mountinfo: ID PARENT DEV ROOT MOUNTPOINT OPTIONS [TAGS...] - FSTYPE SOURCE SUPEROPTIONS
+    awk -v dir="$dir" -v tail=" - tmpfs $HIDDEN_SOURCE " \
+      '$5 == dir && index($0, tail) { found = 1 } END { exit !found }' "/proc/$pid/mountinfo" ||
+      return 1
+  done
+}
+
+node_back() { # NODE SINCE: its slurmd registered at or after SINCE (ISO time) and takes jobs
+  local info started state
+  info=$(timeout "$CMD_TIMEOUT" scontrol -o show node "$1") || return 1
+  started=$(grep -o 'SlurmdStartTime=[^ ]*' <<<"$info") || return 1
+  [[ ! ${started#*=} < $2 ]] || return 1
+  state=$(timeout "$CMD_TIMEOUT" sinfo -h -N -n "$1" -p cpu -o '%t') || return 1
+  [[ $state == idle || $state == mix || $state == alloc ]]
+}
+
 start_slurmds() {
-  local n
-  local -a started=()
+  local n dir since
+  local -a pids
+  local -a started=() moved=()
+  install -d -m 0755 "$TEST_RXD_FOLDERS"
+  HIDE=()
+  for dir in "${NODE_HIDDEN[@]}"; do
+    [[ -d $dir ]] && HIDE+=("$dir")
+  done
   for n in "${NODES[@]}"; do
-    if [[ -z $(pids_of slurmd -N "$n") ]]; then
-      slurmd -N "$n" </dev/null >/dev/null 2>&1
+    mapfile -t pids < <(pids_of slurmd -N "$n")
+    if ((${#pids[@]} == 0)); then
+      start_slurmd "$n"
       started+=("$n")
+    elif ! node_hides_rxd "${pids[0]}"; then
+      # A slurmd from before nodes hid rxd: restarted one node at a time, each back up before
+      # the next goes (running steps live on under their slurmstepd; others share the cluster).
+      since=$(date +%Y-%m-%dT%H:%M:%S)
+      stop_daemon "slurmd $n (into its own mount namespace)" slurmd -N "$n"
+      start_slurmd "$n"
+      poll 60 node_back "$n" "$since" || die "node $n not up within 60s after its slurmd restarted"
+      moved+=("$n")
     fi
   done
-  if ((${#started[@]})); then
-    step "slurmd: started ${started[*]}"
+  if ((${#started[@]} + ${#moved[@]})); then
+    step "slurmd: started ${started[*]:-none}, restarted hiding rxd ${moved[*]:-none}"
   else
-    step "slurmd: ${NODES[*]} running"
+    step "slurmd: ${NODES[*]} running, each hiding rxd's folders"
   fi
 }
 

@@ -69,10 +69,10 @@ def test_the_mode_is_set_on_the_socket_never_through_a_symlink(root: Path) -> No
 def test_rxd_refuses_to_start_on_a_world_writable_socket_folder() -> None:
     daemon = new_rxd()
     try:
-        os.chmod(daemon.root / "run", 0o1777)
+        os.chmod(daemon.socket.parent, 0o1777)
         daemon.start(wait=False)
         assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 1
         assert "must be owned by root and not group/world writable" in daemon.log_text()
         assert not daemon.socket.exists()
     finally:
-        shutil.rmtree(daemon.root, ignore_errors=True)
+        daemon.remove_folders()

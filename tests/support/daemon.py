@@ -1,4 +1,6 @@
-"""A real rxd for tests: own config, ledger and socket in a folder test users can reach."""
+"""A real rxd for tests: own config and shared folders in a folder test users can reach; its
+sockets and ledger in a folder of its own under PRIVATE_ROOT, which compute nodes and login nodes
+do not see (tests/cluster/setup.sh, tests/support/login_node.py)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,13 @@ def test_root() -> Path:
 # A helper, not a test, whatever module imports it.
 test_root.__test__ = False  # type: ignore[attr-defined]
 
+# Where every test rxd keeps its sockets and ledger, each in a folder named as its test folder:
+# one folder that hosts other than rxd's can hide as a whole, as a real compute node does not
+# have rxd's /run/rxslurm and /var/lib/rxslurm. tests/cluster/setup.sh hides this path (the same
+# literal) from every slurmd, so jobs and steps reach a test rxd only through its network door.
+# It is never removed (a folder hidden by a mount elsewhere must stay that folder).
+PRIVATE_ROOT = Path("/run/rxslurm-tests")
+
 
 @dataclass
 class Rxd:
@@ -47,12 +56,17 @@ class Rxd:
     env: dict[str, str] = field(default_factory=dict)
 
     @property
+    def private(self) -> Path:
+        """This daemon's sockets and ledger: rxd's host only."""
+        return PRIVATE_ROOT / self.root.name
+
+    @property
     def socket(self) -> Path:
-        return self.root / "run" / "rxd.sock"
+        return self.private / "run" / "rxd.sock"
 
     @property
     def ledger(self) -> Path:
-        return self.root / "state" / "ledger.db"
+        return self.private / "state" / "ledger.db"
 
     @property
     def config(self) -> Path:
@@ -150,6 +164,11 @@ class Rxd:
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
 
+    def remove_folders(self) -> None:
+        """Remove this daemon's folder and its private folder (sockets, ledger)."""
+        shutil.rmtree(self.private, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def ledger_rows(self, query: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of a query on this daemon's ledger, opened read-only (WAL: never blocks rxd's
         writers)."""
@@ -187,7 +206,9 @@ def new_rxd(extra_config: str | Callable[[Path], str] = "", *, migrate: bool = T
     root = test_root()
     text = extra_config(root) if callable(extra_config) else extra_config
     rxd = Rxd(root=root, extra_config=text)
-    (rxd.root / "run").mkdir(mode=0o755)
+    for folder in (PRIVATE_ROOT, rxd.private, rxd.socket.parent):
+        folder.mkdir(mode=0o755, exist_ok=folder == PRIVATE_ROOT)
+        os.chmod(folder, 0o755)  # whatever the umask: test users reach the socket
     rxd.write_config()
     if migrate:
         result = rxd.migrate()
@@ -206,7 +227,7 @@ def shutdown(daemon: Rxd) -> None:
         try:
             daemon.cancel_own_jobs()
         finally:
-            shutil.rmtree(daemon.root, ignore_errors=True)
+            daemon.remove_folders()
 
 
 @contextmanager

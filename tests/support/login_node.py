@@ -20,10 +20,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.support.cluster import user_env
+from tests.support.daemon import PRIVATE_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
-# rxd's default folders on a service host: hidden too, whether or not they exist here.
-DEFAULT_HIDDEN = ("/run/rxslurm", "/var/lib/rxslurm")
+# rxd's default folders on a service host, and where every test rxd keeps its sockets and ledger:
+# hidden too, whether or not they exist here (as tests/cluster/setup.sh hides them from nodes).
+DEFAULT_HIDDEN = ("/run/rxslurm", "/var/lib/rxslurm", str(PRIVATE_ROOT))
 
 
 def login_argv(
