@@ -12,8 +12,10 @@ Interactive sessions are counted while their connection lasts (`Live`), never st
 
 `ps` joins these records with `squeue --steps` for the container's job: a step that squeue no
 longer lists has ended, even if rxd missed it (a restart loses the keeper's last word: the exit
-status is then what sacct has of the step, if anything). `kill` is `scancel --signal` on the
-step, as the runtime user.
+status is then what sacct has of the step, if anything). `kill` gives the signal to the
+command's process group through its launcher (a short signal step, as the runtime user), so its
+trap runs; KILL, and any signal to a command without a launcher, is `scancel --signal` on the
+step.
 """
 
 from __future__ import annotations
@@ -450,7 +452,8 @@ class DetachedCommands:
     def kill(
         self, actor: Actor, project: str, command_id: str, signal: str = "TERM"
     ) -> dict[str, Any]:
-        """`scancel --signal` on the command's step, as the runtime user; audited."""
+        """The signal to the command (through its launcher, else `scancel --signal` on its
+        step), as the runtime user; audited."""
         check_command_id(command_id)
         name = str(signal).upper().removeprefix("SIG")
         if name not in KILL_SIGNALS:
