@@ -271,6 +271,31 @@ def test_ctrl_c_reaches_the_command_and_everything_it_started(rxd: Rxd) -> None:
     wait_for(lambda: not sleeping("2718"), timeout=10, what="the command's child to end")
 
 
+# As CTRL_C_SCRIPT, for SIGTERM (which a background job does not ignore: the sleep ends too).
+TERM_SCRIPT = "trap 'echo got-term; exit 7' TERM; sleep {} & wait; echo not-ended"
+TERM_STATUS = 7
+
+
+def test_sigterm_to_rxctl_reaches_the_command_and_its_trap_runs(rxd: Rxd) -> None:
+    # As the agent does; on the step path through the launcher, never srun's cancel of the step
+    # (which would end the command without its trap).
+    running_project(rxd, MAIN)
+    script = TERM_SCRIPT.format(2720)
+    proc = spawn_as(
+        "rxalice",
+        [RXCTL, "--socket", str(rxd.socket), "exec", "--project", MAIN, "--", "sh", "-c", script],
+    )
+    try:
+        wait_for(lambda: sleeping("2720"), timeout=60, what="the command")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert out.splitlines() == ["got-term"], (out, err)
+    assert proc.returncode == TERM_STATUS, (out, err)
+    wait_for(lambda: not sleeping("2720"), timeout=10, what="the command's child to end")
+
+
 # -- terminals ---------------------------------------------------------------------------------
 
 

@@ -29,6 +29,8 @@ from tests.test_exec_e2e import (
     CTRL_C_SCRIPT,
     CTRL_C_STATUS,
     ON_STEP_PATH,
+    TERM_SCRIPT,
+    TERM_STATUS,
     sleeping,
 )
 
@@ -213,6 +215,27 @@ def test_ctrl_c_on_the_login_node_reaches_the_command_once(login: LoginNode, use
     # As on rxd's host (CTRL_C_STATUS): the trap's status, on either path; the trap ran once.
     assert proc.returncode == CTRL_C_STATUS, (out, err)
     assert out.splitlines() == ["trapped"], out
+    wait_for(lambda: not sleeping(marker), timeout=10, what="the command's child to end")
+
+
+@pytest.mark.parametrize("user", ["rxalice", "rxdave"])
+def test_sigterm_on_the_login_node_runs_the_commands_trap(login: LoginNode, user: str) -> None:
+    running(login)
+    marker = {"rxalice": "2713", "rxdave": "2714"}[user]
+    argv = login.argv(
+        user, "exec", "--project", PROJECT, "--", "sh", "-c", TERM_SCRIPT.format(marker)
+    )
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO)
+    )
+    try:
+        wait_for(lambda: sleeping(marker), timeout=60, what="the command")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == TERM_STATUS, (out, err)
+    assert out.splitlines() == ["got-term"], out
     wait_for(lambda: not sleeping(marker), timeout=10, what="the command's child to end")
 
 

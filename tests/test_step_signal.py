@@ -115,3 +115,19 @@ def test_no_signal_step_runs_once_the_srun_has_ended(tmp_path: Path) -> None:
     signaller.send("INT")
     signaller.wait(30)
     assert not os.path.exists(tmp_path / "scancel-log")
+
+
+def test_a_term_no_launcher_took_goes_to_the_fallback_but_never_an_int(tmp_path: Path) -> None:
+    bin_dir = fake_slurm(tmp_path, appears_after=1)
+    srun = bin_dir / "srun"
+    srun.write_text("#!/bin/sh\necho no launcher >&2; exit 1\n")
+    srun.chmod(0o755)
+    fell_back: list[str] = []
+    signaller = StepSignaller(
+        5, "rx-exec-me", bin_dir=str(bin_dir), inside=["srun"], fallback=fell_back.append
+    )
+    for name in ("INT", "TERM", "QUIT", "HUP"):
+        signaller.send(name)
+    signaller.wait(30)
+    # srun's own SIGINT (and QUIT) handling would end the step: those are dropped instead.
+    assert fell_back == ["TERM", "HUP"]

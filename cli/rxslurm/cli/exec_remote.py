@@ -411,12 +411,24 @@ def run_direct(step: dict[str, Any], tty: bool) -> int:
         os.close(stdin)
         assert pump is not None
         pump.start()
+
+    def to_srun(name: str) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.Signals[f"SIG{name}"])
+
     signaller = StepSignaller(
-        job_id, step_name, alive=lambda: proc.poll() is None, inside=inside, env=env
+        job_id,
+        step_name,
+        alive=lambda: proc.poll() is None,
+        inside=inside,
+        env=env,
+        fallback=to_srun,
     )
+    # Under the launcher QUIT, TERM and HUP reach the command as INT does (its trap runs).
+    through_launcher = (signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP) if inside else ()
 
     def forward(signum: int, frame_: object) -> None:
-        if signum == signal.SIGINT or (signum == signal.SIGQUIT and inside):
+        if signum == signal.SIGINT or signum in through_launcher:
             signaller.send(signal.Signals(signum).name.removeprefix("SIG"))
         elif signum != signal.SIGWINCH:
             with contextlib.suppress(ProcessLookupError):

@@ -92,7 +92,8 @@ class StepSignaller:
 
     `inside`: the argv of the step that passes a signal to the step's launcher (the signal's
     name is added as its last word), run with `env` for the signals in `INSIDE_SIGNALS`; others
-    go to the step with scancel.
+    go to the step with scancel. `fallback` gets a TERM or HUP the signal step could not deliver
+    (no launcher found) while srun runs: the session must still end.
     """
 
     def __init__(
@@ -105,10 +106,12 @@ class StepSignaller:
         alive: Callable[[], bool] = lambda: True,
         inside: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
+        fallback: Callable[[str], None] | None = None,
     ) -> None:
         self.job_id = job_id
         self.inside = list(inside) if inside is not None else None
         self.env = dict(env or {})
+        self.fallback = fallback
         self.step_name = step_name
         self.as_user = as_user
         self.bin_dir = bin_dir
@@ -188,6 +191,8 @@ class StepSignaller:
                 "the signal step found no command to signal",
                 extra={"job_id": self.job_id, "error": result.stderr.strip()[-200:]},
             )
+            if self.fallback is not None and name in ENDING_SIGNALS:
+                self.fallback(name)
 
     def _scancel(self, name: str, step_id: str) -> None:
         argv = [self._binary("scancel"), "--quiet", f"--signal={name}", step_id]
@@ -199,9 +204,12 @@ class StepSignaller:
             )
 
 
-# What a launcher passes on (agent/launcher.py FORWARDED): the keys a terminal sends, and what
-# `rxctl kill` sends; TERM and HUP from a session's client still cancel its step through srun.
+# What a launcher passes on (agent/launcher.py FORWARDED): the keys a terminal sends, TERM and
+# HUP (the launcher kills the command's group 30 s later), and what `rxctl kill` sends.
 INSIDE_SIGNALS = ("INT", "QUIT", "TERM", "HUP", "USR1", "USR2")
+# Those that must end a session even when no launcher took them: srun then cancels the step. (Never
+# INT: srun's own SIGINT handling would end the step on a second Ctrl-C.)
+ENDING_SIGNALS = ("TERM", "HUP")
 
 
 def subprocess_alive(proc: subprocess.Popen[bytes]) -> Callable[[], bool]:

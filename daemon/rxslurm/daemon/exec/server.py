@@ -765,6 +765,7 @@ class Session:
                 alive=subprocess_alive(self.proc),
                 inside=inside,
                 env=rt.runtime.exec_env(target.state_dir, {}),
+                fallback=lambda name: self.signal(SIGNALS[name]),
             )
             if plumbing.terminal is not None:
                 plumbing.terminal.make_raw()  # srun --pty makes the pty raw, rxd the caller's
@@ -876,9 +877,15 @@ class Session:
             # Under the launcher, to the command's process group only.
             self.interrupter.send("INT")
             return
-        if signum == signal.SIGQUIT and self.interrupter and self.interrupter.inside:
-            # As INT; without the launcher srun passes it on as before.
-            self.interrupter.send("QUIT")
+        if (
+            signum in (signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
+            and self.interrupter is not None
+            and self.interrupter.inside is not None
+        ):
+            # To the command's group as the agent gives them (its trap runs; the launcher kills
+            # the group 30 s after TERM or HUP); without the launcher they go to srun, which
+            # cancels the step. A caller who hangs up still ends the step through srun.
+            self.interrupter.send(signal.Signals(signum).name.removeprefix("SIG"))
             return
         self.signal(signum)
 
