@@ -235,13 +235,6 @@ def test_a_viewer_may_not_start_list_or_kill(rxd: Rxd, project: str) -> None:
     assert refused(rxd.rxctl(VIEWER, "kill", "--project", project, "0123abcd")) == needs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known gap (docs/exec.md): the step's SIGTERM reaches Apptainer's process in the step, "
-        "which ends, and the command (in the instance's cgroup) dies before its trap runs"
-    ),
-)
 def test_kill_lets_a_commands_term_trap_run(rxd: Rxd, project: str) -> None:
     script = "trap 'echo got-term; exit 7' TERM; echo ready; sleep 600 & wait"
     command_id = detach(rxd, "sh", "-c", script)

@@ -245,25 +245,12 @@ CTRL_C_SCRIPT = "trap 'echo trapped; kill $!; exit 42' INT; sleep {} & wait; ech
 # when it answers, as for people). The whole suite runs either way.
 EXEC_PATH = os.environ.get("RXSLURM_EXEC_PATH", "auto")
 ON_STEP_PATH = EXEC_PATH == "step"
-# Through the agent the command itself gets SIGINT and ends as its trap says (exit 42); as a
-# step, `apptainer exec instance://` ends on the signal (130) and takes the command with it.
-CTRL_C_STATUS = 130 if ON_STEP_PATH else 42
-
-# The step signal reaches the command on a linuxproc cluster; see the reason below. The agent
-# (docs/exec.md, "The agent") closes the gap: it runs the command as its own child, inside.
-CTRL_C_IN_INSTANCE_GAP = pytest.mark.xfail(
-    ON_STEP_PATH,
-    strict=True,
-    reason=(
-        "known gap of the step path (docs/exec.md): under proctrack/cgroup the command that "
-        "`apptainer exec instance://` starts lives in the instance's cgroup, not the exec "
-        "step's, so the step's SIGINT reaches Apptainer, which ends, and the command dies "
-        "before its trap runs"
-    ),
-)
+# Either way the command itself gets SIGINT, once, and ends as its trap says: through the agent
+# it is the agent's child; as a step, it runs under the launcher, which a signal step reaches
+# (never Apptainer's process in the step, which would end and take the command with it).
+CTRL_C_STATUS = 42
 
 
-@CTRL_C_IN_INSTANCE_GAP
 def test_ctrl_c_reaches_the_command_and_everything_it_started(rxd: Rxd) -> None:
     running_project(rxd, MAIN)
     script = CTRL_C_SCRIPT.format(2718)
@@ -282,6 +269,31 @@ def test_ctrl_c_reaches_the_command_and_everything_it_started(rxd: Rxd) -> None:
     assert proc.returncode == CTRL_C_STATUS, (out, err)
     # Nothing the command started is left in the container.
     wait_for(lambda: not sleeping("2718"), timeout=10, what="the command's child to end")
+
+
+# As CTRL_C_SCRIPT, for SIGTERM (which a background job does not ignore: the sleep ends too).
+TERM_SCRIPT = "trap 'echo got-term; exit 7' TERM; sleep {} & wait; echo not-ended"
+TERM_STATUS = 7
+
+
+def test_sigterm_to_rxctl_reaches_the_command_and_its_trap_runs(rxd: Rxd) -> None:
+    # As the agent does; on the step path through the launcher, never srun's cancel of the step
+    # (which would end the command without its trap).
+    running_project(rxd, MAIN)
+    script = TERM_SCRIPT.format(2720)
+    proc = spawn_as(
+        "rxalice",
+        [RXCTL, "--socket", str(rxd.socket), "exec", "--project", MAIN, "--", "sh", "-c", script],
+    )
+    try:
+        wait_for(lambda: sleeping("2720"), timeout=60, what="the command")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert out.splitlines() == ["got-term"], (out, err)
+    assert proc.returncode == TERM_STATUS, (out, err)
+    wait_for(lambda: not sleeping("2720"), timeout=10, what="the command's child to end")
 
 
 # -- terminals ---------------------------------------------------------------------------------
@@ -328,6 +340,24 @@ def test_exec_with_a_terminal_gets_one(rxd: Rxd) -> None:
     finally:
         child.close()
     assert child.exitstatus == 5
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_command_once(rxd: Rxd) -> None:
+    # The ^C byte goes through the terminal (raw mode) to the pty's foreground group: the
+    # command's, not Apptainer's process in the step, which would end on it.
+    running_project(rxd, MAIN)
+    script = CTRL_C_SCRIPT.format(2719)
+    child = spawn_rxctl(rxd, "exec", "-t", "--project", MAIN, "--", "sh", "-c", script)
+    try:
+        wait_for(lambda: sleeping("2719"), timeout=60, what="the command")
+        child.sendcontrol("c")
+        child.expect(pexpect.EOF)
+        shown = child.before
+    finally:
+        child.close()
+    assert shown.count("trapped") == 1 and "not-interrupted" not in shown, shown
+    assert child.exitstatus == CTRL_C_STATUS, shown
+    wait_for(lambda: not sleeping("2719"), timeout=10, what="the command's child to end")
 
 
 def test_shell_needs_a_terminal(rxd: Rxd) -> None:

@@ -26,10 +26,11 @@ from tests.support.login_node import REPO, login_argv, run_on_login_node
 from tests.support.munge import needs_munged
 from tests.support.real_apptainer import BASE_IMAGE
 from tests.test_exec_e2e import (
-    CTRL_C_IN_INSTANCE_GAP,
     CTRL_C_SCRIPT,
     CTRL_C_STATUS,
     ON_STEP_PATH,
+    TERM_SCRIPT,
+    TERM_STATUS,
     sleeping,
 )
 
@@ -197,7 +198,6 @@ def test_a_managers_shell_is_relayed_with_its_terminal(login: LoginNode) -> None
     shell(login, "rxdave")  # rxd's pty, relayed over the door
 
 
-@CTRL_C_IN_INSTANCE_GAP
 @pytest.mark.parametrize("user", ["rxalice", "rxdave"])
 def test_ctrl_c_on_the_login_node_reaches_the_command_once(login: LoginNode, user: str) -> None:
     running(login)
@@ -213,10 +213,30 @@ def test_ctrl_c_on_the_login_node_reaches_the_command_once(login: LoginNode, use
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    # As on rxd's host (CTRL_C_STATUS): the trap's status through the agent, 128 + SIGINT as a
-    # step; the trap ran once.
+    # As on rxd's host (CTRL_C_STATUS): the trap's status, on either path; the trap ran once.
     assert proc.returncode == CTRL_C_STATUS, (out, err)
     assert out.splitlines() == ["trapped"], out
+    wait_for(lambda: not sleeping(marker), timeout=10, what="the command's child to end")
+
+
+@pytest.mark.parametrize("user", ["rxalice", "rxdave"])
+def test_sigterm_on_the_login_node_runs_the_commands_trap(login: LoginNode, user: str) -> None:
+    running(login)
+    marker = {"rxalice": "2713", "rxdave": "2714"}[user]
+    argv = login.argv(
+        user, "exec", "--project", PROJECT, "--", "sh", "-c", TERM_SCRIPT.format(marker)
+    )
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO)
+    )
+    try:
+        wait_for(lambda: sleeping(marker), timeout=60, what="the command")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == TERM_STATUS, (out, err)
+    assert out.splitlines() == ["got-term"], out
     wait_for(lambda: not sleeping(marker), timeout=10, what="the command's child to end")
 
 

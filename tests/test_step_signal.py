@@ -74,3 +74,60 @@ def test_a_step_whose_srun_ended_is_not_signalled(tmp_path: Path) -> None:
     signaller.send("INT")
     signaller.wait(30)
     assert not os.path.exists(tmp_path / "scancel-log")
+
+
+def test_under_a_launcher_each_signal_is_one_signal_step_in_order(tmp_path: Path) -> None:
+    bin_dir = fake_slurm(tmp_path, appears_after=1)
+    srun = bin_dir / "srun"
+    srun.write_text(f'#!/bin/sh\necho "$APPTAINER_CONFIGDIR $*" >> {tmp_path}/srun-log\n')
+    srun.chmod(0o755)
+    inside = [
+        "srun",
+        "--jobid=5",
+        "--",
+        "apptainer",
+        "exec",
+        "instance://x",
+        "signal",
+        "rx-exec-me",
+    ]
+    signaller = StepSignaller(
+        5, "rx-exec-me", bin_dir=str(bin_dir), inside=inside, env={"APPTAINER_CONFIGDIR": "/c"}
+    )
+    for name in ("INT", "INT", "QUIT"):
+        signaller.send(name)
+    signaller.wait(30)
+    signaller.send("WINCH")  # not the launcher's: to the step, as before
+    signaller.wait(30)
+
+    steps = (tmp_path / "srun-log").read_text().splitlines()
+    prefix = "/c --jobid=5 -- apptainer exec instance://x signal rx-exec-me"
+    assert steps == [f"{prefix} INT", f"{prefix} INT", f"{prefix} QUIT"]
+    assert (tmp_path / "scancel-log").read_text().splitlines() == ["--quiet --signal=WINCH 5.3"]
+
+
+def test_no_signal_step_runs_once_the_srun_has_ended(tmp_path: Path) -> None:
+    bin_dir = fake_slurm(tmp_path, appears_after=1)
+    inside = [str(bin_dir / "scancel"), "signal", "rx-exec-me"]
+    signaller = StepSignaller(
+        5, "rx-exec-me", bin_dir=str(bin_dir), inside=inside, alive=lambda: False
+    )
+    signaller.send("INT")
+    signaller.wait(30)
+    assert not os.path.exists(tmp_path / "scancel-log")
+
+
+def test_a_term_no_launcher_took_goes_to_the_fallback_but_never_an_int(tmp_path: Path) -> None:
+    bin_dir = fake_slurm(tmp_path, appears_after=1)
+    srun = bin_dir / "srun"
+    srun.write_text("#!/bin/sh\necho no launcher >&2; exit 1\n")
+    srun.chmod(0o755)
+    fell_back: list[str] = []
+    signaller = StepSignaller(
+        5, "rx-exec-me", bin_dir=str(bin_dir), inside=["srun"], fallback=fell_back.append
+    )
+    for name in ("INT", "TERM", "QUIT", "HUP"):
+        signaller.send(name)
+    signaller.wait(30)
+    # srun's own SIGINT (and QUIT) handling would end the step: those are dropped instead.
+    assert fell_back == ["TERM", "HUP"]

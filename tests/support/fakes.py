@@ -52,6 +52,9 @@ class FakeScheduler:
         # Exec steps squeue lists, signals sent to steps, what sstat says per job.
         self.running_steps: list[StepInfo] = []
         self.step_signals: list[tuple[str, str]] = []
+        # Signal steps run (signal_inside): the argv; whether one finds its command.
+        self.inside_signals: list[list[str]] = []
+        self.launcher_answers = True
         self.usages: dict[int, JobUsage] = {}
         self.ended_steps: dict[int, dict[str, int]] = {}  # sacct: job -> {step name: status}
         self.usage_calls = 0
@@ -114,6 +117,13 @@ class FakeScheduler:
     def signal_step(self, step_id: str, signal: str, as_user: RunAs | None = None) -> None:
         self._answer()
         self.step_signals.append((step_id, signal))
+
+    def signal_inside(
+        self, job_id: int, argv: Sequence[str], *, as_user: RunAs, env: Mapping[str, str]
+    ) -> bool:
+        self._answer()
+        self.inside_signals.append(list(argv))
+        return self.launcher_answers
 
     def usage(self, job_id: int, timeout: float = 5.0) -> JobUsage:
         self._answer()
@@ -190,9 +200,23 @@ class FakeRuntime:
         return self.agent_reports.get(job_id)
 
     def exec_argv(
-        self, instance: str, argv: Sequence[str], *, shell: bool, cwd: str | None
+        self,
+        instance: str,
+        argv: Sequence[str],
+        *,
+        shell: bool,
+        cwd: str | None,
+        launcher: str | None = None,
+        tty: bool = False,
     ) -> list[str]:
-        return ["/fake/apptainer", "exec", f"instance://{instance}", *argv]
+        under = [] if launcher is None or shell else ["/fake/launcher", launcher, "--"]
+        return ["/fake/apptainer", "exec", f"instance://{instance}", *under, *argv]
+
+    def signal_argv(self, instance: str, launcher: str) -> list[str]:
+        return ["/fake/apptainer", "exec", f"instance://{instance}", "/fake/signal", launcher]
+
+    def has_launcher(self, state_dir: str, job_id: int, uid: int) -> bool:
+        return job_id in self.endpoints
 
     def exec_env(self, state_dir: str, variables: Mapping[str, str]) -> dict[str, str]:
         return {f"APPTAINERENV_{k}": v for k, v in variables.items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rxslurm.daemon.config import ApptainerConfig
 from rxslurm.daemon.ports import HolderRequest
-from rxslurm.daemon.runtime.apptainer import ApptainerRuntime, gpu_flag
+from rxslurm.daemon.runtime.apptainer import ApptainerRuntime, gpu_flag, launcher_argv
 from rxslurm.slurm.runas import RunAs
 
 PROGRAM = "/opt/apptainer/bin/apptainer"
@@ -74,6 +74,29 @@ def test_the_exec_command_names_the_instance_and_keeps_each_word() -> None:
     assert runtime.exec_env("/srv/c/rx-alpha", {}) == {
         "APPTAINER_CONFIGDIR": "/srv/c/rx-alpha/apptainer"
     }
+
+
+def test_under_the_launcher_the_command_follows_it_word_for_word() -> None:
+    runtime = ApptainerRuntime(ApptainerConfig(binary=PROGRAM))
+    words = ["a b", "$(id)", "--", "--tty"]
+    under = launcher_argv("run", "rx-exec-00")
+
+    argv = runtime.exec_argv("rx-alpha-7", words, shell=False, cwd="/w", launcher="rx-exec-00")
+    tty = runtime.exec_argv(
+        "rx-alpha-7", ["top"], shell=False, cwd=None, launcher="rx-exec-00", tty=True
+    )
+
+    assert argv == [PROGRAM, "exec", "--pwd", "/w", "instance://rx-alpha-7", *under, "--", *words]
+    assert tty == [PROGRAM, "exec", "instance://rx-alpha-7", *under, "--tty", "--", "top"]
+    # A shell puts its jobs in front of the terminal itself: no launcher.
+    shell = runtime.exec_argv("rx-alpha-7", [], shell=True, cwd=None, launcher="rx-exec-00")
+    assert shell == [PROGRAM, "shell", "instance://rx-alpha-7"]
+    assert runtime.signal_argv("rx-alpha-7", "rx-exec-00") == [
+        PROGRAM,
+        "exec",
+        "instance://rx-alpha-7",
+        *launcher_argv("signal", "rx-exec-00"),
+    ]
 
 
 def test_variables_reach_the_command_through_the_environment_never_the_argv() -> None:

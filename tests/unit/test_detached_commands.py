@@ -21,6 +21,7 @@ from rxslurm.daemon.containers.sessions import DetachedCommands, LiveSession
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from rxslurm.daemon.runtime.command_output import keeper_argv, output_name, start_keeper
 from rxslurm.daemon.runtime.job_output import read_output
+from rxslurm.protocol.agent_wire import Endpoint
 from rxslurm.slurm.runas import RunAs
 from rxslurm.slurm.steps import StepInfo
 from tests.support.cluster import wait_for
@@ -382,6 +383,53 @@ def test_kill_signals_the_step_as_the_runtime_user_and_is_audited(
         "signal": "INT",
         "step": f"{job_id}.0",
     }
+
+
+def test_where_the_container_runs_the_launcher_a_command_runs_under_it_and_kill_uses_it(
+    tmp_path: Path, keepers: Keepers
+) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    job_id = running(w, "alpha")
+    # An agent answering means the container's python3 runs: the launcher can too.
+    w.runtime.endpoints[job_id] = Endpoint(host="10.0.0.5", port=40001, key=b"k" * 32)
+    commands = commands_of(w, keepers)
+    started = commands.start(OWNER, "alpha", ["sh", "-c", "trap 'exit 7' TERM; sleep 600"])
+    step_name = row_of(w, started["id"])["step_name"]
+    w.slurm.running_steps = [StepInfo(job_id, f"{job_id}.0", step_name, None)]
+    instance = w.row("alpha")["instance"]
+    step = keepers.steps[0]
+    assert step[step.index("--") + 1 :][3:6] == ["/fake/launcher", step_name, "--"]
+
+    commands.kill(OWNER, "alpha", started["id"])
+
+    # To the command's group through its launcher (its trap runs), never scancel on the step.
+    assert w.slurm.inside_signals == [
+        ["/fake/apptainer", "exec", f"instance://{instance}", "/fake/signal", step_name, "TERM"]
+    ]
+    assert w.slurm.step_signals == []
+    assert json.loads(events(w, "exec.signalled")[0]["detail"])["signal"] == "TERM"
+
+    # KILL ends the step at once; a launcher that is not found leaves it to slurmstepd.
+    commands.kill(OWNER, "alpha", started["id"], "KILL")
+    w.slurm.launcher_answers = False
+    commands.kill(OWNER, "alpha", started["id"], "HUP")
+    assert w.slurm.step_signals == [(f"{job_id}.0", "KILL"), (f"{job_id}.0", "HUP")]
+    assert len(w.slurm.inside_signals) == 2
+
+
+def test_without_the_launcher_kill_signals_the_step(tmp_path: Path, keepers: Keepers) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    job_id = running(w, "alpha")
+    commands = commands_of(w, keepers)
+    started = commands.start(OWNER, "alpha", ["sleep", "600"])
+    step_name = row_of(w, started["id"])["step_name"]
+    w.slurm.running_steps = [StepInfo(job_id, f"{job_id}.0", step_name, None)]
+
+    commands.kill(OWNER, "alpha", started["id"])
+
+    assert "/fake/launcher" not in keepers.steps[0]
+    assert w.slurm.inside_signals == []
+    assert w.slurm.step_signals == [(f"{job_id}.0", "TERM")]
 
 
 @pytest.mark.parametrize(

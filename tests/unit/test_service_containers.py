@@ -22,8 +22,14 @@ from rxslurm.cli.commands_project import Words
 from rxslurm.daemon.config import ConfigError, parse_config
 from rxslurm.daemon.errors import BadRequest, Conflict
 from rxslurm.daemon.exec.port_relay import relay_argv
-from rxslurm.daemon.exec.server import ExecRequest, step_command
+from rxslurm.daemon.exec.server import (
+    ExecRequest,
+    signal_step_command,
+    step_command,
+    uses_launcher,
+)
 from rxslurm.daemon.settings import Settings, apply_changes, check_static, service_words
+from rxslurm.protocol.agent_wire import Endpoint
 from tests.support.fakes import FakeClock, FakeRuntime, FakeScheduler
 from tests.unit.test_reconciler_edges import OWNER, running, world
 
@@ -157,6 +163,25 @@ def test_a_forward_step_relays_to_the_service_port_outside_the_container() -> No
     inside = argv[argv.index("--") + 1 :] if "--" in argv else argv
     assert inside[-5:] == relay_argv(8000)
     assert not any("apptainer" in word for word in argv)
+
+
+def test_a_command_runs_under_the_launcher_only_where_the_container_has_one() -> None:
+    runtime = FakeRuntime()
+    command = ExecRequest.parse({"project": "alpha", "argv": ["sleep", "1"]})
+    shell = ExecRequest.parse({"project": "alpha", "shell": True, "tty": True})
+    forward = ExecRequest.parse({"project": "alpha", "forward": True})
+    assert not uses_launcher(runtime, target(8000), command)
+    runtime.endpoints[42] = Endpoint(host="10.0.0.5", port=40001, key=b"k" * 32)
+    assert uses_launcher(runtime, target(8000), command)
+    assert not uses_launcher(runtime, target(8000), shell)
+    assert not uses_launcher(runtime, target(8000), forward)
+    scheduler = FakeScheduler(FakeClock())
+    argv = step_command(scheduler, runtime, target(0), command, "rx-x", launcher=True)
+    assert argv[argv.index("--") + 1 :][3:] == ["/fake/launcher", "rx-x", "--", "sleep", "1"]
+    signal_step = signal_step_command(scheduler, runtime, target(0), "rx-x")
+    assert signal_step[signal_step.index("--") + 1 :][3:] == ["/fake/signal", "rx-x"]
+    # A step of its own, named apart: `rxctl ps` never lists it as a session.
+    assert any(word.startswith("--job-name=rx-signal-") for word in signal_step)
 
 
 def test_a_forward_to_a_container_without_a_service_port_is_refused() -> None:

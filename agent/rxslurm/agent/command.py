@@ -23,6 +23,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from rxslurm.agent.launcher import (
+    KILL_AFTER_S,
+    START_FAILED_STATUS,
+    default_signals,
+    exit_status,
+    start_failure,
+)
 from rxslurm.protocol.agent_wire import MAX_DATA, FrameReader, WireError, control, frame
 from rxslurm.protocol.exec_wire import CONTROL, SIGNALS, STDERR, STDIN, STDOUT
 
@@ -30,8 +37,6 @@ from rxslurm.protocol.exec_wire import CONTROL, SIGNALS, STDERR, STDIN, STDOUT
 SHELL_ACTION = "/.singularity.d/actions/shell"
 FALLBACK_SHELL = "/bin/sh"
 DEFAULT_CWD = "/workspace"
-# As Slurm's KillWait: a command told to end (TERM, HUP, its caller gone) is killed this long after.
-KILL_AFTER_S = 30.0
 # After the command exits, output its background children still write is passed on this long.
 DRAIN_S = 0.5
 _TERM = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}")
@@ -60,10 +65,6 @@ class BadRequest(ValueError):
 class StartFailed(Exception):
     """The command could not start: told as `apptainer exec` tells it (a FATAL line on stderr,
     status 255), so a caller sees the same on either path."""
-
-
-# What `apptainer exec` exits with when it cannot start the command.
-START_FAILED_STATUS = 255
 
 
 @dataclass(frozen=True)
@@ -138,21 +139,9 @@ def _set_winsize(fd: int, size: tuple[int, int] | None) -> None:
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
 
 
-def _default_signals() -> None:  # pragma: no cover - runs in the child
-    # A command starts as from a terminal, with SIGINT and SIGQUIT at their defaults, whatever
-    # the agent inherited: a signal ignored at a shell's start cannot be trapped (POSIX), and a
-    # job started in the background of a non-interactive shell has both ignored.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
-
-
 def _take_terminal() -> None:  # pragma: no cover - runs in the child
-    _default_signals()
+    default_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-def exit_status(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode
 
 
 class Command:
@@ -218,7 +207,7 @@ class Command:
                     cwd=cwd,
                     env=env,
                     start_new_session=True,
-                    preexec_fn=_default_signals,  # noqa: PLW1509 - two signal calls, before exec
+                    preexec_fn=default_signals,  # noqa: PLW1509 - two signal calls, before exec
                 )
                 assert self.proc.stdin and self.proc.stdout and self.proc.stderr
                 self.stdin_fd = self.proc.stdin.fileno()
@@ -226,15 +215,8 @@ class Command:
                 self.outputs[self.proc.stderr.fileno()] = STDERR
                 for fd in (self.stdin_fd, *self.outputs):
                     os.set_blocking(fd, False)
-        except FileNotFoundError:
-            if "/" not in argv[0]:
-                raise StartFailed(f'"{argv[0]}": executable file not found in $PATH') from None
-            where = os.path.join(cwd or os.getcwd(), argv[0])
-            raise StartFailed(
-                f"stat {os.path.normpath(where)}: no such file or directory"
-            ) from None
-        except PermissionError:
-            raise StartFailed("permission denied") from None
+        except (FileNotFoundError, PermissionError) as exc:
+            raise StartFailed(start_failure(exc, argv[0], cwd)) from None
 
     def run(self) -> int:
         """The command's exit status, after its output has gone to the client."""

@@ -101,8 +101,9 @@ def ps(client: Client, project: str | None, json_: bool, shape: render.Shape) ->
 def kill(client: Client, project: str | None, signal_: str, command_id: str, json_: bool) -> None:
     """Send a signal to a detached command that `rxctl ps` lists (manager+).
 
-    `scancel --signal` on the command's Slurm step: the signal reaches the step's processes
-    (see docs/exec.md for what that reaches inside the container).
+    The signal reaches the command's process group inside the container, so its trap runs; a
+    command still running 30 s after TERM is killed. KILL ends the command's Slurm step at once
+    (see docs/exec.md, also for a container without python3).
 
     Example: rxctl kill --project alpha 3f2a9c1e
     """

@@ -378,10 +378,15 @@ def run_direct(step: dict[str, Any], tty: bool) -> int:
         argv = [str(a) for a in step["argv"]]
         env = {str(k): str(v) for k, v in dict(step["env"]).items()}
         job_id, step_name = int(step["job_id"]), str(step["step_name"])
+        # The step that passes a Ctrl-C to the command under its launcher (an older rxd's step
+        # has none: scancel signals the step).
+        inside = [str(a) for a in step["signal"]] if step.get("signal") else None
     except (KeyError, TypeError, ValueError):
         raise ExecError("rxd sent a step that rxctl cannot start") from None
     srun = _which("srun")
     argv[0] = srun  # this host's srun
+    if inside:
+        inside[0] = srun
     env["PATH"] = os.environ.get("PATH") or env.get("PATH", "/usr/bin:/bin")
     for name in ("SLURM_CONF", "MUNGE_SOCKET"):
         if name in os.environ:
@@ -406,11 +411,25 @@ def run_direct(step: dict[str, Any], tty: bool) -> int:
         os.close(stdin)
         assert pump is not None
         pump.start()
-    signaller = StepSignaller(job_id, step_name, alive=lambda: proc.poll() is None)
+
+    def to_srun(name: str) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.Signals[f"SIG{name}"])
+
+    signaller = StepSignaller(
+        job_id,
+        step_name,
+        alive=lambda: proc.poll() is None,
+        inside=inside,
+        env=env,
+        fallback=to_srun,
+    )
+    # Under the launcher QUIT, TERM and HUP reach the command as INT does (its trap runs).
+    through_launcher = (signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP) if inside else ()
 
     def forward(signum: int, frame_: object) -> None:
-        if signum == signal.SIGINT:
-            signaller.send("INT")
+        if signum == signal.SIGINT or signum in through_launcher:
+            signaller.send(signal.Signals(signum).name.removeprefix("SIG"))
         elif signum != signal.SIGWINCH:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signum)

@@ -68,6 +68,13 @@ class Scheduler(Protocol):
         """Signal one step's processes; a step that already ended is not an error."""
         ...
 
+    def signal_inside(
+        self, job_id: int, argv: Sequence[str], *, as_user: RunAs, env: Mapping[str, str]
+    ) -> bool:
+        """Run ``argv`` (a runtime's ``signal_argv`` and the signal) as a short step of
+        ``job_id``; whether it found the command to signal."""
+        ...
+
     def usage(self, job_id: int, timeout: float = 5.0) -> JobUsage:
         """What the running job uses now (CPU time, memory, GPUs held)."""
         ...
@@ -157,9 +164,27 @@ class ContainerRuntime(Protocol):
         ...
 
     def exec_argv(
-        self, instance: str, argv: Sequence[str], *, shell: bool, cwd: str | None
+        self,
+        instance: str,
+        argv: Sequence[str],
+        *,
+        shell: bool,
+        cwd: str | None,
+        launcher: str | None = None,
+        tty: bool = False,
     ) -> list[str]:
-        """The command that runs ``argv`` (or a shell) in the running ``instance``."""
+        """The command that runs ``argv`` (or a shell) in the running ``instance``; with
+        ``launcher`` (the step's name) in a process group of its own that ``signal_argv``
+        reaches."""
+        ...
+
+    def signal_argv(self, instance: str, launcher: str) -> list[str]:
+        """The command that passes a signal (its last word, added by the sender) to the command
+        of the step called ``launcher``."""
+        ...
+
+    def has_launcher(self, state_dir: str, job_id: int, uid: int) -> bool:
+        """Whether steps of ``job_id`` can run their command under the launcher."""
         ...
 
     def exec_env(self, state_dir: str, variables: Mapping[str, str]) -> dict[str, str]:

@@ -34,6 +34,7 @@ from . import errors, jobs, runas
 from .errors import SlurmUnavailable
 from .jobs import JobInfo, Listing, ParseError
 from .runas import RunAs
+from .step_signal import SIGNAL_STEP_TIMEOUT_S, new_signal_step_name
 from .steps import (
     SACCT_STEP_FIELDS,
     STEP_FORMAT,
@@ -385,6 +386,19 @@ class SlurmCli:
         if tty:
             step.append("--pty")
         return [*step, "--", *argv]
+
+    def signal_inside(
+        self, job_id: int, argv: Sequence[str], *, as_user: RunAs, env: Mapping[str, str]
+    ) -> bool:
+        """Run ``argv`` (a container runtime's signal command and the signal's name) as a short
+        step of ``job_id``, as ``as_user``: the signal reaches the command inside the container
+        and no other process (step_signal.py says why a step's own signal cannot). True when
+        the command was found and signalled."""
+        step = self.step_argv(job_id, argv, tty=False, step_name=new_signal_step_name())
+        proc = self._call(
+            step, as_user=as_user, env_extra=env, check=False, timeout=SIGNAL_STEP_TIMEOUT_S
+        )
+        return proc.returncode == 0
 
     def steps(self, job_ids: Iterable[int]) -> list[StepInfo]:
         """The numbered steps (exec steps, detached commands) running in ``job_ids``: one

@@ -12,8 +12,10 @@ Interactive sessions are counted while their connection lasts (`Live`), never st
 
 `ps` joins these records with `squeue --steps` for the container's job: a step that squeue no
 longer lists has ended, even if rxd missed it (a restart loses the keeper's last word: the exit
-status is then what sacct has of the step, if anything). `kill` is `scancel --signal` on the
-step, as the runtime user.
+status is then what sacct has of the step, if anything). `kill` gives the signal to the
+command's process group through its launcher (a short signal step, as the runtime user), so its
+trap runs; KILL, and any signal to a command without a launcher, is `scancel --signal` on the
+step.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from rxslurm.protocol.commands import COMMAND_ID, KILL_SIGNALS
 from rxslurm.protocol.states import State
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable
 from rxslurm.slurm.runas import RunAs, RunAsError
-from rxslurm.slurm.step_signal import STEP_NAME_PREFIX, new_step_name
+from rxslurm.slurm.step_signal import INSIDE_SIGNALS, STEP_NAME_PREFIX, new_step_name
 from rxslurm.slurm.steps import StepInfo
 
 log = logging.getLogger(__name__)
@@ -193,7 +195,15 @@ class DetachedCommands:
             )
         command_id = secrets.token_hex(4)
         step_name = new_step_name()
-        inside = service.runtime.exec_argv(target.instance, words, shell=False, cwd=folder)
+        # Under the launcher where the container runs it: `kill` then reaches the command.
+        launcher = service.runtime.has_launcher(target.state_dir, target.job_id, target.runas.uid)
+        inside = service.runtime.exec_argv(
+            target.instance,
+            words,
+            shell=False,
+            cwd=folder,
+            launcher=step_name if launcher else None,
+        )
         try:
             step = service.scheduler.step_argv(
                 target.job_id, inside, tty=False, step_name=step_name
@@ -442,7 +452,8 @@ class DetachedCommands:
     def kill(
         self, actor: Actor, project: str, command_id: str, signal: str = "TERM"
     ) -> dict[str, Any]:
-        """`scancel --signal` on the command's step, as the runtime user; audited."""
+        """The signal to the command (through its launcher, else `scancel --signal` on its
+        step), as the runtime user; audited."""
         check_command_id(command_id)
         name = str(signal).upper().removeprefix("SIG")
         if name not in KILL_SIGNALS:
@@ -460,7 +471,8 @@ class DetachedCommands:
         target = self.service.target_of(access)
         who = target.runas if target is not None else _runtime_user(self.service, row)
         try:
-            self.service.scheduler.signal_step(step_id, name, as_user=who)
+            if not self._signal_inside(target, row, name):
+                self.service.scheduler.signal_step(step_id, name, as_user=who)
         except SlurmError as exc:
             raise Unavailable(f"cannot signal command {command_id}: {exc}") from None
         with self.service.ledger.transaction() as db:
@@ -474,6 +486,24 @@ class DetachedCommands:
                 {"id": command_id, "signal": name, "step": step_id},
             )
         return self._record(self._row(command_id), step_id)
+
+    def _signal_inside(self, target: ExecTarget | None, row: dict[str, Any], name: str) -> bool:
+        """The signal to the command's process group through its launcher (a short step), so
+        its trap runs; a TERM is followed by a SIGKILL 30 s later, as Slurm's KillWait would.
+        False when there is no launcher to ask (KILL, a command started without one, a job
+        that is no longer the container's): then slurmstepd signals the step."""
+        service = self.service
+        if name not in INSIDE_SIGNALS or target is None or target.job_id != row["job_id"]:
+            return False
+        if not service.runtime.has_launcher(target.state_dir, target.job_id, target.runas.uid):
+            return False
+        argv = service.runtime.signal_argv(target.instance, row["step_name"])
+        return service.scheduler.signal_inside(
+            target.job_id,
+            [*argv, name],
+            as_user=target.runas,
+            env=service.runtime.exec_env(target.state_dir, {}),
+        )
 
     def _own_row(self, access: Access, command_id: str) -> dict[str, Any]:
         try:

@@ -67,6 +67,7 @@ from rxslurm.slurm.errors import SlurmUnavailable
 from rxslurm.slurm.runas import clean_env
 from rxslurm.slurm.step_signal import (
     StepSignaller,
+    new_signal_step_name,
     new_step_name,
     strip_srun_task_lines,
     subprocess_alive,
@@ -287,10 +288,12 @@ def step_command(
     step_name: str,
     *,
     portable: bool = False,
+    launcher: bool = False,
 ) -> list[str]:
     """The step: the runtime's command in the instance, as a step of the container's job. Every
     user-given word is one argv item after the instance, never a shell line. A forward's step is
-    the relay to the service's port, on the node (exec/port_relay.py)."""
+    the relay to the service's port, on the node (exec/port_relay.py). ``launcher``: the command
+    runs under the runtime's launcher, named as the step, which ``signal_step_command`` reaches."""
     if request.forward:
         if not target.service_port:
             raise Conflict(
@@ -300,10 +303,41 @@ def step_command(
         inside = port_relay.relay_argv(target.service_port)
     else:
         inside = runtime.exec_argv(
-            target.instance, request.argv, shell=request.shell, cwd=request.cwd
+            target.instance,
+            request.argv,
+            shell=request.shell,
+            cwd=request.cwd,
+            launcher=step_name if launcher else None,
+            tty=request.tty,
         )
     return scheduler.step_argv(
         target.job_id, inside, tty=request.tty, step_name=step_name, portable=portable
+    )
+
+
+def uses_launcher(
+    runtime: ContainerRuntime, target: containers.ExecTarget, request: ExecRequest
+) -> bool:
+    """A command (not a shell, not a forward) runs under the launcher where the container can
+    run it: then a Ctrl-C reaches the command, not Apptainer's process (step_signal.py)."""
+    if request.shell or request.forward:
+        return False
+    return runtime.has_launcher(target.state_dir, target.job_id, target.runas.uid)
+
+
+def signal_step_command(
+    scheduler: Scheduler,
+    runtime: ContainerRuntime,
+    target: containers.ExecTarget,
+    step_name: str,
+    *,
+    portable: bool = False,
+) -> list[str]:
+    """The short step that passes a signal (its name added last) to the launcher of the step
+    called ``step_name``."""
+    inside = runtime.signal_argv(target.instance, step_name)
+    return scheduler.step_argv(
+        target.job_id, inside, tty=False, step_name=new_signal_step_name(), portable=portable
     )
 
 
@@ -493,13 +527,22 @@ class Session:
         same argv (srun found on their PATH), environment and step name as rxd's own."""
         rt = self.daemon.containers
         step_name = new_step_name()
-        argv = step_command(rt.scheduler, rt.runtime, target, request, step_name, portable=True)
-        return {
+        launcher = uses_launcher(rt.runtime, target, request)
+        argv = step_command(
+            rt.scheduler, rt.runtime, target, request, step_name, portable=True, launcher=launcher
+        )
+        step: dict[str, Any] = {
             "argv": argv,
             "env": child_env(rt.runtime, target, request),
             "job_id": target.job_id,
             "step_name": step_name,
         }
+        if launcher:
+            # How its caller passes a Ctrl-C to the command (srun, Apptainer, then the signal).
+            step["signal"] = signal_step_command(
+                rt.scheduler, rt.runtime, target, step_name, portable=True
+            )
+        return step
 
     def agent_grant(self, target: containers.ExecTarget, caller: Caller) -> dict[str, Any] | None:
         """Where the container's agent listens and a ticket for this caller, signed with the
@@ -668,8 +711,16 @@ class Session:
     ) -> None:
         rt = self.daemon.containers
         step_name = new_step_name()
+        launcher = uses_launcher(rt.runtime, target, request)
         try:
-            argv = step_command(rt.scheduler, rt.runtime, target, request, step_name)
+            argv = step_command(
+                rt.scheduler, rt.runtime, target, request, step_name, launcher=launcher
+            )
+            inside = (
+                signal_step_command(rt.scheduler, rt.runtime, target, step_name)
+                if launcher
+                else None
+            )
         except SlurmUnavailable as exc:
             raise Unavailable(f"{exc.message}; Slurm is unavailable") from None
         sessions = self.daemon.reconciler.sessions
@@ -712,6 +763,9 @@ class Session:
                 as_user=target.runas,
                 bin_dir=self.daemon.config.slurm.bin_dir,
                 alive=subprocess_alive(self.proc),
+                inside=inside,
+                env=rt.runtime.exec_env(target.state_dir, {}),
+                fallback=lambda name: self.signal(SIGNALS[name]),
             )
             if plumbing.terminal is not None:
                 plumbing.terminal.make_raw()  # srun --pty makes the pty raw, rxd the caller's
@@ -820,7 +874,18 @@ class Session:
             self.plumbing.terminal.copy_size_to(self.plumbing.pty)
         if signum == signal.SIGINT and self.interrupter is not None:
             # To the step's processes, once; srun would end the step (slurm: step_signal.py).
+            # Under the launcher, to the command's process group only.
             self.interrupter.send("INT")
+            return
+        if (
+            signum in (signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
+            and self.interrupter is not None
+            and self.interrupter.inside is not None
+        ):
+            # To the command's group as the agent gives them (its trap runs; the launcher kills
+            # the group 30 s after TERM or HUP); without the launcher they go to srun, which
+            # cancels the step. A caller who hangs up still ends the step through srun.
+            self.interrupter.send(signal.Signals(signum).name.removeprefix("SIG"))
             return
         self.signal(signum)
 

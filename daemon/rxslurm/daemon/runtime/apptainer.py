@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import importlib.util
 import os
 import re
 import shutil
@@ -39,6 +40,8 @@ from rxslurm.slurm.script import render_batch_script
 OVERLAY_TIMEOUT = 600.0  # mkfs.ext3 of a large sparse file takes a while on slow disks
 VERSION_TIMEOUT = 30.0
 MIN_OVERLAY_MB = 64  # Apptainer refuses smaller overlays
+# The step path's launcher (its text is passed to the container's python3).
+LAUNCHER_MODULE = "rxslurm.agent.launcher"
 
 
 class ApptainerError(RuntimeError):
@@ -215,13 +218,50 @@ class ApptainerRuntime:
         return self.agent_files.sessions(state_dir, job_id, uid)
 
     def exec_argv(
-        self, instance: str, argv: Sequence[str], *, shell: bool, cwd: str | None
+        self,
+        instance: str,
+        argv: Sequence[str],
+        *,
+        shell: bool,
+        cwd: str | None,
+        launcher: str | None = None,
+        tty: bool = False,
     ) -> list[str]:
-        """Every word of ``argv`` is one item after the instance, never a shell line."""
+        """Every word of ``argv`` is one item after the instance, never a shell line.
+
+        ``launcher`` (the step's name): the command runs under the launcher (agent/launcher.py)
+        on the container's python3, in a process group of its own that signals reach through
+        ``signal_argv`` (in front of the terminal with ``tty``). Not for a shell: an interactive
+        shell puts each job in front of the terminal itself."""
         command = [self.program(), "shell" if shell else "exec"]
         if cwd:
             command += ["--pwd", cwd]
-        return [*command, f"instance://{instance}", *argv]
+        if launcher is None or shell:
+            return [*command, f"instance://{instance}", *argv]
+        own = ["--tty"] if tty else []
+        return [
+            *command,
+            f"instance://{instance}",
+            *launcher_argv("run", launcher),
+            *own,
+            "--",
+            *argv,
+        ]
+
+    def signal_argv(self, instance: str, launcher: str) -> list[str]:
+        """The command that signals the launcher of the step called ``launcher`` in
+        ``instance``; the signal's name (``INT``) is its last word, added by whoever sends it."""
+        return [
+            self.program(),
+            "exec",
+            f"instance://{instance}",
+            *launcher_argv("signal", launcher),
+        ]
+
+    def has_launcher(self, state_dir: str, job_id: int, uid: int) -> bool:
+        """Whether the job's container runs the launcher: its python3 runs there, known because
+        the holder started the exec agent (an image without python3 has none)."""
+        return self.agent_files.endpoint(state_dir, job_id, uid) is not None
 
     def exec_env(self, state_dir: str, variables: Mapping[str, str]) -> dict[str, str]:
         # The holder started the instance with this config folder; exec finds it there. The
@@ -263,6 +303,21 @@ class ApptainerRuntime:
             private_tmp=options["private_tmp"],
             command=one_shot.command,
         )
+
+
+@functools.cache
+def launcher_source() -> str:
+    """The launcher's text, run by the container's python3 (nothing of the host is mounted)."""
+    spec = importlib.util.find_spec(LAUNCHER_MODULE)
+    if spec is None or spec.origin is None:
+        raise ApptainerError(f"{LAUNCHER_MODULE} is not installed")
+    return Path(spec.origin).read_text(encoding="utf-8")
+
+
+def launcher_argv(mode: str, name: str) -> list[str]:
+    """The launcher on the container's python3, isolated (-I: no user site, no PYTHON*
+    variables; -S: no site module; -B: writes nothing)."""
+    return ["python3", "-I", "-S", "-B", "-c", launcher_source(), mode, name]
 
 
 def holder_env(variables: Sequence[tuple[str, str]]) -> str:
