@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import shlex
-import urllib.request
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support import lifecycle
 from tests.support.cli import ok
-from tests.support.cluster import spawn_as, wait_for
+from tests.support.cluster import run_as, spawn_as, wait_for
 from tests.support.daemon import RXCTL, Rxd, free_port
 from tests.support.lifecycle import lifecycle_rxd
 from tests.support.real_apptainer import BASE_IMAGE
@@ -87,12 +87,21 @@ def serving(rxd: Rxd) -> dict:
     return lifecycle.wait_state(rxd, PROJECT, "running", timeout=180)
 
 
-def fetch(port: int, path: str) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-            return str(answer.read().decode())
-    except OSError:
-        return None
+# An HTTP GET as a test user (the forward relays only its own user's connections): the body, or
+# "ERROR <why>" on stdout.
+GET = """
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=10) as answer:
+        sys.stdout.write(answer.read().decode())
+except Exception as e:
+    sys.stdout.write("ERROR " + type(e).__name__)
+"""
+
+
+def fetch(port: int, path: str, user: str = "rxalice") -> str | None:
+    done = run_as(user, [sys.executable, "-I", "-c", GET, f"http://127.0.0.1:{port}{path}"])
+    return None if done.stdout.startswith("ERROR") else done.stdout
 
 
 def test_status_says_where_the_service_listens(rxd: Rxd, serving: dict) -> None:
@@ -124,6 +133,28 @@ def test_port_forward_reaches_the_service_from_the_login_side(rxd: Rxd, serving:
     finally:
         forward.terminate()
         forward.communicate(timeout=30)
+
+
+def test_port_forward_refuses_another_users_connection(rxd: Rxd, serving: dict) -> None:
+    local = free_port()
+    forward = spawn_as(
+        "rxalice",
+        [RXCTL, "--socket", str(rxd.socket), "port-forward", "--project", PROJECT, str(local)],
+    )
+    try:
+        wait_for(lambda: fetch(local, "/hello.txt"), 60, what="the service through the forward")
+        # rxbob reaches the port but not the service: the forward closes his
+        # connection unanswered, and the owner still gets through afterwards.
+        assert fetch(local, "/hello.txt", user="rxbob") is None
+        done = run_as("rxbob", [sys.executable, "-I", "-c", GET, f"http://127.0.0.1:{local}/"])
+        assert done.stdout.startswith("ERROR")
+        assert fetch(local, "/hello.txt") == "hello from the service\n"
+    finally:
+        forward.terminate()
+        _, said = forward.communicate(timeout=30)
+    refused = [line for line in said.splitlines() if "refused a connection" in line]
+    assert len(refused) == 2
+    assert all(line.endswith("not yours)") and "uid " in line for line in refused)
 
 
 def test_a_non_member_cannot_forward(rxd: Rxd, serving: dict) -> None:

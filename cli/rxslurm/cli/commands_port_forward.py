@@ -4,7 +4,8 @@ Each connection to 127.0.0.1:LOCAL is one exec session (the same authenticated p
 exec`: the `exec` role, an `srun --overlap` step of the container's job) whose step is rxd's
 relay to the service's port on the node (daemon/.../exec/port_relay.py); the connection itself is
 the session's stdin and stdout. A child process per connection: the exec client owns its
-process's signals.
+process's signals. Only connections from this user's own processes are relayed (peer_uid.py):
+127.0.0.1 is open to every user of this host.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import click
 from rxslurm.cli import exec_client, render, session
 from rxslurm.cli.client import Client, ClientError
 from rxslurm.cli.common import api_errors, echo, project_option
+from rxslurm.cli.peer_uid import peer_uid
 from rxslurm.cli.project_choice import choose_project
 from rxslurm.protocol import routes
 
@@ -49,6 +51,23 @@ def relay_connection(client: Client, project: str, conn: socket.socket) -> int:
         return 125
 
 
+def accepted(conn: socket.socket, peer: tuple[str, int]) -> bool:
+    """Whether the connection comes from a process of this user; if not, one line says so."""
+    try:
+        owner = peer_uid(conn.getsockname(), peer)
+    except OSError:
+        owner = None
+    if owner == os.getuid():
+        return True
+    who = "an unknown user" if owner is None else f"uid {owner}"
+    print(
+        f"rxctl port-forward: refused a connection from {peer[0]}:{peer[1]} ({who}, not yours)",
+        file=sys.stderr,
+    )
+    sys.stderr.flush()
+    return False
+
+
 @click.command("port-forward")
 @project_option
 @click.argument("local", type=click.IntRange(1, 65535))
@@ -59,7 +78,7 @@ def port_forward(client: Client, project: str | None, local: int) -> None:
 
     Each connection to 127.0.0.1:LOCAL is relayed to the service's port in the container
     through an exec step of its job, until Ctrl-C. Needs the exec role (owner or manager).
-    Other users of this host can connect to 127.0.0.1:LOCAL too, as with `ssh -L`.
+    Only your own processes' connections are relayed: another user's is refused and closed.
 
     Example: rxctl port-forward --project alpha 8080
     """
@@ -78,7 +97,10 @@ def port_forward(client: Client, project: str | None, local: int) -> None:
     sys.stdout.flush()
     try:
         while True:
-            conn, _ = listener.accept()
+            conn, peer = listener.accept()
+            if not accepted(conn, peer):
+                conn.close()
+                continue
             pid = os.fork()
             if pid == 0:
                 listener.close()
