@@ -129,6 +129,7 @@ class Keepers:
         self.tmp_path = tmp_path
         self.script = script
         self.steps: list[list[str]] = []
+        self.envs: list[dict[str, str]] = []
         self.procs: list[subprocess.Popen[str]] = []
 
     def __call__(
@@ -140,6 +141,7 @@ class Keepers:
         env: dict[str, str],
     ) -> subprocess.Popen[str]:
         self.steps.append(list(step))
+        self.envs.append(dict(env))
         proc = start_keeper(state_dir, command_id, ["sh", "-c", self.script], None, env)
         self.procs.append(proc)
         return proc
@@ -209,6 +211,41 @@ def test_a_detached_command_is_the_exec_step_of_the_running_container(
     assert row["step_name"] in " ".join(step)
     [event] = events(w, "exec.detached")
     assert event["actor"] == "ada" and json.loads(event["detail"])["id"] == started["id"]
+
+
+def test_its_own_variables_reach_the_keepers_environment_not_argv_nor_the_audit(
+    tmp_path: Path, keepers: Keepers
+) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    running(w, "alpha")
+
+    started = commands_of(w, keepers).start(
+        OWNER, "alpha", ["python", "train.py"], "/workspace", {"EPOCHS": "3", "TOKEN": "v4lue"}
+    )
+
+    assert keepers.envs[0]["APPTAINERENV_EPOCHS"] == "3"
+    assert keepers.envs[0]["APPTAINERENV_TOKEN"] == "v4lue"
+    assert not any("v4lue" in word for word in keepers.steps[0])
+    [event] = events(w, "exec.detached")
+    assert "v4lue" not in event["detail"]
+    assert json.loads(event["detail"])["env"] == ["EPOCHS", "TOKEN"]
+    assert "v4lue" not in json.dumps(row_of(w, started["id"]))
+
+
+@pytest.mark.parametrize(
+    "env", [["EPOCHS=3"], {"LD_PRELOAD": "/x.so"}, {"A": "a\0b"}, {"A": 3}, {"1A": "x"}]
+)
+def test_bad_variables_are_refused_and_change_nothing(
+    tmp_path: Path, keepers: Keepers, env: Any
+) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    running(w, "alpha")
+
+    with pytest.raises(BadRequest):
+        commands_of(w, keepers).start(OWNER, "alpha", ["true"], "/workspace", env)
+
+    assert keepers.steps == [] and list(w.ledger.db.table("exec_sessions").rows) == []
+    assert events(w, "exec.detached") == []
 
 
 def test_a_container_that_does_not_run_is_refused_and_nothing_is_recorded(
@@ -535,3 +572,4 @@ def test_the_kept_parts_are_the_outputs_newest_bytes_in_order(cap: int, sizes: l
     assert len(current) <= cap and len(older) <= cap
     assert whole.endswith(older + current)
     assert len(older + current) >= min(len(whole), cap)
+
