@@ -174,7 +174,16 @@ def test_a_service_that_ends_shows_in_status_and_logs(rxd: Rxd, serving: dict) -
     assert status["state"] == "running"  # the container stays up for exec
     assert "status 3" in status["reason"]
     assert status["service"] is None  # nothing listens any more
+    # The job's log says it ended, with the service's last lines; the service's own output
+    # (capped, in its own file) has all of it, and the holder's lines about it.
     logs = ok(rxd.rxctl("rxalice", "logs", "--project", PROJECT)).stdout
     assert "service 'up' on" in logs
     assert "service says goodbye" in logs
     assert "the service exited with status 3" in logs
+    served = rxd.rxctl("rxalice", "logs", "--project", PROJECT, "--service")
+    assert ok(served).stdout.splitlines()[:2] == [
+        f"rx-holder: starting the service (port {PORT})",
+        f"service 'up' on {PORT}",
+    ]
+    assert served.stdout.splitlines()[-1] == "rx-holder: the service exited with status 3"
+    assert served.stderr == ""  # nothing dropped, nothing left out

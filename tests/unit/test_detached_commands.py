@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from rxslurm.daemon.containers import sessions as sessions_module
 from rxslurm.daemon.containers.sessions import DetachedCommands, LiveSession
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
+from rxslurm.daemon.runtime import rotated_output
 from rxslurm.daemon.runtime.command_output import keeper_argv, output_name, start_keeper
 from rxslurm.daemon.runtime.job_output import read_output
 from rxslurm.slurm.runas import RunAs
@@ -83,9 +84,11 @@ def test_the_keeper_keeps_at_most_twice_the_cap_on_disk(tmp_path: Path) -> None:
     assert len(current) <= cap and len(older) <= cap
     # The newest output is kept: the last line is the 100th.
     assert current.endswith(b"%099d\n" % 99)
+    # 10,000 bytes are more than two parts: the oldest went, and the marker says so.
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "exec-0000beef.out",
         "exec-0000beef.out.1",
+        "exec-0000beef.out.dropped",
     ]
 
 
@@ -469,7 +472,7 @@ def test_the_output_is_the_commands_file_read_by_the_reader(
     wait_for(lambda: row_of(w, started["id"])["state"] == "ended", 30, what="its end")
     # The reader as this process (the runtime user's switch needs root).
     monkeypatch.setattr(
-        sessions_module,
+        rotated_output,
         "read_output",
         lambda state_dir, job, who, **kw: read_output(state_dir, job, None, **kw),
     )
@@ -538,7 +541,7 @@ def test_a_follower_past_the_end_of_a_new_file_reads_it_from_its_start(
     started = commands.start(OWNER, "alpha", ["x"])
     wait_for(lambda: row_of(w, started["id"])["state"] == "ended", 30, what="its end")
     monkeypatch.setattr(
-        sessions_module,
+        rotated_output,
         "read_output",
         lambda state_dir, job, who, **kw: read_output(state_dir, job, None, **kw),
     )
@@ -567,9 +570,11 @@ def test_the_kept_parts_are_the_outputs_newest_bytes_in_order(cap: int, sizes: l
         current = (Path(folder) / "exec-0a0a0a0a.out").read_bytes()
         older_path = Path(folder) / "exec-0a0a0a0a.out.1"
         older = older_path.read_bytes() if older_path.exists() else b""
+        dropped = (Path(folder) / "exec-0a0a0a0a.out.dropped").exists()
 
     assert result["last"] == {"exit": 0}
     assert len(current) <= cap and len(older) <= cap
     assert whole.endswith(older + current)
     assert len(older + current) >= min(len(whole), cap)
-
+    # Output older than the older part went, and only then the marker says so.
+    assert dropped == (len(whole) > 2 * cap)

@@ -902,6 +902,7 @@ class ContainerService:
                 env=tuple(sorted(project_variables(self.ledger.db, project).items())),
                 service=tuple(service_words(eff.service)),
                 port=eff.port,
+                output_cap=config.containers.output_cap_mb << 20,
             )
         )
         spec = JobSpec(

@@ -37,7 +37,8 @@ from rxslurm.daemon.ledger.store import LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import to_timestamp
 from rxslurm.daemon.projects.environment import with_exec_variables
 from rxslurm.daemon.runtime.command_output import output_name, start_keeper
-from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError, read_output
+from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError
+from rxslurm.daemon.runtime.rotated_output import read_rotated
 from rxslurm.protocol import env_vars
 from rxslurm.protocol.commands import COMMAND_ID, KILL_SIGNALS
 from rxslurm.protocol.states import State
@@ -525,11 +526,7 @@ class DetachedCommands:
         try:
             who = RunAs.for_user(runtime_user)
             name = output_name(command_id)
-            piece = read_output(state_dir, 0, who, offset=offset, max_bytes=max_bytes, name=name)
-            if offset is not None and piece.start < offset:
-                # Shorter than where the follower stopped: the keeper started a new file (the
-                # old one is .out.1), so the new one is read from its beginning.
-                piece = read_output(state_dir, 0, who, offset=0, max_bytes=max_bytes, name=name)
+            read = read_rotated(state_dir, name, who, offset=offset, max_bytes=max_bytes)
         except RunAsError as exc:
             raise Conflict(f"cannot read the output of {command_id}: {exc}") from None
         except OutputError as exc:
@@ -541,12 +538,7 @@ class DetachedCommands:
             "state": row["state"],
             "live": row["state"] == "running",
             "exit_code": row["exit_code"],
-            "text": piece.text,
-            "start": piece.start,
-            "end": piece.end,
-            "size": piece.size,
-            "cut": piece.cut,
-            "missing": piece.missing,
+            **read.fields(),
             "cleaned": False,
         }
 
