@@ -3,8 +3,9 @@
 # Rendered by rxslurm.slurm.script (every value below arrives as one quoted shell word); sbatch
 # options come on sbatch's command line. Progress goes to $state_dir/job-$SLURM_JOB_ID.status,
 # one line, which rxd reads: "starting", "running <instance>" (with a service: "... service <port>",
-# then "... service-exited <status>" if it ends; with restarts, " restarts <n> <last status>"
-# after either), "stopping", "stopped", "error: ...".
+# then "... service-exited <status>" if it ends for good, "... service-restarting <status>" while
+# it waits to be started again; once restarted, " restarts <n> <last status>" after each of
+# these), "stopping", "stopped", "error: ...".
 # Its own lines ("rx-holder: ...") and Apptainer's messages go to the job's output, job-<id>.out,
 # which members read with `rxctl logs`: a few lines of the holder's and the last 64 KiB at most
 # of Apptainer's start messages (the instance's own output goes to Apptainer's instance logs).
@@ -250,15 +251,17 @@ while true; do
       ((delay > 300)) && delay=300
       restart_at=$((SECONDS + delay))
       say_service "the service exited with status $code; restarting it in $delay s (restart $((restarted + 1)) of $restarts)"
+      service_state="service-restarting $code"
     else
       ((code != 0 && restarts)) && how=" (restarted $restarted of $restarts times)" || how=""
       say_service "the service exited with status $code$how"
       # Its last words in the job's output too, where `rxctl logs` looks first.
       say "its last lines (\`rxctl logs --service\` shows more):"
       tail -n 20 "$service_log" 2>/dev/null | sed 's/^/  /'
+      service_state="service-exited $code"
     fi
     last_code=$code
-    service_status "service-exited $code"
+    service_status "$service_state"
   fi
   if ((restart_at && SECONDS >= restart_at)); then
     restart_at=0
