@@ -8,9 +8,11 @@ connection relayed through an exec step of the job; when the service ends, statu
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -181,6 +183,47 @@ def test_port_forward_refuses_another_users_connection(rxd: Rxd, serving: dict) 
     refused = [line for line in said.splitlines() if "refused a connection" in line]
     assert len(refused) == 2
     assert all(line.endswith("not yours)") and "uid " in line for line in refused)
+
+
+# An HTTP/1.0 GET over a Unix socket as a test user: the answer, or "ERROR <why>".
+UNIX_GET = """
+import socket, sys
+try:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(b"GET /hello.txt HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    sys.stdout.write(data.decode())
+except OSError as e:
+    sys.stdout.write("ERROR " + type(e).__name__)
+"""
+
+
+def test_port_forward_on_a_unix_socket_only_its_user_opens(rxd: Rxd, serving: dict) -> None:
+    path = f"/tmp/rx-forward-{uuid.uuid4().hex[:12]}.sock"
+    forward = spawn_as(
+        "rxalice",
+        [RXCTL, "--socket", str(rxd.socket), "port-forward", "--project", PROJECT, "--unix", path],
+    )
+
+    def answer(user: str) -> str:
+        return run_as(user, [sys.executable, "-I", "-c", UNIX_GET, path]).stdout
+
+    try:
+        body = wait_for(
+            lambda: (lambda a: a if a.startswith("HTTP/") else None)(answer("rxalice")),
+            60,
+            what="the service through the Unix socket",
+        )
+        assert body.endswith("\n\nhello from the service\n")  # (newlines as text reads them)
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        assert answer("rxbob") == "ERROR PermissionError"
+    finally:
+        forward.terminate()
+        forward.communicate(timeout=30)
+    assert not os.path.exists(path)  # the forward removed its socket
 
 
 def test_a_non_member_cannot_forward(rxd: Rxd, serving: dict) -> None:

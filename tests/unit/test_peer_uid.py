@@ -6,9 +6,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import stat
 import sys
+from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -101,3 +105,31 @@ def test_another_users_connection_is_refused_with_one_line(
         f"rxctl port-forward: refused a connection from {peer[0]}:{peer[1]} "
         f"(uid {os.getuid() + 1}, not yours)"
     ]
+
+
+def test_a_unix_socket_is_made_for_its_user_alone_and_never_over_a_path(tmp_path: Path) -> None:
+    path = tmp_path / "forward.sock"
+    listener = commands_port_forward.unix_listener(path)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_ISSOCK(path.stat().st_mode)
+        listener.listen(1)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))
+            conn, peer = listener.accept()
+            with conn:
+                assert commands_port_forward.accepted(conn, peer)
+        with pytest.raises(click.ClickException, match="cannot listen on"):
+            commands_port_forward.unix_listener(path)  # there already: left alone
+    finally:
+        listener.close()
+    (tmp_path / "taken").write_text("mine\n")
+    with pytest.raises(click.ClickException):
+        commands_port_forward.unix_listener(tmp_path / "taken")
+    assert (tmp_path / "taken").read_text() == "mine\n"
+
+
+def test_local_and_unix_go_alone() -> None:
+    runner = CliRunner()
+    for args in ([], ["8080", "--unix", "/tmp/x.sock"]):
+        result = runner.invoke(commands_port_forward.port_forward, args, obj=None)
+        assert result.exit_code == 2 and "either LOCAL" in result.output

@@ -10,6 +10,8 @@ is the connection's remote one and whose remote address is ours.
 from __future__ import annotations
 
 import ipaddress
+import socket
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,3 +91,11 @@ def peer_uid(ours: Address, peer: Address) -> int | None:
         if found is not None:
             return found
     return None
+
+
+def unix_peer_uid(conn: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket connection (SO_PEERCRED)."""
+    _pid, uid, _gid = struct.unpack(
+        "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    )
+    return int(uid)
