@@ -21,7 +21,7 @@ def holder_line(name: str) -> str:
     return line
 
 
-def capped(folder: Path, data: bytes, cap: int) -> None:
+def capped(folder: Path, data: bytes, cap: int) -> subprocess.CompletedProcess[bytes]:
     """The service's stream through the holder's writer: its own split line, with the cap."""
     keep_piece = holder_line("keep_piece")
     [split] = [
@@ -32,7 +32,7 @@ def capped(folder: Path, data: bytes, cap: int) -> None:
     script = (
         f"{keep_piece}\nservice_log={folder}/job-7.service\noutput_cap={cap}\n{command.group(1)}\n"
     )
-    subprocess.run(["bash", "-c", script], input=data, check=True, timeout=30)
+    return subprocess.run(["bash", "-c", script], input=data, check=True, timeout=30)
 
 
 @settings(max_examples=20, deadline=None)
@@ -59,3 +59,12 @@ def test_the_newest_output_is_kept_in_order_and_never_more_than_twice_the_cap(
     assert dropped == (size > 2 * cap)
     # split itself makes no files (the filter does): nothing else appears.
     assert set(names) <= {"job-7.service", "job-7.service.1", "job-7.service.dropped"}
+
+
+def test_output_that_cannot_be_written_is_read_on_and_lost(tmp_path: Path) -> None:
+    # No such folder: every piece fails to open; the writer still reads all of it (the service
+    # never blocks on a full pipe, nor dies of a closed one) and ends well.
+    gone = tmp_path / "no-such-folder"
+    done = capped(gone, b"x" * 20_000, 4096)
+    assert done.returncode == 0
+    assert not gone.exists()
