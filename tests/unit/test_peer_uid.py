@@ -17,7 +17,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rxslurm.cli import commands_port_forward
-from rxslurm.cli.peer_uid import Entry, decode_address, owner_in, parse_table, peer_uid
+from rxslurm.cli import peer_uid as peer_uid_module
+from rxslurm.cli.peer_uid import (
+    Entry,
+    decode_address,
+    encode_address,
+    owner_in,
+    parse_table,
+    peer_uid,
+)
 
 
 def encode(host: str, port: int) -> str:
@@ -37,6 +45,36 @@ def test_ipv4_addresses_decode_as_printed(host: ipaddress.IPv4Address, port: int
 def test_ipv6_addresses_decode_mapped_ones_as_ipv4(host: ipaddress.IPv6Address, port: int) -> None:
     expected = str(host.ipv4_mapped) if host.ipv4_mapped else str(host)
     assert decode_address(encode(str(host), port)) == (expected, port)
+
+
+@given(st.ip_addresses(v=4), st.integers(0, 65535), st.sampled_from([4, 16]))
+def test_encoding_is_decodings_inverse_in_either_table(
+    host: ipaddress.IPv4Address, port: int, size: int
+) -> None:
+    printed = encode_address((str(host), port), size)
+    assert printed is not None and len(printed) == size * 2 + 5
+    assert decode_address(printed) == (str(host), port)
+
+
+def test_only_a_mapped_ipv6_address_can_be_in_the_ipv4_table() -> None:
+    assert encode_address(("::1", 80), 4) is None
+    assert encode_address(("::ffff:127.0.0.1", 80), 4) == encode_address(("127.0.0.1", 80), 4)
+
+
+def test_the_peer_is_found_in_either_table_among_many(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many = [line(n, ("127.0.0.1", 1000 + n), ("10.0.0.1", 22), "01", 0) for n in range(5, 500)]
+    v4, v6 = tmp_path / "tcp", tmp_path / "tcp6"
+    v4.write_text("\n".join([TABLE.splitlines()[0], *many, *TABLE.splitlines()[1:]]) + "\n")
+    mapped = ("::ffff:127.0.0.1", 40005)
+    v6.write_text("header\n" + line(0, mapped, ("::ffff:127.0.0.1", 8080), "01", 1003) + "\n")
+    monkeypatch.setattr(peer_uid_module, "TABLES", (v4, v6))
+
+    assert peer_uid(OURS, PEER) == 1002
+    assert peer_uid(OURS, ("127.0.0.1", 40005)) == 1003  # an IPv6 socket's, IPv4-mapped
+    assert peer_uid(OURS, ("127.0.0.1", 40001)) is None  # TIME_WAIT: nobody's
+    assert peer_uid(OURS, ("127.0.0.1", 1005)) is None  # connected elsewhere
 
 
 def test_loopback_on_this_machine_is_0100007f() -> None:

@@ -79,15 +79,47 @@ def owner_in(entries: Iterator[Entry], ours: Address, peer: Address) -> int | No
     return None
 
 
+def encode_address(address: Address, size: int) -> str | None:
+    """`address` as a table of `size`-byte addresses prints it (decode_address's inverse): an
+    IPv4 address in tcp6 is IPv4-mapped; None if it cannot be in that table."""
+    host = ipaddress.ip_address(address[0].split("%", 1)[0])
+    if size == 16 and isinstance(host, ipaddress.IPv4Address):
+        host = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + host.packed)
+    elif size == 4 and isinstance(host, ipaddress.IPv6Address):
+        if host.ipv4_mapped is None:
+            return None
+        host = host.ipv4_mapped
+    raw = host.packed
+    order = -1 if sys.byteorder == "little" else 1
+    words = "".join(raw[i : i + 4][::order].hex().upper() for i in range(0, len(raw), 4))
+    return f"{words}:{int(address[1]):04X}"
+
+
+def lines_with(text: str, needle: str) -> Iterator[str]:
+    """The lines of `text` that hold `needle`."""
+    at = text.find(needle)
+    while at != -1:
+        start = text.rfind("\n", 0, at) + 1
+        end = text.find("\n", at)
+        yield text[start : len(text) if end == -1 else end]
+        at = text.find(needle, at + 1)
+
+
 def peer_uid(ours: Address, peer: Address) -> int | None:
     """The uid owning the peer's end of the connection from `peer` to `ours` on this host, as
-    /proc/net says; None when no table lists it (gone already, another namespace, no /proc)."""
-    for table in TABLES:
+    /proc/net says; None when no table lists it (gone already, another namespace, no /proc).
+    A login node's table may hold thousands of sockets: only the lines holding the pair as the
+    kernel prints it are parsed."""
+    for table, size in zip(TABLES, (4, 16), strict=True):
+        local, remote = encode_address(peer, size), encode_address(ours, size)
+        if local is None or remote is None:
+            continue
         try:
             text = table.read_text(encoding="ascii", errors="replace")
         except OSError:
             continue
-        found = owner_in(parse_table(text), ours, peer)
+        candidates = lines_with(text, f" {local} {remote} ")
+        found = owner_in(parse_table("\n" + "\n".join(candidates)), ours, peer)
         if found is not None:
             return found
     return None
