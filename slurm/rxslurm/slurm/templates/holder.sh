@@ -210,7 +210,8 @@ service_status() {
 }
 say_service() {
   say "$*"
-  printf 'rx-holder: %s\n' "$*" >&"$service_out"
+  # In a subshell: should the writer be gone, the broken pipe ends that, never the holder.
+  (printf 'rx-holder: %s\n' "$*" >&"$service_out") 2>/dev/null
 }
 run_service() {
   "$apptainer" exec --pwd /workspace "instance://$instance" "${cmd[@]}" </dev/null >&"$service_out" 2>&1 9>&- {service_out}>&- &
