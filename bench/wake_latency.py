@@ -129,6 +129,8 @@ class ByHand:
             env=apptainer.holder_env(()),
             service=apptainer.holder_words(()),
             port=0,
+            output_cap=8 << 20,
+            restarts=0,
         )
         spec = JobSpec(
             name=self.name,

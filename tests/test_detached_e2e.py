@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import ok, output, refused
-from tests.support.cluster import user_env, wait_for
+from tests.support.cluster import processes_with, user_env, wait_for
 from tests.support.daemon import RXCTL, Rxd
 from tests.support.lifecycle import lifecycle_rxd, make_project, status, wait_state
 
@@ -132,6 +132,35 @@ def test_logs_follow_a_detached_commands_output_until_it_exits(rxd: Rxd, project
     assert followed.stdout.splitlines()[:2] == ["first", "second"]
     assert f"command {command_id} exited with status 4" in followed.stderr
     assert one(rxd, command_id)["exit_code"] == 4
+
+
+def test_a_detached_commands_own_variables_reach_it_in_no_argv(rxd: Rxd, project: str) -> None:
+    value = "detached-value-" + os.urandom(6).hex()
+    command_id = output(
+        rxd.rxctl(
+            OWNER,
+            "exec",
+            "--project",
+            project,
+            "-e",
+            f"RX_OWN={value}",
+            "--detach",
+            "--",
+            "sh",
+            "-c",
+            'echo "got $RX_OWN"; sleep 20; exit 5',
+        )
+    ).strip()
+    # rxctl has returned: while the command runs, no process on this one-machine cluster (rxd,
+    # the keeper, srun, slurmstepd, apptainer, the shell) has the value in its argv.
+    wait_for(lambda: one(rxd, command_id)["step_id"] is not None, 30, what="its step in squeue")
+    assert processes_with(value) == []
+
+    followed = rxd.rxctl(OWNER, "logs", "--project", project, "--exec", command_id, "-f")
+
+    assert followed.stdout.splitlines()[0] == f"got {value}"
+    assert f"command {command_id} exited with status 5" in followed.stderr
+    assert value not in rxd.log_text()
 
 
 def test_kill_ends_a_detached_sleep_and_ps_shows_it_ended(rxd: Rxd, project: str) -> None:

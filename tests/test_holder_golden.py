@@ -32,6 +32,8 @@ VALUES: dict[str, object] = {
     # python3 -m http.server 8000, NUL-ended words in base64 (runtime/apptainer.py holder_words).
     "service": "cHl0aG9uMwAtbQBodHRwLnNlcnZlcgA4MDAwAA==",
     "port": 8000,
+    "output_cap": 8388608,
+    "restarts": 3,
 }
 
 

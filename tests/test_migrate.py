@@ -55,6 +55,7 @@ EXPECTED_COLUMNS = {
         "reservation",
         "service",
         "port",
+        "restart",
     ],
     "members": ["project_id", "platform_user_id", "role", "added_at", "added_by"],
     "containers": [
@@ -80,6 +81,7 @@ EXPECTED_COLUMNS = {
         "started_at",
         "state_dir",
         "queued_at",
+        "service_restarts",
     ],
     "jobs": [
         "job_id",
@@ -135,6 +137,7 @@ ALL_MIGRATIONS = [
     "m016_volumes",
     "m017_one_shot_jobs",
     "m018_service",
+    "m019_service_restarts",
 ]
 
 
@@ -172,8 +175,9 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         for column in ("account", "qos", '"constraint"', "reservation"):
             db.execute(f"ALTER TABLE projects DROP COLUMN {column}")
         db.execute("DROP TABLE project_env")
-        for column in ("service", "port"):
+        for column in ("service", "port", "restart"):
             db.execute(f"ALTER TABLE projects DROP COLUMN {column}")
+        db.execute("ALTER TABLE containers DROP COLUMN service_restarts")
         db.execute(
             "INSERT INTO projects (name, created_at, created_by)"
             " VALUES ('old', '2025-01-01T00:00:00.000000Z', 'u')"
@@ -186,6 +190,8 @@ def test_oldest_schema_migrates_to_the_newest(tmp_path: Path) -> None:
         assert [row[f] for f in ("account", "qos", "constraint", "reservation")] == [""] * 4
         # A service (m018): none.
         assert (row["service"], row["port"]) == ("", 0)
+        # A restart policy (m019): none.
+        assert row["restart"] == ""
 
 
 def schema(path: Path) -> list[tuple[str, str]]:

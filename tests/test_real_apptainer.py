@@ -120,6 +120,7 @@ def run_holder(
     *,
     term_during_start: bool = False,
     service: tuple[str, ...] = (),
+    restarts: int = 0,
     until: str = "running",
 ) -> list[list[str]]:
     """Run the rendered holder script with a fake Apptainer that logs its argv, until it reports
@@ -152,6 +153,8 @@ esac""",
         env=apptainer.holder_env([("RX_NOTE", "a 'b'\n$c")]),
         service=apptainer.holder_words(service),
         port=8000 if service else 0,
+        output_cap=4096,
+        restarts=restarts,
         **apptainer.instance_options(
             ApptainerConfig(
                 binary=str(program),
@@ -210,6 +213,27 @@ def test_the_holder_runs_the_service_word_for_word_and_reports_its_end(tmp_path:
     # Each word one argv item after the instance, in /workspace; nothing joined or expanded.
     assert ["exec", "--pwd", "/workspace", "instance://rx-a-7", *words] in calls
     assert calls[-1][:2] == ["instance", "stop"]
+
+
+def test_a_failing_service_is_restarted_as_often_as_its_policy_says(tmp_path: Path) -> None:
+    calls = run_holder(
+        tmp_path,
+        ApptainerConfig(),
+        service=("serve",),
+        restarts=1,
+        until="running rx-a-7 service-exited 3 restarts 1 3",
+    )
+    assert calls.count(["exec", "--pwd", "/workspace", "instance://rx-a-7", "serve"]) == 2
+    # Each run's output and the holder's words about it, in the service's capped output.
+    served = (tmp_path / "state" / "job-7.service").read_text().splitlines()
+    assert served == [
+        "rx-holder: starting the service (port 8000)",
+        "the service speaks",
+        "rx-holder: the service exited with status 3; restarting it in 5 s (restart 1 of 1)",
+        "rx-holder: restarting the service (restart 1 of 1)",
+        "the service speaks",
+        "rx-holder: the service exited with status 3 (restarted 1 of 1 times)",
+    ]
 
 
 def test_a_holder_ended_while_the_instance_starts_still_stops_it(tmp_path: Path) -> None:

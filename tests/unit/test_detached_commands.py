@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from rxslurm.daemon.containers import sessions as sessions_module
 from rxslurm.daemon.containers.sessions import DetachedCommands, LiveSession
 from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
+from rxslurm.daemon.runtime import rotated_output
 from rxslurm.daemon.runtime.command_output import keeper_argv, output_name, start_keeper
 from rxslurm.daemon.runtime.job_output import read_output
 from rxslurm.protocol.agent_wire import Endpoint
@@ -84,9 +85,11 @@ def test_the_keeper_keeps_at_most_twice_the_cap_on_disk(tmp_path: Path) -> None:
     assert len(current) <= cap and len(older) <= cap
     # The newest output is kept: the last line is the 100th.
     assert current.endswith(b"%099d\n" % 99)
+    # 10,000 bytes are more than two parts: the oldest went, and the marker says so.
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "exec-0000beef.out",
         "exec-0000beef.out.1",
+        "exec-0000beef.out.dropped",
     ]
 
 
@@ -130,6 +133,7 @@ class Keepers:
         self.tmp_path = tmp_path
         self.script = script
         self.steps: list[list[str]] = []
+        self.envs: list[dict[str, str]] = []
         self.procs: list[subprocess.Popen[str]] = []
 
     def __call__(
@@ -141,6 +145,7 @@ class Keepers:
         env: dict[str, str],
     ) -> subprocess.Popen[str]:
         self.steps.append(list(step))
+        self.envs.append(dict(env))
         proc = start_keeper(state_dir, command_id, ["sh", "-c", self.script], None, env)
         self.procs.append(proc)
         return proc
@@ -210,6 +215,41 @@ def test_a_detached_command_is_the_exec_step_of_the_running_container(
     assert row["step_name"] in " ".join(step)
     [event] = events(w, "exec.detached")
     assert event["actor"] == "ada" and json.loads(event["detail"])["id"] == started["id"]
+
+
+def test_its_own_variables_reach_the_keepers_environment_not_argv_nor_the_audit(
+    tmp_path: Path, keepers: Keepers
+) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    running(w, "alpha")
+
+    started = commands_of(w, keepers).start(
+        OWNER, "alpha", ["python", "train.py"], "/workspace", {"EPOCHS": "3", "TOKEN": "v4lue"}
+    )
+
+    assert keepers.envs[0]["APPTAINERENV_EPOCHS"] == "3"
+    assert keepers.envs[0]["APPTAINERENV_TOKEN"] == "v4lue"
+    assert not any("v4lue" in word for word in keepers.steps[0])
+    [event] = events(w, "exec.detached")
+    assert "v4lue" not in event["detail"]
+    assert json.loads(event["detail"])["env"] == ["EPOCHS", "TOKEN"]
+    assert "v4lue" not in json.dumps(row_of(w, started["id"]))
+
+
+@pytest.mark.parametrize(
+    "env", [["EPOCHS=3"], {"LD_PRELOAD": "/x.so"}, {"A": "a\0b"}, {"A": 3}, {"1A": "x"}]
+)
+def test_bad_variables_are_refused_and_change_nothing(
+    tmp_path: Path, keepers: Keepers, env: Any
+) -> None:
+    w = world(tmp_path, ("alpha", "starting"))
+    running(w, "alpha")
+
+    with pytest.raises(BadRequest):
+        commands_of(w, keepers).start(OWNER, "alpha", ["true"], "/workspace", env)
+
+    assert keepers.steps == [] and list(w.ledger.db.table("exec_sessions").rows) == []
+    assert events(w, "exec.detached") == []
 
 
 def test_a_container_that_does_not_run_is_refused_and_nothing_is_recorded(
@@ -480,7 +520,7 @@ def test_the_output_is_the_commands_file_read_by_the_reader(
     wait_for(lambda: row_of(w, started["id"])["state"] == "ended", 30, what="its end")
     # The reader as this process (the runtime user's switch needs root).
     monkeypatch.setattr(
-        sessions_module,
+        rotated_output,
         "read_output",
         lambda state_dir, job, who, **kw: read_output(state_dir, job, None, **kw),
     )
@@ -549,7 +589,7 @@ def test_a_follower_past_the_end_of_a_new_file_reads_it_from_its_start(
     started = commands.start(OWNER, "alpha", ["x"])
     wait_for(lambda: row_of(w, started["id"])["state"] == "ended", 30, what="its end")
     monkeypatch.setattr(
-        sessions_module,
+        rotated_output,
         "read_output",
         lambda state_dir, job, who, **kw: read_output(state_dir, job, None, **kw),
     )
@@ -578,8 +618,11 @@ def test_the_kept_parts_are_the_outputs_newest_bytes_in_order(cap: int, sizes: l
         current = (Path(folder) / "exec-0a0a0a0a.out").read_bytes()
         older_path = Path(folder) / "exec-0a0a0a0a.out.1"
         older = older_path.read_bytes() if older_path.exists() else b""
+        dropped = (Path(folder) / "exec-0a0a0a0a.out.dropped").exists()
 
     assert result["last"] == {"exit": 0}
     assert len(current) <= cap and len(older) <= cap
     assert whole.endswith(older + current)
     assert len(older + current) >= min(len(whole), cap)
+    # Output older than the older part went, and only then the marker says so.
+    assert dropped == (len(whole) > 2 * cap)

@@ -65,6 +65,25 @@ def test_the_cleaner_removes_the_logs_of_jobs_not_kept_and_nothing_else(tmp_path
     assert all((tmp_path / name).read_text() == "keep me\n" for name in others)
 
 
+def test_a_services_output_goes_with_its_jobs_log(tmp_path: Path) -> None:
+    make_logs(tmp_path, 1, 2)
+    for job_id in (1, 2):
+        for suffix in ("service", "service.1", "service.dropped"):
+            (tmp_path / f"job-{job_id}.{suffix}").write_text("served\n")
+    (tmp_path / "job-1.service.2").write_text("not a log\n")
+
+    cleaned = remove_old_logs(str(tmp_path), {2}, 2, None)
+
+    assert cleaned.removed == (1,)  # one job, however many of its files went
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "job-1.service.2",
+        "job-2.out",
+        "job-2.service",
+        "job-2.service.1",
+        "job-2.service.dropped",
+    ]
+
+
 def test_a_log_newer_than_any_job_the_ledger_knows_is_kept(tmp_path: Path) -> None:
     # A job submitted this moment is in Slurm (and writing) before it is in the ledger.
     make_logs(tmp_path, 7, 8, 9)

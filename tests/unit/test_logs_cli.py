@@ -136,3 +136,31 @@ def test_any_span_text_is_a_number_of_seconds_or_a_value_error(text: str) -> Non
         return
     assert 0 <= seconds <= MAX_SECONDS
     assert text.strip().isascii()
+
+
+def test_a_services_output_is_asked_for_with_service_1() -> None:
+    assert logs_route("alpha", service=True) == "/v1/projects/alpha/logs?service=1"
+    assert logs_route("alpha", 7, 10, service=True).endswith("?job=7&offset=10&service=1")
+    assert "service" not in logs_route("alpha", 7)
+
+
+def test_a_capped_output_says_when_older_output_was_dropped_or_is_not_shown() -> None:
+    service = {**piece("newest\n", 0, 7, live=True), "service": True, "earlier": 0}
+    assert run_show(FakeRxd(), service, follow=False)[1] == []
+    _, notes, _ = run_show(FakeRxd(), {**service, "dropped": True}, follow=False)
+    assert notes == [
+        "older output of job 42's service was dropped (its output is capped); the newest is shown"
+    ]
+    _, notes, _ = run_show(FakeRxd(), {**service, "older_unshown": True}, follow=False)
+    assert notes == ["the start of job 42's service's output is not shown"]
+    command = {**piece("x\n", 9, 11, live=False), "exec": "0a0a0a0a", "dropped": True}
+    _, notes, _ = run_show(FakeRxd(), command, follow=False)
+    assert notes == [
+        "older output of command 0a0a0a0a was dropped (its output is capped); the newest is shown"
+    ]
+
+
+def test_service_goes_with_neither_exec_nor_instance() -> None:
+    for extra in (["--exec", "0a0a0a0a"], ["--instance", "out"]):
+        result = CliRunner().invoke(logs, ["--service", *extra], obj=None)
+        assert result.exit_code == 2 and "--service" in result.output

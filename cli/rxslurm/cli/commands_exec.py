@@ -119,9 +119,6 @@ def exec_(
     """
     if tty and detach:
         raise click.UsageError("-t and --detach cannot be used together")
-    if env and detach:
-        # A detached command gets the project's variables and secrets, not one-off ones (yet).
-        raise click.UsageError("-e and --detach cannot be used together")
     if tty and not os.isatty(0):
         raise click.ClickException("-t needs a terminal on stdin")
     try:
@@ -132,7 +129,7 @@ def exec_(
     if detach:
         from rxslurm.cli.commands_ps import detach as start_detached
 
-        start_detached(client, name, command, cwd, not no_wake, timeout)
+        start_detached(client, name, command, cwd, not no_wake, timeout, variables)
         return
     request: dict[str, Any] = {
         "argv": list(command),

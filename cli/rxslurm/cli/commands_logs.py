@@ -29,10 +29,14 @@ Fetch = Callable[[int | None, int | None], Mapping[str, Any]]
 
 
 def logs_route(
-    project: str, job: int | None = None, offset: int | None = None, instance: str | None = None
+    project: str,
+    job: int | None = None,
+    offset: int | None = None,
+    instance: str | None = None,
+    service: bool = False,
 ) -> str:
-    pairs = (("job", job), ("offset", offset), ("instance", instance))
-    query = {k: v for k, v in pairs if v is not None}
+    pairs = (("job", job), ("offset", offset), ("instance", instance), ("service", service or None))
+    query = {k: (1 if v is True else v) for k, v in pairs if v is not None}
     route = routes.path(routes.PROJECT_LOGS, project)
     return route + (f"?{urlencode(query)}" if query else "")
 
@@ -77,8 +81,12 @@ def pieces(
 def cut_note(answer: Mapping[str, Any]) -> str | None:
     """What stderr says about the first piece of a job: cut, or no output at all."""
     if answer.get("exec"):
-        return exec_note(answer)
+        return capped_note(answer, f"command {answer['exec']}")
     job = answer["job_id"]
+    if answer.get("service"):
+        if answer.get("cleaned"):
+            return f"job {job}'s service output was cleaned with its log"
+        return capped_note(answer, f"job {job}'s service")
     if answer.get("instance"):
         what = f"job {job}'s instance log ({answer['instance']})"
         if answer.get("missing"):
@@ -99,13 +107,15 @@ def cut_note(answer: Mapping[str, Any]) -> str | None:
     return None
 
 
-def exec_note(answer: Mapping[str, Any]) -> str | None:
-    """The same for a detached command's output."""
-    command = answer["exec"]
+def capped_note(answer: Mapping[str, Any], what: str) -> str | None:
+    """The same for a capped output (a detached command's, a service's): kept as a file and one
+    older part, and older output dropped past that (rxd.toml's containers.output_cap_mb)."""
     if answer.get("missing"):
-        return f"command {command} has written no output" + (" yet" if answer["live"] else "")
-    if answer["start"] > 0:
-        return f"the first {answer['start']} bytes of command {command}'s output are not shown"
+        return f"{what} has written no output" + (" yet" if answer["live"] else "")
+    if answer.get("dropped"):
+        return f"older output of {what} was dropped (its output is capped); the newest is shown"
+    if answer["start"] > 0 or answer.get("older_unshown"):
+        return f"the start of {what}'s output is not shown"
     return None
 
 
@@ -172,6 +182,12 @@ def _note(text: str) -> None:
     "stdout (out) or stderr (err).",
 )
 @click.option(
+    "--service",
+    is_flag=True,
+    help="The project's service's output instead (its newest part: older output is dropped "
+    "past a cap).",
+)
+@click.option(
     "exec_id",
     "--exec",
     metavar="ID",
@@ -188,14 +204,15 @@ def logs(
     since: int | None,
     job: int | None,
     instance: str | None,
+    service: bool,
     exec_id: str | None,
     json_: bool,
 ) -> None:
     """Show the container's output: its holder job's, with Apptainer's messages.
 
     The current job's (else the latest one's) last 64 KiB; `rxctl history` names earlier jobs.
-    With --instance, Apptainer's log of the job's instance instead; with --exec, a detached
-    command's output.
+    With --instance, Apptainer's log of the job's instance instead; with --service, the output
+    of the project's service; with --exec, a detached command's output.
 
     Example: rxctl logs --project alpha --follow
     """
@@ -203,15 +220,19 @@ def logs(
         raise click.UsageError("--json and --follow cannot be used together")
     if since is not None and job is not None:
         raise click.UsageError("--since and --job cannot be used together")
-    if exec_id is not None and (since is not None or job is not None or instance is not None):
-        raise click.UsageError("--exec cannot be used with --since, --job or --instance")
+    if exec_id is not None and (
+        since is not None or job is not None or instance is not None or service
+    ):
+        raise click.UsageError("--exec cannot be used with --since, --job, --instance or --service")
+    if service and instance is not None:
+        raise click.UsageError("--service and --instance cannot be used together")
     name = choose_project(client, project)
     if exec_id is not None:
         _show_command(client, name, exec_id, follow, json_)
         return
 
     def fetch(job_id: int | None, offset: int | None) -> Mapping[str, Any]:
-        answer: Mapping[str, Any] = client.get(logs_route(name, job_id, offset, instance))
+        answer: Mapping[str, Any] = client.get(logs_route(name, job_id, offset, instance, service))
         return answer
 
     first = fetch(job, None)

@@ -125,9 +125,10 @@ def detach(
     cwd: str,
     wake: bool,
     timeout: int | None,
+    env: Mapping[str, str] | None = None,
 ) -> None:
     """`rxctl exec --detach`: wake the container if asked (and wait as `rxctl start --wait`),
-    then start the command there and print its id."""
+    then start the command there (with `env`, its own variables) and print its id."""
     if wake:
         client.post(routes.path(routes.CONTAINER_ACTION, project, "start"))
         try:
@@ -136,9 +137,10 @@ def detach(
             raise click.ClickException(render.safe(str(exc))) from None
         if code:
             sys.exit(code)  # Ctrl-C: rxd's words are on stderr already
-    answer = client.post(
-        routes.path(routes.PROJECT_COMMANDS, project), {"argv": list(argv), "cwd": cwd}
-    )
+    body: dict[str, Any] = {"argv": list(argv), "cwd": cwd}
+    if env:
+        body["env"] = dict(env)
+    answer = client.post(routes.path(routes.PROJECT_COMMANDS, project), body)
     click.echo(render.safe(str(answer["id"])))
     echo(
         f"started in {project}'s container; `rxctl logs --project {project} --exec "

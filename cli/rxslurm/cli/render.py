@@ -390,6 +390,11 @@ def status_lines(s: Mapping[str, Any]) -> list[str]:
         ("job", cell(s.get("job_id"))),
         ("node", cell(s.get("node"))),
         *([("service", f"listens on {s['service']}")] if s.get("service") else []),
+        *(
+            [("restarts", f"{cell(s['service_restarts'])} (the service's, in this job)")]
+            if s.get("service_restarts")
+            else []
+        ),
         (
             "gpus",
             f"{cell(s['gpus'])} ({cell(s['gres'])})" if s.get("gres") else cell(s.get("gpus")),

@@ -133,6 +133,9 @@ class ContainersConfig:
     job_logs_kept: int = 10
     # Read-only overlay snapshots kept per container for batch steps: its newest this many.
     snapshots_kept: int = 3
+    # A service's and a detached command's output file holds at most this many MiB; then it
+    # becomes <file>.1 (an older .1 goes) and a new one starts: at most twice this on disk.
+    output_cap_mb: int = 8
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,8 @@ def _validate(config: Config, where: str) -> None:
         raise ConfigError(f"{where}: containers.job_logs_kept must be at least 1")
     if containers.snapshots_kept < 1:
         raise ConfigError(f"{where}: containers.snapshots_kept must be at least 1")
+    if not 1 <= containers.output_cap_mb <= 1024 * 1024:
+        raise ConfigError(f"{where}: containers.output_cap_mb must be from 1 to 1048576")
     for mount in containers.fixed_mounts:
         parts = mount.split(":")
         if (

@@ -102,6 +102,10 @@ class HolderRequest:
     # is up, and the port it listens on (0: none), which the holder reports.
     service: tuple[str, ...] = ()
     port: int = 0
+    # The most bytes of the service's output file before it starts anew (one older part kept),
+    # and how many times a service that fails is started again (0: never).
+    output_cap: int = 8 * 1024 * 1024
+    restarts: int = 0
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,11 @@ MAX_IMAGE_BYTES = MAX_STRING_BYTES["image"]
 MAX_COUNT = 1_000_000
 MAX_PORT = 65535
 # Settings with no deployment default: one service for every project would make no sense.
-PROJECT_ONLY = ("service", "port")
+PROJECT_ONLY = ("service", "port", "restart")
+# A restart policy's most restarts, and what on-failure alone means.
+MAX_RESTARTS = 100
+DEFAULT_RESTARTS = 3
+_RESTART = re.compile(r"(never|on-failure)(?::([0-9]{1,3}))?", re.ASCII)
 
 
 def service_words(service: str) -> list[str]:
@@ -52,6 +56,24 @@ def service_words(service: str) -> list[str]:
     if any("\0" in w for w in words):
         raise BadRequest("service's words must not hold NUL")
     return words
+
+
+def service_restarts(policy: str) -> int:
+    """How many times the holder starts a failed service again under `policy` ("" or never: 0;
+    on-failure: 3; on-failure:N: N); BadRequest if it is none of these."""
+    if not policy:
+        return 0
+    found = _RESTART.fullmatch(policy)
+    if found is None or (found.group(1) == "never" and found.group(2) is not None):
+        raise BadRequest('restart must be "never", "on-failure" or "on-failure:N"')
+    if found.group(1) == "never":
+        return 0
+    if found.group(2) is None:
+        return DEFAULT_RESTARTS
+    count = int(found.group(2))
+    if not 1 <= count <= MAX_RESTARTS:
+        raise BadRequest(f"restart on-failure:N takes N from 1 to {MAX_RESTARTS}")
+    return count
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,7 @@ class Settings:
     idle_timeout_min: int = 0
     service: str = ""
     port: int = 0
+    restart: str = ""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Settings:
@@ -161,6 +184,7 @@ def check_static(settings: Settings) -> None:
             "sbatch's operators & | , * [ ] ( )"
         )
     service_words(settings.service)
+    service_restarts(settings.restart)
     if settings.port > MAX_PORT:
         raise BadRequest(f"port must be at most {MAX_PORT} (0: none)")
     image = settings.image

@@ -56,6 +56,8 @@ ONE_SHOTS = f"{PROJECT}/run-once"
 ONE_SHOT = f"{ONE_SHOTS}/{{one_shot:[0-9]+}}"
 ONE_SHOT_OUTPUT = f"{ONE_SHOT}/output"
 ONE_SHOT_CANCEL = f"{ONE_SHOT}/cancel"
+# The platform's door only: run one and stream its output and exit status in one answer.
+ONE_SHOT_STREAM = f"{ONE_SHOTS}/stream"
 
 # What a project's container can be asked to do, each a POST to CONTAINER_ACTION.
 CONTAINER_ACTIONS = ("enable", "start", "stop", "disable", "retry")

@@ -130,6 +130,15 @@ SETTINGS: tuple[Setting, ...] = (
         max_bytes=4096,
     ),
     Setting("port", int, ("--port",), "N", "Port the service listens on (0: none)."),
+    Setting(
+        "restart",
+        str,
+        ("--restart",),
+        "POLICY",
+        "When the service fails: never, or on-failure[:N], started again up to N times "
+        '(default 3, at most 100) after a growing pause ("": never).',
+        max_bytes=16,
+    ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 NAMES = tuple(BY_NAME)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from rxslurm.daemon.containers.service import ContainerService
 from rxslurm.daemon.containers.sessions import DetachedCommands
 from rxslurm.daemon.ledger.store import Ledger
 from rxslurm.daemon.projects.partitions import PartitionCache
+from rxslurm.daemon.runtime.command_output import start_keeper
 from rxslurm.slurm.adapter import SlurmCli
 
 
@@ -47,7 +49,11 @@ class Daemon:
         self.builds = BuildService(self.containers)
         self.builds.validate_resources = self.partitions.validate
         self.reconciler.extra_passes.append(self.builds.reconcile)
-        self.commands = DetachedCommands(self.containers, self.reconciler.sessions)
+        self.commands = DetachedCommands(
+            self.containers,
+            self.reconciler.sessions,
+            keeper=functools.partial(start_keeper, cap=self.config.containers.output_cap_mb << 20),
+        )
         self.gc = GcService(self.ledger, self.config, self.containers.clock)
         self.gc.remove_build = self.builds.remove_unused
         self.one_shots = OneShotService(self.containers)

@@ -30,6 +30,13 @@ def parse_number(label: str, text: str | None, *, least: int = 0) -> int | None:
     return value
 
 
+def parse_flag(label: str, text: str | None) -> bool:
+    """A query parameter that is 1 (true) or 0 (false), or absent (false)."""
+    if text not in (None, "0", "1"):
+        raise BadRequest(f"{label} must be 0 or 1")
+    return text == "1"
+
+
 @routes.get(route.PROJECT_LOGS)
 async def logs(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
@@ -46,6 +53,7 @@ async def logs(request: web.Request) -> web.Response:
         offset=offset,
         kept=daemon.config.containers.job_logs_kept,
         instance=request.query.get("instance"),
+        service=parse_flag("service", request.query.get("service")),
     )
     return json_response(answer)
 

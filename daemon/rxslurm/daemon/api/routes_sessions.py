@@ -29,13 +29,14 @@ async def listed(request: web.Request) -> web.Response:
 async def start(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
     actor = await actor_of(request)
-    body = await read_json(request, {"argv", "cwd"})
+    body = await read_json(request, {"argv", "cwd", "env"})
     answer = await asyncio.to_thread(
         daemon.commands.start,
         actor,
         request.match_info["name"],
         body.get("argv"),
         body.get("cwd", "/workspace"),
+        body.get("env"),
     )
     return json_response(answer, status=201)
 

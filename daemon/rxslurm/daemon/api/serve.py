@@ -39,7 +39,7 @@ from rxslurm.daemon.api.context import DAEMON, Daemon
 from rxslurm.daemon.api.platform_door import platform_identify, read_token
 from rxslurm.daemon.api.socket_files import StartupError, claim_socket_path, open_to_everyone
 from rxslurm.daemon.config import Config, PlatformConfig, listen_address
-from rxslurm.daemon.exec import platform_exec
+from rxslurm.daemon.exec import platform_exec, platform_one_shot
 from rxslurm.daemon.exec.door import EXEC_SERVER
 from rxslurm.daemon.exec.server import ExecServer
 from rxslurm.daemon.ledger.store import Ledger
@@ -67,8 +67,14 @@ ROUTES = [
     *routes_gc.routes,
 ]
 
-# What the platform's door serves beyond ROUTES: its own routes, commands and workspace files.
-PLATFORM_ROUTES = [*platform.routes, *platform_exec.routes, *platform_files.routes]
+# What the platform's door serves beyond ROUTES: its own routes, commands (exec and streamed
+# one-shots) and workspace files.
+PLATFORM_ROUTES = [
+    *platform.routes,
+    *platform_exec.routes,
+    *platform_one_shot.routes,
+    *platform_files.routes,
+]
 
 
 def raise_open_files_limit() -> None:

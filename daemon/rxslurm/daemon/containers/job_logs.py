@@ -26,6 +26,7 @@ from rxslurm.daemon.projects.roles import Action
 from rxslurm.daemon.projects.service import authorize
 from rxslurm.daemon.runtime.job_log_cleanup import Cleaned, CleanupError, Others, remove_old_logs
 from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError, read_output
+from rxslurm.daemon.runtime.rotated_output import read_rotated
 from rxslurm.protocol.states import ACTIVE, State
 from rxslurm.slurm.runas import RunAs, RunAsError
 
@@ -193,14 +194,18 @@ def container_logs(
     max_bytes: int = MAX_BYTES,
     kept: int = 10,
     instance: str | None = None,
+    service: bool = False,
 ) -> dict[str, Any]:
     """The output of the container's current (else latest) job, or of `job_id`, one of its jobs:
     the last `max_bytes`, or from byte `offset` on (how `rxctl logs -f` follows). `kept`: how
     many of its jobs' logs are kept (a missing log of an older one was cleaned). `instance`
     ("out" or "err"): that job's Apptainer instance log instead (the instance's own stdout or
-    stderr, which Apptainer keeps under the container's state folder)."""
+    stderr, which Apptainer keeps under the container's state folder). `service`: the output
+    of the project's service in that job instead (capped: runtime/rotated_output.py)."""
     if instance not in (None, *INSTANCE_STREAMS):
         raise BadRequest("instance must be out or err")
+    if instance is not None and service:
+        raise BadRequest("ask for the instance's log or the service's output, not both")
     with ledger.read() as db:
         row, _ = authorize(db, actor, project, Action.LOGS)
         found = db.execute(
@@ -240,10 +245,26 @@ def container_logs(
         raise Conflict(f"the container of {project} has no folder")
     try:
         who = RunAs.for_user(runtime_user)
-        name = None
-        if instance is not None:
-            name = instance_log_name(container_name, runtime_user, job_id, instance)
-        piece = read_output(state_dir, job_id, who, offset=offset, max_bytes=max_bytes, name=name)
+        if service:
+            read = read_rotated(
+                state_dir, service_log_name(job_id), who, offset=offset, max_bytes=max_bytes
+            )
+            fields = read.fields()
+        else:
+            name = None
+            if instance is not None:
+                name = instance_log_name(container_name, runtime_user, job_id, instance)
+            piece = read_output(
+                state_dir, job_id, who, offset=offset, max_bytes=max_bytes, name=name
+            )
+            fields = {
+                "text": piece.text,
+                "start": piece.start,
+                "end": piece.end,
+                "size": piece.size,
+                "cut": piece.cut,
+                "missing": piece.missing,
+            }
     except RunAsError as exc:
         raise Conflict(f"cannot read the logs of {project}: {exc}") from None
     except OutputError as exc:
@@ -254,17 +275,19 @@ def container_logs(
         "state": state,
         # The job still holds the container: more output may come (`rxctl logs -f` goes on).
         "live": job_id == current_job and state in {s.value for s in ACTIVE},
-        "text": piece.text,
-        "start": piece.start,
-        "end": piece.end,
-        "size": piece.size,
-        "cut": piece.cut,
-        "missing": piece.missing,
+        **fields,
         # Gone because it is older than the logs rxd keeps (`containers.job_logs_kept`).
-        "cleaned": piece.missing and job_id not in keep,
+        "cleaned": bool(fields["missing"]) and job_id not in keep,
         "jobs": jobs,
         **({"instance": instance} if instance else {}),
+        **({"service": True} if service else {}),
     }
+
+
+def service_log_name(job_id: int) -> str:
+    """Where holder.sh keeps the output of the project's service in job `job_id` (its older
+    part: .1; .dropped when an even older one went)."""
+    return f"job-{int(job_id)}.service"
 
 
 # Apptainer's instance logs: the instance's stdout and stderr.

@@ -26,8 +26,9 @@ from typing import Any
 from rxslurm.daemon.containers import job_claims
 from rxslurm.daemon.containers.job_claims import adoptable
 from rxslurm.daemon.containers.service import ContainerService, container_id_from_comment
+from rxslurm.daemon.containers.service_reports import parse_service_report, service_reason
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
-from rxslurm.daemon.containers.views import SERVICE_EXITED, Queued
+from rxslurm.daemon.containers.views import Queued
 from rxslurm.daemon.ledger.timestamps import from_timestamp, to_timestamp
 from rxslurm.daemon.metrics import Histogram
 from rxslurm.daemon.runtime.holder_status import HolderStatus, Kind
@@ -366,7 +367,7 @@ class Reconciler:
         if status.startswith("running"):
             # STARTING/WAITING -> RUNNING: the holder says the instance is up.
             if state == State.RUNNING:
-                return self._service_exited(row, status)
+                return self._service_report(row, status)
             # "running <instance>[ service <port>]": the instance is the second word.
             words = status.split()
             instance = words[1] if len(words) > 1 else None
@@ -378,6 +379,7 @@ class Reconciler:
                 instance=instance,
                 started_at=to_timestamp(self.clock()),
                 last_activity_at=to_timestamp(self.clock()),
+                service_restarts=0,
             )
             # The wake's latency: its job was submitted as the wake went STARTING.
             submitted = self._submitted_at(job.job_id) if moved else None
@@ -399,17 +401,26 @@ class Reconciler:
         # WAITING -> STARTING: the job runs, the instance is not ready yet.
         return self._move(row, State.STARTING, "starting the container instance", node=job.nodes)
 
-    def _service_exited(self, row: dict[str, Any], status: str) -> int:
-        """RUNNING -> RUNNING with the reason: the holder says the project's service ended
-        ("running <instance> service-exited <status>"); the container stays up for exec."""
-        words = status.split()
-        if len(words) < 4 or words[2] != "service-exited":
+    def _service_report(self, row: dict[str, Any], status: str) -> int:
+        """RUNNING -> RUNNING with the reason: what the holder says of the project's service
+        (service_reports.py): restarted, waiting to be restarted, or ended for good; the
+        container stays up for exec. Each change is a state event, so history shows it."""
+        report = parse_service_report(status)
+        if report is None:
             return 0
-        code = words[3] if words[3].isdigit() and len(words[3]) <= 3 else "?"
-        reason = f"{SERVICE_EXITED} (status {code}); see `rxctl logs`"
-        if row["reason"] == reason:
+        reason = service_reason(report)
+        if reason is None or (
+            row["reason"] == reason and row["service_restarts"] == report.restarts
+        ):
             return 0
-        return self._move(row, State.RUNNING, reason, last_error=reason)
+        last_error = reason if report.kind == "exited" else row["last_error"]
+        return self._move(
+            row,
+            State.RUNNING,
+            reason,
+            last_error=last_error,
+            service_restarts=report.restarts,
+        )
 
     def _holder_status(self, row: dict[str, Any], job_id: int) -> HolderStatus:
         """The holder's report, read as root from the runtime user's folder: see holder_status."""

@@ -41,7 +41,13 @@ from rxslurm.daemon.containers.state_changes import STATE_CHANGES, ring_after_co
 from rxslurm.daemon.containers.states import ACTIVE, InvalidTransition, State, change_state
 from rxslurm.daemon.containers.stop_request import request_stop
 from rxslurm.daemon.containers.usage import LiveUsage
-from rxslurm.daemon.containers.views import SERVICE_EXITED, ContainerView, Queued, Started
+from rxslurm.daemon.containers.views import (
+    SERVICE_EXITED,
+    SERVICE_FAILED,
+    ContainerView,
+    Queued,
+    Started,
+)
 from rxslurm.daemon.errors import BadRequest, Conflict, Forbidden, Unavailable
 from rxslurm.daemon.folders import make_folder
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
@@ -63,7 +69,13 @@ from rxslurm.daemon.projects.volumes import project_binds
 from rxslurm.daemon.quarantine import quarantine
 from rxslurm.daemon.quotas import leases as quotas
 from rxslurm.daemon.runtime.apptainer import ApptainerError, ApptainerRuntime
-from rxslurm.daemon.settings import Settings, differs_from_snapshot, effective, service_words
+from rxslurm.daemon.settings import (
+    Settings,
+    differs_from_snapshot,
+    effective,
+    service_restarts,
+    service_words,
+)
 from rxslurm.protocol.job_comment import format_comment, parse_comment
 from rxslurm.protocol.job_comment import job_name as container_name
 from rxslurm.protocol.settings import JOB_FLAGS
@@ -414,9 +426,11 @@ class ContainerService:
             view["gpus"] = started_with.get("effective", {}).get("gpus", eff.gpus)
             view["gres"] = started_with.get("gres")
         port = (started_with or {}).get("effective", {}).get("port", 0)
-        service_up = not (container["reason"] or "").startswith(SERVICE_EXITED)
+        service_up = not (container["reason"] or "").startswith((SERVICE_EXITED, SERVICE_FAILED))
         if container["state"] == State.RUNNING and port and container["node"] and service_up:
             view["service"] = f"{container['node']}:{port}"
+        if container["state"] == State.RUNNING:
+            view["service_restarts"] = container["service_restarts"]
         if container["state"] == State.RUNNING and container["started_at"]:
             view["uptime_s"] = int(
                 (self.clock() - from_timestamp(container["started_at"])).total_seconds()
@@ -902,6 +916,8 @@ class ContainerService:
                 env=tuple(sorted(project_variables(self.ledger.db, project).items())),
                 service=tuple(service_words(eff.service)),
                 port=eff.port,
+                output_cap=config.containers.output_cap_mb << 20,
+                restarts=service_restarts(eff.restart) if eff.service else 0,
             )
         )
         spec = JobSpec(

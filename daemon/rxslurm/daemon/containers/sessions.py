@@ -37,8 +37,11 @@ from rxslurm.daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from rxslurm.daemon.identity.actors import Actor, record_actor_event
 from rxslurm.daemon.ledger.store import LedgerDatabase
 from rxslurm.daemon.ledger.timestamps import to_timestamp
+from rxslurm.daemon.projects.environment import with_exec_variables
 from rxslurm.daemon.runtime.command_output import output_name, start_keeper
-from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError, read_output
+from rxslurm.daemon.runtime.job_output import MAX_BYTES, OutputError
+from rxslurm.daemon.runtime.rotated_output import read_rotated
+from rxslurm.protocol import env_vars
 from rxslurm.protocol.commands import COMMAND_ID, KILL_SIGNALS
 from rxslurm.protocol.states import State
 from rxslurm.slurm.errors import SlurmError, SlurmUnavailable
@@ -179,11 +182,16 @@ class DetachedCommands:
     # -- starting --------------------------------------------------------------------------
 
     def start(
-        self, actor: Actor, project: str, argv: Any, cwd: Any = "/workspace"
+        self, actor: Actor, project: str, argv: Any, cwd: Any = "/workspace", env: Any = None
     ) -> dict[str, Any]:
-        """Start `argv` in the running container as a detached step; its record."""
+        """Start `argv` in the running container as a detached step; its record. `env`: this
+        command's own variables (`rxctl exec -e`), over the project's."""
         words = check_argv(argv)
         folder = check_cwd(cwd)
+        try:
+            own = env_vars.check_variables({} if env is None else env)
+        except env_vars.BadVariable as exc:
+            raise BadRequest(str(exc)) from None
         service = self.service
         access = service.authorize_exec(actor, project)
         target = service.target_of(access)
@@ -240,7 +248,13 @@ class DetachedCommands:
                 "exec.detached",
                 "project",
                 project,
-                {"id": command_id, "argv": list(words), "job_id": target.job_id},
+                # The names of its own variables, never their values.
+                {
+                    "id": command_id,
+                    "argv": list(words),
+                    "job_id": target.job_id,
+                    **({"env": sorted(own)} if own else {}),
+                },
             )
         self.sessions.opened(target.container_id)
         try:
@@ -249,8 +263,11 @@ class DetachedCommands:
                 command_id,
                 step,
                 target.runas,
-                # The project's variables and secrets, as an exec session gets them.
-                service.runtime.exec_env(target.state_dir, target.variables),
+                # The project's variables and secrets and its own, as an exec session gets
+                # them: in the keeper's environment (which the step inherits), never in argv.
+                service.runtime.exec_env(
+                    target.state_dir, with_exec_variables(target.variables, own)
+                ),
             )
         except (OSError, RunAsError) as exc:
             self.sessions.closed(target.container_id)
@@ -539,11 +556,7 @@ class DetachedCommands:
         try:
             who = RunAs.for_user(runtime_user)
             name = output_name(command_id)
-            piece = read_output(state_dir, 0, who, offset=offset, max_bytes=max_bytes, name=name)
-            if offset is not None and piece.start < offset:
-                # Shorter than where the follower stopped: the keeper started a new file (the
-                # old one is .out.1), so the new one is read from its beginning.
-                piece = read_output(state_dir, 0, who, offset=0, max_bytes=max_bytes, name=name)
+            read = read_rotated(state_dir, name, who, offset=offset, max_bytes=max_bytes)
         except RunAsError as exc:
             raise Conflict(f"cannot read the output of {command_id}: {exc}") from None
         except OutputError as exc:
@@ -555,12 +568,7 @@ class DetachedCommands:
             "state": row["state"],
             "live": row["state"] == "running",
             "exit_code": row["exit_code"],
-            "text": piece.text,
-            "start": piece.start,
-            "end": piece.end,
-            "size": piece.size,
-            "cut": piece.cut,
-            "missing": piece.missing,
+            **read.fields(),
             "cleaned": False,
         }
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# How a running container's reason starts once its service ended (the reconciler says so).
+# How a running container's reason starts once its service ended, or while it waits to be
+# restarted (the reconciler says so): nothing listens then.
 SERVICE_EXITED = "the service exited"
+SERVICE_FAILED = "the service failed"
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,10 @@ class ContainerView:
     container_id: int | None = None
     # What the awake container's job uses now (`rxctl status` only; containers/usage.py).
     usage: dict[str, Any] | None = None
-    # Where the awake container's service listens, "node:port" (None: no service, or asleep).
+    # Where the awake container's service listens, "node:port" (None: no service, or asleep),
+    # and how many times its job started the service again (its restart policy).
     service: str | None = None
+    service_restarts: int = 0
     # Open sessions and detached commands, time left until idle sleep and the job's time limit
     # (`rxctl status` of an awake container only; containers/countdowns.py).
     countdowns: dict[str, Any] | None = None

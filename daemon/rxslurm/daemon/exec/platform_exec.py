@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -41,10 +42,8 @@ HANG_UP_CHECK_S = 1.0
 MAX_STDIN = 1024 * 1024
 
 
-def exec_request(project: str, body: dict[str, Any]) -> tuple[ExecRequest, dict[str, Any], bytes]:
-    """The session's request (the exec protocol's fields), checked as the exec socket checks
-    them, and the stdin to feed; BadRequest for anything else."""
-    timeout = body.get("timeout")
+def check_timeout(timeout: Any) -> float | None:
+    """A request's `timeout`: seconds above 0, at most a year, or None (no limit)."""
     if timeout is not None and (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
@@ -54,6 +53,13 @@ def exec_request(project: str, body: dict[str, Any]) -> tuple[ExecRequest, dict[
         raise BadRequest(
             f"timeout must be a number of seconds above 0, at most {MAX_WAKE_TIMEOUT_S}"
         )
+    return timeout
+
+
+def exec_request(project: str, body: dict[str, Any]) -> tuple[ExecRequest, dict[str, Any], bytes]:
+    """The session's request (the exec protocol's fields), checked as the exec socket checks
+    them, and the stdin to feed; BadRequest for anything else."""
+    timeout = check_timeout(body.get("timeout"))
     stdin = body.get("stdin", "")
     if not isinstance(stdin, str):
         raise BadRequest("stdin must be a string")
@@ -133,13 +139,13 @@ class FramedChannels(Channels):
         await self.to_stdin(b"")
 
 
-async def watch_connection(request: web.Request, channels: FramedChannels) -> None:
+async def watch_connection(request: web.Request, hang_up: Callable[[], None]) -> None:
     """End the command when the platform's connection closes, as a client's hang-up does."""
     while True:
         await asyncio.sleep(HANG_UP_CHECK_S)
         transport = request.transport
         if transport is None or transport.is_closing():
-            channels.hang_up()
+            hang_up()
             return
 
 
@@ -173,7 +179,7 @@ async def platform_exec(request: web.Request) -> web.StreamResponse:
         channels.start_reading()
         sender = asyncio.create_task(channels.send_loop())
         feeder = asyncio.create_task(channels.feed_stdin(stdin))
-        watcher = asyncio.create_task(watch_connection(request, channels))
+        watcher = asyncio.create_task(watch_connection(request, channels.hang_up))
         timer = None
         if parsed.timeout is not None:
             timer = asyncio.get_running_loop().call_later(parsed.timeout, channels.time_out)

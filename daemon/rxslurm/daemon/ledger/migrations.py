@@ -620,3 +620,11 @@ def m018_service(db: Database) -> None:
     # and the port it listens on (0 for none), settings like the others.
     db.execute("ALTER TABLE projects ADD COLUMN service TEXT NOT NULL DEFAULT ''")
     db.execute("ALTER TABLE projects ADD COLUMN port INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m019_service_restarts(db: Database) -> None:
+    # A service's restart policy ("", "never", "on-failure[:N]"), a setting like the others, and
+    # how many times the container's current job has started its service again.
+    db.execute("ALTER TABLE projects ADD COLUMN restart TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE containers ADD COLUMN service_restarts INTEGER NOT NULL DEFAULT 0")

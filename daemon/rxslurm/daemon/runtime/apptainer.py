@@ -204,6 +204,8 @@ class ApptainerRuntime:
             env=holder_env(holder.env),
             service=holder_words(holder.service),
             port=holder.port,
+            output_cap=holder.output_cap,
+            restarts=holder.restarts,
             **instance_options(settings, holder.state_dir, holder.user),
             **agent_params(),
         )

@@ -7,9 +7,10 @@ keeper runs *as that user* (``runas.spawn``, isolated Python, a clean environmen
 file that is there), starts the step with its stdout and stderr into a pipe, and copies what
 comes into the file. When the file passes ``cap`` bytes it becomes ``exec-<id>.out.1`` (an
 older one goes) and a new file starts, so one command never holds more than twice ``cap`` on
-disk; srun's lines about ended tasks are dropped, as in an exec session. On its stdout the
-keeper tells rxd one JSON line when the step started and one when it
-ended, with the step's exit status.
+disk (``cap``: rxd.toml's ``containers.output_cap_mb``); when an older part goes,
+``exec-<id>.out.dropped`` (empty) says so, for ``rxctl logs``. srun's lines about ended tasks
+are dropped, as in an exec session. On its stdout the keeper tells rxd one JSON line when the
+step started and one when it ended, with the step's exit status.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from rxslurm.protocol.commands import COMMAND_ID
 from rxslurm.slurm.runas import RunAs, spawn
 from rxslurm.slurm.step_signal import SRUN_TASK_END_PATTERN
 
-# Each detached command's output file holds at most this much, plus its one older part.
+# Each detached command's output file holds at most this much, plus its one older part, unless
+# rxd.toml says otherwise (containers.output_cap_mb).
 OUTPUT_CAP = 8 * 1024 * 1024
 
 # argv: folder, file name, cap, the pattern of srun's task-end lines (dropped, as an exec
@@ -39,6 +41,7 @@ def say(**msg):
     except OSError:
         pass  # rxd went away: the command and its file go on
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_APPEND
+MARK = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 try:
     d = os.open(folder, os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
     out = os.open(name, FLAGS, 0o640, dir_fd=d)
@@ -60,6 +63,12 @@ while True:
     while chunk and out is not None:
         if written >= cap:
             os.close(out); out = None
+            try:
+                # An older part goes: name.dropped tells `rxctl logs` that output was lost.
+                os.stat(name + ".1", dir_fd=d, follow_symlinks=False)
+                os.close(os.open(name + ".dropped", MARK, 0o640, dir_fd=d))
+            except OSError:
+                pass
             try:
                 os.rename(name, name + ".1", src_dir_fd=d, dst_dir_fd=d)
                 out = os.open(name, FLAGS, 0o640, dir_fd=d)

@@ -1,8 +1,9 @@
 """Removing a container's old logs from the runtime user's folder: the holder jobs' output
-(``job-N.out``), Apptainer's own instance logs of those jobs
+(``job-N.out``) and their services' (``job-N.service``, ``.service.1``, ``.service.dropped``),
+Apptainer's own instance logs of those jobs
 (``apptainer/instances/logs/<host>/<user>/rx-<project>-N.out|.err``), and the output of
-detached commands (``exec-<id>.out`` and its older part ``.out.1``); and keeping the instance
-logs of the jobs that stay under a cap.
+detached commands (``exec-<id>.out``, its older part ``.out.1`` and ``.out.dropped``); and
+keeping the instance logs of the jobs that stay under a cap.
 
 The folder is the runtime user's, so root never deletes there: like the reader
 (runtime/job_output.py), a short script runs *as the runtime user* (``runas``, isolated Python,
@@ -88,15 +89,15 @@ def trim(name, at, size):
     finally:
         os.close(f)
 for name in os.listdir(d):
-    m = re.fullmatch(r"job-([0-9]{1,18})\.out", name, re.ASCII)
+    m = re.fullmatch(r"job-([0-9]{1,18})\.(out|service(\.1|\.dropped)?)", name, re.ASCII)
     if m:
         job = int(m.group(1))
         if job in keep or job >= newest or mine(name, d) is None:
             continue
-        if remove(name, d):
+        if remove(name, d) and job not in removed:
             removed.append(job)
         continue
-    m = re.fullmatch(r"exec-([0-9a-f]{8})\.out(\.1)?", name, re.ASCII)
+    m = re.fullmatch(r"exec-([0-9a-f]{8})\.out(\.1|\.dropped)?", name, re.ASCII)
     if m and more and m.group(1) not in keep_exec:
         info = mine(name, d)
         if info is not None and info.st_mtime < read_at and remove(name, d):

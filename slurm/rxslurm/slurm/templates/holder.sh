@@ -3,11 +3,14 @@
 # Rendered by rxslurm.slurm.script (every value below arrives as one quoted shell word); sbatch
 # options come on sbatch's command line. Progress goes to $state_dir/job-$SLURM_JOB_ID.status,
 # one line, which rxd reads: "starting", "running <instance>" (with a service: "... service <port>",
-# then "... service-exited <status>" if it ends), "stopping", "stopped", "error: ...".
+# then "... service-exited <status>" if it ends for good, "... service-restarting <status>" while
+# it waits to be started again; once restarted, " restarts <n> <last status>" after each of
+# these), "stopping", "stopped", "error: ...".
 # Its own lines ("rx-holder: ...") and Apptainer's messages go to the job's output, job-<id>.out,
-# which members read with `rxctl logs`: a few lines of the holder's, the last 64 KiB at most of
-# Apptainer's start messages (the instance's own output goes to Apptainer's instance logs), and
-# the project's service's output, if it has one (docs/services.md).
+# which members read with `rxctl logs`: a few lines of the holder's and the last 64 KiB at most
+# of Apptainer's start messages (the instance's own output goes to Apptainer's instance logs).
+# The project's service's output, if it has one, goes to job-<id>.service, capped
+# (docs/services.md); `rxctl logs --service` reads it.
 # Once the instance runs, the exec agent (rxslurm.agent, docs/exec.md "The agent") is started in
 # it, if the container has python3: it writes job-<id>.agent (where it listens and the job's
 # key, readable by this user only) and job-<id>.sessions (its open sessions, for the idle timer).
@@ -29,6 +32,8 @@
 #rx:param munge_socket
 #rx:param service
 #rx:param port
+#rx:param output_cap
+#rx:param restarts
 set -u
 instance={{instance}}
 image={{image}}
@@ -48,6 +53,8 @@ libmunge={{libmunge}}
 munge_socket={{munge_socket}}
 service={{service}}
 port={{port}}
+output_cap={{output_cap}}
+restarts={{restarts}}
 # Nothing in the job's environment (a shared account's login profile, say) may change how the
 # instance is built or what runs in it; `bash -p` above already ignored BASH_ENV for this script.
 unset BASH_ENV ENV
@@ -163,11 +170,11 @@ run_agent() {
 agent=0
 if [[ -n $agent_path && -r $libmunge && -S $munge_socket ]]; then
   coproc AGENT { run_agent; }
-  if read -r -t 30 -u "${AGENT[0]}" word host port key && [[ $word == listening ]]; then
-    (umask 077 && printf '%s %s %s\n' "$host" "$port" "$key" >"$agent_file.tmp" &&
+  if read -r -t 30 -u "${AGENT[0]}" word agent_host agent_port key && [[ $word == listening ]]; then
+    (umask 077 && printf '%s %s %s\n' "$agent_host" "$agent_port" "$key" >"$agent_file.tmp" &&
       mv -f "$agent_file.tmp" "$agent_file")
     agent=1
-    say "exec agent listening on $host:$port"
+    say "exec agent listening on $agent_host:$agent_port"
   else
     say "no exec agent in this container (exec uses Slurm steps)"
   fi
@@ -180,17 +187,43 @@ say "$instance is running"
 report "running $instance"
 
 # The project's service (docs/services.md): its words, NUL-ended, base64 in one word, read into
-# an array, so no word is ever parsed by a shell. Its output goes to the job's output (`rxctl
-# logs`); the status line says where it listens, and that it ended if it does.
+# an array, so no word is ever parsed by a shell. The status line says where it listens, and that
+# it ended if it does. A service that fails is started again up to $restarts times, after 5 s,
+# then twice as long each time (at most 5 min).
 service_pid=0
+restarted=0
+restart_at=0
+last_code=0
 [[ $port =~ ^[0-9]+$ ]] || port=0
+[[ $restarts =~ ^[0-9]+$ ]] || restarts=0
+[[ $output_cap =~ ^[0-9]+$ ]] && ((output_cap >= 4096)) || output_cap=8388608
+service_log="$state_dir/job-$SLURM_JOB_ID.service"
+# Its output (and the holder's lines about it), capped: split cuts the stream into pieces of
+# $output_cap bytes, and each new piece first moves the last one to .service.1 (an older .1 goes,
+# and .service.dropped says so). At most twice the cap on disk, for the job's whole life. A piece
+# that cannot be written (a full disk) is read on and lost: the service never blocks or dies of it.
+keep_piece='f=$RX_SERVICE_LOG; if [ -e "$f" ]; then if [ -e "$f.1" ]; then : >"$f.dropped"; fi; mv -f "$f" "$f.1"; fi; cat >"$f" || exec cat >/dev/null'
+service_status() {
+  local line="running $instance $1"
+  ((restarted)) && line+=" restarts $restarted $last_code"
+  report "$line"
+}
+say_service() {
+  say "$*"
+  # In a subshell: should the writer be gone, the broken pipe ends that, never the holder.
+  (printf 'rx-holder: %s\n' "$*" >&"$service_out") 2>/dev/null
+}
+run_service() {
+  "$apptainer" exec --pwd /workspace "instance://$instance" "${cmd[@]}" </dev/null >&"$service_out" 2>&1 9>&- {service_out}>&- &
+  service_pid=$!
+  service_status "service $port"
+}
 if [[ -n $service ]]; then
   cmd=()
   while IFS= read -r -d '' word; do cmd+=("$word"); done < <(printf '%s' "$service" | base64 -d)
-  say "starting the service (port $port)"
-  "$apptainer" exec --pwd /workspace "instance://$instance" "${cmd[@]}" </dev/null 2>&1 9>&- &
-  service_pid=$!
-  report "running $instance service $port"
+  exec {service_out}> >(RX_SERVICE_LOG="$service_log" SHELL=/bin/sh exec split -a 9 -b "$output_cap" --filter="$keep_piece" - "$service_log.piece" 9>&-)
+  say_service "starting the service (port $port)"
+  run_service
 fi
 
 # Wait for Slurm to end the job; notice an instance that died on its own, and a service. While
@@ -215,8 +248,28 @@ while true; do
     wait "$service_pid"
     code=$?
     service_pid=0
-    say "the service exited with status $code"
-    report "running $instance service-exited $code"
+    if ((code != 0 && restarted < restarts)); then
+      delay=$((restarted < 6 ? 5 << restarted : 300))
+      ((delay > 300)) && delay=300
+      restart_at=$((SECONDS + delay))
+      say_service "the service exited with status $code; restarting it in $delay s (restart $((restarted + 1)) of $restarts)"
+      service_state="service-restarting $code"
+    else
+      ((code != 0 && restarts)) && how=" (restarted $restarted of $restarts times)" || how=""
+      say_service "the service exited with status $code$how"
+      # Its last words in the job's output too, where `rxctl logs` looks first.
+      say "its last lines (\`rxctl logs --service\` shows more):"
+      tail -n 20 "$service_log" 2>/dev/null | sed 's/^/  /'
+      service_state="service-exited $code"
+    fi
+    last_code=$code
+    service_status "$service_state"
+  fi
+  if ((restart_at && SECONDS >= restart_at)); then
+    restart_at=0
+    restarted=$((restarted + 1))
+    say_service "restarting the service (restart $restarted of $restarts)"
+    run_service
   fi
   if ! "$apptainer" instance list --json "$instance" 2>/dev/null | grep -q "\"$instance\""; then
     started=0
