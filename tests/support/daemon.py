@@ -58,6 +58,9 @@ class Rxd:
     @property
     def private(self) -> Path:
         """This daemon's sockets and ledger: rxd's host only."""
+        if os.geteuid() != 0:
+            # The unit tier runs as nobody, which cannot write /run; it has no nodes to hide from.
+            return self.root / "private"
         return PRIVATE_ROOT / self.root.name
 
     @property
@@ -206,8 +209,8 @@ def new_rxd(extra_config: str | Callable[[Path], str] = "", *, migrate: bool = T
     root = test_root()
     text = extra_config(root) if callable(extra_config) else extra_config
     rxd = Rxd(root=root, extra_config=text)
-    for folder in (PRIVATE_ROOT, rxd.private, rxd.socket.parent):
-        folder.mkdir(mode=0o755, exist_ok=folder == PRIVATE_ROOT)
+    for folder in (rxd.private.parent, rxd.private, rxd.socket.parent):
+        folder.mkdir(mode=0o755, exist_ok=folder == rxd.private.parent)
         os.chmod(folder, 0o755)  # whatever the umask: test users reach the socket
     rxd.write_config()
     if migrate:
