@@ -108,7 +108,7 @@ def parse(args: list[str]) -> Plan | None:
 def run(plan: Plan) -> int:
     """Carry out the plan; the exit status (`run` returns only when it failed). Errors read as
     click's: `Error: ...`, exit 1 (125 for exec and run, their own failures)."""
-    from rxslurm.cli import batch_run, exec_client, session
+    from rxslurm.cli import exec_client, session
     from rxslurm.cli.client import Client, ClientError
     from rxslurm.cli.project_choice import choose_project
 
@@ -126,6 +126,8 @@ def run(plan: Plan) -> int:
             sys.stdout.flush()
             return 0
         if plan.command == "run":
+            from rxslurm.cli import batch_run  # its plan's parser: not on an exec's way
+
             batch_run.run(client, name, plan.argv)
         request: dict[str, object] = {
             "argv": plan.argv,
