@@ -56,10 +56,17 @@ STATUS = {
 
 
 PROBE = """
-import atexit, sys
+import atexit, os, sys
 def report():
     sys.stderr.write("\\nMODULES " + " ".join(sorted(sys.modules)) + "\\n")
+    sys.stderr.flush()
 atexit.register(report)
+# The fast path ends with os._exit, past atexit: report there too.
+real_exit = os._exit
+def reporting_exit(code):
+    report()
+    real_exit(code)
+os._exit = reporting_exit
 sys.argv = ["rxctl", *sys.argv[1:]]
 from rxslurm.cli.fastpath import main
 main()
