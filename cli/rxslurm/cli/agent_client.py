@@ -79,9 +79,10 @@ def prepare() -> None:
     """Load the MUNGE binding (ctypes, libmunge) and the request binding (hashlib) now; a
     session that is handed to the agent needs them, and loading them is most of its own
     start-up. Nothing is reported: a library that cannot load fails where it is used."""
-    from rxslurm.slurm import munge, request_binding  # noqa: F401 - loaded for later
+    import rxslurm.slurm.request_binding  # noqa: F401 - loaded for later
+    from rxslurm.slurm.munge import available
 
-    munge.available()
+    available()
 
 
 def connect(grant: dict[str, Any], munge_socket: str | None = None) -> tuple[Stream, str, int]:
