@@ -34,6 +34,11 @@ FORBIDDEN = (
     "rxslurm.cli.commands_",  # command modules other than the one run
 )
 
+# ... nor these on exec's way: `rxctl run`'s batch plan (dataclasses, and inspect under it),
+# threading (libmunge's lock is _thread's), hashlib (OpenSSL; the built-in SHA-256 does).
+EXEC_FORBIDDEN = ("rxslurm.protocol.batch_plan", "rxslurm.cli.batch_run", "dataclasses", "inspect")
+EXEC_FORBIDDEN_EXACT = ("threading", "hashlib", "_hashlib")
+
 STATUS = {
     "project": "alpha",
     "state": "running",
@@ -51,10 +56,17 @@ STATUS = {
 
 
 PROBE = """
-import atexit, sys
+import atexit, os, sys
 def report():
     sys.stderr.write("\\nMODULES " + " ".join(sorted(sys.modules)) + "\\n")
+    sys.stderr.flush()
 atexit.register(report)
+# The fast path ends with os._exit, past atexit: report there too.
+real_exit = os._exit
+def reporting_exit(code):
+    report()
+    real_exit(code)
+os._exit = reporting_exit
 sys.argv = ["rxctl", *sys.argv[1:]]
 from rxslurm.cli.fastpath import main
 main()
@@ -111,6 +123,10 @@ def test_exec_runs_without_the_slow_modules_and_exits_with_the_commands_status(
     result, modules = rxctl("--socket", str(api), "exec", "--project", "alpha", "--", "false")
     assert result.returncode == 3, result.stderr
     assert forbidden(modules) == []
+    # The agent's client is loaded while rxd decides (it was offered), and still none of these.
+    assert {"rxslurm.cli.agent_client", "rxslurm.slurm.munge"} <= modules
+    assert sorted(m for m in modules if m.startswith(EXEC_FORBIDDEN)) == []
+    assert sorted(modules & set(EXEC_FORBIDDEN_EXACT)) == []
 
 
 def test_run_asks_for_the_plan_without_the_slow_modules(sock_dir: Path) -> None:

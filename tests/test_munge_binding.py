@@ -33,6 +33,25 @@ def test_a_binding_survives_its_payload_and_matches_its_request(method, target, 
     request_binding.check(parsed, method, target, body)
 
 
+@given(methods, targets, bodies, uids, st.text("0123456789abcdef", min_size=32, max_size=32))
+def test_the_digest_is_sha256_over_the_documented_parts(method, target, body, uid, nonce) -> None:
+    """Whichever SHA-256 computes it (the module's is the interpreter's built-in one, rxd's
+    other clients may use OpenSSL's), the digest is the one the format defines."""
+    expected = hashlib.sha256()
+    body_digest = hashlib.sha256(body).digest()
+    for part in (
+        b"rxslurm-request/1",
+        str(uid).encode(),
+        nonce.encode(),
+        method.encode(),
+        target.encode("utf-8", errors="surrogateescape"),
+        body_digest,
+    ):
+        expected.update(len(part).to_bytes(8, "big") + part)
+    digest = request_binding.request_digest(uid, nonce, method, target, body)
+    assert digest == expected.hexdigest()
+
+
 @given(st.binary(max_size=400))
 def test_random_bytes_are_refused_never_crash(payload: bytes) -> None:
     try:

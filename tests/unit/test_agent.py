@@ -242,6 +242,27 @@ def test_stdin_reaches_the_command_and_its_end_closes_it(agent, munge) -> None:
         conn.close()
 
 
+@pytest.mark.parametrize("disposition", ["ignored", "caught", "default"])
+def test_a_command_starts_with_sigint_and_sigquit_at_their_defaults(
+    agent, munge, disposition
+) -> None:
+    """Whatever the agent has them at: an agent started in the background of a
+    non-interactive shell inherits both ignored (they would stay so across exec), the agent's
+    own main catches both (exec resets them)."""
+    handler = {"ignored": signal.SIG_IGN, "caught": lambda *a: None, "default": signal.SIG_DFL}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT)}
+    try:
+        for signum in saved:
+            signal.signal(signum, handler[disposition])
+        out, _, last = run(agent, munge, command("grep", "^SigIgn:", "/proc/self/status"))
+    finally:
+        for signum, previous in saved.items():
+            signal.signal(signum, previous)
+    ignored = int(out.split()[1], 16)
+    assert last == {"exit": 0}
+    assert not ignored & (1 << (signal.SIGINT - 1) | 1 << (signal.SIGQUIT - 1))
+
+
 def test_ctrl_c_reaches_the_commands_trap_once(agent, munge) -> None:
     marker = f"{os.getpid()}{secrets.randbelow(10**6)}"
     script = (

@@ -137,6 +137,26 @@ def test_exec_path_step_never_offers_the_agent(
     assert code == 0 and "agent" not in seen[0]
 
 
+@pytest.mark.parametrize("path", ["", "agent", "step"])
+def test_rxctl_loads_the_agents_client_while_rxd_decides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Loading MUNGE and the request binding overlaps rxd's answer, whenever the agent is
+    offered: rxd here answers only once it has seen that happen (or given up waiting)."""
+    monkeypatch.setenv("RXSLURM_EXEC_PATH", path)
+    prepared = threading.Event()
+    monkeypatch.setattr(agent_client, "prepare", prepared.set)
+    before_answer: list[bool] = []
+
+    def answers_once_prepared(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        before_answer.append(prepared.wait(timeout=0 if path == "step" else 10))
+        conn.sendall(encode({"exit": 0}))
+
+    code, _ = session(tmp_path, [answers_once_prepared])
+    assert code == 0
+    assert before_answer == [path != "step"]
+
+
 # -- rxd's side ------------------------------------------------------------------------------
 
 

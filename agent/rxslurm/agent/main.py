@@ -243,9 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     host = args.host or node_address()
     listener = listen(host)
     port = listener.getsockname()[1]
-    # A SIGINT for the job's batch step is not for the agent. A handler, not SIG_IGN: ignored
-    # signals stay ignored in children, and a shell cannot trap a signal ignored at its start.
-    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    # A SIGINT or SIGQUIT for the job's batch step is not for the agent. A handler, not SIG_IGN:
+    # ignored signals stay ignored in children, and a shell cannot trap a signal ignored at its
+    # start; a caught one is back at its default in a command without any work in the child
+    # (command.py starts commands with vfork then).
+    for signum in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, lambda signum, frame: None)
     agent = Agent(me, listener)
     agent.report(f"listening {host} {port} {me.key.hex()}")
     threading.Thread(target=watch_stdin, daemon=True).start()

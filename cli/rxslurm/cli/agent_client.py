@@ -75,6 +75,16 @@ class Stream:
         return frames
 
 
+def prepare() -> None:
+    """Load the MUNGE binding (ctypes, libmunge) and the request binding (hashlib) now; a
+    session that is handed to the agent needs them, and loading them is most of its own
+    start-up. Nothing is reported: a library that cannot load fails where it is used."""
+    import rxslurm.slurm.request_binding  # noqa: F401 - loaded for later
+    from rxslurm.slurm.munge import available
+
+    available()
+
+
 def connect(grant: dict[str, Any], munge_socket: str | None = None) -> tuple[Stream, str, int]:
     """A connection to the agent rxd named, which has proved it is the container's runtime user
     (its MUNGE credential over our nonce and its own); the agent's nonce and job."""
@@ -86,7 +96,7 @@ def connect(grant: dict[str, Any], munge_socket: str | None = None) -> tuple[Str
     except (KeyError, TypeError, ValueError):
         raise AgentUnavailable("rxd named no agent") from None
     try:
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        sock = _open(host, port)
     except OSError as exc:
         raise AgentUnavailable(f"cannot reach the agent on {host}:{port}: {exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -106,6 +116,26 @@ def connect(grant: dict[str, Any], munge_socket: str | None = None) -> tuple[Str
         reason = getattr(exc, "message", None) or str(exc)
         raise AgentUnavailable(f"the agent on {host}:{port}: {reason}") from None
     return stream, str(theirs), job_id
+
+
+def _open(host: str, port: int) -> socket.socket:
+    """A TCP connection to host:port. The agent gives its node's address: connected to as it
+    is, since create_connection's getaddrinfo loads the idna codec (stringprep, unicodedata),
+    which costs more than the connection. A name goes through create_connection."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT_S)
+            sock.connect((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    return socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
 
 
 class AgentSession:

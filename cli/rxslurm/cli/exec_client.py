@@ -121,13 +121,15 @@ def run(
     on_tick: Callable[[], None] | None = None,
     on_ready: Callable[[], None] | None = None,
     on_stopped: Callable[[str], None] | None = None,
+    on_sent: Callable[[], None] | None = None,
     tick_s: float = 1.0,
 ) -> int:
     """Run one session; the command's exit status, or ExecError.
 
     on_progress gets each progress message while the container wakes, on_tick is called about
     every tick_s seconds meanwhile, on_ready once the command is about to start after waking,
-    on_stopped rxd's words when the session ends because the caller stopped waiting (Ctrl-C).
+    on_stopped rxd's words when the session ends because the caller stopped waiting (Ctrl-C),
+    on_sent once the request is on its way (work done there overlaps rxd's).
     """
     sock = connect(path)
     reader = LineReader()
@@ -137,6 +139,8 @@ def run(
                 socket.send_fds(sock, [encode(request)], list(stdio))
             except OSError as exc:
                 raise ExecError(f"cannot talk to rxd on {path}: {exc}") from None
+            if on_sent:
+                on_sent()
             sock.settimeout(tick_s if on_tick else None)
             while True:
                 try:

@@ -100,9 +100,11 @@ def run_session(client: Client, project: str, request: dict[str, Any], verb: str
     munge_socket = client.door.munge_socket if client.door else None
     if runs_commands and path != "step":
         request["agent"] = "only" if path == "agent" else True
+    # While rxd decides, load what talking to the agent takes: that time is otherwise paid after.
+    warm = _prepare_agent if "agent" in request else None
     try:
         try:
-            return _converse(client, request, hooks)
+            return _converse(client, request, hooks, on_sent=warm)
         except exec_client.ExecError as exc:
             if "agent" not in request or str(exc) != "unknown request field 'agent'":
                 raise
@@ -123,10 +125,21 @@ def run_session(client: Client, project: str, request: dict[str, Any], verb: str
         wait.done()
 
 
-def _converse(client: Client, request: dict[str, Any], hooks: dict[str, Any]) -> int:
+def _converse(
+    client: Client,
+    request: dict[str, Any],
+    hooks: dict[str, Any],
+    on_sent: Callable[[], None] | None = None,
+) -> int:
     if client.door is not None and client.door.kind == "network":
         # Across hosts: the same protocol over the network door (never the local socket).
         from rxslurm.cli import exec_remote
 
         return exec_remote.run(client.door, request, **hooks)
-    return exec_client.run(exec_socket_for(client.path), request, **hooks)
+    return exec_client.run(exec_socket_for(client.path), request, on_sent=on_sent, **hooks)
+
+
+def _prepare_agent() -> None:
+    from rxslurm.cli import agent_client
+
+    agent_client.prepare()

@@ -9,8 +9,8 @@ cheap for programs that may never need it.
 
 from __future__ import annotations
 
+import _thread
 import ctypes
-import threading
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -107,7 +107,8 @@ class Decoded(NamedTuple):
     ttl: int
 
 
-_lock = threading.Lock()
+# _thread's lock is threading's, without importing threading (rxctl exec's start-up).
+_lock = _thread.allocate_lock()
 _lib: Any = None
 _libc: Any = None
 

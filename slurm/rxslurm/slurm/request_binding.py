@@ -13,9 +13,12 @@ not match. Standard library only: rxctl imports it on its network path.
 
 from __future__ import annotations
 
-import hashlib
 import re
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 VERSION = "rxslurm-request/1"
 # The HTTP header that carries the credential.
@@ -29,6 +32,31 @@ MAX_UID = 2**32 - 2  # (uid_t)-1 is "no uid"
 _PAYLOAD = re.compile(
     rb"rxslurm-request/1 uid=(0|[1-9][0-9]{0,9}) nonce=([0-9a-f]{32}) sha256=([0-9a-f]{64})"
 )
+
+
+def _builtin_sha256() -> Callable[[], _Hash]:
+    """CPython's own SHA-256, the one hashlib falls back to: importing hashlib loads OpenSSL's
+    libcrypto, which costs `rxctl exec` more than its whole exchange with rxd. The same digest;
+    hashlib's where the interpreter has no built-in one."""
+    for name in ("_sha2", "_sha256"):  # Python 3.12+, 3.11
+        try:
+            constructor: Callable[[], _Hash] = __import__(name).sha256
+        except (ImportError, AttributeError):
+            continue
+        return constructor
+    import hashlib
+
+    return hashlib.sha256
+
+
+_sha256 = _builtin_sha256()
+
+
+def body_digest(body: bytes) -> bytes:
+    """A held body's SHA-256, with the same constructor as the binding's digest."""
+    h = _sha256()
+    h.update(body)
+    return h.digest()
 
 
 class BindingError(ValueError):
@@ -45,20 +73,20 @@ class Binding(NamedTuple):
         return f"{VERSION} uid={self.uid} nonce={self.nonce} sha256={self.digest}".encode()
 
 
-def _part(h: hashlib._Hash, data: bytes) -> None:
+def _part(h: _Hash, data: bytes) -> None:
     # Length-prefixed, so no two different (method, target, ...) tuples hash the same input.
     h.update(len(data).to_bytes(8, "big"))
     h.update(data)
 
 
 def request_digest(uid: int, nonce: str, method: str, target: str, body: bytes) -> str:
-    return streamed_digest(uid, nonce, method, target, hashlib.sha256(body).digest())
+    return streamed_digest(uid, nonce, method, target, body_digest(body))
 
 
 def streamed_digest(uid: int, nonce: str, method: str, target: str, body_sha256: bytes) -> str:
     """The same digest from the body's SHA-256 alone: a body too big to hold (an import's
     archive) is hashed as it streams, and checked after its last byte."""
-    h = hashlib.sha256()
+    h = _sha256()
     for part in (VERSION.encode(), str(uid).encode(), nonce.encode(), method.encode()):
         _part(h, part)
     _part(h, target.encode("utf-8", errors="surrogateescape"))
@@ -85,7 +113,7 @@ def bind(
 
         nonce = secrets.token_hex(16)
     if body_sha256 is None:
-        body_sha256 = hashlib.sha256(body).digest()
+        body_sha256 = body_digest(body)
     digest = streamed_digest(uid, nonce, method, target, body_sha256)
     return Binding(uid=uid, nonce=nonce, digest=digest)
 
@@ -105,7 +133,7 @@ def parse(payload: bytes) -> Binding:
 
 def check(binding: Binding, method: str, target: str, body: bytes) -> None:
     """Refuse unless `binding` was made for exactly this method, target and body."""
-    check_streamed(binding, method, target, hashlib.sha256(body).digest())
+    check_streamed(binding, method, target, body_digest(body))
 
 
 def check_streamed(binding: Binding, method: str, target: str, body_sha256: bytes) -> None:
