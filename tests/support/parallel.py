@@ -11,10 +11,13 @@
 So that files can share the cluster (as the developers' runs on one machine always have):
 
 - everything a test names on the host or in Slurm is its own: rxd's folder, socket, ledger and
-  Slurm tag come from tests.support.daemon (a fresh folder per daemon); project names carry the
-  module's prefix (``ex-main``, ``sp-alpha``: one file's containers never match another's
-  ``instance://rx-<project>-`` or squeue comment); ports come from ``free_port()``; temporary
-  folders from pytest's ``tmp_path`` (its own per worker) or ``mkdtemp``;
+  Slurm tag come from tests.support.daemon (a fresh folder per daemon); a project whose container
+  runs has a name no other file uses for the same runtime user, best with the file's prefix
+  (``ex-main``, ``sp-alpha``): a container's job is a Slurm singleton (``--dependency=singleton``
+  on job name ``rx-<project>`` and user, whatever the daemon), so two files' containers of one
+  name would wait for each other, and ``instance://rx-<project>-`` would match both; ports come
+  from ``free_port()``; temporary folders from pytest's ``tmp_path`` (its own per worker) or
+  ``mkdtemp``;
 - a test looks only at its own jobs and processes (its daemon's tag, its job ids, its markers),
   never at all of squeue or all of /proc, and waits for Slurm with ``wait_for`` and a deadline
   long enough for another file's job to end first.
