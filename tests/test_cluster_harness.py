@@ -11,8 +11,8 @@ from tests.support.cluster import SETUP, Cluster, run_as, run_setup, slurmctld_u
 
 # States in which a node takes jobs; other helpers' jobs may keep a node mixed or allocated.
 SCHEDULABLE = {"idle", "mixed", "allocated", "completing"}
-# The harness's own checks run with nothing of the run beside them: one holds both GPUs of a node,
-# one runs setup.sh, the others would see the nodes another test's slurmd kill left down.
+# The harness checks the cluster itself (every node's state, both GPUs of one node, setup.sh doing
+# nothing): with nothing of the run beside it (tests/support/parallel.py).
 WHOLE_CLUSTER = pytest.mark.alone(reason="checks the cluster itself: nodes, setup.sh, both GPUs")
 
 
