@@ -58,12 +58,22 @@ typecheck: venv
 unit: venv
 	tests/support/unprivileged.sh $(VENV)/bin/pytest -p no:cacheprovider -m "$(UNIT_TIER)"
 
+# The cluster tier mostly waits (for Slurm, reconcile passes, Apptainer), so it runs in two parts:
+# its test files side by side on CLUSTER_WORKERS pytest-xdist workers (--dist loadfile: a file's
+# tests in order on one worker, its module fixtures never shared), then the tests marked `alone`
+# (they kill a slurmd, run setup.sh, fill a partition or run the benchmarks) one at a time, with
+# nothing beside them. What a test must keep to so that it can run beside others (its own names,
+# ports and folders; only its own jobs and processes looked at): tests/support/parallel.py.
+CLUSTER_WORKERS ?= 3
+
 # The fast tiers first, so a broken unit fails within a minute, before the cluster is even set
 # up; then the host tier; then the cluster suite on the real Slurm cluster and the real Apptainer.
 test: venv lint typecheck unit cluster
 	tests/cluster/forget.sh
 	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m "$(HOST_TIER)"
-	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m "$(CLUSTER_TIER)"
+	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m "$(CLUSTER_TIER) and not alone" \
+	  -n $(CLUSTER_WORKERS) --dist loadfile
+	RXSLURM_TEST_CLUSTER=existing $(VENV)/bin/pytest -m "$(CLUSTER_TIER) and alone"
 
 demo: venv cluster
 	tests/cluster/demo.sh

@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.support.real_apptainer",
     "tests.support.cluster",
     "tests.support.daemon",
+    "tests.support.parallel",
 ]
 
 

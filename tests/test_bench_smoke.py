@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.cluster
+# The benchmarks time the cluster and fill its queue: nothing else of the run beside them.
+pytestmark = [pytest.mark.cluster, pytest.mark.alone(reason="a benchmark run on the cluster")]
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = (

@@ -11,6 +11,9 @@ from tests.support.cluster import SETUP, Cluster, run_as, run_setup, slurmctld_u
 
 # States in which a node takes jobs; other helpers' jobs may keep a node mixed or allocated.
 SCHEDULABLE = {"idle", "mixed", "allocated", "completing"}
+# The harness checks the cluster itself (every node's state, both GPUs of one node, setup.sh doing
+# nothing): with nothing of the run beside it (tests/support/parallel.py).
+WHOLE_CLUSTER = pytest.mark.alone(reason="checks the cluster itself: nodes, setup.sh, both GPUs")
 
 
 def slurm(*argv: str) -> str:
@@ -24,6 +27,7 @@ def table(*argv: str) -> list[list[str]]:
 
 
 @pytest.mark.cluster
+@WHOLE_CLUSTER
 def test_three_nodes_take_jobs_with_two_a100_gpus_each(slurm_cluster: Cluster) -> None:
     nodes = {
         name: (state, gres)
@@ -37,6 +41,7 @@ def test_three_nodes_take_jobs_with_two_a100_gpus_each(slurm_cluster: Cluster) -
 
 
 @pytest.mark.cluster
+@WHOLE_CLUSTER
 def test_partitions_cpu_is_default_and_gpu_exists_over_all_nodes() -> None:
     partitions = {
         name: (nodes, avail) for name, nodes, avail in table("sinfo", "-h", "-o", "%P|%N|%a")
@@ -46,6 +51,7 @@ def test_partitions_cpu_is_default_and_gpu_exists_over_all_nodes() -> None:
 
 
 @pytest.mark.cluster
+@WHOLE_CLUSTER
 def test_each_test_user_has_an_association_in_the_test_account(slurm_cluster: Cluster) -> None:
     rows = table(
         "sacctmgr",
@@ -62,6 +68,7 @@ def test_each_test_user_has_an_association_in_the_test_account(slurm_cluster: Cl
 
 
 @pytest.mark.cluster
+@WHOLE_CLUSTER
 def test_test_user_gpu_job_runs_with_both_gpus_and_is_accounted(slurm_cluster: Cluster) -> None:
     submitted = run_as(
         "rxalice",
@@ -98,6 +105,7 @@ def test_test_user_gpu_job_runs_with_both_gpus_and_is_accounted(slurm_cluster: C
 
 
 @pytest.mark.cluster
+@WHOLE_CLUSTER
 def test_setup_again_does_no_work_and_leaves_the_cluster_up() -> None:
     if os.geteuid() != 0:
         pytest.skip(f"{SETUP} needs root")

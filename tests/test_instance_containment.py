@@ -164,6 +164,7 @@ def slurmd_pids(node: str) -> list[int]:
     ]
 
 
+@pytest.mark.alone(reason="kills a slurmd: every job on its node fails")
 def test_a_killed_slurmd_leaves_no_instance_once_it_is_back(rxd: Rxd) -> None:
     # The node "fails": its slurmd dies (the job's slurmstepd and instance go on, as on a node cut
     # off from the controller). Slurm ends the job; the restarted slurmd must end what is left.

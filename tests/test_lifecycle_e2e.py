@@ -254,6 +254,7 @@ def running_instance(rxd: Rxd, project: str) -> str:
     return str(instance)
 
 
+@pytest.mark.alone(reason="kills a slurmd (every job on its node fails) and runs setup.sh")
 def test_killing_a_nodes_slurmd_makes_it_error_and_retry_runs_elsewhere(rxd: Rxd) -> None:
     make_project(rxd, "nodefail")
     ok(rxd.rxctl("rxalice", "enable", "--project", "nodefail"))

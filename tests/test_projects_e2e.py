@@ -124,7 +124,7 @@ INVALID_SETTINGS = [
         "Error: image must be an absolute path or a docker://, oras:// or library:// reference",
         id="image",
     ),
-    pytest.param(("--cpus", "3"), "Error: 3 CPUs asked for", id="cpus-node"),
+    pytest.param(("--cpus", "99"), "Error: 99 CPUs asked for", id="cpus-node"),
     pytest.param(("--mem", "999999"), "Error: 999999 MB of memory asked for", id="mem-node"),
 ]
 

@@ -14,6 +14,7 @@ the module starts few jobs.
 from __future__ import annotations
 
 import json
+import os
 import pwd
 import subprocess
 import tempfile
@@ -48,8 +49,9 @@ ACTORS = {
 }
 MEMBERS = {"rxbob": Role.MANAGER, "rxcarol": Role.EDITOR, "rxdave": Role.VIEWER}
 
-# A definition draft every test user may read (rxctl reads it as the user who runs it).
-DRAFT_FILE = str(Path(tempfile.gettempdir()) / "rxslurm-tests" / "role-matrix.def")
+# A definition draft every test user may read (rxctl reads it as the user who runs it); this
+# process's own, so that two runs of the module side by side never rewrite each other's.
+DRAFT_FILE = str(Path(tempfile.gettempdir()) / "rxslurm-tests" / f"role-matrix-{os.getpid()}.def")
 DRAFT = "Bootstrap: localimage\nFrom: /images/base.sif\n\n%post\n    true\n"
 
 # Actions that have no rxctl command yet, and why.
@@ -190,11 +192,14 @@ def rxd() -> Iterator[Rxd]:
     draft.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     draft.write_text(DRAFT)
     draft.chmod(0o644)
-    with lifecycle_rxd(service, bind=ACTORS.values()) as daemon:
-        make_project(daemon, PROJECT)
-        make_project(daemon, LIVE, "--image", IMAGE)
-        make_project(daemon, BROKEN, "--image", str(late_image(daemon)))
-        yield daemon
+    try:
+        with lifecycle_rxd(service, bind=ACTORS.values()) as daemon:
+            make_project(daemon, PROJECT)
+            make_project(daemon, LIVE, "--image", IMAGE)
+            make_project(daemon, BROKEN, "--image", str(late_image(daemon)))
+            yield daemon
+    finally:
+        draft.unlink(missing_ok=True)
 
 
 def make_project(rxd: Rxd, name: str, *options: str) -> None:

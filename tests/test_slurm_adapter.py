@@ -687,4 +687,5 @@ def test_cluster_ping_and_partitions(cluster_jobs: ClusterJobs) -> None:
     assert parts["cpu"].default and not parts["gpu"].default
     assert parts["gpu"].nodes == ("n1", "n2", "n3")
     assert (parts["gpu"].max_gpus_per_node, parts["gpu"].gpu_type) == (2, "a100")
+    # The declared node size (tests/cluster/slurm.conf.in).
     assert (parts["gpu"].max_cpus_per_node, parts["gpu"].max_mem_mb_per_node) == (2, 4000)

@@ -81,7 +81,34 @@ def test_make_test_runs_the_unit_tier_first_then_every_other_tier() -> None:
     assert prerequisites[: prerequisites.index("unit")] == ["venv", "lint", "typecheck"]
     assert prerequisites.index("unit") < prerequisites.index("cluster")
     for tier in ("HOST_TIER", "CLUSTER_TIER"):
-        assert f'pytest -m "$({tier})"' in commands
+        assert f'pytest -m "$({tier})' in commands
     unit = re.search(r"^unit: .*\n\t(.*)\n", MAKEFILE, re.MULTILINE)
     assert unit is not None and 'pytest -p no:cacheprovider -m "$(UNIT_TIER)"' in unit.group(1)
     assert unit.group(1).startswith("tests/support/unprivileged.sh ")
+
+
+def make_test_selections() -> list[str]:
+    """The -m expression of each pytest command `make test` runs (the unit target's among them),
+    with the tier variables filled in."""
+    recipe = re.search(r"^test: .*\n((?:\t.*\n)+)", MAKEFILE, re.MULTILINE)
+    unit = re.search(r"^unit: .*\n\t(.*)\n", MAKEFILE, re.MULTILINE)
+    assert recipe is not None and unit is not None
+    commands = (unit.group(1) + "\n" + recipe.group(1)).replace("\\\n", " ")
+    tiers = tier_expressions()
+    return [
+        re.sub(r"\$\((\w+_TIER)\)", lambda m: f"({tiers[m.group(1)]})", expression)
+        for expression in re.findall(r'pytest .*?-m "([^"]+)"', commands)
+    ]
+
+
+def test_make_test_runs_every_test_exactly_once(suite: dict[str, frozenset[str]]) -> None:
+    # The cluster tier runs in parts (side by side, then the `alone` tests): together they are
+    # the tier, and no test runs in two of them.
+    selections = [Expression.compile(expression) for expression in make_test_selections()]
+    assert len(selections) >= 4, make_test_selections()
+    runs = {
+        test: sum(e.evaluate(markers.__contains__) for e in selections)
+        for test, markers in suite.items()
+    }
+    assert {test: count for test, count in runs.items() if count != 1} == {}
+    assert any("alone" in markers for markers in suite.values())

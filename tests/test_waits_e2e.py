@@ -21,7 +21,12 @@ from tests.support.cluster import run_as, user_env, wait_for
 from tests.support.daemon import RXCTL, Rxd
 from tests.support.lifecycle import lifecycle_rxd, make_project, status, wait_state
 
-pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.usefixtures("container_runtime"),
+    # The blocker holds every GPU: another file's GPU container beside it would wait it out.
+    pytest.mark.alone(reason="fills partition gpu"),
+]
 
 # rxd's limit for clients that name none: the old fixed 10 minutes, made short.
 DEPLOYMENT_LIMIT_S = 3

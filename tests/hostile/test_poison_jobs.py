@@ -111,18 +111,18 @@ def test_poison_jobs_do_not_stop_other_users_containers(daemon: Rxd) -> None:
         ),
         held_job_as("rxdave", "-J", "rx-y", f"--comment={tag}:container=²", *wrap),
         # Imitates the container below (the daemon's first: id 1): left alone too.
-        held_job_as("rxdave", "-J", "rx-al", f"--comment={tag}:container=1", *wrap),
+        held_job_as("rxdave", "-J", "rx-pj-al", f"--comment={tag}:container=1", *wrap),
     ]
     try:
         assert set(poison) <= pending_of("rxdave")
-        make_project(daemon, "al")
-        ok(daemon.rxctl("rxalice", "enable", "--project", "al"))
-        running = wait_state(daemon, "al", "running")
+        make_project(daemon, "pj-al")
+        ok(daemon.rxctl("rxalice", "enable", "--project", "pj-al"))
+        running = wait_state(daemon, "pj-al", "running")
         assert running["job_id"] not in poison
-        result = ok(daemon.rxctl("rxalice", "exec", "--project", "al", "--", "echo", "served"))
+        result = ok(daemon.rxctl("rxalice", "exec", "--project", "pj-al", "--", "echo", "served"))
         assert result.stdout == "served\n"
-        ok(daemon.rxctl("rxalice", "stop", "--project", "al"))
-        wait_state(daemon, "al", "stopped")
+        ok(daemon.rxctl("rxalice", "stop", "--project", "pj-al"))
+        wait_state(daemon, "pj-al", "stopped")
         # The records that name no container, or one they are not, were seen and logged.
         logged = log_lines(daemon, "jobs that are no container's")
         assert logged, daemon.log_text()[-3000:]

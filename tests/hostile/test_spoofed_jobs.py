@@ -110,22 +110,22 @@ def test_a_held_bait_never_becomes_the_victims_job(daemon: Rxd) -> None:
     tag = tomllib.loads(daemon.config.read_text())["slurm"]["tag"]
     # The daemon's ledger is new: the first container enabled gets id 1, as rxdave can guess.
     bait = held_job_as(
-        "rxdave", "-J", "rx-victim", f"--comment={tag}:container=1", "--wrap", "true"
+        "rxdave", "-J", "rx-sj-victim", f"--comment={tag}:container=1", "--wrap", "true"
     )
     try:
-        make_project(daemon, "victim")
-        ok(daemon.rxctl("rxalice", "enable", "--project", "victim"))
-        running = wait_state(daemon, "victim", "running")
+        make_project(daemon, "sj-victim")
+        ok(daemon.rxctl("rxalice", "enable", "--project", "sj-victim"))
+        running = wait_state(daemon, "sj-victim", "running")
         assert running["job_id"] != bait
         assert squeue_line(running["job_id"]).startswith("rxalice|RUNNING")
         # Stopping and starting again takes many passes, each of which saw the bait.
-        ok(daemon.rxctl("rxalice", "stop", "--project", "victim"))
-        wait_state(daemon, "victim", "stopped")
-        ok(daemon.rxctl("rxalice", "start", "--project", "victim"))
-        again = wait_state(daemon, "victim", "running")
+        ok(daemon.rxctl("rxalice", "stop", "--project", "sj-victim"))
+        wait_state(daemon, "sj-victim", "stopped")
+        ok(daemon.rxctl("rxalice", "start", "--project", "sj-victim"))
+        again = wait_state(daemon, "sj-victim", "running")
         assert again["job_id"] not in (bait, running["job_id"])
-        ok(daemon.rxctl("rxalice", "stop", "--project", "victim"))
-        wait_state(daemon, "victim", "stopped")
+        ok(daemon.rxctl("rxalice", "stop", "--project", "sj-victim"))
+        wait_state(daemon, "sj-victim", "stopped")
         # Never cancelled: still held, as rxdave left it.
         assert squeue_line(bait) == "rxdave|PENDING|JobHeldUser"
         assert "cancelling orphan job" not in daemon.log_text()

@@ -125,9 +125,11 @@ def resolve(settings: PullSettings, ref: ImageRef, cancel: threading.Event | Non
                 ) from None
             if time.monotonic() > deadline:
                 _end(proc)
-                raise PullError(
-                    f"the pull did not finish within {settings.timeout_s:.0f} s (pulls.timeout_s)"
-                ) from None
+                raise _timed_out(settings) from None
+    if proc.returncode != 0 and time.monotonic() > deadline:
+        # A registry that never answers: the query's own request time-out (the same seconds,
+        # counted from its start) may end it before this loop sees the deadline on a busy host.
+        raise _timed_out(settings)
     if proc.returncode != 0:
         # The registry's words, made safe to show (no control characters, bounded).
         reason = last_fatal(err or "") or "no reason given"
@@ -136,6 +138,10 @@ def resolve(settings: PullSettings, ref: ImageRef, cancel: threading.Event | Non
         return check_digest(out.strip())
     except BadReference:
         raise ResolveError(f"cannot resolve {ref}: the registry's digest is malformed") from None
+
+
+def _timed_out(settings: PullSettings) -> PullError:
+    return PullError(f"the pull did not finish within {settings.timeout_s:.0f} s (pulls.timeout_s)")
 
 
 def _end(proc: subprocess.Popen[str]) -> None:
