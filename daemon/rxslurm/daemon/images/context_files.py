@@ -42,8 +42,9 @@ try:
     data = base64.b64decode(sys.stdin.read(), validate=True)
 except ValueError:
     say(kind="refused", why="the contents did not arrive whole")
-walk(True)
-# The context's size so far (this process is the runtime user: nothing it reads is root's).
+# Both refusals come before the walk, which makes the path's folders: a refused chunk changes
+# nothing. The context's size so far (this process is the runtime user: nothing it reads is
+# root's).
 total = 0
 for top, dirs, names in os.walk(context):
     for n in names:
@@ -53,6 +54,8 @@ for top, dirs, names in os.walk(context):
             pass
 if total + len(data) > most:
     say(kind="too_big", size=total + len(data))
+# Only a file's first chunk makes folders; for a later one a missing folder is a missing file.
+walk(offset == 0)
 part = ".rx-part-" + hashlib.sha256(name.encode()).hexdigest()[:16]
 flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 try:
@@ -186,9 +189,9 @@ def put_chunk(workspace: files.Workspace, context: str, chunk: Chunk, most: int)
         data=base64.b64encode(chunk.data).decode(),
     )
     kind = head.get("kind")
-    if kind == "offset":
+    if kind in ("offset", "missing"):  # missing: a folder of its path is not there
         raise Conflict(
-            f"{chunk.path} of build context {context} has {head.get('have')} bytes, not "
+            f"{chunk.path} of build context {context} has {head.get('have', 0)} bytes, not "
             f"{chunk.offset}: send it again from the start (offset 0)"
         )
     if kind == "too_big":
