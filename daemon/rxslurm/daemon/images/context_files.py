@@ -43,15 +43,31 @@ try:
 except ValueError:
     say(kind="refused", why="the contents did not arrive whole")
 # Both refusals come before the walk, which makes the path's folders: a refused chunk changes
-# nothing. The context's size so far (this process is the runtime user: nothing it reads is
-# root's).
-total = 0
-for top, dirs, names in os.walk(context):
-    for n in names:
+# nothing. The context's size so far, counted through descriptors from the workspace as the walk
+# goes (no link followed, none counted): this process is the runtime user, but a link to a large
+# tree must be refused, not walked until the deadline.
+def context_size():
+    c = os.dup(d)
+    for part in context.split("/"):
         try:
-            total += os.lstat(os.path.join(top, n)).st_size
-        except OSError:
-            pass
+            below = os.open(part, DIR, dir_fd=c)
+        except FileNotFoundError:
+            os.close(c)
+            return 0
+        except OSError as e:
+            refuse(part, e)
+        os.close(c)
+        c = below
+    size = 0
+    for _, _, names, fd in os.fwalk(".", dir_fd=c, follow_symlinks=False):
+        for n in names:
+            try:
+                size += os.stat(n, dir_fd=fd, follow_symlinks=False).st_size
+            except OSError:
+                pass
+    os.close(c)
+    return size
+total = context_size()
 if total + len(data) > most:
     say(kind="too_big", size=total + len(data))
 # Only a file's first chunk makes folders; for a later one a missing folder is a missing file.
@@ -183,8 +199,8 @@ def put_chunk(workspace: files.Workspace, context: str, chunk: Chunk, most: int)
         str(most),
         str(chunk.offset),
         "1" if chunk.last else "0",
-        # The context's folder, for the script's count of what it holds already.
-        f"{workspace.folder}/{folder}",
+        # The context's folder (in the workspace), for the script's count of what it holds.
+        folder,
         "1" if chunk.executable else "0",
         data=base64.b64encode(chunk.data).decode(),
     )
