@@ -132,3 +132,14 @@ def test_rxd_passes_the_launcher_as_text_to_an_isolated_python3() -> None:
     assert argv[:5] == ["python3", "-I", "-S", "-B", "-c"]
     assert argv[5] == Path(launcher.__file__).read_text(encoding="utf-8")
     assert argv[6:] == ["run", "rx-exec-00"]
+
+
+def test_rxd_sends_inside_exactly_the_signals_the_launcher_passes_on() -> None:
+    # Three lists name them (the layers keep the launcher from importing Slurm's side): a signal
+    # rxd sends inside that the launcher refuses would be lost, not delivered by scancel instead.
+    from rxslurm.protocol.commands import KILL_SIGNALS
+    from rxslurm.slurm.step_signal import ENDING_SIGNALS, INSIDE_SIGNALS
+
+    assert INSIDE_SIGNALS == launcher.FORWARDED
+    assert set(ENDING_SIGNALS) <= set(INSIDE_SIGNALS)
+    assert set(KILL_SIGNALS) - set(INSIDE_SIGNALS) == {"KILL"}
