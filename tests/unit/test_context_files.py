@@ -133,3 +133,38 @@ def test_a_bad_context_name_is_refused(workspace: Workspace) -> None:
     with pytest.raises(BadRequest):
         put_chunk(workspace, "../up", Chunk("f", 0, b"x", True), MOST)
     assert not (Path(workspace.folder) / build_context.FOLDER).exists()
+
+
+def test_a_refused_chunk_creates_no_folder(workspace: Workspace) -> None:
+    # Bad input changes nothing: a chunk refused for its offset or for the cap leaves no folder
+    # behind (the script once created the path's folders before it checked either).
+    with pytest.raises(Conflict, match="has 0 bytes, not 5"):
+        put_chunk(workspace, "ctx", Chunk("new/deep/f", 5, b"x", True), MOST)
+    with pytest.raises(FileTooBig):
+        put_chunk(workspace, "big", Chunk("sub/f", 0, b"y" * 101, True), 100)
+    assert not (Path(workspace.folder) / build_context.FOLDER).exists()
+    put_chunk(workspace, "ctx", Chunk("a", 0, b"x" * 60, True), 100)
+    with pytest.raises(FileTooBig):
+        put_chunk(workspace, "ctx", Chunk("sub/b", 0, b"y" * 50, True), 100)
+    with pytest.raises(Conflict, match="has 0 bytes, not 1"):
+        put_chunk(workspace, "ctx", Chunk("other/b", 1, b"y", True), MOST)
+    assert os.listdir(folder(workspace)) == ["a"]
+
+
+def test_a_linked_context_is_refused_not_counted(workspace: Workspace, tmp_path: Path) -> None:
+    # The size count walks from the workspace without following links: a context folder that is
+    # a link to a large tree is refused as a link, never walked (nor counted against the cap).
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big").write_bytes(b"z" * 500)
+    top = Path(workspace.folder) / build_context.FOLDER
+    top.mkdir()
+    (top / "ctx").symlink_to(outside)
+    with pytest.raises(BadPath, match="symbolic link"):
+        put_chunk(workspace, "ctx", Chunk("f", 0, b"x", True), 100)
+    (top / "ctx").unlink()
+    (top / "ctx").mkdir()
+    (top / "ctx" / "in").symlink_to(outside)
+    # A link inside the context is neither followed nor counted.
+    assert put_chunk(workspace, "ctx", Chunk("f", 0, b"x" * 90, True), 100) == 90
+    assert [p.name for p in outside.iterdir()] == ["big"]

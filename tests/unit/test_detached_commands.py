@@ -626,3 +626,14 @@ def test_the_kept_parts_are_the_outputs_newest_bytes_in_order(cap: int, sizes: l
     assert len(older + current) >= min(len(whole), cap)
     # Output older than the older part went, and only then the marker says so.
     assert dropped == (len(whole) > 2 * cap)
+
+
+def test_a_fifo_at_the_dropped_marker_never_blocks_the_keeper(tmp_path: Path) -> None:
+    # The marker is opened without O_NONBLOCK, so a FIFO at its name (nobody reading) held the
+    # keeper in open(): the command's output pipe filled and the command stopped.
+    os.mkfifo(tmp_path / "exec-0000feed.out.dropped")
+    script = "i=0; while [ $i -lt 100 ]; do printf '%099d\\n' $i; i=$((i+1)); done"
+
+    assert keep(tmp_path, "0000feed", script, 4096)["last"] == {"exit": 0}
+
+    assert (tmp_path / "exec-0000feed.out").read_bytes().endswith(b"%099d\n" % 99)

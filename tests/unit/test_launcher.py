@@ -4,8 +4,11 @@ group only, its trap runs and the status is the command's; a TERM is followed by
 
 from __future__ import annotations
 
+import ast
+import glob
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,3 +135,60 @@ def test_rxd_passes_the_launcher_as_text_to_an_isolated_python3() -> None:
     assert argv[:5] == ["python3", "-I", "-S", "-B", "-c"]
     assert argv[5] == Path(launcher.__file__).read_text(encoding="utf-8")
     assert argv[6:] == ["run", "rx-exec-00"]
+
+
+def test_rxd_sends_inside_exactly_the_signals_the_launcher_passes_on() -> None:
+    # Three lists name them (the layers keep the launcher from importing Slurm's side): a signal
+    # rxd sends inside that the launcher refuses would be lost, not delivered by scancel instead.
+    from rxslurm.protocol.commands import KILL_SIGNALS
+    from rxslurm.slurm.step_signal import ENDING_SIGNALS, INSIDE_SIGNALS
+
+    assert INSIDE_SIGNALS == launcher.FORWARDED
+    assert set(ENDING_SIGNALS) <= set(INSIDE_SIGNALS)
+    assert set(KILL_SIGNALS) - set(INSIDE_SIGNALS) == {"KILL"}
+
+
+# The container's python3 runs the launcher wherever it runs the exec agent, which imports on
+# Python 3.8 (Ubuntu 20.04's, the base of many CUDA images): nothing newer may be used.
+NEWER_THAN_38 = {"removeprefix", "removesuffix"}  # str, 3.9
+
+
+def older_pythons() -> list[str]:
+    found = [shutil.which(f"python3.{minor}") for minor in (8, 9)]
+    found += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.[89].*/bin/python3")))
+    working = []
+    for path in filter(None, found):
+        probe = subprocess.run([path, "-c", "pass"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            working.append(path)
+    return working
+
+
+def test_the_launcher_uses_nothing_newer_than_python_38() -> None:
+    tree = ast.parse(launcher_source())
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not used & NEWER_THAN_38
+
+
+@pytest.mark.parametrize("interpreter", [sys.executable, *older_pythons()])
+def test_a_signal_right_after_the_command_started_reaches_its_trap(
+    name: str, interpreter: str
+) -> None:
+    # The signal comes as soon as the command runs, which may be before Popen returned its pid
+    # to the launcher (it used to drop such a signal); and on an older Python than rxd's.
+    proc = subprocess.Popen(  # noqa: S603 - argv list
+        [interpreter, "-I", "-S", "-B", "-c", launcher_source(), "run", name, "--"]
+        # A short sleep: should the signal be lost, the command's own group ends soon anyway.
+        + ["sh", "-c", TRAP.format(sig="INT").replace("sleep 300", "sleep 20")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready(proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=40)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (out, proc.returncode) == ("trapped\n", 42), err

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import socket
 import stat
+import struct
 import sys
 from pathlib import Path
 
@@ -171,3 +172,22 @@ def test_local_and_unix_go_alone() -> None:
     for args in ([], ["8080", "--unix", "/tmp/x.sock"]):
         result = runner.invoke(commands_port_forward.port_forward, args, obj=None)
         assert result.exit_code == 2 and "either LOCAL" in result.output
+
+
+def test_a_connection_gone_before_the_lookup_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The peer resets the connection between accept and the lookup: its socket is gone from the
+    # table, so no owner is found, and a connection nobody can be shown to own is never relayed.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        # SO_LINGER 0: close sends a RST and frees the socket at once (no TIME_WAIT, no FIN_WAIT).
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn, peer = listener.accept()
+        client.close()
+        with conn:
+            assert peer_uid(conn.getsockname(), peer) is None
+            assert not commands_port_forward.accepted(conn, peer)
+    assert "(an unknown user, not yours)" in capsys.readouterr().err

@@ -4,6 +4,7 @@ order, neither holds more than the cap, and the marker says when older output we
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
@@ -68,3 +69,13 @@ def test_output_that_cannot_be_written_is_read_on_and_lost(tmp_path: Path) -> No
     done = capped(gone, b"x" * 20_000, 4096)
     assert done.returncode == 0
     assert not gone.exists()
+
+
+def test_a_fifo_at_the_dropped_marker_never_blocks_the_writer(tmp_path: Path) -> None:
+    # The filter wrote the marker with `: >"$f.dropped"` each time older output went: a FIFO at
+    # that name (nobody reading) held it there, split stopped reading, and the service blocked.
+    # Now a marker already there (or a link at its name) is left alone.
+    os.mkfifo(tmp_path / "job-7.service.dropped")
+    done = capped(tmp_path, b"y" * 20_000, 4096)
+    assert done.returncode == 0
+    assert (tmp_path / "job-7.service").read_bytes() == b"y" * (20_000 - 4 * 4096)

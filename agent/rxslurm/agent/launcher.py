@@ -13,7 +13,9 @@ group KILL_AFTER_S later, as Slurm's KillWait would. In a terminal session the c
 is the terminal's foreground group, so the pty's ^C reaches it and not Apptainer's process.
 
 Standard library only, one file: rxd passes this file's text to the container's `python3 -I -S
--B -c` (nothing of the host is mounted for it). The exec agent shares its helpers.
+-B -c` (nothing of the host is mounted for it). The exec agent shares its helpers. It runs
+wherever the agent does, on Python 3.8 too (Ubuntu 20.04's, the base of many CUDA images): nothing
+newer (no str.removeprefix) may be used here.
 
     launcher run NAME [--tty] -- CMD ARGS...    run CMD; exit with its status (128+N: signal N)
     launcher signal NAME SIG                    signal NAME's launcher (0), or none found (1)
@@ -89,6 +91,8 @@ class Launcher:
         self.tty = tty
         self.group = 0
         self.kill_armed = False
+        # Signals that came after the command started but before Popen returned its pid.
+        self.early: list[int] = []
 
     def run(self) -> int:
         # Handlers first: `signal` mode signals a launcher only once it has a child.
@@ -104,12 +108,17 @@ class Launcher:
             sys.stderr.write(f"FATAL:   {start_failure(exc, self.argv[0], None)}\n")
             return START_FAILED_STATUS
         self.group = proc.pid
+        # `signal` mode finds the launcher once its child exists, which is before Popen returns
+        # (the child has already run its command): a signal then waited in `early`.
+        while self.early:
+            self.forward(self.early.pop(0))
         return exit_status(proc.wait())
 
     def forward(self, signum: int, _frame: object = None) -> None:
         if not self.group:
+            self.early.append(signum)
             return
-        name = signal.Signals(signum).name.removeprefix("SIG")
+        name = signal.Signals(signum).name[3:]  # "SIGINT" -> "INT"
         group = self.group
         if name in KEYS and self.tty:
             with contextlib.suppress(OSError):

@@ -42,17 +42,36 @@ try:
     data = base64.b64decode(sys.stdin.read(), validate=True)
 except ValueError:
     say(kind="refused", why="the contents did not arrive whole")
-walk(True)
-# The context's size so far (this process is the runtime user: nothing it reads is root's).
-total = 0
-for top, dirs, names in os.walk(context):
-    for n in names:
+# Both refusals come before the walk, which makes the path's folders: a refused chunk changes
+# nothing. The context's size so far, counted through descriptors from the workspace as the walk
+# goes (no link followed, none counted): this process is the runtime user, but a link to a large
+# tree must be refused, not walked until the deadline.
+def context_size():
+    c = os.dup(d)
+    for part in context.split("/"):
         try:
-            total += os.lstat(os.path.join(top, n)).st_size
-        except OSError:
-            pass
+            below = os.open(part, DIR, dir_fd=c)
+        except FileNotFoundError:
+            os.close(c)
+            return 0
+        except OSError as e:
+            refuse(part, e)
+        os.close(c)
+        c = below
+    size = 0
+    for _, _, names, fd in os.fwalk(".", dir_fd=c, follow_symlinks=False):
+        for n in names:
+            try:
+                size += os.stat(n, dir_fd=fd, follow_symlinks=False).st_size
+            except OSError:
+                pass
+    os.close(c)
+    return size
+total = context_size()
 if total + len(data) > most:
     say(kind="too_big", size=total + len(data))
+# Only a file's first chunk makes folders; for a later one a missing folder is a missing file.
+walk(offset == 0)
 part = ".rx-part-" + hashlib.sha256(name.encode()).hexdigest()[:16]
 flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 try:
@@ -180,15 +199,15 @@ def put_chunk(workspace: files.Workspace, context: str, chunk: Chunk, most: int)
         str(most),
         str(chunk.offset),
         "1" if chunk.last else "0",
-        # The context's folder, for the script's count of what it holds already.
-        f"{workspace.folder}/{folder}",
+        # The context's folder (in the workspace), for the script's count of what it holds.
+        folder,
         "1" if chunk.executable else "0",
         data=base64.b64encode(chunk.data).decode(),
     )
     kind = head.get("kind")
-    if kind == "offset":
+    if kind in ("offset", "missing"):  # missing: a folder of its path is not there
         raise Conflict(
-            f"{chunk.path} of build context {context} has {head.get('have')} bytes, not "
+            f"{chunk.path} of build context {context} has {head.get('have', 0)} bytes, not "
             f"{chunk.offset}: send it again from the start (offset 0)"
         )
     if kind == "too_big":

@@ -202,7 +202,8 @@ service_log="$state_dir/job-$SLURM_JOB_ID.service"
 # $output_cap bytes, and each new piece first moves the last one to .service.1 (an older .1 goes,
 # and .service.dropped says so). At most twice the cap on disk, for the job's whole life. A piece
 # that cannot be written (a full disk) is read on and lost: the service never blocks or dies of it.
-keep_piece='f=$RX_SERVICE_LOG; if [ -e "$f" ]; then if [ -e "$f.1" ]; then : >"$f.dropped"; fi; mv -f "$f" "$f.1"; fi; cat >"$f" || exec cat >/dev/null'
+# The marker is made once: anything already at its name (a FIFO would block here) is left alone.
+keep_piece='f=$RX_SERVICE_LOG; if [ -e "$f" ]; then if [ -e "$f.1" ] && [ ! -e "$f.dropped" ] && [ ! -L "$f.dropped" ]; then : >"$f.dropped"; fi; mv -f "$f" "$f.1"; fi; cat >"$f" || exec cat >/dev/null'
 service_status() {
   local line="running $instance $1"
   ((restarted)) && line+=" restarts $restarted $last_code"
