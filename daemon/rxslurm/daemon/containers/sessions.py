@@ -331,8 +331,9 @@ class DetachedCommands:
                 self._watched.discard(command_id)
             self.sessions.closed(target.container_id)
             try:
-                self._ended(command_id, code)
+                # Activity first: whoever sees the command ended also sees the idle timer restarted.
                 self.service.touch_activity(target.container_id)
+                self._ended(command_id, code)
             except Exception:
                 log.exception("cannot record a detached command's end", extra={"id": command_id})
 
