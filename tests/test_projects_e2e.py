@@ -168,6 +168,7 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
         "idle_timeout_min": 30,
         "service": '["python3", "-m", "http.server", "8000"]',
         "port": 8000,
+        "restart": "on-failure:2",
     }
     result = rxd.rxctl(
         "rxalice",
@@ -180,6 +181,7 @@ def test_valid_settings_round_trip(rxd: Rxd) -> None:
         *("--partition", "gpu", "--time-limit", "120", "--idle-timeout", "30"),
         *("--account", "rxtest", "--qos", "normal"),
         *("--service", "python3 -m http.server 8000", "--port", "8000"),
+        *("--restart", "on-failure:2"),
     )
     assert output(result).startswith(
         "Updated project tuned: image=docker://python:3.12-slim, cpus=2"

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
-import urllib.request
+import urllib.parse
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +26,7 @@ from tests.support.cluster import VENV_BIN, run_as, spawn_as, wait_for
 from tests.support.daemon import Rxd, free_port, running_rxd
 from tests.support.lifecycle import gpu_quota_rxd, lifecycle_config, status
 from tests.support.real_apptainer import BASE_IMAGE
+from tests.test_service_e2e import fetch as fetch_as_user
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("container_runtime")]
 
@@ -439,11 +440,10 @@ def test_the_context_upload_route_checks_role_path_and_offset_and_is_audited(rxd
 
 
 def fetch(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return str(answer.read().decode())
-    except OSError:
-        return None
+    """GET as rxalice: the forward relays only its own user's connections (root's included)."""
+    parts = urllib.parse.urlsplit(url)
+    assert parts.port is not None
+    return fetch_as_user(parts.port, parts.path)
 
 
 def test_a_service_container_found_by_its_id_is_reached_through_port_forward(rxd: Rxd) -> None:
