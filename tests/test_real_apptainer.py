@@ -131,7 +131,9 @@ def run_holder(
     slow_start = "sleep 1" if term_during_start else ":"
     program = fake_program(
         tmp_path,
-        body=f"""printf '%s\\0' "$@" >>{calls}; printf '\\n' >>{calls}
+        # One line per call in one write (O_APPEND): the service's exec and the holder's
+        # `instance list` run at once, and two writes per call could interleave.
+        body=f"""line=$(printf '%s\\037' "$@"); printf '%s\\n' "$line" >>{calls}
 case "$1 $2" in
   "instance start") printf '%s' "${{APPTAINERENV_RX_NOTE-unset}}" >{start_env}; {slow_start};;
   "instance list") echo '{{"instances": [{{"instance": "rx-a-7"}}]}}';;
@@ -183,7 +185,7 @@ esac""",
     holder.send_signal(signal.SIGTERM)
     assert holder.wait(timeout=30) == 0
     assert status.read_text() == "stopped\n"
-    return [line.split("\0")[:-1] for line in calls.read_text().splitlines()]
+    return [line.split("\x1f")[:-1] for line in calls.read_text().splitlines()]
 
 
 def test_the_holder_starts_and_stops_the_instance_with_the_configured_program(
