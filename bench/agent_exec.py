@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from bench.exec_latency import RXCTL, STEP_PATH, WARMUP, rotate
-from bench.harness import REPO, BenchError, Failures, Result, Row, compare, summarize, timed_as
+from bench.harness import REPO, Failures, Result, Row, compare, summarize, timed_as
 from bench.rig import new_container, tag_of
 from bench.suite import Context
 
@@ -139,8 +139,5 @@ def run(ctx: Context) -> Result:
             "start-up, its request to rxd and the MUNGE handshake both ways included.",
         ]
     finally:
-        try:
-            container.stop()
-        except BenchError as exc:
-            result.notes.append(f"stopping the container failed: {exc}")
+        container.stop_noting(result.notes)
     return result

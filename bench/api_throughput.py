@@ -198,8 +198,5 @@ def run(ctx: Context) -> Result:
                 )
             )
     finally:
-        try:
-            container.stop()
-        except BenchError as exc:
-            result.notes.append(f"stopping the container failed: {exc}")
+        container.stop_noting(result.notes)
     return result

@@ -171,8 +171,5 @@ def run(ctx: Context) -> Result:
     finally:
         if job_id is not None:
             run_as(["scancel", str(job_id)])
-        try:
-            container.stop()
-        except BenchError as exc:
-            result.notes.append(f"stopping the container failed: {exc}")
+        container.stop_noting(result.notes)
     return result

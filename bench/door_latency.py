@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bench.exec_latency import RXCTL, STEP_PATH, WARMUP, rotate
-from bench.harness import BenchError, Failures, Result, Row, compare, timed_as
+from bench.harness import Failures, Result, Row, compare, timed_as
 from bench.rig import network_door, new_container, tag_of
 from bench.suite import Context
 
@@ -114,8 +114,5 @@ def run(ctx: Context) -> Result:
             f"{load_before[0]:.1f} before, {load_after[0]:.1f} after.",
         ]
     finally:
-        try:
-            container.stop()
-        except BenchError as exc:
-            result.notes.append(f"stopping the container failed: {exc}")
+        container.stop_noting(result.notes)
     return result

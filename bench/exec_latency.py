@@ -346,8 +346,5 @@ def run(ctx: Context) -> Result:
             "rxctl's start-up, the exec-socket hand-over and rxd's authorization.",
         ]
     finally:
-        try:
-            container.stop()
-        except BenchError as exc:
-            result.notes.append(f"stopping the container failed: {exc}")
+        container.stop_noting(result.notes)
     return result

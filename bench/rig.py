@@ -141,6 +141,14 @@ class Container:
         must(self.rxd.rxctl(self.user, "stop", "--project", self.project), f"stop {self.project}")
         return self.wait(*RESTING)
 
+    def stop_noting(self, notes: list[str]) -> None:
+        """Stop at a benchmark's end: a failure becomes a note of its result, never an error
+        that would throw away the figures already measured."""
+        try:
+            self.stop()
+        except BenchError as exc:
+            notes.append(f"stopping the container failed: {exc}")
+
     def job_gone(self, job_id: int) -> bool:
         from bench.harness import run_as
 

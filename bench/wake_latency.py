@@ -320,8 +320,5 @@ def run(ctx: Context) -> Result:
             "reconcile pass every 0.5 s while the container starts; rx_phases shows when.",
         ]
     finally:
-        try:
-            container.stop()
-        except BenchError as exc:
-            result.notes.append(f"stopping the container failed: {exc}")
+        container.stop_noting(result.notes)
     return result
